@@ -1,0 +1,5 @@
+import sys
+
+from lumpver.cli import main
+
+sys.exit(main())

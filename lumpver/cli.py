@@ -1,0 +1,71 @@
+"""The ``lumpver`` command line: a thin layer over the Python API (CONTRACT.md).
+
+Each command lives in ``lumpver/commands/<name>.py`` with ``add_arguments(parser)`` and
+``run(args) -> int``. Command modules import only the standard library at module level so
+that the CLI starts fast; solvers are imported inside ``run``.
+
+Exit codes: 0 success, 1 a requested check does not hold, 2 bad input (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: command name -> one-line help. Module: lumpver.commands.<name>.
+COMMANDS = {
+    "reduce": "reduce a network (exact, on-set or approximate) and write a certificate",
+    "check": "re-check a certificate from the model files alone",
+    "compare": "decide or bound sup ||A(x) - B(x)|| over an input set",
+    "bound": "certified upper bound and falsified lower bound of ||A(x) - B(x)||",
+    "verify": "check a VNN-LIB property (VNN-COMP result format)",
+    "prune": "magnitude, coreset or confident (Learn-then-Test) pruning",
+    "quantize": "symmetric uniform quantisation, optionally certified",
+    "run": "run everything a spec file declares and write reports",
+    "batch": "run a suite of instances (instances.csv) in parallel",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lumpver", description="Make neural networks smaller, with proof.")
+    from lumpver import __version__
+
+    parser.add_argument("--version", action="version", version=f"lumpver {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"lumpver.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"lumpver.commands.{name}":
+                raise
+            continue  # command not built yet
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lumpver.errors import CheckFailed, InputError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except InputError as e:
+        print(f"lumpver {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except CheckFailed as e:
+        print(f"lumpver {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lumpver {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
