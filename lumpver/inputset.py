@@ -121,3 +121,17 @@ class InputSet:
         if d.get("type") == "union":
             return InputSet([region(r) for r in d["regions"]], d.get("source"))
         return InputSet([region(d)])
+
+
+@dataclass
+class OutputProperty:
+    """An *unsafe* output set: a disjunction of polytopes ``{y : A_k y <= b_k}`` (VNN-LIB).
+
+    A network satisfies the property on X when no x in X maps into any disjunct.
+    """
+
+    disjuncts: list[tuple[np.ndarray, np.ndarray]]
+
+    def is_unsafe(self, y: np.ndarray, tol: float = 0.0) -> bool:
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        return any(bool(np.all(A @ y <= b + tol)) for A, b in self.disjuncts)

@@ -16,18 +16,11 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
-from lumpver.inputset import InputSet
+from lumpver.inputset import InputSet, OutputProperty
 from lumpver.model import Network
 
 VERDICTS = ("proved", "violated", "unknown")
 NORMS = ("linf", "l1", "l2", "top1")
-
-
-@dataclass
-class OutputProperty:
-    """Unsafe output set as a disjunction of polytopes ``{y : A_k y <= b_k}`` (VNN-LIB)."""
-
-    disjuncts: list[tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
