@@ -77,7 +77,15 @@ class InputOp:
         """(scale, shift) with ``apply(x) == scale * x + shift`` in real arithmetic."""
         c = self.constant
         one, zero = np.ones_like(c), np.zeros_like(c)
-        return {"Sub": (one, -c), "Add": (one, c), "Mul": (c, zero), "Div": (1.0 / c, zero)}[self.op]
+        if self.op == "Sub":
+            return one, -c
+        if self.op == "Add":
+            return one, c.copy()
+        if self.op == "Mul":
+            return c.copy(), zero
+        if self.op == "Div":
+            return 1.0 / c, zero
+        raise ValueError(f"unknown input op {self.op!r}")
 
 
 @dataclass
