@@ -1,0 +1,121 @@
+"""Tolerance-robust grouping of proportional rows in O(n d + n log n) (DESIGN.md §2).
+
+Rows are normalised to unit length and projected on a fixed random direction; members of
+one group have projections within ``tol`` of their representative, so sorting the
+projections and cutting at gaps larger than ``tol`` never separates a group (no rounding
+boundary can split a class, unlike hashing rounded values). Inside each run, a greedy pass
+in index order compares full vectors with the run's representatives; large runs are first
+split again along further random directions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: grouping rule per activation: which factor rho with sig_u = rho * sig_t keeps h_u = rho' h_t
+MODES = {"identity": "any", "relu": "positive", "leaky_relu": "positive", "tanh": "sign", "sigmoid": "one"}
+_RUN_LIMIT = 48
+_MAX_DEPTH = 4
+
+
+@dataclass
+class Grouping:
+    """``label[i]`` = group number (groups numbered by first member); ``rep[g]`` = first member."""
+
+    label: np.ndarray
+    rep: np.ndarray
+
+
+def group_rows(rows: np.ndarray, mode: str, tol: float, seed: int = 20240601) -> Grouping:
+    """Group rows that are equal up to the factor allowed by ``mode`` within relative ``tol``.
+
+    ``mode``: ``positive`` (rho > 0), ``any`` (rho != 0), ``sign`` (rho = +-1), ``one`` (rho = 1).
+    Two rows u, t match when ``||u/|u| -+ t/|t| ||_2 <= tol`` (sign flip only for any/sign)
+    and, for sign/one, ``|log|u| - log|t|| <= tol``. Rows must be nonzero.
+    """
+    n = rows.shape[0]
+    norms = np.linalg.norm(rows, axis=1)
+    keys = rows / norms[:, None]
+    lognorm = np.log(norms)
+    rng = np.random.default_rng(seed)
+    dirs = rng.standard_normal((_MAX_DEPTH + 1, rows.shape[1]))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    signed = mode in ("any", "sign")
+    label = np.full(n, -1, dtype=np.int64)
+    reps: list[int] = []
+
+    def project(idx: np.ndarray, depth: int) -> np.ndarray:
+        p = keys[idx] @ dirs[depth]
+        return np.abs(p) if signed else p
+
+    def greedy(idx: np.ndarray) -> None:
+        local: list[int] = []
+        for i in np.sort(idx):
+            if local:
+                cand = np.array(local)
+                d = np.linalg.norm(keys[cand] - keys[i], axis=1)
+                if signed:
+                    d = np.minimum(d, np.linalg.norm(keys[cand] + keys[i], axis=1))
+                ok = d <= tol
+                if mode in ("sign", "one"):
+                    ok &= np.abs(lognorm[cand] - lognorm[i]) <= tol
+                hit = np.flatnonzero(ok)
+                if hit.size:
+                    label[i] = label[cand[hit[0]]]
+                    continue
+            label[i] = len(reps)
+            reps.append(int(i))
+            local.append(int(i))
+
+    def split(idx: np.ndarray, depth: int) -> None:
+        if idx.size == 1:
+            label[idx[0]] = len(reps)
+            reps.append(int(idx[0]))
+            return
+        if idx.size <= _RUN_LIMIT or depth > _MAX_DEPTH:
+            greedy(idx)
+            return
+        p = project(idx, depth)
+        order = np.argsort(p, kind="stable")
+        cuts = np.flatnonzero(np.diff(p[order]) > tol * 1.0001) + 1
+        runs = np.split(idx[order], cuts)
+        if len(runs) == 1 and depth > 0:
+            greedy(idx) if idx.size <= 4 * _RUN_LIMIT else split(idx, depth + 1)
+            return
+        for run in runs:
+            split(run, depth + 1)
+
+    split(np.arange(n), 0)
+    return _renumber(label, np.array(reps, dtype=np.int64))
+
+
+def _renumber(label: np.ndarray, reps: np.ndarray) -> Grouping:
+    """Number groups by their first member (deterministic, independent of the split order)."""
+    order = np.argsort(reps, kind="stable")
+    new_of_old = np.empty_like(order)
+    new_of_old[order] = np.arange(order.size)
+    return Grouping(new_of_old[label], reps[order])
+
+
+def pairwise_group_rows(rows: np.ndarray, mode: str, tol: float) -> Grouping:
+    """The O(n^2) reference: compare each row with every representative so far (benchmark baseline)."""
+    n = rows.shape[0]
+    norms = np.linalg.norm(rows, axis=1)
+    keys = rows / norms[:, None]
+    lognorm = np.log(norms)
+    signed = mode in ("any", "sign")
+    label = np.empty(n, dtype=np.int64)
+    reps: list[int] = []
+    for i in range(n):
+        for g, r in enumerate(reps):
+            d = np.linalg.norm(keys[r] - keys[i])
+            if signed:
+                d = min(d, np.linalg.norm(keys[r] + keys[i]))
+            if d <= tol and (mode not in ("sign", "one") or abs(lognorm[r] - lognorm[i]) <= tol):
+                label[i] = g
+                break
+        else:
+            label[i] = len(reps)
+            reps.append(i)
+    return Grouping(label, np.array(reps, dtype=np.int64))

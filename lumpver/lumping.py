@@ -1,0 +1,196 @@
+"""Exact lumping: the coarsest forward-lumpable quotient of a network (DESIGN.md §2).
+
+Layer by layer from the inputs, each neuron ``u`` gets a *class-aggregated signature*
+``sig_u = (sum_{s in C} w_{u,s} c_s for every class C of the previous layer, b_u + folded
+constants)``. Neurons whose signatures are proportional with a factor the activation allows
+form a class: ``h_u = c_u h_rep``. All-zero signatures are constants ``act(b)`` folded into the
+next layer's bias; classes whose merged outgoing weights all vanish are dead and dropped,
+from the outputs back. Grouping is by normalised signatures (:mod:`lumpver.grouping`), so a
+layer costs O(m + n log n) for m weights.
+
+Float32 weights make equality approximate: signatures match within a relative tolerance,
+and aggregated entries that cancel to within the tolerance of their own terms are snapped to
+zero. The certificate states the tolerance and a sound bound on the resulting discrepancy
+(:mod:`lumpver.lumping_check`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lumpver.grouping import MODES, group_rows
+from lumpver.model import Layer, Network
+from lumpver.progress import SILENT, Progress
+
+DEFAULT_TOLERANCE = 1e-5
+
+
+@dataclass
+class LayerClasses:
+    """The partition of one hidden layer.
+
+    ``cls[u]`` is the class of neuron ``u`` (``-1`` = constant neuron), ``scale[u]`` its factor
+    ``c_u`` (``h_u = c_u h_rep(cls[u])``) or its constant value, ``rep[C]`` the representative of
+    class ``C`` and ``kept[C]`` whether the class survives dead-neuron removal.
+    """
+
+    cls: np.ndarray
+    scale: np.ndarray
+    rep: np.ndarray
+    kept: np.ndarray
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "class_of": self.cls.tolist(),
+            "scale": [float(v) for v in self.scale],
+            "representative": self.rep.tolist(),
+            "kept": [bool(k) for k in self.kept],
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> "LayerClasses":
+        return LayerClasses(
+            np.asarray(d["class_of"], dtype=np.int64),
+            np.asarray(d["scale"], dtype=np.float64),
+            np.asarray(d["representative"], dtype=np.int64),
+            np.asarray(d["kept"], dtype=bool),
+        )
+
+
+@dataclass
+class LumpResult:
+    """Outcome of :func:`exact_lump`: the reduced network and the quotient claim."""
+
+    original: Network
+    reduced: Network
+    classes: list[LayerClasses]  # one per hidden layer
+    tolerance: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def claim(self) -> dict[str, Any]:
+        """The JSON-able quotient claim a checker replays (:func:`lumpver.lumping_check.replay_quotient`)."""
+        return {"tolerance": self.tolerance, "layers": [c.to_json() for c in self.classes]}
+
+
+def aggregate(weight: np.ndarray, prev: LayerClasses | None, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-aggregated weights ``A[u, C] = sum_{s in C} w_{u,s} c_s`` and their magnitudes
+    ``sum |w_{u,s} c_s|`` (the scale against which cancellation is judged). Constant
+    neurons (class -1) are excluded; see :func:`constant_contribution`."""
+    if prev is None:
+        return weight, np.abs(weight)
+    member = np.flatnonzero(prev.cls >= 0)
+    order = member[np.argsort(prev.cls[member], kind="stable")]
+    scaled = weight[:, order] * prev.scale[order][None, :]
+    starts = np.flatnonzero(np.r_[True, np.diff(prev.cls[order]) != 0])
+    agg = np.zeros((weight.shape[0], n_classes))
+    mag = np.zeros((weight.shape[0], n_classes))
+    if order.size:
+        present = prev.cls[order][starts]
+        agg[:, present] = np.add.reduceat(scaled, starts, axis=1)
+        mag[:, present] = np.add.reduceat(np.abs(scaled), starts, axis=1)
+    return agg, mag
+
+
+def constant_contribution(weight: np.ndarray, prev: LayerClasses | None) -> np.ndarray:
+    """``sum_{s constant} w_{u,s} v_s`` for every neuron u of the layer."""
+    if prev is None:
+        return np.zeros(weight.shape[0])
+    const = np.flatnonzero(prev.cls < 0)
+    return weight[:, const] @ prev.scale[const] if const.size else np.zeros(weight.shape[0])
+
+
+def snap_cancellations(agg: np.ndarray, mag: np.ndarray, tol: float) -> np.ndarray:
+    """Set to exactly zero the aggregated entries that cancel to within ``tol`` of their terms."""
+    out = agg.copy()
+    out[np.abs(agg) <= tol * mag] = 0.0
+    return out
+
+
+def _classify_layer(sig: np.ndarray, layer: Layer, tol: float) -> LayerClasses:
+    """Partition one layer from its signatures ``sig = [A | b_eff]``."""
+    n = sig.shape[0]
+    weights_zero = ~np.any(sig[:, :-1] != 0, axis=1)
+    cls = np.full(n, -1, dtype=np.int64)
+    scale = np.zeros(n)
+    scale[weights_zero] = layer.activate(sig[weights_zero, -1])  # constant neurons: act(b_eff)
+    live = np.flatnonzero(~weights_zero)
+    reps = np.zeros(0, dtype=np.int64)
+    if live.size:
+        g = group_rows(sig[live], MODES[layer.activation], tol)
+        cls[live] = g.label
+        reps = live[g.rep]
+        rep_rows = sig[reps[g.label]]
+        rows = sig[live]
+        if MODES[layer.activation] in ("positive", "any"):
+            scale[live] = np.einsum("ij,ij->i", rows, rep_rows) / np.einsum("ij,ij->i", rep_rows, rep_rows)
+        elif MODES[layer.activation] == "sign":
+            scale[live] = np.sign(np.einsum("ij,ij->i", rows, rep_rows))
+        else:
+            scale[live] = 1.0
+        scale[reps] = 1.0
+    return LayerClasses(cls, scale, reps, np.ones(reps.size, dtype=bool))
+
+
+def _signatures(net: Network, classes: list[LayerClasses], k: int, tol: float) -> np.ndarray:
+    """Signatures of layer k given the classes of layer k-1 (snapped), as ``[A | b_eff]``."""
+    layer = net.layers[k]
+    prev = classes[k - 1] if k > 0 else None
+    n_prev = prev.rep.size if prev is not None else layer.fan_in
+    agg, mag = aggregate(layer.weight, prev, n_prev)
+    agg = snap_cancellations(agg, mag, tol)
+    b_eff = layer.bias + constant_contribution(layer.weight, prev)
+    return np.hstack([agg, b_eff[:, None]])
+
+
+def exact_lump(net: Network, tolerance: float = DEFAULT_TOLERANCE, progress: Progress = SILENT) -> LumpResult:
+    """The coarsest exact quotient of ``net`` (within ``tolerance``), constants folded, dead classes removed.
+
+    Returns the reduced network (float32-representable weights, ready to export) and the claim.
+    """
+    classes: list[LayerClasses] = []
+    sigs: list[np.ndarray] = []
+    n_hidden_layers = len(net.layers) - 1
+    for k in range(len(net.layers)):
+        sig = _signatures(net, classes, k, tolerance)
+        sigs.append(sig)
+        if k < n_hidden_layers:
+            classes.append(_classify_layer(sig, net.layers[k], tolerance))
+            progress.tick("lumping layer", k + 1, n_hidden_layers)
+    _remove_dead(classes, sigs)
+    reduced = build_quotient(net, classes, sigs)
+    return LumpResult(net, reduced, classes, tolerance)
+
+
+def _remove_dead(classes: list[LayerClasses], sigs: list[np.ndarray]) -> None:
+    """Mark classes whose aggregated outgoing weights to every kept neuron are zero, outputs first."""
+    for k in range(len(classes) - 1, -1, -1):
+        nxt = sigs[k + 1]
+        if k + 1 < len(classes):
+            users = classes[k + 1].rep[classes[k + 1].kept]
+            used = np.any(nxt[users, :-1] != 0, axis=0) if users.size else np.zeros(nxt.shape[1] - 1, bool)
+        else:
+            used = np.any(nxt[:, :-1] != 0, axis=0)
+        classes[k].kept = used[: classes[k].rep.size]
+
+
+def build_quotient(net: Network, classes: list[LayerClasses], sigs: list[np.ndarray]) -> Network:
+    """The reduced network: one neuron per kept class, weights ``fl32`` of the rep's signature."""
+    layers: list[Layer] = []
+    for k, layer in enumerate(net.layers):
+        rows = classes[k].rep[classes[k].kept] if k < len(classes) else np.arange(layer.width)
+        cols = np.flatnonzero(classes[k - 1].kept) if k > 0 else np.arange(layer.fan_in)
+        w = sigs[k][np.ix_(rows, cols)]
+        b = sigs[k][rows, -1]
+        if k < len(classes) and rows.size == 0:  # keep one silent neuron so the layer stays valid
+            w, b = np.zeros((1, cols.size)), np.zeros(1)
+        if k > 0 and cols.size == 0:
+            w = np.zeros((w.shape[0], 1))
+        layers.append(Layer(_f32(w), _f32(b), layer.activation, layer.alpha, layer.source_op))
+    return net.with_layers(layers)
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32).astype(np.float64)
