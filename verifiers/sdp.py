@@ -1,0 +1,196 @@
+"""SDP back-end: certified worst-case error bounds of two networks (DESIGN.md §5, SDP).
+
+After Li, Drummond and Duncan (arXiv 2012.00138): lift both networks into
+``zeta = [x; unstable activations of f; of g; 1]`` (:mod:`verifiers.sdp_lift`), describe the
+input set and every activation by quadratic constraints, and find S-procedure multipliers
+that make ``target(zeta) <= t`` follow from them (one LMI per target, :mod:`verifiers.sdp_solve`).
+Targets: for L-inf/L1 the linear functions ``+-(f_i - g_i)`` (two LMIs per output; linear
+targets are never looser than the squared ones), for L2 ``||f - g||^2``. Every solver answer is
+re-checked without a solver (:mod:`verifiers.sdp_certify`) and widened soundly, or refused
+(``unknown``). The float32 evaluation error (:mod:`verifiers.sdp_float`) is added, so the bound
+holds for the float32 models as run by onnxruntime. Unions of regions: the maximum.
+
+``BACKEND.check(query)``: falsifier first (``violated`` if it finds ``||f - g|| > epsilon``),
+then ``proved`` iff the certified bound is ``<= epsilon``, else ``unknown``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from lumpver.inputset import InputSet
+from lumpver.model import Network
+from verifiers.base import Query, Verdict
+
+NORMS = ("linf", "l1", "l2")
+
+
+@dataclass
+class SdpOptions:
+    """Options of the SDP bound; all of them are recorded in the evidence."""
+
+    solver: str = "auto"
+    bounds_method: str = "crown"
+    bounds_lp: bool = False
+    pair_limit: int = 16
+    cross: bool = True
+    input_products: bool = True
+
+    def lift_options(self) -> dict:
+        return {"pair_limit": self.pair_limit, "cross": self.cross, "input_products": self.input_products}
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    @staticmethod
+    def from_json(d: dict) -> "SdpOptions":
+        return SdpOptions(**{k: v for k, v in d.items() if k in SdpOptions.__dataclass_fields__})
+
+
+@dataclass
+class SdpBound:
+    """Result of :func:`sdp_bound`. ``upper_bound`` is None when not certified."""
+
+    certified: bool
+    upper_bound: Optional[float]
+    norm: str
+    reason: str = ""
+    seconds: float = 0.0
+    solver_seconds: float = 0.0
+    max_matrix_size: int = 0
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def targets_for(norm: str, n_out: int) -> list[dict]:
+    """The LMI targets a norm needs (see the module docstring)."""
+    if norm == "l2":
+        return [{"kind": "l2"}]
+    return [{"kind": "linear", "output": i, "sign": s} for i in range(n_out) for s in (1, -1)]
+
+
+def combine(norm: str, n_out: int, values: dict[tuple, float], float_err: np.ndarray) -> float:
+    """The norm bound from certified target values plus the float32 error vector."""
+    if norm == "l2":
+        return float(np.sqrt(max(values[("l2",)], 0.0)) + np.linalg.norm(float_err))
+    per = np.array([max(values[("linear", i, 1)], values[("linear", i, -1)], 0.0) for i in range(n_out)]) + float_err
+    return float(np.max(per) if norm == "linf" else np.sum(per))
+
+
+def target_key(t: dict) -> tuple:
+    return ("l2",) if t["kind"] == "l2" else ("linear", int(t["output"]), int(t["sign"]))
+
+
+def region_problem(f: Network, g: Network, region, options: SdpOptions):
+    """Bounds, lift and constraint maps of one region (shared by solver and checker)."""
+    from lumpver.bounds import compute_bounds, region_box
+    from verifiers.sdp_certify import build_maps
+    from verifiers.sdp_float import float32_error
+    from verifiers.sdp_lift import build_lift
+
+    fb = compute_bounds(f, region, options.bounds_method, options.bounds_lp)
+    gb = compute_bounds(g, region, options.bounds_method, options.bounds_lp)
+    lift = build_lift(f, g, region, fb, gb, options.lift_options())
+    box = region_box(region)
+    ferr = float32_error(f, box, fb) + float32_error(g, box, gb)
+    return lift, build_maps(lift), ferr
+
+
+def sdp_bound(f: Network, g: Network, input_set: InputSet, norm: str = "linf",
+              options: Optional[SdpOptions] = None, timeout: float = 60.0) -> SdpBound:
+    """Certified ``sup_{x in X} ||f(x) - g(x)||`` (float32 models), or ``certified=False``."""
+    from verifiers.sdp_certify import certify, target_matrix
+    from verifiers.sdp_solve import solve_lmi
+
+    options = options or SdpOptions()
+    t0 = time.perf_counter()
+    deadline = t0 + timeout
+    if norm not in NORMS:
+        return SdpBound(False, None, norm, f"the SDP back-end bounds {', '.join(NORMS)} only, not {norm}")
+    if f.n_inputs != g.n_inputs or f.n_outputs != g.n_outputs:
+        raise ValueError(f"networks differ in shape: {f.n_inputs}->{f.n_outputs} vs {g.n_inputs}->{g.n_outputs}")
+    out = SdpBound(False, None, norm)
+    regions_ev, bound = [], -np.inf
+    for k, region in enumerate(input_set.regions):
+        lift, maps, ferr = region_problem(f, g, region, options)
+        out.max_matrix_size = max(out.max_matrix_size, lift.d)
+        values, tev = {}, []
+        for tgt in targets_for(norm, f.n_outputs):
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return _fail(out, t0, f"timeout after {timeout:g}s (region {k}, target {tgt})")
+            sol = solve_lmi(maps, target_matrix(lift, tgt, maps.r), options.solver, remaining)
+            out.solver_seconds += sol.seconds
+            if sol.lam.size == 0 and maps.nonneg.shape[1]:
+                return _fail(out, t0, f"solver {sol.solver} gave no solution: {sol.status}")
+            cert = certify(lift, maps, tgt, sol.t, sol.lam, sol.mu)
+            if not cert.ok:
+                return _fail(out, t0, f"solver {sol.solver} ({sol.status}): {cert.reason}")
+            values[target_key(tgt)] = cert.value
+            tev.append({"target": tgt, "t": sol.t, "certified": cert.value, "lambda_min": cert.lambda_min,
+                        "widening": cert.widening, "solver": sol.solver, "status": sol.status,
+                        "seconds": round(sol.seconds, 4), "lam": np.maximum(sol.lam, 0.0).tolist(), "mu": sol.mu.tolist()})
+        rb = combine(norm, f.n_outputs, values, ferr)
+        bound = max(bound, rb)
+        regions_ev.append({"region": k, "matrix_size": lift.d, "multipliers": int(maps.nonneg.shape[1] + maps.free.shape[1]),
+                           "families": [list(x) for x in maps.names], "float32_error": ferr.tolist(),
+                           "region_bound": rb, "targets": tev})
+    out.certified, out.upper_bound = True, float(bound)
+    out.seconds = time.perf_counter() - t0
+    out.evidence = {"norm": norm, "options": options.to_json(), "upper_bound": out.upper_bound, "regions": regions_ev,
+                    "matrix_size": out.max_matrix_size, "solver_seconds": round(out.solver_seconds, 4)}
+    return out
+
+
+def _fail(out: SdpBound, t0: float, reason: str) -> SdpBound:
+    out.certified, out.upper_bound, out.reason = False, None, reason
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+class SdpBackend:
+    """Back-end ``sdp`` (verifiers/base.py interface)."""
+
+    name = "sdp"
+
+    def __init__(self, options: Optional[SdpOptions] = None, falsify_fraction: float = 0.1) -> None:
+        self.options = options or SdpOptions()
+        self.falsify_fraction = falsify_fraction
+
+    def check(self, query: Query) -> Verdict:
+        t0 = time.perf_counter()
+        if query.other is None:
+            return Verdict("unknown", self.name, "the SDP back-end answers equivalence queries only")
+        lower, fals = self._falsify(query)
+        if fals is not None and fals.verdict == "violated":
+            return Verdict("violated", self.name, "falsifier: " + fals.reason, counterexample=fals.counterexample,
+                           lower_bound=fals.lower_bound, seconds=time.perf_counter() - t0)
+        remaining = query.timeout - (time.perf_counter() - t0)
+        try:
+            res = sdp_bound(query.network, query.other, query.input_set, query.norm, self.options, remaining)
+        except ValueError as e:
+            return Verdict("unknown", self.name, str(e), lower_bound=lower, seconds=time.perf_counter() - t0)
+        details = dict(res.evidence)
+        details.setdefault("matrix_size", res.max_matrix_size)
+        secs = time.perf_counter() - t0
+        if not res.certified:
+            return Verdict("unknown", self.name, res.reason, lower_bound=lower, seconds=secs, details=details)
+        if res.upper_bound <= query.epsilon:
+            return Verdict("proved", self.name, f"certified bound {res.upper_bound:.6g} <= epsilon {query.epsilon:g}",
+                           upper_bound=res.upper_bound, lower_bound=lower, seconds=secs, details=details)
+        return Verdict("unknown", self.name, f"certified bound {res.upper_bound:.6g} > epsilon {query.epsilon:g}",
+                       upper_bound=res.upper_bound, lower_bound=lower, seconds=secs, details=details)
+
+    def _falsify(self, query: Query):
+        from dataclasses import replace
+
+        from verifiers.falsify import BACKEND as FALSIFY
+
+        q = replace(query, timeout=max(1.0, self.falsify_fraction * query.timeout))
+        v = FALSIFY.check(q)
+        return v.lower_bound, v
+
+
+BACKEND = SdpBackend()

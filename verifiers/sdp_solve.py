@@ -1,0 +1,82 @@
+"""Solving one S-procedure LMI with cvxpy (DESIGN.md §5, SDP).
+
+``minimise t  s.t.  M(t, lam, mu) - tau I >= 0, lam >= 0`` with ``M`` from
+:mod:`verifiers.sdp_certify`. The small margin ``tau`` pushes the numerical solution to the
+strict interior so that the solver-free re-check usually needs no widening. The answer is
+*not* trusted: :func:`verifiers.sdp_certify.certify` re-checks it.
+
+Solvers: ``clarabel`` (interior point; dense PSD blocks, accurate, best for small matrices),
+``scs`` (first order; scales to larger matrices, less accurate) and ``mosek`` if installed;
+``auto`` picks Clarabel up to :data:`AUTO_CLARABEL_MAX_D` and SCS above.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from verifiers.sdp_certify import Maps
+
+AUTO_CLARABEL_MAX_D = 60
+SOLVERS = ("auto", "clarabel", "scs", "mosek")
+
+
+@dataclass
+class Solution:
+    status: str  # cvxpy status, or "error: ..."
+    t: float
+    lam: np.ndarray
+    mu: np.ndarray
+    seconds: float
+    solver: str
+
+
+def pick_solver(name: str, d: int) -> str:
+    name = (name or "auto").lower()
+    if name not in SOLVERS:
+        raise ValueError(f"unknown SDP solver {name!r}; expected one of {', '.join(SOLVERS)}")
+    if name == "auto":
+        return "clarabel" if d <= AUTO_CLARABEL_MAX_D else "scs"
+    return name
+
+
+def solve_lmi(maps: Maps, T: np.ndarray, solver: str = "auto", timeout: float = 60.0, tau: float | None = None) -> Solution:
+    """Minimise ``t`` for one target matrix ``T``; never raises on solver failure."""
+    import cvxpy as cp
+
+    d = maps.d
+    name = pick_solver(solver, d)
+    tau = (1e-7 if name != "scs" else 1e-6) if tau is None else tau
+    t = cp.Variable()
+    lam = cp.Variable(maps.nonneg.shape[1], nonneg=True)
+    mu = cp.Variable(maps.free.shape[1]) if maps.free.shape[1] else None
+    e11 = np.zeros(d * d)
+    e11[-1] = 1.0
+    vec = t * e11 - (T - tau * np.eye(d)).reshape(-1, order="F") - maps.nonneg @ lam
+    if mu is not None:
+        vec = vec - maps.free @ mu
+    m = cp.reshape(vec, (d, d), order="F")
+    prob = cp.Problem(cp.Minimize(t), [0.5 * (m + m.T) >> 0])
+    kwargs = _solver_kwargs(name, timeout)
+    t0 = time.perf_counter()
+    try:
+        prob.solve(solver=name.upper(), **kwargs)
+    except Exception as e:  # solver errors are an answer ("unknown"), not a crash
+        return Solution(f"error: {type(e).__name__}: {e}", np.inf, np.zeros(0), np.zeros(0), time.perf_counter() - t0, name)
+    secs = time.perf_counter() - t0
+    if t.value is None or lam.value is None:
+        return Solution(str(prob.status), np.inf, np.zeros(0), np.zeros(0), secs, name)
+    mu_v = np.zeros(0) if mu is None else np.asarray(mu.value, dtype=float)
+    return Solution(str(prob.status), float(t.value), np.asarray(lam.value, dtype=float), mu_v, secs, name)
+
+
+def _solver_kwargs(name: str, timeout: float) -> dict:
+    timeout = max(1.0, float(timeout))
+    if name == "clarabel":
+        return {"time_limit": timeout, "tol_gap_abs": 1e-9, "tol_gap_rel": 1e-9, "tol_feas": 1e-9}
+    if name == "scs":
+        return {"time_limit_secs": timeout, "eps_abs": 1e-7, "eps_rel": 1e-7, "max_iters": 200_000}
+    if name == "mosek":
+        return {"mosek_params": {"MSK_DPAR_OPTIMIZER_MAX_TIME": timeout}}
+    return {}
