@@ -35,8 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep", type=_fraction, help="fraction of hidden weights (or neurons) to keep, in (0, 1]")
     g.add_argument("--granularity", choices=("weight", "neuron"), default="weight",
                    help="prune single weights or whole hidden neurons (default weight)")
-    g.add_argument("--scope", choices=("global", "layer"), default="global",
-                   help="rank magnitudes over all hidden layers or per layer (default global)")
+    g.add_argument("--scope", choices=("global", "layer"),
+                   help="rank magnitudes over all hidden layers or per layer "
+                        "(default: global for weights, layer for neurons, whose scores differ in scale across layers)")
     g.add_argument("--input-set", help="certify the pruning error on this set (.vnnlib or .toml)")
     g.add_argument("--seed", type=int, default=0, help="random seed (sampling methods)")
     c = p.add_argument_group("confident (Learn then Test, DESIGN.md section 7)")
@@ -117,15 +118,16 @@ def run_magnitude(args, progress) -> int:
 
     if args.keep is None or not 0.0 < args.keep <= 1.0:
         raise InputError(f"--keep must lie in (0, 1], got {args.keep}", args.model)
+    scope = args.scope or ("global" if args.granularity == "weight" else "layer")
     net = _load(args)
     t0 = time.perf_counter()
-    pruned = magnitude_prune(net, args.keep, args.granularity, args.scope)
+    pruned = magnitude_prune(net, args.keep, args.granularity, scope)
     certify = _bounded_certifier() if args.input_set else None
     if args.input_set and certify is None:
         raise InputError("certifying pruning on --input-set needs the bounded-error certifier "
                          "(DESIGN.md section 5), which this build lacks; run without --input-set", args.input_set)
     save_onnx(pruned, args.output)
-    progress.say(f"magnitude pruning ({args.granularity}, {args.scope}) kept {args.keep}: hidden widths "
+    progress.say(f"magnitude pruning ({args.granularity}, {scope}) kept {args.keep}: hidden widths "
                  f"{net.hidden_widths} -> {pruned.hidden_widths}, hidden-weight sparsity {sparsity(pruned):.3f}")
     if certify is not None:
         return int(certify(args, net, pruned, time.perf_counter() - t0, progress) or 0)
