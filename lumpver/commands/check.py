@@ -1,0 +1,19 @@
+"""``lumpver check CERT.json``: re-check a certificate from the model files alone (exit 0 holds, 1 not)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("certificate", help="certificate JSON written by lumpver")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lumpver.certificate import check_certificate
+
+    report = check_certificate(args.certificate)
+    if not args.quiet:
+        for line in report.lines:
+            print(line)
+    print("holds" if report.holds else "does not hold")
+    return 0 if report.holds else 1
