@@ -44,6 +44,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     except OSError as e:
         raise InputError(f"cannot write output: {e.strerror}", str(path)) from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -128,3 +128,28 @@ def _cancel_pairs(w, core_of, factor, width, rng):
         w[:, members[0]] = v / factor[members[0]]
         w[:, members[1]] = -v / factor[members[1]]
     return w
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lumpver.planted --out FILE.onnx``: write a planted network (the demo model)."""
+    import argparse
+
+    from lumpver.onnx_export import save_onnx
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--out", required=True)
+    p.add_argument("--inputs", type=int, default=8)
+    p.add_argument("--core", type=int, nargs="+", default=[12, 10, 8])
+    p.add_argument("--outputs", type=int, default=4)
+    p.add_argument("--activation", default="relu")
+    p.add_argument("--copies", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    planted = planted_network(a.inputs, tuple(a.core), a.outputs, a.activation, a.copies, seed=a.seed)
+    save_onnx(planted.network, a.out)
+    print(f"{a.out}: hidden widths {planted.network.hidden_widths}, planted core {planted.core_widths}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -34,9 +34,8 @@ def reduce_exact_to_files(
     """
     t0 = time.perf_counter()
     cert_path = Path(cert_path) if cert_path else default_certificate_path(out_path)
-    progress.say(f"loading {model_path}")
     net = load_onnx(model_path)
-    progress.say(f"lumping {net.n_hidden} hidden neurons in {len(net.layers) - 1} layers")
+    progress.say(f"loaded {model_path}; lumping {net.n_hidden} hidden neurons in {len(net.layers) - 1} layers")
     result = exact_lump(net, tolerance, progress)
     a, b = discrepancy_bound(net, result.reduced, result.classes, tolerance)
     progress.say(f"writing {out_path} ({result.reduced.n_hidden} hidden neurons)")
