@@ -281,14 +281,16 @@ def compute_bounds(net: Network, region: Region, method: str = "crown", lp: bool
     ib = interval_bounds(net, region)
     if method == "interval" and not lp:
         return ib
-    tighten = None
+    box = region_box(region)
+    out = _crown(net, box, ib, None, backsub=(method == "crown"))
     if lp:
         from lumpver.bounds_lp import LpTightener
 
+        # second pass: CROWN with LP-tightened intermediate bounds, intersected with the first pass
+        # (back-substitution is not monotone in the intermediate bounds, the intersection is)
         tighten = LpTightener(net, region)
-    out = _crown(net, region_box(region), ib, tighten, backsub=(method == "crown"))
-    if lp:
-        out.lp, out.n_lp, out.method = True, tighten.n_lp, out.method + "+lp"
+        out = _crown(net, box, out, tighten, backsub=(method == "crown"))
+        out.lp, out.n_lp, out.method = True, tighten.n_lp, method + "+lp"
     return out
 
 
