@@ -73,25 +73,44 @@ def hb_pvalue(loss_sum: float, n: int, alpha: float) -> float:
     return min(hoeffding_pvalue(loss_sum / n, n, alpha), bentkus_pvalue(loss_sum, n, alpha))
 
 
-def pvalue(losses: np.ndarray, alpha: float, method: str) -> float:
-    """The p-value of ``H: R > alpha`` from a vector of losses in [0, 1].
-
-    ``method`` ``binomial`` needs binary losses (ValueError otherwise); ``hb`` takes any.
-    """
-    losses = np.asarray(losses, dtype=np.float64).reshape(-1)
-    n = losses.size
-    if n == 0:
+def _column_sums(losses: np.ndarray, method: str) -> np.ndarray:
+    """Validated, correctly rounded column sums of a loss matrix ``(n, K)``."""
+    if losses.shape[0] == 0:
         raise ValueError("no losses")
     if not np.all(np.isfinite(losses)) or losses.min() < 0 or losses.max() > 1:
         raise ValueError("losses must lie in [0, 1]")
-    total = math.fsum(losses.tolist())
     if method == "binomial":
         if not np.all((losses == 0) | (losses == 1)):
             raise ValueError("the binomial p-value needs binary (0/1) losses")
-        return binomial_pvalue(int(round(total)), n, alpha)
+        return losses.sum(axis=0)  # integer counts: exact in float64
     if method == "hb":
-        return hb_pvalue(total, n, alpha)
+        return np.array([math.fsum(col) for col in losses.T.tolist()])
     raise ValueError(f"unknown p-value method {method!r}; known: {', '.join(PVALUES)}")
+
+
+def pvalues(losses: np.ndarray, alpha: float, method: str) -> list[float]:
+    """p-values of ``H_k: R_k > alpha`` for each column k of a loss matrix ``(n, K)`` in [0, 1].
+
+    ``method`` ``binomial`` needs binary losses (ValueError otherwise); ``hb`` takes any.
+    Same values as :func:`binomial_pvalue` / :func:`hb_pvalue` per column, computed in one call.
+    """
+    from scipy.stats import binom
+
+    losses = np.asarray(losses, dtype=np.float64)
+    if losses.ndim == 1:
+        losses = losses.reshape(-1, 1)
+    n = losses.shape[0]
+    sums = _column_sums(losses, method)
+    _check_alpha_n(n, alpha)
+    if method == "binomial":
+        return [float(v) for v in np.minimum(1.0, binom.cdf(np.round(sums).astype(np.int64), n, alpha))]
+    bent = np.minimum(1.0, math.e * binom.cdf(np.minimum(n, np.ceil(sums)).astype(np.int64), n, alpha))
+    return [min(hoeffding_pvalue(s / n, n, alpha), float(b)) for s, b in zip(sums, bent)]
+
+
+def pvalue(losses: np.ndarray, alpha: float, method: str) -> float:
+    """The p-value of ``H: R > alpha`` from a vector of losses in [0, 1] (see :func:`pvalues`)."""
+    return pvalues(np.asarray(losses, dtype=np.float64).reshape(-1, 1), alpha, method)[0]
 
 
 # ----- multiple testing: which nulls to reject -------------------------------------------------
@@ -160,7 +179,7 @@ def select(losses: np.ndarray, alpha: float, delta: float, method: str = "hb",
         raise ValueError("losses must be a matrix (n, K)")
     if procedure not in PROCEDURE_FUNCS:
         raise ValueError(f"unknown procedure {procedure!r}; known: {', '.join(PROCEDURES)}")
-    pv = [pvalue(losses[:, k], alpha, method) for k in range(losses.shape[1])]
-    risks = [float(math.fsum(losses[:, k].tolist()) / losses.shape[0]) for k in range(losses.shape[1])]
+    pv = pvalues(losses, alpha, method)
+    risks = [math.fsum(col) / losses.shape[0] for col in losses.T.tolist()]
     rejected = PROCEDURE_FUNCS[procedure](pv, delta)
     return Selection(risks, pv, rejected, max(rejected) if rejected else None)
