@@ -50,23 +50,27 @@ def group_rows(rows: np.ndarray, mode: str, tol: float, seed: int = 20240601) ->
         return np.abs(p) if signed else p
 
     def greedy(idx: np.ndarray) -> None:
-        local: list[int] = []
-        for i in np.sort(idx):
-            if local:
-                cand = np.array(local)
-                d = np.linalg.norm(keys[cand] - keys[i], axis=1)
-                if signed:
-                    d = np.minimum(d, np.linalg.norm(keys[cand] + keys[i], axis=1))
-                ok = d <= tol
-                if mode in ("sign", "one"):
-                    ok &= np.abs(lognorm[cand] - lognorm[i]) <= tol
-                hit = np.flatnonzero(ok)
-                if hit.size:
-                    label[i] = label[cand[hit[0]]]
-                    continue
-            label[i] = len(reps)
-            reps.append(int(i))
-            local.append(int(i))
+        idx = np.sort(idx)
+        sub = keys[idx]
+        d = np.linalg.norm(sub[:, None, :] - sub[None, :, :], axis=2)
+        if signed:
+            d = np.minimum(d, np.linalg.norm(sub[:, None, :] + sub[None, :, :], axis=2))
+        match = d <= tol
+        if mode in ("sign", "one"):
+            match &= np.abs(lognorm[idx][:, None] - lognorm[idx][None, :]) <= tol
+        if match.all():  # the common case: the run is one group
+            label[idx] = len(reps)
+            reps.append(int(idx[0]))
+            return
+        local: list[int] = []  # positions (in idx) of this run's representatives
+        for pos in range(idx.size):
+            hit = next((r for r in local if match[pos, r]), None)
+            if hit is None:
+                label[idx[pos]] = len(reps)
+                reps.append(int(idx[pos]))
+                local.append(pos)
+            else:
+                label[idx[pos]] = label[idx[hit]]
 
     def split(idx: np.ndarray, depth: int) -> None:
         if idx.size == 1:

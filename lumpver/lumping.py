@@ -68,6 +68,8 @@ class LumpResult:
     classes: list[LayerClasses]  # one per hidden layer
     tolerance: float
     stats: dict[str, Any] = field(default_factory=dict)
+    #: per layer, the unsnapped class-aggregated weights and effective bias (reused by the bound)
+    raw_signatures: list = field(default_factory=list, repr=False)
 
     @property
     def claim(self) -> dict[str, Any]:
@@ -75,22 +77,36 @@ class LumpResult:
         return {"tolerance": self.tolerance, "layers": [c.to_json() for c in self.classes]}
 
 
-def aggregate(weight: np.ndarray, prev: LayerClasses | None, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class-aggregated weights ``A[u, C] = sum_{s in C} w_{u,s} c_s`` and their magnitudes
-    ``sum |w_{u,s} c_s|`` (the scale against which cancellation is judged). Constant
-    neurons (class -1) are excluded; see :func:`constant_contribution`."""
-    if prev is None:
-        return weight, np.abs(weight)
+def aggregate(weight: np.ndarray, prev: LayerClasses | None, n_classes: int,
+              tol: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class-aggregated weights ``A[u, C] = sum_{s in C} w_{u,s} c_s`` (constant neurons, class -1,
+    excluded; see :func:`constant_contribution`).
+
+    With ``tol``, also returns the magnitudes ``sum |w_{u,s} c_s|`` against which cancellation is
+    judged, but only where they matter (entries that could be snapped, see
+    :func:`snap_cancellations`); elsewhere they are ``inf``. O(m) for m weights.
+    """
+    if prev is None:  # single-member classes: nothing can cancel
+        return weight, None
+    from scipy import sparse
+
     member = np.flatnonzero(prev.cls >= 0)
-    order = member[np.argsort(prev.cls[member], kind="stable")]
-    scaled = weight[:, order] * prev.scale[order][None, :]
-    starts = np.flatnonzero(np.r_[True, np.diff(prev.cls[order]) != 0])
-    agg = np.zeros((weight.shape[0], n_classes))
-    mag = np.zeros((weight.shape[0], n_classes))
-    if order.size:
-        present = prev.cls[order][starts]
-        agg[:, present] = np.add.reduceat(scaled, starts, axis=1)
-        mag[:, present] = np.add.reduceat(np.abs(scaled), starts, axis=1)
+    pt = sparse.csr_matrix((prev.scale[member], (prev.cls[member], member)), shape=(n_classes, weight.shape[1]))
+    agg = np.asarray((pt @ weight.T).T)
+    if tol is None:
+        return agg, None
+    abs_pt = abs(pt)
+    row_total = np.abs(weight) @ np.abs(np.where(prev.cls >= 0, prev.scale, 0.0))
+    cand = (agg != 0) & (np.abs(agg) <= tol * row_total[:, None])
+    mag = np.zeros(agg.shape)  # zero where nothing can be snapped
+    if np.count_nonzero(cand) > 0.05 * cand.size:
+        mag = np.asarray((abs_pt @ np.abs(weight).T).T)
+    else:
+        rows, cols = np.nonzero(cand)
+        for c in np.unique(cols):
+            sel = rows[cols == c]
+            members = np.flatnonzero(prev.cls == c)
+            mag[sel, c] = np.abs(weight[np.ix_(sel, members)] * prev.scale[members]).sum(axis=1)
     return agg, mag
 
 
@@ -102,8 +118,10 @@ def constant_contribution(weight: np.ndarray, prev: LayerClasses | None) -> np.n
     return weight[:, const] @ prev.scale[const] if const.size else np.zeros(weight.shape[0])
 
 
-def snap_cancellations(agg: np.ndarray, mag: np.ndarray, tol: float) -> np.ndarray:
+def snap_cancellations(agg: np.ndarray, mag: np.ndarray | None, tol: float) -> np.ndarray:
     """Set to exactly zero the aggregated entries that cancel to within ``tol`` of their terms."""
+    if mag is None:
+        return agg
     out = agg.copy()
     out[np.abs(agg) <= tol * mag] = 0.0
     return out
@@ -134,14 +152,19 @@ def _classify_layer(sig: np.ndarray, layer: Layer, tol: float) -> LayerClasses:
     return LayerClasses(cls, scale, reps, np.ones(reps.size, dtype=bool))
 
 
-def _signatures(net: Network, classes: list[LayerClasses], k: int, tol: float) -> np.ndarray:
-    """Signatures of layer k given the classes of layer k-1 (snapped), as ``[A | b_eff]``."""
+def _signatures(net: Network, classes: list[LayerClasses], k: int, tol: float,
+                raw: list | None = None) -> np.ndarray:
+    """Signatures of layer k given the classes of layer k-1 (snapped), as ``[A | b_eff]``.
+
+    If ``raw`` is a list, the unsnapped ``(A, b_eff)`` is appended to it (reused by the bound)."""
     layer = net.layers[k]
     prev = classes[k - 1] if k > 0 else None
     n_prev = prev.rep.size if prev is not None else layer.fan_in
-    agg, mag = aggregate(layer.weight, prev, n_prev)
-    agg = snap_cancellations(agg, mag, tol)
+    agg, mag = aggregate(layer.weight, prev, n_prev, tol)
     b_eff = layer.bias + constant_contribution(layer.weight, prev)
+    if raw is not None:
+        raw.append((agg, b_eff))
+    agg = snap_cancellations(agg, mag, tol)
     return np.hstack([agg, b_eff[:, None]])
 
 
@@ -152,16 +175,17 @@ def exact_lump(net: Network, tolerance: float = DEFAULT_TOLERANCE, progress: Pro
     """
     classes: list[LayerClasses] = []
     sigs: list[np.ndarray] = []
+    raw: list[tuple[np.ndarray, np.ndarray]] = []
     n_hidden_layers = len(net.layers) - 1
     for k in range(len(net.layers)):
-        sig = _signatures(net, classes, k, tolerance)
+        sig = _signatures(net, classes, k, tolerance, raw)
         sigs.append(sig)
         if k < n_hidden_layers:
             classes.append(_classify_layer(sig, net.layers[k], tolerance))
             progress.tick("lumping layer", k + 1, n_hidden_layers)
     _remove_dead(classes, sigs)
     reduced = build_quotient(net, classes, sigs)
-    return LumpResult(net, reduced, classes, tolerance)
+    return LumpResult(net, reduced, classes, tolerance, raw_signatures=raw)
 
 
 def _remove_dead(classes: list[LayerClasses], sigs: list[np.ndarray]) -> None:

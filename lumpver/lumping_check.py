@@ -80,8 +80,14 @@ def _expand_rows(reduced_w: np.ndarray, prev: LayerClasses | None, n_prev_cls: i
     return out
 
 
-def discrepancy_bound(original: Network, reduced: Network, classes: list[LayerClasses], tol: float) -> tuple[float, float]:
-    """Sound ``(a, b)`` with ``max_i |f_i(x) - g_i(x)| <= a + b ||x||_inf`` for all x (module docstring)."""
+def discrepancy_bound(original: Network, reduced: Network, classes: list[LayerClasses], tol: float,
+                      raw_signatures: list | None = None) -> tuple[float, float]:
+    """Sound ``(a, b)`` with ``max_i |f_i(x) - g_i(x)| <= a + b ||x||_inf`` for all x (module docstring).
+
+    ``raw_signatures`` (per layer the unsnapped ``(A, b_eff)``) may be passed to skip recomputing
+    them; the checker never passes it."""
+    from lumpver.lumping import aggregate, constant_contribution
+
     scale, shift = original.input_affine()
     m_prev = np.column_stack([np.abs(shift), np.abs(scale)])  # |x'| <= |t| + |s| R
     e_prev = np.zeros_like(m_prev)
@@ -90,10 +96,11 @@ def discrepancy_bound(original: Network, reduced: Network, classes: list[LayerCl
     for k, layer in enumerate(original.layers):
         cur = classes[k] if k < len(classes) else None
         n_prev_cls = prev.rep.size if prev is not None else layer.fan_in
-        from lumpver.lumping import aggregate, constant_contribution
-
-        agg, _ = aggregate(layer.weight, prev, n_prev_cls)
-        b_eff = layer.bias + constant_contribution(layer.weight, prev)
+        if raw_signatures is not None:
+            agg, b_eff = raw_signatures[k]
+        else:
+            agg, _ = aggregate(layer.weight, prev, n_prev_cls)
+            b_eff = layer.bias + constant_contribution(layer.weight, prev)
         red = reduced.layers[k]
         if cur is None:  # output layer: every neuron is its own representative
             cls, c = np.arange(layer.width), np.ones(layer.width)
@@ -107,8 +114,9 @@ def discrepancy_bound(original: Network, reduced: Network, classes: list[LayerCl
                 wq[kept] = _expand_rows(red.weight[: kept.size], prev, n_prev_cls)
                 bq[kept] = red.bias[: kept.size]
         absw = np.abs(layer.weight)
-        prop = absw @ e_prev  # sum_s |w_us| e_s
-        margin = ROUNDING_MARGIN * (absw @ m_prev + np.abs(layer.bias)[:, None] + np.abs(agg) @ mq_prev)
+        both = absw @ np.hstack([e_prev, m_prev])
+        prop, wm = both[:, :2], both[:, 2:]  # sum_s |w_us| e_s and sum_s |w_us| M_s
+        margin = ROUNDING_MARGIN * (wm + np.abs(layer.bias)[:, None] + np.abs(agg) @ mq_prev)
         lip = activation_lipschitz(layer.activation, layer.alpha)
         live = cls >= 0
         resid = np.zeros((layer.width, n_prev_cls))
@@ -121,7 +129,7 @@ def discrepancy_bound(original: Network, reduced: Network, classes: list[LayerCl
         e = lip * r * (1 + 1e-9)
         if cur is not None and np.any(~live):
             e[~live, 0] += np.abs(layer.activate(b_eff[~live]) - c[~live]) * (1 + 1e-9)
-        m = _magnitude(layer, absw @ m_prev + np.column_stack([np.abs(layer.bias), np.zeros(layer.width)]))
+        m = _magnitude(layer, wm + np.column_stack([np.abs(layer.bias), np.zeros(layer.width)]))
         if cur is None:
             return float(np.max(e[:, 0])), float(np.max(e[:, 1]))
         mq_prev = m[cur.rep] + e[cur.rep]

@@ -314,7 +314,7 @@ def _matmul(b: _Builder, ins, consts, data, path, where) -> None:
         c = c.reshape(-1, 1) if c.ndim == 1 else c
         if c.ndim != 2 or c.shape[0] != b.n:
             raise InputError(f"MatMul weight of shape {list(c.shape)} does not match {b.n} features", path, where)
-        b.affine(c.T.copy(), np.zeros(c.shape[1]), "matmul")
+        b.affine(c.T, np.zeros(c.shape[1]), "matmul")  # a transposed view: no copy
         b.shape = (b.shape[:-1] if len(b.shape) > 1 else []) + [c.shape[1]]
     elif ins[1] == data and ins[0] in consts:
         c = np.asarray(consts[ins[0]], dtype=np.float64)

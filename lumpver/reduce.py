@@ -37,7 +37,7 @@ def reduce_exact_to_files(
     net = load_onnx(model_path)
     progress.say(f"loaded {model_path}; lumping {net.n_hidden} hidden neurons in {len(net.layers) - 1} layers")
     result = exact_lump(net, tolerance, progress)
-    a, b = discrepancy_bound(net, result.reduced, result.classes, tolerance)
+    a, b = discrepancy_bound(net, result.reduced, result.classes, tolerance, result.raw_signatures)
     progress.say(f"writing {out_path} ({result.reduced.n_hidden} hidden neurons)")
     save_onnx(result.reduced, out_path)
     try:
