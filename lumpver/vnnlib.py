@@ -48,18 +48,18 @@ MAX_DISJUNCTS = 100_000
 Region = Union[Box, Polytope]
 
 _SKIP = r"(?:\s+|;[^\n]*)*+"  # whitespace and comments, possessive (no backtracking)
-_TERM = r"([^\s();]+)"
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_TERM = r"(?:(" + _NUM + r")(?=[\s)])|([^\s();]+))"  # a number, or any other word (resolved later)
 _ATOM = r"\(\s*(<=|>=|<|>)\s+" + _TERM + r"\s+" + _TERM + r"\s*\)"
 _TOKEN = re.compile(
     _SKIP
     + r"(?:(?P<aatom>\(\s*assert\s*" + _ATOM + r"\s*\))"
     + r"|(?P<atom>" + _ATOM + r")"
+    + r"|(?P<decl>\(\s*declare-const\s+([^\s();]+)\s+([^\s();]+)\s*\))"
     + r"|(?P<lp>\()|(?P<rp>\))|(?P<sym>[^\s();]+)|(?P<end>\Z))"
 )
 _G = _TOKEN.groupindex
-_AATOM, _ATOMG = _G["aatom"], _G["atom"]
-_AOP, _AL, _AR = _AATOM + 1, _AATOM + 2, _AATOM + 3
-_OP, _L, _R = _ATOMG + 1, _ATOMG + 2, _ATOMG + 3
+_AATOM, _ATOMG, _DECL = _G["aatom"], _G["atom"], _G["decl"]
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _VARNAME = re.compile(r"([XY])_(0|[1-9]\d*)")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.'!?$%&*/<=>@^~+-]*")
@@ -314,78 +314,89 @@ class _Parser:
     # main loop ------------------------------------------------------------------------------
     def parse(self) -> VnnlibSpec:
         stack: list[_Frame] = []
-        hi, lo = self.common.hi, self.common.lo
-        decl = self.decl
+        hi, lo, add, decl = self.common.hi, self.common.lo, self.common.add, self.decl
         for m in _TOKEN.finditer(self.text):
             kind = m.lastgroup
-            if kind == "aatom":
+            if kind == "aatom":  # (assert (op t t)): the bulk of real files
                 if stack:
                     self.unclosed(stack, m.start(_AATOM))
-                op, left, right = m.group(_AOP, _AL, _AR)
-                a = decl.get(left)
-                if a is None:
-                    a = self.term(left, m.start(_AL))
-                b = decl.get(right)
-                if b is None:
-                    b = self.term(right, m.start(_AR))
-                if op == "<=" and a.__class__ is int and a >= 0 and b.__class__ is float:
+                op, ln, lname, rn, rname = m.group(_AATOM + 1, _AATOM + 2, _AATOM + 3, _AATOM + 4, _AATOM + 5)
+                if ln:
+                    a = float(ln)
+                else:
+                    a = decl.get(lname)
+                    if a is None:
+                        a = self.term(lname, m.start(_AATOM + 3))
+                b = float(rn) if rn else self.name(rname, m, _AATOM + 5)
+                if rn and op == "<=" and a.__class__ is int and a >= 0:
                     h = hi.get(a)
                     if h is None or b < h:
                         hi[a] = b
-                elif op == ">=" and a.__class__ is int and a >= 0 and b.__class__ is float:
+                elif rn and op == ">=" and a.__class__ is int and a >= 0:
                     h = lo.get(a)
                     if h is None or b > h:
                         lo[a] = b
                 else:
-                    self.common.add(*self.atom(op, a, b, m.start(_AATOM)))
+                    add(*self.atom(op, a, b, m.start(_AATOM)))
             elif kind == "atom":
-                if not stack:
-                    raise self.fail(m.start(_ATOMG), "expected a command such as (assert ...), found '('")
-                top = stack[-1]
-                if top.head is None:
-                    raise self.fail(m.start(_ATOMG), "expected an operator, found '('")
-                op, left, right = m.group(_OP, _L, _R)
-                a = decl.get(left)
-                if a is None:
-                    a = self.term(left, m.start(_L))
-                b = decl.get(right)
-                if b is None:
-                    b = self.term(right, m.start(_R))
-                top.children.append(self.atom(op, a, b, m.start(_ATOMG)))
-                top.pos.append(m.start(_ATOMG))
+                self.nested_atom(stack, m)
+            elif kind == "decl":
+                if stack:
+                    self.unclosed(stack, m.start(_DECL))
+                self.declare(m.group(_DECL + 1), m.start(_DECL + 1), m.group(_DECL + 2), m.start(_DECL + 2))
             elif kind == "lp":
                 pos = m.start(kind)
                 if stack and stack[-1].head is None:
                     raise self.fail(pos, "expected an operator, found '('")
                 stack.append(_Frame(pos))
             elif kind == "rp":
-                pos = m.start(kind)
-                if not stack:
-                    raise self.fail(pos, "unbalanced parentheses: unexpected ')'")
-                frame = stack.pop()
-                if stack:
-                    stack[-1].children.append(self.close(frame, pos))
-                    stack[-1].pos.append(frame.open_pos)
-                else:
-                    self.command(frame, pos)
+                self.close_paren(stack, m.start(kind))
             elif kind == "sym":
-                pos = m.start(kind)
-                tok = m.group(kind)
-                if not stack:
-                    raise self.fail(pos, f"expected '(' at the start of a command, found {tok!r}")
-                top = stack[-1]
-                if top.head is None:
-                    top.head, top.head_pos = tok, pos
-                    if tok in _COMMANDS and len(stack) > 1:
-                        self.unclosed(stack[:-1], top.open_pos)
-                else:
-                    top.children.append(tok)
-                    top.pos.append(pos)
+                self.symbol(stack, m.group(kind), m.start(kind))
             else:  # end
                 if stack:
                     raise self.fail(stack[-1].open_pos, "unbalanced parentheses: this '(' is never closed")
                 break
         return self.build()
+
+    def name(self, tok: str, m: re.Match, group: int) -> int | float:
+        v = self.decl.get(tok)
+        return v if v is not None else self.term(tok, m.start(group))
+
+    def nested_atom(self, stack: list[_Frame], m: re.Match) -> None:
+        pos = m.start(_ATOMG)
+        if not stack:
+            raise self.fail(pos, "expected a command such as (assert ...), found '('")
+        top = stack[-1]
+        if top.head is None:
+            raise self.fail(pos, "expected an operator, found '('")
+        op, ln, lname, rn, rname = m.group(_ATOMG + 1, _ATOMG + 2, _ATOMG + 3, _ATOMG + 4, _ATOMG + 5)
+        a = float(ln) if ln else self.name(lname, m, _ATOMG + 3)
+        b = float(rn) if rn else self.name(rname, m, _ATOMG + 5)
+        top.children.append(self.atom(op, a, b, pos))
+        top.pos.append(pos)
+
+    def close_paren(self, stack: list[_Frame], pos: int) -> None:
+        if not stack:
+            raise self.fail(pos, "unbalanced parentheses: unexpected ')'")
+        frame = stack.pop()
+        if stack:
+            stack[-1].children.append(self.close(frame, pos))
+            stack[-1].pos.append(frame.open_pos)
+        else:
+            self.command(frame, pos)
+
+    def symbol(self, stack: list[_Frame], tok: str, pos: int) -> None:
+        if not stack:
+            raise self.fail(pos, f"expected '(' at the start of a command, found {tok!r}")
+        top = stack[-1]
+        if top.head is None:
+            top.head, top.head_pos = tok, pos
+            if tok in _COMMANDS and len(stack) > 1:
+                self.unclosed(stack[:-1], top.open_pos)
+        else:
+            top.children.append(tok)
+            top.pos.append(pos)
 
     def unclosed(self, stack: list[_Frame], next_pos: int) -> None:
         raise self.fail(
@@ -433,7 +444,7 @@ class _Parser:
         if f.head is None:
             raise self.fail(rp, "expected a command such as (assert ...), found ')'")
         if f.head == "declare-const":
-            self.declare(f, rp)
+            self.declare_frame(f, rp)
         elif f.head == "assert":
             if len(f.children) != 1:
                 at = rp if not f.children else f.pos[1] if len(f.children) > 1 else f.pos[0]
@@ -451,23 +462,27 @@ class _Parser:
         elif f.head not in _IGNORED:
             raise self.fail(f.head_pos, f"unknown command {f.head!r}, expected declare-const or assert")
 
-    def declare(self, f: _Frame, rp: int) -> None:
+    def declare_frame(self, f: _Frame, rp: int) -> None:
         kids = f.children
-        if not kids or not isinstance(kids[0], str):
-            at = f.pos[0] if kids else rp
-            raise self.fail(at, f"expected a variable name X_<i> or Y_<j>, found {self.found(at)}")
-        name, pos = kids[0], f.pos[0]
+        for k, kid in enumerate(kids):
+            if not isinstance(kid, str):
+                raise self.fail(f.pos[k], f"expected {'a variable name' if k == 0 else 'the sort Real'}, found '('")
+        if not kids:
+            raise self.fail(rp, "expected a variable name X_<i> or Y_<j>, found ')'")
+        if len(kids) < 2:
+            raise self.fail(rp, "expected the sort Real, found ')'")
+        if len(kids) > 2:
+            raise self.fail(f.pos[2], f"expected ')', found {self.found(f.pos[2])}")
+        self.declare(kids[0], f.pos[0], kids[1], f.pos[1])
+
+    def declare(self, name: str, pos: int, sort: str, sort_pos: int) -> None:
         m = _VARNAME.fullmatch(name)
         if not m:
             raise self.fail(pos, f"unknown variable {name!r}: expected X_<i> (input) or Y_<j> (output)")
         if name in self.decl:
             raise self.fail(pos, f"variable {name} is declared twice")
-        if len(kids) < 2:
-            raise self.fail(rp, "expected the sort Real, found ')'")
-        if kids[1] != "Real":
-            raise self.fail(f.pos[1], f"expected the sort Real, found {self.found(f.pos[1])}")
-        if len(kids) > 2:
-            raise self.fail(f.pos[2], f"expected ')', found {self.found(f.pos[2])}")
+        if sort != "Real":
+            raise self.fail(sort_pos, f"expected the sort Real, found {sort!r}")
         code = int(m.group(2)) if m.group(1) == "X" else ~int(m.group(2))
         self.decl[name] = code
         self.decl_pos[code] = pos
