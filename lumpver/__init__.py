@@ -12,7 +12,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from lumpver.errors import CheckFailed, InputError, LumpverError
-from lumpver.model import InputOp, Layer, Network
 
 __all__ = [
     "CheckFailed",
@@ -28,6 +27,10 @@ __all__ = [
 
 
 def __getattr__(name: str):  # lazy imports keep `import lumpver` (and the CLI) fast
+    if name in ("InputOp", "Layer", "Network"):
+        from lumpver import model
+
+        return getattr(model, name)
     if name == "load_onnx":
         from lumpver.onnx_import import load_onnx
 
