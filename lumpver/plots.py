@@ -1,0 +1,145 @@
+"""Figures for reports (DESIGN.md §9): matplotlib with the Agg backend, returned as PNG bytes.
+
+Each function takes plain JSON facts (certificate fields) and returns the PNG of one figure, so
+the HTML report can embed it as ``data:image/png;base64,...`` and stay one self-contained file.
+matplotlib is imported inside :func:`_figure` only (the CLI must start fast).
+"""
+from __future__ import annotations
+
+import base64
+import io
+from collections import Counter
+from typing import Any, Optional, Sequence
+
+_BEFORE, _AFTER, _THIRD = "#8da0cb", "#1b9e77", "#d95f02"
+
+
+def _figure(width: float = 6.0, height: float = 3.2):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height), dpi=100)
+    return plt, fig, ax
+
+
+def _png(plt, fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """``data:image/png;base64,...`` for an ``<img src>``."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def widths_plot(series: Sequence[tuple[str, Sequence[int]]]) -> bytes:
+    """Grouped bars: hidden-layer widths of each model (``[(label, widths), ...]``, first = original)."""
+    plt, fig, ax = _figure()
+    n_layers = max((len(w) for _, w in series), default=0)
+    bar = 0.8 / max(1, len(series))
+    colors = [_BEFORE, _AFTER, _THIRD, "#7570b3", "#e7298a", "#66a61e"]
+    for k, (label, widths) in enumerate(series):
+        xs = [i + (k - (len(series) - 1) / 2) * bar for i in range(len(widths))]
+        ax.bar(xs, list(widths), bar, label=label, color=colors[k % len(colors)])
+    ax.set_xticks(range(n_layers), [f"hidden {i + 1}" for i in range(n_layers)])
+    ax.set_ylabel("neurons")
+    ax.set_title("Hidden-layer widths")
+    ax.legend(fontsize=8)
+    return _png(plt, fig)
+
+
+def class_size_counts(claim: dict[str, Any]) -> list[dict[int, int]]:
+    """Per layer of an exact-lumping claim: class size -> number of kept classes of that size.
+
+    Classes are the non-negative ``class_of`` labels whose ``kept`` flag is true (dead classes and
+    constants, label -1, are not in the quotient).
+    """
+    out = []
+    for layer in claim.get("layers", []):
+        kept = layer.get("kept", [])
+        sizes = Counter(c for c in layer.get("class_of", []) if c >= 0 and (c >= len(kept) or kept[c]))
+        out.append(dict(Counter(sizes.values())))
+    return out
+
+
+def class_sizes_plot(claim: dict[str, Any]) -> bytes:
+    """Histogram per layer of the quotient's class sizes (how many neurons each kept neuron stands for)."""
+    plt, fig, ax = _figure()
+    counts = class_size_counts(claim)
+    sizes = sorted({s for c in counts for s in c})
+    bar = 0.8 / max(1, len(counts))
+    for k, c in enumerate(counts):
+        xs = [i + (k - (len(counts) - 1) / 2) * bar for i in range(len(sizes))]
+        ax.bar(xs, [c.get(s, 0) for s in sizes], bar, label=f"hidden {k + 1}")
+    ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
+    ax.set_xlabel("class size (original neurons merged into one)")
+    ax.set_ylabel("classes")
+    ax.set_title("Class sizes of the exact quotient")
+    ax.legend(fontsize=8)
+    return _png(plt, fig)
+
+
+def bounds_plot(rows: Sequence[dict[str, Any]], epsilon: Optional[float] = None) -> bytes:
+    """Per back-end: certified upper bound against the falsifier's lower bound (log scale).
+
+    ``rows``: ``{"label", "upper_bound" (or None), "lower_bound" (or None)}``. The true supremum
+    lies between the two markers; a missing upper bound is drawn as an open marker at the top.
+    """
+    plt, fig, ax = _figure()
+    vals = [v for r in rows for v in (r.get("upper_bound"), r.get("lower_bound")) if v]
+    vals += [epsilon] if epsilon else []
+    top = max(vals) * 3 if vals else 1.0
+    floor = min(vals) / 3 if vals else 1e-6
+    for i, r in enumerate(rows):
+        ub, lb = r.get("upper_bound"), r.get("lower_bound")
+        lo = lb if lb and lb > 0 else floor
+        hi = ub if ub is not None else top
+        ax.plot([i, i], [lo, hi], color="#999", lw=6, alpha=.4, solid_capstyle="butt")
+        if ub is not None:
+            ax.plot(i, max(ub, floor), "v", color=_AFTER, ms=10, label="certified upper bound" if i == 0 else None)
+        else:
+            ax.plot(i, top, "v", mfc="none", color=_AFTER, ms=10, label="no upper bound" if i == 0 else None)
+        if lb is not None:
+            ax.plot(i, max(lb, floor), "^", color=_THIRD, ms=10, label="falsifier lower bound" if i == 0 else None)
+    if epsilon:
+        ax.axhline(epsilon, color="k", ls="--", lw=1, label=f"epsilon = {epsilon:g}")
+    ax.set_yscale("log")
+    ax.set_ylim(floor, top * 1.5)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_xticks(range(len(rows)), [str(r.get("label")) for r in rows], fontsize=8)
+    ax.set_ylabel("sup ||f(x) - g(x)||")
+    ax.set_title("Certified bound vs. falsified lower bound")
+    ax.legend(fontsize=8)
+    return _png(plt, fig)
+
+
+def pvalues_plot(evidence: dict[str, Any]) -> bytes:
+    """Learn-then-Test evidence: p-value and empirical risk against the pruning level (DESIGN.md §7)."""
+    plt, fig, ax = _figure()
+    grid = list(evidence.get("grid", []))
+    pv = [p if p is not None else float("nan") for p in evidence.get("pvalues", [])]
+    tested = min(len(grid), len(pv))
+    ax.plot(grid[:tested], [max(p, 1e-300) for p in pv[:tested]], "o-", color=_AFTER, label="p-value")
+    if evidence.get("delta") is not None:
+        ax.axhline(evidence["delta"], color="k", ls="--", lw=1, label=f"delta = {evidence['delta']:g}")
+    chosen = evidence.get("chosen_index")
+    if chosen is not None and chosen < tested:
+        ax.plot(grid[chosen], max(pv[chosen], 1e-300), "*", color=_THIRD, ms=16, label="chosen level")
+    ax.set_yscale("log")
+    ax.set_xlabel("pruning level (fraction of weights removed)")
+    ax.set_ylabel("p-value of H0: risk > alpha")
+    risks = evidence.get("risks") or []
+    if risks:
+        ax2 = ax.twinx()
+        ax2.plot(grid[:len(risks)], risks, "s:", color=_BEFORE, ms=4, label="empirical risk")
+        if evidence.get("alpha") is not None:
+            ax2.axhline(evidence["alpha"], color=_BEFORE, ls=":", lw=1)
+        ax2.set_ylabel("empirical risk", color=_BEFORE)
+    ax.set_title("Confident pruning: p-values by level")
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(plt, fig)
