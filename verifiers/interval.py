@@ -173,9 +173,9 @@ def branch_and_bound(
 
 
 def _finish(heap, leaves, boxes, best_seen, cex, stopped) -> SearchResult:
-    open_bounds = [-it.priority for it in heap]
-    leaf_bounds = [lb for _, _, lb in leaves]
-    ub = max(open_bounds + leaf_bounds) if (open_bounds or leaf_bounds) else 0.0
+    """Leaves = the final partition of the region: certified boxes and still-open boxes."""
+    leaves = leaves + [(it.lo.tolist(), it.hi.tolist(), -it.priority) for it in heap]
+    ub = max(lb for _, _, lb in leaves) if leaves else 0.0
     return SearchResult(ub, not heap and cex is None, leaves, len(heap), boxes, cex, best_seen, stopped)
 
 
