@@ -22,11 +22,11 @@ from lumpver.certificate import CheckContext, CheckReport
 from lumpver.errors import InputError
 
 
-def _evidence(cert: dict) -> dict:
+def _evidence(cert: dict, where: str) -> dict:
     for ev in cert.get("evidence", []):
         if isinstance(ev, dict) and ev.get("backend") == "learn-then-test":
             return ev
-    raise InputError("statistical certificate has no learn-then-test evidence", None, "evidence")
+    raise InputError("statistical certificate has no learn-then-test evidence", where, "evidence")
 
 
 def _same_weights(a, b) -> str | None:
@@ -61,12 +61,13 @@ def check_statistical(cert: dict, ctx: CheckContext) -> CheckReport:
     from lumpver.pruning import prune_weights
 
     rep = CheckReport(True)
-    ev = _evidence(cert)
     where = str(ctx.cert_path)
+    ev = _evidence(cert, where)
     try:
         cfg = config_from_evidence(ev)
         chosen = ev["chosen_index"]
         cal_ref = ev["calibration"]
+        cal_ref["path"], cal_ref["sha256"]
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"malformed learn-then-test evidence: {e}", where, "evidence") from None
     if chosen is None or not (isinstance(chosen, int) and 0 <= chosen < len(cfg.levels)):

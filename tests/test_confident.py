@@ -159,6 +159,7 @@ def test_cli_confident_certificate_rechecks_and_matches_onnxruntime(files):
     assert ev["pvalues"][k] < 0.1 and (k + 1 == len(ev["grid"]) or ev["pvalues"][k + 1] >= 0.1)
     rep = check_certificate(cert_path)
     assert rep.holds, rep.lines
+    assert main(["check", str(cert_path), "-q"]) == 0
 
 
 def _rewrite(cert_path: Path, fn) -> None:
@@ -175,6 +176,7 @@ def test_check_fails_on_tampering(files):
     # 1. a p-value edited
     _rewrite(cert_path, lambda c: c["evidence"][0]["pvalues"].__setitem__(0, 0.5))
     assert not check_certificate(cert_path).holds
+    assert main(["check", str(cert_path), "-q"]) == 1
     # 2. a larger level claimed, with the reduced file replaced by that level's pruning (hash updated)
     cert_path.write_text(original)
     k = json.loads(original)["evidence"][0]["chosen_index"]
@@ -265,3 +267,27 @@ def test_bad_options_are_exit_2(files, capsys, extra):
     rc, out, _ = _prune(tmp, model, cal, *extra)
     assert rc == 2 and not out.exists()
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist_fc"
+
+
+def test_cli_confident_on_mnist_property_boxes(tmp_path):
+    """Real network: calibration inputs drawn from the L-inf boxes of two mnist_fc properties."""
+    from lumpver.vnnlib import read_vnnlib
+
+    rng = np.random.default_rng(0)
+    xs = [rng.uniform(b.lower, b.upper, size=(100, b.dim))
+          for p in ("prop_0_0.05.vnnlib", "prop_1_0.05.vnnlib")
+          for b in read_vnnlib(MNIST / "vnnlib" / p).input_set().boxes()]
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=np.concatenate(xs).astype(np.float32))
+    model = MNIST / "onnx" / "mnist-net_256x2.onnx"
+    rc, out, cert_path = _prune(tmp_path, model, cal, "--alpha", "0.05", "--delta", "0.1", "--grid", "0.3:0.9:0.1")
+    assert rc == 0
+    ev = json.loads(cert_path.read_text())["evidence"][0]
+    x = np.concatenate(xs).astype(np.float32)
+    agree = np.argmax(run_onnx(model, x), 1) == np.argmax(run_onnx(out, x), 1)
+    assert ev["risks"][ev["chosen_index"]] == pytest.approx(1 - agree.mean())
+    assert ev["sparsity"] == pytest.approx(ev["chosen_level"], abs=1e-3)
+    assert check_certificate(cert_path).holds

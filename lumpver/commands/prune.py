@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 #: method name -> "module:function(args, progress) -> int".
 METHODS = {
@@ -116,7 +117,9 @@ def run_magnitude(args, progress) -> int:
     from lumpver.onnx_export import save_onnx
     from lumpver.pruning import magnitude_prune, sparsity
 
-    if args.keep is None or not 0.0 < args.keep <= 1.0:
+    if args.keep is None:
+        raise InputError(f"--method {args.method} needs --keep FRACTION", args.model)
+    if not 0.0 < args.keep <= 1.0:
         raise InputError(f"--keep must lie in (0, 1], got {args.keep}", args.model)
     scope = args.scope or ("global" if args.granularity == "weight" else "layer")
     net = _load(args)
@@ -132,7 +135,8 @@ def run_magnitude(args, progress) -> int:
     if certify is not None:
         return int(certify(args, net, pruned, time.perf_counter() - t0, progress) or 0)
     if args.certificate:
-        progress.say("no certificate written: magnitude pruning is certified only on an --input-set")
+        print("lumpver prune: note: no certificate written; magnitude pruning is certified only on an --input-set",
+              file=sys.stderr)
     print(f"wrote {args.output}")
     return 0
 
