@@ -141,19 +141,24 @@ def run_magnitude(args, progress) -> int:
     return 0
 
 
-def _bounded_certifier():
-    """Hook for bounded-error certification of a pruned model on ``--input-set`` (issue 6).
+#: the bounded-error certifier of pruned models on an input set (DESIGN.md §5; issue 6).
+BOUNDED_CERTIFIER = "lumpver.certify:certify_reduction"
 
-    Returns a callable ``(args, original, pruned, seconds, progress) -> exit code`` from
-    ``lumpver.bounded_certify:certify_reduction`` when that module exists, else None.
+
+def _bounded_certifier():
+    """Hook for bounded-error certification of a pruned model on ``--input-set``.
+
+    Returns the callable ``(args, original, pruned, seconds, progress) -> exit code`` named by
+    :data:`BOUNDED_CERTIFIER` when its module exists, else None.
     """
+    module, func = BOUNDED_CERTIFIER.split(":")
     try:
-        mod = importlib.import_module("lumpver.bounded_certify")
+        mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
-        if e.name != "lumpver.bounded_certify":
+        if e.name != module:
             raise
         return None
-    return getattr(mod, "certify_reduction", None)
+    return getattr(mod, func, None)
 
 
 # ----- confident -------------------------------------------------------------------------------
