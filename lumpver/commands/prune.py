@@ -191,8 +191,9 @@ def run_confident(args, progress) -> int:
     for level, r, p in zip(config.levels, sel.risks, sel.pvalues):
         progress.say(f"  level {level:.4g}: empirical risk {r:.4f}, p-value {p:.3g}")
     if result.abstained:
-        raise CheckFailed(f"abstained: no pruning level passed (first p-value {sel.pvalues[0]:.3g} >= delta "
-                          f"{config.delta} at level {config.levels[0]}); no model written")
+        raise CheckFailed(f"abstained: no pruning level passed the {config.procedure} test at delta {config.delta} "
+                          f"(p-value at the least pruning {config.levels[0]}: {sel.pvalues[0]:.3g}; smallest: "
+                          f"{min(sel.pvalues):.3g}); no model written")
     save_onnx(result.reduced, args.output)
     if args.certificate:
         stats = model_stats(net, result.reduced, result.seconds)
