@@ -337,7 +337,7 @@ class _Parser:
                     if h is None or b > h:
                         lo[a] = b
                 else:
-                    add(*self.atom(op, a, b, m.start(_AATOM)))
+                    add(*self.atom(op, a, b, self.text.rfind("(", m.start(_AATOM), m.start(_AATOM + 1))))
             elif kind == "atom":
                 self.nested_atom(stack, m)
             elif kind == "decl":
@@ -392,6 +392,8 @@ class _Parser:
         top = stack[-1]
         if top.head is None:
             top.head, top.head_pos = tok, pos
+            if len(stack) == 1 and tok not in _COMMANDS:
+                raise self.fail(pos, f"unknown command {tok!r}, expected declare-const or assert")
             if tok in _COMMANDS and len(stack) > 1:
                 self.unclosed(stack[:-1], top.open_pos)
         else:
@@ -575,7 +577,7 @@ class _Parser:
             i = int(np.flatnonzero(box.lower > box.upper)[0])
             raise self.fail(
                 self.decl_pos[i],
-                f"empty input set: X_{i} has lower bound {box.lower[i]!r} > upper bound {box.upper[i]!r}",
+                f"empty input set: X_{i} has lower bound {float(box.lower[i])!r} > upper bound {float(box.upper[i])!r}",
             )
         raise InputError("empty input set: the input constraints are infeasible", self.path, "1:1")
 
