@@ -167,18 +167,21 @@ def load_spec(path: str | os.PathLike) -> Spec:
     except UnicodeDecodeError as e:
         raise InputError(f"not UTF-8 text (byte {e.start})", name) from None
     except tomllib.TOMLDecodeError as e:
-        raise _syntax_error(e, name) from None
+        raise _syntax_error(e, name, data.decode("utf-8")) from None
     return _Reader(name, Path(path).resolve().parent).spec(doc)
 
 
-def _syntax_error(e: Exception, name: str) -> InputError:
+def _syntax_error(e: Exception, name: str, text: str) -> InputError:
+    """``file:line:col: TOML syntax error: ...`` from tomllib's ``(at line L, column C)``."""
     msg = str(e)
     m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
     if m:
         return InputError(f"TOML syntax error: {msg[: m.start()]}", name, f"{m.group(1)}:{m.group(2)}")
     m = re.search(r"\s*\(at end of document\)$", msg)
     if m:
-        return InputError(f"TOML syntax error at end of file: {msg[: m.start()]}", name)
+        line = text.count("\n") + 1
+        col = len(text) - (text.rfind("\n") + 1) + 1
+        return InputError(f"TOML syntax error: {msg[: m.start()]} (at end of file)", name, f"{line}:{col}")
     return InputError(f"TOML syntax error: {msg}", name)
 
 
@@ -324,7 +327,7 @@ class _Reader:
         bad = np.flatnonzero(lo_v > hi_v)
         if bad.size:
             i = int(bad[0])
-            raise self.fail(f"{key}.lower[{i}]", f"lower {lo_v[i]!r} exceeds upper {hi_v[i]!r} (empty box)")
+            raise self.fail(f"{key}.lower[{i}]", f"lower {float(lo_v[i])!r} exceeds upper {float(hi_v[i])!r} (empty box)")
         spec.lower, spec.upper = lo_v, hi_v
 
     def center(self, v: Any, key: str) -> np.ndarray:
