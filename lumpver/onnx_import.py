@@ -151,9 +151,10 @@ def onnx_to_network(model, path: str = "<model>") -> Network:
             continue
         uses_data = data in ins
         if not uses_data:
-            if all(i in consts or i == "" for i in ins) and node.op_type in ("Identity", "Cast", "Reshape", "Transpose",
+            if all(i in consts or i == "" for i in ins) and node.op_type in {"Identity", "Cast", "Reshape", "Transpose",
                                                                               "Unsqueeze", "Squeeze", "Neg", "Sqrt",
-                                                                              "Reciprocal") | _ELEMENTWISE:
+                                                                              "Reciprocal", "DequantizeLinear",
+                                                                              "QuantizeLinear"} | _ELEMENTWISE:
                 consts[node.output[0]] = _eval_const(node, consts, path, where)
                 continue
             if node.op_type in _SHAPE_TENSOR_OPS and all(i in consts or i in shape_tensors or i == "" for i in ins):
