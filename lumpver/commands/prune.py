@@ -15,7 +15,7 @@ import sys
 METHODS = {
     "magnitude": "lumpver.commands.prune:run_magnitude",
     "confident": "lumpver.commands.prune:run_confident",
-    "coreset": "lumpver.commands.prune_coreset:run",  # DESIGN.md §6; to be added
+    "coreset": "lumpver.commands.prune_coreset:run",  # DESIGN.md §6
 }
 
 
