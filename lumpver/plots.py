@@ -95,17 +95,25 @@ def bounds_plot(rows: Sequence[dict[str, Any]], epsilon: Optional[float] = None)
     vals += [epsilon] if epsilon else []
     top = max(vals) * 3 if vals else 1.0
     floor = min(vals) / 3 if vals else 1e-6
+    seen: set[str] = set()
+
+    def once(label: str) -> Optional[str]:
+        if label in seen:
+            return None
+        seen.add(label)
+        return label
+
     for i, r in enumerate(rows):
         ub, lb = r.get("upper_bound"), r.get("lower_bound")
         lo = lb if lb and lb > 0 else floor
         hi = ub if ub is not None else top
         ax.plot([i, i], [lo, hi], color="#999", lw=6, alpha=.4, solid_capstyle="butt")
         if ub is not None:
-            ax.plot(i, max(ub, floor), "v", color=_AFTER, ms=10, label="certified upper bound" if i == 0 else None)
+            ax.plot(i, max(ub, floor), "v", color=_AFTER, ms=10, label=once("certified upper bound"))
         else:
-            ax.plot(i, top, "v", mfc="none", color=_AFTER, ms=10, label="no upper bound" if i == 0 else None)
+            ax.plot(i, top, "v", mfc="none", color=_AFTER, ms=10, label=once("no upper bound"))
         if lb is not None:
-            ax.plot(i, max(lb, floor), "^", color=_THIRD, ms=10, label="falsifier lower bound" if i == 0 else None)
+            ax.plot(i, max(lb, floor), "^", color=_THIRD, ms=10, label=once("falsifier lower bound"))
     if epsilon:
         ax.axhline(epsilon, color="k", ls="--", lw=1, label=f"epsilon = {epsilon:g}")
     ax.set_yscale("log")

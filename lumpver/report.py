@@ -88,6 +88,13 @@ def how_proved(ev: dict[str, Any]) -> str:
                 f"p-values, {ev.get('procedure')}: largest pruning level whose risk is certified <= alpha = "
                 f"{ev.get('alpha')} at confidence {ev.get('confidence')}: "
                 + (f"{lvl}." if lvl is not None else "none (abstained)."))
+    if backend == "sampling":
+        return (f"Largest error seen by onnxruntime on sampled points of the input set: {ev.get('lower_bound', 0):.4g} "
+                "(a lower bound of the true worst case).")
+    if backend == "reduction":
+        params = ", ".join(f"{k} = {v}" for k, v in ev.items()
+                           if k not in ("backend", "verdict", "method", "trials") and not isinstance(v, (list, dict)))
+        return f"Reduction method {ev.get('method')}" + (f" ({params})." if params else ".")
     bits = [f"Back-end {backend}: {ev.get('verdict')}"]
     if ev.get("upper_bound") is not None:
         bits.append(f"certified upper bound {ev['upper_bound']:.4g}")
@@ -112,16 +119,22 @@ def _step_discrepancy(cert: dict[str, Any]) -> Optional[tuple[float, float]]:
     return None
 
 
-def overall(steps: list[dict[str, Any]]) -> dict[str, Any]:
+def overall(steps: list[dict[str, Any]], xmax: Optional[float] = None) -> dict[str, Any]:
     """The guarantee of a chain of steps (original -> step 1 -> ... -> final), in words.
 
     By the triangle inequality the per-step discrepancy bounds add up on the inputs where all of
     them hold. A chain is as weak as its weakest kind; a statistical step does not compose with
-    the others, so then only the per-step statements hold.
+    the others, so then only the per-step statements hold. ``xmax`` (the largest ``||x||_inf`` on
+    the declared input set) turns ``a + b ||x||_inf`` into one number on that set.
     """
     certs = [s["certificate"] for s in steps if s.get("certificate")]
     if not certs:
         return {"kind": None, "statement": "No reduction step produced a certificate.", "holds": None}
+    missing = [str(s.get("index", i)) for i, s in enumerate(steps, start=1) if not s.get("certificate")]
+    if missing:
+        return {"kind": None, "holds": None, "steps": len(steps), "statement": (
+            f"Step(s) {', '.join(missing)} have no certificate, so no guarantee covers the whole chain; "
+            "each certified step's own guarantee holds as stated.")}
     kind = max((c["guarantee"]["kind"] for c in certs), key=_ORDER.__getitem__)
     rechecked = [s.get("recheck") for s in steps if s.get("certificate")]
     holds = None if any(r is None for r in rechecked) else all(r["holds"] for r in rechecked)
@@ -137,6 +150,9 @@ def overall(steps: list[dict[str, Any]]) -> dict[str, Any]:
     a, b = sum(p[0] for p in parts), sum(p[1] for p in parts)
     where = "for every input x" if kind == "exact" else "for every x in the declared input set"
     bound = f"{a:.3g}" + (f" + {b:.3g} * ||x||_inf" if b else "")
+    if kind != "exact" and xmax is not None and b:
+        out["bound_on_set"] = a + b * xmax
+        bound += f" <= {a + b * xmax:.3g} (||x||_inf <= {xmax:g} on the set)"
     out.update({"a": a, "b": b, "statement": (
         f"{_KIND_WORDS[kind]} Composed over {len(certs)} step(s) by the triangle inequality: {where}, "
         f"max_i |f_i(x) - g_i(x)| <= {bound}, in exact real arithmetic of the stored weights.")})
@@ -157,11 +173,22 @@ def document_from_certificate(cert: dict[str, Any], title: str = "lumpver report
             "summary": summary_lines(cert), "certificate": cert}
 
 
+def _stats(step: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """A step's size statistics (its own record, else its certificate's)."""
+    if step.get("stats"):
+        return step["stats"]
+    return step["certificate"]["stats"] if step.get("certificate") else None
+
+
+def _all_stats(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [st for st in map(_stats, doc["steps"]) if st is not None]
+
+
 def _final_stats(doc: dict[str, Any]) -> Optional[tuple[list[int], list[int], dict[str, Any], dict[str, Any]]]:
-    certs = [s["certificate"] for s in doc["steps"] if s.get("certificate")]
-    if not certs:
+    stats = _all_stats(doc)
+    if not stats:
         return None
-    return certs[0]["stats"]["layers_before"], certs[-1]["stats"]["layers_after"], certs[0]["stats"], certs[-1]["stats"]
+    return stats[0]["layers_before"], stats[-1]["layers_after"], stats[0], stats[-1]
 
 
 def headline(doc: dict[str, Any]) -> list[str]:
@@ -183,7 +210,8 @@ def headline(doc: dict[str, Any]) -> list[str]:
     elif ov.get("holds") is False:
         lines.append("WARNING: a certificate did NOT re-check; do not rely on this reduction.")
     for b in doc.get("backends", []):
-        lines.append(_backend_sentence(b))
+        if b.get("verdict") != "skipped":
+            lines.append(_backend_sentence(b))
     return lines
 
 
@@ -198,28 +226,29 @@ def _backend_sentence(b: dict[str, Any]) -> str:
 
 
 def _width_table(doc: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    certs = [s["certificate"] for s in doc["steps"] if s.get("certificate")]
-    cols = ["layer", "original"] + [f"after step {i + 1}" for i in range(len(certs))]
-    if not certs:
+    stats = _all_stats(doc)
+    cols = ["layer", "original"] + [f"after step {i + 1}" for i in range(len(stats))]
+    if not stats:
         return cols, []
-    series = [certs[0]["stats"]["layers_before"]] + [c["stats"]["layers_after"] for c in certs]
+    series = [stats[0]["layers_before"]] + [st["layers_after"] for st in stats]
     n = max(len(s) for s in series)
     rows = [[f"hidden {i + 1}"] + [s[i] if i < len(s) else "-" for s in series] for i in range(n)]
     rows.append(["total hidden"] + [sum(s) for s in series])
-    rows.append(["parameters", certs[0]["stats"]["params_before"]] + [c["stats"]["params_after"] for c in certs])
+    rows.append(["parameters", stats[0]["params_before"]] + [st["params_after"] for st in stats])
     return cols, rows
 
 
 def _step_rows(doc: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for i, s in enumerate(doc["steps"], start=1):
-        c = s.get("certificate")
+        c, st, rc = s.get("certificate"), _stats(s), s.get("recheck")
+        size = f"{st['neurons_before']} -> {st['neurons_after']}" if st else "-"
+        secs = f"{st['seconds']:.2f}" if st else "-"
         if not c:
-            rows.append([i, s.get("method"), "-", "-", "-", s.get("note", "")])
+            rows.append([i, s.get("method"), "none", size, secs, "no certificate"])
             continue
-        st, rc = c["stats"], s.get("recheck")
-        rows.append([i, s.get("method"), c["guarantee"]["kind"], f"{st['neurons_before']} -> {st['neurons_after']}",
-                     f"{st['seconds']:.2f}", "not run" if rc is None else ("holds" if rc["holds"] else "DOES NOT HOLD")])
+        rows.append([i, s.get("method"), c["guarantee"]["kind"], size, secs,
+                     "not run" if rc is None else ("holds" if rc["holds"] else "DOES NOT HOLD")])
     return rows
 
 
@@ -245,11 +274,12 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, bytes]]:
     from lumpver import plots
 
     out: list[tuple[str, bytes]] = []
-    certs = [s["certificate"] for s in doc["steps"] if s.get("certificate")]
-    if certs:
-        series = [("original", certs[0]["stats"]["layers_before"])]
-        series += [(f"after step {i + 1}", c["stats"]["layers_after"]) for i, c in enumerate(certs)]
+    stats = _all_stats(doc)
+    if stats:
+        series = [("original", stats[0]["layers_before"])]
+        series += [(f"after step {i + 1}", st["layers_after"]) for i, st in enumerate(stats)]
         out.append(("Hidden-layer widths before and after each step.", plots.widths_plot(series)))
+    certs = [s["certificate"] for s in doc["steps"] if s.get("certificate")]
     for i, c in enumerate(certs, start=1):
         for ev in c["evidence"]:
             if ev.get("backend") == "lumping" and isinstance(ev.get("claim"), dict):
@@ -262,10 +292,11 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, bytes]]:
     rows = [{"label": b["backend"], "upper_bound": b.get("upper_bound"), "lower_bound": b.get("lower_bound")}
             for b in doc.get("backends", []) if b.get("upper_bound") is not None or b.get("lower_bound") is not None]
     for i, c in enumerate(certs, start=1):
-        for ev in c["evidence"]:
-            if ev.get("upper_bound") is not None and ev.get("backend") not in ("lumping",):
-                rows.append({"label": f"step {i} {ev.get('backend')}", "upper_bound": ev.get("upper_bound"),
-                             "lower_bound": ev.get("lower_bound")})
+        ubs = [ev for ev in c["evidence"] if ev.get("upper_bound") is not None]
+        lbs = [ev["lower_bound"] for ev in c["evidence"] if isinstance(ev.get("lower_bound"), (int, float))]
+        for ev in ubs:
+            rows.append({"label": f"step {i} {ev.get('backend')}", "upper_bound": ev["upper_bound"],
+                         "lower_bound": max(lbs) if lbs else None})
     if rows:
         eps = next((b.get("epsilon") for b in doc.get("backends", []) if b.get("epsilon")), None)
         out.append(("Certified upper bound against the falsifier's lower bound: the true worst-case error lies "
@@ -293,6 +324,8 @@ def to_markdown(doc: dict[str, Any], title: Optional[str] = None) -> str:
             continue
         out.append(f"{i}. **{s.get('method')}** ({c['guarantee']['kind']}): " + " ".join(summary_lines(c)))
         out += [f"   - {how_proved(ev)}" for ev in c["evidence"]]
+        if s.get("note"):
+            out.append(f"   - Note: {s['note']}")
         if s.get("certificate_path"):
             out.append(f"   - Certificate `{s['certificate_path']}`; re-check with `lumpver check {s['certificate_path']}`.")
     out += ["", "## Steps", ""] + _md_table(_STEP_COLS, _step_rows(doc))
@@ -362,6 +395,8 @@ def to_html(doc: dict[str, Any], title: Optional[str] = None, with_figures: bool
             parts.append(f"<li><b>{e(str(s.get('method')))}</b>: {e(s.get('note', 'no certificate'))}</li>")
             continue
         items = "".join(f"<li>{_inline_code(how_proved(ev))}</li>" for ev in c["evidence"])
+        if s.get("note"):
+            items += f"<li>Note: {e(s['note'])}</li>"
         if s.get("certificate_path"):
             items += f"<li>Certificate <code>{e(s['certificate_path'])}</code>; re-check with " \
                      f"<code>lumpver check {e(s['certificate_path'])}</code>.</li>"
