@@ -90,11 +90,10 @@ class VnnlibSpec:
 
     def regions(self) -> list[Region]:
         """The distinct input regions, in file order."""
-        out: list[Region] = []
+        seen: dict[tuple, Region] = {}
         for case in self.cases:
-            if not any(_same_region(case.region, r) for r in out):
-                out.append(case.region)
-        return out
+            seen.setdefault(_region_key(case.region), case.region)
+        return list(seen.values())
 
     def input_set(self) -> InputSet:
         """The union of the case regions (deduplicated)."""
@@ -612,12 +611,9 @@ def _region_empty(region: Region) -> bool:
     return res.status == 2  # proven infeasible; any other failure keeps the region (sound: a superset)
 
 
-def _same_region(a: Region, b: Region) -> bool:
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, Box):
-        return np.array_equal(a.lower, b.lower) and np.array_equal(a.upper, b.upper)
-    same_bb = (a.bounding_box is None) == (b.bounding_box is None) and (
-        a.bounding_box is None or _same_region(a.bounding_box, b.bounding_box)
-    )
-    return same_bb and a.A.shape == b.A.shape and np.array_equal(a.A, b.A) and np.array_equal(a.b, b.b)
+def _region_key(r: Region) -> tuple:
+    """Equal keys exactly when the regions have equal arrays (bitwise)."""
+    if isinstance(r, Box):
+        return ("box", r.lower.tobytes(), r.upper.tobytes())
+    bb = None if r.bounding_box is None else _region_key(r.bounding_box)
+    return ("polytope", r.A.shape, r.A.tobytes(), r.b.tobytes(), bb)
