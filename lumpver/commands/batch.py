@@ -1,0 +1,28 @@
+"""``lumpver batch instances.csv``: a benchmark suite in parallel, with summary.csv and summary.md."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("instances", help="CSV with rows onnx,vnnlib,timeout_s (paths relative to its folder)")
+    p.add_argument("--jobs", type=int, default=None, help="instances run at the same time (default: the number of cores)")
+    p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every instance's timeout by F")
+    p.add_argument("--out", default="lumpver-batch", help="folder for summary.csv, summary.md and results/ "
+                                                           "(default ./lumpver-batch)")
+    p.add_argument("--reduce", action="store_true", help="verify after the on-set reduction (lumpver verify --reduce)")
+    p.add_argument("--backend", help="back-end passed to lumpver verify (default: its own)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lumpver.batch import run_batch
+    from lumpver.errors import InputError
+    from lumpver.progress import Progress
+
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError(f"--jobs must be >= 1, got {args.jobs}")
+    res = run_batch(args.instances, args.out, args.jobs, args.timeout_scale, args.reduce, args.backend,
+                    Progress(args.quiet))
+    print(", ".join(f"{n} {r}" for r, n in res.counts.items() if n) + f" in {res.wall_seconds:.1f} s; "
+          f"summary in {res.out_dir / 'summary.md'}")
+    return 0

@@ -1,0 +1,113 @@
+"""``lumpver batch``: parallel runs, hard time limits, summaries, CSV errors, and real verify on test nets."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lumpver.batch import GRACE, read_instances, run_batch
+from lumpver.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_DATA = ROOT.parent / "shared" / "data" / "test"
+
+# A stand-in for `lumpver verify`: sleeps as long as the vnnlib file's name says, then writes
+# the word the file contains. It lets the pool, the time limit and the summary be tested
+# without depending on any verifier.
+FAKE = ("import sys, time, pathlib; v = pathlib.Path(sys.argv[1]); r = pathlib.Path(sys.argv[2]); "
+        "time.sleep(float(v.stem.split('_')[1])); r.write_text(v.read_text())")
+
+
+def fake_argv(inst, result_file, reduce, backend):
+    return [sys.executable, "-c", FAKE, str(inst.vnnlib), str(result_file)]
+
+
+def _suite(tmp_path: Path, rows: list[tuple[str, float, str]]) -> Path:
+    """rows: (answer written, sleep seconds, timeout_s); one shared real model file."""
+    model = tmp_path / "net.onnx"
+    model.write_bytes((ROOT / "specs" / "planted_demo.onnx").read_bytes())
+    lines = []
+    for k, (word, sleep, timeout) in enumerate(rows):
+        v = tmp_path / f"p{k}_{sleep}.vnnlib"
+        v.write_text(word + "\n")
+        lines.append(f"net.onnx,{v.name},{timeout}")
+    (tmp_path / "instances.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "instances.csv"
+
+
+def test_parallel_timeouts_and_summary(tmp_path):
+    rows = [("sat", 0.5, "30"), ("unsat", 0.5, "30"), ("unknown", 0.5, "30"), ("unsat", 60, "1")]
+    suite = _suite(tmp_path, rows)
+    t0 = time.perf_counter()
+    res = run_batch(suite, tmp_path / "out", jobs=4, argv_for=fake_argv)
+    wall = time.perf_counter() - t0
+    assert [o.result for o in res.outcomes] == ["sat", "unsat", "unknown", "timeout"]
+    # the 60 s instance was killed at its limit (1 s + grace), not waited for
+    assert res.outcomes[3].seconds < 1 + GRACE + 3 and wall < 1 + GRACE + 6
+    # the three 0.5 s instances ran side by side with the slow one
+    assert wall < sum(o.seconds for o in res.outcomes)
+    from lumpver.onnx_import import load_onnx
+
+    n = load_onnx(tmp_path / "net.onnx").n_hidden
+    with open(tmp_path / "out" / "summary.csv") as f:
+        got = list(csv.DictReader(f))
+    assert [r["result"] for r in got] == ["sat", "unsat", "unknown", "timeout"]
+    assert all(int(r["neurons_before"]) == n for r in got)
+    assert [r["vnnlib"] for r in got] == [f"p{k}_{s}.vnnlib" for k, (_, s, _) in enumerate(rows)]
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "| sat | 1 |" in md and "| timeout | 1 |" in md and "| unsat | 2 |" not in md and "| unsat | 1 |" in md
+
+
+def test_timeout_scale(tmp_path):
+    suite = _suite(tmp_path, [("sat", 1.5, "1")])
+    assert read_instances(suite, 3.0)[0].timeout == 3.0
+    res = run_batch(suite, tmp_path / "o", jobs=1, timeout_scale=3.0, argv_for=fake_argv)
+    assert res.outcomes[0].result == "sat"  # 1.5 s fits in 3 s
+
+
+def test_missing_result_is_error(tmp_path):
+    suite = _suite(tmp_path, [("garbage", 0, "10")])
+    res = run_batch(suite, tmp_path / "o", jobs=1, argv_for=fake_argv)
+    assert res.outcomes[0].result == "error"
+
+
+@pytest.mark.parametrize("text, where", [("a.onnx,b.vnnlib\n", "1"), ("net.onnx,p.vnnlib,abc\n", "1"),
+                                         ("\nnet.onnx,missing.vnnlib,5\n", "2"), ("net.onnx,p.vnnlib,-1\n", "1")])
+def test_bad_csv(tmp_path, text, where):
+    (tmp_path / "net.onnx").write_bytes(b"x")
+    (tmp_path / "p.vnnlib").write_text("x")
+    (tmp_path / "i.csv").write_text(text)
+    with pytest.raises(InputError) as e:
+        read_instances(tmp_path / "i.csv")
+    assert f"i.csv:{where}:" in str(e.value)
+
+
+def test_cli_bad_csv_exit_2(tmp_path):
+    (tmp_path / "i.csv").write_text("only,two\n")
+    r = subprocess.run([sys.executable, "-m", "lumpver", "batch", str(tmp_path / "i.csv"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "i.csv:1:" in r.stderr and "Traceback" not in r.stderr
+
+
+def _have_verify() -> bool:
+    return importlib.util.find_spec("lumpver.commands.verify") is not None
+
+
+def test_real_verify_on_test_nets(tmp_path):
+    """`lumpver batch` with the real `lumpver verify` on the shared test networks (known answers)."""
+    assert _have_verify(), "lumpver verify (lumpver/commands/verify.py) is missing"
+    suite = tmp_path / "instances.csv"
+    suite.write_text(f"{TEST_DATA / 'test_sat.onnx'},{TEST_DATA / 'test_prop.vnnlib'},60\n"
+                     f"{TEST_DATA / 'test_unsat.onnx'},{TEST_DATA / 'test_prop.vnnlib'},60\n")
+    r = subprocess.run([sys.executable, "-m", "lumpver", "batch", str(suite), "--out", str(tmp_path / "o"),
+                        "--jobs", "2", "--reduce", "-q"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "o" / "summary.csv") as f:
+        got = list(csv.DictReader(f))
+    assert [g["result"] for g in got] == ["sat", "unsat"]
+    assert all(int(g["neurons_before"]) == 300 for g in got)  # ACAS Xu: 6 x 50 hidden
