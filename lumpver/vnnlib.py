@@ -55,7 +55,7 @@ _TOKEN = re.compile(
     _SKIP
     + r"(?:(?P<aatom>\(\s*assert\s*" + _ATOM + r"\s*\))"
     + r"|(?P<atom>" + _ATOM + r")"
-    + r"|(?P<decl>\(\s*declare-const\s+([^\s();]+)\s+([^\s();]+)\s*\))"
+    + r"|(?P<decl>\(\s*declare-const\s+(?:(([XY])_(0|[1-9]\d*))\s+Real\s*\)|([^\s();]+)\s+([^\s();]+)\s*\)))"
     + r"|(?P<lp>\()|(?P<rp>\))|(?P<sym>[^\s();]+)|(?P<end>\Z))"
 )
 _G = _TOKEN.groupindex
@@ -265,8 +265,7 @@ class _Parser:
     def __init__(self, text: str, path: str) -> None:
         self.text = text
         self.path = path
-        self.decl: dict[str, int] = {}
-        self.decl_pos: dict[int, int] = {}
+        self.decl: dict[str, int] = {}  # name -> code (X_i -> i, Y_j -> ~j)
         self.common = _Conj()
         self.multi: list[tuple[list[_Conj], int]] = []
         self.strict = 0
@@ -342,7 +341,13 @@ class _Parser:
             elif kind == "decl":
                 if stack:
                     self.unclosed(stack, m.start(_DECL))
-                self.declare(m.group(_DECL + 1), m.start(_DECL + 1), m.group(_DECL + 2), m.start(_DECL + 2))
+                name, xy, idx = m.group(_DECL + 1, _DECL + 2, _DECL + 3)
+                if name and name not in decl:
+                    decl[name] = int(idx) if xy == "X" else ~int(idx)
+                elif name:
+                    raise self.fail(m.start(_DECL + 1), f"variable {name} is declared twice")
+                else:
+                    self.declare(m.group(_DECL + 4), m.start(_DECL + 4), m.group(_DECL + 5), m.start(_DECL + 5))
             elif kind == "lp":
                 pos = m.start(kind)
                 if stack and stack[-1].head is None:
@@ -486,19 +491,24 @@ class _Parser:
             raise self.fail(sort_pos, f"expected the sort Real, found {sort!r}")
         code = int(m.group(2)) if m.group(1) == "X" else ~int(m.group(2))
         self.decl[name] = code
-        self.decl_pos[code] = pos
+
+    def decl_at(self, code: int) -> int:
+        """Where a variable is declared (searched only when an error is reported)."""
+        name = f"X_{code}" if code >= 0 else f"Y_{~code}"
+        m = re.search(r"\(\s*declare-const\s+(" + name + r")(?=[\s)])", self.text)
+        return m.start(1) if m else 0
 
     # semantics ------------------------------------------------------------------------------
     def dims(self) -> tuple[int, int]:
-        xs = sorted(c for c in self.decl_pos if c >= 0)
-        ys = sorted(~c for c in self.decl_pos if c < 0)
+        xs = sorted(c for c in self.decl.values() if c >= 0)
+        ys = sorted(~c for c in self.decl.values() if c < 0)
         for kind, idx, code in (("X", xs, lambda i: i), ("Y", ys, lambda j: ~j)):
             if not idx:
                 raise InputError(f"no {kind}_0 declared: expected (declare-const {kind}_0 Real)", self.path, "1:1")
             if idx[-1] != len(idx) - 1:
                 missing = next(i for i in range(len(idx)) if idx[i] != i)
                 raise self.fail(
-                    self.decl_pos[code(idx[-1])],
+                    self.decl_at(code(idx[-1])),
                     f"wrong index: {kind}_{idx[-1]} is declared but {kind}_{missing} is not "
                     f"(indices must be 0..n-1)",
                 )
@@ -558,7 +568,7 @@ class _Parser:
             if not bounded:
                 i = int(np.flatnonzero(~np.isfinite(lower) | ~np.isfinite(upper))[0])
                 which = "lower" if not np.isfinite(lower[i]) else "upper"
-                raise self.fail(self.decl_pos[i], f"missing {which} bound for input X_{i} (a box needs both bounds of every input)")
+                raise self.fail(self.decl_at(i), f"missing {which} bound for input X_{i} (a box needs both bounds of every input)")
             return Box(lower, upper)
         rows = list(xc.xrows)
         if not bounded:  # no bounding box: keep the finite single-variable bounds as rows
@@ -575,7 +585,7 @@ class _Parser:
         if box is not None and box.is_empty():
             i = int(np.flatnonzero(box.lower > box.upper)[0])
             raise self.fail(
-                self.decl_pos[i],
+                self.decl_at(i),
                 f"empty input set: X_{i} has lower bound {float(box.lower[i])!r} > upper bound {float(box.upper[i])!r}",
             )
         raise InputError("empty input set: the input constraints are infeasible", self.path, "1:1")
