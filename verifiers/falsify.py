@@ -1,0 +1,330 @@
+"""Falsifier: random sampling, then gradient-guided search (PGD) over the input set (DESIGN.md §5).
+
+The core works on :class:`~lumpver.model.Network` objects only. For an equivalence query it
+maximises ``||f(x) - g(x)||`` (norms linf, l1, l2, and top1 = top-1 disagreement); for a
+property query it maximises the violation margin of the unsafe output set. Gradients are
+exact local gradients (vector-Jacobian products through the activation pattern for
+piecewise-linear nets, analytic derivatives for sigmoid/tanh).
+
+Soundness: the falsifier can only *refute*. It answers ``violated`` only for a float32
+input that lies in X and shows the violation in both a float64 and a float32 forward pass;
+callers that know the ONNX files (``lumpver compare``/``verify``) replay it once more with
+onnxruntime before reporting it. Otherwise the answer is ``unknown`` with ``lower_bound`` =
+the best value found (a lower bound on the supremum, used by ``lumpver bound``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from lumpver.inputset import Box, InputSet, OutputProperty, Polytope, Region
+from lumpver.model import Network
+from verifiers.base import Query, Verdict
+
+#: Tolerance (absolute) for a point to count as inside a polytope region.
+CONTAINS_TOL = 1e-9
+
+
+# ----- forward / backward ------------------------------------------------------------------
+def _act_grad(name: str, z: np.ndarray, h: np.ndarray, alpha: float) -> np.ndarray:
+    """Derivative of the activation at z (the active branch at 0 for ReLU)."""
+    if name == "identity":
+        return np.ones_like(z)
+    if name == "relu":
+        return (z > 0).astype(z.dtype)
+    if name == "leaky_relu":
+        return np.where(z >= 0, 1.0, alpha)
+    if name == "sigmoid":
+        return h * (1.0 - h)
+    if name == "tanh":
+        return 1.0 - h * h
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def forward_vjp(net: Network, x: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """Outputs ``(n, m)`` for raw inputs ``x (n, d)`` and a function mapping output seeds
+    ``(n, m)`` to input gradients ``(n, d)`` (exact local vector-Jacobian product)."""
+    scale, shift = net.input_affine()
+    h = x * scale + shift
+    cache = []
+    for layer in net.layers:
+        z = h @ layer.weight.T + layer.bias
+        h = layer.activate(z)
+        cache.append((layer, z, h))
+
+    def vjp(seed: np.ndarray) -> np.ndarray:
+        g = seed
+        for layer, z, hh in reversed(cache):
+            g = (g * _act_grad(layer.activation, z, hh, layer.alpha)) @ layer.weight
+        return g * scale
+
+    return h, vjp
+
+
+# ----- objectives ---------------------------------------------------------------------------
+def norm_value(d: np.ndarray, norm: str) -> np.ndarray:
+    """Row-wise norm of output differences ``d (n, m)``."""
+    if norm == "linf":
+        return np.max(np.abs(d), axis=1)
+    if norm == "l1":
+        return np.sum(np.abs(d), axis=1)
+    if norm == "l2":
+        return np.sqrt(np.sum(d * d, axis=1))
+    raise ValueError(f"unknown norm {norm!r}")
+
+
+def _norm_seed(d: np.ndarray, norm: str) -> np.ndarray:
+    if norm == "linf":
+        seed = np.zeros_like(d)
+        i = np.argmax(np.abs(d), axis=1)
+        seed[np.arange(len(d)), i] = np.sign(d[np.arange(len(d)), i]) + (d[np.arange(len(d)), i] == 0)
+        return seed
+    if norm == "l1":
+        return np.sign(d) + (d == 0)
+    n = np.sqrt(np.sum(d * d, axis=1, keepdims=True))
+    return np.where(n > 0, d / np.maximum(n, 1e-300), 1.0)
+
+
+def _margin_seed(y: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``max_{j != cls} y_j - y_cls`` and its gradient seed (per row)."""
+    rows = np.arange(len(y))
+    other = y.copy()
+    other[rows, cls] = -np.inf
+    j = np.argmax(other, axis=1)
+    value = y[rows, j] - y[rows, cls]
+    seed = np.zeros_like(y)
+    seed[rows, j] = 1.0
+    seed[rows, cls] -= 1.0
+    return value, seed
+
+
+def property_margin(y: np.ndarray, prop: OutputProperty) -> tuple[np.ndarray, int, int]:
+    """Score ``-min_d max_k (A_d y - b_d)_k`` of one output ``y``; >= 0 means unsafe."""
+    best, bd, bk = -np.inf, 0, 0
+    for d, (A, b) in enumerate(prop.disjuncts):
+        r = A @ y - b
+        k = int(np.argmax(r))
+        if -r[k] > best:
+            best, bd, bk = -float(r[k]), d, k
+    return best, bd, bk
+
+
+@dataclass
+class Objective:
+    """A scalar score over a batch of raw inputs with its gradient; larger = closer to violation."""
+
+    query: Query
+
+    def score(self, x: np.ndarray, grad: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        q = self.query
+        yf, vjp_f = forward_vjp(q.network, x)
+        if q.other is None:
+            return self._property(yf, vjp_f, grad)
+        yg, vjp_g = forward_vjp(q.other, x)
+        if q.norm == "top1":
+            a = np.argmax(yf, axis=1)
+            b = np.argmax(yg, axis=1)
+            v1, s1 = _margin_seed(yg, a)
+            v2, s2 = _margin_seed(yf, b)
+            use1 = v1 >= v2
+            value = np.where(use1, v1, v2)
+            if not grad:
+                return value, None
+            gx = np.where(use1[:, None], vjp_g(s1 * use1[:, None]), vjp_f(s2 * (~use1)[:, None]))
+            return value, gx
+        d = yf - yg
+        value = norm_value(d, q.norm)
+        if not grad:
+            return value, None
+        seed = _norm_seed(d, q.norm)
+        return value, vjp_f(seed) - vjp_g(seed)
+
+    def _property(self, y: np.ndarray, vjp, grad: bool):
+        prop = self.query.prop
+        value = np.empty(len(y))
+        seed = np.zeros_like(y)
+        for i, yi in enumerate(y):
+            value[i], d, k = property_margin(yi, prop)
+            seed[i] = -prop.disjuncts[d][0][k]
+        return value, (vjp(seed) if grad else None)
+
+
+# ----- violation test on concrete outputs ------------------------------------------------
+def is_violation(query: Query, y_f: np.ndarray, y_g: Optional[np.ndarray]) -> bool:
+    """Whether concrete outputs (one sample) violate the query's claim (no tolerance)."""
+    y_f = np.asarray(y_f, dtype=np.float64).reshape(-1)
+    if query.other is None:
+        return query.prop.is_unsafe(y_f, tol=0.0)
+    y_g = np.asarray(y_g, dtype=np.float64).reshape(-1)
+    if query.norm == "top1":
+        return int(np.argmax(y_f)) != int(np.argmax(y_g))
+    return float(norm_value((y_f - y_g)[None, :], query.norm)[0]) > query.epsilon
+
+
+def value_of(query: Query, y_f: np.ndarray, y_g: Optional[np.ndarray]) -> float:
+    """The attained norm (equivalence; 1/0 for top1) or margin (property) of one sample."""
+    y_f = np.asarray(y_f, dtype=np.float64).reshape(-1)
+    if query.other is None:
+        return property_margin(y_f, query.prop)[0]
+    y_g = np.asarray(y_g, dtype=np.float64).reshape(-1)
+    if query.norm == "top1":
+        return float(int(np.argmax(y_f)) != int(np.argmax(y_g)))
+    return float(norm_value((y_f - y_g)[None, :], query.norm)[0])
+
+
+def confirms(query: Query, x: np.ndarray) -> bool:
+    """Violation shown by both the float64 and the float32 forward pass of the networks."""
+    for dt in (np.float64, np.float32):
+        yf = query.network.forward(x, dtype=dt)[0]
+        yg = None if query.other is None else query.other.forward(x, dtype=dt)[0]
+        if not is_violation(query, yf, yg):
+            return False
+    return True
+
+
+# ----- geometry -----------------------------------------------------------------------------
+def region_box(region: Region) -> Box:
+    if isinstance(region, Box):
+        return region
+    if region.bounding_box is None:
+        raise ValueError("polytope region without a bounding box")
+    return region.bounding_box
+
+
+def to_float32_inside(x: np.ndarray, region: Region) -> Optional[np.ndarray]:
+    """``x`` rounded to float32 values lying in ``region`` (box exactly; polytope within
+    :data:`CONTAINS_TOL`), as float64; None if rounding cannot keep it inside."""
+    box = region_box(region)
+    lo32 = box.lower.astype(np.float32)
+    hi32 = box.upper.astype(np.float32)
+    lo32 = np.where(lo32.astype(np.float64) < box.lower, np.nextafter(lo32, np.float32(np.inf)), lo32)
+    hi32 = np.where(hi32.astype(np.float64) > box.upper, np.nextafter(hi32, np.float32(-np.inf)), hi32)
+    if np.any(lo32 > hi32):
+        return None
+    xf = np.clip(np.asarray(x, dtype=np.float64).astype(np.float32), lo32, hi32).astype(np.float64)
+    return xf if region.contains(xf, tol=CONTAINS_TOL) else None
+
+
+def project(x: np.ndarray, region: Region, rounds: int = 30) -> np.ndarray:
+    """Approximate projection onto the region (box clip; POCS on half-spaces for polytopes)."""
+    box = region_box(region)
+    x = np.clip(x, box.lower, box.upper)
+    if isinstance(region, Polytope):
+        A, b = region.A, region.b
+        nrm = np.maximum(np.sum(A * A, axis=1), 1e-300)
+        for _ in range(rounds):
+            viol = x @ A.T - b  # (n, rows)
+            if np.all(viol <= 0):
+                break
+            for r in range(A.shape[0]):
+                v = np.maximum(x @ A[r] - b[r], 0.0)
+                x = x - (v / nrm[r])[:, None] * A[r][None, :]
+            x = np.clip(x, box.lower, box.upper)
+    return x
+
+
+# ----- search -------------------------------------------------------------------------------
+@dataclass
+class SearchResult:
+    best_value: float
+    best_x: Optional[np.ndarray]
+    counterexample: Optional[np.ndarray]  # confirmed (float32-valued, inside X), or None
+    evaluations: int
+
+
+def search(
+    query: Query,
+    samples: int = 2000,
+    starts: int = 8,
+    steps: int = 60,
+    deadline: Optional[float] = None,
+    rng: Optional[np.random.Generator] = None,
+    seeds: Optional[list[np.ndarray]] = None,
+) -> SearchResult:
+    """Sample each region (uniform + corners), then run PGD from the best points (and from
+    ``seeds``, e.g. a solver's near-miss). Stops at the first confirmed violation."""
+    rng = rng or np.random.default_rng(query.seed)
+    deadline = deadline if deadline is not None else time.monotonic() + query.timeout
+    obj = Objective(query)
+    best = SearchResult(-np.inf, None, None, 0)
+    for region in query.input_set.regions:
+        if time.monotonic() > deadline:
+            break
+        box = region_box(region)
+        pts = box.sample(samples, rng, corners=True)
+        if seeds:
+            pts = np.vstack([np.asarray(s, dtype=np.float64).reshape(1, -1) for s in seeds] + [pts])
+        pts = project(pts, region)
+        inside = np.array([region.contains(p, tol=CONTAINS_TOL) for p in pts]) if isinstance(region, Polytope) else None
+        if inside is not None:
+            pts = pts[inside]
+            if len(pts) == 0:
+                continue
+        vals, _ = obj.score(pts, grad=False)
+        best.evaluations += len(pts)
+        order = np.argsort(-vals)
+        if _update(best, query, pts[order[: 4 * starts]], region):
+            return best
+        x = pts[order[:starts]].copy()
+        if seeds:
+            x = np.vstack([project(np.asarray(seeds, dtype=np.float64).reshape(len(seeds), -1), region), x])
+        if _pgd(best, query, obj, x, region, steps, deadline):
+            return best
+    return best
+
+
+def _pgd(best: SearchResult, query: Query, obj: Objective, x: np.ndarray, region: Region, steps: int, deadline: float) -> bool:
+    box = region_box(region)
+    width = box.upper - box.lower
+    for t in range(steps):
+        if time.monotonic() > deadline:
+            return False
+        _, g = obj.score(x)
+        best.evaluations += len(x)
+        step = 0.25 * (1.0 - t / steps) + 0.005
+        x = project(x + step * width * np.sign(g), region)
+        if _update(best, query, x, region):
+            return True
+    return False
+
+
+def _update(best: SearchResult, query: Query, pts: np.ndarray, region: Region) -> bool:
+    """Round candidates to float32 inside the region, track the best value, confirm violations."""
+    for p in pts:
+        xf = to_float32_inside(p, region)
+        if xf is None:
+            continue
+        yf = query.network.forward(xf)[0]
+        yg = None if query.other is None else query.other.forward(xf)[0]
+        v = value_of(query, yf, yg)
+        if v > best.best_value:
+            best.best_value, best.best_x = v, xf
+        if is_violation(query, yf, yg) and confirms(query, xf):
+            best.best_value, best.best_x, best.counterexample = v, xf, xf
+            return True
+    return False
+
+
+class Falsifier:
+    """Back-end ``falsify``: refutes or reports the best value found as a lower bound."""
+
+    name = "falsify"
+
+    def check(self, query: Query, samples: int = 2000, starts: int = 8, steps: int = 60) -> Verdict:
+        t0 = time.monotonic()
+        res = search(query, samples=samples, starts=starts, steps=steps, deadline=t0 + query.timeout)
+        lb = None if not np.isfinite(res.best_value) else float(res.best_value)
+        if query.other is None:
+            lb = None  # a property margin is not a norm bound
+        details = {"evaluations": res.evaluations, "best_value": None if not np.isfinite(res.best_value) else float(res.best_value)}
+        if res.counterexample is not None:
+            return Verdict("violated", self.name, "counterexample found (float32 and float64 forward pass)",
+                           counterexample=res.counterexample, lower_bound=lb, seconds=time.monotonic() - t0, details=details)
+        return Verdict("unknown", self.name, "no counterexample found (the falsifier cannot prove)",
+                       lower_bound=lb, seconds=time.monotonic() - t0, details=details)
+
+
+BACKEND = Falsifier()
