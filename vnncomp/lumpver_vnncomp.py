@@ -1,0 +1,227 @@
+"""VNN-COMP glue for lumpver: ``prepare`` (cache an on-set reduction) and ``run`` (answer an instance).
+
+Called by ``prepare_instance.sh`` and ``run_instance.sh``; standalone (``python3 lumpver_vnncomp.py``).
+
+prepare CATEGORY ONNX VNNLIB
+    Reduces the network exactly on the property's input set (DESIGN.md §3,
+    :func:`lumpver.onset.reduce_on_set_to_files`) and stores ``reduced.onnx``, its certificate and
+    ``meta.json`` under ``${TMPDIR:-/tmp}/lumpver-cache/<sha256(onnx bytes, vnnlib bytes)>``. The
+    cache folder appears atomically (built beside it, then renamed).
+
+run CATEGORY ONNX VNNLIB RESULTS TIMEOUT
+    With a valid cache (the original's SHA-256 matches): every case of the property is checked on
+    the reduced network g against the unsafe set *widened by the certified discrepancy* d
+    (``A y <= b + d * ||A||_1 rows``, since ``|f - g| <= d`` on X), so ``unsat`` for g proves
+    ``unsat`` for the original f. A counterexample found on g is replayed through onnxruntime on
+    the ORIGINAL model and written only if it violates the original property there (else the
+    instance falls back). Back-ends in order: falsify, interval, smt (a share of the time each).
+    Without a cache, or when the cached path does not decide: ``lumpver verify ONNX VNNLIB
+    --reduce`` with the time left. The result file is written atomically in the VNN-COMP format:
+    ``sat`` + ``((X_0 v) ... (Y_0 v) ...)``, ``unsat``, ``timeout``, ``unknown`` or ``error``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+if __package__ in (None, "") and importlib.util.find_spec("lumpver") is None:  # run from a plain checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+#: share of the instance time budget each back-end of the cached path may use
+SHARES = (("falsify", 0.1), ("interval", 0.3), ("smt", 1.0))
+
+
+def cache_dir(onnx: str | os.PathLike, vnnlib: str | os.PathLike) -> Path:
+    """``${TMPDIR:-/tmp}/lumpver-cache/<sha256 of the two files' bytes>``."""
+    h = hashlib.sha256()
+    for p in (onnx, vnnlib):
+        data = Path(p).read_bytes()
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return Path(os.environ.get("TMPDIR") or tempfile.gettempdir()) / "lumpver-cache" / h.hexdigest()
+
+
+def prepare(onnx: str, vnnlib: str, quiet: bool = True) -> Optional[Path]:
+    """Build the cache for an instance (idempotent); returns its folder, None when it cannot."""
+    from lumpver.fileio import sha256_file, write_json_atomic
+    from lumpver.onnx_import import load_onnx
+    from lumpver.onset import reduce_on_set_to_files
+    from lumpver.vnnlib import read_vnnlib
+
+    target = cache_dir(onnx, vnnlib)
+    if (target / "meta.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    net = load_onnx(onnx)
+    spec = read_vnnlib(vnnlib, net.n_inputs, net.n_outputs)
+    build = Path(tempfile.mkdtemp(prefix=f".{target.name[:16]}.", dir=target.parent))
+    try:
+        t0 = time.perf_counter()
+        cert = reduce_on_set_to_files(onnx, build / "reduced.onnx", build / "reduced.cert.json", spec.input_set(),
+                                      quiet)
+        meta = {"original_sha256": sha256_file(onnx), "vnnlib_sha256": sha256_file(vnnlib),
+                "discrepancy": cert["guarantee"]["epsilon"], "neurons_before": cert["stats"]["neurons_before"],
+                "neurons_after": cert["stats"]["neurons_after"], "seconds": time.perf_counter() - t0}
+        write_json_atomic(build / "meta.json", meta)
+        try:
+            os.rename(build, target)
+        except OSError:  # another process built it first
+            shutil.rmtree(build, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    return target
+
+
+def load_cache(onnx: str, vnnlib: str) -> Optional[tuple[Path, dict]]:
+    """The cache folder and its meta data, when present and made from these very files."""
+    from lumpver.fileio import sha256_file
+
+    try:
+        d = cache_dir(onnx, vnnlib)
+        meta = json.loads((d / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("original_sha256") != sha256_file(onnx) or not (d / "reduced.onnx").is_file():
+        return None
+    return d, meta
+
+
+def widened(prop, d: float):
+    """The unsafe set grown by ``d`` per output: ``A y <= b + d * sum_j |A_ij|`` (sound for ``|f-g|_inf <= d``)."""
+    import numpy as np
+
+    from lumpver.inputset import OutputProperty
+
+    return OutputProperty([(A, b + d * np.abs(A).sum(axis=1)) for A, b in prop.disjuncts])
+
+
+def counterexample_text(x, y) -> str:
+    """VNN-COMP counterexample: ``((X_0 v)`` ... ``(Y_k v))``, one pair per line."""
+    pairs = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x)] + [f"(Y_{j} {float(v)!r})" for j, v in enumerate(y)]
+    return "(" + "\n".join(pairs) + ")\n"
+
+
+def original_violation(onnx: str, case, x) -> Optional[tuple]:
+    """``(x32, y)`` when ``x`` (as float32) lies in the case's region and the ORIGINAL model's
+    onnxruntime output is in the case's unsafe set; None otherwise."""
+    import numpy as np
+
+    from lumpver.runtime import run_onnx
+
+    x32 = np.asarray(x, dtype=np.float32).reshape(-1)
+    if not case.region.contains(x32.astype(np.float64)):
+        return None
+    y = run_onnx(onnx, x32.reshape(1, -1)).reshape(-1)
+    return (x32, y) if case.unsafe.is_unsafe(y) else None
+
+
+def cached_verdict(onnx: str, vnnlib: str, cache: Path, meta: dict, deadline: float) -> tuple[str, str]:
+    """``(result, counterexample text)`` from the cached reduction; result ``unknown`` when undecided."""
+    from lumpver.inputset import InputSet
+    from lumpver.onnx_import import load_onnx
+    from lumpver.vnnlib import read_vnnlib
+    from verifiers.base import Query, get_backend
+
+    g = load_onnx(cache / "reduced.onnx")
+    spec = read_vnnlib(vnnlib, g.n_inputs, g.n_outputs)
+    d = float(meta["discrepancy"])
+    timed_out = False
+    for case in spec.cases:
+        wide, decided = widened(case.unsafe, d), False
+        for name, share in SHARES:
+            left = deadline - time.monotonic()
+            if left <= 0.5:
+                return ("timeout", "")
+            v = get_backend(name).check(Query(g, InputSet([case.region]), prop=wide, timeout=max(0.5, share * left)))
+            if v.verdict == "proved":
+                decided = True
+                break
+            if v.verdict == "violated":
+                hit = original_violation(onnx, case, v.counterexample)
+                if hit is not None:
+                    return ("sat", counterexample_text(*hit))
+                return ("unknown", "")  # g's witness does not replay on f: let lumpver verify decide
+            timed_out = timed_out or "timeout" in (v.reason or "")
+        if not decided:
+            return ("timeout" if timed_out and time.monotonic() >= deadline - 0.5 else "unknown", "")
+    return ("unsat", "")
+
+
+def verify_fallback(onnx: str, vnnlib: str, results: str, seconds: float) -> str:
+    """``lumpver verify ONNX VNNLIB --reduce`` with the time left; returns the first line it wrote."""
+    argv = [sys.executable, "-m", "lumpver", "verify", onnx, vnnlib, "--reduce", "--timeout", f"{max(1.0, seconds):g}",
+            "--result", results, "--quiet"]
+    try:
+        subprocess.run(argv, timeout=seconds + 10, stdout=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    try:
+        return Path(results).read_text().split("\n", 1)[0].strip()
+    except OSError:
+        return "error"
+
+
+def write_result(results: str, word: str, cex: str = "") -> None:
+    from lumpver.fileio import write_text_atomic
+
+    write_text_atomic(results, word + "\n" + cex)
+
+
+def run(onnx: str, vnnlib: str, results: str, timeout: float) -> str:
+    """Answer one instance into ``results``; returns the result word."""
+    start = time.monotonic()
+    deadline = start + timeout
+    got = load_cache(onnx, vnnlib)
+    if got is not None:
+        word, cex = cached_verdict(onnx, vnnlib, got[0], got[1], deadline)
+        if word in ("sat", "unsat", "timeout"):
+            write_result(results, word, cex)
+            return word
+    left = deadline - time.monotonic()
+    if left <= 0.5:
+        write_result(results, "timeout")
+        return "timeout"
+    word = verify_fallback(onnx, vnnlib, results, left)
+    if word not in ("sat", "unsat", "unknown", "timeout", "error"):
+        write_result(results, "error")
+        return "error"
+    return word
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 4 and argv[0] == "prepare":
+        try:
+            prepare(argv[2], argv[3])
+        except Exception as e:  # prepare never fails the instance: run reduces on the fly
+            print(f"lumpver prepare: no cache ({type(e).__name__}: {e})", file=sys.stderr)
+        return 0
+    if len(argv) >= 6 and argv[0] == "run":
+        try:
+            timeout = float(argv[5])
+        except ValueError:
+            print(f"lumpver run_instance: TIMEOUT is not a number: {argv[5]!r}", file=sys.stderr)
+            write_result(argv[4], "error")
+            return 0
+        try:
+            run(argv[2], argv[3], argv[4], timeout)
+        except Exception as e:
+            print(f"lumpver run_instance: {type(e).__name__}: {e}", file=sys.stderr)
+            write_result(argv[4], "error")
+        return 0
+    print("usage: lumpver_vnncomp.py prepare CATEGORY ONNX VNNLIB | run CATEGORY ONNX VNNLIB RESULTS TIMEOUT",
+          file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# VNN-COMP: run_instance.sh v1 CATEGORY ONNX VNNLIB RESULTS TIMEOUT
+# Writes to RESULTS: sat (+ counterexample on the ORIGINAL network's inputs and outputs), unsat,
+# timeout, unknown or error. Uses the reduction cached by prepare_instance.sh when there is one,
+# otherwise `lumpver verify --reduce`.
+VERSION="${1:-}"; CATEGORY="${2:-}"; ONNX="${3:-}"; VNNLIB="${4:-}"; RESULTS="${5:-}"; TIMEOUT="${6:-}"
+if [ "$VERSION" != "v1" ] || [ -z "$RESULTS" ] || [ -z "$TIMEOUT" ]; then
+  echo "usage: run_instance.sh v1 CATEGORY ONNX VNNLIB RESULTS TIMEOUT" >&2; exit 1
+fi
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+python3 "$HERE/lumpver_vnncomp.py" run "$CATEGORY" "$ONNX" "$VNNLIB" "$RESULTS" "$TIMEOUT"
+status=$?
+if [ ! -s "$RESULTS" ]; then echo "error" > "$RESULTS"; fi
+exit $status
