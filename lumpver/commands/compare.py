@@ -1,0 +1,93 @@
+"""``lumpver compare A.onnx B.onnx --input-set SPEC --epsilon E``: decide or bound
+``sup_{x in X} ||A(x) - B(x)||`` (CONTRACT.md; API in lumpver/compare.py)."""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """exit status: 0 when the claim is proved; 1 when it is violated (a counterexample,
+replayed with onnxruntime on both files, is printed and written to --json); 0 with the last
+line 'unknown' when no back-end could decide it within the time (the contract's exit 1 is for
+a check that fails, and 'unknown' is not a failure: scripts must read the last line);
+2 on bad input."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
+    p.add_argument("model_a", help="first ONNX model (the original)")
+    p.add_argument("model_b", help="second ONNX model (the reduced one)")
+    p.add_argument("--input-set", required=True, help="input set X: a .vnnlib or .toml spec file")
+    p.add_argument("--epsilon", type=float, required=True, help="claimed bound on ||A(x) - B(x)|| over X")
+    p.add_argument("--norm", choices=["linf", "l1", "l2", "top1"], default="linf",
+                   help="difference norm; top1 = the top-1 classes agree (epsilon ignored)")
+    p.add_argument("--backend", choices=["interval", "smt", "sdp", "auto", "falsify", "marabou"], default="auto",
+                   help="auto: falsifier, then interval, then smt")
+    p.add_argument("--timeout", type=float, default=60.0, help="wall-clock seconds for the whole comparison")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the falsifier")
+    p.add_argument("--json", help="write the verdict as JSON here (atomic)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lumpver.compare import compare_models
+    from lumpver.errors import InputError
+    from lumpver.fileio import check_output_path, write_json_atomic
+    from lumpver.progress import Progress
+
+    for p in (args.model_a, args.model_b, args.input_set):
+        if not Path(p).is_file():
+            raise InputError("file not found", p)
+    if args.json:
+        check_output_path(args.json, [args.model_a, args.model_b, args.input_set])
+    progress = Progress(args.quiet)
+    progress.say(f"comparing {args.model_a} and {args.model_b} ({args.norm}, epsilon {args.epsilon:g}, {args.backend})")
+    v = compare_models(args.model_a, args.model_b, args.input_set, args.epsilon, args.norm, args.backend,
+                       args.timeout, args.seed)
+    out = {
+        "verdict": v.verdict,
+        "upper_bound": v.upper_bound,
+        "lower_bound": v.lower_bound,
+        "counterexample": None if v.counterexample is None else [float(t) for t in v.counterexample],
+        "seconds": round(v.seconds, 6),
+        "backend": v.backend,
+        "reason": v.reason,
+        "norm": args.norm,
+        "epsilon": args.epsilon,
+        "models": [args.model_a, args.model_b],
+        "input_set": args.input_set,
+        "details": _jsonable(v.details),
+    }
+    if args.json:
+        write_json_atomic(args.json, out)
+    print(f"backend: {v.backend}; {v.reason}")
+    if v.lower_bound is not None:
+        print(f"lower bound (attained): {v.lower_bound:.9g}")
+    if v.upper_bound is not None:
+        print(f"upper bound (certified): {v.upper_bound:.9g}")
+    if v.counterexample is not None:
+        print("counterexample: " + " ".join(repr(float(t)) for t in v.counterexample))
+    print(f"time: {v.seconds:.2f} s")
+    print(v.verdict)
+    return 1 if v.verdict == "violated" else 0
+
+
+def _jsonable(obj):
+    """Details with numpy values turned into plain JSON (non-finite floats as strings)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else str(f)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
