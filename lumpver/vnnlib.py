@@ -218,12 +218,27 @@ class _Conj:
 
 def _and(children: list) -> list[_Conj]:
     """DNF of a conjunction of atoms and DNFs (product only over real disjunctions)."""
-    dnf = [_Conj()]
-    for child in children:
-        if isinstance(child, tuple):
-            for c in dnf:
-                c.add(*child)
-        elif len(child) == 1:
+    base = _Conj()
+    lo, hi, add = base.lo, base.hi, base.add
+    rest = []
+    for child in children:  # atoms first (conjunction commutes); input bounds inline
+        if child.__class__ is not tuple:
+            rest.append(child)
+            continue
+        p, q = child
+        if q.__class__ is float and p.__class__ is int and p >= 0:
+            h = hi.get(p)
+            if h is None or q < h:
+                hi[p] = q
+        elif p.__class__ is float and q.__class__ is int and q >= 0:
+            h = lo.get(q)
+            if h is None or p > h:
+                lo[q] = p
+        else:
+            add(p, q)
+    dnf = [base]
+    for child in rest:
+        if len(child) == 1:
             for c in dnf:
                 c.merge(child[0])
         else:
@@ -337,7 +352,17 @@ class _Parser:
                 else:
                     add(*self.atom(op, a, b, self.text.rfind("(", m.start(_AATOM), m.start(_AATOM + 1))))
             elif kind == "atom":
-                self.nested_atom(stack, m)
+                top = stack[-1] if stack else None
+                op, ln, lname, rn, rname = m.group(_ATOMG + 1, _ATOMG + 2, _ATOMG + 3, _ATOMG + 4, _ATOMG + 5)
+                a = float(ln) if ln else decl.get(lname)
+                b = float(rn) if rn else decl.get(rname)
+                if top is None or top.head is None or a is None or b is None or len(op) == 1 or (
+                    a.__class__ is int and b.__class__ is int
+                ):
+                    self.nested_atom(stack, m)  # the general path: errors, strict atoms, two variables
+                else:
+                    top.children.append((a, b) if op == "<=" else (b, a))
+                    top.pos.append(m.start(_ATOMG))
             elif kind == "decl":
                 if stack:
                     self.unclosed(stack, m.start(_DECL))
