@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -94,23 +93,43 @@ def read_instances(csv_path: str | os.PathLike, timeout_scale: float = 1.0) -> l
 
 
 def verify_argv(inst: Instance, result_file: Path, reduce: bool, backend: Optional[str]) -> list[str]:
-    """The ``lumpver verify`` command line of one instance."""
-    argv = [sys.executable, "-m", "lumpver", "verify", str(inst.onnx), str(inst.vnnlib),
-            "--timeout", f"{inst.timeout:g}", "--result", str(result_file), "--quiet"]
-    return argv + (["--reduce"] if reduce else []) + (["--backend", backend] if backend else [])
+    """The worker command line of one instance: ``lumpver verify`` through its Python API
+    (:func:`lumpver.verify.verify_property`, same result file), plus a JSON side file with the
+    per-case record (reduced sizes)."""
+    return [sys.executable, "-m", "lumpver.batch", str(inst.onnx), str(inst.vnnlib), f"{inst.timeout!r}",
+            str(result_file), "1" if reduce else "0", backend or "auto"]
 
 
-_NEURONS = re.compile(r"(\d+)\s*->\s*(\d+)\s*hidden|hidden neurons\D{0,20}?(\d+)\s*->\s*(\d+)", re.I)
+def worker(argv: list[str]) -> int:
+    """``python -m lumpver.batch ONNX VNNLIB TIMEOUT RESULT REDUCE BACKEND`` (one instance)."""
+    import json
+
+    from lumpver.fileio import write_text_atomic
+    from lumpver.verify import verify_property
+
+    onnx, vnnlib, timeout, result, reduce, backend = argv
+    try:
+        r = verify_property(onnx, vnnlib, backend, reduce == "1", float(timeout))
+    except InputError as e:
+        print(f"lumpver batch: error: {e}", file=sys.stderr)
+        write_text_atomic(result, "error\n")
+        return 2
+    write_text_atomic(result, r.text())
+    write_text_atomic(result + ".json", json.dumps({"result": r.result, "reason": r.reason, "cases": r.cases},
+                                                   default=float) + "\n")
+    return 0
 
 
-def _neurons_after(text: str) -> Optional[int]:
-    """The reduced size reported by ``verify --reduce`` on stdout/stderr, if it says one."""
-    m = None
-    for m in _NEURONS.finditer(text):
-        pass
-    if m is None:
+def _neurons_after(result_file: Path) -> Optional[int]:
+    """Largest reduced size over the property's cases (from the worker's side file), if reduced."""
+    import json
+
+    try:
+        cases = json.loads(Path(str(result_file) + ".json").read_text())["cases"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return int(m.group(2) or m.group(4))
+    sizes = [c["reduced_to"] for c in cases if isinstance(c, dict) and "reduced_to" in c]
+    return max(sizes) if sizes else None
 
 
 def run_instance(inst: Instance, out_dir: Path, reduce: bool, backend: Optional[str] = None,
@@ -118,6 +137,7 @@ def run_instance(inst: Instance, out_dir: Path, reduce: bool, backend: Optional[
     """Run one instance in its own process group; kill it after ``timeout + GRACE`` seconds."""
     result_file = out_dir / "results" / f"{inst.index:04d}_{inst.onnx.stem}_{inst.vnnlib.stem}.txt"
     result_file.unlink(missing_ok=True)
+    Path(str(result_file) + ".json").unlink(missing_ok=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv_for(inst, result_file, reduce, backend), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -131,7 +151,7 @@ def run_instance(inst: Instance, out_dir: Path, reduce: bool, backend: Optional[
     first = _first_line(result_file)
     if first in RESULTS:
         note = "" if first != "error" else _last_line(stderr)
-        return _outcome(inst, first, secs, _neurons_after(stdout + "\n" + stderr) if reduce else None, note)
+        return _outcome(inst, first, secs, _neurons_after(result_file) if reduce else None, note)
     return _outcome(inst, "error", secs, note=_last_line(stderr) or f"exit code {proc.returncode}, no result file")
 
 
@@ -230,3 +250,7 @@ def summary_markdown(res: BatchResult, csv_path: str | os.PathLike, jobs: int) -
               + (f"; hidden neurons {sum(before)} -> {sum(after)} over the {len(after)} reduced instance(s)"
                  if after else "") + ".", ""]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(worker(sys.argv[1:]))

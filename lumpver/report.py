@@ -137,7 +137,12 @@ def overall(steps: list[dict[str, Any]], xmax: Optional[float] = None) -> dict[s
             "each certified step's own guarantee holds as stated.")}
     kind = max((c["guarantee"]["kind"] for c in certs), key=_ORDER.__getitem__)
     rechecked = [s.get("recheck") for s in steps if s.get("certificate")]
-    holds = None if any(r is None for r in rechecked) else all(r["holds"] for r in rechecked)
+    if any(r is not None and r.get("holds") is False for r in rechecked):
+        holds = False
+    elif any(r is None or r.get("holds") is None for r in rechecked):
+        holds = None
+    else:
+        holds = True
     out: dict[str, Any] = {"kind": kind, "holds": holds, "steps": len(certs)}
     if kind == "statistical":
         out["statement"] = ("The chain contains a statistical step: each step's own guarantee holds as stated; "
@@ -248,8 +253,16 @@ def _step_rows(doc: dict[str, Any]) -> list[list[Any]]:
             rows.append([i, s.get("method"), "none", size, secs, "no certificate"])
             continue
         rows.append([i, s.get("method"), c["guarantee"]["kind"], size, secs,
-                     "not run" if rc is None else ("holds" if rc["holds"] else "DOES NOT HOLD")])
+                     _recheck_word(rc)])
     return rows
+
+
+def _recheck_word(rc: Optional[dict[str, Any]]) -> str:
+    if rc is None:
+        return "not run"
+    if rc.get("holds") is None:
+        return "no checker in this build"
+    return "holds" if rc["holds"] else "DOES NOT HOLD"
 
 
 _STEP_COLS = ["step", "method", "guarantee", "hidden neurons", "seconds", "independent re-check"]

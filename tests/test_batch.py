@@ -111,3 +111,17 @@ def test_real_verify_on_test_nets(tmp_path):
         got = list(csv.DictReader(f))
     assert [g["result"] for g in got] == ["sat", "unsat"]
     assert all(int(g["neurons_before"]) == 300 for g in got)  # ACAS Xu: 6 x 50 hidden
+    # the reduced size is the on-set reduction's on the property box (computed here independently)
+    from lumpver.onnx_import import load_onnx
+    from lumpver.onset import reduce_on_set
+    from lumpver.vnnlib import read_vnnlib
+
+    for g, name in zip(got, ("test_sat", "test_unsat")):
+        net = load_onnx(TEST_DATA / f"{name}.onnx")
+        cases = read_vnnlib(TEST_DATA / "test_prop.vnnlib", net.n_inputs, net.n_outputs).cases
+        from lumpver.inputset import InputSet
+
+        want = max(reduce_on_set(net, InputSet([c.region])).reduced.n_hidden for c in cases)
+        assert int(g["neurons_after"]) == want < 300
+    sat_file = next((tmp_path / "o" / "results").glob("0001_*.txt"))
+    assert sat_file.read_text().startswith("sat\n((X_0 ")
