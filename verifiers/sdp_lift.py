@@ -257,20 +257,20 @@ def _input_families(region, box: Box, d: int, products: bool) -> list[Family]:
 
 
 def _neuron_factors(forms: NetForms, k: int, j: int, d: int) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """Nonnegative linear factors of one unstable neuron and (PWL only) its complementarity pair."""
+    """Nonnegative linear factors of one unstable neuron and (PWL only) the indices of its complementary pair (equality, not a product)."""
     one = _e(d, d - 1)
     z, p = forms.pre[k][j], forms.post[k][j]
     zl, zh = forms.pre_lo[k][j], forms.pre_hi[k][j]
     pl, ph = forms.post_lo[k][j], forms.post_hi[k][j]
     act = forms.acts[k]
-    facs = [z - zl * one, zh * one - z, p - pl * one, ph * one - p]
+    facs = [z - zl * one, zh * one - z]
     if act in ("relu", "leaky_relu"):
         a = 0.0 if act == "relu" else forms.alphas[k]
-        lo_s, hi_s = (a, 1.0) if a <= 1 else (1.0, a)
         s = (ph - pl) / (zh - zl)
         chord = pl * one + s * (z - zl * one) - p
-        return facs + [p - lo_s * z, p - hi_s * z, chord], None
-    return facs, None
+        # p >= a z, p >= z and the chord imply the post-activation bounds: no duplicates
+        return facs + [p - a * z, p - z, chord], (3, 4)
+    return facs + [p - pl * one, ph * one - p], None
 
 
 def _neuron_families(forms: NetForms, d: int) -> list[Family]:
@@ -281,9 +281,9 @@ def _neuron_families(forms: NetForms, d: int) -> list[Family]:
     lin, prods, eqs, sectors, sect_slack = [], [], [], [], []
     for k, act in enumerate(forms.acts):
         for j in np.flatnonzero(forms.coord[k] >= 0):
-            facs, _ = _neuron_factors(forms, k, j, d)
+            facs, comp = _neuron_factors(forms, k, j, d)
             lin += [(c, one) for c in facs]
-            prods += [(facs[a], facs[b]) for a in range(len(facs)) for b in range(a + 1, len(facs))]
+            prods += [(facs[a], facs[b]) for a in range(len(facs)) for b in range(a + 1, len(facs)) if (a, b) != comp]
             z, p = forms.pre[k][j], forms.post[k][j]
             if act in ("relu", "leaky_relu"):
                 a = 0.0 if act == "relu" else forms.alphas[k]

@@ -1,6 +1,6 @@
 """SMT back-end (z3): exact decision over the reals with branch and bound on input boxes (DESIGN.md §5).
 
-Decides ``sup_{x in X} ||f(x) - g(x)|| <= eps`` (linf, l1 exactly; l2 and top1 by a sufficient
+Decides ``sup_{x in X} ||f(x) - g(x)|| <= eps`` (linf, l1, top1 exactly; l2 by a sufficient
 check, see :mod:`verifiers.smt_spec`) and VNN-LIB properties (no x in a region maps into an
 unsafe polytope). The search:
 

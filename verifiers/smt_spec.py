@@ -3,8 +3,8 @@
 A :class:`Spec` is a disjunction of conjunctions of rows ``c . y + c0 <= 0`` (``< 0`` when
 strict) over ``y = [f(x); g(x)]`` (or ``y = f(x)`` for a property). The claim holds on X iff
 no x in X satisfies any disjunct. ``exact`` says whether a satisfying x is a genuine violation
-(linf, l1, VNN-LIB properties) or only a candidate from a *sufficient* check (l2 via linf at
-``eps / sqrt(m)``, top1 with ties, l1 beyond 8 outputs via linf at ``eps / m``).
+(linf, l1, top1 with first-index argmax, VNN-LIB properties) or only a candidate from a
+*sufficient* check (l2 via linf at ``eps / sqrt(m)``, l1 beyond 8 outputs via linf at ``eps / m``).
 
 Bounds: both networks are stacked into one float network (block-diagonal hidden layers on the
 shared input, last layer multiplied by the row matrix), so bound propagation with
@@ -53,7 +53,7 @@ def build_spec(query: Query) -> Spec:
     m, eps = f.n_outputs, float(query.epsilon)
     sizes = [m, query.other.n_outputs]
     if query.norm == "top1":
-        return Spec(_top1_rows(m), sizes, exact=False, note="top1: ties make a model only a candidate")
+        return Spec(_top1_rows(m), sizes, note="top1: first-index argmax, as numpy")
     if query.norm == "l1" and m <= 8:
         dis = []
         for s in itertools.product((1.0, -1.0), repeat=m):
@@ -78,20 +78,17 @@ def _linf_rows(m: int, eps: float) -> list[list[Row]]:
 
 
 def _top1_rows(m: int) -> list[list[Row]]:
-    dis = []
-    for i, j in itertools.permutations(range(m), 2):
+    """``argmax f = i`` and ``argmax g = j`` (first index on ties, as ``numpy.argmax``), i != j."""
+    def argmax_rows(i: int, off: int) -> list[Row]:
         rows = []
         for k in range(m):
             if k != i:
                 c = np.zeros(2 * m)
-                c[k], c[i] = 1.0, -1.0
-                rows.append(Row(c, 0.0))  # f_k <= f_i
-            if k != j:
-                c = np.zeros(2 * m)
-                c[m + k], c[m + j] = 1.0, -1.0
-                rows.append(Row(c, 0.0))  # g_k <= g_j
-        dis.append(rows)
-    return dis
+                c[off + k], c[off + i] = 1.0, -1.0
+                rows.append(Row(c, 0.0, strict=k < i))  # y_k < y_i before i, y_k <= y_i after
+        return rows
+
+    return [argmax_rows(i, 0) + argmax_rows(j, m) for i, j in itertools.permutations(range(m), 2)]
 
 
 # ----- stacked bound network ---------------------------------------------------------------
