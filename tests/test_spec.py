@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,11 @@ from lumpver.inputset import Box, Polytope
 from lumpver.inputsets import load_input_set
 from lumpver.spec import load_spec
 from lumpver.vnnlib import read_vnnlib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"
