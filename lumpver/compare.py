@@ -21,6 +21,8 @@ from verifiers.base import NORMS, Query, Verdict, get_backend
 BACKENDS = ("interval", "smt", "sdp", "auto", "falsify", "marabou")
 #: share of the budget of the first (falsifier) stage of ``auto``
 AUTO_FALSIFY_SHARE = 0.1
+#: share of the remaining budget of a middle stage of ``auto`` (interval before smt)
+AUTO_MIDDLE_SHARE = 0.5
 
 
 def load_pair(path_a: str | os.PathLike, path_b: str | os.PathLike):
@@ -91,7 +93,11 @@ def compare_models(
         left = timeout - (time.monotonic() - t0)
         if left <= 0:
             break
-        budget = min(left, AUTO_FALSIFY_SHARE * timeout) if (backend == "auto" and name == "falsify") else left
+        budget = left
+        if backend == "auto" and name == "falsify":
+            budget = min(left, AUTO_FALSIFY_SHARE * timeout)
+        elif backend == "auto" and i < len(stages) - 1:
+            budget = AUTO_MIDDLE_SHARE * left  # leave time for the exact back-end
         try:
             be = get_backend(name)
         except (ImportError, KeyError) as e:
