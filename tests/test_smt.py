@@ -207,7 +207,8 @@ def test_tiny_timeout_gives_unknown():
     f = random_net(rng, 4, [8, 8], 2)
     g = perturbed(rng, f, 0.02)
     box = Box(-np.ones(4), np.ones(4))
-    out = np.abs(f.forward(box.sample(2000, rng)) - g.forward(box.sample(2000, rng)))
+    xs = box.sample(2000, rng)
+    out = np.abs(f.forward(xs) - g.forward(xs))
     v = SmtBackend().check(Query(f, InputSet([box]), other=g, epsilon=10 * float(out.max()) + 1, timeout=1e-3))
     assert v.verdict == "unknown"
     assert "timeout" in v.reason
