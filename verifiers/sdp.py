@@ -194,3 +194,41 @@ class SdpBackend:
 
 
 BACKEND = SdpBackend()
+
+
+# ----- solver-free re-check of stored evidence (used by lumpver.bounded_check) -------------
+def recheck_sdp(f: Network, g: Network, input_set: InputSet, ev: dict, report) -> Optional[float]:
+    """Re-verify SDP evidence ``ev`` from the networks, X and the stored multipliers, without a
+    solver: rebuild every LMI, re-check it (:func:`verifiers.sdp_certify.certify`) and recombine.
+    Returns the recomputed bound, or None (with the reason in ``report``) when it fails."""
+    from verifiers.sdp_certify import certify
+
+    norm = ev.get("norm")
+    regions = ev.get("regions")
+    if norm not in NORMS or not isinstance(regions, list) or len(regions) != len(input_set.regions):
+        report.fail("sdp evidence: norm or one entry per input region missing")
+        return None
+    options = SdpOptions.from_json(ev.get("options", {}))
+    bound = -np.inf
+    for k, (region, rev) in enumerate(zip(input_set.regions, regions)):
+        lift, maps, ferr = region_problem(f, g, region, options)
+        stored = {target_key(t["target"]): t for t in rev.get("targets", [])}
+        values = {}
+        for tgt in targets_for(norm, f.n_outputs):
+            t = stored.get(target_key(tgt))
+            if t is None:
+                report.fail(f"sdp evidence: region {k} lacks the target {tgt}")
+                return None
+            cert = certify(lift, maps, tgt, float(t["t"]), t["lam"], t["mu"])
+            if not cert.ok:
+                report.fail(f"sdp evidence: region {k} target {tgt}: {cert.reason}")
+                return None
+            values[target_key(tgt)] = cert.value
+        rb = combine(norm, f.n_outputs, values, ferr)
+        report.ok(f"sdp region {k}: LMIs of size {lift.d} re-checked (float64 eigenvalues), bound {rb:.6g}")
+        bound = max(bound, rb)
+    claimed = ev.get("upper_bound")
+    if not isinstance(claimed, (int, float)) or bound > claimed * (1 + 1e-9) + 1e-12:
+        report.fail(f"sdp evidence: recomputed bound {bound:.9g} exceeds the stated {claimed}")
+        return None
+    return float(bound)
