@@ -112,17 +112,15 @@ def counterexample_text(x, y) -> str:
 
 
 def original_violation(onnx: str, case, x) -> Optional[tuple]:
-    """``(x32, y)`` when ``x`` (as float32) lies in the case's region and the ORIGINAL model's
-    onnxruntime output is in the case's unsafe set; None otherwise."""
+    """``(x, y)`` when ``x`` lies in the case's region and the ORIGINAL model's onnxruntime output
+    is in the case's unsafe set (:func:`lumpver.verify.replay_case`); None otherwise."""
     import numpy as np
 
-    from lumpver.runtime import run_onnx
+    from lumpver.verify import replay_case
 
     x32 = np.asarray(x, dtype=np.float32).reshape(-1)
-    if not case.region.contains(x32.astype(np.float64)):
-        return None
-    y = run_onnx(onnx, x32.reshape(1, -1)).reshape(-1)
-    return (x32, y) if case.unsafe.is_unsafe(y) else None
+    ok, y = replay_case(onnx, case, x32.astype(np.float64))
+    return (x32, np.asarray(y).reshape(-1)) if ok else None
 
 
 def cached_verdict(onnx: str, vnnlib: str, cache: Path, meta: dict, deadline: float) -> tuple[str, str]:
