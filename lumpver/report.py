@@ -206,7 +206,9 @@ def headline(doc: dict[str, Any]) -> list[str]:
     p0, p1 = first["params_before"], last["params_after"]
     final = next((s.get("model_path") for s in reversed(doc["steps"]) if s.get("model_path")), None)
     lines = [f"The reduced network{f' `{final}`' if final else ''} has {n1} hidden neurons instead of {n0} "
-             f"({100.0 * n1 / max(1, n0):.1f} % kept) and {p1} parameters instead of {p0}."]
+             f"({100.0 * n1 / max(1, n0):.1f} % kept) and {p1} parameters instead of {p0}"
+             + (f" ({last['nonzero_params_after']} of them nonzero, {first['nonzero_params_before']} before)."
+                if "nonzero_params_after" in last and "nonzero_params_before" in first else ".")]
     ov = doc.get("overall") or {}
     if ov.get("statement"):
         lines.append(ov["statement"])
@@ -240,6 +242,9 @@ def _width_table(doc: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     rows = [[f"hidden {i + 1}"] + [s[i] if i < len(s) else "-" for s in series] for i in range(n)]
     rows.append(["total hidden"] + [sum(s) for s in series])
     rows.append(["parameters", stats[0]["params_before"]] + [st["params_after"] for st in stats])
+    if any("nonzero_params_after" in st for st in stats) and "nonzero_params_before" in stats[0]:
+        rows.append(["nonzero parameters", stats[0]["nonzero_params_before"]]
+                    + [st.get("nonzero_params_after", "-") for st in stats])
     return cols, rows
 
 

@@ -121,7 +121,8 @@ def _statistical_cert() -> dict:
     g = {"kind": "statistical", "input_set": None, "norm": "top1", "epsilon": None, "confidence": 1 - delta,
          "statement": f"with probability >= 1 - {delta} over the draw of the calibration set, the risk is <= {alpha}"}
     st = {"neurons_before": 20, "neurons_after": 20, "params_before": 300, "params_after": 300,
-          "layers_before": [10, 10], "layers_after": [10, 10], "seconds": 0.1}
+          "layers_before": [10, 10], "layers_after": [10, 10], "seconds": 0.1,
+          "nonzero_params_before": 300, "nonzero_params_after": 150}
     return {"format": "lumpver-certificate/1", "original": {"path": "a.onnx", "sha256": "0" * 64},
             "reduced": {"path": "b.onnx", "sha256": "1" * 64}, "guarantee": g, "stats": st, "evidence": [ev]}
 
@@ -137,6 +138,7 @@ def test_statistical_report_has_pvalue_plot(tmp_path):
     write_report(cert, f)
     dom = _check_in_browser(f, 2, tmp_path)
     assert f"{ev['chosen_level']}" in dom and "Learn then Test" in dom
+    assert "150 of them nonzero" in dom and "<td>nonzero parameters</td><td>300</td><td>150</td>" in dom
     data = json.loads(_json_of(cert, tmp_path))
     assert data["overall"]["kind"] == "statistical"
 
