@@ -60,7 +60,7 @@ class SmtOptions:
     bound_method: str = "crown"
     naive: bool = False  # baseline: all-ite ReLUs, no bounds, no splitting, no falsifier
     #: one solver with push/pop per sub-box. Off by default: z3 then skips its preprocessing
-    #: (equality elimination) and was ~7x slower per query in our measurements (bench/RESULTS.md).
+    #: (equality elimination) and was several times slower per query in our measurements (bench/RESULTS.md).
     incremental: bool = False
 
 
