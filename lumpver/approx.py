@@ -1,20 +1,26 @@
-"""Approximate lumping certified on an input set (DESIGN.md §4, on top of §3).
+"""Approximate reductions certified on an input set (DESIGN.md §4, on top of §3).
 
 1. Exact on-set reduction ``f -> h`` (:func:`lumpver.onset.reduce_on_set`).
-2. For a clustering tolerance ``tau``, :func:`approximate_quotient` walks h's hidden layers
-   from the inputs: the *signature* of a neuron is its incoming row fitted by least squares to
-   h's pre-activations on samples of X, over the previous layer of the reduced network g
-   (columns weighted by the RMS of that layer's activations, so distances measure function);
-   signatures whose normalised rows are within ``tau`` merge (:func:`lumpver.grouping.group_rows`,
-   positive factors: ReLU is positively homogeneous), the representative keeps its fitted row,
-   member ``u`` gets the scale ``c_u`` with ``h_u ~ c_u h_rep``. The next layer is fitted again,
-   so merged neurons' outgoing weights are chosen by least squares.
+2. Activation-based candidates (default search, :func:`reduce_approx`): h's activations on
+   samples of X give a greedy removal order (:func:`removal_order`: Optimal-Brain-Surgeon cost
+   of dropping a neuron = increase of the least-squares residual of the next layer's
+   pre-activations, weighted by each next neuron's output sensitivity). Dropping a neuron whose
+   activation is nearly a combination of the kept ones (near-proportional, nearly constant,
+   nearly linear on X) or whose contribution is tiny costs little. A candidate keeping
+   ``kept`` is :func:`refit_pruned`: every row refitted by least squares over g's own previous
+   layer, so the next layer absorbs what was dropped.
 3. The error ``sup_X ||f - g||`` is certified by :func:`lumpver.certify.certify` (on-set
-   discrepancy + differential bound of h against g's twin + twin rounding + float32 errors).
-4. Bisection over ``tau`` (log scale) keeps the smallest g whose certified bound is ``<= E``;
-   candidates whose *sampled* error already exceeds E are rejected without a proof attempt.
-   If no tau works, h itself (the on-set reduction, classes = identity) is certified, so the
-   result is never larger than the exact on-set reduction.
+   discrepancy + differential bound of h against g's twin, whose dropped neurons carry rows
+   that track h's on the samples; or, when tighter, the quotient twin of
+   :func:`partner_classes`, each dropped neuron a positive multiple of a kept one) and
+   re-checked from the certificate.
+4. Bisection on the number of removed neurons keeps the largest removal whose certified bound
+   is ``<= E``; candidates whose *sampled* error already exceeds E are rejected without a
+   proof attempt. h itself (nothing removed) is the fallback, so the result is never larger
+   than the exact on-set reduction.
+
+:func:`approximate_quotient` (signature clustering with a tolerance, twin by classes) is kept
+as the near-lumping quotient of DESIGN.md §4 for callers that want partitions.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ from lumpver.progress import SILENT, Progress
 SUPPORTED = ("relu", "leaky_relu", "identity")
 TAU_LO, TAU_HI = 1e-3, 2.0
 DEFAULT_SAMPLES = 3000
+DEFAULT_BOXES = 600
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -116,6 +123,120 @@ def identity_classes(h: Network) -> list[LayerClasses]:
     return [LayerClasses(np.arange(w), np.ones(w), np.arange(w), np.ones(w, bool)) for w in h.hidden_widths]
 
 
+# ----- activation-based pruning with least-squares refits (the default search) -----------------
+def output_sensitivity(h: Network, acts: list[np.ndarray]) -> list[np.ndarray]:
+    """Per layer k, per neuron i: RMS over the samples of ``max_o |d y_o / d z_{k,i}|`` (h's Jacobian)."""
+    n, m = acts[0].shape[0], h.n_outputs
+    depth = len(h.layers)
+    sens: list[np.ndarray] = [np.ones(m)] * depth
+    jac = np.broadcast_to(np.eye(m), (n, m, m))
+    for k in range(depth - 1, 0, -1):
+        slope = _slope(h.layers[k - 1], acts[k])  # acts[k]: post-activations of layer k-1
+        jac = (jac @ h.layers[k].weight) * slope[:, None, :]
+        sens[k - 1] = np.sqrt(np.mean(np.max(np.abs(jac), axis=1) ** 2, axis=0))
+    return sens
+
+
+def _slope(layer: Layer, post: np.ndarray) -> np.ndarray:
+    """Activation slope per sample and neuron, read from post-activations (ReLU: 1 where > 0)."""
+    if layer.activation == "identity":
+        return np.ones_like(post)
+    neg = layer.alpha if layer.activation == "leaky_relu" else 0.0
+    return np.where(post > 0, 1.0, neg)
+
+
+def _obs_costs(feats: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Increase of the least-squares residual of ``target`` on ``[feats, 1]`` when each feature
+    column is removed (Optimal Brain Surgeon formula ``beta_j^2 / (G^-1)_jj``), per sample."""
+    a = np.hstack([feats, np.ones((feats.shape[0], 1))])
+    gram = a.T @ a
+    gram += 1e-10 * (np.trace(gram) / gram.shape[0] + 1.0) * np.eye(gram.shape[0])
+    inv = np.linalg.inv(gram)
+    beta = inv @ (a.T @ target)
+    return (np.sum(beta ** 2, axis=1) / np.diag(inv))[:-1] / feats.shape[0]
+
+
+def removal_order(h: Network, acts: list[np.ndarray], min_width: int = 1) -> list[tuple[int, int]]:
+    """Greedy order ``[(layer, neuron), ...]`` in which h's hidden neurons are dropped: each step
+    drops the neuron whose removal least increases the output-sensitivity-weighted residual of
+    the next layer's pre-activations refitted on the remaining neurons (sampled activations)."""
+    sens = output_sensitivity(h, acts)
+    depth = len(h.layers)
+    alive = [list(range(w)) for w in h.hidden_widths]
+    z_next = [acts[k + 1] @ h.layers[k + 1].weight.T + h.layers[k + 1].bias for k in range(depth - 1)]
+    order: list[tuple[int, int]] = []
+    costs = [_layer_costs(k, alive, acts, z_next, sens, depth) for k in range(depth - 1)]
+    while True:
+        cands = [(costs[k][j], k, j) for k in range(depth - 1) if len(alive[k]) > min_width
+                 for j in range(len(alive[k]))]
+        if not cands:
+            return order
+        _, k, j = min(cands)
+        order.append((k, alive[k].pop(j)))
+        for kk in (k - 1, k):  # layer k's features and layer k-1's targets changed
+            if 0 <= kk < depth - 1:
+                costs[kk] = _layer_costs(kk, alive, acts, z_next, sens, depth)
+
+
+def _layer_costs(k, alive, acts, z_next, sens, depth) -> np.ndarray:
+    nxt = alive[k + 1] if k + 1 < depth - 1 else list(range(z_next[k].shape[1]))
+    feats = acts[k + 1][:, alive[k]]
+    return _obs_costs(feats, z_next[k][:, nxt] * sens[k + 1][nxt])
+
+
+def kept_after(h: Network, order: list[tuple[int, int]], n_removed: int) -> list[np.ndarray]:
+    """Kept neuron indices per hidden layer after the first ``n_removed`` removals of ``order``."""
+    gone = [set() for _ in h.hidden_widths]
+    for k, j in order[:n_removed]:
+        gone[k].add(j)
+    return [np.array([j for j in range(w) if j not in gone[k]], dtype=np.int64)
+            for k, w in enumerate(h.hidden_widths)]
+
+
+def refit_pruned(h: Network, acts: list[np.ndarray], kept: list[np.ndarray]) -> tuple[Network, list]:
+    """g keeping ``kept`` of h, every row refitted by least squares to h's pre-activations on the
+    samples over g's own previous layer (first layer: h's rows), float32; and the twin rows of
+    the dropped neurons (same fit), for :func:`lumpver.certify.expand_pruned`."""
+    from lumpver.certify import DroppedRows
+
+    g_prev = acts[0]
+    layers, dropped = [], []
+    for k, layer in enumerate(h.layers):
+        rows = kept[k] if k < len(kept) else np.arange(layer.width)
+        z = acts[k] @ layer.weight.T + layer.bias
+        full = np.hstack([layer.weight, layer.bias[:, None]]) if k == 0 else _f32(_fit(g_prev, z))
+        gl = Layer(full[rows, :-1], full[rows, -1], layer.activation, layer.alpha, layer.source_op)
+        layers.append(gl)
+        if k < len(kept):
+            out = np.setdiff1d(np.arange(layer.width), rows)
+            dropped.append(DroppedRows(out, full[out, :-1], full[out, -1]))
+        g_prev = gl.activate(g_prev @ gl.weight.T + gl.bias)
+    return h.with_layers(layers), dropped
+
+
+def partner_classes(h: Network, acts: list[np.ndarray], kept: list[np.ndarray]) -> list[LayerClasses]:
+    """A partition per hidden layer for the quotient twin (:func:`lumpver.certify.expand_quotient`):
+    each kept neuron represents itself; a dropped neuron u joins the kept neuron t of its layer
+    whose sampled activation best matches it as ``h_u ~ c h_t`` with ``c > 0`` (least residual),
+    so the twin's neuron u tracks h's globally when the two are near-proportional."""
+    out = []
+    for k, rows in enumerate(kept):
+        a = acts[k + 1]
+        width = a.shape[1]
+        cls, scale = np.zeros(width, dtype=np.int64), np.ones(width)
+        cls[rows] = np.arange(rows.size)
+        kn = a[:, rows]
+        sq = np.sum(kn * kn, axis=0)
+        for u in np.setdiff1d(np.arange(width), rows):
+            c = np.where(sq > 0, (a[:, u] @ kn) / np.where(sq > 0, sq, 1.0), 0.0)
+            c = np.maximum(c, 1e-6)
+            resid = np.sum((a[:, u][:, None] - kn * c[None, :]) ** 2, axis=0)
+            best = int(np.argmin(resid))
+            cls[u], scale[u] = best, float(c[best])
+        out.append(LayerClasses(cls, scale, rows.copy(), np.ones(rows.size, bool)))
+    return out
+
+
 @dataclass
 class ApproxResult:
     """Outcome of :func:`reduce_approx`."""
@@ -123,21 +244,24 @@ class ApproxResult:
     original: Network
     onset: Network  # h
     reduced: Network  # g
-    classes: list[LayerClasses]
     certified: Certified
-    tau: float
     chain: Chain
     onset_bound: float = 0.0
+    removed: int = 0  # neurons of h dropped (pruning search)
     trials: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    method: str = "prune-refit"
 
 
 def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "linf", timeout: float = 300.0,
-                  progress: Progress = SILENT, samples: int = DEFAULT_SAMPLES, max_boxes: int = 400,
-                  steps: int = 8, seed: int = 0) -> ApproxResult:
-    """The smallest approximate quotient found whose certified error on X is ``<= epsilon``.
+                  progress: Progress = SILENT, samples: int = DEFAULT_SAMPLES, max_boxes: int = DEFAULT_BOXES,
+                  seed: int = 0) -> ApproxResult:
+    """The smallest approximate reduction found whose certified error on X is ``<= epsilon``.
 
-    Raises ValueError when not even the exact on-set reduction is certified within epsilon."""
+    Exact on-set reduction h, greedy removal order (:func:`removal_order`), then bisection on the
+    number of removed neurons: a candidate (:func:`refit_pruned`) whose sampled error exceeds
+    epsilon is rejected at once, otherwise it is certified; the largest certified removal wins.
+    Raises ValueError when not even h is certified within epsilon."""
     from lumpver.certify import norm_rows, sample_points
     from lumpver.onset import reduce_on_set
 
@@ -146,51 +270,73 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     on = reduce_on_set(f, input_set, progress=progress)
     h = on.reduced
     progress.say(f"exact on-set reduction: {f.n_hidden} -> {h.n_hidden} hidden neurons (discrepancy {on.discrepancy:.2e})")
-    chain0 = Chain(onset_steps=on.steps, classes=identity_classes(h))
+    for k, layer in enumerate(h.layers[:-1]):
+        if layer.activation not in SUPPORTED:
+            raise ValueError(f"layer {k}: approximate lumping supports {', '.join(SUPPORTED)}, not {layer.activation}")
     pts = sample_points(input_set, samples, seed)
-    yf = f.forward(pts)
-
-    def attempt(tau: float) -> Optional[tuple[Network, list[LayerClasses], Certified]]:
-        g, classes = approximate_quotient(h, pts, tau)
-        seen = float(np.max(norm_rows(yf - g.forward(pts), yf, g.forward(pts), norm)))
-        trial = {"tau": tau, "hidden": g.n_hidden, "sampled": seen}
-        trials.append(trial)
-        if g.n_hidden >= best[0].n_hidden:
-            trial["certified"] = None
-            return "grow"
-        if seen > epsilon:
-            trial["certified"] = None
-            return None
-        left = max(1.0, deadline - time.perf_counter())
-        res = certify(f, g, input_set, norm, Chain(on.steps, None, classes), h, on.discrepancy,
-                      timeout=min(left, 120.0), max_boxes=max_boxes, threshold=epsilon)
-        trial["certified"] = res.epsilon if res.finite else None
-        progress.say(f"tau {tau:.3g}: {g.n_hidden} hidden neurons, sampled {seen:.3g}, certified {res.epsilon:.3g}")
-        return (g, classes, res) if res.epsilon <= epsilon else None
-
-    trials: list[dict[str, Any]] = []
-    base = certify(f, h, input_set, norm, chain0, h, on.discrepancy, timeout=max(1.0, deadline - time.perf_counter()),
-                   max_boxes=max_boxes, threshold=epsilon)
+    acts, yf = h.activations(pts), f.forward(pts)
+    kept0 = [np.arange(w) for w in h.hidden_widths]
+    base = certify(f, h, input_set, norm, Chain(on.steps, kept0), h, on.discrepancy,
+                   timeout=max(1.0, deadline - time.perf_counter()), max_boxes=max_boxes, threshold=epsilon)
     if not base.epsilon <= epsilon:
         raise ValueError(f"even the exact on-set reduction is certified only within {base.epsilon:.3g} > epsilon "
                          f"{epsilon:g}; use --mode on-set or a larger --epsilon")
-    best: list[Any] = [h, identity_classes(h), base, 0.0]
-    lo, hi = math.log(TAU_LO), math.log(TAU_HI)
-    for _ in range(steps):
-        if time.perf_counter() > deadline:
-            break
-        mid = (lo + hi) / 2
-        got = attempt(math.exp(mid))
-        if got == "grow":
+    order = removal_order(h, acts)
+    trials: list[dict[str, Any]] = []
+    best = ApproxResult(f, h, h, base, Chain(on.steps, kept0), on.discrepancy, 0, trials)
+
+    def sampled(r: int) -> tuple[Network, list, list[np.ndarray], float]:
+        kept = kept_after(h, order, r)
+        g, dropped = refit_pruned(h, acts, kept)
+        yg = g.forward(pts)
+        return g, dropped, kept, float(np.max(norm_rows(yf - yg, yf, yg, norm)))
+
+    lo, hi = 0, _sampled_limit(lambda r: sampled(r)[3], len(order), epsilon) + 1
+    while hi - lo > 1 and time.perf_counter() < deadline:
+        mid = (lo + hi) // 2
+        g, dropped, kept, seen = sampled(mid)
+        trial: dict[str, Any] = {"removed": mid, "hidden": g.n_hidden, "sampled": seen, "certified": None}
+        trials.append(trial)
+        if seen > epsilon:
+            hi = mid
+            continue
+        chains = [Chain(on.steps, kept, dropped_rows=dropped), Chain(on.steps, None, partner_classes(h, acts, kept))]
+        res, chain = _certify_first(f, g, input_set, norm, chains, h, on.discrepancy, deadline, max_boxes, epsilon)
+        trial["certified"] = res.epsilon if res.finite else None
+        progress.say(f"{g.n_hidden} hidden neurons: sampled {seen:.3g}, certified {res.epsilon:.3g}")
+        if res.epsilon <= epsilon:
             lo = mid
-        elif got is not None:
-            best = [got[0], got[1], got[2], math.exp(mid)]
-            lo = mid
+            best = ApproxResult(f, h, g, res, chain, on.discrepancy, mid, trials)
         else:
             hi = mid
-    g, classes, res, tau = best
-    return ApproxResult(f, h, g, classes, res, tau, Chain(on.steps, None, classes), on.discrepancy, trials,
-                        time.perf_counter() - t0)
+    best.seconds = time.perf_counter() - t0
+    return best
+
+
+def _certify_first(f, g, input_set, norm, chains, h, onset_bound, deadline, max_boxes, epsilon):
+    """Certify g with each twin in turn (pruned twin, then quotient twin); the first within
+    epsilon wins, else the tightest."""
+    best = None
+    for chain in chains:
+        left = max(1.0, deadline - time.perf_counter())
+        res = certify(f, g, input_set, norm, chain, h, onset_bound, timeout=min(left, 120.0), max_boxes=max_boxes,
+                      threshold=epsilon)
+        if best is None or res.epsilon < best[0].epsilon:
+            best = (res, chain)
+        if res.epsilon <= epsilon or time.perf_counter() > deadline:
+            break
+    return best
+
+
+def _sampled_limit(err, n: int, epsilon: float) -> int:
+    """Largest r in [0, n] with ``err(r) <= epsilon`` found by bisection (0 if none)."""
+    if n == 0 or err(n) <= epsilon:
+        return n
+    lo, hi = 0, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if err(mid) <= epsilon else (lo, mid)
+    return lo
 
 
 def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.PathLike,
@@ -225,8 +371,8 @@ def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.Pat
         if not final.epsilon <= epsilon:
             raise CheckFailed(f"the written model certifies only within {final.epsilon:.3g} > {epsilon:g}")
         sampled = sampled_error(model_path, out_path, input_set, norm)
-        method = {"method": "approximate-lumping", "tau": res.tau, "requested_epsilon": epsilon,
-                  "onset_hidden": res.onset.n_hidden, "trials": res.trials}
+        method = {"method": "approximate-lumping", "search": res.method, "removed": res.removed,
+                  "requested_epsilon": epsilon, "onset_hidden": res.onset.n_hidden, "trials": res.trials}
         cert = write_bounded(model_path, out_path, cert_path, f, g, input_set, final, method,
                              time.perf_counter() - t0, sampled)
     except BaseException:

@@ -13,8 +13,11 @@ It is a sum of sound terms, each re-checkable from the files, X and the recorded
   neuron by neuron (ReluDiff deltas, much tighter than comparing unlike networks):
 
   - ``kept`` (pruning): g keeps neurons ``kept[k]`` of h; ``g^`` has g's rows at the kept
-    neurons, h's rows elsewhere and zero outgoing weights from the others, so ``g^ = g``
-    exactly;
+    neurons, h's rows elsewhere (or the recorded ``dropped_rows``, see below) and zero outgoing
+    weights from the others, so ``g^ = g`` exactly. Any row of a dropped neuron is sound (it
+    feeds nothing); the reducer records rows that track h's neuron on samples of X (least
+    squares over the kept neurons of the previous layer), which keeps the neuron-wise deltas
+    small and the differential bound tight;
   - ``classes`` (approximate lumping): g is the quotient of ``g^`` by a partition with
     scales (:class:`lumpver.lumping.LayerClasses`); ``g^``'s row of neuron u distributes
     ``c_u`` times g's row of its representative over the members of each previous class,
@@ -56,8 +59,12 @@ NORMS = ("linf", "l1", "l2", "top1")
 
 
 # ----- twins -----------------------------------------------------------------------------------
-def expand_pruned(h: Network, g: Network, kept: list[np.ndarray]) -> Network:
-    """``g^``: h's widths, g's weights at the kept neurons; equal to g in real arithmetic."""
+def expand_pruned(h: Network, g: Network, kept: list[np.ndarray],
+                  dropped_rows: Optional[list[Optional["DroppedRows"]]] = None) -> Network:
+    """``g^``: h's widths, g's weights at the kept neurons; equal to g in real arithmetic.
+
+    ``dropped_rows[k]`` (optional) replaces the rows of layer k's dropped neurons (weights over
+    the kept neurons of layer k-1, or over the inputs for k = 0)."""
     layers = []
     for k, layer in enumerate(h.layers):
         rows = np.asarray(kept[k]) if k < len(kept) else np.arange(layer.width)
@@ -70,8 +77,31 @@ def expand_pruned(h: Network, g: Network, kept: list[np.ndarray]) -> Network:
         if k > 0:  # neurons g dropped feed nothing onward
             dropped = np.setdiff1d(np.arange(layer.fan_in), cols)
             w[:, dropped] = 0.0
+        d = dropped_rows[k] if dropped_rows is not None and k < len(dropped_rows) else None
+        if d is not None and d.index.size:
+            w[d.index, :] = 0.0
+            w[np.ix_(d.index, cols)] = d.weight
+            b[d.index] = d.bias
         layers.append(Layer(w, b, layer.activation, layer.alpha, layer.source_op))
     return h.with_layers(layers)
+
+
+@dataclass
+class DroppedRows:
+    """Twin rows of the dropped neurons ``index`` of one hidden layer (see :func:`expand_pruned`)."""
+
+    index: np.ndarray  # (n,) neuron indices in h
+    weight: np.ndarray  # (n, kept neurons of the previous layer or inputs)
+    bias: np.ndarray  # (n,)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index.tolist(), "weight": self.weight.tolist(), "bias": self.bias.tolist()}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> "DroppedRows":
+        idx = np.asarray(d["index"], dtype=np.int64).reshape(-1)
+        w = np.asarray(d["weight"], dtype=np.float64).reshape(idx.size, -1)
+        return DroppedRows(idx, w, np.asarray(d["bias"], dtype=np.float64).reshape(-1))
 
 
 def expand_quotient(h: Network, g: Network, classes: list) -> Network:
@@ -151,6 +181,7 @@ class Chain:
     onset_steps: Optional[list[dict[str, Any]]] = None
     kept: Optional[list[np.ndarray]] = None
     classes: Optional[list] = None  # LayerClasses per hidden layer of h
+    dropped_rows: Optional[list[Optional[DroppedRows]]] = None  # with ``kept`` only
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
@@ -158,6 +189,8 @@ class Chain:
             d["onset_steps"] = self.onset_steps
         if self.kept is not None:
             d["kept"] = [np.asarray(k).tolist() for k in self.kept]
+        if self.dropped_rows is not None:
+            d["dropped_rows"] = [r.to_json() if r is not None else None for r in self.dropped_rows]
         if self.classes is not None:
             d["classes"] = [c.to_json() for c in self.classes]
         return d
@@ -168,13 +201,15 @@ class Chain:
 
         return Chain(d.get("onset_steps"),
                      [np.asarray(k, dtype=np.int64) for k in d["kept"]] if "kept" in d else None,
-                     [LayerClasses.from_json(c) for c in d["classes"]] if "classes" in d else None)
+                     [LayerClasses.from_json(c) for c in d["classes"]] if "classes" in d else None,
+                     [DroppedRows.from_json(r) if r is not None else None for r in d["dropped_rows"]]
+                     if "dropped_rows" in d else None)
 
 
 def twin_of(h: Network, g: Network, chain: Chain, input_set: InputSet) -> tuple[Network, float]:
     """``(g^, bound of max_i |g^_i - g_i| on X)``."""
     if chain.kept is not None:
-        return expand_pruned(h, g, chain.kept), 0.0
+        return expand_pruned(h, g, chain.kept, chain.dropped_rows), 0.0
     if chain.classes is not None:
         from lumpver.bounds import region_box
         from lumpver.lumping_check import discrepancy_bound
@@ -290,6 +325,7 @@ def _twin_shapes_ok(h: Network, g: Network, chain: Chain, report) -> bool:
                 if kept.size != g.layers[k].width or np.unique(kept).size != kept.size or \
                         kept.min(initial=0) < 0 or kept.max(initial=0) >= h.layers[k].width:
                     raise ValueError(f"layer {k}: kept indices do not match")
+            _dropped_rows_ok(h, chain)
         elif chain.classes is not None:
             if len(chain.classes) != len(h.layers) - 1:
                 raise ValueError("one partition per hidden layer expected")
@@ -308,6 +344,23 @@ def _twin_shapes_ok(h: Network, g: Network, chain: Chain, report) -> bool:
         report.fail(f"interval evidence: {e}")
         return False
     return True
+
+
+def _dropped_rows_ok(h: Network, chain: Chain) -> None:
+    """Recorded twin rows name dropped neurons only and have finite values of the right shapes."""
+    if chain.dropped_rows is None:
+        return
+    if chain.kept is None or len(chain.dropped_rows) > len(chain.kept):
+        raise ValueError("dropped_rows need one entry per pruned hidden layer")
+    for k, d in enumerate(chain.dropped_rows):
+        if d is None:
+            continue
+        n_cols = chain.kept[k - 1].size if k > 0 else h.layers[0].fan_in
+        dropped = np.setdiff1d(np.arange(h.layers[k].width), chain.kept[k])
+        if np.unique(d.index).size != d.index.size or not np.all(np.isin(d.index, dropped)) or \
+                d.weight.shape != (d.index.size, n_cols) or d.bias.shape != (d.index.size,) or \
+                not (np.all(np.isfinite(d.weight)) and np.all(np.isfinite(d.bias))):
+            raise ValueError(f"layer {k}: malformed dropped_rows")
 
 
 # ----- sampling -------------------------------------------------------------------------------

@@ -1,15 +1,19 @@
 """Approximate lumping certified on an input set (DESIGN.md §4): certified <= E, sampled <= certified,
-never larger than the exact on-set reduction, twin within its bound, re-check and tampering."""
+never larger than the exact on-set reduction, twin within its bound, re-check and tampering (direct and
+through ``lumpver check``), removal costs against brute-force refits, ACAS Xu prop_3."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from lumpver.approx import approximate_quotient, reduce_approx_to_files
+from lumpver.approx import _obs_costs, approximate_quotient, kept_after, reduce_approx_to_files, refit_pruned, \
+    removal_order
 from lumpver.certificate import CheckContext
-from lumpver.certify import sample_points, twin_of, Chain
+from lumpver.certify import Chain, expand_pruned, sample_points, twin_of
 from lumpver.certify_check import check_interval_evidence
 from lumpver.inputset import Box, InputSet
 from lumpver.model import Layer, Network
@@ -70,10 +74,110 @@ def test_approx_reduction_certified_and_rechecked(rng, tmp_path):
     bad = json.loads(json.dumps(cert))
     bad["guarantee"]["epsilon"] = sampled * 0.99
     assert not check_interval_evidence(bad, ctx, ev).holds
-    bad = json.loads(json.dumps(cert))
-    bev = next(e for e in bad["evidence"] if e["backend"] == "interval")
-    bev["chain"]["classes"][0]["scale"][0] = -1.0  # malformed partition
-    assert not check_interval_evidence(bad, ctx, bev).holds
+    for tamper in (_tamper_partition, _tamper_kept, _tamper_dropped_rows):
+        bad = json.loads(json.dumps(cert))
+        bev = next(e for e in bad["evidence"] if e["backend"] == "interval")
+        if tamper(bev["chain"]):
+            assert not check_interval_evidence(bad, ctx, bev).holds, tamper.__name__
+    chain = ev["chain"]
+    assert "classes" in chain or "kept" in chain  # something was removed, by one of the two twins
+
+
+def _tamper_partition(chain) -> bool:
+    if "classes" not in chain:
+        return False
+    chain["classes"][0]["scale"][0] = -1.0  # malformed partition
+    return True
+
+
+def _tamper_kept(chain) -> bool:
+    if "kept" not in chain:
+        return False
+    chain["kept"][0][0] = 10_000  # kept index outside the layer
+    return True
+
+
+def _tamper_dropped_rows(chain) -> bool:
+    rows = [(k, r) for k, r in enumerate(chain.get("dropped_rows", [])) if r and r["index"]]
+    if not rows:
+        return False
+    k, r = rows[0]
+    r["index"][0] = chain["kept"][k][0]  # names a kept neuron
+    return True
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lumpver", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_reduce_approx_then_check(rng, tmp_path):
+    net = _planted(rng)
+    orig, out, cert_path, spec = (tmp_path / n for n in ("f.onnx", "g.onnx", "g.cert.json", "x.vnnlib"))
+    save_onnx(net, orig)
+    _spec(spec, 3, 2, -1, 1)
+    r = _cli("reduce", orig, "-o", out, "--mode", "approx", "--input-set", spec, "--epsilon", 0.05, "-q")
+    assert r.returncode == 0, r.stderr
+    assert _cli("check", cert_path).returncode == 0
+    cert = json.loads(cert_path.read_text())
+    x = sample_points(InputSet([Box(-np.ones(3), np.ones(3))]), 3000, seed=5)
+    seen = float(np.max(np.abs(run_onnx(orig, x) - run_onnx(out, x))))
+    cert["guarantee"]["epsilon"] = seen / 2  # below an error onnxruntime shows: must not re-check
+    cert_path.write_text(json.dumps(cert))
+    assert _cli("check", cert_path).returncode == 1
+
+
+def test_removal_costs_match_brute_force_refits(rng):
+    feats = rng.standard_normal((200, 6))
+    feats[:, 5] = 0.7 * feats[:, 1] - 0.2 * feats[:, 3] + 1e-3 * rng.standard_normal(200)  # nearly redundant
+    target = feats @ rng.standard_normal((6, 3)) + 0.1 * rng.standard_normal((200, 3))
+
+    def rss(cols):
+        a = np.hstack([feats[:, cols], np.ones((200, 1))])
+        sol, *_ = np.linalg.lstsq(a, target, rcond=None)
+        return float(np.sum((a @ sol - target) ** 2)) / 200
+
+    full = rss(list(range(6)))
+    brute = [rss([c for c in range(6) if c != j]) - full for j in range(6)]
+    np.testing.assert_allclose(_obs_costs(feats, target), brute, rtol=1e-4, atol=1e-7)  # ridge 1e-10
+    assert int(np.argmin(_obs_costs(feats, target))) in (1, 3, 5)  # one of the redundant triple
+
+
+def test_pruned_twin_equals_pruned_network(rng):
+    net = _planted(rng)
+    X = InputSet([Box(-np.ones(3), np.ones(3))])
+    pts = sample_points(X, 800)
+    acts = net.activations(pts)
+    order = removal_order(net, acts)
+    assert len(order) == net.n_hidden - 2  # one neuron per layer stays
+    kept = kept_after(net, order, 10)
+    assert sum(k.size for k in kept) == net.n_hidden - 10
+    g, dropped = refit_pruned(net, acts, kept)
+    twin = expand_pruned(net, g, kept, dropped)
+    x = sample_points(X, 2000, seed=9)
+    np.testing.assert_allclose(twin.forward(x), g.forward(x), rtol=0, atol=1e-12)
+    # the planted near-duplicates go first: their removal barely changes the outputs
+    g8, _ = refit_pruned(net, acts, kept_after(net, order, 8))
+    assert np.max(np.abs(g8.forward(x) - net.forward(x))) < 0.05 * np.max(np.abs(net.forward(x)))
+
+
+def test_acasxu_prop3_certified_and_sampled(shared_data, tmp_path):
+    from lumpver.inputsets import load_input_set
+    from lumpver.onnx_import import load_onnx
+
+    model = shared_data / "acasxu" / "onnx" / "ACASXU_run2a_3_3_batch_2000.onnx"
+    f = load_onnx(model)
+    X = load_input_set(str(shared_data / "acasxu" / "vnnlib" / "prop_3.vnnlib"), f.n_inputs)
+    out, cert_path = tmp_path / "g.onnx", tmp_path / "g.cert.json"
+    cert = reduce_approx_to_files(model, out, cert_path, X, 0.1, "linf", "auto", 60.0)
+    eps = cert["guarantee"]["epsilon"]
+    x = sample_points(X, 5000, seed=4)
+    seen = float(np.max(np.abs(run_onnx(model, x) - run_onnx(out, x))))
+    assert seen <= eps <= 0.1
+    assert cert["stats"]["neurons_after"] <= reduce_on_set(f, X).reduced.n_hidden
+    ctx = CheckContext(cert_path, model, out)
+    ev = next(e for e in cert["evidence"] if e["backend"] == "interval")
+    assert check_interval_evidence(cert, ctx, ev).holds
 
 
 def test_epsilon_too_small_is_refused(rng, tmp_path):

@@ -1,0 +1,112 @@
+"""Benchmark: certified approximate reduction of ACAS Xu on the prop_3 box (DESIGN.md §4, issue 6).
+
+For each network and epsilon: hidden neurons kept by :func:`lumpver.approx.reduce_approx`
+(certified L-inf error <= epsilon on the box, real arithmetic of the stored float32 weights),
+the certified and sampled errors (sampled = largest |f - g| seen on 20,000 points of the box),
+and the time as a ratio to the exact on-set reduction of the same network measured in the same
+run (epsilon 0 = the on-set point). Saves the curve to bench/approx_acasxu.png.
+
+Usage: python bench/bench_approx_acasxu.py [--nets 1_1,2_3,...] [--eps 0.001,...] [--timeout S]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lumpver.approx import reduce_approx  # noqa: E402
+from lumpver.certify import sample_points  # noqa: E402
+from lumpver.inputsets import load_input_set  # noqa: E402
+from lumpver.onnx_import import load_onnx  # noqa: E402
+from lumpver.onset import reduce_on_set  # noqa: E402
+
+ACAS = ROOT / ".." / "shared" / "data" / "acasxu"
+GOAL_EPS = 0.01
+
+
+def run_net(name: str, eps_list: list[float], timeout: float, max_boxes: int) -> list[dict]:
+    f = load_onnx(ACAS / "onnx" / f"ACASXU_run2a_{name}_batch_2000.onnx")
+    X = load_input_set(str(ACAS / "vnnlib" / "prop_3.vnnlib"), f.n_inputs)
+    t0 = time.perf_counter()
+    on = reduce_on_set(f, X)
+    t_on = time.perf_counter() - t0
+    rows = [{"net": name, "epsilon": 0.0, "hidden": on.reduced.n_hidden, "certified": on.discrepancy,
+             "sampled": None, "seconds": t_on, "ratio": 1.0}]
+    pts = sample_points(X, 20000, seed=7)
+    yf = f.forward(pts)
+    for eps in eps_list:
+        t0 = time.perf_counter()
+        try:
+            res = reduce_approx(f, X, eps, timeout=timeout, max_boxes=max_boxes)
+        except ValueError as e:
+            print(f"{name} eps {eps}: {e}", flush=True)
+            continue
+        dt = time.perf_counter() - t0
+        seen = float(np.max(np.abs(yf - res.reduced.forward(pts))))
+        rows.append({"net": name, "epsilon": eps, "hidden": res.reduced.n_hidden, "certified": res.certified.epsilon,
+                     "sampled": seen, "seconds": dt, "ratio": dt / t_on, "widths": res.reduced.hidden_widths})
+        print(f"{name} eps {eps:g}: {f.n_hidden} -> on-set {on.reduced.n_hidden} -> {res.reduced.n_hidden} "
+              f"certified {res.certified.epsilon:.3g} sampled {seen:.3g} {dt:.1f}s = {dt / t_on:.0f}x on-set",
+              flush=True)
+    return rows
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    zero = min(r["epsilon"] for r in rows if r["epsilon"] > 0) / 3
+    for name in sorted({r["net"] for r in rows}):
+        pts = sorted((r["epsilon"] or zero, r["hidden"]) for r in rows if r["net"] == name)
+        ax.plot(*zip(*pts), marker="o", label=name)
+    ax.set_xscale("log")
+    ax.axvline(GOAL_EPS, color="grey", ls=":", lw=1)
+    ax.set_xlabel(f"certified L-inf epsilon (leftmost point = exact on-set, plotted at {zero:.1g})")
+    ax.set_ylabel("hidden neurons kept (of 300)")
+    ax.set_title("ACAS Xu prop_3 box: certified approximate reduction")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nets", default="1_1,2_3,3_3,4_5,5_9")
+    ap.add_argument("--eps", default="0.001,0.003,0.01,0.03,0.1")
+    ap.add_argument("--timeout", type=float, default=150.0)
+    ap.add_argument("--max-boxes", type=int, default=600)
+    ap.add_argument("--plot", default=str(ROOT / "bench" / "approx_acasxu.png"))
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    eps = [float(e) for e in args.eps.split(",")]
+    rows = []
+    for name in args.nets.split(","):
+        rows += run_net(name, eps, args.timeout, args.max_boxes)
+    print("\n| net | on-set kept | " + " | ".join(f"eps {e:g}" for e in eps) + " |")
+    print("|---|---|" + "---|" * len(eps))
+    for name in args.nets.split(","):
+        mine = {r["epsilon"]: r for r in rows if r["net"] == name}
+        cells = [f"{mine[e]['hidden']} ({mine[e]['ratio']:.0f}x)" if e in mine else "-" for e in eps]
+        print(f"| {name} | {mine[0.0]['hidden']} | " + " | ".join(cells) + " |")
+    at_goal = [r for r in rows if r["epsilon"] == GOAL_EPS]
+    for r in at_goal:
+        on = next(q for q in rows if q["net"] == r["net"] and q["epsilon"] == 0.0)
+        print(f"{r['net']}: at eps {GOAL_EPS} kept {r['hidden']} = {r['hidden'] / on['hidden']:.0%} of on-set "
+              f"{on['hidden']} (goal <= 50%)")
+    plot(rows, args.plot)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Benchmark: certified vs sampled error of quantisation and pruning on MNIST (DESIGN.md §4-§8, issue 6).
+
+``mnist-net_256x2`` on the L-inf boxes of its VNN-LIB properties. For each box and method:
+the certified L-inf bound of ``sup_X |f - g|`` (:func:`lumpver.certify.certify`, interval
+back-end, real arithmetic of the stored float32 weights) and the largest error seen by
+onnxruntime on sampled points of the box (files as written). Methods: symmetric 8-bit and 4-bit
+per-tensor quantisation (QDQ files), coreset pruning keeping 50 % of the neurons (DESIGN.md §6)
+and, for comparison, activation-based pruning to 50 % with least-squares refits
+(:mod:`lumpver.approx`). Times (build + write + certify) are ratios to one onnxruntime pass of
+the original over 1000 points, measured in the same run.
+
+Usage: python bench/bench_mnist_quant.py [--props 0,1,...] [--radius 0.03] [--max-boxes N]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lumpver.certify import Chain, certify, sample_points, sampled_error  # noqa: E402
+from lumpver.inputsets import load_input_set  # noqa: E402
+from lumpver.onnx_export import save_onnx  # noqa: E402
+from lumpver.onnx_import import load_onnx  # noqa: E402
+from lumpver.runtime import run_onnx  # noqa: E402
+
+MNIST = ROOT / ".." / "shared" / "data" / "mnist_fc"
+MODEL = MNIST / "onnx" / "mnist-net_256x2.onnx"
+
+
+def build(method: str, f, X, path: Path):
+    """(g as written and loaded back, certification chain) for one method."""
+    if method.startswith("quant"):
+        from lumpver.quantize import quantize_network, save_quantized
+
+        g, qls = quantize_network(f, int(method[5:]), per_channel=False)
+        save_quantized(g, qls, path)
+        return load_onnx(path), None
+    if method == "coreset50":
+        from lumpver.coreset import coreset_prune, input_betas
+
+        res = coreset_prune(f, 0.5, input_betas(f, X), seed=0)
+        save_onnx(res.reduced, path)
+        return load_onnx(path), Chain(kept=res.kept)
+    from lumpver.approx import kept_after, refit_pruned, removal_order
+
+    pts = sample_points(X, 3000, seed=0)
+    acts = f.activations(pts)
+    order = removal_order(f, acts)
+    kept = kept_after(f, order, f.n_hidden // 2)
+    g, dropped = refit_pruned(f, acts, kept)
+    save_onnx(g, path)
+    return load_onnx(path), Chain(kept=kept, dropped_rows=dropped)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--props", default="0,1,2,3,4")
+    ap.add_argument("--radius", default="0.03")
+    ap.add_argument("--methods", default="quant8,quant4,coreset50,refit50")
+    ap.add_argument("--max-boxes", type=int, default=8)
+    ap.add_argument("--timeout", type=float, default=60.0)
+    args = ap.parse_args()
+    f = load_onnx(MODEL)
+    x0 = np.random.default_rng(0).uniform(0, 1, (1000, f.n_inputs)).astype(np.float32)
+    run_onnx(str(MODEL), x0[:10])  # warm-up
+    t0 = time.perf_counter()
+    run_onnx(str(MODEL), x0)
+    base = time.perf_counter() - t0
+    print(f"baseline: one onnxruntime pass of 1000 points {base * 1e3:.1f} ms")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for prop in args.props.split(","):
+            X = load_input_set(str(MNIST / "vnnlib" / f"prop_{prop}_{args.radius}.vnnlib"), f.n_inputs)
+            for method in args.methods.split(","):
+                path = Path(tmp) / f"{method}_{prop}.onnx"
+                t0 = time.perf_counter()
+                g, chain = build(method, f, X, path)
+                res = certify(f, g, X, "linf", chain, timeout=args.timeout, max_boxes=args.max_boxes)
+                dt = time.perf_counter() - t0
+                seen = sampled_error(MODEL, path, X, "linf", n=2000, seed=3)
+                rows.append((method, prop, res.epsilon, seen, dt / base, g.n_hidden, res.terms.get("float32")))
+                print(f"prop_{prop} {method}: hidden {g.n_hidden}, certified {res.epsilon:.4g}, sampled {seen:.4g}, "
+                      f"ratio {res.epsilon / max(seen, 1e-300):.1f}, time {dt / base:.0f}x ort pass", flush=True)
+    print(f"\n| method | hidden | median certified | median sampled | median certified/sampled | median time / ort pass |")
+    print("|---|---|---|---|---|---|")
+    for method in args.methods.split(","):
+        mine = [r for r in rows if r[0] == method]
+        print(f"| {method} | {mine[0][5]} | {statistics.median(r[2] for r in mine):.3g} | "
+              f"{statistics.median(r[3] for r in mine):.3g} | {statistics.median(r[2] / r[3] for r in mine):.1f} | "
+              f"{statistics.median(r[4] for r in mine):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
