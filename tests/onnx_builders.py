@@ -90,3 +90,25 @@ def softmax_model(rng) -> onnx.ModelProto:
     inits = {"W": f32(rng.normal(size=(3, 2)))}
     nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Softmax", ["m"], ["y"], name="probs")]
     return make_model(nodes, inits, "x", [1, 3], "y", [1, 2])
+
+
+def pytorch_flatten_model(rng) -> onnx.ModelProto:
+    """torch-style `x.view(x.size(0), -1)` (Shape/Gather/Unsqueeze/Concat/Reshape) and a weight behind Transpose."""
+    inits = {
+        "W": f32(rng.normal(size=(5, 12))), "b": f32(rng.normal(size=5)),
+        "idx0": np.array(0, dtype=np.int64), "minus1": np.array([-1], dtype=np.int64),
+        "axes0": np.array([0], dtype=np.int64),
+        "W2": f32(rng.normal(size=(3, 5))), "b2": f32(rng.normal(size=3)),
+    }
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shp"]),
+        helper.make_node("Gather", ["shp", "idx0"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus1"], ["newshape"], axis=0),
+        helper.make_node("Reshape", ["x", "newshape"], ["flat"]),
+        helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["flat", "Wt"], ["m"]), helper.make_node("Add", ["m", "b"], ["z"]),
+        helper.make_node("LeakyRelu", ["z"], ["a"], alpha=0.2),
+        helper.make_node("Gemm", ["a", "W2", "b2"], ["y"], transB=1),
+    ]
+    return make_model(nodes, inits, "x", ["N", 3, 2, 2], "y", ["N", 3])

@@ -136,3 +136,14 @@ def test_export_checker_passes_for_planted():
 
     m = network_to_onnx(planted_network(seed=1).network)
     onnx.checker.check_model(m, full_check=True)
+
+
+def test_pytorch_style_flatten_and_transposed_weight(tmp_path, rng):
+    src = tmp_path / "pt.onnx"
+    onnx.save(ob.pytorch_flatten_model(rng), str(src))
+    x = rng.normal(size=(7, 12))
+    net = load_onnx(src)
+    assert net.widths == [12, 5, 3] and net.layers[0].activation == "leaky_relu" and net.layers[0].alpha == float(np.float32(0.2))
+    assert np.allclose(net.forward(x), run_onnx(src, x), rtol=1e-5, atol=1e-5)
+    _, ref, got = _roundtrip(tmp_path, src, x)
+    assert np.allclose(ref, got, rtol=1e-6, atol=1e-6)
