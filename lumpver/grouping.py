@@ -49,28 +49,31 @@ def group_rows(rows: np.ndarray, mode: str, tol: float, seed: int = 20240601) ->
         p = keys[idx] @ dirs[depth]
         return np.abs(p) if signed else p
 
+    def matches(cand: np.ndarray, i: int) -> np.ndarray:
+        """Which rows in ``cand`` match row ``i`` (vectorised over cand)."""
+        d = np.linalg.norm(keys[cand] - keys[i], axis=1)
+        if signed:
+            d = np.minimum(d, np.linalg.norm(keys[cand] + keys[i], axis=1))
+        ok = d <= tol
+        if mode in ("sign", "one"):
+            ok &= np.abs(lognorm[cand] - lognorm[i]) <= tol
+        return ok
+
     def greedy(idx: np.ndarray) -> None:
         idx = np.sort(idx)
-        sub = keys[idx]
-        d = np.linalg.norm(sub[:, None, :] - sub[None, :, :], axis=2)
-        if signed:
-            d = np.minimum(d, np.linalg.norm(sub[:, None, :] + sub[None, :, :], axis=2))
-        match = d <= tol
-        if mode in ("sign", "one"):
-            match &= np.abs(lognorm[idx][:, None] - lognorm[idx][None, :]) <= tol
-        if match.all():  # the common case: the run is one group
+        if matches(idx, int(idx[0])).all():  # the common case: the run is one group
             label[idx] = len(reps)
             reps.append(int(idx[0]))
             return
-        local: list[int] = []  # positions (in idx) of this run's representatives
-        for pos in range(idx.size):
-            hit = next((r for r in local if match[pos, r]), None)
-            if hit is None:
-                label[idx[pos]] = len(reps)
-                reps.append(int(idx[pos]))
-                local.append(pos)
+        local: list[int] = []  # this run's representatives (row indices)
+        for i in idx:
+            hit = np.flatnonzero(matches(np.array(local), int(i))) if local else np.zeros(0, int)
+            if hit.size:
+                label[i] = label[local[hit[0]]]
             else:
-                label[idx[pos]] = label[idx[hit]]
+                label[i] = len(reps)
+                reps.append(int(i))
+                local.append(int(i))
 
     def split(idx: np.ndarray, depth: int) -> None:
         if idx.size == 1:

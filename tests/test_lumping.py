@@ -170,3 +170,14 @@ def test_random_planted_shapes(n_inputs, widths, n_outputs, activation, copies, 
     assert all(w <= c for w, c in zip(r.reduced.hidden_widths, p.core_widths))
     assert np.abs(ref - got).max() <= 1e-4 * (1 + np.abs(ref).max())
     assert exact_lump(r.reduced).reduced.hidden_widths == r.reduced.hidden_widths
+
+
+def test_grouping_large_runs_of_copies_stay_cheap_and_correct():
+    """Thousands of copies of two signatures: two groups, decided without an n x n x d tensor."""
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(2, 300))
+    which = rng.integers(0, 2, size=4000)
+    rows = (base[which] * rng.uniform(0.5, 2.0, size=(4000, 1))).astype(np.float32).astype(np.float64)
+    g = group_rows(rows, "positive", 1e-5)
+    assert len(g.rep) == 2
+    assert np.array_equal(g.label, (which != which[0]).astype(int))
