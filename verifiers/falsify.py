@@ -243,9 +243,12 @@ def search(
     deadline: Optional[float] = None,
     rng: Optional[np.random.Generator] = None,
     seeds: Optional[list[np.ndarray]] = None,
+    restarts: int = 0,
 ) -> SearchResult:
     """Sample each region (uniform + corners), then run PGD from the best points (and from
-    ``seeds``, e.g. a solver's near-miss). Stops at the first confirmed violation."""
+    ``seeds``, e.g. a solver's near-miss). Then up to ``restarts`` rounds of momentum PGD from
+    fresh starts (:func:`_restart_round`) while the deadline allows. Stops at the first
+    confirmed violation."""
     rng = rng or np.random.default_rng(query.seed)
     deadline = deadline if deadline is not None else time.monotonic() + query.timeout
     obj = Objective(query)
@@ -273,7 +276,70 @@ def search(
             x = np.vstack([project(np.asarray(seeds, dtype=np.float64).reshape(len(seeds), -1), region), x])
         if _pgd(best, query, obj, x, region, steps, deadline):
             return best
+    for r in range(restarts):
+        for region in query.input_set.regions:
+            if time.monotonic() > deadline:
+                return best
+            if _restart_round(best, query, obj, region, rng, r, deadline):
+                return best
     return best
+
+
+#: points sampled per restart round, and PGD starts taken from the best of them
+RESTART_SAMPLES = 8192
+RESTART_STARTS = 16
+
+
+def _starts(region: Region, rng: np.random.Generator, best_x: Optional[np.ndarray], n: int, r: int) -> np.ndarray:
+    """Candidate starts: random vertices, random points of random faces (some coordinates at a
+    bound), uniform points, and points near the best input so far at a radius shrinking with
+    the round ``r`` (narrow counterexamples sit next to near-misses)."""
+    box = region_box(region)
+    lo, hi = box.lower, box.upper
+    d = len(lo)
+    q = n // 4
+    vert = np.where(rng.random((q, d)) < 0.5, lo, hi)
+    face = rng.uniform(lo, hi, (q, d))
+    pin = rng.random((q, d)) < 0.5
+    face = np.where(pin, np.where(rng.random((q, d)) < 0.5, lo, hi), face)
+    uni = rng.uniform(lo, hi, (q, d))
+    if best_x is None:
+        near = rng.uniform(lo, hi, (n - 3 * q, d))
+    else:
+        radius = (hi - lo) * 0.2 * 0.5 ** (r % 8)
+        near = best_x + radius * rng.uniform(-1.0, 1.0, (n - 3 * q, d))
+    return project(np.vstack([vert, face, uni, near]), region)
+
+
+def _restart_round(best: SearchResult, query: Query, obj: Objective, region: Region, rng: np.random.Generator,
+                   r: int, deadline: float, steps: int = 30) -> bool:
+    """One round: score a large batch of fresh candidates (:func:`_starts`, vectorised, no
+    gradients), then momentum PGD (normalised gradients, sign steps on a cosine schedule from
+    5 % to 0.05 % of the box width) from the best of them; candidates are confirmed by
+    :func:`_update`."""
+    box = region_box(region)
+    width = box.upper - box.lower
+    pts = _starts(region, rng, best.best_x, RESTART_SAMPLES, r)
+    v, _ = obj.score(pts, grad=False)
+    best.evaluations += len(pts)
+    order = np.argsort(-v)
+    if _update(best, query, pts[order[:2]], region):
+        return True
+    x = pts[order[:RESTART_STARTS]]
+    m = np.zeros_like(x)
+    for t in range(steps):
+        if time.monotonic() > deadline:
+            return False
+        v, g = obj.score(x)
+        best.evaluations += len(x)
+        if _update(best, query, x[np.argsort(-v)[:2]], region):
+            return True
+        g = g * width
+        m = 0.8 * m + g / np.maximum(np.sum(np.abs(g), axis=1, keepdims=True), 1e-300)
+        step = 0.0005 + 0.025 * (1.0 + np.cos(np.pi * t / steps))
+        x = project(x + step * width * np.sign(m), region)
+    v, _ = obj.score(x, grad=False)
+    return _update(best, query, x[np.argsort(-v)[:4]], region)
 
 
 def _pgd(best: SearchResult, query: Query, obj: Objective, x: np.ndarray, region: Region, steps: int, deadline: float) -> bool:

@@ -56,7 +56,9 @@ class SmtOptions:
     max_unstable: int = 6  # hand a sub-box to z3 at or below this many unstable neurons (z3 slows down fast)
     max_depth: int = 60  # never split deeper than this
     call_timeout: float = 2.0  # seconds per z3 check; an unknown sub-box is split further
-    falsify_seconds: float = 3.0  # budget of the initial falsifier run (capped at 10% of timeout)
+    falsify_seconds: float = 1.0  # budget of the initial falsifier run (capped at 10% of timeout)
+    falsify_every: float = 2.0  # seconds of search between interleaved falsifier rounds
+    falsify_share: float = 0.25  # length of such a round, as a share of falsify_every
     bound_method: str = "crown"
     naive: bool = False  # baseline: all-ite ReLUs, no bounds, no splitting, no falsifier
     #: one solver with push/pop per sub-box. Off by default: z3 then skips its preprocessing
@@ -112,6 +114,8 @@ class _Search:
         self.pwl = is_piecewise_linear(self.nets)
         self.stats = _Stats()
         self.cache: dict = {}
+        self.rng = np.random.default_rng(query.seed)
+        self._rounds = 0
 
     # ----- verdicts ----------------------------------------------------------------------
     def _details(self) -> dict:
@@ -145,13 +149,20 @@ class _Search:
             z3.set_param("memory_max_size", int(self.q.memory_mb))
         if not self.opt.naive:
             budget = min(self.opt.falsify_seconds, 0.1 * self.q.timeout)
-            res = falsify.search(self.q, samples=500, starts=4, steps=30, deadline=time.monotonic() + budget)
+            res = falsify.search(self.q, samples=500, starts=4, steps=30, deadline=time.monotonic() + budget,
+                                 rng=self.rng, restarts=10**6)
             if res.counterexample is not None:
                 return self._violated(res.counterexample, "falsifier counterexample (float32/float64 replay)")
         stack = [(r, falsify.region_box(r), 0) for r in self.q.input_set.regions]
+        last = time.monotonic()
         while stack:
             if time.monotonic() > self.deadline:
                 return self._unknown(f"timeout after {self.q.timeout:g} s ({len(stack)} sub-boxes open)")
+            if not self.opt.naive and time.monotonic() - last > self.opt.falsify_every:
+                out = self._falsify_more(stack[-1])
+                if out is not None:
+                    return out
+                last = time.monotonic()
             region, box, depth = stack.pop()
             out = self._box(region, box, depth)
             if isinstance(out, Verdict):
@@ -160,6 +171,23 @@ class _Search:
         if self.stats.doubts:
             return self._unknown(self.stats.doubts[0])
         return self._proved()
+
+    def _falsify_more(self, top) -> Optional[Verdict]:
+        """A falsifier round interleaved with the search (DESIGN.md §5): alternately over the
+        whole input set and over the open sub-box on top of the stack, about
+        ``falsify_share`` of the time. Narrow counterexamples are found here, not by z3."""
+        self._rounds += 1
+        q = self.q
+        if self._rounds % 2 == 0:
+            region, box, _ = top
+            q = Query(q.network, InputSet([region_with_box(region, box)]), q.other, q.epsilon, q.norm, q.prop,
+                      timeout=q.timeout, seed=q.seed)
+        budget = self.opt.falsify_share * self.opt.falsify_every
+        res = falsify.search(q, samples=200, starts=2, steps=20, rng=self.rng, restarts=10**6,
+                             deadline=min(self.deadline, time.monotonic() + budget))
+        if res.counterexample is not None:
+            return self._violated(res.counterexample, "falsifier counterexample during the search (float32/float64 replay)")
+        return None
 
     def _box(self, region, box: Box, depth: int):
         """Close the sub-box, return a verdict, or return sub-boxes to explore."""
