@@ -139,8 +139,19 @@ def check_dims(spec: VnnlibSpec, n_inputs: int | None, n_outputs: int | None) ->
         raise InputError(f"declares {spec.n_outputs} outputs Y_0..Y_{spec.n_outputs - 1}, the model has {n_outputs}", spec.path)
 
 
-def parse_vnnlib(text: str, path: str = "<string>") -> VnnlibSpec:
-    """Parse VNN-LIB text (see the module docstring for the subset and the semantics)."""
+def parse_vnnlib(text: str, path: str = "<string>", exact: bool = False) -> VnnlibSpec:
+    """Parse VNN-LIB text (see the module docstring for the subset and the semantics).
+
+    Tries the bulk fast path (:mod:`lumpver.vnnlib_fast`) first; anything it does not handle,
+    and every malformed file, goes through the exact scanner, which gives the same result and the
+    precise ``file:line:col`` message. ``exact=True`` uses the exact scanner only (tests).
+    """
+    if not exact:
+        from lumpver.vnnlib_fast import fast_parse
+
+        spec = fast_parse(text, path)
+        if spec is not None:
+            return spec
     return _Parser(text, path).parse()
 
 
