@@ -295,6 +295,7 @@ class _Parser:
         self.common = _Conj()
         self.multi: list[tuple[list[_Conj], int]] = []
         self.strict = 0
+        self.counts: tuple[int, int] | None = None  # (inputs, outputs) when the fast path counted them
 
     # errors ---------------------------------------------------------------------------------
     def where(self, pos: int) -> str:
@@ -536,6 +537,8 @@ class _Parser:
 
     # semantics ------------------------------------------------------------------------------
     def dims(self) -> tuple[int, int]:
+        if self.counts is not None:
+            return self.counts
         xs = sorted(c for c in self.decl.values() if c >= 0)
         ys = sorted(~c for c in self.decl.values() if c < 0)
         for kind, idx, code in (("X", xs, lambda i: i), ("Y", ys, lambda j: ~j)):

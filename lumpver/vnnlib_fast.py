@@ -25,19 +25,13 @@ import re
 
 import numpy as np
 
-_VAR = r"[XY]_(?:0|[1-9]\d*)"
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _COMMENT = re.compile(r";[^\n]*")
-_FIRST_ASSERT = re.compile(r"\(\s*assert(?=[\s()])")
-_DECL = re.compile(r"\(\s*declare-const\s+(([XY])_(0|[1-9]\d*))\s+Real\s*\)")
-# groups: 1 '(assert' wrapper, 2 op, 3 left var, 4 left number, 5 right var, 6 right number
-_ATOMS = re.compile(
-    r"(\(\s*assert\s*)?\(\s*(<=|>=|<|>)\s+(?:(" + _VAR + r")|(" + _NUM + r"))\s+(?:(" + _VAR + r")|("
-    + _NUM + r"))\s*\)(?(1)\s*\))"
-)
-_STRIDE = 7
-_SEPTOK = re.compile(r"\(|\)|[^\s()]+")
-_OPS = {"<=": 0, ">=": 1, "<": 2, ">": 3}
+# token kinds; every other word (operands, unknown words) is 0
+_LP, _RP, _ASSERT, _DECLARE, _REAL = 1, 2, 7, 10, 11
+_KIND = {"(": 1, ")": 2, "<=": 3, ">=": 4, "<": 5, ">": 6, "assert": 7, "and": 8, "or": 9, "declare-const": 10, "Real": 11}
+_ITEM_LEFT, _ITEM_ATOM, _ITEM_SATOM, _ITEM_DECL = 0, 1, 2, 3
+_NUMBER_CHARS = b"0123456789.eE+- "
+_PLAIN = bytes(range(9, 14)) + bytes(range(28, 128))  # whitespace and printable ASCII
 
 
 class _Reject(Exception):
@@ -51,40 +45,12 @@ def fast_parse(text: str, path: str):
 
     if ";" in text:
         text = _COMMENT.sub("", text)
-    m = _FIRST_ASSERT.search(text)
-    if m is None or text.find("declare-const", m.start()) != -1:
-        return None
     parser = _Parser(text, path)
     try:
-        parser.decl = _declarations(text[: m.start()])
-        _Body(text[m.start():], parser).run()
+        _Body(text, parser).run()
         return parser.build()
-    except (_Reject, InputError, KeyError, ValueError, OverflowError):
+    except (_Reject, InputError, KeyError, ValueError, OverflowError, IndexError):
         return None
-
-
-# ----- header ----------------------------------------------------------------------------------
-def _declarations(head: str) -> dict[str, int]:
-    """Name -> code (X_i -> i, Y_j -> ~j) of the header's declarations; ignored commands allowed."""
-    from lumpver.vnnlib import _IGNORED
-
-    parts = _DECL.split(head)
-    for sep in parts[0::4]:
-        if sep and not sep.isspace():
-            toks = _SEPTOK.findall(sep)
-            while toks:  # only complete ignored commands with plain word arguments
-                if len(toks) < 3 or toks[0] != "(" or toks[1] not in _IGNORED or ")" not in toks:
-                    raise _Reject
-                end = toks.index(")")
-                if "(" in toks[1:end]:
-                    raise _Reject
-                toks = toks[end + 1:]
-    names, kinds, idx = parts[1::4], parts[2::4], parts[3::4]
-    if len(set(names)) != len(names):
-        raise _Reject  # declared twice
-    num = np.fromiter(map(int, idx), np.int64, len(idx))
-    codes = np.where(np.array(kinds) == "X", num, ~num) if names else num
-    return dict(zip(names, codes.tolist()))
 
 
 # ----- body ------------------------------------------------------------------------------------
@@ -93,25 +59,86 @@ class _Frame:
 
     def __init__(self) -> None:
         self.head: str | None = None
-        self.items: list = []  # ("run", a, b) | ("conj", _Conj) | ("dnf", list)
+        self.items: list = []  # ("run", a, b) | ("each", a, b) | ("conj", _Conj) | ("dnf", list)
 
 
 class _Body:
-    """Atoms in bulk, then the statement structure over the non-blank separators."""
+    """Tokens and atoms in bulk (numpy over the bytes), then the statement structure over the rest."""
 
-    def __init__(self, body: str, parser) -> None:
-        self.parser = parser
-        parts = _ATOMS.split(body)
-        self.seps = parts[0::_STRIDE]
-        n = self.n = len(self.seps) - 1
-        self.wrapped = np.fromiter((w is not None for w in parts[1::_STRIDE]), bool, n)
-        ops = np.fromiter(map(_OPS.__getitem__, parts[2::_STRIDE]), np.int8, n)
-        decl = parser.decl
-        lnum, lval, lcode = _side(parts[3::_STRIDE], parts[4::_STRIDE], decl, n)
-        rnum, rval, rcode = _side(parts[5::_STRIDE], parts[6::_STRIDE], decl, n)
+    def __init__(self, text: str, parser) -> None:
+        self.parser, self.text = parser, text
+        b, self.start, self.end = _tokenize(text)
+        n = self.start.size
+        first = b[self.start]
+        length = self.end - self.start
+        kind = np.zeros(n + 12, np.int8)  # padded on both sides by 6 sentinels (-1)
+        kind[:6] = kind[n + 6:] = -1
+        kd = kind[6:n + 6]
+        kd[first == 40] = _LP
+        kd[first == 41] = _RP
+        two = np.zeros(n, bool)
+        two[length == 2] = b[self.start[length == 2] + 1] == 61  # '='
+        for ch, code1, code2 in ((60, 5, 3), (62, 6, 4)):  # '<' / '>': < <= and > >=
+            at = first == ch
+            kd[at & (length == 1)] = code1
+            kd[at & two] = code2
+        for word, code in (("assert", _ASSERT), ("and", 8), ("or", 9), ("declare-const", _DECLARE), ("Real", _REAL)):
+            kd[_words_equal(b, self.start, length, first, word)] = code
+        k = [kind[6 + d:n + 6 + d] for d in range(-2, 6)]  # k[d + 2][i] = kind of token i + d
+        is_atom = (k[2] == _LP) & (k[3] >= 3) & (k[3] <= 6) & (k[4] == 0) & (k[5] == 0) & (k[6] == _RP)
+        wrapped = is_atom & (k[0] == _LP) & (k[1] == _ASSERT) & (k[7] == _RP)
+        is_decl = (k[2] == _LP) & (k[3] == _DECLARE) & (k[4] == 0) & (k[5] == _REAL) & (k[6] == _RP)
+        atoms, decls = np.flatnonzero(is_atom), np.flatnonzero(is_decl)
+        keep = np.ones(n, bool)
+        for d in (1, 2, 3, 4):
+            keep[atoms + d] = False
+            keep[decls + d] = False
+        w = np.flatnonzero(wrapped)
+        keep[w - 1] = keep[w] = keep[w + 5] = False
+        typ = np.zeros(n, np.int8)
+        typ[atoms] = _ITEM_ATOM
+        typ[w - 2] = _ITEM_SATOM
+        typ[decls] = _ITEM_DECL
+        self.items = np.flatnonzero(keep)
+        self.ityp = typ[self.items]
+        self.kind = kd
+        first_assert = np.flatnonzero(kd == _ASSERT)
+        if first_assert.size == 0 or (decls.size and decls[-1] > first_assert[0]):
+            raise _Reject  # no assertion, or a declaration after one: the scanner decides
+        is_x, idx = _variables(b, self.start[decls + 2], self.end[decls + 2])
+        parser.counts = (_count(idx[is_x]), _count(idx[~is_x]))
+        self.n = atoms.size
+        self.wrapped = wrapped[atoms]
+        self.operands(b, atoms, parser)
+
+    def word(self, tok: int) -> str:
+        return self.text[int(self.start[tok]):int(self.end[tok])]
+
+    def operands(self, b: np.ndarray, atoms: np.ndarray, parser) -> None:
+        n = atoms.size
+        ops = self.kind[atoms + 1] - 3  # 0 <=, 1 >=, 2 <, 3 >
+        pos = np.stack([atoms + 2, atoms + 3], 1).ravel()  # left, right, left, right, ...
+        s, e = self.start[pos], self.end[pos]
+        fb = b[s]
+        is_var = (fb == 88) | (fb == 89)  # X, Y
+        is_num = ~is_var
+        code = np.zeros(2 * n, np.int64)
+        vx, vi = _variables(b, s[is_var], e[is_var])
+        if np.any(vi[vx] >= parser.counts[0]) or np.any(vi[~vx] >= parser.counts[1]):
+            raise _Reject  # undeclared
+        code[is_var] = np.where(vx, vi, ~vi)
+        text = self.text
+        nums = list(map(text.__getitem__, map(slice, s[is_num].tolist(), e[is_num].tolist())))
+        if " ".join(nums).encode().translate(None, _NUMBER_CHARS):
+            raise _Reject  # not a plain decimal constant (a name, 1_0, inf, ...)
+        val = np.zeros(2 * n)
+        val[is_num] = np.fromiter(map(float, nums), float, len(nums))  # ValueError: malformed
+        is_num, val, code = is_num.reshape(n, 2), val.reshape(n, 2), code.reshape(n, 2)
         swap = (ops == 1) | (ops == 3)  # a >= b  <=>  b <= a
-        self.pnum, self.pval, self.pcode = (np.where(swap, r, l) for l, r in ((lnum, rnum), (lval, rval), (lcode, rcode)))
-        self.qnum, self.qval, self.qcode = (np.where(swap, l, r) for l, r in ((lnum, rnum), (lval, rval), (lcode, rcode)))
+        p = swap.astype(np.int64)
+        r = np.arange(n)
+        self.pnum, self.pval, self.pcode = is_num[r, p], val[r, p], code[r, p]
+        self.qnum, self.qval, self.qcode = is_num[r, 1 - p], val[r, 1 - p], code[r, 1 - p]
         pn, qn = self.pnum, self.qnum
         if np.any(~pn & ~qn & ((self.pcode >= 0) != (self.qcode >= 0))):
             raise _Reject  # X compared with Y: an error the scanner reports
@@ -121,58 +148,66 @@ class _Body:
         parser.strict += int(np.count_nonzero(ops >= 2))
 
     def run(self) -> None:
-        ids: dict[str, int] = {}
-        for s in set(self.seps):
-            ids[s] = 0 if (not s or s.isspace()) else len(ids) + 1
-        marks = np.flatnonzero(np.fromiter(map(ids.__getitem__, self.seps), np.int32, len(self.seps)))
+        ityp = self.ityp
+        m = ityp.size
+        if m == 0:
+            raise _Reject
+        new = np.ones(m, bool)
+        new[1:] = (ityp[1:] != ityp[:-1]) | (ityp[1:] == _ITEM_LEFT)
+        starts = np.flatnonzero(new)
+        stops = np.append(starts[1:], m)
+        is_atom_item = (ityp == _ITEM_ATOM) | (ityp == _ITEM_SATOM)
+        ordinal = np.cumsum(is_atom_item) - 1  # atom number of each atom item
         stack: list[_Frame] = []
         common: list = []
-        start = 0
-        for k in marks.tolist():
-            if k > start:
-                self.run_of_atoms(stack, common, start, k)
-            self.tokens(stack, common, _SEPTOK.findall(self.seps[k]))
-            start = k
-        if self.n > start:
-            self.run_of_atoms(stack, common, start, self.n)
+        seen_assert = False
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            t = ityp[a]
+            if t == _ITEM_LEFT:
+                tok = int(self.items[a])
+                seen_assert = seen_assert or self.kind[tok] == _ASSERT
+                self.token(stack, common, self.word(tok))
+            elif t == _ITEM_DECL:
+                if stack or seen_assert:
+                    raise _Reject
+            else:
+                self.run_of_atoms(stack, common, t == _ITEM_SATOM, int(ordinal[a]), int(ordinal[b - 1]) + 1)
+                seen_assert = seen_assert or t == _ITEM_SATOM
         if stack:
             raise _Reject
         self.parser.common = self.conj(common)
 
-    def run_of_atoms(self, stack: list[_Frame], common: list, a: int, b: int) -> None:
-        if not stack:
-            if not self.wrapped[a:b].all():
-                raise _Reject
+    def run_of_atoms(self, stack: list[_Frame], common: list, wrapped: bool, a: int, b: int) -> None:
+        if not stack and wrapped:
             common.append(("run", a, b))
-            return
-        if self.wrapped[a:b].any() or stack[-1].head not in ("and", "or") or len(stack) < 2:
+        elif wrapped or not stack or stack[-1].head not in ("and", "or") or len(stack) < 2:
             raise _Reject
-        stack[-1].items.append(("run" if stack[-1].head == "and" else "each", a, b))
+        else:
+            stack[-1].items.append(("run" if stack[-1].head == "and" else "each", a, b))
 
-    def tokens(self, stack: list[_Frame], common: list, toks: list[str]) -> None:
+    def token(self, stack: list[_Frame], common: list, tok: str) -> None:
         from lumpver.vnnlib import _IGNORED
 
-        for tok in toks:
-            top = stack[-1] if stack else None
-            if tok == "(":
-                if top is not None and top.head is None:
-                    raise _Reject
-                stack.append(_Frame())
-            elif tok == ")":
-                if top is None or top.head is None:
-                    raise _Reject
-                stack.pop()
-                self.close(top, stack, common)
-            elif top is None:
+        top = stack[-1] if stack else None
+        if tok == "(":
+            if top is not None and top.head is None:
                 raise _Reject
-            elif top.head is None:
-                parent = stack[-2].head if len(stack) > 1 else None
-                allowed = {None: ("assert",) + _IGNORED, "assert": ("and", "or"), "or": ("and",)}.get(parent, ())
-                if tok not in allowed:
-                    raise _Reject
-                top.head = tok
-            elif top.head not in _IGNORED or len(stack) > 1:
-                raise _Reject  # a bare word among constraints
+            stack.append(_Frame())
+        elif tok == ")":
+            if top is None or top.head is None:
+                raise _Reject
+            stack.pop()
+            self.close(top, stack, common)
+        elif top is None:
+            raise _Reject
+        elif top.head is None:
+            parent = stack[-2].head if len(stack) > 1 else None
+            allowed = {None: ("assert",) + _IGNORED, "assert": ("and", "or"), "or": ("and",)}.get(parent, ())
+            if tok not in allowed:
+                raise _Reject
+            top.head = tok
+        elif top.head not in _IGNORED or len(stack) > 1:
+            raise _Reject  # a bare word among constraints
 
     def close(self, f: _Frame, stack: list[_Frame], common: list) -> None:
         from lumpver.vnnlib import _Conj
@@ -241,23 +276,59 @@ class _Body:
         return c
 
 
-def _side(var: list, num: list, decl: dict, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(is-number, value, variable code) of one operand of every atom."""
-    is_num = np.zeros(n, bool)
-    val = np.zeros(n)
-    code = np.zeros(n, np.int64)
-    k = n - num.count(None)
-    if k == n:
-        is_num[:] = True
-        val[:] = np.fromiter(map(float, num), float, n)
-    elif k == 0:
-        code[:] = np.fromiter(map(decl.__getitem__, var), np.int64, n)  # KeyError: undeclared
-    else:
-        onum = np.array(num, dtype=object)
-        is_num = onum != None  # noqa: E711 (elementwise on an object array)
-        val[is_num] = np.fromiter(map(float, onum[is_num]), float, k)
-        code[~is_num] = np.fromiter(map(decl.__getitem__, np.array(var, dtype=object)[~is_num]), np.int64, n - k)
-    return is_num, val, code
+def _tokenize(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bytes and the [start, end) of every token: ``(``, ``)`` or a maximal word."""
+    if not text.isascii():
+        raise _Reject
+    raw = text.encode("ascii")
+    if raw.translate(None, _PLAIN):
+        raise _Reject  # control characters: the scanner decides
+    b = np.frombuffer(raw, np.uint8)
+    paren = (b == 40) | (b == 41)
+    sep = np.ones(b.size + 2, np.int8)
+    sep[1:-1] = (b <= 32) | paren
+    d = np.diff(sep)  # -1 where a word starts, +1 just after it ends
+    start = np.flatnonzero((d[:-1] == -1) | paren)
+    end = start + 1
+    is_word = ~paren[start]
+    end[is_word] = np.flatnonzero(d[1:] == 1) + 1
+    return b, start, end
+
+
+def _words_equal(b: np.ndarray, start: np.ndarray, length: np.ndarray, first: np.ndarray, word: str) -> np.ndarray:
+    """Indices of the tokens equal to ``word``."""
+    cand = np.flatnonzero((length == len(word)) & (first == ord(word[0])))
+    ok = np.ones(cand.size, bool)
+    for k, ch in enumerate(word[1:], 1):
+        ok &= b[start[cand] + k] == ord(ch)
+    return cand[ok]
+
+
+def _variables(b: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(is X, index) of variable names ``X_<i>``/``Y_<j>`` (no leading zeros); else reject."""
+    length = e - s
+    if s.size == 0:
+        return np.zeros(0, bool), np.zeros(0, np.int64)
+    if length.min() < 3 or length.max() > 12:
+        raise _Reject
+    fb = b[s]
+    ok = ((fb == 88) | (fb == 89)) & (b[s + 1] == 95) & ~((b[s + 2] == 48) & (length > 3))  # X|Y, '_', no 0 lead
+    idx = np.zeros(s.size, np.int64)
+    for k in range(2, int(length.max())):
+        more = k < length
+        digit = b[np.where(more, s + k, s)].astype(np.int64) - 48
+        ok &= ~more | ((digit >= 0) & (digit <= 9))
+        idx = np.where(more, idx * 10 + digit, idx)
+    if not ok.all():
+        raise _Reject
+    return fb == 88, idx
+
+
+def _count(idx: np.ndarray) -> int:
+    """n when ``idx`` is exactly 0..n-1 once each (else the scanner reports the error)."""
+    if idx.size == 0 or idx.max() != idx.size - 1 or np.bincount(idx).max() > 1:
+        raise _Reject
+    return int(idx.size)
 
 
 def _keep_first(idx: list, val: list, larger: bool) -> dict[int, float]:
