@@ -65,6 +65,47 @@ def test_relu_bound_never_below_milp_exact(seed, case):
     assert res.upper_bound <= 10 * exact + 1e-3  # and not vacuous on these tiny pairs
 
 
+@pytest.mark.parametrize("seed,case", list(enumerate(CASES[:2])))
+def test_each_sdp_value_never_below_milp(seed, case):
+    """The SDP values alone (not hidden behind the cheap bound): unsplit, every target's LMI is
+    solved; each re-checked value is >= the exact signed maximum of its target (MILP)."""
+    from tests.milp_reference import max_difference
+
+    n0, hidden, n_out, kind = case
+    rng = np.random.default_rng(200 + seed)
+    f = random_net(rng, n0, hidden, n_out)
+    g = pruned(f, 0.3) if kind == "prune" else quantised(f, 3)
+    X = InputSet([Box(-np.ones(n0), np.ones(n0))])
+    res = sdp_bound(f, g, X, "linf", SdpOptions(split=False), timeout=60)
+    assert res.certified, res.reason
+    (leaf,) = res.evidence["regions"][0]["leaves"]
+    for t in leaf["targets"]:
+        value = t["certified"] if t["method"] == "sdp" else t["sdp_value"]
+        assert value is not None, t.get("sdp_note")
+        c = np.zeros(n_out)
+        c[t["target"]["output"]] = t["target"]["sign"]
+        exact, _ = max_difference(f, g, -np.ones(n0), np.ones(n0), c)
+        assert value >= exact - 1e-9
+
+
+def test_splitting_tightens_and_paths_cover():
+    from verifiers.sdp_split import paths_cover
+
+    assert paths_cover(["L", "RL", "RR"]) and paths_cover([""])
+    assert not paths_cover(["L", "RL"]) and not paths_cover(["L", "L", "R"]) and not paths_cover(["L", "LR", "R"])
+    rng = np.random.default_rng(31)
+    f = random_net(rng, 1, [10, 10], 1)
+    g = pruned(f, 0.2)
+    X = InputSet([Box([-1.0], [1.0])])
+    exact, _ = max_linf_difference(f, g, np.array([-1.0]), np.array([1.0]))
+    whole = sdp_bound(f, g, X, "linf", SdpOptions(split=False), timeout=60)
+    split = sdp_bound(f, g, X, "linf", SdpOptions(max_leaves=16), timeout=60)
+    assert whole.certified and split.certified
+    assert exact - 1e-9 <= split.upper_bound <= whole.upper_bound
+    paths = [lf["path"] for lf in split.evidence["regions"][0]["leaves"]]
+    assert paths_cover(paths)
+
+
 def _grid(n=161):
     a = np.linspace(-1, 1, n)
     return np.stack(np.meshgrid(a, a), -1).reshape(-1, 2)
@@ -147,7 +188,7 @@ def test_backend_verdicts():
     X = InputSet([Box(lo, hi)])
     v = BACKEND.check(Query(f, X, other=g, epsilon=5 * exact + 1e-3, timeout=60))
     assert v.verdict == "proved" and exact <= v.upper_bound <= 5 * exact + 1e-3
-    assert v.details["matrix_size"] >= 3 and v.details["regions"][0]["targets"][0]["lam"]
+    assert v.details["matrix_size"] >= 3 and v.details["regions"][0]["leaves"]
     v = BACKEND.check(Query(f, X, other=g, epsilon=0.5 * exact, timeout=60))
     assert v.verdict == "violated"
     x = v.counterexample
@@ -185,11 +226,19 @@ def test_cli_bound_certificate_and_tampering(tmp_path):
     assert _cli("check", cert).returncode == 0
 
     c = json.loads(cert.read_text())
-    tgt = c["evidence"][0]["regions"][0]["targets"][0]
-    tgt["lam"] = [0.5 * v for v in tgt["lam"]]
+    leaves = c["evidence"][0]["regions"][0]["leaves"]
+    sdp = [t for lf in leaves for t in lf["targets"] if t["method"] == "sdp"]
+    assert sdp, "the certificate holds no SDP multipliers to tamper with"
+    sdp[0]["lam"] = [0.5 * v for v in sdp[0]["lam"]]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(c))
     assert _cli("check", bad).returncode == 1
+
+    if len(leaves) > 1:  # a leaf left out: the rest no longer covers X
+        c = json.loads(cert.read_text())
+        c["evidence"][0]["regions"][0]["leaves"] = c["evidence"][0]["regions"][0]["leaves"][1:]
+        bad.write_text(json.dumps(c))
+        assert _cli("check", bad).returncode == 1
 
     c = json.loads(cert.read_text())
     c["guarantee"]["epsilon"] = 0.5 * exact  # a claim below the true maximum

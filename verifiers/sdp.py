@@ -10,6 +10,13 @@ re-checked without a solver (:mod:`verifiers.sdp_certify`) and widened soundly, 
 (``unknown``). The float32 evaluation error (:mod:`verifiers.sdp_float`) is added, so the bound
 holds for the float32 models as run by onnxruntime. Unions of regions: the maximum.
 
+Scaling and tightness: each region is covered by bisected sub-boxes (*leaves*,
+:mod:`verifiers.sdp_split`); a leaf gets a cheap interval bound and an SDP only when its
+matrix is small (``max_d``) and its cheap bound could raise the total; the worst leaf is
+bisected while time and ``max_leaves`` allow (branch and bound). The evidence stores, per
+leaf, its path and per target either ``"method": "sdp"`` with the multipliers or
+``"method": "interval"`` (recomputed by the checker).
+
 ``BACKEND.check(query)``: falsifier first (``violated`` if it finds ``||f - g|| > epsilon``),
 then ``proved`` iff the certified bound is ``<= epsilon``, else ``unknown``.
 """
@@ -38,6 +45,10 @@ class SdpOptions:
     pair_limit: int = 16
     cross: bool = True
     input_products: bool = True
+    max_d: int = 40  # SDP only on leaves whose lifted matrix has at most this many rows
+    max_leaves: int = 256
+    gap: float = 0.02  # stop refining once bound <= (1 + gap) * sampled maximum
+    split: bool = True
 
     def lift_options(self) -> dict:
         return {"pair_limit": self.pair_limit, "cross": self.cross, "input_products": self.input_products}
@@ -83,61 +94,73 @@ def target_key(t: dict) -> tuple:
     return ("l2",) if t["kind"] == "l2" else ("linear", int(t["output"]), int(t["sign"]))
 
 
-def region_problem(f: Network, g: Network, region, options: SdpOptions):
-    """Bounds, lift and constraint maps of one region (shared by solver and checker)."""
+@dataclass
+class LeafProblem:
+    """Everything one (sub-)region needs, built deterministically (shared by solver and checker)."""
+
+    lift: Any
+    box: Any
+    ferr: np.ndarray
+    cheap: dict
+    _maps: Any = None
+
+    def maps(self):
+        from verifiers.sdp_certify import build_maps
+
+        if self._maps is None:
+            self._maps = build_maps(self.lift)
+        return self._maps
+
+
+def region_problem(f: Network, g: Network, region, options: SdpOptions, norm: str = "linf") -> LeafProblem:
+    """Bounds, lift, float32 error and cheap target values of one region."""
     from lumpver.bounds import compute_bounds, region_box
-    from verifiers.sdp_certify import build_maps
     from verifiers.sdp_float import float32_error
     from verifiers.sdp_lift import build_lift
+    from verifiers.sdp_split import cheap_values
 
     fb = compute_bounds(f, region, options.bounds_method, options.bounds_lp)
     gb = compute_bounds(g, region, options.bounds_method, options.bounds_lp)
     lift = build_lift(f, g, region, fb, gb, options.lift_options())
     box = region_box(region)
     ferr = float32_error(f, box, fb) + float32_error(g, box, gb)
-    return lift, build_maps(lift), ferr
+    all_targets = targets_for("l2", f.n_outputs) + targets_for("linf", f.n_outputs)
+    return LeafProblem(lift, box, ferr, cheap_values(f, g, box, fb, gb, all_targets))
 
 
 def sdp_bound(f: Network, g: Network, input_set: InputSet, norm: str = "linf",
-              options: Optional[SdpOptions] = None, timeout: float = 60.0) -> SdpBound:
-    """Certified ``sup_{x in X} ||f(x) - g(x)||`` (float32 models), or ``certified=False``."""
-    from verifiers.sdp_certify import certify, target_matrix
-    from verifiers.sdp_solve import solve_lmi
+              options: Optional[SdpOptions] = None, timeout: float = 60.0,
+              stop_below: Optional[float] = None, log=None) -> SdpBound:
+    """Certified ``sup_{x in X} ||f(x) - g(x)||`` (float32 models), or ``certified=False``.
+
+    Refinement stops early once the bound is ``<= stop_below`` (when given). A time limit
+    during refinement still returns the sound bound reached so far."""
+    from verifiers.sdp_split import refine_region
 
     options = options or SdpOptions()
     t0 = time.perf_counter()
-    deadline = t0 + timeout
     if norm not in NORMS:
         return SdpBound(False, None, norm, f"the SDP back-end bounds {', '.join(NORMS)} only, not {norm}")
     if f.n_inputs != g.n_inputs or f.n_outputs != g.n_outputs:
         raise ValueError(f"networks differ in shape: {f.n_inputs}->{f.n_outputs} vs {g.n_inputs}->{g.n_outputs}")
     out = SdpBound(False, None, norm)
-    regions_ev, bound = [], -np.inf
+    regions_ev, bound, reasons = [], -np.inf, []
+    n = len(input_set.regions)
     for k, region in enumerate(input_set.regions):
-        lift, maps, ferr = region_problem(f, g, region, options)
-        out.max_matrix_size = max(out.max_matrix_size, lift.d)
-        values, tev = {}, []
-        for tgt in targets_for(norm, f.n_outputs):
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                return _fail(out, t0, f"timeout after {timeout:g}s (region {k}, target {tgt})")
-            sol = solve_lmi(maps, target_matrix(lift, tgt, maps.r), options.solver, remaining)
-            out.solver_seconds += sol.seconds
-            if sol.lam.size == 0 and maps.nonneg.shape[1]:
-                return _fail(out, t0, f"solver {sol.solver} gave no solution: {sol.status}")
-            cert = certify(lift, maps, tgt, sol.t, sol.lam, sol.mu)
-            if not cert.ok:
-                return _fail(out, t0, f"solver {sol.solver} ({sol.status}): {cert.reason}")
-            values[target_key(tgt)] = cert.value
-            tev.append({"target": tgt, "t": sol.t, "certified": cert.value, "lambda_min": cert.lambda_min,
-                        "widening": cert.widening, "solver": sol.solver, "status": sol.status,
-                        "seconds": round(sol.seconds, 4), "lam": np.maximum(sol.lam, 0.0).tolist(), "mu": sol.mu.tolist()})
-        rb = combine(norm, f.n_outputs, values, ferr)
-        bound = max(bound, rb)
-        regions_ev.append({"region": k, "matrix_size": lift.d, "multipliers": int(maps.nonneg.shape[1] + maps.free.shape[1]),
-                           "families": [list(x) for x in maps.names], "float32_error": ferr.tolist(),
-                           "region_bound": rb, "targets": tev})
+        deadline = time.perf_counter() + (timeout - (time.perf_counter() - t0)) / (n - k)
+        rr = refine_region(f, g, region, norm, options, deadline, stop_below, log)
+        out.solver_seconds += rr.solver_seconds
+        out.max_matrix_size = max([out.max_matrix_size] + [lf.d for lf in rr.leaves])
+        bound = max(bound, rr.bound)
+        n_sdp = sum(1 for lf in rr.leaves for t in lf.evidence["targets"] if t["method"] == "sdp")
+        reasons.append(f"region {k}: {len(rr.leaves)} leaves, {n_sdp} SDP targets kept ({rr.n_sdp} solved), "
+                       f"stop: {rr.stop_reason}")
+        regions_ev.append({"region": k, "region_bound": rr.bound, "sampled_lower": rr.lower,
+                           "stop": rr.stop_reason, "leaves": [lf.evidence for lf in rr.leaves]})
+    if not np.isfinite(bound):
+        return _fail(out, t0, "no finite bound; " + "; ".join(reasons))
     out.certified, out.upper_bound = True, float(bound)
+    out.reason = "; ".join(reasons)
     out.seconds = time.perf_counter() - t0
     out.evidence = {"norm": norm, "options": options.to_json(), "upper_bound": out.upper_bound, "regions": regions_ev,
                     "matrix_size": out.max_matrix_size, "solver_seconds": round(out.solver_seconds, 4)}
@@ -169,7 +192,8 @@ class SdpBackend:
                            lower_bound=fals.lower_bound, seconds=time.perf_counter() - t0)
         remaining = query.timeout - (time.perf_counter() - t0)
         try:
-            res = sdp_bound(query.network, query.other, query.input_set, query.norm, self.options, remaining)
+            res = sdp_bound(query.network, query.other, query.input_set, query.norm, self.options, remaining,
+                            stop_below=query.epsilon)
         except ValueError as e:
             return Verdict("unknown", self.name, str(e), lower_bound=lower, seconds=time.perf_counter() - t0)
         details = dict(res.evidence)
@@ -199,9 +223,11 @@ BACKEND = SdpBackend()
 # ----- solver-free re-check of stored evidence (used by lumpver.bounded_check) -------------
 def recheck_sdp(f: Network, g: Network, input_set: InputSet, ev: dict, report) -> Optional[float]:
     """Re-verify SDP evidence ``ev`` from the networks, X and the stored multipliers, without a
-    solver: rebuild every LMI, re-check it (:func:`verifiers.sdp_certify.certify`) and recombine.
+    solver: check that each region's leaf paths partition it, rebuild every leaf, re-check each
+    stored LMI (:func:`verifiers.sdp_certify.certify`) or recompute the cheap value, recombine.
     Returns the recomputed bound, or None (with the reason in ``report``) when it fails."""
-    from verifiers.sdp_certify import certify
+    from lumpver.bounds import region_box
+    from verifiers.sdp_split import leaf_region, paths_cover
 
     norm = ev.get("norm")
     regions = ev.get("regions")
@@ -209,26 +235,51 @@ def recheck_sdp(f: Network, g: Network, input_set: InputSet, ev: dict, report) -
         report.fail("sdp evidence: norm or one entry per input region missing")
         return None
     options = SdpOptions.from_json(ev.get("options", {}))
-    bound = -np.inf
+    bound, n_lmi = -np.inf, 0
     for k, (region, rev) in enumerate(zip(input_set.regions, regions)):
-        lift, maps, ferr = region_problem(f, g, region, options)
-        stored = {target_key(t["target"]): t for t in rev.get("targets", [])}
-        values = {}
-        for tgt in targets_for(norm, f.n_outputs):
-            t = stored.get(target_key(tgt))
-            if t is None:
-                report.fail(f"sdp evidence: region {k} lacks the target {tgt}")
+        leaves = rev.get("leaves")
+        if leaves is None and "targets" in rev:  # evidence of the unsplit format: one leaf
+            leaves = [{"path": "", "targets": [{"method": "sdp", **t} for t in rev["targets"]]}]
+        if not isinstance(leaves, list) or not paths_cover([str(lf.get("path")) for lf in leaves]):
+            report.fail(f"sdp evidence: region {k}: the leaves do not partition the region")
+            return None
+        root, rb = region_box(region), -np.inf
+        for lf in leaves:
+            prob = region_problem(f, g, leaf_region(region, root, lf["path"]), options)
+            value, used = _recheck_leaf(f, prob, norm, lf, report, f"region {k} leaf '{lf['path']}'")
+            if value is None:
                 return None
-            cert = certify(lift, maps, tgt, float(t["t"]), t["lam"], t["mu"])
-            if not cert.ok:
-                report.fail(f"sdp evidence: region {k} target {tgt}: {cert.reason}")
-                return None
-            values[target_key(tgt)] = cert.value
-        rb = combine(norm, f.n_outputs, values, ferr)
-        report.ok(f"sdp region {k}: LMIs of size {lift.d} re-checked (float64 eigenvalues), bound {rb:.6g}")
+            n_lmi += used
+            rb = max(rb, value)
+        report.ok(f"sdp region {k}: {len(leaves)} leaves re-built, bound {rb:.6g}")
         bound = max(bound, rb)
+    report.ok(f"sdp: {n_lmi} LMIs re-checked (float64 eigenvalues), the other targets by interval bounds")
     claimed = ev.get("upper_bound")
     if not isinstance(claimed, (int, float)) or bound > claimed * (1 + 1e-9) + 1e-12:
         report.fail(f"sdp evidence: recomputed bound {bound:.9g} exceeds the stated {claimed}")
         return None
     return float(bound)
+
+
+def _recheck_leaf(f: Network, prob: LeafProblem, norm: str, lf: dict, report, where: str):
+    """``(leaf bound, number of LMIs checked)`` or ``(None, 0)`` after reporting the failure."""
+    from verifiers.sdp_certify import certify
+
+    stored = {target_key(t["target"]): t for t in lf.get("targets", [])}
+    values, used = {}, 0
+    for tgt in targets_for(norm, f.n_outputs):
+        key = target_key(tgt)
+        t = stored.get(key)
+        if t is None:
+            report.fail(f"sdp evidence: {where} lacks the target {tgt}")
+            return None, 0
+        if t.get("method") == "sdp":
+            maps = prob.maps()
+            cert = certify(prob.lift, maps, tgt, float(t["t"]), t["lam"], t["mu"])
+            if not cert.ok:
+                report.fail(f"sdp evidence: {where} target {tgt}: {cert.reason}")
+                return None, 0
+            values[key], used = cert.value, used + 1
+        else:
+            values[key] = prob.cheap[key]
+    return combine(norm, f.n_outputs, values, prob.ferr), used

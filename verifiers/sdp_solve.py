@@ -8,6 +8,8 @@ strict interior so that the solver-free re-check usually needs no widening. The 
 Solvers: ``clarabel`` (interior point; dense PSD blocks, accurate, best for small matrices),
 ``scs`` (first order; scales to larger matrices, less accurate) and ``mosek`` if installed;
 ``auto`` picks Clarabel (slow but reliable; SCS failed the re-check at d=67 in the benchmark) up to :data:`AUTO_CLARABEL_MAX_D` and SCS above.
+Clarabel is called directly (:func:`solve_clarabel`, no cvxpy canonicalisation: about 30 %
+faster at d = 36 in a measurement); SCS and MOSEK go through cvxpy.
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ def solve_lmi(maps: Maps, T: np.ndarray, solver: str = "auto", timeout: float = 
     d = maps.d
     name = pick_solver(solver, d)
     tau = (1e-7 if name != "scs" else 1e-6) if tau is None else tau
+    if name == "clarabel":
+        return solve_clarabel(maps, T, timeout, tau)
     t = cp.Variable()
     lam = cp.Variable(maps.nonneg.shape[1], nonneg=True)
     mu = cp.Variable(maps.free.shape[1]) if maps.free.shape[1] else None
@@ -81,3 +85,49 @@ def _solver_kwargs(name: str, timeout: float) -> dict:
     if name == "mosek":
         return {"mosek_params": {"MSK_DPAR_OPTIMIZER_MAX_TIME": timeout}}
     return {}
+
+
+def svec_selector(d: int):
+    """Sparse map vec(S) (column-major) -> Clarabel's svec(S): upper triangle by columns,
+    off-diagonal entries times sqrt(2) (so that <A, B> = svec(A) . svec(B))."""
+    import scipy.sparse as sp
+
+    jj, ii = np.triu_indices(d)[1], np.triu_indices(d)[0]
+    order = np.lexsort((ii, jj))  # by column, then row
+    ii, jj = ii[order], jj[order]
+    scale = np.where(ii == jj, 1.0, np.sqrt(2.0))
+    return sp.csr_matrix((scale, (np.arange(ii.size), ii + d * jj)), shape=(ii.size, d * d))
+
+
+def solve_clarabel(maps: Maps, T: np.ndarray, timeout: float = 60.0, tau: float = 1e-7) -> Solution:
+    """``minimise t`` over ``x = (t, lam, mu)`` in Clarabel's form ``A x + s = b``, ``s`` in
+    ``R_+^n1 x PSD(d)`` with ``s_psd = svec(M(t, lam, mu) - tau I)``."""
+    import clarabel
+    import scipy.sparse as sp
+
+    d = maps.d
+    n1, n2 = maps.nonneg.shape[1], maps.free.shape[1]
+    S = svec_selector(d)
+    e11 = sp.csc_matrix(([1.0], ([d * d - 1], [0])), shape=(d * d, 1))
+    a_psd = sp.hstack([-(S @ e11), S @ maps.nonneg, S @ maps.free])
+    a_nn = sp.hstack([sp.csc_matrix((n1, 1)), -sp.identity(n1), sp.csc_matrix((n1, n2))])
+    A = sp.vstack([a_nn, a_psd]).tocsc()
+    b = np.concatenate([np.zeros(n1), S @ (tau * np.eye(d) - T).reshape(-1, order="F")])
+    q = np.zeros(1 + n1 + n2)
+    q[0] = 1.0
+    st = clarabel.DefaultSettings()
+    st.verbose = False
+    for k, v in _solver_kwargs("clarabel", timeout).items():
+        setattr(st, k, v)
+    t0 = time.perf_counter()
+    try:
+        sol = clarabel.DefaultSolver(sp.csc_matrix((q.size, q.size)), q, A, b,
+                                     ([clarabel.NonnegativeConeT(n1)] if n1 else []) + [clarabel.PSDTriangleConeT(d)],
+                                     st).solve()
+    except Exception as e:  # solver errors are an answer ("unknown"), not a crash
+        return Solution(f"error: {type(e).__name__}: {e}", np.inf, np.zeros(0), np.zeros(0), time.perf_counter() - t0, "clarabel")
+    secs = time.perf_counter() - t0
+    x = np.asarray(sol.x, dtype=float)
+    if x.size != q.size or not np.all(np.isfinite(x)):
+        return Solution(str(sol.status), np.inf, np.zeros(0), np.zeros(0), secs, "clarabel")
+    return Solution(str(sol.status), float(x[0]), x[1:1 + n1], x[1 + n1:], secs, "clarabel")
