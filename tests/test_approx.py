@@ -122,9 +122,16 @@ def test_cli_reduce_approx_then_check(rng, tmp_path):
     cert = json.loads(cert_path.read_text())
     x = sample_points(InputSet([Box(-np.ones(3), np.ones(3))]), 3000, seed=5)
     seen = float(np.max(np.abs(run_onnx(orig, x) - run_onnx(out, x))))
-    cert["guarantee"]["epsilon"] = seen / 2  # below an error onnxruntime shows: must not re-check
-    cert_path.write_text(json.dumps(cert))
+    bad = json.loads(json.dumps(cert))
+    bad["guarantee"]["epsilon"] = seen / 2  # below an error onnxruntime shows: must not re-check
+    cert_path.write_text(json.dumps(bad))
     assert _cli("check", cert_path).returncode == 1
+    for tamper in (_tamper_partition, _tamper_kept):  # malformed evidence: exit 1, one clear failure, no crash
+        bad = json.loads(json.dumps(cert))
+        if tamper(next(e for e in bad["evidence"] if e["backend"] == "interval")["chain"]):
+            cert_path.write_text(json.dumps(bad))
+            r = _cli("check", cert_path)
+            assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
 
 
 def test_removal_costs_match_brute_force_refits(rng):
