@@ -98,7 +98,8 @@ def target_key(t: dict) -> tuple:
 class LeafProblem:
     """Everything one (sub-)region needs, built deterministically (shared by solver and checker)."""
 
-    lift: Any
+    lift: Any  # None when the matrix would exceed ``max_d`` (not needed then)
+    d: int
     box: Any
     ferr: np.ndarray
     cheap: dict
@@ -112,8 +113,8 @@ class LeafProblem:
         return self._maps
 
 
-def region_problem(f: Network, g: Network, region, options: SdpOptions, norm: str = "linf") -> LeafProblem:
-    """Bounds, lift, float32 error and cheap target values of one region."""
+def region_problem(f: Network, g: Network, region, options: SdpOptions, max_lift: float = np.inf) -> LeafProblem:
+    """Bounds, lift (only if ``d <= max_lift``), float32 error and cheap target values of one region."""
     from lumpver.bounds import compute_bounds, region_box
     from verifiers.sdp_float import float32_error
     from verifiers.sdp_lift import build_lift
@@ -121,11 +122,20 @@ def region_problem(f: Network, g: Network, region, options: SdpOptions, norm: st
 
     fb = compute_bounds(f, region, options.bounds_method, options.bounds_lp)
     gb = compute_bounds(g, region, options.bounds_method, options.bounds_lp)
-    lift = build_lift(f, g, region, fb, gb, options.lift_options())
+    d = lifted_size(f, g, fb, gb)
+    lift = build_lift(f, g, region, fb, gb, options.lift_options()) if d <= max_lift else None
     box = region_box(region)
     ferr = float32_error(f, box, fb) + float32_error(g, box, gb)
     all_targets = targets_for("l2", f.n_outputs) + targets_for("linf", f.n_outputs)
-    return LeafProblem(lift, box, ferr, cheap_values(f, g, box, fb, gb, all_targets))
+    return LeafProblem(lift, d, box, ferr, cheap_values(f, g, box, fb, gb, all_targets))
+
+
+def lifted_size(f: Network, g: Network, fb, gb) -> int:
+    """The lifted matrix size ``d`` (inputs + unstable neurons + 1) without building the lift."""
+    from verifiers.sdp_lift import _layer_stab
+
+    unstable = sum(int(np.sum(_layer_stab(n, b, k) == 0)) for n, b in ((f, fb), (g, gb)) for k in range(len(n.layers)))
+    return f.n_inputs + unstable + 1
 
 
 def sdp_bound(f: Network, g: Network, input_set: InputSet, norm: str = "linf",
@@ -245,7 +255,8 @@ def recheck_sdp(f: Network, g: Network, input_set: InputSet, ev: dict, report) -
             return None
         root, rb = region_box(region), -np.inf
         for lf in leaves:
-            prob = region_problem(f, g, leaf_region(region, root, lf["path"]), options)
+            has_lmi = any(isinstance(t, dict) and t.get("method") == "sdp" for t in lf.get("targets", []))
+            prob = region_problem(f, g, leaf_region(region, root, lf["path"]), options, np.inf if has_lmi else -1)
             value, used = _recheck_leaf(f, prob, norm, lf, report, f"region {k} leaf '{lf['path']}'")
             if value is None:
                 return None

@@ -131,12 +131,12 @@ def process_leaf(f: Network, g: Network, region, root: Box, path: str, norm: str
     from verifiers.sdp_solve import solve_lmi
 
     sub = leaf_region(region, root, path)
-    prob = region_problem(f, g, sub, options)
+    prob = region_problem(f, g, sub, options, options.max_d)
     targets = targets_for(norm, f.n_outputs)
     values = dict(prob.cheap)
     tev = {target_key(t): {"target": t, "method": "interval", "certified": values[target_key(t)]} for t in targets}
-    leaf = Leaf(path, prob.box, np.inf, _sampled_lower(f, g, sub, prob.box, norm, path), prob.lift.d)
-    if prob.lift.d <= options.max_d:
+    leaf = Leaf(path, prob.box, np.inf, _sampled_lower(f, g, sub, prob.box, norm, path), prob.d)
+    if prob.d <= options.max_d:
         for tgt in sorted(targets, key=lambda t: -values[target_key(t)]):
             key = target_key(tgt)
             remaining = deadline - time.perf_counter()
@@ -157,7 +157,7 @@ def process_leaf(f: Network, g: Network, region, root: Box, path: str, norm: str
                         "status": sol.status, "seconds": round(sol.seconds, 4),
                         "lam": np.maximum(sol.lam, 0.0).tolist(), "mu": sol.mu.tolist()}
     leaf.bound = combine(norm, f.n_outputs, values, prob.ferr)
-    leaf.evidence = {"path": path, "matrix_size": prob.lift.d, "float32_error": prob.ferr.tolist(),
+    leaf.evidence = {"path": path, "matrix_size": prob.d, "float32_error": prob.ferr.tolist(),
                      "leaf_bound": leaf.bound, "targets": list(tev.values())}
     return leaf
 
