@@ -30,9 +30,12 @@ def instances(props: list[str], nets: list[str]) -> list[tuple[Path, Path]]:
         for onnx, vnnlib, _ in csv.reader(f):
             net = onnx.split("run2a_")[1].split("_batch")[0]
             prop = vnnlib.split("prop_")[1].split(".")[0]
-            if prop in props and net in nets:
+            if prop in props and (net in nets or "all" in nets):
                 out.append((ACAS / onnx, ACAS / vnnlib))
     return out
+
+
+NOTES: dict = {}
 
 
 def run_verify(model, prop, backend, timeout, reduce=False):
@@ -40,6 +43,11 @@ def run_verify(model, prop, backend, timeout, reduce=False):
 
     t = time.perf_counter()
     r = verify_property(model, prop, backend=backend, reduce=reduce, timeout=timeout)
+    if reduce:  # where the reduced pipeline's time went (lumpver.reduce_verify)
+        NOTES[(Path(model).name, Path(prop).name)] = [
+            {k: c.get(k) for k in ("verdict", "backend", "open_leaves", "closed_by_bounds", "seconds_split_reduce_backend")}
+            | {"leaves": len(c.get("reduced_to", [])), "mean_kept": round(float(np.mean(c["reduced_to"])), 1) if c.get("reduced_to") else None}
+            for c in r.cases]
     return r.result, time.perf_counter() - t
 
 
@@ -57,7 +65,8 @@ def bench_properties(args) -> list[str]:
     for model, prop in instances(args.props.split(","), args.nets.split(",")):
         res = {name: run_verify(model, prop, be, args.timeout, red) for name, be, red in configs}
         rows.append((model.name, prop.name, res))
-        print(model.name, prop.name, {k: (v[0], round(v[1], 2)) for k, v in res.items()}, flush=True)
+        print(model.name, prop.name, {k: (v[0], round(v[1], 2)) for k, v in res.items()},
+              NOTES.get((model.name, prop.name), ""), flush=True)
     names = [c[0] for c in configs]
     lines.append(f"| instance | " + " | ".join(f"{n} result | {n} s" for n in names) + " |")
     lines.append("|---|" + "---|---|" * len(names))
@@ -73,6 +82,10 @@ def bench_properties(args) -> list[str]:
         lines.append(f"- total time ratio smt / marabou: {tot['smt'] / max(tot['marabou'], 1e-9):.2f}")
         if "reduce+marabou" in names:
             lines.append(f"- total time ratio reduce+marabou / marabou: {tot['reduce+marabou'] / max(tot['marabou'], 1e-9):.2f}")
+    if len(rows) > 1 and "marabou" in names:
+        both = [r for r in rows if all(solved(r[2][n][0]) for n in names)]
+        lines.append(f"- on the {len(both)} instances every configuration solved: "
+                     + ", ".join(f"{n} {sum(r[2][n][1] for r in both):.1f} s" for n in names))
     lines.append(f"- disagreements: {len(dis)} {dis if dis else ''}")
     return lines
 
@@ -109,7 +122,7 @@ def bench_equivalence(args) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--props", default="1,2")
-    ap.add_argument("--nets", default=DEFAULT_NETS)
+    ap.add_argument("--nets", default=DEFAULT_NETS, help="comma-separated ids like 1_1, or 'all'")
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--equiv", type=int, default=3, help="networks for the float16 equivalence part (0 = skip)")
     ap.add_argument("--no-marabou", action="store_true")

@@ -6,8 +6,9 @@ A property is a union of cases ``(input region, unsafe output polytopes)``. The 
 ``timeout`` or ``unknown``; an exception inside a back-end gives ``error``. A ``sat`` answer
 is always replayed with onnxruntime on the ORIGINAL model: the input must lie in the case's
 region and the onnxruntime output in its unsafe set, or the case counts as ``unknown``.
-With ``reduce=True`` each case first reduces the network exactly on its region
-(``lumpver.onset.reduce_on_set``) and verifies the reduced network.
+With ``reduce=True`` each case goes through :func:`lumpver.reduce_verify.verify_case_reduced`
+(falsifier on the original, bounds-driven split, on-set reduction of each open sub-box, the
+back-end on each reduced network against the unsafe set widened by its certified discrepancy).
 """
 from __future__ import annotations
 
@@ -85,9 +86,12 @@ def verify_property(
             undecided.append("timeout")
             break
         try:
-            target, unsafe, note = _maybe_reduce(net, case, reduce)
-            left = max(0.01, timeout - (time.monotonic() - t0))
-            v = be.check(Query(target, InputSet([case.region]), prop=unsafe, timeout=left))
+            if reduce:
+                from lumpver.reduce_verify import verify_case_reduced
+
+                v, note = verify_case_reduced(net, case.region, case.unsafe, be, left)
+            else:
+                v, note = be.check(Query(net, InputSet([case.region]), prop=case.unsafe, timeout=left)), {}
         except Exception as e:  # a back-end crash is 'error', never a verdict
             return VerifyResult("error", f"case {i}: {type(e).__name__}: {e}", seconds=time.monotonic() - t0, cases=res.cases)
         res.cases.append({"case": i, "verdict": v.verdict, "backend": v.backend, "reason": v.reason,
@@ -109,23 +113,3 @@ def verify_property(
     else:
         res.reason = f"all {len(spec.cases)} case(s) proved"
     return res
-
-
-def _maybe_reduce(net, case, reduce: bool):
-    """The network and unsafe set to check on this case, and a note for the record.
-
-    The on-set reduction is identical to the original on the region only up to a sound float
-    discrepancy bound ``delta`` (max over outputs). Its unsafe set is therefore widened: row
-    ``a . y <= b`` becomes ``a . y <= b + ||a||_1 delta``, so a proof on the reduced network is
-    a proof for the original; its counterexamples are replayed on the original model.
-    """
-    if not reduce:
-        return net, case.unsafe, {}
-    from lumpver.inputset import OutputProperty
-    from lumpver.onset import reduce_on_set
-
-    r = reduce_on_set(net, InputSet([case.region]))
-    delta = float(r.discrepancy)
-    unsafe = OutputProperty([(A, b + np.sum(np.abs(A), axis=1) * delta) for A, b in case.unsafe.disjuncts])
-    note = {"reduced_from": r.original.n_hidden, "reduced_to": r.reduced.n_hidden, "reduction_discrepancy": delta}
-    return r.reduced, unsafe, note

@@ -216,18 +216,7 @@ class _Search:
         return [right, left]
 
     def _split_dim(self, box: Box, live: list[int]) -> int:
-        """The dimension with the largest ``width * max_row |d row / d x_i|`` at the centre."""
-        width = box.upper - box.lower
-        rows = [r for d in live for r in self.spec.disjuncts[d]]
-        try:
-            net = stacked_network(self.nets, rows)
-        except Exception:
-            return int(np.argmax(width))
-        centre = 0.5 * (box.lower + box.upper)
-        _, vjp = falsify.forward_vjp(net, np.repeat(centre[None, :], len(rows), axis=0))
-        g = np.max(np.abs(vjp(np.eye(len(rows)))), axis=0)
-        score = width * g
-        return int(np.argmax(score)) if np.max(score) > 0 else int(np.argmax(width))
+        return split_dim(self.nets, self.spec, box, live)
 
     # ----- z3 ----------------------------------------------------------------------------
     def _solve(self, sub, live: list[int], bounds, depth: int, final: bool):
@@ -290,6 +279,21 @@ class _Search:
         if res.counterexample is not None:
             return self._violated(res.counterexample, "falsifier near a z3 model, replayed in float32 and float64")
         return None
+
+
+def split_dim(nets: list[Network], spec: Spec, box: Box, live: list[int]) -> int:
+    """The dimension with the largest ``width * max_row |d row / d x_i|`` at the centre of ``box``."""
+    width = box.upper - box.lower
+    rows = [r for d in live for r in spec.disjuncts[d]]
+    try:
+        net = stacked_network(nets, rows)
+    except Exception:
+        return int(np.argmax(width))
+    centre = 0.5 * (box.lower + box.upper)
+    _, vjp = falsify.forward_vjp(net, np.repeat(centre[None, :], len(rows), axis=0))
+    g = np.max(np.abs(vjp(np.eye(len(rows)))), axis=0)
+    score = width * g
+    return int(np.argmax(score)) if np.max(score) > 0 else int(np.argmax(width))
 
 
 def _frac(v) -> Fraction:
