@@ -279,9 +279,16 @@ def _certify_top1(f, g, input_set, timeout, max_boxes, t0) -> Certified:
 # ----- re-check -------------------------------------------------------------------------------
 def recheck_chain(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict[str, Any],
                   report) -> Optional[float]:
-    """Recompute the bound of interval evidence ``ev`` from the networks and X (None on failure)."""
+    """Recompute the bound of interval evidence ``ev`` from the networks and X (None on failure).
+
+    Evidence without ``max_boxes`` (the interval back-end's own, e.g. from ``lumpver bound``) is
+    replayed with its ``boxes_processed`` + 1 as each region's cap: branch and bound only lowers
+    the worst leaf as it refines, and every recomputed bound is sound whatever the cap."""
     chain = Chain.from_json(ev.get("chain", {}))
-    caps = [int(c) for c in ev["max_boxes"]]
+    if "max_boxes" in ev:
+        caps = [int(c) for c in ev["max_boxes"]]
+    else:  # plain interval back-end evidence (lumpver bound): replay with its box count as the cap
+        caps = [int(ev["boxes_processed"]) + 1] * len(input_set.regions)
     if len(caps) != len(input_set.regions) or min(caps) < 1:
         report.fail("interval evidence: one box cap per region expected")
         return None

@@ -197,3 +197,23 @@ def test_epsilon_too_small_is_refused(rng, tmp_path):
     with pytest.raises(CheckFailed):
         reduce_approx_to_files(orig, tmp_path / "g.onnx", None, X, 0.0, "linf", "auto", 30.0)
     assert not (tmp_path / "g.onnx").exists()
+
+
+def test_cli_bound_interval_certificate_rechecks(rng, tmp_path):
+    """``lumpver bound --backend interval`` evidence (no box caps) is replayed by the bounded checker."""
+    f = Network([Layer(np.float32(rng.standard_normal((8, 2))), np.float32(rng.standard_normal(8)), "relu"),
+                 Layer(np.float32(rng.standard_normal((2, 8))), np.float32([0.1, -0.2]), "identity")])
+    g = f.with_layers([Layer(np.float32(np.round(f.layers[0].weight * 4) / 4), f.layers[0].bias, "relu"),
+                       f.layers[1]])
+    a, b, spec, cert = (tmp_path / n for n in ("a.onnx", "b.onnx", "x.vnnlib", "c.json"))
+    save_onnx(f, a)
+    save_onnx(g, b)
+    _spec(spec, 2, 2, -1, 1)
+    r = _cli("bound", a, b, "--input-set", spec, "--backend", "interval", "--certificate", cert, "--timeout", 10, "-q")
+    assert r.returncode == 0, r.stderr
+    assert _cli("check", cert).returncode == 0
+    c = json.loads(cert.read_text())
+    x = sample_points(InputSet([Box(-np.ones(2), np.ones(2))]), 4000, seed=2)
+    c["guarantee"]["epsilon"] = 0.9 * float(np.max(np.abs(run_onnx(a, x) - run_onnx(b, x))))
+    cert.write_text(json.dumps(c))
+    assert _cli("check", cert).returncode == 1
