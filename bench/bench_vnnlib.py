@@ -7,7 +7,10 @@ Two shapes (both >= --atoms atoms):
 * ``disjuncts``: an MNIST-sized box (784 inputs) repeated as K disjuncts of one
   ``(assert (or (and ...) ...))`` with an output atom in each (the VNN-COMP "or of and" shape).
 
-Usage: python bench/bench_vnnlib.py [--atoms 2000000] [--repeat 1]
+The default reader (bulk fast path, falling back to the exact scanner) and the exact scanner
+alone (``parse_vnnlib(..., exact=True)``) are both timed on the same file, and must agree.
+
+Usage: python bench/bench_vnnlib.py [--atoms 2000000] [--repeat 1] [--no-exact]
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from lumpver.vnnlib import read_vnnlib  # noqa: E402
+from lumpver.vnnlib import parse_vnnlib, read_vnnlib  # noqa: E402
 
 
 def write_bounds(path: Path, atoms: int, rng: np.random.Generator) -> int:
@@ -72,10 +75,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--atoms", type=int, default=2_000_000)
     ap.add_argument("--repeat", type=int, default=1, help="best of this many runs of each timing")
+    ap.add_argument("--no-exact", action="store_true", help="skip timing the exact scanner")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    print("| shape | atoms | MB | split (s) | parse (s) | parse / split | atoms/s | cases |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| shape | atoms | MB | split (s) | parse (s) | parse / split | atoms/s | cases | exact scanner (s) | exact / split |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for shape, writer in (("bounds", write_bounds), ("disjuncts", write_disjuncts)):
             path = Path(tmp) / f"{shape}.vnnlib"
@@ -87,8 +91,16 @@ def main() -> None:
             t_split2 = best_of(args.repeat, lambda: split_file(path))  # load drifts: take the better baseline
             base = min(t_split, t_split2)
             spec = result["spec"]
+            exact = "-"
+            if not args.no_exact:
+                t_exact = best_of(args.repeat, lambda: result.setdefault("exact", parse_vnnlib(path.read_text(), str(path), exact=True)))
+                same = len(result["exact"].cases) == len(spec.cases) and all(
+                    np.array_equal(a.region.lower, b.region.lower) and np.array_equal(a.region.upper, b.region.upper)
+                    for a, b in zip(result["exact"].cases, spec.cases))
+                assert same, "fast path and exact scanner disagree"
+                exact = f"{t_exact:.2f} | {t_exact / base:.1f}"
             print(f"| {shape} | {atoms:,} | {mb:.0f} | {base:.2f} | {t_parse:.2f} | {t_parse / base:.1f} "
-                  f"| {atoms / t_parse:,.0f} | {len(spec.cases)} |", flush=True)
+                  f"| {atoms / t_parse:,.0f} | {len(spec.cases)} | {exact} |", flush=True)
             path.unlink()
 
 

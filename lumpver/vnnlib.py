@@ -24,11 +24,15 @@ Documented choices
 * A case whose input region is empty is dropped (it adds nothing to a union); if every case is
   empty the file is rejected ("empty input set").
 
-Implementation: one compiled regular expression scans the whole text (no recursion); atoms
-and ``(assert atom)`` statements are single tokens on the fast path, and single-variable input
-bounds go straight into per-variable bound tables, so a file with millions of atoms costs one
-regex match and a few dictionary operations per atom. Line and column are computed only when an
-error is reported.
+Implementation: two paths with one semantics. :mod:`lumpver.vnnlib_fast` handles the shapes
+public benchmarks use (declarations, ``(assert atom)``, ``(assert (and ...))``, ``(assert (or
+(and ...) ...))``, comments and line breaks anywhere) in bulk: a numpy tokenizer over the bytes,
+vectorised recognition of atoms and variables, one ``float`` per constant. Anything else, and every
+malformed file, goes to the exact scanner below, which gives the result or the precise message.
+The exact scanner: one compiled regular expression scans the whole text (no recursion); atoms
+and ``(assert atom)`` statements are single tokens, and single-variable input bounds go straight
+into per-variable bound tables. Both feed the same ``build`` step; line and column are computed
+only when an error is reported.
 """
 from __future__ import annotations
 

@@ -5,19 +5,22 @@ scanner (``lumpver.vnnlib._Parser``) returns, or ``None`` when the text is outsi
 understands or is malformed in any way; the caller then re-parses with the exact scanner, which
 produces the result or the precise ``file:line:col`` message. It never raises on bad input.
 
-Shapes handled (they are nearly all of the bytes of public benchmark files): comments anywhere;
-declarations and the ignored SMT-LIB commands before the first ``assert``; then assertions of the
-forms ``(assert atom)``, ``(assert (and atom+))``, ``(assert (or g+))`` with ``g`` an atom or
-``(and atom+)``, where an atom is ``(op a b)``, ``op`` one of ``<= >= < >`` and ``a``, ``b`` each a
-declared ``X_i``/``Y_j`` or a plain decimal/scientific constant.
+Shapes handled (nearly all of the bytes of public benchmark files): comments anywhere; line
+breaks and any whitespace between tokens; declarations and the ignored SMT-LIB commands before the
+first ``assert``; assertions ``(assert atom)``, ``(assert (and atom+))``, ``(assert (or g+))``
+with ``g`` an atom or ``(and atom+)``; an atom is ``(op a b)``, ``op`` one of ``<= >= < >`` and
+``a``, ``b`` each a declared ``X_i``/``Y_j`` or a plain decimal/scientific constant. Everything else
+(``(- c)``, nested ``(and (or ...))``, empty groups, non-ASCII text, ...) is declined.
 
-Method: one ``re.split`` over the comment-free text cuts out every atom (with its ``(assert``
-wrapper when it is a whole statement), so the per-atom work is done by the regex engine in C; the
-constants are converted in bulk (``map(float, ...)``, the same conversion as the scanner) and the
-single-variable input bounds are reduced with numpy (keep-first minimum/maximum in file order, as
-the scanner does). Only the text *between* atoms that is not whitespace (statement and group
-boundaries) is looked at by Python, with a small stack machine. The resulting conjunctions are
-handed to the scanner's own ``build`` step, so the semantics are shared, not duplicated.
+Method: the comment-free text is tokenized by numpy over its bytes (token starts and ends from
+the whitespace/parenthesis mask), token kinds come from first byte and length (keywords checked
+byte by byte), atoms ``( op t t )``, ``(assert atom)`` and declarations are recognised as
+fixed-length kind patterns with shifted comparisons, variable indices are decoded digit by digit
+in bulk, and constants are converted with one ``float`` each (the scanner's own conversion, so the
+values are bitwise the same). Single-variable input bounds are reduced with numpy (keep-first
+minimum/maximum in file order, as the scanner does). Python touches only the tokens left after
+that (statement and group boundaries) with a small stack machine, and the atoms that give rows.
+The resulting conjunctions go to the scanner's own ``build`` step: the semantics are shared.
 """
 from __future__ import annotations
 
