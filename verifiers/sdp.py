@@ -45,7 +45,8 @@ class SdpOptions:
     pair_limit: int = 16
     cross: bool = True
     input_products: bool = True
-    max_d: int = 40  # SDP only on leaves whose lifted matrix has at most this many rows
+    max_d: int = 32  # SDP only on leaves whose lifted matrix has at most this many rows
+    solve_timeout: float = 15.0  # per LMI; a slow solve is better replaced by splitting
     max_leaves: int = 256
     gap: float = 0.02  # stop refining once bound <= (1 + gap) * sampled maximum
     split: bool = True

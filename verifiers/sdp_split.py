@@ -143,7 +143,8 @@ def process_leaf(f: Network, g: Network, region, root: Box, path: str, norm: str
             if remaining <= 0 or not needs_sdp(norm, key, values, prob.ferr, f.n_outputs, above):
                 continue
             maps = prob.maps()
-            sol = solve_lmi(maps, target_matrix(prob.lift, tgt, maps.r), options.solver, remaining)
+            sol = solve_lmi(maps, target_matrix(prob.lift, tgt, maps.r), options.solver,
+                            min(remaining, options.solve_timeout))
             leaf.solver_seconds += sol.seconds
             leaf.n_sdp += 1
             cert = certify(prob.lift, maps, tgt, sol.t, sol.lam, sol.mu)
