@@ -24,7 +24,6 @@ as the near-lumping quotient of DESIGN.md §4 for callers that want partitions.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,6 @@ from lumpver.model import Layer, Network
 from lumpver.progress import SILENT, Progress
 
 SUPPORTED = ("relu", "leaky_relu", "identity")
-TAU_LO, TAU_HI = 1e-3, 2.0
 DEFAULT_SAMPLES = 3000
 DEFAULT_BOXES = 600
 
