@@ -34,6 +34,7 @@ _LP, _RP, _ASSERT, _DECLARE, _REAL = 1, 2, 7, 10, 11
 _KIND = {"(": 1, ")": 2, "<=": 3, ">=": 4, "<": 5, ">": 6, "assert": 7, "and": 8, "or": 9, "declare-const": 10, "Real": 11}
 _ITEM_LEFT, _ITEM_ATOM, _ITEM_SATOM, _ITEM_DECL = 0, 1, 2, 3
 _NUMBER_CHARS = b"0123456789.eE+- "
+_CHUNK = 1 << 22
 _PLAIN = bytes(range(9, 14)) + bytes(range(28, 128))  # whitespace and printable ASCII
 
 
@@ -280,21 +281,38 @@ class _Body:
 
 
 def _tokenize(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The bytes and the [start, end) of every token: ``(``, ``)`` or a maximal word."""
+    """The bytes and the [start, end) of every token: ``(``, ``)`` or a maximal word.
+
+    Works in chunks of :data:`_CHUNK` bytes so that the byte-sized temporaries stay small (one
+    pass over a 100 MB file with whole-file temporaries was several times slower).
+    """
     if not text.isascii():
         raise _Reject
     raw = text.encode("ascii")
     if raw.translate(None, _PLAIN):
         raise _Reject  # control characters: the scanner decides
     b = np.frombuffer(raw, np.uint8)
-    paren = (b == 40) | (b == 41)
-    sep = np.ones(b.size + 2, np.int8)
-    sep[1:-1] = (b <= 32) | paren
-    d = np.diff(sep)  # -1 where a word starts, +1 just after it ends
-    start = np.flatnonzero((d[:-1] == -1) | paren)
+    if b.size >= 2**31 - 1:
+        raise _Reject
+    starts, lasts = [], []
+    for a in range(0, b.size, _CHUNK):
+        c = min(a + _CHUNK, b.size)
+        x = b[a:c]
+        paren = (x == 40) | (x == 41)
+        sep = (x <= 32) | paren
+        word = ~sep
+        prev = np.empty(c - a, bool)  # is the previous byte a separator
+        prev[0] = a == 0 or b[a - 1] <= 32 or b[a - 1] in (40, 41)
+        prev[1:] = sep[:-1]
+        nxt = np.empty(c - a, bool)  # is the next byte a separator
+        nxt[-1] = c == b.size or b[c] <= 32 or b[c] in (40, 41)
+        nxt[:-1] = sep[1:]
+        starts.append((np.flatnonzero(paren | (word & prev)) + a).astype(np.int32))
+        lasts.append((np.flatnonzero(word & nxt) + (a + 1)).astype(np.int32))
+    start = np.concatenate(starts) if starts else np.zeros(0, np.int32)
     end = start + 1
-    is_word = ~paren[start]
-    end[is_word] = np.flatnonzero(d[1:] == 1) + 1
+    first = b[start]
+    end[(first != 40) & (first != 41)] = np.concatenate(lasts) if lasts else end[:0]
     return b, start, end
 
 

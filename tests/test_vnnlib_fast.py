@@ -217,3 +217,20 @@ def test_large_mixed_file_on_the_fast_path():
     fast = fast_parse(text, "big.vnnlib")
     assert fast is not None and len(fast.cases) == 3
     assert_same(fast, parse_vnnlib(text, "big.vnnlib", exact=True))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_tokenizer_chunk_boundaries(monkeypatch, chunk: int):
+    """Tiny chunks put chunk boundaries inside words, between parentheses and at whitespace."""
+    import lumpver.vnnlib_fast as fast
+
+    rng = np.random.default_rng(chunk)
+    texts = [Gen(rng).text() for _ in range(25)]
+    expected = [fast_parse(t, "gen.vnnlib") for t in texts]  # default chunk: one chunk per file
+    monkeypatch.setattr(fast, "_CHUNK", chunk)
+    for text, want in zip(texts, expected):
+        got = fast_parse(text, "gen.vnnlib")
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert_same(got, want)
+            assert_same(got, parse_vnnlib(text, "gen.vnnlib", exact=True))
