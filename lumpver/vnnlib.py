@@ -589,6 +589,9 @@ class _Parser:
                 cases = new
             if sum(len(ys) for _, ys in cases) > MAX_DISJUNCTS:
                 raise self.fail(pos, f"the assertions expand to more than {MAX_DISJUNCTS} disjuncts")
+        if len(cases) == 1:  # nothing to group: skip the (sorting) input-part keys
+            xc, ys = cases[0]
+            return {} if xc.false else {(): (xc, list(ys))}
         groups: dict[tuple, tuple[_Conj, list[list[Row]]]] = {}
         for xc, ys in cases:
             if xc.false:
