@@ -4,7 +4,9 @@
 Every ``violated`` answer is replayed with onnxruntime on *both original files*: the
 counterexample must lie in X and the onnxruntime outputs must show the violation, otherwise
 the answer becomes ``unknown`` (reason stated). ``auto`` runs the falsifier, then the
-differential interval back-end, then SMT, each with what is left of the time budget.
+differential interval back-end, then SMT, each with what is left of the time budget. Unless the
+answer is ``violated``, ``upper_bound`` is the smallest certified bound any stage found and
+``lower_bound`` the largest attained value.
 """
 from __future__ import annotations
 
@@ -88,7 +90,7 @@ def compare_models(
     xs = resolve_input_set(input_set, a.n_inputs)
     query = Query(a, xs, other=b, epsilon=float(epsilon), norm=norm, timeout=float(timeout), seed=seed)
     stages = ["falsify", "interval", "smt"] if backend == "auto" else [backend]
-    verdict, lower, tried = None, None, []
+    verdict, lower, upper, tried = None, None, None, []
     for i, name in enumerate(stages):
         left = timeout - (time.monotonic() - t0)
         if left <= 0:
@@ -105,6 +107,8 @@ def compare_models(
             continue
         v = be.check(Query(a, xs, other=b, epsilon=float(epsilon), norm=norm, timeout=budget, seed=seed))
         lower = _max(lower, v.lower_bound)
+        if v.verdict != "violated" and v.upper_bound is not None and np.isfinite(v.upper_bound):
+            upper = v.upper_bound if upper is None else min(upper, v.upper_bound)  # certified by that stage
         if v.verdict == "violated":
             ok, info = replay_equivalence(path_a, path_b, query, v.counterexample)
             v.details = {**v.details, "replay": info}
@@ -121,6 +125,7 @@ def compare_models(
         verdict = Verdict("unknown", backend, "no back-end ran (timeout or unavailable)")
     if verdict.verdict != "violated":
         verdict.lower_bound = lower
+        verdict.upper_bound = upper  # the best certified bound of any stage (None if none)
     verdict.details = {**verdict.details, "stages": tried, "norm": norm, "epsilon": float(epsilon)}
     verdict.seconds = time.monotonic() - t0
     return verdict
