@@ -205,7 +205,7 @@ def _run_approx(ctx: _Ctx, step, k: int, src: Path, out: Path, cert: Path) -> st
     timeout = sum(b.timeout for b in ctx.spec.backends) or 300.0
     reduce_approx_to_files(src, out, cert, ctx.input_set, tol.epsilon, tol.norm,
                            "interval" if "interval" in names else "auto", timeout, ctx.progress)
-    return _unused_tolerance(ctx, step, k, "approximate lumping chooses its clustering tolerance by bisection")
+    return _unused_tolerance(ctx, step, k, "approximate lumping searches the number of removed neurons by bisection")
 
 
 def _run_command(ctx: _Ctx, argv: list[str]) -> None:
