@@ -128,8 +128,9 @@ def verify_case_reduced(net: Network, region, unsafe: OutputProperty, backend, t
                 break
     if undecided:
         return _unknown("; ".join(undecided[:2]), st, t0), _note(st)
-    v = Verdict("proved", backend.name, f"{st.closed_by_bounds} sub-boxes closed by bounds, {len(leaves)} reduced "
-                f"leaves proved by {backend.name} on the widened unsafe set", seconds=time.monotonic() - t0,
+    used = sum(r.verdict == "proved" for r in st.leaves)
+    v = Verdict("proved", backend.name if used else "bounds", f"{st.closed_by_bounds} sub-boxes closed by bounds, {used} "
+                f"reduced leaves proved by {backend.name} on the widened unsafe set", seconds=time.monotonic() - t0,
                 details={"pipeline": st.as_dict()})
     return v, _note(st)
 
