@@ -128,8 +128,11 @@ def _neurons_after(result_file: Path) -> Optional[int]:
         cases = json.loads(Path(str(result_file) + ".json").read_text())["cases"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    sizes = [c["reduced_to"] for c in cases if isinstance(c, dict) and "reduced_to" in c]
-    return max(sizes) if sizes else None
+    sizes: list[int] = []
+    for c in cases:
+        v = c.get("reduced_to") if isinstance(c, dict) else None
+        sizes += [int(s) for s in (v if isinstance(v, list) else [v]) if isinstance(s, (int, float))]
+    return max(sizes) if sizes else None  # a case may report one size or one per reduced sub-box
 
 
 def run_instance(inst: Instance, out_dir: Path, reduce: bool, backend: Optional[str] = None,
