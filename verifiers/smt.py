@@ -55,6 +55,7 @@ class SmtOptions:
 
     max_unstable: int = 6  # hand a sub-box to z3 at or below this many unstable neurons (z3 slows down fast)
     max_depth: int = 60  # never split deeper than this
+    cap_unstable: int = 24  # at the depth cap, give up (unknown) rather than hand z3 more unstable neurons
     call_timeout: float = 2.0  # seconds per z3 check; an unknown sub-box is split further
     falsify_seconds: float = 1.0  # budget of the initial falsifier run (capped at 10% of timeout)
     falsify_every: float = 2.0  # seconds of search between interleaved falsifier rounds
@@ -116,6 +117,7 @@ class _Search:
         self.cache: dict = {}
         self.rng = np.random.default_rng(query.seed)
         self._rounds = 0
+        self._region, self._depth = None, 0
 
     # ----- verdicts ----------------------------------------------------------------------
     def _details(self) -> dict:
@@ -164,6 +166,7 @@ class _Search:
                     return out
                 last = time.monotonic()
             region, box, depth = stack.pop()
+            self._region, self._depth = region, depth
             out = self._box(region, box, depth)
             if isinstance(out, Verdict):
                 return out
@@ -203,7 +206,11 @@ class _Search:
             st.closed_by_bounds += 1
             return []
         at_cap = depth >= self.opt.max_depth or float(np.max(box.upper - box.lower)) <= 0.0
-        if self.pwl and (count_unstable(bounds) <= self.opt.max_unstable or at_cap):
+        n_unstable = count_unstable(bounds)
+        if at_cap and n_unstable > self.opt.cap_unstable:
+            st.doubts.append(f"depth cap with {n_unstable} unstable neurons")
+            return []
+        if self.pwl and (n_unstable <= self.opt.max_unstable or at_cap):
             return self._solve(sub, live, bounds, depth, final=at_cap)
         if at_cap:
             why = "non-piecewise-linear activation, bounds not tight enough" if not self.pwl else "depth cap"
@@ -216,7 +223,8 @@ class _Search:
         return [right, left]
 
     def _split_dim(self, box: Box, live: list[int]) -> int:
-        return split_dim(self.nets, self.spec, box, live)
+        # alternate the bound-driven and the gradient choice: either alone stalls on some ACAS Xu nets
+        return split_dim(self.nets, self.spec, box, live, self._region, self.opt.bound_method, by_bounds=self._depth % 2 == 0)
 
     # ----- z3 ----------------------------------------------------------------------------
     def _solve(self, sub, live: list[int], bounds, depth: int, final: bool):
@@ -237,8 +245,10 @@ class _Search:
                 return self._unknown(f"timeout after {self.q.timeout:g} s")
             if solver is None or not self.opt.incremental:
                 solver = z3.Solver()
+                solver.set("timeout", max(1, int(1000 * min(self.opt.call_timeout, left))))
                 solver.from_string(enc.text)
-            solver.push()
+            if self.opt.incremental:
+                solver.push()  # (push on a fresh solver internalises the formula without a time limit: avoided)
             for row in self.spec.disjuncts[d]:
                 solver.add(_row(row, ys))
             solver.set("timeout", max(1, int(1000 * min(self.opt.call_timeout, left))))
@@ -253,20 +263,24 @@ class _Search:
                 if out is not None:
                     return out
                 if not final and not self.opt.naive:
-                    solver.pop()
+                    self._pop(solver)
                     return self._split(falsify.region_box(sub), live)
                 st.doubts.append("z3 model not reproduced by float replay" if self.spec.exact else f"sufficient check inconclusive ({self.spec.note})")
             else:
                 st.z3_unknown += 1
                 why = solver.reason_unknown()
                 if not final and not self.opt.naive:
-                    solver.pop()
+                    self._pop(solver)
                     return self._split(falsify.region_box(sub), live)
                 st.doubts.append(f"z3 unknown ({why})")
-                solver.pop()
+                self._pop(solver)
                 return []
-            solver.pop()
+            self._pop(solver)
         return []
+
+    def _pop(self, solver) -> None:
+        if self.opt.incremental:
+            solver.pop()
 
     def _confirm(self, x: np.ndarray, sub) -> Optional[Verdict]:
         """A replayed counterexample near the z3 model ``x``, or None."""
@@ -281,9 +295,32 @@ class _Search:
         return None
 
 
-def split_dim(nets: list[Network], spec: Spec, box: Box, live: list[int]) -> int:
-    """The dimension with the largest ``width * max_row |d row / d x_i|`` at the centre of ``box``."""
+#: up to this many inputs, a split dimension is chosen by trying every dimension (bound-driven)
+TRY_ALL_DIMS = 8
+
+
+def split_dim(nets: list[Network], spec: Spec, box: Box, live: list[int], region=None, method: str = "crown",
+              by_bounds: bool = True) -> int:
+    """The input dimension to bisect ``box`` along.
+
+    Up to :data:`TRY_ALL_DIMS` inputs: the dimension whose two halves have the best worst-case
+    bound, i.e. maximising ``min_half min_live_disjunct max_row lower(row)`` (a disjunct is closed
+    once one of its rows has a positive lower bound). The gradient heuristic below kept halving
+    the same few dimensions of ACAS Xu boxes (one dimension never split at depth 34).
+    When no dimension improves on the box's own score, with more inputs, or ``by_bounds=False``: the largest ``width * max_row |d row / d x_i|`` at the centre (smear)."""
     width = box.upper - box.lower
+    if by_bounds and box.dim <= TRY_ALL_DIMS:
+        parent = _closure_score(spec, spec_bounds(nets, spec, box if region is None else region_with_box(region, box), method), live)
+        best, arg = -np.inf, None
+        for i in np.nonzero(width > 0)[0]:
+            worst = np.inf
+            for half in bisect_box(box, int(i))[:2]:
+                sub = half if region is None else region_with_box(region, half)
+                worst = min(worst, _closure_score(spec, spec_bounds(nets, spec, sub, method), live))
+            if worst > best:
+                best, arg = worst, int(i)
+        if arg is not None and best > parent + 1e-9 * (1.0 + abs(parent)):
+            return arg  # otherwise no half improves: fall back to smear
     rows = [r for d in live for r in spec.disjuncts[d]]
     try:
         net = stacked_network(nets, rows)
@@ -294,6 +331,12 @@ def split_dim(nets: list[Network], spec: Spec, box: Box, live: list[int]) -> int
     g = np.max(np.abs(vjp(np.eye(len(rows)))), axis=0)
     score = width * g
     return int(np.argmax(score)) if np.max(score) > 0 else int(np.argmax(width))
+
+
+def _closure_score(spec: Spec, bounds, live: list[int]) -> float:
+    """``min_{d in live} max_{row in d} lower(row)``: positive once every live disjunct is closed."""
+    starts = np.cumsum([0] + [len(d) for d in spec.disjuncts])
+    return float(min(np.max(bounds.rows_lower[starts[d]:starts[d + 1]]) for d in live))
 
 
 def _frac(v) -> Fraction:
