@@ -172,14 +172,14 @@ def _open_leaves(net, region, unsafe, opt: ReduceOptions, deadline: float, st: P
     from verifiers.smt_spec import build_spec
 
     spec = build_spec(q)
-    todo: list[Box] = [region_box(region)]
+    todo: list[tuple[Box, int]] = [(region_box(region), 0)]
     done: list[Box] = []
     while todo and len(todo) + len(done) < opt.max_open and st.boxes < opt.max_boxes:
         if time.monotonic() > deadline:
             st.seconds_split += time.monotonic() - t
             return [], "timeout while splitting"
-        todo.sort(key=lambda b: -float(np.sum(np.log(np.maximum(b.upper - b.lower, 1e-300)))))
-        box = todo.pop(0)
+        todo.sort(key=lambda b: -float(np.sum(np.log(np.maximum(b[0].upper - b[0].lower, 1e-300)))))
+        box, depth = todo.pop(0)
         st.boxes += 1
         live = open_disjuncts(spec, spec_bounds([net], spec, region_with_box(region, box)))
         if not live:
@@ -190,10 +190,11 @@ def _open_leaves(net, region, unsafe, opt: ReduceOptions, deadline: float, st: P
             continue
         from lumpver.bounds import bisect_box
 
-        left, right, _, _ = bisect_box(box, split_dim([net], spec, box, live))
-        todo += [left, right]
+        # alternate the bound-driven and the gradient choice of dimension, as the SMT back-end
+        left, right, _, _ = bisect_box(box, split_dim([net], spec, box, live, region, by_bounds=depth % 2 == 0))
+        todo += [(left, depth + 1), (right, depth + 1)]
     st.seconds_split += time.monotonic() - t
-    leaves = done + todo
+    leaves = done + [b for b, _ in todo]
     st.open_leaves = len(leaves)
     return leaves, ""
 
