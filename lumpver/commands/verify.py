@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["smt", "marabou", "auto", "falsify", "interval"], default="auto",
                    help="auto = smt (falsifier, bound propagation with input splitting, z3)")
     p.add_argument("--reduce", action="store_true",
-                   help="reduce the network exactly on each case's input region first (on-set reduction)")
+                   help="split each case's input region by bounds, reduce the network exactly on every open "
+                        "sub-box (on-set reduction) and run the back-end on the reduced networks")
     p.add_argument("--timeout", type=float, default=60.0, help="wall-clock seconds for the whole property")
     p.add_argument("--result", help="write the VNN-COMP result file here (atomic)")
 
