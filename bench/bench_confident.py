@@ -33,10 +33,11 @@ sys.path.insert(0, str(ROOT))
 from lumpver import ltt  # noqa: E402
 from lumpver.calibration import CalibrationData  # noqa: E402
 from lumpver.confident import ConfidentConfig, confident_prune, loss_values  # noqa: E402
-from lumpver.model import Layer, Network  # noqa: E402
+from lumpver.model import Network  # noqa: E402
 from lumpver.onnx_export import save_onnx  # noqa: E402
 from lumpver.onnx_import import load_onnx  # noqa: E402
 from lumpver.pruning import prune_weights, sparsity  # noqa: E402
+from lumpver.planted import random_mlp  # noqa: E402
 from lumpver.runtime import run_onnx  # noqa: E402
 
 MNIST = ROOT / ".." / "shared" / "data" / "mnist_fc"
@@ -44,13 +45,7 @@ GRID = tuple(round(0.05 + 0.025 * i, 3) for i in range(37))  # 0.05 .. 0.95
 
 
 def teacher(seed: int = 0, widths=(20, 64, 64, 10)) -> Network:
-    rng = np.random.default_rng(seed)
-    layers = []
-    for k in range(len(widths) - 1):
-        w = (rng.normal(size=(widths[k + 1], widths[k])) / np.sqrt(widths[k])).astype(np.float32)
-        b = (0.1 * rng.normal(size=widths[k + 1])).astype(np.float32)
-        layers.append(Layer(w, b, "relu" if k < len(widths) - 2 else "identity"))
-    return Network(layers)
+    return random_mlp(np.random.default_rng(seed), widths, fan_in_scaled=True, bias_scale=0.1)
 
 
 def mnist_population(per_box: int, rng: np.random.Generator) -> np.ndarray:

@@ -153,3 +153,29 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
+
+
+def random_mlp(
+    rng: np.random.Generator,
+    widths: "list[int] | tuple[int, ...]",
+    activation: "str | list[str]" = "relu",
+    fan_in_scaled: bool = False,
+    bias_scale: float = 1.0,
+    float32: bool = True,
+    alpha: float = 0.01,
+) -> Network:
+    """A random MLP with Gaussian weights (divided by sqrt(fan-in) if ``fan_in_scaled``) and biases
+    (times ``bias_scale``); hidden layers use ``activation`` (one name, or one per hidden layer),
+    the output layer is affine. Draws weights then bias, layer by layer, from ``rng``."""
+    layers = []
+    n_hidden = len(widths) - 2
+    for k in range(len(widths) - 1):
+        w = rng.normal(size=(widths[k + 1], widths[k]))
+        if fan_in_scaled:
+            w = w / np.sqrt(widths[k])
+        b = bias_scale * rng.normal(size=widths[k + 1])
+        if float32:
+            w, b = w.astype(np.float32), b.astype(np.float32)
+        act = "identity" if k == n_hidden else (activation if isinstance(activation, str) else activation[k])
+        layers.append(Layer(w, b, act, alpha=alpha))
+    return Network(layers)

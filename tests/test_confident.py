@@ -15,21 +15,16 @@ from lumpver.cli import main
 from lumpver.confident import ConfidentConfig, confident_prune, loss_values
 from lumpver.errors import InputError
 from lumpver.fileio import sha256_file
-from lumpver.model import Layer, Network
+from lumpver.model import Network
 from lumpver.onnx_export import save_onnx
 from lumpver.onnx_import import load_onnx
+from lumpver.planted import random_mlp
 from lumpver.pruning import prune_weights
 from lumpver.runtime import run_onnx
 
 
 def _teacher(seed: int = 0, widths=(10, 32, 32, 5)) -> Network:
-    rng = np.random.default_rng(seed)
-    layers = []
-    for k in range(len(widths) - 1):
-        w = (rng.normal(size=(widths[k + 1], widths[k])) / np.sqrt(widths[k])).astype(np.float32)
-        b = (0.1 * rng.normal(size=widths[k + 1])).astype(np.float32)
-        layers.append(Layer(w, b, "relu" if k < len(widths) - 2 else "identity"))
-    return Network(layers)
+    return random_mlp(np.random.default_rng(seed), widths, fan_in_scaled=True, bias_scale=0.1)
 
 
 # ----- statistical validity on a synthetic task ----------------------------------------------------

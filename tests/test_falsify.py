@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lumpver.inputset import Box, InputSet, Polytope
-from lumpver.model import Layer, Network
+from lumpver.planted import random_mlp
 from lumpver.runtime import run_onnx
 from verifiers.base import Query
 from verifiers.falsify import BACKEND, Objective, search
@@ -16,12 +16,7 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 def random_net(rng, n_in, hidden, n_out, act="relu"):
-    layers, p = [], n_in
-    for h in hidden:
-        layers.append(Layer(rng.normal(size=(h, p)).astype(np.float32), rng.normal(size=h).astype(np.float32), act))
-        p = h
-    layers.append(Layer(rng.normal(size=(n_out, p)).astype(np.float32), rng.normal(size=n_out).astype(np.float32), "identity"))
-    return Network(layers)
+    return random_mlp(rng, [n_in, *hidden, n_out], act)
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid", "leaky_relu"])

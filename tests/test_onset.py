@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from lumpver.bounds import compute_bounds
 from lumpver.certificate import check_certificate
+from lumpver.planted import random_mlp
 from lumpver.inputset import Box, InputSet, Polytope
-from lumpver.model import Layer, Network
 from lumpver.onnx_export import save_onnx
 from lumpver.onnx_import import load_onnx
 from lumpver.onset import reduce_on_set, reduce_on_set_to_files
@@ -119,12 +119,7 @@ def test_tampered_coefficients_fail(tmp_path):
 
 # ----- random networks ------------------------------------------------------------------------
 def random_net(rng, widths, act):
-    layers = []
-    for k in range(len(widths) - 1):
-        w = rng.normal(size=(widths[k + 1], widths[k])).astype(np.float32)
-        b = rng.normal(scale=1.0, size=widths[k + 1]).astype(np.float32)
-        layers.append(Layer(w, b, act if k < len(widths) - 2 else "identity", alpha=0.2))
-    return Network(layers)
+    return random_mlp(rng, widths, act, alpha=0.2)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

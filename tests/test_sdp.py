@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from lumpver.inputset import Box, InputSet
-from lumpver.model import Layer, Network
+from lumpver.model import Network
+from lumpver.planted import random_mlp
 from tests.milp_reference import max_linf_difference
 from verifiers.sdp import BACKEND, SdpOptions, sdp_bound
 
@@ -21,15 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def random_net(rng, n0, hidden, n_out, act="relu") -> Network:
-    layers, prev = [], n0
-    for h in hidden:
-        layers.append(Layer(rng.normal(size=(h, prev)) / np.sqrt(prev), 0.3 * rng.normal(size=h), act))
-        prev = h
-    layers.append(Layer(rng.normal(size=(n_out, prev)) / np.sqrt(prev), 0.3 * rng.normal(size=n_out), "identity"))
-    net = Network(layers)
-    for L in net.layers:  # float32 values, as imported models hold
-        L.weight, L.bias = L.weight.astype(np.float32).astype(np.float64), L.bias.astype(np.float32).astype(np.float64)
-    return net
+    return random_mlp(rng, [n0, *hidden, n_out], act, fan_in_scaled=True, bias_scale=0.3)
 
 
 def pruned(net: Network, frac: float) -> Network:

@@ -7,20 +7,14 @@ import numpy as np
 import pytest
 
 from lumpver.inputset import Box, InputSet
-from lumpver.model import Layer, Network
+from lumpver.planted import random_mlp
 from verifiers.base import Query
 from verifiers.smt import SmtBackend, SmtOptions
 
-pytest.importorskip("z3")
 
 
 def random_net(rng, n_in, hidden, n_out, act="relu"):
-    layers, p = [], n_in
-    for h in hidden:
-        layers.append(Layer(rng.normal(size=(h, p)).astype(np.float32), rng.normal(size=h).astype(np.float32), act))
-        p = h
-    layers.append(Layer(rng.normal(size=(n_out, p)).astype(np.float32), rng.normal(size=n_out).astype(np.float32), "identity"))
-    return Network(layers)
+    return random_mlp(rng, [n_in, *hidden, n_out], act)
 
 
 def perturbed(rng, net, scale=0.1):
