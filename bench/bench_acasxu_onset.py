@@ -22,10 +22,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lumpver.onnx_import import load_onnx  # noqa: E402
-from lumpver.onset import reduce_on_set  # noqa: E402
-from lumpver.runtime import run_onnx  # noqa: E402
-from lumpver.vnnlib import read_vnnlib  # noqa: E402
+from lumpver.ir.onnx_import import load_onnx  # noqa: E402
+from lumpver.reductions.onset import reduce_on_set  # noqa: E402
+from lumpver.ir.runtime import run_onnx  # noqa: E402
+from lumpver.specs.vnnlib import read_vnnlib  # noqa: E402
 
 ACAS = ROOT / ".." / "shared" / "data" / "acasxu"
 

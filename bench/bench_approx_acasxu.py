@@ -1,6 +1,6 @@
 """Benchmark: certified approximate reduction of ACAS Xu on the prop_3 box (DESIGN.md §4, issue 6).
 
-For each network and epsilon: hidden neurons kept by :func:`lumpver.approx.reduce_approx`
+For each network and epsilon: hidden neurons kept by :func:`lumpver.reductions.approx.reduce_approx`
 (certified L-inf error <= epsilon on the box, real arithmetic of the stored float32 weights),
 the certified and sampled errors (sampled = largest |f - g| seen on 20,000 points of the box),
 and the time as a ratio to the exact on-set reduction of the same network measured in the same
@@ -21,11 +21,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lumpver.approx import reduce_approx  # noqa: E402
-from lumpver.certify import sample_points  # noqa: E402
-from lumpver.inputsets import load_input_set  # noqa: E402
-from lumpver.onnx_import import load_onnx  # noqa: E402
-from lumpver.onset import reduce_on_set  # noqa: E402
+from lumpver.reductions.approx import reduce_approx  # noqa: E402
+from lumpver.reductions.certify import sample_points  # noqa: E402
+from lumpver.specs.load import load_input_set  # noqa: E402
+from lumpver.ir.onnx_import import load_onnx  # noqa: E402
+from lumpver.reductions.onset import reduce_on_set  # noqa: E402
 
 ACAS = ROOT / ".." / "shared" / "data" / "acasxu"
 GOAL_EPS = 0.01

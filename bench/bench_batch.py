@@ -19,7 +19,7 @@ ACAS = ROOT.parent / "shared" / "data" / "acasxu"
 
 
 def main() -> int:
-    from lumpver.batch import run_batch
+    from lumpver.api.batch import run_batch
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--nets", default="1_1,1_2,1_3")

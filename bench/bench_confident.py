@@ -30,15 +30,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lumpver import ltt  # noqa: E402
-from lumpver.calibration import CalibrationData  # noqa: E402
-from lumpver.confident import ConfidentConfig, confident_prune, loss_values  # noqa: E402
-from lumpver.model import Network  # noqa: E402
-from lumpver.onnx_export import save_onnx  # noqa: E402
-from lumpver.onnx_import import load_onnx  # noqa: E402
-from lumpver.pruning import prune_weights, sparsity  # noqa: E402
-from lumpver.planted import random_mlp  # noqa: E402
-from lumpver.runtime import run_onnx  # noqa: E402
+from lumpver.reductions import ltt  # noqa: E402
+from lumpver.specs.calibration import CalibrationData  # noqa: E402
+from lumpver.reductions.confident import ConfidentConfig, confident_prune, loss_values  # noqa: E402
+from lumpver.ir.network import Network  # noqa: E402
+from lumpver.ir.onnx_export import save_onnx  # noqa: E402
+from lumpver.ir.onnx_import import load_onnx  # noqa: E402
+from lumpver.reductions.pruning import prune_weights, sparsity  # noqa: E402
+from lumpver.ir.planted import random_mlp  # noqa: E402
+from lumpver.ir.runtime import run_onnx  # noqa: E402
 
 MNIST = ROOT / ".." / "shared" / "data" / "mnist_fc"
 GRID = tuple(round(0.05 + 0.025 * i, 3) for i in range(37))  # 0.05 .. 0.95
@@ -50,7 +50,7 @@ def teacher(seed: int = 0, widths=(20, 64, 64, 10)) -> Network:
 
 def mnist_population(per_box: int, rng: np.random.Generator) -> np.ndarray:
     """Uniform samples from each property box of mnist_fc (the boxes' union, equally weighted)."""
-    from lumpver.vnnlib import read_vnnlib
+    from lumpver.specs.vnnlib import read_vnnlib
 
     xs = []
     for p in sorted((MNIST / "vnnlib").glob("*.vnnlib")):

@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lumpver.grouping import group_rows, pairwise_group_rows  # noqa: E402
-from lumpver.planted import planted_network  # noqa: E402
+from lumpver.reductions.grouping import group_rows, pairwise_group_rows  # noqa: E402
+from lumpver.ir.planted import planted_network  # noqa: E402
 
 
 def baseline_load_touch_save(src: Path, dst: Path) -> float:
@@ -38,7 +38,7 @@ def baseline_load_touch_save(src: Path, dst: Path) -> float:
 
 
 def reduce_in_process(src: Path, out: Path, cert: Path) -> tuple[float, dict]:
-    from lumpver.reduce import reduce_exact_to_files
+    from lumpver.api.reduce import reduce_exact_to_files
 
     t0 = time.perf_counter()
     c = reduce_exact_to_files(src, out, cert)
@@ -68,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     width_core, copies = (512, 3.5) if not args.small else (128, 3.5)
     n_in = 256
-    from lumpver.onnx_export import save_onnx
+    from lumpver.ir.onnx_export import save_onnx
 
     t0 = time.perf_counter()
     p = planted_network(n_in, (width_core,) * 6, 10, "relu", copies, n_constant=4, n_dead=8, seed=1)

@@ -4,7 +4,7 @@ For each selected instance of ``instances.csv`` (network, VNN-LIB property), in 
 and with the same per-instance timeout:
 
 * baseline: the ``marabou`` back-end on the original network;
-* reduced: ``lumpver.onset.reduce_on_set`` on the property's input set (time included), then
+* reduced: ``lumpver.reductions.onset.reduce_on_set`` on the property's input set (time included), then
   the ``marabou`` back-end on the reduced network (counterexamples replayed with onnxruntime
   on the *original* ONNX file).
 
@@ -27,11 +27,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lumpver.inputset import InputSet  # noqa: E402
-from lumpver.onnx_import import load_onnx  # noqa: E402
-from lumpver.runtime import run_onnx  # noqa: E402
-from lumpver.vnnlib import read_vnnlib  # noqa: E402
-from verifiers.base import Query, get_backend  # noqa: E402
+from lumpver.specs.inputset import InputSet  # noqa: E402
+from lumpver.ir.onnx_import import load_onnx  # noqa: E402
+from lumpver.ir.runtime import run_onnx  # noqa: E402
+from lumpver.specs.vnnlib import read_vnnlib  # noqa: E402
+from lumpver.verifiers.base import Query, get_backend  # noqa: E402
 
 ACAS = ROOT / ".." / "shared" / "data" / "acasxu"
 
@@ -61,7 +61,7 @@ def verify(net, spec, timeout: float, onnx_path: Path) -> tuple[str, float]:
 
 
 def reduce(net, spec):
-    from lumpver.onset import reduce_on_set
+    from lumpver.reductions.onset import reduce_on_set
 
     t0 = time.perf_counter()
     res = reduce_on_set(net, InputSet([c.region for c in spec.cases]))
@@ -83,7 +83,7 @@ def main() -> None:
     if args.limit:
         rows = rows[: args.limit]
     try:
-        import lumpver.onset  # noqa: F401
+        import lumpver.reductions.onset  # noqa: F401
         have_onset = True
     except ImportError:
         have_onset = False

@@ -1,12 +1,12 @@
 """Benchmark: certified vs sampled error of quantisation and pruning on MNIST (DESIGN.md §4-§8, issue 6).
 
 ``mnist-net_256x2`` on the L-inf boxes of its VNN-LIB properties. For each box and method:
-the certified L-inf bound of ``sup_X |f - g|`` (:func:`lumpver.certify.certify`, interval
+the certified L-inf bound of ``sup_X |f - g|`` (:func:`lumpver.reductions.certify.certify`, interval
 back-end, real arithmetic of the stored float32 weights) and the largest error seen by
 onnxruntime on sampled points of the box (files as written). Methods: symmetric 8-bit and 4-bit
 per-tensor quantisation (QDQ files), coreset pruning keeping 50 % of the neurons (DESIGN.md §6)
 and, for comparison, activation-based pruning to 50 % with least-squares refits
-(:mod:`lumpver.approx`). Times (build + write + certify) are ratios to one onnxruntime pass of
+(:mod:`lumpver.reductions.approx`). Times (build + write + certify) are ratios to one onnxruntime pass of
 the original over 1000 points, measured in the same run.
 
 Usage: python bench/bench_mnist_quant.py [--props 0,1,...] [--radius 0.03] [--max-boxes N]
@@ -25,11 +25,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lumpver.certify import Chain, certify, sample_points, sampled_error  # noqa: E402
-from lumpver.inputsets import load_input_set  # noqa: E402
-from lumpver.onnx_export import save_onnx  # noqa: E402
-from lumpver.onnx_import import load_onnx  # noqa: E402
-from lumpver.runtime import run_onnx  # noqa: E402
+from lumpver.reductions.certify import Chain, certify, sample_points, sampled_error  # noqa: E402
+from lumpver.specs.load import load_input_set  # noqa: E402
+from lumpver.ir.onnx_export import save_onnx  # noqa: E402
+from lumpver.ir.onnx_import import load_onnx  # noqa: E402
+from lumpver.ir.runtime import run_onnx  # noqa: E402
 
 MNIST = ROOT / ".." / "shared" / "data" / "mnist_fc"
 MODEL = MNIST / "onnx" / "mnist-net_256x2.onnx"
@@ -38,18 +38,18 @@ MODEL = MNIST / "onnx" / "mnist-net_256x2.onnx"
 def build(method: str, f, X, path: Path):
     """(g as written and loaded back, certification chain) for one method."""
     if method.startswith("quant"):
-        from lumpver.quantize import quantize_network, save_quantized
+        from lumpver.reductions.quantize import quantize_network, save_quantized
 
         g, qls = quantize_network(f, int(method[5:]), per_channel=False)
         save_quantized(g, qls, path)
         return load_onnx(path), None
     if method == "coreset50":
-        from lumpver.coreset import coreset_prune, input_betas
+        from lumpver.reductions.coreset import coreset_prune, input_betas
 
         res = coreset_prune(f, 0.5, input_betas(f, X), seed=0)
         save_onnx(res.reduced, path)
         return load_onnx(path), Chain(kept=res.kept)
-    from lumpver.approx import kept_after, refit_pruned, removal_order
+    from lumpver.reductions.approx import kept_after, refit_pruned, removal_order
 
     pts = sample_points(X, 3000, seed=0)
     acts = f.activations(pts)

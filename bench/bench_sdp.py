@@ -25,10 +25,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lumpver.inputset import Box, InputSet  # noqa: E402
+from lumpver.specs.inputset import Box, InputSet  # noqa: E402
 from tests.milp_reference import max_linf_difference  # noqa: E402
 from tests.test_sdp import pruned, quantised, random_net  # noqa: E402
-from verifiers.sdp import SdpOptions, sdp_bound  # noqa: E402
+from lumpver.verifiers.sdp import SdpOptions, sdp_bound  # noqa: E402
 
 
 def variants(opts: SdpOptions, unsplit: bool) -> dict[str, SdpOptions]:
@@ -64,8 +64,8 @@ def tightness(n: int, timeout: float, vs: dict[str, SdpOptions]) -> list[dict]:
 
 
 def scaling(widths: list[int], timeout: float, vs: dict[str, SdpOptions]) -> list[dict]:
-    from verifiers.base import Query
-    from verifiers.falsify import search
+    from lumpver.verifiers.base import Query
+    from lumpver.verifiers.falsify import search
 
     rows = []
     for w in widths:

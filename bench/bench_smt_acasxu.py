@@ -39,11 +39,11 @@ NOTES: dict = {}
 
 
 def run_verify(model, prop, backend, timeout, reduce=False):
-    from lumpver.verify import verify_property
+    from lumpver.api.verify import verify_property
 
     t = time.perf_counter()
     r = verify_property(model, prop, backend=backend, reduce=reduce, timeout=timeout)
-    if reduce:  # where the reduced pipeline's time went (lumpver.reduce_verify)
+    if reduce:  # where the reduced pipeline's time went (lumpver.api.reduce_verify)
         NOTES[(Path(model).name, Path(prop).name)] = [
             {k: c.get(k) for k in ("verdict", "backend", "open_leaves", "closed_by_bounds", "seconds_split_reduce_backend")}
             | {"leaves": len(c.get("reduced_to", [])), "mean_kept": round(float(np.mean(c["reduced_to"])), 1) if c.get("reduced_to") else None}
@@ -91,11 +91,11 @@ def bench_properties(args) -> list[str]:
 
 
 def bench_equivalence(args) -> list[str]:
-    from lumpver.inputset import InputSet
-    from lumpver.onnx_import import load_onnx
-    from lumpver.vnnlib import read_vnnlib
-    from verifiers.base import Query
-    from verifiers.smt import SmtBackend, SmtOptions
+    from lumpver.specs.inputset import InputSet
+    from lumpver.ir.onnx_import import load_onnx
+    from lumpver.specs.vnnlib import read_vnnlib
+    from lumpver.verifiers.base import Query
+    from lumpver.verifiers.smt import SmtBackend, SmtOptions
 
     region = read_vnnlib(ACAS / "vnnlib" / "prop_1.vnnlib").cases[0].region
     lines = ["| network | ours | ours s | naive all-ite | naive s | boxes | z3 calls |", "|---|---|---|---|---|---|---|"]
@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--equiv", type=int, default=3, help="networks for the float16 equivalence part (0 = skip)")
     ap.add_argument("--no-marabou", action="store_true")
-    ap.add_argument("--reduce", action="store_true", help="also --reduce + Marabou (lumpver.onset)")
+    ap.add_argument("--reduce", action="store_true", help="also --reduce + Marabou (lumpver.reductions.onset)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory():
         lines = ["### ACAS Xu properties"] + bench_properties(args)

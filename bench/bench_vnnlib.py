@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from lumpver.vnnlib import parse_vnnlib, read_vnnlib  # noqa: E402
+from lumpver.specs.vnnlib import parse_vnnlib, read_vnnlib  # noqa: E402
 
 
 def write_bounds(path: Path, atoms: int, rng: np.random.Generator) -> int:

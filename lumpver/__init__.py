@@ -28,19 +28,19 @@ __all__ = [
 
 def __getattr__(name: str):  # lazy imports keep `import lumpver` (and the CLI) fast
     if name in ("InputOp", "Layer", "Network"):
-        from lumpver import model
+        from lumpver.ir import network as model
 
         return getattr(model, name)
     if name == "load_onnx":
-        from lumpver.onnx_import import load_onnx
+        from lumpver.ir.onnx_import import load_onnx
 
         return load_onnx
     if name == "save_onnx":
-        from lumpver.onnx_export import save_onnx
+        from lumpver.ir.onnx_export import save_onnx
 
         return save_onnx
     if name == "exact_lump":
-        from lumpver.lumping import exact_lump
+        from lumpver.reductions.exact import exact_lump
 
         return exact_lump
     raise AttributeError(name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from lumpver.model import Network
+from lumpver.ir.network import Network
 
 
 class _Program:

@@ -10,16 +10,16 @@ import sys
 import numpy as np
 import pytest
 
-from lumpver.approx import _obs_costs, approximate_quotient, kept_after, reduce_approx_to_files, refit_pruned, \
+from lumpver.reductions.approx import _obs_costs, approximate_quotient, kept_after, reduce_approx_to_files, refit_pruned, \
     removal_order
-from lumpver.certificate import CheckContext
-from lumpver.certify import Chain, expand_pruned, sample_points, twin_of
-from lumpver.certify_check import check_interval_evidence
-from lumpver.inputset import Box, InputSet
-from lumpver.model import Layer, Network
-from lumpver.onnx_export import save_onnx
-from lumpver.onset import reduce_on_set
-from lumpver.runtime import run_onnx
+from lumpver.certificates.format import CheckContext
+from lumpver.reductions.certify import Chain, expand_pruned, sample_points, twin_of
+from lumpver.certificates.bounded_interval import check_interval_evidence
+from lumpver.specs.inputset import Box, InputSet
+from lumpver.ir.network import Layer, Network
+from lumpver.ir.onnx_export import save_onnx
+from lumpver.reductions.onset import reduce_on_set
+from lumpver.ir.runtime import run_onnx
 
 
 def _planted(rng) -> Network:
@@ -169,8 +169,8 @@ def test_pruned_twin_equals_pruned_network(rng):
 
 
 def test_acasxu_prop3_certified_and_sampled(shared_data, tmp_path):
-    from lumpver.inputsets import load_input_set
-    from lumpver.onnx_import import load_onnx
+    from lumpver.specs.load import load_input_set
+    from lumpver.ir.onnx_import import load_onnx
 
     model = shared_data / "acasxu" / "onnx" / "ACASXU_run2a_3_3_batch_2000.onnx"
     f = load_onnx(model)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lumpver.batch import GRACE, read_instances, run_batch
+from lumpver.api.batch import GRACE, read_instances, run_batch
 from lumpver.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_parallel_timeouts_and_summary(tmp_path):
     assert res.outcomes[3].seconds < 1 + GRACE + 3 and wall < 1 + GRACE + 6
     # the three 0.5 s instances ran side by side with the slow one
     assert wall < sum(o.seconds for o in res.outcomes)
-    from lumpver.onnx_import import load_onnx
+    from lumpver.ir.onnx_import import load_onnx
 
     n = load_onnx(tmp_path / "net.onnx").n_hidden
     with open(tmp_path / "out" / "summary.csv") as f:
@@ -124,7 +124,7 @@ def test_reduced_size_read_from_worker_side_file(tmp_path):
     """The size column takes the largest reduced size over cases and sub-boxes, whatever form a case uses."""
     import json
 
-    from lumpver.batch import _neurons_after
+    from lumpver.api.batch import _neurons_after
 
     res = tmp_path / "r.txt"
     side = tmp_path / "r.txt.json"

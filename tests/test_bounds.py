@@ -1,4 +1,4 @@
-"""Bound propagation (lumpver.bounds): soundness against sampled forward passes and onnxruntime,
+"""Bound propagation (lumpver.bounds.engine): soundness against sampled forward passes and onnxruntime,
 tightness ordering interval >= CROWN >= CROWN+LP, splitting helpers."""
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lumpver.bounds import bisect_box, compute_bounds, hull_bounds, interval_bounds, split_box
-from lumpver.bounds_split import leaves_from_tree, set_bounds
-from lumpver.inputset import Box, InputSet, Polytope
-from lumpver.model import InputOp, Layer, Network
-from lumpver.onnx_import import load_onnx
-from lumpver.runtime import run_onnx
-from lumpver.vnnlib import read_vnnlib
+from lumpver.bounds.engine import bisect_box, compute_bounds, hull_bounds, interval_bounds, split_box
+from lumpver.bounds.split import leaves_from_tree, set_bounds
+from lumpver.specs.inputset import Box, InputSet, Polytope
+from lumpver.ir.network import InputOp, Layer, Network
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.runtime import run_onnx
+from lumpver.specs.vnnlib import read_vnnlib
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 ACAS = DATA / "acasxu"
@@ -26,7 +26,7 @@ def acas(i: int, j: int) -> Path:
 
 
 def pre_activations(net: Network, x: np.ndarray) -> list[np.ndarray]:
-    """Independent float64 forward pass (not using lumpver.bounds) of every layer's z and h."""
+    """Independent float64 forward pass (not using lumpver.bounds.engine) of every layer's z and h."""
     h = x.reshape(len(x), -1).astype(np.float64)
     scale, shift = net.input_affine()
     h = h * scale + shift

@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from lumpver import ltt
-from lumpver.calibration import CalibrationData, load_calibration
-from lumpver.certificate import check_certificate
+from lumpver.reductions import ltt
+from lumpver.specs.calibration import CalibrationData, load_calibration
+from lumpver.certificates.format import check_certificate
 from lumpver.cli import main
-from lumpver.confident import ConfidentConfig, confident_prune, loss_values
+from lumpver.reductions.confident import ConfidentConfig, confident_prune, loss_values
 from lumpver.errors import InputError
 from lumpver.fileio import sha256_file
-from lumpver.model import Network
-from lumpver.onnx_export import save_onnx
-from lumpver.onnx_import import load_onnx
-from lumpver.planted import random_mlp
-from lumpver.pruning import prune_weights
-from lumpver.runtime import run_onnx
+from lumpver.ir.network import Network
+from lumpver.ir.onnx_export import save_onnx
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.planted import random_mlp
+from lumpver.reductions.pruning import prune_weights
+from lumpver.ir.runtime import run_onnx
 
 
 def _teacher(seed: int = 0, widths=(10, 32, 32, 5)) -> Network:
@@ -269,7 +269,7 @@ MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist_
 
 def test_cli_confident_on_mnist_property_boxes(tmp_path):
     """Real network: calibration inputs drawn from the L-inf boxes of two mnist_fc properties."""
-    from lumpver.vnnlib import read_vnnlib
+    from lumpver.specs.vnnlib import read_vnnlib
 
     rng = np.random.default_rng(0)
     xs = [rng.uniform(b.lower, b.upper, size=(100, b.dim))

@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 
-from lumpver.certificate import CheckContext
-from lumpver.certify import expand_pruned, sample_points
-from lumpver.certify_check import check_interval_evidence
-from lumpver.coreset import coreset_prune
-from lumpver.inputset import Box, InputSet
-from lumpver.model import Layer, Network
-from lumpver.onnx_export import save_onnx
-from lumpver.runtime import run_onnx
+from lumpver.certificates.format import CheckContext
+from lumpver.reductions.certify import expand_pruned, sample_points
+from lumpver.certificates.bounded_interval import check_interval_evidence
+from lumpver.reductions.coreset import coreset_prune
+from lumpver.specs.inputset import Box, InputSet
+from lumpver.ir.network import Layer, Network
+from lumpver.ir.onnx_export import save_onnx
+from lumpver.ir.runtime import run_onnx
 
 
 def _net(rng, widths=(3, 12, 10, 2)) -> Network:

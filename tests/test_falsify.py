@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lumpver.inputset import Box, InputSet, Polytope
-from lumpver.planted import random_mlp
-from lumpver.runtime import run_onnx
-from verifiers.base import Query
-from verifiers.falsify import BACKEND, Objective, search
+from lumpver.specs.inputset import Box, InputSet, Polytope
+from lumpver.ir.planted import random_mlp
+from lumpver.ir.runtime import run_onnx
+from lumpver.verifiers.base import Query
+from lumpver.verifiers.falsify import BACKEND, Objective, search
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -62,8 +62,8 @@ def test_violation_inside_polytope_region():
 
 
 def test_test_sat_counterexample_replays_in_onnxruntime():
-    from lumpver.onnx_import import load_onnx
-    from lumpver.vnnlib import read_vnnlib
+    from lumpver.ir.onnx_import import load_onnx
+    from lumpver.specs.vnnlib import read_vnnlib
 
     model = DATA / "test" / "test_sat.onnx"
     net = load_onnx(model)
@@ -77,8 +77,8 @@ def test_test_sat_counterexample_replays_in_onnxruntime():
 
 
 def test_no_false_counterexample_on_safe_property():
-    from lumpver.onnx_import import load_onnx
-    from lumpver.vnnlib import read_vnnlib
+    from lumpver.ir.onnx_import import load_onnx
+    from lumpver.specs.vnnlib import read_vnnlib
 
     net = load_onnx(DATA / "test" / "test_unsat.onnx")
     spec = read_vnnlib(DATA / "test" / "test_prop.vnnlib", net.n_inputs, net.n_outputs)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lumpver.inputset import Box, InputSet
-from lumpver.model import InputOp, Layer, Network
-from lumpver.runtime import run_onnx
+from lumpver.specs.inputset import Box, InputSet
+from lumpver.ir.network import InputOp, Layer, Network
+from lumpver.ir.runtime import run_onnx
 from tests.milp_reference import max_linf_difference
-from verifiers.base import Query, get_backend
-from verifiers.interval import certified_difference_bound
+from lumpver.verifiers.base import Query, get_backend
+from lumpver.verifiers.interval import certified_difference_bound
 
 BACKEND = get_backend("interval")
 
@@ -134,9 +134,9 @@ def test_unsupported_activation_is_unknown(rng):
 
 
 def test_acas_bound_dominates_onnxruntime_differences(shared_data, tmp_path):
-    from lumpver.onnx_export import save_onnx
-    from lumpver.onnx_import import load_onnx
-    from lumpver.vnnlib import read_vnnlib
+    from lumpver.ir.onnx_export import save_onnx
+    from lumpver.ir.onnx_import import load_onnx
+    from lumpver.specs.vnnlib import read_vnnlib
 
     path = shared_data / "acasxu" / "onnx" / "ACASXU_run2a_1_1_batch_2000.onnx"
     f = load_onnx(path)
@@ -157,8 +157,8 @@ def test_acas_bound_dominates_onnxruntime_differences(shared_data, tmp_path):
 
 @pytest.mark.parametrize("name,expected", [("test_unsat", "proved"), ("test_sat", "violated")])
 def test_property_queries_on_shared_tests(shared_data, name, expected):
-    from lumpver.onnx_import import load_onnx
-    from lumpver.vnnlib import read_vnnlib
+    from lumpver.ir.onnx_import import load_onnx
+    from lumpver.specs.vnnlib import read_vnnlib
 
     path = shared_data / "test" / f"{name}.onnx"
     net = load_onnx(path)

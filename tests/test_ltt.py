@@ -1,4 +1,4 @@
-"""p-values and multiple testing of Learn then Test (lumpver.ltt, DESIGN.md §7)."""
+"""p-values and multiple testing of Learn then Test (lumpver.reductions.ltt, DESIGN.md §7)."""
 from __future__ import annotations
 
 import itertools
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.stats import beta as beta_dist
 from scipy.stats import binom
 
-from lumpver import ltt
+from lumpver.reductions import ltt
 
 
 def _binom_cdf_exact(k: int, n: int, a: float) -> float:

@@ -10,15 +10,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
 
-from lumpver.certificate import check_certificate
+from lumpver.certificates.format import check_certificate
 from lumpver.cli import main
-from lumpver.grouping import group_rows, pairwise_group_rows
-from lumpver.lumping import exact_lump
-from lumpver.lumping_check import discrepancy_bound
-from lumpver.onnx_export import save_onnx
-from lumpver.onnx_import import load_onnx
-from lumpver.planted import planted_network
-from lumpver.runtime import run_onnx
+from lumpver.reductions.grouping import group_rows, pairwise_group_rows
+from lumpver.reductions.exact import exact_lump
+from lumpver.certificates.exact import discrepancy_bound
+from lumpver.ir.onnx_export import save_onnx
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.planted import planted_network
+from lumpver.ir.runtime import run_onnx
 
 ACTIVATIONS = ["relu", "leaky_relu", "identity", "tanh", "sigmoid"]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lumpver.inputset import Box, InputSet
-from lumpver.runtime import run_onnx
+from lumpver.specs.inputset import Box, InputSet
+from lumpver.ir.runtime import run_onnx
 from tests.milp_reference import max_linf_difference
 from tests.test_interval_backend import perturbed, random_net
-from verifiers.base import Query, get_backend
-from verifiers.marabou import available
+from lumpver.verifiers.base import Query, get_backend
+from lumpver.verifiers.marabou import available
 
 pytestmark = pytest.mark.skipif(not available(), reason="maraboupy is not installed (optional extra lumpver[marabou])")
 
@@ -18,13 +18,13 @@ BACKEND = get_backend("marabou")
 
 
 def _case(shared_data):
-    from lumpver.vnnlib import read_vnnlib
+    from lumpver.specs.vnnlib import read_vnnlib
 
     return read_vnnlib(shared_data / "test" / "test_prop.vnnlib").cases[0]
 
 
 def test_sat_instance_is_violated_with_replayed_counterexample(shared_data):
-    from lumpver.onnx_import import load_onnx
+    from lumpver.ir.onnx_import import load_onnx
 
     path = shared_data / "test" / "test_sat.onnx"
     case = _case(shared_data)
@@ -35,7 +35,7 @@ def test_sat_instance_is_violated_with_replayed_counterexample(shared_data):
 
 
 def test_unsat_instance_is_proved(shared_data):
-    from lumpver.onnx_import import load_onnx
+    from lumpver.ir.onnx_import import load_onnx
 
     case = _case(shared_data)
     v = BACKEND.check(Query(load_onnx(shared_data / "test" / "test_unsat.onnx"), InputSet([case.region]),
@@ -44,8 +44,8 @@ def test_unsat_instance_is_proved(shared_data):
 
 
 def test_tiny_timeout_is_unknown(shared_data):
-    from lumpver.onnx_import import load_onnx
-    from lumpver.vnnlib import read_vnnlib
+    from lumpver.ir.onnx_import import load_onnx
+    from lumpver.specs.vnnlib import read_vnnlib
 
     net = load_onnx(shared_data / "acasxu" / "onnx" / "ACASXU_run2a_1_1_batch_2000.onnx")
     case = read_vnnlib(shared_data / "acasxu" / "vnnlib" / "prop_1.vnnlib").cases[0]
@@ -57,8 +57,8 @@ def test_tiny_timeout_is_unknown(shared_data):
 
 def test_disjunctive_unsafe_set(shared_data):
     """Two disjuncts (the real one and an impossible one): same answers as the single one."""
-    from lumpver.inputset import OutputProperty
-    from lumpver.onnx_import import load_onnx
+    from lumpver.specs.inputset import OutputProperty
+    from lumpver.ir.onnx_import import load_onnx
 
     case = _case(shared_data)
     A, b = case.unsafe.disjuncts[0]

@@ -9,9 +9,9 @@ import onnx
 import pytest
 
 from lumpver.errors import InputError
-from lumpver.onnx_export import network_to_onnx, save_onnx
-from lumpver.onnx_import import load_onnx
-from lumpver.runtime import run_onnx
+from lumpver.ir.onnx_export import network_to_onnx, save_onnx
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.runtime import run_onnx
 from tests import onnx_builders as ob
 
 
@@ -132,7 +132,7 @@ def test_networkx_view_matches_arrays(shared_data):
 
 
 def test_export_checker_passes_for_planted():
-    from lumpver.planted import planted_network
+    from lumpver.ir.planted import planted_network
 
     m = network_to_onnx(planted_network(seed=1).network)
     onnx.checker.check_model(m, full_check=True)

@@ -1,4 +1,4 @@
-"""On-set exact reduction (lumpver.onset) and its checker (lumpver.onset_check).
+"""On-set exact reduction (lumpver.reductions.onset) and its checker (lumpver.certificates.onset).
 
 The reduced models are compared with the originals under onnxruntime on thousands of points of
 the input set (corners included); certificates must re-check, and must fail when the input
@@ -13,15 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lumpver.bounds import compute_bounds
-from lumpver.certificate import check_certificate
-from lumpver.planted import random_mlp
-from lumpver.inputset import Box, InputSet, Polytope
-from lumpver.onnx_export import save_onnx
-from lumpver.onnx_import import load_onnx
-from lumpver.onset import reduce_on_set, reduce_on_set_to_files
-from lumpver.runtime import run_onnx
-from lumpver.vnnlib import read_vnnlib
+from lumpver.bounds.engine import compute_bounds
+from lumpver.certificates.format import check_certificate
+from lumpver.ir.planted import random_mlp
+from lumpver.specs.inputset import Box, InputSet, Polytope
+from lumpver.ir.onnx_export import save_onnx
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.reductions.onset import reduce_on_set, reduce_on_set_to_files
+from lumpver.ir.runtime import run_onnx
+from lumpver.specs.vnnlib import read_vnnlib
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 ACAS = DATA / "acasxu"

@@ -1,4 +1,4 @@
-"""Deterministic magnitude pruning (lumpver.pruning) and ``lumpver prune --method magnitude``."""
+"""Deterministic magnitude pruning (lumpver.reductions.pruning) and ``lumpver prune --method magnitude``."""
 from __future__ import annotations
 
 import math
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from lumpver.cli import main
-from lumpver.model import Layer, Network
-from lumpver.onnx_export import save_onnx
-from lumpver.onnx_import import load_onnx
-from lumpver.pruning import magnitude_prune, prune_neurons, prune_weights, sparsity, weight_masks
-from lumpver.runtime import run_onnx
+from lumpver.ir.network import Layer, Network
+from lumpver.ir.onnx_export import save_onnx
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.reductions.pruning import magnitude_prune, prune_neurons, prune_weights, sparsity, weight_masks
+from lumpver.ir.runtime import run_onnx
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 ACAS = DATA / "acasxu" / "onnx" / "ACASXU_run2a_1_1_batch_2000.onnx"

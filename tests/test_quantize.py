@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lumpver.certificate import CheckContext
-from lumpver.certify import sample_points
-from lumpver.certify_check import check_interval_evidence
-from lumpver.inputset import Box, InputSet
-from lumpver.model import Layer, Network
-from lumpver.onnx_export import save_onnx
-from lumpver.onnx_import import load_onnx
-from lumpver.quantize import qdq_model, quantize_network, quantize_weight, save_quantized
-from lumpver.runtime import run_onnx
+from lumpver.certificates.format import CheckContext
+from lumpver.reductions.certify import sample_points
+from lumpver.certificates.bounded_interval import check_interval_evidence
+from lumpver.specs.inputset import Box, InputSet
+from lumpver.ir.network import Layer, Network
+from lumpver.ir.onnx_export import save_onnx
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.reductions.quantize import qdq_model, quantize_network, quantize_weight, save_quantized
+from lumpver.ir.runtime import run_onnx
 
 
 def _net(rng, widths=(4, 16, 16, 3)) -> Network:

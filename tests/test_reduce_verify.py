@@ -1,4 +1,4 @@
-"""`verify --reduce` pipeline (lumpver.reduce_verify), the falsifier's restart rounds on a narrow
+"""`verify --reduce` pipeline (lumpver.api.reduce_verify), the falsifier's restart rounds on a narrow
 real counterexample, and `compare --backend auto` carrying the best certified upper bound.
 Answers are checked against a HiGHS MILP maximum, onnxruntime replays and sampling."""
 from __future__ import annotations
@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lumpver.inputset import Box, InputSet, OutputProperty
-from lumpver.model import Layer, Network
-from lumpver.reduce_verify import ReduceOptions, verify_case_reduced, widen
-from lumpver.runtime import run_onnx
+from lumpver.specs.inputset import Box, InputSet, OutputProperty
+from lumpver.ir.network import Layer, Network
+from lumpver.api.reduce_verify import ReduceOptions, verify_case_reduced, widen
+from lumpver.ir.runtime import run_onnx
 from tests.milp_reference import max_difference
-from verifiers.base import Query, Verdict, get_backend
+from lumpver.verifiers.base import Query, Verdict, get_backend
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 ACAS = DATA / "acasxu"
@@ -110,9 +110,9 @@ def test_non_replaying_counterexample_seeds_search_on_original():
 
 def test_falsifier_restarts_find_narrow_acasxu_counterexample():
     """ACAS Xu 1_2 prop_2 (sat, unsafe margin ~7e-4 wide): found within 5 s, replayed by onnxruntime."""
-    from lumpver.onnx_import import load_onnx
-    from lumpver.vnnlib import read_vnnlib
-    from verifiers import falsify
+    from lumpver.ir.onnx_import import load_onnx
+    from lumpver.specs.vnnlib import read_vnnlib
+    from lumpver.verifiers import falsify
 
     model = ACAS / "onnx" / "ACASXU_run2a_1_2_batch_2000.onnx"
     net = load_onnx(model)
@@ -131,8 +131,8 @@ def test_compare_auto_keeps_best_certified_upper_bound(tmp_path):
     """f vs a perturbed copy, epsilon just above the exact (MILP) maximum difference: no stage can
     refute it; whatever the final stage says, ``upper_bound`` is a certified bound found by some
     stage (the interval stage always has one), hence at least the exact maximum."""
-    from lumpver.compare import compare_models
-    from lumpver.onnx_export import save_onnx
+    from lumpver.api.compare import compare_models
+    from lumpver.ir.onnx_export import save_onnx
     from tests.milp_reference import max_linf_difference
 
     f = random_net(7, d=2, w=10)

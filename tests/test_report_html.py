@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lumpver import plots
-from lumpver.onnx_import import load_onnx
-from lumpver.report import document_from_certificate, figures, to_html, write_report
+from lumpver.reports import plots
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.reports.render import document_from_certificate, figures, to_html, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 _FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -62,7 +62,7 @@ def _check_in_browser(html_file: Path, n_figures: int, tmp_path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from lumpver.run import run_spec
+    from lumpver.api.run import run_spec
 
     return run_spec(ROOT / "specs" / "demo.toml", tmp_path_factory.mktemp("html") / "demo", quiet=True)
 
@@ -106,8 +106,8 @@ def test_class_size_counts_match_reduced_model(demo):
 
 
 def _statistical_cert() -> dict:
-    """A statistical certificate as confident pruning writes it (evidence fields of lumpver.confident)."""
-    from lumpver.ltt import binomial_pvalue
+    """A statistical certificate as confident pruning writes it (evidence fields of lumpver.reductions.confident)."""
+    from lumpver.reductions.ltt import binomial_pvalue
 
     grid = [0.1, 0.3, 0.5, 0.7, 0.9]
     n, alpha, delta = 400, 0.1, 0.05

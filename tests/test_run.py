@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lumpver.certificate import check_certificate
+from lumpver.certificates.format import check_certificate
 from lumpver.errors import InputError
-from lumpver.onnx_import import load_onnx
-from lumpver.runtime import run_onnx
-from lumpver.spec import load_spec
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.runtime import run_onnx
+from lumpver.specs.runspec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"
@@ -34,7 +34,7 @@ def test_demo_spec_is_self_contained():
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    from lumpver.run import run_spec
+    from lumpver.api.run import run_spec
 
     out = tmp_path_factory.mktemp("run") / "demo"
     return run_spec(SPECS / "demo.toml", out, quiet=True)
@@ -100,7 +100,7 @@ def test_demo_backends_sound(demo_run):
 
 def test_other_self_contained_specs_run(tmp_path):
     """Every other self-contained spec in specs/ runs end to end (the demo has its own tests)."""
-    from lumpver.run import run_spec
+    from lumpver.api.run import run_spec
 
     for k, spec_path in enumerate(p for p in SELF_CONTAINED if p.name != "demo.toml"):
         out = tmp_path / f"out{k}"
@@ -121,7 +121,7 @@ def _spec(tmp_path: Path, body: str) -> Path:
 def test_failing_step_leaves_nothing(tmp_path):
     """A step that fails (approx with an epsilon no reduction can meet) leaves the output folder as it was."""
     from lumpver.errors import LumpverError
-    from lumpver.run import run_spec
+    from lumpver.api.run import run_spec
 
     spec = _spec(tmp_path, '[input_set]\ntype = "box"\nlower = -0.1\nupper = 0.1\n'
                            '[tolerance]\nnorm = "linf"\nepsilon = 0.0\n'
@@ -136,7 +136,7 @@ def test_failing_step_leaves_nothing(tmp_path):
 
 
 def test_missing_method_is_exit_2(tmp_path, monkeypatch):
-    from lumpver import run as run_mod
+    from lumpver.api import run as run_mod
 
     monkeypatch.setitem(run_mod._METHOD_MODULES, "quantize", "lumpver.no_such_module")
     spec = _spec(tmp_path, '[[reductions]]\nmethod = "quantize"\nbits = 8\n')

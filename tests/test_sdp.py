@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lumpver.inputset import Box, InputSet
-from lumpver.model import Network
-from lumpver.planted import random_mlp
+from lumpver.specs.inputset import Box, InputSet
+from lumpver.ir.network import Network
+from lumpver.ir.planted import random_mlp
 from tests.milp_reference import max_linf_difference
-from verifiers.sdp import BACKEND, SdpOptions, sdp_bound
+from lumpver.verifiers.sdp import BACKEND, SdpOptions, sdp_bound
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def test_each_sdp_value_never_below_milp(seed, case):
 
 
 def test_splitting_tightens_and_paths_cover():
-    from verifiers.sdp_split import paths_cover
+    from lumpver.verifiers.sdp_split import paths_cover
 
     assert paths_cover(["L", "RL", "RR"]) and paths_cover([""])
     assert not paths_cover(["L", "RL"]) and not paths_cover(["L", "L", "R"]) and not paths_cover(["L", "LR", "R"])
@@ -131,10 +131,10 @@ def test_l2_bound_and_union_of_regions():
 
 
 def test_float32_error_bound_covers_onnxruntime(tmp_path):
-    from lumpver.bounds import compute_bounds
-    from lumpver.onnx_export import save_onnx
-    from lumpver.runtime import run_onnx
-    from verifiers.sdp_float import float32_error
+    from lumpver.bounds.engine import compute_bounds
+    from lumpver.ir.onnx_export import save_onnx
+    from lumpver.ir.runtime import run_onnx
+    from lumpver.bounds.float_error import float32_error
 
     rng = np.random.default_rng(5)
     f = random_net(rng, 3, [16, 16], 2, "tanh")
@@ -147,7 +147,7 @@ def test_float32_error_bound_covers_onnxruntime(tmp_path):
 
 
 def test_numerical_recheck_failure_gives_unknown(monkeypatch):
-    import verifiers.sdp_solve as solve_mod
+    import lumpver.verifiers.sdp_solve as solve_mod
 
     rng = np.random.default_rng(11)
     f = random_net(rng, 2, [5], 1)
@@ -164,14 +164,14 @@ def test_numerical_recheck_failure_gives_unknown(monkeypatch):
     res = sdp_bound(f, g, X, "linf", SdpOptions(), timeout=60)
     exact, _ = max_linf_difference(f, g, -np.ones(2), np.ones(2))
     assert (not res.certified and "doubt" in res.reason) or res.upper_bound >= exact
-    from verifiers.base import Query
+    from lumpver.verifiers.base import Query
 
     v = BACKEND.check(Query(f, X, other=g, epsilon=1e9, timeout=30))
     assert v.verdict == "unknown" if not res.certified else v.verdict == "proved"
 
 
 def test_backend_verdicts():
-    from verifiers.base import Query
+    from lumpver.verifiers.base import Query
 
     rng = np.random.default_rng(12)
     f = random_net(rng, 2, [6], 1)
@@ -193,8 +193,8 @@ def _cli(*args) -> subprocess.CompletedProcess:
 
 
 def test_cli_bound_certificate_and_tampering(tmp_path):
-    from lumpver.onnx_export import save_onnx
-    from lumpver.runtime import run_onnx
+    from lumpver.ir.onnx_export import save_onnx
+    from lumpver.ir.runtime import run_onnx
 
     rng = np.random.default_rng(21)
     f = random_net(rng, 2, [6], 1)

@@ -6,10 +6,10 @@ import itertools
 import numpy as np
 import pytest
 
-from lumpver.inputset import Box, InputSet
-from lumpver.planted import random_mlp
-from verifiers.base import Query
-from verifiers.smt import SmtBackend, SmtOptions
+from lumpver.specs.inputset import Box, InputSet
+from lumpver.ir.planted import random_mlp
+from lumpver.verifiers.base import Query
+from lumpver.verifiers.smt import SmtBackend, SmtOptions
 
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from lumpver.errors import InputError
-from lumpver.inputset import Box, Polytope
-from lumpver.inputsets import load_input_set
-from lumpver.spec import load_spec
-from lumpver.vnnlib import read_vnnlib
+from lumpver.specs.inputset import Box, Polytope
+from lumpver.specs.load import load_input_set
+from lumpver.specs.runspec import load_spec
+from lumpver.specs.vnnlib import read_vnnlib
 
 try:
     import tomllib

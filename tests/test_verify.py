@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from lumpver.cli import main
-from lumpver.inputset import Box
-from lumpver.model import Layer, Network
-from lumpver.runtime import run_onnx
+from lumpver.specs.inputset import Box
+from lumpver.ir.network import Layer, Network
+from lumpver.ir.runtime import run_onnx
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 ACAS = DATA / "acasxu"
@@ -27,7 +27,7 @@ def parse_result(text: str) -> tuple[str, np.ndarray, np.ndarray]:
 
 
 def check_witness(model: Path, prop: Path, x: np.ndarray, y_claimed: np.ndarray | None = None, tol: float = 1e-9) -> None:
-    from lumpver.vnnlib import read_vnnlib
+    from lumpver.specs.vnnlib import read_vnnlib
 
     spec = read_vnnlib(prop)
     y = run_onnx(model, x)[0]
@@ -94,7 +94,7 @@ def test_tiny_timeout_gives_timeout_or_unknown(capsys):
 
 # ----- compare ---------------------------------------------------------------------------------
 def _pair(tmp_path, n_in=2, shift=0.3):
-    from lumpver.onnx_export import save_onnx
+    from lumpver.ir.onnx_export import save_onnx
 
     rng = np.random.default_rng(0)
     f = Network([Layer(rng.normal(size=(6, n_in)).astype(np.float32), rng.normal(size=6).astype(np.float32), "relu"),
@@ -135,7 +135,7 @@ def test_compare_violated_and_proved(tmp_path, capsys):
 
 
 def test_compare_size_mismatch_is_exit_2(tmp_path, capsys):
-    from lumpver.onnx_export import save_onnx
+    from lumpver.ir.onnx_export import save_onnx
 
     _, _, a, _, spec = _pair(tmp_path)
     other = Network([Layer(np.ones((3, 2)), np.zeros(3), "identity")])

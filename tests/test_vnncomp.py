@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lumpver.runtime import run_onnx
+from lumpver.ir.runtime import run_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 VNNCOMP = ROOT / "vnncomp"
@@ -82,7 +82,7 @@ def test_unsat(tmp_path):
 
 def test_widened_set_contains_neighbours():
     """If y is unsafe for f and |y' - y|_inf <= d, then y' is in the widened set the reduced network is checked on."""
-    from lumpver.inputset import OutputProperty
+    from lumpver.specs.inputset import OutputProperty
 
     rng = np.random.default_rng(3)
     for _ in range(200):

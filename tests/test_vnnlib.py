@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lumpver.errors import InputError
-from lumpver.inputset import Box, Polytope
-from lumpver.vnnlib import parse_vnnlib, read_vnnlib
+from lumpver.specs.inputset import Box, Polytope
+from lumpver.specs.vnnlib import parse_vnnlib, read_vnnlib
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from lumpver.errors import InputError
-from lumpver.inputset import Box
-from lumpver.vnnlib import parse_vnnlib
-from lumpver.vnnlib_fast import fast_parse
+from lumpver.specs.inputset import Box
+from lumpver.specs.vnnlib import parse_vnnlib
+from lumpver.specs.vnnlib_fast import fast_parse
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -222,7 +222,7 @@ def test_large_mixed_file_on_the_fast_path():
 @pytest.mark.parametrize("chunk", [1, 7, 64])
 def test_tokenizer_chunk_boundaries(monkeypatch, chunk: int):
     """Tiny chunks put chunk boundaries inside words, between parentheses and at whitespace."""
-    import lumpver.vnnlib_fast as fast
+    import lumpver.specs.vnnlib_fast as fast
 
     rng = np.random.default_rng(chunk)
     texts = [Gen(rng).text() for _ in range(25)]

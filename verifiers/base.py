@@ -16,8 +16,8 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
-from lumpver.inputset import InputSet, OutputProperty
-from lumpver.model import Network
+from lumpver.specs.inputset import InputSet, OutputProperty
+from lumpver.ir.network import Network
 
 VERDICTS = ("proved", "violated", "unknown")
 NORMS = ("linf", "l1", "l2", "top1")
@@ -82,11 +82,11 @@ class Backend(Protocol):
 
 #: back-end name -> "module:attribute"; modules are imported only when asked for.
 REGISTRY = {
-    "interval": "verifiers.interval:BACKEND",
-    "smt": "verifiers.smt:BACKEND",
-    "sdp": "verifiers.sdp:BACKEND",
-    "falsify": "verifiers.falsify:BACKEND",
-    "marabou": "verifiers.marabou:BACKEND",
+    "interval": "lumpver.verifiers.interval:BACKEND",
+    "smt": "lumpver.verifiers.smt:BACKEND",
+    "sdp": "lumpver.verifiers.sdp:BACKEND",
+    "falsify": "lumpver.verifiers.falsify:BACKEND",
+    "marabou": "lumpver.verifiers.marabou:BACKEND",
 }
 
 

@@ -1,6 +1,6 @@
 """Falsifier: random sampling, then gradient-guided search (PGD) over the input set (DESIGN.md §5).
 
-The core works on :class:`~lumpver.model.Network` objects only. For an equivalence query it
+The core works on :class:`~lumpver.ir.network.Network` objects only. For an equivalence query it
 maximises ``||f(x) - g(x)||`` (norms linf, l1, l2, and top1 = top-1 disagreement); for a
 property query it maximises the violation margin of the unsafe output set. Gradients are
 exact local gradients (vector-Jacobian products through the activation pattern for
@@ -20,9 +20,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from lumpver.inputset import Box, InputSet, OutputProperty, Polytope, Region
-from lumpver.model import Network
-from verifiers.base import Query, Verdict
+from lumpver.specs.inputset import Box, InputSet, OutputProperty, Polytope, Region
+from lumpver.ir.network import Network
+from lumpver.verifiers.base import Query, Verdict
 
 #: Tolerance (absolute) for a point to count as inside a polytope region.
 CONTAINS_TOL = 1e-9

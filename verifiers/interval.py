@@ -1,7 +1,7 @@
 """The ``interval`` back-end: differential bound propagation with input splitting (DESIGN.md §5).
 
 Equivalence queries: branch and bound over the input box. Each sub-box gets sound per-output
-bounds of ``f - g`` (:mod:`verifiers.interval_diff`); boxes whose norm bound exceeds epsilon are
+bounds of ``f - g`` (:mod:`lumpver.bounds.diff`); boxes whose norm bound exceeds epsilon are
 split along the input with the largest influence (|symbolic coefficient| x width). ``proved``
 when every sub-box is within epsilon; otherwise ``unknown`` with the best certified
 ``upper_bound``. ``violated`` only when a sampled point shows a violation in both float64 and
@@ -20,11 +20,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from lumpver.inputset import Box, InputSet, OutputProperty, Polytope
-from lumpver.model import Network
-from verifiers.base import Query, Verdict
-from verifiers.interval_diff import difference_bounds
-from verifiers.interval_engine import ROUNDING_NOTE, Prepared, layer_bounds, objective_bounds, prepare
+from lumpver.specs.inputset import Box, InputSet, OutputProperty, Polytope
+from lumpver.ir.network import Network
+from lumpver.verifiers.base import Query, Verdict
+from lumpver.bounds.diff import difference_bounds
+from lumpver.bounds.linear_engine import ROUNDING_NOTE, Prepared, layer_bounds, objective_bounds, prepare
 
 MAX_EVIDENCE_BOXES = 2000
 DEFAULT_MAX_SPLITS = 5000
@@ -80,7 +80,7 @@ def point_distance(yf: np.ndarray, yg: np.ndarray, norm: str) -> np.ndarray:
     """Observed ``||f(x) - g(x)||`` per row (top1: 1.0 where the argmaxes differ)."""
     if norm == "top1":
         return (np.argmax(yf, axis=1) != np.argmax(yg, axis=1)).astype(float)
-    from verifiers.falsify import norm_value
+    from lumpver.verifiers.falsify import norm_value
 
     return norm_value(yf - yg, norm)
 

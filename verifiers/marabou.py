@@ -1,7 +1,7 @@
 """The ``marabou`` back-end: the Marabou solver through maraboupy (DESIGN.md §5; optional extra
 ``lumpver[marabou]``).
 
-The network is encoded straight from the :class:`~lumpver.model.Network` IR with
+The network is encoded straight from the :class:`~lumpver.ir.network.Network` IR with
 maraboupy's query builder (no ONNX round trip): raw input variables, the input ops folded into
 the first affine layer, one equation per neuron, ReLU/LeakyReLU/sigmoid constraints.
 
@@ -30,9 +30,9 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from lumpver.inputset import Box, InputSet, OutputProperty, Polytope
-from lumpver.model import Network
-from verifiers.base import Query, Verdict
+from lumpver.specs.inputset import Box, InputSet, OutputProperty, Polytope
+from lumpver.ir.network import Network
+from lumpver.verifiers.base import Query, Verdict
 
 NAME = "marabou"
 STRICT_GAP = 1e-6  # a sat exactly at epsilon is re-asked at epsilon + STRICT_GAP (1 + epsilon)
@@ -309,8 +309,8 @@ def check_equivalence(q: Query) -> Verdict:
 
 def _seeded_search(q: Query, region, seed: Optional[np.ndarray], deadline: float) -> Optional[Verdict]:
     """A short falsifier run started at Marabou's near-miss: a replayed violation, or None."""
-    from lumpver.inputset import InputSet
-    from verifiers import falsify
+    from lumpver.specs.inputset import InputSet
+    from lumpver.verifiers import falsify
 
     budget = min(2.0, max(0.0, deadline - time.perf_counter()))
     if seed is None or budget <= 0:

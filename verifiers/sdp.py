@@ -1,17 +1,17 @@
 """SDP back-end: certified worst-case error bounds of two networks (DESIGN.md §5, SDP).
 
 After Li, Drummond and Duncan (arXiv 2012.00138): lift both networks into
-``zeta = [x; unstable activations of f; of g; 1]`` (:mod:`verifiers.sdp_lift`), describe the
+``zeta = [x; unstable activations of f; of g; 1]`` (:mod:`lumpver.verifiers.sdp_lift`), describe the
 input set and every activation by quadratic constraints, and find S-procedure multipliers
-that make ``target(zeta) <= t`` follow from them (one LMI per target, :mod:`verifiers.sdp_solve`).
+that make ``target(zeta) <= t`` follow from them (one LMI per target, :mod:`lumpver.verifiers.sdp_solve`).
 Targets: for L-inf/L1 the linear functions ``+-(f_i - g_i)`` (two LMIs per output; linear
 targets are never looser than the squared ones), for L2 ``||f - g||^2``. Every solver answer is
-re-checked without a solver (:mod:`verifiers.sdp_certify`) and widened soundly, or refused
-(``unknown``). The float32 evaluation error (:mod:`verifiers.sdp_float`) is added, so the bound
+re-checked without a solver (:mod:`lumpver.verifiers.sdp_certify`) and widened soundly, or refused
+(``unknown``). The float32 evaluation error (:mod:`lumpver.bounds.float_error`) is added, so the bound
 holds for the float32 models as run by onnxruntime. Unions of regions: the maximum.
 
 Scaling and tightness: each region is covered by bisected sub-boxes (*leaves*,
-:mod:`verifiers.sdp_split`); a leaf gets a cheap interval bound and an SDP only when its
+:mod:`lumpver.verifiers.sdp_split`); a leaf gets a cheap interval bound and an SDP only when its
 matrix is small (``max_d``) and its cheap bound could raise the total; the worst leaf is
 bisected while time and ``max_leaves`` allow (branch and bound). The evidence stores, per
 leaf, its path and per target either ``"method": "sdp"`` with the multipliers or
@@ -28,9 +28,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lumpver.inputset import InputSet
-from lumpver.model import Network
-from verifiers.base import Query, Verdict
+from lumpver.specs.inputset import InputSet
+from lumpver.ir.network import Network
+from lumpver.verifiers.base import Query, Verdict
 
 NORMS = ("linf", "l1", "l2")
 
@@ -107,7 +107,7 @@ class LeafProblem:
     _maps: Any = None
 
     def maps(self):
-        from verifiers.sdp_certify import build_maps
+        from lumpver.verifiers.sdp_certify import build_maps
 
         if self._maps is None:
             self._maps = build_maps(self.lift)
@@ -116,10 +116,10 @@ class LeafProblem:
 
 def region_problem(f: Network, g: Network, region, options: SdpOptions, max_lift: float = np.inf) -> LeafProblem:
     """Bounds, lift (only if ``d <= max_lift``), float32 error and cheap target values of one region."""
-    from lumpver.bounds import compute_bounds, region_box
-    from verifiers.sdp_float import float32_error
-    from verifiers.sdp_lift import build_lift
-    from verifiers.sdp_split import cheap_values
+    from lumpver.bounds.engine import compute_bounds, region_box
+    from lumpver.bounds.float_error import float32_error
+    from lumpver.verifiers.sdp_lift import build_lift
+    from lumpver.verifiers.sdp_split import cheap_values
 
     fb = compute_bounds(f, region, options.bounds_method, options.bounds_lp)
     gb = compute_bounds(g, region, options.bounds_method, options.bounds_lp)
@@ -133,7 +133,7 @@ def region_problem(f: Network, g: Network, region, options: SdpOptions, max_lift
 
 def lifted_size(f: Network, g: Network, fb, gb) -> int:
     """The lifted matrix size ``d`` (inputs + unstable neurons + 1) without building the lift."""
-    from verifiers.sdp_lift import _layer_stab
+    from lumpver.verifiers.sdp_lift import _layer_stab
 
     unstable = sum(int(np.sum(_layer_stab(n, b, k) == 0)) for n, b in ((f, fb), (g, gb)) for k in range(len(n.layers)))
     return f.n_inputs + unstable + 1
@@ -146,7 +146,7 @@ def sdp_bound(f: Network, g: Network, input_set: InputSet, norm: str = "linf",
 
     Refinement stops early once the bound is ``<= stop_below`` (when given). A time limit
     during refinement still returns the sound bound reached so far."""
-    from verifiers.sdp_split import refine_region
+    from lumpver.verifiers.sdp_split import refine_region
 
     options = options or SdpOptions()
     t0 = time.perf_counter()
@@ -221,7 +221,7 @@ class SdpBackend:
     def _falsify(self, query: Query):
         from dataclasses import replace
 
-        from verifiers.falsify import BACKEND as FALSIFY
+        from lumpver.verifiers.falsify import BACKEND as FALSIFY
 
         q = replace(query, timeout=max(1.0, self.falsify_fraction * query.timeout))
         v = FALSIFY.check(q)
@@ -231,14 +231,14 @@ class SdpBackend:
 BACKEND = SdpBackend()
 
 
-# ----- solver-free re-check of stored evidence (used by lumpver.bounded_check) -------------
+# ----- solver-free re-check of stored evidence (used by lumpver.certificates.bounded) -------------
 def recheck_sdp(f: Network, g: Network, input_set: InputSet, ev: dict, report) -> Optional[float]:
     """Re-verify SDP evidence ``ev`` from the networks, X and the stored multipliers, without a
     solver: check that each region's leaf paths partition it, rebuild every leaf, re-check each
-    stored LMI (:func:`verifiers.sdp_certify.certify`) or recompute the cheap value, recombine.
+    stored LMI (:func:`lumpver.verifiers.sdp_certify.certify`) or recompute the cheap value, recombine.
     Returns the recomputed bound, or None (with the reason in ``report``) when it fails."""
-    from lumpver.bounds import region_box
-    from verifiers.sdp_split import leaf_region, paths_cover
+    from lumpver.bounds.engine import region_box
+    from lumpver.verifiers.sdp_split import leaf_region, paths_cover
 
     norm = ev.get("norm")
     regions = ev.get("regions")
@@ -275,7 +275,7 @@ def recheck_sdp(f: Network, g: Network, input_set: InputSet, ev: dict, report) -
 
 def _recheck_leaf(f: Network, prob: LeafProblem, norm: str, lf: dict, report, where: str):
     """``(leaf bound, number of LMIs checked)`` or ``(None, 0)`` after reporting the failure."""
-    from verifiers.sdp_certify import certify
+    from lumpver.verifiers.sdp_certify import certify
 
     stored = {target_key(t["target"]): t for t in lf.get("targets", [])}
     values, used = {}, 0

@@ -1,6 +1,6 @@
 """The S-procedure matrix and its solver-free re-check (DESIGN.md §5, SDP; §9 evidence).
 
-For a :class:`~verifiers.sdp_lift.Lift` and a *target*, the LMI is
+For a :class:`~lumpver.verifiers.sdp_lift.Lift` and a *target*, the LMI is
 
     M(t, lam, mu) = t E11 - T - sum_j lam_j Q_j - sum_k mu_k P_k  >= 0   (PSD),
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from verifiers.sdp_lift import Lift
+from lumpver.verifiers.sdp_lift import Lift
 
 KAPPA = 1e-10  # relative rounding allowance of every matrix entry (>> n * 2^-53 for these sizes)
 EIG_FACTOR = 8.0

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lumpver.inputset import Box, Polytope
-from lumpver.model import Network
+from lumpver.specs.inputset import Box, Polytope
+from lumpver.ir.network import Network
 
 #: relative/absolute outward widening applied to every propagated bound (float safety).
 BOUND_WIDEN_REL = 1e-9
@@ -115,7 +115,7 @@ def _deriv(act: str):
 
 
 def _act(act: str, z, alpha: float = 0.0):
-    from lumpver.model import apply_activation
+    from lumpver.ir.network import apply_activation
 
     return apply_activation(act, np.asarray(z, dtype=np.float64), alpha)
 
@@ -141,7 +141,7 @@ def build_lift(f: Network, g: Network, region: Box | Polytope, fb, gb, options: 
     """
     opts = {"pair_limit": 16, "cross": True, "input_products": True}
     opts.update(options or {})
-    from lumpver.bounds import region_box
+    from lumpver.bounds.engine import region_box
 
     n0 = f.n_inputs
     box = region_box(region)

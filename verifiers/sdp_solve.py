@@ -1,9 +1,9 @@
 """Solving one S-procedure LMI with cvxpy (DESIGN.md §5, SDP).
 
 ``minimise t  s.t.  M(t, lam, mu) - tau I >= 0, lam >= 0`` with ``M`` from
-:mod:`verifiers.sdp_certify`. The small margin ``tau`` pushes the numerical solution to the
+:mod:`lumpver.verifiers.sdp_certify`. The small margin ``tau`` pushes the numerical solution to the
 strict interior so that the solver-free re-check usually needs no widening. The answer is
-*not* trusted: :func:`verifiers.sdp_certify.certify` re-checks it.
+*not* trusted: :func:`lumpver.verifiers.sdp_certify.certify` re-checks it.
 
 Solvers: ``clarabel`` (interior point; dense PSD blocks, accurate, best for small matrices),
 ``scs`` (first order; scales to larger matrices, less accurate) and ``mosek`` if installed;
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from verifiers.sdp_certify import Maps
+from lumpver.verifiers.sdp_certify import Maps
 
 AUTO_CLARABEL_MAX_D = 100
 SOLVERS = ("auto", "clarabel", "scs", "mosek")

@@ -2,7 +2,7 @@
 (DESIGN.md §5, SDP and differential bound propagation).
 
 One input region is covered by *leaves*: sub-regions obtained by repeated bisection of the
-region's bounding box at the midpoint of its widest side (:func:`lumpver.bounds.bisect_box`);
+region's bounding box at the midpoint of its widest side (:func:`lumpver.bounds.engine.bisect_box`);
 a leaf is named by its path of ``L``/``R`` choices, so the checker rebuilds it exactly, and a
 set of paths covers the region iff it is prefix-free with Kraft sum 1 (:func:`paths_cover`).
 A polytope region stays a polytope on each leaf (its rows plus the leaf box).
@@ -10,9 +10,9 @@ A polytope region stays a polytope on each leaf (its rows plus the leaf box).
 Per leaf and per target the certified value is the smaller of
 
 * a *cheap* bound: the difference of the two networks' own output bounds
-  (:func:`lumpver.bounds.compute_bounds`) intersected with the ReluDiff/NeuroDiff difference
-  bounds of :mod:`verifiers.interval_diff` (piecewise-linear activations); and
-* the SDP bound of the leaf (:mod:`verifiers.sdp_certify`), solved only when the leaf's lifted
+  (:func:`lumpver.bounds.engine.compute_bounds`) intersected with the ReluDiff/NeuroDiff difference
+  bounds of :mod:`lumpver.bounds.diff` (piecewise-linear activations); and
+* the SDP bound of the leaf (:mod:`lumpver.verifiers.sdp_certify`), solved only when the leaf's lifted
   matrix has at most ``max_d`` rows and the cheap bound does not already lie below the bound
   of the other leaves (the total is a maximum over leaves, so such a leaf cannot raise it).
 
@@ -32,8 +32,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from lumpver.inputset import Box, Polytope
-from lumpver.model import Network
+from lumpver.specs.inputset import Box, Polytope
+from lumpver.ir.network import Network
 
 U64 = 2.0**-53
 #: a leaf is not bisected once its widest side is below this fraction of the root's
@@ -43,7 +43,7 @@ MIN_REL_WIDTH = 1e-6
 # ------------------------------------------------------------------------------- leaf geometry
 def leaf_box(root: Box, path: str) -> Box:
     """The sub-box reached from ``root`` by the bisections in ``path`` (``L``/``R``)."""
-    from lumpver.bounds import bisect_box
+    from lumpver.bounds.engine import bisect_box
 
     box = root
     for c in path:
@@ -74,15 +74,15 @@ def paths_cover(paths: list[str]) -> bool:
 def cheap_values(f: Network, g: Network, box: Box, fb, gb, targets: list[dict]) -> dict[tuple, float]:
     """Sound per-target values without a solver (see the module docstring); real arithmetic,
     like the SDP values (the float32 error is added by the caller)."""
-    from verifiers.sdp import target_key
+    from lumpver.verifiers.sdp import target_key
 
     lo_f, hi_f, lo_g, hi_g = fb.output_lower, fb.output_upper, gb.output_lower, gb.output_upper
     mag = np.abs(lo_f) + np.abs(hi_f) + np.abs(lo_g) + np.abs(hi_g)
     upper = hi_f - lo_g + 4 * U64 * mag
     lower = lo_f - hi_g - 4 * U64 * mag
     try:
-        from verifiers.interval_diff import difference_bounds
-        from verifiers.interval_engine import prepare
+        from lumpver.bounds.diff import difference_bounds
+        from lumpver.bounds.linear_engine import prepare
 
         db = difference_bounds(prepare(f), prepare(g), box.lower, box.upper)
         upper, lower = np.minimum(upper, db.upper), np.maximum(lower, db.lower)
@@ -116,7 +116,7 @@ class Leaf:
 
 def needs_sdp(norm: str, key: tuple, values: dict, ferr: np.ndarray, n_out: int, above: float) -> bool:
     """Can solving ``key`` lower the total? Only if the leaf bound exceeds ``above``."""
-    from verifiers.sdp import combine
+    from lumpver.verifiers.sdp import combine
 
     if norm == "linf" and key[0] == "linear":
         return values[key] + float(ferr[key[1]]) > above
@@ -126,9 +126,9 @@ def needs_sdp(norm: str, key: tuple, values: dict, ferr: np.ndarray, n_out: int,
 def process_leaf(f: Network, g: Network, region, root: Box, path: str, norm: str, options, above: float,
                  deadline: float) -> Leaf:
     """Cheap values, then SDPs (largest cheap value first) while they can lower the total."""
-    from verifiers.sdp import combine, region_problem, target_key, targets_for
-    from verifiers.sdp_certify import certify, target_matrix
-    from verifiers.sdp_solve import solve_lmi
+    from lumpver.verifiers.sdp import combine, region_problem, target_key, targets_for
+    from lumpver.verifiers.sdp_certify import certify, target_matrix
+    from lumpver.verifiers.sdp_solve import solve_lmi
 
     sub = leaf_region(region, root, path)
     prob = region_problem(f, g, sub, options, options.max_d)
@@ -197,7 +197,7 @@ class RegionResult:
 def refine_region(f: Network, g: Network, region, norm: str, options, deadline: float,
                   stop_below: Optional[float] = None, log: Optional[Callable[[str], None]] = None) -> RegionResult:
     """Branch and bound over bisections of ``region`` (see the module docstring)."""
-    from lumpver.bounds import region_box
+    from lumpver.bounds.engine import region_box
 
     root = region_box(region)
     leaves = [process_leaf(f, g, region, root, "", norm, options, -np.inf, deadline)]

@@ -1,16 +1,16 @@
 """SMT back-end (z3): exact decision over the reals with branch and bound on input boxes (DESIGN.md §5).
 
 Decides ``sup_{x in X} ||f(x) - g(x)|| <= eps`` (linf, l1, top1 exactly; l2 by a sufficient
-check, see :mod:`verifiers.smt_spec`) and VNN-LIB properties (no x in a region maps into an
+check, see :mod:`lumpver.verifiers.smt_spec`) and VNN-LIB properties (no x in a region maps into an
 unsafe polytope). The search:
 
 1. a short falsifier run (random + PGD) over X — a confirmed violation ends the search;
 2. depth-first branch and bound over input boxes: on each sub-box, sound bound propagation
-   (``lumpver.bounds``, CROWN, both networks stacked on the shared input) closes every
+   (``lumpver.bounds.engine``, CROWN, both networks stacked on the shared input) closes every
    disjunct whose row bound excludes it — without z3;
 3. a sub-box with few unstable neurons (or at the depth cap) goes to z3: exact rationals of
    the float weights, stable neurons fixed, Boolean phases and triangle constraints for the
-   unstable ones (:mod:`verifiers.smt_encode`); one disjunct (one output and sign) at a time
+   unstable ones (:mod:`lumpver.verifiers.smt_encode`); one disjunct (one output and sign) at a time
    with push/pop on one solver; ``unsat`` closes the box, ``unknown`` splits it further;
 4. otherwise split the input dimension with the largest ``width * |gradient|`` (smear).
 
@@ -30,13 +30,13 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds import bisect_box
-from lumpver.inputset import Box, InputSet
-from lumpver.model import Network
-from verifiers import falsify
-from verifiers.base import Query, Verdict
-from verifiers.smt_encode import encode
-from verifiers.smt_spec import (
+from lumpver.bounds.engine import bisect_box
+from lumpver.specs.inputset import Box, InputSet
+from lumpver.ir.network import Network
+from lumpver.verifiers import falsify
+from lumpver.verifiers.base import Query, Verdict
+from lumpver.verifiers.smt_encode import encode
+from lumpver.verifiers.smt_spec import (
     BOUND_TOL,
     Spec,
     build_spec,

@@ -6,7 +6,7 @@ network the float32 file describes. All networks share the same input variables 
 (the raw, un-normalised input). The text is built as a string and parsed by z3 once
 (much faster than building terms through the Python API).
 
-Given neuron bounds (``verifiers.smt_spec.NeuronBounds``), stably inactive neurons are the
+Given neuron bounds (``lumpver.verifiers.smt_spec.NeuronBounds``), stably inactive neurons are the
 constant 0, stably active ones are the identity, and only unstable ones get a Boolean phase
 ``p`` with ``p -> (z >= 0 and h = z)``, ``not p -> (z <= 0 and h = alpha z)`` plus the
 triangle relaxation as redundant linear constraints. ``naive=True`` encodes every neuron as
@@ -20,8 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.inputset import Box, Polytope
-from lumpver.model import Network
+from lumpver.specs.inputset import Box, Polytope
+from lumpver.ir.network import Network
 
 
 def q(v) -> str:

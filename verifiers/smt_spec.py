@@ -8,7 +8,7 @@ no x in X satisfies any disjunct. ``exact`` says whether a satisfying x is a gen
 
 Bounds: both networks are stacked into one float network (block-diagonal hidden layers on the
 shared input, last layer multiplied by the row matrix), so bound propagation with
-back-substitution (``lumpver.bounds.compute_bounds``) bounds every row *and* every neuron in one
+back-substitution (``lumpver.bounds.engine.compute_bounds``) bounds every row *and* every neuron in one
 pass, keeping the correlation between f and g through the shared input.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ import itertools
 from dataclasses import dataclass, field
 import numpy as np
 
-from lumpver.inputset import Box, Polytope
-from lumpver.model import Layer, Network
-from verifiers.base import Query
+from lumpver.specs.inputset import Box, Polytope
+from lumpver.ir.network import Layer, Network
+from lumpver.verifiers.base import Query
 
 #: Bound tolerance: a float bound ``v`` is trusted only up to ``BOUND_TOL * (1 + |v|)``.
 BOUND_TOL = 1e-8
@@ -172,8 +172,8 @@ class SpecBounds:
 
 
 def compute(net: Network, region, method: str = "crown"):
-    """``lumpver.bounds.compute_bounds`` (imported lazily)."""
-    from lumpver.bounds import compute_bounds
+    """``lumpver.bounds.engine.compute_bounds`` (imported lazily)."""
+    from lumpver.bounds.engine import compute_bounds
 
     return compute_bounds(net, region, method=method)
 

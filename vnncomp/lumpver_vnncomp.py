@@ -4,7 +4,7 @@ Called by ``prepare_instance.sh`` and ``run_instance.sh``; standalone (``python3
 
 prepare CATEGORY ONNX VNNLIB
     Reduces the network exactly on the property's input set (DESIGN.md §3,
-    :func:`lumpver.onset.reduce_on_set_to_files`) and stores ``reduced.onnx``, its certificate and
+    :func:`lumpver.reductions.onset.reduce_on_set_to_files`) and stores ``reduced.onnx``, its certificate and
     ``meta.json`` under ``${TMPDIR:-/tmp}/lumpver-cache/<sha256(onnx bytes, vnnlib bytes)>``. The
     cache folder appears atomically (built beside it, then renamed).
 
@@ -53,9 +53,9 @@ def cache_dir(onnx: str | os.PathLike, vnnlib: str | os.PathLike) -> Path:
 def prepare(onnx: str, vnnlib: str, quiet: bool = True) -> Optional[Path]:
     """Build the cache for an instance (idempotent); returns its folder, None when it cannot."""
     from lumpver.fileio import sha256_file, write_json_atomic
-    from lumpver.onnx_import import load_onnx
-    from lumpver.onset import reduce_on_set_to_files
-    from lumpver.vnnlib import read_vnnlib
+    from lumpver.ir.onnx_import import load_onnx
+    from lumpver.reductions.onset import reduce_on_set_to_files
+    from lumpver.specs.vnnlib import read_vnnlib
 
     target = cache_dir(onnx, vnnlib)
     if (target / "meta.json").is_file():
@@ -100,7 +100,7 @@ def widened(prop, d: float):
     """The unsafe set grown by ``d`` per output: ``A y <= b + d * sum_j |A_ij|`` (sound for ``|f-g|_inf <= d``)."""
     import numpy as np
 
-    from lumpver.inputset import OutputProperty
+    from lumpver.specs.inputset import OutputProperty
 
     return OutputProperty([(A, b + d * np.abs(A).sum(axis=1)) for A, b in prop.disjuncts])
 
@@ -113,10 +113,10 @@ def counterexample_text(x, y) -> str:
 
 def original_violation(onnx: str, case, x) -> Optional[tuple]:
     """``(x, y)`` when ``x`` lies in the case's region and the ORIGINAL model's onnxruntime output
-    is in the case's unsafe set (:func:`lumpver.verify.replay_case`); None otherwise."""
+    is in the case's unsafe set (:func:`lumpver.api.verify.replay_case`); None otherwise."""
     import numpy as np
 
-    from lumpver.verify import replay_case
+    from lumpver.api.verify import replay_case
 
     x32 = np.asarray(x, dtype=np.float32).reshape(-1)
     ok, y = replay_case(onnx, case, x32.astype(np.float64))
@@ -125,10 +125,10 @@ def original_violation(onnx: str, case, x) -> Optional[tuple]:
 
 def cached_verdict(onnx: str, vnnlib: str, cache: Path, meta: dict, deadline: float) -> tuple[str, str]:
     """``(result, counterexample text)`` from the cached reduction; result ``unknown`` when undecided."""
-    from lumpver.inputset import InputSet
-    from lumpver.onnx_import import load_onnx
-    from lumpver.vnnlib import read_vnnlib
-    from verifiers.base import Query, get_backend
+    from lumpver.specs.inputset import InputSet
+    from lumpver.ir.onnx_import import load_onnx
+    from lumpver.specs.vnnlib import read_vnnlib
+    from lumpver.verifiers.base import Query, get_backend
 
     g = load_onnx(cache / "reduced.onnx")
     spec = read_vnnlib(vnnlib, g.n_inputs, g.n_outputs)

@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumpver.batch import run_batch
+    from lumpver.api.batch import run_batch
     from lumpver.errors import InputError
     from lumpver.progress import Progress
 

@@ -1,5 +1,5 @@
 """``lumpver bound A.onnx B.onnx --input-set SPEC``: certified upper bound and falsified lower
-bound of ``sup_{x in X} ||A(x) - B(x)||`` (CONTRACT.md; API in lumpver/bound.py)."""
+bound of ``sup_{x in X} ||A(x) - B(x)||`` (CONTRACT.md; API in lumpver/api/bound.py)."""
 from __future__ import annotations
 
 import argparse
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lumpver.bound import bound_files
+    from lumpver.api.bound import bound_files
     from lumpver.errors import InputError
     from lumpver.fileio import check_output_path, write_json_atomic
     from lumpver.progress import Progress

@@ -9,7 +9,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumpver.certificate import check_certificate
+    from lumpver.certificates.format import check_certificate
 
     report = check_certificate(args.certificate)
     if not args.quiet:

@@ -1,5 +1,5 @@
 """``lumpver compare A.onnx B.onnx --input-set SPEC --epsilon E``: decide or bound
-``sup_{x in X} ||A(x) - B(x)||`` (CONTRACT.md; API in lumpver/compare.py)."""
+``sup_{x in X} ||A(x) - B(x)||`` (CONTRACT.md; API in lumpver/api/compare.py)."""
 from __future__ import annotations
 
 import argparse
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lumpver.compare import compare_models
+    from lumpver.api.compare import compare_models
     from lumpver.errors import InputError
     from lumpver.fileio import check_output_path, write_json_atomic
     from lumpver.progress import Progress

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _load(args):
     from lumpver.fileio import check_output_path
-    from lumpver.onnx_import import load_onnx
+    from lumpver.ir.onnx_import import load_onnx
 
     inputs = [args.model] + [getattr(args, k) for k in ("calibration", "input_set") if getattr(args, k, None)]
     check_output_path(args.output, inputs)
@@ -89,7 +89,7 @@ def _load(args):
 
 def parse_grid(text: str | None) -> tuple[float, ...]:
     """``'a,b,c'`` or ``'start:stop:step'`` (stop included) -> levels; InputError if malformed."""
-    from lumpver.confident import DEFAULT_GRID
+    from lumpver.reductions.confident import DEFAULT_GRID
     from lumpver.errors import InputError
 
     if text is None:
@@ -114,8 +114,8 @@ def run_magnitude(args, progress) -> int:
     import time
 
     from lumpver.errors import InputError
-    from lumpver.onnx_export import save_onnx
-    from lumpver.pruning import magnitude_prune, sparsity
+    from lumpver.ir.onnx_export import save_onnx
+    from lumpver.reductions.pruning import magnitude_prune, sparsity
 
     if args.keep is None:
         raise InputError(f"--method {args.method} needs --keep FRACTION", args.model)
@@ -142,7 +142,7 @@ def run_magnitude(args, progress) -> int:
 
 
 #: the bounded-error certifier of pruned models on an input set (DESIGN.md §5; issue 6).
-BOUNDED_CERTIFIER = "lumpver.certify:certify_reduction"
+BOUNDED_CERTIFIER = "lumpver.reductions.certify:certify_reduction"
 
 
 def _bounded_certifier():
@@ -166,12 +166,12 @@ def _bounded_certifier():
 
 def run_confident(args, progress) -> int:
     """Learn then Test over global magnitude-pruning levels; abstain (exit 1, no file) if none passes."""
-    from lumpver.calibration import load_calibration
-    from lumpver.certificate import file_ref, make_certificate, model_stats
-    from lumpver.confident import ConfidentConfig, confident_prune, evidence, guarantee
+    from lumpver.specs.calibration import load_calibration
+    from lumpver.certificates.format import file_ref, make_certificate, model_stats
+    from lumpver.reductions.confident import ConfidentConfig, confident_prune, evidence, guarantee
     from lumpver.errors import CheckFailed, InputError
     from lumpver.fileio import write_json_atomic
-    from lumpver.onnx_export import save_onnx
+    from lumpver.ir.onnx_export import save_onnx
 
     for name in ("calibration", "alpha", "delta"):
         if getattr(args, name) is None:

@@ -1,5 +1,5 @@
 """``lumpver prune --method coreset`` (DESIGN.md §6): sensitivity-sampled neuron pruning; with
-``--input-set`` the actual error is certified (kind ``bounded``, lumpver/certify.py)."""
+``--input-set`` the actual error is certified (kind ``bounded``, lumpver/reductions/certify.py)."""
 from __future__ import annotations
 
 
@@ -7,9 +7,9 @@ def run(args, progress) -> int:
     import time
 
     from lumpver.commands.prune import _load
-    from lumpver.coreset import coreset_prune, input_betas
+    from lumpver.reductions.coreset import coreset_prune, input_betas
     from lumpver.errors import InputError
-    from lumpver.onnx_export import save_onnx
+    from lumpver.ir.onnx_export import save_onnx
 
     if args.keep is None or not 0.0 < args.keep <= 1.0:
         raise InputError(f"--keep must lie in (0, 1], got {args.keep}", args.model)
@@ -17,7 +17,7 @@ def run(args, progress) -> int:
     t0 = time.perf_counter()
     input_set = None
     if args.input_set:
-        from lumpver.certify import load_set_for
+        from lumpver.reductions.certify import load_set_for
 
         input_set = load_set_for(args.input_set, net.n_inputs)
     betas = input_betas(net, input_set) if input_set is not None else 1.0
@@ -31,7 +31,7 @@ def run(args, progress) -> int:
             progress.say("no certificate written: coreset pruning is certified only on an --input-set")
         print(f"wrote {args.output}")
         return 0
-    from lumpver.certify import Chain, certify_files
+    from lumpver.reductions.certify import Chain, certify_files
 
     method = {"method": "coreset", "keep": args.keep, "seed": args.seed, "betas": betas,
               "coreset_bound": bound, "coreset_bound_note": "sensitivity-framework indication with constant 1 and "

@@ -1,5 +1,5 @@
 """``lumpver quantize``: symmetric uniform weight quantisation (DESIGN.md §8), QDQ export,
-and with ``--input-set`` a ``bounded`` certificate of the error (lumpver/certify.py)."""
+and with ``--input-set`` a ``bounded`` certificate of the error (lumpver/reductions/certify.py)."""
 from __future__ import annotations
 
 import argparse
@@ -24,9 +24,9 @@ def run(args: argparse.Namespace) -> int:
 
     from lumpver.errors import InputError
     from lumpver.fileio import check_output_path
-    from lumpver.onnx_import import load_onnx
+    from lumpver.ir.onnx_import import load_onnx
     from lumpver.progress import Progress
-    from lumpver.quantize import quantize_network, quantize_summary, save_quantized
+    from lumpver.reductions.quantize import quantize_network, quantize_summary, save_quantized
 
     progress = Progress(args.quiet)
     if not Path(args.model).is_file():
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     net = load_onnx(args.model)
     input_set = None
     if args.input_set:
-        from lumpver.certify import load_set_for
+        from lumpver.reductions.certify import load_set_for
 
         input_set = load_set_for(args.input_set, net.n_inputs)
     g, qls = quantize_network(net, args.bits, args.per_channel)
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             progress.say("no certificate written: quantisation is certified only on an --input-set")
         print(f"wrote {args.output}")
         return 0
-    from lumpver.certify import certify_files
+    from lumpver.reductions.certify import certify_files
 
     method = quantize_summary(qls, args.bits, args.per_channel) | {"float_weights": bool(args.float_weights)}
     try:

@@ -25,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     from lumpver.errors import InputError
     from lumpver.fileio import check_output_path
-    from lumpver.lumping import DEFAULT_TOLERANCE
+    from lumpver.reductions.exact import DEFAULT_TOLERANCE
     from lumpver.progress import Progress
-    from lumpver.reduce import default_certificate_path
+    from lumpver.api.reduce import default_certificate_path
 
     progress = Progress(args.quiet)
     tol = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     for out in [args.output, cert_path, *args.report]:
         check_output_path(out, inputs)
     if args.mode == "exact":
-        from lumpver.reduce import reduce_exact_to_files
+        from lumpver.api.reduce import reduce_exact_to_files
 
         cert = reduce_exact_to_files(args.model, args.output, cert_path, tol, progress)
     elif args.mode == "on-set":
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cert = _approx(args, cert_path, progress)
     for rep in args.report:
-        from lumpver.report import write_report
+        from lumpver.reports.render import write_report
 
         write_report(cert, rep)
     s = cert["stats"]
@@ -62,15 +62,15 @@ def _load_set(args):
 
     if not args.input_set:
         raise InputError(f"--mode {args.mode} needs --input-set")
-    from lumpver.inputsets import load_input_set
-    from lumpver.onnx_import import load_onnx
+    from lumpver.specs.load import load_input_set
+    from lumpver.ir.onnx_import import load_onnx
 
     net = load_onnx(args.model)
     return net, load_input_set(args.input_set, net.n_inputs)
 
 
 def _on_set(args, cert_path, progress):
-    from lumpver.onset import reduce_on_set_to_files
+    from lumpver.reductions.onset import reduce_on_set_to_files
 
     _, input_set = _load_set(args)
     return reduce_on_set_to_files(args.model, args.output, cert_path, input_set, args.quiet)
@@ -83,7 +83,7 @@ def _approx(args, cert_path, progress):
         raise InputError("--mode approx needs --epsilon E >= 0")
     _, input_set = _load_set(args)
     try:
-        from lumpver.approx import reduce_approx_to_files
+        from lumpver.reductions.approx import reduce_approx_to_files
     except ImportError:
         raise InputError("--mode approx is not available in this version of lumpver") from None
     return reduce_approx_to_files(args.model, args.output, cert_path, input_set, args.epsilon, args.norm,

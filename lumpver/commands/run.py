@@ -12,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumpver.run import run_spec
+    from lumpver.api.run import run_spec
 
     res = run_spec(args.spec, args.out, quiet=args.quiet, recheck=not args.no_recheck)
     doc = res.document

@@ -1,5 +1,5 @@
 """``lumpver verify MODEL.onnx PROP.vnnlib``: a VNN-LIB property check with a result file in the
-VNN-COMP format (CONTRACT.md; API in lumpver/verify.py)."""
+VNN-COMP format (CONTRACT.md; API in lumpver/api/verify.py)."""
 from __future__ import annotations
 
 import argparse
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from lumpver.errors import InputError
     from lumpver.fileio import check_output_path, write_text_atomic
     from lumpver.progress import Progress
-    from lumpver.verify import verify_property
+    from lumpver.api.verify import verify_property
 
     for p in (args.model, args.property):
         if not Path(p).is_file():

@@ -1,0 +1,181 @@
+"""Networks with planted redundancy, for the demo, tests and benchmarks (DESIGN.md §2).
+
+Each hidden layer is built from ``core`` neurons. Every core neuron appears as one or more
+*copies* whose incoming signature is the core's scaled by a factor the activation allows
+(rho > 0 for ReLU/LeakyReLU, any nonzero for identity, +-1 for tanh, 1 for sigmoid). A
+neuron's weight to the copies of a previous core is split *unevenly and differently for
+every neuron*, so raw weight rows are never proportional: only class-aggregated signatures
+reveal the copies. Each layer also gets constant neurons (incoming weights that cancel
+across copies) and dead core neurons (outgoing weights that cancel across their copies).
+The reduced width of every hidden layer is exactly its number of live core neurons.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lumpver.ir.network import Layer, Network
+
+
+@dataclass
+class Planted:
+    network: Network
+    core_widths: list[int]  # the width exact lumping must reach, per hidden layer
+
+
+def _factor(activation: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    if activation in ("relu", "leaky_relu"):
+        return rng.uniform(0.25, 4.0, size)
+    if activation == "identity":
+        return rng.uniform(0.25, 4.0, size) * rng.choice([-1.0, 1.0], size)
+    if activation == "tanh":
+        return rng.choice([-1.0, 1.0], size)
+    return np.ones(size)
+
+
+def _split_weights(core_w: np.ndarray, prev_core: np.ndarray, prev_factor: np.ndarray, rng) -> np.ndarray:
+    """Raw weights (rows, n_prev) whose class aggregation over ``prev_core`` equals ``core_w``."""
+    rows, n_prev = core_w.shape[0], prev_core.size
+    share = rng.uniform(0.2, 1.0, size=(rows, n_prev))
+    totals = np.zeros((rows, core_w.shape[1]))
+    np.add.at(totals.T, prev_core, share.T)
+    share = share / totals[:, prev_core]
+    return core_w[:, prev_core] * share / prev_factor[None, :]
+
+
+def planted_network(
+    n_inputs: int = 8,
+    core_widths: tuple[int, ...] = (6, 5),
+    n_outputs: int = 3,
+    activation: str = "relu",
+    mean_copies: float = 2.0,
+    n_constant: int = 1,
+    n_dead: int = 1,
+    seed: int = 0,
+    float32: bool = True,
+) -> Planted:
+    """A network whose exact quotient has hidden widths ``core_widths`` (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    layers: list[Layer] = []
+    cores: list[np.ndarray] = []  # core index of every neuron, per hidden layer (-1 = constant)
+    factors: list[np.ndarray] = []
+    prev_core, prev_factor, n_prev_core = np.arange(n_inputs), np.ones(n_inputs), n_inputs
+    for width in core_widths:
+        n_core = width + n_dead
+        key, n_keys = _keys(prev_core, n_prev_core)
+        core_w = rng.standard_normal((n_core, n_keys)) / np.sqrt(n_keys)
+        core_b = rng.standard_normal(n_core) * 0.3
+        copies = 1 + rng.poisson(mean_copies - 1, n_core) if mean_copies > 1 else np.ones(n_core, int)
+        copies[width:] = np.maximum(copies[width:], 2)  # dead cores need two copies to cancel
+        core_of = np.repeat(np.arange(n_core), copies)
+        factor = _factor(activation, rng, core_of.size)
+        first = np.r_[0, np.cumsum(copies)[:-1]]
+        factor[first] = 1.0
+        w = _split_weights(core_w[core_of], key, prev_factor, rng) * factor[:, None]
+        b = core_b[core_of] * factor
+        w, b = _add_constants(w, b, prev_core, prev_factor, n_constant, rng)
+        perm = rng.permutation(w.shape[0])
+        layers.append(Layer(w[perm], b[perm], activation))
+        prev_core = np.r_[core_of, np.full(n_constant, -1)][perm]
+        prev_factor = np.r_[factor, np.ones(n_constant)][perm]
+        n_prev_core = n_core
+        cores.append(prev_core)
+        factors.append(prev_factor)
+    key, n_keys = _keys(prev_core, n_prev_core)
+    core_w = rng.standard_normal((n_outputs, n_keys)) / np.sqrt(n_keys)
+    w = _split_weights(core_w, key, prev_factor, rng)
+    layers.append(Layer(w, rng.standard_normal(n_outputs) * 0.1, "identity"))
+    for k, width in enumerate(core_widths):  # dead cores: outgoing weights cancel across copies
+        layers[k + 1].weight = _cancel_pairs(layers[k + 1].weight, cores[k], factors[k], width, rng)
+    if float32:
+        for layer in layers:
+            layer.weight = layer.weight.astype(np.float32).astype(np.float64)
+            layer.bias = layer.bias.astype(np.float32).astype(np.float64)
+    net = Network(layers, input_name="x", output_name="y", input_shape=["batch", n_inputs],
+                  output_shape=["batch", n_outputs])
+    return Planted(net, list(core_widths))
+
+
+def _keys(prev_core: np.ndarray, n_prev_core: int) -> tuple[np.ndarray, int]:
+    """Column keys: the core index, and a fresh key for every constant neuron (-1)."""
+    key = prev_core.copy()
+    const = np.flatnonzero(prev_core < 0)
+    key[const] = n_prev_core + np.arange(const.size)
+    return key, n_prev_core + const.size
+
+
+def _add_constants(w, b, prev_core, prev_factor, n_constant, rng):
+    """Append constant neurons: weights that cancel within every previous class."""
+    rows = np.zeros((n_constant, prev_core.size))
+    for r in range(n_constant):
+        for core in np.unique(prev_core[prev_core >= 0]):
+            members = np.flatnonzero(prev_core == core)
+            if members.size >= 2:
+                v = rng.standard_normal()
+                rows[r, members[0]] = v / prev_factor[members[0]]
+                rows[r, members[1]] = -v / prev_factor[members[1]]
+    return np.vstack([w, rows]), np.r_[b, rng.standard_normal(n_constant) * 0.5]
+
+
+def _cancel_pairs(w, core_of, factor, width, rng):
+    """Replace the weights into every dead core (index >= width) by a cancelling pair."""
+    w = w.copy()
+    for core in np.unique(core_of[core_of >= width]):
+        members = np.flatnonzero(core_of == core)
+        w[:, members] = 0.0
+        v = rng.standard_normal(w.shape[0])
+        w[:, members[0]] = v / factor[members[0]]
+        w[:, members[1]] = -v / factor[members[1]]
+    return w
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lumpver.ir.planted --out FILE.onnx``: write a planted network (the demo model)."""
+    import argparse
+
+    from lumpver.ir.onnx_export import save_onnx
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--out", required=True)
+    p.add_argument("--inputs", type=int, default=8)
+    p.add_argument("--core", type=int, nargs="+", default=[12, 10, 8])
+    p.add_argument("--outputs", type=int, default=4)
+    p.add_argument("--activation", default="relu")
+    p.add_argument("--copies", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    planted = planted_network(a.inputs, tuple(a.core), a.outputs, a.activation, a.copies, seed=a.seed)
+    save_onnx(planted.network, a.out)
+    print(f"{a.out}: hidden widths {planted.network.hidden_widths}, planted core {planted.core_widths}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+
+
+def random_mlp(
+    rng: np.random.Generator,
+    widths: "list[int] | tuple[int, ...]",
+    activation: "str | list[str]" = "relu",
+    fan_in_scaled: bool = False,
+    bias_scale: float = 1.0,
+    float32: bool = True,
+    alpha: float = 0.01,
+) -> Network:
+    """A random MLP with Gaussian weights (divided by sqrt(fan-in) if ``fan_in_scaled``) and biases
+    (times ``bias_scale``); hidden layers use ``activation`` (one name, or one per hidden layer),
+    the output layer is affine. Draws weights then bias, layer by layer, from ``rng``."""
+    layers = []
+    n_hidden = len(widths) - 2
+    for k in range(len(widths) - 1):
+        w = rng.normal(size=(widths[k + 1], widths[k]))
+        if fan_in_scaled:
+            w = w / np.sqrt(widths[k])
+        b = bias_scale * rng.normal(size=widths[k + 1])
+        if float32:
+            w, b = w.astype(np.float32), b.astype(np.float32)
+        act = "identity" if k == n_hidden else (activation if isinstance(activation, str) else activation[k])
+        layers.append(Layer(w, b, act, alpha=alpha))
+    return Network(layers)

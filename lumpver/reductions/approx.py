@@ -1,0 +1,394 @@
+"""Approximate reductions certified on an input set (DESIGN.md §4, on top of §3).
+
+1. Exact on-set reduction ``f -> h`` (:func:`lumpver.reductions.onset.reduce_on_set`).
+2. Activation-based candidates (default search, :func:`reduce_approx`): h's activations on
+   samples of X give a greedy removal order (:func:`removal_order`: Optimal-Brain-Surgeon cost
+   of dropping a neuron = increase of the least-squares residual of the next layer's
+   pre-activations, weighted by each next neuron's output sensitivity). Dropping a neuron whose
+   activation is nearly a combination of the kept ones (near-proportional, nearly constant,
+   nearly linear on X) or whose contribution is tiny costs little. A candidate keeping
+   ``kept`` is :func:`refit_pruned`: every row refitted by least squares over g's own previous
+   layer, so the next layer absorbs what was dropped.
+3. The error ``sup_X ||f - g||`` is certified by :func:`lumpver.reductions.certify.certify` (on-set
+   discrepancy + differential bound of h against g's twin, whose dropped neurons carry rows
+   that track h's on the samples; or, when tighter, the quotient twin of
+   :func:`partner_classes`, each dropped neuron a positive multiple of a kept one) and
+   re-checked from the certificate.
+4. Bisection on the number of removed neurons keeps the largest removal whose certified bound
+   is ``<= E``; candidates whose *sampled* error already exceeds E are rejected without a
+   proof attempt. h itself (nothing removed) is the fallback, so the result is never larger
+   than the exact on-set reduction.
+
+:func:`approximate_quotient` (signature clustering with a tolerance, twin by classes) is kept
+as the near-lumping quotient of DESIGN.md §4 for callers that want partitions.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from lumpver.reductions.certify import Certified, Chain, certify
+from lumpver.specs.inputset import InputSet
+from lumpver.reductions.exact import LayerClasses
+from lumpver.ir.network import Layer, Network
+from lumpver.progress import SILENT, Progress
+
+SUPPORTED = ("relu", "leaky_relu", "identity")
+DEFAULT_SAMPLES = 3000
+DEFAULT_BOXES = 600
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32).astype(np.float64)
+
+
+def _fit(act_prev: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Least-squares rows ``[W | b]`` with ``act_prev @ W.T + b ~ target`` (normal equations with a
+    1e-10 relative ridge: fast, and the ridge only matters for exactly collinear activations)."""
+    a = np.hstack([act_prev, np.ones((act_prev.shape[0], 1))])
+    gram = a.T @ a
+    gram += 1e-10 * (np.trace(gram) / gram.shape[0] + 1.0) * np.eye(gram.shape[0])
+    return np.linalg.solve(gram, a.T @ target).T
+
+
+def _cluster(sig: np.ndarray, weights: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class_of, scale, representatives) for rows ``sig`` weighted by column ``weights``."""
+    from lumpver.reductions.grouping import group_rows
+
+    n = sig.shape[0]
+    rows = sig * weights[None, :]
+    norms = np.linalg.norm(rows, axis=1)
+    live = np.flatnonzero(norms > 0)
+    cls = np.arange(n)
+    if tau > 0 and live.size > 1:
+        gr = group_rows(rows[live], "positive", tau)
+        cls[live] = live[gr.rep[gr.label]]
+    reps = np.unique(cls)
+    number = {int(r): i for i, r in enumerate(reps)}
+    label = np.array([number[int(c)] for c in cls], dtype=np.int64)
+    scale = np.ones(n)
+    for u in range(n):
+        r = reps[label[u]]
+        if u != r:
+            scale[u] = float(rows[u] @ rows[r]) / float(rows[r] @ rows[r])
+    bad = scale <= 0  # a non-positive projection cannot be merged: keep it apart
+    if np.any(bad):
+        return _cluster_fix(sig, weights, label, scale, reps, bad)
+    return label, scale, reps
+
+
+def _cluster_fix(sig, weights, label, scale, reps, bad):
+    cls_rep = reps[label].copy()
+    cls_rep[bad] = np.flatnonzero(bad)
+    reps = np.unique(cls_rep)
+    number = {int(r): i for i, r in enumerate(reps)}
+    label = np.array([number[int(c)] for c in cls_rep], dtype=np.int64)
+    scale = np.where(bad, 1.0, scale)
+    scale[reps] = 1.0
+    return label, scale, reps
+
+
+def approximate_quotient(h: Network, samples: np.ndarray, tau: float) -> tuple[Network, list[LayerClasses]]:
+    """The reduced network g and its partition of h's hidden layers (module docstring, step 2).
+
+    g's neurons are ordered by class (class ``C`` = ``C``-th representative in index order)."""
+    for k, layer in enumerate(h.layers[:-1]):
+        if layer.activation not in SUPPORTED:
+            raise ValueError(f"layer {k}: approximate lumping supports {', '.join(SUPPORTED)}, not {layer.activation}")
+    acts = h.activations(samples)
+    g_prev = acts[0]
+    layers, classes = [], []
+    for k, layer in enumerate(h.layers):
+        z = acts[k] @ layer.weight.T + layer.bias
+        sig = np.hstack([layer.weight, layer.bias[:, None]]) if k == 0 else _fit(g_prev, z)
+        sig = _f32(sig)
+        if k == len(h.layers) - 1:
+            layers.append(Layer(sig[:, :-1], sig[:, -1], layer.activation, layer.alpha, layer.source_op))
+            break
+        rms = np.append(np.sqrt(np.mean(g_prev ** 2, axis=0)), 1.0)
+        label, scale, reps = _cluster(sig, rms, tau)
+        classes.append(LayerClasses(label, scale, reps, np.ones(reps.size, bool)))
+        gl = Layer(sig[reps, :-1], sig[reps, -1], layer.activation, layer.alpha, layer.source_op)
+        layers.append(gl)
+        g_prev = gl.activate(g_prev @ gl.weight.T + gl.bias)
+    return h.with_layers(layers), classes
+
+
+def identity_classes(h: Network) -> list[LayerClasses]:
+    return [LayerClasses(np.arange(w), np.ones(w), np.arange(w), np.ones(w, bool)) for w in h.hidden_widths]
+
+
+# ----- activation-based pruning with least-squares refits (the default search) -----------------
+def output_sensitivity(h: Network, acts: list[np.ndarray]) -> list[np.ndarray]:
+    """Per layer k, per neuron i: RMS over the samples of ``max_o |d y_o / d z_{k,i}|`` (h's Jacobian)."""
+    n, m = acts[0].shape[0], h.n_outputs
+    depth = len(h.layers)
+    sens: list[np.ndarray] = [np.ones(m)] * depth
+    jac = np.broadcast_to(np.eye(m), (n, m, m))
+    for k in range(depth - 1, 0, -1):
+        slope = _slope(h.layers[k - 1], acts[k])  # acts[k]: post-activations of layer k-1
+        jac = (jac @ h.layers[k].weight) * slope[:, None, :]
+        sens[k - 1] = np.sqrt(np.mean(np.max(np.abs(jac), axis=1) ** 2, axis=0))
+    return sens
+
+
+def _slope(layer: Layer, post: np.ndarray) -> np.ndarray:
+    """Activation slope per sample and neuron, read from post-activations (ReLU: 1 where > 0)."""
+    if layer.activation == "identity":
+        return np.ones_like(post)
+    neg = layer.alpha if layer.activation == "leaky_relu" else 0.0
+    return np.where(post > 0, 1.0, neg)
+
+
+def _obs_costs(feats: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Increase of the least-squares residual of ``target`` on ``[feats, 1]`` when each feature
+    column is removed (Optimal Brain Surgeon formula ``beta_j^2 / (G^-1)_jj``), per sample."""
+    a = np.hstack([feats, np.ones((feats.shape[0], 1))])
+    return _costs_from_gram(a.T @ a, a.T @ target, feats.shape[0])
+
+
+def _costs_from_gram(gram: np.ndarray, cross: np.ndarray, n: int) -> np.ndarray:
+    """:func:`_obs_costs` from ``G = A^T A`` and ``A^T T`` (last row/column: the constant)."""
+    gram = gram + 1e-10 * (np.trace(gram) / gram.shape[0] + 1.0) * np.eye(gram.shape[0])
+    inv = np.linalg.inv(gram)
+    beta = inv @ cross
+    return (np.sum(beta ** 2, axis=1) / np.diag(inv))[:-1] / n
+
+
+def removal_order(h: Network, acts: list[np.ndarray], min_width: int = 1) -> list[tuple[int, int]]:
+    """Greedy order ``[(layer, neuron), ...]`` in which h's hidden neurons are dropped: each step
+    drops the neuron whose removal least increases the output-sensitivity-weighted residual of
+    the next layer's pre-activations refitted on the remaining neurons (sampled activations).
+    Gram matrices are computed once; each step inverts the kept sub-block of two layers."""
+    sens = output_sensitivity(h, acts)
+    depth = len(h.layers)
+    alive = [list(range(w)) for w in h.hidden_widths]
+    grams, crosses = [], []
+    for k in range(depth - 1):
+        a = np.hstack([acts[k + 1], np.ones((acts[k + 1].shape[0], 1))])
+        z = acts[k + 1] @ h.layers[k + 1].weight.T + h.layers[k + 1].bias
+        grams.append(a.T @ a)
+        crosses.append(a.T @ (z * sens[k + 1]))
+    n = acts[0].shape[0]
+
+    def layer_costs(k: int) -> np.ndarray:
+        idx = alive[k] + [grams[k].shape[0] - 1]
+        nxt = alive[k + 1] if k + 1 < depth - 1 else list(range(crosses[k].shape[1]))
+        return _costs_from_gram(grams[k][np.ix_(idx, idx)], crosses[k][np.ix_(idx, nxt)], n)
+
+    order: list[tuple[int, int]] = []
+    costs = [layer_costs(k) for k in range(depth - 1)]
+    while True:
+        cands = [(costs[k][j], k, j) for k in range(depth - 1) if len(alive[k]) > min_width
+                 for j in range(len(alive[k]))]
+        if not cands:
+            return order
+        _, k, j = min(cands)
+        order.append((k, alive[k].pop(j)))
+        for kk in (k - 1, k):  # layer k's features and layer k-1's targets changed
+            if 0 <= kk < depth - 1:
+                costs[kk] = layer_costs(kk)
+
+
+def kept_after(h: Network, order: list[tuple[int, int]], n_removed: int) -> list[np.ndarray]:
+    """Kept neuron indices per hidden layer after the first ``n_removed`` removals of ``order``."""
+    gone = [set() for _ in h.hidden_widths]
+    for k, j in order[:n_removed]:
+        gone[k].add(j)
+    return [np.array([j for j in range(w) if j not in gone[k]], dtype=np.int64)
+            for k, w in enumerate(h.hidden_widths)]
+
+
+def refit_pruned(h: Network, acts: list[np.ndarray], kept: list[np.ndarray]) -> tuple[Network, list]:
+    """g keeping ``kept`` of h, every row refitted by least squares to h's pre-activations on the
+    samples over g's own previous layer (first layer: h's rows), float32; and the twin rows of
+    the dropped neurons (same fit), for :func:`lumpver.reductions.certify.expand_pruned`."""
+    from lumpver.reductions.certify import DroppedRows
+
+    g_prev = acts[0]
+    layers, dropped = [], []
+    for k, layer in enumerate(h.layers):
+        rows = kept[k] if k < len(kept) else np.arange(layer.width)
+        z = acts[k] @ layer.weight.T + layer.bias
+        full = np.hstack([layer.weight, layer.bias[:, None]]) if k == 0 else _f32(_fit(g_prev, z))
+        gl = Layer(full[rows, :-1], full[rows, -1], layer.activation, layer.alpha, layer.source_op)
+        layers.append(gl)
+        if k < len(kept):
+            out = np.setdiff1d(np.arange(layer.width), rows)
+            dropped.append(DroppedRows(out, full[out, :-1], full[out, -1]))
+        g_prev = gl.activate(g_prev @ gl.weight.T + gl.bias)
+    return h.with_layers(layers), dropped
+
+
+def partner_classes(h: Network, acts: list[np.ndarray], kept: list[np.ndarray]) -> list[LayerClasses]:
+    """A partition per hidden layer for the quotient twin (:func:`lumpver.reductions.certify.expand_quotient`):
+    each kept neuron represents itself; a dropped neuron u joins the kept neuron t of its layer
+    whose sampled activation best matches it as ``h_u ~ c h_t`` with ``c > 0`` (least residual),
+    so the twin's neuron u tracks h's globally when the two are near-proportional."""
+    out = []
+    for k, rows in enumerate(kept):
+        a = acts[k + 1]
+        width = a.shape[1]
+        cls, scale = np.zeros(width, dtype=np.int64), np.ones(width)
+        cls[rows] = np.arange(rows.size)
+        kn = a[:, rows]
+        sq = np.sum(kn * kn, axis=0)
+        for u in np.setdiff1d(np.arange(width), rows):
+            c = np.where(sq > 0, (a[:, u] @ kn) / np.where(sq > 0, sq, 1.0), 0.0)
+            c = np.maximum(c, 1e-6)
+            resid = np.sum((a[:, u][:, None] - kn * c[None, :]) ** 2, axis=0)
+            best = int(np.argmin(resid))
+            cls[u], scale[u] = best, float(c[best])
+        out.append(LayerClasses(cls, scale, rows.copy(), np.ones(rows.size, bool)))
+    return out
+
+
+@dataclass
+class ApproxResult:
+    """Outcome of :func:`reduce_approx`."""
+
+    original: Network
+    onset: Network  # h
+    reduced: Network  # g
+    certified: Certified
+    chain: Chain
+    onset_bound: float = 0.0
+    removed: int = 0  # neurons of h dropped (pruning search)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    method: str = "prune-refit"
+
+
+def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "linf", timeout: float = 300.0,
+                  progress: Progress = SILENT, samples: int = DEFAULT_SAMPLES, max_boxes: int = DEFAULT_BOXES,
+                  seed: int = 0) -> ApproxResult:
+    """The smallest approximate reduction found whose certified error on X is ``<= epsilon``.
+
+    Exact on-set reduction h, greedy removal order (:func:`removal_order`), then bisection on the
+    number of removed neurons: a candidate (:func:`refit_pruned`) whose sampled error exceeds
+    epsilon is rejected at once, otherwise it is certified; the largest certified removal wins.
+    Raises ValueError when not even h is certified within epsilon."""
+    from lumpver.reductions.certify import norm_rows, sample_points
+    from lumpver.reductions.onset import reduce_on_set
+
+    t0 = time.perf_counter()
+    deadline = t0 + timeout
+    on = reduce_on_set(f, input_set, progress=progress)
+    h = on.reduced
+    progress.say(f"exact on-set reduction: {f.n_hidden} -> {h.n_hidden} hidden neurons (discrepancy {on.discrepancy:.2e})")
+    for k, layer in enumerate(h.layers[:-1]):
+        if layer.activation not in SUPPORTED:
+            raise ValueError(f"layer {k}: approximate lumping supports {', '.join(SUPPORTED)}, not {layer.activation}")
+    pts = sample_points(input_set, samples, seed)
+    acts, yf = h.activations(pts), f.forward(pts)
+    kept0 = [np.arange(w) for w in h.hidden_widths]
+    base = certify(f, h, input_set, norm, Chain(on.steps, kept0), h, on.discrepancy,
+                   timeout=max(1.0, deadline - time.perf_counter()), max_boxes=max_boxes, threshold=epsilon)
+    if not base.epsilon <= epsilon:
+        raise ValueError(f"even the exact on-set reduction is certified only within {base.epsilon:.3g} > epsilon "
+                         f"{epsilon:g}; use --mode on-set or a larger --epsilon")
+    order = removal_order(h, acts)
+    trials: list[dict[str, Any]] = []
+    best = ApproxResult(f, h, h, base, Chain(on.steps, kept0), on.discrepancy, 0, trials)
+
+    def sampled(r: int) -> tuple[Network, list, list[np.ndarray], float]:
+        kept = kept_after(h, order, r)
+        g, dropped = refit_pruned(h, acts, kept)
+        yg = g.forward(pts)
+        return g, dropped, kept, float(np.max(norm_rows(yf - yg, yf, yg, norm)))
+
+    lo, hi = 0, _sampled_limit(lambda r: sampled(r)[3], len(order), epsilon) + 1
+    while hi - lo > 1 and time.perf_counter() < deadline:
+        mid = (lo + hi) // 2
+        g, dropped, kept, seen = sampled(mid)
+        trial: dict[str, Any] = {"removed": mid, "hidden": g.n_hidden, "sampled": seen, "certified": None}
+        trials.append(trial)
+        if seen > epsilon:
+            hi = mid
+            continue
+        chains = [Chain(on.steps, kept, dropped_rows=dropped), Chain(on.steps, None, partner_classes(h, acts, kept))]
+        res, chain = _certify_first(f, g, input_set, norm, chains, h, on.discrepancy, deadline, max_boxes, epsilon)
+        trial["certified"] = res.epsilon if res.finite else None
+        progress.say(f"{g.n_hidden} hidden neurons: sampled {seen:.3g}, certified {res.epsilon:.3g}")
+        if res.epsilon <= epsilon:
+            lo = mid
+            best = ApproxResult(f, h, g, res, chain, on.discrepancy, mid, trials)
+        else:
+            hi = mid
+    best.seconds = time.perf_counter() - t0
+    return best
+
+
+def _certify_first(f, g, input_set, norm, chains, h, onset_bound, deadline, max_boxes, epsilon):
+    """Certify g with each twin in turn (pruned twin, then quotient twin as a quick probe with a
+    quarter of the box budget); the first within epsilon wins, else the tightest."""
+    best = None
+    for i, chain in enumerate(chains):
+        left = max(1.0, deadline - time.perf_counter())
+        res = certify(f, g, input_set, norm, chain, h, onset_bound, timeout=min(left, 120.0),
+                      max_boxes=max_boxes if i == 0 else max(1, max_boxes // 4), threshold=epsilon)
+        if best is None or res.epsilon < best[0].epsilon:
+            best = (res, chain)
+        if res.epsilon <= epsilon or time.perf_counter() > deadline:
+            break
+    return best
+
+
+def _sampled_limit(err, n: int, epsilon: float) -> int:
+    """Largest r in [0, n] with ``err(r) <= epsilon`` found by bisection (0 if none)."""
+    if n == 0 or err(n) <= epsilon:
+        return n
+    lo, hi = 0, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if err(mid) <= epsilon else (lo, mid)
+    return lo
+
+
+def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.PathLike,
+                           cert_path: Optional[str | os.PathLike], input_set: InputSet, epsilon: float,
+                           norm: str = "linf", backend: str = "auto", timeout: float = 300.0,
+                           progress: Progress = SILENT) -> dict[str, Any]:
+    """``lumpver reduce --mode approx``: write g and its ``bounded`` certificate; returns the certificate.
+
+    ``backend``: ``interval`` or ``auto`` (the differential back-end; others -> InputError)."""
+    from lumpver.reductions.certify import certify as certify_pair, sampled_error, write_bounded
+    from lumpver.errors import CheckFailed, InputError
+    from lumpver.ir.onnx_export import save_onnx
+    from lumpver.ir.onnx_import import load_onnx
+
+    if backend not in ("auto", "interval"):
+        raise InputError(f"--mode approx certifies with the interval back-end (auto|interval), not {backend!r}")
+    t0 = time.perf_counter()
+    f = load_onnx(model_path)
+    if input_set.dim != f.n_inputs:
+        raise InputError(f"input set has {input_set.dim} dimensions, the model {f.n_inputs} inputs",
+                         str(input_set.source or model_path))
+    try:
+        res = reduce_approx(f, input_set, epsilon, norm, timeout, progress)
+    except ValueError as e:
+        raise CheckFailed(str(e)) from None
+    cert_path = Path(cert_path) if cert_path else Path(out_path).with_name(Path(out_path).stem + ".cert.json")
+    save_onnx(res.reduced, out_path)
+    try:
+        g = load_onnx(out_path)  # certify what was written
+        final = certify_pair(f, g, input_set, norm, res.chain, res.onset, res.onset_bound,
+                             timeout=max(60.0, timeout), threshold=epsilon)
+        if not final.epsilon <= epsilon:
+            raise CheckFailed(f"the written model certifies only within {final.epsilon:.3g} > {epsilon:g}")
+        sampled = sampled_error(model_path, out_path, input_set, norm)
+        method = {"method": "approximate-lumping", "search": res.method, "removed": res.removed,
+                  "requested_epsilon": epsilon, "onset_hidden": res.onset.n_hidden, "trials": res.trials}
+        cert = write_bounded(model_path, out_path, cert_path, f, g, input_set, final, method,
+                             time.perf_counter() - t0, sampled)
+    except BaseException:
+        Path(out_path).unlink(missing_ok=True)
+        raise
+    progress.say(f"wrote {out_path}: {f.n_hidden} -> {g.n_hidden} hidden neurons, certified {norm} error "
+                 f"{final.epsilon:.4g} <= {epsilon:g} (sampled {sampled:.4g})")
+    return cert

@@ -1,0 +1,488 @@
+"""Certify the actual error of a reduced network g against the original f on an input set X
+(DESIGN.md §4, §5, §9): the ``bounded`` certificate shared by approximate lumping, pruning and
+quantisation.
+
+The certified quantity is ``sup_{x in X} ||f(x) - g(x)||`` for the two *files* as run in float32.
+It is a sum of sound terms, each re-checkable from the files, X and the recorded evidence
+(:func:`recheck_chain`):
+
+* ``onset`` — optional exact on-set steps ``f -> h`` (DESIGN.md §3), replayed by
+  :mod:`lumpver.certificates.onset`; their discrepancy bound (max over outputs) is a term.
+  Without them ``h = f``.
+* a *twin* ``g^`` of g with h's layer widths, so that the differential back-end can compare
+  neuron by neuron (ReluDiff deltas, much tighter than comparing unlike networks):
+
+  - ``kept`` (pruning): g keeps neurons ``kept[k]`` of h; ``g^`` has g's rows at the kept
+    neurons, h's rows elsewhere (or the recorded ``dropped_rows``, see below) and zero outgoing
+    weights from the others, so ``g^ = g`` exactly. Any row of a dropped neuron is sound (it
+    feeds nothing); the reducer records rows that track h's neuron on samples of X (least
+    squares over the kept neurons of the previous layer), which keeps the neuron-wise deltas
+    small and the differential bound tight;
+  - ``classes`` (approximate lumping): g is the quotient of ``g^`` by a partition with
+    scales (:class:`lumpver.reductions.exact.LayerClasses`); ``g^``'s row of neuron u distributes
+    ``c_u`` times g's row of its representative over the members of each previous class,
+    keeping h's weights on the non-representatives. ``|g^ - g|`` is bounded soundly by
+    :func:`lumpver.certificates.exact.discrepancy_bound` (float rounding of the distribution), a
+    term;
+  - none: ``g^ = g``.
+* ``interval`` — :func:`lumpver.verifiers.interval.certified_difference_bound` of ``h`` vs ``g^`` on X,
+  deterministic: branch and bound with a recorded box cap per region (the checker re-runs it).
+* ``float32`` — a sound bound of the float32 evaluation error of f and of g
+  (:func:`lumpver.bounds.float_error.float32_error`). It is worst-case (|W| amplification per layer)
+  and can exceed the real error by orders of magnitude on deep nets, so it is *stated beside*
+  epsilon, not added: ``epsilon`` holds in real arithmetic of the stored float32 weights (as in
+  the exact and on-set certificates); ``epsilon + float32`` holds for the float32 models as run.
+
+Per-output (L-inf) terms enter an L1/L2 bound multiplied by ``n`` / ``sqrt(n)``. ``top1`` is
+certified directly between f and g (argmax provably the same on every leaf box; real
+arithmetic): the bound is 0 (agreement everywhere) or 1.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from lumpver.specs.inputset import InputSet
+from lumpver.ir.network import Layer, Network
+
+#: relative padding of a stated bound over the computed one (the checker's recomputation may
+#: differ in the last bits; a larger bound stays sound)
+PAD = 1e-6
+DEFAULT_MAX_BOXES = 400
+NORMS = ("linf", "l1", "l2", "top1")
+
+
+# ----- twins -----------------------------------------------------------------------------------
+def expand_pruned(h: Network, g: Network, kept: list[np.ndarray],
+                  dropped_rows: Optional[list[Optional["DroppedRows"]]] = None) -> Network:
+    """``g^``: h's widths, g's weights at the kept neurons; equal to g in real arithmetic.
+
+    ``dropped_rows[k]`` (optional) replaces the rows of layer k's dropped neurons (weights over
+    the kept neurons of layer k-1, or over the inputs for k = 0)."""
+    layers = []
+    for k, layer in enumerate(h.layers):
+        rows = np.asarray(kept[k]) if k < len(kept) else np.arange(layer.width)
+        cols = np.asarray(kept[k - 1]) if k > 0 else np.arange(layer.fan_in)
+        w = layer.weight.copy() if k < len(kept) else np.zeros_like(layer.weight)
+        b = layer.bias.copy()
+        w[rows, :] = 0.0
+        w[np.ix_(rows, cols)] = g.layers[k].weight
+        b[rows] = g.layers[k].bias
+        if k > 0:  # neurons g dropped feed nothing onward
+            dropped = np.setdiff1d(np.arange(layer.fan_in), cols)
+            w[:, dropped] = 0.0
+        d = dropped_rows[k] if dropped_rows is not None and k < len(dropped_rows) else None
+        if d is not None and d.index.size:
+            w[d.index, :] = 0.0
+            w[np.ix_(d.index, cols)] = d.weight
+            b[d.index] = d.bias
+        layers.append(Layer(w, b, layer.activation, layer.alpha, layer.source_op))
+    return h.with_layers(layers)
+
+
+@dataclass
+class DroppedRows:
+    """Twin rows of the dropped neurons ``index`` of one hidden layer (see :func:`expand_pruned`)."""
+
+    index: np.ndarray  # (n,) neuron indices in h
+    weight: np.ndarray  # (n, kept neurons of the previous layer or inputs)
+    bias: np.ndarray  # (n,)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index.tolist(), "weight": self.weight.tolist(), "bias": self.bias.tolist()}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> "DroppedRows":
+        idx = np.asarray(d["index"], dtype=np.int64).reshape(-1)
+        w = np.asarray(d["weight"], dtype=np.float64).reshape(idx.size, -1)
+        return DroppedRows(idx, w, np.asarray(d["bias"], dtype=np.float64).reshape(-1))
+
+
+def expand_quotient(h: Network, g: Network, classes: list) -> Network:
+    """``g^``: h's widths; aggregated over the previous classes, row u is ``c_u`` times g's row of
+    u's class (see the module docstring). Equal to g up to float rounding of the distribution."""
+    layers = []
+    for k, layer in enumerate(h.layers):
+        cur = classes[k] if k < len(classes) else None
+        prev = classes[k - 1] if k > 0 else None
+        cls = cur.cls if cur is not None else np.arange(layer.width)
+        c = cur.scale if cur is not None else np.ones(layer.width)
+        gw, gb = g.layers[k].weight, g.layers[k].bias
+        w = layer.weight.copy()
+        target = c[:, None] * gw[cls]  # (width, n_prev_classes or fan_in)
+        if prev is None:
+            w = target
+        else:
+            for C, r in enumerate(prev.rep):
+                members = np.flatnonzero(prev.cls == C)
+                others = members[members != r]
+                w[:, r] = (target[:, C] - w[:, others] @ prev.scale[others]) / prev.scale[r]
+        layers.append(Layer(w, c * gb[cls], layer.activation, layer.alpha, layer.source_op))
+    return h.with_layers(layers)
+
+
+# ----- terms ----------------------------------------------------------------------------------
+def float32_errors(net: Network, input_set: InputSet) -> np.ndarray:
+    """Per-output bound of ``|net_float32(x) - net_real(x)|`` over X (max over regions)."""
+    from lumpver.bounds.engine import compute_bounds, region_box
+    from lumpver.bounds.float_error import float32_error
+
+    out = np.zeros(net.n_outputs)
+    for region in input_set.regions:
+        out = np.maximum(out, float32_error(net, region_box(region), compute_bounds(net, region)))
+    return out
+
+
+def per_output_to_norm(v: float, n: int, norm: str) -> float:
+    """A bound on ``||d||`` from ``max_i |d_i| <= v`` (rounded up)."""
+    if norm == "l1":
+        return v * n * (1 + 1e-12)
+    if norm == "l2":
+        return v * math.sqrt(n) * (1 + 1e-12)
+    return v
+
+
+def vector_norm(v: np.ndarray, norm: str) -> float:
+    v = np.abs(np.asarray(v, dtype=np.float64))
+    if norm == "l1":
+        return float(v.sum() * (1 + 1e-12))
+    if norm == "l2":
+        return float(np.sqrt((v * v).sum()) * (1 + 1e-12))
+    return float(v.max(initial=0.0))
+
+
+def interval_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshold: float,
+                  max_boxes: list[int] | int, timeout: float) -> tuple[float, dict[str, Any]]:
+    """Differential bound of ``h - twin`` region by region with a box cap (deterministic)."""
+    from lumpver.verifiers.interval import certified_difference_bound
+
+    caps = max_boxes if isinstance(max_boxes, list) else [int(max_boxes)] * len(input_set.regions)
+    deadline = time.perf_counter() + timeout
+    bound, used, stops = 0.0, [], []
+    for region, cap in zip(input_set.regions, caps):
+        left = max(1e-3, deadline - time.perf_counter())
+        ub, det = certified_difference_bound(h, twin, InputSet([region]), norm, left, int(cap), threshold)
+        bound = max(bound, ub)
+        used.append(int(det["boxes_processed"]) + 1)
+        stops.extend(det.get("stopped", []))
+    return bound, {"threshold": threshold, "max_boxes": used, "stopped": sorted(set(stops))}
+
+
+@dataclass
+class Chain:
+    """How g relates to f for certification (module docstring)."""
+
+    onset_steps: Optional[list[dict[str, Any]]] = None
+    kept: Optional[list[np.ndarray]] = None
+    classes: Optional[list] = None  # LayerClasses per hidden layer of h
+    dropped_rows: Optional[list[Optional[DroppedRows]]] = None  # with ``kept`` only
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.onset_steps is not None:
+            d["onset_steps"] = self.onset_steps
+        if self.kept is not None:
+            d["kept"] = [np.asarray(k).tolist() for k in self.kept]
+        if self.dropped_rows is not None:
+            d["dropped_rows"] = [r.to_json() if r is not None else None for r in self.dropped_rows]
+        if self.classes is not None:
+            d["classes"] = [c.to_json() for c in self.classes]
+        return d
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> "Chain":
+        from lumpver.reductions.exact import LayerClasses
+
+        return Chain(d.get("onset_steps"),
+                     [np.asarray(k, dtype=np.int64) for k in d["kept"]] if "kept" in d else None,
+                     [LayerClasses.from_json(c) for c in d["classes"]] if "classes" in d else None,
+                     [DroppedRows.from_json(r) if r is not None else None for r in d["dropped_rows"]]
+                     if "dropped_rows" in d else None)
+
+
+def twin_of(h: Network, g: Network, chain: Chain, input_set: InputSet) -> tuple[Network, float]:
+    """``(g^, bound of max_i |g^_i - g_i| on X)``."""
+    if chain.kept is not None:
+        return expand_pruned(h, g, chain.kept, chain.dropped_rows), 0.0
+    if chain.classes is not None:
+        from lumpver.bounds.engine import region_box
+        from lumpver.certificates.exact import discrepancy_bound
+
+        twin = expand_quotient(h, g, chain.classes)
+        a, b = discrepancy_bound(twin, g, chain.classes, 0.0)
+        xmax = max(float(np.max(np.abs(np.concatenate([bx.lower, bx.upper]))))
+                   for bx in map(region_box, input_set.regions))
+        return twin, float(a + b * xmax) * (1 + 1e-9)
+    return g, 0.0
+
+
+@dataclass
+class Certified:
+    """A certified bound and its terms (all sound upper bounds, see the module docstring)."""
+
+    epsilon: float  # stated bound (padded); inf if nothing could be certified
+    norm: str
+    terms: dict[str, float]
+    evidence: dict[str, Any]
+    seconds: float = 0.0
+    reason: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.epsilon))
+
+
+def certify(f: Network, g: Network, input_set: InputSet, norm: str = "linf", chain: Optional[Chain] = None,
+            h: Optional[Network] = None, onset_bound: float = 0.0, timeout: float = 60.0,
+            max_boxes: int = DEFAULT_MAX_BOXES, threshold: float = 0.0) -> Certified:
+    """Certified ``sup_X ||f(x) - g(x)||`` for the float32 models (interval back-end).
+
+    ``h`` is the network after ``chain.onset_steps`` (with ``onset_bound`` its discrepancy);
+    ``threshold``: boxes whose bound is already below it are not split further.
+    """
+    t0 = time.perf_counter()
+    chain = chain or Chain()
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}")
+    if norm == "top1":
+        return _certify_top1(f, g, input_set, timeout, max_boxes, t0)
+    h = f if h is None else h
+    twin, twin_gap = twin_of(h, g, chain, input_set)
+    t_int = max(0.0, threshold - per_output_to_norm(onset_bound + twin_gap, f.n_outputs, norm))
+    try:
+        u, ev = interval_term(h, twin, input_set, norm, t_int, max_boxes, timeout)
+    except ValueError as e:  # unsupported activation, polytope without a box
+        return Certified(math.inf, norm, {}, {}, time.perf_counter() - t0, str(e))
+    ferr = float32_errors(f, input_set) + float32_errors(g, input_set)
+    terms = {"onset": per_output_to_norm(onset_bound, f.n_outputs, norm),
+             "twin": per_output_to_norm(twin_gap, f.n_outputs, norm), "interval": u}
+    total = sum(terms.values()) * (1 + PAD)
+    terms["float32"] = vector_norm(ferr, norm) * (1 + PAD)
+    ev.update({"chain": chain.to_json(), "terms": terms})
+    return Certified(total, norm, terms, ev, time.perf_counter() - t0)
+
+
+def _certify_top1(f, g, input_set, timeout, max_boxes, t0) -> Certified:
+    u, ev = interval_term(f, g, input_set, "top1", 0.0, max_boxes, timeout)
+    ev.update({"chain": {}, "terms": {"interval": u}})
+    return Certified(u, "top1", {"interval": u}, ev, time.perf_counter() - t0,
+                     "" if u == 0 else "argmax agreement not proved on every box")
+
+
+# ----- re-check -------------------------------------------------------------------------------
+def recheck_chain(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict[str, Any],
+                  report) -> Optional[float]:
+    """Recompute the bound of interval evidence ``ev`` from the networks and X (None on failure).
+
+    Evidence without ``max_boxes`` (the interval back-end's own, e.g. from ``lumpver bound``) is
+    replayed with its ``boxes_processed`` + 1 as each region's cap: branch and bound only lowers
+    the worst leaf as it refines, and every recomputed bound is sound whatever the cap."""
+    chain = Chain.from_json(ev.get("chain", {}))
+    if "max_boxes" in ev:
+        caps = [int(c) for c in ev["max_boxes"]]
+    else:  # plain interval back-end evidence (lumpver bound): replay with its box count as the cap
+        caps = [int(ev["boxes_processed"]) + 1] * len(input_set.regions)
+    if len(caps) != len(input_set.regions) or min(caps) < 1:
+        report.fail("interval evidence: one box cap per region expected")
+        return None
+    if norm == "top1":
+        u, _ = interval_term(f, g, input_set, "top1", 0.0, caps, 3600.0)
+        report.ok(f"top-1 agreement re-verified on every leaf box: bound {u:g}")
+        return u
+    h, onset = f, 0.0
+    if chain.onset_steps is not None:
+        from lumpver.certificates.onset import _replay_lumping, replay_onset_step
+
+        for step in chain.onset_steps:
+            kind = step.get("step")
+            replay = replay_onset_step if kind == "on-set" else _replay_lumping if kind == "exact-lumping" else None
+            if replay is None:
+                report.fail(f"unknown on-set step kind {kind!r}")
+                return None
+            h, d = replay(h, input_set, step, None, report)
+            if h is None:
+                return None
+            onset += d
+        report.ok(f"on-set steps replayed: h has widths {h.hidden_widths}, discrepancy <= {onset:.3e}")
+    if not _twin_shapes_ok(h, g, chain, report):
+        return None
+    twin, gap = twin_of(h, g, chain, input_set)
+    u, _ = interval_term(h, twin, input_set, norm, float(ev.get("threshold", 0.0)), caps, 3600.0)
+    ferr = float32_errors(f, input_set) + float32_errors(g, input_set)
+    total = per_output_to_norm(onset, f.n_outputs, norm) + per_output_to_norm(gap, f.n_outputs, norm) + u
+    report.ok(f"recomputed: on-set {onset:.3e} + twin {gap:.3e} + differential {u:.4g} = {total:.6g} ({norm}, "
+              f"real arithmetic); float32 rounding of both models <= {vector_norm(ferr, norm):.3e}")
+    return total
+
+
+def _twin_shapes_ok(h: Network, g: Network, chain: Chain, report) -> bool:
+    """The twin's claim fits h and g (sizes, indices); reports what is wrong."""
+    try:
+        if len(h.layers) != len(g.layers) or h.n_inputs != g.n_inputs or h.n_outputs != g.n_outputs:
+            raise ValueError("different depth or interface")
+        if chain.kept is not None:
+            for k, kept in enumerate(chain.kept):
+                if kept.size != g.layers[k].width or np.unique(kept).size != kept.size or \
+                        kept.min(initial=0) < 0 or kept.max(initial=0) >= h.layers[k].width:
+                    raise ValueError(f"layer {k}: kept indices do not match")
+            _dropped_rows_ok(h, chain)
+        elif chain.classes is not None:
+            if len(chain.classes) != len(h.layers) - 1:
+                raise ValueError("one partition per hidden layer expected")
+            for k, c in enumerate(chain.classes):
+                n = c.rep.size
+                if c.cls.size != h.layers[k].width or np.any(c.cls < 0) or np.any(c.cls >= n) or \
+                        n != g.layers[k].width or not np.all(c.kept) or np.any(c.scale <= 0) or \
+                        not np.all(np.isfinite(c.scale)) or np.any(c.cls[c.rep] != np.arange(n)) or \
+                        np.any(c.scale[c.rep] != 1.0):
+                    raise ValueError(f"layer {k}: malformed partition")
+                if h.layers[k].activation not in ("relu", "leaky_relu", "identity"):
+                    raise ValueError(f"layer {k}: positive scales need a positively homogeneous activation")
+        elif [l.weight.shape for l in h.layers] != [l.weight.shape for l in g.layers]:
+            raise ValueError("g has other layer shapes than the network it is compared with")
+    except (ValueError, IndexError) as e:
+        report.fail(f"interval evidence: {e}")
+        return False
+    return True
+
+
+def _dropped_rows_ok(h: Network, chain: Chain) -> None:
+    """Recorded twin rows name dropped neurons only and have finite values of the right shapes."""
+    if chain.dropped_rows is None:
+        return
+    if chain.kept is None or len(chain.dropped_rows) > len(chain.kept):
+        raise ValueError("dropped_rows need one entry per pruned hidden layer")
+    for k, d in enumerate(chain.dropped_rows):
+        if d is None:
+            continue
+        n_cols = chain.kept[k - 1].size if k > 0 else h.layers[0].fan_in
+        dropped = np.setdiff1d(np.arange(h.layers[k].width), chain.kept[k])
+        if np.unique(d.index).size != d.index.size or not np.all(np.isin(d.index, dropped)) or \
+                d.weight.shape != (d.index.size, n_cols) or d.bias.shape != (d.index.size,) or \
+                not (np.all(np.isfinite(d.weight)) and np.all(np.isfinite(d.bias))):
+            raise ValueError(f"layer {k}: malformed dropped_rows")
+
+
+# ----- sampling -------------------------------------------------------------------------------
+def sample_points(input_set: InputSet, n: int, seed: int = 0) -> np.ndarray:
+    """About ``n`` points of X (uniform in each region's box, plus corners; polytopes filtered)."""
+    from lumpver.bounds.engine import region_box
+    from lumpver.specs.inputset import Box
+
+    rng = np.random.default_rng(seed)
+    per = max(1, n // len(input_set.regions))
+    out = []
+    for region in input_set.regions:
+        pts = region_box(region).sample(per, rng, corners=True)
+        if not isinstance(region, Box):
+            pts = pts[[region.contains(p, 1e-9) for p in pts]]
+        out.append(pts)
+    return np.vstack(out).astype(np.float32).astype(np.float64)
+
+
+def norm_rows(d: np.ndarray, yf: np.ndarray, yg: np.ndarray, norm: str) -> np.ndarray:
+    if norm == "top1":
+        return (np.argmax(yf, axis=1) != np.argmax(yg, axis=1)).astype(float)
+    return {"linf": lambda a: np.max(np.abs(a), axis=1), "l1": lambda a: np.sum(np.abs(a), axis=1),
+            "l2": lambda a: np.sqrt(np.sum(a * a, axis=1))}[norm](d)
+
+
+def sampled_error(f_path: str | os.PathLike, g_path: str | os.PathLike, input_set: InputSet, norm: str = "linf",
+                  n: int = 2000, seed: int = 0) -> float:
+    """Largest ``||f(x) - g(x)||`` seen by onnxruntime on the two files over sampled points of X."""
+    from lumpver.ir.runtime import run_onnx
+
+    x = sample_points(input_set, n, seed)
+    if not len(x):
+        return 0.0
+    yf, yg = run_onnx(f_path, x), run_onnx(g_path, x)
+    return float(np.max(norm_rows(yf - yg, yf, yg, norm)))
+
+
+# ----- certificates ---------------------------------------------------------------------------
+def bounded_certificate(original_path: str | os.PathLike, reduced_path: str | os.PathLike,
+                        cert_path: str | os.PathLike, f: Network, g: Network, input_set: InputSet,
+                        result: Certified, method: dict[str, Any], seconds: float,
+                        sampled: Optional[float] = None) -> dict[str, Any]:
+    """The ``bounded`` certificate (CONTRACT.md) for a certified result; not written."""
+    from lumpver.certificates.format import make_certificate, model_stats
+
+    guarantee = {"kind": "bounded", "input_set": input_set.to_json(), "norm": result.norm,
+                 "epsilon": result.epsilon,
+                 "float_tolerance": {"float32_rounding_bound": result.terms.get("float32"),
+                                     "statement": "epsilon holds in exact real arithmetic of the stored float32 "
+                                                  "weights; evaluating both models in float32 adds at most "
+                                                  "float32_rounding_bound (a sound worst-case bound)"},
+                 "statement": "for every x in the input set, ||f(x) - g(x)|| <= epsilon (real arithmetic of the "
+                              "stored float32 weights)"
+                              if result.norm != "top1" else
+                              "for every x in the input set, argmax f(x) = argmax g(x) (real arithmetic of the "
+                              "stored float32 weights) when epsilon is 0"}
+    evidence = [{"backend": "interval", "verdict": "proved", "upper_bound": result.epsilon, "norm": result.norm,
+                 **result.evidence},
+                {"backend": "reduction", "verdict": "info", **method}]
+    if sampled is not None:
+        evidence.append({"backend": "sampling", "verdict": "info", "lower_bound": sampled,
+                         "statement": "largest error seen by onnxruntime on sampled points of X"})
+    stats = model_stats(f, g, seconds)
+    return make_certificate(original_path, reduced_path, guarantee, stats, evidence, cert_path)
+
+
+def write_bounded(original_path, reduced_path, cert_path, f, g, input_set, result, method, seconds,
+                  sampled=None) -> dict[str, Any]:
+    """Build and atomically write the ``bounded`` certificate; returns it."""
+    from lumpver.fileio import write_json_atomic
+
+    cert = bounded_certificate(original_path, reduced_path, cert_path, f, g, input_set, result, method, seconds,
+                               sampled)
+    write_json_atomic(cert_path, cert)
+    return cert
+
+
+def load_set_for(path: str, n_inputs: int) -> InputSet:
+    """``--input-set`` loader (lumpver.specs.load; a plain .vnnlib reader as fallback)."""
+    try:
+        from lumpver.specs.load import load_input_set
+    except ImportError:
+        from lumpver.specs.vnnlib import read_vnnlib
+
+        return read_vnnlib(path, n_inputs).input_set()
+    return load_input_set(path, n_inputs)
+
+
+def certify_files(original_path: str, reduced_path: str, cert_path: Optional[str], input_set: InputSet, norm: str,
+                  chain: Optional[Chain], method: dict[str, Any], seconds: float, timeout: float = 120.0,
+                  progress=None) -> dict[str, Any]:
+    """Certify two written model files (g loaded back from its file) and write the certificate."""
+    from lumpver.ir.onnx_import import load_onnx
+
+    f, g = load_onnx(original_path), load_onnx(reduced_path)
+    res = certify(f, g, input_set, norm, chain, timeout=timeout)
+    sampled = sampled_error(original_path, reduced_path, input_set, norm)
+    if progress is not None:
+        progress.say(f"certified {norm} error <= {res.epsilon:.6g} on the input set (sampled maximum {sampled:.6g})")
+    cert_path = cert_path or str(Path(reduced_path).with_name(Path(reduced_path).stem + ".cert.json"))
+    return write_bounded(original_path, reduced_path, cert_path, f, g, input_set, res, method, seconds, sampled)
+
+
+def certify_reduction(args, original: Network, pruned: Network, seconds: float, progress) -> int:
+    """Hook of ``lumpver prune --input-set`` (magnitude pruning): certify and write the certificate."""
+    from lumpver.reductions.pruning import neuron_keep_sets
+
+    input_set = load_set_for(args.input_set, original.n_inputs)
+    chain = None
+    if getattr(args, "granularity", "weight") == "neuron":
+        scope = args.scope or "layer"
+        chain = Chain(kept=neuron_keep_sets(original, args.keep, scope))
+    method = {"method": "magnitude", "keep": args.keep, "granularity": getattr(args, "granularity", "weight")}
+    cert = certify_files(args.model, args.output, args.certificate, input_set, "linf", chain, method, seconds,
+                         progress=progress)
+    print(f"bounded: linf error <= {cert['guarantee']['epsilon']:.6g} on the input set; wrote {args.output}")
+    return 0

@@ -1,0 +1,99 @@
+"""Symmetric uniform weight quantisation and QDQ export (DESIGN.md §8).
+
+``q = clip(round(w / s), -2^(b-1), 2^(b-1) - 1)`` with ``s = max|w| / (2^(b-1) - 1)`` per tensor
+or per output channel (row of ``Layer.weight``); the quantised network g has the float32 weights
+``fl32(fl32(q) * fl32(s))`` — exactly what ``DequantizeLinear`` computes — so the QDQ file and
+the float export describe the same g. Weights of every layer are quantised; biases and input
+normalisation stay float32. 4-bit values are stored in int8 initialisers.
+
+Layers are written as ``Gemm`` (``transB=1``): onnxruntime's extended graph optimisations rewrite
+``DequantizeLinear -> MatMul`` into ``MatMulNBits`` / dynamically quantised kernels whose
+results differ from the ONNX semantics by ~1e-3 (measured), which would void the certificate;
+``DequantizeLinear -> Gemm`` is evaluated as written.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from lumpver.ir.network import Layer, Network
+
+
+@dataclass
+class QuantizedLayer:
+    """Integer weights ``q`` (out, in) and float32 scales (one, or one per output row)."""
+
+    q: np.ndarray  # int8
+    scale: np.ndarray  # float32, shape (1,) or (out,)
+
+    def dequantized(self) -> np.ndarray:
+        s = self.scale.astype(np.float32)
+        s = s[:, None] if s.size > 1 else s.reshape(1, 1)
+        return (self.q.astype(np.float32) * s).astype(np.float64)
+
+
+def quantize_weight(w: np.ndarray, bits: int, per_channel: bool) -> QuantizedLayer:
+    """Symmetric quantisation of one weight matrix (module docstring)."""
+    if bits not in (2, 3, 4, 5, 6, 7, 8):
+        raise ValueError(f"bits must be in 2..8, got {bits}")
+    qmax = 2 ** (bits - 1) - 1
+    amax = np.max(np.abs(w), axis=1) if per_channel else np.array([np.max(np.abs(w))])
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    s = scale.astype(np.float64)[:, None] if per_channel else np.float64(scale[0])
+    q = np.clip(np.round(w / s), -qmax - 1, qmax).astype(np.int8)
+    return QuantizedLayer(q, scale)
+
+
+def quantize_network(net: Network, bits: int = 8, per_channel: bool = False) -> tuple[Network, list[QuantizedLayer]]:
+    """The quantised network g (float32 dequantised weights) and the integer layers."""
+    qls = [quantize_weight(layer.weight, bits, per_channel) for layer in net.layers]
+    layers = [Layer(ql.dequantized(), layer.bias.copy(), layer.activation, layer.alpha, "gemm")
+              for ql, layer in zip(qls, net.layers)]
+    return net.with_layers(layers), qls
+
+
+def qdq_model(net: Network, qls: list[QuantizedLayer]):
+    """An ONNX model of the quantised g where every weight is an int8 initialiser behind ``DequantizeLinear``."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from lumpver.ir.onnx_export import network_to_onnx
+
+    model = network_to_onnx(net)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    new_nodes = []
+    for k, (layer, ql) in enumerate(zip(net.layers, qls)):
+        name = f"lv_W{k}"
+        transposed = layer.source_op != "gemm"  # MatMul stores W.T (in, out): channels on axis 1
+        q = ql.q.T if transposed else ql.q
+        g.initializer.remove(inits[name])
+        g.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(q), f"{name}_q"),
+                              numpy_helper.from_array(ql.scale.reshape(-1) if ql.scale.size > 1
+                                                      else ql.scale.reshape(()), f"{name}_scale")])
+        attrs = {"axis": 1 if transposed else 0} if ql.scale.size > 1 else {}
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale"], [name],
+                                          name=f"lv_dequant_{k}", **attrs))
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(new_nodes + nodes)
+    onnx.checker.check_model(model)
+    return model
+
+
+def save_quantized(net: Network, qls: list[QuantizedLayer], path: str | os.PathLike, float_weights: bool = False) -> None:
+    """Write g atomically: QDQ form (default) or plain float32 weights."""
+    from lumpver.fileio import write_bytes_atomic
+    from lumpver.ir.onnx_export import network_to_onnx
+
+    model = network_to_onnx(net) if float_weights else qdq_model(net, qls)
+    write_bytes_atomic(path, model.SerializeToString())
+
+
+def quantize_summary(qls: list[QuantizedLayer], bits: int, per_channel: bool) -> dict:
+    """JSON-able description of the quantisation for certificates."""
+    return {"method": "quantization", "bits": bits, "per_channel": per_channel, "symmetric": True,
+            "layers": [{"shape": list(ql.q.shape), "scales": [float(s) for s in ql.scale],
+                        "max_abs_q": int(np.max(np.abs(ql.q.astype(np.int64))))} for ql in qls]}
