@@ -6,7 +6,8 @@ structure, partitions and reports.
 
 Conventions
 -----------
-* ``Layer.weight`` has shape ``(out, in)``: ``z = weight @ h_prev + bias``; ``h = act(z)``.
+* ``Layer.op`` is a linear operator (:mod:`lumpver.ir.operators`; ``Layer.weight`` is its
+  ``(out, in)`` matrix when dense): ``z = op(h_prev) + bias``; ``h = act(z)``.
 * Hidden layers are ``layers[:-1]``; ``layers[-1]`` produces the outputs (usually
   ``identity``, but an output activation is allowed).
 * ``input_ops`` are element-wise affine steps applied to the flattened raw input before the
@@ -20,46 +21,58 @@ from typing import Sequence
 
 import numpy as np
 
-#: Activations the IR knows, with their Lipschitz constants (used by sound error bounds).
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
-
+from lumpver.ir.activations import get_activation
+from lumpver.ir.operators import DenseOperator, LinearOperator
 
 @dataclass
 class Layer:
-    """One affine map followed by an element-wise activation."""
+    """One linear operator plus bias, followed by an element-wise activation.
 
-    weight: np.ndarray  # (out, in) float64
+    ``Layer(weight_matrix, bias, ...)`` wraps an ``(out, in)`` array in a
+    :class:`~lumpver.ir.operators.DenseOperator`; any other :class:`LinearOperator` is kept as is.
+    """
+
+    op: LinearOperator
     bias: np.ndarray  # (out,) float64
     activation: str = "relu"
     alpha: float = 0.01  # LeakyRelu slope for negative inputs
     source_op: str = "matmul"  # "matmul" or "gemm": how export writes it (bit-identical round trip)
 
     def __post_init__(self) -> None:
-        self.weight = np.asarray(self.weight, dtype=np.float64)
+        if not isinstance(self.op, LinearOperator):
+            self.op = DenseOperator(self.op)
         self.bias = np.asarray(self.bias, dtype=np.float64).reshape(-1)
-        if self.weight.ndim != 2 or self.weight.shape[0] != self.bias.shape[0]:
-            raise ValueError(f"layer shapes do not match: weight {self.weight.shape}, bias {self.bias.shape}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}")
+        if self.op.out_features != self.bias.shape[0]:
+            raise ValueError(f"layer shapes do not match: operator out {self.op.out_features}, bias {self.bias.shape}")
+        get_activation(self.activation)
+
+    @property
+    def weight(self) -> np.ndarray:
+        """The ``(out, in)`` matrix (the live array of a dense operator)."""
+        return self.op.dense()
+
+    @weight.setter
+    def weight(self, value: np.ndarray) -> None:
+        self.op = DenseOperator(value)
 
     @property
     def width(self) -> int:
-        return int(self.weight.shape[0])
+        return int(self.op.out_features)
 
     @property
     def fan_in(self) -> int:
-        return int(self.weight.shape[1])
+        return int(self.op.in_features)
 
     def activate(self, z: np.ndarray) -> np.ndarray:
         """Apply this layer's activation element-wise (float64 unless z is float32)."""
-        return apply_activation(self.activation, z, self.alpha)
+        return get_activation(self.activation)(z, self.alpha)
 
     def lipschitz(self) -> float:
         """Lipschitz constant of the activation."""
-        return activation_lipschitz(self.activation, self.alpha)
+        return get_activation(self.activation).lipschitz(self.alpha)
 
     def copy(self) -> "Layer":
-        return Layer(self.weight.copy(), self.bias.copy(), self.activation, self.alpha, self.source_op)
+        return Layer(self.op.copy(), self.bias.copy(), self.activation, self.alpha, self.source_op)
 
 
 @dataclass
@@ -137,7 +150,7 @@ class Network:
 
     @property
     def n_params(self) -> int:
-        return sum(layer.weight.size + layer.bias.size for layer in self.layers)
+        return sum(layer.op.n_params + layer.bias.size for layer in self.layers)
 
     # ----- arithmetic ----------------------------------------------------------------------
     def input_affine(self) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +174,7 @@ class Network:
         """Outputs for a batch of raw inputs (any shape with n_inputs per sample): ``(batch, n_outputs)``."""
         h = self.preprocess(np.asarray(x, dtype=dtype))
         for layer in self.layers:
-            h = layer.activate(h @ layer.weight.T.astype(dtype) + layer.bias.astype(dtype))
+            h = layer.activate(layer.op.forward(h) + layer.bias.astype(dtype))
         return h
 
     def activations(self, x: np.ndarray) -> list[np.ndarray]:
@@ -169,7 +182,7 @@ class Network:
         h = self.preprocess(np.asarray(x, dtype=np.float64))
         out = [h]
         for layer in self.layers:
-            h = layer.activate(h @ layer.weight.T + layer.bias)
+            h = layer.activate(layer.op.forward(h) + layer.bias)
             out.append(h)
         return out
 
@@ -216,20 +229,10 @@ class Network:
 
 
 def apply_activation(name: str, z: np.ndarray, alpha: float = 0.01) -> np.ndarray:
-    """Evaluate an activation element-wise."""
-    if name == "identity":
-        return z
-    if name == "relu":
-        return np.maximum(z, 0)
-    if name == "leaky_relu":
-        return np.where(z >= 0, z, z * z.dtype.type(alpha) if hasattr(z, "dtype") else alpha * z)
-    if name == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-z))
-    if name == "tanh":
-        return np.tanh(z)
-    raise ValueError(f"unknown activation {name!r}")
+    """Evaluate an activation element-wise (see :mod:`lumpver.ir.activations`)."""
+    return get_activation(name)(z, alpha)
 
 
 def activation_lipschitz(name: str, alpha: float = 0.01) -> float:
     """Global Lipschitz constant of an activation."""
-    return {"identity": 1.0, "relu": 1.0, "leaky_relu": max(1.0, abs(alpha)), "sigmoid": 0.25, "tanh": 1.0}[name]
+    return get_activation(name).lipschitz(alpha)

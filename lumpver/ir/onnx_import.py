@@ -17,11 +17,12 @@ from typing import Optional
 import numpy as np
 
 from lumpver.errors import InputError
+from lumpver.ir.activations import BY_ONNX_OP
 from lumpver.ir.network import InputOp, Layer, Network
 
 _SHAPE_ONLY = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast"}
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
-_ACTIVATIONS = {"Relu": "relu", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+_ACTIVATIONS = BY_ONNX_OP
 _SHAPE_TENSOR_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "Mul", "Div", "Add",
                      "Sub", "Identity", "ConstantOfShape", "ReduceProd"}
 
