@@ -147,3 +147,42 @@ def test_pytorch_style_flatten_and_transposed_weight(tmp_path, rng):
     assert np.allclose(net.forward(x), run_onnx(src, x), rtol=1e-5, atol=1e-5)
     _, ref, got = _roundtrip(tmp_path, src, x)
     assert np.allclose(ref, got, rtol=1e-6, atol=1e-6)
+
+
+def _poisoned_chain(rng, value: float) -> onnx.ModelProto:
+    """gemm_chain with one weight of W2 replaced by ``value`` (NaN or Inf)."""
+    m = ob.gemm_chain(rng)
+    for init in m.graph.initializer:
+        if init.name == "W2":
+            w = onnx.numpy_helper.to_array(init).copy()
+            w[1, 2] = value
+            init.CopyFrom(onnx.numpy_helper.from_array(w, "W2"))
+    return m
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("command", [["reduce"], ["quantize", "--bits", "8"], ["prune", "--method", "magnitude", "--keep", "0.5"]])
+def test_non_finite_weights_exit_2_naming_initializer(tmp_path, rng, value, command):
+    src = tmp_path / "nan.onnx"
+    onnx.save(_poisoned_chain(rng, value), str(src))
+    out = tmp_path / "o.onnx"
+    r = _cli(command[0], str(src), "-o", str(out), *command[1:])
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert "nan.onnx" in line and "'W2'" in line and ("NaN" in line or "Inf" in line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.onnx"]
+
+
+def test_symbolic_feature_dimension_is_refused(tmp_path, rng):
+    m = ob.gemm_chain(rng)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims[1].Clear()
+    dims[1].dim_param = "K"
+    src = tmp_path / "sym.onnx"
+    onnx.save(m, str(src))
+    with pytest.raises(InputError) as e:
+        load_onnx(src)
+    assert "'K'" in str(e.value) and "axis 1" in str(e.value) and "sym.onnx" in str(e.value)
+    r = _cli("reduce", str(src), "-o", str(tmp_path / "o.onnx"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1

@@ -138,6 +138,8 @@ def onnx_to_network(model, path: str = "<model>") -> Network:
     if inp.type.tensor_type.elem_type not in (1, 11):  # FLOAT, DOUBLE
         raise InputError(f"input {inp.name!r} is not a float tensor", path)
     in_shape = _dims(inp)
+    _check_batch_only_symbolic(inp.name, in_shape, path)
+    _check_batch_only_symbolic(g.output[0].name, _dims(g.output[0]), path)
     n_in = int(np.prod([d for d in in_shape if isinstance(d, int)])) if in_shape else 1
     tracked = [d if isinstance(d, int) else None for d in in_shape] or [1]
     b = _Builder(path, n_in, tracked)
@@ -166,6 +168,7 @@ def onnx_to_network(model, path: str = "<model>") -> Network:
         if node.op_type == "Shape":
             shape_tensors.update(node.output)
             continue
+        _check_finite_inputs(node, consts, path, where)
         _apply_node(b, node, consts, shape_tensors, data, path, where)
         data = node.output[0]
 
@@ -176,8 +179,28 @@ def onnx_to_network(model, path: str = "<model>") -> Network:
         raise InputError("the model has no affine layer", path)
     if layers[0].fan_in != n_in:
         raise InputError(f"first layer expects {layers[0].fan_in} inputs but the input has {n_in} values", path)
+    for k, layer in enumerate(layers):
+        if not (np.isfinite(layer.weight).all() and np.isfinite(layer.bias).all()):
+            raise InputError(f"layer {k} has non-finite weights after folding constants (overflow)", path)
     out_shape = _dims(g.output[0]) or [b.n]
     return Network(layers, b.input_ops, inp.name, g.output[0].name, in_shape, out_shape)
+
+
+def _check_batch_only_symbolic(name: str, dims: list[int | str], path: str) -> None:
+    """Only axis 0 (the batch) may be symbolic: the feature count must be known (DESIGN.md §1)."""
+    for axis, d in enumerate(dims):
+        if axis > 0 and isinstance(d, str):
+            raise InputError(f"tensor {name!r} has a symbolic dimension {d!r} at axis {axis}; "
+                             f"only the batch axis 0 may be symbolic", path)
+
+
+def _check_finite_inputs(node, consts: dict, path: str, where: str) -> None:
+    """Refuse NaN/Inf in the constants (weights, biases, normalisation) a data node uses."""
+    for name in node.input:
+        value = consts.get(name)
+        if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all():
+            bad = "NaN" if np.isnan(value).any() else "Inf"
+            raise InputError(f"initializer {name!r} holds {bad} values", path, where)
 
 
 def _constant_value(node, path: str, where: str) -> np.ndarray:
