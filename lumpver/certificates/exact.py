@@ -176,6 +176,17 @@ def _magnitude(layer: Layer, zmag: np.ndarray) -> np.ndarray:
     return activation_lipschitz(layer.activation, layer.alpha) * zmag
 
 
+def stored_layer(like: Layer, w: np.ndarray, b: np.ndarray) -> Layer:
+    """A layer with ``like``'s activation and ``(w, b)`` rounded to float32, as a reduced file stores
+    it: an emptied layer keeps one silent neuron, a layer without inputs one zero column."""
+    if w.shape[0] == 0:
+        w, b = np.zeros((1, w.shape[1])), np.zeros(1)
+    if w.shape[1] == 0:
+        w = np.zeros((w.shape[0], 1))
+    f32 = lambda a: np.asarray(a, dtype=np.float32).astype(np.float64)  # noqa: E731
+    return Layer(f32(w), f32(b), like.activation, like.alpha, like.source_op)
+
+
 def quotient_network(f: Network, classes: list[Partition]) -> Network:
     """A network with one neuron per kept class: the representative's aggregated row (float32).
 
@@ -187,13 +198,7 @@ def quotient_network(f: Network, classes: list[Partition]) -> Network:
         agg, b_const = aggregated(layer.weight, prev)
         rows = cur.rep[cur.kept] if cur is not None else np.arange(layer.width)
         w = agg[rows][:, prev.kept] if prev is not None else agg[rows]
-        b = (layer.bias + b_const)[rows]
-        if rows.size == 0:
-            w, b = np.zeros((1, w.shape[1])), np.zeros(1)
-        if w.shape[1] == 0:
-            w = np.zeros((w.shape[0], 1))
-        f32 = lambda a: np.asarray(a, dtype=np.float32).astype(np.float64)  # noqa: E731
-        layers.append(Layer(f32(w), f32(b), layer.activation, layer.alpha, layer.source_op))
+        layers.append(stored_layer(layer, w, (layer.bias + b_const)[rows]))
         prev = cur
     return f.with_layers(layers)
 
