@@ -27,7 +27,7 @@ import numpy as np
 
 from lumpver.bounds.engine import compute_bounds, region_box
 from lumpver.bounds.float_error import float32_error
-from lumpver.certificates.exact import classes_fit, discrepancy_bound, read_classes, same_interface
+from lumpver.certificates.exact import classes_fit, discrepancy_bound, read_classes, same_activation, same_interface
 from lumpver.certificates.format import CheckContext, CheckReport
 from lumpver.certificates.onset import replay_steps
 from lumpver.ir.network import Layer, Network
@@ -98,9 +98,12 @@ def lumped_twin(h: Network, g: Network, classes: list) -> Network:
 def _twin(h: Network, g: Network, chain: dict[str, Any], input_set: InputSet, report: CheckReport
           ) -> Optional[tuple[Network, float]]:
     """``(g^, bound of max_i |g^_i - g_i| on X)`` or None (reported)."""
+    if len(g.layers) != len(h.layers) or not all(map(same_activation, h.layers, g.layers)):
+        report.fail("interval evidence: g has other depth or activations than the network it is compared with")
+        return None
     if "kept" in chain:
         kept = [np.asarray(k, dtype=np.int64).reshape(-1) for k in chain["kept"]]
-        if len(kept) != len(h.layers) - 1 or len(g.layers) != len(h.layers) or any(
+        if len(kept) != len(h.layers) - 1 or any(
                 k.size != g.layers[i].width or np.unique(k).size != k.size or k.min(initial=0) < 0
                 or k.max(initial=0) >= h.layers[i].width for i, k in enumerate(kept)):
             report.fail("interval evidence: kept neurons do not fit the networks")

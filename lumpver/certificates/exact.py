@@ -70,6 +70,11 @@ def _partition_problem(layer: Layer, p: Partition) -> Optional[str]:
     return None
 
 
+def same_activation(a: Layer, b: Layer) -> bool:
+    """Same activation function (name and, where it matters, the LeakyReLU slope)."""
+    return a.activation == b.activation and (a.activation != "leaky_relu" or a.alpha == b.alpha)
+
+
 def _width(p: Partition) -> int:
     """g's width for a layer: one neuron per kept class (one silent neuron if none is kept)."""
     return max(1, int(p.kept.sum()))
@@ -84,7 +89,7 @@ def classes_fit(f: Network, g: Network, classes: list[Partition], report: CheckR
         problem = _partition_problem(lf, classes[k]) if k < len(classes) else None
         rows = _width(classes[k]) if k < len(classes) else lf.width
         cols = _width(classes[k - 1]) if k > 0 else lf.fan_in
-        if problem is None and (lg.weight.shape != (rows, cols) or lg.activation != lf.activation):
+        if problem is None and (lg.weight.shape != (rows, cols) or not same_activation(lf, lg)):
             problem = f"reduced layer is {lg.weight.shape} {lg.activation}, the claim needs {(rows, cols)} {lf.activation}"
         if problem is None and k > 0 and not classes[k - 1].kept.any() and np.any(lg.weight != 0):
             problem = "the silent neuron of an emptied layer feeds the next layer"

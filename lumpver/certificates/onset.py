@@ -34,8 +34,8 @@ import numpy as np
 
 from lumpver.bounds.engine import NetworkBounds, region_box
 from lumpver.bounds.split import replay_set_bounds
-from lumpver.certificates.exact import (classes_fit, discrepancy_bound, quotient_network, read_classes, same_interface,
-                                        stored_layer)
+from lumpver.certificates.exact import (classes_fit, discrepancy_bound, quotient_network, read_classes, same_activation,
+                                        same_interface, stored_layer)
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, check_equal, confirm_prose
 from lumpver.ir.network import Layer, Network
 from lumpver.ir.onnx_import import load_onnx
@@ -114,9 +114,11 @@ def folded_network(net: Network, claims: list[Claim]) -> Network:
     return net.with_layers(layers)
 
 
-def _g_block(g: Layer, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+def _g_block(f: Layer, g: Layer, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
     """g's weights over the kept neurons; an emptied layer's silent neuron must feed nothing."""
     rows, cols = max(n_rows, 1), max(n_cols, 1)
+    if not same_activation(f, g):
+        raise ValueError(f"reduced layer has activation {g.activation}, the original {f.activation}")
     if g.weight.shape != (rows, cols):
         raise ValueError(f"reduced layer has shape {g.weight.shape}, the claims give {(rows, cols)}")
     if n_cols == 0 and np.any(g.weight != 0):
@@ -134,7 +136,7 @@ def fold_discrepancy(net: Network, claims: list[Claim], nb: NetworkBounds, g: Ne
         c = claims[k] if k < len(claims) else None
         rows = c.kept(layer.width) if c is not None else np.arange(layer.width)
         w, absw, gam = layer.weight, np.abs(layer.weight), _gamma(layer.fan_in + emb.shape[1] + 4)
-        gw, gb = _g_block(g.layers[k], rows.size, emb.shape[1])
+        gw, gb = _g_block(layer, g.layers[k], rows.size, emb.shape[1])
         we_mag = absw[rows] @ np.abs(emb)
         dz = (np.abs(w[rows] @ emb - gw) @ m + np.abs(gw) @ d + np.abs(layer.bias[rows] - gb) + absw[rows] @ e)
         dz += 3 * gam * ((we_mag + np.abs(gw)) @ m + np.abs(gw) @ d + np.abs(layer.bias[rows]) + np.abs(gb)

@@ -121,7 +121,8 @@ def _evidence(cert: dict, where: str) -> dict:
 
 def _same_weights(a: Network, b: Network) -> Optional[str]:
     """None if the two networks have identical layers and interface, else what differs."""
-    if [(l.weight.shape, l.activation) for l in a.layers] != [(l.weight.shape, l.activation) for l in b.layers]:
+    if [(l.weight.shape, l.activation, l.alpha) for l in a.layers] != [(l.weight.shape, l.activation, l.alpha)
+                                                                         for l in b.layers]:
         return "layer shapes or activations differ"
     for k, (la, lb) in enumerate(zip(a.layers, b.layers)):
         if not (np.array_equal(la.weight, lb.weight) and np.array_equal(la.bias, lb.bias)):
