@@ -209,7 +209,7 @@ def _check_guarantee(rep: CheckReport, g: dict[str, Any], ev: dict) -> None:
     alpha, delta, loss = float(ev["alpha"]), float(ev["delta"]), ev["loss"]
     check_bound(rep, g, "risk_bound", alpha)
     conf = g.get("confidence")
-    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or conf > (1.0 - delta) * (1 + 1e-12):
+    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not conf <= (1.0 - delta) * (1 + 1e-12):
         rep.fail(f"guarantee.confidence: claimed {conf!r} but the test at delta = {delta} proves only {1.0 - delta}")
     else:
         rep.confirm("confidence", f"{conf} <= 1 - delta = {1.0 - delta}")
