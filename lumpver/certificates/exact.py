@@ -1,127 +1,162 @@
 """Re-checking an exact-lumping claim from the model files alone (DESIGN.md §2, §9).
 
-:func:`replay_quotient` rebuilds the quotient a claim describes from the original network;
-:func:`discrepancy_bound` computes, for the reduced network as stored, a sound bound
+The claim is a partition of every hidden layer of the original f: neuron ``u`` is
+``c_u`` times the representative of its class (``h_u = c_u h_rep``), or a constant (class -1,
+value ``c_u``); dropped classes feed nothing. The checker trusts none of the reducer's code:
 
-    for every input x:  max_i |f_i(x) - g_i(x)|  <=  a + b * ||x||_inf
+* :func:`read_classes` / :func:`classes_fit` validate the partition, that every scale is one
+  the activation admits (``act(c z) = c act(z)``, :mod:`lumpver.ir.activations`) and that the
+  reduced network g has exactly one neuron per kept class;
+* :func:`discrepancy_bound` computes, for g as stored, a sound bound
 
-in exact real arithmetic of the stored float32 weights (DESIGN.md §2, "Floats"). The bound
-propagates, layer by layer, an error ``e_u >= |h_u - c_u h^g_rep(u)|`` through the residuals
-``|A_uC - c_u W^g_tC|`` of the class-aggregated signatures against the reduced weights and
-through magnitude bounds of the activations; both are affine in ``R = ||x||_inf`` (kept as
-``(alpha, beta)`` column pairs). float64 rounding of the check itself is covered by a
-relative margin of :data:`ROUNDING_MARGIN` on every term.
+      for every input x:  max_i |f_i(x) - g_i(x)|  <=  a + b * ||x||_inf
+
+  in exact real arithmetic of the stored float32 weights (DESIGN.md §2, "Floats"). It propagates,
+  layer by layer, an error ``e_u >= |h_u - c_u h^g_rep(u)|`` through the residuals
+  ``|A_uC - c_u W^g_tC|`` of the class-aggregated weights ``A_uC = sum_{s in C} w_us c_s``
+  (computed here) against g's weights, and magnitude bounds of the activations; both are
+  affine in ``R = ||x||_inf`` (``(alpha, beta)`` column pairs). A dropped class is tracked as
+  the virtual neuron computed from its representative's aggregated row. float64 rounding of the
+  check itself is covered by a relative margin of :data:`ROUNDING_MARGIN` on every term.
+
+The guarantee's ``float_tolerance.discrepancy_bound.a/.b`` must be at least the recomputed
+``a, b``; ``grouping_tolerance`` must be the tolerance the evidence's partition was made with.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
+from scipy import sparse
 
-from lumpver.certificates.format import CheckContext, CheckReport
-from lumpver.reductions.exact import LayerClasses, _signatures, build_quotient
-from lumpver.ir.network import Network, activation_lipschitz
+from lumpver.certificates.format import CheckContext, CheckReport, check_bound, check_equal, confirm_prose
+from lumpver.ir.activations import get_activation
+from lumpver.ir.network import Layer, Network, activation_lipschitz
+from lumpver.ir.onnx_import import load_onnx
 
 ROUNDING_MARGIN = 1e-12
 
 
-def replay_quotient(net: Network, claim: dict[str, Any]) -> tuple[Network, list[LayerClasses], CheckReport]:
-    """Rebuild the reduced network a quotient claim describes, from ``net`` alone."""
-    report = CheckReport(True)
-    tol = float(claim["tolerance"])
-    classes = [LayerClasses.from_json(d) for d in claim["layers"]]
-    if len(classes) != len(net.layers) - 1:
-        report.fail(f"claim has {len(classes)} hidden layers, the network {len(net.layers) - 1}")
-        return net, classes, report
-    sigs = []
-    for k, layer in enumerate(net.layers):
-        if k < len(classes):
-            c = classes[k]
-            ok = c.cls.size == layer.width and c.scale.size == layer.width and c.kept.size == c.rep.size
-            ok = ok and bool(np.all(c.cls < c.rep.size)) and bool(np.all((c.rep >= 0) & (c.rep < layer.width)))
-            ok = ok and bool(np.all(c.cls[c.rep] == np.arange(c.rep.size))) if ok else False
-            if not ok:
-                report.fail(f"hidden layer {k}: the partition is malformed")
-                return net, classes, report
-        sigs.append(_signatures(net, classes, k, tol))
-    report.ok(f"quotient replayed from the original ({sum(int(c.kept.sum()) for c in classes)} kept classes)")
-    return build_quotient(net, classes, sigs), classes, report
+@dataclass
+class Partition:
+    """One hidden layer's claimed partition (see the module docstring)."""
+
+    cls: np.ndarray  # class of each neuron, -1 = constant
+    scale: np.ndarray  # c_u, or the constant's value
+    rep: np.ndarray  # representative neuron of each class
+    kept: np.ndarray  # whether the class survives in g
 
 
-def same_weights(a: Network, b: Network, report: CheckReport) -> bool:
-    """Layer shapes and activations equal and weights equal to within one float32 ulp."""
-    if len(a.layers) != len(b.layers):
-        report.fail(f"reduced model has {len(b.layers)} layers, the replayed quotient {len(a.layers)}")
-        return False
-    for k, (la, lb) in enumerate(zip(a.layers, b.layers)):
-        if la.weight.shape != lb.weight.shape or la.activation != lb.activation:
-            report.fail(f"layer {k}: shape/activation {lb.weight.shape}/{lb.activation} differs from the "
-                        f"replayed {la.weight.shape}/{la.activation}")
-            return False
-        for name, x, y in (("weight", la.weight, lb.weight), ("bias", la.bias, lb.bias)):
-            ulp = np.spacing(np.abs(x).astype(np.float32)).astype(np.float64)
-            bad = np.abs(x - y) > ulp
-            if np.any(bad):
-                idx = np.unravel_index(int(np.argmax(bad)), bad.shape)
-                report.fail(f"layer {k} {name}{list(idx)} is {y[idx]!r}, the replayed quotient gives {x[idx]!r}")
-                return False
-    report.ok("every weight of the reduced model equals the replayed quotient (within 1 float32 ulp)")
+def read_classes(claim: dict[str, Any]) -> list[Partition]:
+    """The partitions of a quotient claim (KeyError/ValueError/TypeError if malformed)."""
+    return [Partition(np.asarray(d["class_of"], dtype=np.int64).reshape(-1),
+                      np.asarray(d["scale"], dtype=np.float64).reshape(-1),
+                      np.asarray(d["representative"], dtype=np.int64).reshape(-1),
+                      np.asarray(d["kept"], dtype=bool).reshape(-1)) for d in claim["layers"]]
+
+
+def _partition_problem(layer: Layer, p: Partition) -> Optional[str]:
+    n, n_cls = layer.width, p.rep.size
+    if p.cls.size != n or p.scale.size != n or p.kept.size != n_cls:
+        return "sizes do not match the layer"
+    if np.any(p.cls < -1) or np.any(p.cls >= n_cls) or np.any(p.rep < 0) or np.any(p.rep >= n):
+        return "class or representative index out of range"
+    if np.any(p.cls[p.rep] != np.arange(n_cls)) or not np.all(np.isfinite(p.scale)):
+        return "a representative is not in its class, or a scale is not finite"
+    act = get_activation(layer.activation)
+    if np.any(p.scale[p.rep] != 1.0) or not all(act.admits_scale(float(c)) for c in p.scale[p.cls >= 0]):
+        return f"a scale {layer.activation} does not admit (act(c z) = c act(z) fails)"
+    return None
+
+
+def same_activation(a: Layer, b: Layer) -> bool:
+    """Same activation function (name and, where it matters, the LeakyReLU slope)."""
+    return a.activation == b.activation and (a.activation != "leaky_relu" or a.alpha == b.alpha)
+
+
+def _width(p: Partition) -> int:
+    """g's width for a layer: one neuron per kept class (one silent neuron if none is kept)."""
+    return max(1, int(p.kept.sum()))
+
+
+def classes_fit(f: Network, g: Network, classes: list[Partition], report: CheckReport) -> bool:
+    """The partitions are well formed and g has one neuron per kept class (reported if not)."""
+    if len(classes) != len(f.layers) - 1 or len(g.layers) != len(f.layers):
+        return not report.fail(f"claim has {len(classes)} hidden layers, the networks {len(f.layers) - 1} "
+                               f"and {len(g.layers) - 1}")
+    for k, (lf, lg) in enumerate(zip(f.layers, g.layers)):
+        problem = _partition_problem(lf, classes[k]) if k < len(classes) else None
+        rows = _width(classes[k]) if k < len(classes) else lf.width
+        cols = _width(classes[k - 1]) if k > 0 else lf.fan_in
+        if problem is None and (lg.weight.shape != (rows, cols) or not same_activation(lf, lg)):
+            problem = f"reduced layer is {lg.weight.shape} {lg.activation}, the claim needs {(rows, cols)} {lf.activation}"
+        if problem is None and k > 0 and not classes[k - 1].kept.any() and np.any(lg.weight != 0):
+            problem = "the silent neuron of an emptied layer feeds the next layer"
+        if problem is not None:
+            return not report.fail(f"layer {k}: {problem}")
     return True
 
 
-def _expand_rows(reduced_w: np.ndarray, prev: LayerClasses | None, n_prev_cls: int) -> np.ndarray:
-    """Reduced weights as columns over all previous classes (zero for dropped classes)."""
+def aggregated(weight: np.ndarray, prev: Optional[Partition]) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, b_const)``: ``A[u, C] = sum_{s in C} w_us c_s`` and ``sum_{s constant} w_us c_s``."""
     if prev is None:
-        return reduced_w
-    out = np.zeros((reduced_w.shape[0], n_prev_cls))
+        return weight, np.zeros(weight.shape[0])
+    live = prev.cls >= 0
+    member_of = sparse.csc_matrix((prev.scale[live], (np.flatnonzero(live), prev.cls[live])),
+                                  shape=(weight.shape[1], prev.rep.size))
+    a = np.asarray(member_of.T.dot(weight.T)).T
+    return a, weight[:, ~live] @ prev.scale[~live]
+
+
+def _over_classes(g_weight: np.ndarray, prev: Optional[Partition]) -> np.ndarray:
+    """g's weights as columns over all previous classes (zero for dropped classes)."""
+    if prev is None:
+        return g_weight
+    out = np.zeros((g_weight.shape[0], prev.rep.size))
     cols = np.flatnonzero(prev.kept)
-    if cols.size:
-        out[:, cols] = reduced_w[:, : cols.size]
+    out[:, cols] = g_weight[:, : cols.size]
     return out
 
 
-def discrepancy_bound(original: Network, reduced: Network, classes: list[LayerClasses], tol: float,
+def discrepancy_bound(original: Network, reduced: Network, classes: list, tol: float = 0.0,
                       raw_signatures: list | None = None) -> tuple[float, float]:
     """Sound ``(a, b)`` with ``max_i |f_i(x) - g_i(x)| <= a + b ||x||_inf`` for all x (module docstring).
 
-    ``raw_signatures`` (per layer the unsnapped ``(A, b_eff)``) may be passed to skip recomputing
-    them; the checker never passes it."""
-    from lumpver.reductions.exact import aggregate, constant_contribution
-
+    ``classes`` are per hidden layer objects with ``cls, scale, rep, kept`` (validated by
+    :func:`classes_fit`); ``raw_signatures`` (per layer ``(A, A-folded bias)``) may be passed by
+    the reducer to skip recomputing them, the checker never passes it. ``tol`` is unused (kept
+    for the reducers' call sites)."""
     scale, shift = original.input_affine()
     m_prev = np.column_stack([np.abs(shift), np.abs(scale)])  # |x'| <= |t| + |s| R
     e_prev = np.zeros_like(m_prev)
     mq_prev = m_prev
-    prev: LayerClasses | None = None
+    prev = None
     for k, layer in enumerate(original.layers):
         cur = classes[k] if k < len(classes) else None
-        n_prev_cls = prev.rep.size if prev is not None else layer.fan_in
         if raw_signatures is not None:
             agg, b_eff = raw_signatures[k]
         else:
-            agg, _ = aggregate(layer.weight, prev, n_prev_cls)
-            b_eff = layer.bias + constant_contribution(layer.weight, prev)
+            agg, b_const = aggregated(layer.weight, prev)
+            b_eff = layer.bias + b_const
         red = reduced.layers[k]
         if cur is None:  # output layer: every neuron is its own representative
             cls, c = np.arange(layer.width), np.ones(layer.width)
-            wq, bq = _expand_rows(red.weight, prev, n_prev_cls), red.bias
+            wq, bq = _over_classes(red.weight, prev), red.bias
         else:
             cls, c = cur.cls, cur.scale
-            wq = agg[cur.rep].copy()
-            bq = b_eff[cur.rep].copy()
+            wq, bq = agg[cur.rep].copy(), b_eff[cur.rep].copy()
             kept = np.flatnonzero(cur.kept)
-            if kept.size:
-                wq[kept] = _expand_rows(red.weight[: kept.size], prev, n_prev_cls)
-                bq[kept] = red.bias[: kept.size]
+            wq[kept] = _over_classes(red.weight[: kept.size], prev)
+            bq[kept] = red.bias[: kept.size]
         absw = np.abs(layer.weight)
         both = absw @ np.hstack([e_prev, m_prev])
         prop, wm = both[:, :2], both[:, 2:]  # sum_s |w_us| e_s and sum_s |w_us| M_s
         margin = ROUNDING_MARGIN * (wm + np.abs(layer.bias)[:, None] + np.abs(agg) @ mq_prev)
         lip = activation_lipschitz(layer.activation, layer.alpha)
         live = cls >= 0
-        resid = np.zeros((layer.width, n_prev_cls))
+        resid = np.abs(agg)
         resid[live] = np.abs(agg[live] - c[live][:, None] * wq[cls[live]])
-        resid[~live] = np.abs(agg[~live])
         bias_gap = np.zeros(layer.width)
         bias_gap[live] = np.abs(b_eff[live] - c[live] * bq[cls[live]])
         r = resid @ mq_prev + prop + margin
@@ -137,13 +172,40 @@ def discrepancy_bound(original: Network, reduced: Network, classes: list[LayerCl
     raise AssertionError("unreachable")
 
 
-def _magnitude(layer, zmag: np.ndarray) -> np.ndarray:
+def _magnitude(layer: Layer, zmag: np.ndarray) -> np.ndarray:
     """Affine bound of |act(z)| from an affine bound of |z|."""
     if layer.activation in ("sigmoid", "tanh"):
         out = np.zeros_like(zmag)
         out[:, 0] = 1.0
         return out
     return activation_lipschitz(layer.activation, layer.alpha) * zmag
+
+
+def stored_layer(like: Layer, w: np.ndarray, b: np.ndarray) -> Layer:
+    """A layer with ``like``'s activation and ``(w, b)`` rounded to float32, as a reduced file stores
+    it: an emptied layer keeps one silent neuron, a layer without inputs one zero column."""
+    if w.shape[0] == 0:
+        w, b = np.zeros((1, w.shape[1])), np.zeros(1)
+    if w.shape[1] == 0:
+        w = np.zeros((w.shape[0], 1))
+    f32 = lambda a: np.asarray(a, dtype=np.float32).astype(np.float64)  # noqa: E731
+    return Layer(f32(w), f32(b), like.activation, like.alpha, like.source_op)
+
+
+def quotient_network(f: Network, classes: list[Partition]) -> Network:
+    """A network with one neuron per kept class: the representative's aggregated row (float32).
+
+    Used for intermediate steps of a chain, where no file holds the reduced network; any network
+    of these shapes is fine, :func:`discrepancy_bound` is then computed against it."""
+    layers, prev = [], None
+    for k, layer in enumerate(f.layers):
+        cur = classes[k] if k < len(classes) else None
+        agg, b_const = aggregated(layer.weight, prev)
+        rows = cur.rep[cur.kept] if cur is not None else np.arange(layer.width)
+        w = agg[rows][:, prev.kept] if prev is not None else agg[rows]
+        layers.append(stored_layer(layer, w, (layer.bias + b_const)[rows]))
+        prev = cur
+    return f.with_layers(layers)
 
 
 def same_interface(a: Network, b: Network, report: CheckReport) -> bool:
@@ -161,26 +223,24 @@ def same_interface(a: Network, b: Network, report: CheckReport) -> bool:
 
 def check_exact(cert: dict[str, Any], ctx: CheckContext) -> CheckReport:
     """Checker for certificates of kind ``exact`` (registered in :mod:`lumpver.certificates.format`)."""
-    from lumpver.ir.onnx_import import load_onnx
-
     report = CheckReport(True)
-    original = load_onnx(ctx.original_path)
-    reduced = load_onnx(ctx.reduced_path)
-    ev = next((e for e in cert["evidence"] if e.get("backend") == "lumping"), None)
-    if ev is None or "claim" not in ev:
-        return report.fail("no lumping evidence in the certificate")
-    if not same_interface(original, reduced, report):
-        return report
-    replayed, classes, sub = replay_quotient(original, ev["claim"])
-    report.lines.extend(sub.lines)
-    if not sub.holds or not same_weights(replayed, reduced, report):
+    original, reduced = load_onnx(ctx.original_path), load_onnx(ctx.reduced_path)
+    ev = next((e for e in cert["evidence"] if isinstance(e, dict) and e.get("backend") == "lumping"), None)
+    try:
+        classes, tol = read_classes(ev["claim"]), float(ev["claim"]["tolerance"])
+    except (KeyError, ValueError, TypeError) as e:
+        return report.fail(f"no well-formed lumping evidence in the certificate: {e!r}")
+    if not same_interface(original, reduced, report) or not classes_fit(original, reduced, classes, report):
         report.holds = False
         return report
-    a, b = discrepancy_bound(original, reduced, classes, float(ev["claim"]["tolerance"]))
-    claimed = ev.get("discrepancy", {})
-    ca, cb = float(claimed.get("a", -1)), float(claimed.get("b", -1))
-    if a > ca * (1 + 1e-6) + 1e-300 or b > cb * (1 + 1e-6) + 1e-300:
-        return report.fail(f"discrepancy bound recomputed as {a:.3e} + {b:.3e}*||x||_inf exceeds the claimed "
-                           f"{ca:.3e} + {cb:.3e}*||x||_inf")
+    report.ok(f"partition valid: {sum(int(c.kept.sum()) for c in classes)} kept classes, scales admitted "
+              "by the activations, one reduced neuron per kept class")
+    a, b = discrepancy_bound(original, reduced, classes)
     report.ok(f"for all x: max_i |f_i(x) - g_i(x)| <= {a:.3e} + {b:.3e}*||x||_inf (real arithmetic, recomputed)")
+    g = cert["guarantee"]
+    check_bound(report, g, "float_tolerance.discrepancy_bound.a", a)
+    check_bound(report, g, "float_tolerance.discrepancy_bound.b", b)
+    check_equal(report, g, "float_tolerance.grouping_tolerance", tol, "the evidence's grouping tolerance")
+    check_equal(report, g, "norm", "linf", "the norm of the recomputed bound")
+    confirm_prose(report, g, ("float_tolerance.discrepancy_bound.statement", "statement"))
     return report

@@ -1,8 +1,14 @@
 """Certificates: the JSON record of what a reduction preserved (CONTRACT.md, DESIGN.md §9).
 
-This module builds the common envelope and dispatches re-checking by guarantee kind. Each
-kind's own evidence is produced and re-checked by the module that owns that kind; checkers
-register themselves in :data:`CHECKERS` by kind (imported lazily by name).
+This module builds the common envelope and dispatches re-checking by guarantee kind to the
+checkers in this package (:data:`CHECKERS`). Every leaf field of the ``guarantee`` block is a
+claim: a checker *confirms* each field it verified against its own recomputation
+(:meth:`CheckReport.confirm`, :func:`check_bound`); after the checker ran, any non-null field
+left unconfirmed fails the certificate, named by its path (``guarantee.float_tolerance.x``).
+
+Format ``lumpver-certificate/2`` (written now) and ``/1`` (read) have the same fields; version 2
+means the guarantee block is checked field by field, which version-1 certificates also pass
+when their claims are true.
 """
 from __future__ import annotations
 
@@ -17,11 +23,14 @@ from lumpver.errors import InputError
 from lumpver.fileio import sha256_file
 from lumpver.ir.network import Network
 
-FORMAT = "lumpver-certificate/1"
+FORMAT = "lumpver-certificate/2"
+#: versions ``lumpver check`` reads
+READABLE_FORMATS = ("lumpver-certificate/1", FORMAT)
 KINDS = ("exact", "exact-on-set", "bounded", "statistical")
 
 #: guarantee kind -> "module:function"; the function takes (certificate dict, CheckContext)
-#: and returns a CheckReport.
+#: and returns a CheckReport. Looked up by name because the checker modules import this one
+#: (CheckReport, CheckContext): importing them here at the top would be an import cycle.
 CHECKERS = {
     "exact": "lumpver.certificates.exact:check_exact",
     "exact-on-set": "lumpver.certificates.onset:check_exact_on_set",
@@ -82,6 +91,12 @@ class CheckReport:
 
     holds: bool
     lines: list[str] = field(default_factory=list)  # what was checked, for people
+    confirmed: set[str] = field(default_factory=set)  # guarantee fields (dotted paths) confirmed
+
+    def confirm(self, path: str, msg: str = "") -> "CheckReport":
+        """Mark ``guarantee.<path>`` (and everything below it) as confirmed by the checker."""
+        self.confirmed.add(path)
+        return self.ok(f"guarantee.{path}: {msg}") if msg else self
 
     def fail(self, msg: str) -> "CheckReport":
         self.holds = False
@@ -116,8 +131,8 @@ def load_certificate(path: str | os.PathLike) -> dict[str, Any]:
         cert = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"not valid JSON: {e.msg}", str(path), f"{e.lineno}:{e.colno}") from None
-    if not isinstance(cert, dict) or cert.get("format") != FORMAT:
-        raise InputError(f"not a lumpver certificate (expected format {FORMAT!r})", str(path))
+    if not isinstance(cert, dict) or cert.get("format") not in READABLE_FORMATS:
+        raise InputError(f"not a lumpver certificate (expected format {' or '.join(READABLE_FORMATS)})", str(path))
     for key in ("original", "reduced", "guarantee", "stats", "evidence"):
         if key not in cert:
             raise InputError(f"certificate lacks the field {key!r}", str(path))
@@ -157,4 +172,67 @@ def check_certificate(path: str | os.PathLike) -> CheckReport:
     sub = checker(cert, ctx)
     report.lines.extend(sub.lines)
     report.holds = report.holds and sub.holds
+    if sub.holds:
+        sub.confirm("kind")
+        for name in unconfirmed_fields(cert["guarantee"], sub.confirmed):
+            report.fail(f"guarantee.{name}: the {cert['guarantee']['kind']} checker does not confirm this field")
     return report
+
+
+def _leaves(block: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the non-null leaf fields of a (nested) dict."""
+    if not isinstance(block, dict):
+        return [] if block is None else [prefix]
+    return [p for k, v in block.items() for p in _leaves(v, f"{prefix}.{k}" if prefix else str(k))]
+
+
+def unconfirmed_fields(guarantee: dict[str, Any], confirmed: set[str]) -> list[str]:
+    """Non-null leaf fields of ``guarantee`` not covered by a confirmed path (null claims nothing)."""
+    return [p for p in _leaves(guarantee)
+            if not any(p == c or p.startswith(c + ".") for c in confirmed)]
+
+
+#: relative allowance when comparing a claimed bound with the checker's recomputation
+#: (the two may sum the same sound terms in a different order)
+BOUND_REL = 1e-6
+
+
+def check_bound(report: CheckReport, guarantee: dict[str, Any], path: str, proven: float) -> bool:
+    """Confirm the claimed bound at ``guarantee.<path>`` if it is not below ``proven`` (else fail).
+
+    A claim that is missing, not a number or tighter than what the checker recomputed fails
+    with a message naming the field."""
+    claimed: Any = guarantee
+    for key in path.split("."):
+        claimed = claimed.get(key) if isinstance(claimed, dict) else None
+    if isinstance(claimed, bool) or not isinstance(claimed, (int, float)):
+        report.fail(f"guarantee.{path}: expected a number, found {claimed!r}")
+        return False
+    if not (proven <= claimed * (1 + BOUND_REL) + 1e-300):
+        report.fail(f"guarantee.{path}: claimed {claimed:.6g} but the evidence proves only {proven:.6g}")
+        return False
+    report.confirm(path, f"claimed {claimed:.6g} >= recomputed {proven:.6g}")
+    return True
+
+
+def check_equal(report: CheckReport, guarantee: dict[str, Any], path: str, expected: Any, why: str) -> bool:
+    """Confirm ``guarantee.<path> == expected`` (``why`` says where ``expected`` comes from)."""
+    value: Any = guarantee
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    if value != expected:
+        report.fail(f"guarantee.{path}: claimed {value!r} but {why} is {expected!r}")
+        return False
+    report.confirm(path, f"{value!r} ({why})")
+    return True
+
+
+def confirm_prose(report: CheckReport, guarantee: dict[str, Any], paths: tuple[str, ...]) -> None:
+    """Accept the human-readable ``statement`` fields at ``paths`` (when strings): they explain the
+    numeric fields, which carry the claim and are checked on their own."""
+    for path in paths:
+        value: Any = guarantee
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str):
+            report.confirm(path)

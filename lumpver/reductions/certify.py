@@ -298,7 +298,7 @@ def recheck_chain(f: Network, g: Network, input_set: InputSet, norm: str, ev: di
         return u
     h, onset = f, 0.0
     if chain.onset_steps is not None:
-        from lumpver.certificates.onset import _replay_lumping, replay_onset_step
+        from lumpver.certificates.onset import replay_lumping_step as _replay_lumping, replay_onset_step
 
         for step in chain.onset_steps:
             kind = step.get("step")
