@@ -135,16 +135,6 @@ def test_failing_step_leaves_nothing(tmp_path):
     assert not list(tmp_path.glob(".out.staging-*"))
 
 
-def test_missing_method_is_exit_2(tmp_path, monkeypatch):
-    from lumpver.api import run as run_mod
-
-    monkeypatch.setitem(run_mod._METHOD_MODULES, "quantize", "lumpver.no_such_module")
-    spec = _spec(tmp_path, '[[reductions]]\nmethod = "quantize"\nbits = 8\n')
-    with pytest.raises(InputError, match="not available"):
-        run_mod.run_spec(spec, tmp_path / "o", quiet=True)
-    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
-
-
 def test_cli_run_bad_spec_exit_2(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('model = "nope.onnx"\n[[reductions]]\nmethod = "exakt"\n')

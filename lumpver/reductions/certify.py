@@ -446,17 +446,6 @@ def write_bounded(original_path, reduced_path, cert_path, f, g, input_set, resul
     return cert
 
 
-def load_set_for(path: str, n_inputs: int) -> InputSet:
-    """``--input-set`` loader (lumpver.specs.load; a plain .vnnlib reader as fallback)."""
-    try:
-        from lumpver.specs.load import load_input_set
-    except ImportError:
-        from lumpver.specs.vnnlib import read_vnnlib
-
-        return read_vnnlib(path, n_inputs).input_set()
-    return load_input_set(path, n_inputs)
-
-
 def certify_files(original_path: str, reduced_path: str, cert_path: Optional[str], input_set: InputSet, norm: str,
                   chain: Optional[Chain], method: dict[str, Any], seconds: float, timeout: float = 120.0,
                   progress=None) -> dict[str, Any]:
@@ -470,19 +459,3 @@ def certify_files(original_path: str, reduced_path: str, cert_path: Optional[str
         progress.say(f"certified {norm} error <= {res.epsilon:.6g} on the input set (sampled maximum {sampled:.6g})")
     cert_path = cert_path or str(Path(reduced_path).with_name(Path(reduced_path).stem + ".cert.json"))
     return write_bounded(original_path, reduced_path, cert_path, f, g, input_set, res, method, seconds, sampled)
-
-
-def certify_reduction(args, original: Network, pruned: Network, seconds: float, progress) -> int:
-    """Hook of ``lumpver prune --input-set`` (magnitude pruning): certify and write the certificate."""
-    from lumpver.reductions.pruning import neuron_keep_sets
-
-    input_set = load_set_for(args.input_set, original.n_inputs)
-    chain = None
-    if getattr(args, "granularity", "weight") == "neuron":
-        scope = args.scope or "layer"
-        chain = Chain(kept=neuron_keep_sets(original, args.keep, scope))
-    method = {"method": "magnitude", "keep": args.keep, "granularity": getattr(args, "granularity", "weight")}
-    cert = certify_files(args.model, args.output, args.certificate, input_set, "linf", chain, method, seconds,
-                         progress=progress)
-    print(f"bounded: linf error <= {cert['guarantee']['epsilon']:.6g} on the input set; wrote {args.output}")
-    return 0

@@ -37,6 +37,7 @@ only when an error is reported.
 """
 from __future__ import annotations
 
+import gzip
 import os
 
 from lumpver.errors import InputError
@@ -48,18 +49,19 @@ __all__ = ["Case", "VnnlibSpec", "check_dims", "parse_vnnlib", "read_vnnlib"]
 
 
 def read_vnnlib(path: str | os.PathLike, n_inputs: int | None = None, n_outputs: int | None = None) -> VnnlibSpec:
-    """Parse a ``.vnnlib`` file; check its dimensions against a model's when given.
+    """Parse a ``.vnnlib`` (or gzip-compressed ``.vnnlib.gz``) file; check its dimensions against a model's when given.
 
     Raises :class:`InputError` (``file:line:col: what was expected``) on malformed input.
     """
     name = str(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        opener = gzip.open if name.lower().endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError as e:
         raise InputError(f"not UTF-8 text (byte {e.start})", name) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", name) from None
+    except (OSError, EOFError) as e:
+        raise InputError(f"cannot read: {getattr(e, 'strerror', None) or e}", name) from None
     spec = parse_vnnlib(text, name)
     check_dims(spec, n_inputs, n_outputs)
     return spec
