@@ -20,7 +20,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from lumpver.specs.inputset import Box, InputSet, OutputProperty, Polytope, Region
+from lumpver.specs.inputset import Box, OutputProperty, Polytope, Region
+from lumpver.specs.norms import norm_value
+from lumpver.ir.activations import get_activation
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict
 
@@ -29,21 +31,6 @@ CONTAINS_TOL = 1e-9
 
 
 # ----- forward / backward ------------------------------------------------------------------
-def _act_grad(name: str, z: np.ndarray, h: np.ndarray, alpha: float) -> np.ndarray:
-    """Derivative of the activation at z (the active branch at 0 for ReLU)."""
-    if name == "identity":
-        return np.ones_like(z)
-    if name == "relu":
-        return (z > 0).astype(z.dtype)
-    if name == "leaky_relu":
-        return np.where(z >= 0, 1.0, alpha)
-    if name == "sigmoid":
-        return h * (1.0 - h)
-    if name == "tanh":
-        return 1.0 - h * h
-    raise ValueError(f"unknown activation {name!r}")
-
-
 def forward_vjp(net: Network, x: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Outputs ``(n, m)`` for raw inputs ``x (n, d)`` and a function mapping output seeds
     ``(n, m)`` to input gradients ``(n, d)`` (exact local vector-Jacobian product)."""
@@ -58,24 +45,13 @@ def forward_vjp(net: Network, x: np.ndarray) -> tuple[np.ndarray, Callable[[np.n
     def vjp(seed: np.ndarray) -> np.ndarray:
         g = seed
         for layer, z, hh in reversed(cache):
-            g = (g * _act_grad(layer.activation, z, hh, layer.alpha)) @ layer.weight
+            g = (g * get_activation(layer.activation).derivative(z, hh, layer.alpha)) @ layer.weight
         return g * scale
 
     return h, vjp
 
 
 # ----- objectives ---------------------------------------------------------------------------
-def norm_value(d: np.ndarray, norm: str) -> np.ndarray:
-    """Row-wise norm of output differences ``d (n, m)``."""
-    if norm == "linf":
-        return np.max(np.abs(d), axis=1)
-    if norm == "l1":
-        return np.sum(np.abs(d), axis=1)
-    if norm == "l2":
-        return np.sqrt(np.sum(d * d, axis=1))
-    raise ValueError(f"unknown norm {norm!r}")
-
-
 def _norm_seed(d: np.ndarray, norm: str) -> np.ndarray:
     if norm == "linf":
         seed = np.zeros_like(d)

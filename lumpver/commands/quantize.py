@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lumpver.specs.norms import NORMS
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="ONNX model to quantise")
@@ -12,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-channel", action="store_true", help="one scale per output channel (default per tensor)")
     p.add_argument("--input-set", help="certify the quantisation error on this set (.vnnlib or .toml)")
     p.add_argument("--certificate", help="certificate JSON (default OUTPUT with .cert.json, with --input-set)")
-    p.add_argument("--norm", choices=["linf", "l1", "l2", "top1"], default="linf", help="error norm certified")
+    p.add_argument("--norm", choices=NORMS, default="linf", help="error norm certified")
     p.add_argument("--float-weights", action="store_true",
                    help="write dequantised float32 weights instead of int8 + DequantizeLinear")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds for certification")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from lumpver.specs.norms import NORMS
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="the original ONNX model")
@@ -13,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="exact: no loss on any input; on-set: exact on --input-set; approx: within --epsilon")
     p.add_argument("--input-set", help="input set: a .vnnlib file or a lumpver spec (.toml)")
     p.add_argument("--epsilon", type=float, help="error budget (approx mode)")
-    p.add_argument("--norm", choices=["linf", "l1", "l2", "top1"], default="linf")
+    p.add_argument("--norm", choices=NORMS, default="linf")
     p.add_argument("--backend", default="auto", help="back-end certifying approximate reductions")
     p.add_argument("--tolerance", type=float, default=None,
                    help="relative tolerance of signature equality for float32 weights (default 1e-5)")

@@ -34,13 +34,23 @@ import numpy as np
 
 from lumpver.reductions.certify import Certified, Chain, certify
 from lumpver.specs.inputset import InputSet
+from lumpver.specs.norms import difference_rows
 from lumpver.reductions.exact import LayerClasses
+from lumpver.ir.activations import ACTIVATIONS
 from lumpver.ir.network import Layer, Network
 from lumpver.progress import SILENT, Progress
 
-SUPPORTED = ("relu", "leaky_relu", "identity")
+#: activations of the form max(z, s z): positive scales merge neurons exactly (DESIGN.md §4)
+SUPPORTED = tuple(name for name, act in ACTIVATIONS.items() if act.negative_slope is not None)
 DEFAULT_SAMPLES = 3000
 DEFAULT_BOXES = 600
+
+
+def _check_supported(h: Network) -> None:
+    """ValueError naming the first hidden layer whose activation is not in :data:`SUPPORTED`."""
+    for k, layer in enumerate(h.layers[:-1]):
+        if layer.activation not in SUPPORTED:
+            raise ValueError(f"layer {k}: approximate lumping supports {', '.join(SUPPORTED)}, not {layer.activation}")
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -97,9 +107,7 @@ def approximate_quotient(h: Network, samples: np.ndarray, tau: float) -> tuple[N
     """The reduced network g and its partition of h's hidden layers (module docstring, step 2).
 
     g's neurons are ordered by class (class ``C`` = ``C``-th representative in index order)."""
-    for k, layer in enumerate(h.layers[:-1]):
-        if layer.activation not in SUPPORTED:
-            raise ValueError(f"layer {k}: approximate lumping supports {', '.join(SUPPORTED)}, not {layer.activation}")
+    _check_supported(h)
     acts = h.activations(samples)
     g_prev = acts[0]
     layers, classes = [], []
@@ -139,9 +147,7 @@ def output_sensitivity(h: Network, acts: list[np.ndarray]) -> list[np.ndarray]:
 
 def _slope(layer: Layer, post: np.ndarray) -> np.ndarray:
     """Activation slope per sample and neuron, read from post-activations (ReLU: 1 where > 0)."""
-    if layer.activation == "identity":
-        return np.ones_like(post)
-    neg = layer.alpha if layer.activation == "leaky_relu" else 0.0
+    neg = ACTIVATIONS[layer.activation].negative_slope(layer.alpha)
     return np.where(post > 0, 1.0, neg)
 
 
@@ -273,7 +279,7 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     number of removed neurons: a candidate (:func:`refit_pruned`) whose sampled error exceeds
     epsilon is rejected at once, otherwise it is certified; the largest certified removal wins.
     Raises ValueError when not even h is certified within epsilon."""
-    from lumpver.reductions.certify import norm_rows, sample_points
+    from lumpver.reductions.certify import sample_points
     from lumpver.reductions.onset import reduce_on_set
 
     t0 = time.perf_counter()
@@ -281,9 +287,7 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     on = reduce_on_set(f, input_set, progress=progress)
     h = on.reduced
     progress.say(f"exact on-set reduction: {f.n_hidden} -> {h.n_hidden} hidden neurons (discrepancy {on.discrepancy:.2e})")
-    for k, layer in enumerate(h.layers[:-1]):
-        if layer.activation not in SUPPORTED:
-            raise ValueError(f"layer {k}: approximate lumping supports {', '.join(SUPPORTED)}, not {layer.activation}")
+    _check_supported(h)
     pts = sample_points(input_set, samples, seed)
     acts, yf = h.activations(pts), f.forward(pts)
     kept0 = [np.arange(w) for w in h.hidden_widths]
@@ -300,7 +304,7 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
         kept = kept_after(h, order, r)
         g, dropped = refit_pruned(h, acts, kept)
         yg = g.forward(pts)
-        return g, dropped, kept, float(np.max(norm_rows(yf - yg, yf, yg, norm)))
+        return g, dropped, kept, float(np.max(difference_rows(yf, yg, norm)))
 
     lo, hi = 0, _sampled_limit(lambda r: sampled(r)[3], len(order), epsilon) + 1
     while hi - lo > 1 and time.perf_counter() < deadline:

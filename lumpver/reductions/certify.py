@@ -49,13 +49,14 @@ from typing import Any, Optional
 import numpy as np
 
 from lumpver.specs.inputset import InputSet
+from lumpver.specs.norms import NORMS, difference_rows, from_max_abs, upper_norm
+from lumpver.ir.activations import ACTIVATIONS
 from lumpver.ir.network import Layer, Network
 
 #: relative padding of a stated bound over the computed one (the checker's recomputation may
 #: differ in the last bits; a larger bound stays sound)
 PAD = 1e-6
 DEFAULT_MAX_BOXES = 400
-NORMS = ("linf", "l1", "l2", "top1")
 
 
 # ----- twins -----------------------------------------------------------------------------------
@@ -137,24 +138,6 @@ def float32_errors(net: Network, input_set: InputSet) -> np.ndarray:
     for region in input_set.regions:
         out = np.maximum(out, float32_error(net, region_box(region), compute_bounds(net, region)))
     return out
-
-
-def per_output_to_norm(v: float, n: int, norm: str) -> float:
-    """A bound on ``||d||`` from ``max_i |d_i| <= v`` (rounded up)."""
-    if norm == "l1":
-        return v * n * (1 + 1e-12)
-    if norm == "l2":
-        return v * math.sqrt(n) * (1 + 1e-12)
-    return v
-
-
-def vector_norm(v: np.ndarray, norm: str) -> float:
-    v = np.abs(np.asarray(v, dtype=np.float64))
-    if norm == "l1":
-        return float(v.sum() * (1 + 1e-12))
-    if norm == "l2":
-        return float(np.sqrt((v * v).sum()) * (1 + 1e-12))
-    return float(v.max(initial=0.0))
 
 
 def interval_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshold: float,
@@ -255,16 +238,16 @@ def certify(f: Network, g: Network, input_set: InputSet, norm: str = "linf", cha
         return _certify_top1(f, g, input_set, timeout, max_boxes, t0)
     h = f if h is None else h
     twin, twin_gap = twin_of(h, g, chain, input_set)
-    t_int = max(0.0, threshold - per_output_to_norm(onset_bound + twin_gap, f.n_outputs, norm))
+    t_int = max(0.0, threshold - from_max_abs(onset_bound + twin_gap, f.n_outputs, norm))
     try:
         u, ev = interval_term(h, twin, input_set, norm, t_int, max_boxes, timeout)
     except ValueError as e:  # unsupported activation, polytope without a box
         return Certified(math.inf, norm, {}, {}, time.perf_counter() - t0, str(e))
     ferr = float32_errors(f, input_set) + float32_errors(g, input_set)
-    terms = {"onset": per_output_to_norm(onset_bound, f.n_outputs, norm),
-             "twin": per_output_to_norm(twin_gap, f.n_outputs, norm), "interval": u}
+    terms = {"onset": from_max_abs(onset_bound, f.n_outputs, norm),
+             "twin": from_max_abs(twin_gap, f.n_outputs, norm), "interval": u}
     total = sum(terms.values()) * (1 + PAD)
-    terms["float32"] = vector_norm(ferr, norm) * (1 + PAD)
+    terms["float32"] = upper_norm(ferr, norm) * (1 + PAD)
     ev.update({"chain": chain.to_json(), "terms": terms})
     return Certified(total, norm, terms, ev, time.perf_counter() - t0)
 
@@ -316,9 +299,9 @@ def recheck_chain(f: Network, g: Network, input_set: InputSet, norm: str, ev: di
     twin, gap = twin_of(h, g, chain, input_set)
     u, _ = interval_term(h, twin, input_set, norm, float(ev.get("threshold", 0.0)), caps, 3600.0)
     ferr = float32_errors(f, input_set) + float32_errors(g, input_set)
-    total = per_output_to_norm(onset, f.n_outputs, norm) + per_output_to_norm(gap, f.n_outputs, norm) + u
+    total = from_max_abs(onset, f.n_outputs, norm) + from_max_abs(gap, f.n_outputs, norm) + u
     report.ok(f"recomputed: on-set {onset:.3e} + twin {gap:.3e} + differential {u:.4g} = {total:.6g} ({norm}, "
-              f"real arithmetic); float32 rounding of both models <= {vector_norm(ferr, norm):.3e}")
+              f"real arithmetic); float32 rounding of both models <= {upper_norm(ferr, norm):.3e}")
     return total
 
 
@@ -343,7 +326,7 @@ def _twin_shapes_ok(h: Network, g: Network, chain: Chain, report) -> bool:
                         not np.all(np.isfinite(c.scale)) or np.any(c.cls[c.rep] != np.arange(n)) or \
                         np.any(c.scale[c.rep] != 1.0):
                     raise ValueError(f"layer {k}: malformed partition")
-                if h.layers[k].activation not in ("relu", "leaky_relu", "identity"):
+                if not ACTIVATIONS[h.layers[k].activation].positively_homogeneous:
                     raise ValueError(f"layer {k}: positive scales need a positively homogeneous activation")
         elif [l.weight.shape for l in h.layers] != [l.weight.shape for l in g.layers]:
             raise ValueError("g has other layer shapes than the network it is compared with")
@@ -387,13 +370,6 @@ def sample_points(input_set: InputSet, n: int, seed: int = 0) -> np.ndarray:
     return np.vstack(out).astype(np.float32).astype(np.float64)
 
 
-def norm_rows(d: np.ndarray, yf: np.ndarray, yg: np.ndarray, norm: str) -> np.ndarray:
-    if norm == "top1":
-        return (np.argmax(yf, axis=1) != np.argmax(yg, axis=1)).astype(float)
-    return {"linf": lambda a: np.max(np.abs(a), axis=1), "l1": lambda a: np.sum(np.abs(a), axis=1),
-            "l2": lambda a: np.sqrt(np.sum(a * a, axis=1))}[norm](d)
-
-
 def sampled_error(f_path: str | os.PathLike, g_path: str | os.PathLike, input_set: InputSet, norm: str = "linf",
                   n: int = 2000, seed: int = 0) -> float:
     """Largest ``||f(x) - g(x)||`` seen by onnxruntime on the two files over sampled points of X."""
@@ -403,7 +379,7 @@ def sampled_error(f_path: str | os.PathLike, g_path: str | os.PathLike, input_se
     if not len(x):
         return 0.0
     yf, yg = run_onnx(f_path, x), run_onnx(g_path, x)
-    return float(np.max(norm_rows(yf - yg, yf, yg, norm)))
+    return float(np.max(difference_rows(yf, yg, norm)))
 
 
 # ----- certificates ---------------------------------------------------------------------------
