@@ -91,7 +91,7 @@ def test_widened_set_contains_neighbours():
         prop, d = OutputProperty([(A, b)]), float(rng.uniform(0, 0.5))
         assert prop.is_unsafe(y)
         y2 = y + d * rng.choice([-1.0, 1.0], size=4)  # a worst-case neighbour at distance d
-        assert glue.widened(prop, d).is_unsafe(y2, tol=1e-12)
+        assert glue.widen(prop, d).is_unsafe(y2, tol=1e-12)
         assert not OutputProperty([(A, b - 0.02)]).is_unsafe(y)  # the test's notion of 'unsafe' can fail
 
 

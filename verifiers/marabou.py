@@ -34,6 +34,7 @@ from lumpver.specs.inputset import Box, InputSet, OutputProperty, Polytope
 from lumpver.ir.activations import ACTIVATIONS
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict
+from lumpver.verifiers import falsify
 
 NAME = "marabou"
 STRICT_GAP = 1e-6  # a sat exactly at epsilon is re-asked at epsilon + STRICT_GAP (1 + epsilon)
@@ -311,8 +312,6 @@ def check_equivalence(q: Query) -> Verdict:
 
 def _seeded_search(q: Query, region, seed: Optional[np.ndarray], deadline: float) -> Optional[Verdict]:
     """A short falsifier run started at Marabou's near-miss: a replayed violation, or None."""
-    from lumpver.specs.inputset import InputSet
-    from lumpver.verifiers import falsify
 
     budget = min(2.0, max(0.0, deadline - time.perf_counter()))
     if seed is None or budget <= 0:

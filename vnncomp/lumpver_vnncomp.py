@@ -36,6 +36,17 @@ from typing import Optional
 if __package__ in (None, "") and importlib.util.find_spec("lumpver") is None:  # run from a plain checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402  (after the path set-up above)
+
+from lumpver.api.reduce_verify import widen  # noqa: E402
+from lumpver.api.verify import replay_case  # noqa: E402
+from lumpver.fileio import sha256_file, write_json_atomic, write_text_atomic  # noqa: E402
+from lumpver.ir.onnx_import import load_onnx  # noqa: E402
+from lumpver.reductions.onset import reduce_on_set_to_files  # noqa: E402
+from lumpver.specs.inputset import InputSet  # noqa: E402
+from lumpver.specs.vnnlib import read_vnnlib  # noqa: E402
+from lumpver.verifiers.base import Query, get_backend  # noqa: E402
+
 #: share of the instance time budget each back-end of the cached path may use
 SHARES = (("falsify", 0.1), ("interval", 0.3), ("smt", 1.0))
 
@@ -52,10 +63,6 @@ def cache_dir(onnx: str | os.PathLike, vnnlib: str | os.PathLike) -> Path:
 
 def prepare(onnx: str, vnnlib: str, quiet: bool = True) -> Optional[Path]:
     """Build the cache for an instance (idempotent); returns its folder, None when it cannot."""
-    from lumpver.fileio import sha256_file, write_json_atomic
-    from lumpver.ir.onnx_import import load_onnx
-    from lumpver.reductions.onset import reduce_on_set_to_files
-    from lumpver.specs.vnnlib import read_vnnlib
 
     target = cache_dir(onnx, vnnlib)
     if (target / "meta.json").is_file():
@@ -84,7 +91,6 @@ def prepare(onnx: str, vnnlib: str, quiet: bool = True) -> Optional[Path]:
 
 def load_cache(onnx: str, vnnlib: str) -> Optional[tuple[Path, dict]]:
     """The cache folder and its meta data, when present and made from these very files."""
-    from lumpver.fileio import sha256_file
 
     try:
         d = cache_dir(onnx, vnnlib)
@@ -96,15 +102,6 @@ def load_cache(onnx: str, vnnlib: str) -> Optional[tuple[Path, dict]]:
     return d, meta
 
 
-def widened(prop, d: float):
-    """The unsafe set grown by ``d`` per output: ``A y <= b + d * sum_j |A_ij|`` (sound for ``|f-g|_inf <= d``)."""
-    import numpy as np
-
-    from lumpver.specs.inputset import OutputProperty
-
-    return OutputProperty([(A, b + d * np.abs(A).sum(axis=1)) for A, b in prop.disjuncts])
-
-
 def counterexample_text(x, y) -> str:
     """VNN-COMP counterexample: ``((X_0 v)`` ... ``(Y_k v))``, one pair per line."""
     pairs = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x)] + [f"(Y_{j} {float(v)!r})" for j, v in enumerate(y)]
@@ -114,9 +111,6 @@ def counterexample_text(x, y) -> str:
 def original_violation(onnx: str, case, x) -> Optional[tuple]:
     """``(x, y)`` when ``x`` lies in the case's region and the ORIGINAL model's onnxruntime output
     is in the case's unsafe set (:func:`lumpver.api.verify.replay_case`); None otherwise."""
-    import numpy as np
-
-    from lumpver.api.verify import replay_case
 
     x32 = np.asarray(x, dtype=np.float32).reshape(-1)
     ok, y = replay_case(onnx, case, x32.astype(np.float64))
@@ -125,17 +119,13 @@ def original_violation(onnx: str, case, x) -> Optional[tuple]:
 
 def cached_verdict(onnx: str, vnnlib: str, cache: Path, meta: dict, deadline: float) -> tuple[str, str]:
     """``(result, counterexample text)`` from the cached reduction; result ``unknown`` when undecided."""
-    from lumpver.specs.inputset import InputSet
-    from lumpver.ir.onnx_import import load_onnx
-    from lumpver.specs.vnnlib import read_vnnlib
-    from lumpver.verifiers.base import Query, get_backend
 
     g = load_onnx(cache / "reduced.onnx")
     spec = read_vnnlib(vnnlib, g.n_inputs, g.n_outputs)
     d = float(meta["discrepancy"])
     timed_out = False
     for case in spec.cases:
-        wide, decided = widened(case.unsafe, d), False
+        wide, decided = widen(case.unsafe, d), False
         for name, share in SHARES:
             left = deadline - time.monotonic()
             if left <= 0.5:
@@ -170,8 +160,6 @@ def verify_fallback(onnx: str, vnnlib: str, results: str, seconds: float) -> str
 
 
 def write_result(results: str, word: str, cex: str = "") -> None:
-    from lumpver.fileio import write_text_atomic
-
     write_text_atomic(results, word + "\n" + cex)
 
 

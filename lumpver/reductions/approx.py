@@ -39,6 +39,12 @@ from lumpver.reductions.exact import LayerClasses
 from lumpver.ir.activations import ACTIVATIONS
 from lumpver.ir.network import Layer, Network
 from lumpver.progress import SILENT, Progress
+from lumpver.errors import CheckFailed, InputError
+from lumpver.ir.onnx_export import save_onnx
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.reductions.certify import DroppedRows, certify as certify_pair, sample_points, sampled_error, write_bounded
+from lumpver.reductions.grouping import group_rows
+from lumpver.reductions.onset import reduce_on_set
 
 #: activations of the form max(z, s z): positive scales merge neurons exactly (DESIGN.md §4)
 SUPPORTED = tuple(name for name, act in ACTIVATIONS.items() if act.negative_slope is not None)
@@ -68,7 +74,6 @@ def _fit(act_prev: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def _cluster(sig: np.ndarray, weights: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(class_of, scale, representatives) for rows ``sig`` weighted by column ``weights``."""
-    from lumpver.reductions.grouping import group_rows
 
     n = sig.shape[0]
     rows = sig * weights[None, :]
@@ -214,7 +219,6 @@ def refit_pruned(h: Network, acts: list[np.ndarray], kept: list[np.ndarray]) -> 
     """g keeping ``kept`` of h, every row refitted by least squares to h's pre-activations on the
     samples over g's own previous layer (first layer: h's rows), float32; and the twin rows of
     the dropped neurons (same fit), for :func:`lumpver.reductions.certify.expand_pruned`."""
-    from lumpver.reductions.certify import DroppedRows
 
     g_prev = acts[0]
     layers, dropped = [], []
@@ -279,8 +283,6 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     number of removed neurons: a candidate (:func:`refit_pruned`) whose sampled error exceeds
     epsilon is rejected at once, otherwise it is certified; the largest certified removal wins.
     Raises ValueError when not even h is certified within epsilon."""
-    from lumpver.reductions.certify import sample_points
-    from lumpver.reductions.onset import reduce_on_set
 
     t0 = time.perf_counter()
     deadline = t0 + timeout
@@ -361,10 +363,6 @@ def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.Pat
     """``lumpver reduce --mode approx``: write g and its ``bounded`` certificate; returns the certificate.
 
     ``backend``: ``interval`` or ``auto`` (the differential back-end; others -> InputError)."""
-    from lumpver.reductions.certify import certify as certify_pair, sampled_error, write_bounded
-    from lumpver.errors import CheckFailed, InputError
-    from lumpver.ir.onnx_export import save_onnx
-    from lumpver.ir.onnx_import import load_onnx
 
     if backend not in ("auto", "interval"):
         raise InputError(f"--mode approx certifies with the interval back-end (auto|interval), not {backend!r}")

@@ -23,6 +23,8 @@ from typing import Any, Optional
 
 from lumpver.errors import InputError
 from lumpver.fileio import write_text_atomic
+from lumpver.reports import plots
+from lumpver.reports.plots import data_uri
 
 REPORT_FORMAT = "lumpver-report/1"
 
@@ -289,7 +291,6 @@ def _backend_rows(doc: dict[str, Any]) -> list[list[Any]]:
 
 def figures(doc: dict[str, Any]) -> list[tuple[str, bytes]]:
     """``(caption, png)`` for every figure the document's facts support."""
-    from lumpver.reports import plots
 
     out: list[tuple[str, bytes]] = []
     stats = _all_stats(doc)
@@ -398,7 +399,6 @@ def _inline_code(text: str) -> str:
 
 def to_html(doc: dict[str, Any], title: Optional[str] = None, with_figures: bool = True) -> str:
     """One self-contained HTML file (inline CSS, figures as data URIs, no scripts)."""
-    from lumpver.reports.plots import data_uri
 
     doc = _as_document(doc, title)
     e = html.escape

@@ -19,6 +19,7 @@ import numpy as np
 
 from lumpver.errors import InputError
 from lumpver.fileio import sha256_file
+from lumpver.fileio import write_bytes_atomic
 
 
 @dataclass
@@ -123,8 +124,6 @@ def load_calibration(
 def save_calibration(path: str | Path, x: np.ndarray, y: Optional[np.ndarray] = None) -> None:
     """Write a calibration ``.npz`` (atomically) in the format :func:`load_calibration` reads."""
     import io
-
-    from lumpver.fileio import write_bytes_atomic
 
     buf = io.BytesIO()
     arrays = {"x": np.asarray(x)}

@@ -213,7 +213,6 @@ class _Body:
             raise _Reject  # a bare word among constraints
 
     def close(self, f: _Frame, stack: list[_Frame], common: list) -> None:
-
         if not f.items and f.head in ("assert", "and", "or"):
             raise _Reject  # empty: left to the scanner
         if f.head == "and":
