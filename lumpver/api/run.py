@@ -50,8 +50,6 @@ from lumpver.specs.inputset import InputSet
 from lumpver.specs.runspec import ReductionStep, Spec, load_spec
 from lumpver.verifiers.base import Verdict
 
-DEFAULT_OUT = "lumpver-out"
-
 
 @dataclass
 class RunResult:

@@ -132,10 +132,6 @@ def approximate_quotient(h: Network, samples: np.ndarray, tau: float) -> tuple[N
     return h.with_layers(layers), classes
 
 
-def identity_classes(h: Network) -> list[LayerClasses]:
-    return [LayerClasses(np.arange(w), np.ones(w), np.arange(w), np.ones(w, bool)) for w in h.hidden_widths]
-
-
 # ----- activation-based pruning with least-squares refits (the default search) -----------------
 def output_sensitivity(h: Network, acts: list[np.ndarray]) -> list[np.ndarray]:
     """Per layer k, per neuron i: RMS over the samples of ``max_o |d y_o / d z_{k,i}|`` (h's Jacobian)."""

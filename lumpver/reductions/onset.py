@@ -25,6 +25,8 @@ from typing import Any, Optional
 import numpy as np
 
 from lumpver.bounds.split import set_bounds
+from lumpver.certificates.exact import discrepancy_bound
+from lumpver.reductions.exact import exact_lump
 from lumpver.specs.inputset import InputSet
 from lumpver.ir.network import Network
 from lumpver.reductions.onset_fold import QR_TOL, choose_folds, fold_discrepancy, fold_network
@@ -86,12 +88,7 @@ def onset_step(net: Network, input_set: InputSet, method: str = "crown", lp: boo
 
 
 def _lump_step(net: Network, input_set: InputSet) -> Optional[tuple[Network, dict[str, Any]]]:
-    """Exact lumping of ``net`` as a step record, or None if unavailable or useless."""
-    try:
-        from lumpver.reductions.exact import exact_lump
-        from lumpver.certificates.exact import discrepancy_bound
-    except ImportError:
-        return None
+    """Exact lumping of ``net`` as a step record, or None if it removes nothing."""
     res = exact_lump(net)
     if res.reduced.n_hidden >= net.n_hidden:
         return None

@@ -19,7 +19,6 @@ import numpy as np
 
 from lumpver.errors import InputError
 from lumpver.fileio import sha256_file
-from lumpver.fileio import write_bytes_atomic
 
 
 @dataclass
@@ -119,15 +118,3 @@ def load_calibration(
     elif need_labels:
         raise InputError("missing key 'y' (labels are needed by the zero-one loss)", p, "y")
     return CalibrationData(x, y, p, sha256_file(p))
-
-
-def save_calibration(path: str | Path, x: np.ndarray, y: Optional[np.ndarray] = None) -> None:
-    """Write a calibration ``.npz`` (atomically) in the format :func:`load_calibration` reads."""
-    import io
-
-    buf = io.BytesIO()
-    arrays = {"x": np.asarray(x)}
-    if y is not None:
-        arrays["y"] = np.asarray(y)
-    np.savez(buf, **arrays)
-    write_bytes_atomic(path, buf.getvalue())

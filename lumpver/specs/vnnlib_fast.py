@@ -33,9 +33,9 @@ from lumpver.specs.vnnlib_ast import IGNORED_COMMANDS, Conj
 from lumpver.specs.vnnlib_parser import Parser
 
 _COMMENT = re.compile(r";[^\n]*")
-# token kinds; every other word (operands, unknown words) is 0
+# token kinds: ( 1, ) 2, <= 3, >= 4, < 5, > 6, assert 7, and 8, or 9, declare-const 10, Real 11;
+# every other word (operands, unknown words) is 0
 _LP, _RP, _ASSERT, _DECLARE, _REAL = 1, 2, 7, 10, 11
-_KIND = {"(": 1, ")": 2, "<=": 3, ">=": 4, "<": 5, ">": 6, "assert": 7, "and": 8, "or": 9, "declare-const": 10, "Real": 11}
 _ITEM_LEFT, _ITEM_ATOM, _ITEM_SATOM, _ITEM_DECL = 0, 1, 2, 3
 _NUMBER_CHARS = b"0123456789.eE+- "
 _CHUNK = 1 << 22
