@@ -25,7 +25,8 @@ spec.loader.exec_module(glue)
 
 
 def _sh(script: str, *args: str, tmp: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TMPDIR": str(tmp)}
+    # the scripts call `python3`: the interpreter running the tests (this checkout's install) comes first
+    env = {**os.environ, "TMPDIR": str(tmp), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(["bash", str(VNNCOMP / script), *args], capture_output=True, text=True, env=env, timeout=300)
 
 

@@ -312,7 +312,6 @@ def check_equivalence(q: Query) -> Verdict:
 
 def _seeded_search(q: Query, region, seed: Optional[np.ndarray], deadline: float) -> Optional[Verdict]:
     """A short falsifier run started at Marabou's near-miss: a replayed violation, or None."""
-
     budget = min(2.0, max(0.0, deadline - time.perf_counter()))
     if seed is None or budget <= 0:
         return None

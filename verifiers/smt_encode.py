@@ -214,11 +214,3 @@ def _coarse(v: float, down: bool, bits: int = 10) -> Fraction:
     scaled = m * (1 << bits)
     k = int(np.floor(scaled)) if down else int(np.ceil(scaled))
     return Fraction(k) * Fraction(2) ** (int(e) - bits)
-
-
-def row_constraint(c: np.ndarray, c0: float, strict: bool, outputs: list[str], margin: float = 0.0) -> str:
-    """``c . y + c0 <= -margin`` (``<`` when strict and margin is 0) as SMT-LIB."""
-    expr = _lin([(q(ci), y) for ci, y in zip(c, outputs) if ci != 0 and y != "0"], q(c0))
-    if margin > 0:
-        return f"(<= {expr} {q(-margin)})"
-    return f"({'<' if strict else '<='} {expr} 0)"

@@ -177,7 +177,6 @@ def _outcome(inst: Instance, result: str, secs: float, after: Optional[int] = No
 
 def _hidden_sizes(instances: list[Instance]) -> dict[Path, Optional[int]]:
     """Hidden neurons of each distinct model (None when it does not load)."""
-
     sizes: dict[Path, Optional[int]] = {}
     for inst in instances:
         if inst.onnx not in sizes:
@@ -220,7 +219,6 @@ def run_batch(csv_path: str | os.PathLike, out_dir: str | os.PathLike, jobs: Opt
 
 def write_summaries(res: BatchResult, csv_path: str | os.PathLike, jobs: int) -> None:
     """``summary.csv`` (one row per instance) and ``summary.md`` (table and totals), atomically."""
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
     w.writeheader()

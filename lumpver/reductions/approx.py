@@ -74,7 +74,6 @@ def _fit(act_prev: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def _cluster(sig: np.ndarray, weights: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(class_of, scale, representatives) for rows ``sig`` weighted by column ``weights``."""
-
     n = sig.shape[0]
     rows = sig * weights[None, :]
     norms = np.linalg.norm(rows, axis=1)

@@ -142,7 +142,6 @@ def loss_values(loss: str, dense: np.ndarray, pruned: np.ndarray, y: Optional[np
 
 def outputs_of_file(path: str | os.PathLike, x: np.ndarray) -> np.ndarray:
     """Outputs of an ONNX file by onnxruntime, ``(n, n_outputs)`` float64."""
-
     return run_onnx(path, x)
 
 

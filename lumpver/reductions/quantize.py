@@ -85,7 +85,6 @@ def qdq_model(net: Network, qls: list[QuantizedLayer]):
 
 def save_quantized(net: Network, qls: list[QuantizedLayer], path: str | os.PathLike, float_weights: bool = False) -> None:
     """Write g atomically: QDQ form (default) or plain float32 weights."""
-
     model = network_to_onnx(net) if float_weights else qdq_model(net, qls)
     write_bytes_atomic(path, model.SerializeToString())
 

@@ -291,7 +291,6 @@ def _backend_rows(doc: dict[str, Any]) -> list[list[Any]]:
 
 def figures(doc: dict[str, Any]) -> list[tuple[str, bytes]]:
     """``(caption, png)`` for every figure the document's facts support."""
-
     out: list[tuple[str, bytes]] = []
     stats = _all_stats(doc)
     if stats:
@@ -399,7 +398,6 @@ def _inline_code(text: str) -> str:
 
 def to_html(doc: dict[str, Any], title: Optional[str] = None, with_figures: bool = True) -> str:
     """One self-contained HTML file (inline CSS, figures as data URIs, no scripts)."""
-
     doc = _as_document(doc, title)
     e = html.escape
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(doc['title'])}</title>"
