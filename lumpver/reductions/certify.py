@@ -48,7 +48,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lumpver.specs.inputset import InputSet
+from lumpver.fileio import write_json_atomic
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.runtime import run_onnx
+from lumpver.reductions.exact import LayerClasses
+from lumpver.specs.inputset import Box, InputSet
 from lumpver.specs.norms import NORMS, difference_rows, from_max_abs, upper_norm
 from lumpver.ir.activations import ACTIVATIONS
 from lumpver.ir.network import Layer, Network
@@ -180,7 +184,6 @@ class Chain:
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> "Chain":
-        from lumpver.reductions.exact import LayerClasses
 
         return Chain(d.get("onset_steps"),
                      [np.asarray(k, dtype=np.int64) for k in d["kept"]] if "kept" in d else None,
@@ -357,7 +360,6 @@ def _dropped_rows_ok(h: Network, chain: Chain) -> None:
 def sample_points(input_set: InputSet, n: int, seed: int = 0) -> np.ndarray:
     """About ``n`` points of X (uniform in each region's box, plus corners; polytopes filtered)."""
     from lumpver.bounds.engine import region_box
-    from lumpver.specs.inputset import Box
 
     rng = np.random.default_rng(seed)
     per = max(1, n // len(input_set.regions))
@@ -373,7 +375,6 @@ def sample_points(input_set: InputSet, n: int, seed: int = 0) -> np.ndarray:
 def sampled_error(f_path: str | os.PathLike, g_path: str | os.PathLike, input_set: InputSet, norm: str = "linf",
                   n: int = 2000, seed: int = 0) -> float:
     """Largest ``||f(x) - g(x)||`` seen by onnxruntime on the two files over sampled points of X."""
-    from lumpver.ir.runtime import run_onnx
 
     x = sample_points(input_set, n, seed)
     if not len(x):
@@ -414,7 +415,6 @@ def bounded_certificate(original_path: str | os.PathLike, reduced_path: str | os
 def write_bounded(original_path, reduced_path, cert_path, f, g, input_set, result, method, seconds,
                   sampled=None) -> dict[str, Any]:
     """Build and atomically write the ``bounded`` certificate; returns it."""
-    from lumpver.fileio import write_json_atomic
 
     cert = bounded_certificate(original_path, reduced_path, cert_path, f, g, input_set, result, method, seconds,
                                sampled)
@@ -426,7 +426,6 @@ def certify_files(original_path: str, reduced_path: str, cert_path: Optional[str
                   chain: Optional[Chain], method: dict[str, Any], seconds: float, timeout: float = 120.0,
                   progress=None) -> dict[str, Any]:
     """Certify two written model files (g loaded back from its file) and write the certificate."""
-    from lumpver.ir.onnx_import import load_onnx
 
     f, g = load_onnx(original_path), load_onnx(reduced_path)
     res = certify(f, g, input_set, norm, chain, timeout=timeout)
