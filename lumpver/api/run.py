@@ -67,7 +67,6 @@ class _Ctx:
     stage: Path
     out_dir: Path
     progress: Progress
-    quiet: bool
     input_set: Optional[InputSet] = None
 
 
@@ -83,7 +82,7 @@ def run_spec(spec_path: str | os.PathLike, out_dir: Optional[str | os.PathLike] 
     _prepare_out(out, [spec.model, Path(spec_path)])
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
-        ctx = _Ctx(spec, stage, out, progress, quiet, input_set)
+        ctx = _Ctx(spec, stage, out, progress, input_set)
         progress.say(f"spec {spec_path}: model {spec.model.name} ({net.n_hidden} hidden neurons), "
                      f"{len(spec.reductions)} reduction step(s), {len(spec.backends)} back-end(s)")
         steps, final = _run_steps(ctx, net)
