@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lumpver.reductions.base import default_certificate_path, remove_on_failure
 from lumpver.reductions.certify import Certified, Chain, certify
 from lumpver.specs.inputset import InputSet
 from lumpver.specs.norms import difference_rows
@@ -358,7 +359,6 @@ def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.Pat
     """``lumpver reduce --mode approx``: write g and its ``bounded`` certificate; returns the certificate.
 
     ``backend``: ``interval`` or ``auto`` (the differential back-end; others -> InputError)."""
-
     if backend not in ("auto", "interval"):
         raise InputError(f"--mode approx certifies with the interval back-end (auto|interval), not {backend!r}")
     t0 = time.perf_counter()
@@ -370,9 +370,9 @@ def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.Pat
         res = reduce_approx(f, input_set, epsilon, norm, timeout, progress)
     except ValueError as e:
         raise CheckFailed(str(e)) from None
-    cert_path = Path(cert_path) if cert_path else Path(out_path).with_name(Path(out_path).stem + ".cert.json")
+    cert_path = Path(cert_path) if cert_path else default_certificate_path(out_path)
     save_onnx(res.reduced, out_path)
-    try:
+    with remove_on_failure(out_path):
         g = load_onnx(out_path)  # certify what was written
         final = certify_pair(f, g, input_set, norm, res.chain, res.onset, res.onset_bound,
                              timeout=max(60.0, timeout), threshold=epsilon)
@@ -383,9 +383,6 @@ def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.Pat
                   "requested_epsilon": epsilon, "onset_hidden": res.onset.n_hidden, "trials": res.trials}
         cert = write_bounded(model_path, out_path, cert_path, f, g, input_set, final, method,
                              time.perf_counter() - t0, sampled)
-    except BaseException:
-        Path(out_path).unlink(missing_ok=True)
-        raise
     progress.say(f"wrote {out_path}: {f.n_hidden} -> {g.n_hidden} hidden neurons, certified {norm} error "
                  f"{final.epsilon:.4g} <= {epsilon:g} (sampled {sampled:.4g})")
     return cert

@@ -43,7 +43,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -51,6 +50,7 @@ import numpy as np
 from lumpver.fileio import write_json_atomic
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.ir.runtime import run_onnx
+from lumpver.reductions.base import default_certificate_path
 from lumpver.reductions.exact import LayerClasses
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.specs.norms import NORMS, difference_rows, from_max_abs, upper_norm
@@ -432,5 +432,5 @@ def certify_files(original_path: str, reduced_path: str, cert_path: Optional[str
     sampled = sampled_error(original_path, reduced_path, input_set, norm)
     if progress is not None:
         progress.say(f"certified {norm} error <= {res.epsilon:.6g} on the input set (sampled maximum {sampled:.6g})")
-    cert_path = cert_path or str(Path(reduced_path).with_name(Path(reduced_path).stem + ".cert.json"))
+    cert_path = cert_path or str(default_certificate_path(reduced_path))
     return write_bounded(original_path, reduced_path, cert_path, f, g, input_set, res, method, seconds, sampled)

@@ -26,6 +26,7 @@ import numpy as np
 
 from lumpver.bounds.split import set_bounds
 from lumpver.certificates.exact import discrepancy_bound
+from lumpver.reductions.base import default_certificate_path
 from lumpver.reductions.exact import exact_lump
 from lumpver.errors import InputError
 from lumpver.fileio import check_output_path, write_json_atomic
@@ -149,9 +150,7 @@ def reduce_on_set_to_files(original_path: str | os.PathLike, out_path: str | os.
     progress = Progress(quiet=quiet)
     t0 = time.perf_counter()
     check_output_path(out_path, [original_path])
-    if cert_path is None:
-        p = Path(out_path)
-        cert_path = p.with_name(p.stem + ".cert.json")
+    cert_path = cert_path or default_certificate_path(out_path)
     check_output_path(cert_path, [original_path, out_path])
     net = load_onnx(original_path)
     if input_set.dim != net.n_inputs:
