@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lumpver.api.compare import compare_models
+from lumpver.api.reduce import apply_pass
 from lumpver.certificates.format import check_certificate, model_stats
 from lumpver.errors import InputError
 from lumpver.fileio import sha256_file, write_text_atomic
 from lumpver.ir.network import Network
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.progress import Progress
-from lumpver.reductions.base import PassContext, ReductionPass
+from lumpver.reductions.base import ReductionPass
 from lumpver.reductions.confident import ConfidentConfig
 from lumpver.reductions.exact import DEFAULT_TOLERANCE
 from lumpver.reductions.passes import (
@@ -144,7 +145,7 @@ def _run_steps(ctx: _Ctx, net: Network) -> tuple[list[dict[str, Any]], Path]:
         out, cert = ctx.stage / f"{name}.onnx", ctx.stage / f"{name}.cert.json"
         ctx.progress.say(f"step {k}: {step.method}")
         t0 = time.perf_counter()
-        res = _pass_for(ctx, step, k).apply(current, out, cert, PassContext(ctx.input_set, ctx.progress))
+        res = apply_pass(_pass_for(ctx, step, k), current, out, cert, ctx.input_set, ctx.progress)
         reduced = load_onnx(res.model_path)
         written = res.certificate_path is not None and res.certificate_path.is_file()
         record = {"index": k, "method": _method_label(step), "model_path": out.name,
