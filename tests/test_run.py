@@ -135,16 +135,6 @@ def test_failing_step_leaves_nothing(tmp_path):
     assert not list(tmp_path.glob(".out.staging-*"))
 
 
-def test_missing_method_is_exit_2(tmp_path, monkeypatch):
-    from lumpver.api import run as run_mod
-
-    monkeypatch.setitem(run_mod._METHOD_MODULES, "quantize", "lumpver.no_such_module")
-    spec = _spec(tmp_path, '[[reductions]]\nmethod = "quantize"\nbits = 8\n')
-    with pytest.raises(InputError, match="not available"):
-        run_mod.run_spec(spec, tmp_path / "o", quiet=True)
-    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
-
-
 def test_cli_run_bad_spec_exit_2(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('model = "nope.onnx"\n[[reductions]]\nmethod = "exakt"\n')
@@ -163,3 +153,29 @@ def test_cli_run_default_out_and_quiet(tmp_path):
     assert r.stdout.strip().splitlines()[-1] == "exact"
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["report.md", "step1_exact.cert.json",
                                                                       "step1_exact.onnx"]
+
+
+def test_prune_and_quantize_steps_run_as_passes(tmp_path):
+    """Pruning and quantisation steps: certified on the declared set, each bound above the error that
+    onnxruntime shows between consecutive step files; without a set the step says why it has no certificate."""
+    from lumpver.api.run import run_spec
+
+    box = '[input_set]\ntype = "box"\nlower = -0.5\nupper = 0.5\n'
+    steps = ('[[reductions]]\nmethod = "prune"\nprune_method = "magnitude"\nkeep = 0.7\n'
+             '[[reductions]]\nmethod = "prune"\nprune_method = "coreset"\nkeep = 0.8\n'
+             '[[reductions]]\nmethod = "quantize"\nbits = 8\n')
+    res = run_spec(_spec(tmp_path, box + steps), tmp_path / "o", quiet=True)
+    spec = load_spec(tmp_path / "s.toml")
+    x = spec.input_set(load_onnx(spec.model).n_inputs).boxes()[0].sample(2000, np.random.default_rng(2))
+    prev = spec.model
+    assert [s["method"] for s in res.document["steps"]] == ["prune (magnitude)", "prune (coreset)", "quantize (8-bit)"]
+    for s in res.document["steps"]:
+        assert s["recheck"]["holds"] is True and s["certificate"]["guarantee"]["kind"] == "bounded"
+        model = res.out_dir / s["model_path"]
+        seen = np.max(np.abs(run_onnx(prev, x) - run_onnx(model, x)))
+        assert seen <= s["certificate"]["guarantee"]["epsilon"]
+        prev = model
+    bare = run_spec(_spec(tmp_path, steps), tmp_path / "p", quiet=True)
+    for s in bare.document["steps"]:
+        assert s["certificate_path"] is None and "input set" in s["note"]
+        assert not (bare.out_dir / s["model_path"].replace(".onnx", ".cert.json")).exists()

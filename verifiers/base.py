@@ -11,8 +11,9 @@ unsafe output set (VNN-LIB convention). Every back-end answers with a :class:`Ve
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Iterable, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -20,7 +21,6 @@ from lumpver.specs.inputset import InputSet, OutputProperty
 from lumpver.ir.network import Network
 
 VERDICTS = ("proved", "violated", "unknown")
-NORMS = ("linf", "l1", "l2", "top1")
 
 
 @dataclass
@@ -58,6 +58,42 @@ class Verdict:
         if self.verdict == "violated" and self.counterexample is None:
             raise ValueError("a violated verdict needs a counterexample")
 
+    # ----- combinators (one place for how answers of several stages or cases combine) -----------
+    @staticmethod
+    def best_lower(verdicts: Iterable["Verdict"]) -> Optional[float]:
+        """The largest attained value (``lower_bound``) any verdict reports; None if none does."""
+        values = [v.lower_bound for v in verdicts if v.lower_bound is not None]
+        return max(values) if values else None
+
+    @staticmethod
+    def tightest_upper(verdicts: Iterable["Verdict"]) -> Optional[float]:
+        """The smallest finite certified ``upper_bound`` among the verdicts that are not ``violated``."""
+        values = [v.upper_bound for v in verdicts
+                  if v.verdict != "violated" and v.upper_bound is not None and math.isfinite(v.upper_bound)]
+        return min(values) if values else None
+
+    @classmethod
+    def conjunction(cls, verdicts: Sequence["Verdict"], backend: str) -> "Verdict":
+        """The verdict on a union of cases: the first ``violated``; else ``unknown`` when any case
+        is (the reasons, in order); else ``proved`` (also for no case: nothing to refute)."""
+        for v in verdicts:
+            if v.verdict == "violated":
+                return v
+        open_ = [v.reason for v in verdicts if v.verdict == "unknown"]
+        seconds = sum(v.seconds for v in verdicts)
+        if open_:
+            return cls("unknown", backend, "; ".join(open_), seconds=seconds)
+        return cls("proved", backend, f"all {len(verdicts)} case(s) proved", seconds=seconds)
+
+    # ----- JSON -------------------------------------------------------------------------------
+    def report_json(self, **context: Any) -> dict[str, Any]:
+        """The ``--json`` document of ``lumpver compare`` / ``bound`` (CONTRACT.md): the verdict fields,
+        then ``context`` (norm, epsilon, models, input set), then the details as plain JSON."""
+        cex = None if self.counterexample is None else [float(t) for t in np.asarray(self.counterexample).reshape(-1)]
+        return {"verdict": self.verdict, "upper_bound": self.upper_bound, "lower_bound": self.lower_bound,
+                "counterexample": cex, "seconds": round(self.seconds, 6), "backend": self.backend,
+                "reason": self.reason, **context, "details": jsonable(self.details)}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
@@ -69,6 +105,24 @@ class Verdict:
             "seconds": self.seconds,
             **({"details": self.details} if self.details else {}),
         }
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON: numpy values converted, non-finite floats as strings."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else str(f)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
 
 
 class Backend(Protocol):

@@ -20,7 +20,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from lumpver.specs.inputset import Box, InputSet, OutputProperty, Polytope, Region
+from lumpver.specs.inputset import OutputProperty, Polytope, Region, declared_box
+from lumpver.specs.norms import norm_value
+from lumpver.ir.activations import get_activation
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict
 
@@ -29,21 +31,6 @@ CONTAINS_TOL = 1e-9
 
 
 # ----- forward / backward ------------------------------------------------------------------
-def _act_grad(name: str, z: np.ndarray, h: np.ndarray, alpha: float) -> np.ndarray:
-    """Derivative of the activation at z (the active branch at 0 for ReLU)."""
-    if name == "identity":
-        return np.ones_like(z)
-    if name == "relu":
-        return (z > 0).astype(z.dtype)
-    if name == "leaky_relu":
-        return np.where(z >= 0, 1.0, alpha)
-    if name == "sigmoid":
-        return h * (1.0 - h)
-    if name == "tanh":
-        return 1.0 - h * h
-    raise ValueError(f"unknown activation {name!r}")
-
-
 def forward_vjp(net: Network, x: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Outputs ``(n, m)`` for raw inputs ``x (n, d)`` and a function mapping output seeds
     ``(n, m)`` to input gradients ``(n, d)`` (exact local vector-Jacobian product)."""
@@ -58,24 +45,13 @@ def forward_vjp(net: Network, x: np.ndarray) -> tuple[np.ndarray, Callable[[np.n
     def vjp(seed: np.ndarray) -> np.ndarray:
         g = seed
         for layer, z, hh in reversed(cache):
-            g = (g * _act_grad(layer.activation, z, hh, layer.alpha)) @ layer.weight
+            g = (g * get_activation(layer.activation).derivative(z, hh, layer.alpha)) @ layer.weight
         return g * scale
 
     return h, vjp
 
 
 # ----- objectives ---------------------------------------------------------------------------
-def norm_value(d: np.ndarray, norm: str) -> np.ndarray:
-    """Row-wise norm of output differences ``d (n, m)``."""
-    if norm == "linf":
-        return np.max(np.abs(d), axis=1)
-    if norm == "l1":
-        return np.sum(np.abs(d), axis=1)
-    if norm == "l2":
-        return np.sqrt(np.sum(d * d, axis=1))
-    raise ValueError(f"unknown norm {norm!r}")
-
-
 def _norm_seed(d: np.ndarray, norm: str) -> np.ndarray:
     if norm == "linf":
         seed = np.zeros_like(d)
@@ -186,18 +162,10 @@ def confirms(query: Query, x: np.ndarray) -> bool:
 
 
 # ----- geometry -----------------------------------------------------------------------------
-def region_box(region: Region) -> Box:
-    if isinstance(region, Box):
-        return region
-    if region.bounding_box is None:
-        raise ValueError("polytope region without a bounding box")
-    return region.bounding_box
-
-
 def to_float32_inside(x: np.ndarray, region: Region) -> Optional[np.ndarray]:
     """``x`` rounded to float32 values lying in ``region`` (box exactly; polytope within
     :data:`CONTAINS_TOL`), as float64; None if rounding cannot keep it inside."""
-    box = region_box(region)
+    box = declared_box(region)
     lo32 = box.lower.astype(np.float32)
     hi32 = box.upper.astype(np.float32)
     lo32 = np.where(lo32.astype(np.float64) < box.lower, np.nextafter(lo32, np.float32(np.inf)), lo32)
@@ -210,7 +178,7 @@ def to_float32_inside(x: np.ndarray, region: Region) -> Optional[np.ndarray]:
 
 def project(x: np.ndarray, region: Region, rounds: int = 30) -> np.ndarray:
     """Approximate projection onto the region (box clip; POCS on half-spaces for polytopes)."""
-    box = region_box(region)
+    box = declared_box(region)
     x = np.clip(x, box.lower, box.upper)
     if isinstance(region, Polytope):
         A, b = region.A, region.b
@@ -256,7 +224,7 @@ def search(
     for region in query.input_set.regions:
         if time.monotonic() > deadline:
             break
-        box = region_box(region)
+        box = declared_box(region)
         pts = box.sample(samples, rng, corners=True)
         if seeds:
             pts = np.vstack([np.asarray(s, dtype=np.float64).reshape(1, -1) for s in seeds] + [pts])
@@ -294,7 +262,7 @@ def _starts(region: Region, rng: np.random.Generator, best_x: Optional[np.ndarra
     """Candidate starts: random vertices, random points of random faces (some coordinates at a
     bound), uniform points, and points near the best input so far at a radius shrinking with
     the round ``r`` (narrow counterexamples sit next to near-misses)."""
-    box = region_box(region)
+    box = declared_box(region)
     lo, hi = box.lower, box.upper
     d = len(lo)
     q = n // 4
@@ -317,7 +285,7 @@ def _restart_round(best: SearchResult, query: Query, obj: Objective, region: Reg
     gradients), then momentum PGD (normalised gradients, sign steps on a cosine schedule from
     5 % to 0.05 % of the box width) from the best of them; candidates are confirmed by
     :func:`_update`."""
-    box = region_box(region)
+    box = declared_box(region)
     width = box.upper - box.lower
     pts = _starts(region, rng, best.best_x, RESTART_SAMPLES, r)
     v, _ = obj.score(pts, grad=False)
@@ -343,7 +311,7 @@ def _restart_round(best: SearchResult, query: Query, obj: Objective, region: Reg
 
 
 def _pgd(best: SearchResult, query: Query, obj: Objective, x: np.ndarray, region: Region, steps: int, deadline: float) -> bool:
-    box = region_box(region)
+    box = declared_box(region)
     width = box.upper - box.lower
     for t in range(steps):
         if time.monotonic() > deadline:

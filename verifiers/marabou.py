@@ -31,8 +31,10 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from lumpver.specs.inputset import Box, InputSet, OutputProperty, Polytope
+from lumpver.ir.activations import ACTIVATIONS
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict
+from lumpver.verifiers import falsify
 
 NAME = "marabou"
 STRICT_GAP = 1e-6  # a sat exactly at epsilon is re-asked at epsilon + STRICT_GAP (1 + epsilon)
@@ -95,19 +97,20 @@ def encode_network(mn, net: Network, x_vars: list[int]) -> list[int]:
 
 
 def _activation(mn, layer, k: int, z: list[int]) -> list[int]:
-    act = layer.activation
-    if act == "identity":
+    act = ACTIVATIONS[layer.activation]
+    slope = None if act.negative_slope is None else float(act.negative_slope(layer.alpha))
+    if slope == 1.0:  # identity
         return z
-    if act == "tanh":
-        raise ValueError(f"layer {k}: Marabou has no tanh constraint")
-    if act == "leaky_relu" and not 0.0 < layer.alpha < 1.0:
+    if slope is None and act.onnx_op != "Sigmoid":
+        raise ValueError(f"layer {k}: Marabou has no {act.name} constraint")
+    if slope not in (None, 0.0) and not 0.0 < slope < 1.0:
         raise ValueError(f"layer {k}: Marabou needs a LeakyReLU slope in (0, 1), got {layer.alpha}")
     out = [mn.getNewVariable() for _ in z]
     for zi, hi in zip(z, out):
-        if act == "relu":
+        if slope == 0.0:
             mn.addRelu(zi, hi)
-        elif act == "leaky_relu":
-            mn.addLeakyRelu(zi, hi, float(layer.alpha))
+        elif slope is not None:
+            mn.addLeakyRelu(zi, hi, slope)
         else:
             mn.addSigmoid(zi, hi)
     return out
@@ -309,9 +312,6 @@ def check_equivalence(q: Query) -> Verdict:
 
 def _seeded_search(q: Query, region, seed: Optional[np.ndarray], deadline: float) -> Optional[Verdict]:
     """A short falsifier run started at Marabou's near-miss: a replayed violation, or None."""
-    from lumpver.specs.inputset import InputSet
-    from lumpver.verifiers import falsify
-
     budget = min(2.0, max(0.0, deadline - time.perf_counter()))
     if seed is None or budget <= 0:
         return None

@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from lumpver.specs.inputset import Box, Polytope
+from lumpver.ir.activations import ACTIVATIONS
 from lumpver.ir.network import Network
 
 
@@ -138,25 +139,26 @@ def _encode_net(w: _Writer, net: Network, t: int, xs: list[str], nb, naive: bool
     lits = _weights(net, cache)
     for k, layer in enumerate(net.layers):
         Wl, bl = lits[k]
-        act = layer.activation
+        slope = ACTIVATIONS[layer.activation].negative_slope
+        if slope is None:
+            raise ValueError(f"activation {layer.activation!r} is not piecewise linear")
+        neg_slope = float(slope(layer.alpha))  # act(z) = max(z, neg_slope z) (DESIGN.md §5)
+        alpha = q(neg_slope)
         nxt: list[Optional[str]] = []
         for j in range(layer.width):
             expr = _lin([(Wl[j][i], h[i]) for i in range(len(h)) if h[i] is not None and Wl[j][i] != "0"], bl[j])
             name = f"n{t}_{k}_{j}"
-            if act == "identity":
+            if neg_slope == 1.0:  # identity
                 w.real(name)
                 w.add(f"(= {name} {expr})")
                 nxt.append(name)
                 continue
-            if act not in ("relu", "leaky_relu"):
-                raise ValueError(f"activation {act!r} is not piecewise linear")
-            alpha = q(layer.alpha) if act == "leaky_relu" else "0"
             if naive:
                 z = f"z{name[1:]}"
                 w.real(z)
                 w.real(name)
                 w.add(f"(= {z} {expr})")
-                neg = "0" if act == "relu" else f"(* {alpha} {z})"
+                neg = "0" if neg_slope == 0.0 else f"(* {alpha} {z})"
                 w.add(f"(= {name} (ite (>= {z} 0) {z} {neg}))")
                 nxt.append(name)
                 n_unstable += 1
@@ -164,7 +166,7 @@ def _encode_net(w: _Writer, net: Network, t: int, xs: list[str], nb, naive: bool
             lo, hi = float(nb.lower[k][j]), float(nb.upper[k][j])
             if hi <= 0.0:
                 n_fixed += 1
-                if act == "relu":
+                if neg_slope == 0.0:
                     nxt.append(None)
                 else:
                     w.real(name)
@@ -178,7 +180,7 @@ def _encode_net(w: _Writer, net: Network, t: int, xs: list[str], nb, naive: bool
                 nxt.append(name)
                 continue
             n_unstable += 1
-            _unstable(w, name, expr, lo, hi, alpha, layer.alpha if act == "leaky_relu" else 0.0)
+            _unstable(w, name, expr, lo, hi, alpha, neg_slope)
             nxt.append(name)
         h = nxt
     return [v if v is not None else "0" for v in h], n_unstable, n_fixed
@@ -212,11 +214,3 @@ def _coarse(v: float, down: bool, bits: int = 10) -> Fraction:
     scaled = m * (1 << bits)
     k = int(np.floor(scaled)) if down else int(np.ceil(scaled))
     return Fraction(k) * Fraction(2) ** (int(e) - bits)
-
-
-def row_constraint(c: np.ndarray, c0: float, strict: bool, outputs: list[str], margin: float = 0.0) -> str:
-    """``c . y + c0 <= -margin`` (``<`` when strict and margin is 0) as SMT-LIB."""
-    expr = _lin([(q(ci), y) for ci, y in zip(c, outputs) if ci != 0 and y != "0"], q(c0))
-    if margin > 0:
-        return f"(<= {expr} {q(-margin)})"
-    return f"({'<' if strict else '<='} {expr} 0)"

@@ -4,7 +4,7 @@ Called by ``prepare_instance.sh`` and ``run_instance.sh``; standalone (``python3
 
 prepare CATEGORY ONNX VNNLIB
     Reduces the network exactly on the property's input set (DESIGN.md §3,
-    :func:`lumpver.reductions.onset.reduce_on_set_to_files`) and stores ``reduced.onnx``, its certificate and
+    :class:`lumpver.reductions.passes.OnSetPass`) and stores ``reduced.onnx``, its certificate and
     ``meta.json`` under ``${TMPDIR:-/tmp}/lumpver-cache/<sha256(onnx bytes, vnnlib bytes)>``. The
     cache folder appears atomically (built beside it, then renamed).
 
@@ -36,6 +36,19 @@ from typing import Optional
 if __package__ in (None, "") and importlib.util.find_spec("lumpver") is None:  # run from a plain checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402  (after the path set-up above)
+
+from lumpver.api.reduce import apply_pass  # noqa: E402
+from lumpver.api.reduce_verify import widen  # noqa: E402
+from lumpver.api.verify import replay_case  # noqa: E402
+from lumpver.fileio import sha256_file, write_json_atomic, write_text_atomic  # noqa: E402
+from lumpver.ir.onnx_import import load_onnx  # noqa: E402
+from lumpver.progress import Progress  # noqa: E402
+from lumpver.reductions.passes import OnSetPass  # noqa: E402
+from lumpver.specs.inputset import InputSet  # noqa: E402
+from lumpver.specs.vnnlib import read_vnnlib  # noqa: E402
+from lumpver.verifiers.base import Query, get_backend  # noqa: E402
+
 #: share of the instance time budget each back-end of the cached path may use
 SHARES = (("falsify", 0.1), ("interval", 0.3), ("smt", 1.0))
 
@@ -52,22 +65,15 @@ def cache_dir(onnx: str | os.PathLike, vnnlib: str | os.PathLike) -> Path:
 
 def prepare(onnx: str, vnnlib: str, quiet: bool = True) -> Optional[Path]:
     """Build the cache for an instance (idempotent); returns its folder, None when it cannot."""
-    from lumpver.fileio import sha256_file, write_json_atomic
-    from lumpver.ir.onnx_import import load_onnx
-    from lumpver.reductions.onset import reduce_on_set_to_files
-    from lumpver.specs.vnnlib import read_vnnlib
-
     target = cache_dir(onnx, vnnlib)
     if (target / "meta.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    net = load_onnx(onnx)
-    spec = read_vnnlib(vnnlib, net.n_inputs, net.n_outputs)
     build = Path(tempfile.mkdtemp(prefix=f".{target.name[:16]}.", dir=target.parent))
     try:
         t0 = time.perf_counter()
-        cert = reduce_on_set_to_files(onnx, build / "reduced.onnx", build / "reduced.cert.json", spec.input_set(),
-                                      quiet)
+        cert = apply_pass(OnSetPass(), onnx, build / "reduced.onnx", build / "reduced.cert.json", vnnlib,
+                          Progress(quiet)).certificate
         meta = {"original_sha256": sha256_file(onnx), "vnnlib_sha256": sha256_file(vnnlib),
                 "discrepancy": cert["guarantee"]["epsilon"], "neurons_before": cert["stats"]["neurons_before"],
                 "neurons_after": cert["stats"]["neurons_after"], "seconds": time.perf_counter() - t0}
@@ -84,8 +90,6 @@ def prepare(onnx: str, vnnlib: str, quiet: bool = True) -> Optional[Path]:
 
 def load_cache(onnx: str, vnnlib: str) -> Optional[tuple[Path, dict]]:
     """The cache folder and its meta data, when present and made from these very files."""
-    from lumpver.fileio import sha256_file
-
     try:
         d = cache_dir(onnx, vnnlib)
         meta = json.loads((d / "meta.json").read_text())
@@ -94,15 +98,6 @@ def load_cache(onnx: str, vnnlib: str) -> Optional[tuple[Path, dict]]:
     if meta.get("original_sha256") != sha256_file(onnx) or not (d / "reduced.onnx").is_file():
         return None
     return d, meta
-
-
-def widened(prop, d: float):
-    """The unsafe set grown by ``d`` per output: ``A y <= b + d * sum_j |A_ij|`` (sound for ``|f-g|_inf <= d``)."""
-    import numpy as np
-
-    from lumpver.specs.inputset import OutputProperty
-
-    return OutputProperty([(A, b + d * np.abs(A).sum(axis=1)) for A, b in prop.disjuncts])
 
 
 def counterexample_text(x, y) -> str:
@@ -114,9 +109,6 @@ def counterexample_text(x, y) -> str:
 def original_violation(onnx: str, case, x) -> Optional[tuple]:
     """``(x, y)`` when ``x`` lies in the case's region and the ORIGINAL model's onnxruntime output
     is in the case's unsafe set (:func:`lumpver.api.verify.replay_case`); None otherwise."""
-    import numpy as np
-
-    from lumpver.api.verify import replay_case
 
     x32 = np.asarray(x, dtype=np.float32).reshape(-1)
     ok, y = replay_case(onnx, case, x32.astype(np.float64))
@@ -125,17 +117,12 @@ def original_violation(onnx: str, case, x) -> Optional[tuple]:
 
 def cached_verdict(onnx: str, vnnlib: str, cache: Path, meta: dict, deadline: float) -> tuple[str, str]:
     """``(result, counterexample text)`` from the cached reduction; result ``unknown`` when undecided."""
-    from lumpver.specs.inputset import InputSet
-    from lumpver.ir.onnx_import import load_onnx
-    from lumpver.specs.vnnlib import read_vnnlib
-    from lumpver.verifiers.base import Query, get_backend
-
     g = load_onnx(cache / "reduced.onnx")
     spec = read_vnnlib(vnnlib, g.n_inputs, g.n_outputs)
     d = float(meta["discrepancy"])
     timed_out = False
     for case in spec.cases:
-        wide, decided = widened(case.unsafe, d), False
+        wide, decided = widen(case.unsafe, d), False
         for name, share in SHARES:
             left = deadline - time.monotonic()
             if left <= 0.5:
@@ -170,8 +157,6 @@ def verify_fallback(onnx: str, vnnlib: str, results: str, seconds: float) -> str
 
 
 def write_result(results: str, word: str, cex: str = "") -> None:
-    from lumpver.fileio import write_text_atomic
-
     write_text_atomic(results, word + "\n" + cex)
 
 

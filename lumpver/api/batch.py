@@ -25,6 +25,9 @@ from typing import Callable, Optional
 
 from lumpver.errors import InputError
 from lumpver.progress import SILENT, Progress
+from lumpver.api.verify import verify_property
+from lumpver.fileio import write_text_atomic
+from lumpver.ir.onnx_import import load_onnx
 
 RESULTS = ("sat", "unsat", "unknown", "timeout", "error")
 #: seconds granted beyond an instance's timeout before its process is killed
@@ -104,9 +107,6 @@ def worker(argv: list[str]) -> int:
     """``python -m lumpver.api.batch ONNX VNNLIB TIMEOUT RESULT REDUCE BACKEND`` (one instance)."""
     import json
 
-    from lumpver.fileio import write_text_atomic
-    from lumpver.api.verify import verify_property
-
     onnx, vnnlib, timeout, result, reduce, backend = argv
     try:
         r = verify_property(onnx, vnnlib, backend, reduce == "1", float(timeout))
@@ -177,8 +177,6 @@ def _outcome(inst: Instance, result: str, secs: float, after: Optional[int] = No
 
 def _hidden_sizes(instances: list[Instance]) -> dict[Path, Optional[int]]:
     """Hidden neurons of each distinct model (None when it does not load)."""
-    from lumpver.ir.onnx_import import load_onnx
-
     sizes: dict[Path, Optional[int]] = {}
     for inst in instances:
         if inst.onnx not in sizes:
@@ -221,8 +219,6 @@ def run_batch(csv_path: str | os.PathLike, out_dir: str | os.PathLike, jobs: Opt
 
 def write_summaries(res: BatchResult, csv_path: str | os.PathLike, jobs: int) -> None:
     """``summary.csv`` (one row per instance) and ``summary.md`` (table and totals), atomically."""
-    from lumpver.fileio import write_text_atomic
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
     w.writeheader()

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
 from lumpver.errors import InputError
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.runtime import run_onnx
 from lumpver.specs.inputset import InputSet
-from lumpver.verifiers.base import NORMS, Query, Verdict, get_backend
+from lumpver.specs.load import load_input_set
+from lumpver.specs.norms import check_norm
+from lumpver.verifiers.falsify import CONTAINS_TOL, is_violation, value_of
+from lumpver.verifiers.base import Query, Verdict, get_backend
 
 BACKENDS = ("interval", "smt", "sdp", "auto", "falsify", "marabou")
 #: share of the budget of the first (falsifier) stage of ``auto``
@@ -29,8 +34,6 @@ AUTO_MIDDLE_SHARE = 0.5
 
 def load_pair(path_a: str | os.PathLike, path_b: str | os.PathLike):
     """Both networks; InputError naming both files when their input/output sizes differ."""
-    from lumpver.ir.onnx_import import load_onnx
-
     a, b = load_onnx(path_a), load_onnx(path_b)
     if (a.n_inputs, a.n_outputs) != (b.n_inputs, b.n_outputs):
         raise InputError(
@@ -41,20 +44,8 @@ def load_pair(path_a: str | os.PathLike, path_b: str | os.PathLike):
     return a, b
 
 
-def resolve_input_set(input_set: Union[InputSet, str, os.PathLike], n_inputs: int) -> InputSet:
-    if isinstance(input_set, InputSet):
-        if input_set.dim != n_inputs:
-            raise InputError(f"input set has {input_set.dim} dimensions, the models {n_inputs} inputs", input_set.source)
-        return input_set
-    from lumpver.specs.load import load_input_set
-
-    return load_input_set(input_set, n_inputs)
-
-
 def replay_equivalence(path_a, path_b, query: Query, x: np.ndarray) -> tuple[bool, dict]:
     """Whether onnxruntime on both files confirms the violation at ``x`` (which must be in X)."""
-    from lumpver.verifiers.falsify import CONTAINS_TOL, is_violation, value_of
-
     ya = np.asarray(_run(path_a, x)).reshape(-1)
     yb = np.asarray(_run(path_b, x)).reshape(-1)
     inside = query.input_set.contains(x, tol=CONTAINS_TOL)
@@ -63,8 +54,6 @@ def replay_equivalence(path_a, path_b, query: Query, x: np.ndarray) -> tuple[boo
 
 
 def _run(path, x):
-    from lumpver.ir.runtime import run_onnx
-
     return run_onnx(path, np.asarray(x, dtype=np.float32))[0]
 
 
@@ -79,18 +68,17 @@ def compare_models(
     seed: int = 0,
 ) -> Verdict:
     """Decide or bound ``sup_X ||A - B||`` (module docstring). Raises InputError on bad input."""
-    if norm not in NORMS:
-        raise InputError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
+    check_norm(norm)
     if backend not in BACKENDS:
         raise InputError(f"unknown back-end {backend!r}; expected one of {', '.join(BACKENDS)}")
     if not (epsilon >= 0 and np.isfinite(epsilon)):
         raise InputError(f"epsilon must be a finite number >= 0, got {epsilon}")
     t0 = time.monotonic()
     a, b = load_pair(path_a, path_b)
-    xs = resolve_input_set(input_set, a.n_inputs)
+    xs = load_input_set(input_set, a.n_inputs)
     query = Query(a, xs, other=b, epsilon=float(epsilon), norm=norm, timeout=float(timeout), seed=seed)
     stages = ["falsify", "interval", "smt"] if backend == "auto" else [backend]
-    verdict, lower, upper, tried = None, None, None, []
+    verdict, ran, tried = None, [], []
     for i, name in enumerate(stages):
         left = timeout - (time.monotonic() - t0)
         if left <= 0:
@@ -100,15 +88,9 @@ def compare_models(
             budget = min(left, AUTO_FALSIFY_SHARE * timeout)
         elif backend == "auto" and i < len(stages) - 1:
             budget = AUTO_MIDDLE_SHARE * left  # leave time for the exact back-end
-        try:
-            be = get_backend(name)
-        except (ImportError, KeyError) as e:
-            tried.append(f"{name}: unavailable ({e})")
-            continue
-        v = be.check(Query(a, xs, other=b, epsilon=float(epsilon), norm=norm, timeout=budget, seed=seed))
-        lower = _max(lower, v.lower_bound)
-        if v.verdict != "violated" and v.upper_bound is not None and np.isfinite(v.upper_bound):
-            upper = v.upper_bound if upper is None else min(upper, v.upper_bound)  # certified by that stage
+        v = get_backend(name).check(Query(a, xs, other=b, epsilon=float(epsilon), norm=norm, timeout=budget,
+                                          seed=seed))
+        ran.append(v)
         if v.verdict == "violated":
             ok, info = replay_equivalence(path_a, path_b, query, v.counterexample)
             v.details = {**v.details, "replay": info}
@@ -122,16 +104,10 @@ def compare_models(
         if v.verdict == "proved":
             break
     if verdict is None:
-        verdict = Verdict("unknown", backend, "no back-end ran (timeout or unavailable)")
+        verdict = Verdict("unknown", backend, "no back-end ran (timeout)")
     if verdict.verdict != "violated":
-        verdict.lower_bound = lower
-        verdict.upper_bound = upper  # the best certified bound of any stage (None if none)
+        verdict.lower_bound = Verdict.best_lower(ran)
+        verdict.upper_bound = Verdict.tightest_upper(ran)  # the best certified bound of any stage (None if none)
     verdict.details = {**verdict.details, "stages": tried, "norm": norm, "epsilon": float(epsilon)}
     verdict.seconds = time.monotonic() - t0
     return verdict
-
-
-def _max(a: Optional[float], b: Optional[float]) -> Optional[float]:
-    if a is None:
-        return b
-    return a if b is None else max(a, b)

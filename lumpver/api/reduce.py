@@ -1,56 +1,52 @@
-"""The Python API behind ``lumpver reduce --mode exact`` (DESIGN.md §2, CONTRACT.md)."""
+"""The Python API of every reduction (``lumpver reduce|prune|quantize``, the steps of ``lumpver run``;
+CONTRACT.md, DESIGN.md §2-§8): :func:`apply_pass` runs one :class:`~lumpver.reductions.base.ReductionPass`
+on ONNX files after checking the paths and the input set.
+
+>>> from lumpver.api.reduce import apply_pass
+>>> from lumpver.reductions.passes import ExactPass
+>>> apply_pass(ExactPass(), "model.onnx", "reduced.onnx").certificate["guarantee"]["kind"]
+'exact'
+"""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from lumpver.certificates.format import make_certificate, model_stats
-from lumpver.fileio import write_json_atomic
-from lumpver.reductions.exact import DEFAULT_TOLERANCE, exact_lump
-from lumpver.certificates.exact import discrepancy_bound
-from lumpver.ir.onnx_export import save_onnx
+from lumpver.errors import InputError
+from lumpver.fileio import check_output_path
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.progress import SILENT, Progress
+from lumpver.reductions.exact import DEFAULT_TOLERANCE
+from lumpver.reductions.passes import ExactPass
+from lumpver.reductions.base import PassContext, ReductionPass, ReductionResult, default_certificate_path
+from lumpver.specs.inputset import InputSet
+from lumpver.specs.load import load_input_set
+
+__all__ = ["apply_pass", "default_certificate_path", "reduce_exact_to_files"]
 
 
-def default_certificate_path(out_path: str | os.PathLike) -> Path:
-    """``reduced.onnx`` -> ``reduced.cert.json``."""
-    p = Path(out_path)
-    return p.with_name(p.stem + ".cert.json")
+def apply_pass(reduction: ReductionPass, model_path: str | os.PathLike, out_path: str | os.PathLike,
+               cert_path: Optional[str | os.PathLike] = None,
+               input_set: InputSet | str | os.PathLike | None = None,
+               progress: Progress = SILENT) -> ReductionResult:
+    """Apply ``reduction`` to the model file; InputError (exit 2) for a missing model, an output that
+    would overwrite an input, or an input set of the wrong dimension. ``input_set``: a loaded set or
+    a ``.vnnlib``/``.toml`` path. ``cert_path`` defaults to OUTPUT with ``.cert.json``."""
+    model = Path(model_path)
+    if not model.is_file():
+        raise InputError("no such model file", str(model))
+    cert = Path(cert_path) if cert_path else default_certificate_path(out_path)
+    inputs = [model] + ([Path(input_set)] if isinstance(input_set, (str, os.PathLike)) else [])
+    check_output_path(out_path, inputs)
+    check_output_path(cert, inputs + [Path(out_path)])
+    if input_set is not None:
+        input_set = load_input_set(input_set, load_onnx(model).n_inputs)
+    return reduction.apply(model, Path(out_path), cert, PassContext(input_set, progress))
 
 
-def reduce_exact_to_files(
-    model_path: str | os.PathLike,
-    out_path: str | os.PathLike,
-    cert_path: Optional[str | os.PathLike] = None,
-    tolerance: float = DEFAULT_TOLERANCE,
-    progress: Progress = SILENT,
-) -> dict[str, Any]:
-    """Exact lumping of an ONNX file: writes the reduced model and its certificate; returns the certificate.
-
-    Both files appear or neither does (the model is removed again if the certificate fails).
-    """
-    t0 = time.perf_counter()
-    cert_path = Path(cert_path) if cert_path else default_certificate_path(out_path)
-    net = load_onnx(model_path)
-    progress.say(f"loaded {model_path}; lumping {net.n_hidden} hidden neurons in {len(net.layers) - 1} layers")
-    result = exact_lump(net, tolerance, progress)
-    a, b = discrepancy_bound(net, result.reduced, result.classes, tolerance, result.raw_signatures)
-    progress.say(f"writing {out_path} ({result.reduced.n_hidden} hidden neurons)")
-    save_onnx(result.reduced, out_path)
-    try:
-        discrepancy = {"a": a, "b": b, "statement": "for every input x: max_i |f_i(x) - g_i(x)| <= a + b * "
-                       "||x||_inf, in exact real arithmetic of the stored float32 weights; float32 evaluation "
-                       "by a runtime adds its own rounding to both models"}
-        guarantee = {"kind": "exact", "norm": "linf", "float_tolerance": {
-            "grouping_tolerance": tolerance, "discrepancy_bound": discrepancy}}
-        evidence = [{"backend": "lumping", "verdict": "proved", "claim": result.claim, "discrepancy": discrepancy}]
-        cert = make_certificate(model_path, out_path, guarantee, model_stats(net, result.reduced,
-                                time.perf_counter() - t0), evidence, cert_path)
-        write_json_atomic(cert_path, cert)
-    except BaseException:
-        Path(out_path).unlink(missing_ok=True)
-        raise
-    return cert
+def reduce_exact_to_files(model_path: str | os.PathLike, out_path: str | os.PathLike,
+                          cert_path: Optional[str | os.PathLike] = None, tolerance: float = DEFAULT_TOLERANCE,
+                          progress: Progress = SILENT) -> dict:
+    """Exact lumping of an ONNX file (README example): the written ``exact`` certificate."""
+    return apply_pass(ExactPass(tolerance), model_path, out_path, cert_path, progress=progress).certificate

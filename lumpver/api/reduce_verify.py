@@ -28,9 +28,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lumpver.specs.inputset import Box, InputSet, OutputProperty
+from lumpver.specs.inputset import Box, InputSet, OutputProperty, declared_box
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict
+from lumpver.bounds.engine import bisect_box
+from lumpver.reductions.onset import reduce_on_set
+from lumpver.verifiers import falsify
+from lumpver.verifiers.falsify import confirms, to_float32_inside
+from lumpver.verifiers.smt import split_dim
+from lumpver.verifiers.smt_spec import build_spec, open_disjuncts, region_with_box, spec_bounds
 
 
 @dataclass
@@ -83,7 +89,6 @@ def widen(unsafe: OutputProperty, delta: float) -> OutputProperty:
 def replays(net: Network, region, unsafe: OutputProperty, x: np.ndarray) -> Optional[np.ndarray]:
     """``x`` rounded to float32 inside ``region`` if it is unsafe for ``net`` in float64 and
     float32, else None."""
-    from lumpver.verifiers.falsify import confirms, to_float32_inside
 
     xf = to_float32_inside(x, region)
     if xf is None:
@@ -152,8 +157,6 @@ def _unknown(why: str, st: PipelineStats, t0: float) -> Verdict:
 
 
 def _falsify(q: Query, budget: float, rng, st: PipelineStats, seeds=None) -> Optional[np.ndarray]:
-    from lumpver.verifiers import falsify
-
     t = time.monotonic()
     res = falsify.search(q, samples=500, starts=4, steps=30, deadline=t + budget, rng=rng, seeds=seeds, restarts=10**6)
     st.seconds_falsify += time.monotonic() - t
@@ -163,16 +166,12 @@ def _falsify(q: Query, budget: float, rng, st: PipelineStats, seeds=None) -> Opt
 def _open_leaves(net, region, unsafe, opt: ReduceOptions, deadline: float, st: PipelineStats):
     """Leaves of a bounds-driven split of ``region`` not closed by bounds, at most ``max_open``
     of them (the widest first when the cap is reached), or a reason to give up."""
-    from lumpver.verifiers.smt_spec import open_disjuncts, region_with_box, spec_bounds
-    from lumpver.verifiers.falsify import region_box
-    from lumpver.verifiers.smt import split_dim
 
     t = time.monotonic()
     q = Query(net, InputSet([region]), prop=unsafe)
-    from lumpver.verifiers.smt_spec import build_spec
 
     spec = build_spec(q)
-    todo: list[tuple[Box, int]] = [(region_box(region), 0)]
+    todo: list[tuple[Box, int]] = [(declared_box(region), 0)]
     done: list[Box] = []
     while todo and len(todo) + len(done) < opt.max_open and st.boxes < opt.max_boxes:
         if time.monotonic() > deadline:
@@ -188,8 +187,6 @@ def _open_leaves(net, region, unsafe, opt: ReduceOptions, deadline: float, st: P
         if float(np.max(box.upper - box.lower)) <= 0.0:
             done.append(box)
             continue
-        from lumpver.bounds.engine import bisect_box
-
         # alternate the bound-driven and the gradient choice of dimension, as the SMT back-end
         left, right, _, _ = bisect_box(box, split_dim([net], spec, box, live, region, by_bounds=depth % 2 == 0))
         todo += [(left, depth + 1), (right, depth + 1)]
@@ -200,21 +197,12 @@ def _open_leaves(net, region, unsafe, opt: ReduceOptions, deadline: float, st: P
 
 
 def _halves(net, region, box: Box, unsafe) -> tuple[Box, Box]:
-    from lumpver.bounds.engine import bisect_box
-    from lumpver.verifiers.smt import split_dim
-    from lumpver.verifiers.smt_spec import build_spec
-
     spec = build_spec(Query(net, InputSet([region]), prop=unsafe))
     left, right, _, _ = bisect_box(box, split_dim([net], spec, box, list(range(len(spec.disjuncts)))))
     return left, right
 
 
 def _leaf(net, region, box: Box, unsafe, backend, deadline: float, opt: ReduceOptions, rng, st: PipelineStats) -> Verdict:
-    from lumpver.reductions.onset import reduce_on_set
-    from lumpver.verifiers.smt_spec import region_with_box
-
-    from lumpver.verifiers.smt_spec import build_spec, open_disjuncts, spec_bounds
-
     sub = region_with_box(region, box)
     t = time.monotonic()
     spec = build_spec(Query(net, InputSet([sub]), prop=unsafe))

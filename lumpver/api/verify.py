@@ -19,9 +19,15 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lumpver.api.reduce_verify import verify_case_reduced
 from lumpver.errors import InputError
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.runtime import run_onnx
+from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import InputSet
+from lumpver.specs.vnnlib import read_vnnlib
 from lumpver.verifiers.base import Query, Verdict, get_backend
+from lumpver.verifiers.falsify import CONTAINS_TOL
 
 BACKENDS = ("smt", "marabou", "auto", "falsify", "interval")
 RESULTS = ("sat", "unsat", "unknown", "timeout", "error")
@@ -36,6 +42,15 @@ class VerifyResult:
     seconds: float = 0.0
     cases: list[dict[str, Any]] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, v: Verdict, seconds: float, cases: list[dict[str, Any]]) -> "VerifyResult":
+        """The VNN-COMP answer to a proved or unknown property verdict (``sat`` is built with its replay)."""
+        if v.verdict == "proved":
+            return cls("unsat", v.reason, seconds=seconds, cases=cases)
+        reasons = v.reason.split("; ")
+        return cls("timeout" if any("timeout" in r for r in reasons) else "unknown", "; ".join(reasons[:3]),
+                   seconds=seconds, cases=cases)
+
     def text(self) -> str:
         """The VNN-COMP result file."""
         if self.result != "sat":
@@ -46,9 +61,6 @@ class VerifyResult:
 
 def replay_case(model_path, case, x: np.ndarray) -> tuple[bool, np.ndarray]:
     """onnxruntime output at ``x`` and whether it is a genuine witness for ``case``."""
-    from lumpver.ir.runtime import run_onnx
-    from lumpver.verifiers.falsify import CONTAINS_TOL
-
     y = run_onnx(model_path, np.asarray(x, dtype=np.float32))[0]
     ok = case.region.contains(x, tol=CONTAINS_TOL) and case.unsafe.is_unsafe(y, tol=0.0)
     return ok, y
@@ -66,50 +78,37 @@ def verify_property(
     backend: str = "auto",
     reduce: bool = False,
     timeout: float = 60.0,
-    progress=None,
+    progress: Progress = SILENT,
 ) -> VerifyResult:
     """Check a VNN-LIB property (module docstring). InputError on bad files or sizes."""
-    from lumpver.ir.onnx_import import load_onnx
-    from lumpver.specs.vnnlib import read_vnnlib
-
     if backend not in BACKENDS:
         raise InputError(f"unknown back-end {backend!r}; expected one of {', '.join(BACKENDS)}")
     t0 = time.monotonic()
     net = load_onnx(model_path)
     spec = read_vnnlib(prop_path, n_inputs=net.n_inputs, n_outputs=net.n_outputs)
     be = get_backend(_backend_for(backend))
-    res = VerifyResult("unsat")
-    undecided: list[str] = []
+    verdicts: list[Verdict] = []
+    cases: list[dict[str, Any]] = []
     for i, case in enumerate(spec.cases):
         left = timeout - (time.monotonic() - t0)
         if left <= 0:
-            undecided.append("timeout")
+            verdicts.append(Verdict("unknown", be.name, "timeout"))
             break
         try:
             if reduce:
-                from lumpver.api.reduce_verify import verify_case_reduced
-
                 v, note = verify_case_reduced(net, case.region, case.unsafe, be, left)
             else:
                 v, note = be.check(Query(net, InputSet([case.region]), prop=case.unsafe, timeout=left)), {}
         except Exception as e:  # a back-end crash is 'error', never a verdict
-            return VerifyResult("error", f"case {i}: {type(e).__name__}: {e}", seconds=time.monotonic() - t0, cases=res.cases)
-        res.cases.append({"case": i, "verdict": v.verdict, "backend": v.backend, "reason": v.reason,
-                          "seconds": round(v.seconds, 4), **note})
-        if progress is not None:
-            progress.say(f"case {i + 1}/{len(spec.cases)}: {v.verdict} ({v.reason})")
+            return VerifyResult("error", f"case {i}: {type(e).__name__}: {e}", seconds=time.monotonic() - t0, cases=cases)
+        cases.append({"case": i, "verdict": v.verdict, "backend": v.backend, "reason": v.reason,
+                      "seconds": round(v.seconds, 4), **note})
+        progress.say(f"case {i + 1}/{len(spec.cases)}: {v.verdict} ({v.reason})")
         if v.verdict == "violated":
             ok, y = replay_case(model_path, case, v.counterexample)
             if ok:
                 return VerifyResult("sat", f"case {i}: {v.reason}; replayed with onnxruntime", np.asarray(v.counterexample),
-                                    np.asarray(y), time.monotonic() - t0, res.cases)
-            undecided.append(f"case {i}: counterexample not reproduced by onnxruntime")
-        elif v.verdict == "unknown":
-            undecided.append(f"case {i}: {v.reason}")
-    res.seconds = time.monotonic() - t0
-    if undecided:
-        res.result = "timeout" if any("timeout" in u for u in undecided) else "unknown"
-        res.reason = "; ".join(undecided[:3])
-    else:
-        res.reason = f"all {len(spec.cases)} case(s) proved"
-    return res
+                                    np.asarray(y), time.monotonic() - t0, cases)
+            v = Verdict("unknown", v.backend, "counterexample not reproduced by onnxruntime")
+        verdicts.append(Verdict(v.verdict, v.backend, f"case {i}: {v.reason}") if v.verdict == "unknown" else v)
+    return VerifyResult.of(Verdict.conjunction(verdicts, be.name), time.monotonic() - t0, cases)

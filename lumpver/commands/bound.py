@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lumpver.specs.norms import VECTOR_NORMS
+
 EPILOG = """The last line of stdout is 'proved' when an upper bound is certified, 'unknown' otherwise
 (timeout, solver failure, numerical doubt); exit 0 in both cases, 2 on bad input."""
 
@@ -14,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_b", help="second ONNX model (the reduced one)")
     p.add_argument("--input-set", required=True, help="input set X: a .vnnlib or .toml spec file")
     p.add_argument("--backend", choices=["sdp", "interval", "smt"], default="sdp", help="upper-bound back-end (default sdp)")
-    p.add_argument("--norm", choices=["linf", "l1", "l2"], default="linf", help="difference norm (default linf)")
+    p.add_argument("--norm", choices=VECTOR_NORMS, default="linf", help="difference norm (default linf)")
     p.add_argument("--solver", choices=["auto", "clarabel", "scs", "mosek"], default="auto",
                    help="SDP solver (auto: Clarabel for small matrices, SCS for large)")
     p.add_argument("--timeout", type=float, default=120.0, help="wall-clock seconds (default 120)")
@@ -42,10 +44,8 @@ def run(args: argparse.Namespace) -> int:
     r = bound_files(args.model_a, args.model_b, args.input_set, args.backend, args.norm, args.solver,
                     args.timeout, args.seed, args.certificate)
     if args.json:
-        from lumpver.commands.compare import _jsonable
-
-        write_json_atomic(args.json, _jsonable({**r.to_json(), "models": [args.model_a, args.model_b],
-                                                "input_set": args.input_set}))
+        write_json_atomic(args.json, r.report_json(norm=args.norm, models=[args.model_a, args.model_b],
+                                                   input_set=args.input_set))
     print(f"backend: {r.backend}; {r.reason}")
     print("upper bound (certified): " + ("none" if r.upper_bound is None else f"{r.upper_bound:.9g}"))
     print("lower bound (attained): " + ("none" if r.lower_bound is None else f"{r.lower_bound:.9g}"))

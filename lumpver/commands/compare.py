@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lumpver.specs.norms import NORMS
+
 EPILOG = """exit status: 0 when the claim is proved; 1 when it is violated (a counterexample,
 replayed with onnxruntime on both files, is printed and written to --json); 0 with the last
 line 'unknown' when no back-end could decide it within the time (the contract's exit 1 is for
@@ -17,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_b", help="second ONNX model (the reduced one)")
     p.add_argument("--input-set", required=True, help="input set X: a .vnnlib or .toml spec file")
     p.add_argument("--epsilon", type=float, required=True, help="claimed bound on ||A(x) - B(x)|| over X")
-    p.add_argument("--norm", choices=["linf", "l1", "l2", "top1"], default="linf",
+    p.add_argument("--norm", choices=NORMS, default="linf",
                    help="difference norm; top1 = the top-1 classes agree (epsilon ignored)")
     p.add_argument("--backend", choices=["interval", "smt", "sdp", "auto", "falsify", "marabou"], default="auto",
                    help="auto: falsifier, then interval, then smt")
@@ -43,20 +45,8 @@ def run(args: argparse.Namespace) -> int:
     progress.say(f"comparing {args.model_a} and {args.model_b} ({args.norm}, epsilon {args.epsilon:g}, {args.backend})")
     v = compare_models(args.model_a, args.model_b, args.input_set, args.epsilon, args.norm, args.backend,
                        args.timeout, args.seed)
-    out = {
-        "verdict": v.verdict,
-        "upper_bound": v.upper_bound,
-        "lower_bound": v.lower_bound,
-        "counterexample": None if v.counterexample is None else [float(t) for t in v.counterexample],
-        "seconds": round(v.seconds, 6),
-        "backend": v.backend,
-        "reason": v.reason,
-        "norm": args.norm,
-        "epsilon": args.epsilon,
-        "models": [args.model_a, args.model_b],
-        "input_set": args.input_set,
-        "details": _jsonable(v.details),
-    }
+    out = v.report_json(norm=args.norm, epsilon=args.epsilon, models=[args.model_a, args.model_b],
+                        input_set=args.input_set)
     if args.json:
         write_json_atomic(args.json, out)
     print(f"backend: {v.backend}; {v.reason}")
@@ -69,25 +59,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"time: {v.seconds:.2f} s")
     print(v.verdict)
     return 1 if v.verdict == "violated" else 0
-
-
-def _jsonable(obj):
-    """Details with numpy values turned into plain JSON (non-finite floats as strings)."""
-    import math
-
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else str(f)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    return str(obj)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from lumpver.specs.norms import NORMS
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="the original ONNX model")
@@ -13,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="exact: no loss on any input; on-set: exact on --input-set; approx: within --epsilon")
     p.add_argument("--input-set", help="input set: a .vnnlib file or a lumpver spec (.toml)")
     p.add_argument("--epsilon", type=float, help="error budget (approx mode)")
-    p.add_argument("--norm", choices=["linf", "l1", "l2", "top1"], default="linf")
+    p.add_argument("--norm", choices=NORMS, default="linf")
     p.add_argument("--backend", default="auto", help="back-end certifying approximate reductions")
     p.add_argument("--tolerance", type=float, default=None,
                    help="relative tolerance of signature equality for float32 weights (default 1e-5)")
@@ -21,35 +23,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from lumpver.errors import InputError
+    from lumpver.api.reduce import apply_pass, default_certificate_path
     from lumpver.fileio import check_output_path
-    from lumpver.reductions.exact import DEFAULT_TOLERANCE
     from lumpver.progress import Progress
-    from lumpver.api.reduce import default_certificate_path
+    from lumpver.reports.render import write_report
 
-    progress = Progress(args.quiet)
-    tol = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    if not (0 < tol < 0.1):
-        raise InputError(f"--tolerance must be in (0, 0.1), got {tol}")
-    if not Path(args.model).is_file():
-        raise InputError("no such model file", args.model)
     cert_path = args.certificate or str(default_certificate_path(args.output))
-    inputs = [args.model] + ([args.input_set] if args.input_set else [])
-    for out in [args.output, cert_path, *args.report]:
-        check_output_path(out, inputs)
-    if args.mode == "exact":
-        from lumpver.api.reduce import reduce_exact_to_files
-
-        cert = reduce_exact_to_files(args.model, args.output, cert_path, tol, progress)
-    elif args.mode == "on-set":
-        cert = _on_set(args, cert_path, progress)
-    else:
-        cert = _approx(args, cert_path, progress)
+    for out in args.report:
+        check_output_path(out, [args.model] + ([args.input_set] if args.input_set else []))
+    res = apply_pass(_pass(args), args.model, args.output, cert_path, args.input_set, Progress(args.quiet))
+    cert = res.certificate
     for rep in args.report:
-        from lumpver.reports.render import write_report
-
         write_report(cert, rep)
     s = cert["stats"]
     print(f"{cert['guarantee']['kind']}: hidden neurons {s['neurons_before']} -> {s['neurons_after']}, "
@@ -57,34 +41,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_set(args):
+def _pass(args: argparse.Namespace):
     from lumpver.errors import InputError
+    from lumpver.reductions.exact import DEFAULT_TOLERANCE
+    from lumpver.reductions.passes import ApproxPass, ExactPass, OnSetPass
 
-    if not args.input_set:
+    tol = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    if not (0 < tol < 0.1):
+        raise InputError(f"--tolerance must be in (0, 0.1), got {tol}")
+    if args.mode != "exact" and not args.input_set:
         raise InputError(f"--mode {args.mode} needs --input-set")
-    from lumpver.specs.load import load_input_set
-    from lumpver.ir.onnx_import import load_onnx
-
-    net = load_onnx(args.model)
-    return net, load_input_set(args.input_set, net.n_inputs)
-
-
-def _on_set(args, cert_path, progress):
-    from lumpver.reductions.onset import reduce_on_set_to_files
-
-    _, input_set = _load_set(args)
-    return reduce_on_set_to_files(args.model, args.output, cert_path, input_set, args.quiet)
-
-
-def _approx(args, cert_path, progress):
-    from lumpver.errors import InputError
-
+    if args.mode == "exact":
+        return ExactPass(tol)
+    if args.mode == "on-set":
+        return OnSetPass()
     if args.epsilon is None or args.epsilon < 0:
         raise InputError("--mode approx needs --epsilon E >= 0")
-    _, input_set = _load_set(args)
-    try:
-        from lumpver.reductions.approx import reduce_approx_to_files
-    except ImportError:
-        raise InputError("--mode approx is not available in this version of lumpver") from None
-    return reduce_approx_to_files(args.model, args.output, cert_path, input_set, args.epsilon, args.norm,
-                                  args.backend, args.timeout, progress)
+    return ApproxPass(args.epsilon, args.norm, args.backend, args.timeout)

@@ -8,7 +8,7 @@ same names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -30,11 +30,21 @@ class Activation:
     monotone: bool
     odd: bool
     lumping_scales: str
+    #: ``act'(z)`` from ``z``, ``h = act(z)`` and alpha (the active branch at a kink)
+    derivative: Callable[[np.ndarray, np.ndarray, float], np.ndarray]
     #: act(0); constant neurons (all-zero incoming signature) equal act(bias).
     zero_value: float = 0.0
+    #: for ``act(z) = max(z, s z)`` (identity s = 1, ReLU s = 0, LeakyReLU s = alpha): alpha -> s;
+    #: None for every other activation (not of that two-piece linear form)
+    negative_slope: Optional[Callable[[float], float]] = None
 
     def __call__(self, z: np.ndarray, alpha: float = 0.01) -> np.ndarray:
         return self.evaluate(z, alpha)
+
+    @property
+    def positively_homogeneous(self) -> bool:
+        """``act(rho z) = rho act(z)`` for every ``rho > 0`` (identity, ReLU, LeakyReLU)."""
+        return self.lumping_scales in ("nonzero", "positive")
 
     def admits_scale(self, rho: float) -> bool:
         """Whether ``act(rho z) == rho' act(z)`` lets two neurons with ratio ``rho`` merge."""
@@ -55,13 +65,16 @@ def _leaky(z: np.ndarray, alpha: float) -> np.ndarray:
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in (
-        Activation("identity", "", lambda z, _a: z, lambda _a: 1.0, True, True, True, "nonzero"),
-        Activation("relu", "Relu", lambda z, _a: np.maximum(z, 0), lambda _a: 1.0, True, True, False, "positive"),
-        Activation("leaky_relu", "LeakyRelu", _leaky, lambda a: max(1.0, abs(a)), True, True, False, "positive"),
-        Activation(
-            "sigmoid", "Sigmoid", lambda z, _a: 1.0 / (1.0 + np.exp(-z)), lambda _a: 0.25, False, True, False, "one", 0.5
-        ),
-        Activation("tanh", "Tanh", lambda z, _a: np.tanh(z), lambda _a: 1.0, False, True, True, "sign"),
+        Activation("identity", "", lambda z, _a: z, lambda _a: 1.0, True, True, True, "nonzero",
+                   lambda z, _h, _a: np.ones_like(z), negative_slope=lambda _a: 1.0),
+        Activation("relu", "Relu", lambda z, _a: np.maximum(z, 0), lambda _a: 1.0, True, True, False, "positive",
+                   lambda z, _h, _a: (z > 0).astype(z.dtype), negative_slope=lambda _a: 0.0),
+        Activation("leaky_relu", "LeakyRelu", _leaky, lambda a: max(1.0, abs(a)), True, True, False, "positive",
+                   lambda z, _h, a: np.where(z >= 0, 1.0, a), negative_slope=float),
+        Activation("sigmoid", "Sigmoid", lambda z, _a: 1.0 / (1.0 + np.exp(-z)), lambda _a: 0.25, False, True, False,
+                   "one", lambda _z, h, _a: h * (1.0 - h), 0.5),
+        Activation("tanh", "Tanh", lambda z, _a: np.tanh(z), lambda _a: 1.0, False, True, True, "sign",
+                   lambda _z, h, _a: 1.0 - h * h),
     )
 }
 

@@ -32,15 +32,32 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lumpver.reductions.base import default_certificate_path, remove_on_failure
 from lumpver.reductions.certify import Certified, Chain, certify
 from lumpver.specs.inputset import InputSet
+from lumpver.specs.norms import difference_rows
 from lumpver.reductions.exact import LayerClasses
+from lumpver.ir.activations import ACTIVATIONS
 from lumpver.ir.network import Layer, Network
 from lumpver.progress import SILENT, Progress
+from lumpver.errors import CheckFailed, InputError
+from lumpver.ir.onnx_export import save_onnx
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.reductions.certify import DroppedRows, certify as certify_pair, sample_points, sampled_error, write_bounded
+from lumpver.reductions.grouping import group_rows
+from lumpver.reductions.onset import reduce_on_set
 
-SUPPORTED = ("relu", "leaky_relu", "identity")
+#: activations of the form max(z, s z): positive scales merge neurons exactly (DESIGN.md §4)
+SUPPORTED = tuple(name for name, act in ACTIVATIONS.items() if act.negative_slope is not None)
 DEFAULT_SAMPLES = 3000
 DEFAULT_BOXES = 600
+
+
+def _check_supported(h: Network) -> None:
+    """ValueError naming the first hidden layer whose activation is not in :data:`SUPPORTED`."""
+    for k, layer in enumerate(h.layers[:-1]):
+        if layer.activation not in SUPPORTED:
+            raise ValueError(f"layer {k}: approximate lumping supports {', '.join(SUPPORTED)}, not {layer.activation}")
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -58,8 +75,6 @@ def _fit(act_prev: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def _cluster(sig: np.ndarray, weights: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(class_of, scale, representatives) for rows ``sig`` weighted by column ``weights``."""
-    from lumpver.reductions.grouping import group_rows
-
     n = sig.shape[0]
     rows = sig * weights[None, :]
     norms = np.linalg.norm(rows, axis=1)
@@ -97,9 +112,7 @@ def approximate_quotient(h: Network, samples: np.ndarray, tau: float) -> tuple[N
     """The reduced network g and its partition of h's hidden layers (module docstring, step 2).
 
     g's neurons are ordered by class (class ``C`` = ``C``-th representative in index order)."""
-    for k, layer in enumerate(h.layers[:-1]):
-        if layer.activation not in SUPPORTED:
-            raise ValueError(f"layer {k}: approximate lumping supports {', '.join(SUPPORTED)}, not {layer.activation}")
+    _check_supported(h)
     acts = h.activations(samples)
     g_prev = acts[0]
     layers, classes = [], []
@@ -119,10 +132,6 @@ def approximate_quotient(h: Network, samples: np.ndarray, tau: float) -> tuple[N
     return h.with_layers(layers), classes
 
 
-def identity_classes(h: Network) -> list[LayerClasses]:
-    return [LayerClasses(np.arange(w), np.ones(w), np.arange(w), np.ones(w, bool)) for w in h.hidden_widths]
-
-
 # ----- activation-based pruning with least-squares refits (the default search) -----------------
 def output_sensitivity(h: Network, acts: list[np.ndarray]) -> list[np.ndarray]:
     """Per layer k, per neuron i: RMS over the samples of ``max_o |d y_o / d z_{k,i}|`` (h's Jacobian)."""
@@ -139,9 +148,7 @@ def output_sensitivity(h: Network, acts: list[np.ndarray]) -> list[np.ndarray]:
 
 def _slope(layer: Layer, post: np.ndarray) -> np.ndarray:
     """Activation slope per sample and neuron, read from post-activations (ReLU: 1 where > 0)."""
-    if layer.activation == "identity":
-        return np.ones_like(post)
-    neg = layer.alpha if layer.activation == "leaky_relu" else 0.0
+    neg = ACTIVATIONS[layer.activation].negative_slope(layer.alpha)
     return np.where(post > 0, 1.0, neg)
 
 
@@ -208,7 +215,6 @@ def refit_pruned(h: Network, acts: list[np.ndarray], kept: list[np.ndarray]) -> 
     """g keeping ``kept`` of h, every row refitted by least squares to h's pre-activations on the
     samples over g's own previous layer (first layer: h's rows), float32; and the twin rows of
     the dropped neurons (same fit), for :func:`lumpver.reductions.certify.expand_pruned`."""
-    from lumpver.reductions.certify import DroppedRows
 
     g_prev = acts[0]
     layers, dropped = [], []
@@ -273,17 +279,13 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     number of removed neurons: a candidate (:func:`refit_pruned`) whose sampled error exceeds
     epsilon is rejected at once, otherwise it is certified; the largest certified removal wins.
     Raises ValueError when not even h is certified within epsilon."""
-    from lumpver.reductions.certify import norm_rows, sample_points
-    from lumpver.reductions.onset import reduce_on_set
 
     t0 = time.perf_counter()
     deadline = t0 + timeout
     on = reduce_on_set(f, input_set, progress=progress)
     h = on.reduced
     progress.say(f"exact on-set reduction: {f.n_hidden} -> {h.n_hidden} hidden neurons (discrepancy {on.discrepancy:.2e})")
-    for k, layer in enumerate(h.layers[:-1]):
-        if layer.activation not in SUPPORTED:
-            raise ValueError(f"layer {k}: approximate lumping supports {', '.join(SUPPORTED)}, not {layer.activation}")
+    _check_supported(h)
     pts = sample_points(input_set, samples, seed)
     acts, yf = h.activations(pts), f.forward(pts)
     kept0 = [np.arange(w) for w in h.hidden_widths]
@@ -300,7 +302,7 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
         kept = kept_after(h, order, r)
         g, dropped = refit_pruned(h, acts, kept)
         yg = g.forward(pts)
-        return g, dropped, kept, float(np.max(norm_rows(yf - yg, yf, yg, norm)))
+        return g, dropped, kept, float(np.max(difference_rows(yf, yg, norm)))
 
     lo, hi = 0, _sampled_limit(lambda r: sampled(r)[3], len(order), epsilon) + 1
     while hi - lo > 1 and time.perf_counter() < deadline:
@@ -357,11 +359,6 @@ def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.Pat
     """``lumpver reduce --mode approx``: write g and its ``bounded`` certificate; returns the certificate.
 
     ``backend``: ``interval`` or ``auto`` (the differential back-end; others -> InputError)."""
-    from lumpver.reductions.certify import certify as certify_pair, sampled_error, write_bounded
-    from lumpver.errors import CheckFailed, InputError
-    from lumpver.ir.onnx_export import save_onnx
-    from lumpver.ir.onnx_import import load_onnx
-
     if backend not in ("auto", "interval"):
         raise InputError(f"--mode approx certifies with the interval back-end (auto|interval), not {backend!r}")
     t0 = time.perf_counter()
@@ -373,9 +370,9 @@ def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.Pat
         res = reduce_approx(f, input_set, epsilon, norm, timeout, progress)
     except ValueError as e:
         raise CheckFailed(str(e)) from None
-    cert_path = Path(cert_path) if cert_path else Path(out_path).with_name(Path(out_path).stem + ".cert.json")
+    cert_path = Path(cert_path) if cert_path else default_certificate_path(out_path)
     save_onnx(res.reduced, out_path)
-    try:
+    with remove_on_failure(out_path):
         g = load_onnx(out_path)  # certify what was written
         final = certify_pair(f, g, input_set, norm, res.chain, res.onset, res.onset_bound,
                              timeout=max(60.0, timeout), threshold=epsilon)
@@ -386,9 +383,6 @@ def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.Pat
                   "requested_epsilon": epsilon, "onset_hidden": res.onset.n_hidden, "trials": res.trials}
         cert = write_bounded(model_path, out_path, cert_path, f, g, input_set, final, method,
                              time.perf_counter() - t0, sampled)
-    except BaseException:
-        Path(out_path).unlink(missing_ok=True)
-        raise
     progress.say(f"wrote {out_path}: {f.n_hidden} -> {g.n_hidden} hidden neurons, certified {norm} error "
                  f"{final.epsilon:.4g} <= {epsilon:g} (sampled {sampled:.4g})")
     return cert

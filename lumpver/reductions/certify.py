@@ -43,19 +43,24 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from lumpver.specs.inputset import InputSet
+from lumpver.fileio import write_json_atomic
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.runtime import run_onnx
+from lumpver.reductions.base import default_certificate_path
+from lumpver.reductions.exact import LayerClasses
+from lumpver.specs.inputset import Box, InputSet
+from lumpver.specs.norms import NORMS, difference_rows, from_max_abs, upper_norm
+from lumpver.ir.activations import ACTIVATIONS
 from lumpver.ir.network import Layer, Network
 
 #: relative padding of a stated bound over the computed one (the checker's recomputation may
 #: differ in the last bits; a larger bound stays sound)
 PAD = 1e-6
 DEFAULT_MAX_BOXES = 400
-NORMS = ("linf", "l1", "l2", "top1")
 
 
 # ----- twins -----------------------------------------------------------------------------------
@@ -139,24 +144,6 @@ def float32_errors(net: Network, input_set: InputSet) -> np.ndarray:
     return out
 
 
-def per_output_to_norm(v: float, n: int, norm: str) -> float:
-    """A bound on ``||d||`` from ``max_i |d_i| <= v`` (rounded up)."""
-    if norm == "l1":
-        return v * n * (1 + 1e-12)
-    if norm == "l2":
-        return v * math.sqrt(n) * (1 + 1e-12)
-    return v
-
-
-def vector_norm(v: np.ndarray, norm: str) -> float:
-    v = np.abs(np.asarray(v, dtype=np.float64))
-    if norm == "l1":
-        return float(v.sum() * (1 + 1e-12))
-    if norm == "l2":
-        return float(np.sqrt((v * v).sum()) * (1 + 1e-12))
-    return float(v.max(initial=0.0))
-
-
 def interval_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshold: float,
                   max_boxes: list[int] | int, timeout: float) -> tuple[float, dict[str, Any]]:
     """Differential bound of ``h - twin`` region by region with a box cap (deterministic)."""
@@ -197,7 +184,6 @@ class Chain:
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> "Chain":
-        from lumpver.reductions.exact import LayerClasses
 
         return Chain(d.get("onset_steps"),
                      [np.asarray(k, dtype=np.int64) for k in d["kept"]] if "kept" in d else None,
@@ -255,16 +241,16 @@ def certify(f: Network, g: Network, input_set: InputSet, norm: str = "linf", cha
         return _certify_top1(f, g, input_set, timeout, max_boxes, t0)
     h = f if h is None else h
     twin, twin_gap = twin_of(h, g, chain, input_set)
-    t_int = max(0.0, threshold - per_output_to_norm(onset_bound + twin_gap, f.n_outputs, norm))
+    t_int = max(0.0, threshold - from_max_abs(onset_bound + twin_gap, f.n_outputs, norm))
     try:
         u, ev = interval_term(h, twin, input_set, norm, t_int, max_boxes, timeout)
     except ValueError as e:  # unsupported activation, polytope without a box
         return Certified(math.inf, norm, {}, {}, time.perf_counter() - t0, str(e))
     ferr = float32_errors(f, input_set) + float32_errors(g, input_set)
-    terms = {"onset": per_output_to_norm(onset_bound, f.n_outputs, norm),
-             "twin": per_output_to_norm(twin_gap, f.n_outputs, norm), "interval": u}
+    terms = {"onset": from_max_abs(onset_bound, f.n_outputs, norm),
+             "twin": from_max_abs(twin_gap, f.n_outputs, norm), "interval": u}
     total = sum(terms.values()) * (1 + PAD)
-    terms["float32"] = vector_norm(ferr, norm) * (1 + PAD)
+    terms["float32"] = upper_norm(ferr, norm) * (1 + PAD)
     ev.update({"chain": chain.to_json(), "terms": terms})
     return Certified(total, norm, terms, ev, time.perf_counter() - t0)
 
@@ -316,9 +302,9 @@ def recheck_chain(f: Network, g: Network, input_set: InputSet, norm: str, ev: di
     twin, gap = twin_of(h, g, chain, input_set)
     u, _ = interval_term(h, twin, input_set, norm, float(ev.get("threshold", 0.0)), caps, 3600.0)
     ferr = float32_errors(f, input_set) + float32_errors(g, input_set)
-    total = per_output_to_norm(onset, f.n_outputs, norm) + per_output_to_norm(gap, f.n_outputs, norm) + u
+    total = from_max_abs(onset, f.n_outputs, norm) + from_max_abs(gap, f.n_outputs, norm) + u
     report.ok(f"recomputed: on-set {onset:.3e} + twin {gap:.3e} + differential {u:.4g} = {total:.6g} ({norm}, "
-              f"real arithmetic); float32 rounding of both models <= {vector_norm(ferr, norm):.3e}")
+              f"real arithmetic); float32 rounding of both models <= {upper_norm(ferr, norm):.3e}")
     return total
 
 
@@ -343,7 +329,7 @@ def _twin_shapes_ok(h: Network, g: Network, chain: Chain, report) -> bool:
                         not np.all(np.isfinite(c.scale)) or np.any(c.cls[c.rep] != np.arange(n)) or \
                         np.any(c.scale[c.rep] != 1.0):
                     raise ValueError(f"layer {k}: malformed partition")
-                if h.layers[k].activation not in ("relu", "leaky_relu", "identity"):
+                if not ACTIVATIONS[h.layers[k].activation].positively_homogeneous:
                     raise ValueError(f"layer {k}: positive scales need a positively homogeneous activation")
         elif [l.weight.shape for l in h.layers] != [l.weight.shape for l in g.layers]:
             raise ValueError("g has other layer shapes than the network it is compared with")
@@ -374,7 +360,6 @@ def _dropped_rows_ok(h: Network, chain: Chain) -> None:
 def sample_points(input_set: InputSet, n: int, seed: int = 0) -> np.ndarray:
     """About ``n`` points of X (uniform in each region's box, plus corners; polytopes filtered)."""
     from lumpver.bounds.engine import region_box
-    from lumpver.specs.inputset import Box
 
     rng = np.random.default_rng(seed)
     per = max(1, n // len(input_set.regions))
@@ -387,23 +372,15 @@ def sample_points(input_set: InputSet, n: int, seed: int = 0) -> np.ndarray:
     return np.vstack(out).astype(np.float32).astype(np.float64)
 
 
-def norm_rows(d: np.ndarray, yf: np.ndarray, yg: np.ndarray, norm: str) -> np.ndarray:
-    if norm == "top1":
-        return (np.argmax(yf, axis=1) != np.argmax(yg, axis=1)).astype(float)
-    return {"linf": lambda a: np.max(np.abs(a), axis=1), "l1": lambda a: np.sum(np.abs(a), axis=1),
-            "l2": lambda a: np.sqrt(np.sum(a * a, axis=1))}[norm](d)
-
-
 def sampled_error(f_path: str | os.PathLike, g_path: str | os.PathLike, input_set: InputSet, norm: str = "linf",
                   n: int = 2000, seed: int = 0) -> float:
     """Largest ``||f(x) - g(x)||`` seen by onnxruntime on the two files over sampled points of X."""
-    from lumpver.ir.runtime import run_onnx
 
     x = sample_points(input_set, n, seed)
     if not len(x):
         return 0.0
     yf, yg = run_onnx(f_path, x), run_onnx(g_path, x)
-    return float(np.max(norm_rows(yf - yg, yf, yg, norm)))
+    return float(np.max(difference_rows(yf, yg, norm)))
 
 
 # ----- certificates ---------------------------------------------------------------------------
@@ -438,7 +415,6 @@ def bounded_certificate(original_path: str | os.PathLike, reduced_path: str | os
 def write_bounded(original_path, reduced_path, cert_path, f, g, input_set, result, method, seconds,
                   sampled=None) -> dict[str, Any]:
     """Build and atomically write the ``bounded`` certificate; returns it."""
-    from lumpver.fileio import write_json_atomic
 
     cert = bounded_certificate(original_path, reduced_path, cert_path, f, g, input_set, result, method, seconds,
                                sampled)
@@ -446,43 +422,15 @@ def write_bounded(original_path, reduced_path, cert_path, f, g, input_set, resul
     return cert
 
 
-def load_set_for(path: str, n_inputs: int) -> InputSet:
-    """``--input-set`` loader (lumpver.specs.load; a plain .vnnlib reader as fallback)."""
-    try:
-        from lumpver.specs.load import load_input_set
-    except ImportError:
-        from lumpver.specs.vnnlib import read_vnnlib
-
-        return read_vnnlib(path, n_inputs).input_set()
-    return load_input_set(path, n_inputs)
-
-
 def certify_files(original_path: str, reduced_path: str, cert_path: Optional[str], input_set: InputSet, norm: str,
                   chain: Optional[Chain], method: dict[str, Any], seconds: float, timeout: float = 120.0,
                   progress=None) -> dict[str, Any]:
     """Certify two written model files (g loaded back from its file) and write the certificate."""
-    from lumpver.ir.onnx_import import load_onnx
 
     f, g = load_onnx(original_path), load_onnx(reduced_path)
     res = certify(f, g, input_set, norm, chain, timeout=timeout)
     sampled = sampled_error(original_path, reduced_path, input_set, norm)
     if progress is not None:
         progress.say(f"certified {norm} error <= {res.epsilon:.6g} on the input set (sampled maximum {sampled:.6g})")
-    cert_path = cert_path or str(Path(reduced_path).with_name(Path(reduced_path).stem + ".cert.json"))
+    cert_path = cert_path or str(default_certificate_path(reduced_path))
     return write_bounded(original_path, reduced_path, cert_path, f, g, input_set, res, method, seconds, sampled)
-
-
-def certify_reduction(args, original: Network, pruned: Network, seconds: float, progress) -> int:
-    """Hook of ``lumpver prune --input-set`` (magnitude pruning): certify and write the certificate."""
-    from lumpver.reductions.pruning import neuron_keep_sets
-
-    input_set = load_set_for(args.input_set, original.n_inputs)
-    chain = None
-    if getattr(args, "granularity", "weight") == "neuron":
-        scope = args.scope or "layer"
-        chain = Chain(kept=neuron_keep_sets(original, args.keep, scope))
-    method = {"method": "magnitude", "keep": args.keep, "granularity": getattr(args, "granularity", "weight")}
-    cert = certify_files(args.model, args.output, args.certificate, input_set, "linf", chain, method, seconds,
-                         progress=progress)
-    print(f"bounded: linf error <= {cert['guarantee']['epsilon']:.6g} on the input set; wrote {args.output}")
-    return 0

@@ -34,6 +34,8 @@ from lumpver.specs.calibration import CalibrationData
 from lumpver.ir.network import Network
 from lumpver.progress import SILENT, Progress
 from lumpver.reductions.pruning import prune_weights, sparsity
+from lumpver.ir.onnx_export import save_onnx
+from lumpver.ir.runtime import run_onnx
 
 LOSSES = ("disagreement", "zero-one", "deviation", "deviation-clipped")
 BINARY_LOSSES = ("disagreement", "zero-one", "deviation")
@@ -140,8 +142,6 @@ def loss_values(loss: str, dense: np.ndarray, pruned: np.ndarray, y: Optional[np
 
 def outputs_of_file(path: str | os.PathLike, x: np.ndarray) -> np.ndarray:
     """Outputs of an ONNX file by onnxruntime, ``(n, n_outputs)`` float64."""
-    from lumpver.ir.runtime import run_onnx
-
     return run_onnx(path, x)
 
 
@@ -149,7 +149,6 @@ def outputs_of_network(net: Network, x: np.ndarray, evaluator: str, workdir: Opt
     """Outputs of ``net``: float32 forward pass, or onnxruntime on its export in ``workdir``."""
     if evaluator == "float32":
         return np.asarray(net.forward(np.asarray(x, np.float32), dtype=np.float32), dtype=np.float64)
-    from lumpver.ir.onnx_export import save_onnx
 
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         p = Path(d) / "level.onnx"

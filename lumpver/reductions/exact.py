@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from lumpver.reductions.grouping import MODES, group_rows
+from lumpver.ir.activations import ACTIVATIONS
+from lumpver.reductions.grouping import group_rows
 from lumpver.ir.network import Layer, Network
 from lumpver.progress import SILENT, Progress
 
@@ -137,14 +138,15 @@ def _classify_layer(sig: np.ndarray, layer: Layer, tol: float) -> LayerClasses:
     live = np.flatnonzero(~weights_zero)
     reps = np.zeros(0, dtype=np.int64)
     if live.size:
-        g = group_rows(sig[live], MODES[layer.activation], tol)
+        act = ACTIVATIONS[layer.activation]
+        g = group_rows(sig[live], act.lumping_scales, tol)
         cls[live] = g.label
         reps = live[g.rep]
         rep_rows = sig[reps[g.label]]
         rows = sig[live]
-        if MODES[layer.activation] in ("positive", "any"):
+        if act.positively_homogeneous:
             scale[live] = np.einsum("ij,ij->i", rows, rep_rows) / np.einsum("ij,ij->i", rep_rows, rep_rows)
-        elif MODES[layer.activation] == "sign":
+        elif act.lumping_scales == "sign":
             scale[live] = np.sign(np.einsum("ij,ij->i", rows, rep_rows))
         else:
             scale[live] = 1.0

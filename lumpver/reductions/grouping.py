@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: grouping rule per activation: which factor rho with sig_u = rho * sig_t keeps h_u = rho' h_t
-MODES = {"identity": "any", "relu": "positive", "leaky_relu": "positive", "tanh": "sign", "sigmoid": "one"}
 _RUN_LIMIT = 48
 _MAX_DEPTH = 4
 
@@ -30,7 +28,7 @@ class Grouping:
 def group_rows(rows: np.ndarray, mode: str, tol: float, seed: int = 20240601) -> Grouping:
     """Group rows that are equal up to the factor allowed by ``mode`` within relative ``tol``.
 
-    ``mode``: ``positive`` (rho > 0), ``any`` (rho != 0), ``sign`` (rho = +-1), ``one`` (rho = 1).
+    ``mode`` (an activation's ``lumping_scales``, :mod:`lumpver.ir.activations`): ``positive`` (rho > 0), ``nonzero`` (rho != 0), ``sign`` (rho = +-1), ``one`` (rho = 1).
     Two rows u, t match when ``||u/|u| -+ t/|t| ||_2 <= tol`` (sign flip only for any/sign)
     and, for sign/one, ``|log|u| - log|t|| <= tol``. Rows must be nonzero.
     """
@@ -41,7 +39,7 @@ def group_rows(rows: np.ndarray, mode: str, tol: float, seed: int = 20240601) ->
     rng = np.random.default_rng(seed)
     dirs = rng.standard_normal((_MAX_DEPTH + 1, rows.shape[1]))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    signed = mode in ("any", "sign")
+    signed = mode in ("nonzero", "sign")
     label = np.full(n, -1, dtype=np.int64)
     reps: list[int] = []
 
@@ -111,7 +109,7 @@ def pairwise_group_rows(rows: np.ndarray, mode: str, tol: float) -> Grouping:
     norms = np.linalg.norm(rows, axis=1)
     keys = rows / norms[:, None]
     lognorm = np.log(norms)
-    signed = mode in ("any", "sign")
+    signed = mode in ("nonzero", "sign")
     label = np.empty(n, dtype=np.int64)
     reps: list[int] = []
     for i in range(n):

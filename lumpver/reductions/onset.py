@@ -25,6 +25,13 @@ from typing import Any, Optional
 import numpy as np
 
 from lumpver.bounds.split import set_bounds
+from lumpver.certificates.exact import discrepancy_bound
+from lumpver.reductions.base import default_certificate_path
+from lumpver.reductions.exact import exact_lump
+from lumpver.errors import InputError
+from lumpver.fileio import check_output_path, write_json_atomic
+from lumpver.ir.onnx_export import save_onnx
+from lumpver.ir.onnx_import import load_onnx
 from lumpver.specs.inputset import InputSet
 from lumpver.ir.network import Network
 from lumpver.reductions.onset_fold import QR_TOL, choose_folds, fold_discrepancy, fold_network
@@ -86,12 +93,7 @@ def onset_step(net: Network, input_set: InputSet, method: str = "crown", lp: boo
 
 
 def _lump_step(net: Network, input_set: InputSet) -> Optional[tuple[Network, dict[str, Any]]]:
-    """Exact lumping of ``net`` as a step record, or None if unavailable or useless."""
-    try:
-        from lumpver.reductions.exact import exact_lump
-        from lumpver.certificates.exact import discrepancy_bound
-    except ImportError:
-        return None
+    """Exact lumping of ``net`` as a step record, or None if it removes nothing."""
     res = exact_lump(net)
     if res.reduced.n_hidden >= net.n_hidden:
         return None
@@ -144,21 +146,14 @@ def reduce_on_set_to_files(original_path: str | os.PathLike, out_path: str | os.
     certificate cannot be written the model is removed again. Returns the certificate.
     """
     from lumpver.certificates.format import make_certificate, model_stats
-    from lumpver.fileio import check_output_path, write_json_atomic
-    from lumpver.ir.onnx_export import save_onnx
-    from lumpver.ir.onnx_import import load_onnx
 
     progress = Progress(quiet=quiet)
     t0 = time.perf_counter()
     check_output_path(out_path, [original_path])
-    if cert_path is None:
-        p = Path(out_path)
-        cert_path = p.with_name(p.stem + ".cert.json")
+    cert_path = cert_path or default_certificate_path(out_path)
     check_output_path(cert_path, [original_path, out_path])
     net = load_onnx(original_path)
     if input_set.dim != net.n_inputs:
-        from lumpver.errors import InputError
-
         raise InputError(f"input set has {input_set.dim} dimensions, the model {net.n_inputs} inputs",
                          str(input_set.source or original_path))
     progress.say(f"on-set reduction of {net.n_hidden} hidden neurons over {len(input_set.regions)} region(s)")

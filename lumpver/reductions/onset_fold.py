@@ -24,6 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from lumpver.bounds.engine import NetworkBounds
+from lumpver.ir.activations import ACTIVATIONS
 from lumpver.ir.network import Layer, Network
 
 #: Relative diagonal tolerance of the pivoted QR that selects a basis of stable rows.
@@ -70,12 +71,14 @@ class LayerFold:
 def linear_slopes(layer: Layer, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Slope ``s`` with ``act(z) = s z`` for all ``z`` in ``[lo, hi]``; NaN where none exists."""
     s = np.full(lo.size, np.nan)
-    if layer.activation == "identity":
+    slope = ACTIVATIONS[layer.activation].negative_slope
+    if slope is None:
+        return s
+    neg = float(slope(layer.alpha))
+    s[hi <= 0] = neg
+    s[lo >= 0] = 1.0
+    if neg == 1.0:  # linear (identity)
         s[:] = 1.0
-    elif layer.activation in ("relu", "leaky_relu"):
-        neg = 0.0 if layer.activation == "relu" else float(layer.alpha)
-        s[hi <= 0] = neg
-        s[lo >= 0] = 1.0
     return s
 
 

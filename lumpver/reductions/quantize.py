@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lumpver.ir.network import Layer, Network
+from lumpver.fileio import write_bytes_atomic
+from lumpver.ir.onnx_export import network_to_onnx
 
 
 @dataclass
@@ -59,8 +61,6 @@ def qdq_model(net: Network, qls: list[QuantizedLayer]):
     import onnx
     from onnx import helper, numpy_helper
 
-    from lumpver.ir.onnx_export import network_to_onnx
-
     model = network_to_onnx(net)
     g = model.graph
     inits = {i.name: i for i in g.initializer}
@@ -85,9 +85,6 @@ def qdq_model(net: Network, qls: list[QuantizedLayer]):
 
 def save_quantized(net: Network, qls: list[QuantizedLayer], path: str | os.PathLike, float_weights: bool = False) -> None:
     """Write g atomically: QDQ form (default) or plain float32 weights."""
-    from lumpver.fileio import write_bytes_atomic
-    from lumpver.ir.onnx_export import network_to_onnx
-
     model = network_to_onnx(net) if float_weights else qdq_model(net, qls)
     write_bytes_atomic(path, model.SerializeToString())
 

@@ -23,6 +23,8 @@ from typing import Any, Optional
 
 from lumpver.errors import InputError
 from lumpver.fileio import write_text_atomic
+from lumpver.reports import plots
+from lumpver.reports.plots import data_uri
 
 REPORT_FORMAT = "lumpver-report/1"
 
@@ -139,7 +141,7 @@ def overall(steps: list[dict[str, Any]], xmax: Optional[float] = None) -> dict[s
     rechecked = [s.get("recheck") for s in steps if s.get("certificate")]
     if any(r is not None and r.get("holds") is False for r in rechecked):
         holds = False
-    elif any(r is None or r.get("holds") is None for r in rechecked):
+    elif any(r is None for r in rechecked):  # re-check not run
         holds = None
     else:
         holds = True
@@ -265,8 +267,6 @@ def _step_rows(doc: dict[str, Any]) -> list[list[Any]]:
 def _recheck_word(rc: Optional[dict[str, Any]]) -> str:
     if rc is None:
         return "not run"
-    if rc.get("holds") is None:
-        return "no checker in this build"
     return "holds" if rc["holds"] else "DOES NOT HOLD"
 
 
@@ -289,8 +289,6 @@ def _backend_rows(doc: dict[str, Any]) -> list[list[Any]]:
 
 def figures(doc: dict[str, Any]) -> list[tuple[str, bytes]]:
     """``(caption, png)`` for every figure the document's facts support."""
-    from lumpver.reports import plots
-
     out: list[tuple[str, bytes]] = []
     stats = _all_stats(doc)
     if stats:
@@ -398,8 +396,6 @@ def _inline_code(text: str) -> str:
 
 def to_html(doc: dict[str, Any], title: Optional[str] = None, with_figures: bool = True) -> str:
     """One self-contained HTML file (inline CSS, figures as data URIs, no scripts)."""
-    from lumpver.reports.plots import data_uri
-
     doc = _as_document(doc, title)
     e = html.escape
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(doc['title'])}</title>"

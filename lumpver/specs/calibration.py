@@ -118,17 +118,3 @@ def load_calibration(
     elif need_labels:
         raise InputError("missing key 'y' (labels are needed by the zero-one loss)", p, "y")
     return CalibrationData(x, y, p, sha256_file(p))
-
-
-def save_calibration(path: str | Path, x: np.ndarray, y: Optional[np.ndarray] = None) -> None:
-    """Write a calibration ``.npz`` (atomically) in the format :func:`load_calibration` reads."""
-    import io
-
-    from lumpver.fileio import write_bytes_atomic
-
-    buf = io.BytesIO()
-    arrays = {"x": np.asarray(x)}
-    if y is not None:
-        arrays["y"] = np.asarray(y)
-    np.savez(buf, **arrays)
-    write_bytes_atomic(path, buf.getvalue())

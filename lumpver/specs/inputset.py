@@ -81,6 +81,17 @@ class Polytope:
 Region = Union[Box, Polytope]
 
 
+def declared_box(region: Region) -> Box:
+    """The box a region declares: a box itself, a polytope its bounding box (a sound superset);
+    ValueError for a polytope without one. (:func:`lumpver.bounds.engine.region_box` instead
+    computes a polytope's tightest box by LP.)"""
+    if isinstance(region, Box):
+        return region
+    if region.bounding_box is None:
+        raise ValueError("polytope region without a bounding box")
+    return region.bounding_box
+
+
 @dataclass
 class InputSet:
     """A union of regions (one region in the common case)."""
@@ -93,16 +104,8 @@ class InputSet:
         return self.regions[0].dim
 
     def boxes(self) -> list[Box]:
-        """Each region as a box (a polytope's bounding box); raises if a polytope has none."""
-        out = []
-        for r in self.regions:
-            if isinstance(r, Box):
-                out.append(r)
-            elif r.bounding_box is not None:
-                out.append(r.bounding_box)
-            else:
-                raise ValueError("polytope without a bounding box")
-        return out
+        """Each region's :func:`declared_box`; ValueError if a polytope has no bounding box."""
+        return [declared_box(r) for r in self.regions]
 
     def contains(self, x: np.ndarray, tol: float = 0.0) -> bool:
         return any(r.contains(x, tol) for r in self.regions)

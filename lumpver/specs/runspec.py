@@ -31,8 +31,9 @@ import numpy as np
 
 from lumpver.errors import InputError
 from lumpver.specs.inputset import Box, InputSet, Polytope
+from lumpver.specs.norms import NORMS
+from lumpver.specs.vnnlib import read_vnnlib
 
-NORMS = ("linf", "l1", "l2", "top1")
 METHODS = ("exact", "on-set", "approx", "prune", "quantize")
 PRUNE_METHODS = ("magnitude", "coreset", "confident")
 BACKENDS = ("interval", "smt", "sdp", "falsify", "marabou")
@@ -77,8 +78,6 @@ class InputSetSpec:
     def build(self, n_inputs: int | None = None) -> InputSet:
         """The input set; checks its dimension against ``n_inputs`` (the model's) when given."""
         if self.type == "vnnlib":
-            from lumpver.specs.vnnlib import read_vnnlib
-
             return read_vnnlib(self.path, n_inputs=n_inputs).input_set()
         if self.scalar_bounds is not None and self.lower is None:
             if n_inputs is None:
@@ -296,8 +295,6 @@ class _Reader:
                 self.box_bounds(d, key, spec, spec.A.shape[1])
         else:
             spec.path = self.file(d["path"], f"{key}.path", (".vnnlib",))
-            from lumpver.specs.vnnlib import read_vnnlib
-
             read_vnnlib(spec.path)  # malformed property files fail at load time, with their own line:col
         return spec
 

@@ -1,7 +1,7 @@
 """Bulk fast path of the VNN-LIB reader (DESIGN.md §3 input sets; the subset of lumpver.specs.vnnlib).
 
 Contract: :func:`fast_parse` returns exactly the :class:`~lumpver.specs.vnnlib.VnnlibSpec` the exact
-scanner (``lumpver.specs.vnnlib._Parser``) returns, or ``None`` when the text is outside the shapes it
+scanner (``lumpver.specs.vnnlib_parser.Parser``) returns, or ``None`` when the text is outside the shapes it
 understands or is malformed in any way; the caller then re-parses with the exact scanner, which
 produces the result or the precise ``file:line:col`` message. It never raises on bad input.
 
@@ -28,10 +28,14 @@ import re
 
 import numpy as np
 
+from lumpver.errors import InputError
+from lumpver.specs.vnnlib_ast import IGNORED_COMMANDS, Conj
+from lumpver.specs.vnnlib_parser import Parser
+
 _COMMENT = re.compile(r";[^\n]*")
-# token kinds; every other word (operands, unknown words) is 0
+# token kinds: ( 1, ) 2, <= 3, >= 4, < 5, > 6, assert 7, and 8, or 9, declare-const 10, Real 11;
+# every other word (operands, unknown words) is 0
 _LP, _RP, _ASSERT, _DECLARE, _REAL = 1, 2, 7, 10, 11
-_KIND = {"(": 1, ")": 2, "<=": 3, ">=": 4, "<": 5, ">": 6, "assert": 7, "and": 8, "or": 9, "declare-const": 10, "Real": 11}
 _ITEM_LEFT, _ITEM_ATOM, _ITEM_SATOM, _ITEM_DECL = 0, 1, 2, 3
 _NUMBER_CHARS = b"0123456789.eE+- "
 _CHUNK = 1 << 22
@@ -44,12 +48,9 @@ class _Reject(Exception):
 
 def fast_parse(text: str, path: str):
     """The spec of ``text`` exactly as the exact scanner gives it, or ``None`` (see module doc)."""
-    from lumpver.errors import InputError
-    from lumpver.specs.vnnlib import _Parser
-
     if ";" in text:
         text = _COMMENT.sub("", text)
-    parser = _Parser(text, path)
+    parser = Parser(text, path)
     try:
         _Body(text, parser).run()
         return parser.build()
@@ -63,7 +64,7 @@ class _Frame:
 
     def __init__(self) -> None:
         self.head: str | None = None
-        self.items: list = []  # ("run", a, b) | ("each", a, b) | ("conj", _Conj) | ("dnf", list)
+        self.items: list = []  # ("run", a, b) | ("each", a, b) | ("conj", Conj) | ("dnf", list)
 
 
 class _Body:
@@ -190,8 +191,6 @@ class _Body:
             stack[-1].items.append(("run" if stack[-1].head == "and" else "each", a, b))
 
     def token(self, stack: list[_Frame], common: list, tok: str) -> None:
-        from lumpver.specs.vnnlib import _IGNORED
-
         top = stack[-1] if stack else None
         if tok == "(":
             if top is not None and top.head is None:
@@ -206,16 +205,14 @@ class _Body:
             raise _Reject
         elif top.head is None:
             parent = stack[-2].head if len(stack) > 1 else None
-            allowed = {None: ("assert",) + _IGNORED, "assert": ("and", "or"), "or": ("and",)}.get(parent, ())
+            allowed = {None: ("assert",) + IGNORED_COMMANDS, "assert": ("and", "or"), "or": ("and",)}.get(parent, ())
             if tok not in allowed:
                 raise _Reject
             top.head = tok
-        elif top.head not in _IGNORED or len(stack) > 1:
+        elif top.head not in IGNORED_COMMANDS or len(stack) > 1:
             raise _Reject  # a bare word among constraints
 
     def close(self, f: _Frame, stack: list[_Frame], common: list) -> None:
-        from lumpver.specs.vnnlib import _Conj
-
         if not f.items and f.head in ("assert", "and", "or"):
             raise _Reject  # empty: left to the scanner
         if f.head == "and":
@@ -227,7 +224,7 @@ class _Body:
                     dnf.append(item[1])
                 else:
                     for i in range(item[1], item[2]):
-                        c = _Conj()
+                        c = Conj()
                         c.add(*self.pq(i))
                         dnf.append(c)
             stack[-1].items.append(("dnf", dnf))
@@ -251,9 +248,8 @@ class _Body:
 
     def conj(self, items: list):
         """One conjunction of runs of atoms and conjunctions, in file order (keep-first bounds)."""
-        from lumpver.specs.vnnlib import _Conj
 
-        c = _Conj()
+        c = Conj()
         lo_i, lo_v, hi_i, hi_v = [], [], [], []
         for item in items:
             if item[0] == "conj":

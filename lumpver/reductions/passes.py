@@ -1,0 +1,243 @@
+"""The reduction passes (interface: :mod:`lumpver.reductions.base`): exact lumping (DESIGN.md §2),
+on-set reduction (§3), approximate lumping (§4), magnitude and coreset pruning (§5, §6), confident
+pruning (§7) and quantisation (§8). Each binds its options and writes model + certificate.
+
+Magnitude, coreset and quantisation are certified (kind ``bounded``) only on a declared input set;
+without one they write the model alone and say so in ``note``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from lumpver.certificates.exact import discrepancy_bound
+from lumpver.certificates.format import file_ref, make_certificate, model_stats
+from lumpver.errors import CheckFailed, InputError
+from lumpver.fileio import write_json_atomic
+from lumpver.ir.network import Network
+from lumpver.ir.onnx_export import save_onnx
+from lumpver.ir.onnx_import import load_onnx
+from lumpver.reductions import confident
+from lumpver.reductions.approx import reduce_approx_to_files
+from lumpver.reductions.base import PassContext, ReductionResult, remove_on_failure
+from lumpver.reductions.certify import Chain, certify_files
+from lumpver.reductions.coreset import coreset_prune, input_betas
+from lumpver.reductions.exact import DEFAULT_TOLERANCE, exact_lump
+from lumpver.reductions.onset import reduce_on_set_to_files
+from lumpver.reductions.pruning import magnitude_prune, neuron_keep_sets, sparsity
+from lumpver.reductions.quantize import quantize_network, quantize_summary, save_quantized
+from lumpver.specs.calibration import load_calibration
+
+EXACT_STATEMENT = ("for every input x: max_i |f_i(x) - g_i(x)| <= a + b * ||x||_inf, in exact real arithmetic of "
+                   "the stored float32 weights; float32 evaluation by a runtime adds its own rounding to both models")
+
+
+def _bounded_summary(cert: dict[str, Any], norm: str, extra: str = "") -> list[str]:
+    return [f"bounded: {norm} error <= {cert['guarantee']['epsilon']:.6g} on the input set{extra}"]
+
+
+@dataclass
+class ExactPass:
+    """Exact lumping, certificate kind ``exact`` (DESIGN.md §2)."""
+
+    tolerance: float = DEFAULT_TOLERANCE
+    name: str = "exact"
+
+    def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
+        if not 0 < self.tolerance < 0.1:
+            raise InputError(f"tolerance must be in (0, 0.1) for exact lumping, got {self.tolerance}")
+        t0 = time.perf_counter()
+        net = load_onnx(model_path)
+        ctx.progress.say(f"loaded {model_path}; lumping {net.n_hidden} hidden neurons in {len(net.layers) - 1} layers")
+        result = exact_lump(net, self.tolerance, ctx.progress)
+        a, b = discrepancy_bound(net, result.reduced, result.classes, self.tolerance, result.raw_signatures)
+        ctx.progress.say(f"writing {out_path} ({result.reduced.n_hidden} hidden neurons)")
+        save_onnx(result.reduced, out_path)
+        with remove_on_failure(out_path):
+            discrepancy = {"a": a, "b": b, "statement": EXACT_STATEMENT}
+            guarantee = {"kind": "exact", "norm": "linf", "float_tolerance": {
+                "grouping_tolerance": self.tolerance, "discrepancy_bound": discrepancy}}
+            evidence = [{"backend": "lumping", "verdict": "proved", "claim": result.claim, "discrepancy": discrepancy}]
+            stats = model_stats(net, result.reduced, time.perf_counter() - t0)
+            cert = make_certificate(model_path, out_path, guarantee, stats, evidence, cert_path)
+            write_json_atomic(cert_path, cert)
+        return ReductionResult(Path(out_path), Path(cert_path), cert)
+
+
+@dataclass
+class OnSetPass:
+    """Exact reduction on the input set, certificate kind ``exact-on-set`` (DESIGN.md §3)."""
+
+    name: str = "on-set"
+
+    def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
+        input_set = ctx.need_input_set("on-set reduction")
+        cert = reduce_on_set_to_files(model_path, out_path, cert_path, input_set, ctx.progress.quiet)
+        return ReductionResult(Path(out_path), Path(cert_path), cert)
+
+
+@dataclass
+class ApproxPass:
+    """Approximate lumping within ``epsilon`` on the input set, kind ``bounded`` (DESIGN.md §4)."""
+
+    epsilon: float
+    norm: str = "linf"
+    backend: str = "auto"
+    timeout: float = 300.0
+    name: str = "approx"
+
+    def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
+        if not self.epsilon >= 0:
+            raise InputError(f"approximate lumping needs epsilon >= 0, got {self.epsilon}")
+        input_set = ctx.need_input_set("approximate lumping")
+        cert = reduce_approx_to_files(model_path, out_path, cert_path, input_set, self.epsilon, self.norm,
+                                      self.backend, self.timeout, ctx.progress)
+        return ReductionResult(Path(out_path), Path(cert_path), cert)
+
+
+def _check_keep(keep: Optional[float], method: str) -> float:
+    if keep is None:
+        raise InputError(f"{method} pruning needs --keep FRACTION")
+    if not 0.0 < keep <= 1.0:
+        raise InputError(f"--keep must lie in (0, 1], got {keep}")
+    return keep
+
+
+def _certify_or_note(model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext, chain: Optional[Chain],
+                     method: dict[str, Any], seconds: float, what: str, norm: str = "linf",
+                     timeout: float = 120.0) -> ReductionResult:
+    """Certify the written model on the input set (kind ``bounded``), or say why there is no certificate."""
+    if ctx.input_set is None:
+        return ReductionResult(Path(out_path), note=f"no certificate: {what} is certified only on a declared input set")
+    with remove_on_failure(out_path):
+        cert = certify_files(str(model_path), str(out_path), str(cert_path), ctx.input_set, norm, chain, method,
+                             seconds, timeout, ctx.progress)
+    return ReductionResult(Path(out_path), Path(cert_path), cert, _bounded_summary(cert, norm))
+
+
+@dataclass
+class MagnitudePrunePass:
+    """Deterministic magnitude pruning to ``keep`` (DESIGN.md §5)."""
+
+    keep: float
+    granularity: str = "weight"  # or "neuron"
+    scope: Optional[str] = None  # default: global for weights, layer for neurons
+    name: str = "prune (magnitude)"
+
+    def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
+        keep = _check_keep(self.keep, "magnitude")
+        scope = self.scope or ("global" if self.granularity == "weight" else "layer")
+        net = load_onnx(model_path)
+        t0 = time.perf_counter()
+        pruned = magnitude_prune(net, keep, self.granularity, scope)
+        save_onnx(pruned, out_path)
+        ctx.progress.say(f"magnitude pruning ({self.granularity}, {scope}) kept {keep}: hidden widths "
+                         f"{net.hidden_widths} -> {pruned.hidden_widths}, hidden-weight sparsity {sparsity(pruned):.3f}")
+        chain = Chain(kept=neuron_keep_sets(net, keep, scope)) if self.granularity == "neuron" else None
+        method = {"method": "magnitude", "keep": keep, "granularity": self.granularity}
+        return _certify_or_note(model_path, out_path, cert_path, ctx, chain, method, time.perf_counter() - t0,
+                                "magnitude pruning")
+
+
+@dataclass
+class CoresetPass:
+    """Sensitivity-sampled neuron pruning (DESIGN.md §6); the actual error is certified on X."""
+
+    keep: float
+    seed: int = 0
+    name: str = "prune (coreset)"
+
+    def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
+        keep = _check_keep(self.keep, "coreset")
+        net = load_onnx(model_path)
+        t0 = time.perf_counter()
+        betas = input_betas(net, ctx.input_set) if ctx.input_set is not None else 1.0
+        res = coreset_prune(net, keep, betas, seed=self.seed)
+        save_onnx(res.reduced, out_path)
+        bound = sum(lc.coreset_bound for lc in res.layers)
+        ctx.progress.say(f"coreset pruning kept {keep}: hidden widths {net.hidden_widths} -> "
+                         f"{res.reduced.hidden_widths}; coreset (probabilistic) bound indication {bound:.4g}")
+        method = {"method": "coreset", "keep": keep, "seed": self.seed, "betas": betas, "coreset_bound": bound,
+                  "coreset_bound_note": "sensitivity-framework indication with constant 1 and delta 0.1 "
+                  "(probabilistic, not certified)", "layers": [lc.to_json() for lc in res.layers]}
+        out = _certify_or_note(model_path, out_path, cert_path, ctx, Chain(kept=res.kept), method,
+                               time.perf_counter() - t0, "coreset pruning")
+        out.summary = [line + f" (coreset indication {bound:.4g})" for line in out.summary]
+        return out
+
+
+@dataclass
+class ConfidentPass:
+    """Learn then Test over magnitude-pruning levels (DESIGN.md §7); abstains with CheckFailed."""
+
+    calibration: Path
+    config: confident.ConfidentConfig
+    write_certificate: bool = True
+    name: str = "prune (confident)"
+
+    def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
+        config = self.config
+        try:
+            config.validate()
+        except ValueError as e:
+            raise InputError(str(e), str(model_path)) from None
+        net = load_onnx(model_path)
+        calib = load_calibration(self.calibration, net.n_inputs, net.n_outputs, need_labels=config.loss == "zero-one")
+        ctx.progress.say(f"confident pruning: n={calib.n}, loss={config.loss}, p-value={config.pvalue_method}, "
+                         f"{config.procedure}, alpha={config.alpha}, delta={config.delta}, {len(config.levels)} levels")
+        result = confident.confident_prune(net, model_path, calib, config, ctx.progress)
+        sel = result.selection
+        for level, r, p in zip(config.levels, sel.risks, sel.pvalues):
+            ctx.progress.say(f"  level {level:.4g}: empirical risk {r:.4f}, p-value {p:.3g}")
+        if result.abstained:
+            raise CheckFailed(f"abstained: no pruning level passed the {config.procedure} test at delta "
+                              f"{config.delta} (p-value at the least pruning {config.levels[0]}: {sel.pvalues[0]:.3g}; "
+                              f"smallest: {min(sel.pvalues):.3g}); no model written")
+        save_onnx(result.reduced, out_path)
+        line = (f"pruned {result.level:.4g} of the hidden weights (p = {sel.pvalues[sel.chosen]:.3g} < delta = "
+                f"{config.delta}): expected {config.loss} loss <= {config.alpha} with confidence {1 - config.delta:g}")
+        if not self.write_certificate:
+            return ReductionResult(Path(out_path), summary=[line])
+        with remove_on_failure(out_path):
+            stats = model_stats(net, result.reduced, result.seconds)
+            stats.update(nonzero_params_before=_nonzero(net), nonzero_params_after=_nonzero(result.reduced))
+            ref = file_ref(self.calibration, Path(cert_path).resolve().parent)
+            cert = make_certificate(model_path, out_path, confident.guarantee(result), stats,
+                                    [confident.evidence(result, ref)], cert_path)
+            write_json_atomic(cert_path, cert)
+        return ReductionResult(Path(out_path), Path(cert_path), cert, [line])
+
+
+def _nonzero(net: Network) -> int:
+    """Nonzero weights and biases (the size that pruning actually changes)."""
+    return sum(int(np.count_nonzero(l.weight)) + int(np.count_nonzero(l.bias)) for l in net.layers)
+
+
+@dataclass
+class QuantizePass:
+    """Symmetric uniform weight quantisation with QDQ export (DESIGN.md §8)."""
+
+    bits: int = 8
+    per_channel: bool = False
+    norm: str = "linf"
+    float_weights: bool = False  # write dequantised float32 weights instead of int8 + DequantizeLinear
+    timeout: float = 120.0
+    name: str = field(default="quantize")
+
+    def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
+        if self.bits not in (4, 8):
+            raise InputError(f"quantisation needs 4 or 8 bits, got {self.bits}")
+        t0 = time.perf_counter()
+        net = load_onnx(model_path)
+        g, qls = quantize_network(net, self.bits, self.per_channel)
+        save_quantized(g, qls, out_path, self.float_weights)
+        ctx.progress.say(f"{self.bits}-bit {'per-channel' if self.per_channel else 'per-tensor'} quantisation "
+                         f"written to {out_path} ({Path(model_path).stat().st_size} -> "
+                         f"{Path(out_path).stat().st_size} bytes)")
+        method = quantize_summary(qls, self.bits, self.per_channel) | {"float_weights": bool(self.float_weights)}
+        return _certify_or_note(model_path, out_path, cert_path, ctx, None, method, time.perf_counter() - t0,
+                                "quantisation", self.norm, self.timeout)
