@@ -218,3 +218,23 @@ def test_unreachable_address_is_exit_2_before_any_work(tmp_path):
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "cannot reach a Ray cluster" in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_time_limit_kills_the_task_in_process_cluster(tmp_path, monkeypatch):
+    """The Python API on an in-process local cluster; the driver's hard limit (``timeout + GRACE``,
+    here made shorter than the instance's own cooperative stop) force-cancels the running task."""
+    import io
+
+    from lumpver.api import batch_ray
+    from lumpver.progress import Progress
+
+    for k, v in _ray_env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(batch_ray, "GRACE", -4.0)  # limit: 5 s - 4 s = 1 s after the task reports its start
+    suite = _write_suite(tmp_path / "instances.csv", [SLOW_A], 5)
+    log = io.StringIO()
+    res = batch_ray.run_batch_ray(suite, tmp_path / "o", jobs=1, progress=Progress(stream=log))
+    (o,) = res.outcomes
+    assert o.result == "timeout" and o.note == "killed at the time limit" and o.seconds < 1 + 3, (o, log.getvalue())
+    assert STARTED.search(log.getvalue()) and "[1/1] timeout" in log.getvalue()
+    assert [r["result"] for r in _summary(tmp_path / "o")] == ["timeout"]
