@@ -8,35 +8,27 @@ without starting and stopping the cluster), the ratio to the pool and whether th
 """
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-ACAS = ROOT.parent / "shared" / "data" / "acasxu"
 
 
 def main() -> int:
+    from bench.bench_batch import acas_suite, suite_arguments
     from lumpver.api.batch import run_batch
     from lumpver.api.batch_ray import run_batch_ray
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--nets", default="1_1,1_2,1_3,1_4,1_5,1_6")
-    ap.add_argument("--props", default="3,4")
-    ap.add_argument("--timeout", type=float, default=30.0)
+    ap = suite_arguments("1_1,1_2,1_3,1_4,1_5,1_6")
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args()
     # a fresh token for this local cluster (Ray's default would write ~/.ray/auth_token)
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
-    tmp = Path(tempfile.mkdtemp())
-    rows = [f"{ACAS / 'onnx' / f'ACASXU_run2a_{n}_batch_2000.onnx'},{ACAS / 'vnnlib' / f'prop_{p}.vnnlib'},{a.timeout}"
-            for p in a.props.split(",") for n in a.nets.split(",")]
-    (tmp / "instances.csv").write_text("\n".join(rows) + "\n")
+    tmp, rows = acas_suite(a)
     t0 = time.perf_counter()
     pool = run_batch(tmp / "instances.csv", tmp / "pool", a.jobs)
     pool_wall = time.perf_counter() - t0
