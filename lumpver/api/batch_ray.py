@@ -97,10 +97,11 @@ def connect(address: Optional[str], jobs: Optional[int], quiet: bool) -> int:
         else:
             ray.init(address=address, **opts)
     except Exception as e:  # any failure to start or join is a setup problem of the user's: exit 2, one line
-        hint = "" if os.environ.get("RAY_AUTH_MODE") else " (a cluster with token authentication needs RAY_AUTH_MODE=token)"
+        what = f"join the Ray cluster at {address}" if address else "start a local Ray cluster"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise InputError(f"cannot {'join the Ray cluster at ' + address if address else 'start Ray'}: {first}"
-                         + (hint if address else "")) from None
+        hint = (" (a cluster with token authentication needs RAY_AUTH_MODE=token and its token)"
+                if address and not os.environ.get("RAY_AUTH_MODE") else "")
+        raise InputError(f"cannot {what}: {first}{hint}") from None
     return int(ray.cluster_resources().get("CPU", 1))
 
 
@@ -136,7 +137,7 @@ def _drive(instances: list[Instance], out: Path, csv_path: str | os.PathLike, in
     from ray.util.queue import Queue
 
     task = ray.remote(max_retries=MAX_RETRIES, num_cpus=1)(run_instance_task)
-    started, files = Queue(), _put_files(instances)
+    started, files = Queue(actor_options={"num_cpus": 0}), _put_files(instances)
     todo, running, outcomes = list(reversed(instances)), {}, []
     t0 = time.perf_counter()
     try:
@@ -206,15 +207,23 @@ def _collect(ref: Any, r: Running, out: Path, reduce: bool) -> Outcome:
 
 
 def _enforce_limits(running: dict[Any, Running], ready: set) -> list[tuple[Any, Outcome]]:
-    """Force-cancel (kill the worker of) every unfinished task past ``timeout + GRACE`` since its last start."""
+    """Force-cancel (kill the worker of) every unfinished task past ``timeout + GRACE`` since its last
+    start, or started more than ``1 + MAX_RETRIES`` times (Ray may retry out-of-memory kills on its own
+    policy: the limit of one retry is kept here)."""
     import ray
 
-    now, late = time.perf_counter(), []
+    now, stopped = time.perf_counter(), []
     for ref, r in running.items():
-        if ref not in ready and r.started is not None and now - r.started > r.inst.timeout + GRACE:
+        if ref in ready or r.started is None:
+            continue
+        if len(r.attempts) > 1 + MAX_RETRIES:
             ray.cancel(ref, force=True)
-            late.append((ref, outcome(r.inst, "timeout", now - r.started, note="killed at the time limit")))
-    return late
+            note = f"the worker died {len(r.attempts) - 1} times (killed or out of memory); last on {r.attempts[-2]}"
+            stopped.append((ref, outcome(r.inst, "error", now - r.started, note=note)))
+        elif now - r.started > r.inst.timeout + GRACE:
+            ray.cancel(ref, force=True)
+            stopped.append((ref, outcome(r.inst, "timeout", now - r.started, note="killed at the time limit")))
+    return stopped
 
 
 def _say_done(progress: Progress, o: Outcome, outcomes: list[Outcome], running: dict, total: int) -> None:
