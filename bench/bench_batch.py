@@ -18,18 +18,29 @@ sys.path.insert(0, str(ROOT))
 ACAS = ROOT.parent / "shared" / "data" / "acasxu"
 
 
-def main() -> int:
-    from lumpver.api.batch import run_batch
-
+def suite_arguments(nets: str) -> argparse.ArgumentParser:
+    """The suite's options: ``--nets`` (default ``nets``), ``--props``, ``--timeout``."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--nets", default="1_1,1_2,1_3")
+    ap.add_argument("--nets", default=nets)
     ap.add_argument("--props", default="3,4")
     ap.add_argument("--timeout", type=float, default=30.0)
-    a = ap.parse_args()
+    return ap
+
+
+def acas_suite(a: argparse.Namespace) -> tuple[Path, list[str]]:
+    """``instances.csv`` (in a new temporary folder) of every net in ``a.nets`` on every property in ``a.props``."""
     tmp = Path(tempfile.mkdtemp())
     rows = [f"{ACAS / 'onnx' / f'ACASXU_run2a_{n}_batch_2000.onnx'},{ACAS / 'vnnlib' / f'prop_{p}.vnnlib'},{a.timeout}"
             for p in a.props.split(",") for n in a.nets.split(",")]
     (tmp / "instances.csv").write_text("\n".join(rows) + "\n")
+    return tmp, rows
+
+
+def main() -> int:
+    from lumpver.api.batch import run_batch
+
+    a = suite_arguments("1_1,1_2,1_3").parse_args()
+    tmp, rows = acas_suite(a)
     configs = [("jobs=1", 1, False), ("jobs=1 --reduce", 1, True), ("jobs=2 --reduce", 2, True)]
     results = {}
     for name, jobs, reduce in configs:

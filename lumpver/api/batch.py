@@ -25,9 +25,10 @@ from typing import Callable, Optional
 
 from lumpver.errors import InputError
 from lumpver.progress import SILENT, Progress
-from lumpver.api.verify import verify_property
+from lumpver.api.verify import VerifyResult, verify_property
 from lumpver.fileio import write_text_atomic
 from lumpver.ir.onnx_import import load_onnx
+
 
 RESULTS = ("sat", "unsat", "unknown", "timeout", "error")
 #: seconds granted beyond an instance's timeout before its process is killed
@@ -114,10 +115,19 @@ def worker(argv: list[str]) -> int:
         print(f"lumpver batch: error: {e}", file=sys.stderr)
         write_text_atomic(result, "error\n")
         return 2
-    write_text_atomic(result, r.text())
-    write_text_atomic(result + ".json", json.dumps({"result": r.result, "reason": r.reason, "cases": r.cases},
-                                                   default=float) + "\n")
+    write_result(Path(result), r)
     return 0
+
+
+def write_result(result_file: Path, r: VerifyResult) -> None:
+    """The VNN-COMP result file of one instance and its JSON side file (per-case records)."""
+    import json
+
+    from lumpver.fileio import write_text_atomic
+
+    write_text_atomic(result_file, r.text())
+    write_text_atomic(str(result_file) + ".json", json.dumps({"result": r.result, "reason": r.reason,
+                                                              "cases": r.cases}, default=float) + "\n")
 
 
 def _neurons_after(result_file: Path) -> Optional[int]:
@@ -128,6 +138,11 @@ def _neurons_after(result_file: Path) -> Optional[int]:
         cases = json.loads(Path(str(result_file) + ".json").read_text())["cases"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return reduced_size(cases)
+
+
+def reduced_size(cases: list) -> Optional[int]:
+    """Largest reduced size over a property's case records (``reduced_to``), None when nothing was reduced."""
     sizes: list[int] = []
     for c in cases:
         v = c.get("reduced_to") if isinstance(c, dict) else None
@@ -138,7 +153,7 @@ def _neurons_after(result_file: Path) -> Optional[int]:
 def run_instance(inst: Instance, out_dir: Path, reduce: bool, backend: Optional[str] = None,
                  argv_for: Callable[..., list[str]] = verify_argv) -> Outcome:
     """Run one instance in its own process group; kill it after ``timeout + GRACE`` seconds."""
-    result_file = out_dir / "results" / f"{inst.index:04d}_{inst.onnx.stem}_{inst.vnnlib.stem}.txt"
+    result_file = result_path(out_dir, inst)
     result_file.unlink(missing_ok=True)
     Path(str(result_file) + ".json").unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -149,13 +164,18 @@ def run_instance(inst: Instance, out_dir: Path, reduce: bool, backend: Optional[
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        return _outcome(inst, "timeout", time.perf_counter() - t0, note="killed at the time limit")
+        return outcome(inst, "timeout", time.perf_counter() - t0, note="killed at the time limit")
     secs = time.perf_counter() - t0
     first = _first_line(result_file)
     if first in RESULTS:
         note = "" if first != "error" else _last_line(stderr)
-        return _outcome(inst, first, secs, _neurons_after(result_file) if reduce else None, note)
-    return _outcome(inst, "error", secs, note=_last_line(stderr) or f"exit code {proc.returncode}, no result file")
+        return outcome(inst, first, secs, _neurons_after(result_file) if reduce else None, note)
+    return outcome(inst, "error", secs, note=_last_line(stderr) or f"exit code {proc.returncode}, no result file")
+
+
+def result_path(out_dir: Path, inst: Instance) -> Path:
+    """Where the result file of one instance goes (``OUT/results/NNNN_model_property.txt``)."""
+    return out_dir / "results" / f"{inst.index:04d}_{inst.onnx.stem}_{inst.vnnlib.stem}.txt"
 
 
 def _first_line(path: Path) -> str:
@@ -171,11 +191,11 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _outcome(inst: Instance, result: str, secs: float, after: Optional[int] = None, note: str = "") -> Outcome:
+def outcome(inst: Instance, result: str, secs: float, after: Optional[int] = None, note: str = "") -> Outcome:
     return Outcome(inst.index, inst.row[0], inst.row[1], inst.timeout, result, round(secs, 3), None, after, note)
 
 
-def _hidden_sizes(instances: list[Instance]) -> dict[Path, Optional[int]]:
+def hidden_sizes(instances: list[Instance]) -> dict[Path, Optional[int]]:
     """Hidden neurons of each distinct model (None when it does not load)."""
     sizes: dict[Path, Optional[int]] = {}
     for inst in instances:
@@ -198,7 +218,7 @@ def run_batch(csv_path: str | os.PathLike, out_dir: str | os.PathLike, jobs: Opt
     out = Path(out_dir)
     (out / "results").mkdir(parents=True, exist_ok=True)
     jobs = max(1, jobs or os.cpu_count() or 1)
-    sizes = _hidden_sizes(instances)
+    sizes = hidden_sizes(instances)
     progress.say(f"{len(instances)} instance(s) from {csv_path}, {jobs} at a time"
                  + (", with on-set reduction" if reduce else ""))
     t0, done, lock, outcomes = time.perf_counter(), [0], threading.Lock(), []
@@ -211,8 +231,14 @@ def run_batch(csv_path: str | os.PathLike, out_dir: str | os.PathLike, jobs: Opt
                 done[0] += 1
                 outcomes.append(o)
                 progress.say(f"[{done[0]}/{len(instances)}] {o.result:7s} {o.seconds:8.2f}s  {o.onnx} {o.vnnlib}")
-    outcomes.sort(key=lambda o: o.index)
-    res = BatchResult(outcomes, time.perf_counter() - t0, out, {r: sum(o.result == r for o in outcomes) for r in RESULTS})
+    return summarize(outcomes, time.perf_counter() - t0, out, csv_path, jobs)
+
+
+def summarize(outcomes: list[Outcome], wall: float, out_dir: Path, csv_path: str | os.PathLike,
+              jobs: int) -> BatchResult:
+    """The result of the instances finished so far (sorted by index, counted) with its summaries written."""
+    outcomes = sorted(outcomes, key=lambda o: o.index)
+    res = BatchResult(outcomes, wall, out_dir, {r: sum(o.result == r for o in outcomes) for r in RESULTS})
     write_summaries(res, csv_path, jobs)
     return res
 

@@ -12,6 +12,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                            "(default ./lumpver-batch)")
     p.add_argument("--reduce", action="store_true", help="verify after the on-set reduction (lumpver verify --reduce)")
     p.add_argument("--backend", help="back-end passed to lumpver verify (default: its own)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: a process pool on this machine (default); ray: Ray tasks (pip install 'lumpver[ray]')")
+    p.add_argument("--address", metavar="HOST:PORT", help="with --engine ray: the Ray cluster to join "
+                                                          "(default: an in-process local cluster)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,8 +25,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise InputError(f"--jobs must be >= 1, got {args.jobs}")
-    res = run_batch(args.instances, args.out, args.jobs, args.timeout_scale, args.reduce, args.backend,
-                    Progress(args.quiet))
+    if args.address is not None and args.engine != "ray":
+        raise InputError("--address needs --engine ray")
+    if args.engine == "ray":
+        from lumpver.api.batch_ray import run_batch_ray
+
+        res = run_batch_ray(args.instances, args.out, args.jobs, args.timeout_scale, args.reduce, args.backend,
+                            Progress(args.quiet), args.address)
+    else:
+        res = run_batch(args.instances, args.out, args.jobs, args.timeout_scale, args.reduce, args.backend,
+                        Progress(args.quiet))
     print(", ".join(f"{n} {r}" for r, n in res.counts.items() if n) + f" in {res.wall_seconds:.1f} s; "
           f"summary in {res.out_dir / 'summary.md'}")
     return 0
