@@ -141,7 +141,7 @@ def build_lift(f: Network, g: Network, region: Box | Polytope, fb, gb, options: 
     """
     opts = {"pair_limit": 16, "cross": True, "input_products": True}
     opts.update(options or {})
-    from lumpver.bounds.engine import region_box
+    from lumpver.bounds.region import region_box
 
     n0 = f.n_inputs
     box = region_box(region)

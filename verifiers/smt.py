@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.engine import bisect_box
+from lumpver.bounds.region import bisect_box
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.ir.network import Network
 from lumpver.verifiers import falsify

@@ -188,7 +188,7 @@ def _open_leaves(net, region, unsafe, opt: ReduceOptions, deadline: float, st: P
         if float(np.max(box.upper - box.lower)) <= 0.0:
             done.append(box)
             continue
-        from lumpver.bounds.engine import bisect_box
+        from lumpver.bounds.region import bisect_box
 
         # alternate the bound-driven and the gradient choice of dimension, as the SMT back-end
         left, right, _, _ = bisect_box(box, split_dim([net], spec, box, live, region, by_bounds=depth % 2 == 0))
@@ -200,7 +200,7 @@ def _open_leaves(net, region, unsafe, opt: ReduceOptions, deadline: float, st: P
 
 
 def _halves(net, region, box: Box, unsafe) -> tuple[Box, Box]:
-    from lumpver.bounds.engine import bisect_box
+    from lumpver.bounds.region import bisect_box
     from lumpver.verifiers.smt import split_dim
     from lumpver.verifiers.smt_spec import build_spec
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from lumpver.bounds.engine import NetworkBounds, bisect_box, compute_bounds, hull_bounds
+from lumpver.bounds.engine import NetworkBounds, compute_bounds, hull_bounds
+from lumpver.bounds.region import bisect_box
 from lumpver.specs.inputset import Box, InputSet, Polytope
 from lumpver.ir.network import Network
 

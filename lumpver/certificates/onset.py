@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lumpver.bounds.engine import region_box
+from lumpver.bounds.region import region_box
 from lumpver.bounds.split import replay_set_bounds
 from lumpver.certificates.format import CheckContext, CheckReport
 from lumpver.specs.inputset import InputSet
