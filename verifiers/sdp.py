@@ -33,7 +33,7 @@ from lumpver.ir.network import Network
 from lumpver.specs.inputset import InputSet
 from lumpver.verifiers.base import Query, Verdict
 from lumpver.verifiers.sdp_certify import certify
-from lumpver.verifiers.sdp_problem import NORMS, LeafProblem, SdpOptions, region_problem, target_key, targets_for
+from lumpver.verifiers.sdp_problem import NORMS, LeafProblem, SdpOptions, combine, region_problem, target_key, targets_for
 from lumpver.verifiers.sdp_split import leaf_region, paths_cover, refine_region
 
 @dataclass

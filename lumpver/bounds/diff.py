@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.engine import (AffineStep, Chain, DiagonalOperator, NetworkBounds, back_substitute, interval_affine,
+from lumpver.bounds.engine import (AffineStep, Chain, NetworkBounds, back_substitute, interval_affine,
                                    prepare, propagate)
 from lumpver.bounds.relaxations import LinearRelaxation
 from lumpver.bounds.rounding import POLICY, add_hi, add_lo
