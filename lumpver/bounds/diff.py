@@ -117,15 +117,15 @@ def difference_bounds(pair: NetworkPair, box: Box) -> DiffBounds:
     bf, bg = propagate(f, box), propagate(g, box)
     m = bf.output_lower.size
     lam = np.vstack([np.eye(m), -np.eye(m)])
-    lin = back_substitute(f, bf.relax, lam, f.depth - 1, post=True) + back_substitute(g, bg.relax, -lam, g.depth - 1,
-                                                                                       post=True)
-    up = lin.upper(box)
+    lins = [back_substitute(f, rf, lam, f.depth - 1, post=True) + back_substitute(g, rg, -lam, g.depth - 1, post=True)
+            for rf, rg in zip(bf.relaxation_sets(), bg.relaxation_sets())]
+    up = np.minimum.reduce([lin.upper(box) for lin in lins])
     upper = np.minimum(up[:m], _sub_hi(bf.output_upper, bg.output_lower))
     lower = np.maximum(-up[m:], _sub_lo(bf.output_lower, bg.output_upper))
     if pair.delta is not None:
         d_lo, d_hi = _symbolic_delta(pair, bf, bg, box)
         upper, lower = np.minimum(upper, d_hi), np.maximum(lower, d_lo)
-    influence = np.abs(lin.A).sum(axis=0) * (box.upper - box.lower)
+    influence = np.abs(lins[0].A).sum(axis=0) * (box.upper - box.lower)
     return DiffBounds(lower, upper, influence)
 
 

@@ -129,6 +129,11 @@ class NetworkBounds:
     lp: bool = False
     n_lp: int = 0  # number of LPs solved
     relax: list[LinearRelaxation] = field(default_factory=list, repr=False)
+    relax_sets: list[list[LinearRelaxation]] = field(default_factory=list, repr=False)
+
+    def relaxation_sets(self) -> list[list[LinearRelaxation]]:
+        """Every valid set of per-layer relaxations (a linear bound may use any of them)."""
+        return self.relax_sets or ([self.relax] if self.relax else [])
 
     @property
     def output_lower(self) -> np.ndarray:
@@ -211,7 +216,9 @@ def _through_step(step: AffineStep, A, A_mag, c, c_mag):
 def objective_bounds(chain: Chain, nb: NetworkBounds, lam: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
     """Sound ``(lower, upper)`` of ``lam . y`` (network outputs) over ``box`` (``nb`` on that box)."""
     lam = np.array(lam, dtype=np.float64, ndmin=2)
-    up = back_substitute(chain, nb.relax, np.vstack([lam, -lam]), chain.depth - 1, post=True).upper(box)
+    both = np.vstack([lam, -lam])
+    up = np.minimum.reduce([back_substitute(chain, relax, both, chain.depth - 1, post=True).upper(box)
+                            for relax in nb.relaxation_sets()])
     m = lam.shape[0]
     return -up[m:], up[:m]
 
@@ -251,25 +258,61 @@ def compute_bounds(net: Network, region: Region, method: str = "crown", lp: bool
     out = propagate(chain, box, method)
     if lp:
         tighten = LpTightener(net, region, box)
-        out = propagate(chain, box, method, prior=out, tighten=tighten)
+        out = _pass(chain, box, method, prior=out, tighten=tighten)
         out.lp, out.n_lp, out.method = True, tighten.n_lp, method + "+lp"
     return out
 
 
-def propagate(chain: Chain, box: Box, method: str = "crown", prior: Optional[NetworkBounds] = None,
-               tighten: Optional[LpTightener] = None) -> NetworkBounds:
-    """Layer by layer: interval bounds, intersected with back-substitution (``crown``) and with
-    ``prior``, then optionally ``tighten(k, zl, zu, bounds_so_far)``."""
+#: CROWN is not monotone in the intermediate bounds (a tighter bound can flip an adaptive lower
+#: slope), so ``propagate`` runs these schedules and intersects: ``tight`` (interval from the
+#: layer's own tightened bounds, back-substitution for every neuron), ``plain`` (back-substitution
+#: intersected with a separate interval pass), ``unstable`` (back-substitution only for unstable
+#: neurons). Each is sound; the intersection is never looser than any of them.
+SCHEDULES = ("tight", "plain", "unstable")
+
+
+def propagate(chain: Chain, box: Box, method: str = "crown") -> NetworkBounds:
+    """Bounds of every layer of ``chain`` over the raw ``box``: for ``crown`` the intersection of
+    the :data:`SCHEDULES`; ``relax_sets`` holds each schedule's relaxations (all valid)."""
+    if method != "crown":
+        return _pass(chain, box, method)
+    ib = _pass(chain, box, "interval")
+    runs = [_pass(chain, box, method), _pass(chain, box, method, interval=ib), _pass(chain, box, method, unstable_only=True)]
+    out = _intersect(runs)
+    out.relax_sets = [r.relax for r in runs]
+    return out
+
+
+def _intersect(runs: Sequence[NetworkBounds]) -> NetworkBounds:
+    n = len(runs[0].pre_lower)
+
+    def lo(attr: str) -> list[np.ndarray]:
+        return [np.maximum.reduce([getattr(p, attr)[k] for p in runs]) for k in range(n)]
+
+    def hi(attr: str) -> list[np.ndarray]:
+        return [np.minimum.reduce([getattr(p, attr)[k] for p in runs]) for k in range(n)]
+
+    first = runs[0]
+    return NetworkBounds(lo("pre_lower"), hi("pre_upper"), lo("post_lower"), hi("post_upper"), first.input_lower,
+                         first.input_upper, first.method, relax=first.relax)
+
+
+def _pass(chain: Chain, box: Box, method: str, prior: Optional[NetworkBounds] = None,
+          tighten: Optional[LpTightener] = None, interval: Optional[NetworkBounds] = None,
+          unstable_only: bool = False) -> NetworkBounds:
+    """One schedule, layer by layer: interval bounds (from the previous layer's bounds, or taken
+    from ``interval``), intersected with back-substitution (``crown``; only for unstable neurons if
+    ``unstable_only``) and with ``prior``, then optionally ``tighten(k, zl, zu, bounds_so_far)``."""
     x_lo, x_hi = input_bounds(chain, box)
     out = NetworkBounds([], [], [], [], x_lo, x_hi, method)
     lo, hi = x_lo, x_hi
     for k, step in enumerate(chain.steps):
-        zl, zu = interval_affine(step, lo, hi)
+        if interval is None:
+            zl, zu = interval_affine(step, lo, hi)
+        else:
+            zl, zu = interval.pre_lower[k], interval.pre_upper[k]
         if method == "crown" and k > 0:
-            m = zl.size
-            eye = np.eye(m)
-            up = back_substitute(chain, out.relax, np.vstack([eye, -eye]), k, post=False).upper(box)
-            zl, zu = np.maximum(zl, -up[m:]), np.minimum(zu, up[:m])
+            zl, zu = _crown_rows(chain, out.relax, k, box, zl, zu, unstable_only)
         if prior is not None:
             zl, zu = np.maximum(zl, prior.pre_lower[k]), np.minimum(zu, prior.pre_upper[k])
         if tighten is not None:
@@ -277,14 +320,29 @@ def propagate(chain: Chain, box: Box, method: str = "crown", prior: Optional[Net
         zu = np.maximum(zu, zl)  # guard; both are sound so they cannot cross in exact arithmetic
         rel = get_relaxation(chain.acts[k])
         lo, hi = rel.interval(zl, zu, chain.alphas[k])
-        if prior is not None:
-            lo, hi = np.maximum(lo, prior.post_lower[k]), np.minimum(hi, prior.post_upper[k])
+        for ref in (prior, interval):
+            if ref is not None:
+                lo, hi = np.maximum(lo, ref.post_lower[k]), np.minimum(hi, ref.post_upper[k])
         out.pre_lower.append(zl)
         out.pre_upper.append(zu)
         out.post_lower.append(lo)
         out.post_upper.append(hi)
         out.relax.append(rel.linear(zl, zu, chain.alphas[k]))
     return out
+
+
+def _crown_rows(chain: Chain, relax: Sequence[LinearRelaxation], k: int, box: Box, zl: np.ndarray, zu: np.ndarray,
+                unstable_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``[zl, zu]`` intersected with the back-substituted bounds of layer ``k`` (selected rows)."""
+    rows = np.flatnonzero((zl < 0) & (zu > 0)) if unstable_only else np.arange(zl.size)
+    if rows.size == 0:
+        return zl, zu
+    sel = np.zeros((rows.size, zl.size))
+    sel[np.arange(rows.size), rows] = 1.0
+    up = back_substitute(chain, relax, np.vstack([sel, -sel]), k, post=False).upper(box)
+    zl, zu = zl.copy(), zu.copy()
+    zl[rows], zu[rows] = np.maximum(zl[rows], -up[rows.size:]), np.minimum(zu[rows], up[:rows.size])
+    return zl, zu
 
 
 def hull_bounds(parts: Sequence[NetworkBounds]) -> NetworkBounds:
