@@ -20,7 +20,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from lumpver.specs.inputset import Box, InputSet, OutputProperty, Polytope, Region
+from lumpver.bounds.region import region_box
+from lumpver.specs.inputset import InputSet, OutputProperty, Polytope, Region
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict
 
@@ -186,14 +187,6 @@ def confirms(query: Query, x: np.ndarray) -> bool:
 
 
 # ----- geometry -----------------------------------------------------------------------------
-def region_box(region: Region) -> Box:
-    if isinstance(region, Box):
-        return region
-    if region.bounding_box is None:
-        raise ValueError("polytope region without a bounding box")
-    return region.bounding_box
-
-
 def to_float32_inside(x: np.ndarray, region: Region) -> Optional[np.ndarray]:
     """``x`` rounded to float32 values lying in ``region`` (box exactly; polytope within
     :data:`CONTAINS_TOL`), as float64; None if rounding cannot keep it inside."""

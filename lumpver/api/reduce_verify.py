@@ -164,7 +164,7 @@ def _open_leaves(net, region, unsafe, opt: ReduceOptions, deadline: float, st: P
     """Leaves of a bounds-driven split of ``region`` not closed by bounds, at most ``max_open``
     of them (the widest first when the cap is reached), or a reason to give up."""
     from lumpver.verifiers.smt_spec import open_disjuncts, region_with_box, spec_bounds
-    from lumpver.verifiers.falsify import region_box
+    from lumpver.bounds.region import region_box
     from lumpver.verifiers.smt import split_dim
 
     t = time.monotonic()

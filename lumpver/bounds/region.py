@@ -26,10 +26,23 @@ def region_box(region: Region) -> Box:
         if region.is_empty():
             raise ValueError("empty input box (lower > upper)")
         return region
-    return _polytope_box(region)
+    bb = region.bounding_box
+    key = (region.A.shape, region.A.tobytes(), region.b.tobytes(),
+           None if bb is None else (bb.lower.tobytes(), bb.upper.tobytes()))
+    if key not in _BOX_CACHE:
+        if len(_BOX_CACHE) >= 256:
+            _BOX_CACHE.clear()
+        _BOX_CACHE[key] = _polytope_box(region)
+    lo, hi = _BOX_CACHE[key]
+    return Box(lo.copy(), hi.copy())
 
 
-def _polytope_box(poly: Polytope) -> Box:
+#: polytope bytes -> its bounding box (samplers and splitters ask for the same region repeatedly)
+_BOX_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _polytope_box(poly: Polytope) -> tuple[np.ndarray, np.ndarray]:
+    """The tightest bounding box of the polytope, by LP (sound through the dual)."""
     from scipy.optimize import linprog  # solver: imported where used
 
     n = poly.dim
@@ -53,7 +66,7 @@ def _polytope_box(poly: Polytope) -> Box:
         raise ValueError("polytope input set is unbounded: give it a bounding box")
     if np.any(out_lo > out_hi):
         raise ValueError("polytope input set is empty")
-    return Box(out_lo, out_hi)
+    return out_lo, out_hi
 
 
 def lp_min_sound(linprog, c, A_ub, b_ub, lb, ub) -> float | None:
