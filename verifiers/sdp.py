@@ -29,6 +29,7 @@ from typing import Any, Optional
 import numpy as np
 
 from lumpver.bounds.region import region_box
+from lumpver.bounds.rounding import rounding_policy
 from lumpver.ir.network import Network
 from lumpver.specs.inputset import InputSet
 from lumpver.verifiers.base import Query, Verdict
@@ -83,6 +84,7 @@ def sdp_bound(f: Network, g: Network, input_set: InputSet, norm: str = "linf",
     out.reason = "; ".join(reasons)
     out.seconds = time.perf_counter() - t0
     out.evidence = {"norm": norm, "options": options.to_json(), "upper_bound": out.upper_bound, "regions": regions_ev,
+                    "rounding": rounding_policy(),
                     "matrix_size": out.max_matrix_size, "solver_seconds": round(out.solver_seconds, 4)}
     return out
 

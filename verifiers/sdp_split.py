@@ -2,7 +2,7 @@
 (DESIGN.md §5, SDP and differential bound propagation).
 
 One input region is covered by *leaves*: sub-regions obtained by repeated bisection of the
-region's bounding box at the midpoint of its widest side (:func:`lumpver.bounds.engine.bisect_box`);
+region's bounding box at the midpoint of its widest side (:func:`lumpver.bounds.region.bisect_box`);
 a leaf is named by its path of ``L``/``R`` choices, so the checker rebuilds it exactly, and a
 set of paths covers the region iff it is prefix-free with Kraft sum 1 (:func:`paths_cover`).
 A polytope region stays a polytope on each leaf (its rows plus the leaf box).
