@@ -23,6 +23,7 @@ import numpy as np
 from lumpver.specs.inputset import Box, InputSet, OutputProperty
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict
+from lumpver.verifiers.falsify import norm_value
 from lumpver.bounds.diff import NetworkPair, difference_bounds, prepare_pair
 from lumpver.bounds.engine import Chain, objective_bounds, prepare, propagate
 from lumpver.bounds.region import region_box
@@ -82,8 +83,6 @@ def point_distance(yf: np.ndarray, yg: np.ndarray, norm: str) -> np.ndarray:
     """Observed ``||f(x) - g(x)||`` per row (top1: 1.0 where the argmaxes differ)."""
     if norm == "top1":
         return (np.argmax(yf, axis=1) != np.argmax(yg, axis=1)).astype(float)
-    from lumpver.verifiers.falsify import norm_value
-
     return norm_value(yf - yg, norm)
 
 

@@ -23,7 +23,7 @@ then ``proved`` iff the certified bound is ``<= epsilon``, else ``unknown``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -33,6 +33,7 @@ from lumpver.bounds.rounding import rounding_policy
 from lumpver.ir.network import Network
 from lumpver.specs.inputset import InputSet
 from lumpver.verifiers.base import Query, Verdict
+from lumpver.verifiers.falsify import BACKEND as FALSIFY
 from lumpver.verifiers.sdp_certify import certify
 from lumpver.verifiers.sdp_problem import NORMS, LeafProblem, SdpOptions, combine, region_problem, target_key, targets_for
 from lumpver.verifiers.sdp_split import leaf_region, paths_cover, refine_region
@@ -130,10 +131,6 @@ class SdpBackend:
                        upper_bound=res.upper_bound, lower_bound=lower, seconds=secs, details=details)
 
     def _falsify(self, query: Query):
-        from dataclasses import replace
-
-        from lumpver.verifiers.falsify import BACKEND as FALSIFY
-
         q = replace(query, timeout=max(1.0, self.falsify_fraction * query.timeout))
         v = FALSIFY.check(q)
         return v.lower_bound, v

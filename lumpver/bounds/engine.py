@@ -10,7 +10,8 @@ registry (:mod:`lumpver.bounds.relaxations`) for each activation. Over a region 
 * ``"interval"``: interval arithmetic (centre/radius form);
 * ``"crown"`` (default): interval bounds intersected, for every layer after the first, with the
   back-substituted linear relaxations (CROWN/DeepPoly; adaptive lower slopes for ReLU-like
-  activations, chord/tangent lines for sigmoid/tanh);
+  activations, chord/tangent lines for sigmoid/tanh). CROWN is not monotone in the intermediate
+  bounds, so three schedules (:data:`SCHEDULES`) are run and intersected;
 * ``lp=True``: a second pass in which unstable ReLU/LeakyReLU pre-activations are tightened by
   the triangle-relaxation LP (:mod:`lumpver.bounds.lp`), intersected with the first pass.
 
@@ -100,7 +101,7 @@ class Chain:
 
 def prepare(net: Network) -> Chain:
     """The chain of ``net`` (computes ``|op|`` once; reuse it for many regions)."""
-    for k, layer in enumerate(net.layers):
+    for layer in net.layers:
         get_relaxation(layer.activation)  # ValueError for an activation without a relaxation
     scale, shift = net.input_affine()
     return Chain(AffineStep.of(DiagonalOperator(scale), shift), [AffineStep.of(layer.op, layer.bias) for layer in net.layers],
@@ -116,7 +117,8 @@ class NetworkBounds:
 
     Index ``k`` runs over ``net.layers`` (the last entry is the output layer); ``input_*`` are
     the bounds of the normalised input; ``relax[k]`` is layer ``k``'s linear relaxation on its
-    bounds (empty for a hull of several regions). Rounding: :attr:`rounding`.
+    bounds, ``relax_sets`` every schedule's relaxations (empty for a hull of several regions).
+    Rounding: :attr:`rounding`.
     """
 
     pre_lower: list[np.ndarray]
@@ -215,6 +217,8 @@ def _through_step(step: AffineStep, A, A_mag, c, c_mag):
 
 def objective_bounds(chain: Chain, nb: NetworkBounds, lam: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
     """Sound ``(lower, upper)`` of ``lam . y`` (network outputs) over ``box`` (``nb`` on that box)."""
+    if not nb.relaxation_sets():
+        raise ValueError("bounds without relaxations (a hull of several regions) give no linear bound")
     lam = np.array(lam, dtype=np.float64, ndmin=2)
     both = np.vstack([lam, -lam])
     up = np.minimum.reduce([back_substitute(chain, relax, both, chain.depth - 1, post=True).upper(box)
