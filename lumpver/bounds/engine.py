@@ -95,8 +95,10 @@ class Chain:
         return len(self.steps)
 
     def chain_length(self, top: int) -> int:
-        """Accumulation length bound of a back-substitution from step ``top`` to the raw input."""
-        return sum(self.steps[j].op.in_features + 4 for j in range(top + 1)) + 8
+        """Accumulation length bound of a back-substitution from step ``top`` to the raw input: every
+        dot product along the way (``lam`` against the top bias, each operator, the input shift)
+        plus the additions between them."""
+        return sum(self.steps[j].op.in_features + 4 for j in range(top + 1)) + self.steps[top].op.out_features + 8
 
 
 def prepare(net: Network) -> Chain:
