@@ -189,10 +189,10 @@ class LinearBound:
 # ----------------------------------------------------------------------------------------
 def apply_relaxation(r: LinearRelaxation, A, A_mag, c, c_mag):
     """Replace coefficients on ``h = act(z)`` by coefficients on ``z`` (upper-bound direction)."""
-    pos = A >= 0
-    c = c + np.sum(A * np.where(pos, r.tu, r.tl), axis=1)
+    pos, neg = np.maximum(A, 0.0), np.minimum(A, 0.0)
+    c = c + pos @ r.tu + neg @ r.tl
     c_mag = c_mag + A_mag @ (np.maximum(np.abs(r.tu), np.abs(r.tl)) + r.tmag)
-    return A * np.where(pos, r.su, r.sl), A_mag * np.maximum(np.abs(r.su), np.abs(r.sl)), c, c_mag
+    return pos * r.su + neg * r.sl, A_mag * np.maximum(np.abs(r.su), np.abs(r.sl)), c, c_mag
 
 
 def back_substitute(chain: Chain, relax: Sequence[LinearRelaxation], lam: np.ndarray, top: int,
