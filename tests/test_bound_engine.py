@@ -250,6 +250,15 @@ def test_relaxation_registry_lines_and_intervals_are_valid(act, alpha):
     h = forward_layers(Network([Layer(np.eye(1), np.zeros(1), act, alpha)]), z.reshape(-1, 1))[0][1].reshape(z.shape)
     assert np.all(r.sl * z + r.tl <= h + 1e-12 * (1 + np.abs(h))) and np.all(h <= r.su * z + r.tu + 1e-12 * (1 + np.abs(h)))
     assert np.all(ilo <= h) and np.all(h <= ihi)
+    # secant slopes between any two points of [lo, hi] lie in the stated slope range
+    s_lo, s_hi = rel.slopes(lo, hi, alpha)
+    a, b = z[::7], z[3::7][: len(z[::7])]
+    a = a[: len(b)]
+    fa = forward_layers(Network([Layer(np.eye(1), np.zeros(1), act, alpha)]), a.reshape(-1, 1))[0][1].reshape(a.shape)
+    fb = forward_layers(Network([Layer(np.eye(1), np.zeros(1), act, alpha)]), b.reshape(-1, 1))[0][1].reshape(b.shape)
+    apart = np.abs(a - b) > 1e-6
+    secant = np.where(apart, (fa - fb) / np.where(apart, a - b, 1.0), s_lo)
+    assert np.all(secant >= s_lo - 1e-9) and np.all(secant <= s_hi + 1e-9)
 
 
 def test_rounding_policy_is_json_and_recorded():

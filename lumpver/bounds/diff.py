@@ -6,15 +6,17 @@ Sound bounds, intersected:
 * symbolic: the *difference network*: back-substitute ``lam`` through f and ``-lam`` through g
   (:func:`lumpver.bounds.engine.back_substitute`), add the two linear bounds on the shared input
   (input terms cancel), take the maximum over the box. Any widths, any activation;
-* neuron-wise, when f and g have the same layer widths and the same piecewise-linear activations
-  with slope ``alpha`` in ``[0, 1]`` (dense layers): NeuroDiff's symbolic delta. The pair is one
-  chain over the stacked variables ``(delta h_k, h^g_k)`` with block layers
-  ``[[W^f, W^f - W^g], [0, W^g]]``; ``delta h_k`` is relaxed in ``delta z_k`` (chords of
-  ``max(dz, alpha dz)`` and ``min(dz, alpha dz)``), ``h^g_k`` by g's relaxation, and the same
-  back-substitution runs on that chain. Layer by layer it is intersected with ReluDiff's
-  interval ``delta z = W^f delta h + (W^f - W^g) h^g + (b^f - b^g)``, ``act(a) - act(b)``
-  between ``alpha (a - b)`` and ``a - b``, and with the difference of the networks' own bounds.
-  For identical networks every delta is exactly 0.
+* neuron-wise, when f and g have the same layer widths and activations (dense layers): NeuroDiff's
+  symbolic delta. The pair is one chain over the stacked variables ``(delta h_k, h^g_k)`` with
+  block layers ``[[W^f, W^f - W^g], [0, W^g]]``. By the mean value theorem
+  ``delta h_k = s * delta z_k`` with ``s`` in the secant-slope range ``[s_lo, s_hi]`` of the
+  activation on the hull of both networks' pre-activation bounds (registry ``slopes``: ``[alpha, 1]``
+  for a leaky ReLU, the derivative range for sigmoid/tanh, one exact slope where both are stable);
+  ``delta h_k`` is relaxed in ``delta z_k`` by the chords of ``max(s_lo dz, s_hi dz)`` and
+  ``min(s_lo dz, s_hi dz)``, ``h^g_k`` by g's relaxation, and the same back-substitution runs on
+  that chain. Layer by layer it is intersected with ReluDiff's interval
+  ``delta z = W^f delta h + (W^f - W^g) h^g + (b^f - b^g)``, ``delta h`` in ``s * delta z``, and with
+  the difference of the networks' own bounds. For identical networks every delta is exactly 0.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import numpy as np
 
 from lumpver.bounds.engine import (AffineStep, Chain, NetworkBounds, back_substitute, interval_affine,
                                    prepare, propagate)
-from lumpver.bounds.relaxations import LinearRelaxation
+from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
 from lumpver.bounds.rounding import POLICY, add_hi, add_lo
 from lumpver.ir.network import Network
 from lumpver.ir.operators import DenseOperator, LinearOperator
@@ -99,14 +101,13 @@ def prepare_pair(fnet: Network, gnet: Network) -> NetworkPair:
 
 
 def _same_structure(fnet: Network, gnet: Network) -> bool:
-    """Neuron-wise deltas are defined: same widths, dense layers, same ReLU-like activations."""
+    """Neuron-wise deltas are defined: same widths, dense layers, same activations (and slopes)."""
     if len(fnet.layers) != len(gnet.layers):
         return False
     return all(
         lf.op.in_features == lg.op.in_features and lf.width == lg.width and lf.activation == lg.activation
         and isinstance(lf.op, DenseOperator) and isinstance(lg.op, DenseOperator)
-        and lf.activation in ("identity", "relu", "leaky_relu")
-        and (lf.activation != "leaky_relu" or (lf.alpha == lg.alpha and 0.0 <= lf.alpha <= 1.0))
+        and (lf.activation != "leaky_relu" or lf.alpha == lg.alpha)
         for lf, lg in zip(fnet.layers, gnet.layers)
     )
 
@@ -138,45 +139,36 @@ def _sub_lo(a_lo: np.ndarray, b_hi: np.ndarray) -> np.ndarray:
 
 
 # ----- neuron-wise deltas (NeuroDiff) ----------------------------------------------------------
-def _delta_relax(dl: np.ndarray, du: np.ndarray, act: str, alpha: float, both_active, both_inactive) -> LinearRelaxation:
-    """Linear bounds of ``delta h`` in ``delta z`` on ``[dl, du]``; chord slopes rounded up."""
-    n = dl.shape[0]
-    if act == "identity":
-        return LinearRelaxation.exact(n)
-    alpha = 0.0 if act == "relu" else alpha
-    mixed = (dl < 0) & (du > 0)
+def _slope_range(pair: NetworkPair, bf: NetworkBounds, bg: NetworkBounds, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``delta h_k = s * delta z_k`` with ``s`` in ``[s_lo, s_hi]`` (mean value theorem on the hull
+    of both networks' pre-activation bounds)."""
+    lo, hi = np.minimum(bf.pre_lower[k], bg.pre_lower[k]), np.maximum(bf.pre_upper[k], bg.pre_upper[k])
+    return get_relaxation(pair.f.acts[k]).slopes(lo, hi, pair.f.alphas[k])
+
+
+def _delta_relax(dl: np.ndarray, du: np.ndarray, s_lo: np.ndarray, s_hi: np.ndarray) -> LinearRelaxation:
+    """Linear bounds of ``delta h = s * delta z`` (``s`` in ``[s_lo, s_hi]``) on ``delta z`` in ``[dl, du]``:
+    chords of ``max(s_lo dz, s_hi dz)`` (above) and ``min(s_lo dz, s_hi dz)`` (below), slopes rounded up."""
+    mixed = (dl < 0) & (du > 0) & (s_lo != s_hi)
     width = np.where(mixed, du - dl, 1.0)
     up = 1.0 + POLICY.slope_ulps * POLICY.unit_roundoff
-    s_u = np.where(mixed, (du - alpha * dl) / width, 0.0) * up  # chord of max(dz, alpha dz)
-    s_l = np.where(mixed, (alpha * du - dl) / width, 0.0) * up  # chord of min(dz, alpha dz)
-    pos, neg = dl >= 0, du <= 0
-    su = np.where(pos, 1.0, np.where(neg, alpha, s_u))
-    sl = np.where(pos, alpha, np.where(neg, 1.0, s_l))
-    tu = np.where(mixed, -dl * (s_u - alpha), 0.0)
-    tl = np.where(mixed, -du * (s_l - alpha), 0.0)
-    tmag = np.where(mixed, (np.abs(dl) + np.abs(du)) * (np.abs(s_u) + np.abs(s_l) + alpha), 0.0)
-    exact_slope = np.where(both_active, 1.0, alpha)
-    fixed = both_active | (both_inactive & (alpha == 0.0))
-    su, sl = np.where(fixed, exact_slope, su), np.where(fixed, exact_slope, sl)
-    tu, tl = np.where(fixed, 0.0, tu), np.where(fixed, 0.0, tl)
-    return LinearRelaxation(sl, tl, su, tu, np.where(fixed, 0.0, tmag))
+    c_u = np.where(mixed, (s_hi * du - s_lo * dl) / width, 0.0) * up  # through (dl, s_lo dl)
+    c_l = np.where(mixed, (s_lo * du - s_hi * dl) / width, 0.0) * up  # through (du, s_lo du)
+    pos = dl >= 0
+    su = np.where(mixed, c_u, np.where(pos, s_hi, s_lo))
+    sl = np.where(mixed, c_l, np.where(pos, s_lo, s_hi))
+    tu = np.where(mixed, -dl * (c_u - s_lo), 0.0)
+    tl = np.where(mixed, -du * (c_l - s_lo), 0.0)
+    tmag = np.where(mixed, (np.abs(dl) + np.abs(du)) * (np.abs(c_u) + np.abs(c_l) + np.abs(s_lo)), 0.0)
+    return LinearRelaxation(sl, tl, su, tu, tmag)
 
 
-def _act_delta(pair: NetworkPair, bf: NetworkBounds, bg: NetworkBounds, k: int, zd_lo: np.ndarray, zd_hi: np.ndarray):
-    """Interval of ``act(z^f) - act(z^g)`` given the delta of the pre-activations."""
-    act = pair.f.acts[k]
-    if act == "identity":
-        return zd_lo, zd_hi
-    alpha = 0.0 if act == "relu" else pair.f.alphas[k]
-    lo = np.where(zd_lo < 0, zd_lo, alpha * zd_lo)
-    hi = np.where(zd_hi > 0, zd_hi, alpha * zd_hi)
-    if alpha not in (0.0, 1.0):  # alpha * z is rounded
-        lo, hi = np.nextafter(lo, -np.inf), np.nextafter(hi, np.inf)
-    both_active = (bf.pre_lower[k] >= 0) & (bg.pre_lower[k] >= 0)
-    both_inactive = (bf.pre_upper[k] <= 0) & (bg.pre_upper[k] <= 0)
-    lo, hi = np.where(both_active, zd_lo, lo), np.where(both_active, zd_hi, hi)
-    if alpha == 0.0:
-        lo, hi = np.where(both_inactive, 0.0, lo), np.where(both_inactive, 0.0, hi)
+def _act_delta(bf: NetworkBounds, bg: NetworkBounds, k: int, s_lo: np.ndarray, s_hi: np.ndarray,
+               zd_lo: np.ndarray, zd_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of ``act(z^f) - act(z^g) = s * delta z`` given the delta of the pre-activations."""
+    lo = np.minimum(s_lo * zd_lo, s_hi * zd_lo)
+    hi = np.maximum(s_lo * zd_hi, s_hi * zd_hi)
+    lo, hi = np.nextafter(lo, -np.inf), np.nextafter(hi, np.inf)  # one rounded product each
     return (np.maximum(lo, _sub_lo(bf.post_lower[k], bg.post_upper[k])),
             np.minimum(hi, _sub_hi(bf.post_upper[k], bg.post_lower[k])))
 
@@ -207,11 +199,9 @@ def _symbolic_delta(pair: NetworkPair, bf: NetworkBounds, bg: NetworkBounds, box
             up = _delta_upper(pair, relax, k, False, box)
             w = zd_lo.size
             zd_hi, zd_lo = np.minimum(zd_hi, up[:w]), np.maximum(zd_lo, -up[w:])
-        both_active = (bf.pre_lower[k] >= 0) & (bg.pre_lower[k] >= 0)
-        both_inactive = (bf.pre_upper[k] <= 0) & (bg.pre_upper[k] <= 0)
-        drel = _delta_relax(zd_lo, zd_hi, pair.f.acts[k], pair.f.alphas[k], both_active, both_inactive)
-        relax.append(drel.concat(bg.relax[k]))
-        d_lo, d_hi = _act_delta(pair, bf, bg, k, zd_lo, zd_hi)
+        s_lo, s_hi = _slope_range(pair, bf, bg, k)
+        relax.append(_delta_relax(zd_lo, zd_hi, s_lo, s_hi).concat(bg.relax[k]))
+        d_lo, d_hi = _act_delta(bf, bg, k, s_lo, s_hi, zd_lo, zd_hi)
         hg_lo, hg_hi = bg.post_lower[k], bg.post_upper[k]
     up = _delta_upper(pair, relax, pair.f.depth - 1, True, box)
     w = d_lo.size

@@ -5,6 +5,8 @@ name. An entry gives, for pre-activation bounds ``[lo, hi]``:
 
 * ``interval(lo, hi, alpha)``: sound bounds of ``act(z)``;
 * ``linear(lo, hi, alpha)``: a :class:`LinearRelaxation` ``sl z + tl <= act(z) <= su z + tu``;
+* ``slopes(lo, hi, alpha)``: bounds ``[s_lo, s_hi]`` on every secant slope
+  ``(act(a) - act(b)) / (a - b)`` with ``a, b`` in ``[lo, hi]`` (differential bounds);
 * ``lp_lines(lo, hi, alpha)``: the lines an LP may use (the linear relaxation plus, for
   piecewise-linear activations, the second line of the triangle).
 
@@ -56,6 +58,7 @@ class ActivationRelaxation:
     name: str
     interval: Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
     linear: Callable[[np.ndarray, np.ndarray, float], LinearRelaxation]
+    slopes: Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
     piecewise_linear: bool
 
     def lp_lines(self, lo: np.ndarray, hi: np.ndarray, alpha: float) -> list[tuple[float, np.ndarray, np.ndarray]]:
@@ -93,6 +96,16 @@ def _pwl_interval(name: str) -> Callable:
         return out_lo, out_hi
 
     return interval
+
+
+def _pwl_slopes(name: str) -> Callable:
+    def slopes(lo: np.ndarray, hi: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        neg = _neg_slope(name, alpha)
+        s_lo = np.where(lo >= 0, 1.0, np.where(hi <= 0, neg, min(neg, 1.0)))
+        s_hi = np.where(lo >= 0, 1.0, np.where(hi <= 0, neg, max(neg, 1.0)))
+        return s_lo, s_hi
+
+    return slopes
 
 
 def _round_slope(s: np.ndarray, up: bool) -> np.ndarray:
@@ -146,6 +159,17 @@ def _smooth_interval(name: str) -> Callable:
     return interval
 
 
+def _smooth_slopes(name: str) -> Callable:
+    def slopes(lo: np.ndarray, hi: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        # secant slopes are derivative values on [lo, hi]; the derivative is unimodal, peak at 0
+        s_lo = np.minimum(_smooth(name, lo)[1], _smooth(name, hi)[1])
+        s_hi = _smooth(name, np.clip(0.0, lo, hi))[1]
+        pad = POLICY.relax_rel
+        return np.maximum(s_lo * (1 - pad) - POLICY.tiny, 0.0), s_hi * (1 + pad) + POLICY.tiny
+
+    return slopes
+
+
 def _smooth_linear(name: str) -> Callable:
     def linear(lo: np.ndarray, hi: np.ndarray, alpha: float) -> LinearRelaxation:
         fl, dl = _smooth(name, lo)
@@ -174,8 +198,8 @@ def _smooth_linear(name: str) -> Callable:
 
 def _entry(name: str) -> ActivationRelaxation:
     if ACTIVATIONS[name].piecewise_linear:
-        return ActivationRelaxation(name, _pwl_interval(name), _pwl_linear(name), True)
-    return ActivationRelaxation(name, _smooth_interval(name), _smooth_linear(name), False)
+        return ActivationRelaxation(name, _pwl_interval(name), _pwl_linear(name), _pwl_slopes(name), True)
+    return ActivationRelaxation(name, _smooth_interval(name), _smooth_linear(name), _smooth_slopes(name), False)
 
 
 #: activation name -> relaxation (one entry per :data:`lumpver.ir.activations.ACTIVATIONS` name).
