@@ -119,12 +119,10 @@ def test_verdict_combinators():
     assert js["counterexample"] == [0.0, 0.0] and js["norm"] == "linf" and js["details"] == {}
 
 
-def test_declared_box_is_the_region_or_its_bounding_box():
-    from lumpver.specs.inputset import Polytope, declared_box
+def test_input_set_boxes_are_the_declared_boxes():
+    from lumpver.specs.inputset import Polytope
 
     box = Box(-np.ones(2), np.ones(2))
-    assert declared_box(box) is box
-    assert declared_box(Polytope(np.eye(2), np.ones(2), box)) is box
-    with pytest.raises(ValueError, match="bounding box"):
-        declared_box(Polytope(np.eye(2), np.ones(2)))
     assert InputSet([box, Polytope(np.eye(2), np.ones(2), box)]).boxes() == [box, box]
+    with pytest.raises(ValueError, match="bounding box"):
+        InputSet([Polytope(np.eye(2), np.ones(2))]).boxes()

@@ -2,6 +2,7 @@
 tightness ordering interval >= CROWN >= CROWN+LP, splitting helpers."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lumpver.bounds.engine import bisect_box, compute_bounds, hull_bounds, interval_bounds, split_box
+from lumpver.bounds.engine import compute_bounds, hull_bounds, interval_bounds
+from lumpver.bounds.region import bisect_box, split_box
+from lumpver.bounds.rounding import POLICY
 from lumpver.bounds.split import leaves_from_tree, set_bounds
 from lumpver.specs.inputset import Box, InputSet, Polytope
 from lumpver.ir.network import InputOp, Layer, Network
@@ -195,4 +198,8 @@ def test_margin_is_stated_and_nonzero():
     net = load_onnx(acas(1, 1))
     box = read_vnnlib(ACAS / "vnnlib" / "prop_3.vnnlib").input_set().regions[0]
     nb = compute_bounds(net, box)
-    assert nb.margin_rel >= 1e-9 and nb.margin_abs > 0 and nb.method == "crown"
+    policy = json.loads(json.dumps(nb.rounding))  # recorded in certificates: must be JSON
+    assert policy["unit_roundoff"] == 2.0**-53 and policy["name"] == "higham-gamma-magnitude" and nb.method == "crown"
+    # the stated margin is nonzero: 2 gamma_K M with gamma_K = K u / (1 - K u)
+    k, u = 100, 2.0**-53
+    assert POLICY.margin(1.0, k) >= 2 * k * u / (1 - k * u) > 0

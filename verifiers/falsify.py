@@ -20,9 +20,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from lumpver.specs.inputset import OutputProperty, Polytope, Region, declared_box
-from lumpver.specs.norms import norm_value
+from lumpver.bounds.region import region_box
 from lumpver.ir.activations import get_activation
+from lumpver.specs.inputset import InputSet, OutputProperty, Polytope, Region
+from lumpver.specs.norms import norm_value
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict
 
@@ -165,7 +166,7 @@ def confirms(query: Query, x: np.ndarray) -> bool:
 def to_float32_inside(x: np.ndarray, region: Region) -> Optional[np.ndarray]:
     """``x`` rounded to float32 values lying in ``region`` (box exactly; polytope within
     :data:`CONTAINS_TOL`), as float64; None if rounding cannot keep it inside."""
-    box = declared_box(region)
+    box = region_box(region)
     lo32 = box.lower.astype(np.float32)
     hi32 = box.upper.astype(np.float32)
     lo32 = np.where(lo32.astype(np.float64) < box.lower, np.nextafter(lo32, np.float32(np.inf)), lo32)
@@ -178,7 +179,7 @@ def to_float32_inside(x: np.ndarray, region: Region) -> Optional[np.ndarray]:
 
 def project(x: np.ndarray, region: Region, rounds: int = 30) -> np.ndarray:
     """Approximate projection onto the region (box clip; POCS on half-spaces for polytopes)."""
-    box = declared_box(region)
+    box = region_box(region)
     x = np.clip(x, box.lower, box.upper)
     if isinstance(region, Polytope):
         A, b = region.A, region.b
@@ -224,7 +225,7 @@ def search(
     for region in query.input_set.regions:
         if time.monotonic() > deadline:
             break
-        box = declared_box(region)
+        box = region_box(region)
         pts = box.sample(samples, rng, corners=True)
         if seeds:
             pts = np.vstack([np.asarray(s, dtype=np.float64).reshape(1, -1) for s in seeds] + [pts])
@@ -262,7 +263,7 @@ def _starts(region: Region, rng: np.random.Generator, best_x: Optional[np.ndarra
     """Candidate starts: random vertices, random points of random faces (some coordinates at a
     bound), uniform points, and points near the best input so far at a radius shrinking with
     the round ``r`` (narrow counterexamples sit next to near-misses)."""
-    box = declared_box(region)
+    box = region_box(region)
     lo, hi = box.lower, box.upper
     d = len(lo)
     q = n // 4
@@ -285,7 +286,7 @@ def _restart_round(best: SearchResult, query: Query, obj: Objective, region: Reg
     gradients), then momentum PGD (normalised gradients, sign steps on a cosine schedule from
     5 % to 0.05 % of the box width) from the best of them; candidates are confirmed by
     :func:`_update`."""
-    box = declared_box(region)
+    box = region_box(region)
     width = box.upper - box.lower
     pts = _starts(region, rng, best.best_x, RESTART_SAMPLES, r)
     v, _ = obj.score(pts, grad=False)
@@ -311,7 +312,7 @@ def _restart_round(best: SearchResult, query: Query, obj: Objective, region: Reg
 
 
 def _pgd(best: SearchResult, query: Query, obj: Objective, x: np.ndarray, region: Region, steps: int, deadline: float) -> bool:
-    box = declared_box(region)
+    box = region_box(region)
     width = box.upper - box.lower
     for t in range(steps):
         if time.monotonic() > deadline:

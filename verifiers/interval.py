@@ -20,11 +20,14 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from lumpver.specs.inputset import Box, InputSet, OutputProperty, Polytope
+from lumpver.specs.inputset import Box, InputSet, OutputProperty
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict
-from lumpver.bounds.diff import difference_bounds
-from lumpver.bounds.linear_engine import ROUNDING_NOTE, Prepared, layer_bounds, objective_bounds, prepare
+from lumpver.verifiers.falsify import norm_value
+from lumpver.bounds.diff import NetworkPair, difference_bounds, prepare_pair
+from lumpver.bounds.engine import Chain, objective_bounds, prepare, propagate
+from lumpver.bounds.region import region_box
+from lumpver.bounds.rounding import rounding_policy
 
 MAX_EVIDENCE_BOXES = 2000
 DEFAULT_MAX_SPLITS = 5000
@@ -80,48 +83,46 @@ def point_distance(yf: np.ndarray, yg: np.ndarray, norm: str) -> np.ndarray:
     """Observed ``||f(x) - g(x)||`` per row (top1: 1.0 where the argmaxes differ)."""
     if norm == "top1":
         return (np.argmax(yf, axis=1) != np.argmax(yg, axis=1)).astype(float)
-    from lumpver.verifiers.falsify import norm_value
-
     return norm_value(yf - yg, norm)
 
 
 # ----- per-box evaluators ------------------------------------------------------------------
-def _equivalence_box(f: Prepared, g: Prepared, norm: str, fnet: Network, gnet: Network):
+def _equivalence_box(pair: NetworkPair, norm: str, fnet: Network):
     """Box -> (certified measure bound, split influence)."""
 
     def evaluate(lo: np.ndarray, hi: np.ndarray) -> tuple[float, np.ndarray]:
         if norm == "top1":
-            return _top1_box(f, g, fnet, lo, hi)
-        d = difference_bounds(f, g, lo, hi)
+            return _top1_box(pair, fnet, lo, hi)
+        d = difference_bounds(pair, Box(lo, hi))
         return norm_of_bounds(d.lower, d.upper, norm), d.influence
 
     return evaluate
 
 
-def _top1_box(f: Prepared, g: Prepared, fnet: Network, lo: np.ndarray, hi: np.ndarray):
+def _top1_box(pair: NetworkPair, fnet: Network, lo: np.ndarray, hi: np.ndarray):
     """0.0 when on the box argmax f and argmax g are provably the same unique output, else 1.0."""
     j = int(np.argmax(fnet.forward((lo + hi) / 2.0)[0]))
-    m = f.weights[-1].shape[0]
+    m = fnet.n_outputs
     lam = np.delete(np.eye(m), j, axis=0)
     lam[:, j] = -1.0  # rows y_k - y_j, k != j: need upper < 0 for both networks
     influence = np.zeros_like(lo)
-    for p in (f, g):
-        b = layer_bounds(p, lo, hi)
-        _, up = objective_bounds(p, b, lam, lo, hi)
+    box = Box(lo, hi)
+    for chain in (pair.f, pair.g):
+        _, up = objective_bounds(chain, propagate(chain, box), lam, box)
         if m > 1 and not np.all(up < 0):
             return 1.0, hi - lo
     return 0.0, influence
 
 
-def _property_box(f: Prepared, prop: OutputProperty):
+def _property_box(f: Chain, prop: OutputProperty):
     """Box -> (0.0 when no x in the box reaches any unsafe disjunct, else 1.0, influence)."""
     rows = np.vstack([A for A, _ in prop.disjuncts])
     rhs = np.concatenate([b for _, b in prop.disjuncts])
     owner = np.concatenate([np.full(len(b), i) for i, (_, b) in enumerate(prop.disjuncts)])
 
     def evaluate(lo: np.ndarray, hi: np.ndarray) -> tuple[float, np.ndarray]:
-        b = layer_bounds(f, lo, hi)
-        low, _ = objective_bounds(f, b, rows, lo, hi)
+        box = Box(lo, hi)
+        low, _ = objective_bounds(f, propagate(f, box), rows, box)
         excluded = low > rhs  # row i certifies: A_i y > b_i on the whole box
         safe = all(np.any(excluded[owner == i]) for i in range(len(prop.disjuncts)))
         return (0.0 if safe else 1.0), hi - lo
@@ -229,21 +230,13 @@ def _property_witness(f: Network, region, prop: OutputProperty):
 
 
 # ----- public API --------------------------------------------------------------------------
-def _region_box(region) -> Box:
-    if isinstance(region, Box):
-        return region
-    if isinstance(region, Polytope) and region.bounding_box is not None:
-        return region.bounding_box  # sound over-approximation of the polytope
-    raise ValueError("a polytope input region needs a bounding box for bound propagation")
-
-
 def _evidence(results: list[SearchResult]) -> dict[str, Any]:
     leaves = [leaf for r in results for leaf in r.leaves]
     ev: dict[str, Any] = {
         "boxes_processed": sum(r.boxes for r in results),
         "open_boxes": sum(r.open_boxes for r in results),
         "leaves": len(leaves),
-        "rounding": ROUNDING_NOTE,
+        "rounding": rounding_policy(),
     }
     if len(leaves) <= MAX_EVIDENCE_BOXES:
         ev["sub_boxes"] = [{"lower": lo, "upper": hi, "bound": b} for lo, hi, b in leaves]
@@ -279,16 +272,15 @@ def certified_difference_bound(
 def _run_equivalence(f, g, input_set, norm, epsilon, timeout, max_splits, stop_on_cex=True) -> list[SearchResult]:
     if f.n_inputs != g.n_inputs or f.n_outputs != g.n_outputs:
         raise ValueError(f"networks differ in interface: {f.n_inputs}->{f.n_outputs} vs {g.n_inputs}->{g.n_outputs}")
-    pf, pg = prepare(f), prepare(g)
     deadline = time.perf_counter() + timeout
-    evaluate = _equivalence_box(pf, pg, norm, f, g)
+    evaluate = _equivalence_box(prepare_pair(f, g), norm, f)
     results = []
     box_cap = max(1, max_splits // len(input_set.regions))
     for region in input_set.regions:
         witness = _equivalence_witness(f, g, region, norm, epsilon)
         if not stop_on_cex:
             witness = _no_stop(witness)
-        results.append(branch_and_bound(_region_box(region), evaluate, epsilon, witness, deadline, box_cap))
+        results.append(branch_and_bound(region_box(region), evaluate, epsilon, witness, deadline, box_cap))
         if results[-1].counterexample is not None:
             break
     return results
@@ -314,7 +306,7 @@ class IntervalBackend:
                 v = self._property(query)
             else:
                 v = self._equivalence(query)
-        except ValueError as exc:  # unsupported activation, polytope without box, size mismatch
+        except ValueError as exc:  # unbounded polytope, size mismatch
             v = Verdict("unknown", self.name, reason=str(exc))
         v.seconds = time.perf_counter() - t0
         return v
@@ -346,7 +338,7 @@ class IntervalBackend:
         results = []
         for region in q.input_set.regions:
             witness = _property_witness(q.network, region, q.prop)
-            r = branch_and_bound(_region_box(region), evaluate, 0.0, witness, deadline, DEFAULT_MAX_SPLITS)
+            r = branch_and_bound(region_box(region), evaluate, 0.0, witness, deadline, DEFAULT_MAX_SPLITS)
             results.append(r)
             if r.counterexample is not None:
                 return Verdict("violated", self.name, reason="sampled point reaches the unsafe set",

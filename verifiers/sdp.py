@@ -23,44 +23,20 @@ then ``proved`` iff the certified bound is ``<= epsilon``, else ``unknown``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
 
-from lumpver.specs.inputset import InputSet
+from lumpver.bounds.region import region_box
+from lumpver.bounds.rounding import rounding_policy
 from lumpver.ir.network import Network
+from lumpver.specs.inputset import InputSet
 from lumpver.verifiers.base import Query, Verdict
-
-NORMS = ("linf", "l1", "l2")
-
-
-@dataclass
-class SdpOptions:
-    """Options of the SDP bound; all of them are recorded in the evidence."""
-
-    solver: str = "auto"
-    bounds_method: str = "crown"
-    bounds_lp: bool = False
-    pair_limit: int = 16
-    cross: bool = True
-    input_products: bool = True
-    max_d: int = 32  # SDP only on leaves whose lifted matrix has at most this many rows
-    solve_timeout: float = 15.0  # per LMI; a slow solve is better replaced by splitting
-    max_leaves: int = 256
-    gap: float = 0.02  # stop refining once bound <= (1 + gap) * sampled maximum
-    split: bool = True
-
-    def lift_options(self) -> dict:
-        return {"pair_limit": self.pair_limit, "cross": self.cross, "input_products": self.input_products}
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
-
-    @staticmethod
-    def from_json(d: dict) -> "SdpOptions":
-        return SdpOptions(**{k: v for k, v in d.items() if k in SdpOptions.__dataclass_fields__})
-
+from lumpver.verifiers.falsify import BACKEND as FALSIFY
+from lumpver.verifiers.sdp_certify import certify
+from lumpver.verifiers.sdp_problem import NORMS, LeafProblem, SdpOptions, combine, region_problem, target_key, targets_for
+from lumpver.verifiers.sdp_split import leaf_region, paths_cover, refine_region
 
 @dataclass
 class SdpBound:
@@ -76,69 +52,6 @@ class SdpBound:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-def targets_for(norm: str, n_out: int) -> list[dict]:
-    """The LMI targets a norm needs (see the module docstring)."""
-    if norm == "l2":
-        return [{"kind": "l2"}]
-    return [{"kind": "linear", "output": i, "sign": s} for i in range(n_out) for s in (1, -1)]
-
-
-def combine(norm: str, n_out: int, values: dict[tuple, float], float_err: np.ndarray) -> float:
-    """The norm bound from certified target values plus the float32 error vector."""
-    if norm == "l2":
-        return float(np.sqrt(max(values[("l2",)], 0.0)) + np.linalg.norm(float_err))
-    per = np.array([max(values[("linear", i, 1)], values[("linear", i, -1)], 0.0) for i in range(n_out)]) + float_err
-    return float(np.max(per) if norm == "linf" else np.sum(per))
-
-
-def target_key(t: dict) -> tuple:
-    return ("l2",) if t["kind"] == "l2" else ("linear", int(t["output"]), int(t["sign"]))
-
-
-@dataclass
-class LeafProblem:
-    """Everything one (sub-)region needs, built deterministically (shared by solver and checker)."""
-
-    lift: Any  # None when the matrix would exceed ``max_d`` (not needed then)
-    d: int
-    box: Any
-    ferr: np.ndarray
-    cheap: dict
-    _maps: Any = None
-
-    def maps(self):
-        from lumpver.verifiers.sdp_certify import build_maps
-
-        if self._maps is None:
-            self._maps = build_maps(self.lift)
-        return self._maps
-
-
-def region_problem(f: Network, g: Network, region, options: SdpOptions, max_lift: float = np.inf) -> LeafProblem:
-    """Bounds, lift (only if ``d <= max_lift``), float32 error and cheap target values of one region."""
-    from lumpver.bounds.engine import compute_bounds, region_box
-    from lumpver.bounds.float_error import float32_error
-    from lumpver.verifiers.sdp_lift import build_lift
-    from lumpver.verifiers.sdp_split import cheap_values
-
-    fb = compute_bounds(f, region, options.bounds_method, options.bounds_lp)
-    gb = compute_bounds(g, region, options.bounds_method, options.bounds_lp)
-    d = lifted_size(f, g, fb, gb)
-    lift = build_lift(f, g, region, fb, gb, options.lift_options()) if d <= max_lift else None
-    box = region_box(region)
-    ferr = float32_error(f, box, fb) + float32_error(g, box, gb)
-    all_targets = targets_for("l2", f.n_outputs) + targets_for("linf", f.n_outputs)
-    return LeafProblem(lift, d, box, ferr, cheap_values(f, g, box, fb, gb, all_targets))
-
-
-def lifted_size(f: Network, g: Network, fb, gb) -> int:
-    """The lifted matrix size ``d`` (inputs + unstable neurons + 1) without building the lift."""
-    from lumpver.verifiers.sdp_lift import _layer_stab
-
-    unstable = sum(int(np.sum(_layer_stab(n, b, k) == 0)) for n, b in ((f, fb), (g, gb)) for k in range(len(n.layers)))
-    return f.n_inputs + unstable + 1
-
-
 def sdp_bound(f: Network, g: Network, input_set: InputSet, norm: str = "linf",
               options: Optional[SdpOptions] = None, timeout: float = 60.0,
               stop_below: Optional[float] = None, log=None) -> SdpBound:
@@ -146,8 +59,6 @@ def sdp_bound(f: Network, g: Network, input_set: InputSet, norm: str = "linf",
 
     Refinement stops early once the bound is ``<= stop_below`` (when given). A time limit
     during refinement still returns the sound bound reached so far."""
-    from lumpver.verifiers.sdp_split import refine_region
-
     options = options or SdpOptions()
     t0 = time.perf_counter()
     if norm not in NORMS:
@@ -174,6 +85,7 @@ def sdp_bound(f: Network, g: Network, input_set: InputSet, norm: str = "linf",
     out.reason = "; ".join(reasons)
     out.seconds = time.perf_counter() - t0
     out.evidence = {"norm": norm, "options": options.to_json(), "upper_bound": out.upper_bound, "regions": regions_ev,
+                    "rounding": rounding_policy(),
                     "matrix_size": out.max_matrix_size, "solver_seconds": round(out.solver_seconds, 4)}
     return out
 
@@ -219,10 +131,6 @@ class SdpBackend:
                        upper_bound=res.upper_bound, lower_bound=lower, seconds=secs, details=details)
 
     def _falsify(self, query: Query):
-        from dataclasses import replace
-
-        from lumpver.verifiers.falsify import BACKEND as FALSIFY
-
         q = replace(query, timeout=max(1.0, self.falsify_fraction * query.timeout))
         v = FALSIFY.check(q)
         return v.lower_bound, v
@@ -237,9 +145,6 @@ def recheck_sdp(f: Network, g: Network, input_set: InputSet, ev: dict, report) -
     solver: check that each region's leaf paths partition it, rebuild every leaf, re-check each
     stored LMI (:func:`lumpver.verifiers.sdp_certify.certify`) or recompute the cheap value, recombine.
     Returns the recomputed bound, or None (with the reason in ``report``) when it fails."""
-    from lumpver.bounds.engine import region_box
-    from lumpver.verifiers.sdp_split import leaf_region, paths_cover
-
     norm = ev.get("norm")
     regions = ev.get("regions")
     if norm not in NORMS or not isinstance(regions, list) or len(regions) != len(input_set.regions):
@@ -275,8 +180,6 @@ def recheck_sdp(f: Network, g: Network, input_set: InputSet, ev: dict, report) -
 
 def _recheck_leaf(f: Network, prob: LeafProblem, norm: str, lf: dict, report, where: str):
     """``(leaf bound, number of LMIs checked)`` or ``(None, 0)`` after reporting the failure."""
-    from lumpver.verifiers.sdp_certify import certify
-
     stored = {target_key(t["target"]): t for t in lf.get("targets", [])}
     values, used = {}, 0
     for tgt in targets_for(norm, f.n_outputs):

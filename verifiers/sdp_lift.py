@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lumpver.bounds.region import region_box
+from lumpver.ir.network import Network, apply_activation
 from lumpver.specs.inputset import Box, Polytope
-from lumpver.ir.network import Network
 
 #: relative/absolute outward widening applied to every propagated bound (float safety).
 BOUND_WIDEN_REL = 1e-9
@@ -115,8 +116,6 @@ def _deriv(act: str):
 
 
 def _act(act: str, z, alpha: float = 0.0):
-    from lumpver.ir.network import apply_activation
-
     return apply_activation(act, np.asarray(z, dtype=np.float64), alpha)
 
 
@@ -141,8 +140,6 @@ def build_lift(f: Network, g: Network, region: Box | Polytope, fb, gb, options: 
     """
     opts = {"pair_limit": 16, "cross": True, "input_products": True}
     opts.update(options or {})
-    from lumpver.bounds.engine import region_box
-
     n0 = f.n_inputs
     box = region_box(region)
     stab_f = [_layer_stab(f, fb, k) for k in range(len(f.layers))]

@@ -2,16 +2,15 @@
 (DESIGN.md §5, SDP and differential bound propagation).
 
 One input region is covered by *leaves*: sub-regions obtained by repeated bisection of the
-region's bounding box at the midpoint of its widest side (:func:`lumpver.bounds.engine.bisect_box`);
+region's bounding box at the midpoint of its widest side (:func:`lumpver.bounds.region.bisect_box`);
 a leaf is named by its path of ``L``/``R`` choices, so the checker rebuilds it exactly, and a
 set of paths covers the region iff it is prefix-free with Kraft sum 1 (:func:`paths_cover`).
 A polytope region stays a polytope on each leaf (its rows plus the leaf box).
 
 Per leaf and per target the certified value is the smaller of
 
-* a *cheap* bound: the difference of the two networks' own output bounds
-  (:func:`lumpver.bounds.engine.compute_bounds`) intersected with the ReluDiff/NeuroDiff difference
-  bounds of :mod:`lumpver.bounds.diff` (piecewise-linear activations); and
+* a *cheap* bound (:func:`lumpver.verifiers.sdp_problem.cheap_values`): the difference of the two
+  networks' own output bounds intersected with the difference bounds of :mod:`lumpver.bounds.diff`; and
 * the SDP bound of the leaf (:mod:`lumpver.verifiers.sdp_certify`), solved only when the leaf's lifted
   matrix has at most ``max_d`` rows and the cheap bound does not already lie below the bound
   of the other leaves (the total is a maximum over leaves, so such a leaf cannot raise it).
@@ -32,10 +31,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from lumpver.specs.inputset import Box, Polytope
+from lumpver.bounds.region import bisect_box, region_box
 from lumpver.ir.network import Network
+from lumpver.specs.inputset import Box, Polytope
+from lumpver.verifiers.sdp_certify import certify, target_matrix
+from lumpver.verifiers.sdp_problem import combine, region_problem, target_key, targets_for
+from lumpver.verifiers.sdp_solve import solve_lmi
 
-U64 = 2.0**-53
 #: a leaf is not bisected once its widest side is below this fraction of the root's
 MIN_REL_WIDTH = 1e-6
 
@@ -43,8 +45,6 @@ MIN_REL_WIDTH = 1e-6
 # ------------------------------------------------------------------------------- leaf geometry
 def leaf_box(root: Box, path: str) -> Box:
     """The sub-box reached from ``root`` by the bisections in ``path`` (``L``/``R``)."""
-    from lumpver.bounds.engine import bisect_box
-
     box = root
     for c in path:
         left, right, _, _ = bisect_box(box)
@@ -70,35 +70,6 @@ def paths_cover(paths: list[str]) -> bool:
     return sum(Fraction(1, 2 ** len(p)) for p in paths) == 1
 
 
-# ------------------------------------------------------------------------------- cheap bounds
-def cheap_values(f: Network, g: Network, box: Box, fb, gb, targets: list[dict]) -> dict[tuple, float]:
-    """Sound per-target values without a solver (see the module docstring); real arithmetic,
-    like the SDP values (the float32 error is added by the caller)."""
-    from lumpver.verifiers.sdp import target_key
-
-    lo_f, hi_f, lo_g, hi_g = fb.output_lower, fb.output_upper, gb.output_lower, gb.output_upper
-    mag = np.abs(lo_f) + np.abs(hi_f) + np.abs(lo_g) + np.abs(hi_g)
-    upper = hi_f - lo_g + 4 * U64 * mag
-    lower = lo_f - hi_g - 4 * U64 * mag
-    try:
-        from lumpver.bounds.diff import difference_bounds
-        from lumpver.bounds.linear_engine import prepare
-
-        db = difference_bounds(prepare(f), prepare(g), box.lower, box.upper)
-        upper, lower = np.minimum(upper, db.upper), np.maximum(lower, db.lower)
-    except ValueError:  # activations without a difference relaxation (sigmoid, tanh)
-        pass
-    out = {}
-    for t in targets:
-        if t["kind"] == "l2":
-            m = np.maximum(np.abs(lower), np.abs(upper))
-            out[target_key(t)] = float(np.sum(m * m) * (1 + 4 * (m.size + 1) * U64))
-        else:
-            i, s = int(t["output"]), int(t["sign"])
-            out[target_key(t)] = float(upper[i] if s > 0 else -lower[i])
-    return out
-
-
 # ------------------------------------------------------------------------------- one leaf
 @dataclass
 class Leaf:
@@ -116,8 +87,6 @@ class Leaf:
 
 def needs_sdp(norm: str, key: tuple, values: dict, ferr: np.ndarray, n_out: int, above: float) -> bool:
     """Can solving ``key`` lower the total? Only if the leaf bound exceeds ``above``."""
-    from lumpver.verifiers.sdp import combine
-
     if norm == "linf" and key[0] == "linear":
         return values[key] + float(ferr[key[1]]) > above
     return combine(norm, n_out, values, ferr) > above
@@ -126,10 +95,6 @@ def needs_sdp(norm: str, key: tuple, values: dict, ferr: np.ndarray, n_out: int,
 def process_leaf(f: Network, g: Network, region, root: Box, path: str, norm: str, options, above: float,
                  deadline: float) -> Leaf:
     """Cheap values, then SDPs (largest cheap value first) while they can lower the total."""
-    from lumpver.verifiers.sdp import combine, region_problem, target_key, targets_for
-    from lumpver.verifiers.sdp_certify import certify, target_matrix
-    from lumpver.verifiers.sdp_solve import solve_lmi
-
     sub = leaf_region(region, root, path)
     prob = region_problem(f, g, sub, options, options.max_d)
     targets = targets_for(norm, f.n_outputs)
@@ -197,8 +162,6 @@ class RegionResult:
 def refine_region(f: Network, g: Network, region, norm: str, options, deadline: float,
                   stop_below: Optional[float] = None, log: Optional[Callable[[str], None]] = None) -> RegionResult:
     """Branch and bound over bisections of ``region`` (see the module docstring)."""
-    from lumpver.bounds.engine import region_box
-
     root = region_box(region)
     leaves = [process_leaf(f, g, region, root, "", norm, options, -np.inf, deadline)]
     splits, reason = 0, ""

@@ -30,8 +30,8 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.engine import bisect_box
-from lumpver.specs.inputset import Box, InputSet, declared_box
+from lumpver.bounds.region import bisect_box, region_box
+from lumpver.specs.inputset import Box, InputSet
 from lumpver.ir.network import Network
 from lumpver.verifiers import falsify
 from lumpver.verifiers.base import Query, Verdict
@@ -155,7 +155,7 @@ class _Search:
                                  rng=self.rng, restarts=10**6)
             if res.counterexample is not None:
                 return self._violated(res.counterexample, "falsifier counterexample (float32/float64 replay)")
-        stack = [(r, declared_box(r), 0) for r in self.q.input_set.regions]
+        stack = [(r, region_box(r), 0) for r in self.q.input_set.regions]
         last = time.monotonic()
         while stack:
             if time.monotonic() > self.deadline:
@@ -264,14 +264,14 @@ class _Search:
                     return out
                 if not final and not self.opt.naive:
                     self._pop(solver)
-                    return self._split(declared_box(sub), live)
+                    return self._split(region_box(sub), live)
                 st.doubts.append("z3 model not reproduced by float replay" if self.spec.exact else f"sufficient check inconclusive ({self.spec.note})")
             else:
                 st.z3_unknown += 1
                 why = solver.reason_unknown()
                 if not final and not self.opt.naive:
                     self._pop(solver)
-                    return self._split(declared_box(sub), live)
+                    return self._split(region_box(sub), live)
                 st.doubts.append(f"z3 unknown ({why})")
                 self._pop(solver)
                 return []

@@ -17,6 +17,7 @@ import itertools
 from dataclasses import dataclass, field
 import numpy as np
 
+from lumpver.bounds.engine import compute_bounds
 from lumpver.specs.inputset import Box, Polytope
 from lumpver.ir.network import Layer, Network
 from lumpver.verifiers.base import Query
@@ -172,9 +173,7 @@ class SpecBounds:
 
 
 def compute(net: Network, region, method: str = "crown"):
-    """``lumpver.bounds.engine.compute_bounds`` (imported lazily)."""
-    from lumpver.bounds.engine import compute_bounds
-
+    """Bounds of every layer of ``net`` on ``region`` (:func:`lumpver.bounds.engine.compute_bounds`)."""
     return compute_bounds(net, region, method=method)
 
 

@@ -28,10 +28,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lumpver.specs.inputset import Box, InputSet, OutputProperty, declared_box
+from lumpver.specs.inputset import Box, InputSet, OutputProperty
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict
-from lumpver.bounds.engine import bisect_box
+from lumpver.bounds.region import bisect_box, region_box
 from lumpver.reductions.onset import reduce_on_set
 from lumpver.verifiers import falsify
 from lumpver.verifiers.falsify import confirms, to_float32_inside
@@ -171,7 +171,7 @@ def _open_leaves(net, region, unsafe, opt: ReduceOptions, deadline: float, st: P
     q = Query(net, InputSet([region]), prop=unsafe)
 
     spec = build_spec(q)
-    todo: list[tuple[Box, int]] = [(declared_box(region), 0)]
+    todo: list[tuple[Box, int]] = [(region_box(region), 0)]
     done: list[Box] = []
     while todo and len(todo) + len(done) < opt.max_open and st.boxes < opt.max_boxes:
         if time.monotonic() > deadline:

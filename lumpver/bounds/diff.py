@@ -1,38 +1,37 @@
 """Bounds on ``f(x) - g(x)`` over one raw-input box (DESIGN.md §5, ReluDiff/NeuroDiff style).
 
-Two sound bounds, intersected:
+Sound bounds, intersected:
 
-* symbolic — CROWN on the *difference network* (f and g side by side on the shared input, a
-  final layer ``[I, -I]``): back-substitute ``lam`` through f and ``-lam`` through g, add the two
-  linear functions of x (input terms cancel), then maximise over the box. Works for any widths.
-* neuron-wise — when f and g have the same layer widths and activations, NeuroDiff's symbolic
-  delta: ``delta h_k`` is relaxed linearly in ``delta z_k`` (chords of ``max(dz, alpha dz)`` and
-  ``min(dz, alpha dz)``), ``h^g_k`` by g's CROWN relaxation, and both are back-substituted
-  together to the input; intersected layer by layer with ReluDiff's interval
-  on ``delta_k = h^f_k - h^g_k``: ``delta z = W^f delta h + (W^f - W^g) h^g + (b^f - b^g)`` and
-  ``act(a) - act(b)`` lies between ``alpha (a - b)`` and ``a - b`` (monotone, slopes in
-  ``[alpha, 1]``), intersected with the difference of the two networks' own bounds. For
-  identical networks every delta is exactly 0.
+* the two networks' own output bounds (:mod:`lumpver.bounds.engine`), subtracted;
+* symbolic: the *difference network*: back-substitute ``lam`` through f and ``-lam`` through g
+  (:func:`lumpver.bounds.engine.back_substitute`), add the two linear bounds on the shared input
+  (input terms cancel), take the maximum over the box. Any widths, any activation;
+* neuron-wise, when f and g have the same layer widths and activations (dense layers): NeuroDiff's
+  symbolic delta. The pair is one chain over the stacked variables ``(delta h_k, h^g_k)`` with
+  block layers ``[[W^f, W^f - W^g], [0, W^g]]``. By the mean value theorem
+  ``delta h_k = s * delta z_k`` with ``s`` in the secant-slope range ``[s_lo, s_hi]`` of the
+  activation on the hull of both networks' pre-activation bounds (registry ``slopes``: ``[alpha, 1]``
+  for a leaky ReLU, the derivative range for sigmoid/tanh, one exact slope where both are stable);
+  ``delta h_k`` is relaxed in ``delta z_k`` by the chords of ``max(s_lo dz, s_hi dz)`` and
+  ``min(s_lo dz, s_hi dz)``, ``h^g_k`` by g's relaxation, and the same back-substitution runs on
+  that chain. Layer by layer it is intersected with ReluDiff's interval
+  ``delta z = W^f delta h + (W^f - W^g) h^g + (b^f - b^g)``, ``delta h`` in ``s * delta z``, and with
+  the difference of the networks' own bounds. For identical networks every delta is exactly 0.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.linear_engine import (
-    UNIT_ROUNDOFF,
-    LayerBounds,
-    LinearBound,
-    Prepared,
-    Relaxation,
-    interval_affine,
-    layer_bounds,
-    normalised_box,
-    relax,
-    upper_linear,
-    widen,
-)
+from lumpver.bounds.engine import (AffineStep, Chain, NetworkBounds, back_substitute, interval_affine,
+                                   prepare, propagate)
+from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
+from lumpver.bounds.rounding import POLICY, add_hi, add_lo
+from lumpver.ir.network import Network
+from lumpver.ir.operators import DenseOperator, LinearOperator
+from lumpver.specs.inputset import Box
 
 
 @dataclass
@@ -44,184 +43,166 @@ class DiffBounds:
     influence: np.ndarray  # per raw input dimension: |coefficient| * width, summed
 
 
-def same_structure(f: Prepared, g: Prepared) -> bool:
-    """True when neuron-wise deltas are defined (same depth, widths and activations)."""
-    return f.depth == g.depth and all(
-        wf.shape == wg.shape and af == ag and pf == pg
-        for wf, wg, af, ag, pf, pg in zip(f.weights, g.weights, f.acts, g.acts, f.alphas, g.alphas)
+@dataclass
+class StackedDiagonal(LinearOperator):
+    """``x -> (d1 * x, d2 * x)``: the two networks' input scalings on the shared input."""
+
+    d1: np.ndarray
+    d2: np.ndarray
+
+    @property
+    def in_features(self) -> int:  # type: ignore[override]
+        return int(self.d1.size)
+
+    @property
+    def out_features(self) -> int:  # type: ignore[override]
+        return 2 * int(self.d1.size)
+
+    def forward(self, h: np.ndarray) -> np.ndarray:
+        return np.hstack([np.asarray(h) * self.d1, np.asarray(h) * self.d2])
+
+    def backward(self, a: np.ndarray) -> np.ndarray:
+        n = self.d1.size
+        return a[:, :n] * self.d1 + a[:, n:] * self.d2
+
+    def abs(self) -> "StackedDiagonal":
+        return StackedDiagonal(np.abs(self.d1), np.abs(self.d2))
+
+    def dense(self) -> np.ndarray:
+        return np.vstack([np.diag(self.d1), np.diag(self.d2)])
+
+
+@dataclass
+class NetworkPair:
+    """Two networks prepared for difference bounds; ``delta`` is the stacked chain when the
+    neuron-wise deltas are defined, ``delta_w`` the per-layer ``(W^f - W^g, b^f - b^g)`` steps."""
+
+    f: Chain
+    g: Chain
+    delta: Optional[Chain] = None
+    delta_w: Optional[list[AffineStep]] = None
+
+
+def prepare_pair(fnet: Network, gnet: Network) -> NetworkPair:
+    """Chains of both networks and, when the structures match, the stacked delta chain."""
+    f, g = prepare(fnet), prepare(gnet)
+    if not _same_structure(fnet, gnet):
+        return NetworkPair(f, g)
+    steps, delta_w = [], []
+    for lf, lg in zip(fnet.layers, gnet.layers):
+        wf, wg = lf.op.dense(), lg.op.dense()
+        dw = AffineStep.of(DenseOperator(wf - wg), lf.bias - lg.bias)
+        block = np.block([[wf, dw.op.dense()], [np.zeros_like(wg), wg]])
+        steps.append(AffineStep.of(DenseOperator(block), np.concatenate([dw.bias, lg.bias])))
+        delta_w.append(dw)
+    df, dg = f.input, g.input
+    d_in = AffineStep.of(StackedDiagonal(df.op.d - dg.op.d, dg.op.d), np.concatenate([df.bias - dg.bias, dg.bias]))
+    return NetworkPair(f, g, Chain(d_in, steps, list(f.acts), list(f.alphas)), delta_w)
+
+
+def _same_structure(fnet: Network, gnet: Network) -> bool:
+    """Neuron-wise deltas are defined: same widths, dense layers, same activations (and slopes)."""
+    if len(fnet.layers) != len(gnet.layers):
+        return False
+    return all(
+        lf.op.in_features == lg.op.in_features and lf.width == lg.width and lf.activation == lg.activation
+        and isinstance(lf.op, DenseOperator) and isinstance(lg.op, DenseOperator)
+        and (lf.activation != "leaky_relu" or lf.alpha == lg.alpha)
+        for lf, lg in zip(fnet.layers, gnet.layers)
     )
 
 
-def difference_bounds(f: Prepared, g: Prepared, lo: np.ndarray, hi: np.ndarray) -> DiffBounds:
-    """Sound per-output bounds of ``f - g`` on the raw box ``[lo, hi]``."""
-    bf, bg = layer_bounds(f, lo, hi), layer_bounds(g, lo, hi)
-    m = f.weights[-1].shape[0]
-    eye = np.eye(m)
-    lam = np.vstack([eye, -eye])
-    lin = upper_linear(f, bf, lam, f.depth - 1, post=True) + upper_linear(g, bg, -lam, g.depth - 1, post=True)
-    up = lin.maximum(lo, hi)
-    upper, lower = up[:m], -up[m:]
-    # the two networks' own output bounds give a (looser) fallback
-    of_lo, of_hi = bf.post(f.depth - 1, f.alphas[-1])
-    og_lo, og_hi = bg.post(g.depth - 1, g.alphas[-1])
-    upper = np.minimum(upper, _sub_hi(of_hi, og_lo))
-    lower = np.maximum(lower, _sub_lo(of_lo, og_hi))
-    if same_structure(f, g):
-        d_lo, d_hi = symbolic_delta(f, g, bf, bg, lo, hi)
+def difference_bounds(pair: NetworkPair, box: Box) -> DiffBounds:
+    """Sound per-output bounds of ``f - g`` on the raw box."""
+    f, g = pair.f, pair.g
+    bf, bg = propagate(f, box), propagate(g, box)
+    m = bf.output_lower.size
+    lam = np.vstack([np.eye(m), -np.eye(m)])
+    lins = [back_substitute(f, rf, lam, f.depth - 1, post=True) + back_substitute(g, rg, -lam, g.depth - 1, post=True)
+            for rf, rg in zip(bf.relaxation_sets(), bg.relaxation_sets())]
+    up = np.minimum.reduce([lin.upper(box) for lin in lins])
+    upper = np.minimum(up[:m], _sub_hi(bf.output_upper, bg.output_lower))
+    lower = np.maximum(-up[m:], _sub_lo(bf.output_lower, bg.output_upper))
+    if pair.delta is not None:
+        d_lo, d_hi = _symbolic_delta(pair, bf, bg, box)
         upper, lower = np.minimum(upper, d_hi), np.maximum(lower, d_lo)
-    influence = np.abs(lin.A).sum(axis=0) * (hi - lo)
+    influence = np.abs(lins[0].A).sum(axis=0) * (box.upper - box.lower)
     return DiffBounds(lower, upper, influence)
 
 
 def _sub_hi(a_hi: np.ndarray, b_lo: np.ndarray) -> np.ndarray:
-    d = a_hi - b_lo
-    return d + widen(d, np.abs(a_hi) + np.abs(b_lo), 2)
+    return add_hi(a_hi, -b_lo)
 
 
 def _sub_lo(a_lo: np.ndarray, b_hi: np.ndarray) -> np.ndarray:
-    d = a_lo - b_hi
-    return d - widen(d, np.abs(a_lo) + np.abs(b_hi), 2)
+    return add_lo(a_lo, -b_hi)
 
 
-def relu_diff(f: Prepared, g: Prepared, bf: LayerBounds, bg: LayerBounds, lo: np.ndarray, hi: np.ndarray):
-    """ReluDiff interval on ``f_out - g_out`` (same structure only)."""
-    ds, dt = f.scale - g.scale, f.shift - g.shift
-    if np.any(ds) or np.any(dt):
-        a, b = ds * lo + dt, ds * hi + dt
-        m = widen(a, np.abs(ds) * np.maximum(np.abs(lo), np.abs(hi)) + np.abs(dt), 4)
-        d_lo, d_hi = np.minimum(a, b) - m, np.maximum(a, b) + m
-    else:
-        d_lo = d_hi = np.zeros_like(lo)
-    hg_lo, hg_hi = normalised_box(g, lo, hi)
-    for k in range(f.depth):
-        dW, db = f.weights[k] - g.weights[k], f.biases[k] - g.biases[k]
-        a_lo, a_hi = interval_affine(f.weights[k], f.abs_weights[k], np.zeros_like(db), d_lo, d_hi)
-        c_lo, c_hi = interval_affine(dW, np.abs(dW), db, hg_lo, hg_hi)
-        zd_lo, zd_hi = _add_lo(a_lo, c_lo), _add_hi(a_hi, c_hi)
-        zd_lo = np.maximum(zd_lo, _sub_lo(bf.pre_lo[k], bg.pre_hi[k]))
-        zd_hi = np.minimum(zd_hi, _sub_hi(bf.pre_hi[k], bg.pre_lo[k]))
-        d_lo, d_hi = _act_delta(f, bf, bg, k, zd_lo, zd_hi)
-        hg_lo, hg_hi = bg.post(k, g.alphas[k])
-    return d_lo, d_hi
+# ----- neuron-wise deltas (NeuroDiff) ----------------------------------------------------------
+def _slope_range(pair: NetworkPair, bf: NetworkBounds, bg: NetworkBounds, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``delta h_k = s * delta z_k`` with ``s`` in ``[s_lo, s_hi]`` (mean value theorem on the hull
+    of both networks' pre-activation bounds)."""
+    lo, hi = np.minimum(bf.pre_lower[k], bg.pre_lower[k]), np.maximum(bf.pre_upper[k], bg.pre_upper[k])
+    return get_relaxation(pair.f.acts[k]).slopes(lo, hi, pair.f.alphas[k])
 
 
-def _add_lo(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    s = a + b
-    return s - widen(s, np.abs(a) + np.abs(b), 2)
-
-
-def _add_hi(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    s = a + b
-    return s + widen(s, np.abs(a) + np.abs(b), 2)
-
-
-def _act_delta(f: Prepared, bf: LayerBounds, bg: LayerBounds, k: int, zd_lo: np.ndarray, zd_hi: np.ndarray):
-    """Interval of ``act(z^f) - act(z^g)`` given the delta of the pre-activations."""
-    alpha = f.alphas[k]
-    if f.acts[k] == "identity":
-        return zd_lo, zd_hi
-    lo = np.where(zd_lo < 0, zd_lo, alpha * zd_lo)
-    hi = np.where(zd_hi > 0, zd_hi, alpha * zd_hi)
-    if alpha not in (0.0, 1.0):  # alpha * z is rounded
-        lo, hi = np.nextafter(lo, -np.inf), np.nextafter(hi, np.inf)
-    both_active = (bf.pre_lo[k] >= 0) & (bg.pre_lo[k] >= 0)
-    both_inactive = (bf.pre_hi[k] <= 0) & (bg.pre_hi[k] <= 0)
-    lo = np.where(both_active, zd_lo, lo)
-    hi = np.where(both_active, zd_hi, hi)
-    if alpha == 0.0:
-        lo = np.where(both_inactive, 0.0, lo)
-        hi = np.where(both_inactive, 0.0, hi)
-    pf_lo, pf_hi = bf.post(k, alpha)
-    pg_lo, pg_hi = bg.post(k, alpha)
-    return np.maximum(lo, _sub_lo(pf_lo, pg_hi)), np.minimum(hi, _sub_hi(pf_hi, pg_lo))
-
-
-# ----- symbolic deltas (NeuroDiff) ------------------------------------------------------------
-def _delta_relax(dl: np.ndarray, du: np.ndarray, act: str, alpha: float, both_active, both_inactive) -> Relaxation:
-    """Linear bounds of ``delta h`` in ``delta z`` on ``[dl, du]``; slopes rounded up."""
-    n = dl.shape[0]
-    one, zero = np.ones(n), np.zeros(n)
-    if act == "identity":
-        return Relaxation(one, zero, one, zero, zero)
-    mixed = (dl < 0) & (du > 0)
+def _delta_relax(dl: np.ndarray, du: np.ndarray, s_lo: np.ndarray, s_hi: np.ndarray) -> LinearRelaxation:
+    """Linear bounds of ``delta h = s * delta z`` (``s`` in ``[s_lo, s_hi]``) on ``delta z`` in ``[dl, du]``:
+    chords of ``max(s_lo dz, s_hi dz)`` (above) and ``min(s_lo dz, s_hi dz)`` (below), slopes rounded up."""
+    mixed = (dl < 0) & (du > 0) & (s_lo != s_hi)
     width = np.where(mixed, du - dl, 1.0)
-    up = 1.0 + 8 * UNIT_ROUNDOFF
-    s_u = np.where(mixed, (du - alpha * dl) / width, 0.0) * up  # chord of max(dz, alpha dz)
-    s_l = np.where(mixed, (alpha * du - dl) / width, 0.0) * up  # chord of min(dz, alpha dz)
-    pos, neg = dl >= 0, du <= 0
-    su = np.where(pos, 1.0, np.where(neg, alpha, s_u))
-    sl = np.where(pos, alpha, np.where(neg, 1.0, s_l))
-    tu = np.where(mixed, -dl * (s_u - alpha), 0.0)
-    tl = np.where(mixed, -du * (s_l - alpha), 0.0)
-    tmag = np.where(mixed, (np.abs(dl) + np.abs(du)) * (np.abs(s_u) + np.abs(s_l) + alpha), 0.0)
-    exact_slope = np.where(both_active, 1.0, alpha)
-    fixed = both_active | (both_inactive & (alpha == 0.0))
-    su, sl = np.where(fixed, exact_slope, su), np.where(fixed, exact_slope, sl)
-    tu, tl = np.where(fixed, 0.0, tu), np.where(fixed, 0.0, tl)
-    return Relaxation(su, tu, sl, tl, np.where(fixed, 0.0, tmag))
+    up = 1.0 + POLICY.slope_ulps * POLICY.unit_roundoff
+    c_u = np.where(mixed, (s_hi * du - s_lo * dl) / width, 0.0) * up  # through (dl, s_lo dl)
+    c_l = np.where(mixed, (s_lo * du - s_hi * dl) / width, 0.0) * up  # through (du, s_lo du)
+    pos = dl >= 0
+    su = np.where(mixed, c_u, np.where(pos, s_hi, s_lo))
+    sl = np.where(mixed, c_l, np.where(pos, s_lo, s_hi))
+    tu = np.where(mixed, -dl * (c_u - s_lo), 0.0)
+    tl = np.where(mixed, -du * (c_l - s_lo), 0.0)
+    tmag = np.where(mixed, (np.abs(dl) + np.abs(du)) * (np.abs(c_u) + np.abs(c_l) + np.abs(s_lo)), 0.0)
+    return LinearRelaxation(sl, tl, su, tu, tmag)
 
 
-def _delta_upper(f: Prepared, g: Prepared, bg: LayerBounds, drelax: list[Relaxation], lam: np.ndarray,
-                 top: int, post: bool) -> LinearBound:
-    """Linear upper bound of ``lam . delta h_top`` (``post``) or ``lam . delta z_top`` in raw x."""
-    m = lam.shape[0]
-    Ad, Adm = np.asarray(lam, dtype=np.float64), np.abs(lam)
-    Ag, Agm = np.zeros((m, f.weights[top].shape[0])), np.zeros((m, f.weights[top].shape[0]))
-    c, cm = np.zeros(m), np.zeros(m)
-    j = top
-    if post:
-        Ad, Adm, c, cm = _relax_coeffs(drelax[j], Ad, Adm, c, cm)
-    while True:
-        dW, db = f.weights[j] - g.weights[j], f.biases[j] - g.biases[j]
-        c = c + Ad @ db + Ag @ g.biases[j]
-        cm = cm + Adm @ np.abs(db) + Agm @ np.abs(g.biases[j])
-        Ad, Ag = Ad @ f.weights[j], Ad @ dW + Ag @ g.weights[j]
-        Adm, Agm = Adm @ f.abs_weights[j], Adm @ np.abs(dW) + Agm @ g.abs_weights[j]
-        j -= 1
-        if j < 0:
-            break
-        Ad, Adm, c, cm = _relax_coeffs(drelax[j], Ad, Adm, c, cm)
-        r = relax(bg.pre_lo[j], bg.pre_hi[j], g.acts[j], g.alphas[j])
-        Ag, Agm, c, cm = _relax_coeffs(r, Ag, Agm, c, cm)
-    ds, dt = f.scale - g.scale, f.shift - g.shift
-    c = c + Ad @ dt + Ag @ g.shift
-    cm = cm + Adm @ np.abs(dt) + Agm @ np.abs(g.shift)
-    A = Ad * ds + Ag * g.scale
-    Am = Adm * np.abs(ds) + Agm * np.abs(g.scale)
-    return LinearBound(A, c, Am, cm, 2 * (f.chain_length(top) + g.chain_length(top)))
+def _act_delta(bf: NetworkBounds, bg: NetworkBounds, k: int, s_lo: np.ndarray, s_hi: np.ndarray,
+               zd_lo: np.ndarray, zd_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of ``act(z^f) - act(z^g) = s * delta z`` given the delta of the pre-activations."""
+    lo = np.minimum(s_lo * zd_lo, s_hi * zd_lo)
+    hi = np.maximum(s_lo * zd_hi, s_hi * zd_hi)
+    lo, hi = np.nextafter(lo, -np.inf), np.nextafter(hi, np.inf)  # one rounded product each
+    return (np.maximum(lo, _sub_lo(bf.post_lower[k], bg.post_upper[k])),
+            np.minimum(hi, _sub_hi(bf.post_upper[k], bg.post_lower[k])))
 
 
-def _relax_coeffs(r: Relaxation, A, A_mag, c, c_mag):
-    pos = A >= 0
-    c = c + np.sum(A * np.where(pos, r.tu, r.tl), axis=1)
-    c_mag = c_mag + A_mag @ (np.abs(r.tu) + np.abs(r.tl) + r.tmag)
-    return A * np.where(pos, r.su, r.sl), A_mag * np.maximum(np.abs(r.su), np.abs(r.sl)), c, c_mag
+def _delta_upper(pair: NetworkPair, relax: list[LinearRelaxation], top: int, post: bool, box: Box) -> np.ndarray:
+    """Upper bounds of ``(delta, -delta)`` of layer ``top`` (post- or pre-activation) over ``box``."""
+    w = pair.f.steps[top].op.out_features
+    lam = np.hstack([np.eye(w), np.zeros((w, w))])
+    return back_substitute(pair.delta, relax, np.vstack([lam, -lam]), top, post).upper(box)
 
 
-def symbolic_delta(f: Prepared, g: Prepared, bf: LayerBounds, bg: LayerBounds, lo: np.ndarray, hi: np.ndarray):
+def _symbolic_delta(pair: NetworkPair, bf: NetworkBounds, bg: NetworkBounds, box: Box):
     """Per-output bounds of ``f_out - g_out`` (same structure): symbolic deltas intersected with
     ReluDiff intervals at every layer."""
-    ds, dt = f.scale - g.scale, f.shift - g.shift
-    a, b = ds * lo + dt, ds * hi + dt
-    m0 = widen(a, np.abs(ds) * np.maximum(np.abs(lo), np.abs(hi)) + np.abs(dt), 4)
-    d_lo, d_hi = np.minimum(a, b) - m0, np.maximum(a, b) + m0
-    hg_lo, hg_hi = normalised_box(g, lo, hi)
-    drelax: list[Relaxation] = []
-    for k in range(f.depth):
-        dW, db = f.weights[k] - g.weights[k], f.biases[k] - g.biases[k]
-        a_lo, a_hi = interval_affine(f.weights[k], f.abs_weights[k], np.zeros_like(db), d_lo, d_hi)
-        c_lo, c_hi = interval_affine(dW, np.abs(dW), db, hg_lo, hg_hi)
-        zd_lo = np.maximum(_add_lo(a_lo, c_lo), _sub_lo(bf.pre_lo[k], bg.pre_hi[k]))
-        zd_hi = np.minimum(_add_hi(a_hi, c_hi), _sub_hi(bf.pre_hi[k], bg.pre_lo[k]))
+    assert pair.delta is not None and pair.delta_w is not None
+    n = box.dim
+    d_in = pair.delta.input
+    both_in = interval_affine(d_in, box.lower, box.upper)
+    d_lo, d_hi = both_in[0][:n], both_in[1][:n]
+    hg_lo, hg_hi = bg.input_lower, bg.input_upper
+    relax: list[LinearRelaxation] = []
+    for k, fstep in enumerate(pair.f.steps):
+        a_lo, a_hi = interval_affine(AffineStep(fstep.op, fstep.abs_op, np.zeros_like(fstep.bias)), d_lo, d_hi)
+        c_lo, c_hi = interval_affine(pair.delta_w[k], hg_lo, hg_hi)
+        zd_lo = np.maximum(add_lo(a_lo, c_lo), _sub_lo(bf.pre_lower[k], bg.pre_upper[k]))
+        zd_hi = np.minimum(add_hi(a_hi, c_hi), _sub_hi(bf.pre_upper[k], bg.pre_lower[k]))
         if k > 0:
+            up = _delta_upper(pair, relax, k, False, box)
             w = zd_lo.size
-            up = _delta_upper(f, g, bg, drelax, np.vstack([np.eye(w), -np.eye(w)]), k, post=False).maximum(lo, hi)
             zd_hi, zd_lo = np.minimum(zd_hi, up[:w]), np.maximum(zd_lo, -up[w:])
-        both_active = (bf.pre_lo[k] >= 0) & (bg.pre_lo[k] >= 0)
-        both_inactive = (bf.pre_hi[k] <= 0) & (bg.pre_hi[k] <= 0)
-        drelax.append(_delta_relax(zd_lo, zd_hi, f.acts[k], f.alphas[k], both_active, both_inactive))
-        d_lo, d_hi = _act_delta(f, bf, bg, k, zd_lo, zd_hi)
-        hg_lo, hg_hi = bg.post(k, g.alphas[k])
+        s_lo, s_hi = _slope_range(pair, bf, bg, k)
+        relax.append(_delta_relax(zd_lo, zd_hi, s_lo, s_hi).concat(bg.relax[k]))
+        d_lo, d_hi = _act_delta(bf, bg, k, s_lo, s_hi, zd_lo, zd_hi)
+        hg_lo, hg_hi = bg.post_lower[k], bg.post_upper[k]
+    up = _delta_upper(pair, relax, pair.f.depth - 1, True, box)
     w = d_lo.size
-    up = _delta_upper(f, g, bg, drelax, np.vstack([np.eye(w), -np.eye(w)]), f.depth - 1, post=True).maximum(lo, hi)
     return np.maximum(d_lo, -up[w:]), np.minimum(d_hi, up[:w])

@@ -1,60 +1,126 @@
-"""Sound bound propagation through a :class:`~lumpver.ir.network.Network` (DESIGN.md §3, §5).
+"""The bound engine: sound layer bounds and linear bounds of a network over a region (DESIGN.md §3, §5).
 
-One module shared by every back-end. Given a region of *raw* inputs (a :class:`Box` or a
-:class:`Polytope`), :func:`compute_bounds` returns, for every layer ``k``, bounds of the
-pre-activation ``z_k = W_k h_{k-1} + b_k`` and of the post-activation ``h_k = act(z_k)``:
+One engine walks the layers of a :class:`Chain` (a network as affine steps behind the operator
+interface ``op.forward/backward/abs()``, :mod:`lumpver.ir.operators`) and asks the relaxation
+registry (:mod:`lumpver.bounds.relaxations`) for each activation. Over a region of *raw* inputs
+(a :class:`Box` or a :class:`Polytope`, bounded by :func:`lumpver.bounds.region.region_box`),
+:func:`compute_bounds` returns for every layer bounds of ``z_k = op_k(h_{k-1}) + b_k`` and of
+``h_k = act(z_k)``:
 
 * ``"interval"``: interval arithmetic (centre/radius form);
-* ``"crown"`` (default): symbolic linear relaxations back-substituted to the input
-  (DeepPoly/CROWN): ReLU/LeakyReLU use the chord above and an adaptive lower slope, sigmoid
-  and tanh use chord/tangent lines on their convex/concave side and a slope-``min(σ'(l),σ'(u))``
-  pair of lines across 0, identity is exact; every layer's bounds are intersected with the
-  interval bounds;
-* ``lp=True``: every *unstable* ReLU/LeakyReLU pre-activation is tightened further with the
-  triangle-relaxation LP (scipy HiGHS); polytope inputs enter that LP as constraints. The LP
-  bound is made sound from the solver's dual (weak duality with finite variable bounds), so an
-  inexact LP solution can only loosen, never falsify, the bound.
+* ``"crown"`` (default): interval bounds intersected, for every layer after the first, with the
+  back-substituted linear relaxations (CROWN/DeepPoly; adaptive lower slopes for ReLU-like
+  activations, chord/tangent lines for sigmoid/tanh). CROWN is not monotone in the intermediate
+  bounds, so three schedules (:data:`SCHEDULES`) are run and intersected;
+* ``lp=True``: a second pass in which unstable ReLU/LeakyReLU pre-activations are tightened by
+  the triangle-relaxation LP (:mod:`lumpver.bounds.lp`), intersected with the first pass.
 
-Soundness for float32 models: the weights are float32 values held exactly in float64 and the
-*real-arithmetic* network is what is bounded. The float64 evaluation of the bounds rounds,
-so every computed bound is widened outward by ``margin_rel * magnitude + margin_abs``, where
-``magnitude`` is the same computation carried out on absolute values (a bound on the sum of
-the magnitudes of all terms) and ``margin_rel`` is at least 1e-9 (far above the
-``depth * width * 2^-53`` forward error of the dot products). Relaxation lines of unstable
-neurons get their intercepts widened by ``1e-12 * (|intercept| + |slope| * max(|l|, |u|)) + 1e-300``.
-Both margins are recorded in :class:`NetworkBounds`.
-
-Input splitting: :func:`split_box`, :func:`bisect_box` and :func:`hull_bounds` let callers
-(branch and bound, on-set reduction) bound sub-boxes and combine them soundly.
+:func:`back_substitute` (the one back-substitution) returns a :class:`LinearBound`
+``lam . y <= A x + c`` in the raw input, with the magnitudes needed for rounding; linear bounds
+of two networks add on their shared input (:mod:`lumpver.bounds.diff`), and
+:meth:`LinearBound.upper` turns one into a number over a box. Rounding: :mod:`lumpver.bounds.rounding`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence, Union
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
 
 import numpy as np
 
-from lumpver.specs.inputset import Box, Polytope
-from lumpver.ir.network import Layer, Network
+from lumpver.bounds.lp import LpTightener
+from lumpver.bounds.region import Region, region_box
+from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
+from lumpver.bounds.rounding import POLICY, rounding_policy
+from lumpver.ir.network import Network
+from lumpver.ir.operators import LinearOperator
+from lumpver.specs.inputset import Box
 
-Region = Union[Box, Polytope]
-
-#: Minimum relative outward margin (of the magnitude of the terms) applied to every bound.
-MARGIN_REL = 1e-9
-#: Absolute outward margin applied to every bound.
-MARGIN_ABS = 1e-12
-#: Relative widening of relaxation intercepts of unstable neurons.
-RELAX_REL = 1e-12
-_U = 2.0**-53
 METHODS = ("interval", "crown")
 
 
+# ----------------------------------------------------------------------------------------
+# the network as affine steps
+# ----------------------------------------------------------------------------------------
+@dataclass
+class DiagonalOperator(LinearOperator):
+    """``diag(d)``: the element-wise input scaling."""
+
+    d: np.ndarray
+
+    @property
+    def in_features(self) -> int:  # type: ignore[override]
+        return int(self.d.size)
+
+    @property
+    def out_features(self) -> int:  # type: ignore[override]
+        return int(self.d.size)
+
+    def forward(self, h: np.ndarray) -> np.ndarray:
+        return np.asarray(h) * self.d
+
+    def backward(self, a: np.ndarray) -> np.ndarray:
+        return np.asarray(a) * self.d
+
+    def abs(self) -> "DiagonalOperator":
+        return DiagonalOperator(np.abs(self.d))
+
+    def dense(self) -> np.ndarray:
+        return np.diag(self.d)
+
+
+@dataclass
+class AffineStep:
+    """``z = op(h) + bias``, with ``|op|`` kept for magnitude bounds."""
+
+    op: LinearOperator
+    abs_op: LinearOperator
+    bias: np.ndarray
+
+    @staticmethod
+    def of(op: LinearOperator, bias: np.ndarray) -> "AffineStep":
+        return AffineStep(op, op.abs(), np.asarray(bias, dtype=np.float64))
+
+
+@dataclass
+class Chain:
+    """Raw input ``x`` -> ``input`` step (the input ops) -> ``steps`` with activations."""
+
+    input: AffineStep
+    steps: list[AffineStep]
+    acts: list[str]
+    alphas: list[float]
+
+    @property
+    def depth(self) -> int:
+        return len(self.steps)
+
+    def chain_length(self, top: int) -> int:
+        """Accumulation length bound of a back-substitution from step ``top`` to the raw input: every
+        dot product along the way (``lam`` against the top bias, each operator, the input shift)
+        plus the additions between them."""
+        return sum(self.steps[j].op.in_features + 4 for j in range(top + 1)) + self.steps[top].op.out_features + 8
+
+
+def prepare(net: Network) -> Chain:
+    """The chain of ``net`` (computes ``|op|`` once; reuse it for many regions)."""
+    for layer in net.layers:
+        get_relaxation(layer.activation)  # ValueError for an activation without a relaxation
+    scale, shift = net.input_affine()
+    return Chain(AffineStep.of(DiagonalOperator(scale), shift), [AffineStep.of(layer.op, layer.bias) for layer in net.layers],
+                 [layer.activation for layer in net.layers], [float(layer.alpha) for layer in net.layers])
+
+
+# ----------------------------------------------------------------------------------------
+# results
+# ----------------------------------------------------------------------------------------
 @dataclass
 class NetworkBounds:
     """Sound bounds of every layer of a network over a region (see the module docstring).
 
-    Index ``k`` runs over ``net.layers`` (the last entry is the output layer). Bounds already
-    include the outward margin ``margin_rel * magnitude + margin_abs``.
+    Index ``k`` runs over ``net.layers`` (the last entry is the output layer); ``input_*`` are
+    the bounds of the normalised input; ``relax[k]`` is layer ``k``'s linear relaxation on its
+    bounds, ``relax_sets`` every schedule's relaxations (empty for a hull of several regions).
+    Rounding: :attr:`rounding`.
     """
 
     pre_lower: list[np.ndarray]
@@ -64,10 +130,14 @@ class NetworkBounds:
     input_lower: np.ndarray
     input_upper: np.ndarray
     method: str
-    margin_rel: float = MARGIN_REL
-    margin_abs: float = MARGIN_ABS
     lp: bool = False
     n_lp: int = 0  # number of LPs solved
+    relax: list[LinearRelaxation] = field(default_factory=list, repr=False)
+    relax_sets: list[list[LinearRelaxation]] = field(default_factory=list, repr=False)
+
+    def relaxation_sets(self) -> list[list[LinearRelaxation]]:
+        """Every valid set of per-layer relaxations (a linear bound may use any of them)."""
+        return self.relax_sets or ([self.relax] if self.relax else [])
 
     @property
     def output_lower(self) -> np.ndarray:
@@ -77,370 +147,223 @@ class NetworkBounds:
     def output_upper(self) -> np.ndarray:
         return self.post_upper[-1]
 
+    @property
+    def rounding(self) -> dict:
+        """The rounding policy the bounds were computed with (JSON)."""
+        return rounding_policy()
+
     def stable_masks(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(inactive, active)`` masks of layer ``k``: ``z_k <= 0`` resp. ``z_k >= 0`` on the region."""
         return self.pre_upper[k] <= 0.0, self.pre_lower[k] >= 0.0
 
     def n_unstable(self) -> int:
-        """Hidden piecewise-linear-style unstable neurons (``l < 0 < u``) over all hidden layers."""
+        """Hidden neurons with ``l < 0 < u`` over all hidden layers."""
         return int(sum(np.sum((lo < 0) & (up > 0)) for lo, up in zip(self.pre_lower[:-1], self.pre_upper[:-1])))
 
 
-# ----------------------------------------------------------------------------------------
-# input region
-# ----------------------------------------------------------------------------------------
-def region_box(region: Region) -> Box:
-    """A box containing the region (a polytope's tightest bounding box, by LP, sound)."""
-    if isinstance(region, Box):
-        if region.is_empty():
-            raise ValueError("empty input box (lower > upper)")
-        return region
-    return _polytope_box(region)
+@dataclass
+class LinearBound:
+    """``objective(x) <= A x + c`` for raw inputs ``x`` of the region, with magnitude bounds
+    ``A_mag >= |A|``-like and ``c_mag`` of the computation and its accumulation length ``chain``."""
 
+    A: np.ndarray  # (m, n_inputs)
+    c: np.ndarray  # (m,)
+    A_mag: np.ndarray
+    c_mag: np.ndarray
+    chain: int
 
-def _polytope_box(poly: Polytope) -> Box:
-    from scipy.optimize import linprog
+    def __add__(self, other: "LinearBound") -> "LinearBound":
+        return LinearBound(self.A + other.A, self.c + other.c, self.A_mag + other.A_mag,
+                           self.c_mag + other.c_mag, max(self.chain, other.chain) + 2)
 
-    n = poly.dim
-    if poly.bounding_box is not None:
-        lo, hi = poly.bounding_box.lower.copy(), poly.bounding_box.upper.copy()
-    else:
-        lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
-    out_lo, out_hi = lo.copy(), hi.copy()
-    for i in range(n):
-        for sign in (1.0, -1.0):
-            c = np.zeros(n)
-            c[i] = sign
-            val = _lp_min_sound(linprog, c, poly.A, poly.b, lo, hi)
-            if val is None:
-                continue
-            if sign > 0:
-                out_lo[i] = max(out_lo[i], val)
-            else:
-                out_hi[i] = min(out_hi[i], -val)
-    if not (np.all(np.isfinite(out_lo)) and np.all(np.isfinite(out_hi))):
-        raise ValueError("polytope input set is unbounded: give it a bounding box")
-    return Box(out_lo, out_hi)
-
-
-def normalised_box(net: Network, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bounds of the normalised input ``scale * x + shift`` over ``box``, with their magnitude."""
-    scale, shift = net.input_affine()
-    a, b = scale * box.lower, scale * box.upper
-    lo, hi = np.minimum(a, b) + shift, np.maximum(a, b) + shift
-    mag = np.maximum(np.abs(a), np.abs(b)) + np.abs(shift)
-    return lo, hi, mag
-
-
-def _widen(lo: np.ndarray, hi: np.ndarray, mag: np.ndarray, rel: float) -> tuple[np.ndarray, np.ndarray]:
-    m = rel * mag + MARGIN_ABS
-    return lo - m, hi + m
-
-
-def _rel_margin(net: Network) -> float:
-    depth = len(net.layers) + 2
-    width = max([net.n_inputs] + [layer.width for layer in net.layers])
-    return max(MARGIN_REL, 8.0 * depth * width * _U)
+    def upper(self, box: Box) -> np.ndarray:
+        """Sound upper bound of ``A x + c`` over ``box``."""
+        centre, radius = (box.lower + box.upper) / 2.0, (box.upper - box.lower) / 2.0
+        val = self.A @ centre + np.abs(self.A) @ radius + self.c
+        mag = self.A_mag @ (np.abs(centre) + radius) + self.c_mag + np.abs(val)
+        return val + POLICY.margin(mag, self.chain + box.dim + 4)
 
 
 # ----------------------------------------------------------------------------------------
-# activations: post bounds and linear relaxations
+# back-substitution (the only implementation)
 # ----------------------------------------------------------------------------------------
-def post_bounds(layer: Layer, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sound bounds of ``act(z)`` for ``z`` in ``[lo, hi]`` (extremes at the ends or at 0)."""
-    act = layer.activation
-    if act == "identity":
-        return lo.copy(), hi.copy()
-    cands = [layer.activate(lo), layer.activate(hi)]
-    if act in ("relu", "leaky_relu"):
-        zero = np.where((lo < 0) & (hi > 0), 0.0, lo)
-        cands.append(layer.activate(zero))
-        return np.minimum.reduce(cands), np.maximum.reduce(cands)
-    # sigmoid / tanh: monotone; library evaluation is within a few ulps
-    pad = 1e-15 * (np.abs(cands[0]) + np.abs(cands[1])) + 1e-300
-    return cands[0] - pad, cands[1] + pad
+def apply_relaxation(r: LinearRelaxation, A, A_mag, c, c_mag):
+    """Replace coefficients on ``h = act(z)`` by coefficients on ``z`` (upper-bound direction)."""
+    pos, neg = np.maximum(A, 0.0), np.minimum(A, 0.0)
+    c = c + pos @ r.tu + neg @ r.tl
+    c_mag = c_mag + A_mag @ (np.maximum(np.abs(r.tu), np.abs(r.tl)) + r.tmag)
+    return pos * r.su + neg * r.sl, A_mag * np.maximum(np.abs(r.su), np.abs(r.sl)), c, c_mag
 
 
-def _pwl_slopes(layer: Layer) -> tuple[float, float]:
-    """(negative-side slope, positive-side slope) of a piecewise-linear activation."""
-    return (0.0 if layer.activation == "relu" else float(layer.alpha)), 1.0
+def back_substitute(chain: Chain, relax: Sequence[LinearRelaxation], lam: np.ndarray, top: int,
+                    post: bool) -> LinearBound:
+    """Linear upper bound of ``lam . h_top`` (``post``) or ``lam . z_top`` in the raw input,
+    through the relaxations ``relax[j]`` of the steps ``j < top`` (and ``top`` if ``post``)."""
+    A = np.array(lam, dtype=np.float64, ndmin=2)
+    A_mag, c, c_mag = np.abs(A), np.zeros(A.shape[0]), np.zeros(A.shape[0])
+    if post:
+        A, A_mag, c, c_mag = apply_relaxation(relax[top], A, A_mag, c, c_mag)
+    for j in range(top, -1, -1):
+        if j < top:
+            A, A_mag, c, c_mag = apply_relaxation(relax[j], A, A_mag, c, c_mag)
+        A, A_mag, c, c_mag = _through_step(chain.steps[j], A, A_mag, c, c_mag)
+    A, A_mag, c, c_mag = _through_step(chain.input, A, A_mag, c, c_mag)
+    return LinearBound(A, c, A_mag, c_mag, chain.chain_length(top))
 
 
-def relaxation(layer: Layer, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Linear bounds ``al*z + bl <= act(z) <= au*z + bu`` valid for ``z`` in ``[lo, hi]``."""
-    act = layer.activation
-    n = lo.size
-    if act == "identity":
-        one, zero = np.ones(n), np.zeros(n)
-        return one, zero, one.copy(), zero.copy()
-    if act in ("relu", "leaky_relu"):
-        al, bl, au, bu = _relax_pwl(layer, lo, hi)
-    else:
-        al, bl, au, bu = _relax_smooth(act, lo, hi)
-    return _pad_relaxation(al, bl, au, bu, lo, hi)
+def _through_step(step: AffineStep, A, A_mag, c, c_mag):
+    c = c + A @ step.bias
+    c_mag = c_mag + A_mag @ np.abs(step.bias)
+    return step.op.backward(A), step.abs_op.backward(A_mag), c, c_mag
 
 
-def _relax_pwl(layer: Layer, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
-    neg, pos = _pwl_slopes(layer)
-    n = lo.size
-    al, au = np.full(n, pos), np.full(n, pos)
-    bl, bu = np.zeros(n), np.zeros(n)
-    inactive = hi <= 0
-    al[inactive] = au[inactive] = neg
-    uns = (lo < 0) & (hi > 0)
-    if np.any(uns):
-        l, u = lo[uns], hi[uns]
-        chord = (pos * u - neg * l) / (u - l)
-        icpt = neg * l - chord * l
-        adaptive = np.where(u >= -l, pos, neg)
-        if neg <= pos:  # convex: chord above, any slope in [neg, pos] below
-            au[uns], bu[uns], al[uns], bl[uns] = chord, icpt, adaptive, 0.0
-        else:  # concave (alpha > 1): chord below, any slope in [pos, neg] above
-            al[uns], bl[uns], au[uns], bu[uns] = chord, icpt, np.where(u >= -l, pos, neg), 0.0
-    return al, bl, au, bu
-
-
-def _smooth(act: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Value and derivative of sigmoid/tanh."""
-    if act == "sigmoid":
-        s = 1.0 / (1.0 + np.exp(-z))
-        return s, s * (1.0 - s)
-    t = np.tanh(z)
-    return t, 1.0 - t * t
-
-
-def _relax_smooth(act: str, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Sigmoid/tanh (both convex for z <= 0, concave for z >= 0, σ' unimodal with peak at 0)."""
-    fl, dl = _smooth(act, lo)
-    fu, du = _smooth(act, hi)
-    mid = 0.5 * (lo + hi)
-    fm, dm = _smooth(act, mid)
-    width = hi - lo
-    narrow = width < 1e-9
-    chord = np.where(narrow, 0.0, (fu - fl) / np.where(narrow, 1.0, width))
-    # general fallback, valid everywhere: slope k <= min σ' on [lo, hi] makes σ - k z nondecreasing
-    k = np.minimum(dl, du)
-    al, bl = k.copy(), fl - k * lo
-    au, bu = k.copy(), fu - k * hi
-    convex = (hi <= 0) & ~narrow
-    concave = (lo >= 0) & ~narrow
-    # convex side: chord above, tangent at the midpoint below
-    au[convex], bu[convex] = chord[convex], fl[convex] - chord[convex] * lo[convex]
-    al[convex], bl[convex] = dm[convex], fm[convex] - dm[convex] * mid[convex]
-    # concave side: chord below, tangent at the midpoint above
-    al[concave], bl[concave] = chord[concave], fl[concave] - chord[concave] * lo[concave]
-    au[concave], bu[concave] = dm[concave], fm[concave] - dm[concave] * mid[concave]
-    return al, bl, au, bu
-
-
-def _pad_relaxation(al, bl, au, bu, lo, hi) -> tuple[np.ndarray, ...]:
-    """Widen intercepts where the lines are not exact (slopes/intercepts computed with rounding)."""
-    exact = (al == au) & (bl == 0) & (bu == 0)
-    span = np.maximum(np.abs(lo), np.abs(hi))
-    pad_l = RELAX_REL * (np.abs(bl) + np.abs(al) * span) + 1e-300
-    pad_u = RELAX_REL * (np.abs(bu) + np.abs(au) * span) + 1e-300
-    bl = np.where(exact, bl, bl - pad_l)
-    bu = np.where(exact, bu, bu + pad_u)
-    return al, bl, au, bu
+def objective_bounds(chain: Chain, nb: NetworkBounds, lam: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """Sound ``(lower, upper)`` of ``lam . y`` (network outputs) over ``box`` (``nb`` on that box)."""
+    if not nb.relaxation_sets():
+        raise ValueError("bounds without relaxations (a hull of several regions) give no linear bound")
+    lam = np.array(lam, dtype=np.float64, ndmin=2)
+    both = np.vstack([lam, -lam])
+    up = np.minimum.reduce([back_substitute(chain, relax, both, chain.depth - 1, post=True).upper(box)
+                            for relax in nb.relaxation_sets()])
+    m = lam.shape[0]
+    return -up[m:], up[:m]
 
 
 # ----------------------------------------------------------------------------------------
-# interval and CROWN
+# layer bounds
 # ----------------------------------------------------------------------------------------
+def interval_affine(step: AffineStep, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sound ``[lo', hi']`` of ``op(h) + bias`` for ``h`` in ``[lo, hi]`` (interval arithmetic)."""
+    centre, radius = (lo + hi) / 2.0, (hi - lo) / 2.0
+    mid = step.op.forward(centre[None, :])[0] + step.bias
+    rad = step.abs_op.forward(radius[None, :])[0]
+    mag = step.abs_op.forward((np.abs(centre) + radius)[None, :])[0] + np.abs(step.bias)
+    return POLICY.outward(mid - rad, mid + rad, mag + np.abs(mid) + rad, step.op.in_features + 4)
+
+
+def input_bounds(chain: Chain, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of the normalised input ``scale * x + shift`` over the raw box."""
+    return interval_affine(chain.input, box.lower, box.upper)
+
+
 def interval_bounds(net: Network, region: Region) -> NetworkBounds:
-    """Interval-arithmetic bounds (centre/radius form), widened by the stated margin."""
-    box = region_box(region)
-    rel = _rel_margin(net)
-    x_lo, x_hi, x_mag = normalised_box(net, box)
-    x_lo, x_hi = _widen(x_lo, x_hi, x_mag, rel)
-    out = NetworkBounds([], [], [], [], x_lo, x_hi, "interval", rel)
-    lo, hi = x_lo, x_hi
-    for layer in net.layers:
-        zl, zu = _affine_interval(layer, lo, hi, rel)
-        out.pre_lower.append(zl)
-        out.pre_upper.append(zu)
-        lo, hi = post_bounds(layer, zl, zu)
-        out.post_lower.append(lo)
-        out.post_upper.append(hi)
-    return out
+    """Interval-arithmetic bounds of every layer."""
+    return compute_bounds(net, region, "interval")
 
 
-def _affine_interval(layer: Layer, lo: np.ndarray, hi: np.ndarray, rel: float) -> tuple[np.ndarray, np.ndarray]:
-    mid, rad = 0.5 * (lo + hi), 0.5 * (hi - lo)
-    absw = np.abs(layer.weight)
-    c = layer.weight @ mid + layer.bias
-    r = absw @ rad
-    mag = absw @ (np.abs(mid) + rad) + np.abs(layer.bias)
-    return _widen(c - r, c + r, mag, rel)
+def compute_bounds(net: Network, region: Region, method: str = "crown", lp: bool = False,
+                   chain: Optional[Chain] = None) -> NetworkBounds:
+    """Sound bounds of every layer of ``net`` over ``region`` (see the module docstring).
 
-
-def compute_bounds(net: Network, region: Region, method: str = "crown", lp: bool = False) -> NetworkBounds:
-    """Sound bounds of every layer of ``net`` over ``region`` (see the module docstring)."""
+    ``chain`` (from :func:`prepare`) may be passed to reuse ``|op|`` across many regions.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r}; expected one of {METHODS}")
-    ib = interval_bounds(net, region)
-    if method == "interval" and not lp:
-        return ib
     box = region_box(region)
-    out = _crown(net, box, ib, None, backsub=(method == "crown"))
+    chain = chain if chain is not None else prepare(net)
+    out = propagate(chain, box, method)
     if lp:
-        from lumpver.bounds.lp import LpTightener
-
-        # second pass: CROWN with LP-tightened intermediate bounds, intersected with the first pass
-        # (back-substitution is not monotone in the intermediate bounds, the intersection is)
-        tighten = LpTightener(net, region)
-        out = _crown(net, box, out, tighten, backsub=(method == "crown"))
+        tighten = LpTightener(net, region, box)
+        out = _pass(chain, box, method, prior=out, tighten=tighten)
         out.lp, out.n_lp, out.method = True, tighten.n_lp, method + "+lp"
     return out
 
 
-def _crown(net: Network, box: Box, ib: NetworkBounds, tighten=None, backsub: bool = True) -> NetworkBounds:
-    """Layer by layer: back-substituted bounds (if ``backsub``) intersected with the interval
-    bounds, then optionally ``tighten(k, zl, zu, bounds_so_far, relaxations) -> (zl, zu)``."""
-    rel = ib.margin_rel
-    scale, shift = net.input_affine()
-    out = NetworkBounds([], [], [], [], ib.input_lower, ib.input_upper, "crown" if backsub else "interval", rel)
-    relax: list[tuple[np.ndarray, ...]] = []
-    for k, layer in enumerate(net.layers):
-        if backsub:
-            zl, zu = _backsub(net, k, relax, box, scale, shift, rel)
-            zl, zu = np.maximum(zl, ib.pre_lower[k]), np.minimum(zu, ib.pre_upper[k])
-        elif k == 0:
-            zl, zu = ib.pre_lower[0], ib.pre_upper[0]
+#: CROWN is not monotone in the intermediate bounds (a tighter bound can flip an adaptive lower
+#: slope), so ``propagate`` runs these schedules and intersects: ``tight`` (interval from the
+#: layer's own tightened bounds, back-substitution for every neuron), ``plain`` (back-substitution
+#: intersected with a separate interval pass), ``unstable`` (back-substitution only for unstable
+#: neurons). Each is sound; the intersection is never looser than any of them.
+SCHEDULES = ("tight", "plain", "unstable")
+
+
+def propagate(chain: Chain, box: Box, method: str = "crown") -> NetworkBounds:
+    """Bounds of every layer of ``chain`` over the raw ``box``: for ``crown`` the intersection of
+    the :data:`SCHEDULES`; ``relax_sets`` holds each schedule's relaxations (all valid)."""
+    if method != "crown":
+        return _pass(chain, box, method)
+    ib = _pass(chain, box, "interval")
+    runs = [_pass(chain, box, method), _pass(chain, box, method, interval=ib), _pass(chain, box, method, unstable_only=True)]
+    out = _intersect(runs)
+    out.relax_sets = [r.relax for r in runs]
+    return out
+
+
+def _intersect(runs: Sequence[NetworkBounds]) -> NetworkBounds:
+    n = len(runs[0].pre_lower)
+
+    def lo(attr: str) -> list[np.ndarray]:
+        return [np.maximum.reduce([getattr(p, attr)[k] for p in runs]) for k in range(n)]
+
+    def hi(attr: str) -> list[np.ndarray]:
+        return [np.minimum.reduce([getattr(p, attr)[k] for p in runs]) for k in range(n)]
+
+    first = runs[0]
+    return NetworkBounds(lo("pre_lower"), hi("pre_upper"), lo("post_lower"), hi("post_upper"), first.input_lower,
+                         first.input_upper, first.method, relax=first.relax)
+
+
+def _pass(chain: Chain, box: Box, method: str, prior: Optional[NetworkBounds] = None,
+          tighten: Optional[LpTightener] = None, interval: Optional[NetworkBounds] = None,
+          unstable_only: bool = False) -> NetworkBounds:
+    """One schedule, layer by layer: interval bounds (from the previous layer's bounds, or taken
+    from ``interval``), intersected with back-substitution (``crown``; only for unstable neurons if
+    ``unstable_only``) and with ``prior``, then optionally ``tighten(k, zl, zu, bounds_so_far)``."""
+    x_lo, x_hi = input_bounds(chain, box)
+    out = NetworkBounds([], [], [], [], x_lo, x_hi, method)
+    lo, hi = x_lo, x_hi
+    for k, step in enumerate(chain.steps):
+        if interval is None:
+            zl, zu = interval_affine(step, lo, hi)
         else:
-            zl, zu = _affine_interval(layer, out.post_lower[-1], out.post_upper[-1], rel)
-            zl, zu = np.maximum(zl, ib.pre_lower[k]), np.minimum(zu, ib.pre_upper[k])
+            zl, zu = interval.pre_lower[k], interval.pre_upper[k]
+        if method == "crown" and k > 0:
+            zl, zu = _crown_rows(chain, out.relax, k, box, zl, zu, unstable_only)
+        if prior is not None:
+            zl, zu = np.maximum(zl, prior.pre_lower[k]), np.minimum(zu, prior.pre_upper[k])
         if tighten is not None:
-            zl, zu = tighten(k, zl, zu, out, relax)
+            zl, zu = tighten(k, zl, zu, out)
         zu = np.maximum(zu, zl)  # guard; both are sound so they cannot cross in exact arithmetic
+        rel = get_relaxation(chain.acts[k])
+        lo, hi = rel.interval(zl, zu, chain.alphas[k])
+        for ref in (prior, interval):
+            if ref is not None:
+                lo, hi = np.maximum(lo, ref.post_lower[k]), np.minimum(hi, ref.post_upper[k])
         out.pre_lower.append(zl)
         out.pre_upper.append(zu)
-        pl, pu = post_bounds(layer, zl, zu)
-        out.post_lower.append(np.maximum(pl, ib.post_lower[k]))
-        out.post_upper.append(np.minimum(pu, ib.post_upper[k]))
-        relax.append(relaxation(layer, zl, zu))
+        out.post_lower.append(lo)
+        out.post_upper.append(hi)
+        out.relax.append(rel.linear(zl, zu, chain.alphas[k]))
     return out
 
 
-def _backsub(net, k, relax, box, scale, shift, rel) -> tuple[np.ndarray, np.ndarray]:
-    """Back-substitute ``z_k`` to the raw input through the relaxations of layers ``< k``."""
-    layer = net.layers[k]
-    lam_u, lam_l = layer.weight, layer.weight
-    c_u, c_l = layer.bias.copy(), layer.bias.copy()
-    mag_w = np.abs(layer.weight)
-    mag_c = np.abs(layer.bias)
-    for j in range(k - 1, -1, -1):
-        al, bl, au, bu = relax[j]
-        pu, nu = np.maximum(lam_u, 0), np.minimum(lam_u, 0)
-        pl, nl = np.maximum(lam_l, 0), np.minimum(lam_l, 0)
-        d_u = pu * au + nu * al
-        d_l = pl * al + nl * au
-        c_u = c_u + pu @ bu + nu @ bl
-        c_l = c_l + pl @ bl + nl @ bu
-        mag_d = mag_w * np.maximum(np.abs(al), np.abs(au))
-        mag_c = mag_c + mag_w @ np.maximum(np.abs(bl), np.abs(bu))
-        w, b = net.layers[j].weight, net.layers[j].bias
-        c_u, c_l = c_u + d_u @ b, c_l + d_l @ b
-        mag_c = mag_c + mag_d @ np.abs(b)
-        lam_u, lam_l, mag_w = d_u @ w, d_l @ w, mag_d @ np.abs(w)
-    # through the input ops to the raw input, then over the box
-    c_u, c_l = c_u + lam_u @ shift, c_l + lam_l @ shift
-    mag_c = mag_c + mag_w @ np.abs(shift)
-    lam_u, lam_l, mag_w = lam_u * scale, lam_l * scale, mag_w * np.abs(scale)
-    upper = c_u + np.maximum(lam_u, 0) @ box.upper + np.minimum(lam_u, 0) @ box.lower
-    lower = c_l + np.maximum(lam_l, 0) @ box.lower + np.minimum(lam_l, 0) @ box.upper
-    mag = mag_c + mag_w @ np.maximum(np.abs(box.lower), np.abs(box.upper))
-    return _widen(lower, upper, mag, rel)
-
-
-# ----------------------------------------------------------------------------------------
-# LP helper (also used by bounds_lp)
-# ----------------------------------------------------------------------------------------
-def _lp_min_sound(linprog, c, A_ub, b_ub, lb, ub) -> float | None:
-    """A sound lower bound of ``min c.v s.t. A_ub v <= b_ub, lb <= v <= ub`` from HiGHS's dual.
-
-    Weak duality: for any ``y <= 0``, ``c.v >= y.b_ub + sum_i min_{v_i in [lb_i, ub_i]} r_i v_i``
-    with ``r = c - A_ub^T y``. Needs finite bounds where ``r_i != 0``; returns None when the
-    solver fails or a needed bound is infinite (the caller keeps its previous bound).
-    """
-    try:
-        res = linprog(c, A_ub=A_ub, b_ub=b_ub, bounds=np.column_stack([lb, ub]), method="highs")
-    except ValueError:
-        return None
-    if res.status != 0 or getattr(res, "ineqlin", None) is None:
-        return None
-    y = np.minimum(np.asarray(res.ineqlin.marginals, dtype=np.float64), 0.0)
-    r = c - (A_ub.T @ y)
-    take = np.where(r > 0, lb, ub)
-    need = r != 0
-    if np.any(~np.isfinite(take[need])):
-        return None
-    val = float(y @ b_ub + r[need] @ take[need])
-    span = np.where(np.isfinite(lb), np.abs(lb), 0.0) + np.where(np.isfinite(ub), np.abs(ub), 0.0)
-    abs_a = abs(A_ub) if hasattr(A_ub, "multiply") else np.abs(A_ub)
-    mag = float(np.abs(y) @ np.abs(b_ub) + np.abs(r) @ span + (abs_a.T @ np.abs(y)) @ span + np.abs(c) @ span)
-    return val - (MARGIN_REL * mag + MARGIN_ABS)
-
-
-# ----------------------------------------------------------------------------------------
-# input splitting
-# ----------------------------------------------------------------------------------------
-def bisect_box(box: Box, dim: int | None = None) -> tuple[Box, Box, int, float]:
-    """Split ``box`` in two at the midpoint of ``dim`` (default: the widest dimension).
-
-    Returns ``(left, right, dim, at)``; ``left`` and ``right`` share the face ``x_dim = at``,
-    so they cover ``box`` exactly.
-    """
-    if dim is None:
-        dim = int(np.argmax(box.upper - box.lower))
-    at = float(0.5 * (box.lower[dim] + box.upper[dim]))
-    at = min(max(at, float(box.lower[dim])), float(box.upper[dim]))
-    lu, rl = box.upper.copy(), box.lower.copy()
-    lu[dim], rl[dim] = at, at
-    return Box(box.lower.copy(), lu), Box(rl, box.upper.copy()), dim, at
-
-
-def split_box(box: Box, parts: int | Sequence[int]) -> list[Box]:
-    """A grid of sub-boxes covering ``box``: ``parts`` pieces per dimension (an int or per-dim).
-
-    Neighbouring cells share their boundary value exactly, so the union is the box.
-    """
-    per = [int(parts)] * box.dim if np.isscalar(parts) else [int(p) for p in parts]
-    if len(per) != box.dim or min(per) < 1:
-        raise ValueError("parts must be positive, one per dimension")
-    cuts = [np.linspace(box.lower[i], box.upper[i], per[i] + 1) for i in range(box.dim)]
-    for i, c in enumerate(cuts):
-        c[0], c[-1] = box.lower[i], box.upper[i]
-    out = []
-    for idx in np.ndindex(*per):
-        lo = np.array([cuts[i][j] for i, j in enumerate(idx)])
-        hi = np.array([cuts[i][j + 1] for i, j in enumerate(idx)])
-        out.append(Box(lo, hi))
-    return out
+def _crown_rows(chain: Chain, relax: Sequence[LinearRelaxation], k: int, box: Box, zl: np.ndarray, zu: np.ndarray,
+                unstable_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``[zl, zu]`` intersected with the back-substituted bounds of layer ``k`` (selected rows)."""
+    rows = np.flatnonzero((zl < 0) & (zu > 0)) if unstable_only else np.arange(zl.size)
+    if rows.size == 0:
+        return zl, zu
+    sel = np.zeros((rows.size, zl.size))
+    sel[np.arange(rows.size), rows] = 1.0
+    up = back_substitute(chain, relax, np.vstack([sel, -sel]), k, post=False).upper(box)
+    zl, zu = zl.copy(), zu.copy()
+    zl[rows], zu[rows] = np.maximum(zl[rows], -up[rows.size:]), np.minimum(zu[rows], up[:rows.size])
+    return zl, zu
 
 
 def hull_bounds(parts: Sequence[NetworkBounds]) -> NetworkBounds:
     """Bounds valid on the union of the parts' regions (element-wise min of lowers, max of uppers)."""
     if not parts:
         raise ValueError("no bounds to combine")
+    n = len(parts[0].pre_lower)
 
-    def lo(attr):
-        return [np.minimum.reduce([getattr(p, attr)[k] for p in parts]) for k in range(len(parts[0].pre_lower))]
+    def lo(attr: str) -> list[np.ndarray]:
+        return [np.minimum.reduce([getattr(p, attr)[k] for p in parts]) for k in range(n)]
 
-    def hi(attr):
-        return [np.maximum.reduce([getattr(p, attr)[k] for p in parts]) for k in range(len(parts[0].pre_lower))]
+    def hi(attr: str) -> list[np.ndarray]:
+        return [np.maximum.reduce([getattr(p, attr)[k] for p in parts]) for k in range(n)]
 
-    first = parts[0]
-    return NetworkBounds(
-        lo("pre_lower"),
-        hi("pre_upper"),
-        lo("post_lower"),
-        hi("post_upper"),
-        np.minimum.reduce([p.input_lower for p in parts]),
-        np.maximum.reduce([p.input_upper for p in parts]),
-        first.method,
-        max(p.margin_rel for p in parts),
-        first.margin_abs,
-        any(p.lp for p in parts),
-        sum(p.n_lp for p in parts),
-    )
+    return NetworkBounds(lo("pre_lower"), hi("pre_upper"), lo("post_lower"), hi("post_upper"),
+                         np.minimum.reduce([p.input_lower for p in parts]),
+                         np.maximum.reduce([p.input_upper for p in parts]),
+                         parts[0].method, any(p.lp for p in parts), sum(p.n_lp for p in parts))

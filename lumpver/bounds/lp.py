@@ -7,29 +7,30 @@ already known bounds; every neuron of an earlier layer contributes its linear re
 other = the triangle; stable/identity: its exact line; sigmoid/tanh: the CROWN lines);
 a polytope input adds ``A x <= b``. Only unstable ReLU/LeakyReLU neurons of ``k`` are
 tightened (every neuron of the first layer when the input is a polytope). Each LP value is
-turned into a sound bound through the solver's dual (:func:`lumpver.bounds.engine._lp_min_sound`).
+turned into a sound bound through the solver's dual (:func:`lumpver.bounds.region.lp_min_sound`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from lumpver.bounds.engine import NetworkBounds, _lp_min_sound, _pwl_slopes, relaxation
-from lumpver.specs.inputset import Polytope
+from lumpver.bounds.region import lp_min_sound
+from lumpver.bounds.relaxations import get_relaxation
+from lumpver.bounds.rounding import POLICY
 from lumpver.ir.network import Network
+from lumpver.specs.inputset import Box, Polytope
 
 
 class LpTightener:
-    """Callable ``(k, zl, zu, bounds_so_far, relaxations) -> (zl, zu)`` for ``bounds._crown``."""
+    """Callable ``(k, zl, zu, bounds_so_far) -> (zl, zu)`` for the engine's second pass
+    (``bounds_so_far`` is a :class:`lumpver.bounds.engine.NetworkBounds` holding layers ``< k``)."""
 
-    def __init__(self, net: Network, region) -> None:
-        from lumpver.bounds.engine import region_box
-
+    def __init__(self, net: Network, region, box: Box) -> None:
         self.net = net
         self.poly = region if isinstance(region, Polytope) else None
-        self.box = region_box(region)
+        self.box = box
         self.n_lp = 0
 
-    def __call__(self, k, zl, zu, nb: NetworkBounds, relax) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, k, zl, zu, nb) -> tuple[np.ndarray, np.ndarray]:
         layer = self.net.layers[k]
         if k == 0 and self.poly is None:
             return zl, zu  # linear in x over a box: back-substitution is already exact
@@ -41,25 +42,25 @@ class LpTightener:
             todo = np.arange(layer.width) if k == 0 else np.array([], dtype=int)
         if todo.size == 0:
             return zl, zu
-        from scipy.optimize import linprog
+        from scipy.optimize import linprog  # solver: imported where used
 
         A, b, lb, ub, w_k, b_k = self._system(k, nb)
         zl, zu = zl.copy(), zu.copy()
         for i in todo:
             c = np.zeros(A.shape[1])
             c[-w_k.shape[1]:] = w_k[i]
-            lo = _lp_min_sound(linprog, c, A, b, lb, ub)
-            hi = _lp_min_sound(linprog, -c, A, b, lb, ub)
+            lo = lp_min_sound(linprog, c, A, b, lb, ub)
+            hi = lp_min_sound(linprog, -c, A, b, lb, ub)
             self.n_lp += 2
             if lo is not None:
-                zl[i] = max(zl[i], lo + b_k[i] - _bias_pad(b_k[i]))
+                zl[i] = max(zl[i], lo + b_k[i] - _sum_pad(lo, b_k[i]))
             if hi is not None:
-                zu[i] = min(zu[i], -hi + b_k[i] + _bias_pad(b_k[i]))
+                zu[i] = min(zu[i], -hi + b_k[i] + _sum_pad(hi, b_k[i]))
         return zl, zu
 
-    def _system(self, k: int, nb: NetworkBounds):
+    def _system(self, k: int, nb):
         """Constraint matrix over ``[x, h_0, ..., h_{k-1}]`` and the objective block for layer k."""
-        from scipy import sparse
+        from scipy import sparse  # solver: imported where used
 
         net = self.net
         scale, shift = net.input_affine()
@@ -87,38 +88,24 @@ class LpTightener:
         b = np.concatenate(rhs) if rhs else np.zeros(0)
         lb = np.concatenate([self.box.lower] + [nb.post_lower[j] for j in range(k)])
         ub = np.concatenate([self.box.upper] + [nb.post_upper[j] for j in range(k)])
-        w_k, b_k = _raw_affine(net, k, scale, shift) if k == 0 else (net.layers[k].weight, net.layers[k].bias)
+        w_k, b_k = _raw_affine(net, k, scale, shift) if k == 0 else (net.layers[k].op.dense(), net.layers[k].bias)
         return A, b, lb, ub, w_k, b_k
 
-    def _lines(self, j: int, nb: NetworkBounds):
-        """Relaxation lines of layer j as ``(sgn, slope, intercept)``.
-
-        ``sgn = +1``: lower line ``h >= a z + c`` (row ``a z - h <= -c``);
-        ``sgn = -1``: upper line ``h <= a z + c`` (row ``-a z + h <= c``).
-        """
+    def _lines(self, j: int, nb) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """Relaxation lines of layer j (:meth:`lumpver.bounds.relaxations.ActivationRelaxation.lp_lines`)."""
         layer = self.net.layers[j]
-        zl, zu = nb.pre_lower[j], nb.pre_upper[j]
-        al, bl, au, bu = relaxation(layer, zl, zu)
-        lines = [(1.0, al, bl), (-1.0, au, bu)]
-        if layer.activation in ("relu", "leaky_relu"):
-            neg, pos = _pwl_slopes(layer)
-            uns = (zl < 0) & (zu > 0)
-            zero = np.zeros(layer.width)
-            # the second line through the origin (the first is al or au already)
-            sgn = 1.0 if neg <= pos else -1.0
-            base = al if neg <= pos else au
-            other = np.where(uns, np.where(base == pos, neg, pos), base)
-            lines.append((sgn, other, zero))
-        return lines
+        return get_relaxation(layer.activation).lp_lines(nb.pre_lower[j], nb.pre_upper[j], layer.alpha)
 
 
 def _raw_affine(net: Network, j: int, scale: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Layer j's affine map; for j = 0 composed with the input ops (in terms of the raw input)."""
     layer = net.layers[j]
+    w = layer.op.dense()  # the LP needs the matrix
     if j > 0:
-        return layer.weight, layer.bias
-    return layer.weight * scale, layer.bias + layer.weight @ shift
+        return w, layer.bias
+    return w * scale, layer.bias + w @ shift
 
 
-def _bias_pad(b: float) -> float:
-    return 1e-15 * abs(b)
+def _sum_pad(v: float, b: float) -> float:
+    """Rounding margin of one float64 addition ``v + b``."""
+    return float(POLICY.margin(abs(v) + abs(b), 2))

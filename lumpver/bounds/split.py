@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from lumpver.bounds.engine import NetworkBounds, bisect_box, compute_bounds, hull_bounds
+from lumpver.bounds.engine import NetworkBounds, compute_bounds, hull_bounds, prepare
+from lumpver.bounds.region import bisect_box
 from lumpver.specs.inputset import Box, InputSet, Polytope
 from lumpver.ir.network import Network
 
@@ -63,7 +64,7 @@ def leaves_from_tree(box: Box, tree: list[Any]) -> list[Box]:
 def _hidden_pre(net: Network, x: np.ndarray) -> np.ndarray:
     """Pre-activations of all hidden layers, concatenated, for a batch of raw inputs."""
     acts = net.activations(x)
-    return np.hstack([acts[k] @ net.layers[k].weight.T + net.layers[k].bias for k in range(len(net.layers) - 1)])
+    return np.hstack([net.layers[k].op.forward(acts[k]) + net.layers[k].bias for k in range(len(net.layers) - 1)])
 
 
 def _flat(nb: NetworkBounds) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +74,8 @@ def _flat(nb: NetworkBounds) -> tuple[np.ndarray, np.ndarray]:
 def split_bounds(net: Network, box: Box, method: str = "crown", lp: bool = False,
                  max_leaves: int = 1, seed: int = 0) -> tuple[list[NetworkBounds], list[Any]]:
     """Adaptive splitting of ``box``: the leaves' bounds and the preorder tree."""
-    root = compute_bounds(net, box, method, lp)
+    chain = prepare(net)
+    root = compute_bounds(net, box, method, lp, chain)
     if max_leaves <= 1 or len(net.layers) < 2:
         return [root], [None]
     rng = np.random.default_rng(seed)
@@ -97,7 +99,7 @@ def split_bounds(net: Network, box: Box, method: str = "crown", lp: bool = False
         left, right, dim, at = bisect_box(b, int(np.argmax((b.upper - b.lower) / width0)))
         kids = []
         for child in (left, right):
-            nodes.append({"box": child, "nb": compute_bounds(net, child, method, lp), "kids": None})
+            nodes.append({"box": child, "nb": compute_bounds(net, child, method, lp, chain), "kids": None})
             kids.append(len(nodes) - 1)
             leaves.append(len(nodes) - 1)
         nodes[i]["kids"] = (dim, at, kids)
@@ -147,5 +149,6 @@ def replay_set_bounds(net: Network, input_set: InputSet, trees: list[Any], metho
                 raise ValueError("polytope regions are not split")
             parts.append(compute_bounds(net, region, method, lp))
             continue
-        parts.extend(compute_bounds(net, leaf, method, lp) for leaf in leaves_from_tree(region, tree))
+        chain = prepare(net)
+        parts.extend(compute_bounds(net, leaf, method, lp, chain) for leaf in leaves_from_tree(region, tree))
     return SetBounds(hull_bounds(parts), list(trees), len(parts))

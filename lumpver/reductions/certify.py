@@ -135,7 +135,8 @@ def expand_quotient(h: Network, g: Network, classes: list) -> Network:
 # ----- terms ----------------------------------------------------------------------------------
 def float32_errors(net: Network, input_set: InputSet) -> np.ndarray:
     """Per-output bound of ``|net_float32(x) - net_real(x)|`` over X (max over regions)."""
-    from lumpver.bounds.engine import compute_bounds, region_box
+    from lumpver.bounds.engine import compute_bounds
+    from lumpver.bounds.region import region_box
     from lumpver.bounds.float_error import float32_error
 
     out = np.zeros(net.n_outputs)
@@ -197,7 +198,7 @@ def twin_of(h: Network, g: Network, chain: Chain, input_set: InputSet) -> tuple[
     if chain.kept is not None:
         return expand_pruned(h, g, chain.kept, chain.dropped_rows), 0.0
     if chain.classes is not None:
-        from lumpver.bounds.engine import region_box
+        from lumpver.bounds.region import region_box
         from lumpver.certificates.exact import discrepancy_bound
 
         twin = expand_quotient(h, g, chain.classes)
@@ -359,7 +360,8 @@ def _dropped_rows_ok(h: Network, chain: Chain) -> None:
 # ----- sampling -------------------------------------------------------------------------------
 def sample_points(input_set: InputSet, n: int, seed: int = 0) -> np.ndarray:
     """About ``n`` points of X (uniform in each region's box, plus corners; polytopes filtered)."""
-    from lumpver.bounds.engine import region_box
+    from lumpver.bounds.region import region_box
+    from lumpver.specs.inputset import Box
 
     rng = np.random.default_rng(seed)
     per = max(1, n // len(input_set.regions))

@@ -82,7 +82,7 @@ def onset_step(net: Network, input_set: InputSet, method: str = "crown", lp: boo
         "split_trees": sb.trees,
         "n_leaves": sb.n_leaves,
         "qr_tolerance": qr_tol,
-        "bound_margin": {"relative": nb.margin_rel, "absolute": nb.margin_abs},
+        "bound_margin": nb.rounding,
         "layers": layers,
         "discrepancy": float(np.max(disc)),
         "discrepancy_per_output": [float(v) for v in disc],
@@ -98,7 +98,7 @@ def _lump_step(net: Network, input_set: InputSet) -> Optional[tuple[Network, dic
     if res.reduced.n_hidden >= net.n_hidden:
         return None
     a, b = discrepancy_bound(net, res.reduced, res.classes, res.tolerance)
-    from lumpver.bounds.engine import region_box
+    from lumpver.bounds.region import region_box
 
     xmax = max(float(np.max(np.abs(np.concatenate([bx.lower, bx.upper])))) for bx in map(region_box, input_set.regions))
     step = {"step": "exact-lumping", "backend": "lumping", "verdict": "proved", "claim": res.claim,

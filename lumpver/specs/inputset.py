@@ -81,17 +81,6 @@ class Polytope:
 Region = Union[Box, Polytope]
 
 
-def declared_box(region: Region) -> Box:
-    """The box a region declares: a box itself, a polytope its bounding box (a sound superset);
-    ValueError for a polytope without one. (:func:`lumpver.bounds.engine.region_box` instead
-    computes a polytope's tightest box by LP.)"""
-    if isinstance(region, Box):
-        return region
-    if region.bounding_box is None:
-        raise ValueError("polytope region without a bounding box")
-    return region.bounding_box
-
-
 @dataclass
 class InputSet:
     """A union of regions (one region in the common case)."""
@@ -104,8 +93,12 @@ class InputSet:
         return self.regions[0].dim
 
     def boxes(self) -> list[Box]:
-        """Each region's :func:`declared_box`; ValueError if a polytope has no bounding box."""
-        return [declared_box(r) for r in self.regions]
+        """Each region's declared box (a polytope's own bounding box), for sampling; ValueError if a
+        polytope declares none (:func:`lumpver.bounds.region.region_box` computes one by LP)."""
+        boxes = [r if isinstance(r, Box) else r.bounding_box for r in self.regions]
+        if any(b is None for b in boxes):
+            raise ValueError("polytope region without a bounding box")
+        return boxes
 
     def contains(self, x: np.ndarray, tol: float = 0.0) -> bool:
         return any(r.contains(x, tol) for r in self.regions)

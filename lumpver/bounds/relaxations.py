@@ -1,0 +1,216 @@
+"""Per-operator relaxations for bound propagation (DESIGN.md §3), auto_LiRPA style.
+
+One entry per activation of :data:`lumpver.ir.activations.ACTIVATIONS`, keyed by the same
+name. An entry gives, for pre-activation bounds ``[lo, hi]``:
+
+* ``interval(lo, hi, alpha)``: sound bounds of ``act(z)``;
+* ``linear(lo, hi, alpha)``: a :class:`LinearRelaxation` ``sl z + tl <= act(z) <= su z + tu``;
+* ``slopes(lo, hi, alpha)``: bounds ``[s_lo, s_hi]`` on every secant slope
+  ``(act(a) - act(b)) / (a - b)`` with ``a, b`` in ``[lo, hi]`` (differential bounds);
+* ``lp_lines(lo, hi, alpha)``: the lines an LP may use (the linear relaxation plus, for
+  piecewise-linear activations, the second line of the triangle).
+
+The engine (:mod:`lumpver.bounds.engine`) walks the layers and asks this registry; a new
+operator (convolution, pooling: the CNN issue) adds an entry here. Rounding follows
+:mod:`lumpver.bounds.rounding`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from lumpver.bounds.rounding import POLICY
+from lumpver.ir.activations import ACTIVATIONS
+
+
+@dataclass
+class LinearRelaxation:
+    """Per-neuron lines ``sl z + tl <= act(z) <= su z + tu`` on ``[lo, hi]``.
+
+    ``tmag`` bounds the magnitude of the intercepts' own float64 computation (its rounding is
+    covered by the back-substitution margin, :mod:`lumpver.bounds.rounding`).
+    """
+
+    sl: np.ndarray
+    tl: np.ndarray
+    su: np.ndarray
+    tu: np.ndarray
+    tmag: np.ndarray
+
+    @staticmethod
+    def exact(n: int) -> "LinearRelaxation":
+        one, zero = np.ones(n), np.zeros(n)
+        return LinearRelaxation(one, zero, one.copy(), zero.copy(), zero.copy())
+
+    def concat(self, other: "LinearRelaxation") -> "LinearRelaxation":
+        return LinearRelaxation(*(np.concatenate([a, b]) for a, b in zip(self.fields(), other.fields())))
+
+    def fields(self) -> tuple[np.ndarray, ...]:
+        return self.sl, self.tl, self.su, self.tu, self.tmag
+
+
+@dataclass(frozen=True)
+class ActivationRelaxation:
+    """Registry entry: interval bounds, linear relaxation and LP lines of one activation."""
+
+    name: str
+    interval: Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
+    linear: Callable[[np.ndarray, np.ndarray, float], LinearRelaxation]
+    slopes: Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
+    piecewise_linear: bool
+
+    def lp_lines(self, lo: np.ndarray, hi: np.ndarray, alpha: float) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """Lines ``(sgn, a, c)``: ``sgn = +1`` is ``h >= a z + c``, ``sgn = -1`` is ``h <= a z + c``.
+        Intercepts are widened by their rounding margin so that the lines are exact constraints."""
+        r = self.linear(lo, hi, alpha)
+        pad = POLICY.margin(np.abs(r.tl) + np.abs(r.tu) + r.tmag, 4)
+        lines = [(1.0, r.sl, r.tl - pad), (-1.0, r.su, r.tu + pad)]
+        if self.piecewise_linear and self.name != "identity":
+            neg = _neg_slope(self.name, alpha)
+            uns = (lo < 0) & (hi > 0)
+            convex = neg <= 1.0
+            base = r.sl if convex else r.su
+            other = np.where(uns, np.where(base == 1.0, neg, 1.0), base)
+            lines.append((1.0 if convex else -1.0, other, np.zeros(lo.size)))
+        return lines
+
+
+# ----------------------------------------------------------------------------------------
+# piecewise linear: identity, relu, leaky_relu
+# ----------------------------------------------------------------------------------------
+def _neg_slope(name: str, alpha: float) -> float:
+    return {"identity": 1.0, "relu": 0.0}.get(name, float(alpha))
+
+
+def _pwl_interval(name: str) -> Callable:
+    def interval(lo: np.ndarray, hi: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        neg = _neg_slope(name, alpha)
+        act = ACTIVATIONS[name]
+        zero = np.where((lo < 0) & (hi > 0), 0.0, lo)
+        cands = [act(lo, alpha), act(hi, alpha), act(zero, alpha)]
+        out_lo, out_hi = np.minimum.reduce(cands), np.maximum.reduce(cands)
+        if neg not in (0.0, 1.0):  # neg * z is rounded
+            out_lo, out_hi = np.nextafter(out_lo, -np.inf), np.nextafter(out_hi, np.inf)
+        return out_lo, out_hi
+
+    return interval
+
+
+def _pwl_slopes(name: str) -> Callable:
+    def slopes(lo: np.ndarray, hi: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        neg = _neg_slope(name, alpha)
+        s_lo = np.where(lo >= 0, 1.0, np.where(hi <= 0, neg, min(neg, 1.0)))
+        s_hi = np.where(lo >= 0, 1.0, np.where(hi <= 0, neg, max(neg, 1.0)))
+        return s_lo, s_hi
+
+    return slopes
+
+
+def _round_slope(s: np.ndarray, up: bool) -> np.ndarray:
+    step = POLICY.slope_ulps * POLICY.unit_roundoff * np.abs(s)
+    return s + step if up else s - step
+
+
+def _pwl_linear(name: str) -> Callable:
+    def linear(lo: np.ndarray, hi: np.ndarray, alpha: float) -> LinearRelaxation:
+        n = lo.size
+        if name == "identity":
+            return LinearRelaxation.exact(n)
+        neg = _neg_slope(name, alpha)
+        r = LinearRelaxation.exact(n)
+        inactive = hi <= 0
+        r.sl[inactive] = r.su[inactive] = neg
+        uns = (lo < 0) & (hi > 0)
+        if np.any(uns):
+            l, u = lo[uns], hi[uns]
+            convex = neg <= 1.0
+            chord = _round_slope((u - neg * l) / (u - l), up=convex)
+            icpt = -l * (chord - neg)  # the line through (l, neg * l); rounding in tmag
+            adaptive = np.where(u >= -l, 1.0, neg)
+            if convex:  # chord above, a slope in [neg, 1] through 0 below
+                r.su[uns], r.tu[uns], r.sl[uns] = chord, icpt, adaptive
+            else:  # concave (alpha > 1): chord below, a slope in [1, neg] through 0 above
+                r.sl[uns], r.tl[uns], r.su[uns] = chord, icpt, adaptive
+            r.tmag[uns] = np.abs(l) * (np.abs(chord) + abs(neg))
+        return r
+
+    return linear
+
+
+# ----------------------------------------------------------------------------------------
+# smooth: sigmoid, tanh (convex for z <= 0, concave for z >= 0, derivative peaked at 0)
+# ----------------------------------------------------------------------------------------
+def _smooth(name: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Value and derivative."""
+    if name == "sigmoid":
+        s = 1.0 / (1.0 + np.exp(-z))
+        return s, s * (1.0 - s)
+    t = np.tanh(z)
+    return t, 1.0 - t * t
+
+
+def _smooth_interval(name: str) -> Callable:
+    def interval(lo: np.ndarray, hi: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        fl, fu = _smooth(name, lo)[0], _smooth(name, hi)[0]  # monotone
+        return fl - POLICY.elementary_rel * np.abs(fl) - POLICY.tiny, fu + POLICY.elementary_rel * np.abs(fu) + POLICY.tiny
+
+    return interval
+
+
+def _smooth_slopes(name: str) -> Callable:
+    def slopes(lo: np.ndarray, hi: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        # secant slopes are derivative values on [lo, hi]; the derivative is unimodal, peak at 0
+        s_lo = np.minimum(_smooth(name, lo)[1], _smooth(name, hi)[1])
+        s_hi = _smooth(name, np.clip(0.0, lo, hi))[1]
+        pad = POLICY.relax_rel
+        return np.maximum(s_lo * (1 - pad) - POLICY.tiny, 0.0), s_hi * (1 + pad) + POLICY.tiny
+
+    return slopes
+
+
+def _smooth_linear(name: str) -> Callable:
+    def linear(lo: np.ndarray, hi: np.ndarray, alpha: float) -> LinearRelaxation:
+        fl, dl = _smooth(name, lo)
+        fu, du = _smooth(name, hi)
+        mid = 0.5 * (lo + hi)
+        fm, dm = _smooth(name, mid)
+        width = hi - lo
+        narrow = width < 1e-9
+        chord = np.where(narrow, 0.0, (fu - fl) / np.where(narrow, 1.0, width))
+        # valid everywhere: a slope k <= min act' on [lo, hi] makes act - k z nondecreasing
+        k = np.minimum(dl, du)
+        al, bl, au, bu = k.copy(), fl - k * lo, k.copy(), fu - k * hi
+        convex = (hi <= 0) & ~narrow  # chord above, tangent at the midpoint below
+        au[convex], bu[convex] = chord[convex], fl[convex] - chord[convex] * lo[convex]
+        al[convex], bl[convex] = dm[convex], fm[convex] - dm[convex] * mid[convex]
+        concave = (lo >= 0) & ~narrow  # chord below, tangent at the midpoint above
+        al[concave], bl[concave] = chord[concave], fl[concave] - chord[concave] * lo[concave]
+        au[concave], bu[concave] = dm[concave], fm[concave] - dm[concave] * mid[concave]
+        span = np.maximum(np.abs(lo), np.abs(hi))
+        bl = bl - (POLICY.relax_rel * (np.abs(bl) + np.abs(al) * span) + POLICY.tiny)
+        bu = bu + (POLICY.relax_rel * (np.abs(bu) + np.abs(au) * span) + POLICY.tiny)
+        return LinearRelaxation(al, bl, au, bu, np.zeros(lo.size))
+
+    return linear
+
+
+def _entry(name: str) -> ActivationRelaxation:
+    if ACTIVATIONS[name].piecewise_linear:
+        return ActivationRelaxation(name, _pwl_interval(name), _pwl_linear(name), _pwl_slopes(name), True)
+    return ActivationRelaxation(name, _smooth_interval(name), _smooth_linear(name), _smooth_slopes(name), False)
+
+
+#: activation name -> relaxation (one entry per :data:`lumpver.ir.activations.ACTIVATIONS` name).
+RELAXATIONS: dict[str, ActivationRelaxation] = {name: _entry(name) for name in ("identity", "relu", "leaky_relu",
+                                                                                 "sigmoid", "tanh")}
+assert set(RELAXATIONS) == set(ACTIVATIONS), "every activation needs a relaxation"
+
+
+def get_relaxation(name: str) -> ActivationRelaxation:
+    """The registry entry for activation ``name``; ``ValueError`` if there is none."""
+    try:
+        return RELAXATIONS[name]
+    except KeyError:
+        raise ValueError(f"no bound relaxation for activation {name!r}") from None

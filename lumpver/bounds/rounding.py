@@ -1,0 +1,85 @@
+"""The one rounding-margin policy of the bound engine (DESIGN.md §3, §5).
+
+Bounds hold for the *real-arithmetic* network on the stored weights (float32 values are held
+exactly in float64). Every float64 computation is widened outward:
+
+* accumulations (dot products, sums): next to each computed quantity the engine carries a
+  magnitude bound ``M`` (the same computation on absolute values); the result is widened by
+  ``2 gamma_K M + tiny`` with ``gamma_K = K u / (1 - K u)``, ``u = 2^-53`` and ``K`` the length of
+  the longest accumulation chain (Higham, *Accuracy and Stability of Numerical Algorithms*,
+  §3.1 and §3.5); ``tiny`` covers underflow and is added only where ``M > 0``;
+* elementary functions (``exp``, ``tanh``) in interval bounds: relative ``elementary_rel``;
+* relaxation lines of smooth activations (tangent/chord slopes computed with rounding):
+  intercepts widened by ``relax_rel * (|intercept| + |slope| * max(|l|, |u|))``; chord slopes of
+  piecewise-linear activations are rounded outward by ``8 u`` relative instead, and the rounding of
+  their intercepts goes into ``M``.
+
+:func:`rounding_policy` is the JSON description that certificates record.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+UNIT_ROUNDOFF = 2.0**-53
+
+
+@dataclass(frozen=True)
+class RoundingPolicy:
+    """Outward margins for float64 bound arithmetic (see the module docstring)."""
+
+    unit_roundoff: float = UNIT_ROUNDOFF
+    tiny: float = 1e-300
+    elementary_rel: float = 16 * UNIT_ROUNDOFF
+    relax_rel: float = 1e-12
+    slope_ulps: int = 8
+
+    def gamma(self, k: int) -> float:
+        """Higham's ``gamma_k``: relative error bound of a length-``k`` float64 accumulation."""
+        ku = k * self.unit_roundoff
+        if ku >= 0.5:
+            raise ValueError(f"accumulation chain {k} too long for the gamma_K margin")
+        return ku / (1.0 - ku)
+
+    def margin(self, mag: np.ndarray | float, k: int) -> np.ndarray:
+        """Outward margin ``2 gamma_k M + tiny`` of a quantity computed with magnitude bound ``mag``."""
+        mag = np.asarray(mag, dtype=np.float64)
+        return 2.0 * self.gamma(k) * mag + np.where(mag > 0, self.tiny, 0.0)
+
+    def outward(self, lo: np.ndarray, hi: np.ndarray, mag: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``[lo, hi]`` widened by :meth:`margin`."""
+        m = self.margin(mag, k)
+        return lo - m, hi + m
+
+    def describe(self) -> dict:
+        """JSON-able description, recorded in certificates as the bounds' rounding policy."""
+        return {
+            "name": "higham-gamma-magnitude",
+            "accumulation": "2*gamma_K*M + tiny, gamma_K = K*u/(1-K*u), M = magnitude bound, K = chain length",
+            "elementary_functions": "relative elementary_rel on exp/tanh values",
+            "relaxation_lines": "smooth: intercepts widened by relax_rel*(|b|+|a|*max(|l|,|u|)); "
+                                "piecewise-linear: chord slopes rounded outward by slope_ulps*u",
+            **asdict(self),
+        }
+
+
+#: The policy every bound of :mod:`lumpver.bounds` uses.
+POLICY = RoundingPolicy()
+
+
+def rounding_policy() -> dict:
+    """JSON description of :data:`POLICY` (for certificate evidence)."""
+    return POLICY.describe()
+
+
+def add_hi(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sound upper bound of ``a + b`` (one float64 addition)."""
+    s = a + b
+    return s + POLICY.margin(np.abs(a) + np.abs(b), 2)
+
+
+def add_lo(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sound lower bound of ``a + b`` (one float64 addition)."""
+    s = a + b
+    return s - POLICY.margin(np.abs(a) + np.abs(b), 2)
