@@ -152,10 +152,6 @@ class NetworkBounds:
         """The rounding policy the bounds were computed with (JSON)."""
         return rounding_policy()
 
-    def stable_masks(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(inactive, active)`` masks of layer ``k``: ``z_k <= 0`` resp. ``z_k >= 0`` on the region."""
-        return self.pre_upper[k] <= 0.0, self.pre_lower[k] >= 0.0
-
     def n_unstable(self) -> int:
         """Hidden neurons with ``l < 0 < u`` over all hidden layers."""
         return int(sum(np.sum((lo < 0) & (up > 0)) for lo, up in zip(self.pre_lower[:-1], self.pre_upper[:-1])))

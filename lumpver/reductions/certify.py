@@ -4,7 +4,7 @@ quantisation.
 
 The certified quantity is ``sup_{x in X} ||f(x) - g(x)||`` for the two *files* as run in float32.
 It is a sum of sound terms, each re-checkable from the files, X and the recorded evidence
-(:func:`recheck_chain`):
+(by the independent checker :mod:`lumpver.certificates.bounded_interval`):
 
 * ``onset`` — optional exact on-set steps ``f -> h`` (DESIGN.md §3), replayed by
   :mod:`lumpver.certificates.onset`; their discrepancy bound (max over outputs) is a term.
@@ -47,14 +47,18 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lumpver.bounds.engine import compute_bounds
+from lumpver.bounds.float_error import float32_error
+from lumpver.bounds.region import region_box
+from lumpver.certificates.format import make_certificate, model_stats
 from lumpver.fileio import write_json_atomic
+from lumpver.verifiers.interval import certified_difference_bound
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.ir.runtime import run_onnx
 from lumpver.reductions.base import default_certificate_path
 from lumpver.reductions.exact import LayerClasses
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.specs.norms import NORMS, difference_rows, from_max_abs, upper_norm
-from lumpver.ir.activations import ACTIVATIONS
 from lumpver.ir.network import Layer, Network
 
 #: relative padding of a stated bound over the computed one (the checker's recomputation may
@@ -135,10 +139,6 @@ def expand_quotient(h: Network, g: Network, classes: list) -> Network:
 # ----- terms ----------------------------------------------------------------------------------
 def float32_errors(net: Network, input_set: InputSet) -> np.ndarray:
     """Per-output bound of ``|net_float32(x) - net_real(x)|`` over X (max over regions)."""
-    from lumpver.bounds.engine import compute_bounds
-    from lumpver.bounds.region import region_box
-    from lumpver.bounds.float_error import float32_error
-
     out = np.zeros(net.n_outputs)
     for region in input_set.regions:
         out = np.maximum(out, float32_error(net, region_box(region), compute_bounds(net, region)))
@@ -148,7 +148,6 @@ def float32_errors(net: Network, input_set: InputSet) -> np.ndarray:
 def interval_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshold: float,
                   max_boxes: list[int] | int, timeout: float) -> tuple[float, dict[str, Any]]:
     """Differential bound of ``h - twin`` region by region with a box cap (deterministic)."""
-    from lumpver.verifiers.interval import certified_difference_bound
 
     caps = max_boxes if isinstance(max_boxes, list) else [int(max_boxes)] * len(input_set.regions)
     deadline = time.perf_counter() + timeout
@@ -263,106 +262,9 @@ def _certify_top1(f, g, input_set, timeout, max_boxes, t0) -> Certified:
                      "" if u == 0 else "argmax agreement not proved on every box")
 
 
-# ----- re-check -------------------------------------------------------------------------------
-def recheck_chain(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict[str, Any],
-                  report) -> Optional[float]:
-    """Recompute the bound of interval evidence ``ev`` from the networks and X (None on failure).
-
-    Evidence without ``max_boxes`` (the interval back-end's own, e.g. from ``lumpver bound``) is
-    replayed with its ``boxes_processed`` + 1 as each region's cap: branch and bound only lowers
-    the worst leaf as it refines, and every recomputed bound is sound whatever the cap."""
-    chain = Chain.from_json(ev.get("chain", {}))
-    if "max_boxes" in ev:
-        caps = [int(c) for c in ev["max_boxes"]]
-    else:  # plain interval back-end evidence (lumpver bound): replay with its box count as the cap
-        caps = [int(ev["boxes_processed"]) + 1] * len(input_set.regions)
-    if len(caps) != len(input_set.regions) or min(caps) < 1:
-        report.fail("interval evidence: one box cap per region expected")
-        return None
-    if norm == "top1":
-        u, _ = interval_term(f, g, input_set, "top1", 0.0, caps, 3600.0)
-        report.ok(f"top-1 agreement re-verified on every leaf box: bound {u:g}")
-        return u
-    h, onset = f, 0.0
-    if chain.onset_steps is not None:
-        from lumpver.certificates.onset import replay_lumping_step as _replay_lumping, replay_onset_step
-
-        for step in chain.onset_steps:
-            kind = step.get("step")
-            replay = replay_onset_step if kind == "on-set" else _replay_lumping if kind == "exact-lumping" else None
-            if replay is None:
-                report.fail(f"unknown on-set step kind {kind!r}")
-                return None
-            h, d = replay(h, input_set, step, None, report)
-            if h is None:
-                return None
-            onset += d
-        report.ok(f"on-set steps replayed: h has widths {h.hidden_widths}, discrepancy <= {onset:.3e}")
-    if not _twin_shapes_ok(h, g, chain, report):
-        return None
-    twin, gap = twin_of(h, g, chain, input_set)
-    u, _ = interval_term(h, twin, input_set, norm, float(ev.get("threshold", 0.0)), caps, 3600.0)
-    ferr = float32_errors(f, input_set) + float32_errors(g, input_set)
-    total = from_max_abs(onset, f.n_outputs, norm) + from_max_abs(gap, f.n_outputs, norm) + u
-    report.ok(f"recomputed: on-set {onset:.3e} + twin {gap:.3e} + differential {u:.4g} = {total:.6g} ({norm}, "
-              f"real arithmetic); float32 rounding of both models <= {upper_norm(ferr, norm):.3e}")
-    return total
-
-
-def _twin_shapes_ok(h: Network, g: Network, chain: Chain, report) -> bool:
-    """The twin's claim fits h and g (sizes, indices); reports what is wrong."""
-    try:
-        if len(h.layers) != len(g.layers) or h.n_inputs != g.n_inputs or h.n_outputs != g.n_outputs:
-            raise ValueError("different depth or interface")
-        if chain.kept is not None:
-            for k, kept in enumerate(chain.kept):
-                if kept.size != g.layers[k].width or np.unique(kept).size != kept.size or \
-                        kept.min(initial=0) < 0 or kept.max(initial=0) >= h.layers[k].width:
-                    raise ValueError(f"layer {k}: kept indices do not match")
-            _dropped_rows_ok(h, chain)
-        elif chain.classes is not None:
-            if len(chain.classes) != len(h.layers) - 1:
-                raise ValueError("one partition per hidden layer expected")
-            for k, c in enumerate(chain.classes):
-                n = c.rep.size
-                if c.cls.size != h.layers[k].width or np.any(c.cls < 0) or np.any(c.cls >= n) or \
-                        n != g.layers[k].width or not np.all(c.kept) or np.any(c.scale <= 0) or \
-                        not np.all(np.isfinite(c.scale)) or np.any(c.cls[c.rep] != np.arange(n)) or \
-                        np.any(c.scale[c.rep] != 1.0):
-                    raise ValueError(f"layer {k}: malformed partition")
-                if not ACTIVATIONS[h.layers[k].activation].positively_homogeneous:
-                    raise ValueError(f"layer {k}: positive scales need a positively homogeneous activation")
-        elif [l.weight.shape for l in h.layers] != [l.weight.shape for l in g.layers]:
-            raise ValueError("g has other layer shapes than the network it is compared with")
-    except (ValueError, IndexError) as e:
-        report.fail(f"interval evidence: {e}")
-        return False
-    return True
-
-
-def _dropped_rows_ok(h: Network, chain: Chain) -> None:
-    """Recorded twin rows name dropped neurons only and have finite values of the right shapes."""
-    if chain.dropped_rows is None:
-        return
-    if chain.kept is None or len(chain.dropped_rows) > len(chain.kept):
-        raise ValueError("dropped_rows need one entry per pruned hidden layer")
-    for k, d in enumerate(chain.dropped_rows):
-        if d is None:
-            continue
-        n_cols = chain.kept[k - 1].size if k > 0 else h.layers[0].fan_in
-        dropped = np.setdiff1d(np.arange(h.layers[k].width), chain.kept[k])
-        if np.unique(d.index).size != d.index.size or not np.all(np.isin(d.index, dropped)) or \
-                d.weight.shape != (d.index.size, n_cols) or d.bias.shape != (d.index.size,) or \
-                not (np.all(np.isfinite(d.weight)) and np.all(np.isfinite(d.bias))):
-            raise ValueError(f"layer {k}: malformed dropped_rows")
-
-
 # ----- sampling -------------------------------------------------------------------------------
 def sample_points(input_set: InputSet, n: int, seed: int = 0) -> np.ndarray:
     """About ``n`` points of X (uniform in each region's box, plus corners; polytopes filtered)."""
-    from lumpver.bounds.region import region_box
-    from lumpver.specs.inputset import Box
-
     rng = np.random.default_rng(seed)
     per = max(1, n // len(input_set.regions))
     out = []
@@ -391,7 +293,6 @@ def bounded_certificate(original_path: str | os.PathLike, reduced_path: str | os
                         result: Certified, method: dict[str, Any], seconds: float,
                         sampled: Optional[float] = None) -> dict[str, Any]:
     """The ``bounded`` certificate (CONTRACT.md) for a certified result; not written."""
-    from lumpver.certificates.format import make_certificate, model_stats
 
     guarantee = {"kind": "bounded", "input_set": input_set.to_json(), "norm": result.norm,
                  "epsilon": result.epsilon,
