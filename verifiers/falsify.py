@@ -22,7 +22,7 @@ import numpy as np
 
 from lumpver.bounds.region import region_box
 from lumpver.ir.activations import get_activation
-from lumpver.specs.inputset import InputSet, OutputProperty, Polytope, Region
+from lumpver.specs.inputset import OutputProperty, Polytope, Region
 from lumpver.specs.norms import norm_value
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict

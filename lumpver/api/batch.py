@@ -106,8 +106,6 @@ def verify_argv(inst: Instance, result_file: Path, reduce: bool, backend: Option
 
 def worker(argv: list[str]) -> int:
     """``python -m lumpver.api.batch ONNX VNNLIB TIMEOUT RESULT REDUCE BACKEND`` (one instance)."""
-    import json
-
     onnx, vnnlib, timeout, result, reduce, backend = argv
     try:
         r = verify_property(onnx, vnnlib, backend, reduce == "1", float(timeout))
@@ -123,7 +121,6 @@ def write_result(result_file: Path, r: VerifyResult) -> None:
     """The VNN-COMP result file of one instance and its JSON side file (per-case records)."""
     import json
 
-    from lumpver.fileio import write_text_atomic
 
     write_text_atomic(result_file, r.text())
     write_text_atomic(str(result_file) + ".json", json.dumps({"result": r.result, "reason": r.reason,
@@ -270,7 +267,7 @@ def summary_markdown(res: BatchResult, csv_path: str | os.PathLike, jobs: int) -
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     before = [o.neurons_before for o in res.outcomes if o.neurons_before is not None and o.neurons_after is not None]
     after = [o.neurons_after for o in res.outcomes if o.neurons_before is not None and o.neurons_after is not None]
-    lines += ["", f"Totals: " + ", ".join(f"{n} {r}" for r, n in res.counts.items() if n)
+    lines += ["", "Totals: " + ", ".join(f"{n} {r}" for r, n in res.counts.items() if n)
               + f"; {total:.1f} s of verification"
               + (f"; hidden neurons {sum(before)} -> {sum(after)} over the {len(after)} reduced instance(s)"
                  if after else "") + ".", ""]

@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lumpver.bounds.engine import NetworkBounds
 from lumpver.bounds.region import region_box
 from lumpver.bounds.split import replay_set_bounds
 from lumpver.certificates.exact import (classes_fit, discrepancy_bound, quotient_network, read_classes, same_activation,

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from lumpver.ir.network import Network
+from lumpver.fileio import write_bytes_atomic
 
 OPSET = 13
 _ACT_OPS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
@@ -80,6 +81,5 @@ def network_to_onnx(net: Network, producer: str = "lumpver"):
 
 def save_onnx(net: Network, path: str | os.PathLike) -> None:
     """Write ``net`` to ``path`` atomically (temporary file, then rename)."""
-    from lumpver.fileio import write_bytes_atomic
 
     write_bytes_atomic(path, network_to_onnx(net).SerializeToString())

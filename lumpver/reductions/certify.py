@@ -60,6 +60,7 @@ from lumpver.reductions.exact import LayerClasses
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.specs.norms import NORMS, difference_rows, from_max_abs, upper_norm
 from lumpver.ir.network import Layer, Network
+from lumpver.certificates.exact import discrepancy_bound
 
 #: relative padding of a stated bound over the computed one (the checker's recomputation may
 #: differ in the last bits; a larger bound stays sound)
@@ -197,8 +198,6 @@ def twin_of(h: Network, g: Network, chain: Chain, input_set: InputSet) -> tuple[
     if chain.kept is not None:
         return expand_pruned(h, g, chain.kept, chain.dropped_rows), 0.0
     if chain.classes is not None:
-        from lumpver.bounds.region import region_box
-        from lumpver.certificates.exact import discrepancy_bound
 
         twin = expand_quotient(h, g, chain.classes)
         a, b = discrepancy_bound(twin, g, chain.classes, 0.0)

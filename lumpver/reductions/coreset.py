@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lumpver.ir.network import Layer, Network, apply_activation
+from lumpver.bounds.engine import compute_bounds
 
 
 @dataclass
@@ -112,7 +113,6 @@ def coreset_prune(net: Network, keep: float, beta: float | list[float] = 1.0, se
 
 def input_betas(net: Network, input_set) -> list[float]:
     """Per hidden layer, a bound on the 2-norm of the layer's input over X (bound propagation)."""
-    from lumpver.bounds.engine import compute_bounds
 
     betas = None
     for region in input_set.regions:

@@ -36,6 +36,8 @@ from lumpver.specs.inputset import InputSet
 from lumpver.ir.network import Network
 from lumpver.reductions.onset_fold import QR_TOL, choose_folds, fold_discrepancy, fold_network
 from lumpver.progress import SILENT, Progress
+from lumpver.bounds.region import region_box
+from lumpver.certificates.format import make_certificate, model_stats
 
 #: Default number of leaves per box region for adaptive input splitting (low-dimensional inputs).
 DEFAULT_MAX_LEAVES = 32
@@ -98,7 +100,6 @@ def _lump_step(net: Network, input_set: InputSet) -> Optional[tuple[Network, dic
     if res.reduced.n_hidden >= net.n_hidden:
         return None
     a, b = discrepancy_bound(net, res.reduced, res.classes, res.tolerance)
-    from lumpver.bounds.region import region_box
 
     xmax = max(float(np.max(np.abs(np.concatenate([bx.lower, bx.upper])))) for bx in map(region_box, input_set.regions))
     step = {"step": "exact-lumping", "backend": "lumping", "verdict": "proved", "claim": res.claim,
@@ -145,7 +146,6 @@ def reduce_on_set_to_files(original_path: str | os.PathLike, out_path: str | os.
     ``options`` go to :func:`reduce_on_set`. Both files are written atomically; if the
     certificate cannot be written the model is removed again. Returns the certificate.
     """
-    from lumpver.certificates.format import make_certificate, model_stats
 
     progress = Progress(quiet=quiet)
     t0 = time.perf_counter()
