@@ -112,7 +112,7 @@ def bench_equivalence(args) -> list[str]:
         tot_ours += a.seconds
         tot_naive += b.seconds
         st = a.details.get("stats", {})
-        lines.append(f"| {net_id} | {a.verdict} | {a.seconds:.2f} | {b.verdict} | {b.seconds:.2f} | {st.get('boxes')} | {st.get('z3_calls')} |")
+        lines.append(f"| {net_id} | {a.verdict} | {a.seconds:.2f} | {b.verdict} | {b.seconds:.2f} | {st.get('boxes')} | {st.get('z3', {}).get('calls')} |")
         print(lines[-1], flush=True)
         assert not {a.verdict, b.verdict} == {"proved", "violated"}, "disagreement"
     lines.append(f"- total time ratio naive / ours: {tot_naive / max(tot_ours, 1e-9):.2f} (naive unknown = timeout at {args.timeout:g} s, a lower bound on its time)")

@@ -125,6 +125,25 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+@dataclass
+class SearchStats:
+    """Counters of an input-splitting search, for a verdict's ``details`` (JSON via :meth:`as_dict`:
+    floats rounded to 4 digits, lists cut to their first 20 entries)."""
+
+    boxes: int = 0
+    closed_by_bounds: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        def shown(v: Any) -> Any:
+            if isinstance(v, float):
+                return round(v, 4)
+            if isinstance(v, list):
+                return [getattr(x, "__dict__", x) for x in v[:20]]
+            return v
+
+        return {k: shown(v) for k, v in self.__dict__.items()}
+
+
 class Backend(Protocol):
     """What every back-end module provides (as a class or object named ``BACKEND``)."""
 

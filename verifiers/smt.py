@@ -24,6 +24,7 @@ bounds do not suffice, and z3 models that float replay does not reproduce give `
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Optional
@@ -34,7 +35,7 @@ from lumpver.bounds.region import bisect_box, region_box
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.ir.network import Network
 from lumpver.verifiers import falsify
-from lumpver.verifiers.base import Query, Verdict
+from lumpver.verifiers.base import Query, SearchStats, Verdict
 from lumpver.verifiers.smt_encode import encode
 from lumpver.verifiers.smt_spec import (
     BOUND_TOL,
@@ -68,18 +69,11 @@ class SmtOptions:
 
 
 @dataclass
-class _Stats:
-    boxes: int = 0
-    closed_by_bounds: int = 0
-    z3_calls: int = 0
-    z3_unsat: int = 0
-    z3_sat: int = 0
-    z3_unknown: int = 0
+class _Stats(SearchStats):
+    #: z3 answers by kind ("calls", "unsat", "sat", "unknown")
+    z3: Counter = field(default_factory=Counter)
     max_depth: int = 0
     doubts: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "doubts"} | {"doubts": self.doubts[:5]}
 
 
 class SmtBackend:
@@ -252,12 +246,12 @@ class _Search:
             for row in self.spec.disjuncts[d]:
                 solver.add(_row(row, ys))
             solver.set("timeout", max(1, int(1000 * min(self.opt.call_timeout, left))))
-            st.z3_calls += 1
+            st.z3["calls"] += 1
             r = solver.check()
             if r == z3.unsat:
-                st.z3_unsat += 1
+                st.z3["unsat"] += 1
             elif r == z3.sat:
-                st.z3_sat += 1
+                st.z3["sat"] += 1
                 x = np.array([float(_frac(solver.model().eval(v, model_completion=True))) for v in xs])
                 out = self._confirm(x, sub)
                 if out is not None:
@@ -267,7 +261,7 @@ class _Search:
                     return self._split(region_box(sub), live)
                 st.doubts.append("z3 model not reproduced by float replay" if self.spec.exact else f"sufficient check inconclusive ({self.spec.note})")
             else:
-                st.z3_unknown += 1
+                st.z3["unknown"] += 1
                 why = solver.reason_unknown()
                 if not final and not self.opt.naive:
                     self._pop(solver)

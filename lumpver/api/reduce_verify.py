@@ -30,7 +30,7 @@ import numpy as np
 
 from lumpver.specs.inputset import Box, InputSet, OutputProperty
 from lumpver.ir.network import Network
-from lumpver.verifiers.base import Query, Verdict
+from lumpver.verifiers.base import Query, SearchStats, Verdict
 from lumpver.bounds.region import bisect_box, region_box
 from lumpver.reductions.onset import reduce_on_set
 from lumpver.verifiers import falsify
@@ -64,9 +64,7 @@ class LeafRecord:
 
 
 @dataclass
-class PipelineStats:
-    boxes: int = 0
-    closed_by_bounds: int = 0
+class PipelineStats(SearchStats):
     open_leaves: int = 0
     refined: int = 0
     seconds_falsify: float = 0.0
@@ -74,11 +72,6 @@ class PipelineStats:
     seconds_reduce: float = 0.0
     seconds_backend: float = 0.0
     leaves: list[LeafRecord] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items() if k != "leaves"}
-        d["leaves"] = [r.__dict__ for r in self.leaves[:20]]
-        return d
 
 
 def widen(unsafe: OutputProperty, delta: float) -> OutputProperty:
