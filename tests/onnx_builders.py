@@ -87,8 +87,10 @@ def column_model(rng) -> onnx.ModelProto:
 
 
 def softmax_model(rng) -> onnx.ModelProto:
+    """A Softmax over the batch axis (refused: only a Softmax over each sample's outputs is accepted)."""
     inits = {"W": f32(rng.normal(size=(3, 2)))}
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Softmax", ["m"], ["y"], name="probs")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]),
+             helper.make_node("Softmax", ["m"], ["y"], name="probs", axis=0)]
     return make_model(nodes, inits, "x", [1, 3], "y", [1, 2])
 
 
