@@ -283,3 +283,27 @@ def test_bad_conv_inputs_are_refused_naming_the_node(rng):
         onnx_to_network(one_conv(["N", 3, 5, 5], (2, 4, 3, 3)))
     with pytest.raises(InputError, match="c0.*Conv expects a 4-D input"):
         onnx_to_network(one_conv(["N", 75], (2, 3, 3, 3)))
+
+
+@pytest.mark.parametrize("command,what", [
+    (["reduce"], "reduce --mode exact"), (["prune", "--method", "magnitude", "--keep", "0.5"], "prune"),
+    (["prune", "--method", "coreset", "--keep", "0.5"], "prune --method coreset"), (["quantize"], "quantize"),
+])
+def test_commands_refuse_convolutional_networks(tmp_path, shared_data, command, what):
+    out = tmp_path / "o.onnx"
+    r = subprocess.run([sys.executable, "-m", "lumpver", *command, str(shared_data / CIFAR), "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith(
+        f"convolutional layers are not supported by {what} yet")
+    assert "Traceback" not in r.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_verify_refuses_a_final_softmax(tmp_path, rng):
+    src, prop = tmp_path / "sm.onnx", tmp_path / "p.vnnlib"
+    onnx.save(ob.bn_gap_softmax_model(rng), str(src))
+    lines = [f"(declare-const X_{i} Real)" for i in range(84)] + [f"(declare-const Y_{i} Real)" for i in range(4)]
+    lines += [f"(assert (>= X_{i} 0.0))\n(assert (<= X_{i} 0.1))" for i in range(84)] + ["(assert (>= Y_0 0.9))"]
+    prop.write_text("\n".join(lines) + "\n")
+    r = subprocess.run([sys.executable, "-m", "lumpver", "verify", str(src), str(prop)], capture_output=True, text=True)
+    assert r.returncode == 2 and "final Softmax is not supported by verify" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

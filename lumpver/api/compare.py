@@ -17,6 +17,7 @@ from typing import Optional, Union
 import numpy as np
 
 from lumpver.errors import InputError
+from lumpver.ir.network import require_logits
 from lumpver.specs.inputset import InputSet
 from lumpver.verifiers.base import NORMS, Query, Verdict, get_backend
 
@@ -32,6 +33,8 @@ def load_pair(path_a: str | os.PathLike, path_b: str | os.PathLike):
     from lumpver.ir.onnx_import import load_onnx
 
     a, b = load_onnx(path_a), load_onnx(path_b)
+    for net in (a, b):
+        require_logits(net, "compare or bound")
     if (a.n_inputs, a.n_outputs) != (b.n_inputs, b.n_outputs):
         raise InputError(
             f"models differ in size: {a.n_inputs} inputs/{a.n_outputs} outputs vs "

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from lumpver.errors import InputError
+from lumpver.ir.network import require_logits
 from lumpver.specs.inputset import InputSet
 from lumpver.verifiers.base import Query, Verdict, get_backend
 
@@ -76,6 +77,7 @@ def verify_property(
         raise InputError(f"unknown back-end {backend!r}; expected one of {', '.join(BACKENDS)}")
     t0 = time.monotonic()
     net = load_onnx(model_path)
+    require_logits(net, "verify")
     spec = read_vnnlib(prop_path, n_inputs=net.n_inputs, n_outputs=net.n_outputs)
     be = get_backend(_backend_for(backend))
     res = VerifyResult("unsat")

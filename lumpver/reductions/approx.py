@@ -35,7 +35,7 @@ import numpy as np
 from lumpver.reductions.certify import Certified, Chain, certify
 from lumpver.specs.inputset import InputSet
 from lumpver.reductions.exact import LayerClasses
-from lumpver.ir.network import Layer, Network
+from lumpver.ir.network import Layer, Network, require_dense
 from lumpver.progress import SILENT, Progress
 
 SUPPORTED = ("relu", "leaky_relu", "identity")
@@ -273,6 +273,7 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     number of removed neurons: a candidate (:func:`refit_pruned`) whose sampled error exceeds
     epsilon is rejected at once, otherwise it is certified; the largest certified removal wins.
     Raises ValueError when not even h is certified within epsilon."""
+    require_dense(f, "reduce --mode approx")
     from lumpver.reductions.certify import norm_rows, sample_points
     from lumpver.reductions.onset import reduce_on_set
 
