@@ -208,3 +208,26 @@ def residual_model(rng) -> onnx.ModelProto:
              helper.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1, 1, 1, 1]),
              helper.make_node("Add", ["c2", "x"], ["y"], name="skip")]
     return make_model(nodes, inits, "x", ["N", 2, 4, 4], "y", ["N", 2, 4, 4])
+
+
+def folding_model(rng) -> onnx.ModelProto:
+    """Steps that fold into neighbours or stay as operators: Conv -> AveragePool (no activation in
+    between) -> Relu -> Mul/Add by per-position constants -> Conv -> BatchNormalization -> Relu ->
+    AveragePool -> BatchNormalization -> Flatten -> Gemm."""
+    inits = {"W1": f32(rng.normal(size=(3, 2, 2, 2))), "B1": f32(rng.normal(size=3)),
+             "s": f32(rng.uniform(0.5, 2, size=(1, 3, 3, 3))), "t": f32(rng.normal(size=(1, 3, 1, 1))),
+             "W2": f32(rng.normal(size=(4, 3, 2, 2))), "B2": f32(rng.normal(size=4)),
+             "g": f32(rng.uniform(0.5, 1.5, size=4)), "beta": f32(rng.normal(size=4)),
+             "mu": f32(rng.normal(size=4)), "var": f32(rng.uniform(0.5, 2, size=4)),
+             "W3": f32(rng.normal(size=(2, 4))), "B3": f32(rng.normal(size=2))}
+    bn = ["g", "beta", "mu", "var"]
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 0, 0]),
+             helper.make_node("AveragePool", ["c1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 0, 0]),
+             helper.make_node("Relu", ["p1"], ["r1"]), helper.make_node("Mul", ["r1", "s"], ["m1"]),
+             helper.make_node("Add", ["m1", "t"], ["a1"]),
+             helper.make_node("Conv", ["a1", "W2", "B2"], ["c2"]),
+             helper.make_node("BatchNormalization", ["c2", *bn], ["n2"]), helper.make_node("Relu", ["n2"], ["r2"]),
+             helper.make_node("AveragePool", ["r2"], ["p2"], kernel_shape=[2, 2]),
+             helper.make_node("BatchNormalization", ["p2", *bn], ["n3"]),
+             helper.make_node("Flatten", ["n3"], ["f"]), helper.make_node("Gemm", ["f", "W3", "B3"], ["y"], transB=1)]
+    return make_model(nodes, inits, "x", ["N", 2, 5, 5], "y", ["N", 2])

@@ -307,3 +307,15 @@ def test_verify_refuses_a_final_softmax(tmp_path, rng):
     r = subprocess.run([sys.executable, "-m", "lumpver", "verify", str(src), str(prop)], capture_output=True, text=True)
     assert r.returncode == 2 and "final Softmax is not supported by verify" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_folding_keeps_operators_and_the_function(tmp_path, rng):
+    x = rng.normal(size=(9, 50))
+    net, ref, got, exported = _roundtrip(tmp_path, ob.folding_model(rng), x)
+    assert np.allclose(net.forward(x), ref, rtol=1e-5, atol=1e-5)
+    assert np.allclose(got, ref, rtol=1e-5, atol=1e-5)
+    kinds = [[type(o).__name__ for o in getattr(l.op, "ops", [l.op])] for l in net.layers]
+    assert kinds == [["ConvOperator", "AvgPoolOperator"], ["DiagonalOperator", "ConvOperator"],
+                     ["AvgPoolOperator", "DenseOperator"]]  # BN after the pool folds into the Gemm
+    assert not any(n.op_type == "MatMul" for n in exported.graph.node)
+    assert sum(n.op_type == "Conv" for n in exported.graph.node) == 2

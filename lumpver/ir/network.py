@@ -1,4 +1,4 @@
-"""The network IR: a feed-forward network as dense per-layer arrays (DESIGN.md §1).
+"""The network IR: a feed-forward chain of layers, each a linear operator (DESIGN.md §1, §10).
 
 One source of truth: :class:`Network` holds float64 arrays (imported float32 values are
 stored exactly); :meth:`Network.to_networkx` derives the neuron-graph view on demand for

@@ -4,7 +4,9 @@ A layer computes ``z = op(h) + bias``. Code that only needs to apply the map (fo
 its transpose (bound back-substitution), or its entry-wise absolute value (interval radii,
 rounding margins) uses this interface, so a convolution or a pooling layer can be added as a new
 operator class without unrolling it into a dense matrix. ``dense()`` is available when the
-matrix is small enough to form.
+matrix is small enough to form (:func:`dense_matrix` refuses above :data:`DENSE_CAP` entries).
+:class:`DenseOperator` and :class:`ComposedOperator` (a chain) live here; the spatial operators
+(convolution, pooling, padding, permutation, diagonal) in :mod:`lumpver.ir.conv`.
 
 Shapes: features are flattened; a batch of inputs is ``(batch, in_features)``, a batch of
 coefficient rows for back-substitution is ``(rows, out_features)``.
