@@ -319,3 +319,10 @@ def test_folding_keeps_operators_and_the_function(tmp_path, rng):
                      ["AvgPoolOperator", "DenseOperator"]]  # BN after the pool folds into the Gemm
     assert not any(n.op_type == "MatMul" for n in exported.graph.node)
     assert sum(n.op_type == "Conv" for n in exported.graph.node) == 2
+
+
+def test_exported_weights_are_named_by_layer(shared_data):
+    model = network_to_onnx(load_onnx(shared_data / AVGPOOL))
+    names = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    assert names["lv_W0"] == (32, 1, 2, 2) and names["lv_b0"] == (32,)  # the conv and its per-channel bias
+    assert names["lv_W1"] == (10, 1152) and names["lv_b1"] == (10,)

@@ -245,7 +245,7 @@ class ConvOperator(SpatialOperator):
 
     def write_onnx(self, w, x: str, bias: np.ndarray | None) -> tuple[str, bool]:
         per_channel = channel_bias(bias, self.out_shape)
-        ins = [x, w.const(self.weight, "W")] + ([w.const(per_channel, "B")] if per_channel is not None else [])
+        ins = [x, w.const(self.weight, "W")] + ([w.const(per_channel, "b")] if per_channel is not None else [])
         out = w.node("Conv", ins, kernel_shape=list(self.weight.shape[2:]), strides=list(self.strides),
                      pads=list(self.pads), dilations=list(self.dilations), group=self.groups)
         return out, per_channel is not None

@@ -55,16 +55,23 @@ class OnnxWriter:
     inits: list = field(default_factory=list)
     shape: tuple[int, ...] = ()
     source_op: str = "matmul"  # of the layer being written (dense maps)
+    layer: int = -1  # index of the layer being written
     _count: int = 0
+    _used: set = field(default_factory=set)
 
     def _name(self, hint: str) -> str:
         self._count += 1
-        return f"{self.prefix}_{hint}{self._count}"
+        return f"{self.prefix}_{hint}_{self._count}"
 
     def const(self, arr, hint: str = "c", dtype=np.float32) -> str:
+        """A new initializer: layer ``k``'s weight is ``lv_W{k}`` and its bias ``lv_b{k}`` (quantize
+        and tests refer to them); every other constant gets a numbered name."""
         from onnx import numpy_helper
 
-        name = self._name(hint)
+        name = f"{self.prefix}_{hint}{self.layer}"
+        if hint not in ("W", "b") or name in self._used:
+            name = self._name(hint)
+        self._used.add(name)
         self.inits.append(numpy_helper.from_array(np.asarray(arr, dtype=dtype), name))
         return name
 
@@ -93,8 +100,8 @@ class OnnxWriter:
         return out, absorbed
 
 
-def _write_layer(w: OnnxWriter, layer, x: str) -> str:
-    w.source_op = layer.source_op
+def _write_layer(w: OnnxWriter, k: int, layer, x: str) -> str:
+    w.source_op, w.layer = layer.source_op, k
     x, absorbed = w.write(layer.op, x, layer.bias)
     if not absorbed and np.any(layer.bias):
         x = w.node("Add", [x, w.const(layer.bias.reshape(w.shape), "b")])
@@ -130,8 +137,8 @@ def network_to_onnx(net: Network, producer: str = "lumpver"):
     w.shape = first
     for op in net.input_ops:
         x = w.node(op.op, [x, w.const(op.constant.reshape(first), "in")])
-    for layer in net.layers:
-        x = _write_layer(w, layer, x)
+    for k, layer in enumerate(net.layers):
+        x = _write_layer(w, k, layer, x)
     _write_output(w, net, x)
     graph = helper.make_graph(w.nodes, "lumpver", [_value_info(net.input_name, net.input_shape)],
                               [_value_info(net.output_name, net.output_shape)], w.inits)
