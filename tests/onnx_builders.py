@@ -87,8 +87,10 @@ def column_model(rng) -> onnx.ModelProto:
 
 
 def softmax_model(rng) -> onnx.ModelProto:
+    """A Softmax over the batch axis (refused: only a Softmax over each sample's outputs is accepted)."""
     inits = {"W": f32(rng.normal(size=(3, 2)))}
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Softmax", ["m"], ["y"], name="probs")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]),
+             helper.make_node("Softmax", ["m"], ["y"], name="probs", axis=0)]
     return make_model(nodes, inits, "x", [1, 3], "y", [1, 2])
 
 
@@ -112,3 +114,120 @@ def pytorch_flatten_model(rng) -> onnx.ModelProto:
         helper.make_node("Gemm", ["a", "W2", "b2"], ["y"], transB=1),
     ]
     return make_model(nodes, inits, "x", ["N", 3, 2, 2], "y", ["N", 3])
+
+
+# ----- convolutional models (issue 12) ---------------------------------------------------------
+def conv_node_model(rng, in_shape, w_shape, **attrs) -> onnx.ModelProto:
+    """One ``Conv`` node with bias on input ``[N, *in_shape]`` (output shape left to onnxruntime)."""
+    inits = {"W": f32(rng.normal(size=w_shape)), "B": f32(rng.normal(size=w_shape[0]))}
+    node = helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", **attrs)
+    return make_model([node], inits, "x", ["N", *in_shape], "y", _free_dims(len(in_shape) + 1))
+
+
+def pool_node_model(in_shape, op="AveragePool", **attrs) -> onnx.ModelProto:
+    """One pooling (or ``GlobalAveragePool``) node on input ``[N, *in_shape]``."""
+    return make_model([helper.make_node(op, ["x"], ["y"], name="pool", **attrs)], {}, "x", ["N", *in_shape], "y",
+                      _free_dims(len(in_shape) + 1))
+
+
+def _free_dims(rank: int) -> list[str]:
+    return ["N"] + [f"d{i}" for i in range(1, rank)]
+
+
+def conv_pool_model(rng, batch="N") -> onnx.ModelProto:
+    """Normalised image -> grouped, strided, dilated, padded Conv -> Relu -> Pad -> AveragePool
+    (own pads, count_include_pad 0) -> Flatten -> Gemm -> Relu -> Gemm."""
+    inits = {"m": f32(rng.normal(size=(1, 4, 1, 1))), "s": f32(rng.uniform(0.5, 2, size=(1, 4, 1, 1))),
+             "W1": f32(rng.normal(size=(6, 2, 3, 3))), "B1": f32(rng.normal(size=6)),
+             "pads": np.array([0, 0, 1, 0, 0, 0, 0, 1], dtype=np.int64),
+             "W2": f32(rng.normal(size=(5, 6 * 4 * 3))), "B2": f32(rng.normal(size=5)),
+             "W3": f32(rng.normal(size=(3, 5))), "B3": f32(rng.normal(size=3))}
+    nodes = [helper.make_node("Sub", ["x", "m"], ["x1"]), helper.make_node("Div", ["x1", "s"], ["x2"]),
+             helper.make_node("Conv", ["x2", "W1", "B1"], ["c1"], strides=[1, 2], pads=[1, 2, 0, 1],
+                              dilations=[2, 1], group=2),
+             helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Pad", ["r1", "pads"], ["p1"], mode="constant"),
+             helper.make_node("AveragePool", ["p1"], ["a1"], kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 1, 1]),
+             helper.make_node("Flatten", ["a1"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "W2", "B2"], ["g2"], transB=1), helper.make_node("Relu", ["g2"], ["r2"]),
+             helper.make_node("Gemm", ["r2", "W3", "B3"], ["y"], transB=1)]
+    return make_model(nodes, inits, "x", [batch, 4, 9, 8], "y", [batch, 3])
+
+
+def conv1d_model(rng) -> onnx.ModelProto:
+    """1-D conv (stride, dilation, pads) -> Relu -> 1-D AveragePool -> Flatten -> MatMul + Add."""
+    inits = {"W1": f32(rng.normal(size=(4, 3, 3))), "B1": f32(rng.normal(size=4)),
+             "W2": f32(rng.normal(size=(4 * 2, 2))), "B2": f32(rng.normal(size=2))}
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c"], strides=[2], dilations=[2], pads=[2, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("AveragePool", ["r"], ["a"], kernel_shape=[2], strides=[2]),
+             helper.make_node("Flatten", ["a"], ["f"]),
+             helper.make_node("MatMul", ["f", "W2"], ["m"]), helper.make_node("Add", ["m", "B2"], ["y"])]
+    return make_model(nodes, inits, "x", ["N", 3, 11], "y", ["N", 2])
+
+
+def nhwc_model(rng) -> onnx.ModelProto:
+    """Keras style: NHWC input normalised, Transpose to NCHW, Conv -> Relu, Transpose back to NHWC,
+    Reshape to a vector, MatMul + Add (as marabou-cifar10's models)."""
+    inits = {"m": f32(rng.normal(size=(1, 1, 1, 3))), "W1": f32(rng.normal(size=(4, 3, 2, 2))),
+             "B1": f32(rng.normal(size=4)), "shape": np.array([-1, 4 * 4 * 5], dtype=np.int64),
+             "W2": f32(rng.normal(size=(80, 3))), "B2": f32(rng.normal(size=3))}
+    nodes = [helper.make_node("Sub", ["x", "m"], ["xn"]),
+             helper.make_node("Transpose", ["xn"], ["xt"], perm=[0, 3, 1, 2], name="to_nchw"),
+             helper.make_node("Conv", ["xt", "W1", "B1"], ["c"], kernel_shape=[2, 2]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["rt"], perm=[0, 2, 3, 1], name="to_nhwc"),
+             helper.make_node("Reshape", ["rt", "shape"], ["f"]),
+             helper.make_node("MatMul", ["f", "W2"], ["m2"]), helper.make_node("Add", ["m2", "B2"], ["y"])]
+    return make_model(nodes, inits, "x", [1, 5, 6, 3], "y", [1, 3])
+
+
+def bn_gap_softmax_model(rng) -> onnx.ModelProto:
+    """Conv -> BatchNormalization -> Relu -> Conv (same pads) -> Relu -> GlobalAveragePool ->
+    Flatten -> Gemm -> Softmax (final)."""
+    c = 5
+    inits = {"W1": f32(rng.normal(size=(c, 2, 3, 3))), "B1": f32(rng.normal(size=c)),
+             "g": f32(rng.uniform(0.5, 1.5, size=c)), "beta": f32(rng.normal(size=c)),
+             "mu": f32(rng.normal(size=c)), "var": f32(rng.uniform(0.5, 2, size=c)),
+             "W2": f32(rng.normal(size=(3, c, 3, 3))),
+             "W3": f32(rng.normal(size=(4, 3))), "B3": f32(rng.normal(size=4))}
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "g", "beta", "mu", "var"], ["bn"], epsilon=1e-3),
+             helper.make_node("Relu", ["bn"], ["r1"]),
+             helper.make_node("Conv", ["r1", "W2"], ["c2"], auto_pad="SAME_UPPER", strides=[2, 2]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["gp"]), helper.make_node("Flatten", ["gp"], ["f"]),
+             helper.make_node("Gemm", ["f", "W3", "B3"], ["z"], transB=1),
+             helper.make_node("Softmax", ["z"], ["y"], axis=1, name="probs")]
+    return make_model(nodes, inits, "x", ["N", 2, 7, 6], "y", ["N", 4])
+
+
+def residual_model(rng) -> onnx.ModelProto:
+    """Conv -> Relu -> Conv, added to the block's input (a residual branch: refused for now)."""
+    inits = {"W1": f32(rng.normal(size=(2, 2, 3, 3))), "W2": f32(rng.normal(size=(2, 2, 3, 3)))}
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "x"], ["y"], name="skip")]
+    return make_model(nodes, inits, "x", ["N", 2, 4, 4], "y", ["N", 2, 4, 4])
+
+
+def folding_model(rng) -> onnx.ModelProto:
+    """Steps that fold into neighbours or stay as operators: Conv -> AveragePool (no activation in
+    between) -> Relu -> Mul/Add by per-position constants -> Conv -> BatchNormalization -> Relu ->
+    AveragePool -> BatchNormalization -> Flatten -> Gemm."""
+    inits = {"W1": f32(rng.normal(size=(3, 2, 2, 2))), "B1": f32(rng.normal(size=3)),
+             "s": f32(rng.uniform(0.5, 2, size=(1, 3, 3, 3))), "t": f32(rng.normal(size=(1, 3, 1, 1))),
+             "W2": f32(rng.normal(size=(4, 3, 2, 2))), "B2": f32(rng.normal(size=4)),
+             "g": f32(rng.uniform(0.5, 1.5, size=4)), "beta": f32(rng.normal(size=4)),
+             "mu": f32(rng.normal(size=4)), "var": f32(rng.uniform(0.5, 2, size=4)),
+             "W3": f32(rng.normal(size=(2, 4))), "B3": f32(rng.normal(size=2))}
+    bn = ["g", "beta", "mu", "var"]
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 0, 0]),
+             helper.make_node("AveragePool", ["c1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 0, 0]),
+             helper.make_node("Relu", ["p1"], ["r1"]), helper.make_node("Mul", ["r1", "s"], ["m1"]),
+             helper.make_node("Add", ["m1", "t"], ["a1"]),
+             helper.make_node("Conv", ["a1", "W2", "B2"], ["c2"]),
+             helper.make_node("BatchNormalization", ["c2", *bn], ["n2"]), helper.make_node("Relu", ["n2"], ["r2"]),
+             helper.make_node("AveragePool", ["r2"], ["p2"], kernel_shape=[2, 2]),
+             helper.make_node("BatchNormalization", ["p2", *bn], ["n3"]),
+             helper.make_node("Flatten", ["n3"], ["f"]), helper.make_node("Gemm", ["f", "W3", "B3"], ["y"], transB=1)]
+    return make_model(nodes, inits, "x", ["N", 2, 5, 5], "y", ["N", 2])

@@ -32,7 +32,7 @@ import numpy as np
 
 from lumpver.specs.inputset import Box, InputSet, OutputProperty, Polytope
 from lumpver.ir.activations import ACTIVATIONS
-from lumpver.ir.network import Network
+from lumpver.ir.network import Network, require_dense
 from lumpver.verifiers.base import Query, Verdict
 from lumpver.verifiers import falsify
 
@@ -82,6 +82,7 @@ def silenced() -> Iterator[None]:
 def encode_network(mn, net: Network, x_vars: list[int]) -> list[int]:
     """Add ``net`` on the input variables ``x_vars`` to the maraboupy builder ``mn``; returns
     the output variables. Raises ValueError for activations Marabou lacks (tanh)."""
+    require_dense(net, "the marabou back-end")
     scale, shift = net.input_affine()
     h = list(x_vars)
     for k, layer in enumerate(net.layers):

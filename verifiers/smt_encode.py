@@ -22,7 +22,7 @@ import numpy as np
 
 from lumpver.specs.inputset import Box, Polytope
 from lumpver.ir.activations import ACTIVATIONS
-from lumpver.ir.network import Network
+from lumpver.ir.network import Network, require_dense
 
 
 def q(v) -> str:
@@ -134,6 +134,7 @@ def encode(
 
 
 def _encode_net(w: _Writer, net: Network, t: int, xs: list[str], nb, naive: bool, cache: dict):
+    require_dense(net, "the smt back-end")
     h: list[Optional[str]] = list(xs)  # None = the constant 0
     n_unstable = n_fixed = 0
     lits = _weights(net, cache)

@@ -19,6 +19,7 @@ import numpy as np
 from lumpver.errors import InputError
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.ir.runtime import run_onnx
+from lumpver.ir.network import require_logits
 from lumpver.specs.inputset import InputSet
 from lumpver.specs.load import load_input_set
 from lumpver.specs.norms import check_norm
@@ -35,6 +36,8 @@ AUTO_MIDDLE_SHARE = 0.5
 def load_pair(path_a: str | os.PathLike, path_b: str | os.PathLike):
     """Both networks; InputError naming both files when their input/output sizes differ."""
     a, b = load_onnx(path_a), load_onnx(path_b)
+    for net in (a, b):
+        require_logits(net, "compare or bound")
     if (a.n_inputs, a.n_outputs) != (b.n_inputs, b.n_outputs):
         raise InputError(
             f"models differ in size: {a.n_inputs} inputs/{a.n_outputs} outputs vs "

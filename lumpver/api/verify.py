@@ -24,6 +24,7 @@ from lumpver.errors import InputError
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.ir.runtime import run_onnx
 from lumpver.progress import SILENT, Progress
+from lumpver.ir.network import require_logits
 from lumpver.specs.inputset import InputSet
 from lumpver.specs.vnnlib import read_vnnlib
 from lumpver.verifiers.base import Query, Verdict, get_backend
@@ -85,6 +86,7 @@ def verify_property(
         raise InputError(f"unknown back-end {backend!r}; expected one of {', '.join(BACKENDS)}")
     t0 = time.monotonic()
     net = load_onnx(model_path)
+    require_logits(net, "verify")
     spec = read_vnnlib(prop_path, n_inputs=net.n_inputs, n_outputs=net.n_outputs)
     be = get_backend(_backend_for(backend))
     verdicts: list[Verdict] = []

@@ -1,4 +1,4 @@
-"""The network IR: a feed-forward network as dense per-layer arrays (DESIGN.md §1).
+"""The network IR: a feed-forward chain of layers, each a linear operator (DESIGN.md §1, §10).
 
 One source of truth: :class:`Network` holds float64 arrays (imported float32 values are
 stored exactly); :meth:`Network.to_networkx` derives the neuron-graph view on demand for
@@ -10,6 +10,10 @@ Conventions
   ``(out, in)`` matrix when dense): ``z = op(h_prev) + bias``; ``h = act(z)``.
 * Hidden layers are ``layers[:-1]``; ``layers[-1]`` produces the outputs (usually
   ``identity``, but an output activation is allowed).
+* ``output_softmax``: the ONNX graph ends in a ``Softmax`` over the outputs. ``forward`` applies
+  it (it is what the model computes); ``activations`` and every layer-walking algorithm (bounds,
+  reductions) see the logits, so commands that state facts about outputs refuse such a network
+  (:func:`require_logits`).
 * ``input_ops`` are element-wise affine steps applied to the flattened raw input before the
   first layer (normalisation found inside the ONNX graph). They are kept as separate ops so
   that export reproduces the original arithmetic bit for bit.
@@ -21,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from lumpver.errors import InputError
 from lumpver.ir.activations import get_activation
 from lumpver.ir.operators import DenseOperator, LinearOperator
 
@@ -112,6 +117,7 @@ class Network:
     #: ONNX shapes; a str entry is a symbolic dimension (e.g. "batch").
     input_shape: list[int | str] = field(default_factory=list)
     output_shape: list[int | str] = field(default_factory=list)
+    output_softmax: bool = False
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -175,7 +181,7 @@ class Network:
         h = self.preprocess(np.asarray(x, dtype=dtype))
         for layer in self.layers:
             h = layer.activate(layer.op.forward(h) + layer.bias.astype(dtype))
-        return h
+        return softmax(h) if self.output_softmax else h
 
     def activations(self, x: np.ndarray) -> list[np.ndarray]:
         """Float64 post-activation values of every layer (index 0 is the normalised input)."""
@@ -187,17 +193,10 @@ class Network:
         return out
 
     def copy(self) -> "Network":
-        return Network(
-            [layer.copy() for layer in self.layers],
-            [InputOp(op.op, op.constant.copy()) for op in self.input_ops],
-            self.input_name,
-            self.output_name,
-            list(self.input_shape),
-            list(self.output_shape),
-        )
+        return self.with_layers([layer.copy() for layer in self.layers])
 
     def with_layers(self, layers: Sequence[Layer]) -> "Network":
-        """A network with the same interface (names, shapes, input ops) and new layers."""
+        """A network with the same interface (names, shapes, input ops, final softmax) and new layers."""
         return Network(
             list(layers),
             [InputOp(op.op, op.constant.copy()) for op in self.input_ops],
@@ -205,7 +204,13 @@ class Network:
             self.output_name,
             list(self.input_shape),
             list(self.output_shape),
+            self.output_softmax,
         )
+
+    @property
+    def is_dense(self) -> bool:
+        """Every layer's operator is a dense matrix (no convolution, pooling, padding, permutation)."""
+        return all(isinstance(layer.op, DenseOperator) for layer in self.layers)
 
     # ----- graph view --------------------------------------------------------------------
     def to_networkx(self, max_edges: int = 5_000_000):
@@ -226,6 +231,27 @@ class Network:
             rows, cols = np.nonzero(layer.weight)
             g.add_weighted_edges_from(((k - 1, int(c)), (k, int(r)), float(layer.weight[r, c])) for r, c in zip(rows, cols))
         return g
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (dtype of ``z`` kept), as ONNX ``Softmax`` over the output features."""
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def require_dense(net: Network, what: str) -> None:
+    """Refuse (:class:`InputError`, exit 2) a network with non-dense operators in a command whose
+    algorithm reads dense weight matrices (exact lumping, on-set, SMT/Marabou, pruning, quantize)."""
+    if not net.is_dense:
+        raise InputError(f"convolutional layers are not supported by {what} yet")
+
+
+def require_logits(net: Network, what: str) -> None:
+    """Refuse a network that ends in ``Softmax`` in a command that bounds or verifies its outputs:
+    bounds are computed on the logits, not on the softmax the model outputs."""
+    if net.output_softmax:
+        raise InputError(f"a final Softmax is not supported by {what}: bounds and properties "
+                         f"would refer to the logits, not to the model's softmax outputs")
 
 
 def apply_activation(name: str, z: np.ndarray, alpha: float = 0.01) -> np.ndarray:

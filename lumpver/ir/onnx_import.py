@@ -1,15 +1,19 @@
-"""ONNX import: normalise a feed-forward ONNX graph into a :class:`Network` (DESIGN.md §1).
+"""ONNX import: normalise a feed-forward ONNX graph into a :class:`Network` (DESIGN.md §1, §10).
 
 Supported: ``MatMul`` (+ ``Add``), ``Gemm`` (``transA/transB/alpha/beta``), element-wise
 ``Sub/Add/Mul/Div`` by constants (input normalisation is kept as input ops; later ones are
 folded into the neighbouring affine layer), ``BatchNormalization`` (folded), ``Flatten``,
 ``Reshape``, ``Squeeze``, ``Unsqueeze``, ``Identity``, ``Dropout``, ``Cast``, order-preserving
 ``Transpose``, activations ``Relu``, ``LeakyRelu``, ``Sigmoid``, ``Tanh``; symbolic batch
-dimensions; row-vector (``x @ W``) and column-vector (``W @ x``) layouts. Anything else raises
-:class:`InputError` naming the op and node.
+dimensions; row-vector (``x @ W``) and column-vector (``W @ x``) layouts; ``.onnx.gz`` files.
+Spatial nodes (``Conv``, ``AveragePool``, ``GlobalAveragePool``, ``Pad``, feature-reordering
+``Transpose``, a final ``Softmax``) are read by :mod:`lumpver.ir.onnx_spatial` into operators
+that stay operators (no dense unrolling). Anything else (``MaxPool``, residual branches, ...)
+raises :class:`InputError` naming the op and node.
 """
 from __future__ import annotations
 
+import gzip
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -17,12 +21,17 @@ from typing import Optional
 import numpy as np
 
 from lumpver.errors import InputError
+from lumpver.ir import onnx_spatial as spatial
 from lumpver.ir.activations import BY_ONNX_OP
+from lumpver.ir.conv import DiagonalOperator
 from lumpver.ir.network import InputOp, Layer, Network
+from lumpver.ir.onnx_spatial import fold_input_affine, sample_shape, scale_rows
+from lumpver.ir.operators import ComposedOperator, DenseOperator, LinearOperator
 
 _SHAPE_ONLY = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast"}
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
 _ACTIVATIONS = BY_ONNX_OP
+GZIP_MAGIC = b"\x1f\x8b"
 _SHAPE_TENSOR_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "Mul", "Div", "Add",
                      "Sub", "Identity", "ConstantOfShape", "ReduceProd"}
 
@@ -41,8 +50,12 @@ def _read_model(path: str):
     try:
         with open(path, "rb") as f:
             data = f.read()
+        if data[:2] == GZIP_MAGIC:  # VNN-COMP ships .onnx.gz: recognised by content, not suffix
+            data = gzip.decompress(data)
     except OSError as e:
-        raise InputError(f"cannot read model: {e.strerror}", path) from None
+        raise InputError(f"cannot read model: {e.strerror or e}", path) from None
+    except EOFError:
+        raise InputError("truncated gzip file", path) from None
     try:
         model = onnx.load_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as e:
@@ -65,47 +78,94 @@ def _dims(value_info) -> list[int | str]:
 
 @dataclass
 class _Builder:
-    """Incremental construction of the layer list while walking the graph in order."""
+    """Incremental construction of the layer list while walking the graph in order.
+
+    Weight-free operators (pad, pooling, permutation) met after a closed layer wait in
+    ``prefix`` and open the next layer's :class:`ComposedOperator`; element-wise affine steps
+    after a closed layer wait in ``diag_scale/diag_shift`` and fold into the next operator.
+    """
 
     path: str
     n: int  # current feature count
     shape: list[Optional[int]]  # tracked data shape (None = batch / unknown)
+    opset: int = 13
     layers: list[Layer] = field(default_factory=list)
     input_ops: list[InputOp] = field(default_factory=list)
     pending: Optional[Layer] = None  # affine map waiting for its activation
+    prefix: list[LinearOperator] = field(default_factory=list)
     diag_scale: Optional[np.ndarray] = None  # element-wise affine after a closed layer
     diag_shift: Optional[np.ndarray] = None
     col_layout: bool = False  # features on axis 0 ([n] or [n, k]) rather than the last axis
+    softmax_where: str = ""  # the final Softmax node, once seen
+
+    @property
+    def sample(self) -> tuple[int, ...]:
+        return sample_shape(self.shape, self.n) or (self.n,)
+
+    @property
+    def spatial(self) -> bool:
+        return bool(self.prefix) or len(self.sample) > 1
 
     # -- element-wise affine steps -------------------------------------------------------
     def elementwise(self, op: str, c: np.ndarray) -> None:
-        if self.pending is None and not self.layers:
+        if self.pending is None and not self.layers and not self.prefix:
             self.input_ops.append(InputOp(op, c))
             return
         scale, shift = InputOp(op, c).as_affine()
         if self.pending is not None:
-            self.pending.weight *= scale[:, None]
+            self.pending.op = scale_rows(self.pending.op, scale, self.sample)
             self.pending.bias = scale * self.pending.bias + shift
             return
         if self.diag_scale is None:
             self.diag_scale, self.diag_shift = np.ones(self.n), np.zeros(self.n)
         self.diag_scale, self.diag_shift = scale * self.diag_scale, scale * self.diag_shift + shift
 
-    def affine(self, weight: np.ndarray, bias: np.ndarray, source_op: str) -> None:
-        """Start a new affine map; a pending one without activation closes as an identity layer."""
+    def affine(self, op, bias: np.ndarray, source_op: str) -> None:
+        """Start a new affine map (a matrix or an operator) after the waiting prefix and diagonal;
+        a pending map without activation closes as an identity layer."""
         if self.pending is not None:
             self._close("identity", 0.01)
+        op = op if isinstance(op, LinearOperator) else DenseOperator(op)
         if self.diag_scale is not None:
-            bias = bias + weight @ self.diag_shift
-            weight = weight * self.diag_scale[None, :]
+            op, bias = fold_input_affine(op, self.diag_scale, self.diag_shift, bias, self.sample)
             self.diag_scale = self.diag_shift = None
-        self.pending = Layer(weight, bias, "identity", source_op=source_op)
-        self.n = weight.shape[0]
+        if self.prefix:
+            op, self.prefix = ComposedOperator(self.prefix + [op]), []
+        self.pending = Layer(op, bias, "identity", source_op=source_op)
+        self.n = op.out_features
+
+    def linear(self, op: LinearOperator) -> None:
+        """A weight-free linear operator (pad, pooling, permutation) on the running value."""
+        if self.pending is not None:
+            self.pending.op = ComposedOperator([self.pending.op, op])
+            self.pending.bias = op.forward(self.pending.bias[None, :])[0]
+        else:
+            if self.diag_scale is not None:
+                if not np.all(self.diag_scale == 1.0):
+                    self.prefix.append(DiagonalOperator(self.sample, self.diag_scale))
+                self.diag_scale, self.diag_shift = np.ones(op.out_features), op.forward(self.diag_shift[None, :])[0]
+            self.prefix.append(op)
+        self.n = op.out_features
+        self.shape = [self.shape[0] if self.shape else None, *op.out_shape]  # type: ignore[attr-defined]
 
     def activation(self, act: str, alpha: float) -> None:
-        if self.pending is None:  # activation on a vector without an affine map: insert identity weights
-            self.affine(np.eye(self.n), np.zeros(self.n), "matmul")
+        if self.pending is None:  # activation on a vector without an affine map: an identity map
+            self._identity_map()
         self._close(act, alpha)
+
+    def _identity_map(self) -> None:
+        """Open a layer with no weights of its own: the waiting prefix and diagonal (or identity)."""
+        if not self.spatial:
+            self.affine(np.eye(self.n), np.zeros(self.n), "matmul")  # folds the waiting diagonal
+            return
+        chain, bias = list(self.prefix), np.zeros(self.n)
+        if self.diag_scale is not None:
+            if not np.all(self.diag_scale == 1.0):
+                chain.append(DiagonalOperator(self.sample, self.diag_scale))
+            bias = self.diag_shift
+        chain = chain or [DiagonalOperator(self.sample, np.ones(self.n))]
+        self.pending = Layer(chain[0] if len(chain) == 1 else ComposedOperator(chain), bias, "identity")
+        self.prefix, self.diag_scale, self.diag_shift = [], None, None
 
     def _close(self, act: str, alpha: float) -> None:
         layer = self.pending
@@ -117,8 +177,8 @@ class _Builder:
     def finish(self) -> list[Layer]:
         if self.pending is not None:
             self._close("identity", 0.01)
-        if self.diag_scale is not None:
-            self.affine(np.diag(self.diag_scale), self.diag_shift.copy(), "matmul")
+        if self.prefix or self.diag_scale is not None:
+            self._identity_map()
             self._close("identity", 0.01)
         return self.layers
 
@@ -142,7 +202,8 @@ def onnx_to_network(model, path: str = "<model>") -> Network:
     _check_batch_only_symbolic(g.output[0].name, _dims(g.output[0]), path)
     n_in = int(np.prod([d for d in in_shape if isinstance(d, int)])) if in_shape else 1
     tracked = [d if isinstance(d, int) else None for d in in_shape] or [1]
-    b = _Builder(path, n_in, tracked)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    b = _Builder(path, n_in, tracked, opset)
     data = inp.name  # name of the tensor that carries the network's value
     shape_tensors: set[str] = set()
 
@@ -180,10 +241,17 @@ def onnx_to_network(model, path: str = "<model>") -> Network:
     if layers[0].fan_in != n_in:
         raise InputError(f"first layer expects {layers[0].fan_in} inputs but the input has {n_in} values", path)
     for k, layer in enumerate(layers):
-        if not (np.isfinite(layer.weight).all() and np.isfinite(layer.bias).all()):
+        if not (all(np.isfinite(a).all() for a in _stored_arrays(layer.op)) and np.isfinite(layer.bias).all()):
             raise InputError(f"layer {k} has non-finite weights after folding constants (overflow)", path)
     out_shape = _dims(g.output[0]) or [b.n]
-    return Network(layers, b.input_ops, inp.name, g.output[0].name, in_shape, out_shape)
+    return Network(layers, b.input_ops, inp.name, g.output[0].name, in_shape, out_shape, bool(b.softmax_where))
+
+
+def _stored_arrays(op: LinearOperator) -> list[np.ndarray]:
+    """The arrays an operator stores (weights, filters, scales), never a dense expansion."""
+    if isinstance(op, ComposedOperator):
+        return [a for o in op.ops for a in _stored_arrays(o)]
+    return [getattr(op, a) for a in ("weight", "scale") if getattr(op, a, None) is not None]
 
 
 def _check_batch_only_symbolic(name: str, dims: list[int | str], path: str) -> None:
@@ -259,6 +327,9 @@ def _apply_node(b: _Builder, node, consts, shape_tensors, data, path, where) -> 
     op = node.op_type
     ins = list(node.input)
     at = _attrs(node)
+    if b.softmax_where and (op not in _SHAPE_ONLY or op == "Transpose"):
+        raise InputError(f"Softmax is supported only as the final op (it is followed by {op})", path,
+                         b.softmax_where)
     if op in _SHAPE_ONLY:
         _shape_op(b, op, ins, at, consts, shape_tensors, path, where)
     elif op in _ELEMENTWISE:
@@ -276,8 +347,22 @@ def _apply_node(b: _Builder, node, consts, shape_tensors, data, path, where) -> 
         _batchnorm(b, ins, at, consts, path, where)
     elif op in _ACTIVATIONS:
         b.activation(_ACTIVATIONS[op], float(at.get("alpha", 0.01)))
+    elif op in _SPATIAL:
+        _SPATIAL[op](b, ins, at, consts, data, path, where)
     else:
         raise InputError(f"unsupported op {op}", path, where)
+
+
+def _softmax(b: _Builder, ins, at, consts, data, path, where) -> None:
+    axis = int(at.get("axis", 1 if b.opset < 13 else -1))
+    if b.col_layout or not spatial.softmax_axis_ok(b.shape, b.n, axis, b.opset):
+        raise InputError(f"Softmax over axis {axis} of shape {b.shape} does not normalise all outputs of a "
+                         f"sample", path, where)
+    b.softmax_where = where
+
+
+_SPATIAL = {"Conv": spatial.conv, "AveragePool": spatial.average_pool, "Pad": spatial.pad,
+            "GlobalAveragePool": spatial.global_average_pool, "Softmax": _softmax}
 
 
 def _shape_op(b: _Builder, op, ins, at, consts, shape_tensors, path, where) -> None:
@@ -298,7 +383,8 @@ def _shape_op(b: _Builder, op, ins, at, consts, shape_tensors, path, where) -> N
         perm = list(at.get("perm", range(len(shape) - 1, -1, -1)))
         big = [i for i in range(len(shape)) if shape[i] is None or shape[i] > 1]
         if [p for p in perm if p in big] != big:
-            raise InputError("Transpose that reorders the flattened features is not supported", path, where)
+            spatial.permute(b, perm, path, where)
+            return
         b.shape = [shape[p] for p in perm]
         b.col_layout = bool(b.shape) and b.shape[0] == b.n and b.n > 1
     elif op in ("Squeeze", "Unsqueeze"):

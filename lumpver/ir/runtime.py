@@ -2,6 +2,7 @@
 counterexamples and for tests (never our own forward pass)."""
 from __future__ import annotations
 
+import gzip
 import os
 from functools import lru_cache
 
@@ -15,7 +16,10 @@ def _session(path: str, mtime: float):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
-    return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+    with open(path, "rb") as f:
+        data = f.read()
+    model = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data  # .onnx.gz read directly
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def session(path: str | os.PathLike):

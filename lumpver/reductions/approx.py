@@ -38,7 +38,7 @@ from lumpver.specs.inputset import InputSet
 from lumpver.specs.norms import difference_rows
 from lumpver.reductions.exact import LayerClasses
 from lumpver.ir.activations import ACTIVATIONS
-from lumpver.ir.network import Layer, Network
+from lumpver.ir.network import Layer, Network, require_dense
 from lumpver.progress import SILENT, Progress
 from lumpver.errors import CheckFailed, InputError
 from lumpver.ir.onnx_export import save_onnx
@@ -279,6 +279,7 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     number of removed neurons: a candidate (:func:`refit_pruned`) whose sampled error exceeds
     epsilon is rejected at once, otherwise it is certified; the largest certified removal wins.
     Raises ValueError when not even h is certified within epsilon."""
+    require_dense(f, "reduce --mode approx")
 
     t0 = time.perf_counter()
     deadline = t0 + timeout

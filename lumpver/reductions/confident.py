@@ -31,7 +31,7 @@ import numpy as np
 
 from lumpver.reductions import ltt
 from lumpver.specs.calibration import CalibrationData
-from lumpver.ir.network import Network
+from lumpver.ir.network import Network, require_dense
 from lumpver.progress import SILENT, Progress
 from lumpver.reductions.pruning import prune_weights, sparsity
 from lumpver.ir.onnx_export import save_onnx
@@ -189,6 +189,7 @@ def confident_prune(net: Network, original_path: Optional[str | os.PathLike], ca
                     config: ConfidentConfig, progress: Progress = SILENT) -> ConfidentResult:
     """Learn then Test over the grid (DESIGN.md §7): the largest level whose null ``R > alpha``
     is rejected, or an abstention (``reduced is None``)."""
+    require_dense(net, "prune --method confident")
     config.validate()
     if config.loss == "zero-one" and calib.y is None:
         raise ValueError("the zero-one loss needs labels ('y' in the calibration file)")

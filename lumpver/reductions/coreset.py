@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lumpver.ir.network import Layer, Network, apply_activation
+from lumpver.ir.network import Layer, Network, apply_activation, require_dense
 from lumpver.bounds.engine import compute_bounds
 
 
@@ -84,6 +84,7 @@ def sample_layer(s: np.ndarray, n_keep: int, rng: np.random.Generator, max_draws
 def coreset_prune(net: Network, keep: float, beta: float | list[float] = 1.0, seed: int = 0,
                   delta: float = 0.1) -> CoresetResult:
     """Keep ``ceil(keep * width)`` neurons per hidden layer by sensitivity sampling (module docstring)."""
+    require_dense(net, "prune --method coreset")
     if not 0.0 < keep <= 1.0:
         raise ValueError("the keep fraction must lie in (0, 1]")
     rng = np.random.default_rng(seed)

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from lumpver.ir.network import Layer, Network
+from lumpver.ir.network import Layer, Network, require_dense
 
 GRANULARITIES = ("weight", "neuron")
 SCOPES = ("global", "layer")
@@ -128,6 +128,7 @@ def prune_neurons(net: Network, keep: float, scope: str = "global") -> Network:
 
 def magnitude_prune(net: Network, keep: float, granularity: str = "weight", scope: str = "global") -> Network:
     """Keep the ``keep`` fraction of hidden weights (or neurons) by magnitude; see the module doc."""
+    require_dense(net, "prune")
     if granularity == "weight":
         if not 0.0 <= keep <= 1.0:
             raise ValueError("the keep fraction must lie in [0, 1]")

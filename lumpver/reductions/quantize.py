@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lumpver.ir.network import Layer, Network
+from lumpver.ir.network import Layer, Network, require_dense
 from lumpver.fileio import write_bytes_atomic
 from lumpver.ir.onnx_export import network_to_onnx
 
@@ -50,6 +50,7 @@ def quantize_weight(w: np.ndarray, bits: int, per_channel: bool) -> QuantizedLay
 
 def quantize_network(net: Network, bits: int = 8, per_channel: bool = False) -> tuple[Network, list[QuantizedLayer]]:
     """The quantised network g (float32 dequantised weights) and the integer layers."""
+    require_dense(net, "quantize")
     qls = [quantize_weight(layer.weight, bits, per_channel) for layer in net.layers]
     layers = [Layer(ql.dequantized(), layer.bias.copy(), layer.activation, layer.alpha, "gemm")
               for ql, layer in zip(qls, net.layers)]
