@@ -96,7 +96,7 @@ def prepare_pair(fnet: Network, gnet: Network) -> NetworkPair:
         steps.append(AffineStep.of(DenseOperator(block), np.concatenate([dw.bias, lg.bias])))
         delta_w.append(dw)
     df, dg = f.input, g.input
-    d_in = AffineStep.of(StackedDiagonal(df.op.d - dg.op.d, dg.op.d), np.concatenate([df.bias - dg.bias, dg.bias]))
+    d_in = AffineStep.of(StackedDiagonal(df.op.scale - dg.op.scale, dg.op.scale), np.concatenate([df.bias - dg.bias, dg.bias]))
     return NetworkPair(f, g, Chain(d_in, steps, list(f.acts), list(f.alphas)), delta_w)
 
 

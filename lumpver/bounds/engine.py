@@ -31,6 +31,7 @@ from lumpver.bounds.lp import LpTightener
 from lumpver.bounds.region import Region, region_box
 from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
 from lumpver.bounds.rounding import POLICY, rounding_policy
+from lumpver.ir.conv import DiagonalOperator
 from lumpver.ir.network import Network
 from lumpver.ir.operators import LinearOperator
 from lumpver.specs.inputset import Box
@@ -41,33 +42,6 @@ METHODS = ("interval", "crown")
 # ----------------------------------------------------------------------------------------
 # the network as affine steps
 # ----------------------------------------------------------------------------------------
-@dataclass
-class DiagonalOperator(LinearOperator):
-    """``diag(d)``: the element-wise input scaling."""
-
-    d: np.ndarray
-
-    @property
-    def in_features(self) -> int:  # type: ignore[override]
-        return int(self.d.size)
-
-    @property
-    def out_features(self) -> int:  # type: ignore[override]
-        return int(self.d.size)
-
-    def forward(self, h: np.ndarray) -> np.ndarray:
-        return np.asarray(h) * self.d
-
-    def backward(self, a: np.ndarray) -> np.ndarray:
-        return np.asarray(a) * self.d
-
-    def abs(self) -> "DiagonalOperator":
-        return DiagonalOperator(np.abs(self.d))
-
-    def dense(self) -> np.ndarray:
-        return np.diag(self.d)
-
-
 @dataclass
 class AffineStep:
     """``z = op(h) + bias``, with ``|op|`` kept for magnitude bounds."""
@@ -106,7 +80,7 @@ def prepare(net: Network) -> Chain:
     for layer in net.layers:
         get_relaxation(layer.activation)  # ValueError for an activation without a relaxation
     scale, shift = net.input_affine()
-    return Chain(AffineStep.of(DiagonalOperator(scale), shift), [AffineStep.of(layer.op, layer.bias) for layer in net.layers],
+    return Chain(AffineStep.of(DiagonalOperator((scale.size,), scale), shift), [AffineStep.of(layer.op, layer.bias) for layer in net.layers],
                  [layer.activation for layer in net.layers], [float(layer.alpha) for layer in net.layers])
 
 
