@@ -76,7 +76,8 @@ class OnSetPass:
 
     def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
         input_set = ctx.need_input_set("on-set reduction")
-        cert = reduce_on_set_to_files(model_path, out_path, cert_path, input_set, ctx.progress.quiet)
+        cert = reduce_on_set_to_files(model_path, out_path, cert_path, input_set, ctx.progress.quiet,
+                                      ctx.progress)
         return ReductionResult(Path(out_path), Path(cert_path), cert)
 
 
