@@ -15,6 +15,7 @@ import sys
 
 from lumpver import __version__
 from lumpver.errors import CheckFailed, InputError
+from lumpver.progress import Heartbeat
 
 #: command name -> one-line help. Module: lumpver.commands.<name>.
 COMMANDS = {
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args._module.run(args) or 0)
+        with Heartbeat(f"lumpver {args.command}", quiet=args.quiet, limit=getattr(args, "timeout", None)):
+            return int(args._module.run(args) or 0)
     except InputError as e:
         print(f"lumpver {args.command}: error: {e}", file=sys.stderr)
         return 2

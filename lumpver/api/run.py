@@ -51,7 +51,9 @@ from lumpver.reports.render import REPORT_FORMAT, overall, render, with_provenan
 from lumpver.specs.inputset import InputSet
 from lumpver.specs.load import require_nonempty
 from lumpver.specs.runspec import ReductionStep, Spec, load_spec
+from lumpver.specs.norms import VECTOR_NORMS
 from lumpver.verifiers.base import Verdict
+from lumpver.verifiers.sdp_problem import NORMS as SDP_NORMS
 
 
 @dataclass
@@ -238,6 +240,12 @@ def _run_backends(ctx: _Ctx, final: Path, steps: list[dict[str, Any]]) -> list[d
                 for b in spec.backends]
     out = []
     for b in spec.backends:
+        cannot = _cannot_answer(b.name, spec.tolerance.norm)
+        if cannot:
+            ctx.progress.say(f"back-end {b.name}: skipped, {cannot}")
+            out.append({"backend": b.name, "verdict": "skipped", "reason": cannot,
+                        "epsilon": spec.tolerance.epsilon, "norm": spec.tolerance.norm})
+            continue
         ctx.progress.say(f"back-end {b.name}: sup ||f - g||_{spec.tolerance.norm} <= {spec.tolerance.epsilon:g}? "
                          f"(timeout {b.timeout:g} s)")
         v = _compare(Path(spec.model), final, ctx.input_set, spec.tolerance.epsilon, spec.tolerance.norm,
@@ -246,6 +254,18 @@ def _run_backends(ctx: _Ctx, final: Path, steps: list[dict[str, Any]]) -> list[d
         ctx.progress.say(f"back-end {b.name}: {rec['verdict']}")
         out.append(rec)
     return out
+
+
+#: back-end -> the difference norms it can decide or bound (the others answer every norm)
+NORMS_ANSWERED = {"sdp": SDP_NORMS, "marabou": VECTOR_NORMS}
+
+
+def _cannot_answer(backend: str, norm: str) -> str:
+    """Why ``backend`` cannot answer a question in ``norm`` ('' when it can)."""
+    norms = NORMS_ANSWERED.get(backend)
+    if norms is None or norm in norms:
+        return ""
+    return f"it answers {', '.join(norms)} only, not the declared [tolerance].norm {norm}"
 
 
 def _compare(a: Path, b: Path, input_set: InputSet, epsilon: float, norm: str, backend: str,

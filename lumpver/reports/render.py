@@ -233,8 +233,7 @@ def headline(doc: dict[str, Any]) -> list[str]:
     elif ov.get("holds") is False:
         lines.append("WARNING: a certificate did NOT re-check; do not rely on this reduction.")
     for b in doc.get("backends", []):
-        if b.get("verdict") != "skipped":
-            lines.append(_backend_sentence(b))
+        lines.append(_backend_sentence(b))
     return lines
 
 
@@ -254,6 +253,8 @@ def _backend_sentence(b: dict[str, Any]) -> str:
     norm = b.get("norm", "linf")
     claim = f"sup_x ||f(x) - g(x)||_{norm} <= {num(b.get('epsilon'))}"
     v = b.get("verdict")
+    if v == "skipped":
+        return f"Back-end {b['backend']} was not asked: {b.get('reason')}."
     if b["backend"] == "falsify" and v != "violated":
         return (f"The falsifier found no input where {claim} fails; the largest difference it attained, "
                 f"{num_down(b.get('lower_bound'))}, is a lower bound of the worst case (it cannot prove bounds).")
