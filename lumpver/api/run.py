@@ -45,6 +45,7 @@ from lumpver.reductions.passes import (
     MagnitudePrunePass,
     OnSetPass,
     QuantizePass,
+    nonzero_params,
 )
 from lumpver.reports.facts import input_set_summary
 from lumpver.reports.render import REPORT_FORMAT, overall, render, with_provenance
@@ -171,6 +172,8 @@ def _run_steps(ctx: _Ctx, net: Network) -> tuple[list[dict[str, Any]], Path]:
                   "certificate": json.loads(cert.read_text(encoding="utf-8")) if written else None,
                   "bytes": out.stat().st_size,
                   "stats": model_stats(current_net, reduced, time.perf_counter() - t0), "recheck": None}
+        record["stats"].update(nonzero_params_before=nonzero_params(current_net),  # what pruning changes
+                               nonzero_params_after=nonzero_params(reduced))
         note = "; ".join(filter(None, [res.note, _unused_tolerance(ctx, step, k)]))
         if note:
             record["note"] = note

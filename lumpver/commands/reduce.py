@@ -27,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from lumpver.api.reduce import apply_pass, default_certificate_path
     from lumpver.fileio import check_outputs
     from lumpver.progress import Progress
-    from lumpver.reports.render import check_report_path, write_report
+    from pathlib import Path
+
+    from lumpver.reports.render import check_report_path, document_from_certificate, write_report
 
     cert_path = args.certificate or str(default_certificate_path(args.output))
     for rep in args.report:
@@ -36,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     reduction = _pass(args)
     res = apply_pass(reduction, args.model, args.output, cert_path, args.input_set, Progress(args.quiet))
     cert = res.certificate
+    sizes = {"original": Path(args.model).stat().st_size, "reduced": Path(args.output).stat().st_size}
     for rep in args.report:
-        write_report(cert, rep, command=argtypes.command_line(args))
+        write_report(document_from_certificate(cert, sizes=sizes), rep, command=argtypes.command_line(args))
     s = cert["stats"]
     print(f"{cert['guarantee']['kind']}: hidden neurons {s['neurons_before']} -> {s['neurons_after']}, "
           f"parameters {s['params_before']} -> {s['params_after']}; certificate {cert_path}")

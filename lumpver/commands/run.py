@@ -43,7 +43,9 @@ def summary_line(doc: dict, exit_code: int) -> str:
     if ov.get("bound_on_set") is not None:
         parts.append(f"max_i |f_i - g_i| <= {num_up(ov['bound_on_set'])} on the input set;")
     elif ov.get("a") is not None:
-        parts.append(f"max_i |f_i - g_i| <= {num_up(ov['a'])}" + (f" + {num_up(ov['b'])} * ||x||_inf;" if ov.get("b") else ";"))
+        where = "for every input" if ov.get("kind") == "exact" else "on the input set"
+        parts.append(f"max_i |f_i - g_i| <= {num_up(ov['a'])}" + (f" + {num_up(ov['b'])} * ||x||_inf" if ov.get("b") else "")
+                     + f" {where};")
     holds = {True: "every certificate re-checked: holds", False: "a certificate DOES NOT re-check",
              None: "re-check not run"}[ov.get("holds")]
     parts.append(holds + ";" if doc["backends"] else holds)

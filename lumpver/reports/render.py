@@ -275,10 +275,10 @@ def _width_table(doc: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     rows = [[f"hidden {i + 1}"] + [s[i] if i < len(s) else "-" for s in series] for i in range(n)]
     rows.append(["total hidden"] + [sum(s) for s in series])
     rows.append(["parameters", stats[0]["params_before"]] + [st["params_after"] for st in stats])
-    if any("nonzero_params_after" in st for st in stats) and "nonzero_params_before" in stats[0]:
-        rows.append(["nonzero parameters", stats[0]["nonzero_params_before"]]
+    if any("nonzero_params_after" in st for st in stats):
+        rows.append(["nonzero parameters", stats[0].get("nonzero_params_before", "-")]
                     + [st.get("nonzero_params_after", "-") for st in stats])
-        rows.append(["sparsity (zero parameters)", _pct(sparsity(stats[0]["nonzero_params_before"], stats[0]["params_before"]))]
+        rows.append(["sparsity (zero parameters)", _pct(sparsity(stats[0].get("nonzero_params_before"), stats[0]["params_before"]))]
                     + [_pct(sparsity(st.get("nonzero_params_after"), st["params_after"])) for st in stats])
     sizes = [(doc.get("model") or {}).get("bytes")] + [s.get("bytes") for s in doc["steps"] if _stats(s)]
     if any(sizes):
