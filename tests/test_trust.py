@@ -165,3 +165,41 @@ def test_help_shows_every_default(name):
             opt = action.option_strings[-1]
             block = text.split("options:", 1)[1].split(f"  {opt}", 1)[1].split("\n  -", 1)[0]
             assert "default" in block, (name, opt, block)
+
+
+def test_heartbeat_fills_silence_and_stops(capsys):
+    """Issue 15: long work was silent for minutes (verify 60 s, mnist_linf up to 217 s)."""
+    import io
+    import time
+
+    from lumpver.progress import Heartbeat, Progress
+
+    log = io.StringIO()
+    with Heartbeat("lumpver verify", limit=60, every=0.3, stream=log):
+        Progress(stream=log).say("case 1/1: splitting")
+        time.sleep(1.2)
+    lines = [ln for ln in log.getvalue().splitlines() if "still working" in ln]
+    assert 2 <= len(lines) <= 4, log.getvalue()
+    assert all("lumpver verify" in ln and "last step: case 1/1: splitting" in ln and "s left" in ln for ln in lines)
+    time.sleep(0.7)
+    assert len([ln for ln in log.getvalue().splitlines() if "still working" in ln]) == len(lines)  # stopped
+    quiet = io.StringIO()
+    with Heartbeat("x", quiet=True, every=0.1, stream=quiet):
+        time.sleep(0.4)
+    assert quiet.getvalue() == ""
+
+
+def test_every_command_runs_under_a_heartbeat(monkeypatch, capsys):
+    import functools
+    import time
+
+    import lumpver.cli as cli
+    from lumpver.commands import check
+    from lumpver.progress import Heartbeat
+
+    monkeypatch.setattr(cli, "Heartbeat", functools.partial(Heartbeat, every=0.2))
+    monkeypatch.setattr(check, "run", lambda args: time.sleep(0.9) or 0)
+    assert cli.main(["check", "c.json"]) == 0
+    assert "lumpver check: still working" in capsys.readouterr().err
+    assert cli.main(["-q", "check", "c.json"]) == 0
+    assert capsys.readouterr().err == ""
