@@ -65,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # bad arguments (exit 2, one line already printed), --help, --version
+        return e.code if isinstance(e.code, int) else 2
     args._argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "_module", None):
         parser.print_help(sys.stderr)
