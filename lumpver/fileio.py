@@ -23,7 +23,7 @@ def check_output_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLik
     """Refuse (InputError) an output that would overwrite an input or whose folder is not writable."""
     out = Path(path)
     for p in inputs:
-        if p is not None and Path(p).exists() and out.exists() and out.resolve() == Path(p).resolve():
+        if p is not None and out.resolve() == Path(p).resolve():
             raise InputError("refusing to overwrite an input file", str(out))
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
@@ -33,6 +33,20 @@ def check_output_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLik
     if out.is_dir():
         raise InputError("output path is a folder", str(out))
     return out
+
+
+def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """:func:`check_output_path` for every output, and refuse (InputError) two outputs that are one file."""
+    seen: dict[Path, str] = {}
+    inputs = [p for p in inputs if p is not None]
+    for o in outputs:
+        if o is None:
+            continue
+        check_output_path(o, inputs)
+        key = Path(o).resolve()
+        if key in seen:
+            raise InputError(f"two outputs are the same file (also given as {seen[key]})", str(o))
+        seen[key] = str(o)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -128,3 +130,62 @@ def test_reduced_size_read_from_worker_side_file(tmp_path):
     assert _neurons_after(res) is None
     side.write_text("not json")
     assert _neurons_after(res) is None
+
+
+# Like FAKE, but records its PID first (so the test can see which instances were launched and
+# whether they still run).
+FAKE_PID = ("import os, sys, time, pathlib; v = pathlib.Path(sys.argv[1]); r = pathlib.Path(sys.argv[2]); "
+            "pathlib.Path(str(r) + '.pid').write_text(str(os.getpid())); "
+            "time.sleep(float(v.stem.split('_')[1])); r.write_text(v.read_text())")
+DRIVER = """import sys
+sys.path.insert(0, {tests!r})
+from test_batch import pid_argv
+from lumpver.api.batch import run_batch
+from lumpver.progress import Progress
+try:
+    run_batch({suite!r}, {out!r}, jobs=2, argv_for=pid_argv, progress=Progress())
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def pid_argv(inst, result_file, reduce, backend):
+    return [sys.executable, "-c", FAKE_PID, str(inst.vnnlib), str(result_file)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has ended
+        return f.read().split(") ", 1)[1][0] != "Z"
+
+
+def test_ctrl_c_stops_launching_ends_running_and_summarises(tmp_path):
+    """Issue 15: Ctrl-C used to say 'interrupted' but run every remaining instance, then leave no summary."""
+    suite = _suite(tmp_path, [("unsat", 60, "120"), ("sat", 0.5, "120"), ("unsat", 60, "120"), ("unsat", 60, "120")])
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(tests=str(ROOT / "tests"), suite=str(suite),
+                                                                 out=str(out))],
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "[1/4]" in line:
+            break
+    assert "sat" in lines[-1], lines
+    pids = {p.name: int(p.read_text()) for p in (out / "results").glob("*.pid") if p.read_text()}
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    assert time.perf_counter() - t0 < 10  # the 60 s instances were not waited for
+    time.sleep(0.5)
+    after = {p.name: int(p.read_text()) for p in (out / "results").glob("*.pid") if p.read_text()}
+    assert after == pids  # nothing was launched after the interrupt
+    assert len(pids) == 3 or len(pids) == 2  # the two first, maybe the third started as the fast one ended
+    assert not any(_alive(pid) for pid in after.values())  # every running instance was ended
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["index"], r["result"]) for r in rows] == [("2", "sat")]
+    assert "1 instances" in (out / "summary.md").read_text()

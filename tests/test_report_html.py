@@ -150,8 +150,9 @@ def _json_of(cert: dict, tmp_path: Path) -> str:
 
 
 def test_figures_are_png():
-    png = plots.bounds_plot([{"label": "a", "upper_bound": 0.5, "lower_bound": 0.01},
-                             {"label": "b", "upper_bound": None, "lower_bound": 0.02}], 0.1)
+    png = plots.bounds_plot([{"label": "a", "kind": "certified upper", "value": 0.5},
+                             {"label": "a", "kind": "attained lower", "value": 0.01},
+                             {"label": "b", "kind": "attained lower", "value": 0.02}], 0.1)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     uri = plots.data_uri(png)
     assert base64.b64decode(uri.split(",", 1)[1]) == png

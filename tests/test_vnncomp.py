@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lumpver.ir.onnx_import import load_onnx
 from lumpver.ir.runtime import run_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,19 +45,20 @@ def _parse_cex(text: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array([xs[i] for i in range(len(xs))]), np.array([ys[i] for i in range(len(ys))])
 
 
-def _run_instance(tmp_path: Path, name: str, prepare: bool = True) -> str:
+def _run_instance(tmp_path: Path, name: str) -> tuple[str, str]:
+    """(result file text, run_instance stderr) after prepare_instance, which must do no work."""
     onnx = TEST / f"{name}.onnx"
-    if prepare:
-        r = _sh("prepare_instance.sh", "v1", "test", str(onnx), str(PROP), tmp=tmp_path)
-        assert r.returncode == 0, r.stderr
+    r = _sh("prepare_instance.sh", "v1", "test", str(onnx), str(PROP), tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing computed, nothing cached outside the timed run
     results = tmp_path / f"{name}.result"
     r = _sh("run_instance.sh", "v1", "test", str(onnx), str(PROP), str(results), "60", tmp=tmp_path)
     assert r.returncode == 0, r.stderr
-    return results.read_text()
+    return results.read_text(), r.stderr
 
 
 def test_sat_with_valid_counterexample(tmp_path):
-    text = _run_instance(tmp_path, "test_sat")
+    text, err = _run_instance(tmp_path, "test_sat")
     assert text.splitlines()[0] == "sat"
     x, y = _parse_cex(text)
     lo, hi, atoms = _property_text_bounds(PROP)
@@ -66,12 +67,12 @@ def test_sat_with_valid_counterexample(tmp_path):
     y_replay = run_onnx(TEST / "test_sat.onnx", x.astype(np.float32).reshape(1, -1)).reshape(-1)
     np.testing.assert_allclose(y, y_replay, rtol=1e-6, atol=1e-7)
     assert all(y_replay[a] <= y_replay[b] for a, b in atoms)  # the unsafe set (all atoms conjoined)
-    cache = list((tmp_path / "lumpver-cache").iterdir())
-    assert len(cache) == 1 and json.loads((cache[0] / "meta.json").read_text())["neurons_after"] < 300
+    m = re.search(r"on-set reduction (\d+) -> (\d+) hidden neurons", err)  # done inside the timed run
+    assert m and int(m.group(2)) < int(m.group(1)) == load_onnx(TEST / "test_sat.onnx").n_hidden, err
 
 
 def test_unsat(tmp_path):
-    text = _run_instance(tmp_path, "test_unsat")
+    text, _ = _run_instance(tmp_path, "test_unsat")
     assert text.strip() == "unsat"
     # consistency with an independent look: no sampled point of the box reaches the unsafe set
     lo, hi, atoms = _property_text_bounds(PROP)
@@ -96,17 +97,35 @@ def test_widened_set_contains_neighbours():
         assert not OutputProperty([(A, b - 0.02)]).is_unsafe(y)  # the test's notion of 'unsafe' can fail
 
 
-def test_large_discrepancy_blocks_the_cached_proof(tmp_path, monkeypatch):
-    """With a (fake) huge certified discrepancy, the cached path must not answer unsat."""
+def test_large_discrepancy_blocks_the_reduced_proof(tmp_path):
+    """With a (fake) huge certified discrepancy, the reduced-network path must not answer unsat."""
     import time
 
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
     onnx = str(TEST / "test_unsat.onnx")
-    d = glue.prepare(onnx, str(PROP))
-    meta = json.loads((d / "meta.json").read_text())
+    meta = glue.reduce_in_run(onnx, str(PROP), tmp_path)
     meta["discrepancy"] = 10.0
-    word, _ = glue.cached_verdict(onnx, str(PROP), d, meta, time.monotonic() + 20)
+    word, _ = glue.cached_verdict(onnx, str(PROP), tmp_path, meta, time.monotonic() + 20)
     assert word != "unsat"
+
+
+def test_prepare_refuses_an_unsupported_network(tmp_path):
+    """Issue 15: prepare_instance.sh always exited 0; a network lumpver cannot load must skip the slot."""
+    import onnx as onnx_lib
+
+    from tests import onnx_builders as ob
+
+    src = tmp_path / "sm.onnx"
+    onnx_lib.save(ob.softmax_model(np.random.default_rng(0)), str(src))
+    prop = tmp_path / "p.vnnlib"
+    n_in, n_out = 3, 2
+    prop.write_text("".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} 0))\n(assert (<= X_{i} 1))\n"
+                            for i in range(n_in)) + "".join(f"(declare-const Y_{j} Real)\n" for j in range(n_out))
+                    + "(assert (>= Y_0 Y_1))\n")
+    r = _sh("prepare_instance.sh", "v1", "test", str(src), str(prop), tmp=tmp_path)
+    assert r.returncode != 0 and "Softmax" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = _sh("prepare_instance.sh", "v1", "test", str(TEST / "test_sat.onnx"), str(tmp_path / "missing.vnnlib"),
+            tmp=tmp_path)
+    assert r.returncode != 0 and "missing.vnnlib" in r.stderr
 
 
 def test_bad_timeout_writes_error(tmp_path):
@@ -115,9 +134,11 @@ def test_bad_timeout_writes_error(tmp_path):
     assert r.returncode == 0 and results.read_text().strip() == "error"
 
 
-def test_without_cache_uses_lumpver_verify(tmp_path):
-    text = _run_instance(tmp_path, "test_sat", prepare=False)
-    assert text.splitlines()[0] == "sat"
+def test_fallback_uses_lumpver_verify(tmp_path):
+    results = tmp_path / "r.txt"
+    word = glue.verify_fallback(str(TEST / "test_sat.onnx"), str(PROP), str(results), 60)
+    text = results.read_text()
+    assert word == "sat" and text.splitlines()[0] == "sat"
     x, y = _parse_cex(text)
     np.testing.assert_allclose(y, run_onnx(TEST / "test_sat.onnx", x.astype(np.float32).reshape(1, -1)).reshape(-1),
                                rtol=1e-6, atol=1e-7)

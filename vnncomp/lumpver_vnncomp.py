@@ -1,31 +1,29 @@
-"""VNN-COMP glue for lumpver: ``prepare`` (cache an on-set reduction) and ``run`` (answer an instance).
+"""VNN-COMP glue for lumpver: ``prepare`` (can this instance be handled?) and ``run`` (answer it).
 
 Called by ``prepare_instance.sh`` and ``run_instance.sh``; standalone (``python3 lumpver_vnncomp.py``).
 
 prepare CATEGORY ONNX VNNLIB
-    Reduces the network exactly on the property's input set (DESIGN.md §3,
-    :class:`lumpver.reductions.passes.OnSetPass`) and stores ``reduced.onnx``, its certificate and
-    ``meta.json`` under ``${TMPDIR:-/tmp}/lumpver-cache/<sha256(onnx bytes, vnnlib bytes)>``. The
-    cache folder appears atomically (built beside it, then renamed).
+    Only checks, as the rules allow outside the timed run: the network loads (supported ops,
+    finite weights, fixed shapes) and the property parses against its input and output sizes.
+    Exit 0 when lumpver can handle the instance; exit 1 with one line on stderr otherwise, so the
+    harness skips the slot. No analysis (no bounds, no reduction) happens here.
 
 run CATEGORY ONNX VNNLIB RESULTS TIMEOUT
-    With a valid cache (the original's SHA-256 matches): every case of the property is checked on
-    the reduced network g against the unsafe set *widened by the certified discrepancy* d
-    (``A y <= b + d * ||A||_1 rows``, since ``|f - g| <= d`` on X), so ``unsat`` for g proves
-    ``unsat`` for the original f. A counterexample found on g is replayed through onnxruntime on
-    the ORIGINAL model and written only if it violates the original property there (else the
-    instance falls back). Back-ends in order: falsify, interval, smt (a share of the time each).
-    Without a cache, or when the cached path does not decide: ``lumpver verify ONNX VNNLIB
+    Everything inside the timed run: the exact on-set reduction of the network on the property's
+    input set (DESIGN.md §3, :class:`lumpver.reductions.passes.OnSetPass`, in a temporary folder),
+    then every case of the property is checked on the reduced network g against the unsafe set
+    *widened by the certified discrepancy* d (``A y <= b + d * ||A||_1 rows``, since ``|f - g| <= d``
+    on X), so ``unsat`` for g proves ``unsat`` for the original f. A counterexample found on g is
+    replayed through onnxruntime on the ORIGINAL model and written only if it violates the
+    original property there (else the instance falls back). Back-ends in order: falsify, interval,
+    smt (a share of the time each). When that does not decide: ``lumpver verify ONNX VNNLIB
     --reduce`` with the time left. The result file is written atomically in the VNN-COMP format:
     ``sat`` + ``((X_0 v) ... (Y_0 v) ...)``, ``unsat``, ``timeout``, ``unknown`` or ``error``.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,7 +39,8 @@ import numpy as np  # noqa: E402  (after the path set-up above)
 from lumpver.api.reduce import apply_pass  # noqa: E402
 from lumpver.api.reduce_verify import widen  # noqa: E402
 from lumpver.api.verify import replay_case  # noqa: E402
-from lumpver.fileio import sha256_file, write_json_atomic, write_text_atomic  # noqa: E402
+from lumpver.errors import InputError  # noqa: E402
+from lumpver.fileio import write_text_atomic  # noqa: E402
 from lumpver.ir.onnx_import import load_onnx  # noqa: E402
 from lumpver.progress import Progress  # noqa: E402
 from lumpver.reductions.passes import OnSetPass  # noqa: E402
@@ -53,51 +52,20 @@ from lumpver.verifiers.base import Query, get_backend  # noqa: E402
 SHARES = (("falsify", 0.1), ("interval", 0.3), ("smt", 1.0))
 
 
-def cache_dir(onnx: str | os.PathLike, vnnlib: str | os.PathLike) -> Path:
-    """``${TMPDIR:-/tmp}/lumpver-cache/<sha256 of the two files' bytes>``."""
-    h = hashlib.sha256()
-    for p in (onnx, vnnlib):
-        data = Path(p).read_bytes()
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return Path(os.environ.get("TMPDIR") or tempfile.gettempdir()) / "lumpver-cache" / h.hexdigest()
+def check_instance(onnx: str, vnnlib: str) -> None:
+    """InputError (one line naming the file) when lumpver cannot handle the instance."""
+    net = load_onnx(onnx)
+    read_vnnlib(vnnlib, net.n_inputs, net.n_outputs)
 
 
-def prepare(onnx: str, vnnlib: str, quiet: bool = True) -> Optional[Path]:
-    """Build the cache for an instance (idempotent); returns its folder, None when it cannot."""
-    target = cache_dir(onnx, vnnlib)
-    if (target / "meta.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{target.name[:16]}.", dir=target.parent))
-    try:
-        t0 = time.perf_counter()
-        cert = apply_pass(OnSetPass(), onnx, build / "reduced.onnx", build / "reduced.cert.json", vnnlib,
-                          Progress(quiet)).certificate
-        meta = {"original_sha256": sha256_file(onnx), "vnnlib_sha256": sha256_file(vnnlib),
-                "discrepancy": cert["guarantee"]["epsilon"], "neurons_before": cert["stats"]["neurons_before"],
-                "neurons_after": cert["stats"]["neurons_after"], "seconds": time.perf_counter() - t0}
-        write_json_atomic(build / "meta.json", meta)
-        try:
-            os.rename(build, target)
-        except OSError:  # another process built it first
-            shutil.rmtree(build, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
-    return target
-
-
-def load_cache(onnx: str, vnnlib: str) -> Optional[tuple[Path, dict]]:
-    """The cache folder and its meta data, when present and made from these very files."""
-    try:
-        d = cache_dir(onnx, vnnlib)
-        meta = json.loads((d / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if meta.get("original_sha256") != sha256_file(onnx) or not (d / "reduced.onnx").is_file():
-        return None
-    return d, meta
+def reduce_in_run(onnx: str, vnnlib: str, folder: Path) -> dict:
+    """The exact on-set reduction of ``onnx`` on the property's input set, written into ``folder``
+    (part of the timed run): ``meta`` with the certified discrepancy and the sizes."""
+    t0 = time.perf_counter()
+    cert = apply_pass(OnSetPass(), onnx, folder / "reduced.onnx", folder / "reduced.cert.json", vnnlib,
+                      Progress(True)).certificate
+    return {"discrepancy": cert["guarantee"]["epsilon"], "neurons_before": cert["stats"]["neurons_before"],
+            "neurons_after": cert["stats"]["neurons_after"], "seconds": time.perf_counter() - t0}
 
 
 def counterexample_text(x, y) -> str:
@@ -116,7 +84,7 @@ def original_violation(onnx: str, case, x) -> Optional[tuple]:
 
 
 def cached_verdict(onnx: str, vnnlib: str, cache: Path, meta: dict, deadline: float) -> tuple[str, str]:
-    """``(result, counterexample text)`` from the cached reduction; result ``unknown`` when undecided."""
+    """``(result, counterexample text)`` from the reduction in ``cache``; result ``unknown`` when undecided."""
     g = load_onnx(cache / "reduced.onnx")
     spec = read_vnnlib(vnnlib, g.n_inputs, g.n_outputs)
     d = float(meta["discrepancy"])
@@ -162,14 +130,19 @@ def write_result(results: str, word: str, cex: str = "") -> None:
 
 def run(onnx: str, vnnlib: str, results: str, timeout: float) -> str:
     """Answer one instance into ``results``; returns the result word."""
-    start = time.monotonic()
-    deadline = start + timeout
-    got = load_cache(onnx, vnnlib)
-    if got is not None:
-        word, cex = cached_verdict(onnx, vnnlib, got[0], got[1], deadline)
-        if word in ("sat", "unsat", "timeout"):
-            write_result(results, word, cex)
-            return word
+    deadline = time.monotonic() + timeout
+    with tempfile.TemporaryDirectory(prefix="lumpver-run-") as tmp:
+        try:
+            meta = reduce_in_run(onnx, vnnlib, Path(tmp))
+            print(f"lumpver run_instance: on-set reduction {meta['neurons_before']} -> {meta['neurons_after']} "
+                  f"hidden neurons in {meta['seconds']:.2f} s", file=sys.stderr)
+            word, cex = cached_verdict(onnx, vnnlib, Path(tmp), meta, deadline)
+        except Exception as e:  # the reduction is an accelerator: without it, lumpver verify decides
+            print(f"lumpver run_instance: no reduction ({type(e).__name__}: {e})", file=sys.stderr)
+            word, cex = "unknown", ""
+    if word in ("sat", "unsat", "timeout"):
+        write_result(results, word, cex)
+        return word
     left = deadline - time.monotonic()
     if left <= 0.5:
         write_result(results, "timeout")
@@ -184,9 +157,10 @@ def run(onnx: str, vnnlib: str, results: str, timeout: float) -> str:
 def main(argv: list[str]) -> int:
     if len(argv) >= 4 and argv[0] == "prepare":
         try:
-            prepare(argv[2], argv[3])
-        except Exception as e:  # prepare never fails the instance: run reduces on the fly
-            print(f"lumpver prepare: no cache ({type(e).__name__}: {e})", file=sys.stderr)
+            check_instance(argv[2], argv[3])
+        except InputError as e:
+            print(f"lumpver prepare_instance: cannot handle this instance: {e}", file=sys.stderr)
+            return 1
         return 0
     if len(argv) >= 6 and argv[0] == "run":
         try:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # VNN-COMP: run_instance.sh v1 CATEGORY ONNX VNNLIB RESULTS TIMEOUT
 # Writes to RESULTS: sat (+ counterexample on the ORIGINAL network's inputs and outputs), unsat,
-# timeout, unknown or error. Uses the reduction cached by prepare_instance.sh when there is one,
-# otherwise `lumpver verify --reduce`.
+# timeout, unknown or error. Reduces the network on the property's input set (timed, here), checks
+# the reduced network, and falls back to `lumpver verify --reduce` with the time left.
 VERSION="${1:-}"; CATEGORY="${2:-}"; ONNX="${3:-}"; VNNLIB="${4:-}"; RESULTS="${5:-}"; TIMEOUT="${6:-}"
 if [ "$VERSION" != "v1" ] || [ -z "$RESULTS" ] || [ -z "$TIMEOUT" ]; then
   echo "usage: run_instance.sh v1 CATEGORY ONNX VNNLIB RESULTS TIMEOUT" >&2; exit 1

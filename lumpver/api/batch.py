@@ -147,21 +147,66 @@ def reduced_size(cases: list) -> Optional[int]:
     return max(sizes) if sizes else None  # a case may report one size or one per reduced sub-box
 
 
+class Launcher:
+    """Starts instance processes until :meth:`stop` is called, then ends every running one
+    (Ctrl-C: stop launching, end what runs; CONTRACT.md)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.stopped = False
+
+    def start(self, argv: list[str]) -> Optional[subprocess.Popen]:
+        """The started process, or None once stopped (the instance is not launched)."""
+        with self._lock:
+            if self.stopped:
+                return None
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+            self._running.add(proc)
+            return proc
+
+    def done(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(proc)
+
+    def stop(self) -> None:
+        """No new launches; kill the process group of every running instance."""
+        with self._lock:
+            self.stopped = True
+            for proc in self._running:
+                _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run_instance(inst: Instance, out_dir: Path, reduce: bool, backend: Optional[str] = None,
-                 argv_for: Callable[..., list[str]] = verify_argv) -> Outcome:
-    """Run one instance in its own process group; kill it after ``timeout + GRACE`` seconds."""
+                 argv_for: Callable[..., list[str]] = verify_argv, launcher: Optional[Launcher] = None) -> Optional[Outcome]:
+    """Run one instance in its own process group; kill it after ``timeout + GRACE`` seconds.
+    None when ``launcher`` was stopped before the instance started or while it ran."""
+    launcher = launcher or Launcher()
     result_file = result_path(out_dir, inst)
     result_file.unlink(missing_ok=True)
     Path(str(result_file) + ".json").unlink(missing_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv_for(inst, result_file, reduce, backend), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = launcher.start(argv_for(inst, result_file, reduce, backend))
+    if proc is None:
+        return None
     try:
         stdout, stderr = proc.communicate(timeout=inst.timeout + GRACE)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc)
         proc.communicate()
         return outcome(inst, "timeout", time.perf_counter() - t0, note="killed at the time limit")
+    finally:
+        launcher.done(proc)
+    if launcher.stopped:
+        return None
     secs = time.perf_counter() - t0
     first = _first_line(result_file)
     if first in RESULTS:
@@ -218,16 +263,22 @@ def run_batch(csv_path: str | os.PathLike, out_dir: str | os.PathLike, jobs: Opt
     sizes = hidden_sizes(instances)
     progress.say(f"{len(instances)} instance(s) from {csv_path}, {jobs} at a time"
                  + (", with on-set reduction" if reduce else ""))
-    t0, done, lock, outcomes = time.perf_counter(), [0], threading.Lock(), []
+    t0, outcomes, launcher = time.perf_counter(), [], Launcher()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_instance, inst, out, reduce, backend, argv_for) for inst in instances]
-        for fut in as_completed(futures):
-            o = fut.result()
-            o.neurons_before = sizes.get(instances[o.index - 1].onnx)
-            with lock:
-                done[0] += 1
+        futures = [pool.submit(run_instance, inst, out, reduce, backend, argv_for, launcher) for inst in instances]
+        try:
+            for fut in as_completed(futures):
+                o = fut.result()
+                o.neurons_before = sizes.get(instances[o.index - 1].onnx)
                 outcomes.append(o)
-                progress.say(f"[{done[0]}/{len(instances)}] {o.result:7s} {o.seconds:8.2f}s  {o.onnx} {o.vnnlib}")
+                progress.say(f"[{len(outcomes)}/{len(instances)}] {o.result:7s} {o.seconds:8.2f}s  {o.onnx} {o.vnnlib}")
+        except KeyboardInterrupt:  # stop launching, end what runs, keep what finished (exit 130 in the CLI)
+            launcher.stop()
+            for f in futures:
+                f.cancel()
+            progress.say(f"interrupted: {len(outcomes)} of {len(instances)} instance(s) finished; summary of those in {out}")
+            summarize(outcomes, time.perf_counter() - t0, out, csv_path, jobs)
+            raise
     return summarize(outcomes, time.perf_counter() - t0, out, csv_path, jobs)
 
 

@@ -26,6 +26,7 @@ from lumpver.specs.load import load_input_set
 from lumpver.specs.norms import norm_value
 from lumpver.verifiers.base import Query, Verdict, get_backend
 from lumpver.verifiers.falsify import search
+from lumpver.verifiers.interval import certified_difference_bound
 from lumpver.verifiers.sdp import SdpOptions, sdp_bound
 
 BACKENDS = ("sdp", "interval", "smt")
@@ -42,6 +43,10 @@ def bound_files(path_a: str | os.PathLike, path_b: str | os.PathLike, input_set:
     lower, witness = falsified_lower_bound(path_a, path_b, f, g, X, norm, max(1.0, 0.1 * timeout), seed)
     remaining = max(1.0, timeout - (time.perf_counter() - t0))
     upper, reason, details = certified_upper_bound(f, g, X, backend, norm, solver, remaining)
+    if upper is not None and lower is not None and upper < lower:  # a contradiction: trust neither claim
+        reason = (f"{backend}'s bound {upper!r} is below the attained value {lower!r} (numerical doubt); "
+                  "no bound certified")
+        upper = None
     res = Verdict("proved" if upper is not None else "unknown", backend, reason, counterexample=witness,
                   upper_bound=upper, lower_bound=lower, seconds=time.perf_counter() - t0, details=details)
     if cert_path is not None and upper is not None:
@@ -55,10 +60,19 @@ def certified_upper_bound(f, g, X: InputSet, backend: str, norm: str, solver: st
         r = sdp_bound(f, g, X, norm, SdpOptions(solver=solver), timeout)
         reason = r.reason or f"SDP certified (matrix size {r.max_matrix_size}, solver {r.solver_seconds:.2f}s)"
         return r.upper_bound, reason, r.evidence
+    if backend == "interval":  # refine to the time limit on every region; a sampled difference never stops it
+        ub, ev = certified_difference_bound(f, g, X, norm, timeout)
+        return ub, f"interval bound over all {len(X.regions)} region(s) ({ev['leaves']} sub-box(es))", ev
     v = get_backend(backend).check(Query(f, X, other=g, epsilon=0.0, norm=norm, timeout=timeout))
-    if v.upper_bound is None:
+    if v.upper_bound is None or v.verdict == "violated" or not _covers_set(v):
         return None, v.reason or f"{backend} gave no bound", dict(v.details)
     return float(v.upper_bound), v.reason, {"backend_verdict": v.verdict, **dict(v.details)}
+
+
+def _covers_set(v: Verdict) -> bool:
+    """A back-end's ``upper_bound`` is a bound on the whole set only when it did not stop early (a
+    sampled counterexample at epsilon 0 ends the search with the regions seen so far)."""
+    return v.counterexample is None
 
 
 def falsified_lower_bound(path_a, path_b, f, g, X: InputSet, norm: str, timeout: float, seed: int):

@@ -45,11 +45,16 @@ from lumpver.reductions.passes import (
     MagnitudePrunePass,
     OnSetPass,
     QuantizePass,
+    nonzero_params,
 )
-from lumpver.reports.render import REPORT_FORMAT, overall, render
+from lumpver.reports.facts import input_set_summary
+from lumpver.reports.render import REPORT_FORMAT, overall, render, with_provenance
 from lumpver.specs.inputset import InputSet
+from lumpver.specs.load import require_nonempty
 from lumpver.specs.runspec import ReductionStep, Spec, load_spec
+from lumpver.specs.norms import VECTOR_NORMS
 from lumpver.verifiers.base import Verdict
+from lumpver.verifiers.sdp_problem import NORMS as SDP_NORMS
 
 
 @dataclass
@@ -72,16 +77,18 @@ class _Ctx:
 
 
 def run_spec(spec_path: str | os.PathLike, out_dir: Optional[str | os.PathLike] = None, quiet: bool = False,
-             recheck: bool = True) -> RunResult:
-    """Run a spec file; see the module docstring. InputError for bad input (exit 2)."""
+             recheck: bool = True, command: Optional[str] = None) -> RunResult:
+    """Run a spec file; see the module docstring. InputError for bad input (exit 2). ``command``:
+    the command line the reports record (default: the Python API)."""
     t0 = time.perf_counter()
-    progress = Progress(quiet)
+    progress: Progress = Progress(quiet)
     spec = load_spec(spec_path)
     out = Path(out_dir) if out_dir is not None else Path(spec.output.dir)
     net = load_onnx(spec.model)
-    input_set = spec.input_set(net.n_inputs) if spec.input_set_spec is not None else None
+    input_set = None if spec.input_set_spec is None else require_nonempty(spec.input_set(net.n_inputs), str(spec.path))
     _prepare_out(out, [spec.model, Path(spec_path)])
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    progress = _FinalNames(progress, stage, out)
     try:
         ctx = _Ctx(spec, stage, out, progress, input_set)
         progress.say(f"spec {spec_path}: model {spec.model.name} ({net.n_hidden} hidden neurons), "
@@ -90,8 +97,8 @@ def run_spec(spec_path: str | os.PathLike, out_dir: Optional[str | os.PathLike] 
         if recheck:
             _recheck(ctx, steps)
         backends = _run_backends(ctx, final, steps)
-        doc = _document(ctx, net, steps, backends, time.perf_counter() - t0)
-        names = _write_reports(ctx, doc)
+        doc = with_provenance(_document(ctx, net, steps, backends, time.perf_counter() - t0), command)
+        _write_reports(ctx, doc)
         files = _commit(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -99,8 +106,20 @@ def run_spec(spec_path: str | os.PathLike, out_dir: Optional[str | os.PathLike] 
     shutil.rmtree(stage, ignore_errors=True)
     failed = any((s["recheck"] or {}).get("holds") is False for s in steps) or \
         any(b["verdict"] == "violated" for b in backends)
-    progress.say(f"wrote {len(files)} file(s) into {out}: " + ", ".join(names))
+    progress.say(f"wrote {len(files)} file(s) into {out}: " + ", ".join(p.name for p in files))
     return RunResult(out, doc, files, 1 if failed else 0)
+
+
+class _FinalNames(Progress):
+    """Progress whose lines name the files where they will end up, not the staging folder."""
+
+    def __init__(self, inner: Progress, stage: Path, out: Path) -> None:
+        super().__init__(inner.quiet, inner.interval, inner.stream)
+        self._t0 = inner._t0
+        self._names = (str(stage), str(out))
+
+    def say(self, msg: str) -> None:
+        super().say(msg.replace(*self._names))
 
 
 # ----- output folder ---------------------------------------------------------------------------
@@ -151,7 +170,10 @@ def _run_steps(ctx: _Ctx, net: Network) -> tuple[list[dict[str, Any]], Path]:
         record = {"index": k, "method": _method_label(step), "model_path": out.name,
                   "certificate_path": cert.name if written else None,
                   "certificate": json.loads(cert.read_text(encoding="utf-8")) if written else None,
+                  "bytes": out.stat().st_size,
                   "stats": model_stats(current_net, reduced, time.perf_counter() - t0), "recheck": None}
+        record["stats"].update(nonzero_params_before=nonzero_params(current_net),  # what pruning changes
+                               nonzero_params_after=nonzero_params(reduced))
         note = "; ".join(filter(None, [res.note, _unused_tolerance(ctx, step, k)]))
         if note:
             record["note"] = note
@@ -221,6 +243,12 @@ def _run_backends(ctx: _Ctx, final: Path, steps: list[dict[str, Any]]) -> list[d
                 for b in spec.backends]
     out = []
     for b in spec.backends:
+        cannot = _cannot_answer(b.name, spec.tolerance.norm)
+        if cannot:
+            ctx.progress.say(f"back-end {b.name}: skipped, {cannot}")
+            out.append({"backend": b.name, "verdict": "skipped", "reason": cannot,
+                        "epsilon": spec.tolerance.epsilon, "norm": spec.tolerance.norm})
+            continue
         ctx.progress.say(f"back-end {b.name}: sup ||f - g||_{spec.tolerance.norm} <= {spec.tolerance.epsilon:g}? "
                          f"(timeout {b.timeout:g} s)")
         v = _compare(Path(spec.model), final, ctx.input_set, spec.tolerance.epsilon, spec.tolerance.norm,
@@ -229,6 +257,18 @@ def _run_backends(ctx: _Ctx, final: Path, steps: list[dict[str, Any]]) -> list[d
         ctx.progress.say(f"back-end {b.name}: {rec['verdict']}")
         out.append(rec)
     return out
+
+
+#: back-end -> the difference norms it can decide or bound (the others answer every norm)
+NORMS_ANSWERED = {"sdp": SDP_NORMS, "marabou": VECTOR_NORMS}
+
+
+def _cannot_answer(backend: str, norm: str) -> str:
+    """Why ``backend`` cannot answer a question in ``norm`` ('' when it can)."""
+    norms = NORMS_ANSWERED.get(backend)
+    if norms is None or norm in norms:
+        return ""
+    return f"it answers {', '.join(norms)} only, not the declared [tolerance].norm {norm}"
 
 
 def _compare(a: Path, b: Path, input_set: InputSet, epsilon: float, norm: str, backend: str,
@@ -254,8 +294,9 @@ def _document(ctx: _Ctx, net, steps, backends, seconds: float) -> dict[str, Any]
         "format": REPORT_FORMAT, "title": title, "spec": str(spec.path),
         "model": {"path": os.path.relpath(Path(spec.model).resolve(), ctx.out_dir.resolve()),
                   "sha256": sha256_file(spec.model), "hidden_widths": net.hidden_widths,
-                  "n_inputs": net.n_inputs, "n_outputs": net.n_outputs, "params": net.n_params},
-        "input_set": None if ctx.input_set is None else _set_summary(ctx.input_set),
+                  "n_inputs": net.n_inputs, "n_outputs": net.n_outputs, "params": net.n_params,
+                  "bytes": Path(spec.model).stat().st_size},
+        "input_set": input_set_summary(ctx.input_set, _set_file(spec)),
         "tolerance": None if spec.tolerance is None else {"norm": spec.tolerance.norm,
                                                           "epsilon": spec.tolerance.epsilon},
         "steps": steps, "backends": backends, "overall": overall(steps, _xmax(ctx.input_set)),
@@ -274,16 +315,10 @@ def _xmax(input_set) -> Optional[float]:
     return max(float(max(abs(b.lower).max(), abs(b.upper).max())) for b in boxes)
 
 
-def _set_summary(input_set) -> dict[str, Any]:
-    """A short JSON view of the input set (full sets are in the certificates)."""
-    regions = []
-    for r in input_set.regions[:8]:
-        d = r.to_json()
-        if d.get("type") == "box" and len(d["lower"]) > 16:
-            d = {"type": "box", "dim": len(d["lower"]), "lower_min": min(d["lower"]), "upper_max": max(d["upper"])}
-        regions.append(d)
-    return {"regions": len(input_set.regions), "dim": input_set.dim, "first_regions": regions,
-            "source": input_set.source}
+def _set_file(spec: Spec) -> str:
+    """Where the input set is declared: its VNN-LIB file, else the spec's [input_set] table."""
+    path = getattr(spec.input_set_spec, "path", None)
+    return str(path) if path else f"{spec.path} [input_set]"
 
 
 def _write_reports(ctx: _Ctx, doc: dict[str, Any]) -> list[str]:

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 
+from lumpver.commands import argtypes
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("instances", help="CSV with rows onnx,vnnlib,timeout_s (paths relative to its folder)")
-    p.add_argument("--jobs", type=int, default=None, help="instances run at the same time (default: the number of cores)")
-    p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every instance's timeout by F")
-    p.add_argument("--out", default="lumpver-batch", help="folder for summary.csv, summary.md and results/ "
-                                                           "(default ./lumpver-batch)")
+    p.add_argument("--jobs", type=argtypes.positive_int, default=None, help="instances run at the same time (default: the number of cores)")
+    p.add_argument("--timeout-scale", type=argtypes.positive, default=1.0, help="multiply every instance's timeout by F")
+    p.add_argument("--out", default="lumpver-batch", help="folder for summary.csv, summary.md and results/")
     p.add_argument("--reduce", action="store_true", help="verify after the on-set reduction (lumpver verify --reduce)")
     p.add_argument("--backend", help="back-end passed to lumpver verify (default: its own)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",

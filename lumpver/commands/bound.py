@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lumpver.commands import argtypes
 from lumpver.specs.norms import VECTOR_NORMS
 
 EPILOG = """The last line of stdout is 'proved' when an upper bound is certified, 'unknown' otherwise
@@ -15,11 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_a", help="first ONNX model (the original)")
     p.add_argument("model_b", help="second ONNX model (the reduced one)")
     p.add_argument("--input-set", required=True, help="input set X: a .vnnlib or .toml spec file")
-    p.add_argument("--backend", choices=["sdp", "interval", "smt"], default="sdp", help="upper-bound back-end (default sdp)")
-    p.add_argument("--norm", choices=VECTOR_NORMS, default="linf", help="difference norm (default linf)")
+    p.add_argument("--backend", choices=["sdp", "interval", "smt"], default="sdp", help="upper-bound back-end")
+    p.add_argument("--norm", choices=VECTOR_NORMS, default="linf", help="difference norm")
     p.add_argument("--solver", choices=["auto", "clarabel", "scs", "mosek"], default="auto",
                    help="SDP solver (auto: Clarabel for small matrices, SCS for large)")
-    p.add_argument("--timeout", type=float, default=120.0, help="wall-clock seconds (default 120)")
+    p.add_argument("--timeout", type=argtypes.seconds, default=120.0, help="wall-clock seconds")
     p.add_argument("--seed", type=int, default=0, help="random seed of the falsifier")
     p.add_argument("--json", help="write the result as JSON here (atomic)")
     p.add_argument("--certificate", help="write a 'bounded' certificate (epsilon = the certified bound)")
@@ -30,16 +31,14 @@ def run(args: argparse.Namespace) -> int:
 
     from lumpver.api.bound import bound_files
     from lumpver.errors import InputError
-    from lumpver.fileio import check_output_path, write_json_atomic
+    from lumpver.fileio import check_outputs, write_json_atomic
     from lumpver.progress import Progress
 
     inputs = [args.model_a, args.model_b, args.input_set]
     for p in inputs:
         if not Path(p).is_file():
             raise InputError("file not found", p)
-    for out in (args.json, args.certificate):
-        if out:
-            check_output_path(out, inputs)
+    check_outputs([args.json, args.certificate], inputs)
     Progress(args.quiet).say(f"bounding ||{args.model_a} - {args.model_b}||_{args.norm} ({args.backend})")
     r = bound_files(args.model_a, args.model_b, args.input_set, args.backend, args.norm, args.solver,
                     args.timeout, args.seed, args.certificate)

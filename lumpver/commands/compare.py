@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lumpver.commands import argtypes
 from lumpver.specs.norms import NORMS
 
 EPILOG = """exit status: 0 when the claim is proved; 1 when it is violated (a counterexample,
@@ -18,12 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_a", help="first ONNX model (the original)")
     p.add_argument("model_b", help="second ONNX model (the reduced one)")
     p.add_argument("--input-set", required=True, help="input set X: a .vnnlib or .toml spec file")
-    p.add_argument("--epsilon", type=float, required=True, help="claimed bound on ||A(x) - B(x)|| over X")
+    p.add_argument("--epsilon", type=argtypes.nonnegative, required=True, help="claimed bound on ||A(x) - B(x)|| over X")
     p.add_argument("--norm", choices=NORMS, default="linf",
                    help="difference norm; top1 = the top-1 classes agree (epsilon ignored)")
     p.add_argument("--backend", choices=["interval", "smt", "sdp", "auto", "falsify", "marabou"], default="auto",
                    help="auto: falsifier, then interval, then smt")
-    p.add_argument("--timeout", type=float, default=60.0, help="wall-clock seconds for the whole comparison")
+    p.add_argument("--timeout", type=argtypes.seconds, default=60.0, help="wall-clock seconds for the whole comparison")
     p.add_argument("--seed", type=int, default=0, help="random seed of the falsifier")
     p.add_argument("--json", help="write the verdict as JSON here (atomic)")
 

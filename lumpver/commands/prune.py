@@ -5,15 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lumpver.commands import argtypes
+
 METHODS = ("magnitude", "coreset", "confident")
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, choices=METHODS, help="pruning method")
     p.add_argument("--certificate", help="certificate JSON to write")
     g = p.add_argument_group("magnitude / coreset")
-    g.add_argument("--keep", type=_fraction, help="fraction of hidden weights (or neurons) to keep, in (0, 1]")
+    g.add_argument("--keep", type=argtypes.keep_fraction, help="fraction of hidden weights (or neurons) to keep, in (0, 1]")
     g.add_argument("--granularity", choices=("weight", "neuron"), default="weight",
                    help="prune single weights or whole hidden neurons (default weight)")
     g.add_argument("--scope", choices=("global", "layer"),
@@ -32,14 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="random seed (sampling methods)")
     c = p.add_argument_group("confident (Learn then Test, DESIGN.md section 7)")
     c.add_argument("--calibration", help=".npz with 'x' (n inputs) and optional integer labels 'y'")
-    c.add_argument("--alpha", type=_fraction, help="risk level: expected loss <= alpha")
-    c.add_argument("--delta", type=_fraction, help="error probability: the guarantee holds w.p. >= 1 - delta")
+    c.add_argument("--alpha", type=argtypes.open_unit, help="risk level: expected loss <= alpha")
+    c.add_argument("--delta", type=argtypes.open_unit, help="error probability: the guarantee holds w.p. >= 1 - delta")
     c.add_argument("--grid", help="pruning levels, increasing: 'a,b,c' or 'start:stop:step' "
                                   "(default 0.10:0.95:0.05)")
     c.add_argument("--loss", default="disagreement",
                    choices=("disagreement", "zero-one", "deviation", "deviation-clipped"),
                    help="per-sample loss (default disagreement of top-1 with the dense model)")
-    c.add_argument("--threshold", type=float, help="T for the deviation losses (||f - g||_inf > T)")
+    c.add_argument("--threshold", type=argtypes.positive, help="T for the deviation losses (||f - g||_inf > T)")
     c.add_argument("--pvalue", default="auto", choices=("auto", "binomial", "hb"),
                    help="auto: exact binomial for 0-1 losses, Hoeffding-Bentkus otherwise")
     c.add_argument("--procedure", default="fixed-sequence", choices=("fixed-sequence", "bonferroni", "holm"),

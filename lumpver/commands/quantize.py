@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lumpver.commands import argtypes
 from lumpver.specs.norms import NORMS
 
 
@@ -17,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norm", choices=NORMS, default="linf", help="error norm certified")
     p.add_argument("--float-weights", action="store_true",
                    help="write dequantised float32 weights instead of int8 + DequantizeLinear")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds for certification")
+    p.add_argument("--timeout", type=argtypes.seconds, default=120.0, help="seconds for certification")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from lumpver.commands import argtypes
 from lumpver.specs.norms import NORMS
 
 
@@ -14,27 +15,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["exact", "on-set", "approx"], default="exact",
                    help="exact: no loss on any input; on-set: exact on --input-set; approx: within --epsilon")
     p.add_argument("--input-set", help="input set: a .vnnlib file or a lumpver spec (.toml)")
-    p.add_argument("--epsilon", type=float, help="error budget (approx mode)")
-    p.add_argument("--norm", choices=NORMS, default="linf")
+    p.add_argument("--epsilon", type=argtypes.nonnegative, help="error budget (approx mode)")
+    p.add_argument("--norm", choices=NORMS, default="linf", help="error norm (approx mode)")
     p.add_argument("--backend", default="auto", help="back-end certifying approximate reductions")
-    p.add_argument("--tolerance", type=float, default=None,
+    p.add_argument("--tolerance", type=argtypes.positive, default=None,
                    help="relative tolerance of signature equality for float32 weights (default 1e-5)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds for certification (approx mode)")
+    p.add_argument("--timeout", type=argtypes.seconds, default=300.0, help="seconds for certification (approx mode)")
 
 
 def run(args: argparse.Namespace) -> int:
     from lumpver.api.reduce import apply_pass, default_certificate_path
-    from lumpver.fileio import check_output_path
+    from lumpver.fileio import check_outputs
     from lumpver.progress import Progress
-    from lumpver.reports.render import write_report
+    from pathlib import Path
+
+    from lumpver.reports.render import check_report_path, document_from_certificate, write_report
 
     cert_path = args.certificate or str(default_certificate_path(args.output))
-    for out in args.report:
-        check_output_path(out, [args.model] + ([args.input_set] if args.input_set else []))
-    res = apply_pass(_pass(args), args.model, args.output, cert_path, args.input_set, Progress(args.quiet))
-    cert = res.certificate
     for rep in args.report:
-        write_report(cert, rep)
+        check_report_path(rep)
+    check_outputs([args.output, cert_path, *args.report], [args.model, args.input_set])
+    reduction = _pass(args)
+    res = apply_pass(reduction, args.model, args.output, cert_path, args.input_set, Progress(args.quiet))
+    cert = res.certificate
+    sizes = {"original": Path(args.model).stat().st_size, "reduced": Path(args.output).stat().st_size}
+    for rep in args.report:
+        write_report(document_from_certificate(cert, sizes=sizes), rep, command=argtypes.command_line(args))
     s = cert["stats"]
     print(f"{cert['guarantee']['kind']}: hidden neurons {s['neurons_before']} -> {s['neurons_after']}, "
           f"parameters {s['params_before']} -> {s['params_after']}; certificate {cert_path}")

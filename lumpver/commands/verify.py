@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lumpver.commands import argtypes
+
 EPILOG = """The last line of stdout (and the first line of --result) is sat, unsat, unknown,
 timeout or error. After sat the result file holds the counterexample ((X_0 v) ... (Y_0 v) ...)
 with Y computed by onnxruntime on the original model and checked against the property.
@@ -20,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reduce", action="store_true",
                    help="split each case's input region by bounds, reduce the network exactly on every open "
                         "sub-box (on-set reduction) and run the back-end on the reduced networks")
-    p.add_argument("--timeout", type=float, default=60.0, help="wall-clock seconds for the whole property")
+    p.add_argument("--timeout", type=argtypes.seconds, default=60.0, help="wall-clock seconds for the whole property")
     p.add_argument("--result", help="write the VNN-COMP result file here (atomic)")
 
 

@@ -141,14 +141,14 @@ def reduce_on_set(net: Network, input_set: InputSet, method: str = "crown", lp: 
 
 def reduce_on_set_to_files(original_path: str | os.PathLike, out_path: str | os.PathLike,
                            cert_path: Optional[str | os.PathLike], input_set: InputSet, quiet: bool = True,
-                           **options: Any) -> dict[str, Any]:
+                           progress: Optional[Progress] = None, **options: Any) -> dict[str, Any]:
     """Load, reduce on ``input_set``, write the model and its ``exact-on-set`` certificate.
 
     ``options`` go to :func:`reduce_on_set`. Both files are written atomically; if the
     certificate cannot be written the model is removed again. Returns the certificate.
     """
 
-    progress = Progress(quiet=quiet)
+    progress = progress or Progress(quiet=quiet)
     t0 = time.perf_counter()
     check_output_path(out_path, [original_path])
     cert_path = cert_path or default_certificate_path(out_path)

@@ -76,7 +76,8 @@ class OnSetPass:
 
     def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
         input_set = ctx.need_input_set("on-set reduction")
-        cert = reduce_on_set_to_files(model_path, out_path, cert_path, input_set, ctx.progress.quiet)
+        cert = reduce_on_set_to_files(model_path, out_path, cert_path, input_set, ctx.progress.quiet,
+                                      ctx.progress)
         return ReductionResult(Path(out_path), Path(cert_path), cert)
 
 
@@ -204,7 +205,7 @@ class ConfidentPass:
             return ReductionResult(Path(out_path), summary=[line])
         with remove_on_failure(out_path):
             stats = model_stats(net, result.reduced, result.seconds)
-            stats.update(nonzero_params_before=_nonzero(net), nonzero_params_after=_nonzero(result.reduced))
+            stats.update(nonzero_params_before=nonzero_params(net), nonzero_params_after=nonzero_params(result.reduced))
             ref = file_ref(self.calibration, Path(cert_path).resolve().parent)
             cert = make_certificate(model_path, out_path, confident.guarantee(result), stats,
                                     [confident.evidence(result, ref)], cert_path)
@@ -212,7 +213,7 @@ class ConfidentPass:
         return ReductionResult(Path(out_path), Path(cert_path), cert, [line])
 
 
-def _nonzero(net: Network) -> int:
+def nonzero_params(net: Network) -> int:
     """Nonzero weights and biases (the size that pruning actually changes)."""
     return sum(int(np.count_nonzero(l.weight)) + int(np.count_nonzero(l.bias)) for l in net.layers)
 

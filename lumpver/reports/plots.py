@@ -32,6 +32,11 @@ def _png(plt, fig) -> bytes:
     return buf.getvalue()
 
 
+def _legend_outside(ax) -> None:
+    """The legend right of the axes, where it cannot cover a bar."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def data_uri(png: bytes) -> str:
     """``data:image/png;base64,...`` for an ``<img src>``."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
@@ -49,7 +54,7 @@ def widths_plot(series: Sequence[tuple[str, Sequence[int]]]) -> bytes:
     ax.set_xticks(range(n_layers), [f"hidden {i + 1}" for i in range(n_layers)])
     ax.set_ylabel("neurons")
     ax.set_title("Hidden-layer widths")
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return _png(plt, fig)
 
 
@@ -80,49 +85,44 @@ def class_sizes_plot(claim: dict[str, Any]) -> bytes:
     ax.set_xlabel("class size (original neurons merged into one)")
     ax.set_ylabel("classes")
     ax.set_title("Class sizes of the exact quotient")
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return _png(plt, fig)
 
 
 def bounds_plot(rows: Sequence[dict[str, Any]], epsilon: Optional[float] = None) -> bytes:
-    """Per back-end: certified upper bound against the falsifier's lower bound (log scale).
+    """Every bound on ``sup_X ||f - g||`` on one log axis, one column per source (DESIGN.md §9).
 
-    ``rows``: ``{"label", "upper_bound" (or None), "lower_bound" (or None)}``. The true supremum
-    lies between the two markers; a missing upper bound is drawn as an open marker at the top.
+    ``rows``: ``{"label", "kind": "certified upper" | "attained lower", "value"}``
+    (:func:`lumpver.reports.facts.bound_rows`). Down triangles are certified upper bounds, up
+    triangles attained values; the band between the largest attained value and the smallest
+    certified bound holds the true worst case. The legend sits below the axes, off the data.
     """
-    plt, fig, ax = _figure()
-    vals = [v for r in rows for v in (r.get("upper_bound"), r.get("lower_bound")) if v]
-    vals += [epsilon] if epsilon else []
-    top = max(vals) * 3 if vals else 1.0
-    floor = min(vals) / 3 if vals else 1e-6
+    plt, fig, ax = _figure(6.4, 3.8)
+    labels = list(dict.fromkeys(str(r["label"]) for r in rows))
+    vals = [r["value"] for r in rows if r["value"] and r["value"] > 0] + ([epsilon] if epsilon else [])
+    floor = min(vals) / 5 if vals else 1e-9
+    top = max(vals) * 5 if vals else 1.0
+    ups = [r["value"] for r in rows if r["kind"] == "certified upper"]
+    lows = [r["value"] for r in rows if r["kind"] == "attained lower"]
+    if ups and lows:
+        ax.axhspan(max(max(lows), floor), min(ups), color=_AFTER, alpha=.12, label="worst case lies here")
     seen: set[str] = set()
-
-    def once(label: str) -> Optional[str]:
-        if label in seen:
-            return None
-        seen.add(label)
-        return label
-
-    for i, r in enumerate(rows):
-        ub, lb = r.get("upper_bound"), r.get("lower_bound")
-        lo = lb if lb and lb > 0 else floor
-        hi = ub if ub is not None else top
-        ax.plot([i, i], [lo, hi], color="#999", lw=6, alpha=.4, solid_capstyle="butt")
-        if ub is not None:
-            ax.plot(i, max(ub, floor), "v", color=_AFTER, ms=10, label=once("certified upper bound"))
-        else:
-            ax.plot(i, top, "v", mfc="none", color=_AFTER, ms=10, label=once("no upper bound"))
-        if lb is not None:
-            ax.plot(i, max(lb, floor), "^", color=_THIRD, ms=10, label=once("falsifier lower bound"))
+    for r in rows:
+        x, v = labels.index(str(r["label"])), max(r["value"], floor)
+        upper = r["kind"] == "certified upper"
+        name = "certified upper bound" if upper else "attained value (lower bound)"
+        ax.plot(x, v, "v" if upper else "^", color=_AFTER if upper else _THIRD, ms=11,
+                label=None if name in seen else name)
+        seen.add(name)
     if epsilon:
-        ax.axhline(epsilon, color="k", ls="--", lw=1, label=f"epsilon = {epsilon:g}")
+        ax.axhline(epsilon, color="k", ls="--", lw=1, label=f"epsilon asked = {epsilon:.9g}")
     ax.set_yscale("log")
-    ax.set_ylim(floor, top * 1.5)
-    ax.set_xlim(-0.6, len(rows) - 0.4)
-    ax.set_xticks(range(len(rows)), [str(r.get("label")) for r in rows], fontsize=8)
-    ax.set_ylabel("sup ||f(x) - g(x)||")
-    ax.set_title("Certified bound vs. falsified lower bound")
-    ax.legend(fontsize=8)
+    ax.set_ylim(floor, top)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_xticks(range(len(labels)), labels, fontsize=9)
+    ax.set_ylabel("sup ||f(x) - g(x)|| on the set")
+    ax.set_title("Every bound on the worst-case difference")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     return _png(plt, fig)
 
 
@@ -149,5 +149,5 @@ def pvalues_plot(evidence: dict[str, Any]) -> bytes:
             ax2.axhline(evidence["alpha"], color=_BEFORE, ls=":", lw=1)
         ax2.set_ylabel("empirical risk", color=_BEFORE)
     ax.set_title("Confident pruning: p-values by level")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, frameon=False)
     return _png(plt, fig)

@@ -24,6 +24,8 @@ from typing import Any, Optional
 from lumpver.errors import InputError
 from lumpver.fileio import write_text_atomic
 from lumpver.reports import plots
+from lumpver.reports.facts import (bound_rows, bounds_caption, input_set_lines, input_set_summary, num, num_down,
+                                   num_up, provenance, provenance_line, sparsity)
 from lumpver.reports.plots import data_uri
 
 REPORT_FORMAT = "lumpver-report/1"
@@ -51,12 +53,12 @@ def summary_lines(cert: dict[str, Any]) -> list[str]:
     if isinstance(ft, dict) and isinstance(ft.get("discrepancy_bound"), dict):
         d = ft["discrepancy_bound"]
         lines.append(f"Sound bound on the discrepancy in real arithmetic: max_i |f_i(x) - g_i(x)| <= "
-                     f"{d['a']:.3g} + {d['b']:.3g} * ||x||_inf (grouping tolerance {ft.get('grouping_tolerance')}).")
+                     f"{num_up(d['a'])} + {num_up(d['b'])} * ||x||_inf (grouping tolerance {ft.get('grouping_tolerance')}).")
     elif g["kind"] == "exact-on-set" and isinstance(ft, dict) and ft.get("discrepancy_bound") is not None:
         lines.append(f"Sound bound on the discrepancy on the input set, in real arithmetic: "
-                     f"max_i |f_i(x) - g_i(x)| <= {ft['discrepancy_bound']:.3g}.")
+                     f"max_i |f_i(x) - g_i(x)| <= {num_up(ft['discrepancy_bound'])}.")
     elif g.get("epsilon") is not None:
-        lines.append(f"Certified epsilon: {g['epsilon']:.6g} ({g.get('norm')}).")
+        lines.append(f"Certified epsilon: {num_up(g['epsilon'])} ({g.get('norm')}).")
     if g["kind"] == "statistical" and g.get("statement"):
         lines.append(str(g["statement"]).capitalize() + ".")
     pct = 100.0 * s["neurons_after"] / max(1, s["neurons_before"])
@@ -74,7 +76,7 @@ def how_proved(ev: dict[str, Any]) -> str:
         return (f"Bound propagation ({ev.get('method')}{' + LP' if ev.get('lp') else ''}, {ev.get('n_leaves')} "
                 f"input sub-region(s)) proved {n_in} neuron(s) stably inactive on the input set (removed) and "
                 f"folded {n_fold} stably linear neuron(s) into a basis of the others (linear lumping, DESIGN.md §3); "
-                f"sound discrepancy bound {ev.get('discrepancy', 0):.3g}.")
+                f"sound discrepancy bound {num_up(ev.get('discrepancy', 0))}.")
     if backend == "lumping" and "claim" in ev:
         layers = ev["claim"].get("layers", [])
         kept = sum(sum(1 for k in layer.get("kept", []) if k) for layer in layers)
@@ -91,7 +93,7 @@ def how_proved(ev: dict[str, Any]) -> str:
                 f"{ev.get('alpha')} at confidence {ev.get('confidence')}: "
                 + (f"{lvl}." if lvl is not None else "none (abstained)."))
     if backend == "sampling":
-        return (f"Largest error seen by onnxruntime on sampled points of the input set: {ev.get('lower_bound', 0):.4g} "
+        return (f"Largest error seen by onnxruntime on sampled points of the input set: {num_down(ev.get('lower_bound', 0))} "
                 "(a lower bound of the true worst case).")
     if backend == "reduction":
         params = ", ".join(f"{k} = {v}" for k, v in ev.items()
@@ -99,9 +101,9 @@ def how_proved(ev: dict[str, Any]) -> str:
         return f"Reduction method {ev.get('method')}" + (f" ({params})." if params else ".")
     bits = [f"Back-end {backend}: {ev.get('verdict')}"]
     if ev.get("upper_bound") is not None:
-        bits.append(f"certified upper bound {ev['upper_bound']:.4g}")
+        bits.append(f"certified upper bound {num_up(ev['upper_bound'])}")
     if ev.get("lower_bound") is not None:
-        bits.append(f"falsifier lower bound {ev['lower_bound']:.4g}")
+        bits.append(f"attained lower bound {num_down(ev['lower_bound'])}")
     if ev.get("reason"):
         bits.append(str(ev["reason"]))
     return "; ".join(bits) + "."
@@ -156,10 +158,10 @@ def overall(steps: list[dict[str, Any]], xmax: Optional[float] = None) -> dict[s
         return out
     a, b = sum(p[0] for p in parts), sum(p[1] for p in parts)
     where = "for every input x" if kind == "exact" else "for every x in the declared input set"
-    bound = f"{a:.3g}" + (f" + {b:.3g} * ||x||_inf" if b else "")
+    bound = num_up(a) + (f" + {num_up(b)} * ||x||_inf" if b else "")
     if kind != "exact" and xmax is not None and b:
         out["bound_on_set"] = a + b * xmax
-        bound += f" <= {a + b * xmax:.3g} (||x||_inf <= {xmax:g} on the set)"
+        bound += f" <= {num_up(a + b * xmax)} (||x||_inf <= {num(xmax)} on the set)"
     out.update({"a": a, "b": b, "statement": (
         f"{_KIND_WORDS[kind]} Composed over {len(certs)} step(s) by the triangle inequality: {where}, "
         f"max_i |f_i(x) - g_i(x)| <= {bound}, in exact real arithmetic of the stored weights.")})
@@ -168,16 +170,27 @@ def overall(steps: list[dict[str, Any]], xmax: Optional[float] = None) -> dict[s
 
 # ----- documents -----------------------------------------------------------------------------
 def document_from_certificate(cert: dict[str, Any], title: str = "lumpver report",
-                              recheck: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """The report document of one certificate."""
+                              recheck: Optional[dict[str, Any]] = None,
+                              sizes: Optional[dict[str, int]] = None) -> dict[str, Any]:
+    """The report document of one certificate; ``sizes``: file bytes of ``original`` and ``reduced``."""
+    sizes = sizes or {}
     steps = [{"method": cert["guarantee"]["kind"], "certificate": cert, "recheck": recheck,
-              "model_path": cert["reduced"]["path"] if cert.get("reduced") else None}]
+              "model_path": cert["reduced"]["path"] if cert.get("reduced") else None, "bytes": sizes.get("reduced")}]
+    summary = input_set_summary(cert["guarantee"].get("input_set"))
     return {"format": REPORT_FORMAT, "title": title, "model": {"path": cert["original"]["path"],
-            "sha256": cert["original"]["sha256"], "hidden_widths": cert["stats"]["layers_before"]},
-            "input_set": cert["guarantee"].get("input_set"), "steps": steps, "backends": [],
-            "overall": overall(steps), "seconds": cert["stats"]["seconds"],
+            "sha256": cert["original"]["sha256"], "hidden_widths": cert["stats"]["layers_before"],
+            "bytes": sizes.get("original")},
+            "input_set": summary, "steps": steps, "backends": [], "overall": overall(steps, _xmax(summary)),
+            "seconds": cert["stats"]["seconds"],
             # kept for readers of the first report format
             "summary": summary_lines(cert), "certificate": cert}
+
+
+def _xmax(summary: Optional[dict[str, Any]]) -> Optional[float]:
+    """Largest ``||x||_inf`` on the set, when every region is summarised with a box."""
+    if summary is None or summary["regions"] != len(summary["shown"]) or any("lower_min" not in r for r in summary["shown"]):
+        return None
+    return max(max(abs(r["lower_min"]), abs(r["upper_max"])) for r in summary["shown"])
 
 
 def _stats(step: dict[str, Any]) -> Optional[dict[str, Any]]:
@@ -209,8 +222,9 @@ def headline(doc: dict[str, Any]) -> list[str]:
     final = next((s.get("model_path") for s in reversed(doc["steps"]) if s.get("model_path")), None)
     lines = [f"The reduced network{f' `{final}`' if final else ''} has {n1} hidden neurons instead of {n0} "
              f"({100.0 * n1 / max(1, n0):.1f} % kept) and {p1} parameters instead of {p0}"
-             + (f" ({last['nonzero_params_after']} of them nonzero, {first['nonzero_params_before']} before)."
-                if "nonzero_params_after" in last and "nonzero_params_before" in first else ".")]
+             + (f" ({last['nonzero_params_after']} of them nonzero, {first['nonzero_params_before']} before; "
+                f"sparsity {_pct(sparsity(last['nonzero_params_after'], p1))})"
+                if "nonzero_params_after" in last and "nonzero_params_before" in first else "") + _bytes_words(doc) + "."]
     ov = doc.get("overall") or {}
     if ov.get("statement"):
         lines.append(ov["statement"])
@@ -219,14 +233,31 @@ def headline(doc: dict[str, Any]) -> list[str]:
     elif ov.get("holds") is False:
         lines.append("WARNING: a certificate did NOT re-check; do not rely on this reduction.")
     for b in doc.get("backends", []):
-        if b.get("verdict") != "skipped":
-            lines.append(_backend_sentence(b))
+        lines.append(_backend_sentence(b))
     return lines
 
 
+def _pct(fraction: Optional[float]) -> str:
+    return "-" if fraction is None else f"{100.0 * fraction:.2f} %"
+
+
+def _bytes_words(doc: dict[str, Any]) -> str:
+    final = next((s.get("bytes") for s in reversed(doc["steps"]) if s.get("bytes")), None)
+    first = (doc.get("model") or {}).get("bytes")
+    if not final or not first:
+        return ""
+    return f"; model file {final} bytes instead of {first} ({100.0 * final / first:.1f} %)"
+
+
 def _backend_sentence(b: dict[str, Any]) -> str:
-    claim = f"sup_x ||f(x) - g(x)||_{b.get('norm', 'linf')} <= {b.get('epsilon')}"
+    norm = b.get("norm", "linf")
+    claim = f"sup_x ||f(x) - g(x)||_{norm} <= {num(b.get('epsilon'))}"
     v = b.get("verdict")
+    if v == "skipped":
+        return f"Back-end {b['backend']} was not asked: {b.get('reason')}."
+    if b["backend"] == "falsify" and v != "violated":
+        return (f"The falsifier found no input where {claim} fails; the largest difference it attained, "
+                f"{num_down(b.get('lower_bound'))}, is a lower bound of the worst case (it cannot prove bounds).")
     if v == "proved":
         return f"Back-end {b['backend']} proved {claim} on the input set."
     if v == "violated":
@@ -244,9 +275,14 @@ def _width_table(doc: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     rows = [[f"hidden {i + 1}"] + [s[i] if i < len(s) else "-" for s in series] for i in range(n)]
     rows.append(["total hidden"] + [sum(s) for s in series])
     rows.append(["parameters", stats[0]["params_before"]] + [st["params_after"] for st in stats])
-    if any("nonzero_params_after" in st for st in stats) and "nonzero_params_before" in stats[0]:
-        rows.append(["nonzero parameters", stats[0]["nonzero_params_before"]]
+    if any("nonzero_params_after" in st for st in stats):
+        rows.append(["nonzero parameters", stats[0].get("nonzero_params_before", "-")]
                     + [st.get("nonzero_params_after", "-") for st in stats])
+        rows.append(["sparsity (zero parameters)", _pct(sparsity(stats[0].get("nonzero_params_before"), stats[0]["params_before"]))]
+                    + [_pct(sparsity(st.get("nonzero_params_after"), st["params_after"])) for st in stats])
+    sizes = [(doc.get("model") or {}).get("bytes")] + [s.get("bytes") for s in doc["steps"] if _stats(s)]
+    if any(sizes):
+        rows.append(["file bytes"] + [num(b) for b in sizes])
     return cols, rows
 
 
@@ -274,17 +310,15 @@ _STEP_COLS = ["step", "method", "guarantee", "hidden neurons", "seconds", "indep
 _BACKEND_COLS = ["back-end", "verdict", "certified upper bound", "falsifier lower bound", "seconds", "note"]
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def _backend_rows(doc: dict[str, Any]) -> list[list[Any]]:
-    return [[b.get("backend"), b.get("verdict"), _fmt(b.get("upper_bound")), _fmt(b.get("lower_bound")),
-             _fmt(b.get("seconds")), b.get("reason") or ""] for b in doc.get("backends", [])]
+    rows = []
+    for b in doc.get("backends", []):
+        verdict = b.get("verdict")
+        if b.get("backend") == "falsify" and verdict == "unknown":
+            verdict = "lower bound only"  # the falsifier never proves: its answer is the attained value
+        rows.append([b.get("backend"), verdict, num_up(b.get("upper_bound")), num_down(b.get("lower_bound")),
+                     f"{b['seconds']:.2f}" if b.get("seconds") is not None else "-", b.get("reason") or ""])
+    return rows
 
 
 def figures(doc: dict[str, Any]) -> list[tuple[str, bytes]]:
@@ -305,33 +339,29 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, bytes]]:
         for ev in c["evidence"]:
             if ev.get("backend") == "learn-then-test" and ev.get("grid"):
                 out.append((f"Step {i}: Learn-then-Test p-values against the pruning level.", plots.pvalues_plot(ev)))
-    rows = [{"label": b["backend"], "upper_bound": b.get("upper_bound"), "lower_bound": b.get("lower_bound")}
-            for b in doc.get("backends", []) if b.get("upper_bound") is not None or b.get("lower_bound") is not None]
-    for i, c in enumerate(certs, start=1):
-        ubs = [ev for ev in c["evidence"] if ev.get("upper_bound") is not None]
-        lbs = [ev["lower_bound"] for ev in c["evidence"] if isinstance(ev.get("lower_bound"), (int, float))]
-        for ev in ubs:
-            rows.append({"label": f"step {i} {ev.get('backend')}", "upper_bound": ev["upper_bound"],
-                         "lower_bound": max(lbs) if lbs else None})
+    rows = bound_rows(doc)
     if rows:
-        eps = next((b.get("epsilon") for b in doc.get("backends", []) if b.get("epsilon")), None)
-        out.append(("Certified upper bound against the falsifier's lower bound: the true worst-case error lies "
-                    "between the two markers.", plots.bounds_plot(rows, eps)))
+        eps = next((b.get("epsilon") for b in doc.get("backends", []) if b.get("epsilon") is not None), None)
+        out.append((bounds_caption(rows, eps), plots.bounds_plot(rows, eps)))
     return out
 
 
 # ----- renderers -----------------------------------------------------------------------------
 def _md_table(cols: list[str], rows: list[list[Any]]) -> list[str]:
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
+    out += ["| " + " | ".join(str(v).replace("|", "\\|") for v in r) + " |" for r in rows]
     return out
 
 
 def to_markdown(doc: dict[str, Any], title: Optional[str] = None) -> str:
     """Markdown (figures are in the HTML report only). Accepts a document or a certificate."""
     doc = _as_document(doc, title)
-    out = [f"# {doc['title']}", "", "## In plain words", ""]
+    out = [f"# {doc['title']}", "", provenance_line(doc), "", "## In plain words", ""]
     out += [f"- {line}" for line in headline(doc)]
+    out += ["", "## Input set", ""] + [f"- {line}" for line in input_set_lines(doc.get("input_set"), _kind(doc))]
+    rows = bound_rows(doc)
+    if rows:
+        out += ["", "## Bounds on the difference", ""] + _md_table(_BOUND_COLS, _bound_table(rows))
     out += ["", "## How it was proved", ""]
     for i, s in enumerate(doc["steps"], start=1):
         c = s.get("certificate")
@@ -349,19 +379,32 @@ def to_markdown(doc: dict[str, Any], title: Optional[str] = None) -> str:
     out += ["", "## Widths and parameters", ""] + _md_table(cols, rows)
     if doc.get("backends"):
         out += ["", "## Back-ends on the final model", ""] + _md_table(_BACKEND_COLS, _backend_rows(doc))
-    out += ["", "## Files", "", "| role | file | SHA-256 |", "|---|---|---|"]
-    out += [f"| {r} | `{p}` | `{h[:16]}...` |" for r, p, h in _files(doc)]
+    out += ["", "## Files", "", "| role | file | SHA-256 | bytes |", "|---|---|---|---|"]
+    out += [f"| {r} | `{p}` | `{h}` | {num(n)} |" for r, p, h, n in _files(doc)]
     out += ["", f"Total time: {doc.get('seconds', 0):.2f} s.", ""]
     return "\n".join(out)
 
 
 def _files(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
-    out = [("original", doc["model"]["path"], doc["model"]["sha256"])]
+    out = [("original", doc["model"]["path"], doc["model"]["sha256"], doc["model"].get("bytes"))]
     for i, s in enumerate(doc["steps"], start=1):
         c = s.get("certificate")
         if c and c.get("reduced"):
-            out.append((f"step {i} result", s.get("model_path") or c["reduced"]["path"], c["reduced"]["sha256"]))
+            out.append((f"step {i} result", s.get("model_path") or c["reduced"]["path"], c["reduced"]["sha256"],
+                        s.get("bytes")))
     return out
+
+
+_BOUND_COLS = ["source", "bound", "value", "meaning"]
+
+
+def _bound_table(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[r["label"], r["kind"], num_up(r["value"]) if r["kind"] == "certified upper" else num_down(r["value"]),
+             r["meaning"]] for r in rows]
+
+
+def _kind(doc: dict[str, Any]) -> Optional[str]:
+    return (doc.get("overall") or {}).get("kind")
 
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:62em;margin:2em auto;padding:0 1em;color:#222}"
@@ -369,7 +412,8 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:62em;margin:2em auto;pa
         "td:first-child,th:first-child{text-align:left}th{background:#eef}.ok{color:#1b7e1b;font-weight:bold}"
         ".bad{color:#b00;font-weight:bold}.plain{font-size:1.08em;background:#f6f8f6;border-left:4px solid #1b9e77;"
         "padding:.6em 1em}figure{margin:1em 0}figcaption{font-size:.9em;color:#555}img{max-width:100%}"
-        "code{background:#f2f2f2;padding:0 .2em}")
+        "code{background:#f2f2f2;padding:0 .2em}.meta{color:#555;font-size:.9em}"
+        "td{overflow-wrap:break-word}")
 
 
 def _html_table(cols: list[str], rows: list[list[Any]]) -> str:
@@ -380,7 +424,7 @@ def _html_table(cols: list[str], rows: list[list[Any]]) -> str:
 
 
 def _cell(v: Any) -> str:
-    s = html.escape(str(v))
+    s = _inline_code(str(v))
     if s in ("holds", "proved"):
         return f"<span class='ok'>{s}</span>"
     if s in ("DOES NOT HOLD", "violated"):
@@ -400,9 +444,15 @@ def to_html(doc: dict[str, Any], title: Optional[str] = None, with_figures: bool
     e = html.escape
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(doc['title'])}</title>"
              f"<style>{_CSS}</style></head><body><h1>{e(doc['title'])}</h1>",
+             f"<p class='meta'>{_inline_code(provenance_line(doc))}</p>",
              "<h2>In plain words</h2><div class='plain'>"
              + "".join(f"<p>{_inline_code(line)}</p>" for line in headline(doc)) + "</div>",
-             "<h2>How it was proved</h2><ol>"]
+             "<h2>Input set</h2><ul>"
+             + "".join(f"<li>{_inline_code(line)}</li>" for line in input_set_lines(doc.get("input_set"), _kind(doc)))
+             + "</ul>"]
+    if bound_rows(doc):
+        parts.append("<h2>Bounds on the difference</h2>" + _html_table(_BOUND_COLS, _bound_table(bound_rows(doc))))
+    parts.append("<h2>How it was proved</h2><ol>")
     for s in doc["steps"]:
         c = s.get("certificate")
         if not c:
@@ -427,8 +477,8 @@ def to_html(doc: dict[str, Any], title: Optional[str] = None, with_figures: bool
             parts.append("<h2>Figures</h2>")
             parts += [f"<figure><img alt='{e(cap)}' src='{data_uri(png)}'><figcaption>{e(cap)}</figcaption></figure>"
                       for cap, png in figs]
-    parts.append("<h2>Files</h2>" + _html_table(["role", "file", "SHA-256"],
-                                                [[r, p, h[:16] + "..."] for r, p, h in _files(doc)]))
+    parts.append("<h2>Files</h2>" + _html_table(["role", "file", "SHA-256", "bytes"],
+                                                [[r, p, h, num(n)] for r, p, h, n in _files(doc)]))
     parts.append(f"<p>Total time: {doc.get('seconds', 0):.2f} s.</p></body></html>\n")
     return "".join(parts)
 
@@ -436,6 +486,11 @@ def to_html(doc: dict[str, Any], title: Optional[str] = None, with_figures: bool
 def to_json(doc: dict[str, Any], title: Optional[str] = None) -> str:
     doc = _as_document(doc, title)
     return json.dumps({**doc, "headline": headline(doc)}, indent=1, allow_nan=False) + "\n"
+
+
+def with_provenance(doc: dict[str, Any], command: Optional[str] = None) -> dict[str, Any]:
+    """The document with its ``provenance`` (kept when already there)."""
+    return doc if doc.get("provenance") else {**doc, "provenance": provenance(command)}
 
 
 def _as_document(obj: dict[str, Any], title: Optional[str]) -> dict[str, Any]:
@@ -456,9 +511,18 @@ def render(doc: dict[str, Any], suffix: str) -> str:
     raise ValueError(suffix)
 
 
-def write_report(doc: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write a report of a document or a certificate; the suffix picks the format (.md, .html, .json)."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".md", ".html", ".htm", ".json"):
-        raise InputError("report must end in .md, .html or .json", str(path))
-    write_text_atomic(path, render(doc, suffix))
+def write_report(doc: dict[str, Any], path: str | os.PathLike, command: Optional[str] = None) -> None:
+    """Write a report of a document or a certificate; the suffix picks the format (.md, .html, .json).
+    ``command``: the command line recorded in the report (default: the Python API)."""
+    suffix = check_report_path(path).suffix.lower()
+    write_text_atomic(path, render(with_provenance(_as_document(doc, None), command), suffix))
+
+
+REPORT_SUFFIXES = (".md", ".html", ".htm", ".json")
+
+
+def check_report_path(path: str | os.PathLike) -> Path:
+    """InputError unless the suffix names a report format (checked before any work or write)."""
+    if Path(path).suffix.lower() not in REPORT_SUFFIXES:
+        raise InputError(f"report must end in .md, .html or .json, got {Path(path).suffix or 'no suffix'!r}", str(path))
+    return Path(path)

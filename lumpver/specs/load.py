@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 from lumpver.errors import InputError
-from lumpver.specs.inputset import InputSet
+import numpy as np
+
+from lumpver.specs.inputset import Box, InputSet, Polytope
 from lumpver.specs.runspec import load_spec
 from lumpver.specs.vnnlib import read_vnnlib
 
@@ -26,7 +28,7 @@ def load_input_set(source: Union[InputSet, str, os.PathLike], n_inputs: Optional
     if isinstance(source, InputSet):
         if n_inputs is not None and source.dim != n_inputs:
             raise InputError(f"input set has {source.dim} dimensions, the model {n_inputs} inputs", source.source)
-        return source
+        return require_nonempty(source, source.source)
     p = Path(source)
     kind = next((s for s in SUFFIXES if p.name.lower().endswith(s)), None)
     if kind is None:
@@ -35,5 +37,36 @@ def load_input_set(source: Union[InputSet, str, os.PathLike], n_inputs: Optional
     if not p.is_file():
         raise InputError("file not found", str(source))
     if kind == ".toml":
-        return load_spec(p).input_set(n_inputs)
-    return read_vnnlib(p, n_inputs=n_inputs).input_set()
+        return require_nonempty(load_spec(p).input_set(n_inputs), str(source))
+    return require_nonempty(read_vnnlib(p, n_inputs=n_inputs).input_set(), str(source))
+
+
+def require_nonempty(input_set: InputSet, source: Optional[str] = None) -> InputSet:
+    """``input_set`` unchanged, or InputError (naming ``source``) when a region is empty: a box with
+    ``lower > upper`` or a polytope ``A x <= b`` (within its bounding box) that an LP (scipy HiGHS)
+    finds infeasible. On an empty set every claim holds vacuously, so it is refused as bad input."""
+    if not input_set.regions:
+        raise InputError("the input set has no region", source)
+    for k, region in enumerate(input_set.regions, start=1):
+        where = f"region {k} of {len(input_set.regions)}" if len(input_set.regions) > 1 else None
+        if isinstance(region, Box):
+            if region.is_empty():
+                i = int(np.argmax(region.lower > region.upper))
+                raise InputError(f"the input set is empty: lower > upper for input {i} "
+                                 f"({region.lower[i]!r} > {region.upper[i]!r})", source, where)
+        elif not _feasible(region):
+            raise InputError("the input set is empty: the polytope A x <= b (within its bounds) has no point "
+                             "(LP infeasible)", source, where)
+    return input_set
+
+
+def _feasible(p: Polytope) -> bool:
+    """An LP feasibility test; a solver failure other than 'infeasible' is not taken as emptiness."""
+    from scipy.optimize import linprog
+
+    bb = p.bounding_box
+    if bb is not None and bb.is_empty():
+        return False
+    bounds = [(None, None)] * p.dim if bb is None else list(zip(bb.lower, bb.upper))
+    res = linprog(np.zeros(p.dim), A_ub=p.A, b_ub=p.b, bounds=bounds, method="highs")
+    return res.status != 2  # 2: infeasible
