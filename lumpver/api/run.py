@@ -52,7 +52,7 @@ from lumpver.reports.render import REPORT_FORMAT, overall, render, with_provenan
 from lumpver.specs.inputset import InputSet
 from lumpver.specs.load import require_nonempty
 from lumpver.specs.runspec import ReductionStep, Spec, load_spec
-from lumpver.specs.norms import VECTOR_NORMS
+from lumpver.specs.norm_names import VECTOR_NORMS
 from lumpver.verifiers.base import Verdict
 from lumpver.verifiers.sdp_problem import NORMS as SDP_NORMS
 

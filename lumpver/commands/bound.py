@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lumpver.commands import argtypes
-from lumpver.specs.norms import VECTOR_NORMS
+from lumpver.specs.norm_names import VECTOR_NORMS
 
 EPILOG = """The last line of stdout is 'proved' when an upper bound is certified, 'unknown' otherwise
 (timeout, solver failure, numerical doubt); exit 0 in both cases, 2 on bad input."""

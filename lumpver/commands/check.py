@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from lumpver.certificates.format import check_certificate
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("certificate", help="certificate JSON written by lumpver")
 
 
 def run(args: argparse.Namespace) -> int:
+    from lumpver.certificates.format import check_certificate  # lazy: keeps the CLI start fast
+
     report = check_certificate(args.certificate)
     if not args.quiet:
         for line in report.lines:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lumpver.commands import argtypes
-from lumpver.specs.norms import NORMS
+from lumpver.specs.norm_names import NORMS
 
 EPILOG = """exit status: 0 when the claim is proved; 1 when it is violated (a counterexample,
 replayed with onnxruntime on both files, is printed and written to --json); 0 with the last

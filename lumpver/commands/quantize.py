@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lumpver.commands import argtypes
-from lumpver.specs.norms import NORMS
+from lumpver.specs.norm_names import NORMS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,10 +11,8 @@ import math
 import numpy as np
 
 from lumpver.errors import InputError
+from lumpver.specs.norm_names import NORMS
 
-NORMS = ("linf", "l1", "l2", "top1")
-#: the norms that are vector norms of the difference (top1 is not)
-VECTOR_NORMS = ("linf", "l1", "l2")
 #: relative outward rounding of a norm summed in float64 (n terms, n << 1e4: far above n * 2^-53)
 _ROUND_UP = 1 + 1e-12
 
