@@ -34,19 +34,20 @@ CONTAINS_TOL = 1e-9
 # ----- forward / backward ------------------------------------------------------------------
 def forward_vjp(net: Network, x: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Outputs ``(n, m)`` for raw inputs ``x (n, d)`` and a function mapping output seeds
-    ``(n, m)`` to input gradients ``(n, d)`` (exact local vector-Jacobian product)."""
+    ``(n, m)`` to input gradients ``(n, d)`` (exact local vector-Jacobian product through the
+    operator interface: ``op.forward`` then ``op.backward``, so convolutions stay operators)."""
     scale, shift = net.input_affine()
     h = x * scale + shift
     cache = []
     for layer in net.layers:
-        z = h @ layer.weight.T + layer.bias
+        z = layer.op.forward(h) + layer.bias
         h = layer.activate(z)
         cache.append((layer, z, h))
 
     def vjp(seed: np.ndarray) -> np.ndarray:
         g = seed
         for layer, z, hh in reversed(cache):
-            g = (g * get_activation(layer.activation).derivative(z, hh, layer.alpha)) @ layer.weight
+            g = layer.op.backward(g * get_activation(layer.activation).derivative(z, hh, layer.alpha))
         return g * scale
 
     return h, vjp
@@ -226,7 +227,7 @@ def search(
         if time.monotonic() > deadline:
             break
         box = region_box(region)
-        pts = box.sample(samples, rng, corners=True)
+        pts = box.sample(batch_cap(query, samples), rng, corners=True)
         if seeds:
             pts = np.vstack([np.asarray(s, dtype=np.float64).reshape(1, -1) for s in seeds] + [pts])
         pts = project(pts, region)
@@ -257,6 +258,16 @@ def search(
 #: points sampled per restart round, and PGD starts taken from the best of them
 RESTART_SAMPLES = 8192
 RESTART_STARTS = 16
+#: feature values (inputs and every layer's outputs, summed over the batch) one scoring batch may
+#: hold: a CNN with tens of thousands of features per sample scores fewer samples per batch
+BATCH_FEATURES = 1 << 23
+
+
+def batch_cap(query: Query, n: int) -> int:
+    """``n`` samples, fewer when a batch of them would exceed :data:`BATCH_FEATURES` (at least 16)."""
+    nets = [query.network] + ([query.other] if query.other is not None else [])
+    per = sum(net.n_inputs + sum(layer.width for layer in net.layers) for net in nets)
+    return int(max(16, min(n, BATCH_FEATURES // max(1, per))))
 
 
 def _starts(region: Region, rng: np.random.Generator, best_x: Optional[np.ndarray], n: int, r: int) -> np.ndarray:
@@ -288,7 +299,7 @@ def _restart_round(best: SearchResult, query: Query, obj: Objective, region: Reg
     :func:`_update`."""
     box = region_box(region)
     width = box.upper - box.lower
-    pts = _starts(region, rng, best.best_x, RESTART_SAMPLES, r)
+    pts = _starts(region, rng, best.best_x, batch_cap(query, RESTART_SAMPLES), r)
     v, _ = obj.score(pts, grad=False)
     best.evaluations += len(pts)
     order = np.argsort(-v)

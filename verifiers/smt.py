@@ -33,6 +33,7 @@ import numpy as np
 
 from lumpver.bounds.region import bisect_box, region_box
 from lumpver.specs.inputset import Box, InputSet
+from lumpver.errors import InputError
 from lumpver.ir.network import Network
 from lumpver.verifiers import falsify
 from lumpver.verifiers.base import Query, SearchStats, Verdict
@@ -91,6 +92,8 @@ class SmtBackend:
             v = _Search(query, opt, t0).run()
         except MemoryError:
             v = Verdict("unknown", self.name, "out of memory")
+        except InputError as e:  # a network the encoding does not cover (convolutions)
+            v = Verdict("unknown", self.name, str(e))
         except Exception as e:  # a solver error is unknown, never proved
             if type(e).__name__ == "Z3Exception":
                 v = Verdict("unknown", self.name, f"z3 error: {e}")

@@ -19,7 +19,7 @@ import numpy as np
 
 from lumpver.bounds.engine import compute_bounds
 from lumpver.specs.inputset import Box, Polytope
-from lumpver.ir.network import Layer, Network
+from lumpver.ir.network import Layer, Network, require_dense
 from lumpver.verifiers.base import Query
 
 #: Bound tolerance: a float bound ``v`` is trusted only up to ``BOUND_TOL * (1 + |v|)``.
@@ -46,8 +46,12 @@ class Spec:
 
 
 def build_spec(query: Query) -> Spec:
-    """The rows of a query (see the module docstring for which norms are exact)."""
+    """The rows of a query (see the module docstring for which norms are exact). :class:`InputError`
+    for a network with convolutional operators: the SMT encoding reads dense weight matrices."""
     f = query.network
+    for net in (f, query.other):
+        if net is not None:
+            require_dense(net, "the smt back-end")
     if query.other is None:
         dis = [[Row(A[k].astype(np.float64), -float(b[k])) for k in range(len(b))] for A, b in query.prop.disjuncts]
         return Spec(dis, [f.n_outputs])
