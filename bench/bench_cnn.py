@@ -7,16 +7,18 @@ decided count and the time, next to each peer's published count; ratios of times
 within one tool (ours at timeout T vs ours, peers' own published numbers are listed as they are).
 Any answer contradicting a peer's decided answer is printed as CONTRADICTION.
 
-``lump``: a planted CNN (:func:`lumpver.ir.planted.planted_cnn`) saved to ONNX; the time of
-``load_onnx`` + exact lumping + export against the time of ``load_onnx`` alone (read-once), best
-of ``--repeat``.
+``lump``: a planted CNN (:func:`lumpver.ir.planted.planted_cnn`, two conv layers of ``--channels``
+channels on a 3x32x32 input) saved to ONNX; the time of the whole exact reduction (load, lump,
+bound, save, certificate) against load + touch every weight + save (bench_lumping.py's baseline),
+best of ``--repeat``.
 
-Usage: python bench/bench_cnn.py [verify|lump|all] [--timeout 30] [--backend interval] [--repeat 3]
+Usage: python bench/bench_cnn.py [verify|lump|all] [--timeout 30] [--backend interval] [--repeat 3] [--channels 256]
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import tempfile
 import time
@@ -52,6 +54,20 @@ def published() -> dict[tuple[str, str], dict[str, tuple[str, float]]]:
     return out
 
 
+def _clash(ours: str, peers: dict[str, tuple[str, float]]) -> str:
+    """CONTRADICTION when our decided answer differs from the reference (a-b-CROWN's decided answer,
+    else the majority of decided peers); peers in the minority that differ are listed."""
+    if ours not in ("sat", "unsat"):
+        return ""
+    decided = {t: a for t, (a, _s) in peers.items() if a in ("sat", "unsat")}
+    votes = Counter(decided.values())
+    ref = decided.get("a-b-CROWN") or (votes.most_common(1)[0][0] if votes else None)
+    if ref is not None and ref != ours:
+        return f"  CONTRADICTION with the reference answer {ref}"
+    minority = sorted(t for t, a in decided.items() if a != ours)
+    return f"  (differs from minority {minority})" if minority else ""
+
+
 def run_verify(timeout: float, backend: str) -> None:
     pub = published()
     ours: dict[str, list] = defaultdict(list)
@@ -60,9 +76,7 @@ def run_verify(timeout: float, backend: str) -> None:
         r = verify_property(model, prop, backend=backend, timeout=timeout)
         dt = time.monotonic() - t0
         peers = pub[(folder, prop.name)]
-        clash = sorted(t for t, (a, _s) in peers.items() if a in ("sat", "unsat") and r.result in ("sat", "unsat") and a != r.result)
-        print(f"{folder:10s} {prop.name:55s} {r.result:8s} {dt:6.1f}s" + (f"  CONTRADICTION with {clash}" if clash else ""),
-              flush=True)
+        print(f"{folder:10s} {prop.name:55s} {r.result:8s} {dt:6.1f}s{_clash(r.result, peers)}", flush=True)
         ours[folder].append((r.result, dt))
     print(f"\n| class | tool | decided | sat | unsat | total s (decided) |\n|---|---|---|---|---|---|")
     for folder in CLASSES:
@@ -81,24 +95,29 @@ def run_verify(timeout: float, backend: str) -> None:
             print(f"| {folder} | {tool} (published) | {c['sat'] + c['unsat']}/{len(vals)} | {c['sat']} | {c['unsat']} | {t:.1f} |")
 
 
-def run_lump(repeat: int) -> None:
+def run_lump(repeat: int, channels: int) -> None:
+    """The full ``lumpver reduce --mode exact`` work (load, lump, bound, save, certificate) on a planted
+    CNN against loading the model, touching every weight once and saving it (as bench_lumping.py)."""
+    from bench.bench_lumping import baseline_load_touch_save
+    from lumpver.api.reduce import reduce_exact_to_files
     from lumpver.ir.onnx_export import save_onnx
-    from lumpver.ir.onnx_import import load_onnx
     from lumpver.ir.planted import planted_cnn
-    from lumpver.reductions.exact import exact_lump
 
     for pool in ("avg", "none"):
-        net, truth = planted_cnn(channels=(64, 64), core=(4, 3), pool=pool, image=(3, 32, 32), seed=0)
+        truth = planted_cnn(channels=(channels, channels), core=(channels // 16, channels // 20), pool=pool,
+                            image=(3, 32, 32), n_outputs=10, seed=0)
+        n_w = truth.network.n_params
         with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "planted.onnx"
-            save_onnx(net, path)
-            read = min(_timed(lambda: load_onnx(path)) for _ in range(repeat))
-            lump = min(_timed(lambda: save_onnx(exact_lump(load_onnx(path)).network, Path(d) / "out.onnx"))
-                       for _ in range(repeat))
-            red = exact_lump(load_onnx(path)).network
-        chans = [layer.op.out_channels for layer in red.layers[:-1]]
-        print(f"planted CNN pool={pool} channels {list(truth.channels)} -> {chans} (planted {list(truth.core)}): "
-              f"read {read * 1e3:.1f} ms, read+lump+write {lump * 1e3:.1f} ms, ratio {lump / read:.2f}x")
+            src = Path(d) / "planted.onnx"
+            save_onnx(truth.network, src)
+            base = min(baseline_load_touch_save(src, Path(d) / "copy.onnx") for _ in range(repeat))
+            red = min(_timed(lambda: reduce_exact_to_files(src, Path(d) / "r.onnx", Path(d) / "r.json"))
+                      for _ in range(repeat))
+            cert = json.loads((Path(d) / "r.json").read_text())
+        after = cert["stats"]["channels_after"]
+        print(f"planted CNN pool={pool}: {n_w / 1e6:.2f}M parameters, channels {truth.channels} -> {after} "
+              f"(planted {truth.core}, equal: {after == truth.core}); load+touch+save {base:.3f}s, "
+              f"reduce --mode exact {red:.3f}s, ratio {red / base:.2f}x (goal <= 3x)")
 
 
 def _timed(fn) -> float:
@@ -113,11 +132,12 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--backend", default="interval")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--channels", type=int, default=256, help="channels of each planted conv layer")
     a = ap.parse_args()
     if a.what in ("verify", "all"):
         run_verify(a.timeout, a.backend)
     if a.what in ("lump", "all"):
-        run_lump(a.repeat)
+        run_lump(a.repeat, a.channels)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def discrepancy_bound(original: Network, reduced: Network, classes: list, tol: f
     for the reducers' call sites). A network with convolutions: channel classes, see
     :func:`lumpver.certificates.exact_conv.channel_discrepancy_bound`."""
     if not original.is_dense:
-        return channel_discrepancy_bound(original, reduced, classes)
+        return channel_discrepancy_bound(original, reduced, classes, raw_signatures)
     scale, shift = original.input_affine()
     m_prev = np.column_stack([np.abs(shift), np.abs(scale)])  # |x'| <= |t| + |s| R
     e_prev = np.zeros_like(m_prev)

@@ -11,9 +11,9 @@ class representative at every position, or a constant map (class -1, values per 
 ``constant``); dropped classes feed nothing. :func:`channel_discrepancy_bound` recomputes from the
 two model files a sound bound ``max_i |f_i(x) - g_i(x)| <= a + b ||x||_inf`` for all x (real
 arithmetic of the stored weights), as :func:`lumpver.certificates.exact.discrepancy_bound` does for
-dense layers, with every matrix product replaced by the operators' ``forward`` on magnitudes
-(``|op|`` via ``abs()``): per feature, the error ``e_u >= |h_u - c_u h^g_rep(u)|`` is carried through
-``|f's operator|`` and the residual filters ``|A_tC - c_t W^g_rep(t),C|`` of the class-aggregated
+dense layers, with magnitudes carried per channel (the maximum over its positions): the error
+``e_t >= |h_u - c_t h^g_rep(t)|`` at every position ``u`` of channel ``t`` is carried through ``|w3|``
+summed over kernel offsets and the residual filters ``|A_tC - c_t W^g_rep(t),C|`` of the class-aggregated
 filters ``A_tC = sum_{s in C} w3[t, s] c_s`` against g's filters, applied to magnitudes of g's
 activations. The quotient commutes with the channel-wise steps (they are linear and identical on
 every channel), which is why the residual operator keeps them. This module must not import
@@ -164,13 +164,16 @@ def n_kept(p: Optional[ChannelPartition], default: int) -> int:
 
 
 def aggregate(w3: np.ndarray, prev: Optional[ChannelPartition]) -> np.ndarray:
-    """``A[t, C, k] = sum_{s in C} w3[t, s, k] c_s`` (constant channels excluded; ``w3`` itself for the first layer)."""
+    """``A[t, C, k] = sum_{s in C} w3[t, s, k] c_s`` (constant channels excluded; ``w3`` itself for the
+    first layer): one sparse product of the class-membership matrix with the input-channel-major filters."""
     if prev is None:
         return w3
+    from scipy import sparse
+
     live = np.flatnonzero(prev.cls >= 0)
-    member = np.zeros((prev.rep.size, w3.shape[1]))
-    member[prev.cls[live], live] = prev.scale[live]
-    return np.einsum("tsk,cs->tck", w3, member, optimize=True)
+    member = sparse.csr_matrix((prev.scale[live], (prev.cls[live], live)), shape=(prev.rep.size, w3.shape[1]))
+    by_input = w3.transpose(1, 0, 2).reshape(w3.shape[1], -1)
+    return np.asarray(member @ by_input).reshape(prev.rep.size, w3.shape[0], w3.shape[2]).transpose(1, 0, 2)
 
 
 def constant_map(prev: Optional[ChannelPartition], n_features: int) -> Optional[np.ndarray]:
@@ -246,59 +249,83 @@ def channel_classes_fit(f: Network, g: Network, parts: list[ChannelPartition], r
     return True
 
 
-def _rows(a: np.ndarray, channels: int, idx: np.ndarray) -> np.ndarray:
-    """Rows ``(2, features)`` restricted to the channels ``idx`` (channel-major features)."""
-    return a.reshape(a.shape[0], channels, -1)[:, idx, :].reshape(a.shape[0], -1)
+def _chmax(a: np.ndarray, channels: int) -> np.ndarray:
+    """Per-feature rows ``(2, channels * positions)`` -> their maximum over each channel's positions."""
+    return a.reshape(a.shape[0], channels, -1).max(axis=2)
 
 
-def channel_discrepancy_bound(f: Network, g: Network, parts: list) -> tuple[float, float]:
+def _terms(f_layer: Layer, g_layer: Layer, prev, cur, raw=None):
+    """f's channel view, the class-aggregated filters and bias (``raw`` from the reducer, else
+    recomputed), and the residual filters and bias gaps of f's channels against g's class
+    representatives (dropped classes: the virtual channel from the representative's aggregated filter)."""
+    vf = channel_view(f_layer.op, prev.cls.size if prev is not None else None)
+    vg = channel_view(g_layer.op, n_kept(prev, 0) if prev is not None else None)
+    agg, b_eff = raw if raw is not None else (aggregate(vf.w3, prev), effective_bias(f_layer, prev, vf.out_channels))
+    n_out = vf.out_channels
+    wg = vg.w3
+    if prev is not None:
+        wg = np.zeros((vg.out_channels, agg.shape[1], agg.shape[2]))
+        kept_prev = np.flatnonzero(prev.kept)
+        wg[:, kept_prev, :] = vg.w3[:, :kept_prev.size, :]
+    bg = g_layer.bias.reshape(vg.out_channels, -1)
+    if cur is None:
+        cls, c, wq, bq = np.arange(n_out), np.ones(n_out), wg, bg
+    else:
+        cls, c = cur.cls, cur.scale
+        wq, bq = agg[cur.rep].copy(), b_eff[cur.rep].copy()
+        kept = np.flatnonzero(cur.kept)
+        wq[kept], bq[kept] = wg[:kept.size], bg[:kept.size]
+    live = cls >= 0
+    resid = np.abs(agg)
+    resid[live] = np.abs(agg[live] - c[live, None, None] * wq[cls[live]])
+    gap = np.zeros_like(b_eff)
+    gap[live] = np.abs(b_eff[live] - c[live, None] * bq[cls[live]])
+    return vf, agg, b_eff, resid, gap
+
+
+def channel_discrepancy_bound(f: Network, g: Network, parts: list, raw: Optional[list] = None) -> tuple[float, float]:
     """Sound ``(a, b)``: ``max_i |f_i(x) - g_i(x)| <= a + b ||x||_inf`` for all x (module docstring).
-    ``parts`` must have passed :func:`channel_classes_fit`."""
+    ``parts`` must have passed :func:`channel_classes_fit`; ``raw`` (per layer the aggregated filters
+    and effective bias) may be passed by the reducer, the checker never passes it.
+
+    Bounds are carried per channel (the maximum over its positions), as rows ``(constant, coefficient
+    of R)``: after the first layer, ``|z_t| <= sum_s (sum_k |w3[t, s, k]|) M_s + max |b_t|`` holds at
+    every position, because the channel-wise steps average (weights >= 0 summing to <= 1) and zero
+    padding only drops terms. The cost is one pass over the weights per layer, not a convolution;
+    the first layer, whose input steps may be any operator, goes through the operators and is then
+    reduced to channel maxima when its input steps are not channel-wise."""
     scale, shift = f.input_affine()
-    m_prev = np.vstack([np.abs(shift), np.abs(scale)])  # rows: constant term, coefficient of R
-    e_prev, mq_prev, prev = np.zeros_like(m_prev), m_prev, None
+    m_in = np.vstack([np.abs(shift), np.abs(scale)])
+    prev = mq = m_prev = e_prev = None
     for k, layer in enumerate(f.layers):
         cur = parts[k] if k < len(parts) else None
-        vf = channel_view(layer.op, prev.cls.size if prev is not None else None)
-        vg = channel_view(g.layers[k].op, n_kept(prev, 0) if prev is not None else None)
-        agg = aggregate(vf.w3, prev)
-        n_out, n_cls_prev = vf.out_channels, agg.shape[1]
-        b_eff = effective_bias(layer, prev, n_out)
-        wg = vg.w3 if prev is None else np.zeros((vg.out_channels, n_cls_prev, agg.shape[2]))
-        if prev is not None:
-            kept_prev = np.flatnonzero(prev.kept)
-            wg[:, kept_prev, :] = vg.w3[:, :kept_prev.size, :]
-        bg = g.layers[k].bias.reshape(vg.out_channels, -1)
-        if cur is None:
-            cls, c, wq, bq = np.arange(n_out), np.ones(n_out), wg, bg
+        vf, agg, b_eff, resid, gap = _terms(layer, g.layers[k], prev, cur, raw[k] if raw is not None else None)
+        n_out = vf.out_channels
+        abs_b = np.abs(layer.bias).reshape(n_out, -1).max(axis=1)
+        if prev is None and not all(_channelwise(o) for o in vf.pre):  # e.g. an NHWC Transpose
+            wm = _chmax(layer.op.abs().forward(m_in), n_out)
+            aggm = _chmax(rebuild(vf, np.abs(agg), False).forward(m_in), n_out)
+            r = _chmax(rebuild(vf, resid, False).forward(m_in), n_out)
         else:
-            cls, c = cur.cls, cur.scale
-            wq, bq = agg[cur.rep].copy(), b_eff[cur.rep].copy()
-            kept = np.flatnonzero(cur.kept)
-            wq[kept], bq[kept] = wg[:kept.size], bg[:kept.size]
-        live = cls >= 0
-        resid = np.abs(agg)
-        resid[live] = np.abs(agg[live] - c[live, None, None] * wq[cls[live]])
-        gap = np.zeros_like(b_eff)
-        gap[live] = np.abs(b_eff[live] - c[live, None] * bq[cls[live]])
-        relabel = prev is not None
-        abs_f = layer.op.abs()
-        prop, wm = abs_f.forward(e_prev), abs_f.forward(m_prev)
-        aggm = rebuild(vf, np.abs(agg), relabel).forward(mq_prev)
-        margin = ROUNDING_MARGIN * (wm + np.abs(layer.bias)[None, :] + aggm)
-        r = rebuild(vf, resid, relabel).forward(mq_prev) + prop + margin
-        r[0] += gap.reshape(-1)
+            if prev is None:  # the input's channels: classes of one channel each, no error yet
+                m_prev = mq = _chmax(m_in, vf.in_channels)
+                e_prev = np.zeros_like(m_prev)
+            s = np.abs(vf.w3).sum(axis=2)
+            wm = m_prev @ s.T
+            aggm = wm if prev is None else mq @ np.abs(agg).sum(axis=2).T
+            r = mq @ resid.sum(axis=2).T + e_prev @ s.T
+        r = r + ROUNDING_MARGIN * (wm + abs_b + aggm)
+        r[0] += gap.max(axis=1)
         e = activation_lipschitz(layer.activation, layer.alpha) * r * (1 + 1e-9)
         if cur is not None:
-            e0 = e[0].reshape(n_out, -1)
             for t, vals in cur.constant.items():
-                e0[t] += np.abs(layer.activate(b_eff[t]) - vals) * (1 + 1e-9)
-        zmag = wm + np.vstack([np.abs(layer.bias), np.zeros(layer.width)])
-        m = np.vstack([np.ones(layer.width), np.zeros(layer.width)]) if layer.activation in ("sigmoid", "tanh") \
+                e[0, t] += np.max(np.abs(layer.activate(b_eff[t]) - vals)) * (1 + 1e-9)
+        zmag = wm + np.vstack([abs_b, np.zeros(n_out)])
+        m = np.vstack([np.ones(n_out), np.zeros(n_out)]) if layer.activation in ("sigmoid", "tanh") \
             else activation_lipschitz(layer.activation, layer.alpha) * zmag
         if cur is None:
             return float(np.max(e[0])), float(np.max(e[1]))
-        mq_prev = _rows(m + e, n_out, cur.rep)
+        mq = (m + e)[:, cur.rep]
         m_prev, e_prev, prev = m, e, cur
     raise AssertionError("unreachable")
 

@@ -37,7 +37,8 @@ class ChannelLumpResult:
     classes: list[ChannelPartition]
     tolerance: float
     stats: dict[str, Any] = field(default_factory=dict)
-    raw_signatures: None = None
+    #: per layer the class-aggregated filters and effective bias (reused by the discrepancy bound)
+    raw_signatures: list = field(default_factory=list, repr=False)
 
     @property
     def claim(self) -> dict[str, Any]:
@@ -115,4 +116,4 @@ def lump_channels(net: Network, tolerance: float, progress: Progress = SILENT) -
     _remove_dead(parts, aggs)
     reduced = _quotient(net, parts, aggs, biases)
     stats = {"channels_before": channels_per_layer(net), "channels_after": channels_per_layer(reduced)}
-    return ChannelLumpResult(net, reduced, parts, tolerance, stats)
+    return ChannelLumpResult(net, reduced, parts, tolerance, stats, list(zip(aggs, biases)))
