@@ -38,6 +38,7 @@ SAMPLES_PER_BOX = 4
 #: before splitting: counterexamples of a CNN are found by gradients, not by sampled witnesses
 FALSIFY_SECONDS = 5.0
 FALSIFY_SHARE = 0.2
+MIN_SPLIT_BOXES = 8
 
 
 @dataclass(order=True)
@@ -350,10 +351,17 @@ class IntervalBackend:
         roots = []
         for region in q.input_set.regions:
             box = region_box(region)
+            t_root = time.perf_counter()
             roots.append(evaluate(box.lower, box.upper))
+            cost = time.perf_counter() - t_root
             if roots[-1][0] > 0.0 and len(roots) == 1:
-                res = falsify.search(q, samples=256, starts=4, steps=30, restarts=2, deadline=time.monotonic()
-                                     + min(FALSIFY_SECONDS, FALSIFY_SHARE * q.timeout))
+                left = deadline - time.perf_counter()
+                # splitting that cannot evaluate a few boxes (a CNN's bounds on a wide input) leaves
+                # the whole time to the falsifier
+                hopeless = MIN_SPLIT_BOXES * cost > left
+                budget = left if hopeless else min(FALSIFY_SECONDS, FALSIFY_SHARE * q.timeout)
+                res = falsify.search(q, samples=256, starts=4, steps=30, restarts=10**6 if hopeless else 2,
+                                     deadline=time.monotonic() + budget)
                 if res.counterexample is not None:
                     return Verdict("violated", self.name, counterexample=res.counterexample,
                                    reason="falsifier counterexample (float32 and float64 forward pass)")
