@@ -34,7 +34,7 @@ import numpy as np
 from lumpver.bounds.region import bisect_box, region_box
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.errors import InputError
-from lumpver.ir.network import Network
+from lumpver.ir.network import Network, require_dense
 from lumpver.verifiers import falsify
 from lumpver.verifiers.base import Query, SearchStats, Verdict
 from lumpver.verifiers.smt_encode import encode
@@ -108,6 +108,8 @@ class _Search:
         self.q, self.opt, self.t0 = query, opt, t0
         self.deadline = t0 + query.timeout
         self.nets: list[Network] = [query.network] + ([query.other] if query.other is not None else [])
+        for net in self.nets:  # the z3 encoding reads dense weight matrices
+            require_dense(net, "the smt back-end")
         self.spec: Spec = build_spec(query)
         self.pwl = is_piecewise_linear(self.nets)
         self.stats = _Stats()

@@ -19,7 +19,7 @@ import numpy as np
 
 from lumpver.bounds.engine import compute_bounds
 from lumpver.specs.inputset import Box, Polytope
-from lumpver.ir.network import Layer, Network, require_dense
+from lumpver.ir.network import Layer, Network
 from lumpver.verifiers.base import Query
 
 #: Bound tolerance: a float bound ``v`` is trusted only up to ``BOUND_TOL * (1 + |v|)``.
@@ -46,12 +46,8 @@ class Spec:
 
 
 def build_spec(query: Query) -> Spec:
-    """The rows of a query (see the module docstring for which norms are exact). :class:`InputError`
-    for a network with convolutional operators: the SMT encoding reads dense weight matrices."""
+    """The rows of a query (see the module docstring for which norms are exact)."""
     f = query.network
-    for net in (f, query.other):
-        if net is not None:
-            require_dense(net, "the smt back-end")
     if query.other is None:
         dis = [[Row(A[k].astype(np.float64), -float(b[k])) for k in range(len(b))] for A, b in query.prop.disjuncts]
         return Spec(dis, [f.n_outputs])
@@ -184,7 +180,7 @@ def compute(net: Network, region, method: str = "crown"):
 def spec_bounds(nets: list[Network], spec: Spec, region, method: str = "crown") -> SpecBounds:
     """Row and neuron bounds on ``region`` (a Box, or a Polytope with bounding box)."""
     rows = spec.all_rows()
-    if stackable(nets):
+    if stackable(nets) and all(n.is_dense for n in nets):  # stacking reads dense weight matrices
         sb = compute(stacked_network(nets, rows), region, method)
         neurons = [NeuronBounds([], []) for _ in nets]
         for k in range(len(nets[0].layers)):
