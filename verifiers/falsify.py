@@ -92,9 +92,12 @@ def property_margin(y: np.ndarray, prop: OutputProperty) -> tuple[np.ndarray, in
 
 @dataclass
 class Objective:
-    """A scalar score over a batch of raw inputs with its gradient; larger = closer to violation."""
+    """A scalar score over a batch of raw inputs with its gradient; larger = closer to violation.
+    ``target`` (property queries) scores only that disjunct of the unsafe set: a targeted attack,
+    which escapes the local optimum the closest disjunct leads the untargeted search into."""
 
     query: Query
+    target: Optional[int] = None
 
     def score(self, x: np.ndarray, grad: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
         q = self.query
@@ -125,7 +128,12 @@ class Objective:
         value = np.empty(len(y))
         seed = np.zeros_like(y)
         for i, yi in enumerate(y):
-            value[i], d, k = property_margin(yi, prop)
+            if self.target is None:
+                value[i], d, k = property_margin(yi, prop)
+            else:
+                A, b = prop.disjuncts[self.target]
+                d, k = self.target, int(np.argmax(A @ yi - b))
+                value[i] = -float((A @ yi - b)[k])
             seed[i] = -prop.disjuncts[d][0][k]
         return value, (vjp(seed) if grad else None)
 
@@ -250,7 +258,7 @@ def search(
         for region in query.input_set.regions:
             if time.monotonic() > deadline:
                 return best
-            if _restart_round(best, query, obj, region, rng, r, deadline):
+            if _restart_round(best, query, _round_objective(query, r), region, rng, r, deadline):
                 return best
     return best
 
@@ -289,6 +297,13 @@ def _starts(region: Region, rng: np.random.Generator, best_x: Optional[np.ndarra
         radius = (hi - lo) * 0.2 * 0.5 ** (r % 8)
         near = best_x + radius * rng.uniform(-1.0, 1.0, (n - 3 * q, d))
     return project(np.vstack([vert, face, uni, near]), region)
+
+
+def _round_objective(query: Query, r: int) -> Objective:
+    """Restart round ``r``'s objective: untargeted on even rounds; on odd rounds of a property with
+    several disjuncts, targeted at each disjunct in turn."""
+    n = 0 if query.prop is None else len(query.prop.disjuncts)
+    return Objective(query, (r // 2) % n if n > 1 and r % 2 else None)
 
 
 def _restart_round(best: SearchResult, query: Query, obj: Objective, region: Region, rng: np.random.Generator,
