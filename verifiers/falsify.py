@@ -258,7 +258,7 @@ def search(
         for region in query.input_set.regions:
             if time.monotonic() > deadline:
                 return best
-            if _restart_round(best, query, _round_objective(query, r), region, rng, r, deadline):
+            if _restart_round(best, query, _round_objective(query, r, best.best_x), region, rng, r, deadline):
                 return best
     return best
 
@@ -299,11 +299,18 @@ def _starts(region: Region, rng: np.random.Generator, best_x: Optional[np.ndarra
     return project(np.vstack([vert, face, uni, near]), region)
 
 
-def _round_objective(query: Query, r: int) -> Objective:
+def _round_objective(query: Query, r: int, best_x: Optional[np.ndarray]) -> Objective:
     """Restart round ``r``'s objective: untargeted on even rounds; on odd rounds of a property with
-    several disjuncts, targeted at each disjunct in turn."""
+    several disjuncts, targeted at each disjunct in turn, the runners-up at the best input so far
+    first (the untargeted rounds already pursue the closest one)."""
     n = 0 if query.prop is None else len(query.prop.disjuncts)
-    return Objective(query, (r // 2) % n if n > 1 and r % 2 else None)
+    if n < 2 or r % 2 == 0:
+        return Objective(query)
+    order = np.arange(n)
+    if best_x is not None:
+        y = query.network.forward(best_x)[0]
+        order = np.argsort([np.max(A @ y - b) for A, b in query.prop.disjuncts], kind="stable")
+    return Objective(query, int(order[(r // 2 + 1) % n]))
 
 
 def _restart_round(best: SearchResult, query: Query, obj: Objective, region: Region, rng: np.random.Generator,
