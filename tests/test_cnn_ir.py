@@ -286,7 +286,7 @@ def test_bad_conv_inputs_are_refused_naming_the_node(rng):
 
 
 @pytest.mark.parametrize("command,what", [
-    (["reduce"], "reduce --mode exact"), (["prune", "--method", "magnitude", "--keep", "0.5"], "prune"),
+    (["prune", "--method", "magnitude", "--keep", "0.5"], "prune"),
     (["prune", "--method", "coreset", "--keep", "0.5"], "prune --method coreset"), (["quantize"], "quantize"),
 ])
 def test_commands_refuse_convolutional_networks(tmp_path, shared_data, command, what):

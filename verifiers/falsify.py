@@ -34,19 +34,20 @@ CONTAINS_TOL = 1e-9
 # ----- forward / backward ------------------------------------------------------------------
 def forward_vjp(net: Network, x: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Outputs ``(n, m)`` for raw inputs ``x (n, d)`` and a function mapping output seeds
-    ``(n, m)`` to input gradients ``(n, d)`` (exact local vector-Jacobian product)."""
+    ``(n, m)`` to input gradients ``(n, d)`` (exact local vector-Jacobian product through the
+    operator interface: ``op.forward`` then ``op.backward``, so convolutions stay operators)."""
     scale, shift = net.input_affine()
     h = x * scale + shift
     cache = []
     for layer in net.layers:
-        z = h @ layer.weight.T + layer.bias
+        z = layer.op.forward(h) + layer.bias
         h = layer.activate(z)
         cache.append((layer, z, h))
 
     def vjp(seed: np.ndarray) -> np.ndarray:
         g = seed
         for layer, z, hh in reversed(cache):
-            g = (g * get_activation(layer.activation).derivative(z, hh, layer.alpha)) @ layer.weight
+            g = layer.op.backward(g * get_activation(layer.activation).derivative(z, hh, layer.alpha))
         return g * scale
 
     return h, vjp
@@ -91,9 +92,12 @@ def property_margin(y: np.ndarray, prop: OutputProperty) -> tuple[np.ndarray, in
 
 @dataclass
 class Objective:
-    """A scalar score over a batch of raw inputs with its gradient; larger = closer to violation."""
+    """A scalar score over a batch of raw inputs with its gradient; larger = closer to violation.
+    ``target`` (property queries) scores only that disjunct of the unsafe set: a targeted attack,
+    which escapes the local optimum the closest disjunct leads the untargeted search into."""
 
     query: Query
+    target: Optional[int] = None
 
     def score(self, x: np.ndarray, grad: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
         q = self.query
@@ -124,7 +128,12 @@ class Objective:
         value = np.empty(len(y))
         seed = np.zeros_like(y)
         for i, yi in enumerate(y):
-            value[i], d, k = property_margin(yi, prop)
+            if self.target is None:
+                value[i], d, k = property_margin(yi, prop)
+            else:
+                A, b = prop.disjuncts[self.target]
+                d, k = self.target, int(np.argmax(A @ yi - b))
+                value[i] = -float((A @ yi - b)[k])
             seed[i] = -prop.disjuncts[d][0][k]
         return value, (vjp(seed) if grad else None)
 
@@ -226,7 +235,7 @@ def search(
         if time.monotonic() > deadline:
             break
         box = region_box(region)
-        pts = box.sample(samples, rng, corners=True)
+        pts = box.sample(batch_cap(query, samples), rng, corners=True)
         if seeds:
             pts = np.vstack([np.asarray(s, dtype=np.float64).reshape(1, -1) for s in seeds] + [pts])
         pts = project(pts, region)
@@ -249,7 +258,7 @@ def search(
         for region in query.input_set.regions:
             if time.monotonic() > deadline:
                 return best
-            if _restart_round(best, query, obj, region, rng, r, deadline):
+            if _restart_round(best, query, _round_objective(query, r, best.best_x), region, rng, r, deadline):
                 return best
     return best
 
@@ -257,6 +266,16 @@ def search(
 #: points sampled per restart round, and PGD starts taken from the best of them
 RESTART_SAMPLES = 8192
 RESTART_STARTS = 16
+#: feature values (inputs and every layer's outputs, summed over the batch) one scoring batch may
+#: hold: a CNN with tens of thousands of features per sample scores fewer samples per batch
+BATCH_FEATURES = 1 << 23
+
+
+def batch_cap(query: Query, n: int) -> int:
+    """``n`` samples, fewer when a batch of them would exceed :data:`BATCH_FEATURES` (at least 16)."""
+    nets = [query.network] + ([query.other] if query.other is not None else [])
+    per = sum(net.n_inputs + sum(layer.width for layer in net.layers) for net in nets)
+    return int(max(16, min(n, BATCH_FEATURES // max(1, per))))
 
 
 def _starts(region: Region, rng: np.random.Generator, best_x: Optional[np.ndarray], n: int, r: int) -> np.ndarray:
@@ -280,6 +299,20 @@ def _starts(region: Region, rng: np.random.Generator, best_x: Optional[np.ndarra
     return project(np.vstack([vert, face, uni, near]), region)
 
 
+def _round_objective(query: Query, r: int, best_x: Optional[np.ndarray]) -> Objective:
+    """Restart round ``r``'s objective: untargeted on even rounds; on odd rounds of a property with
+    several disjuncts, targeted at each disjunct in turn, the runners-up at the best input so far
+    first (the untargeted rounds already pursue the closest one)."""
+    n = 0 if query.prop is None else len(query.prop.disjuncts)
+    if n < 2 or r % 2 == 0:
+        return Objective(query)
+    order = np.arange(n)
+    if best_x is not None:
+        y = query.network.forward(best_x)[0]
+        order = np.argsort([np.max(A @ y - b) for A, b in query.prop.disjuncts], kind="stable")
+    return Objective(query, int(order[(r // 2 + 1) % n]))
+
+
 def _restart_round(best: SearchResult, query: Query, obj: Objective, region: Region, rng: np.random.Generator,
                    r: int, deadline: float, steps: int = 30) -> bool:
     """One round: score a large batch of fresh candidates (:func:`_starts`, vectorised, no
@@ -288,7 +321,7 @@ def _restart_round(best: SearchResult, query: Query, obj: Objective, region: Reg
     :func:`_update`."""
     box = region_box(region)
     width = box.upper - box.lower
-    pts = _starts(region, rng, best.best_x, RESTART_SAMPLES, r)
+    pts = _starts(region, rng, best.best_x, batch_cap(query, RESTART_SAMPLES), r)
     v, _ = obj.score(pts, grad=False)
     best.evaluations += len(pts)
     order = np.argsort(-v)

@@ -23,6 +23,7 @@ import numpy as np
 from lumpver.specs.inputset import Box, InputSet, OutputProperty
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict
+from lumpver.verifiers import falsify
 from lumpver.verifiers.falsify import norm_value
 from lumpver.bounds.diff import NetworkPair, difference_bounds, prepare_pair
 from lumpver.bounds.engine import Chain, objective_bounds, prepare, propagate
@@ -32,6 +33,12 @@ from lumpver.bounds.rounding import rounding_policy
 MAX_EVIDENCE_BOXES = 2000
 DEFAULT_MAX_SPLITS = 5000
 SAMPLES_PER_BOX = 4
+#: a property query whose first region is not closed by the root bounds runs the falsifier (PGD
+#: through the operator interface) for at most this many seconds and this share of the timeout
+#: before splitting: counterexamples of a CNN are found by gradients, not by sampled witnesses
+FALSIFY_SECONDS = 5.0
+FALSIFY_SHARE = 0.2
+MIN_SPLIT_BOXES = 8
 
 
 @dataclass(order=True)
@@ -138,11 +145,16 @@ def branch_and_bound(
     witness: Callable[[np.ndarray], tuple[float, Optional[np.ndarray]]],
     deadline: float,
     max_boxes: int,
+    root: Optional[tuple[float, np.ndarray]] = None,
 ) -> SearchResult:
     """Split ``box`` until every leaf's bound is ``<= threshold``, time runs out or the box cap
-    is reached. ``witness(points)`` returns (best observed value, violating point or None)."""
+    is reached. ``witness(points)`` returns (best observed value, violating point or None).
+    ``root`` is ``evaluate(box)`` when the caller already has it. A split whose children cannot
+    both be evaluated before the deadline is not started."""
     seq = 0
-    bound, infl = evaluate(box.lower, box.upper)
+    t_root = time.perf_counter()
+    bound, infl = root if root is not None else evaluate(box.lower, box.upper)
+    cost = time.perf_counter() - t_root if root is None else 0.0
     heap = [_Item(-bound, seq, box.lower.copy(), box.upper.copy())]
     leaves: list[tuple[list[float], list[float], float]] = []
     boxes, best_seen, stopped = 1, 0.0, ""
@@ -160,9 +172,9 @@ def branch_and_bound(
         if cex is not None:
             heapq.heappush(heap, item)
             return _finish(heap, leaves, boxes, best_seen, cex, "counterexample")
-        if time.perf_counter() > deadline or boxes + 2 > max_boxes:
+        if time.perf_counter() + 2 * cost > deadline or boxes + 2 > max_boxes:
             heapq.heappush(heap, item)
-            stopped = "timeout" if time.perf_counter() > deadline else f"box cap {max_boxes} reached"
+            stopped = "timeout" if boxes + 2 <= max_boxes else f"box cap {max_boxes} reached"
             break
         dim = _split_dim(infl_of.pop(item.seq, None), item.lo, item.hi)
         if dim is None:  # a point box that still fails: nothing left to split
@@ -171,7 +183,9 @@ def branch_and_bound(
             break
         mid = (item.lo[dim] + item.hi[dim]) / 2.0
         for lo, hi in ((item.lo, _set(item.hi, dim, mid)), (_set(item.lo, dim, mid), item.hi)):
+            t_box = time.perf_counter()
             sub_bound, sub_infl = evaluate(lo, hi)
+            cost = max(cost, time.perf_counter() - t_box)
             seq += 1
             boxes += 1
             infl_of[seq] = sub_infl
@@ -332,13 +346,29 @@ class IntervalBackend:
 
     def _property(self, q: Query) -> Verdict:
         assert q.prop is not None
-        p = prepare(q.network)
         deadline = time.perf_counter() + q.timeout
-        evaluate = _property_box(p, q.prop)
-        results = []
+        evaluate = _property_box(prepare(q.network), q.prop)
+        roots = []
         for region in q.input_set.regions:
+            box = region_box(region)
+            t_root = time.perf_counter()
+            roots.append(evaluate(box.lower, box.upper))
+            cost = time.perf_counter() - t_root
+            if roots[-1][0] > 0.0 and len(roots) == 1:
+                left = deadline - time.perf_counter()
+                # splitting that cannot evaluate a few boxes (a CNN's bounds on a wide input) leaves
+                # the whole time to the falsifier
+                hopeless = MIN_SPLIT_BOXES * cost > left
+                budget = left if hopeless else min(FALSIFY_SECONDS, FALSIFY_SHARE * q.timeout)
+                res = falsify.search(q, samples=256, starts=4, steps=30, restarts=10**6 if hopeless else 2,
+                                     deadline=time.monotonic() + budget)
+                if res.counterexample is not None:
+                    return Verdict("violated", self.name, counterexample=res.counterexample,
+                                   reason="falsifier counterexample (float32 and float64 forward pass)")
+        results = []
+        for region, root in zip(q.input_set.regions, roots):
             witness = _property_witness(q.network, region, q.prop)
-            r = branch_and_bound(region_box(region), evaluate, 0.0, witness, deadline, DEFAULT_MAX_SPLITS)
+            r = branch_and_bound(region_box(region), evaluate, 0.0, witness, deadline, DEFAULT_MAX_SPLITS, root)
             results.append(r)
             if r.counterexample is not None:
                 return Verdict("violated", self.name, reason="sampled point reaches the unsafe set",

@@ -33,7 +33,8 @@ import numpy as np
 
 from lumpver.bounds.region import bisect_box, region_box
 from lumpver.specs.inputset import Box, InputSet
-from lumpver.ir.network import Network
+from lumpver.errors import InputError
+from lumpver.ir.network import Network, require_dense
 from lumpver.verifiers import falsify
 from lumpver.verifiers.base import Query, SearchStats, Verdict
 from lumpver.verifiers.smt_encode import encode
@@ -91,6 +92,8 @@ class SmtBackend:
             v = _Search(query, opt, t0).run()
         except MemoryError:
             v = Verdict("unknown", self.name, "out of memory")
+        except InputError as e:  # a network the encoding does not cover (convolutions)
+            v = Verdict("unknown", self.name, str(e))
         except Exception as e:  # a solver error is unknown, never proved
             if type(e).__name__ == "Z3Exception":
                 v = Verdict("unknown", self.name, f"z3 error: {e}")
@@ -105,6 +108,8 @@ class _Search:
         self.q, self.opt, self.t0 = query, opt, t0
         self.deadline = t0 + query.timeout
         self.nets: list[Network] = [query.network] + ([query.other] if query.other is not None else [])
+        for net in self.nets:  # the z3 encoding reads dense weight matrices
+            require_dense(net, "the smt back-end")
         self.spec: Spec = build_spec(query)
         self.pwl = is_piecewise_linear(self.nets)
         self.stats = _Stats()

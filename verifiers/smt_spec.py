@@ -180,7 +180,7 @@ def compute(net: Network, region, method: str = "crown"):
 def spec_bounds(nets: list[Network], spec: Spec, region, method: str = "crown") -> SpecBounds:
     """Row and neuron bounds on ``region`` (a Box, or a Polytope with bounding box)."""
     rows = spec.all_rows()
-    if stackable(nets):
+    if stackable(nets) and all(n.is_dense for n in nets):  # stacking reads dense weight matrices
         sb = compute(stacked_network(nets, rows), region, method)
         neurons = [NeuronBounds([], []) for _ in nets]
         for k in range(len(nets[0].layers)):

@@ -14,6 +14,9 @@ import numpy as np
 
 from lumpver.specs.inputset import Box
 from lumpver.ir.network import Network
+from lumpver.ir.conv import (AvgPoolOperator, ConvOperator, DiagonalOperator, GlobalAveragePool, PadOperator,
+                             PermuteOperator)
+from lumpver.ir.operators import ComposedOperator, LinearOperator
 
 U32 = 2.0**-24
 ACT_ERR = 1e-6
@@ -23,8 +26,50 @@ def _gamma(k: int) -> float:
     return k * U32 / (1 - k * U32)
 
 
+def _stages(op: LinearOperator) -> list[LinearOperator]:
+    """The float32 rounding stages of a layer's operator: each operator of a composition (pad,
+    pooling, conv, dense) is one ONNX node evaluated and rounded on its own."""
+    return list(op.ops) if isinstance(op, ComposedOperator) else [op]
+
+
+def accumulation_length(op: LinearOperator) -> int:
+    """Longest float accumulation one output of ``op`` needs: a conv's filter size, a pooling
+    window (its division counted), a dense row; 0 for exact data movement (pad, permute)."""
+    if isinstance(op, (PadOperator, PermuteOperator)):
+        return 0
+    if isinstance(op, ConvOperator):
+        return int(np.prod(op.weight.shape[1:]))
+    if isinstance(op, AvgPoolOperator):
+        return int(np.prod(op.kernel)) + 1
+    if isinstance(op, GlobalAveragePool):
+        return op.in_features // max(1, op.out_features) + 1
+    if isinstance(op, DiagonalOperator):
+        return 1
+    return op.in_features
+
+
+def _linear_error(op: LinearOperator, bias: np.ndarray, err: np.ndarray, h_mag: np.ndarray) -> np.ndarray:
+    """Bound on ``|fl(op(h~) + b) - (op(h) + b)|`` for ``|h~ - h| <= err``, ``|h| <= h_mag``: per stage
+    ``s`` (accumulation length ``n`` from :func:`accumulation_length`, plus the bias on the last)
+    the error is carried through ``|s|`` and widened by ``gamma_{n+1} |s| (|h| + err)`` (DESIGN.md
+    §5, §10). Stated assumption: the runtime computes each output of a conv/pool/dense node as
+    one accumulation of its terms in some order (im2col + GEMM, as onnxruntime's MLAS; no FFT or
+    Winograd transform)."""
+    stages = _stages(op)
+    for i, s in enumerate(stages):
+        a = s.abs()
+        n = accumulation_length(s)
+        g = _gamma(n + 1) if n or i == len(stages) - 1 else 0.0
+        err = a.forward(err[None, :])[0] + g * a.forward((h_mag + err)[None, :])[0]
+        h_mag = a.forward(h_mag[None, :])[0]
+        if i == len(stages) - 1:
+            err = err + g * np.abs(bias)
+    return err
+
+
 def float32_error(net: Network, box: Box, nb) -> np.ndarray:
-    """Per-output bound on ``|f_float32(x) - f_real(x)|`` for x in ``box`` (float32 inputs)."""
+    """Per-output bound on ``|f_float32(x) - f_real(x)|`` for x in ``box`` (float32 inputs); layers
+    through the operator interface (``|op|`` forward), never a dense matrix of a convolution."""
     lo, hi = box.lower.copy(), box.upper.copy()
     err = np.zeros(net.n_inputs)
     for op in net.input_ops:
@@ -35,13 +80,9 @@ def float32_error(net: Network, box: Box, nb) -> np.ndarray:
         err = np.abs(s) * err + U32 * (mag + np.abs(s) * err) * 2
     h_mag = np.maximum(np.abs(lo), np.abs(hi))
     for k, layer in enumerate(net.layers):
-        aw = np.abs(layer.weight)
-        g = _gamma(layer.fan_in + 1)
-        ez = aw @ err + g * (aw @ (h_mag + err) + np.abs(layer.bias))
+        ez = _linear_error(layer.op, layer.bias, err, h_mag)
         act = layer.activation
-        if act == "identity":
-            err = ez
-        elif act == "relu":
+        if act in ("identity", "relu"):
             err = ez
         elif act == "leaky_relu":
             post = np.maximum(np.abs(nb.post_lower[k]), np.abs(nb.post_upper[k]))

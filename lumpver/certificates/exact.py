@@ -30,6 +30,7 @@ from typing import Any, Optional
 import numpy as np
 from scipy import sparse
 
+from lumpver.certificates.exact_conv import channel_classes_fit, channel_discrepancy_bound, read_channel_classes
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, check_equal, confirm_prose
 from lumpver.ir.activations import get_activation
 from lumpver.ir.network import Layer, Network, activation_lipschitz
@@ -126,7 +127,10 @@ def discrepancy_bound(original: Network, reduced: Network, classes: list, tol: f
     ``classes`` are per hidden layer objects with ``cls, scale, rep, kept`` (validated by
     :func:`classes_fit`); ``raw_signatures`` (per layer ``(A, A-folded bias)``) may be passed by
     the reducer to skip recomputing them, the checker never passes it. ``tol`` is unused (kept
-    for the reducers' call sites)."""
+    for the reducers' call sites). A network with convolutions: channel classes, see
+    :func:`lumpver.certificates.exact_conv.channel_discrepancy_bound`."""
+    if not original.is_dense:
+        return channel_discrepancy_bound(original, reduced, classes, raw_signatures)
     scale, shift = original.input_affine()
     m_prev = np.column_stack([np.abs(shift), np.abs(scale)])  # |x'| <= |t| + |s| R
     e_prev = np.zeros_like(m_prev)
@@ -226,11 +230,14 @@ def check_exact(cert: dict[str, Any], ctx: CheckContext) -> CheckReport:
     report = CheckReport(True)
     original, reduced = load_onnx(ctx.original_path), load_onnx(ctx.reduced_path)
     ev = next((e for e in cert["evidence"] if isinstance(e, dict) and e.get("backend") == "lumping"), None)
+    dense = original.is_dense
     try:
-        classes, tol = read_classes(ev["claim"]), float(ev["claim"]["tolerance"])
+        read = read_classes if dense else read_channel_classes
+        classes, tol = read(ev["claim"]), float(ev["claim"]["tolerance"])
     except (KeyError, ValueError, TypeError) as e:
         return report.fail(f"no well-formed lumping evidence in the certificate: {e!r}")
-    if not same_interface(original, reduced, report) or not classes_fit(original, reduced, classes, report):
+    fit = classes_fit if dense else channel_classes_fit
+    if not same_interface(original, reduced, report) or not fit(original, reduced, classes, report):
         report.holds = False
         return report
     report.ok(f"partition valid: {sum(int(c.kept.sum()) for c in classes)} kept classes, scales admitted "

@@ -48,6 +48,8 @@ def model_stats(before: Network, after: Network, seconds: float) -> dict[str, An
         "params_after": after.n_params,
         "layers_before": before.hidden_widths,
         "layers_after": after.hidden_widths,
+        **({} if before.is_dense else {"channels_before": [int(x.op.out_channels) for x in before.layers[:-1]],
+                                        "channels_after": [int(x.op.out_channels) for x in after.layers[:-1]]}),
         "seconds": round(float(seconds), 6),
     }
 

@@ -37,6 +37,7 @@ from lumpver.bounds.region import region_box
 from lumpver.bounds.split import replay_set_bounds
 from lumpver.certificates.exact import (classes_fit, discrepancy_bound, quotient_network, read_classes, same_activation,
                                         same_interface, stored_layer)
+from lumpver.certificates.onset_conv import STEP, replay_channel_step
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, check_equal, confirm_prose
 from lumpver.ir.network import Layer, Network
 from lumpver.ir.onnx_import import load_onnx
@@ -210,7 +211,7 @@ def replay_lumping_step(net: Network, input_set: InputSet, step: dict[str, Any],
     return g, float(a + b * xmax) * (1 + 4 * _U)
 
 
-STEPS = {"on-set": replay_onset_step, "exact-lumping": replay_lumping_step}
+STEPS = {"on-set": replay_onset_step, "exact-lumping": replay_lumping_step, STEP: replay_channel_step}
 
 
 def replay_steps(f: Network, input_set: InputSet, steps: list, last: Optional[Network],

@@ -143,20 +143,22 @@ def conv2d(x: np.ndarray, w: np.ndarray, g: _Geom, groups: int) -> np.ndarray:
 
 
 def conv2d_transpose(a: np.ndarray, w: np.ndarray, g: _Geom, groups: int) -> np.ndarray:
-    """``(R, Co, Ho, Wo) -> (R, C, H, W)``: the adjoint of :func:`conv2d` (column gradients by GEMM,
-    then a scatter-add per kernel offset into the padded input)."""
+    """``(R, Co, Ho, Wo) -> (R, C, H, W)``: the adjoint of :func:`conv2d` (column gradients by one
+    GEMM per group in channel-major layout, then a contiguous scatter-add per kernel offset into
+    the padded input)."""
     r, co, cg = a.shape[0], w.shape[0], w.shape[1]
-    (h, wd), og = g.in_hw, co // groups
-    t, l, bt, rt = g.pads
-    gp = np.zeros((r, cg * groups, h + t + bt, wd + l + rt), dtype=a.dtype)
+    (h, wd), og, (ho, wo) = g.in_hw, co // groups, g.out_hw
+    (kh, kw), (t, l, bt, rt) = g.kernel, g.pads
+    gp = np.zeros((cg * groups, r, h + t + bt, wd + l + rt), dtype=a.dtype)
     for k in range(groups):
-        ak, wk = a[:, k * og:(k + 1) * og], w[k * og:(k + 1) * og]
-        cols = np.tensordot(ak, wk, axes=([1], [0]))  # (R, Ho, Wo, Cg, kh, kw)
-        for u in range(g.kernel[0]):
-            for v in range(g.kernel[1]):
+        ak = np.ascontiguousarray(a[:, k * og:(k + 1) * og].transpose(1, 0, 2, 3)).reshape(og, -1)
+        wk = w[k * og:(k + 1) * og].reshape(og, -1)
+        cols = (wk.T @ ak).reshape(cg, kh, kw, r, ho, wo)
+        for u in range(kh):
+            for v in range(kw):
                 su, sv = g.window(u, v)
-                gp[:, k * cg:(k + 1) * cg, su, sv] += cols[:, :, :, :, u, v].transpose(0, 3, 1, 2)
-    return gp[:, :, t:t + h, l:l + wd]
+                gp[k * cg:(k + 1) * cg, :, su, sv] += cols[:, u, v]
+    return gp[:, :, t:t + h, l:l + wd].transpose(1, 0, 2, 3)
 
 
 def _apply(h: np.ndarray, in_shape, per_chunk, per_row: int) -> np.ndarray:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lumpver.ir.conv import AvgPoolOperator, ConvOperator
 from lumpver.ir.network import Layer, Network
+from lumpver.ir.operators import ComposedOperator, DenseOperator
 
 
 @dataclass
@@ -128,6 +130,80 @@ def _cancel_pairs(w, core_of, factor, width, rng):
         w[:, members[0]] = v / factor[members[0]]
         w[:, members[1]] = -v / factor[members[1]]
     return w
+
+
+@dataclass
+class PlantedCNN:
+    network: Network
+    channels: list[int]  # output channels of every hidden conv layer
+    core: list[int]  # the channel counts exact channel lumping must reach (DESIGN.md §10)
+
+
+def _shares(shape: tuple[int, ...], core_of: np.ndarray, rng) -> np.ndarray:
+    """Positive shares over axis 1 summing to 1 within every core's members (per other index)."""
+    share = rng.uniform(0.2, 1.0, size=shape)
+    totals = np.zeros((shape[0], int(core_of.max()) + 1) + shape[2:])
+    np.add.at(totals, (slice(None), core_of), share)
+    return share / totals[:, core_of]
+
+
+def _planted_filters(core_w: np.ndarray, out_core, out_factor, in_core, in_factor, rng) -> np.ndarray:
+    """Raw filters ``(out, in, K)``: channel ``t`` aggregates to ``out_factor[t] core_w[core(t)]``
+    over the previous cores, with uneven shares per input channel and kernel offset (raw filters
+    are never proportional; only class-aggregated ones are)."""
+    raw = core_w[out_core][:, in_core] * _shares((out_core.size, in_core.size) + core_w.shape[2:], in_core, rng)
+    return raw * out_factor[:, None, None] / in_factor[None, :, None]
+
+
+def planted_cnn(channels: tuple[int, ...] = (12, 10), core: tuple[int, ...] = (4, 3), pool: str = "avg",
+                image: tuple[int, int, int] = (1, 12, 12), n_outputs: int = 5, n_dead: int = 1,
+                seed: int = 0) -> PlantedCNN:
+    """A CNN whose hidden conv layers (3x3, pad 1, ReLU) have ``channels[i]`` output channels, each a
+    positive multiple (factor in [0.25, 4], bias scaled alike) of one of ``core[i]`` core channels,
+    plus ``n_dead`` channels with all-zero outgoing weights; with ``pool="avg"`` every layer after
+    the first reads through a 2x2 average pooling. A dense output layer reads the flattened last
+    feature map. Float32 weights. Exact channel lumping must reach ``core`` channels per layer."""
+    if pool not in ("avg", "none"):
+        raise ValueError(f"pool must be 'avg' or 'none', got {pool!r}")
+    rng = np.random.default_rng(seed)
+    shape, layers = tuple(image), []
+    in_core, in_factor = np.arange(image[0]), np.ones(image[0])
+    dead: list[np.ndarray] = []
+    for width, n_core in zip(channels, core):
+        n_live = width - n_dead
+        if n_live < n_core:
+            raise ValueError(f"{width} channels cannot hold {n_core} cores and {n_dead} dead channels")
+        out_core = np.r_[np.arange(n_core), rng.integers(0, n_core, n_live - n_core), n_core + np.arange(n_dead)]
+        factor = rng.uniform(0.25, 4.0, width)
+        core_w = rng.standard_normal((n_core + n_dead, int(in_core.max()) + 1, 9)) / np.sqrt(9 * in_core.size)
+        w = _planted_filters(core_w, out_core, factor, in_core, in_factor, rng)
+        b = (rng.standard_normal(n_core + n_dead) * 0.1)[out_core] * factor
+        perm = rng.permutation(width)
+        ops: list = []
+        if pool == "avg" and layers:
+            ops.append(AvgPoolOperator(shape, (2, 2), (2, 2)))
+            shape = ops[-1].out_shape
+        ops.append(ConvOperator(shape, w[perm].reshape(width, shape[0], 3, 3), pads=(1, 1, 1, 1)))
+        shape = ops[-1].out_shape
+        op = ops[0] if len(ops) == 1 else ComposedOperator(ops)
+        layers.append(Layer(op, np.repeat(b[perm], shape[1] * shape[2]), "relu"))
+        in_core, in_factor = out_core[perm], factor[perm]
+        dead.append(np.flatnonzero(in_core >= n_core))
+    core_w = rng.standard_normal((n_outputs, int(in_core.max()) + 1, shape[1] * shape[2])) / np.sqrt(in_core.size)
+    w = _planted_filters(core_w, np.arange(n_outputs), np.ones(n_outputs), in_core, in_factor, rng)
+    layers.append(Layer(DenseOperator(w.reshape(n_outputs, -1)), rng.standard_normal(n_outputs) * 0.1, "identity"))
+    for k, idx in enumerate(dead):  # dead channels: nothing reads them
+        nxt = layers[k + 1].op
+        target = nxt.ops[-1] if isinstance(nxt, ComposedOperator) else nxt
+        w3 = target.weight.reshape(target.weight.shape[0], layers[k].op.out_channels, -1)
+        w3[:, idx, :] = 0.0
+    for layer in layers:
+        target = layer.op.ops[-1] if isinstance(layer.op, ComposedOperator) else layer.op
+        target.weight = target.weight.astype(np.float32).astype(np.float64)
+        layer.bias = layer.bias.astype(np.float32).astype(np.float64)
+    net = Network(layers, input_name="x", output_name="y", input_shape=["batch", *image],
+                  output_shape=["batch", n_outputs])
+    return PlantedCNN(net, list(channels), list(core))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,8 @@ import numpy as np
 
 from lumpver.ir.activations import ACTIVATIONS
 from lumpver.reductions.grouping import group_rows
-from lumpver.ir.network import Layer, Network, require_dense
+from lumpver.ir.network import Layer, Network
+from lumpver.reductions.exact_conv import lump_channels
 from lumpver.progress import SILENT, Progress
 
 DEFAULT_TOLERANCE = 1e-5
@@ -175,7 +176,8 @@ def exact_lump(net: Network, tolerance: float = DEFAULT_TOLERANCE, progress: Pro
 
     Returns the reduced network (float32-representable weights, ready to export) and the claim.
     """
-    require_dense(net, "reduce --mode exact")
+    if not net.is_dense:  # convolutional layers: channels are the units (DESIGN.md §10)
+        return lump_channels(net, tolerance, progress)  # type: ignore[return-value]
     classes: list[LayerClasses] = []
     sigs: list[np.ndarray] = []
     raw: list[tuple[np.ndarray, np.ndarray]] = []

@@ -33,7 +33,8 @@ from lumpver.fileio import check_output_path, write_json_atomic
 from lumpver.ir.onnx_export import save_onnx
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.specs.inputset import InputSet
-from lumpver.ir.network import Network, require_dense
+from lumpver.ir.network import Network
+from lumpver.reductions.onset_conv import channel_onset
 from lumpver.reductions.onset_fold import QR_TOL, choose_folds, fold_discrepancy, fold_network
 from lumpver.progress import SILENT, Progress
 from lumpver.bounds.region import region_box
@@ -112,10 +113,12 @@ def reduce_on_set(net: Network, input_set: InputSet, method: str = "crown", lp: 
                   max_leaves: Optional[int] = None, qr_tol: float = QR_TOL, lump: bool = True,
                   rounds: int = 3, progress: Progress = SILENT) -> OnSetResult:
     """Reduce ``net`` so that it is unchanged on ``input_set`` (module docstring)."""
-    require_dense(net, "reduce --mode onset")
     t0 = time.perf_counter()
     if input_set.dim != net.n_inputs:
         raise ValueError(f"input set has {input_set.dim} dimensions, the network {net.n_inputs} inputs")
+    if not net.is_dense:  # convolutional layers: stably inactive channels (DESIGN.md §10)
+        cur, steps = channel_onset(net, input_set, method, progress)
+        return OnSetResult(net, cur, input_set, steps, 0.0, {"seconds": time.perf_counter() - t0})
     leaves = default_max_leaves(net) if max_leaves is None else max_leaves
     cur, steps = net, []
     for r in range(rounds):

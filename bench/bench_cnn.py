@@ -1,0 +1,144 @@
+"""Convolutional networks (issue 12, DESIGN.md §10): verification of the shared CNN instances
+against the published VNN-COMP 2021 peers, and exact channel lumping time against read-once time.
+
+``verify``: every instance of ``../shared/data/cnn/verivital`` (Convnet_avgpool, 20) and
+``../shared/data/cnn/oval21`` (10) with ``lumpver verify``'s API and a short timeout; per class the
+decided count and the time, next to each peer's published count; ratios of times are formed only
+within one tool (ours at timeout T vs ours, peers' own published numbers are listed as they are).
+Any answer contradicting a peer's decided answer is printed as CONTRADICTION.
+
+``lump``: a planted CNN (:func:`lumpver.ir.planted.planted_cnn`, two conv layers of ``--channels``
+channels on a 3x32x32 input) saved to ONNX; the time of the whole exact reduction (load, lump,
+bound, save, certificate) against load + touch every weight + save (bench_lumping.py's baseline),
+best of ``--repeat``.
+
+Usage: python bench/bench_cnn.py [verify|lump|all] [--timeout 30] [--backend interval] [--repeat 3] [--channels 256]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lumpver.api.verify import verify_property  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cnn"
+CLASSES = {"verivital": "Convnet_avgpool.onnx", "oval21": "cifar_base_kw.onnx"}
+ANSWER = {"sat": "sat", "violated": "sat", "unsat": "unsat", "holds": "unsat"}
+
+
+def instances() -> list[tuple[str, Path, Path]]:
+    out = []
+    for folder, model in CLASSES.items():
+        with open(DATA / folder / "instances.csv") as fh:
+            for onnx_rel, prop_rel, _t in csv.reader(fh):
+                if Path(onnx_rel).name == model:
+                    out.append((folder, DATA / folder / onnx_rel, DATA / folder / prop_rel))
+    return out
+
+
+def published() -> dict[tuple[str, str], dict[str, tuple[str, float]]]:
+    """(folder, vnnlib name) -> tool -> (answer, seconds) for the instances of :data:`CLASSES`."""
+    out: dict = defaultdict(dict)
+    with open(DATA / "published_results_vnncomp2021.csv") as fh:
+        for r in csv.DictReader(fh):
+            if CLASSES.get(r["folder"]) == r["onnx"]:
+                out[(r["folder"], r["vnnlib"])][r["tool"]] = (ANSWER.get(r["result"].lower(), "-"), float(r["seconds"] or 0))
+    return out
+
+
+def _clash(ours: str, peers: dict[str, tuple[str, float]]) -> str:
+    """CONTRADICTION when our decided answer differs from the reference (a-b-CROWN's decided answer,
+    else the majority of decided peers); peers in the minority that differ are listed."""
+    if ours not in ("sat", "unsat"):
+        return ""
+    decided = {t: a for t, (a, _s) in peers.items() if a in ("sat", "unsat")}
+    votes = Counter(decided.values())
+    ref = decided.get("a-b-CROWN") or (votes.most_common(1)[0][0] if votes else None)
+    if ref is not None and ref != ours:
+        return f"  CONTRADICTION with the reference answer {ref}"
+    minority = sorted(t for t, a in decided.items() if a != ours)
+    return f"  (differs from minority {minority})" if minority else ""
+
+
+def run_verify(timeout: float, backend: str) -> None:
+    pub = published()
+    ours: dict[str, list] = defaultdict(list)
+    for folder, model, prop in instances():
+        t0 = time.monotonic()
+        r = verify_property(model, prop, backend=backend, timeout=timeout)
+        dt = time.monotonic() - t0
+        peers = pub[(folder, prop.name)]
+        print(f"{folder:10s} {prop.name:55s} {r.result:8s} {dt:6.1f}s{_clash(r.result, peers)}", flush=True)
+        ours[folder].append((r.result, dt))
+    print(f"\n| class | tool | decided | sat | unsat | total s (decided) |\n|---|---|---|---|---|---|")
+    for folder in CLASSES:
+        res = ours[folder]
+        c = Counter(a for a, _ in res)
+        t = sum(s for a, s in res if a in ("sat", "unsat"))
+        print(f"| {folder} | lumpver ({backend}, {timeout:g} s) | {c['sat'] + c['unsat']}/{len(res)} | {c['sat']} | {c['unsat']} | {t:.1f} |")
+        tools: dict[str, list] = defaultdict(list)
+        for (f, _p), peers in pub.items():
+            if f == folder:
+                for tool, v in peers.items():
+                    tools[tool].append(v)
+        for tool, vals in sorted(tools.items()):
+            c = Counter(a for a, _ in vals)
+            t = sum(s for a, s in vals if a in ("sat", "unsat"))
+            print(f"| {folder} | {tool} (published) | {c['sat'] + c['unsat']}/{len(vals)} | {c['sat']} | {c['unsat']} | {t:.1f} |")
+
+
+def run_lump(repeat: int, channels: int) -> None:
+    """The full ``lumpver reduce --mode exact`` work (load, lump, bound, save, certificate) on a planted
+    CNN against loading the model, touching every weight once and saving it (as bench_lumping.py)."""
+    from bench.bench_lumping import baseline_load_touch_save
+    from lumpver.api.reduce import reduce_exact_to_files
+    from lumpver.ir.onnx_export import save_onnx
+    from lumpver.ir.planted import planted_cnn
+
+    for pool in ("avg", "none"):
+        truth = planted_cnn(channels=(channels, channels), core=(channels // 16, channels // 20), pool=pool,
+                            image=(3, 32, 32), n_outputs=10, seed=0)
+        n_w = truth.network.n_params
+        with tempfile.TemporaryDirectory() as d:
+            src = Path(d) / "planted.onnx"
+            save_onnx(truth.network, src)
+            base = min(baseline_load_touch_save(src, Path(d) / "copy.onnx") for _ in range(repeat))
+            red = min(_timed(lambda: reduce_exact_to_files(src, Path(d) / "r.onnx", Path(d) / "r.json"))
+                      for _ in range(repeat))
+            cert = json.loads((Path(d) / "r.json").read_text())
+        after = cert["stats"]["channels_after"]
+        print(f"planted CNN pool={pool}: {n_w / 1e6:.2f}M parameters, channels {truth.channels} -> {after} "
+              f"(planted {truth.core}, equal: {after == truth.core}); load+touch+save {base:.3f}s, "
+              f"reduce --mode exact {red:.3f}s, ratio {red / base:.2f}x (goal <= 3x)")
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", nargs="?", default="all", choices=("verify", "lump", "all"))
+    ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--backend", default="interval")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--channels", type=int, default=256, help="channels of each planted conv layer")
+    a = ap.parse_args()
+    if a.what in ("verify", "all"):
+        run_verify(a.timeout, a.backend)
+    if a.what in ("lump", "all"):
+        run_lump(a.repeat, a.channels)
+
+
+if __name__ == "__main__":
+    main()
