@@ -31,8 +31,8 @@ import numpy as np
 from scipy import sparse
 
 from lumpver.certificates.exact_conv import channel_classes_fit, channel_discrepancy_bound, read_channel_classes
+from lumpver.certificates.partition import partition_problem
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, check_equal, confirm_prose
-from lumpver.ir.activations import get_activation
 from lumpver.ir.network import Layer, Network, activation_lipschitz
 from lumpver.ir.onnx_import import load_onnx
 
@@ -57,20 +57,6 @@ def read_classes(claim: dict[str, Any]) -> list[Partition]:
                       np.asarray(d["kept"], dtype=bool).reshape(-1)) for d in claim["layers"]]
 
 
-def _partition_problem(layer: Layer, p: Partition) -> Optional[str]:
-    n, n_cls = layer.width, p.rep.size
-    if p.cls.size != n or p.scale.size != n or p.kept.size != n_cls:
-        return "sizes do not match the layer"
-    if np.any(p.cls < -1) or np.any(p.cls >= n_cls) or np.any(p.rep < 0) or np.any(p.rep >= n):
-        return "class or representative index out of range"
-    if np.any(p.cls[p.rep] != np.arange(n_cls)) or not np.all(np.isfinite(p.scale)):
-        return "a representative is not in its class, or a scale is not finite"
-    act = get_activation(layer.activation)
-    if np.any(p.scale[p.rep] != 1.0) or not all(act.admits_scale(float(c)) for c in p.scale[p.cls >= 0]):
-        return f"a scale {layer.activation} does not admit (act(c z) = c act(z) fails)"
-    return None
-
-
 def same_activation(a: Layer, b: Layer) -> bool:
     """Same activation function (name and, where it matters, the LeakyReLU slope)."""
     return a.activation == b.activation and (a.activation != "leaky_relu" or a.alpha == b.alpha)
@@ -87,7 +73,7 @@ def classes_fit(f: Network, g: Network, classes: list[Partition], report: CheckR
         return not report.fail(f"claim has {len(classes)} hidden layers, the networks {len(f.layers) - 1} "
                                f"and {len(g.layers) - 1}")
     for k, (lf, lg) in enumerate(zip(f.layers, g.layers)):
-        problem = _partition_problem(lf, classes[k]) if k < len(classes) else None
+        problem = partition_problem(lf.width, lf.activation, classes[k]) if k < len(classes) else None
         rows = _width(classes[k]) if k < len(classes) else lf.width
         cols = _width(classes[k - 1]) if k > 0 else lf.fan_in
         if problem is None and (lg.weight.shape != (rows, cols) or not same_activation(lf, lg)):

@@ -26,8 +26,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lumpver.certificates.partition import partition_problem
 from lumpver.errors import InputError
-from lumpver.ir.activations import get_activation
 from lumpver.ir.conv import AvgPoolOperator, ConvOperator, GlobalAveragePool, PadOperator
 from lumpver.ir.network import Layer, Network, activation_lipschitz
 from lumpver.ir.operators import ComposedOperator, DenseOperator, LinearOperator
@@ -203,16 +203,9 @@ def _problem(f_layer: Layer, g_layer: Layer, vf: ChannelView, p: Optional[Channe
              prev: Optional[ChannelPartition]) -> Optional[str]:
     n = vf.out_channels
     if p is not None:
-        n_cls = p.rep.size
-        if p.cls.size != n or p.scale.size != n or p.kept.size != n_cls:
-            return "sizes do not match the layer's channels"
-        if np.any(p.cls < -1) or np.any(p.cls >= n_cls) or np.any(p.rep < 0) or np.any(p.rep >= n):
-            return "class or representative index out of range"
-        if np.any(p.cls[p.rep] != np.arange(n_cls)) or not np.all(np.isfinite(p.scale)):
-            return "a representative is not in its class, or a scale is not finite"
-        act = get_activation(f_layer.activation)
-        if np.any(p.scale[p.rep] != 1.0) or not all(act.admits_scale(float(c)) for c in p.scale[p.cls >= 0]):
-            return f"a scale {f_layer.activation} does not admit"
+        problem = partition_problem(n, f_layer.activation, p)
+        if problem is not None:
+            return problem
         positions = f_layer.width // n
         if sorted(p.constant) != sorted(np.flatnonzero(p.cls < 0).tolist()) or any(
                 v.size != positions or not np.all(np.isfinite(v)) for v in p.constant.values()):

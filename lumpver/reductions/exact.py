@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lumpver.ir.activations import ACTIVATIONS
-from lumpver.reductions.grouping import group_rows
+from lumpver.reductions.grouping import classify_signatures
 from lumpver.ir.network import Layer, Network
 from lumpver.reductions.exact_conv import lump_channels
 from lumpver.progress import SILENT, Progress
@@ -139,19 +138,8 @@ def _classify_layer(sig: np.ndarray, layer: Layer, tol: float) -> LayerClasses:
     live = np.flatnonzero(~weights_zero)
     reps = np.zeros(0, dtype=np.int64)
     if live.size:
-        act = ACTIVATIONS[layer.activation]
-        g = group_rows(sig[live], act.lumping_scales, tol)
-        cls[live] = g.label
-        reps = live[g.rep]
-        rep_rows = sig[reps[g.label]]
-        rows = sig[live]
-        if act.positively_homogeneous:
-            scale[live] = np.einsum("ij,ij->i", rows, rep_rows) / np.einsum("ij,ij->i", rep_rows, rep_rows)
-        elif act.lumping_scales == "sign":
-            scale[live] = np.sign(np.einsum("ij,ij->i", rows, rep_rows))
-        else:
-            scale[live] = 1.0
-        scale[reps] = 1.0
+        cls[live], rep, scale[live] = classify_signatures(sig[live], layer.activation, tol)
+        reps = live[rep]
     return LayerClasses(cls, scale, reps, np.ones(reps.size, dtype=bool))
 
 

@@ -22,10 +22,9 @@ import numpy as np
 
 from lumpver.certificates.exact_conv import (ChannelPartition, aggregate, channel_view, channels_per_layer,
                                              effective_bias, rebuild)
-from lumpver.ir.activations import ACTIVATIONS
 from lumpver.ir.network import Layer, Network
 from lumpver.progress import SILENT, Progress
-from lumpver.reductions.grouping import group_rows
+from lumpver.reductions.grouping import classify_signatures
 
 
 @dataclass
@@ -55,17 +54,8 @@ def _classify(agg: np.ndarray, b_eff: np.ndarray, layer: Layer, tol: float) -> C
     live = np.flatnonzero(~zero)
     reps = np.zeros(0, dtype=np.int64)
     if live.size:
-        act = ACTIVATIONS[layer.activation]
-        g = group_rows(sig[live], act.lumping_scales, tol)
-        cls[live], reps = g.label, live[g.rep]
-        rows, rep_rows = sig[live], sig[reps[g.label]]
-        if act.positively_homogeneous:
-            scale[live] = np.einsum("ij,ij->i", rows, rep_rows) / np.einsum("ij,ij->i", rep_rows, rep_rows)
-        elif act.lumping_scales == "sign":
-            scale[live] = np.sign(np.einsum("ij,ij->i", rows, rep_rows))
-        else:
-            scale[live] = 1.0
-        scale[reps] = 1.0
+        cls[live], rep, scale[live] = classify_signatures(sig[live], layer.activation, tol)
+        reps = live[rep]
     return ChannelPartition(cls, scale, reps, np.ones(reps.size, dtype=bool), constant)
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lumpver.ir.activations import ACTIVATIONS
+
 _RUN_LIMIT = 48
 _MAX_DEPTH = 4
 
@@ -93,6 +95,23 @@ def group_rows(rows: np.ndarray, mode: str, tol: float, seed: int = 20240601) ->
 
     split(np.arange(n), 0)
     return _renumber(label, np.array(reps, dtype=np.int64))
+
+
+def classify_signatures(sig: np.ndarray, activation: str, tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group nonzero signature rows into lumpable classes (DESIGN.md §2): ``(label, rep, scale)`` with
+    ``rep`` indexing the representative row of each class and ``scale[i]`` the ratio of row ``i`` to
+    its representative that the activation admits (1 for representatives)."""
+    act = ACTIVATIONS[activation]
+    g = group_rows(sig, act.lumping_scales, tol)
+    rep_rows = sig[g.rep[g.label]]
+    if act.positively_homogeneous:
+        scale = np.einsum("ij,ij->i", sig, rep_rows) / np.einsum("ij,ij->i", rep_rows, rep_rows)
+    elif act.lumping_scales == "sign":
+        scale = np.sign(np.einsum("ij,ij->i", sig, rep_rows))
+    else:
+        scale = np.ones(sig.shape[0])
+    scale[g.rep] = 1.0
+    return g.label, g.rep, scale
 
 
 def _renumber(label: np.ndarray, reps: np.ndarray) -> Grouping:
