@@ -75,13 +75,14 @@ def bound(ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list
     empty = infeasible(zl, zu)
     lam = np.broadcast_to(ctx.lam, (len(doms),) + ctx.lam.shape)
     obj = optimise_alpha(ctx.chain, b.lo, b.hi, zl, zu, lam, ctx.offset, b.alpha,
-                         ctx.iters if iters is None else iters, ctx.lr)
+                         ctx.iters if iters is None else iters, ctx.lr, b.phase, b.beta)
     out = []
     for i, d in enumerate(doms):
         upper = np.full_like(obj.upper[i], -np.inf) if empty[i] else obj.upper[i]
         out.append(Domain(d.lo, d.hi, [a[i] for a in zl], [a[i] for a in zu],
                           [None if a is None else a[i] for a in obj.alpha], upper, obj.A_x[i],
-                          [None if a is None else a[i] for a in obj.coeffs], d.depth, ctx.chain.depth))
+                          [None if a is None else a[i] for a in obj.coeffs], d.depth, ctx.chain.depth,
+                          d.phase, None if obj.beta is None else [a[i] for a in obj.beta]))
     return out
 
 

@@ -39,6 +39,8 @@ class Domain:
     coeffs: Optional[list[Optional[np.ndarray]]] = None  # per layer (m, n_k)
     depth: int = 0
     start: int = 0  # first layer whose bounds must be recomputed
+    phase: Optional[list[np.ndarray]] = None  # per layer (n_k,): +1 split active, -1 inactive, 0 free
+    beta: Optional[list[np.ndarray]] = None  # per layer (m, n_k): split multipliers of the bound
 
     @property
     def score(self) -> float:
@@ -56,14 +58,23 @@ class Batch:
     zu: list[np.ndarray]
     alpha: Optional[list[Optional[np.ndarray]]]
     start: int
+    phase: Optional[list[np.ndarray]]  # None when no domain of the batch has a split
+    beta: Optional[list[np.ndarray]]
 
 
 def stack(doms: list[Domain]) -> Batch:
     depth = len(doms[0].zl)
     alpha = [None if doms[0].alpha[k] is None else np.stack([d.alpha[k] for d in doms]) for k in range(depth)]
+    phase = beta = None
+    if any(d.phase is not None for d in doms):
+        phase = [np.stack([np.zeros(d.zl[k].shape) if d.phase is None else d.phase[k] for d in doms])
+                 for k in range(depth)]
+        if all(d.beta is not None for d in doms):
+            beta = [np.stack([d.beta[k] for d in doms]) for k in range(depth)]
     return Batch(np.stack([d.lo for d in doms]), np.stack([d.hi for d in doms]),
                  [np.stack([d.zl[k] for d in doms]) for k in range(depth)],
-                 [np.stack([d.zu[k] for d in doms]) for k in range(depth)], alpha, min(d.start for d in doms))
+                 [np.stack([d.zu[k] for d in doms]) for k in range(depth)], alpha, min(d.start for d in doms),
+                 phase, beta)
 
 
 def unstable_count(dom: Domain, chain: Chain) -> int:
@@ -73,7 +84,8 @@ def unstable_count(dom: Domain, chain: Chain) -> int:
 
 def _child(dom: Domain, **changes) -> Domain:
     base = dict(lo=dom.lo, hi=dom.hi, zl=list(dom.zl), zu=list(dom.zu), alpha=dom.alpha, upper=dom.upper,
-                depth=dom.depth + 1, start=dom.start)
+                depth=dom.depth + 1, start=dom.start, beta=dom.beta,
+                phase=None if dom.phase is None else list(dom.phase))
     base.update(changes)
     return Domain(**base)
 
@@ -103,11 +115,20 @@ def relu_split(dom: Domain, chain: Chain) -> Optional[list[Domain]]:
     hi_zu[i] = 0.0  # inactive: z <= 0
     act_zl = dom.zl[k].copy()
     act_zl[i] = 0.0  # active: z >= 0
-    inactive = _child(dom, start=k + 1)
-    inactive.zu[k] = hi_zu
-    active = _child(dom, start=k + 1)
-    active.zl[k] = act_zl
-    return [inactive, active]
+    kids = []
+    for sign in (-1.0, 1.0):
+        kid = _child(dom, start=k + 1)
+        if sign < 0:
+            kid.zu[k] = hi_zu
+        else:
+            kid.zl[k] = act_zl
+        if kid.phase is None:
+            kid.phase = [np.zeros(a.shape) for a in dom.zl]
+            kid.beta = None
+        kid.phase[k] = kid.phase[k].copy()
+        kid.phase[k][i] = sign
+        kids.append(kid)
+    return kids
 
 
 def input_split(dom: Domain) -> list[Domain]:

@@ -82,10 +82,14 @@ def _rows(a: np.ndarray, fn) -> np.ndarray:
 
 def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int, post: bool, lo: np.ndarray,
             hi: np.ndarray, alpha: Optional[list[Optional[np.ndarray]]] = None, free: Optional[list[np.ndarray]] = None,
-            record: bool = False, grad: bool = False) -> BatchBound:
+            record: bool = False, grad: bool = False, phase: Optional[list[np.ndarray]] = None,
+            beta: Optional[list[np.ndarray]] = None) -> BatchBound:
     """Sound upper bound of ``lam[b] . h_top`` (``post``) or ``lam[b] . z_top`` over box ``b``.
 
     ``lam``: (B, m, n_top). ``alpha[j]`` (B, m, n_j) replaces the lower slope where ``free[j]``.
+    Split constraints (beta-CROWN): ``phase[j]`` (B, n_j) is +1 where ``z_j >= 0`` is imposed, -1 where
+    ``z_j <= 0`` is, 0 elsewhere; ``beta[j] >= 0`` (B, m, n_j) adds ``beta * phase * z_j`` to the bounded
+    function, which is ``>= 0`` on the sub-problem, so the result still bounds ``lam . y`` there.
     """
     B, m, _ = lam.shape
     A = np.array(lam, dtype=np.float64)
@@ -102,6 +106,8 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
             pos, neg = np.maximum(A, 0.0), np.minimum(A, 0.0)
             c = c + np.einsum("bmn,bn->bm", pos, r.tu) + np.einsum("bmn,bn->bm", neg, r.tl)
             A = pos * su + neg * sl
+            if beta is not None:
+                A = A + beta[j] * phase[j][:, None, :]
         step = chain.steps[j]
         c = c + A @ step.bias
         A = _rows(A, step.op.backward)
@@ -110,49 +116,59 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
     A_x = _rows(A, step.op.backward)
     centre, radius = 0.5 * (lo + hi), 0.5 * (hi - lo)
     val = np.einsum("bmn,bn->bm", A_x, centre) + np.einsum("bmn,bn->bm", np.abs(A_x), radius) + c
-    mag = np.einsum("bmn,bn->bm", np.abs(lam), _magnitude(chain, rel, top, post, centre, radius, free)) + np.abs(val)
+    V, Vz = _magnitude(chain, rel, top, post, centre, radius, free)
+    mag = np.einsum("bmn,bn->bm", np.abs(lam), V) + np.abs(val)
+    if beta is not None:
+        mag = mag + sum(np.einsum("bmn,bn->bm", beta[j] * np.abs(phase[j])[:, None, :], Vz[j]) for j in range(top + 1))
     upper = val + POLICY.margin(mag, chain.chain_length(top) + lo.shape[1] + 4)
     coeffs = [s[0] if s is not None else None for s in saved] if record else []
-    grads = _alpha_grads(chain, saved, A_x, centre, radius, top, free) if grad else []
+    grads = _alpha_grads(chain, saved, A_x, centre, radius, top, free, phase) if grad else []
     return BatchBound(upper, A_x, coeffs, grads)
 
 
 def _magnitude(chain: Chain, rel: list[LinearRelaxation], top: int, post: bool, centre: np.ndarray,
-               radius: np.ndarray, free: Optional[list[np.ndarray]]) -> np.ndarray:
+               radius: np.ndarray, free: Optional[list[np.ndarray]]) -> tuple[np.ndarray, list[np.ndarray]]:
     """``V`` (B, n_top) with ``|lam| . V`` bounding the magnitude of every term of the back-substitution
     (what :func:`lumpver.bounds.engine.back_substitute` carries as ``A_mag``, ``c_mag``), computed
     forward on one vector per sub-problem instead of per row: ``V`` goes through ``|op|`` plus
-    ``|bias|`` and each relaxation's largest slope magnitude (1 for a free slope) plus intercepts."""
+    ``|bias|`` and each relaxation's largest slope magnitude (1 for a free slope) plus intercepts.
+    Also ``Vz[j]``, the magnitude of ``z_j`` (for the split terms ``beta * z_j``)."""
     V = chain.input.abs_op.forward(np.abs(centre) + radius) + np.abs(chain.input.bias)
+    Vz = []
     for j in range(top + 1):
         V = chain.steps[j].abs_op.forward(V) + np.abs(chain.steps[j].bias)
+        Vz.append(V)
         if post or j < top:
             r = rel[j]
             s = np.maximum(np.abs(r.su), np.abs(r.sl))
             if free is not None and free[j] is not None:
                 s = np.where(free[j], np.maximum(s, 1.0), s)
             V = s * V + np.maximum(np.abs(r.tu), np.abs(r.tl)) + r.tmag
-    return V
+    return V, Vz
 
 
 def _alpha_grads(chain: Chain, saved: list, A_x: np.ndarray, centre: np.ndarray, radius: np.ndarray, top: int,
-                 free: Optional[list[np.ndarray]]) -> list[Optional[np.ndarray]]:
-    """``d upper / d alpha_j`` by reverse mode through :func:`backsub` (margins ignored: any alpha is sound)."""
+                 free: Optional[list[np.ndarray]], phase: Optional[list[np.ndarray]]) -> list:
+    """``d upper / d alpha_j`` by reverse mode through :func:`backsub` (margins ignored: any alpha is
+    sound), followed (when ``phase`` is given) by ``d upper / d beta_j`` for every layer."""
     G = centre[:, None, :] + np.sign(A_x) * radius[:, None, :]  # d upper / d A_x
     G = G * chain.input.op.backward(np.ones((1, A_x.shape[2])))[0] + chain.input.bias  # diagonal input step
     grads: list[Optional[np.ndarray]] = [None] * (top + 1)
+    bgrads: list[Optional[np.ndarray]] = [None] * (top + 1)
     for j in range(top + 1):
         step = chain.steps[j]
         Gz = _rows(G, step.op.forward) + step.bias  # d upper / d (coefficient on z_j)
         if saved[j] is None:
             break
+        if phase is not None:
+            bgrads[j] = Gz * phase[j][:, None, :]
         a, sl, su, tu, tl = saved[j]
         if free is not None and free[j] is not None and chain.acts[j] in ALPHA_ACTS:
             grads[j] = np.where(free[j][:, None, :], Gz * np.minimum(a, 0.0), 0.0)
         if j == top:
             break
         G = np.where(a > 0, Gz * su + tu, Gz * sl + tl)  # d upper / d (coefficient on h_j)
-    return grads
+    return grads + (bgrads if phase is not None else [])
 
 
 # ----------------------------------------------------------------------------------------
@@ -209,6 +225,7 @@ class Objective:
     A_x: np.ndarray  # (B, m, n_in)
     coeffs: list[np.ndarray]  # (B, m, n_j)
     alpha: list[Optional[np.ndarray]]  # (B, m, n_j), the slopes of the best bound
+    beta: Optional[list[np.ndarray]] = None  # (B, m, n_j), the split multipliers of the best bound
 
 
 def init_alpha(chain: Chain, zl: list[np.ndarray], zu: list[np.ndarray], m: int) -> list[Optional[np.ndarray]]:
@@ -223,43 +240,65 @@ def init_alpha(chain: Chain, zl: list[np.ndarray], zu: list[np.ndarray], m: int)
     return out
 
 
+class _Adam:
+    """Projected Adam on a list of parameter arrays (None entries skipped), box ``[low_j, high]``."""
+
+    def __init__(self, params: list, lows: list[float], high: float, lr: float) -> None:
+        self.params, self.lows, self.high, self.lr, self.t = params, lows, high, lr, 0
+        self.m = [None if p is None else np.zeros_like(p) for p in params]
+        self.v = [None if p is None else np.zeros_like(p) for p in params]
+
+    def step(self, grads: list) -> None:
+        self.t += 1
+        for j, g in enumerate(grads):
+            if g is None or self.params[j] is None:
+                continue
+            self.m[j] = 0.9 * self.m[j] + 0.1 * g
+            self.v[j] = 0.999 * self.v[j] + 0.001 * g * g
+            mh, vh = self.m[j] / (1 - 0.9 ** self.t), self.v[j] / (1 - 0.999 ** self.t)
+            self.params[j] = np.clip(self.params[j] - self.lr * mh / (np.sqrt(vh) + 1e-8), self.lows[j], self.high)
+
+
+def _keep(best: list, new: list, better: np.ndarray) -> list:
+    return [b if n is None else np.where(better[:, :, None], n, b) for b, n in zip(best, new)]
+
+
 def optimise_alpha(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
                    lam: np.ndarray, offset: np.ndarray, alpha: Optional[list[Optional[np.ndarray]]] = None,
-                   iters: int = 10, lr: float = 0.2) -> Objective:
-    """Minimise the sound upper bound of ``lam[b] . y + offset`` over the lower slopes by projected
-    Adam; every iterate is sound, the best per (sub-problem, row) is kept. ``offset`` (m,) is added
-    with its own rounding margin."""
+                   iters: int = 10, lr: float = 0.2, phase: Optional[list[np.ndarray]] = None,
+                   beta: Optional[list[np.ndarray]] = None) -> Objective:
+    """Minimise the sound upper bound of ``lam[b] . y + offset`` over the lower slopes (and, with
+    ``phase``, the split multipliers ``beta >= 0``, beta-CROWN) by projected Adam; every iterate is
+    sound, the best per (sub-problem, row) is kept. ``offset`` (m,) is added with its own margin."""
     top = chain.depth - 1
     rel = [relax_batch(chain, k, zl[k], zu[k]) for k in range(chain.depth)]
     free = [alpha_free(chain, k, zl[k], zu[k]) for k in range(chain.depth)]
-    B, m = lo.shape[0], lam.shape[1]
+    m = lam.shape[1]
     alpha = init_alpha(chain, zl, zu, m) if alpha is None else [None if a is None else a.copy() for a in alpha]
-    lows = [neg_slope(chain, k) for k in range(chain.depth)]
-    mom = [None if a is None else np.zeros_like(a) for a in alpha]
-    vel = [None if a is None else np.zeros_like(a) for a in alpha]
+    opt_a = _Adam(alpha, [neg_slope(chain, k) for k in range(chain.depth)], 1.0, lr)
+    opt_b = None
+    if phase is not None:
+        beta = [np.zeros((lo.shape[0], m, p.shape[1])) for p in phase] if beta is None else [b.copy() for b in beta]
+        opt_b = _Adam(beta, [0.0] * chain.depth, np.inf, 0.5 * lr)
     best: Optional[Objective] = None
     for it in range(iters + 1):
-        bb = backsub(chain, rel, lam, top, True, lo, hi, alpha, free, record=True, grad=it < iters)
+        bb = backsub(chain, rel, lam, top, True, lo, hi, opt_a.params, free, record=True, grad=it < iters,
+                     phase=phase, beta=None if opt_b is None else opt_b.params)
         up = bb.upper + offset + POLICY.margin(np.abs(bb.upper) + np.abs(offset), 2)
         if best is None:
-            best = Objective(up, bb.A_x, bb.coeffs, [None if a is None else a.copy() for a in alpha])
+            best = Objective(up, bb.A_x, list(bb.coeffs), list(opt_a.params), None if opt_b is None else list(opt_b.params))
         else:
             better = up < best.upper
             best.upper = np.where(better, up, best.upper)
             best.A_x = np.where(better[:, :, None], bb.A_x, best.A_x)
-            for j in range(chain.depth):
-                if bb.coeffs[j] is not None:
-                    best.coeffs[j] = np.where(better[:, :, None], bb.coeffs[j], best.coeffs[j])
-                if alpha[j] is not None:
-                    best.alpha[j] = np.where(better[:, :, None], alpha[j], best.alpha[j])
+            best.coeffs = _keep(best.coeffs, bb.coeffs, better)
+            best.alpha = _keep(best.alpha, opt_a.params, better)
+            if opt_b is not None:
+                best.beta = _keep(best.beta, opt_b.params, better)
         if it == iters:
             break
-        for j, g in enumerate(bb.grads):
-            if g is None or alpha[j] is None:
-                continue
-            mom[j] = 0.9 * mom[j] + 0.1 * g
-            vel[j] = 0.999 * vel[j] + 0.001 * g * g
-            mh, vh = mom[j] / (1 - 0.9 ** (it + 1)), vel[j] / (1 - 0.999 ** (it + 1))
-            alpha[j] = np.clip(alpha[j] - lr * mh / (np.sqrt(vh) + 1e-8), lows[j], 1.0)
+        opt_a.step(bb.grads[: chain.depth])
+        if opt_b is not None:
+            opt_b.step(bb.grads[chain.depth:])
     assert best is not None
     return best
