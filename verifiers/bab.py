@@ -42,11 +42,19 @@ from lumpver.verifiers.base import Query, Verdict
 class BabOptions:
     """Search knobs (defaults measured on ACAS Xu and mnist-net_256x2, bench/RESULTS.md)."""
 
-    batch: int = 64  # sub-problems split and bounded per round (per worker)
+    batch: int = 64  # sub-problems split and bounded per round (per worker), ReLU splitting
     root_iters: int = 30  # Adam steps on the slopes at the root
-    iters: int = 6  # Adam steps per bounding of a batch of children
+    iters: int = 6  # Adam steps per bounding of a batch of children, ReLU splitting
+    #: the same for input splitting: on ACAS Xu 1_1 prop_3 the closed count did not depend on the Adam
+    #: steps (5447 sub-problems for 0-6 steps) and larger batches halved the CPU time
+    input_batch: int = 256
+    input_iters: int = 1
     lr: float = 0.25
     input_split_dims: int = 10  # split the input box when the network has at most this many inputs
+    #: up to this many inputs and for a one-row disjunct, every other split bounds both halves of every
+    #: dimension and keeps the best (smear alone stalled on ACAS Xu prop_1; on the multi-row prop_3/4 smear
+    #: over the open rows was 4x faster than alternating, bench/RESULTS.md)
+    try_all_dims: int = 8
     max_domains: int = 40000  # open sub-problems kept at most (memory); beyond: unknown
     max_depth: int = 400
     falsify_seconds: float = 1.0  # initial falsifier budget (at most 10 % of the timeout)
@@ -145,6 +153,7 @@ class _Search:
         self.rng = np.random.default_rng(query.seed)
         self.doubts: list[str] = []
         self._last_fals = self._last_beat = time.monotonic()
+        self._input_mode = query.network.n_inputs <= opt.input_split_dims
 
     # ----- verdicts ---------------------------------------------------------------------------
     def _details(self) -> dict:
@@ -169,7 +178,7 @@ class _Search:
             box = region_box(region)
             for d, (A, b) in enumerate(self.q.prop.disjuncts):
                 ctx = Context(self.chain, -np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64),
-                              self.opt.iters, self.opt.lr)
+                              self.opt.input_iters if self._input_mode else self.opt.iters, self.opt.lr)
                 out = self._disjunct(region, box, ctx, f"disjunct {d + 1}/{len(self.q.prop.disjuncts)}")
                 if out is not None:
                     return out
@@ -184,7 +193,7 @@ class _Search:
                       [None] * self.chain.depth, np.zeros(ctx.lam.shape[0]))
         frontier = bound(ctx, [root], self.opt.root_iters)
         self.stats.bounded += 1
-        input_mode = self.q.network.n_inputs <= self.opt.input_split_dims
+        input_mode = self._input_mode
         self.stats.splits = "input" if input_mode else "relu"
         while True:
             frontier = [d for d in frontier if d.score >= 0]
@@ -204,30 +213,59 @@ class _Search:
                 if out is not None:
                     return out
             frontier.sort(key=lambda d: d.score)
-            take = self.opt.batch * max(1, self.opt.workers)
+            take = (self.opt.input_batch if input_mode else self.opt.batch) * max(1, self.opt.workers)
             todo, frontier = frontier[-take:], frontier[:-take]
-            children = []
-            for d in todo:
-                if d.depth >= self.opt.max_depth:
-                    self.doubts.append(f"depth cap {self.opt.max_depth} ({what})")
-                    continue
-                kids = None if input_mode else relu_split(d, self.chain)
-                children.extend(kids if kids is not None else input_split(d))
-                self.stats.max_depth = max(self.stats.max_depth, d.depth + 1)
-            if not children:
+            todo = [d for d in todo if self._below_cap(d, what)]
+            if not todo:
                 continue
-            bounded = self._bound_all(ctx, children)
+            bounded = self._split_and_bound(ctx, todo, input_mode)
             self.stats.rounds += 1
             self.stats.bounded += len(bounded)
             self.stats.closed += sum(d.score < 0 for d in bounded)
             frontier.extend(bounded)
 
-    def _bound_all(self, ctx: Context, doms: list[Domain]) -> list[Domain]:
+    def _below_cap(self, d: Domain, what: str) -> bool:
+        if d.depth >= self.opt.max_depth:
+            self.doubts.append(f"depth cap {self.opt.max_depth} ({what})")
+            return False
+        self.stats.max_depth = max(self.stats.max_depth, d.depth + 1)
+        return True
+
+    def _split_and_bound(self, ctx: Context, todo: list[Domain], input_mode: bool, try_all: bool = True) -> list[Domain]:
+        """Children of every domain, bounded. Low-dimensional input: every dimension's two halves are
+        bounded with the inherited slopes, the dimension whose worse half is best is kept, and its open
+        halves get the slope optimisation (intermediate bounds are not recomputed for them)."""
+        try_all = try_all and input_mode and self.q.network.n_inputs <= self.opt.try_all_dims and ctx.lam.shape[0] == 1
+        if try_all:  # alternate with smear by depth: either alone stalls on some ACAS Xu instances
+            smear = [d for d in todo if d.depth % 2 == 1]
+            todo = [d for d in todo if d.depth % 2 == 0]
+            return (self._split_and_bound(ctx, smear, True, False) if smear else []) + \
+                (self._try_all(ctx, todo) if todo else [])
+        children = []
+        for d in todo:
+            kids = None if input_mode else relu_split(d, self.chain)
+            children.extend(kids if kids is not None else input_split(d))
+        return self._bound_all(ctx, children)
+
+    def _try_all(self, ctx: Context, todo: list[Domain]) -> list[Domain]:
+        n = self.q.network.n_inputs
+        cands = [k for d in todo for i in range(n) for k in input_split(d, i)]
+        cands = self._bound_all(ctx, cands, iters=0)
+        kept = []
+        for j in range(len(todo)):
+            pairs = [cands[2 * (j * n + i): 2 * (j * n + i) + 2] for i in range(n)]
+            kept.extend(min(pairs, key=lambda p: max(c.score for c in p)))
+        closed = [d for d in kept if d.score < 0]
+        open_ = [d for d in kept if d.score >= 0]
+        return closed + (self._bound_all(ctx, open_) if open_ else [])
+
+    def _bound_all(self, ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list[Domain]:
         if self.pool is None or len(doms) < 2:
-            return bound(ctx, doms)
+            return bound(ctx, doms, iters)
         n = self.opt.workers
-        chunks = [doms[i::n] for i in range(n)]
-        parts = self.pool.starmap(bound, [(ctx, c) for c in chunks if c])
+        size = -(-len(doms) // n)
+        chunks = [doms[i:i + size] for i in range(0, len(doms), size)]
+        parts = self.pool.starmap(bound, [(ctx, c, iters) for c in chunks])
         return [d for p in parts for d in p]
 
     # ----- counterexamples ----------------------------------------------------------------------

@@ -8,8 +8,9 @@ clamps of those bounds, see :mod:`lumpver.bounds.batched`), the lower slopes tha
   ``max(a, 0) * tu + eps * |a| * (u - l)`` (``a`` the coefficient of the neuron in the back-substituted
   bound of the row closest to closing, ``tu`` the intercept of the upper line) into ``z <= 0`` and
   ``z >= 0``;
-* :func:`input_split`: bisect the input dimension with the largest ``max_row |A_x| * width`` over the
-  open rows (the linear bounds' sensitivity times the box width: smear on the bound).
+* :func:`input_split`: bisect an input dimension: the caller tries every dimension on low-dimensional
+  inputs (both halves bounded, the best worst half wins), else :func:`smear_dim` (the linear bounds'
+  sensitivity times the box width).
 
 Both children cover the parent exactly (the split point belongs to both), so closing both closes
 the parent.
@@ -131,13 +132,18 @@ def relu_split(dom: Domain, chain: Chain) -> Optional[list[Domain]]:
     return kids
 
 
-def input_split(dom: Domain) -> list[Domain]:
-    """Bisect the input dimension with the largest ``|A_x| * width`` (widest on ties or no bound)."""
+def smear_dim(dom: Domain) -> int:
+    """The input dimension with the largest ``max_row |A_x| * width`` over the open rows (widest on ties)."""
     width = dom.hi - dom.lo
     live = dom.upper >= 0  # rows not yet closed; any of them closing closes the domain
     sens = np.max(np.abs(dom.A_x[live]), axis=0) if dom.A_x is not None and np.any(live) else np.ones_like(width)
     score = sens * width
-    dim = int(np.argmax(score)) if np.max(score) > 0 else int(np.argmax(width))
+    return int(np.argmax(score)) if np.max(score) > 0 else int(np.argmax(width))
+
+
+def input_split(dom: Domain, dim: Optional[int] = None) -> list[Domain]:
+    """Bisect the box along ``dim`` (default :func:`smear_dim`)."""
+    dim = smear_dim(dom) if dim is None else dim
     at = min(max(0.5 * (dom.lo[dim] + dom.hi[dim]), dom.lo[dim]), dom.hi[dim])
     left_hi, right_lo = dom.hi.copy(), dom.lo.copy()
     left_hi[dim] = right_lo[dim] = at

@@ -120,7 +120,7 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
     mag = np.einsum("bmn,bn->bm", np.abs(lam), V) + np.abs(val)
     if beta is not None:
         mag = mag + sum(np.einsum("bmn,bn->bm", beta[j] * np.abs(phase[j])[:, None, :], Vz[j]) for j in range(top + 1))
-    upper = val + POLICY.margin(mag, chain.chain_length(top) + lo.shape[1] + 4)
+    upper = val + POLICY.margin(mag, chain.chain_length(top) + 2 * (top + 1) + lo.shape[1] + 4)  # + alpha/beta steps
     coeffs = [s[0] if s is not None else None for s in saved] if record else []
     grads = _alpha_grads(chain, saved, A_x, centre, radius, top, free, phase) if grad else []
     return BatchBound(upper, A_x, coeffs, grads)
