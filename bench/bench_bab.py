@@ -1,6 +1,7 @@
 """Benchmark of the branch-and-bound back-end (issue 13, DESIGN.md §11) against published peers.
 
     python bench/bench_bab.py [--suite acasxu|mnist] [--timeout 30] [--workers 2] [--limit N] [--filter S]
+    python bench/bench_bab.py --suite random --limit 600     # soundness: random nets vs an exact MILP
 
 Runs ``verify --backend bab`` on the shared instances (``../shared/data/<suite>/instances.csv``),
 one after another, and prints per instance the answer, the seconds and the published answers of
@@ -30,6 +31,24 @@ def published(suite: str) -> dict[tuple[str, str], dict[str, tuple[str, float]]]
     return out
 
 
+def random_suite(n_props: int) -> None:
+    """Random ReLU nets, thresholds on ``c . y`` around the exact MILP optimum (tests/test_bab.py's
+    cases): every answer must match the MILP; both splitting modes (3 and 12 inputs)."""
+    from tests.test_bab import _cases, _check
+
+    t0, done, verdicts = time.monotonic(), 0, defaultdict(int)
+    seed = 1000
+    while done < n_props:
+        n_in = (3, 12, 2)[seed % 3]
+        widths = (6, 6, 6) if n_in == 2 else (10, 8)
+        for case in _cases(seed, n_in, widths, 5):
+            verdicts[_check(*case)] += 1  # asserts agreement with the MILP
+            done += 1
+        seed += 1
+    print(f"{done} random properties, all answers agree with the exact MILP: {dict(verdicts)} "
+          f"({time.monotonic() - t0:.0f} s)")
+
+
 def main() -> None:
     from lumpver.api.verify import verify_property
 
@@ -40,6 +59,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--filter", default="")
     args = ap.parse_args()
+    if args.suite == "random":
+        return random_suite(args.limit or 500)
     suite = {"mnist": "mnist_fc"}.get(args.suite, args.suite)
     pub = published(suite)
     rows = list(csv.reader(open(DATA / suite / "instances.csv")))

@@ -195,9 +195,10 @@ class _Search:
         self.stats.bounded += 1
         input_mode = self._input_mode
         self.stats.splits = "input" if input_mode else "relu"
+        fresh = frontier
         while True:
             frontier = [d for d in frontier if d.score >= 0]
-            out = self._check_candidates(region, frontier)
+            out = self._check_candidates(region, [d for d in fresh if d.score >= 0])
             if out is not None:
                 return out
             if not frontier:
@@ -223,6 +224,7 @@ class _Search:
             self.stats.bounded += len(bounded)
             self.stats.closed += sum(d.score < 0 for d in bounded)
             frontier.extend(bounded)
+            fresh = bounded
 
     def _below_cap(self, d: Domain, what: str) -> bool:
         if d.depth >= self.opt.max_depth:

@@ -8,8 +8,8 @@ of a child are intersected with its parent's, so clamps persist). Coefficient ar
 (the operator interface of :mod:`lumpver.ir.operators`, so convolutions plug in unchanged).
 
 * :func:`layer_bounds` recomputes the pre-activation bounds of layers ``start..`` (interval for
-  layer 0, one CROWN schedule with the registry's adaptive slopes for later layers, only for rows
-  unstable somewhere in the batch), intersected with the given ones;
+  layer 0, one CROWN schedule with the registry's adaptive slopes for later layers, only for each
+  sub-problem's unstable rows, padded to the batch's largest count), intersected with the given ones;
 * :func:`objective_upper` returns a sound upper bound of ``lam . y`` per sub-problem and row, with
   the lower-bound slopes of unstable ReLU-like neurons taken from ``alpha`` (any value in
   ``[neg, 1]`` is sound), plus the gradient of the bound with respect to ``alpha`` (by hand:
@@ -199,18 +199,25 @@ def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarr
             nl, nu = first_layer(chain, lo, hi)
             zl[0], zu[0] = np.maximum(zl[0], nl), np.minimum(zu[0], nu)
             continue
-        rows = np.flatnonzero(np.any((zl[k] < 0) & (zu[k] > 0), axis=0)) if chain.acts[k] in ALPHA_ACTS \
-            else np.arange(zl[k].shape[1])
-        if rows.size == 0:
+        want = (zl[k] < 0) & (zu[k] > 0) if chain.acts[k] in ALPHA_ACTS else np.ones(zl[k].shape, dtype=bool)
+        R = int(np.max(np.sum(want, axis=1)))
+        if R == 0:
             continue
+        # per sub-problem its own rows, padded to R: (B, R) neuron indices, valid where ``ok``
+        order = np.argsort(~want, axis=1, kind="stable")[:, :R]
+        ok = np.take_along_axis(want, order, axis=1)
+        B, n = zl[k].shape
+        lam = np.zeros((B, 2 * R, n))
+        b_idx, r_idx = np.arange(B)[:, None], np.arange(R)[None, :]
+        lam[b_idx, r_idx, order] = 1.0
+        lam[b_idx, R + r_idx, order] = -1.0
         rel = [relax_batch(chain, j, zl[j], zu[j]) for j in range(k)]
-        sel = np.zeros((2 * rows.size, zl[k].shape[1]))
-        sel[np.arange(rows.size), rows] = 1.0
-        sel[rows.size + np.arange(rows.size), rows] = -1.0
-        lam = np.broadcast_to(sel, (lo.shape[0],) + sel.shape)
         up = backsub(chain, rel, lam, k, False, lo, hi).upper
-        zu[k][:, rows] = np.minimum(zu[k][:, rows], up[:, : rows.size])
-        zl[k][:, rows] = np.maximum(zl[k][:, rows], -up[:, rows.size:])
+        new_u = np.where(ok, up[:, :R], np.inf)
+        new_l = np.where(ok, -up[:, R:], -np.inf)
+        cur_u, cur_l = np.take_along_axis(zu[k], order, axis=1), np.take_along_axis(zl[k], order, axis=1)
+        np.put_along_axis(zu[k], order, np.minimum(cur_u, new_u), axis=1)
+        np.put_along_axis(zl[k], order, np.maximum(cur_l, new_l), axis=1)
     return zl, zu
 
 
