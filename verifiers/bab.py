@@ -116,6 +116,24 @@ class _Stats:
     splits: str = ""
 
 
+def _one_blas_thread() -> None:
+    """Best effort, in a forked worker: one OpenBLAS thread (a fork inherits numpy's pool of one
+    thread per core, so N workers would oversubscribe the cores). Does nothing if no OpenBLAS is found."""
+    import ctypes
+
+    try:
+        libs = {line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.lower()}
+    except OSError:
+        return
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn(1)
+                return
+
+
 class BabBackend:
     """Back-end ``bab``: see the module docstring."""
 
@@ -132,7 +150,7 @@ class BabBackend:
         if self.options.workers > 1:
             import multiprocessing
 
-            pool = multiprocessing.get_context("fork").Pool(self.options.workers)
+            pool = multiprocessing.get_context("fork").Pool(self.options.workers, initializer=_one_blas_thread)
         try:
             v = _Search(query, self.options, t0, pool).run()
         except MemoryError:
