@@ -6,7 +6,8 @@
 Runs ``verify --backend bab`` on the shared instances (``../shared/data/<suite>/instances.csv``),
 one after another, and prints per instance the answer, the seconds and the published answers of
 VNN-COMP 2022 peers; then decided counts, wall time and our ``unsat`` answers where a peer
-published ``sat`` (must be none; our ``sat`` answers carry a counterexample replayed with
+published ``sat`` (to be examined: a peer can be wrong, e.g. cgdtest's ACAS ``sat`` answers that
+nnenum and alpha_beta_crown contradict; our ``sat`` answers carry a counterexample replayed with
 onnxruntime, so a peer's ``unsat`` there is the peer's error).
 """
 from __future__ import annotations
