@@ -157,6 +157,7 @@ class Backend(Protocol):
 REGISTRY = {
     "interval": "lumpver.verifiers.interval:BACKEND",
     "smt": "lumpver.verifiers.smt:BACKEND",
+    "bab": "lumpver.verifiers.bab:BACKEND",
     "sdp": "lumpver.verifiers.sdp:BACKEND",
     "falsify": "lumpver.verifiers.falsify:BACKEND",
     "marabou": "lumpver.verifiers.marabou:BACKEND",

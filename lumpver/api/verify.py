@@ -6,6 +6,7 @@ A property is a union of cases ``(input region, unsafe output polytopes)``. The 
 ``timeout`` or ``unknown``; an exception inside a back-end gives ``error``. A ``sat`` answer
 is always replayed with onnxruntime on the ORIGINAL model: the input must lie in the case's
 region and the onnxruntime output in its unsafe set, or the case counts as ``unknown``.
+``auto`` runs branch and bound (back-end ``bab``, ``workers`` processes), then smt on an early unknown.
 With ``reduce=True`` each case goes through :func:`lumpver.api.reduce_verify.verify_case_reduced`
 (falsifier on the original, bounds-driven split, on-set reduction of each open sub-box, the
 back-end on each reduced network against the unsafe set widened by its certified discrepancy).
@@ -27,10 +28,11 @@ from lumpver.progress import SILENT, Progress
 from lumpver.ir.network import require_logits
 from lumpver.specs.inputset import InputSet
 from lumpver.specs.vnnlib import read_vnnlib
+from lumpver.verifiers.bab import BabBackend, BabOptions
 from lumpver.verifiers.base import Query, Verdict, get_backend
 from lumpver.verifiers.falsify import CONTAINS_TOL
 
-BACKENDS = ("smt", "marabou", "auto", "falsify", "interval")
+BACKENDS = ("bab", "smt", "marabou", "auto", "falsify", "interval")
 RESULTS = ("sat", "unsat", "unknown", "timeout", "error")
 
 
@@ -67,10 +69,36 @@ def replay_case(model_path, case, x: np.ndarray) -> tuple[bool, np.ndarray]:
     return ok, y
 
 
-def _backend_for(name: str) -> str:
-    if name != "auto":
-        return name
-    return "smt"  # smt runs the falsifier first
+def _backend_for(name: str, workers: int, progress: Progress):
+    """The back-end object for ``name``; ``auto`` is :class:`_Auto` (bab, then smt on what is left)."""
+    if name == "auto":
+        return _Auto(_bab(workers, progress))
+    return _bab(workers, progress) if name == "bab" else get_backend(name)
+
+
+def _bab(workers: int, progress: Progress) -> BabBackend:
+    return BabBackend(BabOptions(workers=max(1, int(workers)), progress=progress))
+
+
+class _Auto:
+    """``auto``: branch and bound (DESIGN.md §11); when it stops early with ``unknown`` (not a
+    timeout), the smt back-end (input splitting + z3) gets the time left."""
+
+    name = "auto"
+
+    def __init__(self, bab: BabBackend) -> None:
+        self.bab = bab
+
+    def check(self, query: Query) -> Verdict:
+        t0 = time.monotonic()
+        v = self.bab.check(query)
+        left = query.timeout - (time.monotonic() - t0)
+        if v.verdict != "unknown" or "timeout" in v.reason or left < 1.0:
+            return v
+        q = Query(query.network, query.input_set, prop=query.prop, timeout=left, seed=query.seed)
+        w = get_backend("smt").check(q)
+        w.reason = f"bab: {v.reason}; smt: {w.reason}"
+        return w
 
 
 def verify_property(
@@ -80,6 +108,7 @@ def verify_property(
     reduce: bool = False,
     timeout: float = 60.0,
     progress: Progress = SILENT,
+    workers: int = 1,
 ) -> VerifyResult:
     """Check a VNN-LIB property (module docstring). InputError on bad files or sizes."""
     if backend not in BACKENDS:
@@ -88,7 +117,7 @@ def verify_property(
     net = load_onnx(model_path)
     require_logits(net, "verify")
     spec = read_vnnlib(prop_path, n_inputs=net.n_inputs, n_outputs=net.n_outputs)
-    be = get_backend(_backend_for(backend))
+    be = _backend_for(backend, workers, progress)
     verdicts: list[Verdict] = []
     cases: list[dict[str, Any]] = []
     for i, case in enumerate(spec.cases):

@@ -17,12 +17,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("model", help="ONNX model")
     p.add_argument("property", help="VNN-LIB property (the unsafe set)")
-    p.add_argument("--backend", choices=["smt", "marabou", "auto", "falsify", "interval"], default="auto",
-                   help="auto = smt (falsifier, bound propagation with input splitting, z3)")
+    p.add_argument("--backend", choices=["bab", "smt", "marabou", "auto", "falsify", "interval"], default="auto",
+                   help="auto = bab (branch and bound over ReLU phases / input boxes with alpha-optimised "
+                        "bounds, falsifier between rounds), then smt (input splitting, z3) on an early unknown")
     p.add_argument("--reduce", action="store_true",
                    help="split each case's input region by bounds, reduce the network exactly on every open "
                         "sub-box (on-set reduction) and run the back-end on the reduced networks")
     p.add_argument("--timeout", type=argtypes.seconds, default=60.0, help="wall-clock seconds for the whole property")
+    p.add_argument("--workers", type=argtypes.positive_int, default=1,
+                   help="processes bounding branch-and-bound sub-problems (bab/auto)")
     p.add_argument("--result", help="write the VNN-COMP result file here (atomic)")
 
 
@@ -40,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if args.result:
         check_output_path(args.result, [args.model, args.property])
     progress = Progress(args.quiet)
-    r = verify_property(args.model, args.property, args.backend, args.reduce, args.timeout, progress)
+    r = verify_property(args.model, args.property, args.backend, args.reduce, args.timeout, progress,
+                         workers=args.workers)
     if args.result:
         write_text_atomic(args.result, r.text())
     print(f"{r.reason} ({r.seconds:.2f} s)")

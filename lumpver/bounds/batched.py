@@ -1,0 +1,311 @@
+"""Batched CROWN with optimisable lower slopes: the hot loop of branch and bound (DESIGN.md §3, §5, §11).
+
+Many sub-problems are bounded in one numpy pass: sub-problem ``b`` is a raw input box
+``[lo[b], hi[b]]`` plus pre-activation bounds ``zl[k][b], zu[k][b]`` of every layer (a ReLU split
+``z_j >= 0`` / ``z_j <= 0`` is the clamp ``zl_j = max(zl_j, 0)`` / ``zu_j = min(zu_j, 0)``; bounds
+of a child are intersected with its parent's, so clamps persist). Coefficient arrays have shape
+``(batch, rows, features)`` and pass through ``op.backward`` reshaped to ``(batch*rows, features)``
+(the operator interface of :mod:`lumpver.ir.operators`, so convolutions plug in unchanged).
+
+* :func:`layer_bounds` recomputes the pre-activation bounds of layers ``start..`` (interval for
+  layer 0, one CROWN schedule with the registry's adaptive slopes for later layers, only for each
+  sub-problem's unstable rows, padded to the batch's largest count), intersected with the given ones;
+* :func:`objective_upper` returns a sound upper bound of ``lam . y`` per sub-problem and row, with
+  the lower-bound slopes of unstable ReLU-like neurons taken from ``alpha`` (any value in
+  ``[neg, 1]`` is sound), plus the gradient of the bound with respect to ``alpha`` (by hand:
+  reverse mode through the back-substitution) and the coefficients on every layer (branching);
+* :func:`optimise_alpha` runs projected Adam on ``alpha`` (alpha-CROWN) and keeps the best bound.
+
+Soundness: relaxations come from :mod:`lumpver.bounds.relaxations`; every returned bound carries
+the outward margin of :mod:`lumpver.bounds.rounding` (magnitudes carried next to the values, as in
+:func:`lumpver.bounds.engine.back_substitute`). A bound with ``zl > zu`` somewhere marks an empty
+sub-problem (:func:`infeasible`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from lumpver.bounds.engine import Chain
+from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
+from lumpver.bounds.rounding import POLICY
+
+#: activations whose lower slope on an unstable neuron is a free parameter (value: its negative slope)
+ALPHA_ACTS = ("relu", "leaky_relu")
+
+
+def neg_slope(chain: Chain, k: int) -> float:
+    return 0.0 if chain.acts[k] == "relu" else float(chain.alphas[k])
+
+
+def relax_batch(chain: Chain, k: int, zl: np.ndarray, zu: np.ndarray) -> LinearRelaxation:
+    """Layer ``k``'s registry relaxation for a batch ``(B, n)`` of bounds (fields of shape ``(B, n)``)."""
+    r = get_relaxation(chain.acts[k]).linear(zl.reshape(-1), np.maximum(zu, zl).reshape(-1), chain.alphas[k])
+    return LinearRelaxation(*(f.reshape(zl.shape) for f in r.fields()))
+
+
+def alpha_free(chain: Chain, k: int, zl: np.ndarray, zu: np.ndarray) -> np.ndarray:
+    """Mask ``(B, n)`` of the neurons of layer ``k`` whose lower slope is a free parameter."""
+    if chain.acts[k] not in ALPHA_ACTS or neg_slope(chain, k) > 1.0:
+        return np.zeros(zl.shape, dtype=bool)
+    return (zl < 0) & (zu > 0)
+
+
+def infeasible(zl: list[np.ndarray], zu: list[np.ndarray]) -> np.ndarray:
+    """Sub-problems with crossing bounds somewhere: empty (the bounds are sound on the sub-problem)."""
+    out = np.zeros(zl[0].shape[0], dtype=bool)
+    for lo, hi in zip(zl, zu):
+        out |= np.any(lo > hi, axis=1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# back-substitution over a batch
+# ----------------------------------------------------------------------------------------
+@dataclass
+class BatchBound:
+    """Upper bounds ``upper[b, i]`` of row ``i`` of sub-problem ``b`` and the linear function in x."""
+
+    upper: np.ndarray  # (B, m)
+    A_x: np.ndarray  # (B, m, n_in): upper <= A_x . x + const over the box
+    coeffs: list[np.ndarray]  # coefficient on h_j, (B, m, n_j), j = 0..top (recorded if asked)
+    grads: list[Optional[np.ndarray]]  # d upper / d alpha_j, (B, m, n_j) or None
+
+
+def _rows(a: np.ndarray, fn) -> np.ndarray:
+    B, m, n = a.shape
+    out = fn(a.reshape(B * m, n))
+    return out.reshape(B, m, out.shape[-1])
+
+
+def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int, post: bool, lo: np.ndarray,
+            hi: np.ndarray, alpha: Optional[list[Optional[np.ndarray]]] = None, free: Optional[list[np.ndarray]] = None,
+            record: bool = False, grad: bool = False, phase: Optional[list[np.ndarray]] = None,
+            beta: Optional[list[np.ndarray]] = None) -> BatchBound:
+    """Sound upper bound of ``lam[b] . h_top`` (``post``) or ``lam[b] . z_top`` over box ``b``.
+
+    ``lam``: (B, m, n_top). ``alpha[j]`` (B, m, n_j) replaces the lower slope where ``free[j]``.
+    Split constraints (beta-CROWN): ``phase[j]`` (B, n_j) is +1 where ``z_j >= 0`` is imposed, -1 where
+    ``z_j <= 0`` is, 0 elsewhere; ``beta[j] >= 0`` (B, m, n_j) adds ``beta * phase * z_j`` to the bounded
+    function, which is ``>= 0`` on the sub-problem, so the result still bounds ``lam . y`` there.
+    """
+    B, m, _ = lam.shape
+    A = np.array(lam, dtype=np.float64)
+    c = np.zeros((B, m))
+    saved: list = [None] * (top + 1)  # (a before relaxation j, slopes and intercepts used)
+    for j in range(top, -1, -1):
+        if post or j < top:
+            r = rel[j]
+            sl = r.sl[:, None, :]
+            if alpha is not None and alpha[j] is not None:
+                sl = np.where(free[j][:, None, :], alpha[j], sl)
+            su, tu, tl = r.su[:, None, :], r.tu[:, None, :], r.tl[:, None, :]
+            saved[j] = (A, sl, su, tu, tl)
+            pos, neg = np.maximum(A, 0.0), np.minimum(A, 0.0)
+            c = c + np.einsum("bmn,bn->bm", pos, r.tu) + np.einsum("bmn,bn->bm", neg, r.tl)
+            A = pos * su + neg * sl
+            if beta is not None:
+                A = A + beta[j] * phase[j][:, None, :]
+        step = chain.steps[j]
+        c = c + A @ step.bias
+        A = _rows(A, step.op.backward)
+    step = chain.input
+    c = c + A @ step.bias
+    A_x = _rows(A, step.op.backward)
+    centre, radius = 0.5 * (lo + hi), 0.5 * (hi - lo)
+    val = np.einsum("bmn,bn->bm", A_x, centre) + np.einsum("bmn,bn->bm", np.abs(A_x), radius) + c
+    V, Vz = _magnitude(chain, rel, top, post, centre, radius, free)
+    mag = np.einsum("bmn,bn->bm", np.abs(lam), V) + np.abs(val)
+    if beta is not None:
+        mag = mag + sum(np.einsum("bmn,bn->bm", beta[j] * np.abs(phase[j])[:, None, :], Vz[j]) for j in range(top + 1))
+    upper = val + POLICY.margin(mag, chain.chain_length(top) + 2 * (top + 1) + lo.shape[1] + 4)  # + alpha/beta steps
+    coeffs = [s[0] if s is not None else None for s in saved] if record else []
+    grads = _alpha_grads(chain, saved, A_x, centre, radius, top, free, phase) if grad else []
+    return BatchBound(upper, A_x, coeffs, grads)
+
+
+def _magnitude(chain: Chain, rel: list[LinearRelaxation], top: int, post: bool, centre: np.ndarray,
+               radius: np.ndarray, free: Optional[list[np.ndarray]]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``V`` (B, n_top) with ``|lam| . V`` bounding the magnitude of every term of the back-substitution
+    (what :func:`lumpver.bounds.engine.back_substitute` carries as ``A_mag``, ``c_mag``), computed
+    forward on one vector per sub-problem instead of per row: ``V`` goes through ``|op|`` plus
+    ``|bias|`` and each relaxation's largest slope magnitude (1 for a free slope) plus intercepts.
+    Also ``Vz[j]``, the magnitude of ``z_j`` (for the split terms ``beta * z_j``)."""
+    V = chain.input.abs_op.forward(np.abs(centre) + radius) + np.abs(chain.input.bias)
+    Vz = []
+    for j in range(top + 1):
+        V = chain.steps[j].abs_op.forward(V) + np.abs(chain.steps[j].bias)
+        Vz.append(V)
+        if post or j < top:
+            r = rel[j]
+            s = np.maximum(np.abs(r.su), np.abs(r.sl))
+            if free is not None and free[j] is not None:
+                s = np.where(free[j], np.maximum(s, 1.0), s)
+            V = s * V + np.maximum(np.abs(r.tu), np.abs(r.tl)) + r.tmag
+    return V, Vz
+
+
+def _alpha_grads(chain: Chain, saved: list, A_x: np.ndarray, centre: np.ndarray, radius: np.ndarray, top: int,
+                 free: Optional[list[np.ndarray]], phase: Optional[list[np.ndarray]]) -> list:
+    """``d upper / d alpha_j`` by reverse mode through :func:`backsub` (margins ignored: any alpha is
+    sound), followed (when ``phase`` is given) by ``d upper / d beta_j`` for every layer."""
+    G = centre[:, None, :] + np.sign(A_x) * radius[:, None, :]  # d upper / d A_x
+    G = G * chain.input.op.backward(np.ones((1, A_x.shape[2])))[0] + chain.input.bias  # diagonal input step
+    grads: list[Optional[np.ndarray]] = [None] * (top + 1)
+    bgrads: list[Optional[np.ndarray]] = [None] * (top + 1)
+    for j in range(top + 1):
+        step = chain.steps[j]
+        Gz = _rows(G, step.op.forward) + step.bias  # d upper / d (coefficient on z_j)
+        if saved[j] is None:
+            break
+        if phase is not None:
+            bgrads[j] = Gz * phase[j][:, None, :]
+        a, sl, su, tu, tl = saved[j]
+        if free is not None and free[j] is not None and chain.acts[j] in ALPHA_ACTS:
+            grads[j] = np.where(free[j][:, None, :], Gz * np.minimum(a, 0.0), 0.0)
+        if j == top:
+            break
+        G = np.where(a > 0, Gz * su + tu, Gz * sl + tl)  # d upper / d (coefficient on h_j)
+    return grads + (bgrads if phase is not None else [])
+
+
+# ----------------------------------------------------------------------------------------
+# layer bounds
+# ----------------------------------------------------------------------------------------
+def interval_step(step, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sound ``[lo', hi']`` of ``op(h) + bias`` for a batch of boxes ``(B, n)`` (as
+    :func:`lumpver.bounds.engine.interval_affine`, one box per row)."""
+    centre, radius = 0.5 * (lo + hi), 0.5 * (hi - lo)
+    mid = step.op.forward(centre) + step.bias
+    rad = step.abs_op.forward(radius)
+    mag = step.abs_op.forward(np.abs(centre) + radius) + np.abs(step.bias)
+    return POLICY.outward(mid - rad, mid + rad, mag + np.abs(mid) + rad, step.op.in_features + 4)
+
+
+def first_layer(chain: Chain, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of ``z_0`` over the boxes ``(B, n_in)`` (interval arithmetic, exact up to rounding)."""
+    return interval_step(chain.steps[0], *interval_step(chain.input, lo, hi))
+
+
+def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
+                 start: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Pre-activation bounds of every layer over the batch, recomputed from layer ``start`` on and
+    intersected with ``zl, zu`` (valid bounds of the same sub-problems: parents', split clamps)."""
+    zl, zu = [a.copy() for a in zl], [a.copy() for a in zu]
+    for k in range(start, chain.depth):
+        if k == 0:
+            nl, nu = first_layer(chain, lo, hi)
+            zl[0], zu[0] = np.maximum(zl[0], nl), np.minimum(zu[0], nu)
+            continue
+        want = (zl[k] < 0) & (zu[k] > 0) if chain.acts[k] in ALPHA_ACTS else np.ones(zl[k].shape, dtype=bool)
+        R = int(np.max(np.sum(want, axis=1)))
+        if R == 0:
+            continue
+        # per sub-problem its own rows, padded to R: (B, R) neuron indices, valid where ``ok``
+        order = np.argsort(~want, axis=1, kind="stable")[:, :R]
+        ok = np.take_along_axis(want, order, axis=1)
+        B, n = zl[k].shape
+        lam = np.zeros((B, 2 * R, n))
+        b_idx, r_idx = np.arange(B)[:, None], np.arange(R)[None, :]
+        lam[b_idx, r_idx, order] = 1.0
+        lam[b_idx, R + r_idx, order] = -1.0
+        rel = [relax_batch(chain, j, zl[j], zu[j]) for j in range(k)]
+        up = backsub(chain, rel, lam, k, False, lo, hi).upper
+        new_u = np.where(ok, up[:, :R], np.inf)
+        new_l = np.where(ok, -up[:, R:], -np.inf)
+        cur_u, cur_l = np.take_along_axis(zu[k], order, axis=1), np.take_along_axis(zl[k], order, axis=1)
+        np.put_along_axis(zu[k], order, np.minimum(cur_u, new_u), axis=1)
+        np.put_along_axis(zl[k], order, np.maximum(cur_l, new_l), axis=1)
+    return zl, zu
+
+
+# ----------------------------------------------------------------------------------------
+# optimised objective bound (alpha-CROWN)
+# ----------------------------------------------------------------------------------------
+@dataclass
+class Objective:
+    """Best bound found for ``lam . y + offset`` per sub-problem and row, and what produced it."""
+
+    upper: np.ndarray  # (B, m), sound
+    A_x: np.ndarray  # (B, m, n_in)
+    coeffs: list[np.ndarray]  # (B, m, n_j)
+    alpha: list[Optional[np.ndarray]]  # (B, m, n_j), the slopes of the best bound
+    beta: Optional[list[np.ndarray]] = None  # (B, m, n_j), the split multipliers of the best bound
+
+
+def init_alpha(chain: Chain, zl: list[np.ndarray], zu: list[np.ndarray], m: int) -> list[Optional[np.ndarray]]:
+    """The registry's adaptive lower slopes, one copy per row."""
+    out: list[Optional[np.ndarray]] = []
+    for k in range(chain.depth):
+        if chain.acts[k] not in ALPHA_ACTS:
+            out.append(None)
+            continue
+        r = relax_batch(chain, k, zl[k], zu[k])
+        out.append(np.repeat(r.sl[:, None, :], m, axis=1))
+    return out
+
+
+class _Adam:
+    """Projected Adam on a list of parameter arrays (None entries skipped), box ``[low_j, high]``."""
+
+    def __init__(self, params: list, lows: list[float], high: float, lr: float) -> None:
+        self.params, self.lows, self.high, self.lr, self.t = params, lows, high, lr, 0
+        self.m = [None if p is None else np.zeros_like(p) for p in params]
+        self.v = [None if p is None else np.zeros_like(p) for p in params]
+
+    def step(self, grads: list) -> None:
+        self.t += 1
+        for j, g in enumerate(grads):
+            if g is None or self.params[j] is None:
+                continue
+            self.m[j] = 0.9 * self.m[j] + 0.1 * g
+            self.v[j] = 0.999 * self.v[j] + 0.001 * g * g
+            mh, vh = self.m[j] / (1 - 0.9 ** self.t), self.v[j] / (1 - 0.999 ** self.t)
+            self.params[j] = np.clip(self.params[j] - self.lr * mh / (np.sqrt(vh) + 1e-8), self.lows[j], self.high)
+
+
+def _keep(best: list, new: list, better: np.ndarray) -> list:
+    return [b if n is None else np.where(better[:, :, None], n, b) for b, n in zip(best, new)]
+
+
+def optimise_alpha(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
+                   lam: np.ndarray, offset: np.ndarray, alpha: Optional[list[Optional[np.ndarray]]] = None,
+                   iters: int = 10, lr: float = 0.2, phase: Optional[list[np.ndarray]] = None,
+                   beta: Optional[list[np.ndarray]] = None) -> Objective:
+    """Minimise the sound upper bound of ``lam[b] . y + offset`` over the lower slopes (and, with
+    ``phase``, the split multipliers ``beta >= 0``, beta-CROWN) by projected Adam; every iterate is
+    sound, the best per (sub-problem, row) is kept. ``offset`` (m,) is added with its own margin."""
+    top = chain.depth - 1
+    rel = [relax_batch(chain, k, zl[k], zu[k]) for k in range(chain.depth)]
+    free = [alpha_free(chain, k, zl[k], zu[k]) for k in range(chain.depth)]
+    m = lam.shape[1]
+    alpha = init_alpha(chain, zl, zu, m) if alpha is None else [None if a is None else a.copy() for a in alpha]
+    opt_a = _Adam(alpha, [neg_slope(chain, k) for k in range(chain.depth)], 1.0, lr)
+    opt_b = None
+    if phase is not None:
+        beta = [np.zeros((lo.shape[0], m, p.shape[1])) for p in phase] if beta is None else [b.copy() for b in beta]
+        opt_b = _Adam(beta, [0.0] * chain.depth, np.inf, 0.5 * lr)
+    best: Optional[Objective] = None
+    for it in range(iters + 1):
+        bb = backsub(chain, rel, lam, top, True, lo, hi, opt_a.params, free, record=True, grad=it < iters,
+                     phase=phase, beta=None if opt_b is None else opt_b.params)
+        up = bb.upper + offset + POLICY.margin(np.abs(bb.upper) + np.abs(offset), 2)
+        if best is None:
+            best = Objective(up, bb.A_x, list(bb.coeffs), list(opt_a.params), None if opt_b is None else list(opt_b.params))
+        else:
+            better = up < best.upper
+            best.upper = np.where(better, up, best.upper)
+            best.A_x = np.where(better[:, :, None], bb.A_x, best.A_x)
+            best.coeffs = _keep(best.coeffs, bb.coeffs, better)
+            best.alpha = _keep(best.alpha, opt_a.params, better)
+            if opt_b is not None:
+                best.beta = _keep(best.beta, opt_b.params, better)
+        if it == iters:
+            break
+        opt_a.step(bb.grads[: chain.depth])
+        if opt_b is not None:
+            opt_b.step(bb.grads[chain.depth:])
+    assert best is not None
+    return best

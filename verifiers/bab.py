@@ -1,0 +1,334 @@
+"""Back-end ``bab``: branch and bound over ReLU phases and input boxes with optimised bounds (DESIGN.md §11).
+
+Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y <= b``):
+
+1. a short falsifier run (random + PGD, :mod:`lumpver.verifiers.falsify`);
+2. per region and unsafe disjunct, the root sub-problem is bounded by batched CROWN with
+   alpha-optimised lower slopes (:mod:`lumpver.bounds.batched`): a sound upper bound ``U_i`` of
+   ``b_i - A_i y`` for every row; the disjunct is excluded on a sub-problem once some ``U_i < 0``;
+3. open sub-problems are split (:mod:`lumpver.verifiers.bab_branch`): the input box when the
+   input is low-dimensional (``<= input_split_dims``, e.g. ACAS Xu), else the unstable ReLU with the
+   best BaBSR-like score (fixed to its phase: identity / zero, and its bound clamped to the split
+   for later layers); children are bounded ``batch`` at a time in one numpy pass, warm-started
+   with their parent's slopes, optionally in ``workers`` processes;
+4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
+   and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds.
+
+Soundness: ``proved`` only when every sub-problem is closed by a bound computed with the outward
+rounding of :mod:`lumpver.bounds.rounding` (or found empty: crossing sound bounds); ``violated``
+only with a float32 input inside the region whose violation the float64 and float32 forward
+passes reproduce (the command layer replays it on the ONNX file); timeouts, the domain cap, the
+depth cap, equivalence queries: ``unknown``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from lumpver.bounds.batched import infeasible, layer_bounds, optimise_alpha
+from lumpver.bounds.engine import Chain, prepare
+from lumpver.bounds.region import region_box
+from lumpver.progress import SILENT, Progress
+from lumpver.specs.inputset import InputSet
+from lumpver.verifiers import falsify
+from lumpver.verifiers.bab_branch import Domain, input_split, relu_split, stack, unstable_count
+from lumpver.verifiers.base import Query, Verdict
+
+
+@dataclass
+class BabOptions:
+    """Search knobs (defaults measured on ACAS Xu and mnist-net_256x2, bench/RESULTS.md)."""
+
+    batch: int = 64  # sub-problems split and bounded per round (per worker), ReLU splitting
+    root_iters: int = 30  # Adam steps on the slopes at the root
+    iters: int = 6  # Adam steps per bounding of a batch of children, ReLU splitting
+    #: the same for input splitting: on ACAS Xu 1_1 prop_3 the closed count did not depend on the Adam
+    #: steps (5447 sub-problems for 0-6 steps) and larger batches halved the CPU time
+    input_batch: int = 256
+    input_iters: int = 1
+    lr: float = 0.25
+    input_split_dims: int = 10  # split the input box when the network has at most this many inputs
+    #: up to this many inputs and for a one-row disjunct, every other split bounds both halves of every
+    #: dimension and keeps the best (smear alone stalled on ACAS Xu prop_1; on the multi-row prop_3/4 smear
+    #: over the open rows was 4x faster than alternating, bench/RESULTS.md)
+    try_all_dims: int = 8
+    max_domains: int = 40000  # open sub-problems kept at most (memory); beyond: unknown
+    max_depth: int = 400
+    falsify_seconds: float = 1.0  # initial falsifier budget (at most 10 % of the timeout)
+    falsify_every: float = 3.0  # seconds between falsifier rounds during the search
+    falsify_share: float = 0.15
+    heartbeat: float = 3.0  # seconds between progress lines
+    workers: int = 1
+    progress: Progress = field(default=SILENT, repr=False)
+
+
+@dataclass
+class Context:
+    """What bounding a batch needs (shared with worker processes once)."""
+
+    chain: Chain
+    lam: np.ndarray  # (m, n_out): rows of -A
+    offset: np.ndarray  # (m,): b
+    iters: int
+    lr: float
+
+
+def bound(ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list[Domain]:
+    """Bound the domains in one batched pass; ``upper`` is ``-inf`` for an empty domain."""
+    b = stack(doms)
+    zl, zu = layer_bounds(ctx.chain, b.lo, b.hi, b.zl, b.zu, b.start)
+    empty = infeasible(zl, zu)
+    lam = np.broadcast_to(ctx.lam, (len(doms),) + ctx.lam.shape)
+    obj = optimise_alpha(ctx.chain, b.lo, b.hi, zl, zu, lam, ctx.offset, b.alpha,
+                         ctx.iters if iters is None else iters, ctx.lr, b.phase, b.beta)
+    out = []
+    for i, d in enumerate(doms):
+        upper = np.full_like(obj.upper[i], -np.inf) if empty[i] else obj.upper[i]
+        out.append(Domain(d.lo, d.hi, [a[i] for a in zl], [a[i] for a in zu],
+                          [None if a is None else a[i] for a in obj.alpha], upper, obj.A_x[i],
+                          [None if a is None else a[i] for a in obj.coeffs], d.depth, ctx.chain.depth,
+                          d.phase, None if obj.beta is None else [a[i] for a in obj.beta]))
+    return out
+
+
+_CTX: Optional[Context] = None
+
+
+def _init_worker(ctx: Context) -> None:
+    global _CTX
+    _CTX = ctx
+
+
+def _bound_chunk(doms: list[Domain]) -> list[Domain]:
+    assert _CTX is not None
+    return bound(_CTX, doms)
+
+
+@dataclass
+class _Stats:
+    bounded: int = 0
+    closed: int = 0
+    rounds: int = 0
+    max_depth: int = 0
+    splits: str = ""
+
+
+def _one_blas_thread() -> None:
+    """Best effort, in a forked worker: one OpenBLAS thread (a fork inherits numpy's pool of one
+    thread per core, so N workers would oversubscribe the cores). Does nothing if no OpenBLAS is found."""
+    import ctypes
+
+    try:
+        libs = {line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.lower()}
+    except OSError:
+        return
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn(1)
+                return
+
+
+class BabBackend:
+    """Back-end ``bab``: see the module docstring."""
+
+    name = "bab"
+
+    def __init__(self, options: Optional[BabOptions] = None) -> None:
+        self.options = options or BabOptions()
+
+    def check(self, query: Query) -> Verdict:
+        t0 = time.monotonic()
+        if query.other is not None or query.prop is None:
+            return Verdict("unknown", self.name, "bab decides VNN-LIB properties only (no equivalence queries)")
+        pool = None
+        if self.options.workers > 1:
+            import multiprocessing
+
+            pool = multiprocessing.get_context("fork").Pool(self.options.workers, initializer=_one_blas_thread)
+        try:
+            v = _Search(query, self.options, t0, pool).run()
+        except MemoryError:
+            v = Verdict("unknown", self.name, "out of memory")
+        finally:
+            if pool is not None:
+                pool.terminate()
+        v.seconds = time.monotonic() - t0
+        return v
+
+
+class _Search:
+    def __init__(self, query: Query, opt: BabOptions, t0: float, pool) -> None:
+        self.q, self.opt, self.pool = query, opt, pool
+        self.deadline = t0 + query.timeout
+        self.chain = prepare(query.network)
+        self.stats = _Stats()
+        self.rng = np.random.default_rng(query.seed)
+        self.doubts: list[str] = []
+        self._last_fals = self._last_beat = time.monotonic()
+        self._input_mode = query.network.n_inputs <= opt.input_split_dims
+
+    # ----- verdicts ---------------------------------------------------------------------------
+    def _details(self) -> dict:
+        return {"stats": dict(self.stats.__dict__), "bounds": "batched CROWN, alpha-optimised lower slopes, "
+                "outward rounding (lumpver.bounds.rounding)", "options": {k: v for k, v in self.opt.__dict__.items()
+                                                                          if k != "progress"}}
+
+    def _violated(self, x: np.ndarray, how: str) -> Verdict:
+        return Verdict("violated", "bab", how, counterexample=x, details=self._details())
+
+    def _unknown(self, reason: str) -> Verdict:
+        return Verdict("unknown", "bab", reason, details=self._details())
+
+    # ----- search -----------------------------------------------------------------------------
+    def run(self) -> Verdict:
+        budget = min(self.opt.falsify_seconds, 0.1 * self.q.timeout)
+        res = falsify.search(self.q, samples=500, starts=4, steps=30, deadline=time.monotonic() + budget, rng=self.rng,
+                             restarts=10**6)
+        if res.counterexample is not None:
+            return self._violated(res.counterexample, "falsifier counterexample (float32/float64 replay)")
+        for region in self.q.input_set.regions:
+            box = region_box(region)
+            for d, (A, b) in enumerate(self.q.prop.disjuncts):
+                ctx = Context(self.chain, -np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64),
+                              self.opt.input_iters if self._input_mode else self.opt.iters, self.opt.lr)
+                out = self._disjunct(region, box, ctx, f"disjunct {d + 1}/{len(self.q.prop.disjuncts)}")
+                if out is not None:
+                    return out
+        if self.doubts:
+            return self._unknown(self.doubts[0])
+        return Verdict("proved", "bab", "every sub-problem closed by sound bounds", details=self._details())
+
+    def _disjunct(self, region, box, ctx: Context, what: str) -> Optional[Verdict]:
+        """None when the disjunct is excluded on the region, else a verdict (violated/unknown)."""
+        inf = [np.full((layer.width,), np.inf) for layer in self.q.network.layers]
+        root = Domain(box.lower.astype(np.float64), box.upper.astype(np.float64), [-a for a in inf], inf,
+                      [None] * self.chain.depth, np.zeros(ctx.lam.shape[0]))
+        frontier = bound(ctx, [root], self.opt.root_iters)
+        self.stats.bounded += 1
+        input_mode = self._input_mode
+        self.stats.splits = "input" if input_mode else "relu"
+        fresh = frontier
+        while True:
+            frontier = [d for d in frontier if d.score >= 0]
+            out = self._check_candidates(region, [d for d in fresh if d.score >= 0])
+            if out is not None:
+                return out
+            if not frontier:
+                return None
+            now = time.monotonic()
+            if now > self.deadline:
+                return self._unknown(f"timeout after {self.q.timeout:g} s ({len(frontier)} sub-problems open, {what})")
+            if len(frontier) > self.opt.max_domains:
+                return self._unknown(f"more than {self.opt.max_domains} open sub-problems ({what})")
+            self._heartbeat(frontier, what)
+            if now - self._last_fals > self.opt.falsify_every:
+                out = self._falsify(region, frontier)
+                if out is not None:
+                    return out
+            frontier.sort(key=lambda d: d.score)
+            take = (self.opt.input_batch if input_mode else self.opt.batch) * max(1, self.opt.workers)
+            todo, frontier = frontier[-take:], frontier[:-take]
+            todo = [d for d in todo if self._below_cap(d, what)]
+            if not todo:
+                continue
+            bounded = self._split_and_bound(ctx, todo, input_mode)
+            self.stats.rounds += 1
+            self.stats.bounded += len(bounded)
+            self.stats.closed += sum(d.score < 0 for d in bounded)
+            frontier.extend(bounded)
+            fresh = bounded
+
+    def _below_cap(self, d: Domain, what: str) -> bool:
+        if d.depth >= self.opt.max_depth:
+            self.doubts.append(f"depth cap {self.opt.max_depth} ({what})")
+            return False
+        self.stats.max_depth = max(self.stats.max_depth, d.depth + 1)
+        return True
+
+    def _split_and_bound(self, ctx: Context, todo: list[Domain], input_mode: bool, try_all: bool = True) -> list[Domain]:
+        """Children of every domain, bounded. Low-dimensional input: every dimension's two halves are
+        bounded with the inherited slopes, the dimension whose worse half is best is kept, and its open
+        halves get the slope optimisation (intermediate bounds are not recomputed for them)."""
+        try_all = try_all and input_mode and self.q.network.n_inputs <= self.opt.try_all_dims and ctx.lam.shape[0] == 1
+        if try_all:  # alternate with smear by depth: either alone stalls on some ACAS Xu instances
+            smear = [d for d in todo if d.depth % 2 == 1]
+            todo = [d for d in todo if d.depth % 2 == 0]
+            return (self._split_and_bound(ctx, smear, True, False) if smear else []) + \
+                (self._try_all(ctx, todo) if todo else [])
+        children = []
+        for d in todo:
+            kids = None if input_mode else relu_split(d, self.chain)
+            children.extend(kids if kids is not None else input_split(d))
+        return self._bound_all(ctx, children)
+
+    def _try_all(self, ctx: Context, todo: list[Domain]) -> list[Domain]:
+        n = self.q.network.n_inputs
+        cands = [k for d in todo for i in range(n) for k in input_split(d, i)]
+        cands = self._bound_all(ctx, cands, iters=0)
+        kept = []
+        for j in range(len(todo)):
+            pairs = [cands[2 * (j * n + i): 2 * (j * n + i) + 2] for i in range(n)]
+            kept.extend(min(pairs, key=lambda p: max(c.score for c in p)))
+        closed = [d for d in kept if d.score < 0]
+        open_ = [d for d in kept if d.score >= 0]
+        return closed + (self._bound_all(ctx, open_) if open_ else [])
+
+    def _bound_all(self, ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list[Domain]:
+        if self.pool is None or len(doms) < 2:
+            return bound(ctx, doms, iters)
+        n = self.opt.workers
+        size = -(-len(doms) // n)
+        chunks = [doms[i:i + size] for i in range(0, len(doms), size)]
+        parts = self.pool.starmap(bound, [(ctx, c, iters) for c in chunks])
+        return [d for p in parts for d in p]
+
+    # ----- counterexamples ----------------------------------------------------------------------
+    def _candidates(self, doms: list[Domain]) -> np.ndarray:
+        """Per domain the box vertex maximising the linear bound of its hardest row."""
+        pts = []
+        for d in doms:
+            row = int(np.argmin(d.upper))
+            pts.append(np.where(d.A_x[row] > 0, d.hi, d.lo))
+        return np.array(pts).reshape(len(doms), -1)
+
+    def _check_candidates(self, region, doms: list[Domain]) -> Optional[Verdict]:
+        if not doms:
+            return None
+        pts = self._candidates(doms)
+        ys = self.q.network.forward(pts)
+        for x, y in zip(pts, ys):
+            if self.q.prop.is_unsafe(y):
+                xf = falsify.to_float32_inside(x, region)
+                if xf is not None and falsify.confirms(self.q, xf):
+                    return self._violated(xf, "vertex of a sub-problem's linear bound (float32/float64 replay)")
+        return None
+
+    def _falsify(self, region, frontier: list[Domain]) -> Optional[Verdict]:
+        worst = sorted(frontier, key=lambda d: d.score)[-4:]
+        seeds = list(self._candidates(worst)) + [0.5 * (d.lo + d.hi) for d in worst]
+        q = Query(self.q.network, InputSet([region]), prop=self.q.prop, timeout=self.q.timeout, seed=self.q.seed)
+        budget = self.opt.falsify_share * self.opt.falsify_every
+        res = falsify.search(q, samples=100, starts=2, steps=20, rng=self.rng, seeds=seeds,
+                             deadline=min(self.deadline, time.monotonic() + budget))
+        self._last_fals = time.monotonic()
+        if res.counterexample is not None:
+            return self._violated(res.counterexample, "falsifier seeded by the search (float32/float64 replay)")
+        return None
+
+    def _heartbeat(self, frontier: list[Domain], what: str) -> None:
+        now = time.monotonic()
+        if now - self._last_beat < self.opt.heartbeat:
+            return
+        self._last_beat = now
+        worst = max(d.score for d in frontier)
+        self.opt.progress.say(f"bab {what}: {len(frontier)} open, {self.stats.bounded} bounded, worst bound "
+                              f"{-worst:.4g}, depth {self.stats.max_depth}, {self.deadline - now:.0f} s left")
+
+
+BACKEND = BabBackend()

@@ -1,0 +1,150 @@
+"""Sub-problems of the branch-and-bound search and how they split (DESIGN.md §11).
+
+A :class:`Domain` is an input box plus pre-activation bounds of every layer (ReLU splits are
+clamps of those bounds, see :mod:`lumpver.bounds.batched`), the lower slopes that gave its bound
+(warm start for its children) and its bound per property row. Two ways to split:
+
+* :func:`relu_split`: the unstable neuron with the largest BaBSR-like score
+  ``max(a, 0) * tu + eps * |a| * (u - l)`` (``a`` the coefficient of the neuron in the back-substituted
+  bound of the row closest to closing, ``tu`` the intercept of the upper line) into ``z <= 0`` and
+  ``z >= 0``;
+* :func:`input_split`: bisect an input dimension: the caller tries every dimension on low-dimensional
+  inputs (both halves bounded, the best worst half wins), else :func:`smear_dim` (the linear bounds'
+  sensitivity times the box width).
+
+Both children cover the parent exactly (the split point belongs to both), so closing both closes
+the parent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from lumpver.bounds.batched import ALPHA_ACTS
+from lumpver.bounds.engine import Chain
+
+
+@dataclass
+class Domain:
+    """One open sub-problem (see the module docstring)."""
+
+    lo: np.ndarray  # (n_in,)
+    hi: np.ndarray
+    zl: list[np.ndarray]  # per layer (n_k,)
+    zu: list[np.ndarray]
+    alpha: list[Optional[np.ndarray]]  # per layer (m, n_k) or None
+    upper: np.ndarray  # (m,) sound upper bound of each row of -(A y - b): closed once one is < 0
+    A_x: Optional[np.ndarray] = None  # (m, n_in), the linear bound of each row in x
+    coeffs: Optional[list[Optional[np.ndarray]]] = None  # per layer (m, n_k)
+    depth: int = 0
+    start: int = 0  # first layer whose bounds must be recomputed
+    phase: Optional[list[np.ndarray]] = None  # per layer (n_k,): +1 split active, -1 inactive, 0 free
+    beta: Optional[list[np.ndarray]] = None  # per layer (m, n_k): split multipliers of the bound
+
+    @property
+    def score(self) -> float:
+        """How far from closed (the best row's bound; < 0 means closed)."""
+        return float(np.min(self.upper))
+
+
+@dataclass
+class Batch:
+    """Domains stacked on a batch axis."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    zl: list[np.ndarray]
+    zu: list[np.ndarray]
+    alpha: Optional[list[Optional[np.ndarray]]]
+    start: int
+    phase: Optional[list[np.ndarray]]  # None when no domain of the batch has a split
+    beta: Optional[list[np.ndarray]]
+
+
+def stack(doms: list[Domain]) -> Batch:
+    depth = len(doms[0].zl)
+    alpha = [None if doms[0].alpha[k] is None else np.stack([d.alpha[k] for d in doms]) for k in range(depth)]
+    phase = beta = None
+    if any(d.phase is not None for d in doms):
+        phase = [np.stack([np.zeros(d.zl[k].shape) if d.phase is None else d.phase[k] for d in doms])
+                 for k in range(depth)]
+        if all(d.beta is not None for d in doms):
+            beta = [np.stack([d.beta[k] for d in doms]) for k in range(depth)]
+    return Batch(np.stack([d.lo for d in doms]), np.stack([d.hi for d in doms]),
+                 [np.stack([d.zl[k] for d in doms]) for k in range(depth)],
+                 [np.stack([d.zu[k] for d in doms]) for k in range(depth)], alpha, min(d.start for d in doms),
+                 phase, beta)
+
+
+def unstable_count(dom: Domain, chain: Chain) -> int:
+    return int(sum(np.sum((dom.zl[k] < 0) & (dom.zu[k] > 0)) for k in range(chain.depth - 1)
+                   if chain.acts[k] in ALPHA_ACTS))
+
+
+def _child(dom: Domain, **changes) -> Domain:
+    base = dict(lo=dom.lo, hi=dom.hi, zl=list(dom.zl), zu=list(dom.zu), alpha=dom.alpha, upper=dom.upper,
+                depth=dom.depth + 1, start=dom.start, beta=dom.beta,
+                phase=None if dom.phase is None else list(dom.phase))
+    base.update(changes)
+    return Domain(**base)
+
+
+def relu_split(dom: Domain, chain: Chain) -> Optional[list[Domain]]:
+    """Split the unstable neuron with the best score; None if there is none."""
+    row = int(np.argmin(dom.upper))
+    best, arg = -np.inf, None
+    for k in range(chain.depth - 1):
+        if chain.acts[k] not in ALPHA_ACTS:
+            continue
+        l, u = dom.zl[k], dom.zu[k]
+        uns = (l < 0) & (u > 0)
+        if not np.any(uns):
+            continue
+        a = dom.coeffs[k][row] if dom.coeffs is not None and dom.coeffs[k] is not None else np.ones_like(l)
+        width = np.where(uns, u - l, 1.0)
+        tu = np.where(uns, -l * u / width, 0.0)
+        s = np.where(uns, np.maximum(a, 0.0) * tu + 1e-3 * np.abs(a) * width + 1e-12 * width, -np.inf)
+        i = int(np.argmax(s))
+        if s[i] > best:
+            best, arg = float(s[i]), (k, i)
+    if arg is None:
+        return None
+    k, i = arg
+    lo_zl, hi_zu = dom.zl[k].copy(), dom.zu[k].copy()
+    hi_zu[i] = 0.0  # inactive: z <= 0
+    act_zl = dom.zl[k].copy()
+    act_zl[i] = 0.0  # active: z >= 0
+    kids = []
+    for sign in (-1.0, 1.0):
+        kid = _child(dom, start=k + 1)
+        if sign < 0:
+            kid.zu[k] = hi_zu
+        else:
+            kid.zl[k] = act_zl
+        if kid.phase is None:
+            kid.phase = [np.zeros(a.shape) for a in dom.zl]
+            kid.beta = None
+        kid.phase[k] = kid.phase[k].copy()
+        kid.phase[k][i] = sign
+        kids.append(kid)
+    return kids
+
+
+def smear_dim(dom: Domain) -> int:
+    """The input dimension with the largest ``max_row |A_x| * width`` over the open rows (widest on ties)."""
+    width = dom.hi - dom.lo
+    live = dom.upper >= 0  # rows not yet closed; any of them closing closes the domain
+    sens = np.max(np.abs(dom.A_x[live]), axis=0) if dom.A_x is not None and np.any(live) else np.ones_like(width)
+    score = sens * width
+    return int(np.argmax(score)) if np.max(score) > 0 else int(np.argmax(width))
+
+
+def input_split(dom: Domain, dim: Optional[int] = None) -> list[Domain]:
+    """Bisect the box along ``dim`` (default :func:`smear_dim`)."""
+    dim = smear_dim(dom) if dim is None else dim
+    at = min(max(0.5 * (dom.lo[dim] + dom.hi[dim]), dom.lo[dim]), dom.hi[dim])
+    left_hi, right_lo = dom.hi.copy(), dom.lo.copy()
+    left_hi[dim] = right_lo[dim] = at
+    return [_child(dom, hi=left_hi, start=0), _child(dom, lo=right_lo, start=0)]
