@@ -34,7 +34,7 @@ from lumpver.bounds.region import region_box
 from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import InputSet
 from lumpver.verifiers import falsify
-from lumpver.verifiers.bab_branch import Domain, input_split, relu_split, stack, unstable_count
+from lumpver.verifiers.bab_branch import Domain, input_split, relu_split, stack
 from lumpver.verifiers.base import Query, Verdict
 
 

@@ -78,11 +78,6 @@ def stack(doms: list[Domain]) -> Batch:
                  phase, beta)
 
 
-def unstable_count(dom: Domain, chain: Chain) -> int:
-    return int(sum(np.sum((dom.zl[k] < 0) & (dom.zu[k] > 0)) for k in range(chain.depth - 1)
-                   if chain.acts[k] in ALPHA_ACTS))
-
-
 def _child(dom: Domain, **changes) -> Domain:
     base = dict(lo=dom.lo, hi=dom.hi, zl=list(dom.zl), zu=list(dom.zu), alpha=dom.alpha, upper=dom.upper,
                 depth=dom.depth + 1, start=dom.start, beta=dom.beta,
@@ -112,7 +107,7 @@ def relu_split(dom: Domain, chain: Chain) -> Optional[list[Domain]]:
     if arg is None:
         return None
     k, i = arg
-    lo_zl, hi_zu = dom.zl[k].copy(), dom.zu[k].copy()
+    hi_zu = dom.zu[k].copy()
     hi_zu[i] = 0.0  # inactive: z <= 0
     act_zl = dom.zl[k].copy()
     act_zl[i] = 0.0  # active: z >= 0
