@@ -3,6 +3,8 @@ with their exact line:col, DNF semantics against a tiny direct evaluator, and a 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -336,3 +338,41 @@ def test_random_boxes_round_trip(case):
     assert len(spec.cases) == 1
     np.testing.assert_array_equal(spec.cases[0].region.lower, lo)
     np.testing.assert_array_equal(spec.cases[0].region.upper, hi)
+
+
+ACAS_1_1 = "acasxu/onnx/ACASXU_run2a_1_1_batch_2000.onnx"
+
+
+def _inputs_only(path: Path, lo: float, hi: float, n: int = 5) -> Path:
+    decl = [f"(declare-const X_{i} Real)" for i in range(n)]
+    bounds = [f"(assert (>= X_{i} {lo}))\n(assert (<= X_{i} {hi}))" for i in range(n)]
+    path.write_text("\n".join(decl + bounds) + "\n")
+    return path
+
+
+def test_inputs_only_vnnlib_is_an_input_set_not_a_property(tmp_path, shared_data):
+    """CONTRACT.md: a .vnnlib that declares only inputs is a valid --input-set (the format other
+    equivalence checkers use); as a verify property it is refused before any work."""
+    from lumpver.specs.load import load_input_set
+
+    src = _inputs_only(tmp_path / "x.vnnlib", -0.1, 0.1)
+    box = load_input_set(src, 5).regions[0]
+    assert np.array_equal(box.lower, np.full(5, -0.1)) and np.array_equal(box.upper, np.full(5, 0.1))
+    with pytest.raises(InputError, match="no output variable"):
+        read_vnnlib(src, n_inputs=5, n_outputs=5)
+    r = subprocess.run([sys.executable, "-m", "lumpver", "verify", str(shared_data / ACAS_1_1), str(src)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no output variable" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_inputs_only_vnnlib_drives_on_set_reduction(tmp_path, shared_data):
+    """An inputs-only file drives on-set reduction; onnxruntime agrees on points of the box."""
+    from lumpver.ir.runtime import run_onnx
+
+    src = _inputs_only(tmp_path / "x.vnnlib", -0.05, 0.05)
+    out = tmp_path / "r.onnx"
+    r = subprocess.run([sys.executable, "-m", "lumpver", "reduce", "-q", str(shared_data / ACAS_1_1), "-o", str(out),
+                        "--mode", "on-set", "--input-set", str(src)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    x = np.random.default_rng(0).uniform(-0.05, 0.05, size=(200, 5)).astype(np.float32)
+    assert np.max(np.abs(run_onnx(shared_data / ACAS_1_1, x) - run_onnx(out, x))) < 1e-4

@@ -71,6 +71,9 @@ def check_dims(spec: VnnlibSpec, n_inputs: int | None, n_outputs: int | None) ->
     """InputError naming the file when the declared sizes differ from the model's."""
     if n_inputs is not None and spec.n_inputs != n_inputs:
         raise InputError(f"declares {spec.n_inputs} inputs X_0..X_{spec.n_inputs - 1}, the model has {n_inputs}", spec.path)
+    if n_outputs is not None and spec.n_outputs == 0:
+        raise InputError("declares no output variable Y_0: it is an input set, not a property "
+                         "(add (declare-const Y_0 Real) ... and the unsafe output constraints)", spec.path)
     if n_outputs is not None and spec.n_outputs != n_outputs:
         raise InputError(f"declares {spec.n_outputs} outputs Y_0..Y_{spec.n_outputs - 1}, the model has {n_outputs}", spec.path)
 

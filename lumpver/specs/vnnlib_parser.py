@@ -314,8 +314,10 @@ class Parser:
         xs = sorted(c for c in self.decl.values() if c >= 0)
         ys = sorted(~c for c in self.decl.values() if c < 0)
         for kind, idx, code in (("X", xs, lambda i: i), ("Y", ys, lambda j: ~j)):
-            if not idx:
+            if not idx and kind == "X":
                 raise InputError(f"no {kind}_0 declared: expected (declare-const {kind}_0 Real)", self.path, "1:1")
+            if not idx:  # inputs only: an input set (CONTRACT.md), not a property
+                continue
             if idx[-1] != len(idx) - 1:
                 missing = next(i for i in range(len(idx)) if idx[i] != i)
                 raise self.fail(
