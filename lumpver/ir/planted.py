@@ -18,6 +18,7 @@ import numpy as np
 from lumpver.ir.conv import AvgPoolOperator, ConvOperator
 from lumpver.ir.network import Layer, Network
 from lumpver.ir.operators import ComposedOperator, DenseOperator
+from lumpver.ir.onnx_export import save_onnx
 
 
 @dataclass
@@ -209,8 +210,6 @@ def planted_cnn(channels: tuple[int, ...] = (12, 10), core: tuple[int, ...] = (4
 def main(argv: list[str] | None = None) -> int:
     """``python -m lumpver.ir.planted --out FILE.onnx``: write a planted network (the demo model)."""
     import argparse
-
-    from lumpver.ir.onnx_export import save_onnx
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--out", required=True)
