@@ -20,11 +20,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from lumpver.specs.norms import norm_value
 from lumpver.specs.inputset import Box, InputSet, OutputProperty
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict
 from lumpver.verifiers import falsify
-from lumpver.verifiers.falsify import norm_value
 from lumpver.bounds.diff import NetworkPair, difference_bounds, prepare_pair
 from lumpver.bounds.engine import Chain, objective_bounds, prepare, propagate
 from lumpver.bounds.region import region_box

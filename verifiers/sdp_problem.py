@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lumpver.specs.norm_names import VECTOR_NORMS
 from lumpver.bounds.diff import difference_bounds, prepare_pair
 from lumpver.bounds.engine import compute_bounds
 from lumpver.bounds.float_error import float32_error
@@ -25,7 +26,7 @@ from lumpver.verifiers.sdp_lift import _layer_stab, build_lift
 
 U64 = 2.0**-53
 
-NORMS = ("linf", "l1", "l2")
+NORMS = VECTOR_NORMS  # the vector norms of the difference (the S-procedure bounds ||f - g||, not top-1)
 
 
 @dataclass

@@ -113,8 +113,7 @@ class _Builder:
             return
         scale, shift = InputOp(op, c).as_affine()
         if self.pending is not None:
-            if not np.all(scale == 1.0):  # an Add/Sub of a bias leaves the weights alone
-                self.pending.op = scale_rows(self.pending.op, scale, self.sample)
+            self.pending.op = scale_rows(self.pending.op, scale, self.sample)
             self.pending.bias = scale * self.pending.bias + shift
             return
         if self.diag_scale is None:

@@ -165,7 +165,10 @@ def _per_channel(scale: np.ndarray, channels: int) -> np.ndarray | None:
 
 
 def scale_rows(op: LinearOperator, scale: np.ndarray, shape: tuple[int, ...]) -> LinearOperator:
-    """``diag(scale) @ op``: folded into dense rows or per-channel conv filters where it can be."""
+    """``diag(scale) @ op``: folded into dense rows or per-channel conv filters where it can be; an
+    all-ones scale (an Add/Sub of a bias) returns ``op`` itself (no copy of its weights)."""
+    if np.all(scale == 1.0):
+        return op
     if isinstance(op, DenseOperator):
         return DenseOperator(op.weight * scale[:, None])
     if isinstance(op, ConvOperator):
