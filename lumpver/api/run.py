@@ -199,10 +199,11 @@ def _pass_for(ctx: _Ctx, step: ReductionStep, k: int) -> ReductionPass:
     if step.method == "quantize":
         return QuantizePass(step.bits, bool(step.per_channel))
     if step.prune_method == "confident":
-        return ConfidentPass(step.calibration, ConfidentConfig(step.alpha, step.delta))
+        return ConfidentPass(step.calibration, ConfidentConfig(step.alpha, step.delta,
+                                                               granularity=step.granularity or "auto"))
     if step.prune_method == "coreset":
         return CoresetPass(step.keep)
-    return MagnitudePrunePass(step.keep)
+    return MagnitudePrunePass(step.keep, step.granularity or "weight")
 
 
 def _method_label(step: ReductionStep) -> str:

@@ -30,6 +30,8 @@ from lumpver.bounds.float_error import float32_error
 from lumpver.certificates.exact import classes_fit, discrepancy_bound, read_classes, same_activation, same_interface
 from lumpver.certificates.format import CheckContext, CheckReport
 from lumpver.certificates.onset import replay_steps
+from lumpver.certificates.pruned_conv import channel_twin
+from lumpver.errors import InputError
 from lumpver.ir.network import Layer, Network
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.specs.inputset import InputSet
@@ -101,6 +103,12 @@ def _twin(h: Network, g: Network, chain: dict[str, Any], input_set: InputSet, re
     if len(g.layers) != len(h.layers) or not all(map(same_activation, h.layers, g.layers)):
         report.fail("interval evidence: g has other depth or activations than the network it is compared with")
         return None
+    if "kept" in chain and not (h.is_dense and g.is_dense):  # kept channels of a CNN
+        try:
+            return channel_twin(h, g, list(chain["kept"])), 0.0
+        except InputError as e:
+            report.fail(f"interval evidence: g is not h with the named channels removed: {e}")
+            return None
     if "kept" in chain:
         kept = [np.asarray(k, dtype=np.int64).reshape(-1) for k in chain["kept"]]
         if len(kept) != len(h.layers) - 1 or any(
@@ -119,7 +127,8 @@ def _twin(h: Network, g: Network, chain: dict[str, Any], input_set: InputSet, re
         a, b = discrepancy_bound(twin, g, classes)
         xmax = max(float(np.max(np.abs(np.concatenate([bx.lower, bx.upper])))) for bx in map(region_box, input_set.regions))
         return twin, float(a + b * xmax) * (1 + 1e-12)
-    if [l.weight.shape for l in h.layers] != [l.weight.shape for l in g.layers]:
+    if [(l.op.in_features, l.op.out_features) for l in h.layers] != [(l.op.in_features, l.op.out_features)
+                                                                       for l in g.layers]:
         report.fail("interval evidence: g has other layer shapes than the network it is compared with")
         return None
     return g, 0.0

@@ -29,6 +29,7 @@ import numpy as np
 from scipy.special import rel_entr
 from scipy.stats import binom
 
+from lumpver.certificates.pruned_conv import channel_pruned, layers_differ
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, check_equal, confirm_prose
 from lumpver.errors import InputError
 from lumpver.fileio import sha256_file
@@ -134,7 +135,10 @@ def _recompute(ev: dict, ctx: CheckContext, cal_path: Path, rep: CheckReport) ->
     """(p-values, risks) of every grid level, or None (reported) if the reduced file does not fit."""
     grid, chosen = [float(v) for v in ev["grid"]], int(ev["chosen_index"])
     original, reduced = load_onnx(ctx.original_path), load_onnx(ctx.reduced_path)
-    diff = _same_weights(magnitude_pruned(original, grid[chosen]), reduced)
+    channels = dict(ev.get("pruning") or {}).get("granularity") == "channel"  # the CNN family
+    prune_at = channel_pruned if channels else magnitude_pruned
+    compare = layers_differ if channels or not original.is_dense else _same_weights
+    diff = compare(prune_at(original, grid[chosen]), reduced)
     if diff is not None:
         rep.fail(f"reduced model is not the magnitude pruning of the original at level {grid[chosen]}: {diff}")
         return None
@@ -146,7 +150,7 @@ def _recompute(ev: dict, ctx: CheckContext, cal_path: Path, rep: CheckReport) ->
     dense = _outputs(original, ctx.original_path, calib.x, evaluator)
     pv, risks = [], []
     for k, level in enumerate(grid):
-        net, path = (reduced, ctx.reduced_path) if k == chosen else (magnitude_pruned(original, level), None)
+        net, path = (reduced, ctx.reduced_path) if k == chosen else (prune_at(original, level), None)
         losses = _losses(ev, dense, _outputs(net, path, calib.x, evaluator), calib.y)
         pv.append(ltt_pvalue(losses, float(ev["alpha"]), str(ev["pvalue"])))
         risks.append(math.fsum(losses.tolist()) / losses.size)

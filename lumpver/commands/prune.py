@@ -16,14 +16,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, choices=METHODS, help="pruning method")
     p.add_argument("--certificate", help="certificate JSON to write")
     g = p.add_argument_group("magnitude / coreset")
-    g.add_argument("--keep", type=argtypes.keep_fraction, help="fraction of hidden weights (or neurons) to keep, in (0, 1]")
-    g.add_argument("--granularity", choices=("weight", "neuron"), default="weight",
-                   help="prune single weights or whole hidden neurons (default weight)")
+    g.add_argument("--keep", type=argtypes.keep_fraction,
+                   help="fraction of hidden weights (or neurons, channels, filters) to keep, in (0, 1]")
+    g.add_argument("--granularity", choices=("weight", "neuron", "channel"),
+                   help="prune single weights (conv filters' entries included), whole hidden neurons (dense "
+                        "networks) or whole channels (a conv filter with the next layer's weights reading it; a "
+                        "dense neuron is a channel). Default: weight for magnitude; for confident the family is "
+                        "channel on a CNN and weight on a dense network; coreset always samples neurons/filters")
     g.add_argument("--scope", choices=("global", "layer"),
                    help="rank magnitudes over all hidden layers or per layer "
                         "(default: global for weights, layer for neurons, whose scores differ in scale across layers)")
     g.add_argument("--input-set", help="certify the pruning error on this set (.vnnlib or .toml)")
     g.add_argument("--seed", type=int, default=0, help="random seed (sampling methods)")
+    g.add_argument("--timeout", type=argtypes.seconds, default=120.0,
+                   help="seconds for certifying the error on --input-set (default 120)")
     c = p.add_argument_group("confident (Learn then Test, DESIGN.md section 7)")
     c.add_argument("--calibration", help=".npz with 'x' (n inputs) and optional integer labels 'y'")
     c.add_argument("--alpha", type=argtypes.open_unit, help="risk level: expected loss <= alpha")
@@ -64,14 +70,16 @@ def _pass(args: argparse.Namespace):
     from lumpver.reductions.passes import ConfidentPass, CoresetPass, MagnitudePrunePass
 
     if args.method == "magnitude":
-        return MagnitudePrunePass(args.keep, args.granularity, args.scope)
+        return MagnitudePrunePass(args.keep, args.granularity or "weight", args.scope, args.timeout)
     if args.method == "coreset":
-        return CoresetPass(args.keep, args.seed)
+        return CoresetPass(args.keep, args.seed, args.timeout)
     for name in ("calibration", "alpha", "delta"):
         if getattr(args, name) is None:
             raise InputError(f"--method confident needs --{name}", args.model)
+    if args.granularity == "neuron":
+        raise InputError("--method confident prunes weights or channels (--granularity weight|channel)", args.model)
     config = ConfidentConfig(args.alpha, args.delta, parse_grid(args.grid), args.loss, args.threshold,
-                             args.pvalue, args.procedure, args.evaluator)
+                             args.pvalue, args.procedure, args.evaluator, args.granularity or "auto")
     return ConfidentPass(args.calibration, config, write_certificate=bool(args.certificate))
 
 

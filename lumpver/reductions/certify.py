@@ -61,6 +61,7 @@ from lumpver.specs.inputset import Box, InputSet
 from lumpver.specs.norms import NORMS, difference_rows, from_max_abs, upper_norm
 from lumpver.ir.network import Layer, Network
 from lumpver.certificates.exact import discrepancy_bound
+from lumpver.certificates.pruned_conv import channel_twin
 
 #: relative padding of a stated bound over the computed one (the checker's recomputation may
 #: differ in the last bits; a larger bound stays sound)
@@ -196,6 +197,8 @@ class Chain:
 def twin_of(h: Network, g: Network, chain: Chain, input_set: InputSet) -> tuple[Network, float]:
     """``(g^, bound of max_i |g^_i - g_i| on X)``."""
     if chain.kept is not None:
+        if not (h.is_dense and g.is_dense):  # kept channels of a CNN
+            return channel_twin(h, g, chain.kept), 0.0
         return expand_pruned(h, g, chain.kept, chain.dropped_rows), 0.0
     if chain.classes is not None:
 

@@ -2,7 +2,9 @@
 
 The candidate models are ``prune_weights(net, lambda_k)`` for a grid ``lambda_1 < ... < lambda_K``
 (see :mod:`lumpver.reductions.pruning`: hidden-layer weights only, biases and output layer kept, ties by
-index). They depend on the dense network alone, never on the calibration data, which is what
+index), or with ``granularity="channel"`` (the family for convolutional networks, DESIGN.md §10)
+``prune_channels(net, 1 - lambda_k)``: the ``lambda_k`` fraction of each hidden layer's channels
+with the smallest magnitude scores removed (filters and the next layer's slices). They depend on the dense network alone, never on the calibration data, which is what
 makes the Learn-then-Test guarantee hold: with probability at least ``1 - delta`` over an i.i.d.
 calibration draw, the chosen model's expected loss is at most ``alpha``.
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -31,9 +33,11 @@ import numpy as np
 
 from lumpver.reductions import ltt
 from lumpver.specs.calibration import CalibrationData
-from lumpver.ir.network import Network, require_dense
+from lumpver.certificates.exact_conv import channels_per_layer
+from lumpver.errors import InputError
+from lumpver.ir.network import Network
 from lumpver.progress import SILENT, Progress
-from lumpver.reductions.pruning import prune_weights, sparsity
+from lumpver.reductions.pruning import prune_channels, prune_weights, sparsity
 from lumpver.ir.onnx_export import save_onnx
 from lumpver.ir.runtime import run_onnx
 
@@ -49,6 +53,19 @@ PRUNING_RULE = {
     "count": "floor(level * N) of the N hidden weights, smallest |w| first",
     "ties": "by index (hidden layers in order, row-major)",
 }
+CHANNEL_RULE = {
+    "method": "magnitude channel pruning",
+    "granularity": "channel",
+    "scope": "layer",
+    "pruned": "output channels of every hidden layer (filters with their bias, and the next layer's weights "
+              "reading them); the output layer keeps its outputs",
+    "score": "sqrt(sum filter_t^2 + mean over positions of b_t^2) * sqrt(sum of the next layer's weights reading t, "
+             "squared), in float64 as written",
+    "count": "max(1, ceil(round(round(1 - level, 12) * C, 9))) of the C channels kept per hidden layer, largest "
+             "scores first",
+    "ties": "by index",
+}
+GRANULARITIES = ("weight", "channel", "auto")  # auto: channel for a CNN, weight for a dense network
 
 
 @dataclass
@@ -63,6 +80,7 @@ class ConfidentConfig:
     pvalue: str = "auto"
     procedure: str = "fixed-sequence"
     evaluator: str = "onnxruntime"
+    granularity: str = "auto"  # the pruning family: "weight", "channel" (CNNs) or "auto"
 
     def validate(self) -> None:
         """ValueError with a one-line reason for any inconsistent setting."""
@@ -88,6 +106,19 @@ class ConfidentConfig:
             raise ValueError(f"unknown procedure {self.procedure!r}")
         if self.evaluator not in EVALUATORS:
             raise ValueError(f"unknown evaluator {self.evaluator!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"unknown pruning family {self.granularity!r}; known: {', '.join(GRANULARITIES)}")
+
+    @property
+    def rule(self) -> dict:
+        """The pruning family as the certificate states it."""
+        return CHANNEL_RULE if self.granularity == "channel" else PRUNING_RULE
+
+    def candidate(self, net: Network, level: float) -> Network:
+        """The family's model at ``level`` (a function of ``net`` and ``level`` only)."""
+        if self.granularity == "channel":
+            return prune_channels(net, round(1.0 - level, 12), "layer")[0]
+        return prune_weights(net, level)
 
     @property
     def pvalue_method(self) -> str:
@@ -176,7 +207,7 @@ def loss_matrix(net: Network, original_path: Optional[str | os.PathLike], calib:
         if chosen_file is not None and chosen_file[0] == k and config.evaluator == "onnxruntime":
             out = outputs_of_file(chosen_file[1], calib.x)
         else:
-            out = outputs_of_network(prune_weights(net, level), calib.x, config.evaluator)
+            out = outputs_of_network(config.candidate(net, level), calib.x, config.evaluator)
         cols.append(loss_values(config.loss, dense, out, calib.y, config.threshold))
         progress.tick("confident: evaluated level", k + 1, len(config.levels))
     return np.stack(cols, axis=1)
@@ -189,15 +220,21 @@ def confident_prune(net: Network, original_path: Optional[str | os.PathLike], ca
                     config: ConfidentConfig, progress: Progress = SILENT) -> ConfidentResult:
     """Learn then Test over the grid (DESIGN.md §7): the largest level whose null ``R > alpha``
     is rejected, or an abstention (``reduced is None``)."""
-    require_dense(net, "prune --method confident")
     config.validate()
+    if config.granularity == "auto":  # channels for a CNN, weights for a dense network
+        config = replace(config, granularity="weight" if net.is_dense else "channel")
+    if config.granularity == "weight" and not net.is_dense:
+        raise InputError("confident pruning of a convolutional network removes channels (--granularity channel); "
+                         "the weight family is for dense networks")
     if config.loss == "zero-one" and calib.y is None:
         raise ValueError("the zero-one loss needs labels ('y' in the calibration file)")
     t0 = time.perf_counter()
     losses = loss_matrix(net, original_path, calib, config, progress)
     sel = ltt.select(losses, config.alpha, config.delta, config.pvalue_method, config.procedure)
-    reduced = None if sel.chosen is None else prune_weights(net, config.levels[sel.chosen])
-    spars = [sparsity(prune_weights(net, v)) for v in config.levels]
+    reduced = None if sel.chosen is None else config.candidate(net, config.levels[sel.chosen])
+    spars = [sparsity(prune_weights(net, v)) if config.granularity == "weight"
+             else 1.0 - sum(channels_per_layer(config.candidate(net, v))) / max(1, sum(channels_per_layer(net)))
+             for v in config.levels]
     return ConfidentResult(config, calib.n, sel, reduced, spars, time.perf_counter() - t0)
 
 
@@ -237,7 +274,7 @@ def evidence(result: ConfidentResult, calibration_ref: dict) -> dict:
         "evaluator_note": ("outputs by onnxruntime on the ONNX files (dense: the original file; chosen level: "
                            "the reduced file; other levels: their export)") if c.evaluator == "onnxruntime"
         else "outputs by Network.forward in float32 (not the ONNX runtime)",
-        "pruning": PRUNING_RULE,
+        "pruning": c.rule,
         "grid": list(c.levels),
         "risks": s.risks,
         "pvalues": s.pvalues,
@@ -245,6 +282,8 @@ def evidence(result: ConfidentResult, calibration_ref: dict) -> dict:
         "chosen_index": s.chosen,
         "chosen_level": result.level,
         "sparsity": result.sparsities[s.chosen] if s.chosen is not None else None,
+        "sparsity_meaning": ("fraction of hidden weights zeroed" if c.granularity == "weight"
+                             else "fraction of hidden channels removed"),
         "calibration": calibration_ref,
         "tolerance": {"pvalue_rtol": PVALUE_RTOL, "risk_atol": RISK_ATOL},
         "seconds": round(result.seconds, 6),
@@ -262,6 +301,7 @@ def config_from_evidence(ev: dict) -> ConfidentConfig:
         alpha=float(ev["alpha"]), delta=float(ev["delta"]), levels=tuple(float(v) for v in ev["grid"]),
         loss=str(ev["loss"]), threshold=None if ev.get("threshold") is None else float(ev["threshold"]),
         pvalue=str(ev["pvalue"]), procedure=str(ev["procedure"]), evaluator=str(ev["evaluator"]),
+        granularity=str(ev.get("pruning", {}).get("granularity", "weight")),
     )
     cfg.validate()
     return cfg

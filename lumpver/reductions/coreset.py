@@ -6,7 +6,15 @@ norm), normalised to probabilities ``q_j = s_j / sum s``; neurons are drawn with
 until ``n_keep`` distinct ones are drawn (m draws); a kept neuron keeps its *own* incoming row
 and bias ``b_j`` (the published code reads the bias from a shifted column; not here) and its
 outgoing column becomes ``v_j * count_j / (m q_j)``. Layers are processed from the inputs, on the
-network as already pruned. The sensitivity-framework guarantee (probabilistic) is reported as
+network as already pruned.
+
+Convolutional networks (DESIGN.md §10): the unit is the filter, as in Mussay et al.'s CNN
+experiments. Filter ``t`` of layer k has ``p_t = [filter_t, b_t]`` (``b_t`` the root mean square of
+its bias over positions) and ``v_t`` = every weight of layer k+1 reading channel ``t`` (its input-channel
+slice, or its block of columns after Flatten); ``s_t = max |v_t| * act(beta ||p_t||)`` with beta the
+bound on the 2-norm of the whole layer input (it bounds the norm of every patch a filter reads). A
+kept filter's outgoing slice is multiplied by ``count_t / (m q_t)``; the dropped filters and their
+slices go (:func:`lumpver.reductions.channel_conv.keep_channels`). The sensitivity-framework guarantee (probabilistic) is reported as
 :attr:`LayerCoreset.coreset_bound`; the certified bound comes from :mod:`lumpver.reductions.certify`.
 """
 from __future__ import annotations
@@ -16,8 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lumpver.ir.network import Layer, Network, apply_activation, require_dense
 from lumpver.bounds.engine import compute_bounds
+from lumpver.ir.network import Layer, Network, apply_activation
+from lumpver.reductions.channel_conv import channel_biases, channel_views, keep_channels
 
 
 @dataclass
@@ -84,12 +93,13 @@ def sample_layer(s: np.ndarray, n_keep: int, rng: np.random.Generator, max_draws
 def coreset_prune(net: Network, keep: float, beta: float | list[float] = 1.0, seed: int = 0,
                   delta: float = 0.1) -> CoresetResult:
     """Keep ``ceil(keep * width)`` neurons per hidden layer by sensitivity sampling (module docstring)."""
-    require_dense(net, "prune --method coreset")
     if not 0.0 < keep <= 1.0:
         raise ValueError("the keep fraction must lie in (0, 1]")
+    betas = beta if isinstance(beta, list) else [float(beta)] * (len(net.layers) - 1)
+    if not net.is_dense:
+        return coreset_prune_filters(net, keep, betas, seed, delta)
     rng = np.random.default_rng(seed)
     layers = [layer.copy() for layer in net.layers]
-    betas = beta if isinstance(beta, list) else [float(beta)] * (len(layers) - 1)
     info = []
     for k in range(len(layers) - 1):
         cur, nxt = layers[k], layers[k + 1]
@@ -110,6 +120,35 @@ def coreset_prune(net: Network, keep: float, beta: float | list[float] = 1.0, se
     layers = [Layer(np.asarray(l.weight, np.float32).astype(np.float64), np.asarray(l.bias, np.float32).astype(np.float64),
                     l.activation, l.alpha, l.source_op) for l in layers]
     return CoresetResult(net.with_layers(layers), info)
+
+
+def coreset_prune_filters(net: Network, keep: float, betas: list[float], seed: int = 0,
+                          delta: float = 0.1) -> CoresetResult:
+    """Keep ``ceil(keep * channels)`` filters per hidden layer of a CNN by sensitivity sampling and
+    reweight their outgoing slices (module docstring). ``kept`` are channel indices."""
+    views = channel_views(net, "coreset filter pruning")
+    rng = np.random.default_rng(seed)
+    kept_all: list[np.ndarray] = []
+    scales: list[np.ndarray] = []
+    info = []
+    for k, layer in enumerate(net.layers[:-1]):
+        w3 = views[k].w3 if k == 0 else views[k].w3[:, kept_all[-1]] * scales[-1][None, :, None]
+        p_norm = np.sqrt(np.sum(w3.reshape(w3.shape[0], -1) ** 2, axis=1)
+                         + np.mean(channel_biases(layer, views[k]) ** 2, axis=1))
+        act = np.abs(apply_activation(layer.activation, betas[k] * p_norm, layer.alpha))
+        s = np.max(np.abs(views[k + 1].w3), axis=(0, 2)) * act
+        n_keep = max(1, math.ceil(round(keep * s.size, 9)))
+        kept, counts, m = sample_layer(s, n_keep, rng, max_draws=1000 * s.size)
+        if kept.size == 0:  # nothing feeds forward: keep one silent filter
+            kept, counts, m, q, scale = np.array([0]), np.array([1]), 1, np.array([1.0]), np.zeros(1)
+        else:
+            q = s[kept] / s.sum()
+            scale = counts / (m * q)
+        kept_all.append(kept)
+        scales.append(scale)
+        total = float(s.sum())
+        info.append(LayerCoreset(kept, counts, q, m, total, coreset_epsilon(total, m, delta) * total))
+    return CoresetResult(keep_channels(net, views, kept_all, scales), info)
 
 
 def input_betas(net: Network, input_set) -> list[float]:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from lumpver.certificates.exact import discrepancy_bound
+from lumpver.certificates.exact_conv import channels_per_layer
 from lumpver.certificates.format import file_ref, make_certificate, model_stats
 from lumpver.errors import CheckFailed, InputError
 from lumpver.fileio import write_json_atomic
@@ -28,7 +29,8 @@ from lumpver.reductions.certify import Chain, certify_files
 from lumpver.reductions.coreset import coreset_prune, input_betas
 from lumpver.reductions.exact import DEFAULT_TOLERANCE, exact_lump
 from lumpver.reductions.onset import reduce_on_set_to_files
-from lumpver.reductions.pruning import magnitude_prune, neuron_keep_sets, sparsity
+from lumpver.reductions.channel_conv import stored_arrays
+from lumpver.reductions.pruning import channel_keep_sets, magnitude_prune, neuron_keep_sets, sparsity
 from lumpver.reductions.quantize import quantize_network, quantize_summary, save_quantized
 from lumpver.specs.calibration import load_calibration
 
@@ -126,7 +128,8 @@ class MagnitudePrunePass:
 
     keep: float
     granularity: str = "weight"  # or "neuron"
-    scope: Optional[str] = None  # default: global for weights, layer for neurons
+    scope: Optional[str] = None  # default: global for weights, layer for neurons and channels
+    timeout: float = 120.0  # seconds for certification (with an input set)
     name: str = "prune (magnitude)"
 
     def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
@@ -136,12 +139,22 @@ class MagnitudePrunePass:
         t0 = time.perf_counter()
         pruned = magnitude_prune(net, keep, self.granularity, scope)
         save_onnx(pruned, out_path)
-        ctx.progress.say(f"magnitude pruning ({self.granularity}, {scope}) kept {keep}: hidden widths "
-                         f"{net.hidden_widths} -> {pruned.hidden_widths}, hidden-weight sparsity {sparsity(pruned):.3f}")
-        chain = Chain(kept=neuron_keep_sets(net, keep, scope)) if self.granularity == "neuron" else None
-        method = {"method": "magnitude", "keep": keep, "granularity": self.granularity}
-        return _certify_or_note(model_path, out_path, cert_path, ctx, chain, method, time.perf_counter() - t0,
-                                "magnitude pruning")
+        ctx.progress.say(f"magnitude pruning ({self.granularity}, {scope}) kept {keep}: {_sizes(net, pruned)}, "
+                         f"hidden-weight sparsity {sparsity(pruned):.3f}")
+        kept = {"neuron": neuron_keep_sets, "channel": channel_keep_sets}.get(self.granularity)
+        chain = Chain(kept=kept(net, keep, scope)) if kept is not None else None
+        method = {"method": "magnitude", "keep": keep, "granularity": self.granularity, "scope": scope}
+        out = _certify_or_note(model_path, out_path, cert_path, ctx, chain, method, time.perf_counter() - t0,
+                               "magnitude pruning", timeout=self.timeout)
+        out.summary.insert(0, _sizes(net, pruned))
+        return out
+
+
+def _sizes(before: Network, after: Network) -> str:
+    """Hidden widths (dense) or channels per hidden layer (CNN), before -> after."""
+    if before.is_dense:
+        return f"hidden widths {before.hidden_widths} -> {after.hidden_widths}"
+    return f"channels per hidden layer {channels_per_layer(before)} -> {channels_per_layer(after)}"
 
 
 @dataclass
@@ -150,6 +163,7 @@ class CoresetPass:
 
     keep: float
     seed: int = 0
+    timeout: float = 120.0  # seconds for certification (with an input set)
     name: str = "prune (coreset)"
 
     def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
@@ -160,14 +174,14 @@ class CoresetPass:
         res = coreset_prune(net, keep, betas, seed=self.seed)
         save_onnx(res.reduced, out_path)
         bound = sum(lc.coreset_bound for lc in res.layers)
-        ctx.progress.say(f"coreset pruning kept {keep}: hidden widths {net.hidden_widths} -> "
-                         f"{res.reduced.hidden_widths}; coreset (probabilistic) bound indication {bound:.4g}")
+        ctx.progress.say(f"coreset pruning kept {keep}: {_sizes(net, res.reduced)}; "
+                         f"coreset (probabilistic) bound indication {bound:.4g}")
         method = {"method": "coreset", "keep": keep, "seed": self.seed, "betas": betas, "coreset_bound": bound,
                   "coreset_bound_note": "sensitivity-framework indication with constant 1 and delta 0.1 "
                   "(probabilistic, not certified)", "layers": [lc.to_json() for lc in res.layers]}
         out = _certify_or_note(model_path, out_path, cert_path, ctx, Chain(kept=res.kept), method,
-                               time.perf_counter() - t0, "coreset pruning")
-        out.summary = [line + f" (coreset indication {bound:.4g})" for line in out.summary]
+                               time.perf_counter() - t0, "coreset pruning", timeout=self.timeout)
+        out.summary = [_sizes(net, res.reduced)] + [line + f" (coreset indication {bound:.4g})" for line in out.summary]
         return out
 
 
@@ -199,10 +213,10 @@ class ConfidentPass:
                               f"{config.delta} (p-value at the least pruning {config.levels[0]}: {sel.pvalues[0]:.3g}; "
                               f"smallest: {min(sel.pvalues):.3g}); no model written")
         save_onnx(result.reduced, out_path)
-        line = (f"pruned {result.level:.4g} of the hidden weights (p = {sel.pvalues[sel.chosen]:.3g} < delta = "
+        line = (f"pruned {result.level:.4g} of the hidden {result.config.granularity}s (p = {sel.pvalues[sel.chosen]:.3g} < delta = "
                 f"{config.delta}): expected {config.loss} loss <= {config.alpha} with confidence {1 - config.delta:g}")
         if not self.write_certificate:
-            return ReductionResult(Path(out_path), summary=[line])
+            return ReductionResult(Path(out_path), summary=[line, _sizes(net, result.reduced)])
         with remove_on_failure(out_path):
             stats = model_stats(net, result.reduced, result.seconds)
             stats.update(nonzero_params_before=nonzero_params(net), nonzero_params_after=nonzero_params(result.reduced))
@@ -210,12 +224,13 @@ class ConfidentPass:
             cert = make_certificate(model_path, out_path, confident.guarantee(result), stats,
                                     [confident.evidence(result, ref)], cert_path)
             write_json_atomic(cert_path, cert)
-        return ReductionResult(Path(out_path), Path(cert_path), cert, [line])
+        return ReductionResult(Path(out_path), Path(cert_path), cert, [line, _sizes(net, result.reduced)])
 
 
 def nonzero_params(net: Network) -> int:
     """Nonzero weights and biases (the size that pruning actually changes)."""
-    return sum(int(np.count_nonzero(l.weight)) + int(np.count_nonzero(l.bias)) for l in net.layers)
+    return sum(sum(int(np.count_nonzero(a)) for a in stored_arrays(l.op)) + int(np.count_nonzero(l.bias))
+               for l in net.layers)
 
 
 @dataclass

@@ -13,6 +13,15 @@ single layer has nothing to prune.
   incoming weights and bias times its outgoing weights); the lowest-scoring neurons are
   removed (row deleted in its layer, column deleted in the next). At least one neuron per
   layer stays. Ties again by index.
+* Channel granularity (convolutional networks, DESIGN.md §10): the unit is an output channel (a
+  filter; a dense layer's neuron is a channel of one position), read through
+  :mod:`lumpver.reductions.channel_conv`. Score ``||[filter_t, b_t]||_2 * ||w_out(t)||_2`` with ``b_t``
+  the root mean square of the channel's bias over its positions and ``w_out(t)`` every weight of the
+  next layer that reads channel ``t`` (its input-channel slice, or its block of columns after
+  Flatten); on a dense network this is the neuron score. The filter and the next layer's slice go.
+
+Weight pruning reads the *stored* weights (conv filters, never the unrolled matrix), so on a CNN
+``N`` counts filter entries.
 """
 from __future__ import annotations
 
@@ -20,9 +29,12 @@ import math
 
 import numpy as np
 
-from lumpver.ir.network import Layer, Network, require_dense
+from lumpver.errors import InputError
+from lumpver.ir.network import Layer, Network
+from lumpver.reductions.channel_conv import (channel_biases, channel_views, keep_channels, stored_weight,
+                                             with_stored_weight)
 
-GRANULARITIES = ("weight", "neuron")
+GRANULARITIES = ("weight", "neuron", "channel")
 SCOPES = ("global", "layer")
 
 
@@ -40,28 +52,33 @@ def _smallest(values: np.ndarray, k: int) -> np.ndarray:
 
 def hidden_weight_count(net: Network) -> int:
     """Number of weights that weight pruning may zero (hidden layers only)."""
-    return sum(layer.weight.size for layer in net.layers[:-1])
+    return sum(w.size for w in _hidden_weights(net))
+
+
+def _hidden_weights(net: Network) -> list[np.ndarray]:
+    """The stored weights of the hidden layers (conv filters or dense matrices)."""
+    return [stored_weight(layer.op, k) for k, layer in enumerate(net.layers[:-1])]
 
 
 def weight_masks(net: Network, fraction: float, scope: str = "global") -> list[np.ndarray]:
     """Boolean keep-masks, one per hidden layer, for magnitude pruning of ``fraction`` of the weights."""
-    hidden = net.layers[:-1]
+    hidden = _hidden_weights(net)
     if scope == "global":
-        flat = np.concatenate([np.abs(layer.weight).reshape(-1) for layer in hidden]) if hidden else np.zeros(0)
+        flat = np.concatenate([np.abs(w).reshape(-1) for w in hidden]) if hidden else np.zeros(0)
         keep = np.ones(flat.size, dtype=bool)
         keep[_smallest(flat, _count(fraction, flat.size))] = False
         masks, start = [], 0
-        for layer in hidden:
-            masks.append(keep[start:start + layer.weight.size].reshape(layer.weight.shape))
-            start += layer.weight.size
+        for w in hidden:
+            masks.append(keep[start:start + w.size].reshape(w.shape))
+            start += w.size
         return masks
     if scope == "layer":
         masks = []
-        for layer in hidden:
-            flat = np.abs(layer.weight).reshape(-1)
+        for w in hidden:
+            flat = np.abs(w).reshape(-1)
             keep = np.ones(flat.size, dtype=bool)
             keep[_smallest(flat, _count(fraction, flat.size))] = False
-            masks.append(keep.reshape(layer.weight.shape))
+            masks.append(keep.reshape(w.shape))
         return masks
     raise ValueError(f"unknown scope {scope!r}; known: {', '.join(SCOPES)}")
 
@@ -70,8 +87,8 @@ def prune_weights(net: Network, fraction: float, scope: str = "global") -> Netwo
     """A copy of ``net`` with ``fraction`` of its hidden-layer weights zeroed by smallest ``|w|``."""
     masks = weight_masks(net, fraction, scope)
     layers = [layer.copy() for layer in net.layers]
-    for layer, mask in zip(layers, masks):
-        layer.weight = np.where(mask, layer.weight, 0.0)
+    for k, (layer, mask) in enumerate(zip(layers, masks)):
+        layer.op = with_stored_weight(layer.op, np.where(mask, stored_weight(layer.op, k), 0.0), k)
     return net.with_layers(layers)
 
 
@@ -85,9 +102,40 @@ def neuron_scores(net: Network) -> list[np.ndarray]:
     return out
 
 
+def channel_scores(net: Network, what: str = "channel pruning") -> list[np.ndarray]:
+    """Per hidden layer, each output channel's ``||[filter_t, b_t]||_2 * ||w_out(t)||_2`` (module doc)."""
+    views = channel_views(net, what)
+    out = []
+    for k, layer in enumerate(net.layers[:-1]):
+        w3, nxt = views[k].w3, views[k + 1].w3
+        w_in = np.sqrt(np.sum(w3.reshape(w3.shape[0], -1) ** 2, axis=1)
+                       + np.mean(channel_biases(layer, views[k]) ** 2, axis=1))
+        out.append(w_in * np.sqrt(np.sum(nxt ** 2, axis=(0, 2))))  # this float expression is the stated rule
+    return out
+
+
+def channel_keep_sets(net: Network, keep: float, scope: str = "layer") -> list[np.ndarray]:
+    """Sorted indices of the channels kept in each hidden layer (``keep`` = fraction kept)."""
+    return _keep_sets(channel_scores(net), keep, scope)
+
+
+def prune_channels(net: Network, keep: float, scope: str = "layer") -> tuple[Network, list[np.ndarray]]:
+    """The network keeping the ``keep`` fraction of channels with the largest scores, and the kept sets."""
+    if not 0.0 <= keep <= 1.0:
+        raise ValueError("the keep fraction must lie in [0, 1]")
+    views = channel_views(net, "channel pruning")
+    kept = channel_keep_sets(net, keep, scope)
+    return keep_channels(net, views, kept), kept
+
+
 def neuron_keep_sets(net: Network, keep: float, scope: str = "global") -> list[np.ndarray]:
     """Sorted indices of the neurons kept in each hidden layer (``keep`` = fraction kept)."""
-    scores = neuron_scores(net)
+    return _keep_sets(neuron_scores(net), keep, scope)
+
+
+def _keep_sets(scores: list[np.ndarray], keep: float, scope: str) -> list[np.ndarray]:
+    """Indices kept per layer: the ``keep`` fraction of largest scores, globally or per layer, at
+    least one per layer, ties by index."""
     widths = [s.size for s in scores]
     if scope == "global":
         flat = np.concatenate(scores) if scores else np.zeros(0)
@@ -128,13 +176,17 @@ def prune_neurons(net: Network, keep: float, scope: str = "global") -> Network:
 
 def magnitude_prune(net: Network, keep: float, granularity: str = "weight", scope: str = "global") -> Network:
     """Keep the ``keep`` fraction of hidden weights (or neurons) by magnitude; see the module doc."""
-    require_dense(net, "prune")
     if granularity == "weight":
         if not 0.0 <= keep <= 1.0:
             raise ValueError("the keep fraction must lie in [0, 1]")
         return prune_weights(net, round(1.0 - keep, 12), scope)
     if granularity == "neuron":
+        if not net.is_dense:
+            raise InputError("neuron pruning: the unit of a convolutional layer is the channel "
+                             "(use --granularity channel)")
         return prune_neurons(net, keep, scope)
+    if granularity == "channel":
+        return prune_channels(net, keep, scope)[0]
     raise ValueError(f"unknown granularity {granularity!r}; known: {', '.join(GRANULARITIES)}")
 
 
@@ -143,4 +195,4 @@ def sparsity(net: Network) -> float:
     total = hidden_weight_count(net)
     if total == 0:
         return 0.0
-    return sum(int(np.count_nonzero(l.weight == 0)) for l in net.layers[:-1]) / total
+    return sum(int(np.count_nonzero(w == 0)) for w in _hidden_weights(net)) / total

@@ -1,12 +1,14 @@
 """Symmetric uniform weight quantisation and QDQ export (DESIGN.md §8).
 
 ``q = clip(round(w / s), -2^(b-1), 2^(b-1) - 1)`` with ``s = max|w| / (2^(b-1) - 1)`` per tensor
-or per output channel (row of ``Layer.weight``); the quantised network g has the float32 weights
+or per output channel (row of a dense weight; filter of a convolution, whose stored weights
+``(out, in/groups, *kernel)`` are quantised as stored, never unrolled: DESIGN.md §10); the quantised network g has the float32 weights
 ``fl32(fl32(q) * fl32(s))`` — exactly what ``DequantizeLinear`` computes — so the QDQ file and
 the float export describe the same g. Weights of every layer are quantised; biases and input
 normalisation stay float32. 4-bit values are stored in int8 initialisers.
 
-Layers are written as ``Gemm`` (``transB=1``): onnxruntime's extended graph optimisations rewrite
+A conv layer's filters become an int8 initialiser behind ``DequantizeLinear`` (per-channel scales on
+axis 0) feeding the ``Conv``. Dense layers are written as ``Gemm`` (``transB=1``): onnxruntime's extended graph optimisations rewrite
 ``DequantizeLinear -> MatMul`` into ``MatMulNBits`` / dynamically quantised kernels whose
 results differ from the ONNX semantics by ~1e-3 (measured), which would void the certificate;
 ``DequantizeLinear -> Gemm`` is evaluated as written.
@@ -18,22 +20,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lumpver.ir.network import Layer, Network, require_dense
 from lumpver.fileio import write_bytes_atomic
+from lumpver.ir.network import Layer, Network
 from lumpver.ir.onnx_export import network_to_onnx
+from lumpver.ir.operators import DenseOperator
+from lumpver.reductions.channel_conv import stored_weight, with_stored_weight
 
 
 @dataclass
 class QuantizedLayer:
-    """Integer weights ``q`` (out, in) and float32 scales (one, or one per output row)."""
+    """Integer weights ``q`` (as stored: (out, in) or conv filters) and float32 scales (one, or one per
+    output channel)."""
 
     q: np.ndarray  # int8
     scale: np.ndarray  # float32, shape (1,) or (out,)
 
     def dequantized(self) -> np.ndarray:
-        s = self.scale.astype(np.float32)
-        s = s[:, None] if s.size > 1 else s.reshape(1, 1)
-        return (self.q.astype(np.float32) * s).astype(np.float64)
+        return (self.q.astype(np.float32) * _per_row(self.scale.astype(np.float32), self.q.ndim)).astype(np.float64)
+
+
+def _per_row(scale: np.ndarray, ndim: int) -> np.ndarray:
+    """Scales broadcast over the output channel axis 0 of an ``ndim`` array (one scale: everywhere)."""
+    return scale.reshape((-1,) + (1,) * (ndim - 1)) if scale.size > 1 else scale.reshape((1,) * ndim)
 
 
 def quantize_weight(w: np.ndarray, bits: int, per_channel: bool) -> QuantizedLayer:
@@ -41,19 +49,20 @@ def quantize_weight(w: np.ndarray, bits: int, per_channel: bool) -> QuantizedLay
     if bits not in (2, 3, 4, 5, 6, 7, 8):
         raise ValueError(f"bits must be in 2..8, got {bits}")
     qmax = 2 ** (bits - 1) - 1
-    amax = np.max(np.abs(w), axis=1) if per_channel else np.array([np.max(np.abs(w))])
+    amax = np.max(np.abs(w.reshape(w.shape[0], -1)), axis=1) if per_channel else np.array([np.max(np.abs(w))])
     scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
-    s = scale.astype(np.float64)[:, None] if per_channel else np.float64(scale[0])
-    q = np.clip(np.round(w / s), -qmax - 1, qmax).astype(np.int8)
+    q = np.clip(np.round(w / _per_row(scale.astype(np.float64), w.ndim)), -qmax - 1, qmax).astype(np.int8)
     return QuantizedLayer(q, scale)
 
 
 def quantize_network(net: Network, bits: int = 8, per_channel: bool = False) -> tuple[Network, list[QuantizedLayer]]:
     """The quantised network g (float32 dequantised weights) and the integer layers."""
-    require_dense(net, "quantize")
-    qls = [quantize_weight(layer.weight, bits, per_channel) for layer in net.layers]
+    qls = [quantize_weight(stored_weight(layer.op, k), bits, per_channel) for k, layer in enumerate(net.layers)]
     layers = [Layer(ql.dequantized(), layer.bias.copy(), layer.activation, layer.alpha, "gemm")
-              for ql, layer in zip(qls, net.layers)]
+              if isinstance(layer.op, DenseOperator) else
+              Layer(with_stored_weight(layer.op, ql.dequantized(), k), layer.bias.copy(), layer.activation,
+                    layer.alpha, layer.source_op)
+              for k, (ql, layer) in enumerate(zip(qls, net.layers))]
     return net.with_layers(layers), qls
 
 
@@ -68,7 +77,8 @@ def qdq_model(net: Network, qls: list[QuantizedLayer]):
     new_nodes = []
     for k, (layer, ql) in enumerate(zip(net.layers, qls)):
         name = f"lv_W{k}"
-        transposed = layer.source_op != "gemm"  # MatMul stores W.T (in, out): channels on axis 1
+        # MatMul stores W.T (in, out): channels on axis 1; Gemm and Conv store them on axis 0
+        transposed = ql.q.ndim == 2 and layer.source_op != "gemm"
         q = ql.q.T if transposed else ql.q
         g.initializer.remove(inits[name])
         g.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(q), f"{name}_q"),

@@ -45,7 +45,7 @@ METHOD_OPTIONS = {
     "exact": ("tolerance",),
     "on-set": ("tolerance",),
     "approx": ("tolerance",),
-    "prune": ("prune_method", "keep", "calibration", "alpha", "delta"),
+    "prune": ("prune_method", "keep", "calibration", "alpha", "delta", "granularity"),
     "quantize": ("bits", "per_channel"),
 }
 
@@ -116,6 +116,7 @@ class ReductionStep:
     delta: float | None = None
     bits: int | None = None
     per_channel: bool | None = None
+    granularity: str | None = None  # prune: weight|neuron|channel (magnitude), weight|channel (confident)
 
 
 @dataclass
@@ -380,6 +381,12 @@ class _Reader:
                 raise self.fail(f"{key}.{k}", f"not an option of prune_method = {step.prune_method!r}")
             if k not in d and k in needed:
                 raise self.fail(f"{key}.{k}", f"missing (required by prune_method = {step.prune_method!r})")
+        if "granularity" in d:
+            if step.prune_method == "coreset":
+                raise self.fail(f"{key}.granularity", "not an option of prune_method = 'coreset' (it samples "
+                                                      "neurons or filters)")
+            options = ("weight", "channel") + (("neuron",) if step.prune_method == "magnitude" else ())
+            step.granularity = self.choice(d["granularity"], f"{key}.granularity", options)
         if "keep" in d:
             step.keep = self.number(d["keep"], f"{key}.keep", 0.0, 1.0, open_lo=True)
         if "calibration" in d:
