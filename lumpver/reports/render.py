@@ -221,7 +221,7 @@ def headline(doc: dict[str, Any]) -> list[str]:
     p0, p1 = first["params_before"], last["params_after"]
     final = next((s.get("model_path") for s in reversed(doc["steps"]) if s.get("model_path")), None)
     lines = [f"The reduced network{f' `{final}`' if final else ''} has {n1} hidden neurons instead of {n0} "
-             f"({100.0 * n1 / max(1, n0):.1f} % kept) and {p1} parameters instead of {p0}"
+             f"({100.0 * n1 / max(1, n0):.1f} % kept)" + _channel_words(doc) + f" and {p1} parameters instead of {p0}"
              + (f" ({last['nonzero_params_after']} of them nonzero, {first['nonzero_params_before']} before; "
                 f"sparsity {_pct(sparsity(last['nonzero_params_after'], p1))})"
                 if "nonzero_params_after" in last and "nonzero_params_before" in first else "") + _bytes_words(doc) + "."]
@@ -235,6 +235,22 @@ def headline(doc: dict[str, Any]) -> list[str]:
     for b in doc.get("backends", []):
         lines.append(_backend_sentence(b))
     return lines
+
+
+def _channel_series(stats: list[dict[str, Any]]) -> Optional[list[list[int]]]:
+    """Channels per hidden layer: original, then after each step (None unless every step has them)."""
+    if not stats or not all("channels_before" in st and "channels_after" in st for st in stats):
+        return None
+    return [stats[0]["channels_before"]] + [st["channels_after"] for st in stats]
+
+
+def _channel_words(doc: dict[str, Any]) -> str:
+    series = _channel_series(_all_stats(doc))
+    if series is None:
+        return ""
+    c0, c1 = series[0], series[-1]
+    return (f", {sum(c1)} channels instead of {sum(c0)} (per hidden layer {c1} instead of {c0}; a conv layer's "
+            "channel is one filter, a dense layer's is one neuron)")
 
 
 def _pct(fraction: Optional[float]) -> str:
@@ -274,6 +290,11 @@ def _width_table(doc: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     n = max(len(s) for s in series)
     rows = [[f"hidden {i + 1}"] + [s[i] if i < len(s) else "-" for s in series] for i in range(n)]
     rows.append(["total hidden"] + [sum(s) for s in series])
+    channels = _channel_series(stats)
+    if channels is not None:
+        rows += [[f"channels, hidden {i + 1}"] + [s[i] if i < len(s) else "-" for s in channels]
+                 for i in range(max(map(len, channels)))]
+        rows.append(["total channels"] + [sum(s) for s in channels])
     rows.append(["parameters", stats[0]["params_before"]] + [st["params_after"] for st in stats])
     if any("nonzero_params_after" in st for st in stats):
         rows.append(["nonzero parameters", stats[0].get("nonzero_params_before", "-")]
