@@ -1,0 +1,62 @@
+"""Reports of CNN reductions (issue 12 item 6): channels per hidden layer before and after every step,
+in the table and in the plain-words headline, as the written ONNX files hold them (initialiser shapes
+read with onnx, not through lumpver); the command line says the same and refuses what it cannot do
+with exit 2 and one line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+
+from lumpver.cli import main
+from tests.test_cnn_prune import _params, _model, _weighted_shapes
+
+
+def _channels(path) -> list[int]:
+    """Output channels of the hidden Conv/Gemm nodes of an ONNX file (rows of their weights)."""
+    return [s[0] for s in _weighted_shapes(path)[:-1]]
+
+
+def test_run_report_has_channel_table_and_headline(tmp_path, rng):
+    model = tmp_path / "cnn.onnx"
+    onnx.save(_model(_params(rng)), str(model))
+    spec = tmp_path / "cnn.toml"
+    spec.write_text('model = "cnn.onnx"\n\n[[reductions]]\nmethod = "prune"\nprune_method = "magnitude"\n'
+                    'granularity = "channel"\nkeep = 0.5\n\n[[reductions]]\nmethod = "quantize"\nbits = 8\n'
+                    'per_channel = true\n\n[output]\ndir = "out"\nreports = ["md", "json"]\n')
+    assert main(["run", str(spec), "-q"]) == 0
+    out = tmp_path / "out"
+    before, after1, after2 = _channels(model), _channels(out / "step1_prune.onnx"), _channels(out / "step2_quantize.onnx")
+    assert before == [6, 5, 7] and after1 == after2 and sum(after1) < sum(before)
+    md = (out / "report.md").read_text()
+    for i in range(3):
+        assert f"| channels, hidden {i + 1} | {before[i]} | {after1[i]} | {after2[i]} |" in md
+    assert f"| total channels | {sum(before)} | {sum(after1)} | {sum(after2)} |" in md
+    assert f"{sum(after2)} channels instead of {sum(before)} (per hidden layer {after2} instead of {before}" in md
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["steps"][0]["stats"]["channels_after"] == after1
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lumpver", *args, "-q"], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_prints_channels_and_refuses_with_one_line(tmp_path, rng):
+    model = tmp_path / "cnn.onnx"
+    onnx.save(_model(_params(rng)), str(model))
+    p = _cli("prune", str(model), "-o", str(tmp_path / "p.onnx"), "--method", "magnitude", "--granularity", "channel",
+             "--keep", "0.5")
+    assert p.returncode == 0, p.stderr
+    got = _channels(tmp_path / "p.onnx")
+    assert f"channels per hidden layer [6, 5, 7] -> {got}" in p.stdout
+    p = _cli("prune", str(model), "-o", str(tmp_path / "n.onnx"), "--method", "magnitude", "--granularity", "neuron",
+             "--keep", "0.5")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--granularity channel" in p.stderr
+    np.savez(tmp_path / "cal.npz", x=rng.uniform(-1, 1, (20, 128)).astype(np.float32))
+    p = _cli("prune", str(model), "-o", str(tmp_path / "c.onnx"), "--method", "confident", "--granularity", "weight",
+             "--calibration", str(tmp_path / "cal.npz"), "--alpha", "0.2", "--delta", "0.1")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "channel" in p.stderr
+    assert not (tmp_path / "n.onnx").exists() and not (tmp_path / "c.onnx").exists()
