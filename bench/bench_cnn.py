@@ -12,7 +12,18 @@ channels on a 3x32x32 input) saved to ONNX; the time of the whole exact reductio
 bound, save, certificate) against load + touch every weight + save (bench_lumping.py's baseline),
 best of ``--repeat``.
 
-Usage: python bench/bench_cnn.py [verify|lump|all] [--timeout 30] [--backend interval] [--repeat 3] [--channels 256]
+``memory``: exact lumping of the shared CNNs and of a larger planted CNN (``--big-channels`` channels on
+a 3x64x64 input): time against load + touch + save, and the peak Python heap during the whole reduction
+(tracemalloc, a separate run) against the bytes of the dense float64 matrices an unrolled network
+would hold.
+
+``prune``: on the shared CNNs (the input set of their first instance) and a planted CNN, magnitude
+channel pruning, weight pruning, coreset filter pruning (keep 0.5) and 8-bit per-channel quantisation,
+each certified on the input set (``--timeout`` seconds): channels per hidden layer, the largest error
+onnxruntime shows on sampled points of the set (a lower bound) and the certified bound.
+
+Usage: python bench/bench_cnn.py [verify|lump|memory|prune|all] [--timeout 30] [--backend interval] [--repeat 3]
+       [--channels 256] [--big-channels 128]
 """
 from __future__ import annotations
 
@@ -120,6 +131,110 @@ def run_lump(repeat: int, channels: int) -> None:
               f"reduce --mode exact {red:.3f}s, ratio {red / base:.2f}x (goal <= 3x)")
 
 
+def _shared_models() -> list[tuple[str, Path, Path]]:
+    """(name, model, property of its first instance) of each shared CNN class."""
+    first: dict[str, tuple[str, Path, Path]] = {}
+    for folder, model, prop in instances():
+        first.setdefault(folder, (model.stem, model, prop))
+    return list(first.values())
+
+
+def _unrolled_bytes(net) -> int:
+    """Bytes of the dense float64 ``(out, in)`` matrices of every layer, were they unrolled."""
+    return sum(8 * layer.op.out_features * layer.op.in_features for layer in net.layers)
+
+
+def _peak_bytes(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def run_memory(repeat: int, big_channels: int) -> None:
+    """Exact lumping time against read-once time, and peak heap against the unrolled matrices."""
+    from bench.bench_lumping import baseline_load_touch_save
+    from lumpver.api.reduce import reduce_exact_to_files
+    from lumpver.ir.onnx_export import save_onnx
+    from lumpver.ir.onnx_import import load_onnx
+    from lumpver.ir.planted import planted_cnn
+
+    print("| model | parameters | read-once s | exact lumping s | ratio (goal <= 3) | peak heap MB | unrolled dense MB | "
+          "channels before -> after |\n|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as d:
+        big = planted_cnn(channels=(big_channels, big_channels), core=(big_channels // 8, big_channels // 16),
+                          pool="avg", image=(3, 64, 64), n_outputs=10, seed=0)
+        save_onnx(big.network, Path(d) / "planted_big.onnx")
+        models = [(name, path) for name, path, _ in _shared_models()] + [("planted 3x64x64", Path(d) / "planted_big.onnx")]
+        for name, src in models:
+            net = load_onnx(src)
+            out, cert = Path(d) / "r.onnx", Path(d) / "r.json"
+            base = min(baseline_load_touch_save(src, Path(d) / "copy.onnx") for _ in range(repeat))
+            red = min(_timed(lambda: reduce_exact_to_files(src, out, cert)) for _ in range(repeat))
+            peak = _peak_bytes(lambda: reduce_exact_to_files(src, out, cert))
+            st = json.loads(cert.read_text())["stats"]
+            print(f"| {name} | {net.n_params} | {base:.3f} | {red:.3f} | {red / base:.2f} | {peak / 1e6:.1f} | "
+                  f"{_unrolled_bytes(net) / 1e6:.0f} | {st['channels_before']} -> {st['channels_after']} |", flush=True)
+
+
+def _prune_passes(timeout: float) -> list[tuple[str, object]]:
+    from lumpver.reductions.passes import CoresetPass, MagnitudePrunePass, QuantizePass
+
+    return [("magnitude channel 0.5", MagnitudePrunePass(0.5, "channel", timeout=timeout)),
+            ("magnitude weight 0.5", MagnitudePrunePass(0.5, "weight", timeout=timeout)),
+            ("coreset filter 0.5", CoresetPass(0.5, timeout=timeout)),
+            ("quantize 8-bit per-channel", QuantizePass(8, True, timeout=timeout))]
+
+
+def _planted_with_box(d: Path) -> tuple[str, Path, Path]:
+    """A planted CNN (no redundancy) and a VNN-LIB box of radius 0.02 around a random point."""
+    import numpy as np
+
+    from lumpver.ir.onnx_export import save_onnx
+    from lumpver.ir.planted import planted_cnn
+
+    net = planted_cnn(channels=(16, 16), core=(16, 16), pool="avg", image=(3, 16, 16), n_outputs=10, n_dead=0,
+                      seed=1).network
+    save_onnx(net, d / "planted.onnx")
+    c = np.random.default_rng(0).uniform(0, 1, net.n_inputs)
+    lines = [f"(declare-const X_{i} Real)" for i in range(net.n_inputs)] + ["(declare-const Y_0 Real)"]
+    lines += [f"(assert (>= X_{i} {c[i] - 0.02!r}))\n(assert (<= X_{i} {c[i] + 0.02!r}))" for i in range(net.n_inputs)]
+    (d / "planted.vnnlib").write_text("\n".join(lines + ["(assert (>= Y_0 0))", ""]))
+    return "planted 3x16x16", d / "planted.onnx", d / "planted.vnnlib"
+
+
+def run_prune(timeout: float) -> None:
+    """Pruning and quantisation of CNNs, each certified on an input set (module docstring)."""
+    from lumpver.api.reduce import apply_pass
+
+    print("| model | method | channels before -> after | nonzero weights after | sampled max error (lower) | "
+          "certified error (upper) | seconds |\n|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as d:
+        for name, model, prop in _shared_models() + [_planted_with_box(Path(d))]:
+            for label, reduction in _prune_passes(timeout):
+                t0 = time.perf_counter()
+                res = apply_pass(reduction, model, Path(d) / "g.onnx", Path(d) / "g.json", prop)
+                cert, dt = res.certificate, time.perf_counter() - t0
+                st = cert["stats"]
+                sampled = next(e["lower_bound"] for e in cert["evidence"] if e["backend"] == "sampling")
+                nz = _nonzero_weights(Path(d) / "g.onnx")
+                print(f"| {name} | {label} | {st['channels_before']} -> {st['channels_after']} | {nz} | {sampled:.4g} | "
+                      f"{cert['guarantee']['epsilon']:.4g} | {dt:.1f} |", flush=True)
+
+
+def _nonzero_weights(path: Path) -> int:
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    arrays = [numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer]
+    return int(sum(np.count_nonzero(a) for a in arrays if a.ndim in (2, 4)))
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -128,16 +243,21 @@ def _timed(fn) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="?", default="all", choices=("verify", "lump", "all"))
+    ap.add_argument("what", nargs="?", default="all", choices=("verify", "lump", "memory", "prune", "all"))
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--backend", default="interval")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--channels", type=int, default=256, help="channels of each planted conv layer")
+    ap.add_argument("--big-channels", type=int, default=128, help="channels of the larger planted CNN (memory)")
     a = ap.parse_args()
     if a.what in ("verify", "all"):
         run_verify(a.timeout, a.backend)
     if a.what in ("lump", "all"):
         run_lump(a.repeat, a.channels)
+    if a.what in ("memory", "all"):
+        run_memory(a.repeat, a.big_channels)
+    if a.what in ("prune", "all"):
+        run_prune(a.timeout)
 
 
 if __name__ == "__main__":

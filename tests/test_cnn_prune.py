@@ -23,9 +23,10 @@ from lumpver.fileio import sha256_file
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.ir.runtime import run_onnx
 from lumpver.reductions.confident import ConfidentConfig
+from lumpver.reductions.pruning import channel_keep_sets
 from lumpver.reductions.passes import ConfidentPass, CoresetPass, MagnitudePrunePass, QuantizePass
 from lumpver.specs.inputset import Box, InputSet
-from tests.onnx_builders import conv_pool_model, f32, make_model
+from tests.onnx_builders import bn_gap_softmax_model, conv1d_model, conv_pool_model, f32, make_model, nhwc_model
 
 SHAPE = (2, 8, 8)
 N_IN = int(np.prod(SHAPE))
@@ -176,6 +177,46 @@ def test_refusals_name_the_reason(tmp_path, rng, cnn):
     conv = next(n for n in onnx.load(str(tmp_path / "gw.onnx")).graph.node if n.op_type == "Conv")
     assert next(a.i for a in conv.attribute if a.name == "group") == 2
     assert np.count_nonzero(_inits(tmp_path / "gw.onnx")[conv.input[1]] == 0) > 0
+
+
+#: per builder: (initialiser reading the channels of hidden layer k, how to view it as [..., channel, ...])
+READERS = {"conv1d": [("W2", lambda w: w.reshape(4, 2, 2), 0)],  # MatMul (in, out), in = channel-major (4, 2)
+           "bn_gap": [("W2", lambda w: w, 1), ("W3", lambda w: w, 1)]}
+
+
+@pytest.mark.parametrize("name,build", [("conv1d", conv1d_model), ("bn_gap", bn_gap_softmax_model)])
+def test_channel_pruning_of_1d_conv_and_folded_batchnorm_equals_silencing(tmp_path, rng, name, build):
+    """Removing channels computes what the original computes with the dropped channels' readers zeroed
+    (onnxruntime on an edited copy of the original file; Softmax outputs compared as they are)."""
+    model = build(rng)
+    src, out, ref = tmp_path / "m.onnx", tmp_path / "p.onnx", tmp_path / "ref.onnx"
+    onnx.save(model, str(src))
+    apply_pass(MagnitudePrunePass(0.5, "channel"), src, out)
+    kept = channel_keep_sets(load_onnx(src), 0.5)
+    inits = {i.name: i for i in model.graph.initializer}
+    for (init, view, axis), k in zip(READERS[name], kept):
+        w = numpy_helper.to_array(inits[init]).copy()
+        v = view(w)
+        dropped = np.setdiff1d(np.arange(v.shape[axis]), k)
+        np.moveaxis(v, axis, 0)[dropped] = 0.0
+        inits[init].CopyFrom(numpy_helper.from_array(v.reshape(w.shape).astype(np.float32), init))
+    onnx.save(model, str(ref))
+    x = rng.uniform(-1, 1, (32, int(np.prod([d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]))))
+    assert np.allclose(run_onnx(out, x.astype(np.float32)), run_onnx(ref, x.astype(np.float32)), atol=1e-6)
+    expect = {"conv1d": [2], "bn_gap": [3, 2]}[name]  # ceil(0.5 * [4] or [5, 3])
+    assert [k.size for k in kept] == expect
+    convs = [n for n in onnx.load(str(out)).graph.node if n.op_type == "Conv"]
+    assert [_inits(out)[n.input[1]].shape[0] for n in convs] == expect
+
+
+def test_nhwc_layout_is_refused_for_channel_removal_but_weights_prune(tmp_path, rng):
+    src = tmp_path / "nhwc.onnx"
+    onnx.save(nhwc_model(rng), str(src))
+    with pytest.raises(InputError, match=r"layer 1: .*PermuteOperator.*each channel alike"):
+        apply_pass(MagnitudePrunePass(0.5, "channel"), src, tmp_path / "p.onnx")
+    apply_pass(MagnitudePrunePass(0.5, "weight"), src, tmp_path / "w.onnx")
+    x = rng.uniform(-1, 1, (1, 90)).astype(np.float32)
+    assert run_onnx(tmp_path / "w.onnx", x).shape == (1, 3)
 
 
 # ----- certification -------------------------------------------------------------------------------

@@ -69,7 +69,9 @@ def channel_views(net: Network, what: str) -> list[ChannelView]:
         try:
             views.append(channel_view(layer.op, prev))
         except InputError as e:
-            raise InputError(f"{what}: layer {k}: {e}") from None
+            reason = str(e).removeprefix("channel lumping: ")
+            raise InputError(f"{what}: layer {k}: {reason} (channels can be removed only where every step "
+                             "around the layer's conv or dense map acts on each channel alike)") from None
         prev = views[-1].out_channels
     return views
 
