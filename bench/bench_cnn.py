@@ -200,7 +200,7 @@ def _planted_with_box(d: Path) -> tuple[str, Path, Path]:
     net = planted_cnn(channels=(16, 16), core=(16, 16), pool="avg", image=(3, 16, 16), n_outputs=10, n_dead=0,
                       seed=1).network
     save_onnx(net, d / "planted.onnx")
-    c = np.random.default_rng(0).uniform(0, 1, net.n_inputs)
+    c = np.random.default_rng(0).uniform(0, 1, net.n_inputs).tolist()
     lines = [f"(declare-const X_{i} Real)" for i in range(net.n_inputs)] + ["(declare-const Y_0 Real)"]
     lines += [f"(assert (>= X_{i} {c[i] - 0.02!r}))\n(assert (<= X_{i} {c[i] + 0.02!r}))" for i in range(net.n_inputs)]
     (d / "planted.vnnlib").write_text("\n".join(lines + ["(assert (>= Y_0 0))", ""]))

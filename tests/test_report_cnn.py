@@ -60,3 +60,22 @@ def test_cli_prints_channels_and_refuses_with_one_line(tmp_path, rng):
              "--calibration", str(tmp_path / "cal.npz"), "--alpha", "0.2", "--delta", "0.1")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "channel" in p.stderr
     assert not (tmp_path / "n.onnx").exists() and not (tmp_path / "c.onnx").exists()
+
+
+def test_spec_granularity_key_is_checked(tmp_path, rng):
+    import pytest
+
+    from lumpver.errors import InputError
+    from lumpver.specs.runspec import load_spec
+
+    onnx.save(_model(_params(rng)), str(tmp_path / "cnn.onnx"))
+    for method, value, message in [("coreset", "channel", "not an option of prune_method = 'coreset'"),
+                                   ("magnitude", "filter", "expected one of weight, channel, neuron, got .filter."),
+                                   ("confident", "neuron", "expected weight or channel, got .neuron.")]:
+        extra = 'calibration = "c.npz"\nalpha = 0.1\ndelta = 0.1\n' if method == "confident" else "keep = 0.5\n"
+        spec = tmp_path / "s.toml"
+        spec.write_text(f'model = "cnn.onnx"\n[[reductions]]\nmethod = "prune"\nprune_method = "{method}"\n'
+                        f'granularity = "{value}"\n{extra}')
+        (tmp_path / "c.npz").write_bytes(b"")
+        with pytest.raises(InputError, match=r"\[\[reductions\]\]\[1\]\.granularity: " + message):
+            load_spec(spec)

@@ -1,5 +1,5 @@
 """Channels as the unit of structured pruning, and the stored weights as the unit of weight pruning
-(DESIGN.md §5, §6, §10).
+(DESIGN.md §6, §7, §10).
 
 A hidden layer's *channels* are its output channels: the filters of a convolution, the neurons of a
 dense layer (a neuron is a channel with one position). Removing channel ``t`` of layer k removes
