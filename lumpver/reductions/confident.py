@@ -4,8 +4,8 @@ The candidate models are ``prune_weights(net, lambda_k)`` for a grid ``lambda_1 
 (see :mod:`lumpver.reductions.pruning`: hidden-layer weights only, biases and output layer kept, ties by
 index), or with ``granularity="channel"`` (the family for convolutional networks, DESIGN.md §10)
 ``prune_channels(net, 1 - lambda_k)``: the ``lambda_k`` fraction of each hidden layer's channels
-with the smallest magnitude scores removed (filters and the next layer's slices). They depend on the dense network alone, never on the calibration data, which is what
-makes the Learn-then-Test guarantee hold: with probability at least ``1 - delta`` over an i.i.d.
+with the smallest magnitude scores removed (filters and the next layer's slices). They depend on
+the dense network alone, never on the calibration data, which is what makes the Learn-then-Test guarantee hold: with probability at least ``1 - delta`` over an i.i.d.
 calibration draw, the chosen model's expected loss is at most ``alpha``.
 
 Losses (per sample, in [0, 1]; ``f`` dense, ``g`` pruned):

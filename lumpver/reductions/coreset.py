@@ -14,8 +14,10 @@ its bias over positions) and ``v_t`` = every weight of layer k+1 reading channel
 slice, or its block of columns after Flatten); ``s_t = max |v_t| * act(beta ||p_t||)`` with beta the
 bound on the 2-norm of the whole layer input (it bounds the norm of every patch a filter reads). A
 kept filter's outgoing slice is multiplied by ``count_t / (m q_t)``; the dropped filters and their
-slices go (:func:`lumpver.reductions.channel_conv.keep_channels`). The sensitivity-framework guarantee (probabilistic) is reported as
-:attr:`LayerCoreset.coreset_bound`; the certified bound comes from :mod:`lumpver.reductions.certify`.
+slices go (:func:`lumpver.reductions.channel_conv.keep_channels`).
+
+The sensitivity-framework guarantee (probabilistic) is reported as :attr:`LayerCoreset.coreset_bound`;
+the certified bound comes from :mod:`lumpver.reductions.certify`.
 """
 from __future__ import annotations
 

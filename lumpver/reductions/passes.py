@@ -213,8 +213,8 @@ class ConfidentPass:
                               f"{config.delta} (p-value at the least pruning {config.levels[0]}: {sel.pvalues[0]:.3g}; "
                               f"smallest: {min(sel.pvalues):.3g}); no model written")
         save_onnx(result.reduced, out_path)
-        line = (f"pruned {result.level:.4g} of the hidden {result.config.granularity}s (p = {sel.pvalues[sel.chosen]:.3g} < delta = "
-                f"{config.delta}): expected {config.loss} loss <= {config.alpha} with confidence {1 - config.delta:g}")
+        line = (f"pruned {result.level:.4g} of the hidden {result.config.granularity}s "
+                f"(p = {sel.pvalues[sel.chosen]:.3g} < delta = {config.delta}): expected {config.loss} loss <= {config.alpha} with confidence {1 - config.delta:g}")
         if not self.write_certificate:
             return ReductionResult(Path(out_path), summary=[line, _sizes(net, result.reduced)])
         with remove_on_failure(out_path):

@@ -2,16 +2,16 @@
 
 ``q = clip(round(w / s), -2^(b-1), 2^(b-1) - 1)`` with ``s = max|w| / (2^(b-1) - 1)`` per tensor
 or per output channel (row of a dense weight; filter of a convolution, whose stored weights
-``(out, in/groups, *kernel)`` are quantised as stored, never unrolled: DESIGN.md §10); the quantised network g has the float32 weights
-``fl32(fl32(q) * fl32(s))`` — exactly what ``DequantizeLinear`` computes — so the QDQ file and
-the float export describe the same g. Weights of every layer are quantised; biases and input
-normalisation stay float32. 4-bit values are stored in int8 initialisers.
+``(out, in/groups, *kernel)`` are quantised as stored, never unrolled: DESIGN.md §10); the quantised
+network g has the float32 weights ``fl32(fl32(q) * fl32(s))`` (exactly what ``DequantizeLinear``
+computes), so the QDQ file and the float export describe the same g. Weights of every layer are
+quantised; biases and input normalisation stay float32. 4-bit values are stored in int8 initialisers.
 
 A conv layer's filters become an int8 initialiser behind ``DequantizeLinear`` (per-channel scales on
-axis 0) feeding the ``Conv``. Dense layers are written as ``Gemm`` (``transB=1``): onnxruntime's extended graph optimisations rewrite
-``DequantizeLinear -> MatMul`` into ``MatMulNBits`` / dynamically quantised kernels whose
-results differ from the ONNX semantics by ~1e-3 (measured), which would void the certificate;
-``DequantizeLinear -> Gemm`` is evaluated as written.
+axis 0) feeding the ``Conv``. Dense layers are written as ``Gemm`` (``transB=1``): onnxruntime's
+extended graph optimisations rewrite ``DequantizeLinear -> MatMul`` into ``MatMulNBits`` /
+dynamically quantised kernels whose results differ from the ONNX semantics by ~1e-3 (measured),
+which would void the certificate; ``DequantizeLinear -> Gemm`` is evaluated as written.
 """
 from __future__ import annotations
 
