@@ -295,8 +295,10 @@ def test_per_channel_qdq_conv_runs_in_onnxruntime_and_certifies(cnn, tmp_path, r
                         * s_ref[:, None])
     x = rng.uniform(-1, 1, (64, N_IN)).astype(np.float32)
     assert np.allclose(run_onnx(out, x), _forward(expect, x), atol=1e-5)
-    assert 0 < _sampled(path, out, xset, rng) <= res.certificate["guarantee"]["epsilon"]
+    seen = _sampled(path, out, xset, rng)
+    assert 0 < seen <= res.certificate["guarantee"]["epsilon"]
     assert check_certificate(cert_path).holds
+    assert _tamper_fails(cert_path, lambda c: c["guarantee"].update(epsilon=seen / 2))
 
 
 # ----- confident pruning -----------------------------------------------------------------------------
