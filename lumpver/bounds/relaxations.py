@@ -214,3 +214,38 @@ def get_relaxation(name: str) -> ActivationRelaxation:
         return RELAXATIONS[name]
     except KeyError:
         raise ValueError(f"no bound relaxation for activation {name!r}") from None
+
+
+# ----------------------------------------------------------------------------------------
+# max pooling (DESIGN.md §10): not element-wise, so not in the activation registry
+# ----------------------------------------------------------------------------------------
+@dataclass
+class MaxPoolRelaxation:
+    """Lines for ``y_j = max_{i in W_j} x_i`` on input bounds ``[lo, hi]`` (DeepPoly's max rule):
+    below, ``y_j >= x_{lo_idx[j]}`` (the input with the largest lower bound: any window input is a
+    lower bound of the max); above, ``y_j <= up_coef[j] * x_{lo_idx[j]} + up_const[j]``, which is
+    ``y_j = x_{lo_idx[j]}`` where that input dominates (its lower bound is at least every other
+    input's upper bound) and the constant ``max_i hi_i`` otherwise. Selections only: no rounding."""
+
+    lo_idx: np.ndarray  # (out,) flat input index
+    up_coef: np.ndarray  # (out,) 1.0 where one input dominates, else 0.0
+    up_const: np.ndarray  # (out,) 0.0 where dominated, else the largest upper bound of the window
+    lower: np.ndarray  # (out,) interval bounds of y
+    upper: np.ndarray
+
+
+def maxpool_relaxation(windows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> MaxPoolRelaxation:
+    """The :class:`MaxPoolRelaxation` of windows ``windows`` (``(out, k)`` flat input indices, ``-1``
+    on padding, :class:`lumpver.ir.pooling.MaxPool`) for input bounds ``[lo, hi]``."""
+    pad = windows < 0
+    idx = np.maximum(windows, 0)
+    wl = np.where(pad, -np.inf, lo[idx])
+    wu = np.where(pad, -np.inf, hi[idx])
+    rows = np.arange(windows.shape[0])
+    best = wl.argmax(axis=1)
+    others = wu.copy()
+    others[rows, best] = -np.inf
+    best_lo, top = wl[rows, best], wu.max(axis=1)
+    dominant = best_lo >= others.max(axis=1)
+    return MaxPoolRelaxation(windows[rows, best], dominant.astype(np.float64), np.where(dominant, 0.0, top),
+                             best_lo, np.where(dominant, wu[rows, best], top))

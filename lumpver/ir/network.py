@@ -155,6 +155,11 @@ class Network:
         return sum(self.hidden_widths)
 
     @property
+    def n_features(self) -> int:
+        """Values per sample of one forward pass: inputs plus every layer's width."""
+        return self.n_inputs + sum(layer.width for layer in self.layers)
+
+    @property
     def n_params(self) -> int:
         return sum(layer.op.n_params + layer.bias.size for layer in self.layers)
 
