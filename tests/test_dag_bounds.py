@@ -61,7 +61,12 @@ def test_maxpool_relaxation_is_sound_by_sampling(rng):
         r = maxpool_relaxation(pool.windows, lo, hi)
         x = rng.uniform(lo, hi, size=(300, pool.in_features))
         y = pool.forward(x)
-        assert np.all(y >= x[:, r.lo_idx]) and np.all(y <= r.up_coef * x[:, r.lo_idx] + r.up_const)
+        above = r.up_coef * x[:, r.lo_idx] + r.up_coef2 * x[:, r.up_idx2] + r.up_const
+        assert np.all(y >= x[:, r.lo_idx]) and np.all(y <= above)
+        corners = np.where(rng.integers(0, 2, size=(300, pool.in_features)) == 1, hi, lo)  # where chords touch
+        yc = pool.forward(corners)
+        line = r.up_coef * corners[:, r.lo_idx] + r.up_coef2 * corners[:, r.up_idx2] + r.up_const
+        assert np.all(yc <= line + 1e-14 * (1 + np.abs(line)))  # equality where the chord touches
         assert np.all(y >= r.lower) and np.all(y <= r.upper)
         brute = np.array([[x[:, [i for i in w if i >= 0]].max(axis=1) for w in pool.windows]])
         assert np.array_equal(brute[0].T, y)

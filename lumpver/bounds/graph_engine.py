@@ -136,12 +136,13 @@ def _through_maxpool(r: MaxPoolRelaxation, n_in: int, A, A_mag, c, c_mag):
     """Coefficients on a max pool's outputs -> on its inputs (upper-bound direction)."""
     n_out = r.lo_idx.size
     rows = np.arange(n_out)
-    up = sp.csr_matrix((r.up_coef, (rows, r.lo_idx)), shape=(n_out, n_in))
+    up = sp.csr_matrix((np.r_[r.up_coef, r.up_coef2], (np.r_[rows, rows], np.r_[r.lo_idx, r.up_idx2])),
+                       shape=(n_out, n_in))  # duplicate entries are summed
     lo = sp.csr_matrix((np.ones(n_out), (rows, r.lo_idx)), shape=(n_out, n_in))
     pos, neg = np.maximum(A, 0.0), np.minimum(A, 0.0)
     new = np.asarray((up.T @ pos.T).T + (lo.T @ neg.T).T)
-    mag = np.asarray((up.T @ A_mag.T).T + (lo.T @ A_mag.T).T)
-    return new, mag, c + pos @ r.up_const, c_mag + A_mag @ np.abs(r.up_const)
+    mag = np.asarray((abs(up).T @ A_mag.T).T + (lo.T @ A_mag.T).T)
+    return new, mag, c + pos @ r.up_const, c_mag + A_mag @ (np.abs(r.up_const) + r.tmag)
 
 
 def graph_objective_bounds(pg: PreparedGraph, gb: GraphBounds, lam: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
