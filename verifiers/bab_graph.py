@@ -46,9 +46,10 @@ class _Box:
         return float(np.min(self.upper))
 
 
-def bound_box(pg: PreparedGraph, box: Box, A: np.ndarray, b: np.ndarray) -> _Box:
-    """Sound upper bounds of every row of ``b - A y`` over ``box``."""
-    gb = propagate_graph(pg, box)
+def bound_box(pg: PreparedGraph, box: Box, A: np.ndarray, b: np.ndarray, deadline: Optional[float] = None) -> _Box:
+    """Sound upper bounds of every row of ``b - A y`` over ``box`` (intermediate bounds stay interval
+    bounds after ``deadline``)."""
+    gb = propagate_graph(pg, box, deadline=deadline)
     lb = back_substitute_graph(pg, gb.relax, -A, gb.output)
     return _Box(box, add_hi(lb.upper(box), b), lb.A)
 
@@ -96,7 +97,7 @@ def _disjunct(query: Query, opt, pg: PreparedGraph, region, A, b, t0: float, sta
               what: str) -> Optional[Verdict]:
     """None when the disjunct is excluded on the region, else a violated/unknown verdict."""
     deadline = t0 + query.timeout
-    frontier = [bound_box(pg, region_box(region), A, b)]
+    frontier = [bound_box(pg, region_box(region), A, b, deadline)]
     last_fals = last_beat = time.monotonic()
     while True:
         stats["boxes"] += len(frontier)
@@ -123,7 +124,7 @@ def _disjunct(query: Query, opt, pg: PreparedGraph, region, A, b, t0: float, sta
                 return hit
         open_.sort(key=lambda d: d.score)
         todo, rest = open_[-opt.batch:], open_[:-opt.batch]
-        frontier = rest + [bound_box(pg, h, A, b) for d in todo for h in _halves(d)]
+        frontier = rest + [bound_box(pg, h, A, b, deadline) for d in todo for h in _halves(d)]
 
 
 def _vertex(d: _Box) -> np.ndarray:

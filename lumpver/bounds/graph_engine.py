@@ -16,6 +16,7 @@ of a :class:`~lumpver.ir.graph.GraphNetwork` over a raw input box, auto_LiRPA st
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -30,7 +31,7 @@ from lumpver.ir.conv import DiagonalOperator
 from lumpver.ir.graph import GraphNetwork
 from lumpver.specs.inputset import Box
 
-_ROW_VALUES = 1 << 24  # coefficient values per chunk of back-substituted rows
+_ROW_VALUES = 1 << 22  # coefficient values per array in a chunk of back-substituted rows
 
 
 @dataclass
@@ -80,6 +81,7 @@ class GraphBounds:
     relax: dict[str, LinearRelaxation | MaxPoolRelaxation]
     output: str
     method: str
+    complete: bool = True  # every intermediate node was back-substituted (no deadline cut)
 
     @property
     def output_lower(self) -> np.ndarray:
@@ -156,10 +158,12 @@ def graph_objective_bounds(pg: PreparedGraph, gb: GraphBounds, lam: np.ndarray, 
 # ----------------------------------------------------------------------------------------
 # node bounds
 # ----------------------------------------------------------------------------------------
-def propagate_graph(pg: PreparedGraph, box: Box, method: str = "crown",
-                    prior: Optional[GraphBounds] = None) -> GraphBounds:
+def propagate_graph(pg: PreparedGraph, box: Box, method: str = "crown", prior: Optional[GraphBounds] = None,
+                    deadline: Optional[float] = None) -> GraphBounds:
     """Bounds of every node of ``pg.net`` over the raw ``box`` (module docstring); ``prior`` (bounds
-    on the same or a larger box) are intersected in."""
+    on the same or a larger box) are intersected in. After ``deadline`` (``time.monotonic()``)
+    intermediate nodes keep their interval bounds (still sound; ``complete`` turns False); the
+    output is always back-substituted."""
     net = pg.net
     out = GraphBounds({"input": box.lower.astype(np.float64)}, {"input": box.upper.astype(np.float64)}, {},
                       net.output, method)
@@ -167,8 +171,10 @@ def propagate_graph(pg: PreparedGraph, box: Box, method: str = "crown",
         lo, hi = _interval(pg, out, nid)
         if method == "crown" and nid not in pg.affine_of_input:
             rows = _crown_rows(pg, nid, lo, hi)
-            if rows is not None and rows.size:
-                lo, hi = _tighten(pg, out, nid, rows, box, lo, hi)
+            late = deadline is not None and nid != net.output and time.monotonic() > deadline
+            out.complete = out.complete and not (late and rows is not None and rows.size)
+            if rows is not None and rows.size and not late:
+                lo, hi = _tighten(pg, out, nid, rows, box, lo, hi, None if nid == net.output else deadline)
         if prior is not None:
             lo, hi = np.maximum(lo, prior.lower[nid]), np.minimum(hi, prior.upper[nid])
         out.lower[nid], out.upper[nid] = lo, np.maximum(hi, lo)
@@ -194,29 +200,47 @@ def _interval(pg: PreparedGraph, gb: GraphBounds, nid: str) -> tuple[np.ndarray,
 
 
 def _crown_rows(pg: PreparedGraph, nid: str, lo: np.ndarray, hi: np.ndarray) -> Optional[np.ndarray]:
-    """Rows of node ``nid`` worth back-substituting: all of the output and of a max pool's input,
-    the unstable ones of an activation's input; None when no relaxation reads the node, and for an
-    activation node (the interval of its input's bounds is exact for a monotone activation)."""
+    """Rows of node ``nid`` worth back-substituting: all of the output, the unstable rows of an
+    activation's input, the contested inputs of a max pool; None when no relaxation reads the node,
+    and for an activation node (the interval of its input's bounds is exact for a monotone activation)."""
     net = pg.net
     if net.node(nid).kind == "act":  # act.interval of its input's bounds is as tight as CROWN here
         return None
     if nid == net.output:
         return np.arange(lo.size)
-    readers = [net.node(s) for s in net.graph.successors(nid)]
-    if any(r.kind == "maxpool" for r in readers):
-        return np.arange(lo.size)
-    if any(r.kind == "act" for r in readers):
-        return np.flatnonzero((lo < 0) & (hi > 0))
-    return None
+    readers = [net.node(s) for s in net.graph.successors(nid) if net.node(s).kind in ("act", "maxpool")]
+    if not readers:
+        return None
+    rows = np.zeros(lo.size, dtype=bool)
+    for r in readers:
+        rows |= _contested(r.pool.windows, lo, hi) if r.kind == "maxpool" else (lo < 0) & (hi > 0)
+    return np.flatnonzero(rows)
+
+
+def _contested(windows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Inputs that can be the maximum of a window no single input dominates (only their bounds
+    change the max pool's relaxation)."""
+    pad = windows < 0
+    wl = np.where(pad, -np.inf, lo[np.maximum(windows, 0)])
+    wu = np.where(pad, -np.inf, hi[np.maximum(windows, 0)])
+    cand = wu > wl.max(axis=1, keepdims=True)
+    open_ = cand.sum(axis=1) > 1
+    out = np.zeros(lo.size, dtype=bool)
+    out[windows[open_][cand[open_]]] = True
+    return out
 
 
 def _tighten(pg: PreparedGraph, gb: GraphBounds, nid: str, rows: np.ndarray, box: Box, lo: np.ndarray,
-             hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``[lo, hi]`` intersected on ``rows`` with back-substituted bounds (in chunks of rows)."""
+             hi: np.ndarray, deadline: Optional[float]) -> tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi]`` intersected on ``rows`` with back-substituted bounds (in chunks of rows, until
+    ``deadline``)."""
     lo, hi = lo.copy(), hi.copy()
     widest = max(pg.net.node(n).size for n in pg.net.order)
-    step = max(8, _ROW_VALUES // (2 * widest))
+    step = max(8, _ROW_VALUES // (2 * widest))  # rows and their negations
     for s in range(0, rows.size, step):
+        if deadline is not None and time.monotonic() > deadline:
+            gb.complete = False
+            break
         r = rows[s:s + step]
         sel = np.zeros((r.size, lo.size))
         sel[np.arange(r.size), r] = 1.0

@@ -4,8 +4,8 @@ plus the folding of element-wise scales into neighbouring operators.
 
 Helpers of :mod:`lumpver.ir.onnx_import` (which walks the graph); each handler reads the node,
 checks it against the tracked data shape and hands a :mod:`lumpver.ir.conv` operator to the
-builder. Every refusal is an :class:`InputError` naming the node. ``MaxPool`` and residual
-``Add`` need a DAG IR and are refused by the walker.
+builder. Every refusal is an :class:`InputError` naming the node. ``MaxPool``, residual ``Add`` and
+``Concat`` are join nodes of the graph IR, read by the walker of :mod:`lumpver.ir.onnx_import`.
 """
 from __future__ import annotations
 
