@@ -182,3 +182,15 @@ def test_crown_never_below_the_milp_optimum(tmp_path, rng, kind):
         _, up = graph_objective_bounds(pg, gb, c, box)
         assert up[0] >= best - 1e-6
         assert up[0] <= best + 10 * (1 + abs(best))  # and not vacuous
+
+
+def test_a_passed_deadline_keeps_interval_bounds_sound(tmp_path, rng):
+    g = random_dag_cnn("residual", seed=8)
+    path = tmp_path / "g.onnx"
+    save_graph(g, path)
+    pg = prepare_graph(g)
+    box = _box(g, rng, 0.1)
+    cut, full = propagate_graph(pg, box, deadline=0.0), propagate_graph(pg, box)
+    assert not cut.complete and full.complete
+    ys = run_onnx(path, box.sample(500, rng))
+    assert np.all(ys >= cut.output_lower - 1e-5) and np.all(ys <= cut.output_upper + 1e-5)
