@@ -98,7 +98,8 @@ class GraphNetwork:
     def __post_init__(self) -> None:
         if not nx.is_directed_acyclic_graph(self.graph):
             raise ValueError("the operator graph has a cycle")
-        self.order: list[str] = [n for n in nx.topological_sort(self.graph) if nx.has_path(self.graph, n, self.output)]
+        used = nx.ancestors(self.graph, self.output) | {self.output}
+        self.order: list[str] = [n for n in nx.topological_sort(self.graph) if n in used]
         for nid in self.order:
             node = self.node(nid)
             sizes = [self.node(i).size for i in node.inputs]
