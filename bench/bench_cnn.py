@@ -1,8 +1,9 @@
 """Convolutional networks (issue 12, DESIGN.md §10): verification of the shared CNN instances
 against the published VNN-COMP 2021 peers, and exact channel lumping time against read-once time.
 
-``verify``: every instance of ``../shared/data/cnn/verivital`` (Convnet_avgpool, 20) and
-``../shared/data/cnn/oval21`` (10) with ``lumpver verify``'s API and a short timeout; per class the
+``verify``: every instance of ``../shared/data/cnn/verivital`` (Convnet_avgpool, 20; Convnet_maxpool, 10:
+a graph network with MaxPool, verified through the graph bound engine) and ``../shared/data/cnn/oval21``
+(10) with ``lumpver verify``'s API and a short timeout (``--only CLASS`` for one class); per class the
 decided count and the time, next to each peer's published count; ratios of times are formed only
 within one tool (ours at timeout T vs ours, peers' own published numbers are listed as they are).
 Any answer contradicting a peer's decided answer is printed as CONTRADICTION.
@@ -22,7 +23,8 @@ channel pruning, weight pruning, coreset filter pruning (keep 0.5) and 8-bit per
 each certified on the input set (``--timeout`` seconds): channels per hidden layer, the largest error
 onnxruntime shows on sampled points of the set (a lower bound) and the certified bound.
 
-Usage: python bench/bench_cnn.py [verify|lump|memory|prune|all] [--timeout 30] [--backend interval] [--repeat 3]
+Usage: python bench/bench_cnn.py [verify|lump|memory|prune|all] [--timeout 30] [--backend interval] [--only maxpool]
+       [--repeat 3]
        [--channels 256] [--big-channels 128]
 """
 from __future__ import annotations
@@ -41,27 +43,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lumpver.api.verify import verify_property  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cnn"
-CLASSES = {"verivital": "Convnet_avgpool.onnx", "oval21": "cifar_base_kw.onnx"}
+#: instance class -> (folder, model)
+CLASSES = {"avgpool": ("verivital", "Convnet_avgpool.onnx"), "maxpool": ("verivital", "Convnet_maxpool.onnx"),
+           "oval21": ("oval21", "cifar_base_kw.onnx")}
 ANSWER = {"sat": "sat", "violated": "sat", "unsat": "unsat", "holds": "unsat"}
 
 
-def instances() -> list[tuple[str, Path, Path]]:
+def instances(only: str = "") -> list[tuple[str, Path, Path]]:
+    """(class, model, property) of every shared instance of :data:`CLASSES` (or of class ``only``)."""
     out = []
-    for folder, model in CLASSES.items():
+    for cls, (folder, model) in CLASSES.items():
+        if only and cls != only:
+            continue
         with open(DATA / folder / "instances.csv") as fh:
             for onnx_rel, prop_rel, _t in csv.reader(fh):
                 if Path(onnx_rel).name == model:
-                    out.append((folder, DATA / folder / onnx_rel, DATA / folder / prop_rel))
+                    out.append((cls, DATA / folder / onnx_rel, DATA / folder / prop_rel))
     return out
 
 
 def published() -> dict[tuple[str, str], dict[str, tuple[str, float]]]:
-    """(folder, vnnlib name) -> tool -> (answer, seconds) for the instances of :data:`CLASSES`."""
+    """(class, vnnlib name) -> tool -> (answer, seconds) for the instances of :data:`CLASSES`."""
+    by_model = {v: k for k, v in CLASSES.items()}
     out: dict = defaultdict(dict)
     with open(DATA / "published_results_vnncomp2021.csv") as fh:
         for r in csv.DictReader(fh):
-            if CLASSES.get(r["folder"]) == r["onnx"]:
-                out[(r["folder"], r["vnnlib"])][r["tool"]] = (ANSWER.get(r["result"].lower(), "-"), float(r["seconds"] or 0))
+            if (r["folder"], r["onnx"]) in by_model:
+                out[(by_model[(r["folder"], r["onnx"])], r["vnnlib"])][r["tool"]] = (ANSWER.get(r["result"].lower(), "-"), float(r["seconds"] or 0))
     return out
 
 
@@ -79,10 +87,10 @@ def _clash(ours: str, peers: dict[str, tuple[str, float]]) -> str:
     return f"  (differs from minority {minority})" if minority else ""
 
 
-def run_verify(timeout: float, backend: str) -> None:
+def run_verify(timeout: float, backend: str, only: str = "") -> None:
     pub = published()
     ours: dict[str, list] = defaultdict(list)
-    for folder, model, prop in instances():
+    for folder, model, prop in instances(only):
         t0 = time.monotonic()
         r = verify_property(model, prop, backend=backend, timeout=timeout)
         dt = time.monotonic() - t0
@@ -91,6 +99,8 @@ def run_verify(timeout: float, backend: str) -> None:
         ours[folder].append((r.result, dt))
     print(f"\n| class | tool | decided | sat | unsat | total s (decided) |\n|---|---|---|---|---|---|")
     for folder in CLASSES:
+        if folder not in ours:
+            continue
         res = ours[folder]
         c = Counter(a for a, _ in res)
         t = sum(s for a, s in res if a in ("sat", "unsat"))
@@ -246,12 +256,13 @@ def main() -> None:
     ap.add_argument("what", nargs="?", default="all", choices=("verify", "lump", "memory", "prune", "all"))
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--backend", default="interval")
+    ap.add_argument("--only", default="", choices=("",) + tuple(CLASSES), help="verify one instance class")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--channels", type=int, default=256, help="channels of each planted conv layer")
     ap.add_argument("--big-channels", type=int, default=128, help="channels of the larger planted CNN (memory)")
     a = ap.parse_args()
     if a.what in ("verify", "all"):
-        run_verify(a.timeout, a.backend)
+        run_verify(a.timeout, a.backend, a.only)
     if a.what in ("lump", "all"):
         run_lump(a.repeat, a.channels)
     if a.what in ("memory", "all"):

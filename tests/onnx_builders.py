@@ -231,3 +231,74 @@ def folding_model(rng) -> onnx.ModelProto:
              helper.make_node("BatchNormalization", ["p2", *bn], ["n3"]),
              helper.make_node("Flatten", ["n3"], ["f"]), helper.make_node("Gemm", ["f", "W3", "B3"], ["y"], transB=1)]
     return make_model(nodes, inits, "x", ["N", 2, 5, 5], "y", ["N", 2])
+
+
+# ----- graphs with branches (residual Add, Concat, MaxPool) ------------------------------------
+def resnet_block_model(rng, join: str = "Add") -> onnx.ModelProto:
+    """Sub normalisation -> Conv -> BatchNormalization -> Relu, then a residual block (Conv -> Relu ->
+    Conv -> BatchNormalization, joined to the block's input by ``join`` (Add or Sum)) -> Relu ->
+    MaxPool (3x3, stride 2, pads 1) -> Flatten -> Gemm."""
+    c = 3
+    inits = {"m": f32(rng.normal(size=(1, 2, 1, 1))), "W1": f32(rng.normal(size=(c, 2, 3, 3)) / 3),
+             "B1": f32(rng.normal(size=c)), "g": f32(rng.uniform(0.5, 1.5, size=c)), "beta": f32(rng.normal(size=c)),
+             "mu": f32(rng.normal(size=c)), "var": f32(rng.uniform(0.5, 2, size=c)),
+             "W2": f32(rng.normal(size=(c, c, 3, 3)) / 4), "W3": f32(rng.normal(size=(c, c, 3, 3)) / 4),
+             "B3": f32(rng.normal(size=c)), "W4": f32(rng.normal(size=(4, c * 3 * 3)) / 5), "B4": f32(rng.normal(size=4))}
+    bn = ["g", "beta", "mu", "var"]
+    nodes = [helper.make_node("Sub", ["x", "m"], ["xn"]),
+             helper.make_node("Conv", ["xn", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", *bn], ["n1"]), helper.make_node("Relu", ["n1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "W3", "B3"], ["c3"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c3", *bn], ["n3"]),
+             helper.make_node(join, ["n3", "r1"], ["s"], name="skip"), helper.make_node("Relu", ["s"], ["r3"]),
+             helper.make_node("MaxPool", ["r3"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                              name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "W4", "B4"], ["y"], transB=1)]
+    return make_model(nodes, inits, "x", ["N", 2, 6, 6], "y", ["N", 4])
+
+
+def inception_model(rng) -> onnx.ModelProto:
+    """Conv -> Relu, two branches (1x1 Conv; Pad -> 3x3 Conv -> Relu) -> Concat (axis 1) -> Relu ->
+    MaxPool 2x2 -> Flatten -> Gemm -> Relu -> Gemm, whose output is added to a Gemm of the flattened
+    features (a dense residual) -> MatMul + Add."""
+    inits = {"W1": f32(rng.normal(size=(3, 1, 3, 3))), "B1": f32(rng.normal(size=3)),
+             "Wa": f32(rng.normal(size=(2, 3, 1, 1))), "Wb": f32(rng.normal(size=(4, 3, 3, 3)) / 3),
+             "Bb": f32(rng.normal(size=4)), "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64),
+             "W2": f32(rng.normal(size=(5, 6 * 3 * 3)) / 4), "B2": f32(rng.normal(size=5)),
+             "W3": f32(rng.normal(size=(5, 5))), "W4": f32(rng.normal(size=(5, 6 * 3 * 3)) / 4),
+             "W5": f32(rng.normal(size=(5, 2))), "B5": f32(rng.normal(size=2))}
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "Wa"], ["a"]),
+             helper.make_node("Pad", ["r1", "pads"], ["rp"], mode="constant"),
+             helper.make_node("Conv", ["rp", "Wb", "Bb"], ["b1"]), helper.make_node("Relu", ["b1"], ["b"]),
+             helper.make_node("Concat", ["a", "b"], ["cat"], axis=1, name="cat"),
+             helper.make_node("Relu", ["cat"], ["rc"]),
+             helper.make_node("MaxPool", ["rc"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "W2", "B2"], ["g2"], transB=1), helper.make_node("Relu", ["g2"], ["r2"]),
+             helper.make_node("Gemm", ["r2", "W3"], ["g3"], transB=1),
+             helper.make_node("Gemm", ["f", "W4"], ["g4"], transB=1),
+             helper.make_node("Add", ["g3", "g4"], ["s"], name="dense_skip"),
+             helper.make_node("MatMul", ["s", "W5"], ["m5"]), helper.make_node("Add", ["m5", "B5"], ["y"])]
+    return make_model(nodes, inits, "x", ["N", 1, 6, 6], "y", ["N", 2])
+
+
+def bad_add_model(rng) -> onnx.ModelProto:
+    """Two convolutions with 2 and 3 output channels added: mismatched shapes."""
+    inits = {"Wa": f32(rng.normal(size=(2, 1, 3, 3))), "Wb": f32(rng.normal(size=(3, 1, 3, 3)))}
+    nodes = [helper.make_node("Conv", ["x", "Wa"], ["a"]), helper.make_node("Conv", ["x", "Wb"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"], name="bad_add")]
+    return make_model(nodes, inits, "x", ["N", 1, 5, 5], "y", ["N", 3, 3, 3])
+
+
+def lstm_model(rng) -> onnx.ModelProto:
+    """A Gemm followed by an LSTM node (unsupported)."""
+    inits = {"W": f32(rng.normal(size=(4, 3))), "Wl": f32(rng.normal(size=(1, 8, 4))),
+             "Rl": f32(rng.normal(size=(1, 8, 2)))}
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["g"], transB=1),
+             helper.make_node("Reshape", ["g", "shape"], ["u"]),
+             helper.make_node("LSTM", ["u", "Wl", "Rl"], ["y"], hidden_size=2, name="lstm")]
+    inits["shape"] = np.array([1, -1, 4], dtype=np.int64)
+    return make_model(nodes, inits, "x", [1, 3], "y", [1, 1, 1, 2])

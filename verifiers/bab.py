@@ -33,7 +33,9 @@ from lumpver.bounds.engine import Chain, prepare
 from lumpver.bounds.region import region_box
 from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import InputSet
+from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
+from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Domain, input_split, relu_split, stack
 from lumpver.verifiers.base import Query, Verdict
 
@@ -146,6 +148,8 @@ class BabBackend:
         t0 = time.monotonic()
         if query.other is not None or query.prop is None:
             return Verdict("unknown", self.name, "bab decides VNN-LIB properties only (no equivalence queries)")
+        if isinstance(query.network, GraphNetwork):  # residual/concat/max-pool networks: their own search
+            return check_graph(query, self.options)
         pool = None
         if self.options.workers > 1:
             import multiprocessing

@@ -1,6 +1,6 @@
 """Falsifier: random sampling, then gradient-guided search (PGD) over the input set (DESIGN.md §5).
 
-The core works on :class:`~lumpver.ir.network.Network` objects only. For an equivalence query it
+The core works on :class:`~lumpver.ir.network.Network` objects (and graph networks). For an equivalence query it
 maximises ``||f(x) - g(x)||`` (norms linf, l1, l2, and top1 = top-1 disagreement); for a
 property query it maximises the violation margin of the unsafe output set. Gradients are
 exact local gradients (vector-Jacobian products through the activation pattern for
@@ -24,6 +24,7 @@ from lumpver.bounds.region import region_box
 from lumpver.ir.activations import get_activation
 from lumpver.specs.inputset import OutputProperty, Polytope, Region
 from lumpver.specs.norms import norm_value
+from lumpver.ir.graph import GraphNetwork
 from lumpver.ir.network import Network
 from lumpver.verifiers.base import Query, Verdict
 
@@ -35,7 +36,10 @@ CONTAINS_TOL = 1e-9
 def forward_vjp(net: Network, x: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Outputs ``(n, m)`` for raw inputs ``x (n, d)`` and a function mapping output seeds
     ``(n, m)`` to input gradients ``(n, d)`` (exact local vector-Jacobian product through the
-    operator interface: ``op.forward`` then ``op.backward``, so convolutions stay operators)."""
+    operator interface: ``op.forward`` then ``op.backward``, so convolutions stay operators; a graph
+    network walks its own nodes, :meth:`lumpver.ir.graph.GraphNetwork.forward_vjp`)."""
+    if isinstance(net, GraphNetwork):
+        return net.forward_vjp(x)
     scale, shift = net.input_affine()
     h = x * scale + shift
     cache = []
@@ -274,7 +278,7 @@ BATCH_FEATURES = 1 << 23
 def batch_cap(query: Query, n: int) -> int:
     """``n`` samples, fewer when a batch of them would exceed :data:`BATCH_FEATURES` (at least 16)."""
     nets = [query.network] + ([query.other] if query.other is not None else [])
-    per = sum(net.n_inputs + sum(layer.width for layer in net.layers) for net in nets)
+    per = sum(net.n_features for net in nets)
     return int(max(16, min(n, BATCH_FEATURES // max(1, per))))
 
 

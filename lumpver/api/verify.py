@@ -6,7 +6,8 @@ A property is a union of cases ``(input region, unsafe output polytopes)``. The 
 ``timeout`` or ``unknown``; an exception inside a back-end gives ``error``. A ``sat`` answer
 is always replayed with onnxruntime on the ORIGINAL model: the input must lie in the case's
 region and the onnxruntime output in its unsafe set, or the case counts as ``unknown``.
-``auto`` runs branch and bound (back-end ``bab``, ``workers`` processes), then smt on an early unknown.
+``auto`` runs branch and bound (back-end ``bab``, ``workers`` processes), then smt on an early unknown
+(chain networks only: a graph network, with residual Add, Concat or MaxPool, goes to bab or falsify).
 With ``reduce=True`` each case goes through :func:`lumpver.api.reduce_verify.verify_case_reduced`
 (falsifier on the original, bounds-driven split, on-set reduction of each open sub-box, the
 back-end on each reduced network against the unsafe set widened by its certified discrepancy).
@@ -22,7 +23,8 @@ import numpy as np
 
 from lumpver.api.reduce_verify import verify_case_reduced
 from lumpver.errors import InputError
-from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.graph import GraphNetwork
+from lumpver.ir.onnx_import import load_model
 from lumpver.ir.runtime import run_onnx
 from lumpver.progress import SILENT, Progress
 from lumpver.ir.network import require_logits
@@ -34,6 +36,8 @@ from lumpver.verifiers.falsify import CONTAINS_TOL
 
 BACKENDS = ("bab", "smt", "marabou", "auto", "falsify", "interval")
 RESULTS = ("sat", "unsat", "unknown", "timeout", "error")
+#: back-ends that take a graph network (residual Add, Concat, MaxPool)
+GRAPH_BACKENDS = ("auto", "bab", "falsify")
 
 
 @dataclass
@@ -93,7 +97,7 @@ class _Auto:
         t0 = time.monotonic()
         v = self.bab.check(query)
         left = query.timeout - (time.monotonic() - t0)
-        if v.verdict != "unknown" or "timeout" in v.reason or left < 1.0:
+        if v.verdict != "unknown" or "timeout" in v.reason or left < 1.0 or isinstance(query.network, GraphNetwork):
             return v
         q = Query(query.network, query.input_set, prop=query.prop, timeout=left, seed=query.seed)
         w = get_backend("smt").check(q)
@@ -114,8 +118,10 @@ def verify_property(
     if backend not in BACKENDS:
         raise InputError(f"unknown back-end {backend!r}; expected one of {', '.join(BACKENDS)}")
     t0 = time.monotonic()
-    net = load_onnx(model_path)
+    net = load_model(model_path)
     require_logits(net, "verify")
+    if isinstance(net, GraphNetwork) and (reduce or backend not in GRAPH_BACKENDS):
+        net.require_chain("verify --reduce" if reduce else f"verify --backend {backend}", str(model_path))
     spec = read_vnnlib(prop_path, n_inputs=net.n_inputs, n_outputs=net.n_outputs)
     be = _backend_for(backend, workers, progress)
     verdicts: list[Verdict] = []

@@ -214,3 +214,63 @@ def get_relaxation(name: str) -> ActivationRelaxation:
         return RELAXATIONS[name]
     except KeyError:
         raise ValueError(f"no bound relaxation for activation {name!r}") from None
+
+
+# ----------------------------------------------------------------------------------------
+# max pooling (DESIGN.md §10): not element-wise, so not in the activation registry
+# ----------------------------------------------------------------------------------------
+@dataclass
+class MaxPoolRelaxation:
+    """Lines for ``y_j = max_{i in W_j} x_i`` on input bounds ``[lo, hi]`` (DeepPoly's max rule with a
+    chord for two candidates). Below, ``y_j >= x_{lo_idx[j]}`` (the input ``b`` with the largest lower
+    bound: any window input bounds the max from below). Above,
+    ``y_j <= up_coef[j] x_b + up_coef2[j] x_{up_idx2[j]} + up_const[j]``:
+
+    * ``y_j = x_b`` where ``b`` dominates (its lower bound is at least every other upper bound);
+    * with exactly one other candidate ``a`` (``hi_a > lo_b``; every other input stays below ``x_b``):
+      ``y = x_b + relu(x_a - x_b) <= x_b + s (x_a - x_b - l_d)``, the ReLU chord on
+      ``d = x_a - x_b in [l_d, u_d]`` (``s = u_d / (u_d - l_d)`` rounded up, ``l_d, u_d`` outward);
+    * else the constant ``max_i hi_i``.
+
+    ``tmag`` bounds the magnitude of the intercept's computation (its rounding is covered by the
+    back-substitution margin, as for piecewise-linear activations)."""
+
+    lo_idx: np.ndarray  # (out,) flat input index b
+    up_coef: np.ndarray  # (out,) coefficient of x_b above
+    up_idx2: np.ndarray  # (out,) flat index of the second candidate (b itself where unused)
+    up_coef2: np.ndarray  # (out,) its coefficient (0 where unused)
+    up_const: np.ndarray  # (out,)
+    tmag: np.ndarray  # (out,)
+    lower: np.ndarray  # (out,) interval bounds of y
+    upper: np.ndarray
+
+
+def maxpool_relaxation(windows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> MaxPoolRelaxation:
+    """The :class:`MaxPoolRelaxation` of windows ``windows`` (``(out, k)`` flat input indices, ``-1``
+    on padding, :class:`lumpver.ir.pooling.MaxPool`) for input bounds ``[lo, hi]``."""
+    pad = windows < 0
+    idx = np.maximum(windows, 0)
+    wl = np.where(pad, -np.inf, lo[idx])
+    wu = np.where(pad, -np.inf, hi[idx])
+    rows = np.arange(windows.shape[0])
+    best = wl.argmax(axis=1)
+    others = wu.copy()
+    others[rows, best] = -np.inf
+    best_lo, top = wl[rows, best], wu.max(axis=1)
+    second = others.argmax(axis=1)
+    dominant = best_lo >= others[rows, second]
+    others[rows, second] = -np.inf
+    pair = ~dominant & (others.max(axis=1) <= best_lo)  # exactly one other candidate
+    b, a = windows[rows, best], windows[rows, second]
+    l_d = np.nextafter(lo[a] - hi[b], -np.inf)
+    u_d = np.nextafter(hi[a] - lo[b], np.inf)
+    width = np.where(pair, u_d - l_d, 1.0)
+    s = np.where(pair, np.minimum(1.0, _round_slope(np.where(pair, u_d, 0.0) / width, up=True)), 0.0)
+    s = np.where(pair & (l_d >= 0), 1.0, s)
+    t = 1.0 - s  # exact for s >= 1/2 (Sterbenz); below, t rounded down and s = 1 - t (exact, not smaller)
+    t = np.where(s < 0.5, np.nextafter(t, -np.inf), t)
+    s = np.where(s < 0.5, 1.0 - t, s)
+    up_coef = np.where(dominant, 1.0, np.where(pair, t, 0.0))
+    const = np.where(dominant, 0.0, np.where(pair, -s * np.minimum(l_d, 0.0), top))
+    return MaxPoolRelaxation(b, up_coef, np.where(pair, a, b), np.where(pair, s, 0.0), const,
+                             np.where(pair, np.abs(s * l_d), 0.0), best_lo, np.where(dominant, wu[rows, best], top))

@@ -1,5 +1,8 @@
 """The network IR: a feed-forward chain of layers, each a linear operator (DESIGN.md §1, §10).
 
+A network with branches (residual Add, Concat) or MaxPool is a :class:`lumpver.ir.graph.GraphNetwork`;
+this chain is its single-path view (``GraphNetwork.from_chain`` / ``require_chain``).
+
 One source of truth: :class:`Network` holds float64 arrays (imported float32 values are
 stored exactly); :meth:`Network.to_networkx` derives the neuron-graph view on demand for
 structure, partitions and reports.
@@ -153,6 +156,11 @@ class Network:
     @property
     def n_hidden(self) -> int:
         return sum(self.hidden_widths)
+
+    @property
+    def n_features(self) -> int:
+        """Values per sample of one forward pass: inputs plus every layer's width."""
+        return self.n_inputs + sum(layer.width for layer in self.layers)
 
     @property
     def n_params(self) -> int:

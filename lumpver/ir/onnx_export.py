@@ -101,7 +101,7 @@ class OnnxWriter:
         return out, absorbed
 
 
-def _write_layer(w: OnnxWriter, k: int, layer, x: str) -> str:
+def write_layer(w: OnnxWriter, k: int, layer, x: str) -> str:
     w.source_op, w.layer = layer.source_op, k
     x, absorbed = w.write(layer.op, x, layer.bias)
     if not absorbed and np.any(layer.bias):
@@ -139,7 +139,16 @@ def network_to_onnx(net: Network, producer: str = "lumpver"):
     for op in net.input_ops:
         x = w.node(op.op, [x, w.const(op.constant.reshape(first), "in")])
     for k, layer in enumerate(net.layers):
-        x = _write_layer(w, k, layer, x)
+        x = write_layer(w, k, layer, x)
+    return finish_model(w, net, x, producer)
+
+
+def finish_model(w: OnnxWriter, net, x: str, producer: str):
+    """The output steps after tensor ``x``, then the checked ``onnx.ModelProto`` (``net`` is a
+    :class:`Network` or a graph network: names, shapes and the final softmax are read from it)."""
+    import onnx
+    from onnx import helper
+
     _write_output(w, net, x)
     graph = helper.make_graph(w.nodes, "lumpver", [_value_info(net.input_name, net.input_shape)],
                               [_value_info(net.output_name, net.output_shape)], w.inits)

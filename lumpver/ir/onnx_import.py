@@ -1,47 +1,62 @@
-"""ONNX import: normalise a feed-forward ONNX graph into a :class:`Network` (DESIGN.md §1, §10).
+"""ONNX import: normalise an ONNX graph into a :class:`GraphNetwork` or a chain :class:`Network`
+(DESIGN.md §1, §10).
 
-Supported: ``MatMul`` (+ ``Add``), ``Gemm`` (``transA/transB/alpha/beta``), element-wise
-``Sub/Add/Mul/Div`` by constants (input normalisation is kept as input ops; later ones are
-folded into the neighbouring affine layer), ``BatchNormalization`` (folded), ``Flatten``,
-``Reshape``, ``Squeeze``, ``Unsqueeze``, ``Identity``, ``Dropout``, ``Cast``, order-preserving
-``Transpose``, activations ``Relu``, ``LeakyRelu``, ``Sigmoid``, ``Tanh``; symbolic batch
-dimensions; row-vector (``x @ W``) and column-vector (``W @ x``) layouts; ``.onnx.gz`` files.
-Spatial nodes (``Conv``, ``AveragePool``, ``GlobalAveragePool``, ``Pad``, feature-reordering
-``Transpose``, a final ``Softmax``) are read by :mod:`lumpver.ir.onnx_spatial` into operators
-that stay operators (no dense unrolling). Anything else (``MaxPool``, residual branches, ...)
-raises :class:`InputError` naming the op and node.
+The walker follows the nodes in file order. Runs of single-input nodes (segments) go through one
+:class:`lumpver.ir.onnx_nodes.Builder` each, exactly as a whole chain network does: ``MatMul`` (+
+``Add``), ``Gemm``, element-wise ``Sub/Add/Mul/Div`` by constants (at a segment's start kept as a
+``scale`` node: the input normalisation; later ones folded into the neighbouring affine map),
+``BatchNormalization`` (folded), shape-only ops, activations ``Relu``, ``LeakyRelu``, ``Sigmoid``,
+``Tanh``, and the spatial nodes of :mod:`lumpver.ir.onnx_spatial` (``Conv``, ``AveragePool``,
+``GlobalAveragePool``, ``Pad``, feature-reordering ``Transpose``, a final ``Softmax``), which stay
+operators. Join nodes end segments and become graph nodes: ``MaxPool``, ``Add``/``Sum`` of two
+branches of the same shape (residual), ``Concat`` along channels (axis 1); a value used by more than
+one node is a branch point. ``.onnx.gz`` files are read directly. Anything else raises
+:class:`InputError` naming the op and node. :func:`load_onnx` returns the chain view and refuses a
+DAG naming its first MaxPool/Add/Concat node; :func:`load_graph` returns any supported graph.
 """
 from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from lumpver.errors import InputError
-from lumpver.ir import onnx_spatial as spatial
 from lumpver.ir.activations import BY_ONNX_OP
-from lumpver.ir.conv import DiagonalOperator
-from lumpver.ir.network import InputOp, Layer, Network
-from lumpver.ir.onnx_spatial import fold_input_affine, sample_shape, scale_rows
-from lumpver.ir.operators import ComposedOperator, DenseOperator, LinearOperator
+from lumpver.ir.graph import GNode, GraphBuilder, GraphNetwork
+from lumpver.ir.network import Network
+from lumpver.ir.onnx_export import out_shape as op_out_shape
+from lumpver.ir.onnx_nodes import ELEMENTWISE, Builder, apply_node, check_finite_inputs, stored_arrays
+from lumpver.ir.onnx_spatial import auto_pads, sample_shape
+from lumpver.ir.pooling import MaxPool
 
-_SHAPE_ONLY = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast"}
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
-_ACTIVATIONS = BY_ONNX_OP
 GZIP_MAGIC = b"\x1f\x8b"
 _SHAPE_TENSOR_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "Mul", "Div", "Add",
                      "Sub", "Identity", "ConstantOfShape", "ReduceProd"}
+_CONST_OPS = {"Identity", "Cast", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Neg", "Sqrt", "Reciprocal",
+              "DequantizeLinear", "QuantizeLinear"} | ELEMENTWISE
 
 
 def load_onnx(path: str | os.PathLike) -> Network:
-    """Read an ONNX file into a :class:`Network`; :class:`InputError` for anything unreadable or unsupported."""
+    """Read an ONNX file into a chain :class:`Network`; :class:`InputError` for anything unreadable or
+    unsupported, and for a graph that is not a chain (naming its first MaxPool/Add/Concat node)."""
     path = str(path)
-    model = _read_model(path)
-    return onnx_to_network(model, path)
+    return onnx_to_network(_read_model(path), path)
 
+
+def load_graph(path: str | os.PathLike) -> GraphNetwork:
+    """Read an ONNX file into a :class:`GraphNetwork` (chains and DAGs)."""
+    path = str(path)
+    return onnx_to_graph(_read_model(path), path)
+
+
+def load_model(path: str | os.PathLike) -> Network | GraphNetwork:
+    """The chain :class:`Network` when the model is a chain, else its :class:`GraphNetwork`."""
+    graph = load_graph(path)
+    return graph if graph.first_dag_node() is not None else graph.require_chain("", str(path))
 
 def _read_model(path: str):
     import onnx
@@ -76,115 +91,13 @@ def _dims(value_info) -> list[int | str]:
     return out
 
 
-@dataclass
-class _Builder:
-    """Incremental construction of the layer list while walking the graph in order.
-
-    Weight-free operators (pad, pooling, permutation) met after a closed layer wait in
-    ``prefix`` and open the next layer's :class:`ComposedOperator`; element-wise affine steps
-    after a closed layer wait in ``diag_scale/diag_shift`` and fold into the next operator.
-    """
-
-    path: str
-    n: int  # current feature count
-    shape: list[Optional[int]]  # tracked data shape (None = batch / unknown)
-    opset: int = 13
-    layers: list[Layer] = field(default_factory=list)
-    input_ops: list[InputOp] = field(default_factory=list)
-    pending: Optional[Layer] = None  # affine map waiting for its activation
-    prefix: list[LinearOperator] = field(default_factory=list)
-    diag_scale: Optional[np.ndarray] = None  # element-wise affine after a closed layer
-    diag_shift: Optional[np.ndarray] = None
-    col_layout: bool = False  # features on axis 0 ([n] or [n, k]) rather than the last axis
-    softmax_where: str = ""  # the final Softmax node, once seen
-
-    @property
-    def sample(self) -> tuple[int, ...]:
-        return sample_shape(self.shape, self.n) or (self.n,)
-
-    @property
-    def spatial(self) -> bool:
-        return bool(self.prefix) or len(self.sample) > 1
-
-    # -- element-wise affine steps -------------------------------------------------------
-    def elementwise(self, op: str, c: np.ndarray) -> None:
-        if self.pending is None and not self.layers and not self.prefix:
-            self.input_ops.append(InputOp(op, c))
-            return
-        scale, shift = InputOp(op, c).as_affine()
-        if self.pending is not None:
-            self.pending.op = scale_rows(self.pending.op, scale, self.sample)
-            self.pending.bias = scale * self.pending.bias + shift
-            return
-        if self.diag_scale is None:
-            self.diag_scale, self.diag_shift = np.ones(self.n), np.zeros(self.n)
-        self.diag_scale, self.diag_shift = scale * self.diag_scale, scale * self.diag_shift + shift
-
-    def affine(self, op, bias: np.ndarray, source_op: str) -> None:
-        """Start a new affine map (a matrix or an operator) after the waiting prefix and diagonal;
-        a pending map without activation closes as an identity layer."""
-        if self.pending is not None:
-            self._close("identity", 0.01)
-        op = op if isinstance(op, LinearOperator) else DenseOperator(op)
-        if self.diag_scale is not None:
-            op, bias = fold_input_affine(op, self.diag_scale, self.diag_shift, bias, self.sample)
-            self.diag_scale = self.diag_shift = None
-        if self.prefix:
-            op, self.prefix = ComposedOperator(self.prefix + [op]), []
-        self.pending = Layer(op, bias, "identity", source_op=source_op)
-        self.n = op.out_features
-
-    def linear(self, op: LinearOperator) -> None:
-        """A weight-free linear operator (pad, pooling, permutation) on the running value."""
-        if self.pending is not None:
-            self.pending.op = ComposedOperator([self.pending.op, op])
-            self.pending.bias = op.forward(self.pending.bias[None, :])[0]
-        else:
-            if self.diag_scale is not None:
-                if not np.all(self.diag_scale == 1.0):
-                    self.prefix.append(DiagonalOperator(self.sample, self.diag_scale))
-                self.diag_scale, self.diag_shift = np.ones(op.out_features), op.forward(self.diag_shift[None, :])[0]
-            self.prefix.append(op)
-        self.n = op.out_features
-        self.shape = [self.shape[0] if self.shape else None, *op.out_shape]  # type: ignore[attr-defined]
-
-    def activation(self, act: str, alpha: float) -> None:
-        if self.pending is None:  # activation on a vector without an affine map: an identity map
-            self._identity_map()
-        self._close(act, alpha)
-
-    def _identity_map(self) -> None:
-        """Open a layer with no weights of its own: the waiting prefix and diagonal (or identity)."""
-        if not self.spatial:
-            self.affine(np.eye(self.n), np.zeros(self.n), "matmul")  # folds the waiting diagonal
-            return
-        chain, bias = list(self.prefix), np.zeros(self.n)
-        if self.diag_scale is not None:
-            if not np.all(self.diag_scale == 1.0):
-                chain.append(DiagonalOperator(self.sample, self.diag_scale))
-            bias = self.diag_shift
-        chain = chain or [DiagonalOperator(self.sample, np.ones(self.n))]
-        self.pending = Layer(chain[0] if len(chain) == 1 else ComposedOperator(chain), bias, "identity")
-        self.prefix, self.diag_scale, self.diag_shift = [], None, None
-
-    def _close(self, act: str, alpha: float) -> None:
-        layer = self.pending
-        assert layer is not None
-        layer.activation, layer.alpha = act, alpha
-        self.layers.append(layer)
-        self.pending = None
-
-    def finish(self) -> list[Layer]:
-        if self.pending is not None:
-            self._close("identity", 0.01)
-        if self.prefix or self.diag_scale is not None:
-            self._identity_map()
-            self._close("identity", 0.01)
-        return self.layers
-
-
 def onnx_to_network(model, path: str = "<model>") -> Network:
-    """Normalise an ``onnx.ModelProto`` into a :class:`Network` (see module docstring)."""
+    """Normalise an ``onnx.ModelProto`` into a chain :class:`Network` (see module docstring)."""
+    return onnx_to_graph(model, path).require_chain("this command", path)
+
+
+def onnx_to_graph(model, path: str = "<model>") -> GraphNetwork:
+    """Normalise an ``onnx.ModelProto`` into a :class:`GraphNetwork` (see module docstring)."""
     from onnx import numpy_helper
 
     g = model.graph
@@ -200,58 +113,209 @@ def onnx_to_network(model, path: str = "<model>") -> Network:
     in_shape = _dims(inp)
     _check_batch_only_symbolic(inp.name, in_shape, path)
     _check_batch_only_symbolic(g.output[0].name, _dims(g.output[0]), path)
-    n_in = int(np.prod([d for d in in_shape if isinstance(d, int)])) if in_shape else 1
-    tracked = [d if isinstance(d, int) else None for d in in_shape] or [1]
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    b = _Builder(path, n_in, tracked, opset)
-    data = inp.name  # name of the tensor that carries the network's value
-    shape_tensors: set[str] = set()
-
+    walk = _Walk(path, opset, consts, inp.name, in_shape, _consumers(g), g.output[0].name)
     for idx, node in enumerate(g.node):
         where = f"node {idx} ({node.op_type} {node.name!r})" if node.name else f"node {idx} ({node.op_type})"
-        ins = list(node.input)
-        if node.op_type == "Constant":
-            consts[node.output[0]] = _constant_value(node, path, where)
-            continue
-        uses_data = data in ins
-        if not uses_data:
-            if all(i in consts or i == "" for i in ins) and node.op_type in {"Identity", "Cast", "Reshape", "Transpose",
-                                                                              "Unsqueeze", "Squeeze", "Neg", "Sqrt",
-                                                                              "Reciprocal", "DequantizeLinear",
-                                                                              "QuantizeLinear"} | _ELEMENTWISE:
-                consts[node.output[0]] = _eval_const(node, consts, path, where)
-                continue
-            if node.op_type in _SHAPE_TENSOR_OPS and all(i in consts or i in shape_tensors or i == "" for i in ins):
-                shape_tensors.update(node.output)
-                continue
-            raise InputError(f"unsupported graph structure at {where}: it does not consume the network's "
-                             f"running value (branches and multiple data paths are not supported)", path, where)
-        if node.op_type == "Shape":
-            shape_tensors.update(node.output)
-            continue
-        _check_finite_inputs(node, consts, path, where)
-        _apply_node(b, node, consts, shape_tensors, data, path, where)
-        data = node.output[0]
-
-    if g.output[0].name != data:
-        raise InputError(f"graph output {g.output[0].name!r} is not the end of the feed-forward chain", path)
-    layers = b.finish()
-    if not layers:
+        walk.visit(node, where)
+    out = walk.finish(g.output[0].name)
+    if not any(walk.gb.node(n).kind == "affine" for n in walk.gb.graph.nodes):
         raise InputError("the model has no affine layer", path)
-    if layers[0].fan_in != n_in:
-        raise InputError(f"first layer expects {layers[0].fan_in} inputs but the input has {n_in} values", path)
-    for k, layer in enumerate(layers):
-        if not (all(np.isfinite(a).all() for a in _stored_arrays(layer.op)) and np.isfinite(layer.bias).all()):
-            raise InputError(f"layer {k} has non-finite weights after folding constants (overflow)", path)
-    out_shape = _dims(g.output[0]) or [b.n]
-    return Network(layers, b.input_ops, inp.name, g.output[0].name, in_shape, out_shape, bool(b.softmax_where))
+    try:
+        return GraphNetwork(walk.gb.graph, out, inp.name, g.output[0].name, in_shape,
+                            _dims(g.output[0]) or [walk.gb.node(out).size], walk.softmax)
+    except ValueError as e:
+        raise InputError(str(e), path) from None
 
 
-def _stored_arrays(op: LinearOperator) -> list[np.ndarray]:
-    """The arrays an operator stores (weights, filters, scales), never a dense expansion."""
-    if isinstance(op, ComposedOperator):
-        return [a for o in op.ops for a in _stored_arrays(o)]
-    return [getattr(op, a) for a in ("weight", "scale") if getattr(op, a, None) is not None]
+def _consumers(g) -> Counter:
+    """How many nodes read each tensor (the graph output counts as one reader; ``Shape`` does not)."""
+    count: Counter = Counter(t.name for t in g.output)
+    for node in g.node:
+        if node.op_type != "Shape":
+            count.update(set(i for i in node.input if i))
+    return count
+
+
+@dataclass
+class _Segment:
+    """A run of single-input nodes read from graph node ``start``, built by ``builder``."""
+
+    builder: Builder
+    start: str
+
+    @property
+    def fresh(self) -> bool:
+        b = self.builder
+        return not (b.layers or b.pending or b.prefix or b.input_ops or b.diag_scale is not None)
+
+
+class _Walk:
+    """The importer's state: data tensors, the graph node producing each, the open segments."""
+
+    def __init__(self, path: str, opset: int, consts: dict, input_name: str, in_dims: list, consumers: Counter,
+                 output_name: str) -> None:
+        self.path, self.opset, self.consts, self.consumers = path, opset, consts, consumers
+        self.output_name = output_name
+        n_in = int(np.prod([d for d in in_dims if isinstance(d, int)])) if in_dims else 1
+        self.n_in = n_in
+        tracked = [d if isinstance(d, int) else None for d in in_dims] or [1]
+        self.gb = GraphBuilder(sample_shape(tracked, n_in) or (n_in,))
+        self.producer: dict[str, str] = {input_name: "input"}
+        self.tshape: dict[str, list] = {input_name: tracked}
+        self.open: dict[str, _Segment] = {}
+        self.shape_tensors: set[str] = set()
+        self.softmax = False
+
+    # ----- nodes ----------------------------------------------------------------------------
+    def visit(self, node, where: str) -> None:
+        ins, op, path = list(node.input), node.op_type, self.path
+        if op == "Constant":
+            self.consts[node.output[0]] = _constant_value(node, path, where)
+            return
+        data = [i for i in ins if i in self.producer or i in self.open]
+        if not data:
+            if all(i in self.consts or i == "" for i in ins) and op in _CONST_OPS:
+                self.consts[node.output[0]] = _eval_const(node, self.consts, path, where)
+            elif op in _SHAPE_TENSOR_OPS and all(i in self.consts or i in self.shape_tensors or i == "" for i in ins):
+                self.shape_tensors.update(node.output)
+            else:
+                raise InputError("unsupported graph structure: the node does not read the network's input "
+                                 "through its other nodes", path, where)
+            return
+        if op == "Shape":
+            self.shape_tensors.update(node.output)
+            return
+        check_finite_inputs(node, self.consts, path, where)
+        if op == "MaxPool":
+            self._maxpool(node, data[0], where)
+        elif op in ("Add", "Sum") and len(data) == 2:
+            self._add(node, data, where)
+        elif op == "Concat":
+            self._concat(node, ins, data, where)
+        elif len(data) > 1:
+            raise InputError(f"{op} of several branches is not supported (only Add, Sum and Concat join "
+                             f"branches)", path, where)
+        else:
+            self._chain_node(node, data[0], where)
+
+    def _chain_node(self, node, t: str, where: str) -> None:
+        seg = self._segment_for(t)
+        out = node.output[0]
+        if node.op_type in BY_ONNX_OP and seg.fresh and seg.start != "input":  # e.g. Relu after a residual Add
+            b = seg.builder
+            alpha = float({a.name: _attr(a) for a in node.attribute}.get("alpha", 0.01))
+            self._produce(out, GNode("act", (seg.start,), sample_shape(b.shape, b.n) or (b.n,),
+                                     activation=BY_ONNX_OP[node.op_type], alpha=alpha, source=where), b.shape)
+            return
+        apply_node(seg.builder, node, self.consts, self.shape_tensors, t, self.path, where)
+        self.open[out] = seg
+
+    def _segment_for(self, t: str) -> _Segment:
+        """The open segment ending at ``t`` (when ``t`` has one reader), else a new one reading ``t``."""
+        if t in self.open and self.consumers[t] == 1:
+            return self.open.pop(t)
+        start = self._materialise(t)
+        shape = list(self.tshape[t])
+        n = self.gb.node(start).size
+        return _Segment(Builder(self.path, n, shape, self.opset), start)
+
+    def _produce(self, t: str, node: GNode, shape: list) -> str:
+        nid = self.gb.add(node)
+        self.producer[t], self.tshape[t] = nid, list(shape)
+        return nid
+
+    def _sample(self, t: str, where: str) -> tuple[int, ...]:
+        n = self.gb.node(self._materialise(t)).size
+        s = sample_shape(self.tshape[t], n)
+        if s is None:
+            raise InputError(f"the shape {self.tshape[t]} of tensor {t!r} is not known", self.path, where)
+        return s
+
+    # ----- segments -------------------------------------------------------------------------
+    def _materialise(self, t: str) -> str:
+        """The graph node whose value is tensor ``t`` (closing the open segment ending at ``t``)."""
+        if t in self.producer:
+            return self.producer[t]
+        seg = self.open.pop(t)
+        b = seg.builder
+        if b.softmax_where and t != self.output_name:
+            raise InputError("Softmax is supported only as the final op", self.path, b.softmax_where)
+        self.softmax = self.softmax or bool(b.softmax_where)
+        layers = b.finish()
+        last = seg.start
+        if b.input_ops:
+            shape = self.gb.node(last).shape
+            last = self.gb.add(GNode("scale", (last,), shape, steps=list(b.input_ops)))
+        for k, layer in enumerate(layers):
+            if not (all(np.isfinite(a).all() for a in stored_arrays(layer.op)) and np.isfinite(layer.bias).all()):
+                raise InputError(f"layer {k} has non-finite weights after folding constants (overflow)", self.path)
+            if layer.fan_in != self.gb.node(last).size:
+                raise InputError(f"a layer expects {layer.fan_in} inputs but its input has "
+                                 f"{self.gb.node(last).size} values", self.path)
+            shape = op_out_shape(layer.op)
+            last = self.gb.add(GNode("affine", (last,), shape, op=layer.op, bias=layer.bias, source_op=layer.source_op))
+            if layer.activation != "identity":
+                last = self.gb.add(GNode("act", (last,), shape, activation=layer.activation, alpha=layer.alpha))
+        self.producer[t], self.tshape[t] = last, list(b.shape)
+        return last
+
+    def finish(self, output: str) -> str:
+        if output not in self.producer and output not in self.open:
+            raise InputError(f"graph output {output!r} is not computed from the input", self.path)
+        return self._materialise(output)
+
+    # ----- join nodes -----------------------------------------------------------------------
+    def _maxpool(self, node, t: str, where: str) -> None:
+        at = {a.name: _attr(a) for a in node.attribute}
+        if len(node.output) > 1 and node.output[1]:
+            raise InputError("MaxPool with an Indices output is not supported", self.path, where)
+        kernel = [int(k) for k in at.get("kernel_shape", [])]
+        s = self._sample(t, where)
+        if len(kernel) not in (1, 2) or len(s) != len(kernel) + 1:
+            raise InputError(f"MaxPool kernel {kernel} on shape [N, {', '.join(map(str, s))}]: only 1-D and 2-D "
+                             f"pooling of [N, C, ...] is supported", self.path, where)
+        if any(int(d) != 1 for d in at.get("dilations", [1] * len(kernel))) or int(at.get("storage_order", 0)):
+            raise InputError("MaxPool with dilations or storage_order 1 is not supported", self.path, where)
+        strides = [int(v) for v in at.get("strides", [1] * len(kernel))]
+        pads = auto_pads(at, s[1:], kernel, strides, [1] * len(kernel), self.path, where)
+        try:
+            pool = MaxPool(s, tuple(kernel), tuple(strides), tuple(pads))
+        except ValueError as e:
+            raise InputError(f"MaxPool: {e}", self.path, where) from None
+        if int(at.get("ceil_mode", 0)):
+            raise InputError("MaxPool with ceil_mode=1 is not supported", self.path, where)
+        src = self._materialise(t)
+        self._produce(node.output[0], GNode("maxpool", (src,), pool.out_shape, pool=pool, source=where),
+                      [self.tshape[t][0], *pool.out_shape])
+
+    def _add(self, node, data: list[str], where: str) -> None:
+        a, b = (self._sample(t, where) for t in data)
+        if a != b:
+            raise InputError(f"{node.op_type} of mismatched shapes [N, {', '.join(map(str, a))}] and "
+                             f"[N, {', '.join(map(str, b))}]", self.path, where)
+        srcs = tuple(self._materialise(t) for t in data)
+        self._produce(node.output[0], GNode("add", srcs, a, source=where), self.tshape[data[0]])
+
+    def _concat(self, node, ins: list[str], data: list[str], where: str) -> None:
+        if any(i not in data for i in ins):
+            raise InputError("Concat of the network's values with constants is not supported", self.path, where)
+        shapes = [self._sample(t, where) for t in ins]
+        axis = int({a.name: _attr(a) for a in node.attribute}.get("axis", 1))
+        rank = len(shapes[0]) + 1
+        axis = axis + rank if axis < 0 else axis
+        if axis != 1 or any(len(s) != len(shapes[0]) or s[1:] != shapes[0][1:] for s in shapes):
+            raise InputError(f"Concat along axis {axis} of shapes {[list(s) for s in shapes]}: only channel "
+                             f"concatenation (axis 1, equal other dimensions) is supported", self.path, where)
+        out = (sum(s[0] for s in shapes), *shapes[0][1:])
+        srcs = tuple(self._materialise(t) for t in ins)
+        self._produce(node.output[0], GNode("concat", srcs, out, source=where), [self.tshape[ins[0]][0], *out])
+
+
+def _attr(a):
+    from onnx import helper
+
+    return helper.get_attribute_value(a)
 
 
 def _check_batch_only_symbolic(name: str, dims: list[int | str], path: str) -> None:
@@ -260,15 +324,6 @@ def _check_batch_only_symbolic(name: str, dims: list[int | str], path: str) -> N
         if axis > 0 and isinstance(d, str):
             raise InputError(f"tensor {name!r} has a symbolic dimension {d!r} at axis {axis}; "
                              f"only the batch axis 0 may be symbolic", path)
-
-
-def _check_finite_inputs(node, consts: dict, path: str, where: str) -> None:
-    """Refuse NaN/Inf in the constants (weights, biases, normalisation) a data node uses."""
-    for name in node.input:
-        value = consts.get(name)
-        if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all():
-            bad = "NaN" if np.isnan(value).any() else "Inf"
-            raise InputError(f"initializer {name!r} holds {bad} values", path, where)
 
 
 def _constant_value(node, path: str, where: str) -> np.ndarray:
@@ -301,188 +356,3 @@ def _eval_const(node, consts: dict, path: str, where: str) -> np.ndarray:
         raise InputError(f"cannot evaluate constant expression ({e.__class__.__name__})", path, where) from None
 
 
-def _attrs(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _feature_vector(c: np.ndarray, b: _Builder, path: str, where: str) -> np.ndarray:
-    """Broadcast a constant operand to one sample's data shape and flatten it to ``n`` values."""
-    c = np.asarray(c, dtype=np.float64)
-    if c.size == 1:
-        return np.full(b.n, float(c.reshape(-1)[0]))
-    sample = [1 if d is None else d for d in b.shape]
-    try:
-        full = np.broadcast_to(c, np.broadcast_shapes(tuple(sample), c.shape))
-    except ValueError:
-        raise InputError(f"constant of shape {list(c.shape)} does not broadcast to data shape {b.shape}",
-                         path, where) from None
-    if full.size != b.n:
-        raise InputError(f"constant of shape {list(c.shape)} changes the data size {b.n} -> {full.size}", path, where)
-    return np.ascontiguousarray(full).reshape(-1).astype(np.float64)
-
-
-def _apply_node(b: _Builder, node, consts, shape_tensors, data, path, where) -> None:
-    op = node.op_type
-    ins = list(node.input)
-    at = _attrs(node)
-    if b.softmax_where and (op not in _SHAPE_ONLY or op == "Transpose"):
-        raise InputError(f"Softmax is supported only as the final op (it is followed by {op})", path,
-                         b.softmax_where)
-    if op in _SHAPE_ONLY:
-        _shape_op(b, op, ins, at, consts, shape_tensors, path, where)
-    elif op in _ELEMENTWISE:
-        other = [i for i in ins if i != data]
-        if len(other) != 1 or other[0] not in consts:
-            raise InputError(f"{op} must combine the running value with a constant", path, where)
-        if op in ("Sub", "Div") and ins[0] != data:
-            raise InputError(f"{op} with the running value as second operand is not supported", path, where)
-        b.elementwise(op, _feature_vector(consts[other[0]], b, path, where))
-    elif op == "MatMul":
-        _matmul(b, ins, consts, data, path, where)
-    elif op == "Gemm":
-        _gemm(b, ins, at, consts, data, path, where)
-    elif op == "BatchNormalization":
-        _batchnorm(b, ins, at, consts, path, where)
-    elif op in _ACTIVATIONS:
-        b.activation(_ACTIVATIONS[op], float(at.get("alpha", 0.01)))
-    elif op in _SPATIAL:
-        _SPATIAL[op](b, ins, at, consts, data, path, where)
-    else:
-        raise InputError(f"unsupported op {op}", path, where)
-
-
-def _softmax(b: _Builder, ins, at, consts, data, path, where) -> None:
-    axis = int(at.get("axis", 1 if b.opset < 13 else -1))
-    if b.col_layout or not spatial.softmax_axis_ok(b.shape, b.n, axis, b.opset):
-        raise InputError(f"Softmax over axis {axis} of shape {b.shape} does not normalise all outputs of a "
-                         f"sample", path, where)
-    b.softmax_where = where
-
-
-_SPATIAL = {"Conv": spatial.conv, "AveragePool": spatial.average_pool, "Pad": spatial.pad,
-            "GlobalAveragePool": spatial.global_average_pool, "Softmax": _softmax}
-
-
-def _shape_op(b: _Builder, op, ins, at, consts, shape_tensors, path, where) -> None:
-    shape = b.shape
-    if op == "Flatten":
-        axis = int(at.get("axis", 1))
-        axis = axis + len(shape) if axis < 0 else axis
-        b.shape = [_prod(shape[:axis]), _prod(shape[axis:])]
-        b.col_layout = False
-    elif op == "Reshape":
-        target = ins[1] if len(ins) > 1 else None
-        if target in consts:
-            b.shape = _reshape_target(shape, [int(v) for v in np.asarray(consts[target]).reshape(-1)], b.n)
-        else:
-            b.shape = [None, b.n]
-        b.col_layout = len(b.shape) >= 1 and b.shape[0] == b.n and b.n > 1 and (len(b.shape) == 1 or b.shape[-1] == 1)
-    elif op == "Transpose":
-        perm = list(at.get("perm", range(len(shape) - 1, -1, -1)))
-        big = [i for i in range(len(shape)) if shape[i] is None or shape[i] > 1]
-        if [p for p in perm if p in big] != big:
-            spatial.permute(b, perm, path, where)
-            return
-        b.shape = [shape[p] for p in perm]
-        b.col_layout = bool(b.shape) and b.shape[0] == b.n and b.n > 1
-    elif op in ("Squeeze", "Unsqueeze"):
-        axes = at.get("axes")
-        if axes is None and len(ins) > 1 and ins[1] in consts:
-            axes = [int(v) for v in np.asarray(consts[ins[1]]).reshape(-1)]
-        if op == "Squeeze":
-            keep = [d for i, d in enumerate(shape) if not ((axes is None and d == 1) or (axes is not None and (
-                i in axes or i - len(shape) in axes)))]
-            b.shape = keep or [1]
-        else:
-            new = list(shape)
-            for a in sorted(axes or []):
-                new.insert(a if a >= 0 else len(new) + a + 1, 1)
-            b.shape = new
-    # Identity, Dropout, Cast: nothing changes
-
-
-def _prod(dims) -> Optional[int]:
-    if any(d is None for d in dims):
-        return None
-    return int(np.prod(dims)) if dims else 1
-
-
-def _reshape_target(shape, target: list[int], n: int) -> list[Optional[int]]:
-    out: list[Optional[int]] = []
-    for i, t in enumerate(target):
-        out.append(shape[i] if t == 0 and i < len(shape) else (None if t == -1 else t))
-    known = _prod([d for d in out if d is not None])
-    if out.count(None) == 1 and known and n % known == 0 and (n // known) > 1:
-        out[out.index(None)] = n // known
-    return out
-
-
-def _matmul(b: _Builder, ins, consts, data, path, where) -> None:
-    if ins[0] == data and ins[1] in consts:
-        c = np.asarray(consts[ins[1]], dtype=np.float64)
-        c = c.reshape(-1, 1) if c.ndim == 1 else c
-        if c.ndim != 2 or c.shape[0] != b.n:
-            raise InputError(f"MatMul weight of shape {list(c.shape)} does not match {b.n} features", path, where)
-        b.affine(c.T, np.zeros(c.shape[1]), "matmul")  # a transposed view: no copy
-        b.shape = (b.shape[:-1] if len(b.shape) > 1 else []) + [c.shape[1]]
-    elif ins[1] == data and ins[0] in consts:
-        c = np.asarray(consts[ins[0]], dtype=np.float64)
-        c = c.reshape(1, -1) if c.ndim == 1 else c
-        if c.ndim != 2 or c.shape[1] != b.n:
-            raise InputError(f"MatMul weight of shape {list(c.shape)} does not match {b.n} features", path, where)
-        b.affine(c.copy(), np.zeros(c.shape[0]), "matmul")
-        b.shape = [c.shape[0]] + (b.shape[1:] if len(b.shape) > 1 else [])
-        b.col_layout = True
-    else:
-        raise InputError("MatMul must multiply the running value by a constant matrix", path, where)
-
-
-def _gemm(b: _Builder, ins, at, consts, data, path, where) -> None:
-    alpha, beta = float(at.get("alpha", 1.0)), float(at.get("beta", 1.0))
-    ta, tb = int(at.get("transA", 0)), int(at.get("transB", 0))
-    bias_name = ins[2] if len(ins) > 2 and ins[2] else None
-    if bias_name is not None and bias_name not in consts:
-        raise InputError("Gemm bias C must be a constant", path, where)
-    if ins[0] == data and ins[1] in consts:
-        bm = np.asarray(consts[ins[1]], dtype=np.float64)
-        bm = bm.T if tb else bm  # (n, m)
-        if bm.shape[0] != b.n:
-            raise InputError(f"Gemm weight of shape {list(bm.shape)} does not match {b.n} features", path, where)
-        weight = alpha * bm.T
-    elif ins[1] == data and ins[0] in consts:
-        am = np.asarray(consts[ins[0]], dtype=np.float64)
-        am = am.T if ta else am  # (m, n)
-        if am.shape[1] != b.n:
-            raise InputError(f"Gemm weight of shape {list(am.shape)} does not match {b.n} features", path, where)
-        weight = alpha * am
-    else:
-        raise InputError("Gemm must multiply the running value by a constant matrix", path, where)
-    m = weight.shape[0]
-    bias = np.zeros(m)
-    if bias_name is not None:
-        c = np.asarray(consts[bias_name], dtype=np.float64)
-        if c.size not in (1, m):
-            raise InputError(f"Gemm bias of shape {list(c.shape)} does not match {m} outputs", path, where)
-        bias = beta * np.broadcast_to(c.reshape(-1), (m,)).astype(np.float64)
-    plain = alpha == 1.0 and beta == 1.0 and ins[0] == data and not ta
-    b.affine(np.ascontiguousarray(weight), bias, "gemm" if plain else "matmul")
-    b.shape = [None if not b.shape else b.shape[0], m] if ins[0] == data else [m, None]
-    b.col_layout = ins[0] != data
-
-
-def _batchnorm(b: _Builder, ins, at, consts, path, where) -> None:
-    if not all(i in consts for i in ins[1:5]):
-        raise InputError("BatchNormalization parameters must be constants", path, where)
-    scale, bias, mean, var = (np.asarray(consts[i], dtype=np.float64).reshape(-1) for i in ins[1:5])
-    eps = float(at.get("epsilon", 1e-5))
-    s = scale / np.sqrt(var + eps)
-    t = bias - mean * s
-    channels = s.size
-    # channel axis is 1 for [N, C, ...] data; features are row-major over (C, H, W, ...)
-    if b.n % channels:
-        raise InputError(f"BatchNormalization over {channels} channels does not divide {b.n} features", path, where)
-    rep = b.n // channels
-    b.elementwise("Mul", np.repeat(s, rep))
-    b.elementwise("Add", np.repeat(t, rep))

@@ -4,8 +4,8 @@ plus the folding of element-wise scales into neighbouring operators.
 
 Helpers of :mod:`lumpver.ir.onnx_import` (which walks the graph); each handler reads the node,
 checks it against the tracked data shape and hands a :mod:`lumpver.ir.conv` operator to the
-builder. Every refusal is an :class:`InputError` naming the node. ``MaxPool`` and residual
-``Add`` need a DAG IR and are refused by the walker.
+builder. Every refusal is an :class:`InputError` naming the node. ``MaxPool``, residual ``Add`` and
+``Concat`` are join nodes of the graph IR, read by the walker of :mod:`lumpver.ir.onnx_import`.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _spatial_input(b, rank: int, what: str, path: str, where: str) -> tuple[int,
     return s
 
 
-def _auto_pads(at: dict, in_sp, kernel, strides, dilations, path: str, where: str) -> list[int]:
+def auto_pads(at: dict, in_sp, kernel, strides, dilations, path: str, where: str) -> list[int]:
     """Explicit ``pads`` (begins, then ends) from ``pads`` or ``auto_pad``."""
     mode = at.get("auto_pad", b"NOTSET")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
@@ -72,7 +72,7 @@ def conv(b, ins, at, consts, data, path: str, where: str) -> None:
         raise InputError(f"Conv kernel_shape {list(at['kernel_shape'])} differs from the filter's", path, where)
     strides = [int(v) for v in at.get("strides", [1] * nd)]
     dil = [int(v) for v in at.get("dilations", [1] * nd)]
-    pads = _auto_pads(at, s[1:], w.shape[2:], strides, dil, path, where)
+    pads = auto_pads(at, s[1:], w.shape[2:], strides, dil, path, where)
     try:
         op = ConvOperator(s, w, tuple(strides), tuple(pads), tuple(dil), group)
     except ValueError as e:
@@ -94,7 +94,7 @@ def average_pool(b, ins, at, consts, data, path: str, where: str) -> None:
     if any(int(d) != 1 for d in at.get("dilations", [1] * len(kernel))):
         raise InputError("AveragePool with dilations is not supported", path, where)
     strides = [int(v) for v in at.get("strides", [1] * len(kernel))]
-    pads = _auto_pads(at, s[1:], kernel, strides, [1] * len(kernel), path, where)
+    pads = auto_pads(at, s[1:], kernel, strides, [1] * len(kernel), path, where)
     try:
         op = AvgPoolOperator(s, tuple(kernel), tuple(strides), tuple(pads), bool(at.get("count_include_pad", 0)))
     except ValueError as e:

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from lumpver.ir.conv import AvgPoolOperator, ConvOperator
-from lumpver.ir.network import Layer, Network
+from lumpver.ir.graph import GNode, GraphBuilder, GraphNetwork
+from lumpver.ir.network import InputOp, Layer, Network
 from lumpver.ir.operators import ComposedOperator, DenseOperator
 from lumpver.ir.onnx_export import save_onnx
+from lumpver.ir.pooling import MaxPool
 
 
 @dataclass
@@ -254,3 +256,58 @@ def random_mlp(
         act = "identity" if k == n_hidden else (activation if isinstance(activation, str) else activation[k])
         layers.append(Layer(w, b, act, alpha=alpha))
     return Network(layers)
+
+
+DAG_KINDS = ("residual", "concat", "maxpool")
+
+
+def random_dag_cnn(kind: str = "residual", image: tuple[int, int, int] = (2, 6, 6), channels: int = 3,
+                   n_outputs: int = 3, seed: int = 0) -> GraphNetwork:
+    """A random CNN with branches (float32 weights, ReLU) for tests and benchmarks of the graph IR:
+
+    * ``residual``: normalisation, conv -> relu -> [conv -> relu -> conv] + skip -> relu -> 2x2 max
+      pool -> dense;
+    * ``concat``: conv -> relu, two branches (1x1 conv -> relu; 3x3 conv -> relu) concatenated along
+      channels -> 3x3 max pool (stride 2, pad 1) -> dense;
+    * ``maxpool``: conv -> relu -> overlapping 2x2 max pool (stride 1) -> conv -> relu -> dense."""
+    if kind not in DAG_KINDS:
+        raise ValueError(f"kind must be one of {DAG_KINDS}, got {kind!r}")
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder(tuple(image))
+
+    def conv(src: str, c_out: int, k: int = 3) -> str:
+        shape = b.node(src).shape
+        w = (rng.standard_normal((c_out, shape[0], k, k)) / np.sqrt(k * k * shape[0])).astype(np.float32)
+        op = ConvOperator(shape, w.astype(np.float64), pads=(k // 2,) * 4)
+        bias = np.repeat(rng.standard_normal(c_out).astype(np.float32) * 0.1, op.positions)
+        return b.add(GNode("affine", (src,), op.out_shape, op=op, bias=bias.astype(np.float64)))
+
+    def node(kind_: str, srcs: tuple[str, ...], shape, **kw) -> str:
+        return b.add(GNode(kind_, srcs, shape, **kw))
+
+    def relu(src: str) -> str:
+        return node("act", (src,), b.node(src).shape, activation="relu")
+
+    def pool(src: str, k: int, s: int, p: int) -> str:
+        mp = MaxPool(b.node(src).shape, (k, k), (s, s), (p,) * 4)
+        return node("maxpool", (src,), mp.out_shape, pool=mp)
+
+    x = "input"
+    if kind == "residual":
+        c = (0.5 + rng.random(image[0]) * 0.1).astype(np.float32).astype(np.float64)
+        x = node("scale", (x,), image, steps=[InputOp("Sub", np.repeat(c, image[1] * image[2]))])
+    h = relu(conv(x, channels))
+    if kind == "residual":
+        h = relu(node("add", (conv(relu(conv(h, channels)), channels), h), b.node(h).shape))
+        h = pool(h, 2, 2, 0)
+    elif kind == "concat":
+        left, right = relu(conv(h, channels, 1)), relu(conv(h, channels + 1))
+        shape = (2 * channels + 1, *b.node(left).shape[1:])
+        h = pool(node("concat", (left, right), shape), 3, 2, 1)
+    else:
+        h = relu(conv(pool(h, 2, 1, 0), channels))
+    n = b.node(h).size
+    w = (rng.standard_normal((n_outputs, n)) / np.sqrt(n)).astype(np.float32).astype(np.float64)
+    out = b.add(GNode("affine", (h,), (n_outputs,), op=DenseOperator(w),
+                      bias=rng.standard_normal(n_outputs).astype(np.float32).astype(np.float64), source_op="gemm"))
+    return GraphNetwork(b.graph, out, "x", "y", ["batch", *image], ["batch", n_outputs])
