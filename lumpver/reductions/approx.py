@@ -24,6 +24,7 @@ as the near-lumping quotient of DESIGN.md §4 for callers that want partitions.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lumpver.reductions.approx_fit import FitOptions, finetune
 from lumpver.reductions.base import default_certificate_path, remove_on_failure
 from lumpver.reductions.certify import Certified, Chain, certify
 from lumpver.specs.inputset import InputSet
@@ -214,21 +216,40 @@ def kept_after(h: Network, order: list[tuple[int, int]], n_removed: int) -> list
 def refit_pruned(h: Network, acts: list[np.ndarray], kept: list[np.ndarray]) -> tuple[Network, list]:
     """g keeping ``kept`` of h, every row refitted by least squares to h's pre-activations on the
     samples over g's own previous layer (first layer: h's rows), float32; and the twin rows of
-    the dropped neurons (same fit), for :func:`lumpver.reductions.certify.expand_pruned`."""
-
+    the dropped neurons (:func:`tracking_rows`)."""
     g_prev = acts[0]
-    layers, dropped = [], []
+    layers = []
     for k, layer in enumerate(h.layers):
         rows = kept[k] if k < len(kept) else np.arange(layer.width)
-        z = acts[k] @ layer.weight.T + layer.bias
-        full = np.hstack([layer.weight, layer.bias[:, None]]) if k == 0 else _f32(_fit(g_prev, z))
-        gl = Layer(full[rows, :-1], full[rows, -1], layer.activation, layer.alpha, layer.source_op)
+        if k == 0:
+            full = np.hstack([layer.weight[rows], layer.bias[rows, None]])
+        else:
+            full = _f32(_fit(g_prev, acts[k] @ layer.weight[rows].T + layer.bias[rows]))
+        gl = Layer(full[:, :-1], full[:, -1], layer.activation, layer.alpha, layer.source_op)
         layers.append(gl)
-        if k < len(kept):
-            out = np.setdiff1d(np.arange(layer.width), rows)
-            dropped.append(DroppedRows(out, full[out, :-1], full[out, -1]))
         g_prev = gl.activate(g_prev @ gl.weight.T + gl.bias)
-    return h.with_layers(layers), dropped
+    g = h.with_layers(layers)
+    return g, tracking_rows(h, g, acts, kept)
+
+
+def tracking_rows(h: Network, g: Network, acts: list[np.ndarray], kept: list[np.ndarray]) -> list[DroppedRows]:
+    """Twin rows of h's neurons that g drops (for :func:`lumpver.reductions.certify.expand_pruned`):
+    layer 0 keeps h's rows; deeper layers are least-squares fits of h's pre-activations over g's
+    previous layer on the samples, float32, so the twin's dropped neurons track h's."""
+    g_prev = acts[0]
+    out = []
+    for k, rows in enumerate(kept):
+        layer = h.layers[k]
+        gone = np.setdiff1d(np.arange(layer.width), rows)
+        if k == 0:
+            w, b = layer.weight[gone], layer.bias[gone]
+        else:
+            full = _f32(_fit(g_prev, acts[k] @ layer.weight[gone].T + layer.bias[gone]))
+            w, b = full[:, :-1], full[:, -1]
+        out.append(DroppedRows(gone, w, b))
+        gl = g.layers[k]
+        g_prev = gl.activate(g_prev @ gl.weight.T + gl.bias)
+    return out
 
 
 def partner_classes(h: Network, acts: list[np.ndarray], kept: list[np.ndarray]) -> list[LayerClasses]:
@@ -272,13 +293,14 @@ class ApproxResult:
 
 def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "linf", timeout: float = 300.0,
                   progress: Progress = SILENT, samples: int = DEFAULT_SAMPLES, max_boxes: int = DEFAULT_BOXES,
-                  seed: int = 0) -> ApproxResult:
+                  seed: int = 0, fit: Optional[FitOptions] = FitOptions()) -> ApproxResult:
     """The smallest approximate reduction found whose certified error on X is ``<= epsilon``.
 
     Exact on-set reduction h, greedy removal order (:func:`removal_order`), then bisection on the
-    number of removed neurons: a candidate (:func:`refit_pruned`) whose sampled error exceeds
-    epsilon is rejected at once, otherwise it is certified; the largest certified removal wins.
-    Raises ValueError when not even h is certified within epsilon."""
+    number of removed neurons: a candidate (:func:`refit_pruned`, then the end-to-end L-BFGS-B
+    fit :func:`lumpver.reductions.approx_fit.finetune` unless ``fit`` is None) whose error on
+    held-out samples exceeds epsilon is rejected at once, otherwise it is certified; the largest
+    certified removal wins. Raises ValueError when not even h is certified within epsilon."""
     require_dense(f, "reduce --mode approx")
 
     t0 = time.perf_counter()
@@ -287,8 +309,9 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     h = on.reduced
     progress.say(f"exact on-set reduction: {f.n_hidden} -> {h.n_hidden} hidden neurons (discrepancy {on.discrepancy:.2e})")
     _check_supported(h)
-    pts = sample_points(input_set, samples, seed)
+    pts, held = sample_points(input_set, samples, seed), sample_points(input_set, samples, seed + 1)
     acts, yf = h.activations(pts), f.forward(pts)
+    check = (h.preprocess(held), f.forward(held))
     kept0 = [np.arange(w) for w in h.hidden_widths]
     base = certify(f, h, input_set, norm, Chain(on.steps, kept0), h, on.discrepancy,
                    timeout=max(1.0, deadline - time.perf_counter()), max_boxes=max_boxes, threshold=epsilon)
@@ -299,11 +322,14 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     trials: list[dict[str, Any]] = []
     best = ApproxResult(f, h, h, base, Chain(on.steps, kept0), on.discrepancy, 0, trials)
 
+    @functools.lru_cache(maxsize=None)
     def sampled(r: int) -> tuple[Network, list, list[np.ndarray], float]:
         kept = kept_after(h, order, r)
         g, dropped = refit_pruned(h, acts, kept)
-        yg = g.forward(pts)
-        return g, dropped, kept, float(np.max(difference_rows(yf, yg, norm)))
+        if fit is not None and r > 0:
+            g = finetune(g, h, acts, kept, yf, check, fit)
+            dropped = tracking_rows(h, g, acts, kept)
+        return g, dropped, kept, float(np.max(difference_rows(check[1], g.forward(held), norm)))
 
     lo, hi = 0, _sampled_limit(lambda r: sampled(r)[3], len(order), epsilon) + 1
     while hi - lo > 1 and time.perf_counter() < deadline:
@@ -324,6 +350,7 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
         else:
             hi = mid
     best.seconds = time.perf_counter() - t0
+    best.method = "prune-refit" if fit is None else "prune-refit+lbfgs"
     return best
 
 
