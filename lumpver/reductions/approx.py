@@ -297,10 +297,10 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     """The smallest approximate reduction found whose certified error on X is ``<= epsilon``.
 
     Exact on-set reduction h, greedy removal order (:func:`removal_order`), then bisection on the
-    number of removed neurons: a candidate (:func:`refit_pruned`, then the end-to-end L-BFGS-B
-    fit :func:`lumpver.reductions.approx_fit.finetune` unless ``fit`` is None) whose error on
-    held-out samples exceeds epsilon is rejected at once, otherwise it is certified; the largest
-    certified removal wins. Raises ValueError when not even h is certified within epsilon."""
+    number of removed neurons: a candidate (:func:`refit_pruned`) whose error on held-out samples
+    exceeds epsilon is rejected at once, otherwise it is certified; where it fails, the same
+    removal refitted end to end (:func:`lumpver.reductions.approx_fit.finetune`, unless ``fit`` is
+    None) is tried next. The largest certified removal wins. Raises ValueError when not even h is certified within epsilon."""
     require_dense(f, "reduce --mode approx")
 
     t0 = time.perf_counter()
@@ -323,34 +323,43 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     best = ApproxResult(f, h, h, base, Chain(on.steps, kept0), on.discrepancy, 0, trials)
 
     @functools.lru_cache(maxsize=None)
-    def sampled(r: int) -> tuple[Network, list, list[np.ndarray], float]:
+    def sampled(r: int, fitted: bool = False) -> tuple[Network, list, list[np.ndarray], float]:
         kept = kept_after(h, order, r)
         g, dropped = refit_pruned(h, acts, kept)
-        if fit is not None and r > 0:
+        if fitted:
             g = finetune(g, h, acts, kept, yf, check, fit)
             dropped = tracking_rows(h, g, acts, kept)
         return g, dropped, kept, float(np.max(difference_rows(check[1], g.forward(held), norm)))
 
-    lo, hi = 0, _sampled_limit(lambda r: sampled(r)[3], len(order), epsilon) + 1
-    while hi - lo > 1 and time.perf_counter() < deadline:
-        mid = (lo + hi) // 2
-        g, dropped, kept, seen = sampled(mid)
-        trial: dict[str, Any] = {"removed": mid, "hidden": g.n_hidden, "sampled": seen, "certified": None}
+    def attempt(r: int, fitted: bool) -> Optional[ApproxResult]:
+        g, dropped, kept, seen = sampled(r, fitted)
+        trial: dict[str, Any] = {"removed": r, "hidden": g.n_hidden, "fit": fitted, "sampled": seen, "certified": None}
         trials.append(trial)
         if seen > epsilon:
-            hi = mid
-            continue
+            return None
         chains = [Chain(on.steps, kept, dropped_rows=dropped), Chain(on.steps, None, partner_classes(h, acts, kept))]
         res, chain = _certify_first(f, g, input_set, norm, chains, h, on.discrepancy, deadline, max_boxes, epsilon)
         trial["certified"] = res.epsilon if res.finite else None
-        progress.say(f"{g.n_hidden} hidden neurons: sampled {seen:.3g}, certified {res.epsilon:.3g}")
-        if res.epsilon <= epsilon:
-            lo = mid
-            best = ApproxResult(f, h, g, res, chain, on.discrepancy, mid, trials)
+        progress.say(f"{g.n_hidden} hidden neurons{' (L-BFGS fit)' if fitted else ''}: sampled {seen:.3g}, "
+                     f"certified {res.epsilon:.3g}")
+        if res.epsilon > epsilon:
+            return None
+        return ApproxResult(f, h, g, res, chain, on.discrepancy, r, trials,
+                            method="prune-refit+lbfgs" if fitted else "prune-refit")
+
+    limit = _sampled_limit(lambda r: sampled(r)[3], len(order), epsilon)
+    lo, hi = 0, (limit if fit is None else min(len(order), limit + max(2, limit // 5))) + 1
+    while hi - lo > 1 and time.perf_counter() < deadline:
+        mid = (lo + hi) // 2
+        found = None
+        for fitted in (False, True) if fit is not None else (False,):  # the fit only where least squares fails
+            if found is None and time.perf_counter() < deadline:
+                found = attempt(mid, fitted)
+        if found is not None:
+            lo, best = mid, found
         else:
             hi = mid
     best.seconds = time.perf_counter() - t0
-    best.method = "prune-refit" if fit is None else "prune-refit+lbfgs"
     return best
 
 

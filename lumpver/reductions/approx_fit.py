@@ -33,7 +33,7 @@ class FitOptions:
     """Knobs of :func:`finetune` (defaults measured on ACAS Xu prop_3, bench/bench_approx_acasxu.py)."""
 
     lam: float = 1e-3  # weight of the neuron-wise delta penalty (outputs scaled to unit RMS)
-    max_iter: int = 100  # L-BFGS-B iterations per stage
+    max_iter: int = 60  # L-BFGS-B iterations per stage
     powers: tuple[int, ...] = (2, 4)  # output-error exponents, one stage each
 
 
