@@ -48,6 +48,7 @@ from lumpver.ir.onnx_import import load_onnx
 from lumpver.reductions.certify import DroppedRows, certify as certify_pair, sample_points, sampled_error, write_bounded
 from lumpver.reductions.grouping import group_rows
 from lumpver.reductions.onset import reduce_on_set
+from lumpver.reductions.smooth_fold import constant_candidates, fold_constants, is_smooth_network
 
 #: activations of the form max(z, s z): positive scales merge neurons exactly (DESIGN.md §4)
 SUPPORTED = tuple(name for name, act in ACTIVATIONS.items() if act.negative_slope is not None)
@@ -300,7 +301,9 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     number of removed neurons: a candidate (:func:`refit_pruned`) whose error on held-out samples
     exceeds epsilon is rejected at once, otherwise it is certified; where it fails, the same
     removal refitted end to end (:func:`lumpver.reductions.approx_fit.finetune`, unless ``fit`` is
-    None) is tried next. The largest certified removal wins. Raises ValueError when not even h is certified within epsilon."""
+    None) is tried next. The largest certified removal wins. Networks with sigmoid/tanh layers
+    take :mod:`lumpver.reductions.smooth_fold`'s order and candidates (nearly constant neurons
+    folded into the next bias) and no fit. Raises ValueError when not even h is certified within epsilon."""
     require_dense(f, "reduce --mode approx")
 
     t0 = time.perf_counter()
@@ -308,7 +311,9 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     on = reduce_on_set(f, input_set, progress=progress)
     h = on.reduced
     progress.say(f"exact on-set reduction: {f.n_hidden} -> {h.n_hidden} hidden neurons (discrepancy {on.discrepancy:.2e})")
-    _check_supported(h)
+    smooth = is_smooth_network(h)
+    if not smooth:
+        _check_supported(h)
     pts, held = sample_points(input_set, samples, seed), sample_points(input_set, samples, seed + 1)
     acts, yf = h.activations(pts), f.forward(pts)
     check = (h.preprocess(held), f.forward(held))
@@ -318,14 +323,21 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     if not base.epsilon <= epsilon:
         raise ValueError(f"even the exact on-set reduction is certified only within {base.epsilon:.3g} > epsilon "
                          f"{epsilon:g}; use --mode on-set or a larger --epsilon")
-    order = removal_order(h, acts)
+    if smooth:  # nearly constant sigmoid/tanh neurons folded into the next bias (smooth_fold.py)
+        order, consts = constant_candidates(h, input_set)
+        fit = None
+    else:
+        order = removal_order(h, acts)
     trials: list[dict[str, Any]] = []
     best = ApproxResult(f, h, h, base, Chain(on.steps, kept0), on.discrepancy, 0, trials)
 
     @functools.lru_cache(maxsize=None)
     def sampled(r: int, fitted: bool = False) -> tuple[Network, list, list[np.ndarray], float]:
         kept = kept_after(h, order, r)
-        g, dropped = refit_pruned(h, acts, kept)
+        if smooth:
+            g, dropped = fold_constants(h, kept, consts), None
+        else:
+            g, dropped = refit_pruned(h, acts, kept)
         if fitted:
             g = finetune(g, h, acts, kept, yf, check, fit)
             dropped = tracking_rows(h, g, acts, kept)
@@ -337,7 +349,9 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
         trials.append(trial)
         if seen > epsilon:
             return None
-        chains = [Chain(on.steps, kept, dropped_rows=dropped), Chain(on.steps, None, partner_classes(h, acts, kept))]
+        chains = [Chain(on.steps, kept, dropped_rows=dropped)]
+        if not smooth:
+            chains.append(Chain(on.steps, None, partner_classes(h, acts, kept)))
         res, chain = _certify_first(f, g, input_set, norm, chains, h, on.discrepancy, deadline, max_boxes, epsilon)
         trial["certified"] = res.epsilon if res.finite else None
         progress.say(f"{g.n_hidden} hidden neurons{' (L-BFGS fit)' if fitted else ''}: sampled {seen:.3g}, "
