@@ -150,9 +150,12 @@ def output_sensitivity(h: Network, acts: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _slope(layer: Layer, post: np.ndarray) -> np.ndarray:
-    """Activation slope per sample and neuron, read from post-activations (ReLU: 1 where > 0)."""
-    neg = ACTIVATIONS[layer.activation].negative_slope(layer.alpha)
-    return np.where(post > 0, 1.0, neg)
+    """Activation slope per sample and neuron, read from post-activations (ReLU: 1 where > 0;
+    sigmoid, tanh: their derivative, a function of the output)."""
+    act = ACTIVATIONS[layer.activation]
+    if act.negative_slope is None:
+        return act.derivative(post, post, layer.alpha)
+    return np.where(post > 0, 1.0, act.negative_slope(layer.alpha))
 
 
 def _obs_costs(feats: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -301,9 +304,11 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     number of removed neurons: a candidate (:func:`refit_pruned`) whose error on held-out samples
     exceeds epsilon is rejected at once, otherwise it is certified; where it fails, the same
     removal refitted end to end (:func:`lumpver.reductions.approx_fit.finetune`, unless ``fit`` is
-    None) is tried next. The largest certified removal wins. Networks with sigmoid/tanh layers
-    take :mod:`lumpver.reductions.smooth_fold`'s order and candidates (nearly constant neurons
-    folded into the next bias) and no fit. Raises ValueError when not even h is certified within epsilon."""
+    None) is tried next. The largest certified removal wins. On networks with sigmoid/tanh layers
+    the least-squares candidates drop neurons that are nearly affine in the kept ones on X
+    (nearly constant or nearly linear), and the second candidate is
+    :mod:`lumpver.reductions.smooth_fold`'s (nearly constant neurons, from sound bounds, folded
+    into the next bias). Raises ValueError when not even h is certified within epsilon."""
     require_dense(f, "reduce --mode approx")
 
     t0 = time.perf_counter()
@@ -323,29 +328,29 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     if not base.epsilon <= epsilon:
         raise ValueError(f"even the exact on-set reduction is certified only within {base.epsilon:.3g} > epsilon "
                          f"{epsilon:g}; use --mode on-set or a larger --epsilon")
-    if smooth:  # nearly constant sigmoid/tanh neurons folded into the next bias (smooth_fold.py)
-        order, consts = constant_candidates(h, input_set)
-        fit = None
-    else:
-        order = removal_order(h, acts)
+    order = removal_order(h, acts)
+    if smooth:  # second candidate: nearly constant sigmoid/tanh neurons folded into the next bias
+        const_order, consts = constant_candidates(h, input_set)
     trials: list[dict[str, Any]] = []
     best = ApproxResult(f, h, h, base, Chain(on.steps, kept0), on.discrepancy, 0, trials)
 
     @functools.lru_cache(maxsize=None)
-    def sampled(r: int, fitted: bool = False) -> tuple[Network, list, list[np.ndarray], float]:
-        kept = kept_after(h, order, r)
-        if smooth:
+    def sampled(r: int, variant: str = "ls") -> tuple[Network, list, list[np.ndarray], float]:
+        if variant == "const":
+            kept = kept_after(h, const_order, min(r, len(const_order)))
             g, dropped = fold_constants(h, kept, consts), None
         else:
+            kept = kept_after(h, order, r)
             g, dropped = refit_pruned(h, acts, kept)
-        if fitted:
+        if variant == "fit":
             g = finetune(g, h, acts, kept, yf, check, fit)
             dropped = tracking_rows(h, g, acts, kept)
         return g, dropped, kept, float(np.max(difference_rows(check[1], g.forward(held), norm)))
 
-    def attempt(r: int, fitted: bool) -> Optional[ApproxResult]:
-        g, dropped, kept, seen = sampled(r, fitted)
-        trial: dict[str, Any] = {"removed": r, "hidden": g.n_hidden, "fit": fitted, "sampled": seen, "certified": None}
+    def attempt(r: int, variant: str) -> Optional[ApproxResult]:
+        g, dropped, kept, seen = sampled(r, variant)
+        trial: dict[str, Any] = {"removed": r, "hidden": g.n_hidden, "candidate": variant, "sampled": seen,
+                                 "certified": None}
         trials.append(trial)
         if seen > epsilon:
             return None
@@ -354,21 +359,27 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
             chains.append(Chain(on.steps, None, partner_classes(h, acts, kept)))
         res, chain = _certify_first(f, g, input_set, norm, chains, h, on.discrepancy, deadline, max_boxes, epsilon)
         trial["certified"] = res.epsilon if res.finite else None
-        progress.say(f"{g.n_hidden} hidden neurons{' (L-BFGS fit)' if fitted else ''}: sampled {seen:.3g}, "
-                     f"certified {res.epsilon:.3g}")
+        progress.say(f"{g.n_hidden} hidden neurons ({variant}): sampled {seen:.3g}, certified {res.epsilon:.3g}")
         if res.epsilon > epsilon:
             return None
-        return ApproxResult(f, h, g, res, chain, on.discrepancy, r, trials,
-                            method="prune-refit+lbfgs" if fitted else "prune-refit")
+        method = {"ls": "prune-refit", "fit": "prune-refit+lbfgs", "const": "smooth-constant-fold"}[variant]
+        return ApproxResult(f, h, g, res, chain, on.discrepancy, r, trials, method=method)
 
+    # the second candidate only where least squares fails: constant folding (smooth) or the L-BFGS-B fit
+    variants = ("ls", "const") if smooth else ("ls", "fit") if fit is not None else ("ls",)
     limit = _sampled_limit(lambda r: sampled(r)[3], len(order), epsilon)
-    lo, hi = 0, (limit if fit is None else min(len(order), limit + max(2, limit // 5))) + 1
+    if smooth:
+        limit = max(limit, _sampled_limit(lambda r: sampled(r, "const")[3], len(const_order), epsilon))
+    elif fit is not None:  # the fit's own limit would cost a fit per probe: allow 20 % more
+        limit = min(len(order), limit + max(2, limit // 5))
+    lo, hi = 0, limit + 1
     while hi - lo > 1 and time.perf_counter() < deadline:
         mid = (lo + hi) // 2
         found = None
-        for fitted in (False, True) if fit is not None else (False,):  # the fit only where least squares fails
+        ranked = sorted(variants, key=lambda v: sampled(mid, v)[3]) if smooth else variants  # smaller error first
+        for variant in ranked:
             if found is None and time.perf_counter() < deadline:
-                found = attempt(mid, fitted)
+                found = attempt(mid, variant)
         if found is not None:
             lo, best = mid, found
         else:
