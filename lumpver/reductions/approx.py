@@ -302,9 +302,9 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
 
     Exact on-set reduction h, greedy removal order (:func:`removal_order`), then bisection on the
     number of removed neurons: a candidate (:func:`refit_pruned`) whose error on held-out samples
-    exceeds epsilon is rejected at once, otherwise it is certified; where it fails, the same
-    removal refitted end to end (:func:`lumpver.reductions.approx_fit.finetune`, unless ``fit`` is
-    None) is tried next. The largest certified removal wins. On networks with sigmoid/tanh layers
+    exceeds epsilon is rejected at once, otherwise it is certified; where its sampled error fails,
+    the same removal refitted end to end (:func:`lumpver.reductions.approx_fit.finetune`, unless
+    ``fit`` is None) is tried next. The largest certified removal wins. On networks with sigmoid/tanh layers
     the least-squares candidates drop neurons that are nearly affine in the kept ones on X
     (nearly constant or nearly linear), and the second candidate is
     :mod:`lumpver.reductions.smooth_fold`'s (nearly constant neurons, from sound bounds, folded
@@ -378,6 +378,8 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
         found = None
         ranked = sorted(variants, key=lambda v: sampled(mid, v)[3]) if smooth else variants  # smaller error first
         for variant in ranked:
+            if variant == "fit" and sampled(mid)[3] <= epsilon:
+                break  # least squares failed certification, not sampling: the fit does not tighten (RESULTS.md)
             if found is None and time.perf_counter() < deadline:
                 found = attempt(mid, variant)
         if found is not None:
