@@ -54,6 +54,9 @@ from lumpver.reductions.smooth_fold import constant_candidates, fold_constants, 
 SUPPORTED = tuple(name for name, act in ACTIVATIONS.items() if act.negative_slope is not None)
 DEFAULT_SAMPLES = 3000
 DEFAULT_BOXES = 600
+#: largest smooth network given least-squares candidates too: the greedy order took 86 s on a
+#: 6x200 sigmoid net (loaded 2-core machine), more than the search budget
+SMOOTH_LS_MAX = 600
 
 
 def _check_supported(h: Network) -> None:
@@ -328,9 +331,10 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     if not base.epsilon <= epsilon:
         raise ValueError(f"even the exact on-set reduction is certified only within {base.epsilon:.3g} > epsilon "
                          f"{epsilon:g}; use --mode on-set or a larger --epsilon")
-    order = removal_order(h, acts)
-    if smooth:  # second candidate: nearly constant sigmoid/tanh neurons folded into the next bias
+    if smooth:  # nearly constant sigmoid/tanh neurons folded into the next bias
         const_order, consts = constant_candidates(h, input_set)
+    ls = not smooth or h.n_hidden <= SMOOTH_LS_MAX
+    order = removal_order(h, acts) if ls else const_order
     trials: list[dict[str, Any]] = []
     best = ApproxResult(f, h, h, base, Chain(on.steps, kept0), on.discrepancy, 0, trials)
 
@@ -366,11 +370,11 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
         return ApproxResult(f, h, g, res, chain, on.discrepancy, r, trials, method=method)
 
     # the second candidate only where least squares fails: constant folding (smooth) or the L-BFGS-B fit
-    variants = ("ls", "const") if smooth else ("ls", "fit") if fit is not None else ("ls",)
-    limit = _sampled_limit(lambda r: sampled(r)[3], len(order), epsilon)
-    if smooth:
+    variants = (("ls", "const") if ls else ("const",)) if smooth else ("ls", "fit") if fit is not None else ("ls",)
+    limit = _sampled_limit(lambda r: sampled(r, variants[0])[3], len(order), epsilon)
+    if len(variants) > 1 and variants[1] == "const":
         limit = max(limit, _sampled_limit(lambda r: sampled(r, "const")[3], len(const_order), epsilon))
-    elif fit is not None:  # the fit's own limit would cost a fit per probe: allow 20 % more
+    elif "fit" in variants:  # the fit's own limit would cost a fit per probe: allow 20 % more
         limit = min(len(order), limit + max(2, limit // 5))
     lo, hi = 0, limit + 1
     while hi - lo > 1 and time.perf_counter() < deadline:
