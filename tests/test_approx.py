@@ -217,3 +217,31 @@ def test_cli_bound_interval_certificate_rechecks(rng, tmp_path):
     c["guarantee"]["epsilon"] = 0.9 * float(np.max(np.abs(run_onnx(a, x) - run_onnx(b, x))))
     cert.write_text(json.dumps(c))
     assert _cli("check", cert).returncode == 1
+
+
+def test_lbfgs_fit_lowers_error_and_its_certificate_covers_the_milp_maximum(rng):
+    """The L-BFGS-B refit (approx_fit.finetune) lowers the sampled error of a least-squares
+    candidate on held-out points, and the certified bound of the fitted network (pruned twin
+    with re-fitted tracking rows) is at least the exact maximum |f - g| of a MILP (tests/milp_reference.py)."""
+    from lumpver.reductions.approx import tracking_rows
+    from lumpver.reductions.approx_fit import finetune
+    from lumpver.reductions.certify import certify
+    from tests.milp_reference import max_difference
+
+    net = _planted(rng)
+    X = InputSet([Box(-np.ones(3), np.ones(3))])
+    pts, held = sample_points(X, 1500, seed=1), sample_points(X, 1500, seed=2)
+    acts, yf = net.activations(pts), net.forward(pts)
+    kept = kept_after(net, removal_order(net, acts), 12)
+    g_ls, _ = refit_pruned(net, acts, kept)
+    g = finetune(g_ls, net, acts, kept, yf, (net.preprocess(held), net.forward(held)))
+    x = sample_points(X, 4000, seed=9)
+    err_ls, err = (float(np.max(np.abs(h.forward(x) - net.forward(x)))) for h in (g_ls, g))
+    assert err < err_ls  # planted net: the joint fit must help here
+    assert all(np.array_equal(w.astype(np.float32), w) for w in (layer.weight for layer in g.layers))
+    lo, hi = -0.3 * np.ones(3), 0.3 * np.ones(3)  # certificate and MILP on a sub-box: the MILP takes seconds
+    res = certify(net, g, InputSet([Box(lo, hi)]), "linf", Chain(None, kept, dropped_rows=tracking_rows(net, g, acts, kept)),
+                  timeout=10.0, max_boxes=40)
+    exact = max(max_difference(net, g, lo, hi, s * np.eye(2)[j])[0] for j in range(2) for s in (1.0, -1.0))
+    xs = sample_points(InputSet([Box(lo, hi)]), 4000, seed=9)
+    assert float(np.max(np.abs(g.forward(xs) - net.forward(xs)))) <= exact + 1e-9 and exact <= res.epsilon

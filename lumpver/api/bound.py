@@ -17,6 +17,8 @@ from typing import Any, Optional
 import numpy as np
 
 from lumpver.api.compare import load_pair
+from lumpver.bounds.softmax import ends_in_softmax, logit_norm, logits_of, probability_bound
+from lumpver.errors import InputError
 from lumpver.certificates.format import make_certificate, model_stats
 from lumpver.fileio import write_json_atomic
 from lumpver.ir.network import Network
@@ -39,10 +41,16 @@ def bound_files(path_a: str | os.PathLike, path_b: str | os.PathLike, input_set:
     certified ``upper_bound``, or ``unknown``; ``lower_bound`` attained at ``counterexample``."""
     t0 = time.perf_counter()
     f, g = load_pair(path_a, path_b)
+    sm = ends_in_softmax(f, g)
+    if sm and cert_path is not None:
+        raise InputError("bound --certificate: no certificate checker for Softmax outputs yet (omit --certificate)")
     X = load_input_set(input_set, f.n_inputs)
     lower, witness = falsified_lower_bound(path_a, path_b, f, g, X, norm, max(1.0, 0.1 * timeout), seed)
     remaining = max(1.0, timeout - (time.perf_counter() - t0))
-    upper, reason, details = certified_upper_bound(f, g, X, backend, norm, solver, remaining)
+    upper, reason, details = certified_upper_bound(logits_of(f), logits_of(g), X, backend,
+                                                   logit_norm(norm) if sm else norm, solver, remaining)
+    if sm and upper is not None:  # DESIGN.md §5, lumpver/bounds/softmax.py
+        reason, upper = f"{reason}; logit bound {upper:.6g} -> probabilities", probability_bound(upper, norm, f.n_outputs)
     if upper is not None and lower is not None and upper < lower:  # a contradiction: trust neither claim
         reason = (f"{backend}'s bound {upper!r} is below the attained value {lower!r} (numerical doubt); "
                   "no bound certified")

@@ -19,12 +19,13 @@ import numpy as np
 from lumpver.errors import InputError
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.ir.runtime import run_onnx
-from lumpver.ir.network import require_logits
+from lumpver.bounds.softmax import ends_in_softmax
 from lumpver.specs.inputset import InputSet
 from lumpver.specs.load import load_input_set
 from lumpver.specs.norms import check_norm
 from lumpver.verifiers.falsify import CONTAINS_TOL, is_violation, value_of
 from lumpver.verifiers.base import Query, Verdict, get_backend
+from lumpver.verifiers.softmax_outputs import on_probabilities
 
 BACKENDS = ("interval", "smt", "sdp", "auto", "falsify", "marabou")
 #: share of the budget of the first (falsifier) stage of ``auto``
@@ -36,8 +37,7 @@ AUTO_MIDDLE_SHARE = 0.5
 def load_pair(path_a: str | os.PathLike, path_b: str | os.PathLike):
     """Both networks; InputError naming both files when their input/output sizes differ."""
     a, b = load_onnx(path_a), load_onnx(path_b)
-    for net in (a, b):
-        require_logits(net, "compare or bound")
+    ends_in_softmax(a, b)  # both logits or both Softmax (probabilities: verifiers/softmax_outputs.py)
     if (a.n_inputs, a.n_outputs) != (b.n_inputs, b.n_outputs):
         raise InputError(
             f"models differ in size: {a.n_inputs} inputs/{a.n_outputs} outputs vs "
@@ -91,7 +91,7 @@ def compare_models(
             budget = min(left, AUTO_FALSIFY_SHARE * timeout)
         elif backend == "auto" and i < len(stages) - 1:
             budget = AUTO_MIDDLE_SHARE * left  # leave time for the exact back-end
-        v = get_backend(name).check(Query(a, xs, other=b, epsilon=float(epsilon), norm=norm, timeout=budget,
+        v = on_probabilities(get_backend(name)).check(Query(a, xs, other=b, epsilon=float(epsilon), norm=norm, timeout=budget,
                                           seed=seed))
         ran.append(v)
         if v.verdict == "violated":

@@ -311,3 +311,21 @@ def random_dag_cnn(kind: str = "residual", image: tuple[int, int, int] = (2, 6, 
     out = b.add(GNode("affine", (h,), (n_outputs,), op=DenseOperator(w),
                       bias=rng.standard_normal(n_outputs).astype(np.float32).astype(np.float64), source_op="gemm"))
     return GraphNetwork(b.graph, out, "x", "y", ["batch", *image], ["batch", n_outputs])
+
+
+def saturated_mlp(rng: np.random.Generator, widths: "list[int] | tuple[int, ...]", activation: str = "sigmoid",
+                  saturated: float = 0.5, gain: float = 4.0) -> Network:
+    """A smooth-activation MLP (ERAN ffnnSIGMOID-like stand-in): weights ``gain / sqrt(fan-in)``
+    times Gaussians, so the signal survives sigmoid's slope 1/4; a fraction ``saturated`` of each
+    hidden layer's neurons get biases of +-8 and weights shrunk 20x, so they are nearly constant
+    on a small input box (planted: the smooth-activation reduction should find them). float32."""
+    net = random_mlp(rng, widths, activation, fan_in_scaled=True, bias_scale=0.5)
+    layers = []
+    for k, layer in enumerate(net.layers):
+        w, b = layer.weight * gain, layer.bias.copy()
+        if k < len(net.layers) - 1:
+            sat = rng.random(layer.width) < saturated
+            w[sat] /= 20.0
+            b[sat] = 8.0 * rng.choice([-1.0, 1.0], size=int(sat.sum()))
+        layers.append(Layer(w.astype(np.float32), b.astype(np.float32), layer.activation))
+    return Network(layers)

@@ -24,6 +24,7 @@ as the near-lumping quotient of DESIGN.md §4 for callers that want partitions.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lumpver.reductions.approx_fit import FitOptions, finetune
 from lumpver.reductions.base import default_certificate_path, remove_on_failure
 from lumpver.reductions.certify import Certified, Chain, certify
 from lumpver.specs.inputset import InputSet
@@ -46,11 +48,15 @@ from lumpver.ir.onnx_import import load_onnx
 from lumpver.reductions.certify import DroppedRows, certify as certify_pair, sample_points, sampled_error, write_bounded
 from lumpver.reductions.grouping import group_rows
 from lumpver.reductions.onset import reduce_on_set
+from lumpver.reductions.smooth_fold import constant_candidates, fold_constants, is_smooth_network
 
 #: activations of the form max(z, s z): positive scales merge neurons exactly (DESIGN.md §4)
 SUPPORTED = tuple(name for name, act in ACTIVATIONS.items() if act.negative_slope is not None)
 DEFAULT_SAMPLES = 3000
 DEFAULT_BOXES = 600
+#: largest smooth network given least-squares candidates too: the greedy order took 86 s on a
+#: 6x200 sigmoid net (loaded 2-core machine), more than the search budget
+SMOOTH_LS_MAX = 600
 
 
 def _check_supported(h: Network) -> None:
@@ -147,9 +153,12 @@ def output_sensitivity(h: Network, acts: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _slope(layer: Layer, post: np.ndarray) -> np.ndarray:
-    """Activation slope per sample and neuron, read from post-activations (ReLU: 1 where > 0)."""
-    neg = ACTIVATIONS[layer.activation].negative_slope(layer.alpha)
-    return np.where(post > 0, 1.0, neg)
+    """Activation slope per sample and neuron, read from post-activations (ReLU: 1 where > 0;
+    sigmoid, tanh: their derivative, a function of the output)."""
+    act = ACTIVATIONS[layer.activation]
+    if act.negative_slope is None:
+        return act.derivative(post, post, layer.alpha)
+    return np.where(post > 0, 1.0, act.negative_slope(layer.alpha))
 
 
 def _obs_costs(feats: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -214,21 +223,40 @@ def kept_after(h: Network, order: list[tuple[int, int]], n_removed: int) -> list
 def refit_pruned(h: Network, acts: list[np.ndarray], kept: list[np.ndarray]) -> tuple[Network, list]:
     """g keeping ``kept`` of h, every row refitted by least squares to h's pre-activations on the
     samples over g's own previous layer (first layer: h's rows), float32; and the twin rows of
-    the dropped neurons (same fit), for :func:`lumpver.reductions.certify.expand_pruned`."""
-
+    the dropped neurons (:func:`tracking_rows`)."""
     g_prev = acts[0]
-    layers, dropped = [], []
+    layers = []
     for k, layer in enumerate(h.layers):
         rows = kept[k] if k < len(kept) else np.arange(layer.width)
-        z = acts[k] @ layer.weight.T + layer.bias
-        full = np.hstack([layer.weight, layer.bias[:, None]]) if k == 0 else _f32(_fit(g_prev, z))
-        gl = Layer(full[rows, :-1], full[rows, -1], layer.activation, layer.alpha, layer.source_op)
+        if k == 0:
+            full = np.hstack([layer.weight[rows], layer.bias[rows, None]])
+        else:
+            full = _f32(_fit(g_prev, acts[k] @ layer.weight[rows].T + layer.bias[rows]))
+        gl = Layer(full[:, :-1], full[:, -1], layer.activation, layer.alpha, layer.source_op)
         layers.append(gl)
-        if k < len(kept):
-            out = np.setdiff1d(np.arange(layer.width), rows)
-            dropped.append(DroppedRows(out, full[out, :-1], full[out, -1]))
         g_prev = gl.activate(g_prev @ gl.weight.T + gl.bias)
-    return h.with_layers(layers), dropped
+    g = h.with_layers(layers)
+    return g, tracking_rows(h, g, acts, kept)
+
+
+def tracking_rows(h: Network, g: Network, acts: list[np.ndarray], kept: list[np.ndarray]) -> list[DroppedRows]:
+    """Twin rows of h's neurons that g drops (for :func:`lumpver.reductions.certify.expand_pruned`):
+    layer 0 keeps h's rows; deeper layers are least-squares fits of h's pre-activations over g's
+    previous layer on the samples, float32, so the twin's dropped neurons track h's."""
+    g_prev = acts[0]
+    out = []
+    for k, rows in enumerate(kept):
+        layer = h.layers[k]
+        gone = np.setdiff1d(np.arange(layer.width), rows)
+        if k == 0:
+            w, b = layer.weight[gone], layer.bias[gone]
+        else:
+            full = _f32(_fit(g_prev, acts[k] @ layer.weight[gone].T + layer.bias[gone]))
+            w, b = full[:, :-1], full[:, -1]
+        out.append(DroppedRows(gone, w, b))
+        gl = g.layers[k]
+        g_prev = gl.activate(g_prev @ gl.weight.T + gl.bias)
+    return out
 
 
 def partner_classes(h: Network, acts: list[np.ndarray], kept: list[np.ndarray]) -> list[LayerClasses]:
@@ -272,13 +300,18 @@ class ApproxResult:
 
 def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "linf", timeout: float = 300.0,
                   progress: Progress = SILENT, samples: int = DEFAULT_SAMPLES, max_boxes: int = DEFAULT_BOXES,
-                  seed: int = 0) -> ApproxResult:
+                  seed: int = 0, fit: Optional[FitOptions] = FitOptions()) -> ApproxResult:
     """The smallest approximate reduction found whose certified error on X is ``<= epsilon``.
 
     Exact on-set reduction h, greedy removal order (:func:`removal_order`), then bisection on the
-    number of removed neurons: a candidate (:func:`refit_pruned`) whose sampled error exceeds
-    epsilon is rejected at once, otherwise it is certified; the largest certified removal wins.
-    Raises ValueError when not even h is certified within epsilon."""
+    number of removed neurons: a candidate (:func:`refit_pruned`) whose error on held-out samples
+    exceeds epsilon is rejected at once, otherwise it is certified; where its sampled error fails,
+    the same removal refitted end to end (:func:`lumpver.reductions.approx_fit.finetune`, unless
+    ``fit`` is None) is tried next. The largest certified removal wins. On networks with sigmoid/tanh layers
+    the least-squares candidates drop neurons that are nearly affine in the kept ones on X
+    (nearly constant or nearly linear), and the second candidate is
+    :mod:`lumpver.reductions.smooth_fold`'s (nearly constant neurons, from sound bounds, folded
+    into the next bias). Raises ValueError when not even h is certified within epsilon."""
     require_dense(f, "reduce --mode approx")
 
     t0 = time.perf_counter()
@@ -286,41 +319,75 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     on = reduce_on_set(f, input_set, progress=progress)
     h = on.reduced
     progress.say(f"exact on-set reduction: {f.n_hidden} -> {h.n_hidden} hidden neurons (discrepancy {on.discrepancy:.2e})")
-    _check_supported(h)
-    pts = sample_points(input_set, samples, seed)
+    smooth = is_smooth_network(h)
+    if not smooth:
+        _check_supported(h)
+    pts, held = sample_points(input_set, samples, seed), sample_points(input_set, samples, seed + 1)
     acts, yf = h.activations(pts), f.forward(pts)
+    check = (h.preprocess(held), f.forward(held))
     kept0 = [np.arange(w) for w in h.hidden_widths]
     base = certify(f, h, input_set, norm, Chain(on.steps, kept0), h, on.discrepancy,
                    timeout=max(1.0, deadline - time.perf_counter()), max_boxes=max_boxes, threshold=epsilon)
     if not base.epsilon <= epsilon:
         raise ValueError(f"even the exact on-set reduction is certified only within {base.epsilon:.3g} > epsilon "
                          f"{epsilon:g}; use --mode on-set or a larger --epsilon")
-    order = removal_order(h, acts)
+    if smooth:  # nearly constant sigmoid/tanh neurons folded into the next bias
+        const_order, consts = constant_candidates(h, input_set)
+    ls = not smooth or h.n_hidden <= SMOOTH_LS_MAX
+    order = removal_order(h, acts) if ls else const_order
     trials: list[dict[str, Any]] = []
     best = ApproxResult(f, h, h, base, Chain(on.steps, kept0), on.discrepancy, 0, trials)
 
-    def sampled(r: int) -> tuple[Network, list, list[np.ndarray], float]:
-        kept = kept_after(h, order, r)
-        g, dropped = refit_pruned(h, acts, kept)
-        yg = g.forward(pts)
-        return g, dropped, kept, float(np.max(difference_rows(yf, yg, norm)))
+    @functools.lru_cache(maxsize=None)
+    def sampled(r: int, variant: str = "ls") -> tuple[Network, list, list[np.ndarray], float]:
+        if variant == "const":
+            kept = kept_after(h, const_order, min(r, len(const_order)))
+            g, dropped = fold_constants(h, kept, consts), None
+        else:
+            kept = kept_after(h, order, r)
+            g, dropped = refit_pruned(h, acts, kept)
+        if variant == "fit":
+            g = finetune(g, h, acts, kept, yf, check, fit)
+            dropped = tracking_rows(h, g, acts, kept)
+        return g, dropped, kept, float(np.max(difference_rows(check[1], g.forward(held), norm)))
 
-    lo, hi = 0, _sampled_limit(lambda r: sampled(r)[3], len(order), epsilon) + 1
-    while hi - lo > 1 and time.perf_counter() < deadline:
-        mid = (lo + hi) // 2
-        g, dropped, kept, seen = sampled(mid)
-        trial: dict[str, Any] = {"removed": mid, "hidden": g.n_hidden, "sampled": seen, "certified": None}
+    def attempt(r: int, variant: str) -> Optional[ApproxResult]:
+        g, dropped, kept, seen = sampled(r, variant)
+        trial: dict[str, Any] = {"removed": r, "hidden": g.n_hidden, "candidate": variant, "sampled": seen,
+                                 "certified": None}
         trials.append(trial)
         if seen > epsilon:
-            hi = mid
-            continue
-        chains = [Chain(on.steps, kept, dropped_rows=dropped), Chain(on.steps, None, partner_classes(h, acts, kept))]
+            return None
+        chains = [Chain(on.steps, kept, dropped_rows=dropped)]
+        if not smooth:
+            chains.append(Chain(on.steps, None, partner_classes(h, acts, kept)))
         res, chain = _certify_first(f, g, input_set, norm, chains, h, on.discrepancy, deadline, max_boxes, epsilon)
         trial["certified"] = res.epsilon if res.finite else None
-        progress.say(f"{g.n_hidden} hidden neurons: sampled {seen:.3g}, certified {res.epsilon:.3g}")
-        if res.epsilon <= epsilon:
-            lo = mid
-            best = ApproxResult(f, h, g, res, chain, on.discrepancy, mid, trials)
+        progress.say(f"{g.n_hidden} hidden neurons ({variant}): sampled {seen:.3g}, certified {res.epsilon:.3g}")
+        if res.epsilon > epsilon:
+            return None
+        method = {"ls": "prune-refit", "fit": "prune-refit+lbfgs", "const": "smooth-constant-fold"}[variant]
+        return ApproxResult(f, h, g, res, chain, on.discrepancy, r, trials, method=method)
+
+    # the second candidate only where least squares fails: constant folding (smooth) or the L-BFGS-B fit
+    variants = (("ls", "const") if ls else ("const",)) if smooth else ("ls", "fit") if fit is not None else ("ls",)
+    limit = _sampled_limit(lambda r: sampled(r, variants[0])[3], len(order), epsilon)
+    if len(variants) > 1 and variants[1] == "const":
+        limit = max(limit, _sampled_limit(lambda r: sampled(r, "const")[3], len(const_order), epsilon))
+    elif "fit" in variants:  # the fit's own limit would cost a fit per probe: allow 20 % more
+        limit = min(len(order), limit + max(2, limit // 5))
+    lo, hi = 0, limit + 1
+    while hi - lo > 1 and time.perf_counter() < deadline:
+        mid = (lo + hi) // 2
+        found = None
+        ranked = sorted(variants, key=lambda v: sampled(mid, v)[3]) if smooth else variants  # smaller error first
+        for variant in ranked:
+            if variant == "fit" and sampled(mid)[3] <= epsilon:
+                break  # least squares failed certification, not sampling: the fit does not tighten (RESULTS.md)
+            if found is None and time.perf_counter() < deadline:
+                found = attempt(mid, variant)
+        if found is not None:
+            lo, best = mid, found
         else:
             hi = mid
     best.seconds = time.perf_counter() - t0
