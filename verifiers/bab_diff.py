@@ -41,6 +41,8 @@ from lumpver.verifiers.falsify import to_float32_inside
 from lumpver.verifiers.interval import norm_of_bounds, point_distance
 
 NORMS = ("linf", "l1", "l2")
+#: without epsilon the search stops once the bound is within this relative gap of the attained value
+GAP_REL = 1e-3
 
 
 @dataclass
@@ -118,9 +120,9 @@ def norm_bounds(lower: np.ndarray, upper: np.ndarray, norm: str) -> np.ndarray:
 
 class _Search:
     def __init__(self, f: Network, g: Network, model: DiffModel, region, norm: str, epsilon: Optional[float],
-                 deadline: float, opt: DiffOptions, known_lower: float = 0.0) -> None:
+                 deadline: float, opt: DiffOptions, known_lower: float = 0.0, close_at: float = 0.0) -> None:
         self.f, self.g, self.model, self.region, self.norm = f, g, model, region, norm
-        self.eps, self.deadline, self.opt = epsilon, deadline, opt
+        self.eps, self.deadline, self.opt, self.close_at = epsilon, deadline, opt, close_at
         self.box = region_box(region)
         self.tree = _Tree(self.box)
         self.lower, self.x_best = float(known_lower), None
@@ -130,7 +132,7 @@ class _Search:
 
     @property
     def threshold(self) -> float:
-        return self.eps if self.eps is not None else self.lower
+        return self.eps if self.eps is not None else max(self.lower * (1.0 + GAP_REL), self.close_at)
 
     # ----- bounding ---------------------------------------------------------------------------
     def _bound(self, ids: list[int], iters: int) -> np.ndarray:
@@ -254,10 +256,12 @@ class _Search:
 # ----- public API ----------------------------------------------------------------------------
 def difference_search(f: Network, g: Network, input_set: InputSet, norm: str = "linf", timeout: float = 60.0,
                       epsilon: Optional[float] = None, known_lower: float = 0.0, options: Optional[DiffOptions] = None,
-                      model: Optional[DiffModel] = None) -> tuple[list[DiffResult], dict[str, Any]]:
+                      model: Optional[DiffModel] = None, close_at: float = 0.0
+                      ) -> tuple[list[DiffResult], dict[str, Any]]:
     """Run the search on every region (time shared evenly among the regions still to do); with
     ``epsilon`` stop at a counterexample or once every box is within it, else refine until the bound
-    meets the attained value or time runs out. Returns the per-region results and the evidence."""
+    meets the attained value (or ``close_at``, if larger) or time runs out. Returns the per-region
+    results and the evidence (which covers the input set unless a counterexample ended the search)."""
     if norm not in NORMS:
         raise ValueError(f"bab_diff bounds the norms {NORMS}, not {norm!r}")
     opt = options or DiffOptions()
@@ -267,7 +271,7 @@ def difference_search(f: Network, g: Network, input_set: InputSet, norm: str = "
     for i, region in enumerate(input_set.regions):
         deadline = time.monotonic() + (t_end - time.monotonic()) / (len(input_set.regions) - i)
         lower = max([known_lower] + [r.lower for r in results])
-        results.append(_Search(f, g, model, region, norm, epsilon, deadline, opt, lower).run())
+        results.append(_Search(f, g, model, region, norm, epsilon, deadline, opt, lower, close_at).run())
         if results[-1].counterexample is not None:
             break
     return results, evidence(model, results)

@@ -131,38 +131,41 @@ def _product_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray):
 
 
 def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray):
-    """Relaxations, free-slope masks and the output interval of ``f - g`` for the delta chain. f's
-    pre-activation bounds are g's plus the delta's (no CROWN pass of f of its own)."""
-    g, ch = model.g, model.joint
-    assert g is not None
+    """Relaxations, free-slope masks and the output interval of ``f - g`` for the delta chain."""
+    f, g, ch = model.f, model.g, model.joint
+    assert f is not None and g is not None
     B, n = lo.shape
     gzl, gzu = layer_bounds(g, lo, hi, *_open(g, B))
+    fzl, fzu = layer_bounds(f, lo, hi, *_open(f, B))
     s0_lo, s0_hi = interval_step(ch.steps[0], *interval_step(ch.input, lo, hi))
     d_lo, d_hi, hg_lo, hg_hi = s0_lo[:, :n], s0_hi[:, :n], s0_lo[:, n:], s0_hi[:, n:]
     rel, free = [_exact((B, 2 * n))], [np.zeros((B, 2 * n), dtype=bool)]
     for k in range(g.depth):
         w = gzl[k].shape[1]
         il, iu = interval_step(ch.steps[k + 1], np.hstack([d_lo, hg_lo]), np.hstack([d_hi, hg_hi]))
+        il, iu = il[:, :w], iu[:, :w]
+        il, iu = np.maximum(il, add_lo(fzl[k], -gzu[k])), np.minimum(iu, add_hi(fzu[k], -gzl[k]))
         act = get_relaxation(g.acts[k])
-        s_lo, s_hi = _slopes(act, g.alphas[k], (gzl[k], gzu[k]), il[:, :w], iu[:, :w])
-        need = (s_lo != s_hi) & (il[:, :w] < 0) & (iu[:, :w] > 0)
-        zd_lo, zd_hi = _symbolic_delta_rows(ch, rel, need, k + 1, lo, hi, il[:, :w], iu[:, :w])
-        s_lo, s_hi = _slopes(act, g.alphas[k], (gzl[k], gzu[k]), zd_lo, zd_hi)
+        _, (s_lo, s_hi) = _slopes(act, g.alphas[k], (gzl[k], gzu[k]), (fzl, fzu), k, il, iu)
+        need = (s_lo != s_hi) & (il < 0) & (iu > 0)
+        zd_lo, zd_hi = _symbolic_delta_rows(ch, rel, need, k + 1, lo, hi, il, iu)
+        f_pre, (s_lo, s_hi) = _slopes(act, g.alphas[k], (gzl[k], gzu[k]), (fzl, fzu), k, zd_lo, zd_hi)
         rel.append(_cat(delta_relax(zd_lo, zd_hi, s_lo, s_hi), relax_batch(g, k, gzl[k], gzu[k])))
         gfree = alpha_free(g, k, gzl[k], gzu[k])
         free.append(np.hstack([np.zeros_like(gfree), gfree]))
-        f_pre = add_lo(gzl[k], zd_lo), add_hi(gzu[k], zd_hi)
         g_post = act.interval(gzl[k], gzu[k], g.alphas[k])
         d_lo, d_hi = delta_interval(s_lo, s_hi, zd_lo, zd_hi, act.interval(*f_pre, g.alphas[k]), g_post)
         hg_lo, hg_hi = g_post
     return rel, free, (d_lo, d_hi)
 
 
-def _slopes(act, alpha: float, g_pre: tuple[np.ndarray, np.ndarray], zd_lo: np.ndarray, zd_hi: np.ndarray):
-    """Secant-slope range on the hull of g's pre-activation bounds and f's (= g's + the delta's)."""
-    lo = np.minimum(g_pre[0], add_lo(g_pre[0], zd_lo))
-    hi = np.maximum(g_pre[1], add_hi(g_pre[1], zd_hi))
-    return act.slopes(lo, hi, alpha)
+def _slopes(act, alpha: float, g_pre: tuple[np.ndarray, np.ndarray], f_own, k: int, zd_lo: np.ndarray,
+            zd_hi: np.ndarray):
+    """f's pre-activation bounds (g's plus the delta's, intersected with f's own ``f_own``)
+    and the secant-slope range on the hull of f's and g's."""
+    f_lo, f_hi = add_lo(g_pre[0], zd_lo), add_hi(g_pre[1], zd_hi)
+    f_lo, f_hi = np.maximum(f_lo, f_own[0][k]), np.minimum(f_hi, f_own[1][k])
+    return (f_lo, f_hi), act.slopes(np.minimum(g_pre[0], f_lo), np.maximum(g_pre[1], f_hi), alpha)
 
 
 def _symbolic_delta_rows(ch: Chain, rel: list[LinearRelaxation], need: np.ndarray, top: int, lo: np.ndarray,
