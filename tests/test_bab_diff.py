@@ -189,3 +189,30 @@ def test_compare_auto_decides_and_replays(tmp_path):
     assert v.verdict == "proved" and v.upper_bound <= 1.05 * exact, v.reason
     w = compare_models(a, b, spec, 0.8 * exact, timeout=20)
     assert w.verdict == "violated" and w.details["replay"]["onnx_value"] > 0.8 * exact
+
+
+def test_reduction_certificate_switches_to_bab_diff_and_rechecks(tmp_path):
+    """certify() of a neuron-pruned network: with a one-box interval budget the search certifies less,
+    its evidence (trees, the kept neurons) re-checks, and a halved claim fails."""
+    from lumpver.certificates.format import check_certificate
+    from lumpver.reductions.certify import Chain, certify, write_bounded
+
+    rng = np.random.default_rng(13)
+    f = _f32(random_net(rng, [3, 8, 6, 2]))
+    kept = [np.sort(rng.choice(8, 6, replace=False)), np.sort(rng.choice(6, 5, replace=False))]
+    w = [f.layers[0].weight[kept[0]], f.layers[1].weight[np.ix_(kept[1], kept[0])], f.layers[2].weight[:, kept[1]]]
+    b = [f.layers[0].bias[kept[0]], f.layers[1].bias[kept[1]], f.layers[2].bias]
+    g = f.with_layers([Layer(wk, bk, l.activation) for wk, bk, l in zip(w, b, f.layers)])
+    box = Box(-np.ones(3), np.ones(3))
+    a, bp, spec = _files(tmp_path, f, g, box)
+    X = InputSet([box])
+    res = certify(f, g, X, "linf", Chain(kept=kept), timeout=3, max_boxes=1)
+    exact, _ = _exact(f, g, box.lower, box.upper)
+    assert res.backend == "bab_diff" and res.epsilon >= exact - 1e-7
+    cert = tmp_path / "r.json"
+    write_bounded(a, bp, cert, f, g, X, res, {"method": "test"}, 1.0)
+    assert check_certificate(cert).holds
+    c = json.loads(cert.read_text())
+    c["guarantee"]["epsilon"] = 0.5 * exact
+    cert.write_text(json.dumps(c))
+    assert not check_certificate(cert).holds

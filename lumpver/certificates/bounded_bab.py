@@ -22,8 +22,8 @@ import numpy as np
 
 from lumpver.bounds.diff_batched import bound_boxes, leaves_of, prepare_diff
 from lumpver.bounds.region import region_box
-from lumpver.certificates.bounded_interval import norm_of, recheck_chain
-from lumpver.certificates.format import CheckReport
+from lumpver.certificates.bounded_interval import check_interval_evidence, norm_of, recheck_chain, recheck_interval
+from lumpver.certificates.format import CheckContext, CheckReport
 from lumpver.ir.network import Network
 from lumpver.specs.inputset import InputSet
 
@@ -67,3 +67,13 @@ def recheck_bab(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict
         return worst
 
     return recheck_chain(f, g, input_set, norm, ev, report, differential, "bab_diff", twin_required=False)
+
+
+#: the differential evidence kinds a reduction certificate may hold, with their re-checks
+DIFFERENTIAL_BACKENDS = {"interval": recheck_interval, "bab_diff": recheck_bab}
+
+
+def check_evidence_entry(cert: dict, ctx: CheckContext, ev: dict) -> CheckReport:
+    """Verify one differential evidence entry (``interval`` or ``bab_diff``) of a ``bounded``
+    certificate on its own: its recomputed bound must not exceed the guarantee's epsilon."""
+    return check_interval_evidence(cert, ctx, ev, DIFFERENTIAL_BACKENDS[ev["backend"]])

@@ -193,16 +193,18 @@ def recheck_chain(f: Network, g: Network, input_set: InputSet, norm: str, ev: di
     return total
 
 
-def check_interval_evidence(cert: dict, ctx: CheckContext, ev: dict) -> CheckReport:
-    """Verify one ``{"backend": "interval", ...}`` entry of a ``bounded`` certificate on its own:
-    its recomputed bound must not exceed the guarantee's epsilon."""
+def check_interval_evidence(cert: dict, ctx: CheckContext, ev: dict,
+                            recheck: Callable[..., Optional[float]] = recheck_interval) -> CheckReport:
+    """Verify one ``{"backend": "interval", ...}`` entry of a ``bounded`` certificate on its own (or,
+    with ``recheck``, an entry of another back-end): its recomputed bound must not exceed the
+    guarantee's epsilon."""
     report = CheckReport(True)
     try:
         g = cert["guarantee"]
         input_set, norm, eps = InputSet.from_json(g["input_set"]), str(g["norm"]), float(g["epsilon"])
     except _MALFORMED as e:
         return report.fail(f"malformed bounded guarantee: {e!r}")
-    total = recheck_interval(load_onnx(ctx.original_path), load_onnx(ctx.reduced_path), input_set, norm, ev, report)
+    total = recheck(load_onnx(ctx.original_path), load_onnx(ctx.reduced_path), input_set, norm, ev, report)
     if total is None:
         report.holds = False
     elif not total <= eps * (1 + 1e-9):

@@ -71,6 +71,9 @@ from lumpver.certificates.exact import discrepancy_bound
 #: differ in the last bits; a larger bound stays sound)
 PAD = 1e-6
 DEFAULT_MAX_BOXES = 400
+#: seconds the differential branch and bound gets at most per certification (approximate reduction
+#: certifies many candidates; the search otherwise refines until its time is used)
+BAB_SECONDS = 30.0
 
 
 # ----- twins -----------------------------------------------------------------------------------
@@ -259,7 +262,7 @@ def certify(f: Network, g: Network, input_set: InputSet, norm: str = "linf", cha
         u, ev = interval_term(h, twin, input_set, norm, t_int, max_boxes, timeout / 2)
     except ValueError as e:  # unsupported activation, polytope without a box
         return Certified(math.inf, norm, {}, {}, time.perf_counter() - t0, str(e))
-    backend, left = "interval", timeout - (time.perf_counter() - t0)
+    backend, left = "interval", min(BAB_SECONDS, timeout - (time.perf_counter() - t0))
     if u > t_int and left > 0.5:
         try:
             u2, ev2 = bab_term(h, twin, input_set, norm, t_int, left)
