@@ -194,10 +194,8 @@ class _Search:
                 made[p] = [t.add(lo, hi, t.depth[p] + 1) for lo, hi in halves(t.lo[p], t.hi[p], d)]
                 fresh.extend(made[p])
             t.split[p], t.kids[p] = d, (made[p][0], made[p][1])
-        again = [i for p in try_all for i in made[p] if t.bound[i] > self.threshold]
-        todo = fresh + again
-        if todo:
-            self._bound(todo, ITERS)
+        if fresh:  # try-all children keep their plain bound: the slope optimisation gained ~2 % on ACAS Xu
+            self._bound(fresh, ITERS)
         return [i for p in parents for i in made[p]]
 
     # ----- the loop ---------------------------------------------------------------------------
@@ -211,6 +209,9 @@ class _Search:
                 break
             if time.monotonic() > self.deadline:
                 stopped = "timeout"
+                break
+            if self.eps is None and 0 < self.close_at < self.lower:
+                stopped = f"attained {self.lower:.6g} above the target {self.close_at:.6g}"
                 break
             if len(t.lo) > self.opt.max_boxes:
                 stopped = f"box cap {self.opt.max_boxes} reached"

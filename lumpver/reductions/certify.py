@@ -73,7 +73,7 @@ PAD = 1e-6
 DEFAULT_MAX_BOXES = 400
 #: seconds the differential branch and bound gets at most per certification (approximate reduction
 #: certifies many candidates; the search otherwise refines until its time is used)
-BAB_SECONDS = 30.0
+BAB_SECONDS = 10.0
 
 
 # ----- twins -----------------------------------------------------------------------------------
