@@ -52,6 +52,9 @@ class DiffOptions:
     batch: int = 24  # open boxes split per round
     try_all_dims: int = 8  # bound both halves of every dimension up to this many inputs
     max_boxes: int = 400_000  # boxes bounded at most per region (memory); beyond: stop
+    #: rounds of ``batch`` parents whatever the time, so that a box cap (not the clock) ends the search and
+    #: the same pair gets the same bound twice (certification of a reduction, then of the written file)
+    deterministic: bool = False
     heartbeat: float = 3.0
     progress: Progress = field(default=SILENT, repr=False)
 
@@ -235,6 +238,8 @@ class _Search:
 
     def _affordable(self) -> int:
         """Parents one round can split before the deadline (at most ``batch``)."""
+        if self.opt.deterministic:
+            return self.opt.batch
         per_parent = (2 * self.box.dim + 2 if self.box.dim <= self.opt.try_all_dims else 2) * self._per_box
         left = self.deadline - time.monotonic()
         return int(min(self.opt.batch, left / per_parent if per_parent > 0 else self.opt.batch))

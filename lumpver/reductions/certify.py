@@ -56,7 +56,7 @@ from lumpver.bounds.float_error import float32_error
 from lumpver.bounds.region import region_box
 from lumpver.certificates.format import make_certificate, model_stats
 from lumpver.fileio import write_json_atomic
-from lumpver.verifiers.bab_diff import difference_search
+from lumpver.verifiers.bab_diff import DiffOptions, difference_search
 from lumpver.verifiers.interval import certified_difference_bound
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.ir.runtime import run_onnx
@@ -71,9 +71,11 @@ from lumpver.certificates.exact import discrepancy_bound
 #: differ in the last bits; a larger bound stays sound)
 PAD = 1e-6
 DEFAULT_MAX_BOXES = 400
-#: seconds the differential branch and bound gets at most per certification (approximate reduction
-#: certifies many candidates; the search otherwise refines until its time is used)
-BAB_SECONDS = 10.0
+#: boxes the differential branch and bound bounds at most per region and certification: a box cap, not
+#: the clock, ends it, so a reduction certified during the search certifies again from the written file
+#: (approximate reduction certifies many candidates); BAB_SECONDS is a safety limit only
+BAB_BOXES = 1500
+BAB_SECONDS = 120.0
 
 
 # ----- twins -----------------------------------------------------------------------------------
@@ -173,7 +175,8 @@ def interval_term(h: Network, twin: Network, input_set: InputSet, norm: str, thr
 def bab_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshold: float,
              timeout: float) -> tuple[float, dict[str, Any]]:
     """The differential branch and bound's bound of ``h - twin`` on X (refined down to ``threshold``)."""
-    results, ev = difference_search(h, twin, input_set, norm, timeout, close_at=threshold)
+    opt = DiffOptions(max_boxes=BAB_BOXES, deterministic=True)
+    results, ev = difference_search(h, twin, input_set, norm, timeout, close_at=threshold, options=opt)
     ev["threshold"] = threshold
     return max(r.upper for r in results), ev
 
