@@ -204,7 +204,7 @@ class _Search:
     # ----- the loop ---------------------------------------------------------------------------
     def run(self) -> DiffResult:
         t = self.tree
-        self._bound([0], 4 * ITERS)
+        self._bound([0], ITERS)  # the checker re-bounds every leaf, the root included, with ITERS
         heap = [(-t.bound[0], 0)]
         stopped = ""
         while heap and self.cex is None:
