@@ -14,7 +14,7 @@ from lumpver.reductions.approx import _obs_costs, approximate_quotient, kept_aft
     removal_order
 from lumpver.certificates.format import CheckContext
 from lumpver.reductions.certify import Chain, expand_pruned, sample_points, twin_of
-from lumpver.certificates.bounded_interval import check_interval_evidence
+from lumpver.certificates.bounded_bab import DIFFERENTIAL_BACKENDS, check_evidence_entry
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.ir.network import Layer, Network
 from lumpver.ir.onnx_export import save_onnx
@@ -69,16 +69,16 @@ def test_approx_reduction_certified_and_rechecked(rng, tmp_path):
     assert cert["stats"]["neurons_after"] <= onset.n_hidden
     assert cert["stats"]["neurons_after"] < net.n_hidden  # the planted duplicates merge
     ctx = CheckContext(cert_path, orig, out)
-    ev = next(e for e in cert["evidence"] if e["backend"] == "interval")
-    assert check_interval_evidence(cert, ctx, ev).holds
+    ev = next(e for e in cert["evidence"] if e["backend"] in DIFFERENTIAL_BACKENDS)
+    assert check_evidence_entry(cert, ctx, ev).holds
     bad = json.loads(json.dumps(cert))
     bad["guarantee"]["epsilon"] = sampled * 0.99
-    assert not check_interval_evidence(bad, ctx, ev).holds
+    assert not check_evidence_entry(bad, ctx, ev).holds
     for tamper in (_tamper_partition, _tamper_kept, _tamper_dropped_rows):
         bad = json.loads(json.dumps(cert))
-        bev = next(e for e in bad["evidence"] if e["backend"] == "interval")
+        bev = next(e for e in bad["evidence"] if e["backend"] in DIFFERENTIAL_BACKENDS)
         if tamper(bev["chain"]):
-            assert not check_interval_evidence(bad, ctx, bev).holds, tamper.__name__
+            assert not check_evidence_entry(bad, ctx, bev).holds, tamper.__name__
     chain = ev["chain"]
     assert "classes" in chain or "kept" in chain  # something was removed, by one of the two twins
 
@@ -128,7 +128,7 @@ def test_cli_reduce_approx_then_check(rng, tmp_path):
     assert _cli("check", cert_path).returncode == 1
     for tamper in (_tamper_partition, _tamper_kept):  # malformed evidence: exit 1, one clear failure, no crash
         bad = json.loads(json.dumps(cert))
-        if tamper(next(e for e in bad["evidence"] if e["backend"] == "interval")["chain"]):
+        if tamper(next(e for e in bad["evidence"] if e["backend"] in DIFFERENTIAL_BACKENDS)["chain"]):
             cert_path.write_text(json.dumps(bad))
             r = _cli("check", cert_path)
             assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
@@ -183,8 +183,8 @@ def test_acasxu_prop3_certified_and_sampled(shared_data, tmp_path):
     assert seen <= eps <= 0.1
     assert cert["stats"]["neurons_after"] <= reduce_on_set(f, X).reduced.n_hidden
     ctx = CheckContext(cert_path, model, out)
-    ev = next(e for e in cert["evidence"] if e["backend"] == "interval")
-    assert check_interval_evidence(cert, ctx, ev).holds
+    ev = next(e for e in cert["evidence"] if e["backend"] in DIFFERENTIAL_BACKENDS)
+    assert check_evidence_entry(cert, ctx, ev).holds
 
 
 def test_epsilon_too_small_is_refused(rng, tmp_path):

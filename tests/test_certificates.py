@@ -66,7 +66,7 @@ def certs(tmp_path_factory) -> dict[str, Path]:
     save_onnx(f, small_a)
     save_onnx(f.with_layers([l.copy() for l in f.layers[:-1]] + [_scaled(f.layers[-1], 1.01)]), small_b)
     spec2 = _box_spec(d / "box2.vnnlib", 2, 1, -np.ones(2), np.ones(2))
-    assert _cli("bound", small_a, small_b, "--input-set", spec2, "--certificate", d / "sdp.json") == 0
+    assert _cli("bound", small_a, small_b, "--input-set", spec2, "--backend", "sdp", "--certificate", d / "sdp.json") == 0
     out["bounded-sdp"] = d / "sdp.json"
     x = np.random.default_rng(3).normal(size=(400, 4)).astype(np.float32)
     np.savez(d / "cal.npz", x=x)

@@ -8,7 +8,7 @@ import numpy as np
 
 from lumpver.certificates.format import CheckContext
 from lumpver.reductions.certify import expand_pruned, sample_points
-from lumpver.certificates.bounded_interval import check_interval_evidence
+from lumpver.certificates.bounded_bab import check_evidence_entry
 from lumpver.reductions.coreset import coreset_prune
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.ir.network import Layer, Network
@@ -78,10 +78,10 @@ def test_cli_coreset_certificate(rng, tmp_path):
     assert sampled <= eps and np.isfinite(eps)
     assert cert["stats"]["neurons_after"] == 11
     ctx = CheckContext(cert_path, orig, out)
-    assert check_interval_evidence(cert, ctx, cert["evidence"][0]).holds
+    assert check_evidence_entry(cert, ctx, cert["evidence"][0]).holds
     cert["guarantee"]["epsilon"] = sampled * 0.99  # a claim below an observed error must not re-check
-    assert not check_interval_evidence(cert, ctx, cert["evidence"][0]).holds
+    assert not check_evidence_entry(cert, ctx, cert["evidence"][0]).holds
     ev = cert["evidence"][0]
     ev["chain"]["kept"][0] = [0] * len(ev["chain"]["kept"][0])  # malformed embedding
     cert["guarantee"]["epsilon"] = eps
-    assert not check_interval_evidence(cert, ctx, ev).holds
+    assert not check_evidence_entry(cert, ctx, ev).holds

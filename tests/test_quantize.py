@@ -9,7 +9,7 @@ import pytest
 
 from lumpver.certificates.format import CheckContext
 from lumpver.reductions.certify import sample_points
-from lumpver.certificates.bounded_interval import check_interval_evidence
+from lumpver.certificates.bounded_bab import check_evidence_entry
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.ir.network import Layer, Network
 from lumpver.ir.onnx_export import save_onnx
@@ -91,6 +91,6 @@ def test_cli_certificate_bounds_sampled_error_and_detects_tampering(rng, tmp_pat
     sampled = np.max(np.abs(run_onnx(orig, x) - run_onnx(out, x)))
     assert 0 < sampled <= eps
     ctx = CheckContext(cert_path, orig, out)
-    assert check_interval_evidence(cert, ctx, cert["evidence"][0]).holds
+    assert check_evidence_entry(cert, ctx, cert["evidence"][0]).holds
     cert["guarantee"]["epsilon"] = sampled * 0.5
-    assert not check_interval_evidence(cert, ctx, cert["evidence"][0]).holds
+    assert not check_evidence_entry(cert, ctx, cert["evidence"][0]).holds

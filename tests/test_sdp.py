@@ -207,7 +207,7 @@ def test_cli_bound_certificate_and_tampering(tmp_path):
                     "(assert (>= X_0 -1.0))\n(assert (<= X_0 1.0))\n(assert (>= X_1 -0.5))\n(assert (<= X_1 1.0))\n"
                     "(assert (>= Y_0 100.0))\n")
     cert, out = tmp_path / "cert.json", tmp_path / "out.json"
-    r = _cli("bound", a, b, "--input-set", spec, "--json", out, "--certificate", cert, "-q")
+    r = _cli("bound", a, b, "--input-set", spec, "--backend", "sdp", "--json", out, "--certificate", cert, "-q")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "proved"
     res = json.loads(out.read_text())

@@ -158,6 +158,7 @@ REGISTRY = {
     "interval": "lumpver.verifiers.interval:BACKEND",
     "smt": "lumpver.verifiers.smt:BACKEND",
     "bab": "lumpver.verifiers.bab:BACKEND",
+    "bab_diff": "lumpver.verifiers.bab_diff:BACKEND",
     "sdp": "lumpver.verifiers.sdp:BACKEND",
     "falsify": "lumpver.verifiers.falsify:BACKEND",
     "marabou": "lumpver.verifiers.marabou:BACKEND",

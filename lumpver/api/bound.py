@@ -1,12 +1,14 @@
 """``lumpver bound``: a certified upper bound and a falsified lower bound of
 ``sup_{x in X} ||A(x) - B(x)||`` (CONTRACT.md; DESIGN.md §5).
 
-The upper bound comes from one back-end (``sdp`` by default: :mod:`lumpver.verifiers.sdp`, float32
-rounding included; ``interval``/``smt`` through their ``BACKEND.check``). The lower bound is
-attained: the falsifier's best input, replayed with onnxruntime on both files, and that input
-is reported as ``counterexample`` (the witness of the lower bound). With ``cert_path`` a
-``bounded`` certificate is written whose epsilon is the certified bound and whose evidence
-(for ``sdp``: the multipliers) :mod:`lumpver.certificates.bounded` re-verifies without a solver.
+The upper bound comes from one back-end (``bab_diff`` by default: the differential branch and bound
+:mod:`lumpver.verifiers.bab_diff`, refining until the bound meets the attained value or the time is
+used; ``sdp``: :mod:`lumpver.verifiers.sdp`, float32 rounding included; ``interval``/``smt`` through
+their ``BACKEND.check``). The lower bound is attained: the best of the falsifier's input and the
+search's best point, replayed with onnxruntime on both files, and that input is reported as
+``counterexample`` (the witness of the lower bound). With ``cert_path`` a ``bounded`` certificate is
+written whose epsilon is the certified bound and whose evidence (``bab_diff``: the bisection trees;
+``sdp``: the multipliers) :mod:`lumpver.certificates.bounded` re-verifies without trusting the search.
 """
 from __future__ import annotations
 
@@ -23,20 +25,22 @@ from lumpver.certificates.format import make_certificate, model_stats
 from lumpver.fileio import write_json_atomic
 from lumpver.ir.network import Network
 from lumpver.ir.runtime import run_onnx
+from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import InputSet
 from lumpver.specs.load import load_input_set
 from lumpver.specs.norms import norm_value
+from lumpver.verifiers.bab_diff import DiffOptions, difference_search
 from lumpver.verifiers.base import Query, Verdict, get_backend
-from lumpver.verifiers.falsify import search
+from lumpver.verifiers.falsify import CONTAINS_TOL, search
 from lumpver.verifiers.interval import certified_difference_bound
 from lumpver.verifiers.sdp import SdpOptions, sdp_bound
 
-BACKENDS = ("sdp", "interval", "smt")
+BACKENDS = ("bab_diff", "sdp", "interval", "smt")
 
 
 def bound_files(path_a: str | os.PathLike, path_b: str | os.PathLike, input_set: InputSet | str | os.PathLike,
-                backend: str = "sdp", norm: str = "linf", solver: str = "auto", timeout: float = 60.0,
-                seed: int = 0, cert_path: Optional[str | os.PathLike] = None) -> Verdict:
+                backend: str = "bab_diff", norm: str = "linf", solver: str = "auto", timeout: float = 60.0,
+                seed: int = 0, cert_path: Optional[str | os.PathLike] = None, progress: Progress = SILENT) -> Verdict:
     """Bound ``||A - B||`` for two ONNX files on X (a loaded set or a spec path): ``proved`` with the
     certified ``upper_bound``, or ``unknown``; ``lower_bound`` attained at ``counterexample``."""
     t0 = time.perf_counter()
@@ -48,9 +52,11 @@ def bound_files(path_a: str | os.PathLike, path_b: str | os.PathLike, input_set:
     lower, witness = falsified_lower_bound(path_a, path_b, f, g, X, norm, max(1.0, 0.1 * timeout), seed)
     remaining = max(1.0, timeout - (time.perf_counter() - t0))
     upper, reason, details = certified_upper_bound(logits_of(f), logits_of(g), X, backend,
-                                                   logit_norm(norm) if sm else norm, solver, remaining)
+                                                   logit_norm(norm) if sm else norm, solver, remaining,
+                                                   0.0 if sm else (lower or 0.0), progress)
     if sm and upper is not None:  # DESIGN.md §5, lumpver/bounds/softmax.py
         reason, upper = f"{reason}; logit bound {upper:.6g} -> probabilities", probability_bound(upper, norm, f.n_outputs)
+    lower, witness = _best_witness(path_a, path_b, X, norm, (lower, witness), details.pop("witness", None))
     if upper is not None and lower is not None and upper < lower:  # a contradiction: trust neither claim
         reason = (f"{backend}'s bound {upper!r} is below the attained value {lower!r} (numerical doubt); "
                   "no bound certified")
@@ -62,8 +68,17 @@ def bound_files(path_a: str | os.PathLike, path_b: str | os.PathLike, input_set:
     return res
 
 
-def certified_upper_bound(f, g, X: InputSet, backend: str, norm: str, solver: str, timeout: float):
-    """``(upper bound or None, reason, evidence details)`` from one back-end."""
+def certified_upper_bound(f, g, X: InputSet, backend: str, norm: str, solver: str, timeout: float,
+                          attained: float = 0.0, progress: Progress = SILENT):
+    """``(upper bound or None, reason, evidence details)`` from one back-end (``attained``: a value
+    already reached, where ``bab_diff`` may stop refining; ``details["witness"]``: its best point)."""
+    if backend == "bab_diff":
+        res, ev = difference_search(f, g, X, norm, timeout, known_lower=attained,
+                                    options=DiffOptions(progress=progress))
+        i = int(np.argmax([r.lower for r in res]))
+        ev["witness"] = res[i].x_best
+        stops = "; ".join(sorted({r.stopped for r in res if r.stopped})) or "the bound meets the attained value"
+        return ev["upper_bound"], f"bab_diff ({ev['pairing']} pairing, {sum(r.boxes for r in res)} boxes; {stops})", ev
     if backend == "sdp":
         r = sdp_bound(f, g, X, norm, SdpOptions(solver=solver), timeout)
         reason = r.reason or f"SDP certified (matrix size {r.max_matrix_size}, solver {r.solver_seconds:.2f}s)"
@@ -81,6 +96,19 @@ def _covers_set(v: Verdict) -> bool:
     """A back-end's ``upper_bound`` is a bound on the whole set only when it did not stop early (a
     sampled counterexample at epsilon 0 ends the search with the regions seen so far)."""
     return v.counterexample is None
+
+
+def _best_witness(path_a, path_b, X: InputSet, norm: str, current: tuple, x: Optional[np.ndarray]):
+    """The better of ``current`` (value, x) and the point ``x``, both as replayed by onnxruntime."""
+    if x is None:
+        return current
+    x32 = np.asarray(x, dtype=np.float32).reshape(1, -1)
+    if not X.contains(x32.reshape(-1).astype(np.float64), tol=CONTAINS_TOL):
+        return current
+    value = float(norm_value(run_onnx(path_a, x32) - run_onnx(path_b, x32), norm)[0])
+    if current[0] is None or value > current[0]:
+        return value, x32.reshape(-1)
+    return current
 
 
 def falsified_lower_bound(path_a, path_b, f, g, X: InputSet, norm: str, timeout: float, seed: int):

@@ -4,7 +4,8 @@
 Every ``violated`` answer is replayed with onnxruntime on *both original files*: the
 counterexample must lie in X and the onnxruntime outputs must show the violation, otherwise
 the answer becomes ``unknown`` (reason stated). ``auto`` runs the falsifier, then the
-differential interval back-end, then SMT, each with what is left of the time budget. Unless the
+differential branch and bound ``bab_diff`` (the ``interval`` back-end for ``top1`` or when the
+pair cannot be paired layer by layer), then SMT, each with what is left of the time budget. Unless the
 answer is ``violated``, ``upper_bound`` is the smallest certified bound any stage found and
 ``lower_bound`` the largest attained value.
 """
@@ -27,11 +28,17 @@ from lumpver.verifiers.falsify import CONTAINS_TOL, is_violation, value_of
 from lumpver.verifiers.base import Query, Verdict, get_backend
 from lumpver.verifiers.softmax_outputs import on_probabilities
 
-BACKENDS = ("interval", "smt", "sdp", "auto", "falsify", "marabou")
+BACKENDS = ("bab_diff", "interval", "smt", "sdp", "auto", "falsify", "marabou")
 #: share of the budget of the first (falsifier) stage of ``auto``
 AUTO_FALSIFY_SHARE = 0.1
-#: share of the remaining budget of a middle stage of ``auto`` (interval before smt)
-AUTO_MIDDLE_SHARE = 0.5
+#: share of the remaining budget of a middle stage of ``auto`` (bab_diff before smt): smt decides only
+#: small pairs, and bab_diff's search is what decides real-size ones
+AUTO_MIDDLE_SHARE = 0.8
+
+
+def auto_stages(norm: str) -> list[str]:
+    """The back-ends ``auto`` runs in order (module docstring)."""
+    return ["falsify", "interval" if norm == "top1" else "bab_diff", "smt"]
 
 
 def load_pair(path_a: str | os.PathLike, path_b: str | os.PathLike):
@@ -69,6 +76,7 @@ def compare_models(
     backend: str = "auto",
     timeout: float = 60.0,
     seed: int = 0,
+    quiet: bool = True,
 ) -> Verdict:
     """Decide or bound ``sup_X ||A - B||`` (module docstring). Raises InputError on bad input."""
     check_norm(norm)
@@ -80,7 +88,7 @@ def compare_models(
     a, b = load_pair(path_a, path_b)
     xs = load_input_set(input_set, a.n_inputs)
     query = Query(a, xs, other=b, epsilon=float(epsilon), norm=norm, timeout=float(timeout), seed=seed)
-    stages = ["falsify", "interval", "smt"] if backend == "auto" else [backend]
+    stages = auto_stages(norm) if backend == "auto" else [backend]
     verdict, ran, tried = None, [], []
     for i, name in enumerate(stages):
         left = timeout - (time.monotonic() - t0)
@@ -91,9 +99,11 @@ def compare_models(
             budget = min(left, AUTO_FALSIFY_SHARE * timeout)
         elif backend == "auto" and i < len(stages) - 1:
             budget = AUTO_MIDDLE_SHARE * left  # leave time for the exact back-end
-        v = on_probabilities(get_backend(name)).check(Query(a, xs, other=b, epsilon=float(epsilon), norm=norm, timeout=budget,
-                                          seed=seed))
+        v = on_probabilities(get_backend(name)).check(Query(a, xs, other=b, epsilon=float(epsilon), norm=norm,
+                                                            timeout=budget, seed=seed, quiet=quiet))
         ran.append(v)
+        if backend == "auto" and name == "bab_diff" and v.upper_bound is None and v.verdict == "unknown":
+            stages.insert(i + 1, "interval")  # the pair could not be paired: symbolic differences instead
         if v.verdict == "violated":
             ok, info = replay_equivalence(path_a, path_b, query, v.counterexample)
             v.details = {**v.details, "replay": info}

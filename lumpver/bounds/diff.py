@@ -146,7 +146,7 @@ def _slope_range(pair: NetworkPair, bf: NetworkBounds, bg: NetworkBounds, k: int
     return get_relaxation(pair.f.acts[k]).slopes(lo, hi, pair.f.alphas[k])
 
 
-def _delta_relax(dl: np.ndarray, du: np.ndarray, s_lo: np.ndarray, s_hi: np.ndarray) -> LinearRelaxation:
+def delta_relax(dl: np.ndarray, du: np.ndarray, s_lo: np.ndarray, s_hi: np.ndarray) -> LinearRelaxation:
     """Linear bounds of ``delta h = s * delta z`` (``s`` in ``[s_lo, s_hi]``) on ``delta z`` in ``[dl, du]``:
     chords of ``max(s_lo dz, s_hi dz)`` (above) and ``min(s_lo dz, s_hi dz)`` (below), slopes rounded up."""
     mixed = (dl < 0) & (du > 0) & (s_lo != s_hi)
@@ -166,11 +166,19 @@ def _delta_relax(dl: np.ndarray, du: np.ndarray, s_lo: np.ndarray, s_hi: np.ndar
 def _act_delta(bf: NetworkBounds, bg: NetworkBounds, k: int, s_lo: np.ndarray, s_hi: np.ndarray,
                zd_lo: np.ndarray, zd_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Interval of ``act(z^f) - act(z^g) = s * delta z`` given the delta of the pre-activations."""
+    return delta_interval(s_lo, s_hi, zd_lo, zd_hi, (bf.post_lower[k], bf.post_upper[k]),
+                          (bg.post_lower[k], bg.post_upper[k]))
+
+
+def delta_interval(s_lo: np.ndarray, s_hi: np.ndarray, zd_lo: np.ndarray, zd_hi: np.ndarray,
+                   f_post: tuple[np.ndarray, np.ndarray], g_post: tuple[np.ndarray, np.ndarray]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of ``s * delta z`` (``s`` in ``[s_lo, s_hi]``, ``delta z`` in ``[zd_lo, zd_hi]``)
+    intersected with the difference of the two networks' post-activation intervals (any shape)."""
     lo = np.minimum(s_lo * zd_lo, s_hi * zd_lo)
     hi = np.maximum(s_lo * zd_hi, s_hi * zd_hi)
     lo, hi = np.nextafter(lo, -np.inf), np.nextafter(hi, np.inf)  # one rounded product each
-    return (np.maximum(lo, _sub_lo(bf.post_lower[k], bg.post_upper[k])),
-            np.minimum(hi, _sub_hi(bf.post_upper[k], bg.post_lower[k])))
+    return np.maximum(lo, _sub_lo(f_post[0], g_post[1])), np.minimum(hi, _sub_hi(f_post[1], g_post[0]))
 
 
 def _delta_upper(pair: NetworkPair, relax: list[LinearRelaxation], top: int, post: bool, box: Box) -> np.ndarray:
@@ -200,7 +208,7 @@ def _symbolic_delta(pair: NetworkPair, bf: NetworkBounds, bg: NetworkBounds, box
             w = zd_lo.size
             zd_hi, zd_lo = np.minimum(zd_hi, up[:w]), np.maximum(zd_lo, -up[w:])
         s_lo, s_hi = _slope_range(pair, bf, bg, k)
-        relax.append(_delta_relax(zd_lo, zd_hi, s_lo, s_hi).concat(bg.relax[k]))
+        relax.append(delta_relax(zd_lo, zd_hi, s_lo, s_hi).concat(bg.relax[k]))
         d_lo, d_hi = _act_delta(bf, bg, k, s_lo, s_hi, zd_lo, zd_hi)
         hg_lo, hg_hi = bg.post_lower[k], bg.post_upper[k]
     up = _delta_upper(pair, relax, pair.f.depth - 1, True, box)

@@ -5,6 +5,7 @@ back-end that established a bound; :data:`EVIDENCE_CHECKERS` maps a back-end nam
 re-check ``(f, g, input_set, norm, entry, report) -> recomputed bound or None``:
 
 * ``interval``: :func:`lumpver.certificates.bounded_interval.recheck_interval` (chain replayed here);
+* ``bab_diff``: :func:`lumpver.certificates.bounded_bab.recheck_bab` (leaves rebuilt and re-bounded);
 * ``sdp``: the SDP back-end's solver-free re-check :func:`lumpver.verifiers.sdp.recheck_sdp`
   (stored multipliers, LMIs re-checked with float64 eigenvalues via
   :mod:`lumpver.verifiers.sdp_certify`; a back-end, not the reducer).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from lumpver.certificates.bounded_bab import recheck_bab
 from lumpver.certificates.bounded_interval import float32_term, recheck_interval
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, confirm_prose
 from lumpver.ir.network import Network
@@ -36,7 +38,8 @@ def _check_sdp(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict,
 
 
 #: back-end name -> re-check function; extend for new back-ends' evidence.
-EVIDENCE_CHECKERS: dict[str, Callable[..., Optional[float]]] = {"sdp": _check_sdp, "interval": recheck_interval}
+EVIDENCE_CHECKERS: dict[str, Callable[..., Optional[float]]] = {"sdp": _check_sdp, "interval": recheck_interval,
+                                                                "bab_diff": recheck_bab}
 NORMS = ("linf", "l1", "l2", "top1")
 
 

@@ -21,7 +21,7 @@ both models (:func:`lumpver.bounds.float_error.float32_error`) is recomputed for
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -152,12 +152,34 @@ def recheck_interval(f: Network, g: Network, input_set: InputSet, norm: str, ev:
     """The recomputed bound of one interval evidence entry, or None (reported) when it is malformed
     or does not re-check (registered in :mod:`lumpver.certificates.bounded`)."""
     try:
+        caps = _caps(ev, len(input_set.regions))
+    except _MALFORMED as e:
+        report.fail(f"malformed interval evidence: {e!r}")
+        return None
+
+    def differential(h: Network, twin: Network, top1: bool) -> float:
+        return _differential(h, twin, input_set, "top1" if top1 else norm, 0.0 if top1 else float(ev.get("threshold", 0.0)),
+                             caps)
+
+    return recheck_chain(f, g, input_set, norm, ev, report, differential, "interval")
+
+
+#: ``(h, g^, top1) -> recomputed differential bound`` (raises on malformed evidence)
+Differential = Callable[[Network, Network, bool], float]
+
+
+def recheck_chain(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict, report: CheckReport,
+                  differential: Differential, what: str, twin_required: bool = True) -> Optional[float]:
+    """The bound of one evidence entry: the recorded chain (on-set steps ``f -> h``, the twin ``g^``)
+    replayed here, plus ``differential(h, g^)`` from the entry's back-end, or None (reported).
+    Without a chain and ``twin_required`` false, ``g^ = g`` whatever its shape."""
+    try:
         if input_set.dim != f.n_inputs or not same_interface(f, g, report):
-            report.fail(f"interval evidence: input set of dimension {input_set.dim} or interfaces do not fit")
+            report.fail(f"{what} evidence: input set of dimension {input_set.dim} or interfaces do not fit")
             return None
-        caps, chain = _caps(ev, len(input_set.regions)), dict(ev.get("chain", {}))
+        chain = dict(ev.get("chain", {}))
         if norm == "top1":
-            u = _differential(f, g, input_set, "top1", 0.0, caps)
+            u = differential(f, g, True)
             report.ok(f"top-1 agreement re-verified on every leaf box: bound {u:g}")
             return u
         h, onset = f, 0.0
@@ -165,12 +187,13 @@ def recheck_interval(f: Network, g: Network, input_set: InputSet, norm: str, ev:
             h, onset = replay_steps(f, input_set, list(chain["onset_steps"]), None, report)
             if h is None:
                 return None
-        twin = _twin(h, g, chain, input_set, report)
+        plain = not twin_required and not any(k in chain for k in ("kept", "classes"))
+        twin = (g, 0.0) if plain else _twin(h, g, chain, input_set, report)
         if twin is None:
             return None
-        u = _differential(h, twin[0], input_set, norm, float(ev.get("threshold", 0.0)), caps)
+        u = differential(h, twin[0], False)
     except _MALFORMED as e:
-        report.fail(f"malformed interval evidence: {e!r}")
+        report.fail(f"malformed {what} evidence: {e!r}")
         return None
     ones = np.ones(f.n_outputs)
     total = norm_of(onset * ones, norm) + norm_of(twin[1] * ones, norm) + u
@@ -179,16 +202,18 @@ def recheck_interval(f: Network, g: Network, input_set: InputSet, norm: str, ev:
     return total
 
 
-def check_interval_evidence(cert: dict, ctx: CheckContext, ev: dict) -> CheckReport:
-    """Verify one ``{"backend": "interval", ...}`` entry of a ``bounded`` certificate on its own:
-    its recomputed bound must not exceed the guarantee's epsilon."""
+def check_interval_evidence(cert: dict, ctx: CheckContext, ev: dict,
+                            recheck: Callable[..., Optional[float]] = recheck_interval) -> CheckReport:
+    """Verify one ``{"backend": "interval", ...}`` entry of a ``bounded`` certificate on its own (or,
+    with ``recheck``, an entry of another back-end): its recomputed bound must not exceed the
+    guarantee's epsilon."""
     report = CheckReport(True)
     try:
         g = cert["guarantee"]
         input_set, norm, eps = InputSet.from_json(g["input_set"]), str(g["norm"]), float(g["epsilon"])
     except _MALFORMED as e:
         return report.fail(f"malformed bounded guarantee: {e!r}")
-    total = recheck_interval(load_onnx(ctx.original_path), load_onnx(ctx.reduced_path), input_set, norm, ev, report)
+    total = recheck(load_onnx(ctx.original_path), load_onnx(ctx.reduced_path), input_set, norm, ev, report)
     if total is None:
         report.holds = False
     elif not total <= eps * (1 + 1e-9):

@@ -16,11 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_a", help="first ONNX model (the original)")
     p.add_argument("model_b", help="second ONNX model (the reduced one)")
     p.add_argument("--input-set", required=True, help="input set X: a .vnnlib or .toml spec file")
-    p.add_argument("--backend", choices=["sdp", "interval", "smt"], default="sdp", help="upper-bound back-end")
+    p.add_argument("--backend", choices=["bab_diff", "sdp", "interval", "smt"], default="bab_diff",
+                   help="upper-bound back-end (bab_diff: branch and bound on f - g, refining until the bound meets "
+                        "the attained value or the time is used)")
     p.add_argument("--norm", choices=VECTOR_NORMS, default="linf", help="difference norm")
     p.add_argument("--solver", choices=["auto", "clarabel", "scs", "mosek"], default="auto",
                    help="SDP solver (auto: Clarabel for small matrices, SCS for large)")
-    p.add_argument("--timeout", type=argtypes.seconds, default=120.0, help="wall-clock seconds")
+    p.add_argument("--timeout", type=argtypes.seconds, default=120.0, help="wall-clock seconds (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the falsifier")
     p.add_argument("--json", help="write the result as JSON here (atomic)")
     p.add_argument("--certificate", help="write a 'bounded' certificate (epsilon = the certified bound)")
@@ -39,9 +41,10 @@ def run(args: argparse.Namespace) -> int:
         if not Path(p).is_file():
             raise InputError("file not found", p)
     check_outputs([args.json, args.certificate], inputs)
-    Progress(args.quiet).say(f"bounding ||{args.model_a} - {args.model_b}||_{args.norm} ({args.backend})")
+    progress = Progress(args.quiet)
+    progress.say(f"bounding ||{args.model_a} - {args.model_b}||_{args.norm} ({args.backend})")
     r = bound_files(args.model_a, args.model_b, args.input_set, args.backend, args.norm, args.solver,
-                    args.timeout, args.seed, args.certificate)
+                    args.timeout, args.seed, args.certificate, progress)
     if args.json:
         write_json_atomic(args.json, r.report_json(norm=args.norm, models=[args.model_a, args.model_b],
                                                    input_set=args.input_set))

@@ -22,8 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=argtypes.nonnegative, required=True, help="claimed bound on ||A(x) - B(x)|| over X")
     p.add_argument("--norm", choices=NORMS, default="linf",
                    help="difference norm; top1 = the top-1 classes agree (epsilon ignored)")
-    p.add_argument("--backend", choices=["interval", "smt", "sdp", "auto", "falsify", "marabou"], default="auto",
-                   help="auto: falsifier, then interval, then smt")
+    p.add_argument("--backend", choices=["bab_diff", "interval", "smt", "sdp", "auto", "falsify", "marabou"],
+                   default="auto", help="auto: falsifier, then bab_diff (interval for top1 or unpairable networks), "
+                                        "then smt")
     p.add_argument("--timeout", type=argtypes.seconds, default=60.0, help="wall-clock seconds for the whole comparison")
     p.add_argument("--seed", type=int, default=0, help="random seed of the falsifier")
     p.add_argument("--json", help="write the verdict as JSON here (atomic)")
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     progress.say(f"comparing {args.model_a} and {args.model_b} ({args.norm}, epsilon {args.epsilon:g}, {args.backend})")
     v = compare_models(args.model_a, args.model_b, args.input_set, args.epsilon, args.norm, args.backend,
-                       args.timeout, args.seed)
+                       args.timeout, args.seed, quiet=args.quiet)
     out = v.report_json(norm=args.norm, epsilon=args.epsilon, models=[args.model_a, args.model_b],
                         input_set=args.input_set)
     if args.json:

@@ -1,0 +1,164 @@
+"""Benchmark of the differential branch and bound ``bab_diff`` (issue 13 item 4, issue 14 item 1;
+DESIGN.md §5, §11).
+
+    python bench/bench_diff.py [--timeout 60] [--only bound|compare|unlike]
+    python bench/bench_diff.py --random 500        # soundness: random pairs vs an exact MILP
+
+Pairs on ACAS Xu prop_1 (made in a temporary folder with the commands a user runs): network 1_1 vs
+its float16 copy and vs its 5 % magnitude-pruned copy (``lumpver prune --method magnitude --keep
+0.95``), 1_2 vs its pruned copy, 1_1 vs its on-set reduction (``lumpver reduce --mode on-set``),
+a retrained-like copy (weights perturbed by 1 %) and a 5-100-100-5 student fitted to 1_1 on
+samples of the box (unlike depth: product pairing). Prints ``lumpver bound`` (certified upper,
+attained lower replayed with onnxruntime, ratio, seconds) and ``lumpver compare`` verdicts.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+ACAS = ROOT / ".." / "shared" / "data" / "acasxu"
+PROP1 = ACAS / "vnnlib" / "prop_1.vnnlib"
+
+
+def net_path(name: str) -> Path:
+    return ACAS / "onnx" / f"ACASXU_run2a_{name}_batch_2000.onnx"
+
+
+def lumpver(*args) -> str:
+    r = subprocess.run([sys.executable, "-m", "lumpver", *map(str, args)], capture_output=True, text=True)
+    if r.returncode not in (0, 1):
+        raise RuntimeError(r.stderr)
+    return r.stdout
+
+
+def make_pairs(d: Path) -> dict[str, tuple[Path, Path]]:
+    """The pairs of the module docstring, written to ``d``."""
+    from lumpver.bounds.region import region_box
+    from lumpver.ir.network import Layer
+    from lumpver.ir.onnx_export import save_onnx
+    from lumpver.ir.onnx_import import load_onnx
+    from lumpver.specs.vnnlib import read_vnnlib
+
+    pairs = {}
+    for name in ("1_1", "1_2"):
+        lumpver("prune", net_path(name), "-o", d / f"pruned_{name}.onnx", "--method", "magnitude", "--keep", "0.95", "-q")
+        pairs[f"{name} vs pruned 5%"] = (net_path(name), d / f"pruned_{name}.onnx")
+    lumpver("reduce", net_path("1_1"), "-o", d / "onset.onnx", "--mode", "on-set", "--input-set", PROP1, "-q")
+    pairs["1_1 vs on-set"] = (net_path("1_1"), d / "onset.onnx")
+    f = load_onnx(net_path("1_1"))
+    rng = np.random.default_rng(0)
+
+    def f32(a):
+        return a.astype(np.float32).astype(np.float64)
+
+    half = f.with_layers([Layer(l.weight.astype(np.float16).astype(np.float64), l.bias.astype(np.float16).astype(np.float64),
+                                l.activation) for l in f.layers])
+    save_onnx(half, d / "f16.onnx")
+    pairs["1_1 vs float16"] = (net_path("1_1"), d / "f16.onnx")
+    pert = f.with_layers([Layer(f32(l.weight * (1 + 0.01 * rng.normal(size=l.weight.shape))), f32(l.bias), l.activation)
+                          for l in f.layers])
+    save_onnx(pert, d / "retrained.onnx")
+    pairs["1_1 vs retrained-like (1%)"] = (net_path("1_1"), d / "retrained.onnx")
+    box = region_box(read_vnnlib(PROP1).cases[0].region)
+    x = rng.uniform(box.lower, box.upper, (4000, 5))
+    w1, w2 = rng.normal(size=(100, 5)) / np.sqrt(5), rng.normal(size=(100, 100)) / 10
+    scale = 1.0 / np.maximum(box.upper - box.lower, 1e-9)
+    w1 = w1 * scale
+    b1 = -(w1 @ (0.5 * (box.lower + box.upper)))
+    h1 = np.maximum(x @ w1.T + b1, 0)
+    h2 = np.maximum(h1 @ w2.T, 0)
+    feats = np.hstack([h2, np.ones((len(x), 1))])
+    coef, *_ = np.linalg.lstsq(feats, f.forward(x), rcond=None)
+    student = f.with_layers([Layer(f32(w1), f32(b1), "relu"), Layer(f32(w2), np.zeros(100), "relu"),
+                             Layer(f32(coef[:-1].T), f32(coef[-1]), "identity")])
+    save_onnx(student, d / "student.onnx")
+    pairs["1_1 vs student 5-100-100-5"] = (net_path("1_1"), d / "student.onnx")
+    return pairs
+
+
+def parse(out: str) -> dict[str, str]:
+    keys = {"upper bound (certified)": "upper", "lower bound (attained)": "lower", "time": "time"}
+    res = {"verdict": out.strip().splitlines()[-1]}
+    for line in out.splitlines():
+        k, _, v = line.partition(": ")
+        if k in keys:
+            res[keys[k]] = v.split()[0]
+    return res
+
+
+def run_bound(pairs, names, timeout: float) -> None:
+    print(f"| pair | certified upper | attained lower | ratio | seconds (timeout {timeout:g}) |\n|---|---|---|---|---|")
+    for name in names:
+        a, b = pairs[name]
+        r = parse(lumpver("bound", a, b, "--input-set", PROP1, "--timeout", timeout, "-q"))
+        up, lo = float(r.get("upper", "nan")), float(r.get("lower", "nan"))
+        print(f"| {name} | {up:.4g} | {lo:.4g} | {up / lo if lo > 0 else float('inf'):.3g} | {r.get('time')} |", flush=True)
+
+
+def run_compare(pairs, items, timeout: float) -> None:
+    print(f"\n| pair | epsilon | verdict | upper | lower | seconds (timeout {timeout:g}) |\n|---|---|---|---|---|---|")
+    for name, eps in items:
+        a, b = pairs[name]
+        r = parse(lumpver("compare", a, b, "--input-set", PROP1, "--epsilon", eps, "--timeout", timeout, "-q"))
+        print(f"| {name} | {eps} | {r['verdict']} | {r.get('upper', '-')} | {r.get('lower', '-')} | {r.get('time')} |",
+              flush=True)
+
+
+def random_suite(n: int) -> None:
+    """``n`` random pairs of every kind: bound never below the MILP maximum, verdicts never wrong."""
+    from lumpver.specs.inputset import Box, InputSet
+    from lumpver.verifiers.bab_diff import BabDiffBackend, DiffOptions, difference_search
+    from lumpver.verifiers.base import Query
+    from tests.test_bab_diff import _exact, random_pair
+
+    lo, hi = -np.ones(3), np.ones(3)
+    X = InputSet([Box(lo, hi)])
+    t0, wrong, ratios, decided = time.monotonic(), 0, [], 0
+    opt = DiffOptions(batch=8)
+    for seed in range(n):
+        f, g, kind = random_pair(seed)
+        exact, _ = _exact(f, g, lo, hi)
+        r = difference_search(f, g, X, "linf", 0.2, options=opt)[0][0]
+        wrong += r.upper < exact - 1e-7 * (1 + exact) or r.lower > exact + 1e-7 * (1 + exact)
+        ratios.append(r.upper / max(exact, 1e-12))
+        for eps, bad in ((0.9 * exact, "proved"), (1.1 * exact + 1e-9, "violated")):
+            v = BabDiffBackend(opt).check(Query(f, X, other=g, epsilon=eps, timeout=0.2))
+            wrong += v.verdict == bad
+            decided += v.verdict != "unknown"
+    print(f"{n} random pairs ({3 * n} answers): {wrong} wrong; {decided} of {2 * n} compare queries decided at "
+          f"0.2 s; bound / exact maximum at 0.2 s: median {np.median(ratios):.4f}, worst {np.max(ratios):.4f} "
+          f"({time.monotonic() - t0:.0f} s)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--only", choices=["bound", "compare", "unlike"])
+    ap.add_argument("--random", type=int, default=0, help="run the MILP soundness suite on this many pairs")
+    args = ap.parse_args()
+    if args.random:
+        random_suite(args.random)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = make_pairs(Path(tmp))
+        if args.only in (None, "bound"):
+            run_bound(pairs, ["1_1 vs float16", "1_1 vs pruned 5%"], args.timeout)
+        if args.only in (None, "compare"):
+            run_compare(pairs, [("1_1 vs pruned 5%", 0.005), ("1_2 vs pruned 5%", 0.005), ("1_1 vs on-set", 0.01)],
+                        args.timeout)
+        if args.only in (None, "unlike"):
+            run_bound(pairs, ["1_1 vs retrained-like (1%)", "1_1 vs student 5-100-100-5"], args.timeout)
+            run_compare(pairs, [("1_1 vs retrained-like (1%)", 0.05), ("1_1 vs student 5-100-100-5", 1.0)],
+                        args.timeout)
+
+
+if __name__ == "__main__":
+    main()

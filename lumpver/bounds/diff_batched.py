@@ -1,0 +1,244 @@
+"""Batched, alpha-optimised bounds on ``f(x) - g(x)`` over many input boxes (DESIGN.md §5, §11).
+
+The hot loop of the differential branch and bound (:mod:`lumpver.verifiers.bab_diff`) and of its
+certificate checker (:mod:`lumpver.certificates.bounded_bab`). :func:`prepare_diff` builds one
+joint chain of the pair (:mod:`lumpver.bounds.diff_align`):
+
+* ``delta`` (same depth and activations; widths aligned by permutation and zero padding):
+  NeuroDiff's stacked chain over ``(delta h_k, h^g_k)``. Per box, f's and g's own pre-activation
+  bounds come from :func:`lumpver.bounds.batched.layer_bounds`; layer by layer the pre-activation
+  delta ``delta z_k`` is bounded by ReluDiff's interval, by the difference of the two networks'
+  bounds and, for every neuron whose secant-slope range is not a single value, by
+  back-substitution through the stacked chain; ``delta h_k = s delta z_k`` is relaxed by the
+  chords of :func:`lumpver.bounds.diff.delta_relax` and ``h^g_k`` by g's registry relaxation;
+* ``product`` (any other pair of dense networks whose activations pair up): the chain of
+  ``x -> [f(x); g(x)]`` with its own batched CROWN layer bounds.
+
+The final bound of ``+-(f_i - g_i)`` back-substitutes through the joint chain
+(:func:`lumpver.bounds.batched.backsub`) with the lower slopes of g's unstable ReLUs (``delta``) or
+of both networks' (``product``) optimised by projected Adam from the registry's adaptive slopes
+(alpha-CROWN; every iterate is sound, the best per box and row is kept), and is intersected with
+the difference of the two networks' output intervals. The computation is deterministic (cold
+start, fixed iteration count), so a checker re-bounding a box gets the same number up to the
+last bits. Soundness: registry relaxations, outward rounding of :mod:`lumpver.bounds.rounding` in
+every back-substitution, addition and product.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from lumpver.bounds.batched import _Adam, alpha_free, backsub, interval_step, layer_bounds, neg_slope, relax_batch
+from lumpver.bounds.diff import delta_interval, delta_relax
+from lumpver.bounds.diff_align import align_pair, delta_chain, product_chain
+from lumpver.bounds.engine import Chain, prepare
+from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
+from lumpver.bounds.rounding import add_hi, add_lo
+from lumpver.ir.network import Network
+from lumpver.specs.inputset import Box
+
+#: Adam steps and step size of the final bound (recorded in certificates; the checker uses them)
+ITERS = 4
+LR = 0.25
+
+
+@dataclass
+class DiffModel:
+    """A pair prepared for batched difference bounds (module docstring)."""
+
+    kind: str  # "delta" or "product"
+    joint: Chain
+    f: Optional[Chain]  # f's own chain (aligned widths), ``delta`` only
+    g: Optional[Chain]
+    n_outputs: int
+
+
+@dataclass
+class BoxBounds:
+    """``lower[b] <= f(x) - g(x) <= upper[b]`` on box ``b``; ``A_x[b, r]`` the linear bound of row ``r``
+    (rows ``i``: ``f_i - g_i``, rows ``m + i``: ``g_i - f_i``) in x, for candidate points."""
+
+    lower: np.ndarray  # (B, m)
+    upper: np.ndarray  # (B, m)
+    A_x: np.ndarray  # (B, 2m, n_in)
+
+
+def prepare_diff(f: Network, g: Network, kind: Optional[str] = None) -> DiffModel:
+    """The joint chain of ``f`` and ``g`` (``kind``: force ``delta`` or ``product``; default: ``delta``
+    when the pair aligns, else ``product``). ValueError when neither applies."""
+    if f.n_inputs != g.n_inputs or f.n_outputs != g.n_outputs:
+        raise ValueError(f"networks differ in interface: {f.n_inputs}->{f.n_outputs} vs {g.n_inputs}->{g.n_outputs}")
+    if kind in (None, "delta"):
+        aligned = align_pair(f, g)
+        chain = delta_chain(*aligned) if aligned is not None else None
+        if chain is not None:
+            return DiffModel("delta", chain, prepare(aligned[0]), prepare(aligned[1]), f.n_outputs)
+    if kind in (None, "product"):
+        chain = product_chain(f, g)
+        if chain is not None:
+            return DiffModel("product", chain, None, None, f.n_outputs)
+    raise ValueError("the two networks cannot be paired layer by layer (dense layers with matching activations; "
+                     "a shallower network must end in ReLU layers)")
+
+
+def bound_boxes(model: DiffModel, lo: np.ndarray, hi: np.ndarray, iters: int = ITERS, lr: float = LR) -> BoxBounds:
+    """Sound bounds of ``f - g`` on each box ``[lo[b], hi[b]]`` (module docstring)."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    if model.kind == "delta":
+        rel, free, (out_lo, out_hi) = _delta_layers(model, lo, hi)
+    else:
+        rel, free, (out_lo, out_hi) = _product_layers(model, lo, hi)
+    m = model.n_outputs
+    up, A_x = _optimise(model.joint, rel, free, _objective(model, lo.shape[0]), lo, hi, iters, lr)
+    return BoxBounds(np.maximum(-up[:, m:], out_lo), np.minimum(up[:, :m], out_hi), A_x)
+
+
+def _objective(model: DiffModel, B: int) -> np.ndarray:
+    """Rows ``f_i - g_i`` then ``g_i - f_i`` on the joint chain's output (delta: ``(delta y, y^g)``;
+    product: ``(y^f, y^g)``)."""
+    m = model.n_outputs
+    eye = np.eye(m)
+    other = np.zeros((m, m)) if model.kind == "delta" else -eye
+    lam = np.vstack([np.hstack([eye, other]), -np.hstack([eye, other])])
+    return np.broadcast_to(lam, (B,) + lam.shape)
+
+
+def _open(chain: Chain, B: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    widths = [s.op.out_features for s in chain.steps]
+    return [np.full((B, w), -np.inf) for w in widths], [np.full((B, w), np.inf) for w in widths]
+
+
+def _cat(a: LinearRelaxation, b: LinearRelaxation) -> LinearRelaxation:
+    return LinearRelaxation(*(np.concatenate([x, y], axis=-1) for x, y in zip(a.fields(), b.fields())))
+
+
+def _exact(shape: tuple[int, int]) -> LinearRelaxation:
+    one, zero = np.ones(shape), np.zeros(shape)
+    return LinearRelaxation(one, zero, one.copy(), zero.copy(), zero.copy())
+
+
+# ----- the two layer passes ----------------------------------------------------------------
+def _product_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray):
+    """Relaxations, free-slope masks and the output interval of ``f - g`` for the product chain."""
+    ch, m = model.joint, model.n_outputs
+    zl, zu = layer_bounds(ch, lo, hi, *_open(ch, lo.shape[0]))
+    rel = [relax_batch(ch, k, zl[k], zu[k]) for k in range(ch.depth)]
+    free = [alpha_free(ch, k, zl[k], zu[k]) for k in range(ch.depth)]
+    yl, yu = zl[-1], zu[-1]
+    return rel, free, (add_lo(yl[:, :m], -yu[:, m:]), add_hi(yu[:, :m], -yl[:, m:]))
+
+
+def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray):
+    """Relaxations, free-slope masks and the output interval of ``f - g`` for the delta chain."""
+    f, g, ch = model.f, model.g, model.joint
+    assert f is not None and g is not None
+    B, n = lo.shape
+    gzl, gzu = layer_bounds(g, lo, hi, *_open(g, B))
+    fzl, fzu = layer_bounds(f, lo, hi, *_open(f, B))
+    s0_lo, s0_hi = interval_step(ch.steps[0], *interval_step(ch.input, lo, hi))
+    d_lo, d_hi, hg_lo, hg_hi = s0_lo[:, :n], s0_hi[:, :n], s0_lo[:, n:], s0_hi[:, n:]
+    rel, free = [_exact((B, 2 * n))], [np.zeros((B, 2 * n), dtype=bool)]
+    for k in range(g.depth):
+        w = gzl[k].shape[1]
+        il, iu = interval_step(ch.steps[k + 1], np.hstack([d_lo, hg_lo]), np.hstack([d_hi, hg_hi]))
+        il, iu = il[:, :w], iu[:, :w]
+        il, iu = np.maximum(il, add_lo(fzl[k], -gzu[k])), np.minimum(iu, add_hi(fzu[k], -gzl[k]))
+        act = get_relaxation(g.acts[k])
+        _, (s_lo, s_hi) = _slopes(act, g.alphas[k], (gzl[k], gzu[k]), (fzl, fzu), k, il, iu)
+        need = (s_lo != s_hi) & (il < 0) & (iu > 0)
+        zd_lo, zd_hi = _symbolic_delta_rows(ch, rel, need, k + 1, lo, hi, il, iu)
+        f_pre, (s_lo, s_hi) = _slopes(act, g.alphas[k], (gzl[k], gzu[k]), (fzl, fzu), k, zd_lo, zd_hi)
+        rel.append(_cat(delta_relax(zd_lo, zd_hi, s_lo, s_hi), relax_batch(g, k, gzl[k], gzu[k])))
+        gfree = alpha_free(g, k, gzl[k], gzu[k])
+        free.append(np.hstack([np.zeros_like(gfree), gfree]))
+        g_post = act.interval(gzl[k], gzu[k], g.alphas[k])
+        d_lo, d_hi = delta_interval(s_lo, s_hi, zd_lo, zd_hi, act.interval(*f_pre, g.alphas[k]), g_post)
+        hg_lo, hg_hi = g_post
+    return rel, free, (d_lo, d_hi)
+
+
+def _slopes(act, alpha: float, g_pre: tuple[np.ndarray, np.ndarray], f_own, k: int, zd_lo: np.ndarray,
+            zd_hi: np.ndarray):
+    """f's pre-activation bounds (g's plus the delta's, intersected with f's own ``f_own``)
+    and the secant-slope range on the hull of f's and g's."""
+    f_lo, f_hi = add_lo(g_pre[0], zd_lo), add_hi(g_pre[1], zd_hi)
+    f_lo, f_hi = np.maximum(f_lo, f_own[0][k]), np.minimum(f_hi, f_own[1][k])
+    return (f_lo, f_hi), act.slopes(np.minimum(g_pre[0], f_lo), np.maximum(g_pre[1], f_hi), alpha)
+
+
+def _symbolic_delta_rows(ch: Chain, rel: list[LinearRelaxation], need: np.ndarray, top: int, lo: np.ndarray,
+                         hi: np.ndarray, zl: np.ndarray, zu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[zl, zu]`` of ``delta z`` at joint layer ``top`` intersected, where ``need``, with the
+    back-substituted bounds (each box's own rows, padded to the batch's largest count)."""
+    count = int(np.max(np.sum(need, axis=1), initial=0))
+    if count == 0:
+        return zl, zu
+    B, w = need.shape
+    idx = np.argsort(~need, axis=1, kind="stable")[:, :count]  # (B, count) neuron of each row
+    valid = np.take_along_axis(need, idx, axis=1)
+    lam = np.zeros((B, 2 * count, 2 * w))
+    rows = np.arange(count)[None, :]
+    lam[np.arange(B)[:, None], rows, idx] = 1.0
+    lam[np.arange(B)[:, None], count + rows, idx] = -1.0
+    up = backsub(ch, rel, lam, top, False, lo, hi).upper
+    zl, zu = zl.copy(), zu.copy()
+    got_u = np.minimum(np.take_along_axis(zu, idx, axis=1), np.where(valid, up[:, :count], np.inf))
+    got_l = np.maximum(np.take_along_axis(zl, idx, axis=1), np.where(valid, -up[:, count:], -np.inf))
+    np.put_along_axis(zu, idx, got_u, axis=1)
+    np.put_along_axis(zl, idx, got_l, axis=1)
+    return zl, zu
+
+
+# ----- the optimised final bound -----------------------------------------------------------
+def _optimise(ch: Chain, rel: list[LinearRelaxation], free: list[np.ndarray], lam: np.ndarray, lo: np.ndarray,
+              hi: np.ndarray, iters: int, lr: float) -> tuple[np.ndarray, np.ndarray]:
+    """Best sound upper bound of ``lam[b] . y`` over projected-Adam iterates of the free lower slopes
+    (started at the registry's adaptive slopes), and its linear function in x."""
+    rows = lam.shape[1]
+    alpha = [np.repeat(r.sl[:, None, :], rows, axis=1) if fr.any() else None for r, fr in zip(rel, free)]
+    opt = _Adam(alpha, [neg_slope(ch, k) for k in range(ch.depth)], 1.0, lr)
+    best, best_A = None, None
+    for it in range(iters + 1):
+        bb = backsub(ch, rel, lam, ch.depth - 1, True, lo, hi, opt.params, free, grad=it < iters)
+        if best is None:
+            best, best_A = bb.upper, bb.A_x
+        else:
+            better = bb.upper < best
+            best, best_A = np.where(better, bb.upper, best), np.where(better[:, :, None], bb.A_x, best_A)
+        if it == iters or not any(a is not None for a in alpha):
+            break
+        opt.step(bb.grads[: ch.depth])
+    return best, best_A
+
+
+# ----- bisection trees (the search records them, checkers rebuild the leaves) -------------------
+def halves(lo: np.ndarray, hi: np.ndarray, dim: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The two halves of a box at the midpoint of ``dim`` (they share the face: they cover the box)."""
+    at = min(max(0.5 * (lo[dim] + hi[dim]), lo[dim]), hi[dim])
+    left_hi, right_lo = hi.copy(), lo.copy()
+    left_hi[dim] = right_lo[dim] = at
+    return (lo, left_hi), (right_lo, hi)
+
+
+def leaves_of(box: Box, tree: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The leaf boxes ``(lo, hi)`` of a preorder tree over ``box`` (ValueError when malformed)."""
+    los, his, stack, pos = [], [], [(box.lower.astype(np.float64), box.upper.astype(np.float64))], 0
+    while stack:
+        if pos >= len(tree):
+            raise ValueError("bisection tree ends early")
+        lo, hi = stack.pop()
+        d = int(tree[pos])
+        pos += 1
+        if d < 0:
+            los.append(lo)
+            his.append(hi)
+        elif d < box.dim:
+            left, right = halves(lo, hi, d)
+            stack.extend([right, left])
+        else:
+            raise ValueError(f"bisection tree splits dimension {d} of a {box.dim}-dimensional box")
+    if pos != len(tree):
+        raise ValueError("bisection tree has trailing entries")
+    return np.array(los).reshape(-1, box.dim), np.array(his).reshape(-1, box.dim)

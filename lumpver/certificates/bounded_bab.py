@@ -1,0 +1,79 @@
+"""Re-check of ``bab_diff`` evidence in ``bounded`` certificates (DESIGN.md §5, §9, §11).
+
+The evidence of the differential branch and bound (:mod:`lumpver.verifiers.bab_diff`) records, per
+region of the input set, the bisection tree of the region's box in preorder, plus the pairing
+(``delta`` or ``product``) and the Adam settings of the bounds. Nothing of the search is trusted:
+
+* the leaves are rebuilt here from the region's box by bisection
+  (:func:`lumpver.bounds.diff_batched.leaves_of`); two halves share their face, so the leaves
+  cover the box whatever the tree is;
+* every leaf is re-bounded with the bound engine (:func:`lumpver.bounds.diff_batched.bound_boxes`,
+  outward rounding), and the norm of its per-output bounds is taken here (:func:`norm_of`);
+* the recorded chain (on-set steps, the twin of a pruned or lumped network) is replayed by
+  :func:`lumpver.certificates.bounded_interval.recheck_chain`, which adds its terms.
+
+The recomputed bound is the largest leaf bound; a claimed epsilon below it fails the check.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from lumpver.bounds.diff_batched import bound_boxes, leaves_of, prepare_diff
+from lumpver.bounds.region import region_box
+from lumpver.certificates.bounded_interval import check_interval_evidence, norm_of, recheck_chain, recheck_interval
+from lumpver.certificates.format import CheckContext, CheckReport
+from lumpver.ir.network import Network
+from lumpver.specs.inputset import InputSet
+
+#: leaves re-bounded per batched pass
+CHUNK = 256
+#: leaves re-bounded at most per region (a larger tree is refused as malformed)
+MAX_LEAVES = 2_000_000
+
+
+def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, lr: float) -> float:
+    worst = 0.0
+    for s in range(0, lo.shape[0], CHUNK):
+        bb = bound_boxes(model, lo[s:s + CHUNK], hi[s:s + CHUNK], iters, lr)
+        mags = np.maximum(np.abs(bb.lower), np.abs(bb.upper))
+        worst = max(worst, max(norm_of(v, norm) for v in mags))
+    return worst
+
+
+def recheck_bab(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict,
+                report: CheckReport) -> Optional[float]:
+    """The recomputed bound of one ``bab_diff`` evidence entry, or None (reported) when it is
+    malformed or does not re-check (registered in :mod:`lumpver.certificates.bounded`)."""
+    regions = ev.get("regions")
+    if norm == "top1" or not isinstance(regions, list) or len(regions) != len(input_set.regions):
+        report.fail("bab_diff evidence: one bisection tree per region of the input set expected (vector norms only)")
+        return None
+
+    def differential(h: Network, twin: Network, top1: bool) -> float:
+        model = prepare_diff(h, twin, str(ev["pairing"]))
+        iters, lr = int(ev["iters"]), float(ev["lr"])
+        if not 0 <= iters <= 1000:
+            raise ValueError(f"iters {iters} out of range")
+        worst = 0.0
+        for region, rec in zip(input_set.regions, regions):
+            tree = [int(t) for t in rec["tree"]]
+            if len(tree) > 2 * MAX_LEAVES:
+                raise ValueError(f"bisection tree of {len(tree)} nodes exceeds the checker's cap")
+            lo, hi = leaves_of(region_box(region), tree)
+            worst = max(worst, _leaf_bounds(model, lo, hi, norm, iters, lr))
+            report.ok(f"bab_diff: {lo.shape[0]} leaf box(es) rebuilt from the tree and re-bounded: {worst:.6g}")
+        return worst
+
+    return recheck_chain(f, g, input_set, norm, ev, report, differential, "bab_diff", twin_required=False)
+
+
+#: the differential evidence kinds a reduction certificate may hold, with their re-checks
+DIFFERENTIAL_BACKENDS = {"interval": recheck_interval, "bab_diff": recheck_bab}
+
+
+def check_evidence_entry(cert: dict, ctx: CheckContext, ev: dict) -> CheckReport:
+    """Verify one differential evidence entry (``interval`` or ``bab_diff``) of a ``bounded``
+    certificate on its own: its recomputed bound must not exceed the guarantee's epsilon."""
+    return check_interval_evidence(cert, ctx, ev, DIFFERENTIAL_BACKENDS[ev["backend"]])

@@ -1,0 +1,218 @@
+"""The differential branch and bound (``bab_diff``) against independent references: an exact big-M
+MILP (scipy HiGHS, tests/milp_reference.py) on random small pairs of every kind (pruned, perturbed,
+quantised, unlike widths, unlike depths), forward passes for the alignment, onnxruntime for the
+replayed lower bound, and the certificate checker for tampered claims."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lumpver.bounds.diff_align import align_pair, product_chain
+from lumpver.bounds.diff_batched import bound_boxes, leaves_of, prepare_diff
+from lumpver.ir.network import Layer, Network
+from lumpver.specs.inputset import Box, InputSet
+from lumpver.verifiers.bab_diff import DiffOptions, difference_search
+from lumpver.verifiers.base import Query, get_backend
+from tests.milp_reference import max_linf_difference
+from tests.test_interval_backend import REDUCTIONS, random_net
+
+BACKEND = get_backend("bab_diff")
+
+
+def _f32(net: Network) -> Network:
+    """The network with float32 weights (as an ONNX file stores them)."""
+    return net.with_layers([Layer(l.weight.astype(np.float32).astype(np.float64),
+                                  l.bias.astype(np.float32).astype(np.float64), l.activation) for l in net.layers])
+
+
+def _student(f: Network, rng) -> Network:
+    """A network of another depth and width (one hidden layer of 9)."""
+    return random_net(rng, [f.n_inputs, 9, f.n_outputs])
+
+
+KINDS = {**REDUCTIONS, "student": _student}
+
+
+def random_pair(seed: int) -> tuple[Network, Network, str]:
+    rng = np.random.default_rng(1000 + seed)
+    kind = sorted(KINDS)[seed % len(KINDS)]
+    f = random_net(rng, [3, int(rng.integers(4, 8)), int(rng.integers(4, 7)), 2], input_ops=seed % 3 == 0)
+    return _f32(f), _f32(KINDS[kind](f, rng)), kind
+
+
+def _exact(f: Network, g: Network, lo: np.ndarray, hi: np.ndarray) -> tuple[float, float]:
+    """MILP maximum of ||f - g||_inf and the value attained (float64) at its clipped maximiser."""
+    exact, x = max_linf_difference(f, g, lo, hi)
+    x = np.clip(x, lo, hi)
+    return exact, float(np.max(np.abs(f.forward(x) - g.forward(x))))
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_bound_never_below_the_milp_maximum(chunk):
+    """100 random pairs (25 per chunk): the certified bound is >= the exact maximum, the attained
+    value <= it, and the verdicts at 0.9 x / 1.1 x the maximum are never wrong."""
+    lo, hi = -np.ones(3), np.ones(3)
+    X = InputSet([Box(lo, hi)])
+    opt = DiffOptions(batch=8, max_boxes=150)
+    for seed in range(25 * chunk, 25 * chunk + 25):
+        f, g, kind = random_pair(seed)
+        exact, attained = _exact(f, g, lo, hi)
+        res, _ = difference_search(f, g, X, "linf", 0.1, options=opt)
+        r = res[0]
+        assert r.upper >= attained and r.upper >= exact - 1e-7 * (1 + exact), (seed, kind, r.upper, exact)
+        assert r.lower <= exact + 1e-7 * (1 + exact), (seed, kind)
+        below = BabDiff(opt).check(Query(f, X, other=g, epsilon=0.9 * exact, timeout=0.08))
+        assert below.verdict != "proved", (seed, kind)
+        if below.verdict == "violated":
+            x = below.counterexample
+            assert X.contains(x) and np.max(np.abs(f.forward(x) - g.forward(x))) > 0.9 * exact
+        above = BabDiff(opt).check(Query(f, X, other=g, epsilon=1.1 * exact + 1e-9, timeout=0.08))
+        assert above.verdict != "violated", (seed, kind)
+        if above.verdict == "proved":
+            assert exact - 1e-7 * (1 + exact) <= above.upper_bound <= 1.1 * exact + 1e-9
+
+
+def BabDiff(opt: DiffOptions):
+    from lumpver.verifiers.bab_diff import BabDiffBackend
+
+    return BabDiffBackend(opt)
+
+
+def test_search_converges_to_the_milp_maximum():
+    """With time, the gap closes: bound within 1 % of the exact maximum on small pairs."""
+    lo, hi = -np.ones(3), np.ones(3)
+    for seed in range(5):
+        f, g, kind = random_pair(seed)
+        exact, _ = _exact(f, g, lo, hi)
+        res, _ = difference_search(f, g, InputSet([Box(lo, hi)]), "linf", 10.0)
+        assert exact - 1e-7 * (1 + exact) <= res[0].upper <= 1.01 * exact + 1e-9, (kind, res[0].upper, exact)
+
+
+def test_alignment_and_product_compute_the_same_functions():
+    """Permuting and padding (alignment) and the product chain's depth padding change no function
+    (forward passes of the original networks as the reference)."""
+    rng = np.random.default_rng(3)
+    f = random_net(rng, [4, 7, 6, 3])
+    g = REDUCTIONS["pruned_neurons"](f, rng)
+    perm = rng.permutation(g.layers[0].width)
+    layers = [l.copy() for l in g.layers]
+    layers[0] = Layer(layers[0].weight[perm], layers[0].bias[perm], "relu")
+    layers[1] = Layer(layers[1].weight[:, perm], layers[1].bias, "relu")
+    g = g.with_layers(layers)
+    fa, ga = align_pair(f, g)
+    x = rng.uniform(-2, 2, (200, 4))
+    assert np.array_equal(fa.forward(x), f.forward(x)) and np.allclose(ga.forward(x), g.forward(x), atol=1e-12)
+    assert fa.layers[0].width == f.layers[0].width  # g is a subset of f: matched, no extra neuron
+    s = _student(f, rng)
+    assert product_chain(f, s) is not None and align_pair(f, s) is None
+
+
+def test_leaf_bounds_contain_sampled_differences():
+    """Per-box bounds (both pairings) contain f - g at sampled points of each box."""
+    rng = np.random.default_rng(5)
+    f = _f32(random_net(rng, [3, 8, 8, 2], input_ops=True))
+    g = _f32(REDUCTIONS["perturbed"](f, rng))
+    c = rng.uniform(-1, 1, (16, 3))
+    lo, hi = c - rng.uniform(0, 0.5, (16, 3)), c + rng.uniform(0, 0.5, (16, 3))
+    for kind in ("delta", "product"):
+        bb = bound_boxes(prepare_diff(f, g, kind), lo, hi)
+        for b in range(16):
+            pts = rng.uniform(lo[b], hi[b], (300, 3))
+            d = f.forward(pts) - g.forward(pts)
+            assert np.all(d <= bb.upper[b]) and np.all(d >= bb.lower[b]), kind
+
+
+def test_tree_leaves_cover_the_box():
+    box = Box(np.zeros(2), np.ones(2))
+    lo, hi = leaves_of(box, [0, -1, 1, -1, -1])
+    assert lo.shape == (3, 2) and np.isclose(np.prod(hi - lo, axis=1).sum(), 1.0)
+    for bad in ([0, -1], [5, -1, -1], [-1, -1]):
+        with pytest.raises(ValueError):
+            leaves_of(box, bad)
+
+
+def _files(tmp_path, f: Network, g: Network, box: Box):
+    from lumpver.ir.onnx_export import save_onnx
+
+    a, b, spec = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "x.vnnlib"
+    save_onnx(f, a)
+    save_onnx(g, b)
+    lines = [f"(declare-const X_{i} Real)" for i in range(box.dim)] + ["(declare-const Y_0 Real)"]
+    num = lambda v: f"(- {abs(float(v))!r})" if v < 0 else repr(float(v))  # noqa: E731
+    for i in range(box.dim):
+        lines += [f"(assert (>= X_{i} {num(box.lower[i])}))", f"(assert (<= X_{i} {num(box.upper[i])}))"]
+    spec.write_text("\n".join(lines + ["(assert (>= Y_0 1000.0))"]) + "\n")
+    return a, b, spec
+
+
+def test_bound_certificate_rechecks_and_tightened_claims_fail(tmp_path):
+    from lumpver.api.bound import bound_files
+    from lumpver.certificates.format import check_certificate
+    from lumpver.ir.runtime import run_onnx
+
+    rng = np.random.default_rng(11)
+    f = _f32(random_net(rng, [3, 6, 5, 2]))
+    g = _f32(REDUCTIONS["quantised"](f, rng))
+    box = Box(-np.ones(3), np.ones(3))
+    a, b, spec = _files(tmp_path, f, g, box)
+    cert = tmp_path / "c.json"
+    r = bound_files(a, b, spec, timeout=5, cert_path=cert)
+    exact, _ = _exact(f, g, box.lower, box.upper)
+    assert r.verdict == "proved" and r.backend == "bab_diff"
+    assert r.upper_bound >= exact - 1e-7 and r.lower_bound <= exact + 1e-4  # lower: onnxruntime, float32
+    assert abs(float(np.max(np.abs(run_onnx(a, r.counterexample) - run_onnx(b, r.counterexample)))) - r.lower_bound) < 1e-9
+    assert check_certificate(cert).holds
+    c = json.loads(cert.read_text())
+    for how in ("epsilon", "tree"):
+        bad = json.loads(json.dumps(c))
+        if how == "epsilon":
+            bad["guarantee"]["epsilon"] = 0.5 * exact
+        else:
+            bad["evidence"][0]["regions"][0]["tree"] = [-1]  # one leaf: the root box alone
+        path = tmp_path / f"bad_{how}.json"
+        path.write_text(json.dumps(bad))
+        assert not check_certificate(path).holds, how
+
+
+def test_compare_auto_decides_and_replays(tmp_path):
+    from lumpver.api.compare import compare_models
+
+    rng = np.random.default_rng(12)
+    f = _f32(random_net(rng, [3, 6, 5, 2]))
+    g = _f32(REDUCTIONS["pruned_rows"](f, rng))
+    box = Box(-np.ones(3), np.ones(3))
+    a, b, spec = _files(tmp_path, f, g, box)
+    exact, _ = _exact(f, g, box.lower, box.upper)
+    v = compare_models(a, b, spec, 1.05 * exact, timeout=20)
+    assert v.verdict == "proved" and v.upper_bound <= 1.05 * exact, v.reason
+    w = compare_models(a, b, spec, 0.8 * exact, timeout=20)
+    assert w.verdict == "violated" and w.details["replay"]["onnx_value"] > 0.8 * exact
+
+
+def test_reduction_certificate_switches_to_bab_diff_and_rechecks(tmp_path):
+    """certify() of a neuron-pruned network: with a one-box interval budget the search certifies less,
+    its evidence (trees, the kept neurons) re-checks, and a halved claim fails."""
+    from lumpver.certificates.format import check_certificate
+    from lumpver.reductions.certify import Chain, certify, write_bounded
+
+    rng = np.random.default_rng(13)
+    f = _f32(random_net(rng, [3, 8, 6, 2]))
+    kept = [np.sort(rng.choice(8, 6, replace=False)), np.sort(rng.choice(6, 5, replace=False))]
+    w = [f.layers[0].weight[kept[0]], f.layers[1].weight[np.ix_(kept[1], kept[0])], f.layers[2].weight[:, kept[1]]]
+    b = [f.layers[0].bias[kept[0]], f.layers[1].bias[kept[1]], f.layers[2].bias]
+    g = f.with_layers([Layer(wk, bk, l.activation) for wk, bk, l in zip(w, b, f.layers)])
+    box = Box(-np.ones(3), np.ones(3))
+    a, bp, spec = _files(tmp_path, f, g, box)
+    X = InputSet([box])
+    res = certify(f, g, X, "linf", Chain(kept=kept), timeout=3, max_boxes=1)
+    exact, _ = _exact(f, g, box.lower, box.upper)
+    assert res.backend == "bab_diff" and res.epsilon >= exact - 1e-7
+    cert = tmp_path / "r.json"
+    write_bounded(a, bp, cert, f, g, X, res, {"method": "test"}, 1.0)
+    assert check_certificate(cert).holds
+    c = json.loads(cert.read_text())
+    c["guarantee"]["epsilon"] = 0.5 * exact
+    cert.write_text(json.dumps(c))
+    assert not check_certificate(cert).holds
