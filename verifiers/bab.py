@@ -159,6 +159,27 @@ def _blas_single_thread():
             set_fn(n)
 
 
+@dataclass
+class _Pace:
+    """Sub-problems split per round: the configured batch, cut so that a round takes about ``target``
+    seconds on big networks (a 6x200 sigmoid net on 784 inputs: ~0.2 s per sub-problem, so a full batch
+    ran 10-20 s past the timeout). The first estimate is the root's time per sub-problem."""
+
+    base: int
+    target: float
+    root_seconds: float
+
+    def __post_init__(self) -> None:
+        self.batch = self._fit(self.root_seconds)
+
+    def _fit(self, per_domain: float) -> int:
+        return int(min(self.base, max(1, self.target / max(per_domain, 1e-6))))
+
+    def observe(self, seconds: float, n: int) -> None:
+        fit = self._fit(seconds / max(n, 1))
+        self.batch = min(fit, 2 * self.batch)  # grow gradually, shrink at once
+
+
 class BabBackend:
     """Back-end ``bab``: see the module docstring."""
 
@@ -235,10 +256,13 @@ class _Search:
         inf = [np.full((layer.width,), np.inf) for layer in self.q.network.layers]
         root = Domain(box.lower.astype(np.float64), box.upper.astype(np.float64), [-a for a in inf], inf,
                       [None] * self.chain.depth, np.zeros(ctx.lam.shape[0]))
+        t_root = time.monotonic()
         frontier = bound(ctx, [root], self.opt.root_iters)
         self.stats.bounded += 1
         input_mode = self._input_mode
         self.stats.splits = "input" if input_mode else "relu"
+        base = self.opt.input_batch if input_mode else self.opt.batch
+        pace = _Pace(base, self._round_target(), time.monotonic() - t_root)
         fresh = frontier
         while True:
             frontier = [d for d in frontier if d.score >= 0]
@@ -258,17 +282,23 @@ class _Search:
                 if out is not None:
                     return out
             frontier.sort(key=lambda d: d.score)
-            take = (self.opt.input_batch if input_mode else self.opt.batch) * max(1, self.opt.workers)
+            take = pace.batch * max(1, self.opt.workers)
             todo, frontier = frontier[-take:], frontier[:-take]
             todo = [d for d in todo if self._below_cap(d, what)]
             if not todo:
                 continue
+            t_round = time.monotonic()
             bounded = self._split_and_bound(ctx, todo, input_mode)
+            pace.observe(time.monotonic() - t_round, len(todo))
             self.stats.rounds += 1
             self.stats.bounded += len(bounded)
             self.stats.closed += sum(d.score < 0 for d in bounded)
             frontier.extend(bounded)
             fresh = bounded
+
+    def _round_target(self) -> float:
+        """Seconds one round of splitting and bounding may take (the deadline is checked between rounds)."""
+        return min(3.0, max(0.3, 0.05 * self.q.timeout))
 
     def _below_cap(self, d: Domain, what: str) -> bool:
         if d.depth >= self.opt.max_depth:
