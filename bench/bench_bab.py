@@ -34,24 +34,36 @@ def published(suite: str) -> dict[tuple[str, str], dict[str, tuple[str, float]]]
 
 
 def random_suite(n_props: int) -> None:
-    """Random ReLU nets, thresholds on ``c . y`` around the exact MILP optimum (tests/test_bab.py's
-    cases): every answer must match the MILP; both splitting modes (3 and 12 inputs)."""
-    from tests.test_bab import _cases, _check
+    """Random nets, thresholds on ``c . y`` whose truth an independent computation decides
+    (tests/test_bab.py's cases): ReLU nets against the exact MILP (both splitting modes: 3 and 12
+    inputs, and 2 inputs with 3 layers), sigmoid/tanh nets with 2 inputs against a brute-force grid
+    with a Lipschitz margin. Every answer must match (``_check`` asserts)."""
+    from tests.test_bab import _cases, _check, _smooth_cases
 
     t0, done, verdicts = time.monotonic(), 0, defaultdict(int)
     seed = 1000
     while done < n_props:
-        n_in = (3, 12, 2)[seed % 3]
-        widths = (6, 6, 6) if n_in == 2 else (10, 8)
-        for case in _cases(seed, n_in, widths, 5):
-            verdicts[_check(*case)] += 1  # asserts agreement with the MILP
+        kind = seed % 5
+        if kind < 3:
+            n_in = (3, 12, 2)[kind]
+            cases = _cases(seed, n_in, (6, 6, 6) if n_in == 2 else (10, 8), 5)
+        else:
+            cases = _smooth_cases(seed, ("sigmoid", "tanh")[kind - 3], 5)
+        for case in cases:
+            verdicts[_check(*case)] += 1
             done += 1
         seed += 1
-    print(f"{done} random properties, all answers agree with the exact MILP: {dict(verdicts)} "
-          f"({time.monotonic() - t0:.0f} s)")
+    print(f"{done} random properties (ReLU vs exact MILP, sigmoid/tanh vs brute force), all answers agree: "
+          f"{dict(verdicts)} ({time.monotonic() - t0:.0f} s)")
 
 
-def smooth_cases(act: str, n_images: int, eps: tuple[float, ...], seed: int = 0, gain: float = 5.0):
+#: weight gain and L-inf radii of the planted sigmoid/tanh benchmark: chosen (by a falsifier probe) so that
+#: the radii straddle the robustness boundary
+GAIN = {"sigmoid": 5.0, "tanh": 1.5}
+EPS = {"sigmoid": (0.003, 0.006, 0.01, 0.02), "tanh": (0.02, 0.05, 0.1, 0.2)}
+
+
+def smooth_cases(act: str, n_images: int, eps: tuple[float, ...], seed: int = 0, gain: float = 0.0):
     """A planted ERAN-ffnnSIGMOID-style network (784 inputs in [0, 1], 6 hidden layers of 200 ``act``,
     10 outputs; Gaussian weights times ``gain`` over sqrt(fan-in), float32: steep like a trained net's)
     and L-inf robustness properties around random sparse images: unsafe ``y_j >= y_label`` for some
@@ -63,6 +75,7 @@ def smooth_cases(act: str, n_images: int, eps: tuple[float, ...], seed: int = 0,
     from lumpver.specs.inputset import Box, OutputProperty
 
     rng = np.random.default_rng(seed)
+    gain = gain or GAIN[act]
     base = random_mlp(rng, [784] + [200] * 6 + [10], act, fan_in_scaled=True)
     net = Network([Layer((gain * layer.op.dense()).astype(np.float32), layer.bias, layer.activation)
                    for layer in base.layers])
@@ -93,7 +106,7 @@ def smooth_suite(act: str, n_images: int, timeout: float, workers: int) -> None:
     be = BabBackend(BabOptions(workers=workers))
     counts: dict = defaultdict(int)
     t0 = time.monotonic()
-    for net, box, prop, e in smooth_cases(act, n_images, (0.003, 0.006, 0.01, 0.02)):
+    for net, box, prop, e in smooth_cases(act, n_images, EPS[act]):
         q = Query(net, InputSet([box]), prop=prop, timeout=timeout)
         v = be.check(q)
         if v.verdict == "violated":
