@@ -10,7 +10,8 @@ pulls in torch; never a dependency of lumpver): ``python3 -m venv /work/venv-neu
 verify -q --timeout T --workers W --result R``. The two alternate per instance (so machine load hits
 both alike), each in a fresh process. Recorded per instance and tool: the answer, the wall seconds of
 the process and the tool's own reported seconds (NeuralSAT's "Runtime" excludes its ~10 s of torch
-start-up; lumpver's includes loading the model). Decided = sat or unsat; a sat/unsat disagreement is
+start-up; lumpver's includes loading the model). Decided = sat or unsat within the time limit by the
+tool's own clock (:func:`decided`); a sat/unsat disagreement is
 printed as such (lumpver's sat answers are replayed with onnxruntime, so its counterexample decides).
 Prints a Markdown table per benchmark class: decided counts, then summed own seconds and their ratio
 over the instances both decided.
@@ -97,7 +98,13 @@ def run_neuralsat(venv: Path, onnx: Path, prop: Path, timeout: float, tmp: Path)
     return Run(_answer(res), float(m[-1]) if m else float("nan"), wall)
 
 
-def table(rows: list[dict]) -> str:
+def decided(row: dict, tool: str, timeout: float) -> bool:
+    """sat/unsat within the time limit by the tool's own clock (1 s slack): an answer after the limit
+    (NeuralSAT answered oval21 img1598 after 42.7 s on a 30 s limit) is a timeout, as in VNN-COMP."""
+    return row[f"{tool}_answer"] in ("sat", "unsat") and float(row[f"{tool}_own"]) <= timeout + 1.0
+
+
+def table(rows: list[dict], timeout: float) -> str:
     """Markdown: per class, decided counts and summed own seconds (ratio over instances both decided)."""
     lines = ["| class | instances | lumpver decided | NeuralSAT decided | both decided: lumpver s | NeuralSAT s | "
              "ratio NeuralSAT/lumpver | wall s lumpver / NeuralSAT | disagreements |", "|---|---|---|---|---|---|---|---|---|"]
@@ -105,8 +112,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         by[r["class"]].append(r)
     for cls, rs in by.items():
-        dec = lambda t: [r for r in rs if r[f"{t}_answer"] in ("sat", "unsat")]  # noqa: E731
-        both = [r for r in rs if r["lumpver_answer"] in ("sat", "unsat") and r["neuralsat_answer"] in ("sat", "unsat")]
+        dec = lambda t: [r for r in rs if decided(r, t, timeout)]  # noqa: E731
+        both = [r for r in rs if decided(r, "lumpver", timeout) and decided(r, "neuralsat", timeout)]
         sl = sum(float(r["lumpver_own"]) for r in both)
         sn = sum(float(r["neuralsat_own"]) for r in both)
         wl, wn = sum(float(r["lumpver_wall"]) for r in rs), sum(float(r["neuralsat_wall"]) for r in rs)
@@ -145,7 +152,7 @@ def main() -> None:
                     flag = "  DISAGREE" if {a.answer, b.answer} == {"sat", "unsat"} else ""
                     print(f"{cls} {onnx.name} {prop.name}: lumpver {a.answer} {a.own:.1f} s ({a.wall:.1f} wall), "
                           f"NeuralSAT {b.answer} {b.own:.1f} s ({b.wall:.1f} wall){flag}", flush=True)
-    print(table(list(csv.DictReader(open(out)))))
+    print(table(list(csv.DictReader(open(out))), args.timeout))
 
 
 if __name__ == "__main__":

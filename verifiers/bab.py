@@ -7,10 +7,12 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    alpha-optimised lower slopes (:mod:`lumpver.bounds.batched`): a sound upper bound ``U_i`` of
    ``b_i - A_i y`` for every row; the disjunct is excluded on a sub-problem once some ``U_i < 0``;
 3. open sub-problems are split (:mod:`lumpver.verifiers.bab_branch`): the input box when the
-   input is low-dimensional (``<= input_split_dims``, e.g. ACAS Xu), else the unstable ReLU with the
-   best BaBSR-like score (fixed to its phase: identity / zero, and its bound clamped to the split
-   for later layers); children are bounded ``batch`` at a time in one numpy pass, warm-started
-   with their parent's slopes, optionally in ``workers`` processes;
+   input is low-dimensional (``<= input_split_dims``, e.g. ACAS Xu), else the unstable neuron with the
+   best BaBSR-like score (a ReLU fixed to its phase: identity / zero; a sigmoid/tanh neuron cut at 0
+   into its convex and concave part; its bound clamped to the split for later layers); children are
+   bounded ``batch`` at a time (fewer when a round would exceed ~5 % of the timeout: :class:`_Pace`)
+   in one numpy pass, warm-started with their parent's slopes, optionally in ``workers`` processes,
+   with one OpenBLAS thread each;
 4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
    and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds.
 
