@@ -263,7 +263,7 @@ class _Search:
         self.stats.bounded += 1
         input_mode = self._input_mode
         self.stats.splits = "input" if input_mode else "relu"
-        base = self.opt.input_batch if input_mode else self.opt.batch
+        base = (self.opt.input_batch if input_mode else self.opt.batch) * max(1, self.opt.workers)
         pace = _Pace(base, self._round_target(), time.monotonic() - t_root)
         fresh = frontier
         while True:
@@ -284,7 +284,7 @@ class _Search:
                 if out is not None:
                     return out
             frontier.sort(key=lambda d: d.score)
-            take = pace.batch * max(1, self.opt.workers)
+            take = pace.batch
             todo, frontier = frontier[-take:], frontier[:-take]
             todo = [d for d in todo if self._below_cap(d, what)]
             if not todo:
