@@ -2,6 +2,7 @@
 
     python bench/bench_bab.py [--suite acasxu|mnist] [--timeout 30] [--workers 2] [--limit N] [--filter S]
     python bench/bench_bab.py --suite random --limit 600     # soundness: random nets vs an exact MILP
+    python bench/bench_bab.py --suite sigmoid|tanh --limit 5 # planted 6x200 sigmoid/tanh net, 4 eps per image
 
 Runs ``verify --backend bab`` on the shared instances (``../shared/data/<suite>/instances.csv``),
 one after another, and prints per instance the answer, the seconds and the published answers of
@@ -33,21 +34,92 @@ def published(suite: str) -> dict[tuple[str, str], dict[str, tuple[str, float]]]
 
 
 def random_suite(n_props: int) -> None:
-    """Random ReLU nets, thresholds on ``c . y`` around the exact MILP optimum (tests/test_bab.py's
-    cases): every answer must match the MILP; both splitting modes (3 and 12 inputs)."""
-    from tests.test_bab import _cases, _check
+    """Random nets, thresholds on ``c . y`` whose truth an independent computation decides
+    (tests/test_bab.py's cases): ReLU nets against the exact MILP (both splitting modes: 3 and 12
+    inputs, and 2 inputs with 3 layers), sigmoid/tanh nets with 2 inputs against a brute-force grid
+    with a Lipschitz margin. Every answer must match (``_check`` asserts)."""
+    from tests.test_bab import _cases, _check, _smooth_cases
 
     t0, done, verdicts = time.monotonic(), 0, defaultdict(int)
     seed = 1000
     while done < n_props:
-        n_in = (3, 12, 2)[seed % 3]
-        widths = (6, 6, 6) if n_in == 2 else (10, 8)
-        for case in _cases(seed, n_in, widths, 5):
-            verdicts[_check(*case)] += 1  # asserts agreement with the MILP
+        kind = seed % 5
+        if kind < 3:
+            n_in = (3, 12, 2)[kind]
+            cases = _cases(seed, n_in, (6, 6, 6) if n_in == 2 else (10, 8), 5)
+        else:
+            cases = _smooth_cases(seed, ("sigmoid", "tanh")[kind - 3], 5)
+        for case in cases:
+            verdicts[_check(*case)] += 1
             done += 1
         seed += 1
-    print(f"{done} random properties, all answers agree with the exact MILP: {dict(verdicts)} "
-          f"({time.monotonic() - t0:.0f} s)")
+    print(f"{done} random properties (ReLU vs exact MILP, sigmoid/tanh vs brute force), all answers agree: "
+          f"{dict(verdicts)} ({time.monotonic() - t0:.0f} s)")
+
+
+#: weight gain and L-inf radii of the planted sigmoid/tanh benchmark: chosen (by a falsifier probe) so that
+#: the radii straddle the robustness boundary
+GAIN = {"sigmoid": 5.0, "tanh": 1.5}
+EPS = {"sigmoid": (0.003, 0.006, 0.01, 0.02), "tanh": (0.02, 0.05, 0.1, 0.2)}
+
+
+def smooth_cases(act: str, n_images: int, eps: tuple[float, ...], seed: int = 0, gain: float = 0.0):
+    """A planted ERAN-ffnnSIGMOID-style network (784 inputs in [0, 1], 6 hidden layers of 200 ``act``,
+    10 outputs; Gaussian weights times ``gain`` over sqrt(fan-in), float32: steep like a trained net's)
+    and L-inf robustness properties around random sparse images: unsafe ``y_j >= y_label`` for some
+    ``j`` (one disjunct per other class)."""
+    import numpy as np
+
+    from lumpver.ir.network import Layer, Network
+    from lumpver.ir.planted import random_mlp
+    from lumpver.specs.inputset import Box, OutputProperty
+
+    rng = np.random.default_rng(seed)
+    gain = gain or GAIN[act]
+    base = random_mlp(rng, [784] + [200] * 6 + [10], act, fan_in_scaled=True)
+    net = Network([Layer((gain * layer.op.dense()).astype(np.float32), layer.bias, layer.activation)
+                   for layer in base.layers])
+    for _ in range(n_images):
+        x0 = np.where(rng.random(784) < 0.2, rng.random(784), 0.0)
+        label = int(np.argmax(net.forward(x0)[0]))
+        disjuncts = []
+        for j in range(10):
+            if j != label:
+                row = np.zeros((1, 10))
+                row[0, label], row[0, j] = 1.0, -1.0  # y_label - y_j <= 0
+                disjuncts.append((row, np.zeros(1)))
+        for e in eps:
+            yield net, Box(np.clip(x0 - e, 0, 1), np.clip(x0 + e, 0, 1)), OutputProperty(disjuncts), e
+
+
+def smooth_suite(act: str, n_images: int, timeout: float, workers: int) -> None:
+    """Decided count on the planted sigmoid/tanh network; every ``violated`` answer carries a float32
+    input of the box whose output is unsafe (checked here), every ``proved`` one is cross-checked by an
+    independent attack (sampling + PGD, 5 s) that must find nothing."""
+    import numpy as np
+
+    from lumpver.specs.inputset import InputSet
+    from lumpver.verifiers import falsify
+    from lumpver.verifiers.bab import BabBackend, BabOptions
+    from lumpver.verifiers.base import Query
+
+    be = BabBackend(BabOptions(workers=workers))
+    counts: dict = defaultdict(int)
+    t0 = time.monotonic()
+    for net, box, prop, e in smooth_cases(act, n_images, EPS[act]):
+        q = Query(net, InputSet([box]), prop=prop, timeout=timeout)
+        v = be.check(q)
+        if v.verdict == "violated":
+            x = v.counterexample
+            assert box.contains(x) and prop.is_unsafe(net.forward(x.astype(np.float32))[0])
+        if v.verdict == "proved":
+            res = falsify.search(Query(net, InputSet([box]), prop=prop, timeout=5.0), rng=np.random.default_rng(1))
+            assert res.counterexample is None, "an attack contradicts a proof"
+        counts[v.verdict] += 1
+        print(f"{act} eps {e}: {v.verdict} {v.seconds:.1f} s {v.reason[:80]}", flush=True)
+    n = sum(counts.values())
+    print(f"{act} 6x200: decided {counts['proved'] + counts['violated']}/{n} {dict(counts)} "
+          f"({time.monotonic() - t0:.0f} s, timeout {timeout:g} s)")
 
 
 def main() -> None:
@@ -62,6 +134,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.suite == "random":
         return random_suite(args.limit or 500)
+    if args.suite in ("sigmoid", "tanh"):
+        return smooth_suite(args.suite, args.limit or 5, args.timeout, args.workers)
     suite = {"mnist": "mnist_fc"}.get(args.suite, args.suite)
     pub = published(suite)
     rows = list(csv.reader(open(DATA / suite / "instances.csv")))

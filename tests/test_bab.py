@@ -99,3 +99,102 @@ def test_tiny_timeout_is_unknown(shared_data):
     r = verify_property(shared_data / "acasxu/onnx/ACASXU_run2a_1_1_batch_2000.onnx",
                         shared_data / "acasxu/vnnlib/prop_3.vnnlib", backend="bab", timeout=0.3)
     assert r.result in ("timeout", "unknown")
+
+
+# ----- sigmoid / tanh (DESIGN.md §11: tight lines, splits at 0) ------------------------------------
+SMOOTH = {  # written here in extended precision, independently of lumpver.ir.activations
+    "sigmoid": lambda z: 1 / (1 + np.exp(-np.asarray(z, dtype=np.longdouble))),
+    "tanh": lambda z: np.tanh(np.asarray(z, dtype=np.longdouble)),
+}
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_tight_lines_enclose_the_curve(act):
+    """``tight_linear`` lines lie below / above the activation on a dense grid of every interval
+    (crossing, convex, concave, wide, narrow), and enclose less area than the engine's lines."""
+    from lumpver.bounds.relaxations import get_relaxation
+
+    rng = np.random.default_rng(3)
+    lo = np.concatenate([rng.uniform(-12, 3, 3000), rng.uniform(-0.1, 0, 200)])
+    hi = lo + np.concatenate([rng.exponential(3, 3000), rng.uniform(1e-6, 0.2, 200)])
+    entry = get_relaxation(act)
+    tight, plain = entry.tight_linear(lo, hi, 0.0), entry.linear(lo, hi, 0.0)
+    z = lo[:, None] + (hi - lo)[:, None] * np.linspace(0, 1, 801)[None, :]
+    f = SMOOTH[act](z)
+    below = tight.sl[:, None] * z.astype(np.longdouble) + tight.tl[:, None]
+    above = tight.su[:, None] * z.astype(np.longdouble) + tight.tu[:, None]
+    assert np.all(below <= f) and np.all(f <= above)
+    gap = lambda r: np.mean((r.su - r.sl)[:, None] * z + (r.tu - r.tl)[:, None])  # noqa: E731
+    assert gap(tight) < 0.8 * gap(plain)
+
+
+def _smooth_net(seed: int, act: str, widths: tuple[int, ...]) -> Network:
+    """Steep random nets (gain 3), so sub-problems need splits."""
+    base = random_mlp(np.random.default_rng(seed), list(widths), act, fan_in_scaled=True)
+    return Network([Layer((3.0 * layer.weight).astype(np.float32), layer.bias, layer.activation) for layer in base.layers])
+
+
+def _lipschitz(net: Network, act: str) -> float:
+    """An upper bound of the Lipschitz constant (inf norm in, per output) of every output: products of
+    induced inf-norms times the activation's largest slope (1/4 for sigmoid, 1 for tanh)."""
+    slope = {"sigmoid": 0.25, "tanh": 1.0}[act]
+    out = 1.0
+    for k, layer in enumerate(net.layers):
+        out *= np.max(np.sum(np.abs(layer.weight), axis=1)) * (slope if k < len(net.layers) - 1 else 1.0)
+    return float(out)
+
+
+def _smooth_cases(seed: int, act: str, n_props: int):
+    """2-input nets, thresholds on ``c . y`` whose truth a brute-force grid decides: the grid maximum
+    ``g`` is reached (``t <= g``: unsafe) and the true maximum is at most ``g + L |c|_1 h / 2`` (grid step
+    ``h``, Lipschitz bound ``L``): above that the property holds. Thresholds in between are skipped."""
+    rng = np.random.default_rng(seed)
+    net = _smooth_net(seed, act, (2, 8, 8, 3))
+    lo = rng.uniform(-1, 0, 2)
+    hi = lo + rng.uniform(0.3, 1.0, 2)
+    n = 401
+    grid = np.stack(np.meshgrid(*(np.linspace(lo[i], hi[i], n) for i in range(2))), -1).reshape(-1, 2)
+    ys = net.forward(grid)
+    for _ in range(n_props):
+        c = rng.normal(size=3)
+        g = float(np.max(ys @ c))
+        slack = _lipschitz(net, act) * np.sum(np.abs(c)) * float(np.max(hi - lo)) / (n - 1) / 2 + 1e-9
+        gap = rng.uniform(0.01, 0.3) * (1.0 + abs(g))
+        if rng.random() < 0.5:
+            yield net, Box(lo, hi), c, g - gap, True
+        else:
+            yield net, Box(lo, hi), c, g + slack + gap, False
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_smooth_nets_agree_with_brute_force(act):
+    """Input splitting on sigmoid/tanh nets: every answer matches the brute-force grid (40 properties)."""
+    verdicts = [_check(*case) for s in range(8) for case in _smooth_cases(300 + s, act, 5)]
+    assert {"violated", "proved"} <= set(verdicts)
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_smooth_neuron_splits_never_contradict_an_attack(act):
+    """12 inputs (neuron splits at 0): thresholds below a sampled point's value must not be proved, a
+    counterexample must reach its threshold; a proof above the sampled best must survive an attack."""
+    from lumpver.verifiers import falsify
+
+    rng = np.random.default_rng(11)
+    seen = set()
+    for seed in range(4):
+        net = _smooth_net(400 + seed, act, (12, 10, 8, 3))
+        box = Box(-np.ones(12) * 0.3, np.ones(12) * 0.3)
+        c = rng.normal(size=3)
+        best = float(np.max(net.forward(box.sample(4000, rng)) @ c))
+        for t in (best - 0.05 * (1 + abs(best)), best + 0.3 * (1 + abs(best))):
+            prop = OutputProperty([(-c[None, :], np.array([-t]))])
+            v = BAB.check(Query(net, InputSet([box]), prop=prop, timeout=10.0))
+            seen.add(v.verdict)
+            if t < best:  # a sampled point reaches t: never proved (found by the search, or a timeout)
+                assert v.verdict != "proved", v.reason
+            if v.verdict == "violated":
+                assert box.contains(v.counterexample) and float(c @ net.forward(v.counterexample)[0]) >= t
+            if v.verdict == "proved":
+                q = Query(net, InputSet([box]), prop=prop, timeout=2.0)
+                assert falsify.search(q, rng=np.random.default_rng(seed)).counterexample is None
+    assert "proved" in seen

@@ -7,10 +7,12 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    alpha-optimised lower slopes (:mod:`lumpver.bounds.batched`): a sound upper bound ``U_i`` of
    ``b_i - A_i y`` for every row; the disjunct is excluded on a sub-problem once some ``U_i < 0``;
 3. open sub-problems are split (:mod:`lumpver.verifiers.bab_branch`): the input box when the
-   input is low-dimensional (``<= input_split_dims``, e.g. ACAS Xu), else the unstable ReLU with the
-   best BaBSR-like score (fixed to its phase: identity / zero, and its bound clamped to the split
-   for later layers); children are bounded ``batch`` at a time in one numpy pass, warm-started
-   with their parent's slopes, optionally in ``workers`` processes;
+   input is low-dimensional (``<= input_split_dims``, e.g. ACAS Xu), else the unstable neuron with the
+   best BaBSR-like score (a ReLU fixed to its phase: identity / zero; a sigmoid/tanh neuron cut at 0
+   into its convex and concave part; its bound clamped to the split for later layers); children are
+   bounded ``batch`` at a time (fewer when a round would exceed ~5 % of the timeout: :class:`_Pace`)
+   in one numpy pass, warm-started with their parent's slopes, optionally in ``workers`` processes,
+   with one OpenBLAS thread each;
 4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
    and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds.
 
@@ -23,6 +25,7 @@ depth cap, equivalence queries: ``unknown``.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -118,22 +121,67 @@ class _Stats:
     splits: str = ""
 
 
-def _one_blas_thread() -> None:
-    """Best effort, in a forked worker: one OpenBLAS thread (a fork inherits numpy's pool of one
-    thread per core, so N workers would oversubscribe the cores). Does nothing if no OpenBLAS is found."""
+def _openblas() -> list:
+    """``(set, get)`` thread-count functions of every OpenBLAS loaded in this process (best effort:
+    empty when none is found)."""
     import ctypes
 
     try:
         libs = {line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.lower()}
     except OSError:
-        return
+        return []
+    names = [(f"{p}set_num_threads{x}", f"{p}get_num_threads{x}") for x in ("64_", "") for p in ("scipy_openblas_", "openblas_")]
+    out = []
     for path in libs:
         lib = ctypes.CDLL(path)
-        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn(1)
-                return
+        found = [(getattr(lib, s), getattr(lib, g)) for s, g in names if hasattr(lib, s) and hasattr(lib, g)]
+        out.extend(found[:1])
+    return out
+
+
+def _one_blas_thread() -> None:
+    """In a forked worker: one OpenBLAS thread (a fork inherits numpy's pool of one thread per core,
+    so N workers would oversubscribe the cores)."""
+    for set_fn, _ in _openblas():
+        set_fn(1)
+
+
+@contextmanager
+def _blas_single_thread():
+    """One OpenBLAS thread during the search, restored after: the batched bounds are small matrix
+    products and elementwise passes, where a second BLAS thread cost more than it gave (1_1 prop_3,
+    1 process, paired runs on the loaded machine: CPU 3.8-4.0 s with one thread vs 10.9 s with two, wall
+    19-24 s vs 37-44 s; mnist-net_256x2: CPU 0.9-1.0 s vs 1.4-2.7 s)."""
+    fns = _openblas()
+    before = [get_fn() for _, get_fn in fns]
+    for set_fn, _ in fns:
+        set_fn(1)
+    try:
+        yield
+    finally:
+        for (set_fn, _), n in zip(fns, before):
+            set_fn(n)
+
+
+@dataclass
+class _Pace:
+    """Sub-problems split per round: the configured batch, cut so that a round takes about ``target``
+    seconds on big networks (a 6x200 sigmoid net on 784 inputs: ~0.2 s per sub-problem, so a full batch
+    ran 10-20 s past the timeout). The first estimate is the root's time per sub-problem."""
+
+    base: int
+    target: float
+    root_seconds: float
+
+    def __post_init__(self) -> None:
+        self.batch = self._fit(self.root_seconds)
+
+    def _fit(self, per_domain: float) -> int:
+        return int(min(self.base, max(1, self.target / max(per_domain, 1e-6))))
+
+    def observe(self, seconds: float, n: int) -> None:
+        fit = self._fit(seconds / max(n, 1))
+        self.batch = min(fit, 2 * self.batch)  # grow gradually, shrink at once
 
 
 class BabBackend:
@@ -156,7 +204,8 @@ class BabBackend:
 
             pool = multiprocessing.get_context("fork").Pool(self.options.workers, initializer=_one_blas_thread)
         try:
-            v = _Search(query, self.options, t0, pool).run()
+            with _blas_single_thread():
+                v = _Search(query, self.options, t0, pool).run()
         except MemoryError:
             v = Verdict("unknown", self.name, "out of memory")
         finally:
@@ -213,10 +262,13 @@ class _Search:
         inf = [np.full((layer.width,), np.inf) for layer in self.q.network.layers]
         root = Domain(box.lower.astype(np.float64), box.upper.astype(np.float64), [-a for a in inf], inf,
                       [None] * self.chain.depth, np.zeros(ctx.lam.shape[0]))
+        t_root = time.monotonic()
         frontier = bound(ctx, [root], self.opt.root_iters)
         self.stats.bounded += 1
         input_mode = self._input_mode
         self.stats.splits = "input" if input_mode else "relu"
+        base = (self.opt.input_batch if input_mode else self.opt.batch) * max(1, self.opt.workers)
+        pace = _Pace(base, self._round_target(), time.monotonic() - t_root)
         fresh = frontier
         while True:
             frontier = [d for d in frontier if d.score >= 0]
@@ -236,17 +288,23 @@ class _Search:
                 if out is not None:
                     return out
             frontier.sort(key=lambda d: d.score)
-            take = (self.opt.input_batch if input_mode else self.opt.batch) * max(1, self.opt.workers)
+            take = pace.batch
             todo, frontier = frontier[-take:], frontier[:-take]
             todo = [d for d in todo if self._below_cap(d, what)]
             if not todo:
                 continue
+            t_round = time.monotonic()
             bounded = self._split_and_bound(ctx, todo, input_mode)
+            pace.observe(time.monotonic() - t_round, len(todo))
             self.stats.rounds += 1
             self.stats.bounded += len(bounded)
             self.stats.closed += sum(d.score < 0 for d in bounded)
             frontier.extend(bounded)
             fresh = bounded
+
+    def _round_target(self) -> float:
+        """Seconds one round of splitting and bounding may take (the deadline is checked between rounds)."""
+        return min(3.0, max(0.3, 0.05 * self.q.timeout))
 
     def _below_cap(self, d: Domain, what: str) -> bool:
         if d.depth >= self.opt.max_depth:

@@ -4,7 +4,8 @@ A :class:`Domain` is an input box plus pre-activation bounds of every layer (ReL
 clamps of those bounds, see :mod:`lumpver.bounds.batched`), the lower slopes that gave its bound
 (warm start for its children) and its bound per property row. Two ways to split:
 
-* :func:`relu_split`: the unstable neuron with the largest BaBSR-like score
+* :func:`relu_split`: the unstable neuron (``l < 0 < u``; ReLU-like, or sigmoid/tanh: split at 0
+  into the convex and the concave part) with the largest BaBSR-like score
   ``max(a, 0) * tu + eps * |a| * (u - l)`` (``a`` the coefficient of the neuron in the back-substituted
   bound of the row closest to closing, ``tu`` the intercept of the upper line) into ``z <= 0`` and
   ``z >= 0``;
@@ -24,6 +25,10 @@ import numpy as np
 
 from lumpver.bounds.batched import ALPHA_ACTS
 from lumpver.bounds.engine import Chain
+
+#: activations split at ``z = 0``: ReLU-like (each side linear) and sigmoid/tanh (each side convex or
+#: concave, so the relaxation of the neuron tightens: chord and tangent, relaxations.py)
+SPLIT_ACTS = ALPHA_ACTS + ("sigmoid", "tanh")
 
 
 @dataclass
@@ -91,7 +96,7 @@ def relu_split(dom: Domain, chain: Chain) -> Optional[list[Domain]]:
     row = int(np.argmin(dom.upper))
     best, arg = -np.inf, None
     for k in range(chain.depth - 1):
-        if chain.acts[k] not in ALPHA_ACTS:
+        if chain.acts[k] not in SPLIT_ACTS:
             continue
         l, u = dom.zl[k], dom.zu[k]
         uns = (l < 0) & (u > 0)

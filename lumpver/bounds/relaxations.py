@@ -4,7 +4,8 @@ One entry per activation of :data:`lumpver.ir.activations.ACTIVATIONS`, keyed by
 name. An entry gives, for pre-activation bounds ``[lo, hi]``:
 
 * ``interval(lo, hi, alpha)``: sound bounds of ``act(z)``;
-* ``linear(lo, hi, alpha)``: a :class:`LinearRelaxation` ``sl z + tl <= act(z) <= su z + tu``;
+* ``linear(lo, hi, alpha)``: a :class:`LinearRelaxation` ``sl z + tl <= act(z) <= su z + tu``
+  (``tight_linear``: tighter lines for sigmoid/tanh on crossing intervals, used by branch and bound);
 * ``slopes(lo, hi, alpha)``: bounds ``[s_lo, s_hi]`` on every secant slope
   ``(act(a) - act(b)) / (a - b)`` with ``a, b`` in ``[lo, hi]`` (differential bounds);
 * ``lp_lines(lo, hi, alpha)``: the lines an LP may use (the linear relaxation plus, for
@@ -60,6 +61,12 @@ class ActivationRelaxation:
     linear: Callable[[np.ndarray, np.ndarray, float], LinearRelaxation]
     slopes: Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
     piecewise_linear: bool
+    tight: Callable[[np.ndarray, np.ndarray, float], LinearRelaxation] | None = None  # see :meth:`tight_linear`
+
+    def tight_linear(self, lo: np.ndarray, hi: np.ndarray, alpha: float) -> LinearRelaxation:
+        """The tightest linear relaxation the registry has (sigmoid/tanh: :func:`_through_end` lines on
+        crossing intervals where they are better), else :attr:`linear`."""
+        return (self.tight or self.linear)(lo, hi, alpha)
 
     def lp_lines(self, lo: np.ndarray, hi: np.ndarray, alpha: float) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """Lines ``(sgn, a, c)``: ``sgn = +1`` is ``h >= a z + c``, ``sgn = -1`` is ``h <= a z + c``.
@@ -170,7 +177,11 @@ def _smooth_slopes(name: str) -> Callable:
     return slopes
 
 
-def _smooth_linear(name: str) -> Callable:
+def _smooth_linear(name: str, tight: bool = False) -> Callable:
+    """Chord and midpoint tangent on convex/concave intervals; on crossing ones the lines through an
+    end point with slope ``min act'``, or with ``tight`` per neuron the better (by area) of those and
+    :func:`_through_end`'s lines (used by branch and bound; the engine keeps the first, which its
+    regression tests pin)."""
     def linear(lo: np.ndarray, hi: np.ndarray, alpha: float) -> LinearRelaxation:
         fl, dl = _smooth(name, lo)
         fu, du = _smooth(name, hi)
@@ -188,6 +199,15 @@ def _smooth_linear(name: str) -> Callable:
         concave = (lo >= 0) & ~narrow  # chord below, tangent at the midpoint above
         al[concave], bl[concave] = chord[concave], fl[concave] - chord[concave] * lo[concave]
         au[concave], bu[concave] = dm[concave], fm[concave] - dm[concave] * mid[concave]
+        cross = (lo < 0) & (hi > 0) & ~narrow
+        if tight and np.any(cross):  # per neuron the line with the smaller area to the curve (value at the midpoint)
+            l, u, m = lo[cross], hi[cross], mid[cross]
+            a, b = _through_end(name, l, u, chord[cross], upper=True)
+            better = a * m + b < au[cross] * m + bu[cross]
+            au[cross], bu[cross] = np.where(better, a, au[cross]), np.where(better, b, bu[cross])
+            a, b = _through_end(name, l, u, chord[cross], upper=False)
+            better = a * m + b > al[cross] * m + bl[cross]
+            al[cross], bl[cross] = np.where(better, a, al[cross]), np.where(better, b, bl[cross])
         span = np.maximum(np.abs(lo), np.abs(hi))
         bl = bl - (POLICY.relax_rel * (np.abs(bl) + np.abs(al) * span) + POLICY.tiny)
         bu = bu + (POLICY.relax_rel * (np.abs(bu) + np.abs(au) * span) + POLICY.tiny)
@@ -196,10 +216,41 @@ def _smooth_linear(name: str) -> Callable:
     return linear
 
 
+def _through_end(name: str, lo: np.ndarray, hi: np.ndarray, chord: np.ndarray, upper: bool,
+                 steps: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Tightest-ish sound line on a crossing interval ``lo < 0 < hi`` (CROWN's sigmoid/tanh rule).
+
+    Upper line: the tangent at ``t`` in ``[0, hi]`` lies above the activation on ``[0, hi]`` (concave
+    there) and, on ``[lo, 0]`` (convex there), as soon as it is above it at ``lo``; its value at ``lo``
+    grows with ``t``, so bisection keeps a ``t`` that passes that check (checked in float64; the
+    caller's intercept widening covers the evaluation error). If even ``t = hi`` fails, the chord is
+    above the activation on ``[lo, hi]``. The lower line is the mirror image (tangent at ``t`` in
+    ``[lo, 0]``, checked at ``hi``). Returns ``(slope, intercept)``."""
+    end, far = (lo, hi) if upper else (hi, lo)
+    f_end = _smooth(name, end)[0]
+
+    def ok(t: np.ndarray) -> np.ndarray:
+        ft, dt = _smooth(name, t)
+        at_end = ft + dt * (end - t)
+        return at_end >= f_end if upper else at_end <= f_end
+
+    good, bad = far.copy(), np.zeros_like(far)  # ``good`` passes (where any t does), ``bad`` at 0 fails
+    use_chord = ~ok(far)
+    for _ in range(steps):
+        mid = 0.5 * (good + bad)
+        passed = ok(mid)
+        good, bad = np.where(passed, mid, good), np.where(passed, bad, mid)
+    ft, dt = _smooth(name, good)
+    slope = np.where(use_chord, chord, dt)
+    icpt = np.where(use_chord, _smooth(name, lo)[0] - chord * lo, ft - dt * good)
+    return slope, icpt
+
+
 def _entry(name: str) -> ActivationRelaxation:
     if ACTIVATIONS[name].piecewise_linear:
         return ActivationRelaxation(name, _pwl_interval(name), _pwl_linear(name), _pwl_slopes(name), True)
-    return ActivationRelaxation(name, _smooth_interval(name), _smooth_linear(name), _smooth_slopes(name), False)
+    return ActivationRelaxation(name, _smooth_interval(name), _smooth_linear(name), _smooth_slopes(name), False,
+                                _smooth_linear(name, tight=True))
 
 
 #: activation name -> relaxation (one entry per :data:`lumpver.ir.activations.ACTIVATIONS` name).
