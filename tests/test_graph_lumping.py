@@ -135,3 +135,22 @@ def test_tampered_weight_is_caught(tmp_path, kind):
     onnx.save(m, str(out))
     _rewrite(cert_path, out)
     assert _cli("check", str(cert_path)).returncode == 1
+
+
+@pytest.mark.parametrize("kind", ["residual", "concat", "maxpool"])
+def test_constant_channels_fold_or_split_soundly(tmp_path, rng, kind):
+    """Zero filters make constant channels: folded into the next bias, and kept as channels of their
+    own where only one branch of an Add is constant; the reduced file stays equal."""
+    net = planted_dag_cnn(kind, seed=0).network
+    affine = [n for n in net.order if net.node(n).kind == "affine"]
+    net.node(affine[0]).op.weight[[1, 4]] = 0.0
+    if kind == "residual":
+        net.node(affine[2]).op.weight[1] = 0.0  # channel 1 constant on both branches, channel 4 on one only
+    model = tmp_path / "c.onnx"
+    save_graph(net, model)
+    out, cert_path = _reduce(model, tmp_path)
+    claim = _claim(json.loads(cert_path.read_text()))
+    first = claim["nodes"][net.order.index(affine[0])]
+    assert sorted(first["constant"]) == (["1"] if kind == "residual" else ["1", "4"])
+    assert len(first["representative"]) <= 8 - len(first["constant"])
+    _check_sound(model, out, cert_path, rng, (2, 8, 8))

@@ -276,15 +276,24 @@ def graph_discrepancy_bound(f: GraphNetwork, g: GraphNetwork, claimed: dict[str,
 
 
 # ----- the claim and the checker --------------------------------------------------------------
+def _hidden_affine(f: GraphNetwork) -> list[int]:
+    return [k for k, n in enumerate(f.order) if f.node(n).kind == "affine" and n != f.output]
+
+
 def claim_of(f: GraphNetwork, parts: dict[str, ChannelPartition], tolerance: float) -> dict[str, Any]:
-    """The certificate claim: partitions by position in f's topological order."""
-    return {"unit": GRAPH_UNIT, "tolerance": tolerance, "nodes": [parts[n].to_json() for n in f.order]}
+    """The certificate claim: partitions by position in f's topological order (``nodes``), and those
+    of the hidden affine nodes again as ``layers`` (what reports count; the checker requires equality)."""
+    nodes = [parts[n].to_json() for n in f.order]
+    return {"unit": GRAPH_UNIT, "tolerance": tolerance, "nodes": nodes, "layers": [nodes[k] for k in _hidden_affine(f)]}
 
 
 def read_claim(f: GraphNetwork, claim: dict[str, Any]) -> dict[str, ChannelPartition]:
+    """The claimed partitions keyed by f's node ids (ValueError/KeyError/TypeError if malformed)."""
     nodes = claim["nodes"]
     if claim.get("unit") != GRAPH_UNIT or len(nodes) != len(f.order):
         raise ValueError(f"the claim names {len(nodes)} nodes, the original graph has {len(f.order)}")
+    if claim.get("layers") != [nodes[k] for k in _hidden_affine(f)]:
+        raise ValueError("the claim's layers are not its hidden affine nodes")
     return {n: ChannelPartition.from_json(d) for n, d in zip(f.order, nodes)}
 
 
@@ -302,13 +311,13 @@ def check_exact_graph(cert: dict[str, Any], ctx: CheckContext) -> CheckReport:
         return report.fail("the reduced model's inputs or outputs differ from the original's")
     try:
         problem = structure_problem(f, g, claimed)
-    except (InputError, ValueError, IndexError) as e:
+        a, b = graph_discrepancy_bound(f, g, claimed) if problem is None else (np.inf, np.inf)
+    except (InputError, ValueError, IndexError, KeyError) as e:
         problem = str(e)
     if problem is not None:
         return report.fail(problem)
     report.ok(f"graph partition valid: {sum(n_classes(claimed[n]) for n in f.order)} classes over "
               f"{len(f.order)} nodes, g has one channel per class with f's geometry")
-    a, b = graph_discrepancy_bound(f, g, claimed)
     report.ok(f"for all x: max_i |f_i(x) - g_i(x)| <= {a:.3e} + {b:.3e}*||x||_inf (real arithmetic, recomputed)")
     gu = cert["guarantee"]
     check_bound(report, gu, "float_tolerance.discrepancy_bound.a", a)

@@ -257,7 +257,7 @@ def lump_graph(f: GraphNetwork, tolerance: float, progress: Progress = SILENT) -
 
 
 def graph_stats(f: GraphNetwork, g: GraphNetwork) -> dict[str, Any]:
-    """Hidden neurons (affine nodes but the output), parameters and channels per hidden affine node."""
+    """Hidden neurons (affine nodes but the output), parameters, widths and channels per hidden affine node."""
     def hidden(net):
         return [net.node(n) for n in net.order if net.node(n).kind == "affine" and n != net.output]
 
@@ -266,6 +266,7 @@ def graph_stats(f: GraphNetwork, g: GraphNetwork) -> dict[str, Any]:
 
     return {"neurons_before": sum(n.size for n in hidden(f)), "neurons_after": sum(n.size for n in hidden(g)),
             "params_before": params(f), "params_after": params(g),
+            "layers_before": [n.size for n in hidden(f)], "layers_after": [n.size for n in hidden(g)],
             "channels_before": [channels(n) for n in hidden(f)], "channels_after": [channels(n) for n in hidden(g)]}
 
 
