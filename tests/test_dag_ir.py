@@ -155,7 +155,7 @@ def test_bad_graphs_exit_2_with_one_line(tmp_path, rng, builder, words):
         assert len(lines) == 1 and all(w in lines[0] for w in words), lines
 
 
-@pytest.mark.parametrize("args", [["reduce"], ["verify", "--backend", "smt"], ["verify", "--reduce"]])
+@pytest.mark.parametrize("args", [["reduce", "--mode", "on-set"], ["verify", "--backend", "smt"], ["verify", "--reduce"]])
 def test_commands_needing_a_chain_refuse_a_graph(tmp_path, rng, args):
     path = tmp_path / "res.onnx"
     save_graph(random_dag_cnn("residual"), path)
@@ -165,7 +165,7 @@ def test_commands_needing_a_chain_refuse_a_graph(tmp_path, rng, args):
                     "".join(f"(declare-const Y_{j} Real)\n" for j in range(3)) +
                     "".join(f"(assert (>= X_{i} 0.0))\n(assert (<= X_{i} 1.0))\n" for i in range(n)) +
                     "(assert (>= Y_0 100.0))\n")
-    tail = [str(prop)] if args[0] == "verify" else ["-o", str(tmp_path / "o.onnx")]
+    tail = [str(prop)] if args[0] == "verify" else ["-o", str(tmp_path / "o.onnx"), "--input-set", str(prop)]
     r = subprocess.run([sys.executable, "-m", "lumpver", args[0], str(path), *tail, *args[1:]], capture_output=True,
                        text=True)
     assert r.returncode == 2, r.stderr

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import sparse
 
 from lumpver.certificates.exact_conv import channel_classes_fit, channel_discrepancy_bound, read_channel_classes
+from lumpver.certificates.exact_graph import GRAPH_UNIT, check_exact_graph
 from lumpver.certificates.partition import partition_problem
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, check_equal, confirm_prose
 from lumpver.ir.network import Layer, Network, activation_lipschitz
@@ -213,9 +214,11 @@ def same_interface(a: Network, b: Network, report: CheckReport) -> bool:
 
 def check_exact(cert: dict[str, Any], ctx: CheckContext) -> CheckReport:
     """Checker for certificates of kind ``exact`` (registered in :mod:`lumpver.certificates.format`)."""
+    ev = next((e for e in cert["evidence"] if isinstance(e, dict) and e.get("backend") == "lumping"), None)
+    if isinstance(ev, dict) and isinstance(ev.get("claim"), dict) and ev["claim"].get("unit") == GRAPH_UNIT:
+        return check_exact_graph(cert, ctx)
     report = CheckReport(True)
     original, reduced = load_onnx(ctx.original_path), load_onnx(ctx.reduced_path)
-    ev = next((e for e in cert["evidence"] if isinstance(e, dict) and e.get("backend") == "lumping"), None)
     dense = original.is_dense
     try:
         read = read_classes if dense else read_channel_classes

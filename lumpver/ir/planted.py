@@ -329,3 +329,96 @@ def saturated_mlp(rng: np.random.Generator, widths: "list[int] | tuple[int, ...]
             b[sat] = 8.0 * rng.choice([-1.0, 1.0], size=int(sat.sum()))
         layers.append(Layer(w.astype(np.float32), b.astype(np.float32), layer.activation))
     return Network(layers)
+
+
+PLANTED_DAG_KINDS = ("maxpool", "residual", "residual-mismatch", "concat")
+
+
+@dataclass
+class PlantedDAG:
+    network: GraphNetwork
+    channels: list[int]  # output channels of every hidden conv node, in creation order
+    core: list[int]  # the channel counts exact graph lumping must reach, same order
+
+
+def planted_dag_cnn(kind: str = "maxpool", width: int = 8, n_core: int = 3, image: tuple[int, int, int] = (2, 8, 8),
+                    n_outputs: int = 3, seed: int = 0) -> PlantedDAG:
+    """A graph CNN (3x3 convs, pad 1, ReLU, float32) whose conv channels are positive multiples
+    (factors in [0.25, 4], bias alike) of ``n_core`` core channels, with uneven raw filters (as
+    :func:`planted_cnn`):
+
+    * ``maxpool``: conv -> relu -> 2x2 max pool (stride 2) -> conv -> relu -> 2x2 max pool (stride 1) -> dense;
+    * ``residual``: conv -> relu = h; h + conv(relu(conv(h))) with the last conv planted on h's
+      classes and factors -> relu -> 2x2 max pool -> dense;
+    * ``residual-mismatch``: the same, but the last conv's channels follow other cores, so a channel
+      pair of h may merge only where both branches agree: ``core`` counts the distinct pairs;
+    * ``concat``: two convs of the input (``n_core`` and ``n_core - 1`` cores) -> relu -> Concat ->
+      3x3 max pool (stride 2, pad 1) -> conv -> relu -> dense."""
+    if kind not in PLANTED_DAG_KINDS:
+        raise ValueError(f"kind must be one of {PLANTED_DAG_KINDS}, got {kind!r}")
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder(tuple(image))
+    planted: dict[str, tuple[np.ndarray, np.ndarray]] = {"input": (np.arange(image[0]), np.ones(image[0]))}
+    chans, cores = [], []
+
+    def conv(src: str, cores_n: int, out_core: np.ndarray | None = None, factor: np.ndarray | None = None) -> str:
+        in_core, in_factor = planted[src]
+        shape = b.node(src).shape
+        if out_core is None:
+            out_core = np.r_[np.arange(cores_n), rng.integers(0, cores_n, width - cores_n)][rng.permutation(width)]
+            factor = rng.uniform(0.25, 4.0, width)
+        core_w = rng.standard_normal((int(out_core.max()) + 1, int(in_core.max()) + 1, 9)) / np.sqrt(9 * in_core.size)
+        w = _planted_filters(core_w, out_core, factor, in_core, in_factor, rng)
+        op = ConvOperator(shape, _f32(w.reshape(out_core.size, shape[0], 3, 3)), pads=(1, 1, 1, 1))
+        bias = _f32(np.repeat((rng.standard_normal(int(out_core.max()) + 1) * 0.1)[out_core] * factor, op.positions))
+        nid = b.add(GNode("affine", (src,), op.out_shape, op=op, bias=bias))
+        planted[nid] = (out_core, factor)
+        chans.append(out_core.size)
+        cores.append(np.unique(out_core).size)
+        return nid
+
+    def same(kind_: str, src: str, shape=None, **kw) -> str:
+        nid = b.add(GNode(kind_, (src,), shape or b.node(src).shape, **kw))
+        planted[nid] = planted[src]
+        return nid
+
+    def relu(src: str) -> str:
+        return same("act", src, activation="relu")
+
+    def pool(src: str, k: int, s: int, p: int) -> str:
+        mp = MaxPool(b.node(src).shape, (k, k), (s, s), (p,) * 4)
+        return same("maxpool", src, mp.out_shape, pool=mp)
+
+    if kind == "maxpool":
+        h = pool(relu(conv(pool(relu(conv("input", n_core)), 2, 2, 0), n_core - 1)), 2, 1, 0)
+    elif kind.startswith("residual"):
+        h = relu(conv("input", n_core))
+        h_core, h_factor = planted[h]
+        if kind == "residual":
+            last = conv(relu(conv(h, n_core)), 0, h_core, h_factor)
+        else:  # h's classes must split into (h core, other core) pairs, so the inner conv is planted on those
+            other = rng.integers(0, 2, width)
+            _, pair = np.unique(np.stack([h_core, other], axis=1), axis=0, return_inverse=True)
+            planted[h] = (pair.reshape(-1), h_factor)
+            last = conv(relu(conv(h, n_core)), 0, other, h_factor)
+            cores[0] = cores[-1] = int(pair.max()) + 1
+        s = b.add(GNode("add", (last, h), b.node(h).shape))
+        planted[s] = planted[h]
+        h = pool(relu(s), 2, 2, 0)
+    else:
+        left, right = relu(conv("input", n_core)), relu(conv("input", n_core - 1))
+        (lc, lf), (rc, rf) = planted[left], planted[right]
+        cat = b.add(GNode("concat", (left, right), (2 * width, *b.node(left).shape[1:])))
+        planted[cat] = (np.r_[lc, rc + lc.max() + 1], np.r_[lf, rf])
+        h = relu(conv(pool(cat, 3, 2, 1), n_core))
+    in_core, in_factor = planted[h]
+    core_w = rng.standard_normal((n_outputs, int(in_core.max()) + 1, b.node(h).size // in_core.size)) / np.sqrt(in_core.size)
+    w = _planted_filters(core_w, np.arange(n_outputs), np.ones(n_outputs), in_core, in_factor, rng)
+    out = b.add(GNode("affine", (h,), (n_outputs,), op=DenseOperator(_f32(w.reshape(n_outputs, -1))),
+                      bias=_f32(rng.standard_normal(n_outputs) * 0.1), source_op="gemm"))
+    net = GraphNetwork(b.graph, out, "x", "y", ["batch", *image], ["batch", n_outputs])
+    return PlantedDAG(net, chans, cores)
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32).astype(np.float64)

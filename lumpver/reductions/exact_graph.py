@@ -1,0 +1,301 @@
+"""Exact channel lumping of graph networks: MaxPool, residual Add, Concat (DESIGN.md §2, §10).
+
+Every node of the DAG gets a channel partition (:mod:`lumpver.certificates.exact_graph` states what
+it means and checks it). Affine nodes classify their output channels by the signature
+``[A[t] | b_eff[t]]`` (filters with the input's classes summed, bias with its constant channels
+folded in) with positive scales only, the scales that commute with ReLU/LeakyReLU, max pooling,
+residual sums and the next layer; a zero aggregated filter makes a constant channel. Activations
+and max pools pass their input's partition on (constants mapped through them); Concat puts its
+parts' partitions side by side; an Add needs the same classes, with the same scales, on both
+branches. Where a node cannot take its input's classes (an Add whose branches disagree, an
+activation that does not admit a scale, a node left without any class, a lumped output), the
+conflicting split is pushed back to the affine nodes the classes came from, as keys the
+classification must respect, and the forward pass is repeated: partitions only get finer, so this
+ends (at worst with no merge). The reduced graph keeps f's nodes and geometry, one channel per class.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from lumpver.certificates.exact_conv import ChannelPartition, rebuild
+from lumpver.certificates.exact_graph import (affine_terms, channels, claim_of, concat_partition, graph_discrepancy_bound,
+                                              identity, is_identity, n_classes, pool_constants, structure_problem)
+from lumpver.certificates.format import make_certificate
+from lumpver.errors import InputError
+from lumpver.fileio import write_json_atomic
+from lumpver.ir.activations import get_activation
+from lumpver.ir.graph import GNode, GraphNetwork
+from lumpver.ir.onnx_export import out_shape
+from lumpver.ir.onnx_graph_export import save_graph
+from lumpver.ir.onnx_import import load_graph
+from lumpver.ir.pooling import MaxPool
+from lumpver.progress import SILENT, Progress
+from lumpver.reductions.base import PassContext, ReductionResult, remove_on_failure
+from lumpver.reductions.grouping import classify_signatures, group_rows
+
+EXACT_GRAPH_STATEMENT = ("for every input x: max_i |f_i(x) - g_i(x)| <= a + b * ||x||_inf, in exact real arithmetic "
+                         "of the stored float32 weights of both graph networks")
+
+
+@dataclass
+class GraphLumpResult:
+    original: GraphNetwork
+    reduced: GraphNetwork
+    parts: dict[str, ChannelPartition]
+    tolerance: float
+    rounds: int = 1
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _canon(lab: np.ndarray) -> np.ndarray:
+    """Labels renumbered by first occurrence; every -1 its own label; -2 (constant) kept."""
+    out = np.empty(lab.size, dtype=np.int64)
+    seen: dict[int, int] = {}
+    for i, v in enumerate(lab.tolist()):
+        if v == -2:
+            out[i] = -2
+        elif v == -1:
+            out[i] = len(seen) + 10 ** 9 + i
+        else:
+            out[i] = seen.setdefault(v, len(seen))
+    return out
+
+
+def _combine(old: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """The common refinement of two key arrays (-1 = a channel of its own)."""
+    pairs = np.stack([old, lab], axis=1)
+    _, new = np.unique(pairs, axis=0, return_inverse=True)
+    return np.where((old < 0) | (lab < 0), -1, new.reshape(-1))
+
+
+def _classify(agg: np.ndarray, b_eff: np.ndarray, key: np.ndarray, tol: float) -> ChannelPartition:
+    """Channel classes within each key group (positive scales); zero filters are constants."""
+    n = agg.shape[0]
+    flat = agg.reshape(n, -1)
+    sig = np.hstack([flat, b_eff])
+    zero = ~np.any(flat != 0, axis=1)
+    label, scale = np.full(n, -1, dtype=np.int64), np.ones(n)
+    constant = {int(t): b_eff[t].copy() for t in np.flatnonzero(zero & (key >= 0))}
+    next_label = 0
+    for t in np.flatnonzero(key < 0):
+        label[t], next_label = next_label, next_label + 1
+    for k in np.unique(key[(key >= 0) & ~zero]):
+        idx = np.flatnonzero((key == k) & ~zero)
+        lab, _, sc = classify_signatures(sig[idx], "relu", tol)
+        label[idx], scale[idx] = lab + next_label, sc
+        next_label += int(lab.max()) + 1
+    return _renumbered(label, scale, constant)
+
+
+def _renumbered(label: np.ndarray, scale: np.ndarray, constant: dict) -> ChannelPartition:
+    """Classes numbered by first member, which is the representative (scale 1)."""
+    cls = np.full(label.size, -1, dtype=np.int64)
+    first: dict[int, int] = {}
+    reps = []
+    for t, v in enumerate(label.tolist()):
+        if v >= 0:
+            if v not in first:
+                first[v] = len(reps)
+                reps.append(t)
+            cls[t] = first[v]
+    rep = np.array(reps, dtype=np.int64)
+    if rep.size:
+        scale = scale / scale[rep[cls]] * (cls >= 0) + (cls < 0)
+        scale[rep] = 1.0
+    return ChannelPartition(cls, scale, rep, np.ones(rep.size, dtype=bool), constant)
+
+
+@dataclass
+class _Pass:
+    """One forward pass over the graph: partitions, affine terms, and the splits it asks for."""
+
+    f: GraphNetwork
+    keys: dict[str, np.ndarray]
+    tol: float
+    parts: dict[str, ChannelPartition] = field(default_factory=dict)
+    terms: dict[str, tuple] = field(default_factory=dict)
+    pushes: list[tuple[str, np.ndarray]] = field(default_factory=list)
+
+    def run(self) -> None:
+        for nid in self.f.order:
+            node = self.f.node(nid)
+            ins = [self.parts[i] for i in node.inputs]
+            self.parts[nid] = getattr(self, "_" + node.kind)(nid, node, ins)
+            p = self.parts[nid]
+            if n_classes(p) == 0:
+                lab = np.zeros(p.cls.size, dtype=np.int64)
+                lab[0] = -1
+                self.pushes.append((nid, lab))
+        if not is_identity(self.parts[self.f.output]):
+            self.pushes.append((self.f.output, np.full(self.parts[self.f.output].cls.size, -1)))
+
+    def _input(self, nid, node, ins):
+        return identity(channels(node))
+
+    def _scale(self, nid, node, ins):
+        if node.inputs != ("input",):
+            raise InputError("exact lumping: an element-wise scale inside the graph is not supported", None,
+                             node.source or nid)
+        return identity(channels(node))
+
+    def _affine(self, nid, node, ins):
+        self.terms[nid] = affine_terms(self.f, nid, ins[0])
+        _, agg, b_eff = self.terms[nid]
+        return _classify(agg, b_eff, self.keys[nid], self.tol)
+
+    def _act(self, nid, node, ins):
+        act, p = get_activation(node.activation), ins[0]
+        bad = np.array([t for t in range(p.cls.size) if p.cls[t] >= 0 and not act.admits_scale(float(p.scale[t]))
+                        or (not act.positively_homogeneous and p.scale[t] != 1.0)], dtype=np.int64)
+        if bad.size:
+            lab = np.zeros(p.cls.size, dtype=np.int64)
+            lab[bad] = -1
+            self.pushes.append((nid, lab))
+        return ChannelPartition(p.cls, p.scale, p.rep, p.kept, {t: act(v, node.alpha) for t, v in p.constant.items()})
+
+    def _maxpool(self, nid, node, ins):
+        p = ins[0]
+        return ChannelPartition(p.cls, p.scale, p.rep, p.kept, pool_constants(node, p))
+
+    def _concat(self, nid, node, ins):
+        return concat_partition(ins)
+
+    def _add(self, nid, node, ins):
+        a, b = ins
+        lab = _meet(a, b, self.tol)
+        if not (np.array_equal(_canon(lab), _canon(_key(a))) and np.array_equal(_canon(lab), _canon(_key(b)))
+                and np.array_equal(a.rep, b.rep)):
+            self.pushes.append((nid, np.where(lab == -2, lab.max() + 1, lab)))
+        return ChannelPartition(a.cls, a.scale, a.rep, a.kept,
+                                {t: a.constant[t] + b.constant[t] for t in a.constant if t in b.constant})
+
+
+def _key(p: ChannelPartition) -> np.ndarray:
+    return np.where(p.cls >= 0, p.cls, -2)
+
+
+def _meet(a: ChannelPartition, b: ChannelPartition, tol: float) -> np.ndarray:
+    """Channels that may stay together after an Add: same class on both branches with the same scale
+    ratio; -2 constant on both; -1 constant on one branch only."""
+    lab = np.full(a.cls.size, -2, dtype=np.int64)
+    one = (a.cls < 0) != (b.cls < 0)
+    lab[one] = -1
+    live = np.flatnonzero((a.cls >= 0) & (b.cls >= 0))
+    if live.size:
+        ratio = group_rows(np.stack([a.scale[live], b.scale[live]], axis=1), "positive", tol).label
+        _, ids = np.unique(np.stack([a.cls[live], b.cls[live], ratio], axis=1), axis=0, return_inverse=True)
+        lab[live] = ids.reshape(-1)
+    return lab
+
+
+def _push(f: GraphNetwork, keys: dict[str, np.ndarray], nid: str, lab: np.ndarray) -> bool:
+    """Ask the affine nodes whose classes reach ``nid`` to respect ``lab``; whether a key changed."""
+    node = f.node(nid)
+    if node.kind == "affine":
+        new = _combine(keys[nid], lab)
+        changed = not np.array_equal(_canon(new), _canon(keys[nid]))
+        keys[nid] = new
+        return changed
+    if node.kind in ("act", "maxpool"):
+        return _push(f, keys, node.inputs[0], lab)
+    if node.kind == "add":
+        return _push(f, keys, node.inputs[0], lab) | _push(f, keys, node.inputs[1], lab)
+    if node.kind == "concat":
+        cuts = np.cumsum([channels(f.node(i)) for i in node.inputs])[:-1]
+        return any([_push(f, keys, i, part) for i, part in zip(node.inputs, np.split(lab, cuts))])
+    return False
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32).astype(np.float64)
+
+
+def _reduced_node(f: GraphNetwork, nid: str, p: ChannelPartition, terms: dict) -> GNode:
+    node = f.node(nid)
+    k = n_classes(p)
+    shape = (k, *node.shape[1:]) if len(node.shape) >= 2 else (k,)
+    if node.kind in ("input", "scale"):
+        return node
+    if node.kind == "affine":
+        view, agg, b_eff = terms[nid]
+        op = rebuild(view, _f32(agg[p.rep]), f.node(node.inputs[0]).kind not in ("input", "scale"))
+        return GNode("affine", node.inputs, out_shape(op), op=op, bias=_f32(b_eff[p.rep]).reshape(-1),
+                     source=node.source, source_op=node.source_op)
+    if node.kind == "maxpool":
+        mp = node.pool
+        pool = MaxPool((k, *mp.in_shape[1:]), mp.kernel, mp.strides, mp.pads)
+        return GNode("maxpool", node.inputs, pool.out_shape, pool=pool, source=node.source)
+    return GNode(node.kind, node.inputs, shape, activation=node.activation, alpha=node.alpha, source=node.source)
+
+
+def lump_graph(f: GraphNetwork, tolerance: float, progress: Progress = SILENT) -> GraphLumpResult:
+    """The exact channel quotient of a graph network (module docstring)."""
+    keys = {n: np.zeros(channels(f.node(n)), dtype=np.int64) for n in f.order if f.node(n).kind == "affine"}
+    limit = sum(keys[n].size for n in keys) + 2
+    for rounds in range(1, limit + 1):
+        fp = _Pass(f, keys, tolerance)
+        fp.run()
+        progress.say(f"graph lumping pass {rounds}: {sum(n_classes(p) for p in fp.parts.values())} classes")
+        changed = [_push(f, keys, nid, lab) for nid, lab in fp.pushes]
+        if not fp.pushes:
+            break
+        if not any(changed):
+            raise AssertionError("graph lumping: a conflict that no split resolves")  # pragma: no cover
+    g = nx.DiGraph()
+    for nid in f.order:
+        g.add_node(nid, node=_reduced_node(f, nid, fp.parts[nid], fp.terms))
+        g.add_edges_from((src, nid) for src in f.node(nid).inputs)
+    reduced = GraphNetwork(g, f.output, f.input_name, f.output_name, list(f.input_shape), list(f.output_shape),
+                           f.output_softmax)
+    return GraphLumpResult(f, reduced, fp.parts, tolerance, rounds, graph_stats(f, reduced))
+
+
+def graph_stats(f: GraphNetwork, g: GraphNetwork) -> dict[str, Any]:
+    """Hidden neurons (affine nodes but the output), parameters, widths and channels per hidden affine node."""
+    def hidden(net):
+        return [net.node(n) for n in net.order if net.node(n).kind == "affine" and n != net.output]
+
+    def params(net):
+        return sum(net.node(n).op.n_params + net.node(n).bias.size for n in net.order if net.node(n).kind == "affine")
+
+    return {"neurons_before": sum(n.size for n in hidden(f)), "neurons_after": sum(n.size for n in hidden(g)),
+            "params_before": params(f), "params_after": params(g),
+            "layers_before": [n.size for n in hidden(f)], "layers_after": [n.size for n in hidden(g)],
+            "channels_before": [channels(n) for n in hidden(f)], "channels_after": [channels(n) for n in hidden(g)]}
+
+
+@dataclass
+class ExactGraphPass:
+    """Exact lumping of a graph network, certificate kind ``exact`` (DESIGN.md §2, §10)."""
+
+    tolerance: float
+    name: str = "exact"
+
+    def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
+        t0 = time.perf_counter()
+        f = load_graph(model_path)
+        ctx.progress.say(f"loaded {model_path}: a graph of {len(f.order)} nodes; lumping channels")
+        result = lump_graph(f, self.tolerance, ctx.progress)
+        save_graph(result.reduced, out_path)
+        with remove_on_failure(out_path):
+            f2, g2 = load_graph(model_path), load_graph(out_path)
+            parts = dict(zip(f2.order, (result.parts[n] for n in f.order)))
+            problem = structure_problem(f2, g2, parts)
+            if problem is not None:
+                raise AssertionError(f"reduced graph does not match its claim: {problem}")
+            a, b = graph_discrepancy_bound(f2, g2, parts)
+            discrepancy = {"a": a, "b": b, "statement": EXACT_GRAPH_STATEMENT}
+            guarantee = {"kind": "exact", "norm": "linf", "float_tolerance": {
+                "grouping_tolerance": self.tolerance, "discrepancy_bound": discrepancy}}
+            evidence = [{"backend": "lumping", "verdict": "proved", "claim": claim_of(f2, parts, self.tolerance),
+                         "discrepancy": discrepancy}]
+            stats = {**result.stats, "seconds": round(time.perf_counter() - t0, 6)}
+            cert = make_certificate(model_path, out_path, guarantee, stats, evidence, cert_path)
+            write_json_atomic(cert_path, cert)
+        return ReductionResult(Path(out_path), Path(cert_path), cert)
