@@ -250,7 +250,7 @@ def init_alpha(chain: Chain, zl: list[np.ndarray], zu: list[np.ndarray], m: int)
     return out
 
 
-class _Adam:
+class Adam:
     """Projected Adam on a list of parameter arrays (None entries skipped), box ``[low_j, high]``."""
 
     def __init__(self, params: list, lows: list[float], high: float, lr: float) -> None:
@@ -286,11 +286,11 @@ def optimise_alpha(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.nda
     free = [alpha_free(chain, k, zl[k], zu[k]) for k in range(chain.depth)]
     m = lam.shape[1]
     alpha = init_alpha(chain, zl, zu, m) if alpha is None else [None if a is None else a.copy() for a in alpha]
-    opt_a = _Adam(alpha, [neg_slope(chain, k) for k in range(chain.depth)], 1.0, lr)
+    opt_a = Adam(alpha, [neg_slope(chain, k) for k in range(chain.depth)], 1.0, lr)
     opt_b = None
     if phase is not None:
         beta = [np.zeros((lo.shape[0], m, p.shape[1])) for p in phase] if beta is None else [b.copy() for b in beta]
-        opt_b = _Adam(beta, [0.0] * chain.depth, np.inf, 0.5 * lr)
+        opt_b = Adam(beta, [0.0] * chain.depth, np.inf, 0.5 * lr)
     best: Optional[Objective] = None
     for it in range(iters + 1):
         bb = backsub(chain, rel, lam, top, True, lo, hi, opt_a.params, free, record=True, grad=it < iters,

@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.batched import _Adam, alpha_free, backsub, interval_step, layer_bounds, neg_slope, relax_batch
+from lumpver.bounds.batched import Adam, alpha_free, backsub, interval_step, layer_bounds, neg_slope, relax_batch
 from lumpver.bounds.diff import delta_interval, delta_relax
 from lumpver.bounds.diff_align import align_pair, delta_chain, product_chain
 from lumpver.bounds.engine import Chain, prepare
@@ -198,7 +198,7 @@ def _optimise(ch: Chain, rel: list[LinearRelaxation], free: list[np.ndarray], la
     (started at the registry's adaptive slopes), and its linear function in x."""
     rows = lam.shape[1]
     alpha = [np.repeat(r.sl[:, None, :], rows, axis=1) if fr.any() else None for r, fr in zip(rel, free)]
-    opt = _Adam(alpha, [neg_slope(ch, k) for k in range(ch.depth)], 1.0, lr)
+    opt = Adam(alpha, [neg_slope(ch, k) for k in range(ch.depth)], 1.0, lr)
     best, best_A = None, None
     for it in range(iters + 1):
         bb = backsub(ch, rel, lam, ch.depth - 1, True, lo, hi, opt.params, free, grad=it < iters)
