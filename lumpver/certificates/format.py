@@ -238,3 +238,15 @@ def confirm_prose(report: CheckReport, guarantee: dict[str, Any], paths: tuple[s
             value = value.get(key) if isinstance(value, dict) else None
         if isinstance(value, str):
             report.confirm(path)
+
+
+def confirm_discrepancy(report: CheckReport, guarantee: dict[str, Any], a: float, b: float, tol: float) -> CheckReport:
+    """The exact-lumping guarantee ``max_i |f_i(x) - g_i(x)| <= a + b ||x||_inf`` (DESIGN.md §2), with
+    ``a``, ``b`` recomputed by the caller: the claimed bound, tolerance, norm and statement confirmed."""
+    report.ok(f"for all x: max_i |f_i(x) - g_i(x)| <= {a:.3e} + {b:.3e}*||x||_inf (real arithmetic, recomputed)")
+    check_bound(report, guarantee, "float_tolerance.discrepancy_bound.a", a)
+    check_bound(report, guarantee, "float_tolerance.discrepancy_bound.b", b)
+    check_equal(report, guarantee, "float_tolerance.grouping_tolerance", tol, "the evidence's grouping tolerance")
+    check_equal(report, guarantee, "norm", "linf", "the norm of the recomputed bound")
+    confirm_prose(report, guarantee, ("float_tolerance.discrepancy_bound.statement", "statement"))
+    return report
