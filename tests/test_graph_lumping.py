@@ -21,6 +21,7 @@ from lumpver.ir.onnx_graph_export import save_graph
 from lumpver.ir.onnx_import import load_graph
 from lumpver.ir.planted import PLANTED_DAG_KINDS, planted_dag_cnn, random_dag_cnn
 from lumpver.ir.runtime import run_onnx
+from tests.onnx_builders import f32, resnet_block_model
 
 
 SHAPE_GLUE = {"Reshape", "Flatten", "Identity"}  # how the exporter moves between sample shapes
@@ -165,3 +166,21 @@ def test_shared_maxpool_cnn_reduces_exactly(tmp_path, rng, shared_data):
     model = shared_data / "cnn/verivital/Convnet_maxpool.onnx"
     out, cert_path = _reduce(model, tmp_path)
     _check_sound(model, out, cert_path, rng, (1, 28, 28))
+
+
+def test_grouped_conv_in_a_graph_is_refused_naming_file_and_node(tmp_path):
+    """A depthwise conv inside a residual block: exit 2, one line naming the file and the ONNX node, no output."""
+    model = resnet_block_model(np.random.default_rng(0))
+    for init in model.graph.initializer:
+        if init.name == "W2":
+            init.CopyFrom(onnx.numpy_helper.from_array(f32(np.random.default_rng(1).normal(size=(3, 1, 3, 3))), "W2"))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[1] == "W2")
+    conv.attribute.append(onnx.helper.make_attribute("group", 3))
+    conv.name = "depthwise"
+    src, out = tmp_path / "grouped.onnx", tmp_path / "r.onnx"
+    onnx.save(model, src)
+    res = _cli("reduce", str(src), "--mode", "exact", "--out", str(out))
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert str(src) in lines[0] and "'depthwise'" in lines[0] and "grouped" in lines[0]
+    assert not out.exists()

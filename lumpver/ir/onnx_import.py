@@ -254,9 +254,12 @@ class _Walk:
                 raise InputError(f"a layer expects {layer.fan_in} inputs but its input has "
                                  f"{self.gb.node(last).size} values", self.path)
             shape = op_out_shape(layer.op)
-            last = self.gb.add(GNode("affine", (last,), shape, op=layer.op, bias=layer.bias, source_op=layer.source_op))
+            source, act_source = b.sources[k] if k < len(b.sources) else ("", "")
+            last = self.gb.add(GNode("affine", (last,), shape, op=layer.op, bias=layer.bias, source_op=layer.source_op,
+                                     source=source))
             if layer.activation != "identity":
-                last = self.gb.add(GNode("act", (last,), shape, activation=layer.activation, alpha=layer.alpha))
+                last = self.gb.add(GNode("act", (last,), shape, activation=layer.activation, alpha=layer.alpha,
+                                         source=act_source))
         self.producer[t], self.tshape[t] = last, list(b.shape)
         return last
 

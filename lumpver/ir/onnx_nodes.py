@@ -44,6 +44,10 @@ class Builder:
     diag_shift: Optional[np.ndarray] = None
     col_layout: bool = False  # features on axis 0 ([n] or [n, k]) rather than the last axis
     softmax_where: str = ""  # the final Softmax node, once seen
+    where: str = ""  # the ONNX node being applied (set by apply_node)
+    #: per closed layer: the ONNX nodes that opened its affine map and applied its activation
+    sources: list[tuple[str, str]] = field(default_factory=list)
+    pending_source: str = ""
 
     @property
     def sample(self) -> tuple[int, ...]:
@@ -79,6 +83,7 @@ class Builder:
         if self.prefix:
             op, self.prefix = ComposedOperator(self.prefix + [op]), []
         self.pending = Layer(op, bias, "identity", source_op=source_op)
+        self.pending_source = self.where
         self.n = op.out_features
 
     def linear(self, op: LinearOperator) -> None:
@@ -112,6 +117,7 @@ class Builder:
             bias = self.diag_shift
         chain = chain or [DiagonalOperator(self.sample, np.ones(self.n))]
         self.pending = Layer(chain[0] if len(chain) == 1 else ComposedOperator(chain), bias, "identity")
+        self.pending_source = self.where
         self.prefix, self.diag_scale, self.diag_shift = [], None, None
 
     def _close(self, act: str, alpha: float) -> None:
@@ -119,6 +125,7 @@ class Builder:
         assert layer is not None
         layer.activation, layer.alpha = act, alpha
         self.layers.append(layer)
+        self.sources.append((self.pending_source, self.where))
         self.pending = None
 
     def finish(self) -> list[Layer]:
@@ -169,6 +176,7 @@ def _feature_vector(c: np.ndarray, b: Builder, path: str, where: str) -> np.ndar
 
 
 def apply_node(b: Builder, node, consts, shape_tensors, data, path, where) -> None:
+    b.where = where
     op = node.op_type
     ins = list(node.input)
     at = _attrs(node)

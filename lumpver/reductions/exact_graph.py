@@ -281,7 +281,10 @@ class ExactGraphPass:
         t0 = time.perf_counter()
         f = load_graph(model_path)
         ctx.progress.say(f"loaded {model_path}: a graph of {len(f.order)} nodes; lumping channels")
-        result = lump_graph(f, self.tolerance, ctx.progress)
+        try:
+            result = lump_graph(f, self.tolerance, ctx.progress)
+        except InputError as e:  # name the file beside the node
+            raise e if e.path else InputError(str(e), str(model_path)) from None
         save_graph(result.reduced, out_path)
         with remove_on_failure(out_path):
             f2, g2 = load_graph(model_path), load_graph(out_path)
