@@ -79,3 +79,18 @@ def test_spec_granularity_key_is_checked(tmp_path, rng):
         (tmp_path / "c.npz").write_bytes(b"")
         with pytest.raises(InputError, match=r"\[\[reductions\]\]\[1\]\.granularity: " + message):
             load_spec(spec)
+
+
+def test_graph_lumping_report_speaks_of_channels_of_the_operator_graph(tmp_path):
+    """A residual graph CNN reduced exactly: the report's how-proved sentence and channel table count the
+    channels the written files hold (ONNX initialiser shapes), not neurons of layers."""
+    from lumpver.ir.onnx_graph_export import save_graph
+    from lumpver.ir.planted import planted_dag_cnn
+    planted = planted_dag_cnn("residual")
+    model, out = tmp_path / "res.onnx", tmp_path / "res_r.onnx"
+    save_graph(planted.network, model)
+    assert main(["reduce", str(model), "-o", str(out), "--report", str(tmp_path / "r.md"), "-q"]) == 0
+    convs = [s[0] for s in _weighted_shapes(out) if len(s) == 4]
+    md = (tmp_path / "r.md").read_text()
+    assert "the channels of each conv/dense node of the operator graph" in md
+    assert f"{sum(convs)} class(es) kept" in md and sorted(convs) == sorted(planted.core)

@@ -80,10 +80,14 @@ def how_proved(ev: dict[str, Any]) -> str:
     if backend == "lumping" and "claim" in ev:
         layers = ev["claim"].get("layers", [])
         kept = sum(sum(1 for k in layer.get("kept", []) if k) for layer in layers)
-        consts = sum(sum(1 for c in layer.get("class_of", []) if c < 0) for layer in layers)
+        consts = sum(len(layer["constant"]) if isinstance(layer.get("constant"), dict)  # channel claims
+                     else sum(1 for c in layer.get("class_of", []) if c < 0) for layer in layers)
         dead = sum(sum(1 for k in layer.get("kept", []) if not k) for layer in layers)
-        return (f"Exact lumping (DESIGN.md §2): the neurons of each hidden layer were partitioned into classes with "
-                f"proportional class-aggregated signatures; {kept} class(es) kept, {consts} constant neuron(s) "
+        unit = "channel" if layers and layers[0].get("unit") == "channel" else "neuron"
+        where = ("conv/dense node of the operator graph (a residual Add or a Concat merges only classes its inputs "
+                 "agree on, DESIGN.md §10)" if ev["claim"].get("unit") == "graph-channel" else "hidden layer")
+        return (f"Exact lumping (DESIGN.md §2): the {unit}s of each {where} were partitioned into classes with "
+                f"proportional class-aggregated signatures; {kept} class(es) kept, {consts} constant {unit}(s) "
                 f"folded into biases, {dead} dead class(es) dropped. The partition and scales are in the "
                 f"certificate and the checker replays the quotient.")
     if backend == "learn-then-test":
