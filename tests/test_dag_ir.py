@@ -155,7 +155,7 @@ def test_bad_graphs_exit_2_with_one_line(tmp_path, rng, builder, words):
         assert len(lines) == 1 and all(w in lines[0] for w in words), lines
 
 
-@pytest.mark.parametrize("args", [["reduce", "--mode", "on-set"], ["verify", "--backend", "smt"], ["verify", "--reduce"]])
+@pytest.mark.parametrize("args", [["verify", "--backend", "smt"], ["verify", "--reduce"]])
 def test_commands_needing_a_chain_refuse_a_graph(tmp_path, rng, args):
     path = tmp_path / "res.onnx"
     save_graph(random_dag_cnn("residual"), path)

@@ -16,11 +16,12 @@ from typing import Optional
 from lumpver.errors import InputError
 from lumpver.fileio import check_output_path
 from lumpver.ir.graph import GraphNetwork
-from lumpver.ir.onnx_import import load_model, load_onnx
+from lumpver.ir.onnx_import import load_model
 from lumpver.progress import SILENT, Progress
 from lumpver.reductions.exact import DEFAULT_TOLERANCE
 from lumpver.reductions.exact_graph import ExactGraphPass
-from lumpver.reductions.passes import ExactPass
+from lumpver.reductions.onset_graph import OnSetGraphPass
+from lumpver.reductions.passes import ExactPass, OnSetPass
 from lumpver.reductions.base import PassContext, ReductionPass, ReductionResult, default_certificate_path
 from lumpver.specs.inputset import InputSet
 from lumpver.specs.load import load_input_set
@@ -42,10 +43,13 @@ def apply_pass(reduction: ReductionPass, model_path: str | os.PathLike, out_path
     inputs = [model] + ([Path(input_set)] if isinstance(input_set, (str, os.PathLike)) else [])
     check_output_path(out_path, inputs)
     check_output_path(cert, inputs + [Path(out_path)])
+    net = load_model(model)
     if input_set is not None:
-        input_set = load_input_set(input_set, load_onnx(model).n_inputs)
-    if isinstance(reduction, ExactPass) and isinstance(load_model(model), GraphNetwork):
+        input_set = load_input_set(input_set, net.n_inputs)
+    if isinstance(reduction, ExactPass) and isinstance(net, GraphNetwork):
         reduction = ExactGraphPass(reduction.tolerance)  # MaxPool, residual Add, Concat (DESIGN.md §10)
+    if isinstance(reduction, OnSetPass) and isinstance(net, GraphNetwork):
+        reduction = OnSetGraphPass()  # channels 0 on X or dead (DESIGN.md §3, §10)
     return reduction.apply(model, Path(out_path), cert, PassContext(input_set, progress))
 
 

@@ -39,6 +39,7 @@ from lumpver.ir.activations import get_activation
 from lumpver.ir.graph import GNode, GraphNetwork
 from lumpver.ir.network import activation_lipschitz
 from lumpver.ir.onnx_import import load_graph
+from lumpver.ir.pooling import MaxPool
 
 GRAPH_UNIT = "graph-channel"
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
@@ -115,8 +116,20 @@ def concat_partition(parts: list[ChannelPartition]) -> ChannelPartition:
                             np.ones(r.size, dtype=bool), const)
 
 
+def resized_node(node: GNode, k: int) -> GNode:
+    """A non-affine node (act, add, concat, maxpool) of ``node``'s kind on ``k`` channels."""
+    if node.kind == "maxpool":
+        mp = node.pool
+        pool = MaxPool((k, *mp.in_shape[1:]), mp.kernel, mp.strides, mp.pads)
+        return GNode("maxpool", node.inputs, pool.out_shape, pool=pool, source=node.source)
+    shape = (k, *node.shape[1:]) if len(node.shape) >= 2 else (k,)
+    return GNode(node.kind, node.inputs, shape, activation=node.activation, alpha=node.alpha, source=node.source)
+
+
 # ----- structure ------------------------------------------------------------------------------
-def _same_node(a: GNode, b: GNode, ia: list, ib: list) -> Optional[str]:
+def same_node(a: GNode, b: GNode, ia: list, ib: list) -> Optional[str]:
+    """What differs between f's node ``a`` and g's node ``b`` besides channel counts and weights
+    (``ia``, ``ib``: their inputs' positions in topological order), or None."""
     if a.kind != b.kind or ia != ib:
         return f"kind or inputs differ ({a.kind} vs {b.kind})"
     if a.kind == "scale" and (len(a.steps) != len(b.steps) or any(
@@ -124,8 +137,6 @@ def _same_node(a: GNode, b: GNode, ia: list, ib: list) -> Optional[str]:
         return "input normalisation differs"
     if a.kind == "act" and (a.activation != b.activation or a.alpha != b.alpha):
         return "activation differs"
-    if a.kind == "act" and a.activation not in ACTIVATIONS:
-        return f"activation {a.activation} is not supported by graph lumping"
     if a.kind == "maxpool" and (a.pool.kernel, a.pool.strides, a.pool.pads, a.pool.in_shape[1:]) != (
             b.pool.kernel, b.pool.strides, b.pool.pads, b.pool.in_shape[1:]):
         return "max pool geometry differs"
@@ -164,7 +175,9 @@ def structure_problem(f: GraphNetwork, g: GraphNetwork, claimed: dict[str, Chann
     for nf, ng in zip(f.order, g.order):
         a, b = f.node(nf), g.node(ng)
         where = f"node {fi[nf]} ({a.source or nf})"
-        problem = _same_node(a, b, [fi[i] for i in a.inputs], [gi[i] for i in b.inputs])
+        problem = same_node(a, b, [fi[i] for i in a.inputs], [gi[i] for i in b.inputs])
+        if problem is None and a.kind == "act" and a.activation not in ACTIVATIONS:
+            problem = f"activation {a.activation} is not supported by graph lumping"
         p = claimed[nf]
         if problem is None and (p.cls.size != channels(a) or not p.kept.all()):
             problem = "the claimed partition does not cover the node's channels"

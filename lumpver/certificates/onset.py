@@ -38,6 +38,7 @@ from lumpver.bounds.split import replay_set_bounds
 from lumpver.certificates.exact import (classes_fit, discrepancy_bound, quotient_network, read_classes, same_activation,
                                         same_interface, stored_layer)
 from lumpver.certificates.onset_conv import STEP, replay_channel_step
+from lumpver.certificates.onset_graph import STEP as GRAPH_STEP, check_onset_graph
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, check_equal, confirm_prose
 from lumpver.ir.network import Layer, Network
 from lumpver.ir.onnx_import import load_onnx
@@ -245,6 +246,8 @@ def check_exact_on_set(cert: dict, ctx: CheckContext) -> CheckReport:
     steps = cert["evidence"] if isinstance(cert["evidence"], list) else []
     if not steps:
         return report.fail("the certificate has no reduction steps")
+    if isinstance(steps[0], dict) and steps[0].get("step") == GRAPH_STEP:
+        return check_onset_graph(cert, ctx)  # graph networks (DESIGN.md §10)
     f, reduced = load_onnx(ctx.original_path), load_onnx(ctx.reduced_path)
     if input_set.dim != f.n_inputs:
         return report.fail(f"guarantee.input_set: {input_set.dim} dimensions, the original has {f.n_inputs} inputs")

@@ -25,7 +25,8 @@ import numpy as np
 
 from lumpver.certificates.exact_conv import ChannelPartition, rebuild
 from lumpver.certificates.exact_graph import (affine_terms, channels, claim_of, concat_partition, graph_discrepancy_bound,
-                                              identity, is_identity, n_classes, pool_constants, structure_problem)
+                                              identity, is_identity, n_classes, pool_constants, resized_node,
+                                              structure_problem)
 from lumpver.certificates.format import make_certificate
 from lumpver.errors import InputError
 from lumpver.fileio import write_json_atomic
@@ -34,7 +35,6 @@ from lumpver.ir.graph import GNode, GraphNetwork
 from lumpver.ir.onnx_export import out_shape
 from lumpver.ir.onnx_graph_export import save_graph
 from lumpver.ir.onnx_import import load_graph
-from lumpver.ir.pooling import MaxPool
 from lumpver.progress import SILENT, Progress
 from lumpver.reductions.base import PassContext, ReductionResult, remove_on_failure
 from lumpver.reductions.grouping import classify_signatures, group_rows
@@ -218,8 +218,6 @@ def _f32(a: np.ndarray) -> np.ndarray:
 
 def _reduced_node(f: GraphNetwork, nid: str, p: ChannelPartition, terms: dict) -> GNode:
     node = f.node(nid)
-    k = n_classes(p)
-    shape = (k, *node.shape[1:]) if len(node.shape) >= 2 else (k,)
     if node.kind in ("input", "scale"):
         return node
     if node.kind == "affine":
@@ -227,11 +225,7 @@ def _reduced_node(f: GraphNetwork, nid: str, p: ChannelPartition, terms: dict) -
         op = rebuild(view, _f32(agg[p.rep]), f.node(node.inputs[0]).kind not in ("input", "scale"))
         return GNode("affine", node.inputs, out_shape(op), op=op, bias=_f32(b_eff[p.rep]).reshape(-1),
                      source=node.source, source_op=node.source_op)
-    if node.kind == "maxpool":
-        mp = node.pool
-        pool = MaxPool((k, *mp.in_shape[1:]), mp.kernel, mp.strides, mp.pads)
-        return GNode("maxpool", node.inputs, pool.out_shape, pool=pool, source=node.source)
-    return GNode(node.kind, node.inputs, shape, activation=node.activation, alpha=node.alpha, source=node.source)
+    return resized_node(node, n_classes(p))
 
 
 def lump_graph(f: GraphNetwork, tolerance: float, progress: Progress = SILENT) -> GraphLumpResult:
