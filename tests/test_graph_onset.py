@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 
-from lumpver.certificates.onset_graph import without_channels
+from lumpver.certificates.graph_channels import without_channels
 from lumpver.ir.onnx_graph_export import save_graph
 from lumpver.ir.onnx_import import load_graph
 from lumpver.ir.planted import random_dag_cnn

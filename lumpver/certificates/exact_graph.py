@@ -21,8 +21,10 @@ error ``E_n >= |h_n - L_n|`` between f's value and the lifted g value ``L_n[t] =
   ``E <= E_1 + E_2 + |a_t - c_t| M_1 + |b_t - c_t| M_2`` where ``a, b`` are the inputs' scales; Concat:
   the parts' partitions side by side, classes of the second after those of the first.
 
-The output node's partition must be the identity. A float64 margin of :data:`ROUNDING_MARGIN`
-relative to every term covers the check's own rounding (as in :mod:`lumpver.certificates.exact_conv`).
+The output node's partition must be the identity. The check's own float64 rounding is covered by
+the one policy of :mod:`lumpver.bounds.rounding` (``2 gamma_K M``, with ``M`` the same computation on
+magnitudes and ``K`` the longest accumulation: an operator's dot products plus the class sums;
+elementary functions relative ``elementary_rel``).
 This module never imports :mod:`lumpver.reductions`; the reducer imports its helpers.
 """
 from __future__ import annotations
@@ -31,26 +33,22 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lumpver.certificates.exact_conv import ROUNDING_MARGIN, ChannelPartition, aggregate, channel_view, describe, rebuild
+from lumpver.bounds.rounding import POLICY
+from lumpver.certificates.exact_conv import ChannelPartition, aggregate, channel_view, rebuild
 from lumpver.certificates.format import CheckContext, CheckReport, confirm_discrepancy
+from lumpver.certificates.graph_channels import channels, lumped_input, same_node
 from lumpver.certificates.partition import partition_problem
 from lumpver.errors import InputError
 from lumpver.ir.activations import get_activation
 from lumpver.ir.graph import GNode, GraphNetwork
 from lumpver.ir.network import activation_lipschitz
 from lumpver.ir.onnx_import import load_graph
-from lumpver.ir.pooling import MaxPool
 
 GRAPH_UNIT = "graph-channel"
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
 
 
 # ----- shared helpers (the reducer uses them too) --------------------------------------------
-def channels(node: GNode) -> int:
-    """Channels of a node's value: the first axis of a (C, ...) shape, else one per feature."""
-    return int(node.shape[0]) if len(node.shape) >= 2 else node.size
-
-
 def identity(n: int) -> ChannelPartition:
     return ChannelPartition(np.arange(n), np.ones(n), np.arange(n), np.ones(n, dtype=bool), {})
 
@@ -62,11 +60,6 @@ def n_classes(p: ChannelPartition) -> int:
 def is_identity(p: ChannelPartition) -> bool:
     n = p.cls.size
     return not p.constant and np.array_equal(p.cls, np.arange(n)) and bool(np.all(p.scale == 1.0))
-
-
-def lumped_input(net: GraphNetwork, nid: str) -> bool:
-    """Whether an affine node reads a lumped value (not the raw or normalised input)."""
-    return net.node(net.node(nid).inputs[0]).kind not in ("input", "scale")
 
 
 def constant_features(p: ChannelPartition, size: int) -> np.ndarray:
@@ -116,35 +109,7 @@ def concat_partition(parts: list[ChannelPartition]) -> ChannelPartition:
                             np.ones(r.size, dtype=bool), const)
 
 
-def resized_node(node: GNode, k: int) -> GNode:
-    """A non-affine node (act, add, concat, maxpool) of ``node``'s kind on ``k`` channels."""
-    if node.kind == "maxpool":
-        mp = node.pool
-        pool = MaxPool((k, *mp.in_shape[1:]), mp.kernel, mp.strides, mp.pads)
-        return GNode("maxpool", node.inputs, pool.out_shape, pool=pool, source=node.source)
-    shape = (k, *node.shape[1:]) if len(node.shape) >= 2 else (k,)
-    return GNode(node.kind, node.inputs, shape, activation=node.activation, alpha=node.alpha, source=node.source)
-
-
 # ----- structure ------------------------------------------------------------------------------
-def same_node(a: GNode, b: GNode, ia: list, ib: list) -> Optional[str]:
-    """What differs between f's node ``a`` and g's node ``b`` besides channel counts and weights
-    (``ia``, ``ib``: their inputs' positions in topological order), or None."""
-    if a.kind != b.kind or ia != ib:
-        return f"kind or inputs differ ({a.kind} vs {b.kind})"
-    if a.kind == "scale" and (len(a.steps) != len(b.steps) or any(
-            x.op != y.op or not np.array_equal(x.constant, y.constant) for x, y in zip(a.steps, b.steps))):
-        return "input normalisation differs"
-    if a.kind == "act" and (a.activation != b.activation or a.alpha != b.alpha):
-        return "activation differs"
-    if a.kind == "maxpool" and (a.pool.kernel, a.pool.strides, a.pool.pads, a.pool.in_shape[1:]) != (
-            b.pool.kernel, b.pool.strides, b.pool.pads, b.pool.in_shape[1:]):
-        return "max pool geometry differs"
-    if a.kind == "affine" and describe(a.op) != describe(b.op):
-        return "operator geometry differs"
-    return None
-
-
 def _expected(f: GraphNetwork, nid: str, claimed: dict[str, ChannelPartition]) -> Optional[str]:
     """What is wrong with the claimed partition of a non-affine node given its inputs' partitions."""
     node, p = f.node(nid), claimed[nid]
@@ -221,15 +186,51 @@ def _affine(f, g, nf, ng, parts, err, mag):
     for t, vals in cur.constant.items():
         bq[t] = vals
     lumped = lumped_input(f, nf)
+    w_abs = node.op.abs()
     resid = rebuild(view, np.abs(agg - c[:, None, None] * wq), lumped).abs()
-    aggm = rebuild(view, np.abs(agg), lumped).abs()
     gap = np.abs(b_eff - c[:, None] * bq).reshape(-1)
-    e = resid.forward(mag[src]) + node.op.abs().forward(err[src])
-    e = e + ROUNDING_MARGIN * (aggm.forward(mag[src]) + node.op.abs().forward(err[src]))
-    e[0] += gap + ROUNDING_MARGIN * np.abs(b_eff).reshape(-1)
+    e = resid.forward(mag[src]) + w_abs.forward(err[src])
+    e[0] += gap
+    # magnitudes of every float64 step above (positive scales: |agg| <= the aggregate of |w|)
+    agg_abs = aggregate(np.abs(view.w3), prev if lumped else None)
+    size = rebuild(view, agg_abs + np.abs(c)[:, None, None] * np.abs(wq), lumped)
+    e_mag = size.abs().forward(mag[src]) + w_abs.forward(err[src])
+    e_mag[0] += np.abs(node.bias) + np.abs(c[:, None] * bq).reshape(-1)
+    if lumped and prev.constant:
+        e_mag[0] += w_abs.forward(np.abs(constant_features(prev, node.op.in_features))[None, :])[0]
+    k = node.op.in_features + prev.cls.size + 8
     m = gnode.op.abs().forward(mag[src])
     m[0] += np.abs(gnode.bias)
-    return e * (1 + 1e-9), m
+    return e + POLICY.margin(e_mag, k), m + POLICY.margin(m, k)
+
+
+def _act(node: GNode, p: ChannelPartition, prev: ChannelPartition, err_in: np.ndarray, mag_in: np.ndarray):
+    """Error and magnitude rows after an activation (module docstring)."""
+    lip = activation_lipschitz(node.activation, node.alpha)
+    act = get_activation(node.activation)
+    e = lip * err_in
+    per = e.reshape(2, p.cls.size, -1)
+    for t, v in p.constant.items():
+        want = act(prev.constant[t], node.alpha)
+        per[0, t] += np.abs(want - v) + POLICY.elementary_rel * (np.abs(want) + np.abs(v))
+    m = lip * mag_in
+    if node.activation in ("sigmoid", "tanh"):
+        m = np.vstack([np.ones(m.shape[1]), np.zeros(m.shape[1])])
+    return e + POLICY.margin(e, 2), m + POLICY.margin(m, 2)
+
+
+def _add(node: GNode, p: ChannelPartition, a: ChannelPartition, b: ChannelPartition, err: list, mag: list):
+    """Error and magnitude rows after a residual Add (module docstring)."""
+    da, db = np.abs(a.scale - p.scale), np.abs(b.scale - p.scale)
+    k = node.size // p.cls.size
+    e = err[0] + err[1] + np.repeat(da, k) * _lift(p, mag[0]) + np.repeat(db, k) * _lift(p, mag[1])
+    e_mag = e.copy()
+    per, per_mag = e.reshape(2, p.cls.size, -1), e_mag.reshape(2, p.cls.size, -1)
+    for t, v in p.constant.items():
+        per[0, t] += np.abs(a.constant[t] + b.constant[t] - v)
+        per_mag[0, t] += np.abs(a.constant[t]) + np.abs(b.constant[t]) + np.abs(v)
+    m = mag[0] + mag[1]
+    return e + POLICY.margin(e_mag, 8), m + POLICY.margin(m, 2)
 
 
 def graph_discrepancy_bound(f: GraphNetwork, g: GraphNetwork, claimed: dict[str, ChannelPartition]) -> tuple[float, float]:
@@ -251,17 +252,7 @@ def graph_discrepancy_bound(f: GraphNetwork, g: GraphNetwork, claimed: dict[str,
         elif node.kind == "affine":
             e, m = _affine(f, g, nf, ng, claimed, err, mag)
         elif node.kind == "act":
-            lip = activation_lipschitz(node.activation, node.alpha)
-            act = get_activation(node.activation)
-            e = lip * err[ins[0]]
-            prev = claimed[ins[0]]
-            for t, v in p.constant.items():
-                per = e.reshape(2, p.cls.size, -1)
-                per[0, t] += np.abs(act(prev.constant[t], node.alpha) - v)
-            m = lip * mag[ins[0]]
-            if node.activation in ("sigmoid", "tanh"):
-                m = np.vstack([np.ones(m.shape[1]), np.zeros(m.shape[1])])
-            e = e * (1 + 1e-9)
+            e, m = _act(node, p, claimed[ins[0]], err[ins[0]], mag[ins[0]])
         elif node.kind == "maxpool":
             e = np.vstack([node.pool.forward(err[ins[0]][i:i + 1])[0] for i in range(2)])
             want = pool_constants(node, claimed[ins[0]])
@@ -271,15 +262,7 @@ def graph_discrepancy_bound(f: GraphNetwork, g: GraphNetwork, claimed: dict[str,
             gp = g.node(ng).pool
             m = np.vstack([gp.forward(mag[ins[0]][i:i + 1])[0] for i in range(2)])
         elif node.kind == "add":
-            a, b = claimed[ins[0]], claimed[ins[1]]
-            da, db = np.abs(a.scale - p.scale), np.abs(b.scale - p.scale)
-            k = node.size // p.cls.size
-            e = err[ins[0]] + err[ins[1]] + np.repeat(da, k) * _lift(p, mag[ins[0]]) + np.repeat(db, k) * _lift(p, mag[ins[1]])
-            per = e.reshape(2, p.cls.size, -1)
-            for t, v in p.constant.items():
-                per[0, t] += np.abs(a.constant[t] + b.constant[t] - v)
-            m = mag[ins[0]] + mag[ins[1]]
-            e = e * (1 + 1e-9)
+            e, m = _add(node, p, claimed[ins[0]], claimed[ins[1]], [err[i] for i in ins], [mag[i] for i in ins])
         else:  # concat
             e = np.hstack([err[i] for i in ins])
             m = np.hstack([mag[i] for i in ins])

@@ -25,8 +25,8 @@ import numpy as np
 
 from lumpver.certificates.exact_conv import ChannelPartition, rebuild
 from lumpver.certificates.exact_graph import (affine_terms, channels, claim_of, concat_partition, graph_discrepancy_bound,
-                                              identity, is_identity, n_classes, pool_constants, resized_node,
-                                              structure_problem)
+                                              identity, is_identity, n_classes, pool_constants, structure_problem)
+from lumpver.certificates.graph_channels import resized_node
 from lumpver.certificates.format import make_certificate
 from lumpver.errors import InputError
 from lumpver.fileio import write_json_atomic

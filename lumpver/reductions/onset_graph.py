@@ -29,10 +29,10 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from lumpver.certificates.exact_graph import channels, lumped_input
 from lumpver.certificates.format import make_certificate
-from lumpver.certificates.onset_graph import (STATEMENT, STEP, channel_views, removal_problem, same_graph,
-                                              without_channels, zero_channels)
+from lumpver.certificates.graph_channels import (channel_views, channels, lumped_input, removal_problem, same_graph,
+                                                without_channels)
+from lumpver.certificates.onset_graph import STATEMENT, STEP, zero_channels
 from lumpver.errors import InputError
 from lumpver.fileio import write_json_atomic
 from lumpver.ir.graph import GraphNetwork
