@@ -184,3 +184,47 @@ def test_grouped_conv_in_a_graph_is_refused_naming_file_and_node(tmp_path):
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert str(src) in lines[0] and "'depthwise'" in lines[0] and "grouped" in lines[0]
     assert not out.exists()
+
+
+def _dead_net(kind: str, cols: dict[int, list[int]]):
+    """``random_dag_cnn(kind)`` (no planted redundancy) with all-zero filters of its k-th affine node
+    on the listed input channels: those channels (and what only they feed) are dead."""
+    net = random_dag_cnn(kind, seed=2)
+    affine = [n for n in net.order if net.node(n).kind == "affine"]
+    for k, chans in cols.items():
+        node = net.node(affine[k])
+        shape = net.node(node.inputs[0]).shape
+        node.op.weight.reshape(node.op.weight.shape[0], shape[0], -1)[:, chans] = 0.0
+    return net
+
+
+# kind, zero input columns per affine node, hidden channels after (before: all 3)
+DEAD = [("maxpool", {1: [1]}, [2, 3]),
+        ("residual", {1: [0], 3: [0]}, [2, 3, 2]),  # the skip channel is read by neither conv2 nor the head
+        ("residual", {3: [0]}, [3, 3, 3])]  # conv2 still reads the skip channel: the Add keeps it
+
+
+@pytest.mark.parametrize("kind,cols,after", DEAD)
+def test_dead_channels_are_dropped_exactly(tmp_path, rng, kind, cols, after):
+    model = tmp_path / "d.onnx"
+    save_graph(_dead_net(kind, cols), model)
+    out, cert_path = _reduce(model, tmp_path)
+    cert = json.loads(cert_path.read_text())
+    assert cert["stats"]["channels_after"] == after
+    assert sum(len(r) for r in _claim(cert)["dead"]) > 0 or after == [3, 3, 3]
+    _check_sound(model, out, cert_path, rng, (2, 6, 6))
+
+
+def test_live_channel_claimed_dead_is_caught(tmp_path):
+    """A channel still read by the second conv, claimed dead (consistently through relu and pool, with
+    the matching reduced file): the checker refuses."""
+    model = tmp_path / "d.onnx"
+    save_graph(_dead_net("maxpool", {1: [1]}), model)
+    out, cert_path = _reduce(model, tmp_path)
+    cert = json.loads(cert_path.read_text())
+    dead = _claim(cert)["dead"]
+    assert dead[1:4] == [[1], [1], [1]]  # conv, relu, pool
+    _claim(cert)["dead"][1:4] = [[0, 1]] * 3
+    cert_path.write_text(json.dumps(cert))
+    p = subprocess.run([sys.executable, "-m", "lumpver", "check", str(cert_path)], capture_output=True, text=True)
+    assert p.returncode == 1 and "dead channels" in p.stdout and "read by node" in p.stdout

@@ -36,7 +36,8 @@ import numpy as np
 from lumpver.bounds.rounding import POLICY
 from lumpver.certificates.exact_conv import ChannelPartition, aggregate, channel_view, rebuild
 from lumpver.certificates.format import CheckContext, CheckReport, confirm_discrepancy
-from lumpver.certificates.graph_channels import channels, lumped_input, same_node
+from lumpver.certificates.graph_channels import (channels, interface_problem, lumped_input, read_removed, removal_problem,
+                                                same_node, without_channels)
 from lumpver.certificates.partition import partition_problem
 from lumpver.errors import InputError
 from lumpver.ir.activations import get_activation
@@ -293,18 +294,33 @@ def read_claim(f: GraphNetwork, claim: dict[str, Any]) -> dict[str, ChannelParti
     return {n: ChannelPartition.from_json(d) for n, d in zip(f.order, nodes)}
 
 
+def _without_dead(f: GraphNetwork, rows: Optional[list], report: CheckReport) -> GraphNetwork:
+    """f without the claimed dead channels (none when ``rows`` is None), after checking that nothing
+    reads them (:func:`lumpver.certificates.graph_channels.removal_problem` with no channel 0 on a
+    set); ValueError when the claim is wrong."""
+    if rows is None:
+        return f
+    dead = read_removed(f, rows)
+    problem = removal_problem(f, dead, {n: np.zeros(channels(f.node(n)), dtype=bool) for n in f.order})
+    if problem is not None:
+        raise ValueError(f"dead channels: {problem}")
+    report.ok(f"{sum(r.size for r in dead.values())} dead node channel(s) read by nothing: dropping them "
+              "changes no output for any input")
+    return without_channels(f, dead)
+
+
 def check_exact_graph(cert: dict[str, Any], ctx: CheckContext) -> CheckReport:
     """Checker for ``exact`` certificates of graph networks (called by :func:`lumpver.certificates.exact.check_exact`)."""
     report = CheckReport(True)
     f, g = load_graph(ctx.original_path), load_graph(ctx.reduced_path)
     ev = next((e for e in cert["evidence"] if isinstance(e, dict) and e.get("backend") == "lumping"), None)
     try:
+        f = _without_dead(f, ev["claim"].get("dead"), report)
         claimed, tol = read_claim(f, ev["claim"]), float(ev["claim"]["tolerance"])
-    except (KeyError, ValueError, TypeError) as e:
-        return report.fail(f"no well-formed graph lumping evidence in the certificate: {e!r}")
-    if (f.input_name, f.output_name, list(f.input_shape), list(f.output_shape), f.output_softmax) != (
-            g.input_name, g.output_name, list(g.input_shape), list(g.output_shape), g.output_softmax):
-        return report.fail("the reduced model's inputs or outputs differ from the original's")
+    except (KeyError, ValueError, TypeError, AttributeError, InputError) as e:
+        return report.fail(f"no well-formed graph lumping evidence in the certificate: {e}")
+    if interface_problem(f, g):
+        return report.fail(interface_problem(f, g))
     try:
         problem = structure_problem(f, g, claimed)
         a, b = graph_discrepancy_bound(f, g, claimed) if problem is None else (np.inf, np.inf)

@@ -40,6 +40,20 @@ def channels(node: GNode) -> int:
     return int(node.shape[0]) if len(node.shape) >= 2 else node.size
 
 
+def graph_stats(f: GraphNetwork, g: GraphNetwork) -> dict[str, Any]:
+    """Hidden neurons (affine nodes but the output), parameters, widths and channels per hidden affine node."""
+    def hidden(net):
+        return [net.node(n) for n in net.order if net.node(n).kind == "affine" and n != net.output]
+
+    def params(net):
+        return sum(net.node(n).op.n_params + net.node(n).bias.size for n in net.order if net.node(n).kind == "affine")
+
+    return {"neurons_before": sum(n.size for n in hidden(f)), "neurons_after": sum(n.size for n in hidden(g)),
+            "params_before": params(f), "params_after": params(g),
+            "layers_before": [n.size for n in hidden(f)], "layers_after": [n.size for n in hidden(g)],
+            "channels_before": [channels(n) for n in hidden(f)], "channels_after": [channels(n) for n in hidden(g)]}
+
+
 def lumped_input(net: GraphNetwork, nid: str) -> bool:
     """Whether an affine node reads a lumped value (not the raw or normalised input)."""
     return net.node(net.node(nid).inputs[0]).kind not in ("input", "scale")
@@ -183,11 +197,19 @@ def same_graph(h: GraphNetwork, g: GraphNetwork) -> Optional[str]:
     return None
 
 
-def read_removed(f: GraphNetwork, step: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The claimed drops keyed by f's node ids (ValueError when the list does not match f)."""
-    rows = step["removed"]
+def read_removed(f: GraphNetwork, rows: list) -> dict[str, np.ndarray]:
+    """Claimed drops (one list of channels per node of f, in topological order) keyed by f's node
+    ids; ValueError when the list does not match f."""
     if not isinstance(rows, list) or len(rows) != len(f.order):
-        raise ValueError(f"the claim lists removals for {len(rows)} nodes, the original graph has {len(f.order)}")
+        raise ValueError(f"the claim lists drops for {len(rows)} nodes, the original graph has {len(f.order)}")
     return {n: np.asarray(r, dtype=np.int64).reshape(-1) for n, r in zip(f.order, rows)}
+
+
+def interface_problem(f: GraphNetwork, g: GraphNetwork) -> Optional[str]:
+    """None when g has f's input and output names and shapes (and final softmax)."""
+    if (f.input_name, f.output_name, list(f.input_shape), list(f.output_shape), f.output_softmax) != (
+            g.input_name, g.output_name, list(g.input_shape), list(g.output_shape), g.output_softmax):
+        return "the reduced model's inputs or outputs differ from the original's"
+    return None
 
 

@@ -23,7 +23,8 @@ import numpy as np
 
 from lumpver.bounds.graph_engine import prepare_graph, propagate_graph
 from lumpver.bounds.region import region_box
-from lumpver.certificates.graph_channels import channels, removal_problem, same_graph, read_removed, without_channels
+from lumpver.certificates.graph_channels import (channels, interface_problem, read_removed, removal_problem, same_graph,
+                                                without_channels)
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, check_equal, confirm_prose
 from lumpver.errors import InputError
 from lumpver.ir.graph import GraphNetwork
@@ -57,7 +58,7 @@ def zero_channels(f: GraphNetwork, input_set: InputSet, method: str = "crown",
 def replay_graph_step(f: GraphNetwork, input_set: InputSet, step: dict[str, Any], target: GraphNetwork,
                       report: CheckReport) -> bool:
     """Re-check one ``on-set-graph`` step from f to ``target`` (module docstring)."""
-    removed = read_removed(f, step)
+    removed = read_removed(f, step["removed"])
     zero = zero_channels(f, input_set, str(step.get("method", "crown")))
     try:
         problem = removal_problem(f, removed, zero)
@@ -90,10 +91,8 @@ def check_onset_graph(cert: dict[str, Any], ctx: CheckContext) -> CheckReport:
     f, reduced = load_graph(ctx.original_path), load_graph(ctx.reduced_path)
     if input_set.dim != f.n_inputs:
         return report.fail(f"guarantee.input_set: {input_set.dim} dimensions, the original has {f.n_inputs} inputs")
-    if (f.input_name, f.output_name, list(f.input_shape), list(f.output_shape), f.output_softmax) != (
-            reduced.input_name, reduced.output_name, list(reduced.input_shape), list(reduced.output_shape),
-            reduced.output_softmax):
-        return report.fail("the reduced model's inputs or outputs differ from the original's")
+    if interface_problem(f, reduced):
+        return report.fail(interface_problem(f, reduced))
     steps = cert["evidence"] if isinstance(cert["evidence"], list) else []
     if len(steps) != 1 or not isinstance(steps[0], dict) or steps[0].get("step") != STEP:
         return report.fail(f"expected one {STEP} step as evidence")

@@ -26,7 +26,7 @@ import numpy as np
 from lumpver.certificates.exact_conv import ChannelPartition, rebuild
 from lumpver.certificates.exact_graph import (affine_terms, channels, claim_of, concat_partition, graph_discrepancy_bound,
                                               identity, is_identity, n_classes, pool_constants, structure_problem)
-from lumpver.certificates.graph_channels import resized_node
+from lumpver.certificates.graph_channels import graph_stats, resized_node, without_channels
 from lumpver.certificates.format import make_certificate
 from lumpver.errors import InputError
 from lumpver.fileio import write_json_atomic
@@ -38,6 +38,7 @@ from lumpver.ir.onnx_import import load_graph
 from lumpver.progress import SILENT, Progress
 from lumpver.reductions.base import PassContext, ReductionResult, remove_on_failure
 from lumpver.reductions.grouping import classify_signatures, group_rows
+from lumpver.reductions.onset_graph import choose_removals
 
 EXACT_GRAPH_STATEMENT = ("for every input x: max_i |f_i(x) - g_i(x)| <= a + b * ||x||_inf, in exact real arithmetic "
                          "of the stored float32 weights of both graph networks")
@@ -250,20 +251,6 @@ def lump_graph(f: GraphNetwork, tolerance: float, progress: Progress = SILENT) -
     return GraphLumpResult(f, reduced, fp.parts, tolerance, rounds, graph_stats(f, reduced))
 
 
-def graph_stats(f: GraphNetwork, g: GraphNetwork) -> dict[str, Any]:
-    """Hidden neurons (affine nodes but the output), parameters, widths and channels per hidden affine node."""
-    def hidden(net):
-        return [net.node(n) for n in net.order if net.node(n).kind == "affine" and n != net.output]
-
-    def params(net):
-        return sum(net.node(n).op.n_params + net.node(n).bias.size for n in net.order if net.node(n).kind == "affine")
-
-    return {"neurons_before": sum(n.size for n in hidden(f)), "neurons_after": sum(n.size for n in hidden(g)),
-            "params_before": params(f), "params_after": params(g),
-            "layers_before": [n.size for n in hidden(f)], "layers_after": [n.size for n in hidden(g)],
-            "channels_before": [channels(n) for n in hidden(f)], "channels_after": [channels(n) for n in hidden(g)]}
-
-
 @dataclass
 class ExactGraphPass:
     """Exact lumping of a graph network, certificate kind ``exact`` (DESIGN.md §2, §10)."""
@@ -273,15 +260,20 @@ class ExactGraphPass:
 
     def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
         t0 = time.perf_counter()
-        f = load_graph(model_path)
-        ctx.progress.say(f"loaded {model_path}: a graph of {len(f.order)} nodes; lumping channels")
+        f0 = load_graph(model_path)
+        dead = choose_removals(f0, {n: np.zeros(channels(f0.node(n)), dtype=bool) for n in f0.order})
+        f = without_channels(f0, dead)  # dead channels: read by nothing (DESIGN.md §2)
+        ctx.progress.say(f"loaded {model_path}: a graph of {len(f.order)} nodes, "
+                         f"{sum(r.size for r in dead.values())} dead node channel(s) dropped; lumping channels")
         try:
             result = lump_graph(f, self.tolerance, ctx.progress)
         except InputError as e:  # name the file beside the node
             raise e if e.path else InputError(str(e), str(model_path)) from None
         save_graph(result.reduced, out_path)
         with remove_on_failure(out_path):
-            f2, g2 = load_graph(model_path), load_graph(out_path)
+            f1 = load_graph(model_path)
+            dead_rows = [dead[n].tolist() for n in f0.order]
+            f2, g2 = without_channels(f1, dict(zip(f1.order, map(np.asarray, dead_rows)))), load_graph(out_path)
             parts = dict(zip(f2.order, (result.parts[n] for n in f.order)))
             problem = structure_problem(f2, g2, parts)
             if problem is not None:
@@ -290,9 +282,9 @@ class ExactGraphPass:
             discrepancy = {"a": a, "b": b, "statement": EXACT_GRAPH_STATEMENT}
             guarantee = {"kind": "exact", "norm": "linf", "float_tolerance": {
                 "grouping_tolerance": self.tolerance, "discrepancy_bound": discrepancy}}
-            evidence = [{"backend": "lumping", "verdict": "proved", "claim": claim_of(f2, parts, self.tolerance),
-                         "discrepancy": discrepancy}]
-            stats = {**result.stats, "seconds": round(time.perf_counter() - t0, 6)}
+            claim = {**claim_of(f2, parts, self.tolerance), "dead": dead_rows}
+            evidence = [{"backend": "lumping", "verdict": "proved", "claim": claim, "discrepancy": discrepancy}]
+            stats = {**graph_stats(f1, g2), "seconds": round(time.perf_counter() - t0, 6)}
             cert = make_certificate(model_path, out_path, guarantee, stats, evidence, cert_path)
             write_json_atomic(cert_path, cert)
         return ReductionResult(Path(out_path), Path(cert_path), cert)

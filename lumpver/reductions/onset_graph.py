@@ -30,8 +30,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from lumpver.certificates.format import make_certificate
-from lumpver.certificates.graph_channels import (channel_views, channels, lumped_input, removal_problem, same_graph,
-                                                without_channels)
+from lumpver.certificates.graph_channels import (channel_views, channels, graph_stats, lumped_input, removal_problem,
+                                                same_graph, without_channels)
 from lumpver.certificates.onset_graph import STATEMENT, STEP, zero_channels
 from lumpver.errors import InputError
 from lumpver.fileio import write_json_atomic
@@ -40,7 +40,6 @@ from lumpver.ir.onnx_graph_export import save_graph
 from lumpver.ir.onnx_import import load_graph
 from lumpver.progress import SILENT, Progress
 from lumpver.reductions.base import PassContext, ReductionResult, remove_on_failure
-from lumpver.reductions.exact_graph import graph_stats
 from lumpver.specs.inputset import InputSet
 
 MAX_ROUNDS = 64  # selection rounds (each round drops more or stops)
