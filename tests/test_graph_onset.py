@@ -21,7 +21,7 @@ import pytest
 from lumpver.certificates.graph_channels import without_channels
 from lumpver.ir.onnx_graph_export import save_graph
 from lumpver.ir.onnx_import import load_graph
-from lumpver.ir.planted import random_dag_cnn
+from lumpver.ir.planted import PLANTED_DAG_KINDS, planted_dag_cnn, random_dag_cnn
 from lumpver.ir.runtime import run_onnx
 from lumpver.specs.load import load_input_set
 
@@ -36,7 +36,8 @@ def _cli(*args, quiet: bool = True) -> subprocess.CompletedProcess:
 
 def _box_file(path, center: np.ndarray, radius: float):
     path.write_text("".join(f"(declare-const X_{i} Real)\n" for i in range(center.size)) + "".join(
-        f"(assert (>= X_{i} {float(c - radius)!r}))\n(assert (<= X_{i} {float(c + radius)!r}))\n" for i, c in enumerate(center)))
+        f"(assert (>= X_{i} {float(c - radius)!r}))\n(assert (<= X_{i} {float(c + radius)!r}))\n"
+        for i, c in enumerate(center)))
     return path
 
 
@@ -75,12 +76,16 @@ def _ops(path) -> Counter:
     return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
 
 
-def _assert_equal_on_box(model, out, box, n: int = 300) -> None:
-    b = load_input_set(box, int(np.prod(IMAGE))).regions[0]
+def _assert_equal_on_box(model, out, box, n: int = 300, image: tuple = IMAGE, bound: float = 0.0) -> None:
+    """onnxruntime agrees on ``n`` points of the box and its corners; float64 forward passes of the two
+    files differ by at most the certified ``bound`` (0 when channels are only dropped) plus float64 noise."""
+    b = load_input_set(box, int(np.prod(image))).regions[0]
     x = np.random.default_rng(7).uniform(b.lower, b.upper, size=(n, b.lower.size))
-    x = np.vstack([x, b.lower, b.upper]).astype(np.float32).reshape(-1, *IMAGE)
+    x = np.vstack([x, b.lower, b.upper]).astype(np.float32).reshape(-1, *image)
     y, z = run_onnx(model, x), run_onnx(out, x)
     assert np.max(np.abs(y - z)) <= 1e-5 * (1 + np.max(np.abs(y)))
+    gap = np.abs(load_graph(model).forward(x) - load_graph(out).forward(x))
+    assert np.max(gap) <= bound + 1e-9 * (1 + np.max(np.abs(y)))
 
 
 # kind, channels made 0 (affine node -> channels), zero input columns, hidden channels before -> after
@@ -108,6 +113,24 @@ def test_planted_zero_and_dead_channels_are_dropped(tmp_path, kind, dead, cols, 
         assert cert["stats"]["params_after"] < cert["stats"]["params_before"]
     p = _cli("check", cert_path)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("kind", PLANTED_DAG_KINDS)
+def test_planted_graph_is_dropped_then_lumped(tmp_path, kind):
+    """Planted graph CNNs (every conv channel a positive multiple of a core channel): after the on-set
+    step, exact lumping merges at least down to the planted cores; the bound of the two steps covers
+    the float64 gap, and the certificate (both steps) re-checks."""
+    planted = planted_dag_cnn(kind, seed=0)
+    model, out, cert_path, box = _reduce(planted.network, tmp_path)
+    cert = json.loads(cert_path.read_text())
+    assert [s["step"] for s in cert["evidence"]] == ["on-set-graph", "exact-lumping"]
+    assert all(a <= c for a, c in zip(cert["stats"]["channels_after"], planted.core))
+    assert 0 < cert["guarantee"]["epsilon"] < 1e-3
+    _assert_equal_on_box(model, out, box, image=(2, 8, 8), bound=cert["guarantee"]["epsilon"])
+    assert _cli("check", cert_path).returncode == 0
+    _resign(cert_path, out, lambda c: c["guarantee"].update(epsilon=c["guarantee"]["epsilon"] / 10))
+    p = _cli("check", cert_path, quiet=False)
+    assert p.returncode == 1 and "guarantee.epsilon" in p.stdout
 
 
 def test_dead_channels_cascade(tmp_path):

@@ -36,8 +36,8 @@ import numpy as np
 from lumpver.bounds.rounding import POLICY
 from lumpver.certificates.exact_conv import ChannelPartition, aggregate, channel_view, rebuild
 from lumpver.certificates.format import CheckContext, CheckReport, confirm_discrepancy
-from lumpver.certificates.graph_channels import (channels, interface_problem, lumped_input, read_removed, removal_problem,
-                                                same_node, without_channels)
+from lumpver.certificates.graph_channels import (channels, interface_problem, lumped_input, read_removed,
+                                                removal_problem, same_node, without_channels)
 from lumpver.certificates.partition import partition_problem
 from lumpver.errors import InputError
 from lumpver.ir.activations import get_activation
@@ -294,6 +294,17 @@ def read_claim(f: GraphNetwork, claim: dict[str, Any]) -> dict[str, ChannelParti
     return {n: ChannelPartition.from_json(d) for n, d in zip(f.order, nodes)}
 
 
+def verify_partition(f: GraphNetwork, g: GraphNetwork,
+                     claimed: dict[str, ChannelPartition]) -> tuple[Optional[str], float, float]:
+    """``(problem, a, b)``: :func:`structure_problem` and, when there is none, :func:`graph_discrepancy_bound`."""
+    try:
+        problem = structure_problem(f, g, claimed)
+        a, b = graph_discrepancy_bound(f, g, claimed) if problem is None else (np.inf, np.inf)
+    except (InputError, ValueError, IndexError, KeyError) as e:
+        problem, a, b = str(e), np.inf, np.inf
+    return problem, a, b
+
+
 def _without_dead(f: GraphNetwork, rows: Optional[list], report: CheckReport) -> GraphNetwork:
     """f without the claimed dead channels (none when ``rows`` is None), after checking that nothing
     reads them (:func:`lumpver.certificates.graph_channels.removal_problem` with no channel 0 on a
@@ -321,11 +332,7 @@ def check_exact_graph(cert: dict[str, Any], ctx: CheckContext) -> CheckReport:
         return report.fail(f"no well-formed graph lumping evidence in the certificate: {e}")
     if interface_problem(f, g):
         return report.fail(interface_problem(f, g))
-    try:
-        problem = structure_problem(f, g, claimed)
-        a, b = graph_discrepancy_bound(f, g, claimed) if problem is None else (np.inf, np.inf)
-    except (InputError, ValueError, IndexError, KeyError) as e:
-        problem = str(e)
+    problem, a, b = verify_partition(f, g, claimed)
     if problem is not None:
         return report.fail(problem)
     report.ok(f"graph partition valid: {sum(n_classes(claimed[n]) for n in f.order)} classes over "

@@ -12,17 +12,21 @@ pre-activation upper bound is ``<= 0`` everywhere, a max pool or sum of such cha
 channel then computes f's value on X, so the discrepancy on X is 0 in real arithmetic of the stored
 weights; float32 evaluation by a runtime adds its own rounding to both models. The checker
 recomputes the bounds (never reads recorded ones), rebuilds f without the claimed channels and
-requires g's file to be exactly that. This module must not import :mod:`lumpver.reductions`; the
-reducer (:mod:`lumpver.reductions.onset_graph`) imports :func:`zero_channels`.
+requires g's file to be exactly that. An optional second step, ``exact-lumping``, lumps channels of
+that graph exactly (:mod:`lumpver.certificates.exact_graph`: partition checks and its bound
+``a + b ||x||_inf``, taken at the largest ``||x||_inf`` on X). This module must not import
+:mod:`lumpver.reductions`; the reducer (:mod:`lumpver.reductions.onset_graph`) imports
+:func:`zero_channels` and :func:`set_xmax`.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from lumpver.bounds.graph_engine import prepare_graph, propagate_graph
 from lumpver.bounds.region import region_box
+from lumpver.certificates.exact_graph import read_claim, verify_partition
 from lumpver.certificates.graph_channels import (channels, interface_problem, read_removed, removal_problem, same_graph,
                                                 without_channels)
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, check_equal, confirm_prose
@@ -33,9 +37,9 @@ from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import InputSet
 
 STEP = "on-set-graph"
-STATEMENT = ("for every x in the input set: max_i |f_i(x) - g_i(x)| <= discrepancy_bound (0: every kept channel "
-             "computes the original's value), in exact real arithmetic of the stored float32 weights; float32 "
-             "evaluation by a runtime adds its own rounding to both models")
+STATEMENT = ("for every x in the input set: max_i |f_i(x) - g_i(x)| <= discrepancy_bound (0 when channels are only "
+             "dropped: every kept channel computes the original's value), in exact real arithmetic of the stored "
+             "float32 weights; float32 evaluation by a runtime adds its own rounding to both models")
 _MALFORMED = (KeyError, ValueError, TypeError, IndexError)
 
 
@@ -55,28 +59,62 @@ def zero_channels(f: GraphNetwork, input_set: InputSet, method: str = "crown",
 
 
 # ----- the checks -----------------------------------------------------------------------------
-def replay_graph_step(f: GraphNetwork, input_set: InputSet, step: dict[str, Any], target: GraphNetwork,
-                      report: CheckReport) -> bool:
-    """Re-check one ``on-set-graph`` step from f to ``target`` (module docstring)."""
+def set_xmax(input_set: InputSet) -> float:
+    """``max ||x||_inf`` over the bounding boxes of the regions of X."""
+    return max(float(np.max(np.abs(np.concatenate([b.lower, b.upper])))) for b in map(region_box, input_set.regions))
+
+
+def replay_graph_step(f: GraphNetwork, input_set: InputSet, step: dict[str, Any], target: Optional[GraphNetwork],
+                      report: CheckReport) -> Optional[GraphNetwork]:
+    """Re-check one ``on-set-graph`` step from f (module docstring): f without the dropped channels,
+    required to be ``target`` when given; None when a claim fails."""
     removed = read_removed(f, step["removed"])
     zero = zero_channels(f, input_set, str(step.get("method", "crown")))
     try:
         problem = removal_problem(f, removed, zero)
-        problem = problem or same_graph(without_channels(f, removed), target)
+        h = without_channels(f, removed) if problem is None else None
+        problem = problem or (same_graph(h, target) if target is not None else None)
     except (InputError, ValueError) as e:
         problem = str(e)
     if problem is not None:
         report.fail(f"{STEP}: {problem}")
-        return False
+        return None
     n_zero = sum(int(np.sum(zero[n][removed[n]])) for n in f.order)
     n_all = sum(r.size for r in removed.values())
     for key, value in (("n_zero_on_set", n_zero), ("n_removed", n_all)):
         if key in step and step[key] != value:
             report.fail(f"{STEP}: {key} is {step[key]!r}, recomputed {value}")
-            return False
+            return None
     report.ok(f"{STEP}: {n_all} node channel(s) dropped, {n_zero} of them proved 0 on X by recomputed "
-              f"{step.get('method', 'crown')} bounds, the others unread; g is f without them (bit-equal weights)")
-    return True
+              f"{step.get('method', 'crown')} bounds, the others unread" +
+              ("; g is f without them (bit-equal weights)" if target is not None else ""))
+    return h
+
+
+def replay_graph_lumping(h: GraphNetwork, input_set: InputSet, step: dict[str, Any], target: GraphNetwork,
+                         report: CheckReport) -> Optional[float]:
+    """Re-check an ``exact-lumping`` step from h to ``target`` with the exact graph checker's partition
+    checks and bound (:mod:`lumpver.certificates.exact_graph`): its bound on X, or None."""
+    problem, a, b = verify_partition(h, target, read_claim(h, step["claim"]))
+    if problem is not None:
+        report.fail(f"exact-lumping step: {problem}")
+        return None
+    xmax = set_xmax(input_set)
+    report.ok(f"exact-lumping step: partition valid, discrepancy on X <= {a:.3e} + {b:.3e} * {xmax:.6g} (recomputed)")
+    return float(a + b * xmax)
+
+
+def _replay(f: GraphNetwork, input_set: InputSet, steps: list, reduced: GraphNetwork,
+            report: CheckReport) -> Optional[float]:
+    """Replay ``[on-set-graph]`` or ``[on-set-graph, exact-lumping]``: the bound on X, or None."""
+    kinds = [s.get("step") if isinstance(s, dict) else None for s in steps]
+    if kinds not in ([STEP], [STEP, "exact-lumping"]):
+        report.fail(f"expected the steps [{STEP}] or [{STEP}, exact-lumping], found {kinds}")
+        return None
+    h = replay_graph_step(f, input_set, steps[0], reduced if len(steps) == 1 else None, report)
+    if h is None or len(steps) == 1:
+        return None if h is None else 0.0
+    return replay_graph_lumping(h, input_set, steps[1], reduced, report)
 
 
 def check_onset_graph(cert: dict[str, Any], ctx: CheckContext) -> CheckReport:
@@ -93,20 +131,18 @@ def check_onset_graph(cert: dict[str, Any], ctx: CheckContext) -> CheckReport:
         return report.fail(f"guarantee.input_set: {input_set.dim} dimensions, the original has {f.n_inputs} inputs")
     if interface_problem(f, reduced):
         return report.fail(interface_problem(f, reduced))
-    steps = cert["evidence"] if isinstance(cert["evidence"], list) else []
-    if len(steps) != 1 or not isinstance(steps[0], dict) or steps[0].get("step") != STEP:
-        return report.fail(f"expected one {STEP} step as evidence")
     report.confirm("input_set", f"{len(input_set.regions)} region(s) of dimension {input_set.dim}; every bound "
                    "below is recomputed on it")
     try:
-        holds = replay_graph_step(f, input_set, steps[0], reduced, report)
+        total = _replay(f, input_set, cert["evidence"] if isinstance(cert["evidence"], list) else [], reduced, report)
     except _MALFORMED as e:
-        return report.fail(f"{STEP}: malformed: {e!r}")
-    if not holds:
+        return report.fail(f"malformed evidence: {e!r}")
+    if total is None:
+        report.holds = False
         return report
-    report.ok("on X, max_i |f_i - g_i| = 0 (real arithmetic of the float32 weights)")
-    check_bound(report, g, "epsilon", 0.0)
-    check_bound(report, g, "float_tolerance.discrepancy_bound", 0.0)
+    report.ok(f"on X, max_i |f_i - g_i| <= {total:.3e} (real arithmetic of the float32 weights, recomputed)")
+    check_bound(report, g, "epsilon", total)
+    check_bound(report, g, "float_tolerance.discrepancy_bound", total)
     check_equal(report, g, "norm", "linf", "the norm of the recomputed bound")
     confirm_prose(report, g, ("float_tolerance.statement", "statement"))
     return report

@@ -12,6 +12,12 @@ activation that does not admit a scale, a node left without any class, a lumped 
 conflicting split is pushed back to the affine nodes the classes came from, as keys the
 classification must respect, and the forward pass is repeated: partitions only get finer, so this
 ends (at worst with no merge). The reduced graph keeps f's nodes and geometry, one channel per class.
+
+Before lumping, dead channels are dropped (:func:`choose_removals` with no channel 0 on a set): those
+that every conv/dense reader reads with all-zero filters, linked across activations, max pools, Adds
+and Concats (an Add's channel goes only with both branches), repeated while dropping filters makes
+more channels dead. The claim lists them as ``dead``; the checker re-checks them with
+:func:`lumpver.certificates.graph_channels.removal_problem`. Dropping them changes nothing for any input.
 """
 from __future__ import annotations
 
@@ -22,11 +28,13 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from lumpver.certificates.exact_conv import ChannelPartition, rebuild
 from lumpver.certificates.exact_graph import (affine_terms, channels, claim_of, concat_partition, graph_discrepancy_bound,
                                               identity, is_identity, n_classes, pool_constants, structure_problem)
-from lumpver.certificates.graph_channels import graph_stats, resized_node, without_channels
+from lumpver.certificates.graph_channels import channel_views, graph_stats, lumped_input, resized_node, without_channels
 from lumpver.certificates.format import make_certificate
 from lumpver.errors import InputError
 from lumpver.fileio import write_json_atomic
@@ -38,7 +46,6 @@ from lumpver.ir.onnx_import import load_graph
 from lumpver.progress import SILENT, Progress
 from lumpver.reductions.base import PassContext, ReductionResult, remove_on_failure
 from lumpver.reductions.grouping import classify_signatures, group_rows
-from lumpver.reductions.onset_graph import choose_removals
 
 EXACT_GRAPH_STATEMENT = ("for every input x: max_i |f_i(x) - g_i(x)| <= a + b * ||x||_inf, in exact real arithmetic "
                          "of the stored float32 weights of both graph networks")
@@ -249,6 +256,83 @@ def lump_graph(f: GraphNetwork, tolerance: float, progress: Progress = SILENT) -
     reduced = GraphNetwork(g, f.output, f.input_name, f.output_name, list(f.input_shape), list(f.output_shape),
                            f.output_softmax)
     return GraphLumpResult(f, reduced, fp.parts, tolerance, rounds, graph_stats(f, reduced))
+
+
+# ----- dropping channels that nothing reads (or that are 0 on a set) ------------------------------
+MAX_ROUNDS = 64  # selection rounds (each round drops more or stops)
+
+
+@dataclass
+class _Links:
+    """Channels of all nodes numbered one after the other; ``group`` links element-wise nodes."""
+
+    offset: dict[str, int]
+    group: np.ndarray
+    blocked: np.ndarray  # per group: holds a channel that must stay
+
+    @staticmethod
+    def of(f: GraphNetwork) -> "_Links":
+        sizes = [channels(f.node(n)) for n in f.order]
+        offset = dict(zip(f.order, np.cumsum([0] + sizes[:-1]).tolist()))
+        rows, cols = [], []
+        for n in f.order:
+            node = f.node(n)
+            if node.kind in ("act", "maxpool", "add", "concat"):
+                at = offset[n]
+                for i in node.inputs:
+                    k = channels(f.node(i))
+                    rows.append(np.arange(at, at + k))
+                    cols.append(np.arange(offset[i], offset[i] + k))
+                    at += k if node.kind == "concat" else 0
+        total = int(sum(sizes))
+        r, c = (np.concatenate(rows), np.concatenate(cols)) if rows else (np.zeros(0, int), np.zeros(0, int))
+        _, group = connected_components(coo_matrix((np.ones(r.size), (r, c)), shape=(total, total)), directed=False)
+        fixed = np.zeros(total, dtype=bool)
+        for n in f.order:
+            node = f.node(n)
+            if node.kind in ("input", "scale") or n == f.output or any(
+                    f.node(s).kind == "scale" for s in f.graph.successors(n)):
+                fixed[offset[n]:offset[n] + channels(node)] = True
+        blocked = np.zeros(int(group.max(initial=-1)) + 1, dtype=bool)
+        blocked[group[fixed]] = True
+        return _Links(offset, group, blocked)
+
+    def per_node(self, f: GraphNetwork, flags: np.ndarray) -> dict[str, np.ndarray]:
+        return {n: flags[self.offset[n]:self.offset[n] + channels(f.node(n))] for n in f.order}
+
+
+def _select(f: GraphNetwork, links: _Links, zero: dict[str, np.ndarray], views: dict[str, np.ndarray],
+            dropped: np.ndarray) -> np.ndarray:
+    """Channels to drop given the current drops (their consumers' kept rows): the module rule."""
+    ok = ~links.blocked
+    cur = links.per_node(f, dropped)
+    for c, w3 in views.items():
+        src = f.node(c).inputs[0]
+        if not lumped_input(f, c):  # reads the input: nothing to drop there
+            continue
+        read = np.any(w3[~cur[c]] != 0, axis=(0, 2)) & ~zero[src]
+        ok[links.group[links.offset[src] + np.flatnonzero(read)]] = False
+    out = ok[links.group]
+    for n, flags in links.per_node(f, out).items():  # keep one channel of every node
+        if flags.all():
+            out[links.group == links.group[links.offset[n]]] = False
+    return out
+
+
+def choose_removals(f: GraphNetwork, zero: dict[str, np.ndarray], progress: Progress = SILENT) -> dict[str, np.ndarray]:
+    """The channels to drop per node (module docstring): a selection every round of which is valid
+    with all rows kept; the last one is the fixed point of :func:`_select`."""
+    links, views = _Links.of(f), channel_views(f)
+    dropped = np.zeros(links.group.size, dtype=bool)
+    for r in range(MAX_ROUNDS):
+        new = _select(f, links, zero, views, dropped)
+        progress.say(f"on-set graph selection round {r + 1}: {int(new.sum())} channel(s) dropped")
+        if np.array_equal(new, dropped):
+            break
+        dropped = new
+    else:  # no fixed point: the first round is valid on its own
+        dropped = _select(f, links, zero, views, np.zeros_like(dropped))
+    return {n: np.flatnonzero(flags) for n, flags in links.per_node(f, dropped).items()}
 
 
 @dataclass
