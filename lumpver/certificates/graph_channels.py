@@ -97,7 +97,7 @@ def channel_views(f: GraphNetwork) -> dict[str, np.ndarray]:
             try:
                 out[n] = channel_view(node.op, channels(f.node(node.inputs[0])) if lumped_input(f, n) else None).w3
             except InputError as e:
-                raise InputError(f"on-set graph reduction: {e}", None, node.source or n) from None
+                raise InputError(str(e), None, node.source or n) from None
     return out
 
 

@@ -345,11 +345,11 @@ class ExactGraphPass:
     def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
         t0 = time.perf_counter()
         f0 = load_graph(model_path)
-        dead = choose_removals(f0, {n: np.zeros(channels(f0.node(n)), dtype=bool) for n in f0.order})
-        f = without_channels(f0, dead)  # dead channels: read by nothing (DESIGN.md §2)
-        ctx.progress.say(f"loaded {model_path}: a graph of {len(f.order)} nodes, "
-                         f"{sum(r.size for r in dead.values())} dead node channel(s) dropped; lumping channels")
         try:
+            dead = choose_removals(f0, {n: np.zeros(channels(f0.node(n)), dtype=bool) for n in f0.order})
+            f = without_channels(f0, dead)  # dead channels: read by nothing (DESIGN.md §2)
+            ctx.progress.say(f"loaded {model_path}: a graph of {len(f.order)} nodes, "
+                             f"{sum(r.size for r in dead.values())} dead node channel(s) dropped; lumping channels")
             result = lump_graph(f, self.tolerance, ctx.progress)
         except InputError as e:  # name the file beside the node
             raise e if e.path else InputError(str(e), str(model_path)) from None

@@ -14,9 +14,11 @@ lumping (:func:`lumpver.reductions.exact_graph.lump_graph`) of the result follow
 when it merges channels (its bound ``a + b ||x||_inf`` at the largest ``||x||_inf`` on X). The
 claims and their re-check are :mod:`lumpver.certificates.onset_graph`.
 
-Not done here: stably active channels are not linearly lumped (a stably active channel is affine
-in its input only position by position, and a conv channel's positions share one filter; the
-dense-layer algebra of §3 has no channel analogue), and channels that are a non-zero constant on X
+Not done here: stably active channels are not linearly lumped. Such a channel is its filter applied
+to the previous node, so channels with linearly dependent filters (and biases) could be folded into
+their readers' filters (§3), but only where every reader is a conv/dense node (a max pool, and an Add
+followed by a ReLU, are not linear across channels) and with a float discrepancy bound through the
+rest of the graph for the rounded folded filters. Channels that are a non-zero constant on X
 are not folded (a channel constant on X has a constant input, i.e. all-zero filters, and the
 lumping step folds those already; anything else would need a float discrepancy bound).
 """
