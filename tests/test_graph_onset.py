@@ -133,6 +133,49 @@ def test_planted_graph_is_dropped_then_lumped(tmp_path, kind):
     assert p.returncode == 1 and "guarantee.epsilon" in p.stdout
 
 
+def _union_file(path, centers: list[np.ndarray], radius: float):
+    n = centers[0].size
+    boxes = " ".join("(and " + " ".join(f"(>= X_{i} {float(c[i] - radius)!r}) (<= X_{i} {float(c[i] + radius)!r})"
+                                        for i in range(n)) + ")" for c in centers)
+    path.write_text("".join(f"(declare-const X_{i} Real)\n" for i in range(n)) + f"(assert (or {boxes}))\n")
+    return path
+
+
+def _polytope_file(path, model, center: np.ndarray, radius: float):
+    """A box cut by ``sum(x) <= sum(center)`` (a TOML spec's polytope)."""
+    lo, hi = ", ".join(repr(float(v - radius)) for v in center), ", ".join(repr(float(v + radius)) for v in center)
+    path.write_text(f'model = "{model}"\n[input_set]\ntype = "polytope"\nA = [[{", ".join(["1.0"] * center.size)}]]\n'
+                    f"b = [{float(center.sum())!r}]\nlower = [{lo}]\nupper = [{hi}]\n")
+    return path
+
+
+@pytest.mark.parametrize("shape", ["union", "polytope"])
+def test_union_and_polytope_input_sets(tmp_path, shape):
+    """The set may be a union of boxes or a polytope: the planted channel goes, onnxruntime agrees on
+    points of every region (inside the polytope), the certificate re-checks."""
+    net = _planted("maxpool", {0: [1]})
+    model, out = tmp_path / "m.onnx", tmp_path / "r.onnx"
+    save_graph(net, model)
+    rng = np.random.default_rng(3)
+    centers = [rng.uniform(0, 1, net.n_inputs) for _ in range(2)]
+    spec = (_union_file(tmp_path / "u.vnnlib", centers, RADIUS) if shape == "union"
+            else _polytope_file(tmp_path / "p.toml", model, centers[0], RADIUS))
+    p = _cli("reduce", model, "-o", out, "--mode", "on-set", "--input-set", spec)
+    assert p.returncode == 0, p.stderr
+    cert = json.loads((tmp_path / "r.cert.json").read_text())
+    assert cert["stats"]["channels_after"] == [2, 3]
+    regions = load_input_set(spec, net.n_inputs).regions
+    assert len(regions) == (2 if shape == "union" else 1)
+    for c in centers[: len(regions)]:
+        x = c + rng.uniform(-RADIUS, RADIUS, size=(200, c.size))
+        if shape == "polytope":
+            x = x[x.sum(axis=1) <= c.sum()]
+        x = x.astype(np.float32).reshape(-1, *IMAGE)
+        y, z = run_onnx(model, x), run_onnx(out, x)
+        assert len(x) > 20 and np.max(np.abs(y - z)) <= 1e-5 * (1 + np.max(np.abs(y)))
+    assert _cli("check", tmp_path / "r.cert.json").returncode == 0
+
+
 def test_dead_channels_cascade(tmp_path):
     """The dense head ignores channel 2 of the last conv, and only that conv filter reads channel 1 of
     the pool: once the filter goes, the pool channel is dead too."""
