@@ -35,7 +35,8 @@ def apply_pass(reduction: ReductionPass, model_path: str | os.PathLike, out_path
                progress: Progress = SILENT) -> ReductionResult:
     """Apply ``reduction`` to the model file; InputError (exit 2) for a missing model, an output that
     would overwrite an input, or an input set of the wrong dimension. ``input_set``: a loaded set or
-    a ``.vnnlib``/``.toml`` path. ``cert_path`` defaults to OUTPUT with ``.cert.json``."""
+    a ``.vnnlib``/``.toml`` path. ``cert_path`` defaults to OUTPUT with ``.cert.json``. A graph network
+    (residual Add, Concat, MaxPool) takes the graph form of exact and on-set reduction (DESIGN.md §10)."""
     model = Path(model_path)
     if not model.is_file():
         raise InputError("no such model file", str(model))
