@@ -9,6 +9,12 @@ search's best point, replayed with onnxruntime on both files, and that input is 
 ``counterexample`` (the witness of the lower bound). With ``cert_path`` a ``bounded`` certificate is
 written whose epsilon is the certified bound and whose evidence (``bab_diff``: the bisection trees;
 ``sdp``: the multipliers) :mod:`lumpver.certificates.bounded` re-verifies without trusting the search.
+
+Graph networks (residual Add, Concat, MaxPool; either file, the other converted with
+``GraphNetwork.from_chain``): ``bab_diff`` and ``interval`` are answered by ``graph_diff``
+(:mod:`lumpver.verifiers.graph_diff`: product-graph bounds, input splitting for small inputs,
+refining until the bound meets the attained value or the time is used); ``sdp``/``smt`` refuse
+with an InputError naming the graph node.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lumpver.api.compare import load_pair
+from lumpver.api.compare import graph_backend, is_graph_pair, load_pair
 from lumpver.bounds.softmax import ends_in_softmax, logit_norm, logits_of, probability_bound
 from lumpver.errors import InputError
 from lumpver.certificates.format import make_certificate, model_stats
@@ -32,10 +38,11 @@ from lumpver.specs.norms import norm_value
 from lumpver.verifiers.bab_diff import DiffOptions, difference_search
 from lumpver.verifiers.base import Query, Verdict, get_backend
 from lumpver.verifiers.falsify import CONTAINS_TOL, search
+from lumpver.verifiers.graph_diff import graph_difference_search
 from lumpver.verifiers.interval import certified_difference_bound
 from lumpver.verifiers.sdp import SdpOptions, sdp_bound
 
-BACKENDS = ("bab_diff", "sdp", "interval", "smt")
+BACKENDS = ("bab_diff", "sdp", "interval", "smt", "graph_diff")
 
 
 def bound_files(path_a: str | os.PathLike, path_b: str | os.PathLike, input_set: InputSet | str | os.PathLike,
@@ -45,6 +52,11 @@ def bound_files(path_a: str | os.PathLike, path_b: str | os.PathLike, input_set:
     certified ``upper_bound``, or ``unknown``; ``lower_bound`` attained at ``counterexample``."""
     t0 = time.perf_counter()
     f, g = load_pair(path_a, path_b)
+    if is_graph_pair(f, g):
+        backend = graph_backend(backend, f, g, (path_a, path_b))
+        if cert_path is not None:
+            raise InputError("bound --certificate: no certificate checker for graph networks yet (omit --certificate)",
+                             str(path_a))
     sm = ends_in_softmax(f, g)
     if sm and cert_path is not None:
         raise InputError("bound --certificate: no certificate checker for Softmax outputs yet (omit --certificate)")
@@ -71,7 +83,12 @@ def bound_files(path_a: str | os.PathLike, path_b: str | os.PathLike, input_set:
 def certified_upper_bound(f, g, X: InputSet, backend: str, norm: str, solver: str, timeout: float,
                           attained: float = 0.0, progress: Progress = SILENT):
     """``(upper bound or None, reason, evidence details)`` from one back-end (``attained``: a value
-    already reached, where ``bab_diff`` may stop refining; ``details["witness"]``: its best point)."""
+    already reached, where ``bab_diff``/``graph_diff`` may stop refining; ``details["witness"]``: its best point)."""
+    if backend == "graph_diff":
+        run = graph_difference_search(f, g, X, norm, timeout, threshold=attained)
+        ev = run.evidence(norm)
+        stops = "; ".join(ev.get("stopped", [])) or "the bound meets the attained value"
+        return run.upper_bound, f"graph_diff (product graph, {ev['boxes_processed']} boxes; {stops})", ev
     if backend == "bab_diff":
         res, ev = difference_search(f, g, X, norm, timeout, known_lower=attained,
                                     options=DiffOptions(progress=progress))
