@@ -16,7 +16,7 @@ from typing import Optional
 from lumpver.errors import InputError
 from lumpver.fileio import check_output_path
 from lumpver.ir.graph import GraphNetwork
-from lumpver.ir.onnx_import import load_model, load_onnx
+from lumpver.ir.onnx_import import load_model
 from lumpver.progress import SILENT, Progress
 from lumpver.reductions.exact import DEFAULT_TOLERANCE
 from lumpver.reductions.exact_graph import ExactGraphPass
@@ -43,7 +43,7 @@ def apply_pass(reduction: ReductionPass, model_path: str | os.PathLike, out_path
     check_output_path(out_path, inputs)
     check_output_path(cert, inputs + [Path(out_path)])
     if input_set is not None:
-        input_set = load_input_set(input_set, load_onnx(model).n_inputs)
+        input_set = load_input_set(input_set, load_model(model).n_inputs)
     if isinstance(reduction, ExactPass) and isinstance(load_model(model), GraphNetwork):
         reduction = ExactGraphPass(reduction.tolerance)  # MaxPool, residual Add, Concat (DESIGN.md §10)
     return reduction.apply(model, Path(out_path), cert, PassContext(input_set, progress))

@@ -1,0 +1,85 @@
+"""Benchmark: certified vs sampled error of reductions of a max-pool CNN (issue 12 items 4-5; DESIGN.md §5, §10).
+
+``Convnet_maxpool`` (VNN-COMP 2021 verivital: Conv 32 -> ReLU -> MaxPool -> Gemm, a graph network) on
+the L-inf boxes of its 10 VNN-LIB properties (radius 0.004). Reduced copies, written and loaded back:
+8-bit per-channel and per-tensor QDQ quantisation, 10 % of the channels zeroed (magnitude channel
+pruning of a graph) and 10 % of the weights zeroed. Per box: ``lumpver bound``'s certified L-inf bound
+(:func:`lumpver.api.bound.bound_files`, back-end graph_diff: product-graph CROWN intersected with the
+node-wise deltas; root bound only, 784 inputs), its attained value (falsifier, onnxruntime on both
+files) and the largest error onnxruntime shows on 2000 sampled points; seconds per ``bound`` call
+(falsifier included) and, as the load-independent figure, its ratio to one onnxruntime pass of the
+original over 1000 points measured in the same run.
+
+Usage: nice -n 5 python bench/bench_graph_compare.py [--props 0,1,...] [--timeout 20]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lumpver.api.bound import bound_files  # noqa: E402
+from lumpver.ir.onnx_graph_export import save_graph  # noqa: E402
+from lumpver.ir.onnx_import import load_model  # noqa: E402
+from lumpver.ir.runtime import run_onnx  # noqa: E402
+from lumpver.reductions.certify import sampled_error  # noqa: E402
+from lumpver.reductions.pruning import magnitude_prune_graph  # noqa: E402
+from lumpver.reductions.quantize import quantize_graph, save_quantized  # noqa: E402
+from lumpver.specs.load import load_input_set  # noqa: E402
+
+DATA = ROOT / ".." / "shared" / "data" / "cnn" / "verivital"
+MODEL = DATA / "Convnet_maxpool.onnx"
+METHODS = ("q8-channel", "q8-tensor", "channels-10%", "weights-10%")
+
+
+def build(method: str, f, path: Path) -> None:
+    if method.startswith("q8"):
+        g, qls = quantize_graph(f, 8, per_channel=method == "q8-channel")
+        save_quantized(g, qls, path)
+    else:
+        save_graph(magnitude_prune_graph(f, 0.9, method.split("-")[0].rstrip("s"),
+                                         "layer" if method.startswith("channel") else "global"), path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--props", default=",".join(map(str, range(10))))
+    ap.add_argument("--timeout", type=float, default=20.0)
+    args = ap.parse_args()
+    f = load_model(MODEL)
+    xs = np.random.default_rng(0).uniform(0, 1, (1000, f.n_inputs)).astype(np.float32)
+    t = time.perf_counter()
+    run_onnx(MODEL, xs)
+    ort = time.perf_counter() - t
+    tmp = Path(tempfile.mkdtemp())
+    print(f"onnxruntime, 1000 points: {ort:.3f} s")
+    print("| method | boxes | certified (median) | attained (median) | sampled (median) | certified / attained | "
+          "s per bound (median) | / onnxruntime pass |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method in METHODS:
+        path = tmp / f"{method}.onnx"
+        build(method, f, path)
+        rows = []
+        for p in map(int, args.props.split(",")):
+            X = load_input_set(DATA / "specs_maxpool" / f"prop_{p}_0.004.vnnlib", f.n_inputs)
+            t = time.perf_counter()
+            v = bound_files(MODEL, path, X, timeout=args.timeout)
+            secs = time.perf_counter() - t
+            rows.append((v.upper_bound, v.lower_bound, sampled_error(MODEL, path, X, "linf"), secs))
+            assert v.upper_bound is not None and v.upper_bound >= max(v.lower_bound, rows[-1][2])
+        up, lo, smp, secs = (statistics.median(c) for c in zip(*rows))
+        ratio = statistics.median(r[0] / max(r[1], 1e-12) for r in rows)
+        print(f"| {method} | {len(rows)} | {up:.4g} | {lo:.4g} | {smp:.4g} | {ratio:.2f} | {secs:.1f} | "
+              f"{secs / ort:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
