@@ -227,7 +227,21 @@ def test_softmax_graph_pair_bounds_probabilities(tmp_path, capsys):
         assert code == 0 and v["upper_bound"] >= seen - 1e-7 and v["lower_bound"] <= v["upper_bound"]
 
 
-def test_chain_only_backends_and_certificates_refuse_cleanly(tmp_path, capsys):
+def test_bound_certificate_on_a_graph_pair_rechecks(tmp_path, capsys):
+    from lumpver.certificates.format import check_certificate
+
+    f = random_dag_cnn("concat", seed=90, **TINY)
+    a, b, spec = pair_files(tmp_path, f, perturbed(f, 0.02, 91), _box(f.n_inputs, 17, 0.08))
+    cert = tmp_path / "c.json"
+    code, _ = _cli(capsys, "bound", a, b, "--input-set", spec, "--timeout", 2, "--certificate", cert)
+    c = json.loads(cert.read_text())
+    assert code == 0 and c["evidence"][0]["backend"] == "graph_diff" and check_certificate(cert).holds
+    c["guarantee"]["epsilon"] = 0.5 * c["evidence"][1]["lower_bound"]  # below the attained value
+    cert.write_text(json.dumps(c))
+    assert not check_certificate(cert).holds
+
+
+def test_chain_only_backends_refuse_cleanly(tmp_path, capsys):
     f = random_dag_cnn("residual", seed=70, **TINY)
     a, b, spec = pair_files(tmp_path, f, perturbed(f, 0.01, 71), _box(f.n_inputs, 14, 0.1))
     code, _ = _cli(capsys, "compare", a, b, "--input-set", spec, "--epsilon", 1, "--backend", "smt")
@@ -238,3 +252,50 @@ def test_chain_only_backends_and_certificates_refuse_cleanly(tmp_path, capsys):
         code, text = _cli(capsys, "compare", a, b, "--input-set", spec, "--epsilon", 10, "--backend", backend,
                           "--timeout", 3)
         assert code == 0 and text.strip().splitlines()[-1] == "proved", text
+
+
+# ----- certified prune / quantize on graph networks (issue 12 item 5) ---------------------------------
+def _ops(path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+@pytest.mark.parametrize("kind", DAG_KINDS)
+def test_certified_prune_and_quantize_keep_the_graph_and_recheck(tmp_path, capsys, kind):
+    from lumpver.certificates.format import check_certificate
+
+    f = random_dag_cnn(kind, seed=80, image=(1, 2, 2), channels=3, n_outputs=2)
+    box = _box(f.n_inputs, 15, 0.05)
+    a, _, spec = pair_files(tmp_path, f, f, box)
+    want = {"residual": {"Conv", "Add", "MaxPool"}, "concat": {"Conv", "Concat", "MaxPool"}, "maxpool": {"Conv", "MaxPool"}}
+    runs = {"q8c": ("quantize", "--bits", 8, "--per-channel"), "q8t": ("quantize", "--bits", 8),
+            "pw": ("prune", "--method", "magnitude", "--granularity", "weight", "--keep", 0.7),
+            "pc": ("prune", "--method", "magnitude", "--granularity", "channel", "--keep", 0.6)}
+    if kind != "residual":  # every reduction on the residual net; two on the others (time)
+        runs = {k: runs[k] for k in ("q8c", "pc")}
+    for name, (cmd, *opts) in runs.items():
+        out, cert = tmp_path / f"{name}.onnx", tmp_path / f"{name}.json"
+        code, text = _cli(capsys, cmd, a, *opts, "--input-set", spec, "-o", out, "--certificate", cert,
+                          "--timeout", 20)
+        assert code == 0, (name, text, _cli.err)
+        assert want[kind] <= _ops(out), name  # convs, residual Adds, Concats and max pools stay
+        if cmd == "quantize":
+            assert "DequantizeLinear" in _ops(out)
+        c = json.loads(cert.read_text())
+        eps = c["guarantee"]["epsilon"]
+        exact = exact_linf(f, load_graph_or_chain(out), box)
+        assert eps >= exact - MILP_TOL * (1 + exact), name
+        xs = box.sample(1000, np.random.default_rng(16), corners=True)
+        assert eps >= np.abs(run_onnx(a, xs) - run_onnx(out, xs)).max() - 1e-5, name  # onnxruntime, float32
+        assert check_certificate(cert).holds, name
+        if name != "q8c":
+            continue
+        bad = tmp_path / f"{name}_bad.json"
+        c["guarantee"]["epsilon"] = 0.5 * exact
+        bad.write_text(json.dumps(c))
+        assert exact == 0 or not check_certificate(bad).holds, name
+
+
+def load_graph_or_chain(path):
+    from lumpver.ir.onnx_import import load_model
+
+    return load_model(path)

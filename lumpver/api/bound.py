@@ -13,7 +13,8 @@ written whose epsilon is the certified bound and whose evidence (``bab_diff``: t
 Graph networks (residual Add, Concat, MaxPool; either file, the other converted with
 ``GraphNetwork.from_chain``): ``bab_diff`` and ``interval`` are answered by ``graph_diff``
 (:mod:`lumpver.verifiers.graph_diff`: product-graph bounds, input splitting for small inputs,
-refining until the bound meets the attained value or the time is used); ``sdp``/``smt`` refuse
+refining until the bound meets the attained value or the time is used; its certificate records the
+box cap per region, which :mod:`lumpver.certificates.bounded_graph` re-runs); ``sdp``/``smt`` refuse
 with an InputError naming the graph node.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from lumpver.fileio import write_json_atomic
 from lumpver.ir.network import Network
 from lumpver.ir.runtime import run_onnx
 from lumpver.progress import SILENT, Progress
+from lumpver.reductions.certify import graph_stats
 from lumpver.specs.inputset import InputSet
 from lumpver.specs.load import load_input_set
 from lumpver.specs.norms import norm_value
@@ -54,9 +56,6 @@ def bound_files(path_a: str | os.PathLike, path_b: str | os.PathLike, input_set:
     f, g = load_pair(path_a, path_b)
     if is_graph_pair(f, g):
         backend = graph_backend(backend, f, g, (path_a, path_b))
-        if cert_path is not None:
-            raise InputError("bound --certificate: no certificate checker for graph networks yet (omit --certificate)",
-                             str(path_a))
     sm = ends_in_softmax(f, g)
     if sm and cert_path is not None:
         raise InputError("bound --certificate: no certificate checker for Softmax outputs yet (omit --certificate)")
@@ -86,7 +85,8 @@ def certified_upper_bound(f, g, X: InputSet, backend: str, norm: str, solver: st
     already reached, where ``bab_diff``/``graph_diff`` may stop refining; ``details["witness"]``: its best point)."""
     if backend == "graph_diff":
         run = graph_difference_search(f, g, X, norm, timeout, threshold=attained)
-        ev = run.evidence(norm)
+        ev = run.evidence(norm)  # the checker (certificates/bounded_graph.py) re-runs it with these caps
+        ev.update(max_boxes=[r.boxes + 1 for r in run.results], threshold=attained)
         stops = "; ".join(ev.get("stopped", [])) or "the bound meets the attained value"
         return run.upper_bound, f"graph_diff (product graph, {ev['boxes_processed']} boxes; {stops})", ev
     if backend == "bab_diff":
@@ -150,6 +150,7 @@ def write_bound_certificate(path_a, path_b, cert_path, f: Network, g: Network, X
     if res.lower_bound is not None:
         evidence.append({"backend": "falsify", "verdict": "info", "lower_bound": res.lower_bound,
                          "counterexample": [float(t) for t in res.counterexample]})
-    cert = make_certificate(path_a, path_b, guarantee, model_stats(f, g, res.seconds), evidence, cert_path)
+    stats = graph_stats(f, g, res.seconds) if res.backend == "graph_diff" else model_stats(f, g, res.seconds)
+    cert = make_certificate(path_a, path_b, guarantee, stats, evidence, cert_path)
     write_json_atomic(cert_path, cert)
     return cert

@@ -88,7 +88,7 @@ DEFAULT_MAX_BOXES = 400
 BAB_BOXES = 1500
 BAB_SECONDS = 120.0
 #: boxes per region the graph back-end bounds at most when certifying (inputs small enough to split)
-GRAPH_BOXES = 400
+GRAPH_BOXES = 100
 
 
 # ----- twins -----------------------------------------------------------------------------------
