@@ -10,7 +10,11 @@ files) and the largest error onnxruntime shows on 2000 sampled points; seconds p
 (falsifier included) and, as the load-independent figure, its ratio to one onnxruntime pass of the
 original over 1000 points measured in the same run.
 
-Usage: nice -n 5 python bench/bench_graph_compare.py [--props 0,1,...] [--timeout 20]
+With ``--tiny``: the pairs of tests/test_graph_compare.py (2x2-image residual/concat/max-pool nets,
+box radius 0.08): the exact maximum of ``|f - g|`` (big-M MILP, HiGHS, on the product graph), the root
+bound and the bound after 2 s of input splitting.
+
+Usage: nice -n 5 python bench/bench_graph_compare.py [--props 0,1,...] [--timeout 20] [--tiny]
 """
 from __future__ import annotations
 
@@ -50,11 +54,32 @@ def build(method: str, f, path: Path) -> None:
         save_graph(magnitude_prune_graph(f, keep, unit.rstrip("s"), "layer" if unit == "channels" else "global"), path)
 
 
+def tiny() -> None:
+    from lumpver.bounds.graph_diff import graph_difference_bounds, prepare_graph_pair
+    from lumpver.specs.inputset import InputSet
+    from lumpver.verifiers.graph_diff import graph_difference_search
+    from tests.test_graph_compare import PAIRS, _box, exact_linf
+
+    print("| pair | exact max linf | root bound | after 2 s of splitting | attained (sampled) | boxes |")
+    print("|---|---|---|---|---|---|")
+    for name, f, g in PAIRS:
+        box = _box(f.n_inputs, 3, 0.08)
+        ex = exact_linf(f, g, box)
+        r = graph_difference_bounds(prepare_graph_pair(f, g), box)
+        root = float(np.max(np.maximum(r.upper, -r.lower)))
+        run = graph_difference_search(f, g, InputSet([box]), "linf", timeout=2.0)
+        print(f"| {name} | {ex:.4g} | {root:.4g} ({root / ex:.2f}x) | {run.upper_bound:.4g} "
+              f"({run.upper_bound / ex:.3f}x) | {run.lower_bound:.4g} | {sum(x.boxes for x in run.results)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--props", default=",".join(map(str, range(10))))
     ap.add_argument("--timeout", type=float, default=20.0)
+    ap.add_argument("--tiny", action="store_true", help="the test pairs against the exact MILP maximum")
     args = ap.parse_args()
+    if args.tiny:
+        return tiny()
     f = load_model(MODEL)
     xs = np.random.default_rng(0).uniform(0, 1, (1000, f.n_inputs)).astype(np.float32)
     t = time.perf_counter()

@@ -78,10 +78,28 @@ def _exact_diff(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
     return d if np.all(err == 0) and np.all(np.isfinite(d)) else None
 
 
-def node_deltas(pg: PreparedGraph, gb: GraphBounds, match: dict[str, str], tags=("f/", "g/")) -> dict[str, Interval]:
+TAGS = ("f/", "g/")
+
+
+def delta_steps(pg: PreparedGraph, match: dict[str, str]) -> dict[str, Optional[AffineStep]]:
+    """Per aligned linear node of f (product-graph id), the step ``(W^f - W^g, b^f - b^g)`` or None
+    (computed once per pair; :func:`node_deltas` reads it)."""
+    out: dict[str, Optional[AffineStep]] = {}
+    for fid, gid in match.items():
+        pf, pq = TAGS[0] + fid, TAGS[1] + gid
+        if pf in pg.steps:
+            dop = delta_op(pg.steps[pf].op, pg.steps[pq].op)
+            out[pf] = None if dop is None else AffineStep.of(dop, pg.steps[pf].bias - pg.steps[pq].bias)
+    return out
+
+
+def node_deltas(pg: PreparedGraph, gb: GraphBounds, match: dict[str, str],
+                steps: Optional[dict[str, Optional[AffineStep]]] = None) -> dict[str, Interval]:
     """Interval of ``v^f - v^g`` of every aligned node (module docstring); keys are f's node ids,
-    ``pg``/``gb`` the product graph and its bounds (f's nodes prefixed ``f/``, g's ``g/``)."""
-    net = pg.net
+    ``pg``/``gb`` the product graph and its bounds (f's nodes prefixed ``f/``, g's ``g/``), ``steps``
+    the :func:`delta_steps` of the pair."""
+    net, tags = pg.net, TAGS
+    steps = delta_steps(pg, match) if steps is None else steps
     deltas: dict[str, Interval] = {"input": (np.zeros(net.n_inputs), np.zeros(net.n_inputs))}
     for fid, gid in match.items():
         if fid == "input":
@@ -90,21 +108,21 @@ def node_deltas(pg: PreparedGraph, gb: GraphBounds, match: dict[str, str], tags=
         node = net.node(pf)
         ins = [deltas[i.removeprefix(tags[0])] for i in node.inputs]
         hull = (add_lo(gb.lower[pf], -gb.upper[pq]), add_hi(gb.upper[pf], -gb.lower[pq]))
-        d = _node_delta(pg, gb, pf, pq, ins)
+        d = _node_delta(pg, gb, pf, pq, ins, steps.get(pf))
         deltas[fid] = hull if d is None else (np.maximum(d[0], hull[0]), np.minimum(d[1], hull[1]))
     return deltas
 
 
-def _node_delta(pg: PreparedGraph, gb: GraphBounds, pf: str, pq: str, ins: list[Interval]) -> Optional[Interval]:
+def _node_delta(pg: PreparedGraph, gb: GraphBounds, pf: str, pq: str, ins: list[Interval],
+                dstep: Optional[AffineStep]) -> Optional[Interval]:
     node = pg.net.node(pf)
     if pf in pg.steps:
-        sf, sg = pg.steps[pf], pg.steps[pq]
-        dop = delta_op(sf.op, sg.op)
-        if dop is None:
+        if dstep is None:
             return None
+        sf = pg.steps[pf]
         src_g = pg.net.node(pq).inputs[0]
         a = interval_affine(AffineStep(sf.op, sf.abs_op, np.zeros_like(sf.bias)), *ins[0])
-        b = interval_affine(AffineStep.of(dop, sf.bias - sg.bias), gb.lower[src_g], gb.upper[src_g])
+        b = interval_affine(dstep, gb.lower[src_g], gb.upper[src_g])
         return add_lo(a[0], b[0]), add_hi(a[1], b[1])
     if node.kind == "act":
         src_f, src_g = node.inputs[0], pg.net.node(pq).inputs[0]

@@ -27,7 +27,8 @@ import networkx as nx
 import numpy as np
 
 from lumpver.bounds.diff import DiffBounds
-from lumpver.bounds.graph_delta import aligned_nodes, node_deltas
+from lumpver.bounds.engine import AffineStep
+from lumpver.bounds.graph_delta import aligned_nodes, delta_steps, node_deltas
 from lumpver.bounds.graph_engine import PreparedGraph, back_substitute_graph, prepare_graph, propagate_graph
 from lumpver.ir.graph import GNode, GraphNetwork
 from lumpver.ir.network import Network
@@ -78,6 +79,7 @@ class GraphPair:
     n_outputs: int
     match: Optional[dict[str, str]] = None  # f's node ids -> g's when the structures agree
     f_output: str = ""
+    steps: Optional[dict[str, Optional[AffineStep]]] = None  # delta steps of the aligned linear nodes
 
     @property
     def net(self) -> GraphNetwork:
@@ -87,8 +89,9 @@ class GraphPair:
 def prepare_graph_pair(f: Union[Network, GraphNetwork], g: Union[Network, GraphNetwork]) -> GraphPair:
     """The :class:`GraphPair` of f and g (ValueError for an activation without a relaxation)."""
     f, g = as_graph(f), as_graph(g)
-    net = product_graph(f, g)
-    return GraphPair(prepare_graph(net), net.n_outputs, aligned_nodes(f, g), f.output)
+    pg = prepare_graph(product_graph(f, g))
+    match = aligned_nodes(f, g)
+    return GraphPair(pg, pg.net.n_outputs, match, f.output, None if match is None else delta_steps(pg, match))
 
 
 def graph_difference_bounds(gp: GraphPair, box: Box, deadline: Optional[float] = None) -> DiffBounds:
@@ -101,7 +104,7 @@ def graph_difference_bounds(gp: GraphPair, box: Box, deadline: Optional[float] =
     up = lin.upper(box)
     lower, upper = np.maximum(gb.output_lower, -up[m:]), np.minimum(gb.output_upper, up[:m])
     if gp.match is not None:
-        d_lo, d_hi = node_deltas(gp.pg, gb, gp.match)[gp.f_output]
+        d_lo, d_hi = node_deltas(gp.pg, gb, gp.match, gp.steps)[gp.f_output]
         lower, upper = np.maximum(lower, d_lo), np.minimum(upper, d_hi)
     influence = np.abs(lin.A).sum(axis=0) * (box.upper - box.lower)
     return DiffBounds(lower, np.maximum(upper, lower), influence)
