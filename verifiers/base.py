@@ -159,6 +159,7 @@ REGISTRY = {
     "smt": "lumpver.verifiers.smt:BACKEND",
     "bab": "lumpver.verifiers.bab:BACKEND",
     "bab_diff": "lumpver.verifiers.bab_diff:BACKEND",
+    "graph_diff": "lumpver.verifiers.graph_diff:BACKEND",
     "sdp": "lumpver.verifiers.sdp:BACKEND",
     "falsify": "lumpver.verifiers.falsify:BACKEND",
     "marabou": "lumpver.verifiers.marabou:BACKEND",

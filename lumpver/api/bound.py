@@ -9,6 +9,13 @@ search's best point, replayed with onnxruntime on both files, and that input is 
 ``counterexample`` (the witness of the lower bound). With ``cert_path`` a ``bounded`` certificate is
 written whose epsilon is the certified bound and whose evidence (``bab_diff``: the bisection trees;
 ``sdp``: the multipliers) :mod:`lumpver.certificates.bounded` re-verifies without trusting the search.
+
+Graph networks (residual Add, Concat, MaxPool; either file, the other converted with
+``GraphNetwork.from_chain``): ``bab_diff`` and ``interval`` are answered by ``graph_diff``
+(:mod:`lumpver.verifiers.graph_diff`: product-graph bounds, input splitting for small inputs,
+refining until the bound meets the attained value or the time is used; its certificate records the
+box cap per region, which :mod:`lumpver.certificates.bounded_graph` re-runs); ``sdp``/``smt`` refuse
+with an InputError naming the graph node.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lumpver.api.compare import load_pair
+from lumpver.api.compare import graph_backend, is_graph_pair, load_pair
 from lumpver.bounds.softmax import ends_in_softmax, logit_norm, logits_of, probability_bound
 from lumpver.errors import InputError
 from lumpver.certificates.format import make_certificate, model_stats
@@ -26,16 +33,18 @@ from lumpver.fileio import write_json_atomic
 from lumpver.ir.network import Network
 from lumpver.ir.runtime import run_onnx
 from lumpver.progress import SILENT, Progress
+from lumpver.reductions.certify import graph_stats
 from lumpver.specs.inputset import InputSet
 from lumpver.specs.load import load_input_set
 from lumpver.specs.norms import norm_value
 from lumpver.verifiers.bab_diff import DiffOptions, difference_search
 from lumpver.verifiers.base import Query, Verdict, get_backend
 from lumpver.verifiers.falsify import CONTAINS_TOL, search
+from lumpver.verifiers.graph_diff import graph_difference_search
 from lumpver.verifiers.interval import certified_difference_bound
 from lumpver.verifiers.sdp import SdpOptions, sdp_bound
 
-BACKENDS = ("bab_diff", "sdp", "interval", "smt")
+BACKENDS = ("bab_diff", "sdp", "interval", "smt", "graph_diff")
 
 
 def bound_files(path_a: str | os.PathLike, path_b: str | os.PathLike, input_set: InputSet | str | os.PathLike,
@@ -45,6 +54,8 @@ def bound_files(path_a: str | os.PathLike, path_b: str | os.PathLike, input_set:
     certified ``upper_bound``, or ``unknown``; ``lower_bound`` attained at ``counterexample``."""
     t0 = time.perf_counter()
     f, g = load_pair(path_a, path_b)
+    if is_graph_pair(f, g):
+        backend = graph_backend(backend, f, g, (path_a, path_b))
     sm = ends_in_softmax(f, g)
     if sm and cert_path is not None:
         raise InputError("bound --certificate: no certificate checker for Softmax outputs yet (omit --certificate)")
@@ -71,7 +82,13 @@ def bound_files(path_a: str | os.PathLike, path_b: str | os.PathLike, input_set:
 def certified_upper_bound(f, g, X: InputSet, backend: str, norm: str, solver: str, timeout: float,
                           attained: float = 0.0, progress: Progress = SILENT):
     """``(upper bound or None, reason, evidence details)`` from one back-end (``attained``: a value
-    already reached, where ``bab_diff`` may stop refining; ``details["witness"]``: its best point)."""
+    already reached, where ``bab_diff``/``graph_diff`` may stop refining; ``details["witness"]``: its best point)."""
+    if backend == "graph_diff":
+        run = graph_difference_search(f, g, X, norm, timeout, threshold=attained)
+        ev = run.evidence(norm)  # the checker (certificates/bounded_graph.py) re-runs it with these caps
+        ev.update(max_boxes=[r.boxes + 1 for r in run.results], threshold=attained)
+        stops = "; ".join(ev.get("stopped", [])) or "the bound meets the attained value"
+        return run.upper_bound, f"graph_diff (product graph, {ev['boxes_processed']} boxes; {stops})", ev
     if backend == "bab_diff":
         res, ev = difference_search(f, g, X, norm, timeout, known_lower=attained,
                                     options=DiffOptions(progress=progress))
@@ -133,6 +150,7 @@ def write_bound_certificate(path_a, path_b, cert_path, f: Network, g: Network, X
     if res.lower_bound is not None:
         evidence.append({"backend": "falsify", "verdict": "info", "lower_bound": res.lower_bound,
                          "counterexample": [float(t) for t in res.counterexample]})
-    cert = make_certificate(path_a, path_b, guarantee, model_stats(f, g, res.seconds), evidence, cert_path)
+    stats = graph_stats(f, g, res.seconds) if res.backend == "graph_diff" else model_stats(f, g, res.seconds)
+    cert = make_certificate(path_a, path_b, guarantee, stats, evidence, cert_path)
     write_json_atomic(cert_path, cert)
     return cert

@@ -5,7 +5,11 @@ Every ``violated`` answer is replayed with onnxruntime on *both original files*:
 counterexample must lie in X and the onnxruntime outputs must show the violation, otherwise
 the answer becomes ``unknown`` (reason stated). ``auto`` runs the falsifier, then the
 differential branch and bound ``bab_diff`` (the ``interval`` back-end for ``top1`` or when the
-pair cannot be paired layer by layer), then SMT, each with what is left of the time budget. Unless the
+pair cannot be paired layer by layer), then SMT, each with what is left of the time budget. When either
+file is a graph network (residual Add, Concat, MaxPool), both are compared as graphs (a chain through
+``GraphNetwork.from_chain``): ``auto`` runs the falsifier, then ``graph_diff`` (product-graph bounds,
+:mod:`lumpver.verifiers.graph_diff`), which also answers ``bab_diff`` and ``interval``; the chain-only
+back-ends (smt, sdp, marabou) refuse with an InputError naming the graph node. Unless the
 answer is ``violated``, ``upper_bound`` is the smallest certified bound any stage found and
 ``lower_bound`` the largest attained value.
 """
@@ -17,8 +21,10 @@ from typing import Union
 
 import numpy as np
 
+from lumpver.bounds.graph_diff import as_graph
 from lumpver.errors import InputError
-from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.graph import GraphNetwork
+from lumpver.ir.onnx_import import load_model
 from lumpver.ir.runtime import run_onnx
 from lumpver.bounds.softmax import ends_in_softmax
 from lumpver.specs.inputset import InputSet
@@ -28,7 +34,10 @@ from lumpver.verifiers.falsify import CONTAINS_TOL, is_violation, value_of
 from lumpver.verifiers.base import Query, Verdict, get_backend
 from lumpver.verifiers.softmax_outputs import on_probabilities
 
-BACKENDS = ("bab_diff", "interval", "smt", "sdp", "auto", "falsify", "marabou")
+BACKENDS = ("bab_diff", "interval", "smt", "sdp", "auto", "falsify", "marabou", "graph_diff")
+#: back-ends a graph pair is answered by: the name asked for -> the one that runs
+GRAPH_BACKENDS = {"auto": "auto", "falsify": "falsify", "bab_diff": "graph_diff", "interval": "graph_diff",
+                  "graph_diff": "graph_diff"}
 #: share of the budget of the first (falsifier) stage of ``auto``
 AUTO_FALSIFY_SHARE = 0.1
 #: share of the remaining budget of a middle stage of ``auto`` (bab_diff before smt): smt decides only
@@ -36,14 +45,38 @@ AUTO_FALSIFY_SHARE = 0.1
 AUTO_MIDDLE_SHARE = 0.8
 
 
-def auto_stages(norm: str) -> list[str]:
+def auto_stages(norm: str, graph: bool = False) -> list[str]:
     """The back-ends ``auto`` runs in order (module docstring)."""
+    if graph:
+        return ["falsify", "graph_diff"]
     return ["falsify", "interval" if norm == "top1" else "bab_diff", "smt"]
 
 
+def is_graph_pair(a, b) -> bool:
+    """Whether the pair is compared as graphs (:func:`load_pair` converts both then)."""
+    return isinstance(a, GraphNetwork) or isinstance(b, GraphNetwork)
+
+
+def graph_backend(backend: str, a: GraphNetwork, b: GraphNetwork, paths: tuple) -> str:
+    """The back-end that answers ``backend`` on a graph pair; InputError naming the first graph node a
+    chain-only back-end cannot read."""
+    if backend in GRAPH_BACKENDS:
+        return GRAPH_BACKENDS[backend]
+    for net, path in zip((a, b), paths):
+        node = net.first_dag_node()
+        if node is not None:
+            raise InputError(f"back-end {backend} supports chains only and this network is a graph (residual Add, "
+                             f"Concat or MaxPool); use --backend auto, bab_diff or interval (graph_diff)",
+                             str(path), node.source or None)
+    return backend
+
+
 def load_pair(path_a: str | os.PathLike, path_b: str | os.PathLike):
-    """Both networks; InputError naming both files when their input/output sizes differ."""
-    a, b = load_onnx(path_a), load_onnx(path_b)
+    """Both networks (chains, or both graph networks when either file branches or max-pools);
+    InputError naming both files when their input/output sizes differ."""
+    a, b = load_model(path_a), load_model(path_b)
+    if is_graph_pair(a, b):
+        a, b = as_graph(a), as_graph(b)
     ends_in_softmax(a, b)  # both logits or both Softmax (probabilities: verifiers/softmax_outputs.py)
     if (a.n_inputs, a.n_outputs) != (b.n_inputs, b.n_outputs):
         raise InputError(
@@ -86,9 +119,12 @@ def compare_models(
         raise InputError(f"epsilon must be a finite number >= 0, got {epsilon}")
     t0 = time.monotonic()
     a, b = load_pair(path_a, path_b)
+    graph = is_graph_pair(a, b)
+    if graph:
+        backend = graph_backend(backend, a, b, (path_a, path_b))
     xs = load_input_set(input_set, a.n_inputs)
     query = Query(a, xs, other=b, epsilon=float(epsilon), norm=norm, timeout=float(timeout), seed=seed)
-    stages = auto_stages(norm) if backend == "auto" else [backend]
+    stages = auto_stages(norm, graph) if backend == "auto" else [backend]
     verdict, ran, tried = None, [], []
     for i, name in enumerate(stages):
         left = timeout - (time.monotonic() - t0)

@@ -6,6 +6,8 @@ re-check ``(f, g, input_set, norm, entry, report) -> recomputed bound or None``:
 
 * ``interval``: :func:`lumpver.certificates.bounded_interval.recheck_interval` (chain replayed here);
 * ``bab_diff``: :func:`lumpver.certificates.bounded_bab.recheck_bab` (leaves rebuilt and re-bounded);
+* ``graph_diff``: :func:`lumpver.certificates.bounded_graph.recheck_graph` (graph networks: the
+  product-graph bound re-run with the recorded box caps); the only checker for graph files;
 * ``sdp``: the SDP back-end's solver-free re-check :func:`lumpver.verifiers.sdp.recheck_sdp`
   (stored multipliers, LMIs re-checked with float64 eigenvalues via
   :mod:`lumpver.verifiers.sdp_certify`; a back-end, not the reducer).
@@ -20,11 +22,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from lumpver.bounds.graph_diff import as_graph
 from lumpver.certificates.bounded_bab import recheck_bab
+from lumpver.certificates.bounded_graph import recheck_graph
 from lumpver.certificates.bounded_interval import float32_term, recheck_interval
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, confirm_prose
 from lumpver.ir.network import Network
-from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.graph import GraphNetwork
+from lumpver.ir.onnx_import import load_model
 from lumpver.specs.inputset import InputSet
 from lumpver.verifiers.sdp import recheck_sdp
 
@@ -39,7 +44,7 @@ def _check_sdp(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict,
 
 #: back-end name -> re-check function; extend for new back-ends' evidence.
 EVIDENCE_CHECKERS: dict[str, Callable[..., Optional[float]]] = {"sdp": _check_sdp, "interval": recheck_interval,
-                                                                "bab_diff": recheck_bab}
+                                                                "bab_diff": recheck_bab, "graph_diff": recheck_graph}
 NORMS = ("linf", "l1", "l2", "top1")
 
 
@@ -54,14 +59,17 @@ def check_bounded(cert: dict[str, Any], ctx: CheckContext) -> CheckReport:
         return report.fail(f"guarantee.input_set: not an input set: {e!r}")
     if norm not in NORMS or ctx.reduced_path is None:
         return report.fail(f"guarantee.norm: {norm!r} is not one of {NORMS} (or no reduced model)")
-    f, g = load_onnx(ctx.original_path), load_onnx(ctx.reduced_path)
+    f, g = load_model(ctx.original_path), load_model(ctx.reduced_path)
+    graph = isinstance(f, GraphNetwork) or isinstance(g, GraphNetwork)
+    if graph:
+        f, g = as_graph(f), as_graph(g)
     best: Optional[float] = None
     for i, ev in enumerate(cert["evidence"]):
         if not isinstance(ev, dict) or ev.get("verdict") == "info":
             continue
         name = ev.get("backend")
-        if name not in EVIDENCE_CHECKERS:
-            report.fail(f"evidence {i}: no checker for back-end {name!r}")
+        if name not in EVIDENCE_CHECKERS or (graph and name != "graph_diff"):
+            report.fail(f"evidence {i}: no checker for back-end {name!r}" + (" on graph networks" if graph else ""))
             continue
         value = EVIDENCE_CHECKERS[name](f, g, input_set, norm, ev, report)
         if value is None:

@@ -40,6 +40,12 @@ It is a sum of sound terms, each re-checkable from the files, X and the recorded
 Per-output (L-inf) terms enter an L1/L2 bound multiplied by ``n`` / ``sqrt(n)``. ``top1`` is
 certified directly between f and g (argmax provably the same on every leaf box; real
 arithmetic): the bound is 0 (agreement everywhere) or 1.
+
+Graph networks (either file has a residual Add, Concat or MaxPool): :func:`certify_graph`, one term
+``graph_diff`` (:func:`lumpver.verifiers.graph_diff.graph_difference_search`: product-graph bounds with
+a recorded box cap per region, which :mod:`lumpver.certificates.bounded_graph` re-runs); no float32
+evaluation term exists for graphs yet, so epsilon is stated for real arithmetic of the stored
+float32 weights only.
 """
 from __future__ import annotations
 
@@ -57,8 +63,10 @@ from lumpver.bounds.region import region_box
 from lumpver.certificates.format import make_certificate, model_stats
 from lumpver.fileio import write_json_atomic
 from lumpver.verifiers.bab_diff import DiffOptions, difference_search
+from lumpver.verifiers.graph_diff import graph_difference_search
 from lumpver.verifiers.interval import certified_difference_bound
-from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.graph import GraphNetwork
+from lumpver.ir.onnx_import import load_model
 from lumpver.ir.runtime import run_onnx
 from lumpver.reductions.base import default_certificate_path
 from lumpver.reductions.exact import LayerClasses
@@ -67,6 +75,8 @@ from lumpver.specs.norms import NORMS, difference_rows, from_max_abs, upper_norm
 from lumpver.ir.network import Layer, Network
 from lumpver.certificates.exact import discrepancy_bound
 from lumpver.certificates.pruned_conv import channel_twin
+from lumpver.bounds.graph_diff import as_graph
+from lumpver.reductions.channel_conv import stored_arrays
 
 #: relative padding of a stated bound over the computed one (the checker's recomputation may
 #: differ in the last bits; a larger bound stays sound)
@@ -77,6 +87,8 @@ DEFAULT_MAX_BOXES = 400
 #: (approximate reduction certifies many candidates); BAB_SECONDS is a safety limit only
 BAB_BOXES = 1500
 BAB_SECONDS = 120.0
+#: boxes per region the graph back-end bounds at most when certifying (inputs small enough to split)
+GRAPH_BOXES = 100
 
 
 # ----- twins -----------------------------------------------------------------------------------
@@ -285,6 +297,40 @@ def certify(f: Network, g: Network, input_set: InputSet, norm: str = "linf", cha
     return Certified(total, norm, terms, ev, time.perf_counter() - t0, backend=backend)
 
 
+def certify_graph(f, g, input_set: InputSet, norm: str = "linf", timeout: float = 60.0,
+                  max_boxes: int = GRAPH_BOXES) -> Certified:
+    """Certified ``sup_X ||f(x) - g(x)||`` (real arithmetic) for graph networks (module docstring)."""
+    t0 = time.perf_counter()
+    caps, bound, ev = [], 0.0, {}
+    for region in input_set.regions:
+        left = max(1e-3, timeout - (time.perf_counter() - t0)) / max(1, len(input_set.regions) - len(caps))
+        run = graph_difference_search(f, g, InputSet([region]), norm, left, max_boxes=max_boxes)
+        bound = max(bound, run.upper_bound)
+        caps.append(sum(r.boxes for r in run.results) + 1)
+        ev = run.evidence(norm) if not ev else ev
+        ev.setdefault("stopped", [])
+        ev["stopped"] = sorted(set(ev["stopped"]) | set(run.evidence(norm).get("stopped", [])))
+    ev.pop("sub_boxes", None)
+    ev.update({"max_boxes": caps, "threshold": 0.0, "terms": {"graph_diff": bound}, "upper_bound": bound})
+    total = bound if norm == "top1" else bound * (1 + PAD)
+    return Certified(total, norm, {"graph_diff": bound}, ev, time.perf_counter() - t0, backend="graph_diff")
+
+
+def graph_stats(f, g, seconds: float) -> dict[str, Any]:
+    """The certificate ``stats`` of two graph networks: activation outputs and nonzero stored parameters."""
+    def neurons(net: GraphNetwork) -> int:
+        return sum(net.node(n).size for n in net.order if net.node(n).kind == "act")
+
+    def params(net: GraphNetwork) -> int:
+        nodes = [net.node(n) for n in net.order if net.node(n).kind == "affine"]
+        return sum(sum(int(np.count_nonzero(a)) for a in stored_arrays(n.op)) + int(np.count_nonzero(n.bias))
+                   for n in nodes)
+
+    f, g = as_graph(f), as_graph(g)
+    return {"neurons_before": neurons(f), "neurons_after": neurons(g), "params_before": params(f),
+            "params_after": params(g), "graph": True, "seconds": round(float(seconds), 6)}
+
+
 def _certify_top1(f, g, input_set, timeout, max_boxes, t0) -> Certified:
     u, ev = interval_term(f, g, input_set, "top1", 0.0, max_boxes, timeout)
     ev.update({"chain": {}, "terms": {"interval": u}})
@@ -329,7 +375,11 @@ def bounded_certificate(original_path: str | os.PathLike, reduced_path: str | os
                  "float_tolerance": {"float32_rounding_bound": result.terms.get("float32"),
                                      "statement": "epsilon holds in exact real arithmetic of the stored float32 "
                                                   "weights; evaluating both models in float32 adds at most "
-                                                  "float32_rounding_bound (a sound worst-case bound)"},
+                                                  "float32_rounding_bound (a sound worst-case bound)"
+                                                  if result.backend != "graph_diff" else
+                                                  "epsilon holds in exact real arithmetic of the stored float32 "
+                                                  "weights; no bound of the float32 evaluation error of graph "
+                                                  "networks is stated"},
                  "statement": "for every x in the input set, ||f(x) - g(x)|| <= epsilon (real arithmetic of the "
                               "stored float32 weights)"
                               if result.norm != "top1" else
@@ -341,7 +391,7 @@ def bounded_certificate(original_path: str | os.PathLike, reduced_path: str | os
     if sampled is not None:
         evidence.append({"backend": "sampling", "verdict": "info", "lower_bound": sampled,
                          "statement": "largest error seen by onnxruntime on sampled points of X"})
-    stats = model_stats(f, g, seconds)
+    stats = graph_stats(f, g, seconds) if result.backend == "graph_diff" else model_stats(f, g, seconds)
     return make_certificate(original_path, reduced_path, guarantee, stats, evidence, cert_path)
 
 
@@ -360,8 +410,10 @@ def certify_files(original_path: str, reduced_path: str, cert_path: Optional[str
                   progress=None) -> dict[str, Any]:
     """Certify two written model files (g loaded back from its file) and write the certificate."""
 
-    f, g = load_onnx(original_path), load_onnx(reduced_path)
-    res = certify(f, g, input_set, norm, chain, timeout=timeout)
+    f, g = load_model(original_path), load_model(reduced_path)
+    graph = isinstance(f, GraphNetwork) or isinstance(g, GraphNetwork)
+    res = certify_graph(f, g, input_set, norm, timeout) if graph else certify(f, g, input_set, norm, chain,
+                                                                             timeout=timeout)
     sampled = sampled_error(original_path, reduced_path, input_set, norm)
     if progress is not None:
         progress.say(f"certified {norm} error <= {res.epsilon:.6g} on the input set (sampled maximum {sampled:.6g})")

@@ -21,7 +21,9 @@ from lumpver.errors import CheckFailed, InputError
 from lumpver.fileio import write_json_atomic
 from lumpver.ir.network import Network
 from lumpver.ir.onnx_export import save_onnx
-from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.graph import GraphNetwork
+from lumpver.ir.onnx_graph_export import save_graph
+from lumpver.ir.onnx_import import load_model, load_onnx
 from lumpver.reductions import confident
 from lumpver.reductions.approx import reduce_approx_to_files
 from lumpver.reductions.base import PassContext, ReductionResult, remove_on_failure
@@ -30,8 +32,9 @@ from lumpver.reductions.coreset import coreset_prune, input_betas
 from lumpver.reductions.exact import DEFAULT_TOLERANCE, exact_lump
 from lumpver.reductions.onset import reduce_on_set_to_files
 from lumpver.reductions.channel_conv import stored_arrays
-from lumpver.reductions.pruning import channel_keep_sets, magnitude_prune, neuron_keep_sets, sparsity
-from lumpver.reductions.quantize import quantize_network, quantize_summary, save_quantized
+from lumpver.reductions.pruning import (channel_keep_sets, magnitude_prune, magnitude_prune_graph, neuron_keep_sets,
+                                       sparsity)
+from lumpver.reductions.quantize import quantize_graph, quantize_network, quantize_summary, save_quantized
 from lumpver.specs.calibration import load_calibration
 
 EXACT_STATEMENT = ("for every input x: max_i |f_i(x) - g_i(x)| <= a + b * ||x||_inf, in exact real arithmetic of "
@@ -135,8 +138,15 @@ class MagnitudePrunePass:
     def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
         keep = _check_keep(self.keep, "magnitude")
         scope = self.scope or ("global" if self.granularity == "weight" else "layer")
-        net = load_onnx(model_path)
+        net = load_model(model_path)
         t0 = time.perf_counter()
+        if isinstance(net, GraphNetwork):  # residual Add, Concat, MaxPool: channels zeroed, shapes kept
+            pruned_graph = magnitude_prune_graph(net, keep, self.granularity, scope)
+            save_graph(pruned_graph, out_path)
+            method = {"method": "magnitude", "keep": keep, "granularity": self.granularity, "scope": scope,
+                      "graph": True, "sparsity": sparsity(pruned_graph)}
+            return _certify_or_note(model_path, out_path, cert_path, ctx, None, method, time.perf_counter() - t0,
+                                    "magnitude pruning", timeout=self.timeout)
         pruned = magnitude_prune(net, keep, self.granularity, scope)
         save_onnx(pruned, out_path)
         ctx.progress.say(f"magnitude pruning ({self.granularity}, {scope}) kept {keep}: {_sizes(net, pruned)}, "
@@ -248,8 +258,9 @@ class QuantizePass:
         if self.bits not in (4, 8):
             raise InputError(f"quantisation needs 4 or 8 bits, got {self.bits}")
         t0 = time.perf_counter()
-        net = load_onnx(model_path)
-        g, qls = quantize_network(net, self.bits, self.per_channel)
+        net = load_model(model_path)
+        quantize = quantize_graph if isinstance(net, GraphNetwork) else quantize_network
+        g, qls = quantize(net, self.bits, self.per_channel)
         save_quantized(g, qls, out_path, self.float_weights)
         ctx.progress.say(f"{self.bits}-bit {'per-channel' if self.per_channel else 'per-tensor'} quantisation "
                          f"written to {out_path} ({Path(model_path).stat().st_size} -> "

@@ -12,15 +12,23 @@ axis 0) feeding the ``Conv``. Dense layers are written as ``Gemm`` (``transB=1``
 extended graph optimisations rewrite ``DequantizeLinear -> MatMul`` into ``MatMulNBits`` /
 dynamically quantised kernels whose results differ from the ONNX semantics by ~1e-3 (measured),
 which would void the certificate; ``DequantizeLinear -> Gemm`` is evaluated as written.
+
+Graph networks (residual Add, Concat, MaxPool; DESIGN.md §10): every ``affine`` node's stored weights
+are quantised by the same rule (:func:`quantize_graph`) and the graph is written by
+:mod:`lumpver.ir.onnx_graph_export` (convolutions, Adds, Concats and MaxPools stay), with the same
+``DequantizeLinear`` in front of each weight (node ``k`` of the topological order writes ``lv_W{k}``).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from lumpver.fileio import write_bytes_atomic
+from lumpver.ir.graph import GraphNetwork
+from lumpver.ir.onnx_graph_export import graph_to_onnx
 from lumpver.ir.network import Layer, Network
 from lumpver.ir.onnx_export import network_to_onnx
 from lumpver.ir.operators import DenseOperator
@@ -68,17 +76,23 @@ def quantize_network(net: Network, bits: int = 8, per_channel: bool = False) -> 
 
 def qdq_model(net: Network, qls: list[QuantizedLayer]):
     """An ONNX model of the quantised g where every weight is an int8 initialiser behind ``DequantizeLinear``."""
+    return _dequantized_weights(network_to_onnx(net), [(k, layer.source_op, ql)
+                                                       for k, (layer, ql) in enumerate(zip(net.layers, qls))])
+
+
+def _dequantized_weights(model, items: list[tuple[int, str, QuantizedLayer]]):
+    """``model`` with weight ``lv_W{k}`` of each ``(k, source_op, ql)`` replaced by ``ql``'s int8 values
+    behind ``DequantizeLinear`` (checked)."""
     import onnx
     from onnx import helper, numpy_helper
 
-    model = network_to_onnx(net)
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     new_nodes = []
-    for k, (layer, ql) in enumerate(zip(net.layers, qls)):
+    for k, source_op, ql in items:
         name = f"lv_W{k}"
         # MatMul stores W.T (in, out): channels on axis 1; Gemm and Conv store them on axis 0
-        transposed = ql.q.ndim == 2 and layer.source_op != "gemm"
+        transposed = ql.q.ndim == 2 and source_op != "gemm"
         q = ql.q.T if transposed else ql.q
         g.initializer.remove(inits[name])
         g.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(q), f"{name}_q"),
@@ -94,14 +108,37 @@ def qdq_model(net: Network, qls: list[QuantizedLayer]):
     return model
 
 
-def save_quantized(net: Network, qls: list[QuantizedLayer], path: str | os.PathLike, float_weights: bool = False) -> None:
-    """Write g atomically: QDQ form (default) or plain float32 weights."""
-    model = network_to_onnx(net) if float_weights else qdq_model(net, qls)
+def save_quantized(net: Network | GraphNetwork, qls, path: str | os.PathLike, float_weights: bool = False) -> None:
+    """Write g atomically: QDQ form (default) or plain float32 weights (a graph: ``qls`` by node id)."""
+    if isinstance(net, GraphNetwork):
+        model = graph_to_onnx(net)
+        if not float_weights:
+            ks = {nid: k for k, nid in enumerate(net.order[1:])}
+            model = _dequantized_weights(model, [(ks[n], net.node(n).source_op, ql) for n, ql in qls.items()])
+    else:
+        model = network_to_onnx(net) if float_weights else qdq_model(net, qls)
     write_bytes_atomic(path, model.SerializeToString())
 
 
-def quantize_summary(qls: list[QuantizedLayer], bits: int, per_channel: bool) -> dict:
-    """JSON-able description of the quantisation for certificates."""
+def quantize_graph(net: GraphNetwork, bits: int = 8, per_channel: bool = False
+                   ) -> tuple[GraphNetwork, dict[str, QuantizedLayer]]:
+    """The quantised graph network (every affine node, module docstring) and its integer layers by node id."""
+    graph, qls = net.graph.copy(), {}
+    for nid in net.order:
+        node = net.node(nid)
+        if node.kind != "affine":
+            continue
+        ql = quantize_weight(stored_weight(node.op), bits, per_channel)
+        dense = isinstance(node.op, DenseOperator)
+        op = DenseOperator(ql.dequantized()) if dense else with_stored_weight(node.op, ql.dequantized())
+        graph.nodes[nid]["node"] = dataclasses.replace(node, op=op, source_op="gemm" if dense else node.source_op)
+        qls[nid] = ql
+    return dataclasses.replace(net, graph=graph), qls
+
+
+def quantize_summary(qls, bits: int, per_channel: bool) -> dict:
+    """JSON-able description of the quantisation for certificates (``qls``: a list, or a dict by node id)."""
+    qls = list(qls.values()) if isinstance(qls, dict) else qls
     return {"method": "quantization", "bits": bits, "per_channel": per_channel, "symmetric": True,
             "layers": [{"shape": list(ql.q.shape), "scales": [float(s) for s in ql.scale],
                         "max_abs_q": int(np.max(np.abs(ql.q.astype(np.int64))))} for ql in qls]}
