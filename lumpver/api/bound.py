@@ -33,7 +33,6 @@ from lumpver.fileio import write_json_atomic
 from lumpver.ir.network import Network
 from lumpver.ir.runtime import run_onnx
 from lumpver.progress import SILENT, Progress
-from lumpver.reductions.certify import graph_stats
 from lumpver.specs.inputset import InputSet
 from lumpver.specs.load import load_input_set
 from lumpver.specs.norms import norm_value
@@ -150,7 +149,7 @@ def write_bound_certificate(path_a, path_b, cert_path, f: Network, g: Network, X
     if res.lower_bound is not None:
         evidence.append({"backend": "falsify", "verdict": "info", "lower_bound": res.lower_bound,
                          "counterexample": [float(t) for t in res.counterexample]})
-    stats = graph_stats(f, g, res.seconds) if res.backend == "graph_diff" else model_stats(f, g, res.seconds)
+    stats = model_stats(f, g, res.seconds)
     cert = make_certificate(path_a, path_b, guarantee, stats, evidence, cert_path)
     write_json_atomic(cert_path, cert)
     return cert

@@ -31,8 +31,9 @@ from lumpver.api.reduce import apply_pass
 from lumpver.certificates.format import check_certificate, model_stats
 from lumpver.errors import InputError
 from lumpver.fileio import sha256_file, write_text_atomic
+from lumpver.ir.graph import GraphNetwork
 from lumpver.ir.network import Network
-from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.onnx_import import load_model
 from lumpver.progress import Progress
 from lumpver.reductions.base import ReductionPass
 from lumpver.reductions.confident import ConfidentConfig
@@ -84,7 +85,7 @@ def run_spec(spec_path: str | os.PathLike, out_dir: Optional[str | os.PathLike] 
     progress: Progress = Progress(quiet)
     spec = load_spec(spec_path)
     out = Path(out_dir) if out_dir is not None else Path(spec.output.dir)
-    net = load_onnx(spec.model)
+    net = load_model(spec.model)  # a chain, or a graph network (residual Add, Concat, MaxPool)
     input_set = None if spec.input_set_spec is None else require_nonempty(spec.input_set(net.n_inputs), str(spec.path))
     _prepare_out(out, [spec.model, Path(spec_path)])
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
@@ -155,7 +156,7 @@ _UNUSED_TOLERANCE = {
 }
 
 
-def _run_steps(ctx: _Ctx, net: Network) -> tuple[list[dict[str, Any]], Path]:
+def _run_steps(ctx: _Ctx, net: Network | GraphNetwork) -> tuple[list[dict[str, Any]], Path]:
     """Apply the reductions in order; returns the step records and the final model path."""
     current, current_net = Path(ctx.spec.model), net
     steps = []
@@ -165,7 +166,7 @@ def _run_steps(ctx: _Ctx, net: Network) -> tuple[list[dict[str, Any]], Path]:
         ctx.progress.say(f"step {k}: {step.method}")
         t0 = time.perf_counter()
         res = apply_pass(_pass_for(ctx, step, k), current, out, cert, ctx.input_set, ctx.progress)
-        reduced = load_onnx(res.model_path)
+        reduced = load_model(res.model_path)
         written = res.certificate_path is not None and res.certificate_path.is_file()
         record = {"index": k, "method": _method_label(step), "model_path": out.name,
                   "certificate_path": cert.name if written else None,

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from lumpver.specs.inputset import Box
+from lumpver.bounds.engine import compute_bounds
+from lumpver.bounds.graph_engine import prepare_graph, propagate_graph
+from lumpver.bounds.region import region_box
+from lumpver.ir.graph import GraphNetwork
+from lumpver.specs.inputset import Box, InputSet
 from lumpver.ir.network import Network
 from lumpver.ir.conv import (AvgPoolOperator, ConvOperator, DiagonalOperator, GlobalAveragePool, PadOperator,
                              PermuteOperator)
@@ -70,26 +74,73 @@ def _linear_error(op: LinearOperator, bias: np.ndarray, err: np.ndarray, h_mag: 
 def float32_error(net: Network, box: Box, nb) -> np.ndarray:
     """Per-output bound on ``|f_float32(x) - f_real(x)|`` for x in ``box`` (float32 inputs); layers
     through the operator interface (``|op|`` forward), never a dense matrix of a convolution."""
-    lo, hi = box.lower.copy(), box.upper.copy()
-    err = np.zeros(net.n_inputs)
-    for op in net.input_ops:
+    err, h_mag = _input_op_error(net.input_ops, box.lower.copy(), box.upper.copy(), np.zeros(net.n_inputs))
+    for k, layer in enumerate(net.layers):
+        ez = _linear_error(layer.op, layer.bias, err, h_mag)
+        post = np.maximum(np.abs(nb.post_lower[k]), np.abs(nb.post_upper[k]))
+        err = _activation_error(layer.activation, layer.alpha, ez, post)
+        h_mag = post
+    return err
+
+
+def _input_op_error(steps, lo: np.ndarray, hi: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Input normalisation steps (each one float32 multiply-add): the error after them and ``|h|``."""
+    for op in steps:
         s, t = op.as_affine()
         a, b = s * lo + t, s * hi + t
         lo, hi = np.minimum(a, b), np.maximum(a, b)
         mag = np.maximum(np.abs(lo), np.abs(hi))
         err = np.abs(s) * err + U32 * (mag + np.abs(s) * err) * 2
-    h_mag = np.maximum(np.abs(lo), np.abs(hi))
-    for k, layer in enumerate(net.layers):
-        ez = _linear_error(layer.op, layer.bias, err, h_mag)
-        act = layer.activation
-        if act in ("identity", "relu"):
-            err = ez
-        elif act == "leaky_relu":
-            post = np.maximum(np.abs(nb.post_lower[k]), np.abs(nb.post_upper[k]))
-            err = max(1.0, abs(layer.alpha)) * ez + U32 * (post + ez)
-        elif act == "sigmoid":
-            err = 0.25 * ez + ACT_ERR
-        else:  # tanh
-            err = ez + ACT_ERR
-        h_mag = np.maximum(np.abs(nb.post_lower[k]), np.abs(nb.post_upper[k]))
-    return err
+    return err, np.maximum(np.abs(lo), np.abs(hi))
+
+
+def float32_error_graph(net: GraphNetwork, box: Box) -> np.ndarray:
+    """Per-output bound on ``|f_float32(x) - f_real(x)|`` for a graph network over ``box`` (DESIGN.md §5,
+    §10), node by node in topological order with the magnitudes of graph CROWN bounds: affine nodes and
+    activations as :func:`float32_error`; ``Add``: ``e_a + e_b + u (|a| + |b| + e_a + e_b)``; ``Concat``
+    joins the errors; ``MaxPool`` is exact and 1-Lipschitz in each window, so its error is the largest
+    error in the window."""
+    gb = propagate_graph(prepare_graph(net), box)
+    err: dict[str, np.ndarray] = {"input": np.zeros(net.n_inputs)}
+    mag = {nid: np.maximum(np.abs(gb.lower[nid]), np.abs(gb.upper[nid])) for nid in net.order}
+    for nid in net.order[1:]:
+        node = net.node(nid)
+        e = [err[i] for i in node.inputs]
+        if node.kind == "scale":
+            src = node.inputs[0]
+            err[nid] = _input_op_error(node.steps, gb.lower[src], gb.upper[src], e[0])[0]
+        elif node.kind == "affine":
+            err[nid] = _linear_error(node.op, node.bias, e[0], mag[node.inputs[0]])
+        elif node.kind == "act":
+            err[nid] = _activation_error(node.activation, node.alpha, e[0], mag[nid])
+        elif node.kind == "add":
+            a, b = node.inputs
+            err[nid] = e[0] + e[1] + U32 * (mag[a] + mag[b] + e[0] + e[1])
+        elif node.kind == "concat":
+            err[nid] = np.concatenate(e)
+        else:  # maxpool
+            err[nid] = node.pool.forward(e[0][None, :])[0]
+    return err[net.output]
+
+
+def _activation_error(act: str, alpha: float, ez: np.ndarray, post_mag: np.ndarray) -> np.ndarray:
+    """Error after an activation whose input carries error ``ez`` (``post_mag`` bounds its output)."""
+    if act in ("identity", "relu"):
+        return ez
+    if act == "leaky_relu":
+        return max(1.0, abs(alpha)) * ez + U32 * (post_mag + ez)
+    if act == "sigmoid":
+        return 0.25 * ez + ACT_ERR
+    return ez + ACT_ERR  # tanh
+
+
+def float32_errors(net: Network | GraphNetwork, input_set: InputSet) -> np.ndarray:
+    """Per-output bound of ``|net_float32(x) - net_real(x)|`` over X (max over its regions' boxes) for a
+    chain or a graph network."""
+    out = np.zeros(net.n_outputs)
+    for region in input_set.regions:
+        box = region_box(region)
+        e = float32_error_graph(net, box) if isinstance(net, GraphNetwork) else \
+            float32_error(net, box, compute_bounds(net, region))
+        out = np.maximum(out, e)
+    return out

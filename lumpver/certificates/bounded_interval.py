@@ -25,13 +25,14 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from lumpver.bounds.engine import compute_bounds, region_box
-from lumpver.bounds.float_error import float32_error
+from lumpver.bounds.engine import region_box
+from lumpver.bounds.float_error import float32_errors
 from lumpver.certificates.exact import classes_fit, discrepancy_bound, read_classes, same_activation, same_interface
 from lumpver.certificates.format import CheckContext, CheckReport
 from lumpver.certificates.onset import replay_steps
 from lumpver.certificates.pruned_conv import channel_twin
 from lumpver.errors import InputError
+from lumpver.ir.graph import GraphNetwork
 from lumpver.ir.network import Layer, Network
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.specs.inputset import InputSet
@@ -47,13 +48,9 @@ def norm_of(per_output: np.ndarray, norm: str) -> float:
     return float(value) * (1 + 1e-12)
 
 
-def float32_term(f: Network, g: Network, input_set: InputSet, norm: str) -> float:
-    """Bound of the float32 evaluation error of f and g together, in ``norm``, over X."""
-    per_output = np.zeros(f.n_outputs)
-    for net in (f, g):
-        per_output += np.max([float32_error(net, region_box(r), compute_bounds(net, r)) for r in input_set.regions],
-                             axis=0)
-    return norm_of(per_output, norm)
+def float32_term(f: Network | GraphNetwork, g: Network | GraphNetwork, input_set: InputSet, norm: str) -> float:
+    """Bound of the float32 evaluation error of f and g together (chains or graphs), in ``norm``, over X."""
+    return norm_of(float32_errors(f, input_set) + float32_errors(g, input_set), norm)
 
 
 def pruned_twin(h: Network, g: Network, kept: list[np.ndarray], dropped: list) -> Network:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 from lumpver.errors import InputError
 from lumpver.fileio import sha256_file
+from lumpver.ir.graph import GraphNetwork
 from lumpver.ir.network import Network
 
 FORMAT = "lumpver-certificate/2"
@@ -39,8 +40,8 @@ CHECKERS = {
 }
 
 
-def model_stats(before: Network, after: Network, seconds: float) -> dict[str, Any]:
-    """The ``stats`` block of a certificate (hidden neurons only in ``neurons_*``)."""
+def model_stats(before: Network | GraphNetwork, after: Network | GraphNetwork, seconds: float) -> dict[str, Any]:
+    """The ``stats`` block of a certificate (hidden neurons only in ``neurons_*``; chains or graphs)."""
     return {
         "neurons_before": before.n_hidden,
         "neurons_after": after.n_hidden,
@@ -48,8 +49,8 @@ def model_stats(before: Network, after: Network, seconds: float) -> dict[str, An
         "params_after": after.n_params,
         "layers_before": before.hidden_widths,
         "layers_after": after.hidden_widths,
-        **({} if before.is_dense else {"channels_before": [int(x.op.out_channels) for x in before.layers[:-1]],
-                                        "channels_after": [int(x.op.out_channels) for x in after.layers[:-1]]}),
+        **({} if before.is_dense and isinstance(before, Network) else {"channels_before": before.hidden_channels,
+                                        "channels_after": after.hidden_channels}),
         "seconds": round(float(seconds), 6),
     }
 

@@ -21,7 +21,7 @@ reduced file. This module must not import :mod:`lumpver.reductions`.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import networkx as nx
 import numpy as np
@@ -38,20 +38,6 @@ ELEMENTWISE = ("act", "maxpool", "add")
 def channels(node: GNode) -> int:
     """Channels of a node's value: the first axis of a (C, ...) shape, else one per feature."""
     return int(node.shape[0]) if len(node.shape) >= 2 else node.size
-
-
-def graph_stats(f: GraphNetwork, g: GraphNetwork) -> dict[str, Any]:
-    """Hidden neurons (affine nodes but the output), parameters, widths and channels per hidden affine node."""
-    def hidden(net):
-        return [net.node(n) for n in net.order if net.node(n).kind == "affine" and n != net.output]
-
-    def params(net):
-        return sum(net.node(n).op.n_params + net.node(n).bias.size for n in net.order if net.node(n).kind == "affine")
-
-    return {"neurons_before": sum(n.size for n in hidden(f)), "neurons_after": sum(n.size for n in hidden(g)),
-            "params_before": params(f), "params_after": params(g),
-            "layers_before": [n.size for n in hidden(f)], "layers_after": [n.size for n in hidden(g)],
-            "channels_before": [channels(n) for n in hidden(f)], "channels_after": [channels(n) for n in hidden(g)]}
 
 
 def lumped_input(net: GraphNetwork, nid: str) -> bool:

@@ -127,6 +127,35 @@ class GraphNetwork:
     def n_outputs(self) -> int:
         return self.node(self.output).size
 
+    # ----- sizes (the same names as Network's, for stats and reports) ----------------------------
+    @property
+    def hidden_nodes(self) -> list[GNode]:
+        """The conv/dense (affine) nodes but the output one, in topological order."""
+        return [self.node(n) for n in self.order if self.node(n).kind == "affine" and n != self.output]
+
+    @property
+    def hidden_widths(self) -> list[int]:
+        return [node.size for node in self.hidden_nodes]
+
+    @property
+    def n_hidden(self) -> int:
+        return sum(self.hidden_widths)
+
+    @property
+    def hidden_channels(self) -> list[int]:
+        """Channels of each hidden affine node: the first axis of a ``(C, ...)`` value, else its width."""
+        return [int(node.shape[0]) if len(node.shape) >= 2 else node.size for node in self.hidden_nodes]
+
+    @property
+    def n_params(self) -> int:
+        return sum(self.node(n).op.n_params + self.node(n).bias.size for n in self.order
+                   if self.node(n).kind == "affine")
+
+    @property
+    def is_dense(self) -> bool:
+        """Every affine node is a dense matrix and nothing is spatial (no conv, pooling, channels)."""
+        return all(len(self.node(n).shape) < 2 for n in self.order)
+
     @property
     def n_features(self) -> int:
         """Values per sample over all nodes (working memory of one forward pass)."""

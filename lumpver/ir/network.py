@@ -158,6 +158,11 @@ class Network:
         return sum(self.hidden_widths)
 
     @property
+    def hidden_channels(self) -> list[int]:
+        """Channels of each hidden layer (its width when the layer is dense)."""
+        return [int(getattr(layer.op, "out_channels", layer.width)) for layer in self.layers[:-1]]
+
+    @property
     def n_features(self) -> int:
         """Values per sample of one forward pass: inputs plus every layer's width."""
         return self.n_inputs + sum(layer.width for layer in self.layers)

@@ -43,9 +43,8 @@ arithmetic): the bound is 0 (agreement everywhere) or 1.
 
 Graph networks (either file has a residual Add, Concat or MaxPool): :func:`certify_graph`, one term
 ``graph_diff`` (:func:`lumpver.verifiers.graph_diff.graph_difference_search`: product-graph bounds with
-a recorded box cap per region, which :mod:`lumpver.certificates.bounded_graph` re-runs); no float32
-evaluation term exists for graphs yet, so epsilon is stated for real arithmetic of the stored
-float32 weights only.
+a recorded box cap per region, which :mod:`lumpver.certificates.bounded_graph` re-runs), and the
+``float32`` evaluation term of both graphs (:func:`lumpver.bounds.float_error.float32_error_graph`).
 """
 from __future__ import annotations
 
@@ -57,8 +56,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lumpver.bounds.engine import compute_bounds
-from lumpver.bounds.float_error import float32_error
+from lumpver.bounds.float_error import float32_errors
 from lumpver.bounds.region import region_box
 from lumpver.certificates.format import make_certificate, model_stats
 from lumpver.fileio import write_json_atomic
@@ -75,8 +73,6 @@ from lumpver.specs.norms import NORMS, difference_rows, from_max_abs, upper_norm
 from lumpver.ir.network import Layer, Network
 from lumpver.certificates.exact import discrepancy_bound
 from lumpver.certificates.pruned_conv import channel_twin
-from lumpver.bounds.graph_diff import as_graph
-from lumpver.reductions.channel_conv import stored_arrays
 
 #: relative padding of a stated bound over the computed one (the checker's recomputation may
 #: differ in the last bits; a larger bound stays sound)
@@ -161,14 +157,6 @@ def expand_quotient(h: Network, g: Network, classes: list) -> Network:
 
 
 # ----- terms ----------------------------------------------------------------------------------
-def float32_errors(net: Network, input_set: InputSet) -> np.ndarray:
-    """Per-output bound of ``|net_float32(x) - net_real(x)|`` over X (max over regions)."""
-    out = np.zeros(net.n_outputs)
-    for region in input_set.regions:
-        out = np.maximum(out, float32_error(net, region_box(region), compute_bounds(net, region)))
-    return out
-
-
 def interval_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshold: float,
                   max_boxes: list[int] | int, timeout: float) -> tuple[float, dict[str, Any]]:
     """Differential bound of ``h - twin`` region by region with a box cap (deterministic)."""
@@ -313,22 +301,10 @@ def certify_graph(f, g, input_set: InputSet, norm: str = "linf", timeout: float 
     ev.pop("sub_boxes", None)
     ev.update({"max_boxes": caps, "threshold": 0.0, "terms": {"graph_diff": bound}, "upper_bound": bound})
     total = bound if norm == "top1" else bound * (1 + PAD)
-    return Certified(total, norm, {"graph_diff": bound}, ev, time.perf_counter() - t0, backend="graph_diff")
-
-
-def graph_stats(f, g, seconds: float) -> dict[str, Any]:
-    """The certificate ``stats`` of two graph networks: activation outputs and nonzero stored parameters."""
-    def neurons(net: GraphNetwork) -> int:
-        return sum(net.node(n).size for n in net.order if net.node(n).kind == "act")
-
-    def params(net: GraphNetwork) -> int:
-        nodes = [net.node(n) for n in net.order if net.node(n).kind == "affine"]
-        return sum(sum(int(np.count_nonzero(a)) for a in stored_arrays(n.op)) + int(np.count_nonzero(n.bias))
-                   for n in nodes)
-
-    f, g = as_graph(f), as_graph(g)
-    return {"neurons_before": neurons(f), "neurons_after": neurons(g), "params_before": params(f),
-            "params_after": params(g), "graph": True, "seconds": round(float(seconds), 6)}
+    terms = {"graph_diff": bound}
+    if norm != "top1":
+        terms["float32"] = upper_norm(float32_errors(f, input_set) + float32_errors(g, input_set), norm) * (1 + PAD)
+    return Certified(total, norm, terms, ev, time.perf_counter() - t0, backend="graph_diff")
 
 
 def _certify_top1(f, g, input_set, timeout, max_boxes, t0) -> Certified:
@@ -375,11 +351,7 @@ def bounded_certificate(original_path: str | os.PathLike, reduced_path: str | os
                  "float_tolerance": {"float32_rounding_bound": result.terms.get("float32"),
                                      "statement": "epsilon holds in exact real arithmetic of the stored float32 "
                                                   "weights; evaluating both models in float32 adds at most "
-                                                  "float32_rounding_bound (a sound worst-case bound)"
-                                                  if result.backend != "graph_diff" else
-                                                  "epsilon holds in exact real arithmetic of the stored float32 "
-                                                  "weights; no bound of the float32 evaluation error of graph "
-                                                  "networks is stated"},
+                                                  "float32_rounding_bound (a sound worst-case bound)"},
                  "statement": "for every x in the input set, ||f(x) - g(x)|| <= epsilon (real arithmetic of the "
                               "stored float32 weights)"
                               if result.norm != "top1" else
@@ -391,7 +363,7 @@ def bounded_certificate(original_path: str | os.PathLike, reduced_path: str | os
     if sampled is not None:
         evidence.append({"backend": "sampling", "verdict": "info", "lower_bound": sampled,
                          "statement": "largest error seen by onnxruntime on sampled points of X"})
-    stats = graph_stats(f, g, seconds) if result.backend == "graph_diff" else model_stats(f, g, seconds)
+    stats = model_stats(f, g, seconds)
     return make_certificate(original_path, reduced_path, guarantee, stats, evidence, cert_path)
 
 

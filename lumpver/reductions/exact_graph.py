@@ -34,8 +34,8 @@ from scipy.sparse.csgraph import connected_components
 from lumpver.certificates.exact_conv import ChannelPartition, rebuild
 from lumpver.certificates.exact_graph import (affine_terms, channels, claim_of, concat_partition, graph_discrepancy_bound,
                                               identity, is_identity, n_classes, pool_constants, structure_problem)
-from lumpver.certificates.graph_channels import channel_views, graph_stats, lumped_input, resized_node, without_channels
-from lumpver.certificates.format import make_certificate
+from lumpver.certificates.graph_channels import channel_views, lumped_input, resized_node, without_channels
+from lumpver.certificates.format import make_certificate, model_stats
 from lumpver.errors import InputError
 from lumpver.fileio import write_json_atomic
 from lumpver.ir.activations import get_activation
@@ -255,7 +255,7 @@ def lump_graph(f: GraphNetwork, tolerance: float, progress: Progress = SILENT) -
         g.add_edges_from((src, nid) for src in f.node(nid).inputs)
     reduced = GraphNetwork(g, f.output, f.input_name, f.output_name, list(f.input_shape), list(f.output_shape),
                            f.output_softmax)
-    return GraphLumpResult(f, reduced, fp.parts, tolerance, rounds, graph_stats(f, reduced))
+    return GraphLumpResult(f, reduced, fp.parts, tolerance, rounds, model_stats(f, reduced, 0.0))
 
 
 # ----- dropping channels that nothing reads (or that are 0 on a set) ------------------------------
@@ -368,7 +368,7 @@ class ExactGraphPass:
                 "grouping_tolerance": self.tolerance, "discrepancy_bound": discrepancy}}
             claim = {**claim_of(f2, parts, self.tolerance), "dead": dead_rows}
             evidence = [{"backend": "lumping", "verdict": "proved", "claim": claim, "discrepancy": discrepancy}]
-            stats = {**graph_stats(f1, g2), "seconds": round(time.perf_counter() - t0, 6)}
+            stats = model_stats(f1, g2, time.perf_counter() - t0)
             cert = make_certificate(model_path, out_path, guarantee, stats, evidence, cert_path)
             write_json_atomic(cert_path, cert)
         return ReductionResult(Path(out_path), Path(cert_path), cert)

@@ -32,8 +32,8 @@ from typing import Any, Optional
 import numpy as np
 
 from lumpver.certificates.exact_graph import claim_of, graph_discrepancy_bound, structure_problem
-from lumpver.certificates.format import make_certificate
-from lumpver.certificates.graph_channels import graph_stats, removal_problem, same_graph, without_channels
+from lumpver.certificates.format import make_certificate, model_stats
+from lumpver.certificates.graph_channels import removal_problem, same_graph, without_channels
 from lumpver.certificates.onset_graph import STATEMENT, STEP, set_xmax, zero_channels
 from lumpver.errors import InputError
 from lumpver.fileio import write_json_atomic
@@ -75,7 +75,7 @@ def reduce_graph_on_set(f: GraphNetwork, input_set: InputSet, method: str = "cro
     lumped = _lump(g, progress) if lump else None
     final = lumped.reduced if lumped is not None else g
     n_zero = sum(int(np.sum(zero[n][r])) for n, r in removed.items())
-    return GraphOnSetResult(f, g, final, removed, n_zero, lumped, graph_stats(f, final))
+    return GraphOnSetResult(f, g, final, removed, n_zero, lumped, model_stats(f, final, 0.0))
 
 
 def _lump(g: GraphNetwork, progress: Progress) -> Optional[GraphLumpResult]:
@@ -125,7 +125,7 @@ class OnSetGraphPass:
         removed = [res.removed[n].tolist() for n in res.original.order]
         h = without_channels(f2, dict(zip(f2.order, map(np.asarray, removed))))
         n_all = sum(len(r) for r in removed)
-        onset_stats = graph_stats(res.original, res.onset)
+        onset_stats = model_stats(res.original, res.onset, 0.0)
         step = {"step": STEP, "backend": "bounds", "verdict": "proved", "method": self.method, "removed": removed,
                 "n_removed": n_all, "n_zero_on_set": res.n_zero, "discrepancy": 0.0,
                 "reason": f"graph {self.method} bounds on X proved {res.n_zero} of the {n_all} dropped node channel(s) "

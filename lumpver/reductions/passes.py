@@ -237,10 +237,12 @@ class ConfidentPass:
         return ReductionResult(Path(out_path), Path(cert_path), cert, [line, _sizes(net, result.reduced)])
 
 
-def nonzero_params(net: Network) -> int:
-    """Nonzero weights and biases (the size that pruning actually changes)."""
-    return sum(sum(int(np.count_nonzero(a)) for a in stored_arrays(l.op)) + int(np.count_nonzero(l.bias))
-               for l in net.layers)
+def nonzero_params(net: Network | GraphNetwork) -> int:
+    """Nonzero weights and biases (the size that pruning actually changes) of a chain or a graph."""
+    affine = net.layers if isinstance(net, Network) else \
+        [net.node(n) for n in net.order if net.node(n).kind == "affine"]
+    return sum(sum(int(np.count_nonzero(a)) for a in stored_arrays(x.op)) + int(np.count_nonzero(x.bias))
+               for x in affine)
 
 
 @dataclass
