@@ -16,9 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_a", help="first ONNX model (the original)")
     p.add_argument("model_b", help="second ONNX model (the reduced one)")
     p.add_argument("--input-set", required=True, help="input set X: a .vnnlib or .toml spec file")
-    p.add_argument("--backend", choices=["bab_diff", "sdp", "interval", "smt"], default="bab_diff",
+    p.add_argument("--backend", choices=["bab_diff", "sdp", "interval", "smt", "graph_diff"], default="bab_diff",
                    help="upper-bound back-end (bab_diff: branch and bound on f - g, refining until the bound meets "
-                        "the attained value or the time is used)")
+                        "the attained value or the time is used; graph networks with residual Add, Concat or "
+                        "MaxPool use graph_diff, product-graph bounds)")
     p.add_argument("--norm", choices=VECTOR_NORMS, default="linf", help="difference norm")
     p.add_argument("--solver", choices=["auto", "clarabel", "scs", "mosek"], default="auto",
                    help="SDP solver (auto: Clarabel for small matrices, SCS for large)")

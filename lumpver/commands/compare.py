@@ -22,9 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=argtypes.nonnegative, required=True, help="claimed bound on ||A(x) - B(x)|| over X")
     p.add_argument("--norm", choices=NORMS, default="linf",
                    help="difference norm; top1 = the top-1 classes agree (epsilon ignored)")
-    p.add_argument("--backend", choices=["bab_diff", "interval", "smt", "sdp", "auto", "falsify", "marabou"],
+    p.add_argument("--backend", choices=["bab_diff", "interval", "smt", "sdp", "auto", "falsify", "marabou",
+                                         "graph_diff"],
                    default="auto", help="auto: falsifier, then bab_diff (interval for top1 or unpairable networks), "
-                                        "then smt")
+                                        "then smt; for graph networks (residual Add, Concat, MaxPool) falsifier, "
+                                        "then graph_diff (product-graph bounds), which bab_diff/interval also map to")
     p.add_argument("--timeout", type=argtypes.seconds, default=60.0, help="wall-clock seconds for the whole comparison")
     p.add_argument("--seed", type=int, default=0, help="random seed of the falsifier")
     p.add_argument("--json", help="write the verdict as JSON here (atomic)")
