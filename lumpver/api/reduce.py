@@ -51,7 +51,7 @@ def apply_pass(reduction: ReductionPass, model_path: str | os.PathLike, out_path
         reduction = ExactGraphPass(reduction.tolerance)  # MaxPool, residual Add, Concat (DESIGN.md §10)
     if isinstance(reduction, OnSetPass) and isinstance(net, GraphNetwork):
         reduction = OnSetGraphPass()  # channels 0 on X or dead (DESIGN.md §3, §10)
-    return reduction.apply(model, Path(out_path), cert, PassContext(input_set, progress))
+    return reduction.apply(model, Path(out_path), cert, PassContext(input_set, progress, net))
 
 
 def reduce_exact_to_files(model_path: str | os.PathLike, out_path: str | os.PathLike,

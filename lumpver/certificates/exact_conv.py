@@ -172,8 +172,10 @@ def aggregate(w3: np.ndarray, prev: Optional[ChannelPartition]) -> np.ndarray:
 
     live = np.flatnonzero(prev.cls >= 0)
     member = sparse.csr_matrix((prev.scale[live], (prev.cls[live], live)), shape=(prev.rep.size, w3.shape[1]))
-    by_input = w3.transpose(1, 0, 2).reshape(w3.shape[1], -1)
-    return np.asarray(member @ by_input).reshape(prev.rep.size, w3.shape[0], w3.shape[2]).transpose(1, 0, 2)
+    rest = sorted((0, 2), key=lambda a: -w3.strides[a])  # the other axes in memory order: no copy to flatten
+    by_input = w3.transpose(1, *rest).reshape(w3.shape[1], -1)
+    out = np.asarray(member @ by_input).reshape(prev.rep.size, *(w3.shape[a] for a in rest))
+    return out.transpose(np.argsort([1, *rest]))
 
 
 def constant_map(prev: Optional[ChannelPartition], n_features: int) -> Optional[np.ndarray]:

@@ -23,6 +23,9 @@ class PassContext:
 
     input_set: Optional[InputSet] = None  # the declared input set X (raw input space, DESIGN.md §3)
     progress: Progress = SILENT
+    #: the model as the caller already loaded it from the pass's model file (a chain Network or a
+    #: GraphNetwork), so a pass need not read the file again; None: the pass loads it
+    model: Optional[Any] = None
 
     def need_input_set(self, what: str) -> InputSet:
         """The input set, or InputError naming what needs it."""

@@ -56,7 +56,7 @@ class ExactPass:
         if not 0 < self.tolerance < 0.1:
             raise InputError(f"tolerance must be in (0, 0.1) for exact lumping, got {self.tolerance}")
         t0 = time.perf_counter()
-        net = load_onnx(model_path)
+        net = ctx.model if isinstance(ctx.model, Network) else load_onnx(model_path)
         ctx.progress.say(f"loaded {model_path}; lumping {net.n_hidden} hidden neurons in {len(net.layers) - 1} layers")
         result = exact_lump(net, self.tolerance, ctx.progress)
         a, b = discrepancy_bound(net, result.reduced, result.classes, self.tolerance, result.raw_signatures)
