@@ -225,6 +225,7 @@ class _Search:
         self.doubts: list[str] = []
         self._last_fals = self._last_beat = time.monotonic()
         self._input_mode = query.network.n_inputs <= opt.input_split_dims
+        self._roots: dict = {}
 
     # ----- verdicts ---------------------------------------------------------------------------
     def _details(self) -> dict:
@@ -259,9 +260,14 @@ class _Search:
 
     def _disjunct(self, region, box, ctx: Context, what: str) -> Optional[Verdict]:
         """None when the disjunct is excluded on the region, else a verdict (violated/unknown)."""
-        inf = [np.full((layer.width,), np.inf) for layer in self.q.network.layers]
-        root = Domain(box.lower.astype(np.float64), box.upper.astype(np.float64), [-a for a in inf], inf,
-                      [None] * self.chain.depth, np.zeros(ctx.lam.shape[0]))
+        lo, hi = box.lower.astype(np.float64), box.upper.astype(np.float64)
+        key = (lo.tobytes(), hi.tobytes())
+        if key not in self._roots:  # the root's layer bounds do not depend on the disjunct: once per region
+            inf = [np.full((1, layer.width), np.inf) for layer in self.q.network.layers]
+            self._roots = {key: layer_bounds(self.chain, lo[None], hi[None], [-a for a in inf], inf)}
+        zl, zu = self._roots[key]
+        root = Domain(lo, hi, [a[0] for a in zl], [a[0] for a in zu], [None] * self.chain.depth,
+                      np.zeros(ctx.lam.shape[0]), start=self.chain.depth)
         t_root = time.monotonic()
         frontier = bound(ctx, [root], self.opt.root_iters)
         self.stats.bounded += 1
