@@ -31,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.batched import infeasible, layer_bounds, optimise_alpha
+from lumpver.bounds.batched import infeasible, layer_bounds, optimise_alpha, recompute_pays
 from lumpver.bounds.engine import Chain, prepare
 from lumpver.bounds.region import region_box
 from lumpver.progress import SILENT, Progress
@@ -84,7 +84,8 @@ class Context:
 def bound(ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list[Domain]:
     """Bound the domains in one batched pass; ``upper`` is ``-inf`` for an empty domain."""
     b = stack(doms)
-    zl, zu = layer_bounds(ctx.chain, b.lo, b.hi, b.zl, b.zu, b.start)
+    start = b.start if b.start == 0 or recompute_pays(ctx.chain) else ctx.chain.depth
+    zl, zu = layer_bounds(ctx.chain, b.lo, b.hi, b.zl, b.zu, start)
     empty = infeasible(zl, zu)
     lam = np.broadcast_to(ctx.lam, (len(doms),) + ctx.lam.shape)
     obj = optimise_alpha(ctx.chain, b.lo, b.hi, zl, zu, lam, ctx.offset, b.alpha,
