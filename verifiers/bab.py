@@ -50,6 +50,15 @@ class BabOptions:
     batch: int = 64  # sub-problems split and bounded per round (per worker), ReLU splitting
     root_iters: int = 30  # Adam steps on the slopes at the root
     iters: int = 6  # Adam steps per bounding of a batch of children, ReLU splitting
+    #: the same where children keep their parent's layer bounds (conv chains, ``recompute_pays``): oval21
+    #: img5303 at 60 s, same load: 9629 bounded, 1253 closed, worst open bound 0.0084 with 3 steps vs 6683,
+    #: 873, 0.0098 with 6 (bench/RESULTS.md)
+    fixed_iters: int = 3
+    #: Adam step size there: a child starts from its parent's slopes and multipliers, where a first Adam step
+    #: of 0.25 overshoots (oval21 img5303, the 8 worst open sub-problems after 30 s, 3 steps: bounds
+    #: 0.0051-0.0108 with 0.05 vs 0.0082-0.0108 with 0.25, which needs 40 steps to reach 0.0045-0.0105); the
+    #: root bounds of oval21 do not depend on it (0.25, 0.1, 0.05 agree to 1e-3)
+    fixed_lr: float = 0.05
     #: the same for input splitting: on ACAS Xu 1_1 prop_3 the closed count did not depend on the Adam
     #: steps (5447 sub-problems for 0-6 steps) and larger batches halved the CPU time
     input_batch: int = 256
@@ -251,13 +260,19 @@ class _Search:
             box = region_box(region)
             for d, (A, b) in enumerate(self.q.prop.disjuncts):
                 ctx = Context(self.chain, -np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64),
-                              self.opt.input_iters if self._input_mode else self.opt.iters, self.opt.lr)
+                              *self._steps())
                 out = self._disjunct(region, box, ctx, f"disjunct {d + 1}/{len(self.q.prop.disjuncts)}")
                 if out is not None:
                     return out
         if self.doubts:
             return self._unknown(self.doubts[0])
         return Verdict("proved", "bab", "every sub-problem closed by sound bounds", details=self._details())
+
+    def _steps(self) -> tuple[int, float]:
+        """Adam steps and step size per bounding of children."""
+        if self._input_mode:
+            return self.opt.input_iters, self.opt.lr
+        return (self.opt.iters, self.opt.lr) if recompute_pays(self.chain) else (self.opt.fixed_iters, self.opt.fixed_lr)
 
     def _disjunct(self, region, box, ctx: Context, what: str) -> Optional[Verdict]:
         """None when the disjunct is excluded on the region, else a verdict (violated/unknown)."""
