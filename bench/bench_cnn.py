@@ -23,7 +23,7 @@ channel pruning, weight pruning, coreset filter pruning (keep 0.5) and 8-bit per
 each certified on the input set (``--timeout`` seconds): channels per hidden layer, the largest error
 onnxruntime shows on sampled points of the set (a lower bound) and the certified bound.
 
-``ab``: ``lumpver verify`` of one class (``--only``, default oval21) at the git revision ``--base`` and at
+``ab``: ``lumpver verify --backend B`` of one class (``--only``, default oval21) at the git revision ``--base`` and at
 the working tree, alternating per instance (so machine load hits both alike), each a fresh process with
 ``--workers``: per instance the answer and wall seconds of both, and the decided count and summed seconds.
 
@@ -132,27 +132,28 @@ def _tree_at(rev: str, into: Path) -> Path:
     return into
 
 
-def _verify_process(tree: Path | None, model: Path, prop: Path, timeout: float, workers: int) -> tuple[str, float]:
+def _verify_process(tree: Path | None, model: Path, prop: Path, timeout: float, workers: int,
+                    backend: str) -> tuple[str, float]:
     """``lumpver verify -q`` in a fresh process (from ``tree`` when given): last stdout word and wall seconds."""
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
     cmd = [sys.executable, "-c", "import sys; from lumpver.cli import main; sys.exit(main())", "verify", "-q", str(model),
-           str(prop), "--timeout", f"{timeout:g}", "--workers", str(workers)]
+           str(prop), "--timeout", f"{timeout:g}", "--workers", str(workers), "--backend", backend]
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree or Path.cwd(), timeout=timeout + 120)
     words = p.stdout.split()
     return (words[-1] if words else "error"), time.monotonic() - t0
 
 
-def run_ab(base: str, only: str, timeout: float, workers: int) -> None:
+def run_ab(base: str, only: str, timeout: float, workers: int, backend: str) -> None:
     pub = published()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tree = _tree_at(base, Path(tmp))
         for folder, model, prop in instances(only or "oval21"):
-            before = _verify_process(tree, model, prop, timeout, workers)
-            after = _verify_process(None, model, prop, timeout, workers)
+            before = _verify_process(tree, model, prop, timeout, workers, backend)
+            after = _verify_process(None, model, prop, timeout, workers, backend)
             rows.append((before, after))
             print(f"{prop.name:55s} {base}: {before[0]:8s} {before[1]:6.1f}s   now: {after[0]:8s} {after[1]:6.1f}s"
                   f"{_clash(after[0], pub[(folder, prop.name)])}", flush=True)
@@ -309,7 +310,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="lumpver verify --workers (ab)")
     a = ap.parse_args()
     if a.what == "ab":
-        run_ab(a.base, a.only, a.timeout, a.workers)
+        run_ab(a.base, a.only, a.timeout, a.workers, a.backend)
         return
     if a.what in ("verify", "all"):
         run_verify(a.timeout, a.backend, a.only)

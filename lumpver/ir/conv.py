@@ -163,7 +163,7 @@ def conv2d_transpose(a: np.ndarray, w: np.ndarray, g: _Geom, groups: int) -> np.
 
 #: Largest number of stored entries of the sparse matrix kept by a window operator for its
 #: ``backward`` (about 12 bytes each); above it the im2col transposed convolution is used
-SPARSE_CAP = 1 << 23
+SPARSE_CAP = 1 << 22
 
 
 def window_matrix(values: np.ndarray, g: _Geom, groups: int, in_channels: int):
