@@ -23,15 +23,21 @@ channel pruning, weight pruning, coreset filter pruning (keep 0.5) and 8-bit per
 each certified on the input set (``--timeout`` seconds): channels per hidden layer, the largest error
 onnxruntime shows on sampled points of the set (a lower bound) and the certified bound.
 
-Usage: python bench/bench_cnn.py [verify|lump|memory|prune|all] [--timeout 30] [--backend interval] [--only maxpool]
+``ab``: ``lumpver verify --backend B`` of one class (``--only``, default oval21) at the git revision ``--base`` and at
+the working tree, alternating per instance (so machine load hits both alike), each a fresh process with
+``--workers``: per instance the answer and wall seconds of both, and the decided count and summed seconds.
+
+Usage: python bench/bench_cnn.py [verify|lump|memory|prune|all|ab] [--timeout 30] [--backend interval] [--only maxpool]
        [--repeat 3]
-       [--channels 256] [--big-channels 128]
+       [--channels 256] [--big-channels 128] [--base REV] [--workers 1]
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -114,6 +120,46 @@ def run_verify(timeout: float, backend: str, only: str = "") -> None:
             c = Counter(a for a, _ in vals)
             t = sum(s for a, s in vals if a in ("sat", "unsat"))
             print(f"| {folder} | {tool} (published) | {c['sat'] + c['unsat']}/{len(vals)} | {c['sat']} | {c['unsat']} | {t:.1f} |")
+
+
+def _tree_at(rev: str, into: Path) -> Path:
+    """The repository at git revision ``rev`` unpacked into ``into``, importable as ``lumpver`` from there
+    (``verifiers/`` is installed as ``lumpver.verifiers``: linked into the package folder)."""
+    root = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    (into / "lumpver" / "verifiers").symlink_to(into / "verifiers")
+    return into
+
+
+def _verify_process(tree: Path | None, model: Path, prop: Path, timeout: float, workers: int,
+                    backend: str) -> tuple[str, float]:
+    """``lumpver verify -q`` in a fresh process (from ``tree`` when given): last stdout word and wall seconds."""
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    cmd = [sys.executable, "-c", "import sys; from lumpver.cli import main; sys.exit(main())", "verify", "-q", str(model),
+           str(prop), "--timeout", f"{timeout:g}", "--workers", str(workers), "--backend", backend]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree or Path.cwd(), timeout=timeout + 120)
+    words = p.stdout.split()
+    return (words[-1] if words else "error"), time.monotonic() - t0
+
+
+def run_ab(base: str, only: str, timeout: float, workers: int, backend: str) -> None:
+    pub = published()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = _tree_at(base, Path(tmp))
+        for folder, model, prop in instances(only or "oval21"):
+            before = _verify_process(tree, model, prop, timeout, workers, backend)
+            after = _verify_process(None, model, prop, timeout, workers, backend)
+            rows.append((before, after))
+            print(f"{prop.name:55s} {base}: {before[0]:8s} {before[1]:6.1f}s   now: {after[0]:8s} {after[1]:6.1f}s"
+                  f"{_clash(after[0], pub[(folder, prop.name)])}", flush=True)
+    for i, name in ((0, base), (1, "now")):
+        dec = [r[i] for r in rows if r[i][0] in ("sat", "unsat")]
+        print(f"{name}: decided {len(dec)}/{len(rows)}, {sum(s for _a, s in dec):.1f} s summed over the decided")
 
 
 def run_lump(repeat: int, channels: int) -> None:
@@ -253,14 +299,19 @@ def _timed(fn) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="?", default="all", choices=("verify", "lump", "memory", "prune", "all"))
+    ap.add_argument("what", nargs="?", default="all", choices=("verify", "lump", "memory", "prune", "all", "ab"))
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--backend", default="interval")
     ap.add_argument("--only", default="", choices=("",) + tuple(CLASSES), help="verify one instance class")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--channels", type=int, default=256, help="channels of each planted conv layer")
     ap.add_argument("--big-channels", type=int, default=128, help="channels of the larger planted CNN (memory)")
+    ap.add_argument("--base", default="HEAD", help="git revision compared with the working tree (ab)")
+    ap.add_argument("--workers", type=int, default=1, help="lumpver verify --workers (ab)")
     a = ap.parse_args()
+    if a.what == "ab":
+        run_ab(a.base, a.only, a.timeout, a.workers, a.backend)
+        return
     if a.what in ("verify", "all"):
         run_verify(a.timeout, a.backend, a.only)
     if a.what in ("lump", "all"):

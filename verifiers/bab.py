@@ -31,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.batched import infeasible, layer_bounds, optimise_alpha
+from lumpver.bounds.batched import infeasible, layer_bounds, optimise_alpha, recompute_pays
 from lumpver.bounds.engine import Chain, prepare
 from lumpver.bounds.region import region_box
 from lumpver.progress import SILENT, Progress
@@ -50,6 +50,15 @@ class BabOptions:
     batch: int = 64  # sub-problems split and bounded per round (per worker), ReLU splitting
     root_iters: int = 30  # Adam steps on the slopes at the root
     iters: int = 6  # Adam steps per bounding of a batch of children, ReLU splitting
+    #: the same where children keep their parent's layer bounds (conv chains, ``recompute_pays``): oval21
+    #: img5303 at 60 s, same load: 9629 bounded, 1253 closed, worst open bound 0.0084 with 3 steps vs 6683,
+    #: 873, 0.0098 with 6 (bench/RESULTS.md)
+    fixed_iters: int = 3
+    #: Adam step size there: a child starts from its parent's slopes and multipliers, where a first Adam step
+    #: of 0.25 overshoots (oval21 img5303, the 8 worst open sub-problems after 30 s, 3 steps: bounds
+    #: 0.0051-0.0108 with 0.05 vs 0.0082-0.0108 with 0.25, which needs 40 steps to reach 0.0045-0.0105); the
+    #: root bounds of oval21 do not depend on it (0.25, 0.1, 0.05 agree to 1e-3)
+    fixed_lr: float = 0.05
     #: the same for input splitting: on ACAS Xu 1_1 prop_3 the closed count did not depend on the Adam
     #: steps (5447 sub-problems for 0-6 steps) and larger batches halved the CPU time
     input_batch: int = 256
@@ -84,7 +93,8 @@ class Context:
 def bound(ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list[Domain]:
     """Bound the domains in one batched pass; ``upper`` is ``-inf`` for an empty domain."""
     b = stack(doms)
-    zl, zu = layer_bounds(ctx.chain, b.lo, b.hi, b.zl, b.zu, b.start)
+    start = b.start if b.start == 0 or recompute_pays(ctx.chain) else ctx.chain.depth
+    zl, zu = layer_bounds(ctx.chain, b.lo, b.hi, b.zl, b.zu, start)
     empty = infeasible(zl, zu)
     lam = np.broadcast_to(ctx.lam, (len(doms),) + ctx.lam.shape)
     obj = optimise_alpha(ctx.chain, b.lo, b.hi, zl, zu, lam, ctx.offset, b.alpha,
@@ -225,6 +235,7 @@ class _Search:
         self.doubts: list[str] = []
         self._last_fals = self._last_beat = time.monotonic()
         self._input_mode = query.network.n_inputs <= opt.input_split_dims
+        self._roots: dict = {}
 
     # ----- verdicts ---------------------------------------------------------------------------
     def _details(self) -> dict:
@@ -249,7 +260,7 @@ class _Search:
             box = region_box(region)
             for d, (A, b) in enumerate(self.q.prop.disjuncts):
                 ctx = Context(self.chain, -np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64),
-                              self.opt.input_iters if self._input_mode else self.opt.iters, self.opt.lr)
+                              *self._steps())
                 out = self._disjunct(region, box, ctx, f"disjunct {d + 1}/{len(self.q.prop.disjuncts)}")
                 if out is not None:
                     return out
@@ -257,11 +268,22 @@ class _Search:
             return self._unknown(self.doubts[0])
         return Verdict("proved", "bab", "every sub-problem closed by sound bounds", details=self._details())
 
+    def _steps(self) -> tuple[int, float]:
+        """Adam steps and step size per bounding of children."""
+        if self._input_mode:
+            return self.opt.input_iters, self.opt.lr
+        return (self.opt.iters, self.opt.lr) if recompute_pays(self.chain) else (self.opt.fixed_iters, self.opt.fixed_lr)
+
     def _disjunct(self, region, box, ctx: Context, what: str) -> Optional[Verdict]:
         """None when the disjunct is excluded on the region, else a verdict (violated/unknown)."""
-        inf = [np.full((layer.width,), np.inf) for layer in self.q.network.layers]
-        root = Domain(box.lower.astype(np.float64), box.upper.astype(np.float64), [-a for a in inf], inf,
-                      [None] * self.chain.depth, np.zeros(ctx.lam.shape[0]))
+        lo, hi = box.lower.astype(np.float64), box.upper.astype(np.float64)
+        key = (lo.tobytes(), hi.tobytes())
+        if key not in self._roots:  # the root's layer bounds do not depend on the disjunct: once per region
+            inf = [np.full((1, layer.width), np.inf) for layer in self.q.network.layers]
+            self._roots = {key: layer_bounds(self.chain, lo[None], hi[None], [-a for a in inf], inf)}
+        zl, zu = self._roots[key]
+        root = Domain(lo, hi, [a[0] for a in zl], [a[0] for a in zu], [None] * self.chain.depth,
+                      np.zeros(ctx.lam.shape[0]), start=self.chain.depth)
         t_root = time.monotonic()
         frontier = bound(ctx, [root], self.opt.root_iters)
         self.stats.bounded += 1

@@ -8,8 +8,9 @@ of a child are intersected with its parent's, so clamps persist). Coefficient ar
 (the operator interface of :mod:`lumpver.ir.operators`, so convolutions plug in unchanged).
 
 * :func:`layer_bounds` recomputes the pre-activation bounds of layers ``start..`` (interval for
-  layer 0, one CROWN schedule with the registry's adaptive slopes for later layers, only for each
-  sub-problem's unstable rows, padded to the batch's largest count), intersected with the given ones;
+  layer 0; for later layers interval bounds from the previous layer first, then one CROWN schedule
+  with the registry's adaptive slopes only for each sub-problem's rows the interval leaves unstable,
+  padded to the batch's largest count), intersected with the given ones;
 * :func:`objective_upper` returns a sound upper bound of ``lam . y`` per sub-problem and row, with
   the lower-bound slopes of unstable ReLU-like neurons taken from ``alpha`` (any value in
   ``[neg, 1]`` is sound), plus the gradient of the bound with respect to ``alpha`` (by hand:
@@ -31,6 +32,7 @@ import numpy as np
 from lumpver.bounds.engine import Chain
 from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
 from lumpver.bounds.rounding import POLICY
+from lumpver.ir.conv import AvgPoolOperator, ConvOperator
 
 #: activations whose lower slope on an unstable neuron is a free parameter (value: its negative slope)
 ALPHA_ACTS = ("relu", "leaky_relu")
@@ -54,6 +56,16 @@ def alpha_free(chain: Chain, k: int, zl: np.ndarray, zu: np.ndarray) -> np.ndarr
     if chain.acts[k] not in ALPHA_ACTS or neg_slope(chain, k) > 1.0:
         return np.zeros(zl.shape, dtype=bool)
     return (zl < 0) & (zu > 0)
+
+
+def recompute_pays(chain: Chain) -> bool:
+    """Whether a ReLU-split child should re-bound the layers after its split (:func:`layer_bounds` from
+    ``start``) or keep its parent's bounds (the split reaches the objective through beta, beta-CROWN).
+    Not for a chain with a convolution: its rows are re-bounded through every convolution below (oval21
+    cifar_base_kw, 30 s, same load: 2843 vs 499 sub-problems bounded on img5303, 2967 vs 711 on img6638,
+    with the same share closed, bench/RESULTS.md)."""
+    ops = [o for step in chain.steps for o in getattr(step.op, "ops", [step.op])]
+    return not any(isinstance(o, (ConvOperator, AvgPoolOperator)) for o in ops)
 
 
 def infeasible(zl: list[np.ndarray], zu: list[np.ndarray]) -> np.ndarray:
@@ -86,13 +98,15 @@ def _rows(a: np.ndarray, fn) -> np.ndarray:
 def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int, post: bool, lo: np.ndarray,
             hi: np.ndarray, alpha: Optional[list[Optional[np.ndarray]]] = None, free: Optional[list[np.ndarray]] = None,
             record: bool = False, grad: bool = False, phase: Optional[list[np.ndarray]] = None,
-            beta: Optional[list[np.ndarray]] = None) -> BatchBound:
+            beta: Optional[list[np.ndarray]] = None, mag: Optional[tuple] = None) -> BatchBound:
     """Sound upper bound of ``lam[b] . h_top`` (``post``) or ``lam[b] . z_top`` over box ``b``.
 
     ``lam``: (B, m, n_top). ``alpha[j]`` (B, m, n_j) replaces the lower slope where ``free[j]``.
     Split constraints (beta-CROWN): ``phase[j]`` (B, n_j) is +1 where ``z_j >= 0`` is imposed, -1 where
     ``z_j <= 0`` is, 0 elsewhere; ``beta[j] >= 0`` (B, m, n_j) adds ``beta * phase * z_j`` to the bounded
     function, which is ``>= 0`` on the sub-problem, so the result still bounds ``lam . y`` there.
+    ``mag``: :func:`magnitudes` of the same call (it depends on neither ``alpha`` nor ``beta``: reused
+    across the steps of :func:`optimise_alpha`), computed here when None.
     """
     B, m, _ = lam.shape
     A = np.array(lam, dtype=np.float64)
@@ -119,7 +133,7 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
     A_x = _rows(A, step.op.backward)
     centre, radius = 0.5 * (lo + hi), 0.5 * (hi - lo)
     val = np.einsum("bmn,bn->bm", A_x, centre) + np.einsum("bmn,bn->bm", np.abs(A_x), radius) + c
-    V, Vz = _magnitude(chain, rel, top, post, centre, radius, free)
+    V, Vz = magnitudes(chain, rel, top, post, lo, hi, free) if mag is None else mag
     mag = np.einsum("bmn,bn->bm", np.abs(lam), V) + np.abs(val)
     if beta is not None:
         mag = mag + sum(np.einsum("bmn,bn->bm", beta[j] * np.abs(phase[j])[:, None, :], Vz[j]) for j in range(top + 1))
@@ -129,13 +143,14 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
     return BatchBound(upper, A_x, coeffs, grads)
 
 
-def _magnitude(chain: Chain, rel: list[LinearRelaxation], top: int, post: bool, centre: np.ndarray,
-               radius: np.ndarray, free: Optional[list[np.ndarray]]) -> tuple[np.ndarray, list[np.ndarray]]:
+def magnitudes(chain: Chain, rel: list[LinearRelaxation], top: int, post: bool, lo: np.ndarray, hi: np.ndarray,
+               free: Optional[list[np.ndarray]]) -> tuple[np.ndarray, list[np.ndarray]]:
     """``V`` (B, n_top) with ``|lam| . V`` bounding the magnitude of every term of the back-substitution
     (what :func:`lumpver.bounds.engine.back_substitute` carries as ``A_mag``, ``c_mag``), computed
     forward on one vector per sub-problem instead of per row: ``V`` goes through ``|op|`` plus
     ``|bias|`` and each relaxation's largest slope magnitude (1 for a free slope) plus intercepts.
     Also ``Vz[j]``, the magnitude of ``z_j`` (for the split terms ``beta * z_j``)."""
+    centre, radius = 0.5 * (lo + hi), 0.5 * (hi - lo)
     V = chain.input.abs_op.forward(np.abs(centre) + radius) + np.abs(chain.input.bias)
     Vz = []
     for j in range(top + 1):
@@ -202,6 +217,9 @@ def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarr
             nl, nu = first_layer(chain, lo, hi)
             zl[0], zu[0] = np.maximum(zl[0], nl), np.minimum(zu[0], nu)
             continue
+        il, iu = interval_step(chain.steps[k], *get_relaxation(chain.acts[k - 1]).interval(
+            zl[k - 1], np.maximum(zu[k - 1], zl[k - 1]), chain.alphas[k - 1]))
+        zl[k], zu[k] = np.maximum(zl[k], il), np.minimum(zu[k], iu)  # CROWN rows only where interval leaves doubt
         want = (zl[k] < 0) & (zu[k] > 0) if chain.acts[k] in ALPHA_ACTS else ~(zu[k] - zl[k] <= SMOOTH_NARROW)
         R = int(np.max(np.sum(want, axis=1)))
         if R == 0:
@@ -292,9 +310,10 @@ def optimise_alpha(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.nda
         beta = [np.zeros((lo.shape[0], m, p.shape[1])) for p in phase] if beta is None else [b.copy() for b in beta]
         opt_b = Adam(beta, [0.0] * chain.depth, np.inf, 0.5 * lr)
     best: Optional[Objective] = None
+    mag = magnitudes(chain, rel, top, True, lo, hi, free)
     for it in range(iters + 1):
         bb = backsub(chain, rel, lam, top, True, lo, hi, opt_a.params, free, record=True, grad=it < iters,
-                     phase=phase, beta=None if opt_b is None else opt_b.params)
+                     phase=phase, beta=None if opt_b is None else opt_b.params, mag=mag)
         up = bb.upper + offset + POLICY.margin(np.abs(bb.upper) + np.abs(offset), 2)
         if best is None:
             best = Objective(up, bb.A_x, list(bb.coeffs), list(opt_a.params), None if opt_b is None else list(opt_b.params))

@@ -161,6 +161,38 @@ def conv2d_transpose(a: np.ndarray, w: np.ndarray, g: _Geom, groups: int) -> np.
     return gp[:, :, t:t + h, l:l + wd].transpose(1, 0, 2, 3)
 
 
+#: Largest number of stored entries of the sparse matrix kept by a window operator for its
+#: ``backward`` (about 12 bytes each); above it the im2col transposed convolution is used
+SPARSE_CAP = 1 << 22
+
+
+def window_matrix(values: np.ndarray, g: _Geom, groups: int, in_channels: int):
+    """The ``(in, out)`` CSR matrix of the transpose of a 2-D window operator (convolution, pooling):
+    ``values`` ``(Co, Ho, Wo, Cg, kh, kw)`` is the weight of input ``(k*Cg + c, oy*s - pad + u*d, ..)``
+    for output ``(co, oy, ox)`` (``k = co // (Co/groups)``); entries reading the zero padding are dropped.
+    ``a @ M`` for rows ``a`` is then ``(M_T @ a.T).T``, a sparse product in the fused loop of
+    scipy's CSR kernel (20x faster than the im2col transpose on 64 rows of the oval21 first conv)."""
+    import scipy.sparse as sp
+
+    co, ho, wo, cg, kh, kw = values.shape
+    (sh, sw), (dh, dw), (t, l, _, _), (h, w) = g.strides, g.dilations, g.pads, g.in_hw
+    o = np.arange(co * ho * wo).reshape(co, ho, wo, 1, 1, 1)
+    ci = (np.arange(co) // (co // groups) * cg).reshape(co, 1, 1, 1, 1, 1) + np.arange(cg).reshape(1, 1, 1, cg, 1, 1)
+    iy = (np.arange(ho) * sh - t).reshape(1, ho, 1, 1, 1, 1) + (np.arange(kh) * dh).reshape(1, 1, 1, 1, kh, 1)
+    ix = (np.arange(wo) * sw - l).reshape(1, 1, wo, 1, 1, 1) + (np.arange(kw) * dw).reshape(1, 1, 1, 1, 1, kw)
+    shape = values.shape
+    o, ci, iy, ix = (np.broadcast_to(a, shape) for a in (o, ci, iy, ix))
+    ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w) & (values != 0)
+    rows = (ci[ok] * h + iy[ok]) * w + ix[ok]
+    return sp.csr_matrix((values[ok], (rows, o[ok])), shape=(in_channels * h * w, co * ho * wo))
+
+
+def sparse_backward(mat, a: np.ndarray) -> np.ndarray:
+    """``(rows, out) -> (rows, in)`` through the ``(in, out)`` CSR ``mat`` of :func:`window_matrix`."""
+    a = np.asarray(a, dtype=np.float64)
+    return np.ascontiguousarray((mat @ np.ascontiguousarray(a.T)).T)
+
+
 def _apply(h: np.ndarray, in_shape, per_chunk, per_row: int) -> np.ndarray:
     """Run ``per_chunk`` on batch chunks of ``h`` reshaped to ``(B, *in_shape)`` (``per_row``
     working values per sample); flatten the result."""
@@ -221,10 +253,28 @@ class ConvOperator(SpatialOperator):
         return _apply(h, self._x4_shape(self.in_shape), lambda x: conv2d(x, w, g, self.groups), self._work)
 
     def backward(self, a: np.ndarray) -> np.ndarray:
+        mat = self._transpose_matrix()
+        if mat is not None:
+            return sparse_backward(mat, a)
         a = np.asarray(a, dtype=np.float64)
         g, w = self.geom, self._w4(np.float64)
         return _apply(a, self._x4_shape(self.out_shape), lambda y: conv2d_transpose(y, w, g, self.groups),
                       self._work)
+
+    def _transpose_matrix(self):
+        """The cached :func:`window_matrix` (None above :data:`SPARSE_CAP` entries); rebuilt when the
+        filters changed since it was formed."""
+        cached = getattr(self, "_mat", None)
+        if cached is not None and cached[0].shape == self.weight.shape and np.array_equal(cached[0], self.weight):
+            return cached[1]
+        if self.out_features * _prod(self.weight.shape[1:]) > SPARSE_CAP:
+            return None
+        w = self._w4(np.float64)
+        ho, wo = self.geom.out_hw
+        values = np.broadcast_to(w[:, None, None], (w.shape[0], ho, wo, *w.shape[1:]))
+        mat = window_matrix(values, self.geom, self.groups, self.in_shape[0])
+        self._mat = (self.weight.copy(), mat)
+        return mat
 
     @property
     def _work(self) -> int:
@@ -310,6 +360,12 @@ class AvgPoolOperator(SpatialOperator):
                       3 * self.in_features)
 
     def backward(self, a: np.ndarray) -> np.ndarray:
+        if self.out_features * _prod(self.kernel) <= SPARSE_CAP:
+            if getattr(self, "_mat", None) is None:
+                (kh, kw), c = self.geom.kernel, self.in_shape[0]
+                inv = np.broadcast_to((1.0 / self._divisor)[None, :, :, None, None, None], (c, *self.geom.out_hw, 1, kh, kw))
+                self._mat = window_matrix(inv, self.geom, c, c)
+            return sparse_backward(self._mat, a)
         a = np.asarray(a, dtype=np.float64)
         g, c = self.geom, self.in_shape[0]
         return _apply(a, self._x4_shape(self.out_shape),
