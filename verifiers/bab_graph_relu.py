@@ -238,14 +238,22 @@ class ReluSearch:
         self.q, self.opt, self.pg, self.stats, self.rng = query, opt, pg, stats, rng
         self.deadline = t0 + query.timeout
         self._last_fals = self._last_beat = time.monotonic()
-        self.doubts: list[str] = []
+        self._roots: dict[int, tuple[GraphBounds, float]] = {}  # per region: node bounds, seconds
+
+    def _root_bounds(self, region, box: Box) -> tuple[GraphBounds, float]:
+        """Graph CROWN bounds of every node on the region's box, computed once for all disjuncts."""
+        if id(region) not in self._roots:
+            t = time.monotonic()
+            half = t + 0.5 * max(self.deadline - t, 0.0)  # intermediate CROWN may use half the time left
+            gb = propagate_graph(self.pg, box, deadline=half)
+            self._roots[id(region)] = (gb, time.monotonic() - t)
+        return self._roots[id(region)]
 
     def disjunct(self, region, A: np.ndarray, b: np.ndarray, what: str) -> Optional[Verdict]:
         """None when the disjunct is excluded on the region, else a violated/unknown verdict."""
         box = region_box(region)
         t_root = time.monotonic()
-        gb = propagate_graph(self.pg, box, deadline=self.deadline)
-        t_prop = time.monotonic() - t_root
+        gb, t_prop = self._root_bounds(region, box)
         ctx = SearchContext(self.pg, -A, b, self.opt.iters, self.opt.lr, deadline=self.deadline)
         round_target = min(3.0, max(0.3, 0.05 * self.q.timeout))
         ctx.recompute = recompute_children(self.pg, t_prop, self.opt.batch, round_target)
