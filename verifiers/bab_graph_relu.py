@@ -245,7 +245,11 @@ class ReluSearch:
         if id(region) not in self._roots:
             t = time.monotonic()
             half = t + 0.5 * max(self.deadline - t, 0.0)  # intermediate CROWN may use half the time left
+            self.opt.progress.say(f"bab (graph): CROWN bounds of {len(self.pg.net.order)} nodes "
+                                  f"({self.pg.net.n_features} values), at most {half - t:.0f} s")
             gb = propagate_graph(self.pg, box, deadline=half)
+            self.opt.progress.say(f"bab (graph): root bounds in {time.monotonic() - t:.1f} s, {gb.n_unstable()} "
+                                  f"unstable ReLUs{'' if gb.complete else ' (cut by the time limit: interval bounds after it)'}")
             self._roots[id(region)] = (gb, time.monotonic() - t)
         return self._roots[id(region)]
 
