@@ -1,7 +1,7 @@
 """Benchmark of branch and bound over ReLU phases on graph networks (issues 12, 13; DESIGN.md §10, §11).
 
     python bench/bench_graph_bab.py resnet [--channels 8] [--blocks 2] [--eps 1] [--timeout 90] [--props 6]
-    python bench/bench_graph_bab.py milp [--pairs 30] [--timeout 5]
+    python bench/bench_graph_bab.py milp [--pairs 30] [--timeout 5] [--input-split]
 
 ``resnet``: a ResNet-like random CNN on CIFAR-size inputs (3x32x32; :func:`lumpver.ir.planted_resnet.random_resnet`),
 properties ``y_j - y_top >= t`` on an L-inf ball of radius ``eps/255`` around a random image, with ``t``
@@ -92,7 +92,8 @@ def milp(args) -> None:
             box = _box(g, 10 + seed, radius)
             best, _ = graph_milp_max(g, C, box)
             for rel in RELATIVE:
-                v = BabBackend(_options()).check(_query(g, box, best + rel * (1 + abs(best)), args.timeout))
+                opts = _options(input_split_dims=10**7) if args.input_split else _options()
+                v = BabBackend(opts).check(_query(g, box, best + rel * (1 + abs(best)), args.timeout))
                 counts[v.verdict] += 1
                 wrong += (v.verdict == "proved" and rel < 0) or (v.verdict == "violated" and rel > 0)
         print(f"{name}: {counts}", flush=True)
@@ -114,6 +115,7 @@ def main() -> None:
     m = sub.add_parser("milp")
     m.add_argument("--pairs", type=int, default=30)
     m.add_argument("--timeout", type=float, default=5.0)
+    m.add_argument("--input-split", action="store_true", help="input splitting only (the search before ReLU splitting)")
     args = ap.parse_args()
     resnet(args) if args.cmd == "resnet" else milp(args)
 

@@ -147,13 +147,13 @@ def test_no_wrong_answer_against_the_milp_optimum(tmp_path, name, seed):
 
 
 def test_relu_splitting_decides_what_input_splitting_leaves_open():
-    make, radius = NETS["conv_resnet"]
-    g = make(1)
-    box = _box(g, 1, radius)
+    make, radius = NETS["dense_resnet"]
+    g = make(0)
+    box = _box(g, 0, radius)
     best, _ = graph_milp_max(g, C, box)
-    q = _query(g, box, best + 0.01 * (1 + abs(best)), timeout=4.0)
-    by_input = BabBackend(_options(input_split_dims=10**6)).check(q)
-    by_relu = BabBackend(_options()).check(q)
-    assert by_input.verdict == "unknown", by_input.reason
+    threshold = best + 0.03 * (1 + abs(best))
+    by_input = BabBackend(_options(input_split_dims=10**6)).check(_query(g, box, threshold, timeout=5.0))
+    by_relu = BabBackend(_options()).check(_query(g, box, threshold, timeout=10.0))  # ~0.4 s idle
+    assert by_input.verdict == "unknown", by_input.reason  # open after 8 s too (bench/RESULTS.md)
     assert by_relu.verdict == "proved", by_relu.reason
     assert by_relu.details["stats"]["splits"] == "relu" and by_relu.details["stats"]["closed"] > 0
