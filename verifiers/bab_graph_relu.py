@@ -44,8 +44,9 @@ ALPHA_KEEP = 200_000
 
 @dataclass
 class GDomain:
-    """One open sub-problem: input box, node bounds (clamped by the splits), the splits, the
-    multipliers and slopes of its bound, its bound per row and the split its children will take."""
+    """One open sub-problem: input box, node bounds (shared with its parent; the splits clamp them when
+    bounding, so a split copies no layer), the splits, the multipliers and slopes of its bound, its
+    bound per row and the split its children will take."""
 
     lo: np.ndarray
     hi: np.ndarray
@@ -87,10 +88,26 @@ class SearchContext:
 # ----------------------------------------------------------------------------------------
 # bounding a batch
 # ----------------------------------------------------------------------------------------
+def _clamp(ctx: SearchContext, splits: tuple, lower: dict, upper: dict, b=None) -> None:
+    """Impose the splits on node bounds in place (``b``: the sub-problem's row of stacked arrays):
+    ``z_i >= 0`` raises the lower bound to 0, ``z_i <= 0`` lowers the upper bound to 0."""
+    for a, i, sign in splits:
+        u = ctx.pg.net.node(a).inputs[0]
+        at = i if b is None else (b, i)
+        if sign > 0:
+            lower[u][at] = max(lower[u][at], 0.0)
+        else:
+            upper[u][at] = min(upper[u][at], 0.0)
+
+
 def _refresh(ctx: SearchContext, d: GDomain) -> GDomain:
     """Intermediate bounds of ``d`` recomputed by graph CROWN on its box, intersected with its own
-    (which carry the split clamps, so the relaxations after a split see them)."""
-    prior = GraphBounds(d.lower, d.upper, {}, ctx.pg.net.output, "crown")
+    clamped by its splits (so the relaxations after a split see them)."""
+    nodes = {ctx.pg.net.node(a).inputs[0] for a, _, _ in d.splits}
+    lower = {k: v.copy() if k in nodes else v for k, v in d.lower.items()}
+    upper = {k: v.copy() if k in nodes else v for k, v in d.upper.items()}
+    _clamp(ctx, d.splits, lower, upper)
+    prior = GraphBounds(lower, upper, {}, ctx.pg.net.output, "crown")
     gb = propagate_graph(ctx.pg, Box(d.lo, d.hi), prior=prior, deadline=ctx.deadline)
     d.lower, d.upper = gb.lower, gb.upper
     return d
@@ -103,6 +120,7 @@ def _stack(ctx: SearchContext, doms: list[GDomain]) -> tuple[GraphBatch, dict, d
                        {u: np.stack([d.upper[u] for d in doms]) for u in ctx.relaxed})
     beta: dict[str, np.ndarray] = {}
     for b, d in enumerate(doms):
+        _clamp(ctx, d.splits, batch.lower, batch.upper, b)
         for k, (a, i, s) in enumerate(d.splits):
             if a not in batch.phase:
                 n = ctx.pg.net.node(a).size
@@ -171,18 +189,10 @@ def split(ctx: SearchContext, d: GDomain) -> list[GDomain]:
                                 None, d.depth + 1))
         return kids
     a, i = d.branch
-    u = ctx.pg.net.node(a).inputs[0]
     beta = np.zeros((ctx.lam.shape[0], 0)) if d.beta is None else d.beta
     beta = np.concatenate([beta, np.zeros((beta.shape[0], 1))], axis=1)
-    for sign in (-1.0, 1.0):
-        lower, upper = dict(d.lower), dict(d.upper)
-        if sign < 0:
-            upper[u] = upper[u].copy()
-            upper[u][i] = min(upper[u][i], 0.0)
-        else:
-            lower[u] = lower[u].copy()
-            lower[u][i] = max(lower[u][i], 0.0)
-        kids.append(GDomain(d.lo, d.hi, lower, upper, d.bound, d.splits + ((a, i, sign),), beta, d.alpha, d.A_x,
+    for sign in (-1.0, 1.0):  # the clamp is applied from ``splits`` when bounding (bounds stay shared)
+        kids.append(GDomain(d.lo, d.hi, d.lower, d.upper, d.bound, d.splits + ((a, i, sign),), beta, d.alpha, d.A_x,
                             None, d.depth + 1))
     return kids
 
