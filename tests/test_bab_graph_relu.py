@@ -157,3 +157,14 @@ def test_relu_splitting_decides_what_input_splitting_leaves_open():
     assert by_input.verdict == "unknown", by_input.reason  # open after 8 s too (bench/RESULTS.md)
     assert by_relu.verdict == "proved", by_relu.reason
     assert by_relu.details["stats"]["splits"] == "relu" and by_relu.details["stats"]["closed"] > 0
+
+
+def test_workers_give_the_same_answers():
+    make, radius = NETS["dense_resnet"]
+    g = make(0)
+    box = _box(g, 0, radius)
+    best, _ = graph_milp_max(g, C, box)
+    for rel, want in ((0.03, "proved"), (0.1, "proved"), (-0.3, "violated")):
+        q = _query(g, box, best + rel * (1 + abs(best)), timeout=20.0)
+        one, two = BabBackend(_options()).check(q), BabBackend(_options(workers=2, batch=8)).check(q)
+        assert one.verdict == two.verdict == want, (rel, one.reason, two.reason)

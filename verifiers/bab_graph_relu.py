@@ -11,8 +11,9 @@ splitting the input box is hopeless. Per region and unsafe disjunct ``A y <= b``
    ``max(a, 0) tu + 1e-3 |a| (u - l)`` (``a`` the neuron's coefficient in the bound of the row closest
    to closing, ``tu`` the intercept of its upper line) into ``z <= 0`` and ``z >= 0``: the split
    clamps the neuron's bounds and enters the bound with a multiplier ``beta >= 0`` (beta-CROWN);
-   children are bounded ``batch`` at a time in one numpy pass, warm-started with their parent's
-   slopes and multipliers; on small graphs (root bounds cheap) every child's intermediate bounds are
+   children are bounded ``batch`` at a time in one numpy pass (``workers`` > 1: that many forked
+   processes, each a share of the batch), warm-started with their parent's slopes and multipliers;
+   on small graphs (root bounds cheap) every child's intermediate bounds are
    recomputed by graph CROWN with the clamps, else they stay the parent's (sound on a sub-problem);
    a sub-problem without unstable ReLU bisects its input box;
 3. the box vertex maximising each new open sub-problem's linear bound is tried as a counterexample,
@@ -25,6 +26,7 @@ replays it on the ONNX file); timeouts, the domain cap and the depth cap give ``
 """
 from __future__ import annotations
 
+import multiprocessing
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -197,6 +199,31 @@ def split(ctx: SearchContext, d: GDomain) -> list[GDomain]:
     return kids
 
 
+_CTX: Optional[SearchContext] = None  # the context of the forked workers of the current disjunct
+
+
+def _pool(ctx: SearchContext, workers: int):
+    """A fork pool of ``workers`` processes that inherit ``ctx`` (None for one worker)."""
+    global _CTX
+    if workers <= 1:
+        return None
+    _CTX = ctx
+    return multiprocessing.get_context("fork").Pool(workers)
+
+
+def _bound_chunk(doms: list[GDomain]) -> list[GDomain]:
+    assert _CTX is not None
+    return bound_domains(_CTX, doms)
+
+
+def bound_parallel(ctx: SearchContext, doms: list[GDomain], pool, workers: int) -> list[GDomain]:
+    """:func:`bound_domains` split into ``workers`` chunks bounded in the pool's processes."""
+    if pool is None or len(doms) < 2 * workers:
+        return bound_domains(ctx, doms)
+    size = -(-len(doms) // workers)
+    return [d for part in pool.map(_bound_chunk, [doms[i:i + size] for i in range(0, len(doms), size)]) for d in part]
+
+
 def recompute_children(pg: PreparedGraph, t_prop: float, batch: int, round_target: float) -> bool:
     """Recompute every child's intermediate bounds only where a max pool reads them (its relaxation
     depends on them, a ReLU split's multiplier does not reach it) and a round of that stays within
@@ -282,10 +309,15 @@ class ReluSearch:
         if not ctx.keep_alpha:
             root.alpha = None
         per_dom = max(time.monotonic() - t_root, 1e-3)
-        return self._loop(ctx, region, [root], what, per_dom, round_target)
+        pool = _pool(ctx, self.opt.workers)
+        try:
+            return self._loop(ctx, region, [root], what, per_dom, round_target, pool)
+        finally:
+            if pool is not None:
+                pool.terminate()
 
     def _loop(self, ctx: SearchContext, region, frontier: list[GDomain], what: str, per_dom: float,
-              round_target: float) -> Optional[Verdict]:
+              round_target: float, pool=None) -> Optional[Verdict]:
         batch, fresh = 1, frontier
         self.stats["bounded"] = self.stats.get("bounded", 0) + 1
         while True:
@@ -306,12 +338,13 @@ class ReluSearch:
                 if hit is not None:
                     return hit
             frontier.sort(key=lambda d: d.score)
-            batch = int(max(1, min(self.opt.batch, 2 * batch, round_target / (2 * per_dom))))  # grow gradually
+            cap = self.opt.batch * max(1, self.opt.workers)
+            batch = int(max(1, min(cap, 2 * batch, round_target / (2 * per_dom))))  # grow gradually
             todo, frontier = frontier[-batch:], frontier[:-batch]
             if any(d.depth >= self.opt.max_depth for d in todo):
                 return Verdict("unknown", "bab", f"depth cap {self.opt.max_depth} ({what})")
             t_round = time.monotonic()
-            fresh = bound_domains(ctx, [k for d in todo for k in split(ctx, d)])
+            fresh = bound_parallel(ctx, [k for d in todo for k in split(ctx, d)], pool, self.opt.workers)
             per_dom = max((time.monotonic() - t_round) / len(fresh), 1e-4)
             self.stats["rounds"] = self.stats.get("rounds", 0) + 1
             self.stats["bounded"] += len(fresh)
