@@ -13,8 +13,9 @@ splitting the input box is hopeless. Per region and unsafe disjunct ``A y <= b``
    clamps the neuron's bounds and enters the bound with a multiplier ``beta >= 0`` (beta-CROWN);
    children are bounded ``batch`` at a time in one numpy pass (``workers`` > 1: that many forked
    processes, each a share of the batch), warm-started with their parent's slopes and multipliers;
-   on small graphs (root bounds cheap) every child's intermediate bounds are
-   recomputed by graph CROWN with the clamps, else they stay the parent's (sound on a sub-problem);
+   on graphs with a max pool and cheap root bounds every child's intermediate bounds are recomputed
+   by graph CROWN with the clamps (:func:`recompute_children`), else they stay the root's (sound on
+   a sub-problem);
    a sub-problem without unstable ReLU bisects its input box;
 3. the box vertex maximising each new open sub-problem's linear bound is tried as a counterexample,
    and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds.
