@@ -1,7 +1,10 @@
 """Back-end ``bab`` on graph networks (residual Add, Concat, MaxPool; DESIGN.md §10, §11).
 
 :class:`lumpver.verifiers.bab.BabBackend` hands a query on a :class:`~lumpver.ir.graph.GraphNetwork`
-here. Per region and unsafe disjunct ``A y <= b``:
+here. After a short falsifier run, a network with more than ``input_split_dims`` inputs (images) is
+searched by branch and bound over ReLU phases with alpha/beta-optimised batched bounds
+(:mod:`lumpver.verifiers.bab_graph_relu`); a low-dimensional one by input splitting, per region and
+unsafe disjunct ``A y <= b``:
 
 1. a short falsifier run (random + PGD through :meth:`GraphNetwork.forward_vjp`);
 2. CROWN bounds of the graph over the region's box (:mod:`lumpver.bounds.graph_engine`: MaxPool
@@ -28,8 +31,9 @@ import numpy as np
 from lumpver.bounds.graph_engine import PreparedGraph, back_substitute_graph, prepare_graph, propagate_graph
 from lumpver.bounds.region import region_box
 from lumpver.bounds.rounding import add_hi
-from lumpver.specs.inputset import Box, InputSet
+from lumpver.specs.inputset import Box
 from lumpver.verifiers import falsify
+from lumpver.verifiers.bab_graph_relu import ReluSearch, check_points, seeded_falsify, vertex
 from lumpver.verifiers.base import Query, Verdict
 
 
@@ -77,15 +81,22 @@ def check_graph(query: Query, options) -> Verdict:
         return _done(Verdict("violated", "bab", "falsifier counterexample (float32/float64 replay)",
                              counterexample=res.counterexample), t0)
     pg = prepare_graph(query.network)
-    stats = {"boxes": 0, "closed": 0}
+    relu = query.network.n_inputs > options.input_split_dims
+    stats: dict = {"splits": "relu" if relu else "input", "boxes": 0, "closed": 0}
+    how = ("alpha/beta-CROWN on the graph (batched, MaxPool relaxation)" if relu else "graph CROWN (MaxPool "
+           "relaxation)") + ", outward rounding"
+    search = ReluSearch(query, options, pg, t0, stats, rng) if relu else None
     for region in query.input_set.regions:
         for d, (A, b) in enumerate(query.prop.disjuncts):
-            v = _disjunct(query, options, pg, region, np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64),
-                          t0, stats, rng, f"disjunct {d + 1}/{len(query.prop.disjuncts)}")
+            A, b, what = np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64), \
+                f"disjunct {d + 1}/{len(query.prop.disjuncts)}"
+            v = search.disjunct(region, A, b, what) if search is not None else \
+                _disjunct(query, options, pg, region, A, b, t0, stats, rng, what)
             if v is not None:
-                v.details = {"stats": stats, "bounds": "graph CROWN (MaxPool relaxation), outward rounding"}
+                v.details = {"stats": stats, "bounds": how}
                 return _done(v, t0)
-    return _done(Verdict("proved", "bab", "every sub-box closed by sound graph bounds", details={"stats": stats}), t0)
+    return _done(Verdict("proved", "bab", "every sub-problem closed by sound graph bounds",
+                         details={"stats": stats, "bounds": how}), t0)
 
 
 def _done(v: Verdict, t0: float) -> Verdict:
@@ -127,30 +138,13 @@ def _disjunct(query: Query, opt, pg: PreparedGraph, region, A, b, t0: float, sta
         frontier = rest + [bound_box(pg, h, A, b, deadline) for d in todo for h in _halves(d)]
 
 
-def _vertex(d: _Box) -> np.ndarray:
-    row = int(np.argmin(d.upper))
-    return np.where(d.A_x[row] > 0, d.box.upper, d.box.lower)
-
-
 def _try_vertices(query: Query, region, doms: list[_Box]) -> Optional[Verdict]:
-    if not doms:
-        return None
-    pts = np.array([_vertex(d) for d in doms])
-    for x, y in zip(pts, query.network.forward(pts)):
-        if query.prop.is_unsafe(y):
-            xf = falsify.to_float32_inside(x, region)
-            if xf is not None and falsify.confirms(query, xf):
-                return Verdict("violated", "bab", "vertex of a sub-box's linear bound (float32/float64 replay)",
-                               counterexample=xf)
-    return None
+    return check_points(query, region, [vertex(d.box.lower, d.box.upper, d.upper, d.A_x) for d in doms],
+                        "vertex of a sub-box's linear bound")
 
 
 def _falsify(query: Query, region, doms: list[_Box], rng, deadline: float) -> Optional[Verdict]:
     worst = sorted(doms, key=lambda d: d.score)[-4:]
-    seeds = [_vertex(d) for d in worst] + [0.5 * (d.box.lower + d.box.upper) for d in worst]
-    q = Query(query.network, InputSet([region]), prop=query.prop, timeout=query.timeout, seed=query.seed)
-    res = falsify.search(q, samples=100, starts=2, steps=20, rng=rng, seeds=seeds, deadline=deadline)
-    if res.counterexample is not None:
-        return Verdict("violated", "bab", "falsifier seeded by the search (float32/float64 replay)",
-                       counterexample=res.counterexample)
-    return None
+    seeds = [vertex(d.box.lower, d.box.upper, d.upper, d.A_x) for d in worst] + \
+        [0.5 * (d.box.lower + d.box.upper) for d in worst]
+    return seeded_falsify(query, region, seeds, rng, deadline)
