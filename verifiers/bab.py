@@ -14,10 +14,15 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    in one numpy pass, warm-started with their parent's slopes, optionally in ``workers`` processes,
    with one OpenBLAS thread each;
 4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
-   and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds.
+   and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds;
+5. input splitting on ReLU chains: once ``lp_after`` of the timeout has passed, open boxes from depth
+   ``lp_depth`` on go to the LP finisher (:mod:`lumpver.verifiers.lp_finish`: an elastic triangle LP and
+   a small ReLU-phase branch and bound, each LP bound made sound through the dual), at most ``lp_budget``
+   LPs per box, retried ``lp_retry`` splits deeper when left open.
 
 Soundness: ``proved`` only when every sub-problem is closed by a bound computed with the outward
-rounding of :mod:`lumpver.bounds.rounding` (or found empty: crossing sound bounds); ``violated``
+rounding of :mod:`lumpver.bounds.rounding` (or found empty: crossing sound bounds), or by the LP
+finisher's dual bound re-checked with outward rounding (Farkas for empty phase sets); ``violated``
 only with a float32 input inside the region whose violation the float64 and float32 forward
 passes reproduce (the command layer replays it on the ONNX file); timeouts, the domain cap, the
 depth cap, equivalence queries: ``unknown``.
@@ -67,11 +72,14 @@ class BabOptions:
     falsify_every: float = 3.0  # seconds between falsifier rounds during the search
     falsify_share: float = 0.15
     heartbeat: float = 3.0  # seconds between progress lines
-    #: LP finisher (verifiers/lp_finish.py) on open input boxes of ReLU chains from this depth on, at most
-    #: ``lp_budget`` LPs per box; a box left open is tried again ``lp_retry`` splits deeper (0: off)
-    lp_depth: int = 10
-    lp_budget: int = 30
-    lp_retry: int = 3
+    #: LP finisher (verifiers/lp_finish.py) on open input boxes of ReLU chains from this depth on (0: off), once
+    #: ``lp_after`` of the timeout has passed, at most ``lp_budget`` LPs per box; a box left open is tried
+    #: again ``lp_retry`` splits deeper. One LP costs ~20 CROWN sub-problems (bench/RESULTS.md), so it runs
+    #: only where input splitting stalls
+    lp_depth: int = 20
+    lp_after: float = 0.3
+    lp_budget: int = 10
+    lp_retry: int = 2
     workers: int = 1
     progress: Progress = field(default=SILENT, repr=False)
 
@@ -253,6 +261,7 @@ class _Search:
         self._last_fals = self._last_beat = time.monotonic()
         self._input_mode = query.network.n_inputs <= opt.input_split_dims
         self._lp_net = LpNet.of(self.chain)
+        self._lp_seconds = 0.02  # seconds per LP (estimate, updated as they run)
 
     # ----- verdicts ---------------------------------------------------------------------------
     def _details(self) -> dict:
@@ -389,10 +398,18 @@ class _Search:
         a violated verdict when an exact LP leaf gives a replayed counterexample."""
         if not self._input_mode or self.opt.lp_depth <= 0 or self._lp_net is None:
             return None
+        if time.monotonic() < self.deadline - (1.0 - self.opt.lp_after) * self.q.timeout:
+            return None
         todo = [d for d in doms if d.score >= 0 and d.depth >= max(self.opt.lp_depth, d.lp_next)]
+        # the round's LP work fits the round target: the boxes nearest to closing first
+        room = self._round_target() * max(1, self.opt.workers) / (self.opt.lp_budget * self._lp_seconds)
+        todo = sorted(todo, key=lambda d: d.score)[:max(1, int(room))]
         if not todo:
             return None
+        t = time.monotonic()
         outs = self._map(lp_close, ctx, todo, self.opt.lp_budget, chunks_per_worker=4)  # uneven work per box
+        n_lp = sum(o.lps for o in outs)
+        self._lp_seconds = 0.5 * self._lp_seconds + 0.5 * (time.monotonic() - t) * max(1, self.opt.workers) / max(n_lp, 1)
         for d, o in zip(todo, outs):
             self.stats.lps += o.lps
             if o.bound is not None:
