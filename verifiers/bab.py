@@ -74,9 +74,9 @@ class BabOptions:
     heartbeat: float = 3.0  # seconds between progress lines
     #: LP finisher (verifiers/lp_finish.py) on open input boxes of ReLU chains from this depth on (0: off), once
     #: ``lp_after`` of the timeout has passed, at most ``lp_budget`` LPs per box; a box left open is tried
-    #: again ``lp_retry`` splits deeper. One LP costs ~20 CROWN sub-problems (bench/RESULTS.md), so it runs
-    #: only where input splitting stalls
-    lp_depth: int = 20
+    #: again ``lp_retry`` splits deeper. Off by default: one LP costs ~20 CROWN sub-problems and it slowed
+    #: 1_1 prop_3 without deciding the last three ACAS Xu instances (bench/RESULTS.md, "LP finisher")
+    lp_depth: int = 0
     lp_after: float = 0.3
     lp_budget: int = 10
     lp_retry: int = 2
