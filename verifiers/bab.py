@@ -14,10 +14,15 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    in one numpy pass, warm-started with their parent's slopes, optionally in ``workers`` processes,
    with one OpenBLAS thread each;
 4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
-   and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds.
+   and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds;
+5. input splitting on ReLU chains: once ``lp_after`` of the timeout has passed, open boxes from depth
+   ``lp_depth`` on go to the LP finisher (:mod:`lumpver.verifiers.lp_finish`: an elastic triangle LP and
+   a small ReLU-phase branch and bound, each LP bound made sound through the dual), at most ``lp_budget``
+   LPs per box, retried ``lp_retry`` splits deeper when left open.
 
 Soundness: ``proved`` only when every sub-problem is closed by a bound computed with the outward
-rounding of :mod:`lumpver.bounds.rounding` (or found empty: crossing sound bounds); ``violated``
+rounding of :mod:`lumpver.bounds.rounding` (or found empty: crossing sound bounds), or by the LP
+finisher's dual bound re-checked with outward rounding (Farkas for empty phase sets); ``violated``
 only with a float32 input inside the region whose violation the float64 and float32 forward
 passes reproduce (the command layer replays it on the ONNX file); timeouts, the domain cap, the
 depth cap, equivalence queries: ``unknown``.
@@ -40,6 +45,7 @@ from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Domain, input_split, relu_split, stack
+from lumpver.verifiers.lp_finish import LpNet, finish
 from lumpver.verifiers.base import Query, Verdict
 
 
@@ -75,6 +81,14 @@ class BabOptions:
     falsify_every: float = 3.0  # seconds between falsifier rounds during the search
     falsify_share: float = 0.15
     heartbeat: float = 3.0  # seconds between progress lines
+    #: LP finisher (verifiers/lp_finish.py) on open input boxes of ReLU chains from this depth on (0: off), once
+    #: ``lp_after`` of the timeout has passed, at most ``lp_budget`` LPs per box; a box left open is tried
+    #: again ``lp_retry`` splits deeper. Off by default: one LP costs ~20 CROWN sub-problems and it slowed
+    #: 1_1 prop_3 without deciding the last three ACAS Xu instances (bench/RESULTS.md, "LP finisher")
+    lp_depth: int = 0
+    lp_after: float = 0.3
+    lp_budget: int = 10
+    lp_retry: int = 2
     workers: int = 1
     progress: Progress = field(default=SILENT, repr=False)
 
@@ -105,7 +119,26 @@ def bound(ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list
         out.append(Domain(d.lo, d.hi, [a[i] for a in zl], [a[i] for a in zu],
                           [None if a is None else a[i] for a in obj.alpha], upper, obj.A_x[i],
                           [None if a is None else a[i] for a in obj.coeffs], d.depth, ctx.chain.depth,
-                          d.phase, None if obj.beta is None else [a[i] for a in obj.beta]))
+                          d.phase, None if obj.beta is None else [a[i] for a in obj.beta], lp_next=d.lp_next))
+    return out
+
+
+@dataclass
+class LpOutcome:
+    """What the LP finisher returns for one domain (:func:`lumpver.verifiers.lp_finish.finish`)."""
+
+    bound: Optional[float]  # sound, > 0: the disjunct is excluded on the box; None: left open
+    lps: int
+    candidates: list[np.ndarray]
+
+
+def lp_close(ctx: Context, doms: list[Domain], budget: int) -> list[LpOutcome]:
+    """Run the LP finisher on each domain's box with its CROWN intermediate bounds (``budget`` LPs each)."""
+    net = LpNet.of(ctx.chain)
+    out = []
+    for d in doms:
+        r = finish(ctx.chain, net, d.lo, d.hi, d.zl, d.zu, -ctx.lam, ctx.offset, budget)
+        out.append(LpOutcome(r.bound if r.closed else None, r.lps, r.candidates))
     return out
 
 
@@ -129,6 +162,8 @@ class _Stats:
     rounds: int = 0
     max_depth: int = 0
     splits: str = ""
+    lp_closed: int = 0
+    lps: int = 0
 
 
 def _openblas() -> list:
@@ -236,6 +271,8 @@ class _Search:
         self._last_fals = self._last_beat = time.monotonic()
         self._input_mode = query.network.n_inputs <= opt.input_split_dims
         self._roots: dict = {}
+        self._lp_net = LpNet.of(self.chain)
+        self._lp_seconds = 0.02  # seconds per LP (estimate, updated as they run)
 
     # ----- verdicts ---------------------------------------------------------------------------
     def _details(self) -> dict:
@@ -317,6 +354,9 @@ class _Search:
                 continue
             t_round = time.monotonic()
             bounded = self._split_and_bound(ctx, todo, input_mode)
+            out = self._lp_finish(ctx, region, bounded)
+            if out is not None:
+                return out
             pace.observe(time.monotonic() - t_round, len(todo))
             self.stats.rounds += 1
             self.stats.bounded += len(bounded)
@@ -364,13 +404,41 @@ class _Search:
         return closed + (self._bound_all(ctx, open_) if open_ else [])
 
     def _bound_all(self, ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list[Domain]:
+        return self._map(bound, ctx, doms, iters)
+
+    def _map(self, fn, ctx: Context, doms: list[Domain], arg, chunks_per_worker: int = 1) -> list:
+        """``fn(ctx, doms, arg)`` (a list per domain), in the worker pool when there is one."""
         if self.pool is None or len(doms) < 2:
-            return bound(ctx, doms, iters)
-        n = self.opt.workers
-        size = -(-len(doms) // n)
+            return fn(ctx, doms, arg)
+        size = -(-len(doms) // (self.opt.workers * chunks_per_worker))
         chunks = [doms[i:i + size] for i in range(0, len(doms), size)]
-        parts = self.pool.starmap(bound, [(ctx, c, iters) for c in chunks])
+        parts = self.pool.starmap(fn, [(ctx, c, arg) for c in chunks])
         return [d for p in parts for d in p]
+
+    def _lp_finish(self, ctx: Context, region, doms: list[Domain]) -> Optional[Verdict]:
+        """The LP finisher on the open input boxes deep enough (sets their ``lp_bound`` when it closes them);
+        a violated verdict when an exact LP leaf gives a replayed counterexample."""
+        if not self._input_mode or self.opt.lp_depth <= 0 or self._lp_net is None:
+            return None
+        if time.monotonic() < self.deadline - (1.0 - self.opt.lp_after) * self.q.timeout:
+            return None
+        todo = [d for d in doms if d.score >= 0 and d.depth >= max(self.opt.lp_depth, d.lp_next)]
+        # the round's LP work fits the round target: the boxes nearest to closing first
+        room = self._round_target() * max(1, self.opt.workers) / (self.opt.lp_budget * self._lp_seconds)
+        todo = sorted(todo, key=lambda d: d.score)[:max(1, int(room))]
+        if not todo:
+            return None
+        t = time.monotonic()
+        outs = self._map(lp_close, ctx, todo, self.opt.lp_budget, chunks_per_worker=4)  # uneven work per box
+        n_lp = sum(o.lps for o in outs)
+        self._lp_seconds = 0.5 * self._lp_seconds + 0.5 * (time.monotonic() - t) * max(1, self.opt.workers) / max(n_lp, 1)
+        for d, o in zip(todo, outs):
+            self.stats.lps += o.lps
+            if o.bound is not None:
+                d.lp_bound = o.bound
+                self.stats.lp_closed += 1
+            d.lp_next = d.depth + self.opt.lp_retry
+        return self._replay(region, [x for o in outs for x in o.candidates], "exact LP leaf of the LP finisher")
 
     # ----- counterexamples ----------------------------------------------------------------------
     def _candidates(self, doms: list[Domain]) -> np.ndarray:
@@ -384,13 +452,19 @@ class _Search:
     def _check_candidates(self, region, doms: list[Domain]) -> Optional[Verdict]:
         if not doms:
             return None
-        pts = self._candidates(doms)
-        ys = self.q.network.forward(pts)
+        return self._replay(region, list(self._candidates(doms)), "vertex of a sub-problem's linear bound")
+
+    def _replay(self, region, pts: list[np.ndarray], how: str) -> Optional[Verdict]:
+        """A violated verdict for the first point whose float32 copy inside the region is unsafe in the
+        float32 and float64 forward passes."""
+        if not pts:
+            return None
+        ys = self.q.network.forward(np.array(pts))
         for x, y in zip(pts, ys):
             if self.q.prop.is_unsafe(y):
                 xf = falsify.to_float32_inside(x, region)
                 if xf is not None and falsify.confirms(self.q, xf):
-                    return self._violated(xf, "vertex of a sub-problem's linear bound (float32/float64 replay)")
+                    return self._violated(xf, f"{how} (float32/float64 replay)")
         return None
 
     def _falsify(self, region, frontier: list[Domain]) -> Optional[Verdict]:

@@ -47,11 +47,15 @@ class Domain:
     start: int = 0  # first layer whose bounds must be recomputed
     phase: Optional[list[np.ndarray]] = None  # per layer (n_k,): +1 split active, -1 inactive, 0 free
     beta: Optional[list[np.ndarray]] = None  # per layer (m, n_k): split multipliers of the bound
+    #: sound lower bound of ``max_i (A_i y - b_i)`` over the box from the LP finisher (None: not run or open)
+    lp_bound: Optional[float] = None
+    lp_next: int = 0  # depth from which the LP finisher may (again) be tried on this box's descendants
 
     @property
     def score(self) -> float:
-        """How far from closed (the best row's bound; < 0 means closed)."""
-        return float(np.min(self.upper))
+        """How far from closed (the best row's bound; < 0 means closed; the LP finisher's bound counts)."""
+        best = float(np.min(self.upper))
+        return best if self.lp_bound is None else min(best, -self.lp_bound)
 
 
 @dataclass
@@ -85,7 +89,7 @@ def stack(doms: list[Domain]) -> Batch:
 
 def _child(dom: Domain, **changes) -> Domain:
     base = dict(lo=dom.lo, hi=dom.hi, zl=list(dom.zl), zu=list(dom.zu), alpha=dom.alpha, upper=dom.upper,
-                depth=dom.depth + 1, start=dom.start, beta=dom.beta,
+                depth=dom.depth + 1, start=dom.start, beta=dom.beta, lp_next=dom.lp_next,
                 phase=None if dom.phase is None else list(dom.phase))
     base.update(changes)
     return Domain(**base)

@@ -53,9 +53,9 @@ class LpTightener:
             hi = lp_min_sound(linprog, -c, A, b, lb, ub)
             self.n_lp += 2
             if lo is not None:
-                zl[i] = max(zl[i], lo + b_k[i] - _sum_pad(lo, b_k[i]))
+                zl[i] = max(zl[i], lo + b_k[i] - sum_pad(lo, b_k[i]))
             if hi is not None:
-                zu[i] = min(zu[i], -hi + b_k[i] + _sum_pad(hi, b_k[i]))
+                zu[i] = min(zu[i], -hi + b_k[i] + sum_pad(hi, b_k[i]))
         return zl, zu
 
     def _system(self, k: int, nb):
@@ -106,6 +106,6 @@ def _raw_affine(net: Network, j: int, scale: np.ndarray, shift: np.ndarray) -> t
     return w * scale, layer.bias + w @ shift
 
 
-def _sum_pad(v: float, b: float) -> float:
+def sum_pad(v: float, b: float) -> float:
     """Rounding margin of one float64 addition ``v + b``."""
     return float(POLICY.margin(abs(v) + abs(b), 2))

@@ -77,13 +77,26 @@ def lp_min_sound(linprog, c, A_ub, b_ub, lb, ub) -> float | None:
     solver fails or a needed bound is infinite (the caller keeps its previous bound). The float64
     evaluation is widened by the rounding policy (:mod:`lumpver.bounds.rounding`).
     """
+    return lp_solve_sound(linprog, c, A_ub, b_ub, lb, ub)[0]
+
+
+def lp_solve_sound(linprog, c, A_ub, b_ub, lb, ub) -> tuple[float | None, np.ndarray | None]:
+    """:func:`lp_min_sound` and the solver's primal point (None when the solver failed); the point is
+    only a hint (branching, counterexample candidates), never evidence."""
     try:
         res = linprog(c, A_ub=A_ub, b_ub=b_ub, bounds=np.column_stack([lb, ub]), method="highs")
     except ValueError:
-        return None
+        return None, None
     if res.status != 0 or getattr(res, "ineqlin", None) is None:
-        return None
-    y = np.minimum(np.asarray(res.ineqlin.marginals, dtype=np.float64), 0.0)
+        return None, None
+    return dual_bound(c, A_ub, b_ub, lb, ub, np.asarray(res.ineqlin.marginals, dtype=np.float64)), res.x
+
+
+def dual_bound(c, A_ub, b_ub, lb, ub, marginals: np.ndarray) -> float | None:
+    """The weak-duality bound of :func:`lp_min_sound` for given multipliers (clipped to ``<= 0``),
+    outward rounded; None when a needed variable bound is infinite. Any multipliers give a sound
+    bound: with ``c = 0`` and a positive value this is a Farkas certificate that the system is empty."""
+    y = np.minimum(marginals, 0.0)
     r = c - (A_ub.T @ y)
     take = np.where(r > 0, lb, ub)
     need = r != 0
