@@ -30,10 +30,11 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.batched import Adam, alpha_free, backsub, interval_step, layer_bounds, neg_slope, relax_batch
+from lumpver.bounds.batched import alpha_free, backsub, interval_step, layer_bounds, relax_batch
 from lumpver.bounds.diff import delta_interval, delta_relax
 from lumpver.bounds.diff_align import align_pair, delta_chain, product_chain
 from lumpver.bounds.engine import Chain, prepare
+from lumpver.bounds.intermediate import optimise_rows, refine_layers
 from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
 from lumpver.bounds.rounding import add_hi, add_lo
 from lumpver.ir.network import Network
@@ -42,6 +43,20 @@ from lumpver.specs.inputset import Box
 #: Adam steps and step size of the final bound (recorded in certificates; the checker uses them)
 ITERS = 4
 LR = 0.25
+
+
+@dataclass(frozen=True)
+class Refine:
+    """Optimised intermediate bounds (:func:`lumpver.bounds.intermediate.refine_layers`): Adam steps,
+    step size, and the most unstable neurons a box may have to be refined (recorded in certificates)."""
+
+    iters: int = 0
+    lr: float = 0.25
+    max_unstable: int = 0
+
+
+#: the search's setting (bench/RESULTS.md, "Branch and bound on f - g")
+REFINE = Refine(10, 0.25, 60)
 
 
 @dataclass
@@ -53,6 +68,28 @@ class DiffModel:
     f: Optional[Chain]  # f's own chain (aligned widths), ``delta`` only
     g: Optional[Chain]
     n_outputs: int
+
+
+@dataclass
+class DeltaLayer:
+    """What the delta pass knows of one layer of the aligned pair, per box (rows ``b``): f's and g's
+    pre-activation bounds, the pre-activation delta's bounds, its chord relaxation and the
+    post-activation delta's interval (:mod:`lumpver.bounds.diff_lp` builds its LP from them)."""
+
+    f_lo: np.ndarray
+    f_hi: np.ndarray
+    g_lo: np.ndarray
+    g_hi: np.ndarray
+    zd_lo: np.ndarray
+    zd_hi: np.ndarray
+    delta: LinearRelaxation
+    dh_lo: np.ndarray
+    dh_hi: np.ndarray
+
+    def row(self, b: int) -> "DeltaLayer":
+        """Box ``b``'s rows."""
+        return DeltaLayer(self.f_lo[b], self.f_hi[b], self.g_lo[b], self.g_hi[b], self.zd_lo[b], self.zd_hi[b],
+                          LinearRelaxation(*(a[b] for a in self.delta.fields())), self.dh_lo[b], self.dh_hi[b])
 
 
 @dataclass
@@ -83,15 +120,18 @@ def prepare_diff(f: Network, g: Network, kind: Optional[str] = None) -> DiffMode
                      "a shallower network must end in ReLU layers)")
 
 
-def bound_boxes(model: DiffModel, lo: np.ndarray, hi: np.ndarray, iters: int = ITERS, lr: float = LR) -> BoxBounds:
-    """Sound bounds of ``f - g`` on each box ``[lo[b], hi[b]]`` (module docstring)."""
+def bound_boxes(model: DiffModel, lo: np.ndarray, hi: np.ndarray, iters: int = ITERS, lr: float = LR,
+                record: Optional[list] = None, refine: Refine = Refine()) -> BoxBounds:
+    """Sound bounds of ``f - g`` on each box ``[lo[b], hi[b]]`` (module docstring); ``record`` (delta
+    pairing): a list that receives the :class:`DeltaLayer` of every layer; ``refine``: optimised
+    intermediate bounds of the networks' own layers."""
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
     if model.kind == "delta":
-        rel, free, (out_lo, out_hi) = _delta_layers(model, lo, hi)
+        rel, free, (out_lo, out_hi) = _delta_layers(model, lo, hi, refine, record)
     else:
-        rel, free, (out_lo, out_hi) = _product_layers(model, lo, hi)
+        rel, free, (out_lo, out_hi) = _product_layers(model, lo, hi, refine)
     m = model.n_outputs
-    up, A_x = _optimise(model.joint, rel, free, _objective(model, lo.shape[0]), lo, hi, iters, lr)
+    up, A_x = optimise_rows(model.joint, rel, free, _objective(model, lo.shape[0]), lo, hi, iters, lr)
     return BoxBounds(np.maximum(-up[:, m:], out_lo), np.minimum(up[:, :m], out_hi), A_x)
 
 
@@ -120,23 +160,30 @@ def _exact(shape: tuple[int, int]) -> LinearRelaxation:
 
 
 # ----- the two layer passes ----------------------------------------------------------------
-def _product_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray):
+def _own_bounds(ch: Chain, lo: np.ndarray, hi: np.ndarray, refine: Refine):
+    """Pre-activation bounds of one chain: CROWN, then optimised where ``refine`` says."""
+    zl, zu = layer_bounds(ch, lo, hi, *_open(ch, lo.shape[0]))
+    return refine_layers(ch, lo, hi, zl, zu, refine.iters, refine.lr, refine.max_unstable)
+
+
+def _product_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine):
     """Relaxations, free-slope masks and the output interval of ``f - g`` for the product chain."""
     ch, m = model.joint, model.n_outputs
-    zl, zu = layer_bounds(ch, lo, hi, *_open(ch, lo.shape[0]))
+    zl, zu = _own_bounds(ch, lo, hi, refine)
     rel = [relax_batch(ch, k, zl[k], zu[k]) for k in range(ch.depth)]
     free = [alpha_free(ch, k, zl[k], zu[k]) for k in range(ch.depth)]
     yl, yu = zl[-1], zu[-1]
     return rel, free, (add_lo(yl[:, :m], -yu[:, m:]), add_hi(yu[:, :m], -yl[:, m:]))
 
 
-def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray):
-    """Relaxations, free-slope masks and the output interval of ``f - g`` for the delta chain."""
+def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine, record: Optional[list] = None):
+    """Relaxations, free-slope masks and the output interval of ``f - g`` for the delta chain
+    (``record``: a list that receives one :class:`DeltaLayer` per layer)."""
     f, g, ch = model.f, model.g, model.joint
     assert f is not None and g is not None
     B, n = lo.shape
-    gzl, gzu = layer_bounds(g, lo, hi, *_open(g, B))
-    fzl, fzu = layer_bounds(f, lo, hi, *_open(f, B))
+    gzl, gzu = _own_bounds(g, lo, hi, refine)
+    fzl, fzu = _own_bounds(f, lo, hi, refine)
     s0_lo, s0_hi = interval_step(ch.steps[0], *interval_step(ch.input, lo, hi))
     d_lo, d_hi, hg_lo, hg_hi = s0_lo[:, :n], s0_hi[:, :n], s0_lo[:, n:], s0_hi[:, n:]
     rel, free = [_exact((B, 2 * n))], [np.zeros((B, 2 * n), dtype=bool)]
@@ -150,12 +197,15 @@ def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray):
         need = (s_lo != s_hi) & (il < 0) & (iu > 0)
         zd_lo, zd_hi = _symbolic_delta_rows(ch, rel, need, k + 1, lo, hi, il, iu)
         f_pre, (s_lo, s_hi) = _slopes(act, g.alphas[k], (gzl[k], gzu[k]), (fzl, fzu), k, zd_lo, zd_hi)
-        rel.append(_cat(delta_relax(zd_lo, zd_hi, s_lo, s_hi), relax_batch(g, k, gzl[k], gzu[k])))
+        chords = delta_relax(zd_lo, zd_hi, s_lo, s_hi)
+        rel.append(_cat(chords, relax_batch(g, k, gzl[k], gzu[k])))
         gfree = alpha_free(g, k, gzl[k], gzu[k])
         free.append(np.hstack([np.zeros_like(gfree), gfree]))
         g_post = act.interval(gzl[k], gzu[k], g.alphas[k])
         d_lo, d_hi = delta_interval(s_lo, s_hi, zd_lo, zd_hi, act.interval(*f_pre, g.alphas[k]), g_post)
         hg_lo, hg_hi = g_post
+        if record is not None:
+            record.append(DeltaLayer(*f_pre, gzl[k], gzu[k], zd_lo, zd_hi, chords, d_lo, d_hi))
     return rel, free, (d_lo, d_hi)
 
 
@@ -189,28 +239,6 @@ def _symbolic_delta_rows(ch: Chain, rel: list[LinearRelaxation], need: np.ndarra
     np.put_along_axis(zu, idx, got_u, axis=1)
     np.put_along_axis(zl, idx, got_l, axis=1)
     return zl, zu
-
-
-# ----- the optimised final bound -----------------------------------------------------------
-def _optimise(ch: Chain, rel: list[LinearRelaxation], free: list[np.ndarray], lam: np.ndarray, lo: np.ndarray,
-              hi: np.ndarray, iters: int, lr: float) -> tuple[np.ndarray, np.ndarray]:
-    """Best sound upper bound of ``lam[b] . y`` over projected-Adam iterates of the free lower slopes
-    (started at the registry's adaptive slopes), and its linear function in x."""
-    rows = lam.shape[1]
-    alpha = [np.repeat(r.sl[:, None, :], rows, axis=1) if fr.any() else None for r, fr in zip(rel, free)]
-    opt = Adam(alpha, [neg_slope(ch, k) for k in range(ch.depth)], 1.0, lr)
-    best, best_A = None, None
-    for it in range(iters + 1):
-        bb = backsub(ch, rel, lam, ch.depth - 1, True, lo, hi, opt.params, free, grad=it < iters)
-        if best is None:
-            best, best_A = bb.upper, bb.A_x
-        else:
-            better = bb.upper < best
-            best, best_A = np.where(better, bb.upper, best), np.where(better[:, :, None], bb.A_x, best_A)
-        if it == iters or not any(a is not None for a in alpha):
-            break
-        opt.step(bb.grads[: ch.depth])
-    return best, best_A
 
 
 # ----- bisection trees (the search records them, checkers rebuild the leaves) -------------------

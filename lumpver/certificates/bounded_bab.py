@@ -8,7 +8,9 @@ region of the input set, the bisection tree of the region's box in preorder, plu
   (:func:`lumpver.bounds.diff_batched.leaves_of`); two halves share their face, so the leaves
   cover the box whatever the tree is;
 * every leaf is re-bounded with the bound engine (:func:`lumpver.bounds.diff_batched.bound_boxes`,
-  outward rounding), and the norm of its per-output bounds is taken here (:func:`norm_of`);
+  outward rounding; with the recorded Adam settings and the recorded optimisation of intermediate
+  bounds, :mod:`lumpver.bounds.intermediate`, whose every iterate is sound), and the norm of its
+  per-output bounds is taken here (:func:`norm_of`);
 * the recorded chain (on-set steps, the twin of a pruned or lumped network) is replayed by
   :func:`lumpver.certificates.bounded_interval.recheck_chain`, which adds its terms.
 
@@ -20,7 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.diff_batched import bound_boxes, leaves_of, prepare_diff
+from lumpver.bounds.blas import blas_single_thread
+from lumpver.bounds.diff_batched import Refine, bound_boxes, leaves_of, prepare_diff
 from lumpver.bounds.region import region_box
 from lumpver.certificates.bounded_interval import check_interval_evidence, norm_of, recheck_chain, recheck_interval
 from lumpver.certificates.format import CheckContext, CheckReport
@@ -33,13 +36,23 @@ CHUNK = 256
 MAX_LEAVES = 2_000_000
 
 
-def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, lr: float) -> float:
+def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, lr: float, refine: Refine) -> float:
     worst = 0.0
     for s in range(0, lo.shape[0], CHUNK):
-        bb = bound_boxes(model, lo[s:s + CHUNK], hi[s:s + CHUNK], iters, lr)
+        bb = bound_boxes(model, lo[s:s + CHUNK], hi[s:s + CHUNK], iters, lr, refine=refine)
         mags = np.maximum(np.abs(bb.lower), np.abs(bb.upper))
         worst = max(worst, max(norm_of(v, norm) for v in mags))
     return worst
+
+
+def _refine(rec: Optional[dict]) -> Refine:
+    """The recorded intermediate-bound refinement (none in certificates written before it existed)."""
+    if rec is None:
+        return Refine()
+    out = Refine(int(rec["iters"]), float(rec["lr"]), int(rec["max_unstable"]))
+    if not (0 <= out.iters <= 1000 and 0 <= out.max_unstable):
+        raise ValueError(f"refinement {rec} out of range")
+    return out
 
 
 def recheck_bab(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict,
@@ -53,7 +66,7 @@ def recheck_bab(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict
 
     def differential(h: Network, twin: Network, top1: bool) -> float:
         model = prepare_diff(h, twin, str(ev["pairing"]))
-        iters, lr = int(ev["iters"]), float(ev["lr"])
+        iters, lr, refine = int(ev["iters"]), float(ev["lr"]), _refine(ev.get("refine"))
         if not 0 <= iters <= 1000:
             raise ValueError(f"iters {iters} out of range")
         worst = 0.0
@@ -62,11 +75,12 @@ def recheck_bab(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict
             if len(tree) > 2 * MAX_LEAVES:
                 raise ValueError(f"bisection tree of {len(tree)} nodes exceeds the checker's cap")
             lo, hi = leaves_of(region_box(region), tree)
-            worst = max(worst, _leaf_bounds(model, lo, hi, norm, iters, lr))
+            worst = max(worst, _leaf_bounds(model, lo, hi, norm, iters, lr, refine))
             report.ok(f"bab_diff: {lo.shape[0]} leaf box(es) rebuilt from the tree and re-bounded: {worst:.6g}")
         return worst
 
-    return recheck_chain(f, g, input_set, norm, ev, report, differential, "bab_diff", twin_required=False)
+    with blas_single_thread():
+        return recheck_chain(f, g, input_set, norm, ev, report, differential, "bab_diff", twin_required=False)
 
 
 #: the differential evidence kinds a reduction certificate may hold, with their re-checks
