@@ -4,21 +4,24 @@
 Per region, the region's box is bisected along input dimensions; every box gets sound per-output
 bounds of ``f - g`` from :func:`lumpver.bounds.diff_batched.bound_boxes` (NeuroDiff's delta chain
 of the aligned pair, or the product network ``[f; g]`` for unlike pairs; alpha-optimised slopes,
-outward rounding), many boxes per numpy pass. The worst open boxes (largest norm bound) are split
-first: with a low-dimensional input (``<= try_all_dims``), on even depths both halves of every
-dimension are bounded and the dimension whose worse half is best wins; otherwise (and on odd
-depths) the dimension with the largest ``|linear coefficient| x width`` of the open rows.
+on boxes with few unstable ReLUs alpha-optimised intermediate bounds too; outward rounding), many
+boxes per numpy pass, with one OpenBLAS thread (:mod:`lumpver.bounds.blas`). The worst open boxes
+(largest norm bound) are split first: with a low-dimensional input (``<= try_all_dims``), on even
+depths both halves of every dimension get plain bounds (no refinement: cheap), the dimension whose
+worse half is best wins and its two halves are re-bounded as the checker will; otherwise (and on
+odd depths) the dimension with the largest ``|linear coefficient| x width`` of the open rows.
 A box is closed when its bound is ``<= threshold`` (``compare``: epsilon; ``bound``: the best
 attained value, which rises during the search, so ``bound`` never stops while time is left and
 the gap is open).
 
-Lower bound: each bounded box's candidate points (the vertex maximising the linear bound of its
-worst row, and its centre) are evaluated in float64 and the best is kept; a counterexample for
+Lower bound: each bounded box's candidate points (per row whose bound exceeds the best attained
+value, the vertex maximising its linear bound; and the centre) are evaluated in float64 and the best is kept; a counterexample for
 ``epsilon`` needs a float32 point inside the region whose violation the float64 and float32
 forward passes both show (the command layer replays it on the ONNX files).
 
 Evidence (certificates): per region the bisection tree in preorder (``-1`` a leaf, ``d >= 0`` the
-node is bisected at the midpoint of dimension ``d``), the bound settings, and the claimed bound;
+node is bisected at the midpoint of dimension ``d``), the bound settings (Adam steps, the
+intermediate-bound refinement), and the claimed bound;
 :mod:`lumpver.certificates.bounded_bab` rebuilds the leaves and re-bounds each one.
 """
 from __future__ import annotations
@@ -151,12 +154,11 @@ class _Search:
         self._per_box = max(self._per_box, (time.monotonic() - t0) / len(ids))
         vals = norm_bounds(bb.lower, bb.upper, self.norm)
         rows = np.concatenate([bb.upper, -bb.lower], axis=1)  # (B, 2m) upper bounds of +-(f - g)
-        worst = np.argmax(rows, axis=1)
-        A = bb.A_x[np.arange(len(ids)), worst]
         for j, i in enumerate(ids):
             t.bound[i] = float(vals[j])
             t.infl[i] = np.max(np.abs(bb.A_x[j]), axis=0) * (hi[j] - lo[j])
-        self._witness(np.vstack([np.where(A > 0, hi, lo), 0.5 * (lo + hi)]))
+        b, r = np.nonzero(rows > self.lower)  # the vertex maximising each row's linear bound that could beat it
+        self._witness(np.vstack([np.where(bb.A_x[b, r] > 0, hi[b], lo[b]), 0.5 * (lo + hi)]))
         return vals
 
     def _witness(self, pts: np.ndarray) -> None:

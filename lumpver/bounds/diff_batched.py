@@ -6,13 +6,16 @@ joint chain of the pair (:mod:`lumpver.bounds.diff_align`):
 
 * ``delta`` (same depth and activations; widths aligned by permutation and zero padding):
   NeuroDiff's stacked chain over ``(delta h_k, h^g_k)``. Per box, f's and g's own pre-activation
-  bounds come from :func:`lumpver.bounds.batched.layer_bounds`; layer by layer the pre-activation
+  bounds come from :func:`lumpver.bounds.batched.layer_bounds`, and on boxes with few unstable
+  ReLUs from optimised slopes (:func:`lumpver.bounds.intermediate.refine_layers`, settings
+  :class:`Refine`: on small ACAS Xu boxes single neurons that CROWN leaves unstable held the whole
+  bound); layer by layer the pre-activation
   delta ``delta z_k`` is bounded by ReluDiff's interval, by the difference of the two networks'
   bounds and, for every neuron whose secant-slope range is not a single value, by
   back-substitution through the stacked chain; ``delta h_k = s delta z_k`` is relaxed by the
   chords of :func:`lumpver.bounds.diff.delta_relax` and ``h^g_k`` by g's registry relaxation;
 * ``product`` (any other pair of dense networks whose activations pair up): the chain of
-  ``x -> [f(x); g(x)]`` with its own batched CROWN layer bounds.
+  ``x -> [f(x); g(x)]`` with its own batched CROWN layer bounds (refined the same way).
 
 The final bound of ``+-(f_i - g_i)`` back-substitutes through the joint chain
 (:func:`lumpver.bounds.batched.backsub`) with the lower slopes of g's unstable ReLUs (``delta``) or
@@ -71,28 +74,6 @@ class DiffModel:
 
 
 @dataclass
-class DeltaLayer:
-    """What the delta pass knows of one layer of the aligned pair, per box (rows ``b``): f's and g's
-    pre-activation bounds, the pre-activation delta's bounds, its chord relaxation and the
-    post-activation delta's interval (:mod:`lumpver.bounds.diff_lp` builds its LP from them)."""
-
-    f_lo: np.ndarray
-    f_hi: np.ndarray
-    g_lo: np.ndarray
-    g_hi: np.ndarray
-    zd_lo: np.ndarray
-    zd_hi: np.ndarray
-    delta: LinearRelaxation
-    dh_lo: np.ndarray
-    dh_hi: np.ndarray
-
-    def row(self, b: int) -> "DeltaLayer":
-        """Box ``b``'s rows."""
-        return DeltaLayer(self.f_lo[b], self.f_hi[b], self.g_lo[b], self.g_hi[b], self.zd_lo[b], self.zd_hi[b],
-                          LinearRelaxation(*(a[b] for a in self.delta.fields())), self.dh_lo[b], self.dh_hi[b])
-
-
-@dataclass
 class BoxBounds:
     """``lower[b] <= f(x) - g(x) <= upper[b]`` on box ``b``; ``A_x[b, r]`` the linear bound of row ``r``
     (rows ``i``: ``f_i - g_i``, rows ``m + i``: ``g_i - f_i``) in x, for candidate points."""
@@ -121,13 +102,12 @@ def prepare_diff(f: Network, g: Network, kind: Optional[str] = None) -> DiffMode
 
 
 def bound_boxes(model: DiffModel, lo: np.ndarray, hi: np.ndarray, iters: int = ITERS, lr: float = LR,
-                record: Optional[list] = None, refine: Refine = Refine()) -> BoxBounds:
-    """Sound bounds of ``f - g`` on each box ``[lo[b], hi[b]]`` (module docstring); ``record`` (delta
-    pairing): a list that receives the :class:`DeltaLayer` of every layer; ``refine``: optimised
-    intermediate bounds of the networks' own layers."""
+                refine: Refine = Refine()) -> BoxBounds:
+    """Sound bounds of ``f - g`` on each box ``[lo[b], hi[b]]`` (module docstring); ``refine``:
+    optimised intermediate bounds of the networks' own layers."""
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
     if model.kind == "delta":
-        rel, free, (out_lo, out_hi) = _delta_layers(model, lo, hi, refine, record)
+        rel, free, (out_lo, out_hi) = _delta_layers(model, lo, hi, refine)
     else:
         rel, free, (out_lo, out_hi) = _product_layers(model, lo, hi, refine)
     m = model.n_outputs
@@ -176,9 +156,8 @@ def _product_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Re
     return rel, free, (add_lo(yl[:, :m], -yu[:, m:]), add_hi(yu[:, :m], -yl[:, m:]))
 
 
-def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine, record: Optional[list] = None):
-    """Relaxations, free-slope masks and the output interval of ``f - g`` for the delta chain
-    (``record``: a list that receives one :class:`DeltaLayer` per layer)."""
+def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine):
+    """Relaxations, free-slope masks and the output interval of ``f - g`` for the delta chain."""
     f, g, ch = model.f, model.g, model.joint
     assert f is not None and g is not None
     B, n = lo.shape
@@ -197,15 +176,12 @@ def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refi
         need = (s_lo != s_hi) & (il < 0) & (iu > 0)
         zd_lo, zd_hi = _symbolic_delta_rows(ch, rel, need, k + 1, lo, hi, il, iu)
         f_pre, (s_lo, s_hi) = _slopes(act, g.alphas[k], (gzl[k], gzu[k]), (fzl, fzu), k, zd_lo, zd_hi)
-        chords = delta_relax(zd_lo, zd_hi, s_lo, s_hi)
-        rel.append(_cat(chords, relax_batch(g, k, gzl[k], gzu[k])))
+        rel.append(_cat(delta_relax(zd_lo, zd_hi, s_lo, s_hi), relax_batch(g, k, gzl[k], gzu[k])))
         gfree = alpha_free(g, k, gzl[k], gzu[k])
         free.append(np.hstack([np.zeros_like(gfree), gfree]))
         g_post = act.interval(gzl[k], gzu[k], g.alphas[k])
         d_lo, d_hi = delta_interval(s_lo, s_hi, zd_lo, zd_hi, act.interval(*f_pre, g.alphas[k]), g_post)
         hg_lo, hg_hi = g_post
-        if record is not None:
-            record.append(DeltaLayer(*f_pre, gzl[k], gzu[k], zd_lo, zd_hi, chords, d_lo, d_hi))
     return rel, free, (d_lo, d_hi)
 
 
