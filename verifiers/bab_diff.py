@@ -6,10 +6,10 @@ bounds of ``f - g`` from :func:`lumpver.bounds.diff_batched.bound_boxes` (NeuroD
 of the aligned pair, or the product network ``[f; g]`` for unlike pairs; alpha-optimised slopes,
 on boxes with few unstable ReLUs alpha-optimised intermediate bounds too; outward rounding), many
 boxes per numpy pass, with one OpenBLAS thread (:mod:`lumpver.bounds.blas`). The worst open boxes
-(largest norm bound) are split first: with a low-dimensional input (``<= try_all_dims``), on even
-depths both halves of every dimension get plain bounds (no refinement: cheap), the dimension whose
-worse half is best wins and its two halves are re-bounded as the checker will; otherwise (and on
-odd depths) the dimension with the largest ``|linear coefficient| x width`` of the open rows.
+(largest norm bound) are split first: with a low-dimensional input (``<= try_all_dims``), at depths
+that are multiples of ``try_all_every`` both halves of every dimension get plain bounds (no refinement: cheap), the dimension whose
+worse half is best wins and its two halves are re-bounded as the checker will; otherwise (and at
+other depths) the dimension with the largest ``|linear coefficient| x width`` of the open rows.
 A box is closed when its bound is ``<= threshold`` (``compare``: epsilon; ``bound``: the best
 attained value, which rises during the search, so ``bound`` never stops while time is left and
 the gap is open).
@@ -55,6 +55,7 @@ class DiffOptions:
 
     batch: int = 24  # open boxes split per round
     try_all_dims: int = 8  # bound both halves of every dimension up to this many inputs
+    try_all_every: int = 3  # ... at depths that are multiples of this (3: least work on the ACAS Xu pairs)
     max_boxes: int = 400_000  # boxes bounded at most per region (memory); beyond: stop
     #: rounds of ``batch`` parents whatever the time, so that a box cap (not the clock) ends the search and
     #: the same pair gets the same bound twice (certification of a reduction, then of the written file)
@@ -181,7 +182,7 @@ class _Search:
     # ----- splitting --------------------------------------------------------------------------
     def _split(self, parents: list[int]) -> list[int]:
         t, n = self.tree, self.box.dim
-        try_all = [p for p in parents if n <= self.opt.try_all_dims and t.depth[p] % 2 == 0]
+        try_all = [p for p in parents if n <= self.opt.try_all_dims and t.depth[p] % self.opt.try_all_every == 0]
         dims = {p: int(np.argmax(t.infl[p])) if np.max(t.infl[p]) > 0 else int(np.argmax(t.hi[p] - t.lo[p]))
                 for p in parents if p not in set(try_all)}
         if try_all:
