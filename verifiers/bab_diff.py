@@ -7,9 +7,10 @@ of the aligned pair, or the product network ``[f; g]`` for unlike pairs; alpha-o
 on boxes with few unstable ReLUs alpha-optimised intermediate bounds too; outward rounding), many
 boxes per numpy pass, with one OpenBLAS thread (:mod:`lumpver.bounds.blas`). The worst open boxes
 (largest norm bound) are split first: with a low-dimensional input (``<= try_all_dims``), at depths
-that are multiples of ``try_all_every`` both halves of every dimension get plain bounds (no refinement: cheap), the dimension whose
-worse half is best wins and its two halves are re-bounded as the checker will; otherwise (and at
-other depths) the dimension with the largest ``|linear coefficient| x width`` of the open rows.
+that are multiples of ``try_all_every`` both halves of every dimension get plain bounds (no
+refinement: cheap), the dimension whose worse half is best wins and its two halves are re-bounded
+as the checker will; otherwise the dimension with the largest ``|linear coefficient| x width`` of
+the open rows.
 A box is closed when its bound is ``<= threshold`` (``compare``: epsilon; ``bound``: the best
 attained value, which rises during the search, so ``bound`` never stops while time is left and
 the gap is open).
