@@ -147,12 +147,15 @@ class _Search:
 
     # ----- bounding ---------------------------------------------------------------------------
     def _bound(self, ids: list[int], iters: int, refine: Optional[Refine] = None) -> np.ndarray:
-        """Bound the boxes ``ids`` (``refine``: default the options'; the checker re-bounds leaves with
-        ``iters`` = ITERS and the options' ``refine``)."""
+        """Bound the boxes ``ids``: plain bounds, refined (``refine``, default the options') where they
+        exceed the threshold. The checker re-bounds every leaf with ``iters`` = ITERS, refined where
+        the plain bound exceeds the claimed bound, which is at least the threshold of any leaf the
+        search left plain, so it finds every leaf within the claim."""
         t = self.tree
         lo, hi = np.stack([t.lo[i] for i in ids]), np.stack([t.hi[i] for i in ids])
         t0 = time.monotonic()
-        bb = bound_boxes(self.model, lo, hi, iters, refine=self.opt.refine if refine is None else refine)
+        bb = bound_boxes(self.model, lo, hi, iters, refine=self.opt.refine if refine is None else refine,
+                         done=lambda b: norm_bounds(b.lower, b.upper, self.norm) <= self.threshold)
         self._per_box = max(self._per_box, (time.monotonic() - t0) / len(ids))
         vals = norm_bounds(bb.lower, bb.upper, self.norm)
         rows = np.concatenate([bb.upper, -bb.lower], axis=1)  # (B, 2m) upper bounds of +-(f - g)
@@ -205,8 +208,8 @@ class _Search:
             if p not in made:
                 made[p] = [t.add(lo, hi, t.depth[p] + 1) for lo, hi in halves(t.lo[p], t.hi[p], d)]
                 fresh.extend(made[p])
-            elif self.opt.refine.iters > 0:  # the chosen candidates get the refined bound the checker computes
-                fresh.extend(made[p])
+            elif self.opt.refine.iters > 0:  # open chosen candidates get the refined bound the checker computes
+                fresh.extend(i for i in made[p] if t.bound[i] > self.threshold)
             t.split[p], t.kids[p] = d, (made[p][0], made[p][1])
         if fresh:  # without refinement try-all children keep their plain bound (slope optimisation: ~2 % on ACAS Xu)
             self._bound(fresh, ITERS)

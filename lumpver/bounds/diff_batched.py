@@ -29,7 +29,7 @@ every back-substitution, addition and product.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from lumpver.bounds.batched import alpha_free, backsub, interval_step, layer_bou
 from lumpver.bounds.diff import delta_interval, delta_relax
 from lumpver.bounds.diff_align import align_pair, delta_chain, product_chain
 from lumpver.bounds.engine import Chain, prepare
-from lumpver.bounds.intermediate import optimise_rows, refine_layers
+from lumpver.bounds.intermediate import optimise_rows, refine_layers, unstable_count
 from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
 from lumpver.bounds.rounding import add_hi, add_lo
 from lumpver.ir.network import Network
@@ -81,6 +81,7 @@ class BoxBounds:
     lower: np.ndarray  # (B, m)
     upper: np.ndarray  # (B, m)
     A_x: np.ndarray  # (B, 2m, n_in)
+    unstable: np.ndarray  # (B,) unstable ReLUs of the networks' own bounds (the larger count of f's and g's)
 
 
 def prepare_diff(f: Network, g: Network, kind: Optional[str] = None) -> DiffModel:
@@ -102,17 +103,30 @@ def prepare_diff(f: Network, g: Network, kind: Optional[str] = None) -> DiffMode
 
 
 def bound_boxes(model: DiffModel, lo: np.ndarray, hi: np.ndarray, iters: int = ITERS, lr: float = LR,
-                refine: Refine = Refine()) -> BoxBounds:
+                refine: Refine = Refine(), done: Optional[Callable[[BoxBounds], np.ndarray]] = None) -> BoxBounds:
     """Sound bounds of ``f - g`` on each box ``[lo[b], hi[b]]`` (module docstring); ``refine``:
-    optimised intermediate bounds of the networks' own layers."""
+    optimised intermediate bounds of the networks' own layers, on every box, or with ``done`` (a
+    mask of the boxes whose plain bounds suffice) only on the others, whose plain bounds are then
+    replaced by the refined ones (what the search and the checker both do)."""
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    out = _bound(model, lo, hi, iters, lr, refine if done is None else Refine())
+    if done is None or refine.iters <= 0:
+        return out
+    redo = np.flatnonzero(~done(out) & (out.unstable <= refine.max_unstable))
+    if redo.size:
+        sub = _bound(model, lo[redo], hi[redo], iters, lr, refine)
+        out.lower[redo], out.upper[redo], out.A_x[redo] = sub.lower, sub.upper, sub.A_x
+    return out
+
+
+def _bound(model: DiffModel, lo: np.ndarray, hi: np.ndarray, iters: int, lr: float, refine: Refine) -> BoxBounds:
     if model.kind == "delta":
-        rel, free, (out_lo, out_hi) = _delta_layers(model, lo, hi, refine)
+        rel, free, (out_lo, out_hi), unstable = _delta_layers(model, lo, hi, refine)
     else:
-        rel, free, (out_lo, out_hi) = _product_layers(model, lo, hi, refine)
+        rel, free, (out_lo, out_hi), unstable = _product_layers(model, lo, hi, refine)
     m = model.n_outputs
     up, A_x = optimise_rows(model.joint, rel, free, _objective(model, lo.shape[0]), lo, hi, iters, lr)
-    return BoxBounds(np.maximum(-up[:, m:], out_lo), np.minimum(up[:, :m], out_hi), A_x)
+    return BoxBounds(np.maximum(-up[:, m:], out_lo), np.minimum(up[:, :m], out_hi), A_x, unstable)
 
 
 def _objective(model: DiffModel, B: int) -> np.ndarray:
@@ -141,19 +155,21 @@ def _exact(shape: tuple[int, int]) -> LinearRelaxation:
 
 # ----- the two layer passes ----------------------------------------------------------------
 def _own_bounds(ch: Chain, lo: np.ndarray, hi: np.ndarray, refine: Refine):
-    """Pre-activation bounds of one chain: CROWN, then optimised where ``refine`` says."""
+    """Pre-activation bounds of one chain: CROWN, then optimised where ``refine`` says; and the
+    number of unstable neurons of CROWN's."""
     zl, zu = layer_bounds(ch, lo, hi, *_open(ch, lo.shape[0]))
-    return refine_layers(ch, lo, hi, zl, zu, refine.iters, refine.lr, refine.max_unstable)
+    return (*refine_layers(ch, lo, hi, zl, zu, refine.iters, refine.lr, refine.max_unstable),
+            unstable_count(ch, zl, zu))
 
 
 def _product_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine):
     """Relaxations, free-slope masks and the output interval of ``f - g`` for the product chain."""
     ch, m = model.joint, model.n_outputs
-    zl, zu = _own_bounds(ch, lo, hi, refine)
+    zl, zu, unstable = _own_bounds(ch, lo, hi, refine)
     rel = [relax_batch(ch, k, zl[k], zu[k]) for k in range(ch.depth)]
     free = [alpha_free(ch, k, zl[k], zu[k]) for k in range(ch.depth)]
     yl, yu = zl[-1], zu[-1]
-    return rel, free, (add_lo(yl[:, :m], -yu[:, m:]), add_hi(yu[:, :m], -yl[:, m:]))
+    return rel, free, (add_lo(yl[:, :m], -yu[:, m:]), add_hi(yu[:, :m], -yl[:, m:])), unstable
 
 
 def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine):
@@ -161,8 +177,8 @@ def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refi
     f, g, ch = model.f, model.g, model.joint
     assert f is not None and g is not None
     B, n = lo.shape
-    gzl, gzu = _own_bounds(g, lo, hi, refine)
-    fzl, fzu = _own_bounds(f, lo, hi, refine)
+    gzl, gzu, g_unstable = _own_bounds(g, lo, hi, refine)
+    fzl, fzu, f_unstable = _own_bounds(f, lo, hi, refine)
     s0_lo, s0_hi = interval_step(ch.steps[0], *interval_step(ch.input, lo, hi))
     d_lo, d_hi, hg_lo, hg_hi = s0_lo[:, :n], s0_hi[:, :n], s0_lo[:, n:], s0_hi[:, n:]
     rel, free = [_exact((B, 2 * n))], [np.zeros((B, 2 * n), dtype=bool)]
@@ -182,7 +198,7 @@ def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refi
         g_post = act.interval(gzl[k], gzu[k], g.alphas[k])
         d_lo, d_hi = delta_interval(s_lo, s_hi, zd_lo, zd_hi, act.interval(*f_pre, g.alphas[k]), g_post)
         hg_lo, hg_hi = g_post
-    return rel, free, (d_lo, d_hi)
+    return rel, free, (d_lo, d_hi), np.maximum(f_unstable, g_unstable)
 
 
 def _slopes(act, alpha: float, g_pre: tuple[np.ndarray, np.ndarray], f_own, k: int, zd_lo: np.ndarray,

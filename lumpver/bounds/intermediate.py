@@ -51,13 +51,18 @@ def _upto(ch: Chain, k: int) -> Chain:
     return Chain(ch.input, ch.steps[: k + 1], list(ch.acts[:k]) + ["identity"], list(ch.alphas[: k + 1]))
 
 
+def unstable_count(ch: Chain, zl: list[np.ndarray], zu: list[np.ndarray]) -> np.ndarray:
+    """Per box, the number of unstable ReLU-like neurons."""
+    return np.asarray(sum(np.sum((a < 0) & (b > 0), axis=1) for a, b, act in zip(zl, zu, ch.acts) if act in ALPHA_ACTS)
+                      + np.zeros(zl[0].shape[0], dtype=np.int64))
+
+
 def refine_layers(ch: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
                   iters: int, lr: float, max_unstable: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Pre-activation bounds of ``ch`` over the boxes, the unstable neurons of boxes with at most
     ``max_unstable`` of them re-bounded with optimised slopes (module docstring)."""
     zl, zu = [a.copy() for a in zl], [a.copy() for a in zu]
-    total = sum(np.sum((a < 0) & (b > 0), axis=1) for a, b, act in zip(zl, zu, ch.acts) if act in ALPHA_ACTS)
-    small = np.asarray(total) <= max_unstable
+    small = unstable_count(ch, zl, zu) <= max_unstable
     if iters <= 0 or not np.any(small):
         return zl, zu
     for k in range(1, ch.depth):
