@@ -52,10 +52,11 @@ def _exact(f: Network, g: Network, lo: np.ndarray, hi: np.ndarray) -> tuple[floa
 @pytest.mark.parametrize("chunk", range(4))
 def test_bound_never_below_the_milp_maximum(chunk):
     """100 random pairs (25 per chunk): the certified bound is >= the exact maximum, the attained
-    value <= it, and the verdicts at 0.9 x / 1.1 x the maximum are never wrong."""
+    value <= it, and the verdicts at 0.9 x / 1.1 x the maximum are never wrong (chunks 0 and 2 with
+    optimised intermediate bounds, which these small pairs would otherwise skip)."""
     lo, hi = -np.ones(3), np.ones(3)
     X = InputSet([Box(lo, hi)])
-    opt = DiffOptions(batch=8, max_boxes=150)
+    opt = DiffOptions(batch=8, max_boxes=150, small_pair=64 if chunk % 2 else 0)  # odd chunks: with refinement
     for seed in range(25 * chunk, 25 * chunk + 25):
         f, g, kind = random_pair(seed)
         exact, attained = _exact(f, g, lo, hi)

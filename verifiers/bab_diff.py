@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -61,8 +61,12 @@ class DiffOptions:
     #: rounds of ``batch`` parents whatever the time, so that a box cap (not the clock) ends the search and
     #: the same pair gets the same bound twice (certification of a reduction, then of the written file)
     deterministic: bool = False
-    #: optimised intermediate bounds of every bounded box except try-all candidates (recorded in the evidence)
+    #: optimised intermediate bounds of boxes the plain bound leaves open, not of try-all candidates (recorded in the evidence)
     refine: Refine = REFINE
+    #: pairs with fewer hidden neurons (f's) search without refinement and try all dimensions every second
+    #: depth: on 100 random 3-input pairs of 8-14 neurons at 0.2 s, 97 of 200 compare queries decided
+    #: (median bound / exact 1.32) vs 66 (1.78) with refinement and 98 (1.45) every third depth
+    small_pair: int = 64
     heartbeat: float = 3.0
     progress: Progress = field(default=SILENT, repr=False)
 
@@ -286,6 +290,8 @@ def difference_search(f: Network, g: Network, input_set: InputSet, norm: str = "
         raise ValueError(f"bab_diff bounds the norms {NORMS}, not {norm!r}")
     opt = options or DiffOptions()
     model = model or prepare_diff(f, g)
+    if sum(layer.width for layer in f.layers[:-1]) < opt.small_pair:
+        opt = replace(opt, refine=Refine(), try_all_every=2)
     t_end = time.monotonic() + timeout
     results: list[DiffResult] = []
     with blas_single_thread():
