@@ -61,7 +61,7 @@ class DiffOptions:
     #: rounds of ``batch`` parents whatever the time, so that a box cap (not the clock) ends the search and
     #: the same pair gets the same bound twice (certification of a reduction, then of the written file)
     deterministic: bool = False
-    #: optimised intermediate bounds of boxes the plain bound leaves open, not of try-all candidates (recorded in the evidence)
+    #: optimised intermediate bounds where the plain bound leaves a box open (recorded in the evidence)
     refine: Refine = REFINE
     #: pairs with fewer hidden neurons (f's) search without refinement and try all dimensions every second
     #: depth: on 100 random 3-input pairs of 8-14 neurons at 0.2 s, 97 of 200 compare queries decided
