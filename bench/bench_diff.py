@@ -1,7 +1,7 @@
 """Benchmark of the differential branch and bound ``bab_diff`` (issue 13 item 4, issue 14 item 1;
 DESIGN.md §5, §11).
 
-    python bench/bench_diff.py [--timeout 60] [--only bound|compare|unlike]
+    python bench/bench_diff.py [--timeout 60] [--only bound|compare|unlike|paired]
     python bench/bench_diff.py --random 500        # soundness: random pairs vs an exact MILP
 
 Pairs on ACAS Xu prop_1 (made in a temporary folder with the commands a user runs): network 1_1 vs
@@ -9,7 +9,9 @@ its float16 copy and vs its 5 % magnitude-pruned copy (``lumpver prune --method 
 0.95``), 1_2 vs its pruned copy, 1_1 vs its on-set reduction (``lumpver reduce --mode on-set``),
 a retrained-like copy (weights perturbed by 1 %) and a 5-100-100-5 student fitted to 1_1 on
 samples of the box (unlike depth: product pairing). Prints ``lumpver bound`` (certified upper,
-attained lower replayed with onnxruntime, ratio, seconds) and ``lumpver compare`` verdicts.
+attained lower replayed with onnxruntime, ratio, seconds) and ``lumpver compare`` verdicts; ``paired``:
+the search with and without optimised intermediate bounds, alternating, in the same run, on a budget of
+boxes (``--cap``).
 """
 from __future__ import annotations
 
@@ -112,6 +114,32 @@ def run_compare(pairs, items, timeout: float) -> None:
               flush=True)
 
 
+def run_paired(pairs, cap: int) -> None:
+    """Before/after in the same run, through the API (``difference_search``), on a work budget (the
+    machine is shared: boxes bounded and CPU seconds, not wall time): the search without optimised
+    intermediate bounds (``Refine()``, the previous default) and with them (``REFINE``), alternating
+    per pair, each until decided (gap closed) or ``cap`` boxes (``deterministic``: the cap, not the
+    clock, ends it)."""
+    from lumpver.bounds.diff_batched import REFINE, Refine
+    from lumpver.ir.onnx_import import load_onnx
+    from lumpver.specs.inputset import InputSet
+    from lumpver.specs.vnnlib import read_vnnlib
+    from lumpver.verifiers.bab_diff import DiffOptions, difference_search
+
+    X = InputSet([read_vnnlib(PROP1).cases[0].region])
+    items = [("1_1 vs float16", None), ("1_1 vs pruned 5%", None), ("1_1 vs pruned 5%", 0.005), ("1_2 vs pruned 5%", 0.005)]
+    print(f"\n| pair | epsilon | refine | upper | attained | ratio | boxes (cap {cap}) | decided | CPU s |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for name, eps in items:
+        f, g = (load_onnx(p) for p in pairs[name])
+        for label, refine in (("none", Refine()), (f"{REFINE.iters} steps, <= {REFINE.max_unstable} unstable", REFINE)):
+            t0 = time.process_time()
+            opt = DiffOptions(refine=refine, max_boxes=cap, deterministic=True)
+            r = difference_search(f, g, X, "linf", 3600.0, eps, options=opt)[0][0]
+            print(f"| {name} | {eps or '-'} | {label} | {r.upper:.4g} | {r.lower:.4g} | {r.upper / r.lower:.3g} | "
+                  f"{r.boxes} | {r.proved} | {time.process_time() - t0:.1f} |", flush=True)
+
+
 def random_suite(n: int) -> None:
     """``n`` random pairs of every kind: bound never below the MILP maximum, verdicts never wrong."""
     from lumpver.specs.inputset import Box, InputSet
@@ -141,14 +169,17 @@ def random_suite(n: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--timeout", type=float, default=60.0)
-    ap.add_argument("--only", choices=["bound", "compare", "unlike"])
+    ap.add_argument("--only", choices=["bound", "compare", "unlike", "paired"])
     ap.add_argument("--random", type=int, default=0, help="run the MILP soundness suite on this many pairs")
+    ap.add_argument("--cap", type=int, default=3000, help="boxes per search of the paired runs")
     args = ap.parse_args()
     if args.random:
         random_suite(args.random)
         return
     with tempfile.TemporaryDirectory() as tmp:
         pairs = make_pairs(Path(tmp))
+        if args.only in (None, "paired"):
+            run_paired(pairs, args.cap)
         if args.only in (None, "bound"):
             run_bound(pairs, ["1_1 vs float16", "1_1 vs pruned 5%"], args.timeout)
         if args.only in (None, "compare"):

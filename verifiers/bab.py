@@ -30,13 +30,14 @@ depth cap, equivalence queries: ``unknown``.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
 from lumpver.bounds.batched import infeasible, layer_bounds, optimise_alpha, recompute_pays
+from lumpver.bounds.blas import blas_single_thread as _blas_single_thread
+from lumpver.bounds.blas import one_blas_thread as _one_blas_thread
 from lumpver.bounds.engine import Chain, prepare
 from lumpver.bounds.region import region_box
 from lumpver.progress import SILENT, Progress
@@ -164,48 +165,6 @@ class _Stats:
     splits: str = ""
     lp_closed: int = 0
     lps: int = 0
-
-
-def _openblas() -> list:
-    """``(set, get)`` thread-count functions of every OpenBLAS loaded in this process (best effort:
-    empty when none is found)."""
-    import ctypes
-
-    try:
-        libs = {line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.lower()}
-    except OSError:
-        return []
-    names = [(f"{p}set_num_threads{x}", f"{p}get_num_threads{x}") for x in ("64_", "") for p in ("scipy_openblas_", "openblas_")]
-    out = []
-    for path in libs:
-        lib = ctypes.CDLL(path)
-        found = [(getattr(lib, s), getattr(lib, g)) for s, g in names if hasattr(lib, s) and hasattr(lib, g)]
-        out.extend(found[:1])
-    return out
-
-
-def _one_blas_thread() -> None:
-    """In a forked worker: one OpenBLAS thread (a fork inherits numpy's pool of one thread per core,
-    so N workers would oversubscribe the cores)."""
-    for set_fn, _ in _openblas():
-        set_fn(1)
-
-
-@contextmanager
-def _blas_single_thread():
-    """One OpenBLAS thread during the search, restored after: the batched bounds are small matrix
-    products and elementwise passes, where a second BLAS thread cost more than it gave (1_1 prop_3,
-    1 process, paired runs on the loaded machine: CPU 3.8-4.0 s with one thread vs 10.9 s with two, wall
-    19-24 s vs 37-44 s; mnist-net_256x2: CPU 0.9-1.0 s vs 1.4-2.7 s)."""
-    fns = _openblas()
-    before = [get_fn() for _, get_fn in fns]
-    for set_fn, _ in fns:
-        set_fn(1)
-    try:
-        yield
-    finally:
-        for (set_fn, _), n in zip(fns, before):
-            set_fn(n)
 
 
 @dataclass

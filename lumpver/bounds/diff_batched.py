@@ -6,13 +6,16 @@ joint chain of the pair (:mod:`lumpver.bounds.diff_align`):
 
 * ``delta`` (same depth and activations; widths aligned by permutation and zero padding):
   NeuroDiff's stacked chain over ``(delta h_k, h^g_k)``. Per box, f's and g's own pre-activation
-  bounds come from :func:`lumpver.bounds.batched.layer_bounds`; layer by layer the pre-activation
+  bounds come from :func:`lumpver.bounds.batched.layer_bounds`, and on boxes with few unstable
+  ReLUs from optimised slopes (:func:`lumpver.bounds.intermediate.refine_layers`, settings
+  :class:`Refine`: on small ACAS Xu boxes single neurons that CROWN leaves unstable held the whole
+  bound); layer by layer the pre-activation
   delta ``delta z_k`` is bounded by ReluDiff's interval, by the difference of the two networks'
   bounds and, for every neuron whose secant-slope range is not a single value, by
   back-substitution through the stacked chain; ``delta h_k = s delta z_k`` is relaxed by the
   chords of :func:`lumpver.bounds.diff.delta_relax` and ``h^g_k`` by g's registry relaxation;
 * ``product`` (any other pair of dense networks whose activations pair up): the chain of
-  ``x -> [f(x); g(x)]`` with its own batched CROWN layer bounds.
+  ``x -> [f(x); g(x)]`` with its own batched CROWN layer bounds (refined the same way).
 
 The final bound of ``+-(f_i - g_i)`` back-substitutes through the joint chain
 (:func:`lumpver.bounds.batched.backsub`) with the lower slopes of g's unstable ReLUs (``delta``) or
@@ -26,14 +29,15 @@ every back-substitution, addition and product.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from lumpver.bounds.batched import Adam, alpha_free, backsub, interval_step, layer_bounds, neg_slope, relax_batch
+from lumpver.bounds.batched import alpha_free, backsub, interval_step, layer_bounds, relax_batch
 from lumpver.bounds.diff import delta_interval, delta_relax
 from lumpver.bounds.diff_align import align_pair, delta_chain, product_chain
 from lumpver.bounds.engine import Chain, prepare
+from lumpver.bounds.intermediate import optimise_rows, refine_layers, unstable_count
 from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
 from lumpver.bounds.rounding import add_hi, add_lo
 from lumpver.ir.network import Network
@@ -42,6 +46,20 @@ from lumpver.specs.inputset import Box
 #: Adam steps and step size of the final bound (recorded in certificates; the checker uses them)
 ITERS = 4
 LR = 0.25
+
+
+@dataclass(frozen=True)
+class Refine:
+    """Optimised intermediate bounds (:func:`lumpver.bounds.intermediate.refine_layers`): Adam steps,
+    step size, and the most unstable neurons a box may have to be refined (recorded in certificates)."""
+
+    iters: int = 0
+    lr: float = 0.25
+    max_unstable: int = 0
+
+
+#: the search's setting (bench/RESULTS.md, "Branch and bound on f - g")
+REFINE = Refine(10, 0.25, 60)
 
 
 @dataclass
@@ -63,6 +81,7 @@ class BoxBounds:
     lower: np.ndarray  # (B, m)
     upper: np.ndarray  # (B, m)
     A_x: np.ndarray  # (B, 2m, n_in)
+    unstable: np.ndarray  # (B,) unstable ReLUs of the networks' own bounds (the larger count of f's and g's)
 
 
 def prepare_diff(f: Network, g: Network, kind: Optional[str] = None) -> DiffModel:
@@ -83,16 +102,31 @@ def prepare_diff(f: Network, g: Network, kind: Optional[str] = None) -> DiffMode
                      "a shallower network must end in ReLU layers)")
 
 
-def bound_boxes(model: DiffModel, lo: np.ndarray, hi: np.ndarray, iters: int = ITERS, lr: float = LR) -> BoxBounds:
-    """Sound bounds of ``f - g`` on each box ``[lo[b], hi[b]]`` (module docstring)."""
+def bound_boxes(model: DiffModel, lo: np.ndarray, hi: np.ndarray, iters: int = ITERS, lr: float = LR,
+                refine: Refine = Refine(), done: Optional[Callable[[BoxBounds], np.ndarray]] = None) -> BoxBounds:
+    """Sound bounds of ``f - g`` on each box ``[lo[b], hi[b]]`` (module docstring); ``refine``:
+    optimised intermediate bounds of the networks' own layers, on every box, or with ``done`` (a
+    mask of the boxes whose plain bounds suffice) only on the others, whose plain bounds are then
+    replaced by the refined ones (what the search and the checker both do)."""
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    out = _bound(model, lo, hi, iters, lr, refine if done is None else Refine())
+    if done is None or refine.iters <= 0:
+        return out
+    redo = np.flatnonzero(~done(out) & (out.unstable <= refine.max_unstable))
+    if redo.size:
+        sub = _bound(model, lo[redo], hi[redo], iters, lr, refine)
+        out.lower[redo], out.upper[redo], out.A_x[redo] = sub.lower, sub.upper, sub.A_x
+    return out
+
+
+def _bound(model: DiffModel, lo: np.ndarray, hi: np.ndarray, iters: int, lr: float, refine: Refine) -> BoxBounds:
     if model.kind == "delta":
-        rel, free, (out_lo, out_hi) = _delta_layers(model, lo, hi)
+        rel, free, (out_lo, out_hi), unstable = _delta_layers(model, lo, hi, refine)
     else:
-        rel, free, (out_lo, out_hi) = _product_layers(model, lo, hi)
+        rel, free, (out_lo, out_hi), unstable = _product_layers(model, lo, hi, refine)
     m = model.n_outputs
-    up, A_x = _optimise(model.joint, rel, free, _objective(model, lo.shape[0]), lo, hi, iters, lr)
-    return BoxBounds(np.maximum(-up[:, m:], out_lo), np.minimum(up[:, :m], out_hi), A_x)
+    up, A_x = optimise_rows(model.joint, rel, free, _objective(model, lo.shape[0]), lo, hi, iters, lr)
+    return BoxBounds(np.maximum(-up[:, m:], out_lo), np.minimum(up[:, :m], out_hi), A_x, unstable)
 
 
 def _objective(model: DiffModel, B: int) -> np.ndarray:
@@ -120,23 +154,31 @@ def _exact(shape: tuple[int, int]) -> LinearRelaxation:
 
 
 # ----- the two layer passes ----------------------------------------------------------------
-def _product_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray):
+def _own_bounds(ch: Chain, lo: np.ndarray, hi: np.ndarray, refine: Refine):
+    """Pre-activation bounds of one chain: CROWN, then optimised where ``refine`` says; and the
+    number of unstable neurons of CROWN's."""
+    zl, zu = layer_bounds(ch, lo, hi, *_open(ch, lo.shape[0]))
+    return (*refine_layers(ch, lo, hi, zl, zu, refine.iters, refine.lr, refine.max_unstable),
+            unstable_count(ch, zl, zu))
+
+
+def _product_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine):
     """Relaxations, free-slope masks and the output interval of ``f - g`` for the product chain."""
     ch, m = model.joint, model.n_outputs
-    zl, zu = layer_bounds(ch, lo, hi, *_open(ch, lo.shape[0]))
+    zl, zu, unstable = _own_bounds(ch, lo, hi, refine)
     rel = [relax_batch(ch, k, zl[k], zu[k]) for k in range(ch.depth)]
     free = [alpha_free(ch, k, zl[k], zu[k]) for k in range(ch.depth)]
     yl, yu = zl[-1], zu[-1]
-    return rel, free, (add_lo(yl[:, :m], -yu[:, m:]), add_hi(yu[:, :m], -yl[:, m:]))
+    return rel, free, (add_lo(yl[:, :m], -yu[:, m:]), add_hi(yu[:, :m], -yl[:, m:])), unstable
 
 
-def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray):
+def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine):
     """Relaxations, free-slope masks and the output interval of ``f - g`` for the delta chain."""
     f, g, ch = model.f, model.g, model.joint
     assert f is not None and g is not None
     B, n = lo.shape
-    gzl, gzu = layer_bounds(g, lo, hi, *_open(g, B))
-    fzl, fzu = layer_bounds(f, lo, hi, *_open(f, B))
+    gzl, gzu, g_unstable = _own_bounds(g, lo, hi, refine)
+    fzl, fzu, f_unstable = _own_bounds(f, lo, hi, refine)
     s0_lo, s0_hi = interval_step(ch.steps[0], *interval_step(ch.input, lo, hi))
     d_lo, d_hi, hg_lo, hg_hi = s0_lo[:, :n], s0_hi[:, :n], s0_lo[:, n:], s0_hi[:, n:]
     rel, free = [_exact((B, 2 * n))], [np.zeros((B, 2 * n), dtype=bool)]
@@ -156,7 +198,7 @@ def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray):
         g_post = act.interval(gzl[k], gzu[k], g.alphas[k])
         d_lo, d_hi = delta_interval(s_lo, s_hi, zd_lo, zd_hi, act.interval(*f_pre, g.alphas[k]), g_post)
         hg_lo, hg_hi = g_post
-    return rel, free, (d_lo, d_hi)
+    return rel, free, (d_lo, d_hi), np.maximum(f_unstable, g_unstable)
 
 
 def _slopes(act, alpha: float, g_pre: tuple[np.ndarray, np.ndarray], f_own, k: int, zd_lo: np.ndarray,
@@ -189,28 +231,6 @@ def _symbolic_delta_rows(ch: Chain, rel: list[LinearRelaxation], need: np.ndarra
     np.put_along_axis(zu, idx, got_u, axis=1)
     np.put_along_axis(zl, idx, got_l, axis=1)
     return zl, zu
-
-
-# ----- the optimised final bound -----------------------------------------------------------
-def _optimise(ch: Chain, rel: list[LinearRelaxation], free: list[np.ndarray], lam: np.ndarray, lo: np.ndarray,
-              hi: np.ndarray, iters: int, lr: float) -> tuple[np.ndarray, np.ndarray]:
-    """Best sound upper bound of ``lam[b] . y`` over projected-Adam iterates of the free lower slopes
-    (started at the registry's adaptive slopes), and its linear function in x."""
-    rows = lam.shape[1]
-    alpha = [np.repeat(r.sl[:, None, :], rows, axis=1) if fr.any() else None for r, fr in zip(rel, free)]
-    opt = Adam(alpha, [neg_slope(ch, k) for k in range(ch.depth)], 1.0, lr)
-    best, best_A = None, None
-    for it in range(iters + 1):
-        bb = backsub(ch, rel, lam, ch.depth - 1, True, lo, hi, opt.params, free, grad=it < iters)
-        if best is None:
-            best, best_A = bb.upper, bb.A_x
-        else:
-            better = bb.upper < best
-            best, best_A = np.where(better, bb.upper, best), np.where(better[:, :, None], bb.A_x, best_A)
-        if it == iters or not any(a is not None for a in alpha):
-            break
-        opt.step(bb.grads[: ch.depth])
-    return best, best_A
 
 
 # ----- bisection trees (the search records them, checkers rebuild the leaves) -------------------

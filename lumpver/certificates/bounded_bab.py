@@ -8,7 +8,10 @@ region of the input set, the bisection tree of the region's box in preorder, plu
   (:func:`lumpver.bounds.diff_batched.leaves_of`); two halves share their face, so the leaves
   cover the box whatever the tree is;
 * every leaf is re-bounded with the bound engine (:func:`lumpver.bounds.diff_batched.bound_boxes`,
-  outward rounding), and the norm of its per-output bounds is taken here (:func:`norm_of`);
+  outward rounding, the recorded Adam settings), and where that bound exceeds the claimed
+  ``upper_bound`` once more with the recorded optimisation of intermediate bounds
+  (:mod:`lumpver.bounds.intermediate`, every iterate sound), as the search did; the norm of its
+  per-output bounds is taken here (:func:`norm_of`);
 * the recorded chain (on-set steps, the twin of a pruned or lumped network) is replayed by
   :func:`lumpver.certificates.bounded_interval.recheck_chain`, which adds its terms.
 
@@ -20,7 +23,8 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.diff_batched import bound_boxes, leaves_of, prepare_diff
+from lumpver.bounds.blas import blas_single_thread
+from lumpver.bounds.diff_batched import Refine, bound_boxes, leaves_of, prepare_diff
 from lumpver.bounds.region import region_box
 from lumpver.certificates.bounded_interval import check_interval_evidence, norm_of, recheck_chain, recheck_interval
 from lumpver.certificates.format import CheckContext, CheckReport
@@ -33,13 +37,29 @@ CHUNK = 256
 MAX_LEAVES = 2_000_000
 
 
-def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, lr: float) -> float:
+def _norms(bb, norm: str) -> np.ndarray:
+    return np.array([norm_of(v, norm) for v in np.maximum(np.abs(bb.lower), np.abs(bb.upper))])
+
+
+def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, lr: float, refine: Refine,
+                 claim: float) -> float:
+    """The largest leaf bound: plain, refined where the plain bound exceeds the claim."""
     worst = 0.0
     for s in range(0, lo.shape[0], CHUNK):
-        bb = bound_boxes(model, lo[s:s + CHUNK], hi[s:s + CHUNK], iters, lr)
-        mags = np.maximum(np.abs(bb.lower), np.abs(bb.upper))
-        worst = max(worst, max(norm_of(v, norm) for v in mags))
+        bb = bound_boxes(model, lo[s:s + CHUNK], hi[s:s + CHUNK], iters, lr, refine=refine,
+                         done=lambda b: _norms(b, norm) <= claim)
+        worst = max(worst, float(np.max(_norms(bb, norm))))
     return worst
+
+
+def _refine(rec: Optional[dict]) -> Refine:
+    """The recorded intermediate-bound refinement (none in certificates written before it existed)."""
+    if rec is None:
+        return Refine()
+    out = Refine(int(rec["iters"]), float(rec["lr"]), int(rec["max_unstable"]))
+    if not (0 <= out.iters <= 1000 and 0 <= out.max_unstable):
+        raise ValueError(f"refinement {rec} out of range")
+    return out
 
 
 def recheck_bab(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict,
@@ -53,7 +73,7 @@ def recheck_bab(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict
 
     def differential(h: Network, twin: Network, top1: bool) -> float:
         model = prepare_diff(h, twin, str(ev["pairing"]))
-        iters, lr = int(ev["iters"]), float(ev["lr"])
+        iters, lr, refine = int(ev["iters"]), float(ev["lr"]), _refine(ev.get("refine"))
         if not 0 <= iters <= 1000:
             raise ValueError(f"iters {iters} out of range")
         worst = 0.0
@@ -62,11 +82,12 @@ def recheck_bab(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict
             if len(tree) > 2 * MAX_LEAVES:
                 raise ValueError(f"bisection tree of {len(tree)} nodes exceeds the checker's cap")
             lo, hi = leaves_of(region_box(region), tree)
-            worst = max(worst, _leaf_bounds(model, lo, hi, norm, iters, lr))
+            worst = max(worst, _leaf_bounds(model, lo, hi, norm, iters, lr, refine, float(ev.get("upper_bound", np.inf))))
             report.ok(f"bab_diff: {lo.shape[0]} leaf box(es) rebuilt from the tree and re-bounded: {worst:.6g}")
         return worst
 
-    return recheck_chain(f, g, input_set, norm, ev, report, differential, "bab_diff", twin_required=False)
+    with blas_single_thread():
+        return recheck_chain(f, g, input_set, norm, ev, report, differential, "bab_diff", twin_required=False)
 
 
 #: the differential evidence kinds a reduction certificate may hold, with their re-checks
