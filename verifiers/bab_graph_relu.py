@@ -34,6 +34,7 @@ from typing import Optional
 
 import numpy as np
 
+from lumpver.bounds.blas import one_blas_thread
 from lumpver.bounds.graph_batched import GraphBatch, GraphObjective, optimise_graph, relaxed_inputs, splittable
 from lumpver.bounds.graph_engine import GraphBounds, PreparedGraph, propagate_graph
 from lumpver.bounds.region import region_box
@@ -209,7 +210,7 @@ def _pool(ctx: SearchContext, workers: int):
     if workers <= 1:
         return None
     _CTX = ctx
-    return multiprocessing.get_context("fork").Pool(workers)
+    return multiprocessing.get_context("fork").Pool(workers, initializer=one_blas_thread)  # no oversubscription
 
 
 def _bound_chunk(doms: list[GDomain]) -> list[GDomain]:
