@@ -40,7 +40,8 @@ SUITE = [(ACAS / "onnx/ACASXU_run2a_1_1_batch_2000.onnx", ACAS / "vnnlib/prop_1.
          (SHARED / "test/test_sat.onnx", SHARED / "test/test_prop.vnnlib"),
          (SHARED / "test/test_unsat.onnx", SHARED / "test/test_prop.vnnlib")]
 TEST_NET_ANSWERS = {"test_sat.onnx": "sat", "test_unsat.onnx": "unsat"}
-SLOW_A = (ACAS / "onnx/ACASXU_run2a_1_1_batch_2000.onnx", ACAS / "vnnlib/prop_2.vnnlib")  # several seconds
+SLOW_A = (ACAS / "onnx/ACASXU_run2a_1_1_batch_2000.onnx", ACAS / "vnnlib/prop_3.vnnlib")  # several seconds
+HARD = (ACAS / "onnx/ACASXU_run2a_3_3_batch_2000.onnx", ACAS / "vnnlib/prop_2.vnnlib")  # open after 30 s
 SLOW_B = (ACAS / "onnx/ACASXU_run2a_1_1_batch_2000.onnx", ACAS / "vnnlib/prop_4.vnnlib")
 FAST = (ACAS / "onnx/ACASXU_run2a_1_4_batch_2000.onnx", ACAS / "vnnlib/prop_2.vnnlib")
 
@@ -231,7 +232,7 @@ def test_time_limit_kills_the_task_in_process_cluster(tmp_path, monkeypatch):
     for k, v in _ray_env().items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(batch_ray, "GRACE", -4.0)  # limit: 5 s - 4 s = 1 s after the task reports its start
-    suite = _write_suite(tmp_path / "instances.csv", [SLOW_A], 5)
+    suite = _write_suite(tmp_path / "instances.csv", [HARD], 5)
     log = io.StringIO()
     res = batch_ray.run_batch_ray(suite, tmp_path / "o", jobs=1, progress=Progress(stream=log))
     (o,) = res.outcomes
