@@ -30,7 +30,9 @@ It is a sum of sound terms, each re-checkable from the files, X and the recorded
   when that bound is not yet within the threshold, the differential branch and bound
   :func:`lumpver.verifiers.bab_diff.difference_search` runs with the time left and replaces it
   when it certifies less (evidence ``bab_diff``: the bisection trees, whose leaves the checker
-  :mod:`lumpver.certificates.bounded_bab` re-bounds).
+  :mod:`lumpver.certificates.bounded_bab` re-bounds). On inputs of at most ``BAB_FIRST_DIMS``
+  dimensions (ACAS Xu) the search runs first and the interval term only when it is not within the
+  threshold (bench/RESULTS.md, issue 14).
 * ``float32`` — a sound bound of the float32 evaluation error of f and of g
   (:func:`lumpver.bounds.float_error.float32_error`). It is worst-case (|W| amplification per layer)
   and can exceed the real error by orders of magnitude on deep nets, so it is *stated beside*
@@ -83,6 +85,8 @@ DEFAULT_MAX_BOXES = 400
 #: (approximate reduction certifies many candidates); BAB_SECONDS is a safety limit only
 BAB_BOXES = 1500
 BAB_SECONDS = 120.0
+#: inputs of at most this many dimensions are certified by the branch and bound first (see _difference_term)
+BAB_FIRST_DIMS = 8
 #: boxes per region the graph back-end bounds at most when certifying (inputs small enough to split)
 GRAPH_BOXES = 100
 
@@ -179,7 +183,36 @@ def bab_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshol
     opt = DiffOptions(max_boxes=BAB_BOXES, deterministic=True)
     results, ev = difference_search(h, twin, input_set, norm, timeout, close_at=threshold, options=opt)
     ev["threshold"] = threshold
+    ev["attained"] = max(r.lower for r in results)  # a float64 value of |h - twin| reached (not a bound)
     return max(r.upper for r in results), ev
+
+
+def _difference_term(h: Network, twin: Network, input_set: InputSet, norm: str, t_int: float,
+                     max_boxes: int, timeout: float, t0: float) -> tuple[float, dict[str, Any], str]:
+    """``(bound of h - twin, evidence, back-end)``. Inputs of at most BAB_FIRST_DIMS dimensions (ACAS Xu):
+    the differential branch and bound first (bisection pays there; it also stops at once when its attained
+    value exceeds ``t_int``, i.e. the candidate is not within it), the interval term only if it fails; wider
+    inputs: the interval term first and the search with the time left when that is not within ``t_int``."""
+    def bab(left: float) -> tuple[float, dict[str, Any]]:
+        try:
+            return bab_term(h, twin, input_set, norm, t_int, left)
+        except ValueError:  # a pair the search cannot take
+            return math.inf, {}
+
+    if input_set.dim <= BAB_FIRST_DIMS and norm in ("linf", "l1", "l2"):
+        u, ev = bab(min(BAB_SECONDS, timeout))
+        if u <= t_int or ev.get("attained", 0.0) > t_int:
+            return u, ev, "bab_diff"
+        left = max(0.5, timeout - (time.perf_counter() - t0))
+        u2, ev2 = interval_term(h, twin, input_set, norm, t_int, max_boxes, left)
+        return (u, ev, "bab_diff") if u <= u2 else (u2, ev2, "interval")
+    u, ev = interval_term(h, twin, input_set, norm, t_int, max_boxes, timeout / 2)
+    left = min(BAB_SECONDS, timeout - (time.perf_counter() - t0))
+    if u > t_int and left > 0.5:
+        u2, ev2 = bab(left)
+        if u2 < u:
+            return u2, ev2, "bab_diff"
+    return u, ev, "interval"
 
 
 @dataclass
@@ -265,17 +298,9 @@ def certify(f: Network, g: Network, input_set: InputSet, norm: str = "linf", cha
     twin, twin_gap = twin_of(h, g, chain, input_set)
     t_int = max(0.0, threshold - from_max_abs(onset_bound + twin_gap, f.n_outputs, norm))
     try:
-        u, ev = interval_term(h, twin, input_set, norm, t_int, max_boxes, timeout / 2)
+        u, ev, backend = _difference_term(h, twin, input_set, norm, t_int, max_boxes, timeout, t0)
     except ValueError as e:  # unsupported activation, polytope without a box
         return Certified(math.inf, norm, {}, {}, time.perf_counter() - t0, str(e))
-    backend, left = "interval", min(BAB_SECONDS, timeout - (time.perf_counter() - t0))
-    if u > t_int and left > 0.5:
-        try:
-            u2, ev2 = bab_term(h, twin, input_set, norm, t_int, left)
-        except ValueError:  # a pair the search cannot take: the interval term stands
-            u2, ev2 = math.inf, {}
-        if u2 < u:
-            u, ev, backend = u2, ev2, "bab_diff"
     ferr = float32_errors(f, input_set) + float32_errors(g, input_set)
     terms = {"onset": from_max_abs(onset_bound, f.n_outputs, norm),
              "twin": from_max_abs(twin_gap, f.n_outputs, norm), "interval": u}
