@@ -18,7 +18,11 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
 5. input splitting on ReLU chains: once ``lp_after`` of the timeout has passed, open boxes from depth
    ``lp_depth`` on go to the LP finisher (:mod:`lumpver.verifiers.lp_finish`: an elastic triangle LP and
    a small ReLU-phase branch and bound, each LP bound made sound through the dual), at most ``lp_budget``
-   LPs per box, retried ``lp_retry`` splits deeper when left open.
+   LPs per box, retried ``lp_retry`` splits deeper when left open;
+6. input splitting, optional (``refine``, off by default: measured mixed on the last three ACAS Xu
+   instances, bench/RESULTS.md): boxes left open from depth ``refine_depth`` on with few unstable ReLUs are
+   bounded again on alpha-optimised intermediate bounds (:func:`lumpver.bounds.intermediate.refine_layers`,
+   intersected with CROWN's), which their children inherit (:func:`layer_bounds` intersects).
 
 Soundness: ``proved`` only when every sub-problem is closed by a bound computed with the outward
 rounding of :mod:`lumpver.bounds.rounding` (or found empty: crossing sound bounds), or by the LP
@@ -30,7 +34,7 @@ depth cap, equivalence queries: ``unknown``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Optional
 
 import numpy as np
@@ -94,7 +98,9 @@ class BabOptions:
     lp_retry: int = 2
     #: input splitting: optimised intermediate bounds (:func:`lumpver.bounds.intermediate.refine_layers`) on the
     #: boxes from depth ``refine_depth`` on with at most ``refine.max_unstable`` unstable ReLUs, inherited by
-    #: their children (intersected with their own); ``Refine()`` turns it off (bench/RESULTS.md)
+    #: their children (intersected with their own); ``Refine()`` turns it off. Off by default: per CPU second it
+    #: closed more of 3_3 prop_2 and 1_1 prop_6 but less of 4_2 prop_2, decided none of them, and made 1_1 prop_3
+    #: 1.4-2x slower (bench/RESULTS.md, "Optimised intermediate bounds in the input-splitting search")
     refine: Refine = field(default_factory=Refine)
     refine_depth: int = 0
     workers: int = 1
@@ -268,7 +274,8 @@ class _Search:
     # ----- verdicts ---------------------------------------------------------------------------
     def _details(self) -> dict:
         return {"stats": dict(self.stats.__dict__), "bounds": "batched CROWN, alpha-optimised lower slopes, "
-                "outward rounding (lumpver.bounds.rounding)", "options": {k: v for k, v in self.opt.__dict__.items()
+                "outward rounding (lumpver.bounds.rounding)", "options": {k: asdict(v) if is_dataclass(v) else v
+                                                                          for k, v in self.opt.__dict__.items()
                                                                           if k != "progress"}}
 
     def _violated(self, x: np.ndarray, how: str) -> Verdict:
