@@ -2,6 +2,7 @@
 
     python bench/bench_bab.py [--suite acasxu|mnist] [--timeout 30] [--workers 2] [--limit N] [--filter S]
                               [--lp-depth D]  # LP finisher from depth D (0: off), for A/B runs
+                              [--refine ITERS,MAX_UNSTABLE,DEPTH]  # optimised intermediate bounds, A/B runs
     python bench/bench_bab.py --suite random --limit 600     # soundness: random nets vs an exact MILP
     python bench/bench_bab.py --suite sigmoid|tanh --limit 5 # planted 6x200 sigmoid/tanh net, 4 eps per image
 
@@ -123,13 +124,13 @@ def smooth_suite(act: str, n_images: int, timeout: float, workers: int) -> None:
           f"({time.monotonic() - t0:.0f} s, timeout {timeout:g} s)")
 
 
-def _set_lp_depth(depth: int) -> None:
-    """``verify --backend bab`` with ``BabOptions.lp_depth = depth`` (the API builds its options itself)."""
+def _set_options(**changes) -> None:
+    """``verify --backend bab`` with these ``BabOptions`` fields changed (the API builds its options itself)."""
     import lumpver.api.verify as api
     from lumpver.verifiers.bab import BabBackend, BabOptions
 
     api._bab = lambda workers, progress: BabBackend(BabOptions(workers=max(1, int(workers)), progress=progress,
-                                                               lp_depth=depth))
+                                                               **changes))
 
 
 def main() -> None:
@@ -142,9 +143,16 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--filter", default="")
     ap.add_argument("--lp-depth", type=int, default=None, help="BabOptions.lp_depth (0: LP finisher off)")
+    ap.add_argument("--refine", default="", help="ITERS,MAX_UNSTABLE,DEPTH: BabOptions.refine/refine_depth")
     args = ap.parse_args()
-    if args.lp_depth is not None:
-        _set_lp_depth(args.lp_depth)
+    changes: dict = {} if args.lp_depth is None else {"lp_depth": args.lp_depth}
+    if args.refine:
+        from lumpver.bounds.diff_batched import Refine
+
+        it, mu, depth = (int(v) for v in args.refine.split(","))
+        changes.update(refine=Refine(it, 0.25, mu), refine_depth=depth)
+    if changes:
+        _set_options(**changes)
     if args.suite == "random":
         return random_suite(args.limit or 500)
     if args.suite in ("sigmoid", "tanh"):

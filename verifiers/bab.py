@@ -18,7 +18,11 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
 5. input splitting on ReLU chains: once ``lp_after`` of the timeout has passed, open boxes from depth
    ``lp_depth`` on go to the LP finisher (:mod:`lumpver.verifiers.lp_finish`: an elastic triangle LP and
    a small ReLU-phase branch and bound, each LP bound made sound through the dual), at most ``lp_budget``
-   LPs per box, retried ``lp_retry`` splits deeper when left open.
+   LPs per box, retried ``lp_retry`` splits deeper when left open;
+6. input splitting, optional (``refine``, off by default: measured mixed on the last three ACAS Xu
+   instances, bench/RESULTS.md): boxes left open from depth ``refine_depth`` on with few unstable ReLUs are
+   bounded again on alpha-optimised intermediate bounds (:func:`lumpver.bounds.intermediate.refine_layers`,
+   intersected with CROWN's), which their children inherit (:func:`layer_bounds` intersects).
 
 Soundness: ``proved`` only when every sub-problem is closed by a bound computed with the outward
 rounding of :mod:`lumpver.bounds.rounding` (or found empty: crossing sound bounds), or by the LP
@@ -30,7 +34,7 @@ depth cap, equivalence queries: ``unknown``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Optional
 
 import numpy as np
@@ -38,6 +42,8 @@ import numpy as np
 from lumpver.bounds.batched import infeasible, layer_bounds, optimise_alpha, recompute_pays
 from lumpver.bounds.blas import blas_single_thread as _blas_single_thread
 from lumpver.bounds.blas import one_blas_thread as _one_blas_thread
+from lumpver.bounds.diff_batched import Refine
+from lumpver.bounds.intermediate import refine_layers, unstable_count
 from lumpver.bounds.engine import Chain, prepare
 from lumpver.bounds.region import region_box
 from lumpver.progress import SILENT, Progress
@@ -90,6 +96,13 @@ class BabOptions:
     lp_after: float = 0.3
     lp_budget: int = 10
     lp_retry: int = 2
+    #: input splitting: optimised intermediate bounds (:func:`lumpver.bounds.intermediate.refine_layers`) on the
+    #: boxes from depth ``refine_depth`` on with at most ``refine.max_unstable`` unstable ReLUs, inherited by
+    #: their children (intersected with their own); ``Refine()`` turns it off. Off by default: per CPU second it
+    #: closed more of 3_3 prop_2 and 1_1 prop_6 but less of 4_2 prop_2, decided none of them, and made 1_1 prop_3
+    #: 1.4-2x slower (bench/RESULTS.md, "Optimised intermediate bounds in the input-splitting search")
+    refine: Refine = field(default_factory=Refine)
+    refine_depth: int = 0
     workers: int = 1
     progress: Progress = field(default=SILENT, repr=False)
 
@@ -103,13 +116,38 @@ class Context:
     offset: np.ndarray  # (m,): b
     iters: int
     lr: float
+    refine: Refine = field(default_factory=Refine)
+    refine_depth: int = 0
 
 
 def bound(ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list[Domain]:
-    """Bound the domains in one batched pass; ``upper`` is ``-inf`` for an empty domain."""
+    """Bound the domains in one batched pass; ``upper`` is ``-inf`` for an empty domain. Those left open
+    from ``ctx.refine_depth`` on with at most ``ctx.refine.max_unstable`` unstable ReLUs are bounded again
+    on optimised intermediate bounds (:func:`refine_layers`, intersected with CROWN's: only tighter;
+    DESIGN.md §3, §11), except the trial halves of try-all splitting (``iters == 0``)."""
+    out = _bound(ctx, doms, iters, False)
+    r = ctx.refine
+    if iters == 0 or r.iters <= 0:
+        return out
+    redo = [i for i, d in enumerate(out) if d.score >= 0 and d.depth >= ctx.refine_depth
+            and _unstable(ctx.chain, d) <= r.max_unstable]
+    if redo:
+        for i, d in zip(redo, _bound(ctx, [out[i] for i in redo], iters, True)):
+            d.upper = np.minimum(d.upper, out[i].upper)  # both sound: the better of the two
+            out[i] = d
+    return out
+
+
+def _unstable(chain: Chain, d: Domain) -> int:
+    return int(unstable_count(chain, [a[None] for a in d.zl], [a[None] for a in d.zu])[0])
+
+
+def _bound(ctx: Context, doms: list[Domain], iters: Optional[int], refine: bool) -> list[Domain]:
     b = stack(doms)
     start = b.start if b.start == 0 or recompute_pays(ctx.chain) else ctx.chain.depth
     zl, zu = layer_bounds(ctx.chain, b.lo, b.hi, b.zl, b.zu, start)
+    if refine:
+        zl, zu = refine_layers(ctx.chain, b.lo, b.hi, zl, zu, ctx.refine.iters, ctx.refine.lr, ctx.refine.max_unstable)
     empty = infeasible(zl, zu)
     lam = np.broadcast_to(ctx.lam, (len(doms),) + ctx.lam.shape)
     obj = optimise_alpha(ctx.chain, b.lo, b.hi, zl, zu, lam, ctx.offset, b.alpha,
@@ -236,7 +274,8 @@ class _Search:
     # ----- verdicts ---------------------------------------------------------------------------
     def _details(self) -> dict:
         return {"stats": dict(self.stats.__dict__), "bounds": "batched CROWN, alpha-optimised lower slopes, "
-                "outward rounding (lumpver.bounds.rounding)", "options": {k: v for k, v in self.opt.__dict__.items()
+                "outward rounding (lumpver.bounds.rounding)", "options": {k: asdict(v) if is_dataclass(v) else v
+                                                                          for k, v in self.opt.__dict__.items()
                                                                           if k != "progress"}}
 
     def _violated(self, x: np.ndarray, how: str) -> Verdict:
@@ -256,7 +295,7 @@ class _Search:
             box = region_box(region)
             for d, (A, b) in enumerate(self.q.prop.disjuncts):
                 ctx = Context(self.chain, -np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64),
-                              *self._steps())
+                              *self._steps(), *self._refine())
                 out = self._disjunct(region, box, ctx, f"disjunct {d + 1}/{len(self.q.prop.disjuncts)}")
                 if out is not None:
                     return out
@@ -269,6 +308,10 @@ class _Search:
         if self._input_mode:
             return self.opt.input_iters, self.opt.lr
         return (self.opt.iters, self.opt.lr) if recompute_pays(self.chain) else (self.opt.fixed_iters, self.opt.fixed_lr)
+
+    def _refine(self) -> tuple[Refine, int]:
+        """Intermediate-bound refinement of the search (input splitting of ReLU chains only)."""
+        return (self.opt.refine, self.opt.refine_depth) if self._input_mode else (Refine(), 0)
 
     def _disjunct(self, region, box, ctx: Context, what: str) -> Optional[Verdict]:
         """None when the disjunct is excluded on the region, else a verdict (violated/unknown)."""
