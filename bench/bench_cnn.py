@@ -197,7 +197,9 @@ def _shared_models() -> list[tuple[str, Path, Path]]:
 
 def _unrolled_bytes(net) -> int:
     """Bytes of the dense float64 ``(out, in)`` matrices of every layer, were they unrolled."""
-    return sum(8 * layer.op.out_features * layer.op.in_features for layer in net.layers)
+    ops = [layer.op for layer in net.layers] if hasattr(net, "layers") else \
+        [net.node(n).op for n in net.order if net.node(n).kind == "affine"]  # a graph network
+    return sum(8 * op.out_features * op.in_features for op in ops)
 
 
 def _peak_bytes(fn) -> int:
@@ -216,7 +218,7 @@ def run_memory(repeat: int, big_channels: int) -> None:
     from bench.bench_lumping import baseline_load_touch_save
     from lumpver.api.reduce import reduce_exact_to_files
     from lumpver.ir.onnx_export import save_onnx
-    from lumpver.ir.onnx_import import load_onnx
+    from lumpver.ir.onnx_import import load_model
     from lumpver.ir.planted import planted_cnn
 
     print("| model | parameters | read-once s | exact lumping s | ratio (goal <= 3) | peak heap MB | unrolled dense MB | "
@@ -227,7 +229,7 @@ def run_memory(repeat: int, big_channels: int) -> None:
         save_onnx(big.network, Path(d) / "planted_big.onnx")
         models = [(name, path) for name, path, _ in _shared_models()] + [("planted 3x64x64", Path(d) / "planted_big.onnx")]
         for name, src in models:
-            net = load_onnx(src)
+            net = load_model(src)
             out, cert = Path(d) / "r.onnx", Path(d) / "r.json"
             base = min(baseline_load_touch_save(src, Path(d) / "copy.onnx") for _ in range(repeat))
             red = min(_timed(lambda: reduce_exact_to_files(src, out, cert)) for _ in range(repeat))
