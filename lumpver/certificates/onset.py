@@ -247,7 +247,7 @@ def check_exact_on_set(cert: dict, ctx: CheckContext) -> CheckReport:
     if not steps:
         return report.fail("the certificate has no reduction steps")
     if isinstance(steps[0], dict) and steps[0].get("step") == GRAPH_STEP:
-        return check_onset_graph(cert, ctx)  # graph networks (DESIGN.md §10)
+        return check_onset_graph(cert, ctx, input_set, report)  # graph networks (DESIGN.md §10)
     f, reduced = load_onnx(ctx.original_path), load_onnx(ctx.reduced_path)
     if input_set.dim != f.n_inputs:
         return report.fail(f"guarantee.input_set: {input_set.dim} dimensions, the original has {f.n_inputs} inputs")

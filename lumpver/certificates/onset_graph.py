@@ -117,15 +117,11 @@ def _replay(f: GraphNetwork, input_set: InputSet, steps: list, reduced: GraphNet
     return replay_graph_lumping(h, input_set, steps[1], reduced, report)
 
 
-def check_onset_graph(cert: dict[str, Any], ctx: CheckContext) -> CheckReport:
-    """Re-verify an ``exact-on-set`` certificate of a graph network (called by
-    :func:`lumpver.certificates.onset.check_exact_on_set`)."""
-    report = CheckReport(True)
+def check_onset_graph(cert: dict[str, Any], ctx: CheckContext, input_set: InputSet,
+                      report: CheckReport) -> CheckReport:
+    """Re-verify an ``exact-on-set`` certificate of a graph network on its parsed ``input_set`` (called by
+    :func:`lumpver.certificates.onset.check_exact_on_set`, which reports into ``report``)."""
     g = cert["guarantee"]
-    try:
-        input_set = InputSet.from_json(g["input_set"])
-    except (*_MALFORMED, AttributeError) as e:
-        return report.fail(f"guarantee.input_set: not an input set: {e!r}")
     f, reduced = load_graph(ctx.original_path), load_graph(ctx.reduced_path)
     if input_set.dim != f.n_inputs:
         return report.fail(f"guarantee.input_set: {input_set.dim} dimensions, the original has {f.n_inputs} inputs")
