@@ -136,6 +136,14 @@ def check_onset_graph(cert: dict[str, Any], ctx: CheckContext, input_set: InputS
     if total is None:
         report.holds = False
         return report
+    return confirm_on_set_bound(report, g, total)
+
+
+def confirm_on_set_bound(report: CheckReport, g: dict[str, Any], total: float) -> CheckReport:
+    """Hold the guarantee's epsilon, discrepancy bound, norm and prose against the recomputed bound on X
+    (chain and graph on-set checkers)."""
+    if not np.isfinite(total):
+        return report.fail("the recomputed discrepancy bound is not finite")
     report.ok(f"on X, max_i |f_i - g_i| <= {total:.3e} (real arithmetic of the float32 weights, recomputed)")
     check_bound(report, g, "epsilon", total)
     check_bound(report, g, "float_tolerance.discrepancy_bound", total)
