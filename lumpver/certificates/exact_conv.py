@@ -249,10 +249,38 @@ def _chmax(a: np.ndarray, channels: int) -> np.ndarray:
     return a.reshape(a.shape[0], channels, -1).max(axis=2)
 
 
+def abs_sums(a: np.ndarray) -> np.ndarray:
+    """``sum_k |a[..., k]|`` in one pass over ``a`` through a cache-sized buffer (no full-size temporary);
+    a short last axis (conv kernels) is summed by a product with ones, a long one by ``np.sum``. Sums of
+    non-negative terms: relative rounding error at most ``K`` units, covered by the bound's ``1 + 1e-9``."""
+    k = a.shape[-1]
+    flat = a.reshape(-1, k)
+    out = np.empty(flat.shape[0])
+    step = max(1, (1 << 15) // max(k, 1))
+    buf, ones = np.empty((min(step, flat.shape[0]), k)), np.ones(k)
+    for i in range(0, flat.shape[0], step):
+        j = min(flat.shape[0], i + step)
+        chunk = np.abs(flat[i:j], out=buf[: j - i])
+        if k < 64:
+            np.matmul(chunk, ones, out=out[i:j])
+        else:
+            np.sum(chunk, axis=1, out=out[i:j])
+    return out.reshape(a.shape[:-1])
+
+
+def per_channel(b: np.ndarray) -> np.ndarray:
+    """``(channels, positions)`` values as one column when equal at every position (the usual conv
+    bias), else unchanged: broadcasting gives the same element-wise results at ``1/positions`` the work."""
+    if b.shape[1] > 1 and np.array_equal(b, np.broadcast_to(b[:, :1], b.shape)):
+        return b[:, :1]
+    return b
+
+
 def _terms(f_layer: Layer, g_layer: Layer, prev, cur, raw=None):
     """f's channel view, the class-aggregated filters and bias (``raw`` from the reducer, else
-    recomputed), and the residual filters and bias gaps of f's channels against g's class
-    representatives (dropped classes: the virtual channel from the representative's aggregated filter)."""
+    recomputed), the residual filters ``|A_t - c_t W^g_rep(t)|`` of f's channels against g's class
+    representatives (dropped classes: the virtual channel from the representative's aggregated filter;
+    constant channels: ``|A_t|``) and per channel the largest bias gap over its positions (0 for constants)."""
     vf = channel_view(f_layer.op, prev.cls.size if prev is not None else None)
     vg = channel_view(g_layer.op, n_kept(prev, 0) if prev is not None else None)
     agg, b_eff = raw if raw is not None else (aggregate(vf.w3, prev), effective_bias(f_layer, prev, vf.out_channels))
@@ -262,19 +290,25 @@ def _terms(f_layer: Layer, g_layer: Layer, prev, cur, raw=None):
         wg = np.zeros((vg.out_channels, agg.shape[1], agg.shape[2]))
         kept_prev = np.flatnonzero(prev.kept)
         wg[:, kept_prev, :] = vg.w3[:, :kept_prev.size, :]
-    bg = g_layer.bias.reshape(vg.out_channels, -1)
+    b_one, bg = per_channel(b_eff), per_channel(g_layer.bias.reshape(vg.out_channels, -1))
+    width = max(b_one.shape[1], bg.shape[1])
+    b_one, bg = (np.broadcast_to(v, (v.shape[0], width)) for v in (b_one, bg))
     if cur is None:
         cls, c, wq, bq = np.arange(n_out), np.ones(n_out), wg, bg
     else:
         cls, c = cur.cls, cur.scale
-        wq, bq = agg[cur.rep].copy(), b_eff[cur.rep].copy()
+        wq, bq = agg[cur.rep], b_one[cur.rep]
         kept = np.flatnonzero(cur.kept)
         wq[kept], bq[kept] = wg[:kept.size], bg[:kept.size]
     live = cls >= 0
-    resid = np.abs(agg)
-    resid[live] = np.abs(agg[live] - c[live, None, None] * wq[cls[live]])
-    gap = np.zeros_like(b_eff)
-    gap[live] = np.abs(b_eff[live] - c[live, None] * bq[cls[live]])
+    if not live.any():  # constant channels only: residual |A_t|, no bias gap
+        return vf, agg, b_eff, np.abs(agg), np.zeros(n_out)
+    idx, c_live = np.where(live, cls, 0), np.where(live, c, 0.0)
+    resid = wq[idx]
+    resid *= c_live[:, None, None]
+    np.abs(np.subtract(agg, resid, out=resid), out=resid)
+    gap = np.abs(b_one - c_live[:, None] * bq[idx]).max(axis=1)
+    gap[~live] = 0.0
     return vf, agg, b_eff, resid, gap
 
 
@@ -286,9 +320,9 @@ def channel_discrepancy_bound(f: Network, g: Network, parts: list, raw: Optional
     Bounds are carried per channel (the maximum over its positions), as rows ``(constant, coefficient
     of R)``: after the first layer, ``|z_t| <= sum_s (sum_k |w3[t, s, k]|) M_s + max |b_t|`` holds at
     every position, because the channel-wise steps average (weights >= 0 summing to <= 1) and zero
-    padding only drops terms. The cost is one pass over the weights per layer, not a convolution;
-    the first layer, whose input steps may be any operator, goes through the operators and is then
-    reduced to channel maxima when its input steps are not channel-wise."""
+    padding only drops terms. The cost is one pass over the weights per layer (:func:`abs_sums`), not a
+    convolution; the first layer, whose input steps may be any operator, goes through the operators and
+    is then reduced to channel maxima when its input steps are not channel-wise."""
     scale, shift = f.input_affine()
     m_in = np.vstack([np.abs(shift), np.abs(scale)])
     prev = mq = m_prev = e_prev = None
@@ -296,7 +330,7 @@ def channel_discrepancy_bound(f: Network, g: Network, parts: list, raw: Optional
         cur = parts[k] if k < len(parts) else None
         vf, agg, b_eff, resid, gap = _terms(layer, g.layers[k], prev, cur, raw[k] if raw is not None else None)
         n_out = vf.out_channels
-        abs_b = np.abs(layer.bias).reshape(n_out, -1).max(axis=1)
+        abs_b = np.abs(per_channel(layer.bias.reshape(n_out, -1))).max(axis=1)
         if prev is None and not all(_channelwise(o) for o in vf.pre):  # e.g. an NHWC Transpose
             wm = _chmax(layer.op.abs().forward(m_in), n_out)
             aggm = _chmax(rebuild(vf, np.abs(agg), False).forward(m_in), n_out)
@@ -305,12 +339,12 @@ def channel_discrepancy_bound(f: Network, g: Network, parts: list, raw: Optional
             if prev is None:  # the input's channels: classes of one channel each, no error yet
                 m_prev = mq = _chmax(m_in, vf.in_channels)
                 e_prev = np.zeros_like(m_prev)
-            s = np.abs(vf.w3).sum(axis=2)
+            s = abs_sums(vf.w3)
             wm = m_prev @ s.T
-            aggm = wm if prev is None else mq @ np.abs(agg).sum(axis=2).T
-            r = mq @ resid.sum(axis=2).T + e_prev @ s.T
+            aggm = wm if prev is None else mq @ abs_sums(agg).T
+            r = mq @ abs_sums(resid).T + e_prev @ s.T
         r = r + ROUNDING_MARGIN * (wm + abs_b + aggm)
-        r[0] += gap.max(axis=1)
+        r[0] += gap
         e = activation_lipschitz(layer.activation, layer.alpha) * r * (1 + 1e-9)
         if cur is not None:
             for t, vals in cur.constant.items():

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from lumpver.certificates.exact_conv import (ChannelPartition, aggregate, channel_view, channels_per_layer,
-                                             effective_bias, rebuild)
+                                             effective_bias, per_channel, rebuild)
 from lumpver.ir.network import Layer, Network
 from lumpver.progress import SILENT, Progress
 from lumpver.reductions.grouping import classify_signatures
@@ -44,10 +44,21 @@ class ChannelLumpResult:
         return {"tolerance": self.tolerance, "unit": "channel", "layers": [c.to_json() for c in self.classes]}
 
 
+def channel_signatures(agg: np.ndarray, b_eff: np.ndarray) -> np.ndarray:
+    """The rows ``[A[t] | b_eff[t]]`` that channel classes group, ``b_eff`` as ``(channels, positions)``.
+    A bias equal at every position (the usual case) enters as one column ``sqrt(positions) * b``: the
+    same norms, inner products, distances and ratios as ``positions`` equal columns, at a fraction of
+    the width (a 64x64 map has 4096 positions)."""
+    b = per_channel(b_eff)
+    if b.shape[1] < b_eff.shape[1]:
+        b = b * np.sqrt(b_eff.shape[1])
+    return np.hstack([agg.reshape(agg.shape[0], -1), b])
+
+
 def _classify(agg: np.ndarray, b_eff: np.ndarray, layer: Layer, tol: float) -> ChannelPartition:
     """Channel classes of one layer from the signatures ``[A[t] | b_eff[t]]``."""
     n = agg.shape[0]
-    sig = np.hstack([agg.reshape(n, -1), b_eff])
+    sig = channel_signatures(agg, b_eff)
     zero = ~np.any(agg.reshape(n, -1) != 0, axis=1)
     cls, scale = np.full(n, -1, dtype=np.int64), np.zeros(n)
     constant = {int(t): layer.activate(b_eff[t]) for t in np.flatnonzero(zero)}

@@ -45,6 +45,7 @@ from lumpver.ir.onnx_graph_export import save_graph
 from lumpver.ir.onnx_import import load_graph
 from lumpver.progress import SILENT, Progress
 from lumpver.reductions.base import PassContext, ReductionResult, remove_on_failure
+from lumpver.reductions.exact_conv import channel_signatures
 from lumpver.reductions.grouping import classify_signatures, group_rows
 
 EXACT_GRAPH_STATEMENT = ("for every input x: max_i |f_i(x) - g_i(x)| <= a + b * ||x||_inf, in exact real arithmetic "
@@ -86,7 +87,7 @@ def _classify(agg: np.ndarray, b_eff: np.ndarray, key: np.ndarray, tol: float) -
     """Channel classes within each key group (positive scales); zero filters are constants."""
     n = agg.shape[0]
     flat = agg.reshape(n, -1)
-    sig = np.hstack([flat, b_eff])
+    sig = channel_signatures(agg, b_eff)
     zero = ~np.any(flat != 0, axis=1)
     label, scale = np.full(n, -1, dtype=np.int64), np.ones(n)
     constant = {int(t): b_eff[t].copy() for t in np.flatnonzero(zero & (key >= 0))}
