@@ -249,23 +249,38 @@ def _chmax(a: np.ndarray, channels: int) -> np.ndarray:
     return a.reshape(a.shape[0], channels, -1).max(axis=2)
 
 
+_CHUNK = 1 << 15  # elements per step of abs_sums (256 kB of float64: stays in cache)
+
+
 def abs_sums(a: np.ndarray) -> np.ndarray:
-    """``sum_k |a[..., k]|`` in one pass over ``a`` through a cache-sized buffer (no full-size temporary);
-    a short last axis (conv kernels) is summed by a product with ones, a long one by ``np.sum``. Sums of
+    """``sum_k |a[..., k]|`` in one pass over ``a`` in its memory order, a cache-sized piece at a time
+    (no full-size temporary, no copy of a transposed view such as a MatMul weight). Sums of
     non-negative terms: relative rounding error at most ``K`` units, covered by the bound's ``1 + 1e-9``."""
-    k = a.shape[-1]
-    flat = a.reshape(-1, k)
-    out = np.empty(flat.shape[0])
-    step = max(1, (1 << 15) // max(k, 1))
-    buf, ones = np.empty((min(step, flat.shape[0]), k)), np.ones(k)
-    for i in range(0, flat.shape[0], step):
-        j = min(flat.shape[0], i + step)
-        chunk = np.abs(flat[i:j], out=buf[: j - i])
-        if k < 64:
-            np.matmul(chunk, ones, out=out[i:j])
-        else:
-            np.sum(chunk, axis=1, out=out[i:j])
-    return out.reshape(a.shape[:-1])
+    if a.size <= _CHUNK or a.ndim == 1:
+        return _abs_sums_small(a)
+    out = np.empty(a.shape[:-1])
+    if a.flags.c_contiguous:  # rows of the last axis one after the other
+        flat, rows = a.reshape(-1, a.shape[-1]), out.reshape(-1)
+        step = max(1, _CHUNK // a.shape[-1])
+        for i in range(0, flat.shape[0], step):
+            rows[i:i + step] = _abs_sums_small(flat[i:i + step])
+        return out
+    ax = int(np.argmax(a.strides[:-1]))  # the outermost axis in memory: its slices are compact
+    per = a.size // a.shape[ax]
+    step = _CHUNK // per
+    for i in range(0, a.shape[ax], max(step, 1)):
+        at = (slice(None),) * ax + ((slice(i, i + step),) if step else (i,))
+        out[at] = _abs_sums_small(a[at]) if step else abs_sums(a[at])
+    return out
+
+
+def _abs_sums_small(a: np.ndarray) -> np.ndarray:
+    """``sum_k |a[..., k]|`` of a small array; a short last axis (conv kernels) by a product with ones."""
+    b = np.abs(a)
+    k = b.shape[-1]
+    if 0 < k < 64 and b.ndim > 1:
+        return (b.reshape(-1, k) @ np.ones(k)).reshape(b.shape[:-1])
+    return b.sum(axis=-1)
 
 
 def per_channel(b: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from lumpver.errors import InputError
-from lumpver.fileio import sha256_file
+from lumpver.fileio import recorded_sha256, sha256_file
 from lumpver.ir.graph import GraphNetwork
 from lumpver.ir.network import Network
 
@@ -59,7 +59,7 @@ def file_ref(path: str | os.PathLike, base: Optional[Path] = None) -> dict[str, 
     """``{"path", "sha256"}`` for a model file; the path is stored relative to ``base`` if given."""
     p = Path(path)
     shown = os.path.relpath(p.resolve(), base.resolve()) if base is not None else str(p)
-    return {"path": shown, "sha256": sha256_file(p)}
+    return {"path": shown, "sha256": recorded_sha256(p)}  # hashed once, from the bytes read or written
 
 
 def make_certificate(

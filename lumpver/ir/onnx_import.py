@@ -25,11 +25,12 @@ from typing import Optional
 import numpy as np
 
 from lumpver.errors import InputError
+from lumpver.fileio import read_bytes
 from lumpver.ir.activations import BY_ONNX_OP
 from lumpver.ir.graph import GNode, GraphBuilder, GraphNetwork
 from lumpver.ir.network import Network
 from lumpver.ir.onnx_export import out_shape as op_out_shape
-from lumpver.ir.onnx_nodes import ELEMENTWISE, Builder, apply_node, check_finite_inputs, stored_arrays
+from lumpver.ir.onnx_nodes import ELEMENTWISE, Builder, all_finite, apply_node, check_finite_inputs, stored_arrays
 from lumpver.ir.onnx_spatial import auto_pads, sample_shape
 from lumpver.ir.pooling import MaxPool
 
@@ -63,8 +64,7 @@ def _read_model(path: str):
     from google.protobuf.message import DecodeError
 
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_bytes(path)
         if data[:2] == GZIP_MAGIC:  # VNN-COMP ships .onnx.gz: recognised by content, not suffix
             data = gzip.decompress(data)
     except OSError as e:
@@ -248,7 +248,7 @@ class _Walk:
             shape = self.gb.node(last).shape
             last = self.gb.add(GNode("scale", (last,), shape, steps=list(b.input_ops)))
         for k, layer in enumerate(layers):
-            if not (all(np.isfinite(a).all() for a in stored_arrays(layer.op)) and np.isfinite(layer.bias).all()):
+            if not (all(all_finite(a) for a in stored_arrays(layer.op)) and all_finite(layer.bias)):
                 raise InputError(f"layer {k} has non-finite weights after folding constants (overflow)", self.path)
             if layer.fan_in != self.gb.node(last).size:
                 raise InputError(f"a layer expects {layer.fan_in} inputs but its input has "

@@ -144,11 +144,17 @@ def stored_arrays(op: LinearOperator) -> list[np.ndarray]:
     return [getattr(op, a) for a in ("weight", "scale") if getattr(op, a, None) is not None]
 
 
+def all_finite(a: np.ndarray) -> bool:
+    """No NaN or Inf in ``a``: a NaN or Inf makes the sum non-finite, so a finite sum settles it in one
+    pass without a temporary; a non-finite sum (also an overflow of finite values) checks element-wise."""
+    return bool(np.isfinite(np.sum(a)) or np.isfinite(a).all())
+
+
 def check_finite_inputs(node, consts: dict, path: str, where: str) -> None:
     """Refuse NaN/Inf in the constants (weights, biases, normalisation) a data node uses."""
     for name in node.input:
         value = consts.get(name)
-        if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all():
+        if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating) and not all_finite(value):
             bad = "NaN" if np.isnan(value).any() else "Inf"
             raise InputError(f"initializer {name!r} holds {bad} values", path, where)
 
