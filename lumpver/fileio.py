@@ -157,7 +157,21 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+    write_text_atomic(path, dumps_json(obj) + "\n")
+
+
+def dumps_json(obj: Any, level: int = 0) -> str:
+    """JSON text (no NaN/Inf) with one object member or nested list item a line, indented by one space
+    a level, and each list of plain values on one line: readable, and the values go through json's C
+    encoder (``indent`` would use the pure-Python one, item by item)."""
+    pad, end = "\n" + " " * (level + 1), "\n" + " " * level
+    if isinstance(obj, dict) and obj:
+        return "{" + pad + ("," + pad).join(
+            f"{json.dumps(k if isinstance(k, str) else json.dumps(k, allow_nan=False))}: {dumps_json(v, level + 1)}"
+            for k, v in obj.items()) + end + "}"
+    if isinstance(obj, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in obj):
+        return "[" + pad + ("," + pad).join(dumps_json(v, level + 1) for v in obj) + end + "]"
+    return json.dumps(obj, allow_nan=False)
 
 
 class AtomicGroup:

@@ -39,3 +39,19 @@ def test_checker_hashes_the_file_even_when_a_same_size_tamper_keeps_the_mtime(tm
     assert recorded_sha256(out) != _sha(out)  # what the writer recorded: the bytes it wrote
     report = check_certificate(cert)
     assert not report.holds and any("SHA-256" in line for line in report.lines)
+
+
+def test_certificate_json_text_parses_back_to_the_same_object():
+    import json
+    import math
+
+    import pytest
+
+    from lumpver.fileio import dumps_json
+
+    obj = {"a": [1, 2.5, None, True, "x"], "b": {"c": [[1, 2], {"d": []}], "e": {}}, 3: "int key", "f": [],
+           "g": [{"h": -0.0}], "u": "\u00e9\"\\"}
+    want = json.loads(json.dumps(obj))  # the standard library's reading of the same object
+    assert json.loads(dumps_json(obj)) == want
+    with pytest.raises(ValueError):
+        dumps_json({"x": [math.nan]})

@@ -345,7 +345,8 @@ class ExactGraphPass:
 
     def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
         t0 = time.perf_counter()
-        f0 = load_graph(model_path)
+        # the caller's model is lumped; the bound reads both files afresh (f1, g2)
+        f0 = ctx.model if isinstance(ctx.model, GraphNetwork) else load_graph(model_path)
         try:
             dead = choose_removals(f0, {n: np.zeros(channels(f0.node(n)), dtype=bool) for n in f0.order})
             f = without_channels(f0, dead)  # dead channels: read by nothing (DESIGN.md §2)
