@@ -165,17 +165,30 @@ def n_kept(p: Optional[ChannelPartition], default: int) -> int:
 
 def aggregate(w3: np.ndarray, prev: Optional[ChannelPartition]) -> np.ndarray:
     """``A[t, C, k] = sum_{s in C} w3[t, s, k] c_s`` (constant channels excluded; ``w3`` itself for the
-    first layer): one sparse product of the class-membership matrix with the input-channel-major filters."""
+    first layer): a sparse product of the class-membership matrix with the input-channel-major filters,
+    read in memory order (a transposed MatMul weight is input-major already); filters stored output-major
+    (Conv) are transposed a few output channels at a time into a cache-sized buffer, never whole."""
     if prev is None:
         return w3
     from scipy import sparse
 
     live = np.flatnonzero(prev.cls >= 0)
-    member = sparse.csr_matrix((prev.scale[live], (prev.cls[live], live)), shape=(prev.rep.size, w3.shape[1]))
-    rest = sorted((0, 2), key=lambda a: -w3.strides[a])  # the other axes in memory order: no copy to flatten
-    by_input = w3.transpose(1, *rest).reshape(w3.shape[1], -1)
-    out = np.asarray(member @ by_input).reshape(prev.rep.size, *(w3.shape[a] for a in rest))
-    return out.transpose(np.argsort([1, *rest]))
+    n_cls, (n_out, n_in, k) = prev.rep.size, w3.shape
+    member = sparse.csr_matrix((prev.scale[live], (prev.cls[live], live)), shape=(n_cls, n_in))
+    rest = sorted((0, 2), key=lambda a: -w3.strides[a])  # the other axes in memory order
+    by_input = w3.transpose(1, *rest)
+    if by_input.flags.c_contiguous:
+        out = np.asarray(member @ by_input.reshape(n_in, -1)).reshape(n_cls, *(w3.shape[a] for a in rest))
+        return out.transpose(np.argsort([1, *rest]))
+    out = np.empty((n_out, n_cls, k))
+    step = max(1, 4 * _CHUNK // max(1, n_in * k))
+    buf = np.empty((n_in, min(step, n_out), k))
+    for t0 in range(0, n_out, step):
+        n = min(step, n_out - t0)
+        piece = buf if n == buf.shape[1] else np.empty((n_in, n, k))
+        np.copyto(piece, w3[t0:t0 + n].transpose(1, 0, 2))
+        out[t0:t0 + n] = np.asarray(member @ piece.reshape(n_in, -1)).reshape(n_cls, n, k).transpose(1, 0, 2)
+    return out
 
 
 def constant_map(prev: Optional[ChannelPartition], n_features: int) -> Optional[np.ndarray]:
