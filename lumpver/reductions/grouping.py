@@ -65,15 +65,17 @@ def group_rows(rows: np.ndarray, mode: str, tol: float, seed: int = 20240601) ->
             label[idx] = len(reps)
             reps.append(int(idx[0]))
             return
-        local: list[int] = []  # this run's representatives (row indices)
-        for i in idx:
-            hit = np.flatnonzero(matches(np.array(local), int(i))) if local else np.zeros(0, int)
-            if hit.size:
-                label[i] = label[local[hit[0]]]
+        near = _near(keys[idx], signed, tol) if idx.size <= 4 * _RUN_LIMIT else None  # n^2 entries: small runs
+        local = np.zeros(idx.size, dtype=bool)  # this run's representatives (positions in idx)
+        for a, i in enumerate(idx.tolist()):
+            cand = np.flatnonzero(local if near is None else local & near[a])  # the exact test only for these
+            hit = np.flatnonzero(matches(idx[cand], i)) if cand.size else ()
+            if len(hit):
+                label[i] = label[idx[cand[hit[0]]]]
             else:
                 label[i] = len(reps)
-                reps.append(int(i))
-                local.append(int(i))
+                reps.append(i)
+                local[a] = True
 
     def split(idx: np.ndarray, depth: int) -> None:
         if idx.size == 1:
@@ -95,6 +97,15 @@ def group_rows(rows: np.ndarray, mode: str, tol: float, seed: int = 20240601) ->
 
     split(np.arange(n), 0)
     return _renumber(label, np.array(reps, dtype=np.int64))
+
+
+def _near(keys: np.ndarray, signed: bool, tol: float) -> np.ndarray:
+    """Pairs of unit rows that may be within ``tol`` (up to sign when ``signed``), from one Gram matrix:
+    ``|u -+ t|^2 = 2 -+ 2 u.t`` up to rounding of ``8 d`` units (d = row length), which the slack covers,
+    so every pair the exact test in :func:`group_rows` accepts is among them."""
+    gram = keys @ keys.T
+    dist2 = 2.0 - 2.0 * (np.abs(gram) if signed else gram)
+    return dist2 <= tol * tol + 16 * (keys.shape[1] + 2) * np.finfo(float).eps
 
 
 def classify_signatures(sig: np.ndarray, activation: str, tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
