@@ -88,12 +88,16 @@ def group_rows(rows: np.ndarray, mode: str, tol: float, seed: int = 20240601) ->
         p = project(idx, depth)
         order = np.argsort(p, kind="stable")
         cuts = np.flatnonzero(np.diff(p[order]) > tol * 1.0001) + 1
-        runs = np.split(idx[order], cuts)
-        if len(runs) == 1 and depth > 0:
+        if cuts.size == 0 and depth > 0:
             greedy(idx) if idx.size <= 4 * _RUN_LIMIT else split(idx, depth + 1)
             return
-        for run in runs:
-            split(run, depth + 1)
+        bounds, ordered = [0, *cuts.tolist(), idx.size], idx[order]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b - a == 1:  # a row alone in its run: a group of its own
+                label[ordered[a]] = len(reps)
+                reps.append(int(ordered[a]))
+            else:
+                split(ordered[a:b], depth + 1)
 
     split(np.arange(n), 0)
     return _renumber(label, np.array(reps, dtype=np.int64))
