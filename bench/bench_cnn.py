@@ -221,7 +221,7 @@ def run_memory(repeat: int, big_channels: int) -> None:
     from lumpver.ir.onnx_import import load_model
     from lumpver.ir.planted import planted_cnn
 
-    print("| model | parameters | read-once s | exact lumping s | ratio (goal <= 3) | peak heap MB | unrolled dense MB | "
+    print("| model | parameters | read-once ms | exact lumping ms | ratio (goal <= 3) | peak heap MB | unrolled dense MB | "
           "channels before -> after |\n|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as d:
         big = planted_cnn(channels=(big_channels, big_channels), core=(big_channels // 8, big_channels // 16),
@@ -235,7 +235,7 @@ def run_memory(repeat: int, big_channels: int) -> None:
             red = min(_timed(lambda: reduce_exact_to_files(src, out, cert)) for _ in range(repeat))
             peak = _peak_bytes(lambda: reduce_exact_to_files(src, out, cert))
             st = json.loads(cert.read_text())["stats"]
-            print(f"| {name} | {net.n_params} | {base:.3f} | {red:.3f} | {red / base:.2f} | {peak / 1e6:.1f} | "
+            print(f"| {name} | {net.n_params} | {base * 1e3:.2f} | {red * 1e3:.1f} | {red / base:.2f} | {peak / 1e6:.1f} | "
                   f"{_unrolled_bytes(net) / 1e6:.0f} | {st['channels_before']} -> {st['channels_after']} |", flush=True)
 
 
