@@ -33,6 +33,7 @@ from lumpver.ir.network import Layer, Network, activation_lipschitz
 from lumpver.ir.operators import ComposedOperator, DenseOperator, LinearOperator
 
 ROUNDING_MARGIN = 1e-12
+_CHUNK = 1 << 15  # float64 elements a piece of abs_sums / aggregate handles (256 kB: stays in cache)
 CHANNELWISE = (PadOperator, AvgPoolOperator, GlobalAveragePool)
 
 
@@ -260,9 +261,6 @@ def channel_classes_fit(f: Network, g: Network, parts: list[ChannelPartition], r
 def _chmax(a: np.ndarray, channels: int) -> np.ndarray:
     """Per-feature rows ``(2, channels * positions)`` -> their maximum over each channel's positions."""
     return a.reshape(a.shape[0], channels, -1).max(axis=2)
-
-
-_CHUNK = 1 << 15  # elements per step of abs_sums (256 kB of float64: stays in cache)
 
 
 def abs_sums(a: np.ndarray) -> np.ndarray:
