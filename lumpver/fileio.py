@@ -61,7 +61,9 @@ def _stat_key(st: os.stat_result) -> tuple:
 
 
 def _record(path: str | os.PathLike, st: os.stat_result, digest: _Digest) -> None:
-    key = os.path.realpath(path)
+    """Keyed by the absolute path (no symlink resolution: another spelling of the file is a miss, hashed
+    from disk)."""
+    key = os.path.abspath(path)
     _recorded.pop(key, None)
     _recorded[key] = (_stat_key(st), digest)
     while len(_recorded) > _MAX_RECORDED:
@@ -82,7 +84,7 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 def recorded_sha256(path: str | os.PathLike) -> str:
     """The SHA-256 of the bytes last read or written at ``path`` by this process while the file is
     unchanged since, else of the file now (module docstring). For certificate writers only."""
-    entry = _recorded.get(os.path.realpath(path))
+    entry = _recorded.get(os.path.abspath(path))
     if entry is not None:
         try:
             same = _stat_key(os.stat(path)) == entry[0]
