@@ -23,11 +23,14 @@ channel pruning, weight pruning, coreset filter pruning (keep 0.5) and 8-bit per
 each certified on the input set (``--timeout`` seconds): channels per hidden layer, the largest error
 onnxruntime shows on sampled points of the set (a lower bound) and the certified bound.
 
+``ablump``: the ``memory`` models' exact lumping at git revision ``--base`` and at the working tree, each in
+fresh processes alternating per model (so machine load hits both alike): wall and CPU time against read-once.
+
 ``ab``: ``lumpver verify --backend B`` of one class (``--only``, default oval21) at the git revision ``--base`` and at
 the working tree, alternating per instance (so machine load hits both alike), each a fresh process with
 ``--workers``: per instance the answer and wall seconds of both, and the decided count and summed seconds.
 
-Usage: python bench/bench_cnn.py [verify|lump|memory|prune|all|ab] [--timeout 30] [--backend interval] [--only maxpool]
+Usage: python bench/bench_cnn.py [verify|lump|memory|prune|all|ab|ablump] [--timeout 30] [--backend interval] [--only maxpool]
        [--repeat 3]
        [--channels 256] [--big-channels 128] [--base REV] [--workers 1]
 """
@@ -187,6 +190,48 @@ def run_lump(repeat: int, channels: int) -> None:
               f"reduce --mode exact {red:.3f}s, ratio {red / base:.2f}x (goal <= 3x)")
 
 
+_AB_LUMP = """
+import sys, time
+from pathlib import Path
+from bench.bench_lumping import baseline_load_touch_save
+from lumpver.api.reduce import reduce_exact_to_files
+src, d, repeat = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+def timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w, time.process_time() - c
+runs = [(timed(lambda: baseline_load_touch_save(Path(src), d / "copy.onnx")),
+         timed(lambda: reduce_exact_to_files(src, d / "r.onnx", d / "r.json"))) for _ in range(repeat)]
+print(*(min(r[i][j] for r in runs) for i in (0, 1) for j in (0, 1)))
+"""
+
+
+def run_ab_lump(base: str, repeat: int, big_channels: int, rounds: int = 3) -> None:
+    """Exact lumping at git revision ``base`` and at the working tree, each a fresh process, alternating per
+    model and round (machine load hits both alike): best-of-``repeat`` wall and CPU time (all threads) of
+    ``reduce --mode exact`` against read-once, in each process."""
+    from lumpver.ir.onnx_export import save_onnx
+    from lumpver.ir.planted import planted_cnn
+
+    print("| model | revision | read-once ms (CPU) | exact lumping ms (CPU) | ratio wall | ratio CPU |\n|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tree").mkdir()
+        tree = _tree_at(base, Path(tmp) / "tree")
+        big = planted_cnn(channels=(big_channels, big_channels), core=(big_channels // 8, big_channels // 16),
+                          pool="avg", image=(3, 64, 64), n_outputs=10, seed=0)
+        save_onnx(big.network, Path(tmp) / "planted_big.onnx")
+        models = [(name, path) for name, path, _ in _shared_models()] + [("planted 3x64x64", Path(tmp) / "planted_big.onnx")]
+        for _ in range(rounds):
+            for name, src in models:
+                for label, root in ((base, tree), ("now", Path(__file__).resolve().parents[1])):
+                    env = dict(os.environ, PYTHONPATH=str(root))
+                    out = subprocess.run([sys.executable, "-c", _AB_LUMP, str(src), tmp, str(repeat)], cwd=root, env=env,
+                                         capture_output=True, text=True, check=True).stdout.split()
+                    bw, bc, rw, rc = map(float, out)
+                    print(f"| {name} | {label} | {bw * 1e3:.2f} ({bc * 1e3:.2f}) | {rw * 1e3:.1f} ({rc * 1e3:.1f}) | "
+                          f"{rw / bw:.2f} | {rc / bc:.2f} |", flush=True)
+
+
 def _shared_models() -> list[tuple[str, Path, Path]]:
     """(name, model, property of its first instance) of each shared CNN class."""
     first: dict[str, tuple[str, Path, Path]] = {}
@@ -301,7 +346,7 @@ def _timed(fn) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="?", default="all", choices=("verify", "lump", "memory", "prune", "all", "ab"))
+    ap.add_argument("what", nargs="?", default="all", choices=("verify", "lump", "memory", "prune", "all", "ab", "ablump"))
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--backend", default="interval")
     ap.add_argument("--only", default="", choices=("",) + tuple(CLASSES), help="verify one instance class")
@@ -313,6 +358,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.what == "ab":
         run_ab(a.base, a.only, a.timeout, a.workers, a.backend)
+        return
+    if a.what == "ablump":
+        run_ab_lump(a.base, a.repeat, a.big_channels)
         return
     if a.what in ("verify", "all"):
         run_verify(a.timeout, a.backend, a.only)
