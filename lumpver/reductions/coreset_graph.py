@@ -42,6 +42,7 @@ class GraphCoresetResult:
     """The pruned graph, what happened at each sampled node, and the hidden nodes kept as they are."""
 
     reduced: GraphNetwork
+    rows: list[list[int]] = field(default_factory=list)  # removed channels per node (pruning_graph.GraphRemoval)
     layers: dict[str, LayerCoreset] = field(default_factory=dict)
     untouched: list[str] = field(default_factory=list)
 
@@ -139,5 +140,6 @@ def coreset_prune_graph(net: GraphNetwork, keep: float, norms: Optional[dict[str
         res.layers[nid] = _sample_node(work, nid, *route, keep, beta, rng, delta)
         progress.say(f"coreset: node {net.node(nid).source or nid} keeps {res.layers[nid].kept.size} of "
                      f"{channels(net.node(nid))} filters")
-    res.reduced = remove_zeroed(work, progress).reduced
+    rem = remove_zeroed(work, progress)
+    res.reduced, res.rows = rem.reduced, rem.rows
     return res

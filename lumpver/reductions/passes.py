@@ -34,7 +34,7 @@ from lumpver.reductions.onset import reduce_on_set_to_files
 from lumpver.reductions.channel_conv import stored_arrays
 from lumpver.reductions.coreset_graph import coreset_prune_graph, input_norms
 from lumpver.reductions.pruning import channel_keep_sets, magnitude_prune, neuron_keep_sets, sparsity
-from lumpver.reductions.pruning_graph import magnitude_prune_graph
+from lumpver.reductions.pruning_graph import certify_removed, magnitude_prune_graph
 from lumpver.reductions.quantize import quantize_graph, quantize_network, quantize_summary, save_quantized
 from lumpver.specs.calibration import load_calibration
 
@@ -147,8 +147,8 @@ class MagnitudePrunePass:
             method = {"method": "magnitude", "keep": keep, "granularity": self.granularity, "scope": scope,
                       "graph": True, "sparsity": sparsity(res.zeroed), "channels_pruned": res.pruned,
                       "channels_removed": res.removed, "channels_zeroed": res.pruned - res.removed}
-            out = _certify_or_note(model_path, out_path, cert_path, ctx, None, method, time.perf_counter() - t0,
-                                   "magnitude pruning", timeout=self.timeout)
+            out = _certify_removed_or_note(model_path, out_path, cert_path, ctx, res.rows, method,
+                                           time.perf_counter() - t0, "magnitude pruning", self.timeout)
             out.summary[:0] = [_graph_sizes(net, res.reduced)] + ([res.summary()] if self.granularity == "channel" else [])
             return out
         pruned = magnitude_prune(net, keep, self.granularity, scope)
@@ -162,6 +162,18 @@ class MagnitudePrunePass:
                                "magnitude pruning", timeout=self.timeout)
         out.summary.insert(0, _sizes(net, pruned))
         return out
+
+
+def _certify_removed_or_note(model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext, rows: list,
+                             method: dict[str, Any], seconds: float, what: str, timeout: float) -> ReductionResult:
+    """:func:`_certify_or_note` for a graph whose pruned channels were removed (``rows`` per node):
+    certified with them restored as zeros (:func:`lumpver.reductions.pruning_graph.certify_removed`)."""
+    if ctx.input_set is None or not any(rows):
+        return _certify_or_note(model_path, out_path, cert_path, ctx, None, method, seconds, what, timeout=timeout)
+    with remove_on_failure(out_path):
+        cert = certify_removed(model_path, out_path, cert_path, ctx.input_set, rows, method, seconds, timeout,
+                               ctx.progress)
+    return ReductionResult(Path(out_path), Path(cert_path), cert, _bounded_summary(cert, "linf"))
 
 
 def _graph_sizes(before: GraphNetwork, after: GraphNetwork) -> str:
@@ -220,8 +232,8 @@ class CoresetPass:
         bound = sum(lc.coreset_bound for lc in res.layers.values())
         betas = {net.node(n).source or n: (norms or {}).get(net.node(n).inputs[0], 1.0) for n in res.layers}
         method = self._method(keep, betas, bound, res.to_json(net)) | {"graph": True}
-        out = _certify_or_note(model_path, out_path, cert_path, ctx, None, method, time.perf_counter() - t0,
-                               "coreset pruning", timeout=self.timeout)
+        out = _certify_removed_or_note(model_path, out_path, cert_path, ctx, res.rows, method,
+                                       time.perf_counter() - t0, "coreset pruning", self.timeout)
         kept = [net.node(n).source or n for n in res.untouched]
         note = (f"filters sampled in {len(res.layers)} conv/dense node(s); {len(kept)} hidden node(s) kept as they "
                 f"are (their channels feed an Add, a Concat or the output){': ' + ', '.join(kept) if kept else ''}")

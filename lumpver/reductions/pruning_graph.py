@@ -21,15 +21,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from lumpver.certificates.bounded_graph import restore_channels
 from lumpver.certificates.graph_channels import channel_views, channels, lumped_input, removal_problem, \
     without_channels
 from lumpver.errors import InputError
 from lumpver.ir.activations import get_activation
 from lumpver.ir.graph import GraphNetwork
 from lumpver.progress import SILENT, Progress
+from lumpver.specs.inputset import InputSet
+from lumpver.ir.onnx_import import load_graph
+from lumpver.reductions.certify import certify_graph, sampled_error, write_bounded
 from lumpver.reductions.channel_conv import stored_weight, with_stored_weight
 from lumpver.reductions.exact_graph import choose_removals
 from lumpver.reductions.pruning import keep_sets, masks_of
@@ -123,6 +129,7 @@ class GraphRemoval:
 
     reduced: GraphNetwork
     removed: dict[str, np.ndarray]
+    rows: list[list[int]]  # the removed channels per node, topological order (the certificate's ``restored``)
 
     def count(self, nodes: list[str]) -> int:
         return sum(int(self.removed[n].size) for n in nodes)
@@ -136,11 +143,11 @@ def remove_zeroed(net: GraphNetwork, progress: Progress = SILENT) -> GraphRemova
         removed = choose_removals(net, zero, progress)
     except InputError as e:  # a grouped conv or a channel-mixing step: nothing removable there
         progress.say(f"zeroed channels kept (no channel structure to remove them): {e}")
-        return GraphRemoval(net, {n: np.zeros(0, dtype=np.int64) for n in net.order})
+        return GraphRemoval(net, {n: np.zeros(0, dtype=np.int64) for n in net.order}, [[] for _ in net.order])
     problem = removal_problem(net, removed, zero)
     if problem is not None:  # the selection and the rule disagree: a bug, never a smaller model
         raise AssertionError(f"graph channel removal is not valid: {problem}")
-    return GraphRemoval(without_channels(net, removed), removed)
+    return GraphRemoval(without_channels(net, removed), removed, [removed[n].tolist() for n in net.order])
 
 
 @dataclass
@@ -149,6 +156,7 @@ class GraphPruneResult:
 
     zeroed: GraphNetwork
     reduced: GraphNetwork
+    rows: list[list[int]]  # removed channels per node (:class:`GraphRemoval`)
     pruned: int  # channels of hidden nodes pruned (zeroed by the rule)
     removed: int  # of those, removed from the graph
     extra: int  # other node channels removed (dead or identically 0 in the original)
@@ -167,7 +175,7 @@ def magnitude_prune_graph(net: GraphNetwork, keep: float, granularity: str = "we
         raise ValueError("the keep fraction must lie in [0, 1]")
     if granularity == "weight":
         g = prune_graph_weights(net, round(1.0 - keep, 12), scope)
-        return GraphPruneResult(g, g, 0, 0, 0)
+        return GraphPruneResult(g, g, [[] for _ in g.order], 0, 0, 0)
     if granularity != "channel":
         raise InputError(f"{granularity} pruning of a graph network: use --granularity weight or channel")
     zeroed, kept = prune_graph_channels(net, keep, scope)
@@ -176,4 +184,19 @@ def magnitude_prune_graph(net: GraphNetwork, keep: float, granularity: str = "we
     pruned = {n: np.setdiff1d(np.arange(channels(net.node(n))), k) for n, k in zip(hidden, kept)}
     n_removed = sum(int(np.intersect1d(pruned[n], rem.removed[n]).size) for n in hidden)
     extra = sum(int(np.setdiff1d(rem.removed[n], pruned[n]).size) for n in hidden)
-    return GraphPruneResult(zeroed, rem.reduced, sum(p.size for p in pruned.values()), n_removed, extra)
+    return GraphPruneResult(zeroed, rem.reduced, rem.rows, sum(p.size for p in pruned.values()), n_removed, extra)
+
+
+def certify_removed(model_path: Path, out_path: Path, cert_path: Path, input_set: InputSet, rows: list[list[int]],
+                    method: dict[str, Any], seconds: float, timeout: float, progress: Progress = SILENT) -> dict:
+    """Certify the written pruned graph against the original on X and write the ``bounded``
+    certificate: the ``graph_diff`` bound of f and g with its removed channels restored as zeros
+    (:func:`lumpver.certificates.bounded_graph.restore_channels`; f's shapes, so node-wise deltas
+    apply), recorded as ``restored`` for the checker."""
+    f, g = load_graph(model_path), load_graph(out_path)
+    full, _ = restore_channels(g, rows)
+    res = certify_graph(f, full, input_set, "linf", timeout)
+    res.evidence["restored"] = rows
+    sampled = sampled_error(model_path, out_path, input_set, "linf")
+    progress.say(f"certified linf error <= {res.epsilon:.6g} on the input set (sampled maximum {sampled:.6g})")
+    return write_bounded(model_path, out_path, cert_path, f, g, input_set, res, method, seconds, sampled)
