@@ -86,8 +86,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     f = load_model(MODEL)
     sets = [load_input_set(DATA / "specs_maxpool" / f"prop_{p}_0.004.vnnlib", f.n_inputs)
-            for p in map(int, args.props.split(","))]
-    run("Convnet_maxpool", MODEL, sets, args.timeout, tmp)
+            for p in map(int, filter(None, args.props.split(",")))]
+    if sets:  # --props '' : the planted ResNet only
+        run("Convnet_maxpool", MODEL, sets, args.timeout, tmp)
     r = random_resnet(image=(3, 16, 16), channels=8, blocks=1, stem_stride=1, hidden=16, n_outputs=10, seed=3)
     save_graph(r, tmp / "resnet.onnx")
     c = np.random.default_rng(4).uniform(0.3, 0.7, r.n_inputs)
