@@ -51,7 +51,8 @@ def build(method: str, f, path: Path) -> None:
     else:
         unit, share = method.split("-")
         keep = 1.0 - float(share.rstrip("%")) / 100.0
-        save_graph(magnitude_prune_graph(f, keep, unit.rstrip("s"), "layer" if unit == "channels" else "global").zeroed, path)
+        res = magnitude_prune_graph(f, keep, unit.rstrip("s"), "layer" if unit == "channels" else "global")
+        save_graph(res.zeroed, path)  # channels zeroed, shapes kept (bench_graph_prune.py: removed)
 
 
 def tiny() -> None:

@@ -13,13 +13,14 @@ import math
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 
 from lumpver.certificates.format import check_certificate, file_ref
 from lumpver.cli import main
 from lumpver.ir.onnx_graph_export import save_graph
 from lumpver.ir.planted import random_dag_cnn
-from lumpver.ir.planted_resnet import random_resnet
+from lumpver.ir.planted_resnet import random_dense_resnet, random_resnet
 from lumpver.ir.runtime import run_onnx
 from lumpver.reductions.pruning_graph import magnitude_prune_graph
 from lumpver.specs.inputset import Box, InputSet
@@ -47,22 +48,24 @@ def _params(path) -> int:
     return sum(int(np.prod(i.dims)) for i in onnx.load(str(path)).graph.initializer)
 
 
-def _kept_by_score(w: np.ndarray, b: np.ndarray, keep: float) -> np.ndarray:
-    """Channels kept by the magnitude rule, recomputed: the ceil(keep * C) largest ||[w_t, b_t]||."""
-    score = np.sqrt(np.sum(w.reshape(w.shape[0], -1).astype(np.float64) ** 2, axis=1) + b.astype(np.float64) ** 2)
-    n_keep = max(1, math.ceil(round(keep * score.size, 9)))
-    return np.sort(np.argsort(-score, kind="stable")[:n_keep])
+def _score(w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.sum(w.reshape(w.shape[0], -1).astype(np.float64) ** 2, axis=1) + b.astype(np.float64) ** 2)
 
 
-def _zeroed_reference(src, dst, keep: float) -> list[np.ndarray]:
-    """Write ``src`` with the pruned channels of every hidden Conv/Gemm zeroed (filter and bias);
-    return the kept channel sets."""
+def _zeroed_reference(src, dst, keep: float, linked: tuple[int, ...] = ()) -> list[np.ndarray]:
+    """Write ``src`` with the pruned channels of every hidden Conv/Gemm zeroed (filter and bias): the
+    ceil(keep * C) channels of largest ||[w_t, b_t]|| kept, ranked jointly (2-norm of the scores) over
+    the ``linked`` Conv/Gemm positions (a residual group); return the kept channel sets."""
     model = onnx.load(str(src))
     inits = {i.name: i for i in model.graph.initializer}
+    arrays = [(numpy_helper.to_array(inits[wn]).copy(), numpy_helper.to_array(inits[bn]).copy())
+              for wn, bn in _weighted(model)[:-1]]
+    scores = [_score(w, b) for w, b in arrays]
+    joint = np.sqrt(sum(scores[k] ** 2 for k in linked)) if linked else None
     kept_sets = []
-    for wn, bn in _weighted(model)[:-1]:
-        w, b = numpy_helper.to_array(inits[wn]).copy(), numpy_helper.to_array(inits[bn]).copy()
-        kept = _kept_by_score(w, b, keep)
+    for k, ((wn, bn), (w, b)) in enumerate(zip(_weighted(model)[:-1], arrays)):
+        score = joint if k in linked else scores[k]
+        kept = np.sort(np.argsort(-score, kind="stable")[:max(1, math.ceil(round(keep * score.size, 9)))])
         drop = np.setdiff1d(np.arange(w.shape[0]), kept)
         w[drop], b[drop] = 0, 0
         inits[wn].CopyFrom(numpy_helper.from_array(w, wn))
@@ -99,7 +102,8 @@ def _certified(tmp_path, capsys, a, out, spec, box: Box, *opts) -> dict:
     """Run ``prune`` with a certificate; check it re-checks, bounds 2000 onnxruntime samples and that
     a halved epsilon is caught. The certificate."""
     cert = out.with_suffix(".json")
-    code, text = _cli(capsys, "prune", a, *opts, "--input-set", spec, "-o", out, "--certificate", cert, "--timeout", 0.5)
+    code, text = _cli(capsys, "prune", a, *opts, "--input-set", spec, "-o", out, "--certificate", cert,
+                      "--timeout", 0.5)
     assert code == 0, text
     c = json.loads(cert.read_text())
     xs = box.sample(2000, np.random.default_rng(5), corners=True)
@@ -132,17 +136,15 @@ def test_channel_prune_of_a_resnet_removes_channels_and_certifies(tmp_path, caps
     write_box_spec(spec, box)
     cert = _certified(tmp_path, capsys, a, out, spec, box, "--method", "magnitude", "--granularity", "channel",
                       "--keep", KEEP)
-    stem, conv1, conv2, dense = _zeroed_reference(a, ref, KEEP)
+    stem, conv1, conv2, dense = _zeroed_reference(a, ref, KEEP, linked=(0, 2))  # stem and branch end: one Add
     xs = box.sample(500, np.random.default_rng(7)) * 4 - 1.5  # far outside the box too: equal everywhere
     y_ref, y_out = run_onnx(ref, xs), run_onnx(out, xs)
     np.testing.assert_allclose(y_out, y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max())
-    residual_removed = np.setdiff1d(np.arange(6), np.union1d(stem, conv2)).size
-    want = [6 - residual_removed, conv1.size, 6 - residual_removed, dense.size, 3]
-    assert _out_channels(out) == want  # a residual channel goes only where stem and branch both dropped it
+    np.testing.assert_array_equal(stem, conv2)
+    assert _out_channels(out) == [stem.size, conv1.size, conv2.size, dense.size, 3] == [3, 3, 3, 4, 3]
     assert _params(out) < _params(a)
     m = _method(cert)
-    assert (m["channels_pruned"], m["channels_removed"]) == (6 * 3 + 8 - (2 * 3 + conv1.size + dense.size),
-                                                            2 * residual_removed + 3 + 4)
+    assert (m["channels_pruned"], m["channels_removed"]) == (13, 13)  # the residual group ranked jointly: all go
     assert f"{m['channels_removed']} removed, {m['channels_zeroed']} only zeroed" in cert["_text"]
 
 
@@ -189,8 +191,11 @@ def test_coreset_on_a_resnet_samples_filters_and_certifies(tmp_path, capsys):
     assert "kept as they are" in cert["_text"] and _method(cert)["method"] == "coreset"
 
 
-def test_product_graph_of_graphs_with_different_channel_counts():
-    f = random_resnet(image=(1, 2, 2), channels=2, blocks=1, stem_stride=1, hidden=3, n_outputs=2, seed=6)
+@pytest.mark.parametrize("f", [random_resnet(image=(1, 2, 2), channels=2, blocks=1, stem_stride=1, hidden=3,
+                                              n_outputs=2, seed=9),
+                               random_dense_resnet(n_inputs=3, width=4, blocks=1, n_outputs=2, seed=6)],
+                         ids=["conv-resnet", "dense-resnet"])
+def test_product_graph_of_graphs_with_different_channel_counts(f):
     res = magnitude_prune_graph(f, 0.5, "channel", "layer")
     g = res.reduced
     assert g.hidden_channels != f.hidden_channels and res.removed > 0

@@ -57,7 +57,8 @@ def restore_channels(g: GraphNetwork, rows: list) -> tuple[GraphNetwork, dict[st
             view = channel_view(node.op, channels(g.node(src)) if lumped else None)
             rows_at = _full(view.out_channels, r)
             cols_at = _full(view.in_channels, removed[src]) if lumped else np.arange(view.in_channels)
-            w3 = np.zeros((rows_at.size + r.size, cols_at.size + (removed[src].size if lumped else 0), view.w3.shape[2]))
+            n_in = cols_at.size + (removed[src].size if lumped else 0)
+            w3 = np.zeros((rows_at.size + r.size, n_in, view.w3.shape[2]))
             w3[np.ix_(rows_at, cols_at)] = view.w3
             bias = np.zeros((w3.shape[0], node.bias.size // view.out_channels))
             bias[rows_at] = node.bias.reshape(view.out_channels, -1)

@@ -149,7 +149,8 @@ class MagnitudePrunePass:
                       "channels_removed": res.removed, "channels_zeroed": res.pruned - res.removed}
             out = _certify_removed_or_note(model_path, out_path, cert_path, ctx, res.rows, method,
                                            time.perf_counter() - t0, "magnitude pruning", self.timeout)
-            out.summary[:0] = [_graph_sizes(net, res.reduced)] + ([res.summary()] if self.granularity == "channel" else [])
+            counts = [res.summary()] if self.granularity == "channel" else []
+            out.summary[:0] = [_graph_sizes(net, res.reduced)] + counts
             return out
         pruned = magnitude_prune(net, keep, self.granularity, scope)
         save_onnx(pruned, out_path)

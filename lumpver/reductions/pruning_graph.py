@@ -7,7 +7,10 @@ The hidden layers are the ``affine`` (conv/dense) nodes other than the output no
 * Channel granularity: per hidden node (``scope="layer"``) or over all of them (``"global"``), the
   channels with the smallest score ``||[filter_t, b_t]||_2`` (``b_t`` the root mean square of the
   channel's bias over its positions; a channel read through an Add or Concat has no single outgoing
-  weight) are *pruned*: filter and bias set to 0 (:func:`prune_graph_channels`). A pruned channel is
+  weight) are *pruned*: filter and bias set to 0 (:func:`prune_graph_channels`). Hidden nodes whose
+  channels are linked through residual Adds (the stem and the last conv of every branch adding into
+  it) form one unit ("layer"): a linked group of channels scores the 2-norm of its members' scores and
+  is kept or pruned as a whole, so that pruned residual channels can go. A pruned channel is
   then identically 0 after a ReLU (:func:`zero_flags`), and :func:`remove_zeroed` drops it with the
   machinery of exact graph lumping (:func:`lumpver.reductions.exact_graph.choose_removals`,
   :func:`lumpver.certificates.graph_channels.without_channels`): channels are linked across
@@ -15,11 +18,17 @@ The hidden layers are the ``affine`` (conv/dense) nodes other than the output no
   channel only where the stem and every branch adding into it are pruned, or read by nothing), never
   from the input, a normalisation or the output. The other pruned channels stay *zeroed*. The removal
   changes no value for any input (:func:`lumpver.certificates.graph_channels.removal_problem`, checked),
-  so the smaller graph computes exactly what the zeroed one computes.
+  so the smaller graph computes what the zeroed one computes in real arithmetic (float32 evaluation
+  differs by rounding only: the summation order changes).
+
+Certification on an input set (:func:`certify_removed`): the ``graph_diff`` bound of f against the
+written graph with its removed channels restored as zeros
+(:func:`lumpver.certificates.bounded_graph.restore_channels`, re-checked by ``lumpver check``).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +41,13 @@ from lumpver.certificates.graph_channels import channel_views, channels, lumped_
 from lumpver.errors import InputError
 from lumpver.ir.activations import get_activation
 from lumpver.ir.graph import GraphNetwork
-from lumpver.progress import SILENT, Progress
-from lumpver.specs.inputset import InputSet
 from lumpver.ir.onnx_import import load_graph
+from lumpver.progress import SILENT, Progress
 from lumpver.reductions.certify import certify_graph, sampled_error, write_bounded
 from lumpver.reductions.channel_conv import stored_weight, with_stored_weight
-from lumpver.reductions.exact_graph import choose_removals
+from lumpver.reductions.exact_graph import _Links, choose_removals
 from lumpver.reductions.pruning import keep_sets, masks_of
+from lumpver.specs.inputset import InputSet
 
 
 def graph_hidden_nodes(net: GraphNetwork) -> list[str]:
@@ -85,12 +94,56 @@ def zero_channels_of(net: GraphNetwork, drop: dict[str, np.ndarray]) -> GraphNet
     return graph_with(net, weights, biases)
 
 
+@dataclass
+class _Unit:
+    """Hidden nodes whose channels are linked (through a residual Add), ranked together: ``members[k]``
+    lists the (node, channel) pairs of linked group ``k``."""
+
+    nodes: list[str]
+    members: list[list[tuple[str, int]]]
+
+
+def _units(net: GraphNetwork, hidden: list[str]) -> list[_Unit]:
+    """The hidden nodes grouped by channel links (module docstring); a node alone where nothing links it."""
+    try:
+        links = _Links.of(net)
+    except InputError:
+        return [_Unit([n], [[(n, t)] for t in range(channels(net.node(n)))]) for n in hidden]
+    groups: dict[int, list[tuple[str, int]]] = {}
+    for n in hidden:
+        for t in range(channels(net.node(n))):
+            groups.setdefault(int(links.group[links.offset[n] + t]), []).append((n, t))
+    owner = {n: n for n in hidden}  # union of nodes sharing a group
+
+    def root(n: str) -> str:
+        while owner[n] != n:
+            n = owner[n]
+        return n
+    for members in groups.values():
+        for n, _ in members[1:]:
+            owner[root(n)] = root(members[0][0])
+    units: dict[str, _Unit] = {}
+    for n in hidden:
+        units.setdefault(root(n), _Unit([], [])).nodes.append(n)
+    for members in groups.values():
+        units[root(members[0][0])].members.append(members)
+    return list(units.values())
+
+
 def prune_graph_channels(net: GraphNetwork, keep: float, scope: str = "layer") -> tuple[GraphNetwork, list[np.ndarray]]:
-    """``net`` with all but the ``keep`` fraction of channels (largest scores) zeroed, and the kept sets."""
+    """``net`` with all but the ``keep`` fraction of channels (largest scores) zeroed, and the kept sets
+    per hidden node; channels linked through residual Adds are ranked and pruned together (module doc)."""
     if not 0.0 <= keep <= 1.0:
         raise ValueError("the keep fraction must lie in [0, 1]")
     hidden = graph_hidden_nodes(net)
-    kept = keep_sets(graph_channel_scores(net), keep, scope)
+    score = dict(zip(hidden, graph_channel_scores(net)))
+    units = _units(net, hidden)
+    unit_scores = [np.array([math.sqrt(sum(float(score[n][t]) ** 2 for n, t in g)) for g in u.members]) for u in units]
+    chosen = {n: [] for n in hidden}
+    for u, idx in zip(units, keep_sets(unit_scores, keep, scope)):
+        for n, t in (m for k in idx for m in u.members[k]):
+            chosen[n].append(t)
+    kept = [np.array(sorted(chosen[n]), dtype=np.int64) for n in hidden]
     drop = {nid: np.setdiff1d(np.arange(channels(net.node(nid))), idx) for nid, idx in zip(hidden, kept)}
     return zero_channels_of(net, drop), kept
 
