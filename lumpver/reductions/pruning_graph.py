@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import numpy as np
 
 from lumpver.certificates.bounded_graph import restore_channels
@@ -105,29 +106,21 @@ class _Unit:
 
 def _units(net: GraphNetwork, hidden: list[str]) -> list[_Unit]:
     """The hidden nodes grouped by channel links (module docstring); a node alone where nothing links it."""
-    try:
-        links = _Links.of(net)
-    except InputError:
-        return [_Unit([n], [[(n, t)] for t in range(channels(net.node(n)))]) for n in hidden]
+    links = _Links.of(net)
     groups: dict[int, list[tuple[str, int]]] = {}
     for n in hidden:
         for t in range(channels(net.node(n))):
             groups.setdefault(int(links.group[links.offset[n] + t]), []).append((n, t))
-    owner = {n: n for n in hidden}  # union of nodes sharing a group
-
-    def root(n: str) -> str:
-        while owner[n] != n:
-            n = owner[n]
-        return n
-    for members in groups.values():
-        for n, _ in members[1:]:
-            owner[root(n)] = root(members[0][0])
-    units: dict[str, _Unit] = {}
+    linked = nx.Graph()
+    linked.add_nodes_from(hidden)
+    linked.add_edges_from((members[0][0], n) for members in groups.values() for n, _ in members[1:])
+    unit_of = {n: k for k, comp in enumerate(nx.connected_components(linked)) for n in comp}
+    units = [_Unit([], []) for _ in set(unit_of.values())]
     for n in hidden:
-        units.setdefault(root(n), _Unit([], [])).nodes.append(n)
+        units[unit_of[n]].nodes.append(n)
     for members in groups.values():
-        units[root(members[0][0])].members.append(members)
-    return list(units.values())
+        units[unit_of[members[0][0]]].members.append(members)
+    return units
 
 
 def prune_graph_channels(net: GraphNetwork, keep: float, scope: str = "layer") -> tuple[GraphNetwork, list[np.ndarray]]:
