@@ -35,7 +35,7 @@ from lumpver.ir.onnx_graph_export import save_graph  # noqa: E402
 from lumpver.ir.onnx_import import load_model  # noqa: E402
 from lumpver.ir.runtime import run_onnx  # noqa: E402
 from lumpver.reductions.certify import sampled_error  # noqa: E402
-from lumpver.reductions.pruning import magnitude_prune_graph  # noqa: E402
+from lumpver.reductions.pruning_graph import magnitude_prune_graph  # noqa: E402
 from lumpver.reductions.quantize import quantize_graph, save_quantized  # noqa: E402
 from lumpver.specs.load import load_input_set  # noqa: E402
 
@@ -51,7 +51,8 @@ def build(method: str, f, path: Path) -> None:
     else:
         unit, share = method.split("-")
         keep = 1.0 - float(share.rstrip("%")) / 100.0
-        save_graph(magnitude_prune_graph(f, keep, unit.rstrip("s"), "layer" if unit == "channels" else "global"), path)
+        res = magnitude_prune_graph(f, keep, unit.rstrip("s"), "layer" if unit == "channels" else "global")
+        save_graph(res.zeroed, path)  # channels zeroed, shapes kept (bench_graph_prune.py: removed)
 
 
 def tiny() -> None:

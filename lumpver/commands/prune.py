@@ -21,8 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--granularity", choices=("weight", "neuron", "channel"),
                    help="prune single weights (conv filters' entries included), whole hidden neurons (dense "
                         "networks) or whole channels (a conv filter with the next layer's weights reading it; a "
-                        "dense neuron is a channel). Default: weight for magnitude; for confident the family is "
-                        "channel on a CNN and weight on a dense network; coreset always samples neurons/filters")
+                        "dense neuron is a channel; on a graph with residual Add/Concat/MaxPool the pruned channels "
+                        "are zeroed and removed where their whole linked group goes, the rest stay zeroed). Default: "
+                        "weight for magnitude; for confident the family is channel on a CNN and weight on a dense "
+                        "network; coreset always samples neurons/filters (on a graph: of the conv/dense nodes read "
+                        "only by conv/dense nodes)")
     g.add_argument("--scope", choices=("global", "layer"),
                    help="rank magnitudes over all hidden layers or per layer "
                         "(default: global for weights, layer for neurons, whose scores differ in scale across layers)")

@@ -32,8 +32,9 @@ from lumpver.reductions.coreset import coreset_prune, input_betas
 from lumpver.reductions.exact import DEFAULT_TOLERANCE, exact_lump
 from lumpver.reductions.onset import reduce_on_set_to_files
 from lumpver.reductions.channel_conv import stored_arrays
-from lumpver.reductions.pruning import (channel_keep_sets, magnitude_prune, magnitude_prune_graph, neuron_keep_sets,
-                                       sparsity)
+from lumpver.reductions.coreset_graph import coreset_prune_graph, input_norms
+from lumpver.reductions.pruning import channel_keep_sets, magnitude_prune, neuron_keep_sets, sparsity
+from lumpver.reductions.pruning_graph import certify_removed, magnitude_prune_graph
 from lumpver.reductions.quantize import quantize_graph, quantize_network, quantize_summary, save_quantized
 from lumpver.specs.calibration import load_calibration
 
@@ -140,13 +141,17 @@ class MagnitudePrunePass:
         scope = self.scope or ("global" if self.granularity == "weight" else "layer")
         net = load_model(model_path)
         t0 = time.perf_counter()
-        if isinstance(net, GraphNetwork):  # residual Add, Concat, MaxPool: channels zeroed, shapes kept
-            pruned_graph = magnitude_prune_graph(net, keep, self.granularity, scope)
-            save_graph(pruned_graph, out_path)
+        if isinstance(net, GraphNetwork):  # residual Add, Concat, MaxPool: channels removed where the group allows
+            res = magnitude_prune_graph(net, keep, self.granularity, scope, ctx.progress)
+            save_graph(res.reduced, out_path)
             method = {"method": "magnitude", "keep": keep, "granularity": self.granularity, "scope": scope,
-                      "graph": True, "sparsity": sparsity(pruned_graph)}
-            return _certify_or_note(model_path, out_path, cert_path, ctx, None, method, time.perf_counter() - t0,
-                                    "magnitude pruning", timeout=self.timeout)
+                      "graph": True, "sparsity": sparsity(res.zeroed), "channels_pruned": res.pruned,
+                      "channels_removed": res.removed, "channels_zeroed": res.pruned - res.removed}
+            out = _certify_removed_or_note(model_path, out_path, cert_path, ctx, res.rows, method,
+                                           time.perf_counter() - t0, "magnitude pruning", self.timeout)
+            counts = [res.summary()] if self.granularity == "channel" else []
+            out.summary[:0] = [_graph_sizes(net, res.reduced)] + counts
+            return out
         pruned = magnitude_prune(net, keep, self.granularity, scope)
         save_onnx(pruned, out_path)
         ctx.progress.say(f"magnitude pruning ({self.granularity}, {scope}) kept {keep}: {_sizes(net, pruned)}, "
@@ -160,6 +165,25 @@ class MagnitudePrunePass:
         return out
 
 
+def _certify_removed_or_note(model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext, rows: list,
+                             method: dict[str, Any], seconds: float, what: str, timeout: float) -> ReductionResult:
+    """:func:`_certify_or_note` for a graph whose pruned channels were removed (``rows`` per node):
+    certified with them restored as zeros (:func:`lumpver.reductions.pruning_graph.certify_removed`)."""
+    if ctx.input_set is None or not any(rows):
+        return _certify_or_note(model_path, out_path, cert_path, ctx, None, method, seconds, what, timeout=timeout)
+    with remove_on_failure(out_path):
+        cert = certify_removed(model_path, out_path, cert_path, ctx.input_set, rows, method, seconds, timeout,
+                               ctx.progress)
+    return ReductionResult(Path(out_path), Path(cert_path), cert, _bounded_summary(cert, "linf"))
+
+
+def _graph_sizes(before: GraphNetwork, after: GraphNetwork) -> str:
+    """Channels per hidden node and parameters of a graph, before -> after."""
+    return (f"channels per hidden node {before.hidden_channels} -> {after.hidden_channels}; "
+            f"parameters {before.n_params} -> {after.n_params} (nonzero {nonzero_params(before)} -> "
+            f"{nonzero_params(after)})")
+
+
 def _sizes(before: Network, after: Network) -> str:
     """Hidden widths (dense) or channels per hidden layer (CNN), before -> after."""
     if before.is_dense:
@@ -169,7 +193,7 @@ def _sizes(before: Network, after: Network) -> str:
 
 @dataclass
 class CoresetPass:
-    """Sensitivity-sampled neuron pruning (DESIGN.md §6); the actual error is certified on X."""
+    """Sensitivity-sampled neuron or filter pruning (DESIGN.md §6); the actual error is certified on X."""
 
     keep: float
     seed: int = 0
@@ -178,7 +202,9 @@ class CoresetPass:
 
     def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
         keep = _check_keep(self.keep, "coreset")
-        net = load_onnx(model_path)
+        net = load_model(model_path)
+        if isinstance(net, GraphNetwork):
+            return self._graph(net, keep, model_path, out_path, cert_path, ctx)
         t0 = time.perf_counter()
         betas = input_betas(net, ctx.input_set) if ctx.input_set is not None else 1.0
         res = coreset_prune(net, keep, betas, seed=self.seed)
@@ -186,12 +212,34 @@ class CoresetPass:
         bound = sum(lc.coreset_bound for lc in res.layers)
         ctx.progress.say(f"coreset pruning kept {keep}: {_sizes(net, res.reduced)}; "
                          f"coreset (probabilistic) bound indication {bound:.4g}")
-        method = {"method": "coreset", "keep": keep, "seed": self.seed, "betas": betas, "coreset_bound": bound,
-                  "coreset_bound_note": "sensitivity-framework indication with constant 1 and delta 0.1 "
-                  "(probabilistic, not certified)", "layers": [lc.to_json() for lc in res.layers]}
+        method = self._method(keep, betas, bound, [lc.to_json() for lc in res.layers])
         out = _certify_or_note(model_path, out_path, cert_path, ctx, Chain(kept=res.kept), method,
                                time.perf_counter() - t0, "coreset pruning", timeout=self.timeout)
         out.summary = [_sizes(net, res.reduced)] + [line + f" (coreset indication {bound:.4g})" for line in out.summary]
+        return out
+
+    def _method(self, keep: float, betas: Any, bound: float, layers: list[dict]) -> dict[str, Any]:
+        return {"method": "coreset", "keep": keep, "seed": self.seed, "betas": betas, "coreset_bound": bound,
+                "coreset_bound_note": "sensitivity-framework indication with constant 1 and delta 0.1 "
+                "(probabilistic, not certified)", "layers": layers}
+
+    def _graph(self, net: GraphNetwork, keep: float, model_path: Path, out_path: Path, cert_path: Path,
+               ctx: PassContext) -> ReductionResult:
+        """Filters of the conv/dense nodes read only by conv/dense nodes (:mod:`lumpver.reductions.coreset_graph`)."""
+        t0 = time.perf_counter()
+        norms = input_norms(net, ctx.input_set) if ctx.input_set is not None else None
+        res = coreset_prune_graph(net, keep, norms, self.seed, progress=ctx.progress)
+        save_graph(res.reduced, out_path)
+        bound = sum(lc.coreset_bound for lc in res.layers.values())
+        betas = {net.node(n).source or n: (norms or {}).get(net.node(n).inputs[0], 1.0) for n in res.layers}
+        method = self._method(keep, betas, bound, res.to_json(net)) | {"graph": True}
+        out = _certify_removed_or_note(model_path, out_path, cert_path, ctx, res.rows, method,
+                                       time.perf_counter() - t0, "coreset pruning", self.timeout)
+        kept = [net.node(n).source or n for n in res.untouched]
+        note = (f"filters sampled in {len(res.layers)} conv/dense node(s); {len(kept)} hidden node(s) kept as they "
+                f"are (their channels feed an Add, a Concat or the output){': ' + ', '.join(kept) if kept else ''}")
+        out.summary = [_graph_sizes(net, res.reduced), note] + [
+            line + f" (coreset indication {bound:.4g})" for line in out.summary]
         return out
 
 

@@ -23,20 +23,13 @@ single layer has nothing to prune.
 Weight pruning reads the *stored* weights (conv filters, never the unrolled matrix), so on a CNN
 ``N`` counts filter entries.
 
-Graph networks (residual Add, Concat, MaxPool; DESIGN.md §10): the hidden layers are the ``affine``
-nodes other than the output node. Weight pruning is the same rule over their stored weights (ranked
-in topological order). Channel pruning *zeroes* the dropped channels (filter and bias) instead of
-removing them, so every shape, Add, Concat and MaxPool stays as it is (after a ReLU a zeroed channel
-is constant 0, as if removed; the saving is structured sparsity); the score is the incoming part
-``||[filter_t, b_t]||_2`` (a channel read through an Add or Concat has no single outgoing weight).
+Graph networks (residual Add, Concat, MaxPool): :mod:`lumpver.reductions.pruning_graph`.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-
-import dataclasses
 
 from lumpver.errors import InputError
 from lumpver.ir.graph import GraphNetwork
@@ -72,10 +65,10 @@ def _hidden_weights(net: Network) -> list[np.ndarray]:
 
 def weight_masks(net: Network, fraction: float, scope: str = "global") -> list[np.ndarray]:
     """Boolean keep-masks, one per hidden layer, for magnitude pruning of ``fraction`` of the weights."""
-    return _masks(_hidden_weights(net), fraction, scope)
+    return masks_of(_hidden_weights(net), fraction, scope)
 
 
-def _masks(hidden: list[np.ndarray], fraction: float, scope: str) -> list[np.ndarray]:
+def masks_of(hidden: list[np.ndarray], fraction: float, scope: str) -> list[np.ndarray]:
     """Keep-masks of magnitude pruning of ``fraction`` of the arrays' entries (module docstring)."""
     if scope == "global":
         flat = np.concatenate([np.abs(w).reshape(-1) for w in hidden]) if hidden else np.zeros(0)
@@ -130,7 +123,7 @@ def channel_scores(net: Network, what: str = "channel pruning") -> list[np.ndarr
 
 def channel_keep_sets(net: Network, keep: float, scope: str = "layer") -> list[np.ndarray]:
     """Sorted indices of the channels kept in each hidden layer (``keep`` = fraction kept)."""
-    return _keep_sets(channel_scores(net), keep, scope)
+    return keep_sets(channel_scores(net), keep, scope)
 
 
 def prune_channels(net: Network, keep: float, scope: str = "layer") -> tuple[Network, list[np.ndarray]]:
@@ -144,10 +137,10 @@ def prune_channels(net: Network, keep: float, scope: str = "layer") -> tuple[Net
 
 def neuron_keep_sets(net: Network, keep: float, scope: str = "global") -> list[np.ndarray]:
     """Sorted indices of the neurons kept in each hidden layer (``keep`` = fraction kept)."""
-    return _keep_sets(neuron_scores(net), keep, scope)
+    return keep_sets(neuron_scores(net), keep, scope)
 
 
-def _keep_sets(scores: list[np.ndarray], keep: float, scope: str) -> list[np.ndarray]:
+def keep_sets(scores: list[np.ndarray], keep: float, scope: str) -> list[np.ndarray]:
     """Indices kept per layer: the ``keep`` fraction of largest scores, globally or per layer, at
     least one per layer, ties by index."""
     widths = [s.size for s in scores]
@@ -206,72 +199,9 @@ def magnitude_prune(net: Network, keep: float, granularity: str = "weight", scop
 
 def sparsity(net: Network | GraphNetwork) -> float:
     """Fraction of zero entries among the hidden-layer weights."""
-    hidden = [stored_weight(net.node(n).op) for n in graph_hidden_nodes(net)] \
+    hidden = [stored_weight(node.op) for node in net.hidden_nodes] \
         if isinstance(net, GraphNetwork) else _hidden_weights(net)
     total = sum(w.size for w in hidden)
     if total == 0:
         return 0.0
     return sum(int(np.count_nonzero(w == 0)) for w in hidden) / total
-
-
-# ----- graph networks (module docstring) --------------------------------------------------------
-def graph_hidden_nodes(net: GraphNetwork) -> list[str]:
-    """The hidden layers of a graph network: its ``affine`` nodes other than the output node."""
-    return [n for n in net.order if net.node(n).kind == "affine" and n != net.output]
-
-
-def _graph_with(net: GraphNetwork, weights: dict[str, np.ndarray], biases: dict[str, np.ndarray]) -> GraphNetwork:
-    """A copy of ``net`` with the stored weights (and biases) of the named affine nodes replaced."""
-    graph = net.graph.copy()
-    for nid, w in weights.items():
-        node = net.node(nid)
-        graph.nodes[nid]["node"] = dataclasses.replace(node, op=with_stored_weight(node.op, w),
-                                                       bias=biases.get(nid, node.bias).copy())
-    return dataclasses.replace(net, graph=graph)
-
-
-def prune_graph_weights(net: GraphNetwork, fraction: float, scope: str = "global") -> GraphNetwork:
-    """``net`` with ``fraction`` of its hidden weights zeroed by smallest ``|w|`` (ties by position)."""
-    hidden = graph_hidden_nodes(net)
-    arrays = [stored_weight(net.node(n).op) for n in hidden]
-    masks = _masks(arrays, fraction, scope)
-    return _graph_with(net, {n: np.where(m, w, 0.0) for n, w, m in zip(hidden, arrays, masks)}, {})
-
-
-def graph_channel_scores(net: GraphNetwork) -> list[np.ndarray]:
-    """Per hidden node, each output channel's ``||[filter_t, b_t]||_2`` (``b_t``: root mean square of
-    the channel's bias over its positions)."""
-    out = []
-    for nid in graph_hidden_nodes(net):
-        w = stored_weight(net.node(nid).op)
-        b = net.node(nid).bias.reshape(w.shape[0], -1)
-        out.append(np.sqrt(np.sum(w.reshape(w.shape[0], -1) ** 2, axis=1) + np.mean(b ** 2, axis=1)))
-    return out
-
-
-def prune_graph_channels(net: GraphNetwork, keep: float, scope: str = "layer") -> tuple[GraphNetwork, list[np.ndarray]]:
-    """``net`` with all but the ``keep`` fraction of channels (largest scores) zeroed, and the kept sets."""
-    if not 0.0 <= keep <= 1.0:
-        raise ValueError("the keep fraction must lie in [0, 1]")
-    hidden = graph_hidden_nodes(net)
-    kept = _keep_sets(graph_channel_scores(net), keep, scope)
-    weights, biases = {}, {}
-    for nid, idx in zip(hidden, kept):
-        w, b = stored_weight(net.node(nid).op).copy(), net.node(nid).bias.reshape(-1).copy()
-        drop = np.setdiff1d(np.arange(w.shape[0]), idx)
-        w[drop] = 0.0
-        b.reshape(w.shape[0], -1)[drop] = 0.0
-        weights[nid], biases[nid] = w, b
-    return _graph_with(net, weights, biases), kept
-
-
-def magnitude_prune_graph(net: GraphNetwork, keep: float, granularity: str = "weight",
-                          scope: str = "global") -> GraphNetwork:
-    """Magnitude pruning of a graph network (module docstring): ``weight`` or ``channel``."""
-    if not 0.0 <= keep <= 1.0:
-        raise ValueError("the keep fraction must lie in [0, 1]")
-    if granularity == "weight":
-        return prune_graph_weights(net, round(1.0 - keep, 12), scope)
-    if granularity == "channel":
-        return prune_graph_channels(net, keep, scope)[0]
-    raise InputError(f"{granularity} pruning of a graph network: use --granularity weight or channel")
