@@ -33,12 +33,12 @@ import numpy as np
 from scipy.special import rel_entr
 from scipy.stats import binom
 
-from lumpver.certificates.pruned_conv import channel_pruned, layers_differ
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, check_equal, confirm_prose
+from lumpver.certificates.graph_channels import interface_problem, same_graph
+from lumpver.certificates.pruned_conv import channel_pruned, layers_differ
+from lumpver.certificates.statistical_graph import rebuilt_candidate
 from lumpver.errors import InputError
 from lumpver.fileio import sha256_file
-from lumpver.certificates.graph_channels import interface_problem, same_graph
-from lumpver.certificates.statistical_graph import rebuilt_candidate
 from lumpver.ir.graph import GraphNetwork
 from lumpver.ir.network import Network
 from lumpver.ir.onnx_graph_export import save_graph

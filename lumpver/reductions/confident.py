@@ -239,13 +239,13 @@ def confident_prune(net: Network | GraphNetwork, original_path: Optional[str | o
     config.validate()
     if config.granularity == "auto":  # channels for a CNN, weights for a dense network
         config = replace(config, granularity="weight" if net.is_dense else "channel")
-    if isinstance(net, GraphNetwork):
+    if config.loss == "zero-one" and calib.y is None:
+        raise ValueError("the zero-one loss needs labels ('y' in the calibration file)")
+    if isinstance(net, GraphNetwork):  # both families: the graph pruning keeps every shape it does not remove
         return _confident_prune_graph(net, original_path, calib, config, progress)
     if config.granularity == "weight" and not net.is_dense:
         raise InputError("confident pruning of a convolutional network removes channels (--granularity channel); "
                          "the weight family is for dense networks")
-    if config.loss == "zero-one" and calib.y is None:
-        raise ValueError("the zero-one loss needs labels ('y' in the calibration file)")
     t0 = time.perf_counter()
     losses = loss_matrix(net, original_path, calib, config, progress)
     sel = ltt.select(losses, config.alpha, config.delta, config.pvalue_method, config.procedure)
@@ -259,8 +259,6 @@ def confident_prune(net: Network | GraphNetwork, original_path: Optional[str | o
 def _confident_prune_graph(net: GraphNetwork, original_path: Optional[str | os.PathLike], calib: CalibrationData,
                            config: ConfidentConfig, progress: Progress) -> ConfidentResult:
     """:func:`confident_prune` of a graph network: every candidate built once (module docstring)."""
-    if config.loss == "zero-one" and calib.y is None:
-        raise ValueError("the zero-one loss needs labels ('y' in the calibration file)")
     t0 = time.perf_counter()
     cands = []
     for k, level in enumerate(config.levels):
