@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from scipy.stats import binom
 
@@ -23,6 +24,7 @@ from lumpver.ir.pooling import MaxPool
 from lumpver.ir.runtime import run_onnx
 from lumpver.reductions import confident_graph
 from lumpver.reductions.exact_graph import choose_removals
+from tests.onnx_builders import inception_model
 
 ALPHA, DELTA, GRID = 0.2, 0.1, "0.1,0.2,0.3,0.4,0.5,0.6,0.7"
 N_CAL, N_HELD = 400, 3000
@@ -95,13 +97,20 @@ def _removing(net: GraphNetwork, keep: float, scope: str = "layer"):
     return without_channels(z, choose_removals(z, structural_zeros(z))), []
 
 
-def test_removed_channels_are_rebuilt_by_the_checker_and_tampering_fails(monkeypatch, tmp_path):
-    net = MODELS["resnet"]()
+def _inception(tmp_path: Path) -> GraphNetwork:
+    """Concat of two conv branches, MaxPool, a dense residual Add (tests/onnx_builders.py)."""
+    onnx.save(inception_model(np.random.default_rng(1)), str(tmp_path / "inception.onnx"))
+    return load_graph(tmp_path / "inception.onnx")
+
+
+@pytest.mark.parametrize("name,alpha", [("resnet", 0.3), ("inception", 0.25)])
+def test_removed_channels_are_rebuilt_by_the_checker_and_tampering_fails(monkeypatch, tmp_path, name, alpha):
+    net = _inception(tmp_path) if name == "inception" else MODELS[name]()
     model, cal = tmp_path / "r.onnx", tmp_path / "cal.npz"
     save_graph(net, model)
     np.savez(cal, x=_inputs(net, N_CAL, 1).reshape(N_CAL, -1))  # flattened inputs are accepted too
     monkeypatch.setattr(confident_graph, "prune_graph_channels", _removing)
-    rc, out, cert_path = _prune(tmp_path, model, cal, "--alpha", "0.3", "--delta", str(DELTA))
+    rc, out, cert_path = _prune(tmp_path, model, cal, "--alpha", str(alpha), "--delta", str(DELTA))
     assert rc == 0
     g = load_graph(out)
     assert sum(g.hidden_channels) < sum(net.hidden_channels)  # channels really went
@@ -124,12 +133,15 @@ def test_removed_channels_are_rebuilt_by_the_checker_and_tampering_fails(monkeyp
     ev = lambda c: c["evidence"][0]  # noqa: E731
     tampered(lambda c: ev(c)["pvalues"].__setitem__(0, 0.5))
     k = json.loads(original)["evidence"][0]["chosen_index"]
-    # a live channel claimed dropped (the stem conv's channel 0 is read by the blocks)
+    # a live channel claimed dropped: the first conv's channel of largest filter norm (kept at every level)
     stem = next(i for i, n in enumerate(net.order) if net.node(n).kind == "affine")
-    lines = tampered(lambda c: ev(c)["structures"][k]["removed"].__setitem__(stem, [0]))
-    assert any("not dead" in line or "cannot be recomputed" in line for line in lines)
+    w = net.node(net.order[stem]).op.weight
+    best = int(np.argmax(np.sum(w.reshape(w.shape[0], -1) ** 2, axis=1)))
+    lines = tampered(lambda c: ev(c)["structures"][k]["removed"].__setitem__(stem, [best]))
+    assert any("not dead" in line for line in lines), lines
     # the reduced file is the original (hash made consistent: the checker must rebuild to catch it)
-    tampered(lambda c: c.__setitem__("reduced", {"path": "r.onnx", "sha256": sha256_file(model)}))
+    lines = tampered(lambda c: c.__setitem__("reduced", {"path": "r.onnx", "sha256": sha256_file(model)}))
+    assert any("not the magnitude pruning" in line for line in lines)
 
 
 def test_abstains_when_alpha_is_impossible(graph, capsys):
