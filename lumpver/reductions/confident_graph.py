@@ -86,5 +86,6 @@ def graph_candidate(net: GraphNetwork, level: float, family: str) -> GraphCandid
     if family == "weight":
         g = prune_graph_weights(net, level)
         return GraphCandidate(g, None, sparsity(g))
-    g = prune_graph_channels(net, round(1.0 - level, 12), "layer")[0]
+    got = prune_graph_channels(net, round(1.0 - level, 12), "layer")
+    g = got[0] if isinstance(got, tuple) else got  # (graph, kept sets) or the graph alone: only the graph is used
     return GraphCandidate(g, _described(net, level, g), _channel_fraction(net, g))
