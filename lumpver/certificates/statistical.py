@@ -14,6 +14,10 @@ the reduced model and the calibration file named in the certificate (SHA-256 che
    otherwise, with scipy.stats.binom; the recorded multiple-testing procedure must reject the
    chosen level's null at ``delta``.
 
+Graph networks (residual Add, Concat, MaxPool; evidence ``graph: true``): step 1 rebuilds each level
+by :mod:`lumpver.certificates.statistical_graph` (the recorded channel drops are proved harmless
+there, never trusted), and the reduced file must be the chosen level's graph node for node, bit for bit.
+
 The guarantee block may not claim more than this proves: ``risk_bound >= alpha``,
 ``confidence <= 1 - delta``, ``epsilon >= threshold`` (deviation losses), ``loss`` and ``norm``
 as the evidence's loss defines them.
@@ -23,19 +27,23 @@ from __future__ import annotations
 import math
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from scipy.special import rel_entr
 from scipy.stats import binom
 
-from lumpver.certificates.pruned_conv import channel_pruned, layers_differ
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, check_equal, confirm_prose
+from lumpver.certificates.graph_channels import interface_problem, same_graph
+from lumpver.certificates.pruned_conv import channel_pruned, layers_differ
+from lumpver.certificates.statistical_graph import rebuilt_candidate
 from lumpver.errors import InputError
 from lumpver.fileio import sha256_file
+from lumpver.ir.graph import GraphNetwork
 from lumpver.ir.network import Network
+from lumpver.ir.onnx_graph_export import save_graph
 from lumpver.ir.onnx_export import save_onnx
-from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.onnx_import import load_graph, load_onnx
 from lumpver.ir.runtime import run_onnx
 from lumpver.specs.calibration import load_calibration
 
@@ -59,13 +67,13 @@ def magnitude_pruned(net: Network, level: float) -> Network:
     return net.with_layers(layers)
 
 
-def _outputs(net: Network, path: Optional[Path], x: np.ndarray, evaluator: str) -> np.ndarray:
+def _outputs(net: Network | GraphNetwork, path: Optional[Path], x: np.ndarray, evaluator: str) -> np.ndarray:
     if evaluator == "float32":
         return net.forward(np.asarray(x, np.float32), dtype=np.float32).astype(np.float64)
     if path is not None:
         return run_onnx(path, x)
     with tempfile.TemporaryDirectory() as d:
-        save_onnx(net, Path(d) / "level.onnx")
+        (save_graph if isinstance(net, GraphNetwork) else save_onnx)(net, Path(d) / "level.onnx")
         return run_onnx(Path(d) / "level.onnx", x)
 
 
@@ -131,14 +139,35 @@ def _same_weights(a: Network, b: Network) -> Optional[str]:
     return None if (a.input_name, a.output_name) == (b.input_name, b.output_name) else "input/output names differ"
 
 
-def _recompute(ev: dict, ctx: CheckContext, cal_path: Path, rep: CheckReport) -> Optional[tuple[list, list]]:
-    """(p-values, risks) of every grid level, or None (reported) if the reduced file does not fit."""
+def _chain_family(ev: dict, ctx: CheckContext) -> tuple[Network, Network, Callable[[int], Network], Optional[str]]:
+    """Original, reduced, the rebuilt candidate of each level, and what differs at the chosen level."""
     grid, chosen = [float(v) for v in ev["grid"]], int(ev["chosen_index"])
     original, reduced = load_onnx(ctx.original_path), load_onnx(ctx.reduced_path)
     channels = dict(ev.get("pruning") or {}).get("granularity") == "channel"  # the CNN family
     prune_at = channel_pruned if channels else magnitude_pruned
     compare = layers_differ if channels or not original.is_dense else _same_weights
-    diff = compare(prune_at(original, grid[chosen]), reduced)
+    return original, reduced, lambda k: prune_at(original, grid[k]), compare(prune_at(original, grid[chosen]), reduced)
+
+
+def _graph_family(ev: dict, ctx: CheckContext) -> tuple[GraphNetwork, GraphNetwork, Callable[[int], GraphNetwork],
+                                                        Optional[str]]:
+    """:func:`_chain_family` of a graph network (module docstring)."""
+    grid, chosen = [float(v) for v in ev["grid"]], int(ev["chosen_index"])
+    family, structures = str(dict(ev.get("pruning") or {}).get("granularity")), ev.get("structures")
+    if not isinstance(structures, list) or len(structures) != len(grid):
+        raise ValueError("the evidence records no structure per grid level")
+    original, reduced = load_graph(ctx.original_path), load_graph(ctx.reduced_path)
+
+    def at(k: int) -> GraphNetwork:
+        return rebuilt_candidate(original, grid[k], family, structures[k])
+
+    return original, reduced, at, interface_problem(original, reduced) or same_graph(at(chosen), reduced)
+
+
+def _recompute(ev: dict, ctx: CheckContext, cal_path: Path, rep: CheckReport) -> Optional[tuple[list, list]]:
+    """(p-values, risks) of every grid level, or None (reported) if the reduced file does not fit."""
+    grid, chosen = [float(v) for v in ev["grid"]], int(ev["chosen_index"])
+    original, reduced, prune_at, diff = (_graph_family if ev.get("graph") else _chain_family)(ev, ctx)
     if diff is not None:
         rep.fail(f"reduced model is not the magnitude pruning of the original at level {grid[chosen]}: {diff}")
         return None
@@ -150,7 +179,7 @@ def _recompute(ev: dict, ctx: CheckContext, cal_path: Path, rep: CheckReport) ->
     dense = _outputs(original, ctx.original_path, calib.x, evaluator)
     pv, risks = [], []
     for k, level in enumerate(grid):
-        net, path = (reduced, ctx.reduced_path) if k == chosen else (prune_at(original, level), None)
+        net, path = (reduced, ctx.reduced_path) if k == chosen else (prune_at(k), None)
         losses = _losses(ev, dense, _outputs(net, path, calib.x, evaluator), calib.y)
         pv.append(ltt_pvalue(losses, float(ev["alpha"]), str(ev["pvalue"])))
         risks.append(math.fsum(losses.tolist()) / losses.size)

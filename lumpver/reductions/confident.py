@@ -19,6 +19,11 @@ Outputs come from onnxruntime on ONNX files (``evaluator="onnxruntime"``, the de
 guarantee is about the written file as run by onnxruntime) or from ``Network.forward`` in
 float32 (``evaluator="float32"``: the guarantee is about that arithmetic); the certificate says
 which, and the checker recomputes the same way.
+
+Graph networks (residual Add, Concat, MaxPool; DESIGN.md §10): the family comes from
+:mod:`lumpver.reductions.confident_graph` (graph channel or weight pruning), evaluated the same ways
+(onnxruntime on the exported candidate, or the graph's own float32 forward pass); the evidence then
+also describes each channel candidate so that the checker can rebuild it (``structures``).
 """
 from __future__ import annotations
 
@@ -32,10 +37,13 @@ from typing import Optional
 import numpy as np
 
 from lumpver.reductions import ltt
+from lumpver.reductions.confident_graph import GRAPH_CHANNEL_RULE, GRAPH_WEIGHT_RULE, graph_candidate
 from lumpver.specs.calibration import CalibrationData
 from lumpver.certificates.exact_conv import channels_per_layer
 from lumpver.errors import InputError
+from lumpver.ir.graph import GraphNetwork
 from lumpver.ir.network import Network
+from lumpver.ir.onnx_graph_export import save_graph
 from lumpver.progress import SILENT, Progress
 from lumpver.reductions.pruning import prune_channels, prune_weights, sparsity
 from lumpver.ir.onnx_export import save_onnx
@@ -109,13 +117,16 @@ class ConfidentConfig:
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"unknown pruning family {self.granularity!r}; known: {', '.join(GRANULARITIES)}")
 
-    @property
-    def rule(self) -> dict:
-        """The pruning family as the certificate states it."""
+    def rule(self, graph: bool = False) -> dict:
+        """The pruning family as the certificate states it (``graph``: of a graph network)."""
+        if graph:
+            return GRAPH_CHANNEL_RULE if self.granularity == "channel" else GRAPH_WEIGHT_RULE
         return CHANNEL_RULE if self.granularity == "channel" else PRUNING_RULE
 
-    def candidate(self, net: Network, level: float) -> Network:
+    def candidate(self, net: Network | GraphNetwork, level: float) -> Network | GraphNetwork:
         """The family's model at ``level`` (a function of ``net`` and ``level`` only)."""
+        if isinstance(net, GraphNetwork):
+            return graph_candidate(net, level, self.granularity).model
         if self.granularity == "channel":
             return prune_channels(net, round(1.0 - level, 12), "layer")[0]
         return prune_weights(net, level)
@@ -134,9 +145,10 @@ class ConfidentResult:
     config: ConfidentConfig
     n: int
     selection: ltt.Selection
-    reduced: Optional[Network]
+    reduced: Optional[Network | GraphNetwork]
     sparsities: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    structures: Optional[list] = None  # graph networks: each level's description for the checker
 
     @property
     def abstained(self) -> bool:
@@ -176,30 +188,33 @@ def outputs_of_file(path: str | os.PathLike, x: np.ndarray) -> np.ndarray:
     return run_onnx(path, x)
 
 
-def outputs_of_network(net: Network, x: np.ndarray, evaluator: str, workdir: Optional[str] = None) -> np.ndarray:
-    """Outputs of ``net``: float32 forward pass, or onnxruntime on its export in ``workdir``."""
+def outputs_of_network(net: Network | GraphNetwork, x: np.ndarray, evaluator: str,
+                       workdir: Optional[str] = None) -> np.ndarray:
+    """Outputs of ``net`` (chain or graph): float32 forward pass, or onnxruntime on its export in ``workdir``."""
     if evaluator == "float32":
         return np.asarray(net.forward(np.asarray(x, np.float32), dtype=np.float32), dtype=np.float64)
 
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         p = Path(d) / "level.onnx"
-        save_onnx(net, p)
+        (save_graph if isinstance(net, GraphNetwork) else save_onnx)(net, p)
         return outputs_of_file(p, x)
 
 
-def dense_outputs(net: Network, original_path: Optional[str | os.PathLike], x: np.ndarray, evaluator: str) -> np.ndarray:
+def dense_outputs(net: Network | GraphNetwork, original_path: Optional[str | os.PathLike], x: np.ndarray, evaluator: str) -> np.ndarray:
     """Outputs of the dense model: the original file itself under onnxruntime."""
     if evaluator == "onnxruntime" and original_path is not None:
         return outputs_of_file(original_path, x)
     return outputs_of_network(net, x, evaluator)
 
 
-def loss_matrix(net: Network, original_path: Optional[str | os.PathLike], calib: CalibrationData,
+def loss_matrix(net: Network | GraphNetwork, original_path: Optional[str | os.PathLike], calib: CalibrationData,
                 config: ConfidentConfig, progress: Progress = SILENT,
-                chosen_file: Optional[tuple[int, str | os.PathLike]] = None) -> np.ndarray:
+                chosen_file: Optional[tuple[int, str | os.PathLike]] = None,
+                models: Optional[list] = None) -> np.ndarray:
     """Losses ``(n, K)`` of every grid level on the calibration set (column k = level k).
 
-    ``chosen_file=(k, path)`` evaluates level k from an existing file (the checker's reduced model).
+    ``chosen_file=(k, path)`` evaluates level k from an existing file (the checker's reduced model);
+    ``models`` are the candidates when already built (else built here).
     """
     dense = dense_outputs(net, original_path, calib.x, config.evaluator)
     cols = []
@@ -207,7 +222,8 @@ def loss_matrix(net: Network, original_path: Optional[str | os.PathLike], calib:
         if chosen_file is not None and chosen_file[0] == k and config.evaluator == "onnxruntime":
             out = outputs_of_file(chosen_file[1], calib.x)
         else:
-            out = outputs_of_network(config.candidate(net, level), calib.x, config.evaluator)
+            model = models[k] if models is not None else config.candidate(net, level)
+            out = outputs_of_network(model, calib.x, config.evaluator)
         cols.append(loss_values(config.loss, dense, out, calib.y, config.threshold))
         progress.tick("confident: evaluated level", k + 1, len(config.levels))
     return np.stack(cols, axis=1)
@@ -216,18 +232,20 @@ def loss_matrix(net: Network, original_path: Optional[str | os.PathLike], calib:
 # ----- the procedure ---------------------------------------------------------------------------
 
 
-def confident_prune(net: Network, original_path: Optional[str | os.PathLike], calib: CalibrationData,
+def confident_prune(net: Network | GraphNetwork, original_path: Optional[str | os.PathLike], calib: CalibrationData,
                     config: ConfidentConfig, progress: Progress = SILENT) -> ConfidentResult:
     """Learn then Test over the grid (DESIGN.md §7): the largest level whose null ``R > alpha``
     is rejected, or an abstention (``reduced is None``)."""
     config.validate()
     if config.granularity == "auto":  # channels for a CNN, weights for a dense network
         config = replace(config, granularity="weight" if net.is_dense else "channel")
+    if config.loss == "zero-one" and calib.y is None:
+        raise ValueError("the zero-one loss needs labels ('y' in the calibration file)")
+    if isinstance(net, GraphNetwork):  # both families: the graph pruning keeps every shape it does not remove
+        return _confident_prune_graph(net, original_path, calib, config, progress)
     if config.granularity == "weight" and not net.is_dense:
         raise InputError("confident pruning of a convolutional network removes channels (--granularity channel); "
                          "the weight family is for dense networks")
-    if config.loss == "zero-one" and calib.y is None:
-        raise ValueError("the zero-one loss needs labels ('y' in the calibration file)")
     t0 = time.perf_counter()
     losses = loss_matrix(net, original_path, calib, config, progress)
     sel = ltt.select(losses, config.alpha, config.delta, config.pvalue_method, config.procedure)
@@ -236,6 +254,21 @@ def confident_prune(net: Network, original_path: Optional[str | os.PathLike], ca
              else 1.0 - sum(channels_per_layer(config.candidate(net, v))) / max(1, sum(channels_per_layer(net)))
              for v in config.levels]
     return ConfidentResult(config, calib.n, sel, reduced, spars, time.perf_counter() - t0)
+
+
+def _confident_prune_graph(net: GraphNetwork, original_path: Optional[str | os.PathLike], calib: CalibrationData,
+                           config: ConfidentConfig, progress: Progress) -> ConfidentResult:
+    """:func:`confident_prune` of a graph network: every candidate built once (module docstring)."""
+    t0 = time.perf_counter()
+    cands = []
+    for k, level in enumerate(config.levels):
+        cands.append(graph_candidate(net, level, config.granularity))
+        progress.tick("confident: built level", k + 1, len(config.levels))
+    losses = loss_matrix(net, original_path, calib, config, progress, models=[c.model for c in cands])
+    sel = ltt.select(losses, config.alpha, config.delta, config.pvalue_method, config.procedure)
+    reduced = None if sel.chosen is None else cands[sel.chosen].model
+    return ConfidentResult(config, calib.n, sel, reduced, [c.pruned_fraction for c in cands],
+                           time.perf_counter() - t0, [c.structure for c in cands])
 
 
 def guarantee(result: ConfidentResult) -> dict:
@@ -274,7 +307,8 @@ def evidence(result: ConfidentResult, calibration_ref: dict) -> dict:
         "evaluator_note": ("outputs by onnxruntime on the ONNX files (dense: the original file; chosen level: "
                            "the reduced file; other levels: their export)") if c.evaluator == "onnxruntime"
         else "outputs by Network.forward in float32 (not the ONNX runtime)",
-        "pruning": c.rule,
+        "pruning": c.rule(result.structures is not None),
+        **({"graph": True, "structures": result.structures} if result.structures is not None else {}),
         "grid": list(c.levels),
         "risks": s.risks,
         "pvalues": s.pvalues,
@@ -283,7 +317,8 @@ def evidence(result: ConfidentResult, calibration_ref: dict) -> dict:
         "chosen_level": result.level,
         "sparsity": result.sparsities[s.chosen] if s.chosen is not None else None,
         "sparsity_meaning": ("fraction of hidden weights zeroed" if c.granularity == "weight"
-                             else "fraction of hidden channels removed"),
+                             else "fraction of hidden channels removed" if result.structures is None
+                             else "fraction of hidden channels removed or left with a zero filter and bias"),
         "calibration": calibration_ref,
         "tolerance": {"pvalue_rtol": PVALUE_RTOL, "risk_atol": RISK_ATOL},
         "seconds": round(result.seconds, 6),

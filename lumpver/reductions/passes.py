@@ -245,7 +245,7 @@ class CoresetPass:
 
 @dataclass
 class ConfidentPass:
-    """Learn then Test over magnitude-pruning levels (DESIGN.md §7); abstains with CheckFailed."""
+    """Learn then Test over magnitude-pruning levels (DESIGN.md §7; graph networks §10); abstains with CheckFailed."""
 
     calibration: Path
     config: confident.ConfidentConfig
@@ -258,7 +258,7 @@ class ConfidentPass:
             config.validate()
         except ValueError as e:
             raise InputError(str(e), str(model_path)) from None
-        net = load_onnx(model_path)
+        net = load_model(model_path)  # a chain, or a graph (residual Add, Concat, MaxPool)
         calib = load_calibration(self.calibration, net.n_inputs, net.n_outputs, need_labels=config.loss == "zero-one")
         ctx.progress.say(f"confident pruning: n={calib.n}, loss={config.loss}, p-value={config.pvalue_method}, "
                          f"{config.procedure}, alpha={config.alpha}, delta={config.delta}, {len(config.levels)} levels")
@@ -270,11 +270,11 @@ class ConfidentPass:
             raise CheckFailed(f"abstained: no pruning level passed the {config.procedure} test at delta "
                               f"{config.delta} (p-value at the least pruning {config.levels[0]}: {sel.pvalues[0]:.3g}; "
                               f"smallest: {min(sel.pvalues):.3g}); no model written")
-        save_onnx(result.reduced, out_path)
+        (save_graph if isinstance(net, GraphNetwork) else save_onnx)(result.reduced, out_path)
         line = (f"pruned {result.level:.4g} of the hidden {result.config.granularity}s "
                 f"(p = {sel.pvalues[sel.chosen]:.3g} < delta = {config.delta}): expected {config.loss} loss <= {config.alpha} with confidence {1 - config.delta:g}")
         if not self.write_certificate:
-            return ReductionResult(Path(out_path), summary=[line, _sizes(net, result.reduced)])
+            return ReductionResult(Path(out_path), summary=[line, self._sizes(net, result)])
         with remove_on_failure(out_path):
             stats = model_stats(net, result.reduced, result.seconds)
             stats.update(nonzero_params_before=nonzero_params(net), nonzero_params_after=nonzero_params(result.reduced))
@@ -282,7 +282,15 @@ class ConfidentPass:
             cert = make_certificate(model_path, out_path, confident.guarantee(result), stats,
                                     [confident.evidence(result, ref)], cert_path)
             write_json_atomic(cert_path, cert)
-        return ReductionResult(Path(out_path), Path(cert_path), cert, [line, _sizes(net, result.reduced)])
+        return ReductionResult(Path(out_path), Path(cert_path), cert, [line, self._sizes(net, result)])
+
+    @staticmethod
+    def _sizes(net: Network | GraphNetwork, result: confident.ConfidentResult) -> str:
+        if isinstance(net, Network):
+            return _sizes(net, result.reduced)
+        return (f"channels per hidden node {net.hidden_channels} -> {result.reduced.hidden_channels}; "
+                f"{result.sparsities[result.selection.chosen]:.3f} of the hidden "
+                f"{'weights zeroed' if result.config.granularity == 'weight' else 'channels removed or zeroed'}")
 
 
 def nonzero_params(net: Network | GraphNetwork) -> int:
