@@ -31,7 +31,12 @@ def channel_onset(net: Network, input_set: InputSet, method: str = "crown", prog
     if folds.n_folded:
         step.update(folds=folds.to_json(), qr_tolerance=qr_tol,
                     discrepancy=channel_fold_discrepancy(net, folds.claims, cb, reduced))
-    step.update(channels_before=channels_per_layer(net), channels_after=channels_per_layer(reduced))
-    progress.say(f"on-set: removed {n_removed} stably inactive channel(s), folded {folds.n_folded} stably active "
+    n_linear = sum(c.basis.size + c.folded.size for c in folds.claims)
+    step.update(channels_before=channels_per_layer(net), channels_after=channels_per_layer(reduced),
+                reason=f"{method} bounds on X proved {n_removed} channel(s) 0 at every position (removed) and "
+                       f"{n_linear} linear at every position; {folds.n_folded} of these are linear combinations of "
+                       "others of their layer and were folded into their readers' filters (DESIGN.md §3, §10); "
+                       f"sound discrepancy bound on X {step['discrepancy']:.3e}")
+    progress.say(f"on-set: removed {n_removed} stably inactive channel(s), folded {folds.n_folded} stably linear "
                  f"one(s); discrepancy on X <= {step['discrepancy']:.3e}")
     return reduced, [step]
