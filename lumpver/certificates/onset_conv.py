@@ -197,11 +197,12 @@ def _fold_filters(w3: np.ndarray, emb: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Layer:
-    """f's layer ``k`` as the bound needs it: channel view, ``|op|`` with other filters, sizes."""
+class AffineMag:
+    """f's affine step (a layer, or a graph's affine node with the activation after it) as the bound
+    needs it: its channel view and ``|op|`` with other filters in its geometry."""
 
     layer: Layer
-    in_channels: Optional[int]  # the previous layer's channels (None: the first layer)
+    in_channels: Optional[int]  # the channels of the value it reads (None: the network input)
 
     def __post_init__(self) -> None:
         self.view = channel_view(self.layer.op, self.in_channels)
@@ -212,16 +213,46 @@ class _Layer:
         return rebuild(self.view, np.abs(w3), not self.first).abs().forward(vec[None, :])[0]
 
 
-def _g_filters(f_layer: _Layer, g_layer: Layer, rows: int, cols: int) -> np.ndarray:
-    """g's filters, checked against f's geometry and the claimed channel counts."""
-    vg = channel_view(g_layer.op, None if f_layer.first else cols)
-    want = (rows, cols, f_layer.view.w3.shape[2])
-    if vg.w3.shape != want or describe(g_layer.op) != describe(f_layer.layer.op):
+@dataclass
+class FoldState:
+    """What the bound knows of a value h of f read by the next step: ``m >= |h_kept|`` (f's kept
+    channels), ``d >= |h_kept - h_g|``, ``e >= |r|`` over all channels (None: 0) and ``E`` with
+    ``h = E h_kept + r`` on X."""
+
+    m: np.ndarray
+    d: np.ndarray
+    e: Optional[np.ndarray]
+    emb: np.ndarray
+
+
+def g_filters(lf: AffineMag, op, rows: int, cols: int) -> np.ndarray:
+    """g's filters of an affine step, checked against f's geometry and the claimed channel counts."""
+    vg = channel_view(op, None if lf.first else cols)
+    want = (rows, cols, lf.view.w3.shape[2])
+    if vg.w3.shape != want or describe(op) != describe(lf.layer.op):
         raise ValueError(f"reduced layer has filters {vg.w3.shape}, the claims need {want} with f's geometry")
-    if (g_layer.activation, g_layer.alpha) != (f_layer.layer.activation, f_layer.layer.alpha) \
-            or g_layer.width != rows * (f_layer.layer.width // f_layer.view.out_channels):
-        raise ValueError("reduced layer's activation or width differs from the claims")
     return vg.w3
+
+
+def affine_gap(lf: AffineMag, rows: np.ndarray, wg: np.ndarray, bg: np.ndarray, st: FoldState) -> np.ndarray:
+    """Per feature of the kept ``rows``, a bound of ``|z_f - z_g|`` on X (module docstring, with rounding)."""
+    n_out = lf.view.out_channels
+    wk, bk = lf.view.w3[rows], lf.layer.bias.reshape(n_out, -1)[rows].reshape(-1)
+    gam = _gamma(lf.layer.fan_in + st.emb.shape[1] + 4)
+    dz = lf.mag(_fold_filters(wk, st.emb) - wg, st.m) + lf.mag(wg, st.d) + np.abs(bk - bg)
+    margin = lf.mag(_fold_filters(np.abs(wk), np.abs(st.emb)), st.m) + lf.mag(wg, st.m + st.d) + np.abs(bk) + np.abs(bg)
+    if st.e is not None:
+        dz, margin = dz + lf.mag(wk, st.e), margin + lf.mag(wk, st.e)
+    return (dz + 3 * gam * margin) * (1 + 2 * gam)
+
+
+def _g_layer(lf: AffineMag, g_layer: Layer, rows: int, cols: int) -> np.ndarray:
+    """g's filters of a chain layer; its activation and width must be f's."""
+    wg = g_filters(lf, g_layer.op, rows, cols)
+    if (g_layer.activation, g_layer.alpha) != (lf.layer.activation, lf.layer.alpha) \
+            or g_layer.width != rows * (lf.layer.width // lf.view.out_channels):
+        raise ValueError("reduced layer's activation or width differs from the claims")
+    return wg
 
 
 def channel_fold_discrepancy(f: Network, claims: list[ChannelClaim], cb: ChannelBounds, g: Network) -> float:
@@ -229,48 +260,39 @@ def channel_fold_discrepancy(f: Network, claims: list[ChannelClaim], cb: Channel
     and confirm the claims; g's weights are used as they are (ValueError when g does not fit them)."""
     if len(g.layers) != len(f.layers):
         raise ValueError(f"reduced model has {len(g.layers)} layers, the original {len(f.layers)}")
-    m, d, e = cb.input_mag, np.zeros(f.n_inputs), None
-    emb = np.eye(channel_view(f.layers[0].op, None).in_channels)
+    st = FoldState(cb.input_mag, np.zeros(f.n_inputs), None, np.eye(channel_view(f.layers[0].op, None).in_channels))
     for k, layer in enumerate(f.layers):
-        lf = _Layer(layer, f.layers[k - 1].op.out_channels if k else None)
+        lf = AffineMag(layer, f.layers[k - 1].op.out_channels if k else None)
         c = claims[k] if k < len(claims) else None
         n_out = lf.view.out_channels
         rows = c.kept(n_out) if c is not None else np.arange(n_out)
-        wk, wg = lf.view.w3[rows], _g_filters(lf, g.layers[k], rows.size, emb.shape[1])
-        bias = layer.bias.reshape(n_out, -1)
-        bk, bg = bias[rows].reshape(-1), g.layers[k].bias
-        gam = _gamma(layer.fan_in + emb.shape[1] + 4)
-        dz = lf.mag(_fold_filters(wk, emb) - wg, m) + lf.mag(wg, d) + np.abs(bk - bg)
-        margin = lf.mag(_fold_filters(np.abs(wk), np.abs(emb)), m) + lf.mag(wg, m + d) + np.abs(bk) + np.abs(bg)
-        if e is not None:
-            dz, margin = dz + lf.mag(wk, e), margin + lf.mag(wk, e)
-        d_next = layer.lipschitz() * (dz + 3 * gam * margin) * (1 + 2 * gam)
+        wg = _g_layer(lf, g.layers[k], rows.size, st.emb.shape[1])
+        d_next = layer.lipschitz() * affine_gap(lf, rows, wg, g.layers[k].bias, st)
         if c is None:
             return float(np.max(d_next))
-        e = _residuals(lf, c, channel_slopes(layer, cb.pre_lower[k], cb.pre_upper[k]), bias, emb, m, e, gam)
-        m = cb.post_mag[k].reshape(n_out, -1)[rows].reshape(-1)
-        d, emb = d_next, c.embedding(n_out)
+        e = residual_bound(lf, c, channel_slopes(layer, cb.pre_lower[k], cb.pre_upper[k]), st)
+        st = FoldState(cb.post_mag[k].reshape(n_out, -1)[rows].reshape(-1), d_next, e, c.embedding(n_out))
     raise AssertionError("unreachable: the last layer has no claims")
 
 
-def _residuals(lf: _Layer, c: ChannelClaim, s: np.ndarray, bias: np.ndarray, emb: np.ndarray, m: np.ndarray,
-               e_prev: Optional[np.ndarray], gam: float) -> np.ndarray:
-    """Per feature of the layer, a bound of ``|r| = |h_f - E h_f,kept|`` on X (non-zero on folded channels)."""
+def residual_bound(lf: AffineMag, c: ChannelClaim, s: np.ndarray, st: FoldState) -> np.ndarray:
+    """Per feature of the step's output, a bound of ``|r| = |h_f - E h_f,kept|`` on X (non-zero on
+    folded channels; ``s``: the per-channel slopes on X)."""
     n_out = lf.view.out_channels
     out = np.zeros((n_out, lf.layer.width // n_out))
     if c.folded.size == 0:
         return out.reshape(-1)
-    w3, sf, sb = lf.view.w3, s[c.folded], s[c.basis]
+    w3, bias, sf, sb = lf.view.w3, lf.layer.bias.reshape(n_out, -1), s[c.folded], s[c.basis]
     v = sf[:, None, None] * w3[c.folded] - np.einsum("fb,bsk->fsk", c.coeffs, sb[:, None, None] * w3[c.basis])
     vb = sf[:, None] * bias[c.folded] - c.coeffs @ (sb[:, None] * bias[c.basis])
     v_mag = np.abs(sf[:, None, None] * w3[c.folded]) + np.einsum("fb,bsk->fsk", np.abs(c.coeffs),
                                                                   np.abs(sb[:, None, None] * w3[c.basis]))
     vb_mag = np.abs(sf[:, None] * bias[c.folded]) + np.abs(c.coeffs) @ np.abs(sb[:, None] * bias[c.basis])
-    r = lf.mag(_fold_filters(v, emb), m) + np.abs(vb).reshape(-1)
-    margin = lf.mag(_fold_filters(v_mag, np.abs(emb)), m) + vb_mag.reshape(-1)
-    if e_prev is not None:
-        r, margin = r + lf.mag(v, e_prev), margin + lf.mag(v_mag, e_prev)
-    gam2 = gam + _gamma(c.basis.size + 2)
+    r = lf.mag(_fold_filters(v, st.emb), st.m) + np.abs(vb).reshape(-1)
+    margin = lf.mag(_fold_filters(v_mag, np.abs(st.emb)), st.m) + vb_mag.reshape(-1)
+    if st.e is not None:
+        r, margin = r + lf.mag(v, st.e), margin + lf.mag(v_mag, st.e)
+    gam2 = _gamma(lf.layer.fan_in + st.emb.shape[1] + 4) + _gamma(c.basis.size + 2)
     out[c.folded] = ((r + 3 * gam2 * margin) * (1 + 2 * gam2)).reshape(c.folded.size, -1)
     return out.reshape(-1)
 
