@@ -39,6 +39,8 @@ def _planted(rng, n_in: int, core: int, n_planted: int, taps: int, scale: int, b
     """Filters ``(n_planted, n_in, taps)`` and biases: positive dyadic combinations (multiples of 1/8)
     of ``core`` dyadic core filters (multiples of 1/scale) and core biases (multiples of 1/8 in ``bias``)."""
     a = rng.integers(1, 9, (n_planted, core)) / 8
+    while any(np.linalg.matrix_rank(a[[i, j]]) < 2 for i in range(n_planted) for j in range(i)):  # none proportional
+        a = rng.integers(1, 9, (n_planted, core)) / 8
     k = rng.integers(-6, 7, (core, n_in * taps)) / scale
     cb = rng.integers(*bias, core) / 8
     return (a @ k).reshape(n_planted, n_in, taps), a @ cb
@@ -196,3 +198,52 @@ def test_max_pool_reader_blocks_folding(tmp_path):
     assert cert["stats"]["channels_after"] == cert["stats"]["channels_before"]
     assert sum(cert["stats"]["channels_after"]) >= 8
     assert check_certificate(res.certificate_path).holds
+
+
+def planted_residual(seed: int = 4) -> GraphNetwork:
+    """conv A0 (8 stably active channels of rank 3, 2 unstable, 1 dead) -> relu R0 -> conv A1 (6 stably
+    active of rank 2, pad 1) -> relu R1 -> conv A2 (pad 1) -> Add(A2, R1) -> relu -> max pool -> dense.
+    R0 is read by A1 alone (folds); R1 is read by the Add too (blocked)."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder(IMAGE)
+
+    def conv(src, w3, bias, shape, pads):
+        op = ConvOperator(shape, w3.reshape(w3.shape[0], w3.shape[1], 3, 3), pads=pads)
+        return b.add(GNode("affine", (src,), op.out_shape, op=op, bias=np.repeat(bias, op.positions))), op.out_shape
+
+    w0, b0 = _planted(rng, 1, 3, 8, 9, 64, (32, 48))
+    w0 = np.concatenate([w0, np.stack([_plus_minus(1, 9, 0, 0, 8), _plus_minus(1, 9, 0, 2, 6)]),
+                         rng.integers(-6, 7, (1, 1, 9)) / 64])
+    a0, shape = conv("input", w0, np.r_[b0, 0.0, 0.0, -20.0], IMAGE, (0, 0, 0, 0))
+    r0 = b.add(GNode("act", (a0,), shape, activation="relu"))
+    w1, b1 = _planted(rng, 11, 2, 6, 9, 1024, (320, 400))
+    a1, shape = conv(r0, w1, b1, shape, (1, 1, 1, 1))
+    r1 = b.add(GNode("act", (a1,), shape, activation="relu"))
+    a2, _ = conv(r1, rng.integers(-4, 5, (6, 6, 9)) / 64, np.zeros(6), shape, (1, 1, 1, 1))
+    s = b.add(GNode("act", (b.add(GNode("add", (a2, r1), shape)),), shape, activation="relu"))
+    mp = MaxPool(shape, (2, 2), (2, 2), (0,) * 4)
+    h = b.add(GNode("maxpool", (s,), mp.out_shape, pool=mp))
+    dense = DenseOperator((rng.standard_normal((3, 6 * 9)) * 0.3).astype(np.float32).astype(np.float64))
+    out = b.add(GNode("affine", (h,), (3,), op=dense, bias=np.zeros(3), source_op="gemm"))
+    return GraphNetwork(b.graph, out, "x", "y", ["batch", *IMAGE], ["batch", 3])
+
+
+def test_graph_folds_where_only_convs_read(tmp_path, rng):
+    save_graph(planted_residual(), tmp_path / "f.onnx")
+    res = apply_pass(OnSetPass(), tmp_path / "f.onnx", tmp_path / "g.onnx", tmp_path / "g.cert.json", X)
+    cert = json.loads(res.certificate_path.read_text())
+    steps = [s["step"] for s in cert["evidence"]]
+    assert steps == ["on-set-graph", "on-set-graph-fold"]
+    folds = cert["evidence"][1]["folds"]
+    assert [len(x["folded"]) for x in folds] == [8 - 3]  # R0 only: R1 is read by the Add
+    assert cert["stats"]["channels_before"][:2] == [11, 6] and cert["stats"]["channels_after"][:2] == [5, 6]
+    assert check_certificate(res.certificate_path).holds
+    disc = cert["guarantee"]["epsilon"]
+    x = rng.uniform(0, 1, (2000, 64)).astype(np.float32)
+    y_f, y_g = run_onnx(tmp_path / "f.onnx", x), run_onnx(tmp_path / "g.onnx", x)
+    assert 0 < disc < 1e-4 * float(np.max(np.abs(y_f)))
+    assert np.max(np.abs(y_f - y_g)) <= disc + 1e-5 * float(np.max(np.abs(y_f)))
+    bad = json.loads(json.dumps(cert))
+    bad["evidence"][1]["folds"][0]["coefficients"][0][0] += 0.25
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert not check_certificate(tmp_path / "bad.json").holds

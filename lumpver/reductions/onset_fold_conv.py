@@ -50,13 +50,13 @@ def _reader_takes_channels(net: Network, k: int) -> bool:
     return True
 
 
-def _augmented(w3e: np.ndarray, bias: np.ndarray, s: np.ndarray) -> np.ndarray:
+def augmented_rows(w3e: np.ndarray, bias: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Rows ``s_c [filter_c, bias_c]``; a bias that is constant over positions counts once."""
     b = bias[:, :1] if np.all(bias == bias[:, :1]) else bias
     return s[:, None] * np.hstack([w3e.reshape(w3e.shape[0], -1), b])
 
 
-def _split(rows: np.ndarray, qr_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_rows(rows: np.ndarray, qr_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(basis positions, folded positions, coefficients) of ``rows`` by pivoted QR of ``rows.T``."""
     from scipy.linalg import qr
 
@@ -82,7 +82,7 @@ def choose_channel_folds(net: Network, cb: ChannelBounds, qr_tol: float = QR_TOL
         claim = ChannelClaim(removed[k], lin, np.zeros(0, np.int64), np.zeros((0, lin.size)))
         if lin.size > 1:
             w3e = np.einsum("tsk,sj->tjk", view.w3[lin], emb)
-            b, f, coeffs = _split(_augmented(w3e, layer.bias.reshape(view.out_channels, -1)[lin], s[lin]), qr_tol)
+            b, f, coeffs = split_rows(augmented_rows(w3e, layer.bias.reshape(view.out_channels, -1)[lin], s[lin]), qr_tol)
             claim = ChannelClaim(removed[k], lin[b], lin[f], coeffs)
         claims.append(claim)
         emb = claim.embedding(view.out_channels)
