@@ -7,8 +7,9 @@ channels that are not stable (one +1 and one -1 tap, bias 0) and a dead one (bia
 
 Independent references: the planted ranks (by construction), onnxruntime on 2000 points of X for
 both files, and a float64 numpy evaluation of the two files' weights. Tampering with the certificate's
-coefficients, its stability claims or the reduced file's weights must fail ``lumpver check``; a max
-pool between a layer and its reader blocks folding (graph networks fold nothing)."""
+coefficients, its stability claims or the reduced file's weights must fail ``lumpver check``. Graph
+networks: a max pool reading the activation blocks folding; in a residual graph only the activation
+read by convolutions alone folds (the one read by an Add does not, and a claim that it does fails)."""
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,7 @@ from lumpver.ir.graph import GNode, GraphBuilder, GraphNetwork
 from lumpver.ir.network import Layer, Network
 from lumpver.ir.onnx_export import save_onnx
 from lumpver.ir.onnx_graph_export import save_graph
-from lumpver.ir.onnx_import import load_onnx
+from lumpver.ir.onnx_import import load_graph, load_onnx
 from lumpver.ir.operators import ComposedOperator, DenseOperator
 from lumpver.ir.pooling import MaxPool
 from lumpver.ir.runtime import run_onnx
@@ -247,3 +248,10 @@ def test_graph_folds_where_only_convs_read(tmp_path, rng):
     bad["evidence"][1]["folds"][0]["coefficients"][0][0] += 0.25
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     assert not check_certificate(tmp_path / "bad.json").holds
+    f = load_graph(tmp_path / "f.onnx")  # claim a fold of R1, which the Add reads
+    r1 = next(k for k, n in enumerate(f.order) if any(f.node(s).kind == "add" for s in f.graph.successors(n)))
+    bad = json.loads(json.dumps(cert))
+    bad["evidence"][1]["folds"].append({"node": r1, "basis": [0], "folded": [1], "coefficients": [[1.0]]})
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    report = check_certificate(tmp_path / "bad.json")
+    assert not report.holds and any("cannot fold" in line for line in report.lines), report.lines

@@ -100,6 +100,8 @@ class GraphFold:
 def fold_graph_on_set(h: GraphNetwork, input_set: InputSet, method: str = "crown", qr_tol: float = QR_TOL,
                       progress: Progress = SILENT) -> Optional[GraphFold]:
     """Fold the stably active channels of h on ``input_set`` (module docstring); None when nothing folds."""
+    if not any(h.node(r).kind == "act" and foldable(h, r) is None for r in h.order):
+        return None  # e.g. every activation is read by a max pool or an Add: no bounds needed
     lo, hi = graph_hull(h, input_set, method, progress)
     claims = choose_graph_folds(h, lo, hi, qr_tol)
     if not claims:
