@@ -14,7 +14,7 @@ lumping (:func:`lumpver.reductions.exact_graph.lump_graph`) of the result follow
 when it merges channels (its bound ``a + b ||x||_inf`` at the largest ``||x||_inf`` on X). The
 claims and their re-check are :mod:`lumpver.certificates.onset_graph`.
 
-Stably active channels are folded linearly (:mod:`lumpver.reductions.onset_graph_fold`, a third
+Stably active channels are folded linearly (:mod:`lumpver.reductions.onset_graph_fold`, a second
 step ``on-set-graph-fold`` after the drops) when exact lumping merges nothing: a channel linear at every
 position over X whose augmented filter is a linear combination of others of its node goes into its
 readers' filters, only where every reader is a conv/dense node (a max pool, and an Add or Concat, are
