@@ -14,7 +14,9 @@ weights; float32 evaluation by a runtime adds its own rounding to both models. T
 recomputes the bounds (never reads recorded ones), rebuilds f without the claimed channels and
 requires g's file to be exactly that. An optional second step, ``exact-lumping``, lumps channels of
 that graph exactly (:mod:`lumpver.certificates.exact_graph`: partition checks and its bound
-``a + b ||x||_inf``, taken at the largest ``||x||_inf`` on X). This module must not import
+``a + b ||x||_inf``, taken at the largest ``||x||_inf`` on X), or instead ``on-set-graph-fold``, which
+folds stably active channels linearly (:mod:`lumpver.certificates.onset_graph_fold`: claims and bound
+recomputed on the graph after the drops). This module must not import
 :mod:`lumpver.reductions`; the reducer (:mod:`lumpver.reductions.onset_graph`) imports
 :func:`zero_channels` and :func:`set_xmax`.
 """
