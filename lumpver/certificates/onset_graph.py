@@ -14,7 +14,9 @@ weights; float32 evaluation by a runtime adds its own rounding to both models. T
 recomputes the bounds (never reads recorded ones), rebuilds f without the claimed channels and
 requires g's file to be exactly that. An optional second step, ``exact-lumping``, lumps channels of
 that graph exactly (:mod:`lumpver.certificates.exact_graph`: partition checks and its bound
-``a + b ||x||_inf``, taken at the largest ``||x||_inf`` on X). This module must not import
+``a + b ||x||_inf``, taken at the largest ``||x||_inf`` on X), or instead ``on-set-graph-fold``, which
+folds stably active channels linearly (:mod:`lumpver.certificates.onset_graph_fold`: claims and bound
+recomputed on the graph after the drops). This module must not import
 :mod:`lumpver.reductions`; the reducer (:mod:`lumpver.reductions.onset_graph`) imports
 :func:`zero_channels` and :func:`set_xmax`.
 """
@@ -29,6 +31,8 @@ from lumpver.bounds.region import region_box
 from lumpver.certificates.exact_graph import read_claim, verify_partition
 from lumpver.certificates.graph_channels import (channels, interface_problem, read_removed, removal_problem, same_graph,
                                                 without_channels)
+from lumpver.certificates.onset_graph_fold import (FOLD_STEP, claims_problem, graph_fold_discrepancy,
+                                                   read_graph_claims)
 from lumpver.certificates.format import CheckContext, CheckReport, check_bound, check_equal, confirm_prose
 from lumpver.errors import InputError
 from lumpver.ir.graph import GraphNetwork
@@ -43,19 +47,28 @@ STATEMENT = ("for every x in the input set: max_i |f_i(x) - g_i(x)| <= discrepan
 _MALFORMED = (KeyError, ValueError, TypeError, IndexError)
 
 
-def zero_channels(f: GraphNetwork, input_set: InputSet, method: str = "crown",
-                  progress: Progress = SILENT) -> dict[str, np.ndarray]:
-    """Per node of f, per channel: whether the bound engine proves the value 0 at every position on
-    every region of ``input_set`` (bounds ``[0, 0]``; a polytope is bounded by its bounding box)."""
+def graph_hull(f: GraphNetwork, input_set: InputSet, method: str = "crown",
+               progress: Progress = SILENT) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Lower and upper bounds of every node's value of f valid on all of ``input_set`` (the hull of the
+    bound engine's bounds on each region; a polytope is bounded by its bounding box)."""
     pg = prepare_graph(f)
-    zero = {n: np.ones(channels(f.node(n)), dtype=bool) for n in f.order}
+    lo: dict[str, np.ndarray] = {}
+    hi: dict[str, np.ndarray] = {}
     for k, region in enumerate(input_set.regions):
         gb = propagate_graph(pg, region_box(region), method)
         for n in f.order:
-            z = (gb.lower[n] >= 0) & (gb.upper[n] <= 0)
-            zero[n] &= z.reshape(zero[n].size, -1).all(axis=1)
+            lo[n] = np.minimum(lo[n], gb.lower[n]) if n in lo else gb.lower[n]
+            hi[n] = np.maximum(hi[n], gb.upper[n]) if n in hi else gb.upper[n]
         progress.tick(f"{method} bounds of {len(f.order)} graph nodes, region", k + 1, len(input_set.regions))
-    return zero
+    return lo, hi
+
+
+def zero_channels(f: GraphNetwork, input_set: InputSet, method: str = "crown",
+                  progress: Progress = SILENT) -> dict[str, np.ndarray]:
+    """Per node of f, per channel: whether the bound engine proves the value 0 at every position on
+    every region of ``input_set`` (bounds ``[0, 0]``)."""
+    lo, hi = graph_hull(f, input_set, method, progress)
+    return {n: ((lo[n] >= 0) & (hi[n] <= 0)).reshape(channels(f.node(n)), -1).all(axis=1) for n in f.order}
 
 
 # ----- the checks -----------------------------------------------------------------------------
@@ -108,13 +121,34 @@ def _replay(f: GraphNetwork, input_set: InputSet, steps: list, reduced: GraphNet
             report: CheckReport) -> Optional[float]:
     """Replay ``[on-set-graph]`` or ``[on-set-graph, exact-lumping]``: the bound on X, or None."""
     kinds = [s.get("step") if isinstance(s, dict) else None for s in steps]
-    if kinds not in ([STEP], [STEP, "exact-lumping"]):
-        report.fail(f"expected the steps [{STEP}] or [{STEP}, exact-lumping], found {kinds}")
+    if kinds not in ([STEP], [STEP, "exact-lumping"], [STEP, FOLD_STEP]):
+        report.fail(f"expected the steps [{STEP}], [{STEP}, exact-lumping] or [{STEP}, {FOLD_STEP}], found {kinds}")
         return None
     h = replay_graph_step(f, input_set, steps[0], reduced if len(steps) == 1 else None, report)
     if h is None or len(steps) == 1:
         return None if h is None else 0.0
+    if kinds[1] == FOLD_STEP:
+        return replay_graph_fold(h, input_set, steps[1], reduced, report)
     return replay_graph_lumping(h, input_set, steps[1], reduced, report)
+
+
+def replay_graph_fold(h: GraphNetwork, input_set: InputSet, step: dict[str, Any], target: GraphNetwork,
+                      report: CheckReport) -> Optional[float]:
+    """Re-check an ``on-set-graph-fold`` step from h (f after the drops) to ``target``
+    (:mod:`lumpver.certificates.onset_graph_fold`): its bound on X, or None."""
+    lo, hi = graph_hull(h, input_set, str(step.get("method", "crown")))
+    claims = read_graph_claims(h, step["folds"])
+    try:
+        problem = claims_problem(h, claims, lo, hi)
+        bound = graph_fold_discrepancy(h, claims, lo, hi, target) if problem is None else 0.0
+    except (InputError, ValueError) as e:
+        problem = str(e)
+    if problem is not None:
+        report.fail(f"{FOLD_STEP}: {problem}")
+        return None
+    report.ok(f"{FOLD_STEP}: {sum(c.folded.size for c in claims.values())} channel(s) of {len(claims)} node(s) linear "
+              f"at every position on X (bounds recomputed) folded; on X, max_i |f_i - g_i| <= {bound:.3e} (recomputed)")
+    return bound
 
 
 def check_onset_graph(cert: dict[str, Any], ctx: CheckContext, input_set: InputSet,

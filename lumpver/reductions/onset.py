@@ -117,8 +117,9 @@ def reduce_on_set(net: Network, input_set: InputSet, method: str = "crown", lp: 
     if input_set.dim != net.n_inputs:
         raise ValueError(f"input set has {input_set.dim} dimensions, the network {net.n_inputs} inputs")
     if not net.is_dense:  # convolutional layers: stably inactive channels (DESIGN.md §10)
-        cur, steps = channel_onset(net, input_set, method, progress)
-        return OnSetResult(net, cur, input_set, steps, 0.0, {"seconds": time.perf_counter() - t0})
+        cur, steps = channel_onset(net, input_set, method, progress, qr_tol)
+        disc = float(sum(s["discrepancy"] for s in steps)) * (1 + 1e-6)  # slack as below
+        return OnSetResult(net, cur, input_set, steps, disc, {"seconds": time.perf_counter() - t0})
     leaves = default_max_leaves(net) if max_leaves is None else max_leaves
     cur, steps = net, []
     for r in range(rounds):

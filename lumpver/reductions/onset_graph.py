@@ -14,13 +14,13 @@ lumping (:func:`lumpver.reductions.exact_graph.lump_graph`) of the result follow
 when it merges channels (its bound ``a + b ||x||_inf`` at the largest ``||x||_inf`` on X). The
 claims and their re-check are :mod:`lumpver.certificates.onset_graph`.
 
-Not done here: stably active channels are not linearly lumped. Such a channel is its filter applied
-to the previous node, so channels with linearly dependent filters (and biases) could be folded into
-their readers' filters (§3), but only where every reader is a conv/dense node (a max pool, and an Add
-followed by a ReLU, are not linear across channels) and with a float discrepancy bound through the
-rest of the graph for the rounded folded filters. Channels that are a non-zero constant on X
-are not folded (a channel constant on X has a constant input, i.e. all-zero filters, and the
-lumping step folds those already; anything else would need a float discrepancy bound).
+Stably active channels are folded linearly (:mod:`lumpver.reductions.onset_graph_fold`, a second
+step ``on-set-graph-fold`` after the drops) when exact lumping merges nothing: a channel linear at every
+position over X whose augmented filter is a linear combination of others of its node goes into its
+readers' filters, only where every reader is a conv/dense node (a max pool, and an Add or Concat, are
+not linear across channels), with a sound float discrepancy bound for the rounded folded filters.
+Channels that are a non-zero constant on X are not folded (a channel constant on X has a constant
+input, i.e. all-zero filters, and the lumping step folds those already).
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from lumpver.certificates.exact_graph import claim_of, graph_discrepancy_bound, 
 from lumpver.certificates.format import make_certificate, model_stats
 from lumpver.certificates.graph_channels import removal_problem, same_graph, without_channels
 from lumpver.certificates.onset_graph import STATEMENT, STEP, set_xmax, zero_channels
+from lumpver.certificates.onset_graph_fold import FOLD_STEP, claims_to_json
 from lumpver.errors import InputError
 from lumpver.fileio import write_json_atomic
 from lumpver.ir.graph import GraphNetwork
@@ -44,6 +45,7 @@ from lumpver.progress import SILENT, Progress
 from lumpver.reductions.base import PassContext, ReductionResult, remove_on_failure
 from lumpver.reductions.exact import DEFAULT_TOLERANCE
 from lumpver.reductions.exact_graph import GraphLumpResult, choose_removals, lump_graph
+from lumpver.reductions.onset_graph_fold import GraphFold, fold_graph_on_set
 from lumpver.specs.inputset import InputSet
 
 @dataclass
@@ -57,6 +59,7 @@ class GraphOnSetResult:
     removed: dict[str, np.ndarray]
     n_zero: int  # dropped node channels proved 0 on X
     lumped: Optional[GraphLumpResult] = None
+    folds: Optional[GraphFold] = None
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,9 +76,10 @@ def reduce_graph_on_set(f: GraphNetwork, input_set: InputSet, method: str = "cro
         raise AssertionError(f"on-set graph selection is not valid: {problem}")
     g = without_channels(f, removed)
     lumped = _lump(g, progress) if lump else None
-    final = lumped.reduced if lumped is not None else g
+    folds = fold_graph_on_set(g, input_set, method, progress=progress) if lumped is None else None
+    final = lumped.reduced if lumped is not None else folds.reduced if folds is not None else g
     n_zero = sum(int(np.sum(zero[n][r])) for n, r in removed.items())
-    return GraphOnSetResult(f, g, final, removed, n_zero, lumped, model_stats(f, final, 0.0))
+    return GraphOnSetResult(f, g, final, removed, n_zero, lumped, folds, model_stats(f, final, 0.0))
 
 
 def _lump(g: GraphNetwork, progress: Progress) -> Optional[GraphLumpResult]:
@@ -132,6 +136,14 @@ class OnSetGraphPass:
                           "0 at every position; every conv/dense node that reads a dropped channel reads one of "
                           "those or has all-zero filters on it (DESIGN.md §3, §10)",
                 "channels_before": onset_stats["channels_before"], "channels_after": onset_stats["channels_after"]}
+        if res.folds is not None:
+            fold_step = {"step": FOLD_STEP, "backend": "bounds", "verdict": "proved", "method": self.method,
+                         "folds": claims_to_json(res.onset, res.folds.claims), "discrepancy": res.folds.discrepancy,
+                         "channels_before": onset_stats["channels_after"], "channels_after": res.stats["channels_after"],
+                         "reason": f"{sum(c.folded.size for c in res.folds.claims.values())} channel(s) linear at every "
+                                   "position on X are linear combinations of others of their node and were folded into "
+                                   "their conv/dense readers' filters (DESIGN.md §3, §10)"}
+            return [step, fold_step], res.folds.discrepancy * (1 + 1e-6)
         if res.lumped is None:
             problem = same_graph(h, g2)
             if problem is not None:
