@@ -381,22 +381,22 @@ def _pass(A, b_eq: np.ndarray, b_le: np.ndarray, lb: np.ndarray, ub: np.ndarray,
 
 
 def _children(chain: Chain, lo: np.ndarray, hi: np.ndarray, node: Node, k: int, i: int) -> list[Node]:
-    """The two phases of neuron (k, i), later layers re-bounded by CROWN; empty children (crossing sound
-    bounds) dropped."""
+    """The two phases of neuron (k, i), later layers re-bounded by CROWN in one batch of two; empty children
+    (crossing sound bounds) dropped."""
+    zl = [np.repeat(a[None], 2, axis=0) for a in node.zl]
+    zu = [np.repeat(a[None], 2, axis=0) for a in node.zu]
+    zu[k][0, i], zl[k][1, i] = 0.0, 0.0  # z <= 0, z >= 0
+    n_out = chain.steps[-1].op.out_features
+    nl, nu = layer_bounds(chain, np.repeat(lo[None], 2, axis=0), np.repeat(hi[None], 2, axis=0),
+                          zl + [np.full((2, n_out), -np.inf)], zu + [np.full((2, n_out), np.inf)], k + 1)
+    empty = infeasible(nl, nu)
     kids = []
-    for sign in (-1.0, 1.0):
-        zl, zu, ph = [a.copy() for a in node.zl], [a.copy() for a in node.zu], [a.copy() for a in node.phase]
-        ph[k][i] = sign
-        if sign < 0:
-            zu[k][i] = 0.0
-        else:
-            zl[k][i] = 0.0
-        full_l = [a[None] for a in zl] + [np.full((1, chain.steps[-1].op.out_features), -np.inf)]
-        full_u = [a[None] for a in zu] + [np.full((1, chain.steps[-1].op.out_features), np.inf)]
-        nl, nu = layer_bounds(chain, lo[None], hi[None], full_l, full_u, k + 1)
-        if infeasible(nl, nu)[0]:
+    for c, sign in enumerate((-1.0, 1.0)):
+        if empty[c]:
             continue
-        kids.append(Node([a[0] for a in nl[:-1]], [a[0] for a in nu[:-1]], ph))
+        ph = [a.copy() for a in node.phase]
+        ph[k][i] = sign
+        kids.append(Node([a[c] for a in nl[:-1]], [a[c] for a in nu[:-1]], ph))
     return kids
 
 
