@@ -269,7 +269,7 @@ class _Search:
         self._input_mode = query.network.n_inputs <= opt.input_split_dims
         self._roots: dict = {}
         self._lp_net = LpNet.of(self.chain)
-        self._lp_seconds = 0.02  # seconds per LP (estimate, updated as they run)
+        self._lp_box_seconds = 0.05  # seconds of LP finisher per box (estimate, updated as they run)
 
     # ----- verdicts ---------------------------------------------------------------------------
     def _details(self) -> dict:
@@ -426,14 +426,14 @@ class _Search:
             return None
         todo = [d for d in doms if d.score >= 0 and d.depth >= max(self.opt.lp_depth, d.lp_next)]
         # the round's LP work fits the round target: the boxes nearest to closing first
-        room = self._round_target() * max(1, self.opt.workers) / (self.opt.lp_budget * self._lp_seconds)
+        room = self._round_target() * max(1, self.opt.workers) / self._lp_box_seconds
         todo = sorted(todo, key=lambda d: d.score)[:max(1, int(room))]
         if not todo:
             return None
         t = time.monotonic()
         outs = self._map(lp_close, ctx, todo, self.opt.lp_budget, chunks_per_worker=4)  # uneven work per box
         n_lp = sum(o.lps for o in outs)
-        self._lp_seconds = 0.5 * self._lp_seconds + 0.5 * (time.monotonic() - t) * max(1, self.opt.workers) / max(n_lp, 1)
+        self._lp_box_seconds = 0.5 * self._lp_box_seconds + 0.5 * (time.monotonic() - t) * max(1, self.opt.workers) / len(todo)
         for d, o in zip(todo, outs):
             self.stats.lps += o.lps
             if o.bound is not None:
