@@ -88,13 +88,15 @@ class BabOptions:
     falsify_every: float = 3.0  # seconds between falsifier rounds during the search
     falsify_share: float = 0.15
     heartbeat: float = 3.0  # seconds between progress lines
-    #: LP finisher (verifiers/lp_finish.py) on open input boxes of ReLU chains from this depth on (0: off), once
-    #: ``lp_after`` of the timeout has passed, at most ``lp_budget`` LPs per box; a box left open is tried
-    #: again ``lp_retry`` splits deeper. Off by default: one LP costs ~20 CROWN sub-problems and it slowed
-    #: 1_1 prop_3 without deciding the last three ACAS Xu instances (bench/RESULTS.md, "LP finisher")
-    lp_depth: int = 0
-    lp_after: float = 0.3
-    lp_budget: int = 10
+    #: LP finisher (verifiers/lp_finish.py, one warm-started HiGHS model per box) on open input boxes of ReLU
+    #: chains from this depth on (0: off), once ``lp_after`` of the timeout has passed, at most ``lp_budget`` LPs
+    #: per box; a box left open is tried again ``lp_retry`` splits deeper. Measured with CPU budgets
+    #: (bench/RESULTS.md, "A persistent, warm-started LP per box"): 14/8 decides 4_2 prop_2 (51 s CPU; open at 60 s
+    #: without), halves 1_1 prop_5 (6.0 vs 12.3 s CPU), leaves 3_3 prop_9 level; the gate keeps it off 1_1 prop_3
+    #: (3.4 vs 2.5 s CPU when forced from the start)
+    lp_depth: int = 14
+    lp_after: float = 0.15
+    lp_budget: int = 8
     lp_retry: int = 2
     #: input splitting: optimised intermediate bounds (:func:`lumpver.bounds.intermediate.refine_layers`) on the
     #: boxes from depth ``refine_depth`` on with at most ``refine.max_unstable`` unstable ReLUs, inherited by
