@@ -320,7 +320,7 @@ class BoxLp:
         self.lb[zc], self.ub[zc] = lj, uj
         tri = (lj < 0) & (uj > 0)
         a = np.where(tri, uj / np.where(tri, uj - lj, 1.0), np.where(lj >= 0, 1.0, 0.0))
-        a = np.where(tri, np.nextafter(a, np.inf), a)
+        a = np.where(tri, np.nextafter(a * (1.0 + 1e-15), np.inf), a)  # above the real slope: the chord stays valid
         r = np.where(tri, np.nextafter(-a * lj, np.inf), 0.0)
         self.A_ub.data[self.r2_data[t]] = -a
         nu = self.unst.size
