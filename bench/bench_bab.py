@@ -1,7 +1,7 @@
 """Benchmark of the branch-and-bound back-end (issue 13, DESIGN.md §11) against published peers.
 
     python bench/bench_bab.py [--suite acasxu|mnist] [--timeout 30] [--workers 2] [--limit N] [--filter S]
-                              [--lp-depth D]  # LP finisher from depth D (0: off), for A/B runs
+                              [--lp-depth D] [--lp-budget N] [--lp-after F]  # LP finisher, A/B runs
                               [--refine ITERS,MAX_UNSTABLE,DEPTH]  # optimised intermediate bounds, A/B runs
     python bench/bench_bab.py --suite random --limit 600     # soundness: random nets vs an exact MILP
     python bench/bench_bab.py --suite sigmoid|tanh --limit 5 # planted 6x200 sigmoid/tanh net, 4 eps per image
@@ -143,9 +143,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--filter", default="")
     ap.add_argument("--lp-depth", type=int, default=None, help="BabOptions.lp_depth (0: LP finisher off)")
+    ap.add_argument("--lp-budget", type=int, default=None, help="BabOptions.lp_budget (LPs per box)")
+    ap.add_argument("--lp-after", type=float, default=None, help="BabOptions.lp_after (share of the timeout first)")
     ap.add_argument("--refine", default="", help="ITERS,MAX_UNSTABLE,DEPTH: BabOptions.refine/refine_depth")
     args = ap.parse_args()
-    changes: dict = {} if args.lp_depth is None else {"lp_depth": args.lp_depth}
+    changes: dict = {k: v for k, v in (("lp_depth", args.lp_depth), ("lp_budget", args.lp_budget),
+                                         ("lp_after", args.lp_after)) if v is not None}
     if args.refine:
         from lumpver.bounds.diff_batched import Refine
 

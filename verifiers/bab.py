@@ -88,13 +88,15 @@ class BabOptions:
     falsify_every: float = 3.0  # seconds between falsifier rounds during the search
     falsify_share: float = 0.15
     heartbeat: float = 3.0  # seconds between progress lines
-    #: LP finisher (verifiers/lp_finish.py) on open input boxes of ReLU chains from this depth on (0: off), once
-    #: ``lp_after`` of the timeout has passed, at most ``lp_budget`` LPs per box; a box left open is tried
-    #: again ``lp_retry`` splits deeper. Off by default: one LP costs ~20 CROWN sub-problems and it slowed
-    #: 1_1 prop_3 without deciding the last three ACAS Xu instances (bench/RESULTS.md, "LP finisher")
-    lp_depth: int = 0
-    lp_after: float = 0.3
-    lp_budget: int = 10
+    #: LP finisher (verifiers/lp_finish.py, one warm-started HiGHS model per box) on open input boxes of ReLU
+    #: chains from this depth on (0: off), once ``lp_after`` of the timeout has passed, at most ``lp_budget`` LPs
+    #: per box; a box left open is tried again ``lp_retry`` splits deeper. Measured with CPU budgets
+    #: (bench/RESULTS.md, "A persistent, warm-started LP per box"): 14/8 decides 4_2 prop_2 (51 s CPU; open at 60 s
+    #: without), halves 1_1 prop_5 (6.0 vs 12.3 s CPU), leaves 3_3 prop_9 level; the gate keeps it off 1_1 prop_3
+    #: (3.4 vs 2.5 s CPU when forced from the start)
+    lp_depth: int = 14
+    lp_after: float = 0.15
+    lp_budget: int = 8
     lp_retry: int = 2
     #: input splitting: optimised intermediate bounds (:func:`lumpver.bounds.intermediate.refine_layers`) on the
     #: boxes from depth ``refine_depth`` on with at most ``refine.max_unstable`` unstable ReLUs, inherited by
@@ -269,7 +271,7 @@ class _Search:
         self._input_mode = query.network.n_inputs <= opt.input_split_dims
         self._roots: dict = {}
         self._lp_net = LpNet.of(self.chain)
-        self._lp_seconds = 0.02  # seconds per LP (estimate, updated as they run)
+        self._lp_box_seconds = 0.05  # seconds of LP finisher per box (estimate, updated as they run)
 
     # ----- verdicts ---------------------------------------------------------------------------
     def _details(self) -> dict:
@@ -426,14 +428,14 @@ class _Search:
             return None
         todo = [d for d in doms if d.score >= 0 and d.depth >= max(self.opt.lp_depth, d.lp_next)]
         # the round's LP work fits the round target: the boxes nearest to closing first
-        room = self._round_target() * max(1, self.opt.workers) / (self.opt.lp_budget * self._lp_seconds)
+        room = self._round_target() * max(1, self.opt.workers) / self._lp_box_seconds
         todo = sorted(todo, key=lambda d: d.score)[:max(1, int(room))]
         if not todo:
             return None
         t = time.monotonic()
         outs = self._map(lp_close, ctx, todo, self.opt.lp_budget, chunks_per_worker=4)  # uneven work per box
         n_lp = sum(o.lps for o in outs)
-        self._lp_seconds = 0.5 * self._lp_seconds + 0.5 * (time.monotonic() - t) * max(1, self.opt.workers) / max(n_lp, 1)
+        self._lp_box_seconds = 0.5 * self._lp_box_seconds + 0.5 * (time.monotonic() - t) * max(1, self.opt.workers) / len(todo)
         for d, o in zip(todo, outs):
             self.stats.lps += o.lps
             if o.bound is not None:

@@ -9,11 +9,12 @@ disjunct ``A y <= b`` of a ReLU chain, :func:`finish`
    solver's dual; on ACAS Xu's deep boxes two LPs per neuron cost more than the splits they saved);
 2. bounds the *elastic* LP ``min s  s.t.  A_all v - s <= b_all`` over ``v = [x, h_0, .., h_{L-2}]``
    (the rows of the relaxation, the ReLU phase fixes and the property rows ``A y - b``, each relaxed
-   by ``s``) from below through its dual (:func:`lumpver.bounds.region.lp_solve_sound`). A sound
-   value ``> 0`` proves that no ``x`` of the box reaches the disjunct under the node's phase fixes: a
-   point reaching it satisfies every row with ``s = 0``. The multipliers are a Farkas certificate of
-   the emptiness of ``A_all v <= b_all``, re-checked in outward-rounded arithmetic, so infeasible
-   phase combinations close by the same test and never on the solver's word;
+   by ``s``) from below through its dual (:func:`lumpver.bounds.region.dual_bound`), all nodes of a box in one
+   persistent, warm-started HiGHS model (:class:`BoxLp`, ``highspy``: 12 -> 2.4 ms per LP on ACAS Xu's deep
+   boxes, bench/RESULTS.md). A sound value ``> 0`` proves that no ``x`` of the box reaches the disjunct
+   under the node's phase fixes: a point reaching it satisfies every row with ``s = 0``. An infeasible LP
+   closes only through the solver's dual ray re-checked by the same function (a Farkas certificate in
+   outward-rounded arithmetic), never on the solver's word;
 3. splits the open node's unstable neuron with the largest relaxation gap ``h - relu(z)`` at the LP
    optimum (earliest layer on ties) into ``z <= 0`` and ``z >= 0``; the children's later layers are
    re-bounded by CROWN (:func:`lumpver.bounds.batched.layer_bounds`, intersected with the parent's);
@@ -24,6 +25,8 @@ Only ReLU hidden layers and an identity output layer are handled (:meth:`LpNet.o
 """
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -32,7 +35,7 @@ import numpy as np
 from lumpver.bounds.batched import infeasible, layer_bounds
 from lumpver.bounds.engine import Chain
 from lumpver.bounds.lp import sum_pad
-from lumpver.bounds.region import lp_solve_sound
+from lumpver.bounds.region import dual_bound, lp_solve_sound
 
 #: upper bound of the elastic variable ``s`` (any finite value: the LP is a relaxation for every s range
 #: containing 0; too small only makes an LP infeasible, which leaves the node open)
@@ -187,75 +190,271 @@ def elastic(net: LpNet, lo: np.ndarray, hi: np.ndarray, node: Node, A_prop: np.n
     return val, lay, v
 
 
-def _branch(net: LpNet, node: Node, lay: Layout, v: np.ndarray) -> Optional[tuple[int, int]]:
-    """The free unstable neuron with the largest gap ``h - relu(z)`` at the LP point (earliest layer on
-    ties); None when no neuron is free."""
-    best, arg, prev = -1.0, None, v[:lay.offs[1]]
-    for k in range(net.hidden):
-        h = np.zeros(net.W[k].shape[0])
-        h[lay.live[k]] = v[lay.offs[k + 1]:lay.offs[k + 2]]
-        z = lay.prev(net, k) @ prev + net.b[k]
-        prev = h[lay.live[k]]
-        free = (node.zl[k] < 0) & (node.zu[k] > 0) & (node.phase[k] == 0)
-        if np.any(free):
-            gap = np.where(free, h - np.maximum(z, 0.0), -np.inf)
-            i = int(np.argmax(gap))
-            if gap[i] > best + 1e-9:
-                best, arg = float(gap[i]), (k, i)
-    return arg
+def _highs():
+    """A silent ``highspy.Highs`` (its banner goes to the C stdout of the process once: kept off the CLI's
+    JSON by pointing file descriptor 1 at /dev/null while it is built)."""
+    import highspy  # solver: imported where used
+
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+    for name, val in (("output_flag", False), ("presolve", "off"), ("threads", 1)):
+        h.setOptionValue(name, val)
+    return h
+
+
+def _coo(rows: list, cols: list, vals: list, r: np.ndarray, c: np.ndarray, v) -> None:
+    """Append the triplets ``(r, c, v)`` (``v`` a scalar or an array of ``r``'s size, row-major)."""
+    r = np.asarray(r).ravel()
+    v = np.asarray(v, dtype=np.float64).ravel()
+    rows.append(r)
+    cols.append(np.asarray(c).ravel())
+    vals.append(np.full(r.size, v[0]) if v.size == 1 else v)
+
+
+@dataclass
+class BoxLp:
+    """A persistent HiGHS model (``highspy``) of the elastic LP of one box (module docstring, step 2), kept
+    across the box's phase nodes: loading a node changes column bounds, row bounds and one coefficient per
+    changed unstable neuron, and the dual simplex restarts from the parent's basis.
+
+    Neurons dead on the box (``u <= 0`` at the root) have no column. Columns: ``x``, one post-activation
+    ``p`` per live neuron (``p = z`` for the neurons active on the whole box) and a pre-activation ``z`` per
+    neuron unstable at the root, then ``s``. Rows: ``pre - W p_prev = b`` (exact), and, relaxed by ``s``, for the
+    root-unstable neurons ``z - h <= 0`` and ``h - a z <= r`` (the triangle's chord; ``h <= z`` once ``l >= 0``,
+    ``h <= 0`` once ``u <= 0``; ``a`` and ``r`` rounded up so that the row holds at every real point), and the
+    property rows; bounds ``z in [l, u]``, ``h in [max(l, 0), max(u, 0)]``, ``p in [l, u]`` when active.
+    A node is only its bounds: a phase fix sets ``zu = 0`` or ``zl = 0``. Soundness: the value through
+    :func:`lumpver.bounds.region.dual_bound` on the same rows written ``A_ub v <= b_ub`` (each equality twice,
+    its multiplier split by sign); an infeasible LP closes only through its dual ray checked the same way
+    (Farkas)."""
+
+    model: object
+    A_ub: object  # scipy CSR of [EQ; -EQ; R1; R2; P]
+    b_ub: np.ndarray
+    lb: np.ndarray
+    ub: np.ndarray
+    n_eq: int
+    live: np.ndarray  # flat indices of the live neurons
+    unst: np.ndarray  # flat indices of the root-unstable neurons
+    p_col: np.ndarray  # per flat neuron its post-activation column (-1: dead)
+    z_col: np.ndarray  # per root-unstable neuron (in ``unst`` order) its z column
+    r2_data: np.ndarray  # positions in A_ub.data of R2's z coefficients
+    l: np.ndarray  # bounds loaded in the model, flat over the hidden neurons
+    u: np.ndarray
+
+    @classmethod
+    def of(cls, net: LpNet, lo: np.ndarray, hi: np.ndarray, root: Node, A_prop: np.ndarray,
+           b_prop: np.ndarray) -> Optional["BoxLp"]:
+        """The model for the box, None when a live neuron's root bound is not finite."""
+        from scipy import sparse  # solver: imported where used
+
+        l0, u0 = np.concatenate(root.zl), np.concatenate(root.zu)
+        live, unst = np.flatnonzero(u0 > 0), np.flatnonzero((u0 > 0) & (l0 < 0))
+        if not (np.all(np.isfinite(l0[live])) and np.all(np.isfinite(u0[live]))):
+            return None
+        n_in, H, nu, m = lo.size, l0.size, unst.size, A_prop.shape[0]
+        p_col = np.full(H, -1)
+        p_col[live] = n_in + np.arange(live.size)
+        z_col = n_in + live.size + np.arange(nu)
+        pre = p_col.copy()
+        pre[unst] = z_col
+        cs, ends = n_in + live.size + nu, np.cumsum([0] + [w.shape[0] for w in net.W[:-1]])
+        rows, cols, vals, row_of = [], [], [], np.full(H, -1)
+        row_of[live] = np.arange(live.size)
+        for k in range(net.hidden):  # EQ rows: pre - W p_prev = b
+            g = live[(live >= ends[k]) & (live < ends[k + 1])]
+            W = net.W[k][g - ends[k]]
+            if k == 0:
+                pc = np.arange(n_in)
+            else:
+                prev = live[(live >= ends[k - 1]) & (live < ends[k])]
+                W, pc = W[:, prev - ends[k - 1]], p_col[prev]
+            _coo(rows, cols, vals, row_of[g], pre[g], 1.0)
+            _coo(rows, cols, vals, np.repeat(row_of[g], pc.size), np.tile(pc, g.size), -W)
+        n_eq, t = live.size, np.arange(nu)
+        _coo(rows, cols, vals, n_eq + t, z_col, 1.0)  # R1: z - h - s <= 0
+        _coo(rows, cols, vals, n_eq + t, p_col[unst], -1.0)
+        _coo(rows, cols, vals, n_eq + nu + t, p_col[unst], 1.0)  # R2: h - a z - s <= r
+        _coo(rows, cols, vals, n_eq + nu + t, z_col, -1.0)
+        last = live[live >= ends[-2]]
+        out_w = (A_prop @ net.W[-1])[:, last - ends[-2]]  # P: (A W_L) h_{L-1} - s <= b - A b_L
+        _coo(rows, cols, vals, np.repeat(n_eq + 2 * nu + np.arange(m), last.size), np.tile(p_col[last], m), out_w)
+        _coo(rows, cols, vals, np.arange(n_eq, n_eq + 2 * nu + m), np.full(2 * nu + m, cs), -1.0)
+        A = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                              shape=(n_eq + 2 * nu + m, cs + 1))
+        A.sum_duplicates()
+        b_eq = np.concatenate(net.b[:-1])[live]
+        A_ub = sparse.vstack([A[:n_eq], -A[:n_eq], A[n_eq:]]).tocsr()
+        A_ub.sort_indices()
+        r2 = 2 * n_eq + nu + t  # R2's rows in A_ub
+        r2_data = A_ub.indptr[r2] + np.array([int(np.searchsorted(A_ub.indices[A_ub.indptr[r]:A_ub.indptr[r + 1]], c))
+                                              for r, c in zip(r2, z_col)], dtype=int)
+        b_ub = np.concatenate([b_eq, -b_eq, np.zeros(2 * nu), b_prop - A_prop @ net.b[-1]])
+        lb, ub = np.concatenate([lo, np.zeros(cs - n_in), [-1.0]]), np.concatenate([hi, np.zeros(cs - n_in), [S_MAX]])
+        box = cls(_pass(A, b_eq, b_ub[2 * n_eq:], lb, ub, cs), A_ub, b_ub, lb, ub, n_eq, live, unst, p_col, z_col,
+                  r2_data, np.full(H, np.nan), np.full(H, np.nan))
+        box.load(root)
+        return box
+
+    def load(self, node: Node) -> None:
+        """Set the model's bounds (and chord rows) to the node's, only where they changed."""
+        import highspy  # solver: imported where used
+
+        l, u = np.concatenate(node.zl), np.concatenate(node.zu)
+        changed = ~((l == self.l) & (u == self.u))
+        self.l[changed], self.u[changed] = l[changed], u[changed]
+        g = self.live[changed[self.live]]
+        if g.size == 0:
+            return
+        c = self.p_col[g]
+        self.lb[c], self.ub[c] = np.maximum(l[g], 0.0), np.maximum(u[g], 0.0)
+        t = np.flatnonzero(changed[self.unst])
+        lj, uj, zc = l[self.unst[t]], u[self.unst[t]], self.z_col[t]
+        self.lb[zc], self.ub[zc] = lj, uj
+        tri = (lj < 0) & (uj > 0)
+        a = np.where(tri, uj / np.where(tri, uj - lj, 1.0), np.where(lj >= 0, 1.0, 0.0))
+        a = np.where(tri, np.nextafter(a * (1.0 + 1e-15), np.inf), a)  # above the real slope: the chord stays valid
+        r = np.where(tri, np.nextafter(-a * lj, np.inf), 0.0)
+        self.A_ub.data[self.r2_data[t]] = -a
+        nu = self.unst.size
+        self.b_ub[2 * self.n_eq + nu + t] = r
+        h, cols = self.model, np.concatenate([c, zc])
+        h.changeColsBounds(cols.size, cols, self.lb[cols], self.ub[cols])
+        rows = self.n_eq + nu + t
+        h.changeRowsBounds(t.size, rows, np.full(t.size, -highspy.kHighsInf), r)
+        for row, col, aj in zip(rows.tolist(), zc.tolist(), (-a).tolist()):
+            h.changeCoeff(row, col, aj)
+
+    def _bound(self, c: np.ndarray, y: np.ndarray) -> Optional[float]:
+        """dual_bound for HiGHS row multipliers ``y`` (equality multipliers split by sign)."""
+        e = self.n_eq
+        marg = np.concatenate([np.minimum(y[:e], 0.0), np.minimum(-y[:e], 0.0), y[e:]])
+        return dual_bound(c, self.A_ub, self.b_ub, self.lb, self.ub, marg)
+
+    def solve(self, basis=None):
+        """Sound lower bound of the loaded node's elastic LP (``inf`` for a Farkas-certified empty node), its
+        primal point (a hint) and basis; None for the bound and point when the solver gives neither."""
+        import highspy  # solver: imported where used
+
+        h = self.model
+        if basis is not None:
+            h.setBasis(basis)
+        h.run()
+        status = h.getModelStatus()
+        if status == highspy.HighsModelStatus.kInfeasible:
+            ok, has, ray = h.getDualRay()
+            zero = np.zeros(self.lb.size)
+            for sign in (1.0, -1.0):
+                val = self._bound(zero, sign * np.asarray(ray, dtype=np.float64)) if has else None
+                if val is not None and val > 0:
+                    return np.inf, None, None
+            return None, None, None
+        if status != highspy.HighsModelStatus.kOptimal:
+            return None, None, None
+        sol = h.getSolution()
+        cost = np.eye(1, self.lb.size, self.lb.size - 1).ravel()
+        return self._bound(cost, np.asarray(sol.row_dual, dtype=np.float64)), np.asarray(sol.col_value), h.getBasis()
+
+
+def _pass(A, b_eq: np.ndarray, b_le: np.ndarray, lb: np.ndarray, ub: np.ndarray, cs: int):
+    """A silent HiGHS model of ``min v_cs`` over the rows ``A`` (the first ``b_eq.size`` equalities, the rest
+    ``<= b_le``) and the column bounds."""
+    import highspy  # solver: imported where used
+
+    h, lp, A = _highs(), highspy.HighsLp(), A.tocsc()
+    lp.num_col_, lp.num_row_ = A.shape[1], A.shape[0]
+    lp.col_cost_ = np.eye(1, A.shape[1], cs).ravel()
+    lp.col_lower_, lp.col_upper_ = lb, ub
+    lp.row_lower_ = np.concatenate([b_eq, np.full(b_le.size, -highspy.kHighsInf)])
+    lp.row_upper_ = np.concatenate([b_eq, b_le])
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
+    lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = A.shape[1], A.shape[0]
+    h.passModel(lp)
+    return h
 
 
 def _children(chain: Chain, lo: np.ndarray, hi: np.ndarray, node: Node, k: int, i: int) -> list[Node]:
-    """The two phases of neuron (k, i), later layers re-bounded by CROWN; empty children (crossing sound
-    bounds) dropped."""
+    """The two phases of neuron (k, i), later layers re-bounded by CROWN in one batch of two; empty children
+    (crossing sound bounds) dropped."""
+    zl = [np.repeat(a[None], 2, axis=0) for a in node.zl]
+    zu = [np.repeat(a[None], 2, axis=0) for a in node.zu]
+    zu[k][0, i], zl[k][1, i] = 0.0, 0.0  # z <= 0, z >= 0
+    n_out = chain.steps[-1].op.out_features
+    nl, nu = layer_bounds(chain, np.repeat(lo[None], 2, axis=0), np.repeat(hi[None], 2, axis=0),
+                          zl + [np.full((2, n_out), -np.inf)], zu + [np.full((2, n_out), np.inf)], k + 1)
+    empty = infeasible(nl, nu)
     kids = []
-    for sign in (-1.0, 1.0):
-        zl, zu, ph = [a.copy() for a in node.zl], [a.copy() for a in node.zu], [a.copy() for a in node.phase]
-        ph[k][i] = sign
-        if sign < 0:
-            zu[k][i] = 0.0
-        else:
-            zl[k][i] = 0.0
-        full_l = [a[None] for a in zl] + [np.full((1, chain.steps[-1].op.out_features), -np.inf)]
-        full_u = [a[None] for a in zu] + [np.full((1, chain.steps[-1].op.out_features), np.inf)]
-        nl, nu = layer_bounds(chain, lo[None], hi[None], full_l, full_u, k + 1)
-        if infeasible(nl, nu)[0]:
+    for c, sign in enumerate((-1.0, 1.0)):
+        if empty[c]:
             continue
-        kids.append(Node([a[0] for a in nl[:-1]], [a[0] for a in nu[:-1]], ph))
+        ph = [a.copy() for a in node.phase]
+        ph[k][i] = sign
+        kids.append(Node([a[c] for a in nl[:-1]], [a[c] for a in nu[:-1]], ph))
     return kids
+
+
+def _branch_point(box: BoxLp, node: Node, v: np.ndarray) -> Optional[tuple[int, int]]:
+    """The free unstable neuron with the largest gap ``h - relu(z)`` at the LP point (earliest on ties);
+    None when no neuron is free."""
+    l, u = np.concatenate(node.zl)[box.unst], np.concatenate(node.zu)[box.unst]
+    free = (l < 0) & (u > 0)
+    if not np.any(free):
+        return None
+    z, h = v[box.z_col], v[box.p_col[box.unst]]
+    g = int(box.unst[int(np.argmax(np.where(free, h - np.maximum(z, 0.0), -np.inf)))])
+    ends = np.cumsum([a.size for a in node.zl])
+    k = int(np.searchsorted(ends, g, side="right"))
+    return k, g - (int(ends[k - 1]) if k else 0)
 
 
 def finish(chain: Chain, net: LpNet, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
            A_prop: np.ndarray, b_prop: np.ndarray, budget: int, tighten_first: bool = False) -> FinishResult:
-    """Decide the disjunct ``A_prop y <= b_prop`` on the box by LP branch and bound (module docstring).
-    ``zl, zu``: sound pre-activation bounds of every layer (the output layer's are ignored)."""
+    """Decide the disjunct ``A_prop y <= b_prop`` on the box by LP branch and bound (module docstring), every
+    node's LP solved in one persistent, warm-started model (:class:`BoxLp`). ``zl, zu``: sound pre-activation
+    bounds of every layer (the output layer's are ignored)."""
     root = Node([np.array(a, dtype=np.float64) for a in zl[:-1]], [np.array(a, dtype=np.float64) for a in zu[:-1]],
                 [np.zeros(a.shape) for a in zl[:-1]])
     out = FinishResult(closed=False, bound=np.inf)
     if tighten_first:
         out.lps += tighten(net, lo, hi, root)
-    stack = [root]
+    if any(np.any(l > u) for l, u in zip(root.zl, root.zu)):
+        out.closed = True
+        return out  # crossing sound bounds: the box holds no input
+    box = BoxLp.of(net, lo, hi, root, A_prop, b_prop)
+    if box is None:
+        out.bound = -np.inf
+        return out
+    stack: list[tuple[Node, object]] = [(root, None)]
     while stack:
         if out.lps >= budget:
             out.bound = -np.inf
             return out
-        node = stack.pop()
+        node, basis = stack.pop()
         out.nodes += 1
         if any(np.any(l > u) for l, u in zip(node.zl, node.zu)):
             continue  # crossing sound bounds: no input of the box has these phases
-        val, lay, v = elastic(net, lo, hi, node, A_prop, b_prop)
+        box.load(node)
+        val, v, basis = box.solve(basis)
         out.lps += 1
         if val is not None and val > 0:
             out.bound = min(out.bound, val)
             continue
-        if v is None:
+        if v is None or basis is None:
             out.bound = -np.inf
             return out  # the solver failed: leave the box to the input splitting
-        arg = _branch(net, node, lay, v)
+        arg = _branch_point(box, node, v)
         if arg is None:  # exact: the LP point is an input reaching the disjunct (up to rounding)
             out.candidates.append(np.clip(v[:lo.size], lo, hi))
             out.bound = -np.inf
             return out
-        stack.extend(_children(chain, lo, hi, node, *arg))
+        stack.extend((kid, basis) for kid in _children(chain, lo, hi, node, *arg))
     out.closed = True
     return out
