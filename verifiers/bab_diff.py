@@ -116,18 +116,8 @@ class _Tree:
         return len(self.lo) - 1
 
     def leaf_ids(self) -> list[int]:
-        """The leaves of the tree (try-all candidates of dimensions not chosen are not in it)."""
-        out, stack = [], [0]
-        while stack:
-            i = stack.pop()
-            if self.split[i] < 0:
-                out.append(i)
-            else:
-                stack.extend(self.kids[i])
-        return out
-
-    def preorder_leaves(self) -> list[int]:
-        """The leaves in the order :func:`lumpver.bounds.diff_batched.leaves_of` rebuilds them."""
+        """The leaves of the tree (try-all candidates of dimensions not chosen are not in it), in the
+        order :func:`lumpver.bounds.diff_batched.leaves_of` rebuilds them."""
         out, stack = [], [0]
         while stack:
             i = stack.pop()
@@ -284,7 +274,7 @@ class _Search:
         """Phase branch and bound (:mod:`lumpver.verifiers.bab_phase`) on the open leaves, worst first,
         until the deadline or the LP budget; each leaf's bound becomes the smaller of the two."""
         t, opt = self.tree, self.opt
-        order = t.preorder_leaves()
+        order = t.leaf_ids()
         pos = {leaf: n for n, leaf in enumerate(order)}
         budget = opt.phase_lps if opt.deterministic else 1 << 40
         for leaf in sorted(order, key=lambda i: -t.bound[i]):
