@@ -251,16 +251,19 @@ def _chords(rows: _Rows, net: PairNet, node: Node, k: int, prev_f, prev_g, hf, h
             rows.add(np.concatenate([hc, zc]), np.concatenate([-hw, -c * zw]), c * db - c * du + SLACK * scale)
 
 
-def bound_rows(net: PairNet, node: Node, lo: np.ndarray, hi: np.ndarray, open_rows: np.ndarray):
+def bound_rows(net: PairNet, node: Node, lo: np.ndarray, hi: np.ndarray, open_rows: np.ndarray,
+               deadline: float = np.inf):
     """Sound upper bounds of the rows ``open_rows`` (``r < m``: ``f_r - g_r``; ``m + r``: ``g_r - f_r``)
-    on the node, intersected with ``node.rows`` in place, and the LP point of the worst (a hint) and the
-    number of LPs solved."""
+    on the node, intersected with ``node.rows`` in place (rows left at the deadline keep their bound),
+    and the LP point of the worst (a hint) and the number of LPs solved."""
     from scipy.optimize import linprog  # solver: imported where used
 
     A, b, lb, ub, (last_f, last_g) = build_lp(net, node, lo, hi)
     m = net.Wf[-1].shape[0]
     best, point, lps = -np.inf, None, 0
     for r in open_rows:
+        if time.monotonic() > deadline:
+            break
         i, sign = int(r) % m, (1.0 if r < m else -1.0)
         c = np.zeros(A.shape[1])
         c[last_f] = -sign * net.Wf[-1][i]
@@ -339,7 +342,7 @@ def phase_search(net: PairNet, root: Node, lo: np.ndarray, hi: np.ndarray, thres
     points: list[np.ndarray] = []
     lps = 0
     opened = np.flatnonzero(root.rows > threshold())
-    v, n = bound_rows(net, root, lo, hi, opened)
+    v, n = bound_rows(net, root, lo, hi, opened, deadline)
     lps += n
     if v is not None:
         points.append(v[:lo.size])
@@ -362,7 +365,7 @@ def phase_search(net: PairNet, root: Node, lo: np.ndarray, hi: np.ndarray, thres
             c.id = len(nodes)
             nodes.append(c)
             kids[i].append(c.id)
-            cv, n = bound_rows(net, c, lo, hi, np.flatnonzero(c.rows > threshold()))
+            cv, n = bound_rows(net, c, lo, hi, np.flatnonzero(c.rows > threshold()), deadline)
             lps += n
             if cv is not None:
                 points.append(cv[:lo.size])
