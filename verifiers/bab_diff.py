@@ -41,6 +41,7 @@ from lumpver.bounds.rounding import rounding_policy
 from lumpver.ir.network import Network
 from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import Box, InputSet
+from lumpver.verifiers.bab_phase import PairNet, finish_leaf
 from lumpver.verifiers.base import Query, Verdict
 from lumpver.verifiers.falsify import to_float32_inside
 from lumpver.verifiers.interval import norm_of_bounds, point_distance
@@ -67,6 +68,12 @@ class DiffOptions:
     #: depth: on 100 random 3-input pairs of 8-14 neurons at 0.2 s, 97 of 200 compare queries decided
     #: (median bound / exact 1.32) vs 66 (1.78) with refinement and 98 (1.45) every third depth
     small_pair: int = 64
+    #: ReLU-phase branch and bound with LP nodes (:mod:`lumpver.verifiers.bab_phase`) on the worst open
+    #: leaves of aligned ReLU pairs in linf: share of the region's time (clock), or with ``deterministic``
+    #: LPs per region (0: none; certification of reductions keeps its box cap), and LPs per leaf at most
+    phase_share: float = 0.3
+    phase_lps: int = 0
+    phase_leaf_lps: int = 300
     heartbeat: float = 3.0
     progress: Progress = field(default=SILENT, repr=False)
 
@@ -84,6 +91,7 @@ class DiffResult:
     open_boxes: int
     stopped: str = ""
     counterexample: Optional[np.ndarray] = None
+    phase: list = field(default_factory=list)  # [leaf index in preorder, phase tree] of the leaves phase-split
 
 
 class _Tree:
@@ -108,14 +116,15 @@ class _Tree:
         return len(self.lo) - 1
 
     def leaf_ids(self) -> list[int]:
-        """The leaves of the tree (try-all candidates of dimensions not chosen are not in it)."""
+        """The leaves of the tree (try-all candidates of dimensions not chosen are not in it), in the
+        order :func:`lumpver.bounds.diff_batched.leaves_of` rebuilds them."""
         out, stack = [], [0]
         while stack:
             i = stack.pop()
             if self.split[i] < 0:
                 out.append(i)
             else:
-                stack.extend(self.kids[i])
+                stack.extend(reversed(self.kids[i]))
         return out
 
     def preorder(self) -> list[int]:
@@ -143,6 +152,11 @@ class _Search:
         self.lower, self.x_best = float(known_lower), None
         self.cex: Optional[np.ndarray] = None
         self._beat = time.monotonic()
+        use = norm == "linf" and opt.phase_share > 0 and (opt.phase_lps > 0 or not opt.deterministic)
+        self.phase_net = PairNet.of(model) if use else None
+        self.box_deadline = deadline if self.phase_net is None else \
+            self._beat + (1.0 - opt.phase_share) * (deadline - self._beat)
+        self.phase: list = []
         self._per_box = 0.0  # seconds per bounded box (largest seen), to end rounds before the deadline
 
     @property
@@ -228,7 +242,7 @@ class _Search:
         while heap and self.cex is None:
             if -heap[0][0] <= self.threshold:
                 break
-            if time.monotonic() > self.deadline:
+            if time.monotonic() > self.box_deadline:
                 stopped = "timeout"
                 break
             if self.eps is None and 0 < self.close_at < self.lower:
@@ -252,7 +266,28 @@ class _Search:
             for i in self._split(parents):
                 heapq.heappush(heap, (-t.bound[i], i))
             self._heartbeat(heap)
+        if self.phase_net is not None and self.cex is None and (not heap or -heap[0][0] > self.threshold):
+            self._phase_stage()
         return self._result(heap, stopped)
+
+    def _phase_stage(self) -> None:
+        """Phase branch and bound (:mod:`lumpver.verifiers.bab_phase`) on the open leaves, worst first,
+        until the deadline or the LP budget; each leaf's bound becomes the smaller of the two."""
+        t, opt = self.tree, self.opt
+        order = t.leaf_ids()
+        pos = {leaf: n for n, leaf in enumerate(order)}
+        budget = opt.phase_lps if opt.deterministic else 1 << 40
+        for leaf in sorted(order, key=lambda i: -t.bound[i]):
+            if t.bound[leaf] <= self.threshold or budget <= 0 or time.monotonic() > self.deadline:
+                break
+            res = finish_leaf(self.phase_net, self.model, t.lo[leaf], t.hi[leaf], opt.refine, lambda: self.threshold,
+                              self.deadline, min(budget, opt.phase_leaf_lps))
+            budget -= res.lps
+            if res.points:
+                self._witness(np.clip(np.array(res.points), t.lo[leaf], t.hi[leaf]))
+            t.bound[leaf] = min(t.bound[leaf], res.upper)
+            self.phase.append([pos[leaf], res.tree])
+            self._heartbeat_phase(res)
 
     def _affordable(self) -> int:
         """Parents one round can split before the deadline (at most ``batch``)."""
@@ -266,7 +301,13 @@ class _Search:
         t = self.tree
         upper = max(t.bound[i] for i in t.leaf_ids())
         proved = self.cex is None and upper <= self.threshold
-        return DiffResult(upper, self.lower, self.x_best, proved, t.preorder(), len(t.lo), len(heap), stopped, self.cex)
+        n_open = sum(t.bound[i] > self.threshold for i in t.leaf_ids()) if self.phase else len(heap)
+        return DiffResult(upper, self.lower, self.x_best, proved, t.preorder(), len(t.lo), n_open,
+                          "" if proved else stopped, self.cex, self.phase)
+
+    def _heartbeat_phase(self, res) -> None:
+        self.opt.progress.say(f"bab_diff: phase split of a leaf: {res.nodes} nodes, {res.lps} LPs, its bound "
+                              f"{res.upper:.4g}, attained {self.lower:.4g}, {self.deadline - time.monotonic():.0f} s left")
 
     def _heartbeat(self, heap) -> None:
         now = time.monotonic()
@@ -309,7 +350,8 @@ def evidence(model: DiffModel, results: list[DiffResult], refine: Refine = Refin
     return {"pairing": model.kind, "iters": ITERS, "lr": LR, "refine": asdict(refine), "rounding": rounding_policy(),
             "upper_bound": max(r.upper for r in results),
             "regions": [{"tree": r.tree, "bound": r.upper, "boxes": r.boxes, "open_boxes": r.open_boxes,
-                         **({"stopped": r.stopped} if r.stopped else {})} for r in results]}
+                         **({"stopped": r.stopped} if r.stopped else {}), **({"phase": r.phase} if r.phase else {})}
+                        for r in results]}
 
 
 class BabDiffBackend:

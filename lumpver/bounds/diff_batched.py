@@ -172,8 +172,33 @@ def _product_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Re
     return rel, free, (add_lo(yl[:, :m], -yu[:, m:]), add_hi(yu[:, :m], -yl[:, m:])), unstable
 
 
-def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine):
-    """Relaxations, free-slope masks and the output interval of ``f - g`` for the delta chain."""
+@dataclass
+class PairLayers:
+    """Sound pre-activation bounds of an aligned pair on a batch of boxes, per layer ``k`` of the
+    networks: f's (``fl, fu``, tightened by g's plus the delta's), g's, and of ``delta z = z^f - z^g``."""
+
+    fl: list[np.ndarray]
+    fu: list[np.ndarray]
+    gl: list[np.ndarray]
+    gu: list[np.ndarray]
+    dl: list[np.ndarray]
+    du: list[np.ndarray]
+
+
+def pair_layer_bounds(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine = Refine()) -> PairLayers:
+    """The layer bounds the ``delta`` pass computes on the boxes (for LP relaxations of the pair,
+    :mod:`lumpver.verifiers.bab_phase`)."""
+    if model.kind != "delta":
+        raise ValueError("pair layer bounds need an aligned (delta) pair")
+    out = PairLayers([], [], [], [], [], [])
+    _delta_layers(model, np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64), refine, out)
+    return out
+
+
+def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine,
+                  trace: Optional[PairLayers] = None):
+    """Relaxations, free-slope masks and the output interval of ``f - g`` for the delta chain
+    (``trace``: filled with the layer bounds)."""
     f, g, ch = model.f, model.g, model.joint
     assert f is not None and g is not None
     B, n = lo.shape
@@ -192,6 +217,9 @@ def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refi
         need = (s_lo != s_hi) & (il < 0) & (iu > 0)
         zd_lo, zd_hi = _symbolic_delta_rows(ch, rel, need, k + 1, lo, hi, il, iu)
         f_pre, (s_lo, s_hi) = _slopes(act, g.alphas[k], (gzl[k], gzu[k]), (fzl, fzu), k, zd_lo, zd_hi)
+        if trace is not None:
+            for name, v in zip(("fl", "fu", "gl", "gu", "dl", "du"), (*f_pre, gzl[k], gzu[k], zd_lo, zd_hi)):
+                getattr(trace, name).append(v)
         rel.append(_cat(delta_relax(zd_lo, zd_hi, s_lo, s_hi), relax_batch(g, k, gzl[k], gzu[k])))
         gfree = alpha_free(g, k, gzl[k], gzu[k])
         free.append(np.hstack([np.zeros_like(gfree), gfree]))

@@ -12,6 +12,11 @@ region of the input set, the bisection tree of the region's box in preorder, plu
   ``upper_bound`` once more with the recorded optimisation of intermediate bounds
   (:mod:`lumpver.bounds.intermediate`, every iterate sound), as the search did; the norm of its
   per-output bounds is taken here (:func:`norm_of`);
+* leaves with a recorded ReLU-phase tree (:mod:`lumpver.verifiers.bab_phase`; aligned ReLU pairs in
+  linf) are bounded by replaying it: the children of every split are re-derived from the leaf's own
+  recomputed layer bounds and checked to cover it, and every node's rows above the claim are
+  re-bounded by LP through HiGHS's dual (outward rounded); the leaf's bound is the smaller of its
+  batched bound and the replayed one;
 * the recorded chain (on-set steps, the twin of a pruned or lumped network) is replayed by
   :func:`lumpver.certificates.bounded_interval.recheck_chain`, which adds its terms.
 
@@ -30,6 +35,7 @@ from lumpver.certificates.bounded_interval import check_interval_evidence, norm_
 from lumpver.certificates.format import CheckContext, CheckReport
 from lumpver.ir.network import Network
 from lumpver.specs.inputset import InputSet
+from lumpver.verifiers.bab_phase import PairNet, leaf_root, replay
 
 #: leaves re-bounded per batched pass
 CHUNK = 256
@@ -42,14 +48,24 @@ def _norms(bb, norm: str) -> np.ndarray:
 
 
 def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, lr: float, refine: Refine,
-                 claim: float) -> float:
-    """The largest leaf bound: plain, refined where the plain bound exceeds the claim."""
-    worst = 0.0
+                 claim: float, phase: Optional[list] = None) -> float:
+    """The largest leaf bound: plain, refined where the plain bound exceeds the claim, phase-replayed
+    (``phase``: [leaf index, tree] pairs) where recorded."""
+    vals = np.zeros(lo.shape[0])
     for s in range(0, lo.shape[0], CHUNK):
         bb = bound_boxes(model, lo[s:s + CHUNK], hi[s:s + CHUNK], iters, lr, refine=refine,
                          done=lambda b: _norms(b, norm) <= claim)
-        worst = max(worst, float(np.max(_norms(bb, norm))))
-    return worst
+        vals[s:s + CHUNK] = _norms(bb, norm)
+    net = PairNet.of(model) if phase else None
+    if phase and (net is None or norm != "linf"):
+        raise ValueError("phase trees are recorded for aligned ReLU pairs in linf only")
+    for rec in phase or []:
+        i, tree = int(rec[0]), [int(t) for t in rec[1]]
+        if not 0 <= i < lo.shape[0]:
+            raise ValueError(f"phase tree of leaf {i} of {lo.shape[0]}")
+        if vals[i] > claim:
+            vals[i] = min(vals[i], replay(net, leaf_root(net, model, lo[i], hi[i], refine), lo[i], hi[i], tree, claim))
+    return float(np.max(vals, initial=0.0))
 
 
 def _refine(rec: Optional[dict]) -> Refine:
@@ -82,7 +98,8 @@ def recheck_bab(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict
             if len(tree) > 2 * MAX_LEAVES:
                 raise ValueError(f"bisection tree of {len(tree)} nodes exceeds the checker's cap")
             lo, hi = leaves_of(region_box(region), tree)
-            worst = max(worst, _leaf_bounds(model, lo, hi, norm, iters, lr, refine, float(ev.get("upper_bound", np.inf))))
+            worst = max(worst, _leaf_bounds(model, lo, hi, norm, iters, lr, refine, float(ev.get("upper_bound", np.inf)),
+                                            rec.get("phase")))
             report.ok(f"bab_diff: {lo.shape[0]} leaf box(es) rebuilt from the tree and re-bounded: {worst:.6g}")
         return worst
 
