@@ -34,7 +34,8 @@ from typing import Any, Optional
 import numpy as np
 
 from lumpver.reductions.approx_fit import FitOptions, finetune
-from lumpver.reductions.approx_minimax import ExchangeOptions, exchange_refit, f32, fit_rows, refit_layers, preprocessed_acts
+from lumpver.reductions.approx_minimax import MAX_VERTEX_DIMS, ExchangeOptions, exchange_refit, f32, fit_rows, \
+    preprocessed_acts, refit_layers
 from lumpver.reductions.base import default_certificate_path, remove_on_failure
 from lumpver.reductions.certify import Certified, Chain, certify
 from lumpver.specs.inputset import Box, InputSet
@@ -58,9 +59,11 @@ DEFAULT_BOXES = 600
 #: largest smooth network given least-squares candidates too: the greedy order took 86 s on a
 #: 6x200 sigmoid net (loaded 2-core machine), more than the search budget
 SMOOTH_LS_MAX = 600
-#: exchange refits reach sizes whose least-squares candidate errs up to this many times epsilon on
-#: samples (ACAS Xu 1_1 at 67 neurons: least squares 0.022 sampled, exchange 0.013-0.016 attained)
-LS_SLACK = 3.0
+#: the bisection range for exchange candidates: sizes whose least-squares candidate errs up to this many
+#: times epsilon on samples. Exchange refits halve the attained error at a fixed size (ACAS Xu 1_1 at 90
+#: neurons 0.0141 -> 0.0071), but the certifier, not the candidates, limits there (RESULTS.md): probes
+#: beyond the least-squares limit cost ~100 s of failing certification each on the loaded machine
+LS_SLACK = 1.0
 #: after the bisection, removals in order that are tried one at a time until this many fail in a row
 #: (ACAS Xu 1_1: removing neuron 3 of layer 2 at 114 neurons lifts the certified bound 0.0099 -> 0.18
 #: while the attained error stays 0.0013; skipping it lets later removals certify)
@@ -292,7 +295,7 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     Exact on-set reduction h, greedy removal order (:func:`removal_order`), then bisection on the
     number of removed neurons: a candidate whose error on held-out samples (or at the worst points
     found) exceeds epsilon is rejected at once, otherwise it is certified. On ReLU networks over one
-    box (L-inf) the candidate is the exchange (minimax) refit of
+    box of at most ``MAX_VERTEX_DIMS`` inputs (L-inf) the candidate is the exchange (minimax) refit of
     :func:`lumpver.reductions.approx_minimax.exchange_refit` (unless ``exchange`` is None); elsewhere
     least squares (:func:`refit_pruned`), and where its sampled error
     fails the same removal refitted end to end (:func:`lumpver.reductions.approx_fit.finetune`,
@@ -403,7 +406,8 @@ def _variants(h: Network, input_set: InputSet, smooth: bool, ls: bool, fit: bool
     """Candidates tried per size, in order (see :func:`reduce_approx`): the second only where the first fails."""
     if smooth:  # constant folding beside least squares
         return ("ls", "const") if ls else ("const",)
-    if exchange and len(input_set.regions) == 1 and isinstance(input_set.regions[0], Box):
+    if exchange and len(input_set.regions) == 1 and isinstance(input_set.regions[0], Box) \
+            and input_set.dim <= MAX_VERTEX_DIMS:  # wider inputs (MNIST): 9 neurons kept where least squares kept 2
         return ("minimax",)
     return ("ls", "fit") if fit else ("ls",)
 
