@@ -7,8 +7,8 @@ and the time as a ratio to the exact on-set reduction of the same network measur
 run (epsilon 0 = the on-set point). Saves the curve to bench/approx_acasxu.png.
 
 Usage: python bench/bench_approx_acasxu.py [--nets 1_1,2_3,...] [--eps 0.001,...] [--timeout S] [--no-fit]
-       [--no-exchange] [--json PATH]  (--no-exchange: least-squares candidates, the search before the
-       exchange refit of lumpver.reductions.approx_minimax; --json also records every trial)
+       [--exchange] [--json PATH]  (--exchange: candidates by the exchange (minimax) refit of
+       lumpver.reductions.approx_minimax, opt-in; --json also records every trial)
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ GOAL_EPS = 0.01
 
 
 def run_net(name: str, eps_list: list[float], timeout: float, max_boxes: int, fit: bool = True,
-            exchange: bool = True) -> list[dict]:
+            exchange: bool = False) -> list[dict]:
     f = load_onnx(ACAS / "onnx" / f"ACASXU_run2a_{name}_batch_2000.onnx")
     X = load_input_set(str(ACAS / "vnnlib" / "prop_3.vnnlib"), f.n_inputs)
     t0 = time.perf_counter()
@@ -95,12 +95,12 @@ def main() -> None:
     ap.add_argument("--plot", default=str(ROOT / "bench" / "approx_acasxu.png"))
     ap.add_argument("--json", default="")
     ap.add_argument("--no-fit", action="store_true", help="least-squares refits only (no L-BFGS-B fit)")
-    ap.add_argument("--no-exchange", action="store_true", help="no exchange (minimax) refit")
+    ap.add_argument("--exchange", action="store_true", help="exchange (minimax) refits of the candidates")
     args = ap.parse_args()
     eps = [float(e) for e in args.eps.split(",")]
     rows = []
     for name in args.nets.split(","):
-        rows += run_net(name, eps, args.timeout, args.max_boxes, not args.no_fit, not args.no_exchange)
+        rows += run_net(name, eps, args.timeout, args.max_boxes, not args.no_fit, args.exchange)
     print("\n| net | on-set kept | " + " | ".join(f"eps {e:g}" for e in eps) + " |")
     print("|---|---|" + "---|" * len(eps))
     for name in args.nets.split(","):

@@ -64,3 +64,16 @@ def test_minimax_rows_beat_least_squares_on_the_fit_set():
     # Chebyshev alternation: at the minimax optimum at least (parameters + 1) points attain the max error
     res = np.abs(feats @ mm[:, :-1].T + mm[:, -1] - target)
     assert np.all(np.sum(res >= err[1][None, :] * (1 - 1e-6), axis=0) >= feats.shape[1] + 2)
+
+
+def test_reduce_approx_with_exchange_candidates_is_certified_above_the_grid_maximum():
+    """The opt-in exchange search (candidates by exchange_refit, greedy extension) keeps only certified
+    reductions: the certified bound covers the grid maximum of |f - g| of the reduced network."""
+    from lumpver.reductions.approx import reduce_approx
+
+    net = _random_net(2)
+    X = InputSet([Box(-np.ones(3), np.ones(3))])
+    res = reduce_approx(net, X, 0.1, timeout=6.0, exchange=ExchangeOptions(rounds=2, starts=16, steps=10))
+    assert res.certified.epsilon <= 0.1
+    assert res.certified.epsilon >= _grid_max(net, res.reduced)
+    assert any(t["candidate"] == "minimax" for t in res.trials)

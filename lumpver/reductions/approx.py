@@ -289,14 +289,17 @@ class ApproxResult:
 def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "linf", timeout: float = 300.0,
                   progress: Progress = SILENT, samples: int = DEFAULT_SAMPLES, max_boxes: int = DEFAULT_BOXES,
                   seed: int = 0, fit: Optional[FitOptions] = FitOptions(),
-                  exchange: Optional[ExchangeOptions] = ExchangeOptions()) -> ApproxResult:
+                  exchange: Optional[ExchangeOptions] = None) -> ApproxResult:
     """The smallest approximate reduction found whose certified error on X is ``<= epsilon``.
 
     Exact on-set reduction h, greedy removal order (:func:`removal_order`), then bisection on the
     number of removed neurons: a candidate whose error on held-out samples (or at the worst points
     found) exceeds epsilon is rejected at once, otherwise it is certified. On ReLU networks over one
     box of at most ``MAX_VERTEX_DIMS`` inputs (L-inf) the candidate is the exchange (minimax) refit of
-    :func:`lumpver.reductions.approx_minimax.exchange_refit` (unless ``exchange`` is None); elsewhere
+    :func:`lumpver.reductions.approx_minimax.exchange_refit` when ``exchange`` is given (opt-in: it
+    halves the candidates' attained error at a fixed size, but the certified size did not move on ACAS
+    Xu and fell on a planted net, 25 -> 29 neurons: RESULTS.md), followed past the bisection's boundary by
+    a greedy extension; otherwise
     least squares (:func:`refit_pruned`), and where its sampled error
     fails the same removal refitted end to end (:func:`lumpver.reductions.approx_fit.finetune`,
     unless ``fit`` is None). The largest certified removal wins. On networks with sigmoid/tanh layers
