@@ -7,6 +7,8 @@ and the time as a ratio to the exact on-set reduction of the same network measur
 run (epsilon 0 = the on-set point). Saves the curve to bench/approx_acasxu.png.
 
 Usage: python bench/bench_approx_acasxu.py [--nets 1_1,2_3,...] [--eps 0.001,...] [--timeout S] [--no-fit]
+       [--exchange] [--json PATH]  (--exchange: candidates by the exchange (minimax) refit of
+       lumpver.reductions.approx_minimax, opt-in; --json also records every trial)
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from lumpver.reductions.approx import reduce_approx  # noqa: E402
 from lumpver.reductions.approx_fit import FitOptions  # noqa: E402
+from lumpver.reductions.approx_minimax import ExchangeOptions  # noqa: E402
 from lumpver.reductions.certify import sample_points  # noqa: E402
 from lumpver.specs.load import load_input_set  # noqa: E402
 from lumpver.ir.onnx_import import load_onnx  # noqa: E402
@@ -32,7 +35,8 @@ ACAS = ROOT / ".." / "shared" / "data" / "acasxu"
 GOAL_EPS = 0.01
 
 
-def run_net(name: str, eps_list: list[float], timeout: float, max_boxes: int, fit: bool = True) -> list[dict]:
+def run_net(name: str, eps_list: list[float], timeout: float, max_boxes: int, fit: bool = True,
+            exchange: bool = False) -> list[dict]:
     f = load_onnx(ACAS / "onnx" / f"ACASXU_run2a_{name}_batch_2000.onnx")
     X = load_input_set(str(ACAS / "vnnlib" / "prop_3.vnnlib"), f.n_inputs)
     t0 = time.perf_counter()
@@ -45,14 +49,16 @@ def run_net(name: str, eps_list: list[float], timeout: float, max_boxes: int, fi
     for eps in eps_list:
         t0 = time.perf_counter()
         try:
-            res = reduce_approx(f, X, eps, timeout=timeout, max_boxes=max_boxes, fit=FitOptions() if fit else None)
+            res = reduce_approx(f, X, eps, timeout=timeout, max_boxes=max_boxes, fit=FitOptions() if fit else None,
+                                exchange=ExchangeOptions() if exchange else None)
         except ValueError as e:
             print(f"{name} eps {eps}: {e}", flush=True)
             continue
         dt = time.perf_counter() - t0
         seen = float(np.max(np.abs(yf - res.reduced.forward(pts))))
         rows.append({"net": name, "epsilon": eps, "hidden": res.reduced.n_hidden, "certified": res.certified.epsilon,
-                     "sampled": seen, "seconds": dt, "ratio": dt / t_on, "widths": res.reduced.hidden_widths})
+                     "sampled": seen, "seconds": dt, "ratio": dt / t_on, "widths": res.reduced.hidden_widths,
+                     "method": res.method, "trials": res.trials})
         print(f"{name} eps {eps:g}: {f.n_hidden} -> on-set {on.reduced.n_hidden} -> {res.reduced.n_hidden} "
               f"certified {res.certified.epsilon:.3g} sampled {seen:.3g} {dt:.1f}s = {dt / t_on:.0f}x on-set",
               flush=True)
@@ -89,11 +95,12 @@ def main() -> None:
     ap.add_argument("--plot", default=str(ROOT / "bench" / "approx_acasxu.png"))
     ap.add_argument("--json", default="")
     ap.add_argument("--no-fit", action="store_true", help="least-squares refits only (no L-BFGS-B fit)")
+    ap.add_argument("--exchange", action="store_true", help="exchange (minimax) refits of the candidates")
     args = ap.parse_args()
     eps = [float(e) for e in args.eps.split(",")]
     rows = []
     for name in args.nets.split(","):
-        rows += run_net(name, eps, args.timeout, args.max_boxes, not args.no_fit)
+        rows += run_net(name, eps, args.timeout, args.max_boxes, not args.no_fit, args.exchange)
     print("\n| net | on-set kept | " + " | ".join(f"eps {e:g}" for e in eps) + " |")
     print("|---|---|" + "---|" * len(eps))
     for name in args.nets.split(","):

@@ -34,9 +34,11 @@ from typing import Any, Optional
 import numpy as np
 
 from lumpver.reductions.approx_fit import FitOptions, finetune
+from lumpver.reductions.approx_minimax import MAX_VERTEX_DIMS, ExchangeOptions, exchange_refit, f32, fit_rows, \
+    preprocessed_acts, refit_layers
 from lumpver.reductions.base import default_certificate_path, remove_on_failure
 from lumpver.reductions.certify import Certified, Chain, certify
-from lumpver.specs.inputset import InputSet
+from lumpver.specs.inputset import Box, InputSet
 from lumpver.specs.norms import difference_rows
 from lumpver.reductions.exact import LayerClasses
 from lumpver.ir.activations import ACTIVATIONS
@@ -57,6 +59,15 @@ DEFAULT_BOXES = 600
 #: largest smooth network given least-squares candidates too: the greedy order took 86 s on a
 #: 6x200 sigmoid net (loaded 2-core machine), more than the search budget
 SMOOTH_LS_MAX = 600
+#: the bisection range for exchange candidates: sizes whose least-squares candidate errs up to this many
+#: times epsilon on samples. Exchange refits halve the attained error at a fixed size (ACAS Xu 1_1 at 90
+#: neurons 0.0141 -> 0.0071), but the certifier, not the candidates, limits there (RESULTS.md): probes
+#: beyond the least-squares limit cost ~100 s of failing certification each on the loaded machine
+LS_SLACK = 1.0
+#: after the bisection, removals in order that are tried one at a time until this many fail in a row
+#: (ACAS Xu 1_1: removing neuron 3 of layer 2 at 114 neurons lifts the certified bound 0.0099 -> 0.18
+#: while the attained error stays 0.0013; skipping it lets later removals certify)
+GREEDY_FAILS = 6
 
 
 def _check_supported(h: Network) -> None:
@@ -64,19 +75,6 @@ def _check_supported(h: Network) -> None:
     for k, layer in enumerate(h.layers[:-1]):
         if layer.activation not in SUPPORTED:
             raise ValueError(f"layer {k}: approximate lumping supports {', '.join(SUPPORTED)}, not {layer.activation}")
-
-
-def _f32(a: np.ndarray) -> np.ndarray:
-    return np.asarray(a, dtype=np.float32).astype(np.float64)
-
-
-def _fit(act_prev: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Least-squares rows ``[W | b]`` with ``act_prev @ W.T + b ~ target`` (normal equations with a
-    1e-10 relative ridge: fast, and the ridge only matters for exactly collinear activations)."""
-    a = np.hstack([act_prev, np.ones((act_prev.shape[0], 1))])
-    gram = a.T @ a
-    gram += 1e-10 * (np.trace(gram) / gram.shape[0] + 1.0) * np.eye(gram.shape[0])
-    return np.linalg.solve(gram, a.T @ target).T
 
 
 def _cluster(sig: np.ndarray, weights: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,8 +122,8 @@ def approximate_quotient(h: Network, samples: np.ndarray, tau: float) -> tuple[N
     layers, classes = [], []
     for k, layer in enumerate(h.layers):
         z = acts[k] @ layer.weight.T + layer.bias
-        sig = np.hstack([layer.weight, layer.bias[:, None]]) if k == 0 else _fit(g_prev, z)
-        sig = _f32(sig)
+        sig = np.hstack([layer.weight, layer.bias[:, None]]) if k == 0 else fit_rows(g_prev, z)
+        sig = f32(sig)
         if k == len(h.layers) - 1:
             layers.append(Layer(sig[:, :-1], sig[:, -1], layer.activation, layer.alpha, layer.source_op))
             break
@@ -222,20 +220,10 @@ def kept_after(h: Network, order: list[tuple[int, int]], n_removed: int) -> list
 
 def refit_pruned(h: Network, acts: list[np.ndarray], kept: list[np.ndarray]) -> tuple[Network, list]:
     """g keeping ``kept`` of h, every row refitted by least squares to h's pre-activations on the
-    samples over g's own previous layer (first layer: h's rows), float32; and the twin rows of
-    the dropped neurons (:func:`tracking_rows`)."""
-    g_prev = acts[0]
-    layers = []
-    for k, layer in enumerate(h.layers):
-        rows = kept[k] if k < len(kept) else np.arange(layer.width)
-        if k == 0:
-            full = np.hstack([layer.weight[rows], layer.bias[rows, None]])
-        else:
-            full = _f32(_fit(g_prev, acts[k] @ layer.weight[rows].T + layer.bias[rows]))
-        gl = Layer(full[:, :-1], full[:, -1], layer.activation, layer.alpha, layer.source_op)
-        layers.append(gl)
-        g_prev = gl.activate(g_prev @ gl.weight.T + gl.bias)
-    g = h.with_layers(layers)
+    samples over g's own previous layer (first layer: h's rows), float32
+    (:func:`lumpver.reductions.approx_minimax.refit_layers`); and the twin rows of the dropped
+    neurons (:func:`tracking_rows`)."""
+    g = refit_layers(h, acts, kept)
     return g, tracking_rows(h, g, acts, kept)
 
 
@@ -251,7 +239,7 @@ def tracking_rows(h: Network, g: Network, acts: list[np.ndarray], kept: list[np.
         if k == 0:
             w, b = layer.weight[gone], layer.bias[gone]
         else:
-            full = _f32(_fit(g_prev, acts[k] @ layer.weight[gone].T + layer.bias[gone]))
+            full = f32(fit_rows(g_prev, acts[k] @ layer.weight[gone].T + layer.bias[gone]))
             w, b = full[:, :-1], full[:, -1]
         out.append(DroppedRows(gone, w, b))
         gl = g.layers[k]
@@ -300,14 +288,21 @@ class ApproxResult:
 
 def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "linf", timeout: float = 300.0,
                   progress: Progress = SILENT, samples: int = DEFAULT_SAMPLES, max_boxes: int = DEFAULT_BOXES,
-                  seed: int = 0, fit: Optional[FitOptions] = FitOptions()) -> ApproxResult:
+                  seed: int = 0, fit: Optional[FitOptions] = FitOptions(),
+                  exchange: Optional[ExchangeOptions] = None) -> ApproxResult:
     """The smallest approximate reduction found whose certified error on X is ``<= epsilon``.
 
     Exact on-set reduction h, greedy removal order (:func:`removal_order`), then bisection on the
-    number of removed neurons: a candidate (:func:`refit_pruned`) whose error on held-out samples
-    exceeds epsilon is rejected at once, otherwise it is certified; where its sampled error fails,
-    the same removal refitted end to end (:func:`lumpver.reductions.approx_fit.finetune`, unless
-    ``fit`` is None) is tried next. The largest certified removal wins. On networks with sigmoid/tanh layers
+    number of removed neurons: a candidate whose error on held-out samples (or at the worst points
+    found) exceeds epsilon is rejected at once, otherwise it is certified. On ReLU networks over one
+    box of at most ``MAX_VERTEX_DIMS`` inputs (L-inf) the candidate is the exchange (minimax) refit of
+    :func:`lumpver.reductions.approx_minimax.exchange_refit` when ``exchange`` is given (opt-in: it
+    halves the candidates' attained error at a fixed size, but the certified size did not move on ACAS
+    Xu and fell on a planted net, 25 -> 29 neurons: RESULTS.md), followed past the bisection's boundary by
+    a greedy extension; otherwise
+    least squares (:func:`refit_pruned`), and where its sampled error
+    fails the same removal refitted end to end (:func:`lumpver.reductions.approx_fit.finetune`,
+    unless ``fit`` is None). The largest certified removal wins. On networks with sigmoid/tanh layers
     the least-squares candidates drop neurons that are nearly affine in the kept ones on X
     (nearly constant or nearly linear), and the second candidate is
     :mod:`lumpver.reductions.smooth_fold`'s (nearly constant neurons, from sound bounds, folded
@@ -338,40 +333,49 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     trials: list[dict[str, Any]] = []
     best = ApproxResult(f, h, h, base, Chain(on.steps, kept0), on.discrepancy, 0, trials)
 
-    @functools.lru_cache(maxsize=None)
     def sampled(r: int, variant: str = "ls") -> tuple[Network, list, list[np.ndarray], float]:
+        src = const_order if variant == "const" else order
+        return build(tuple(src[:min(r, len(src))]), variant)
+
+    @functools.lru_cache(maxsize=None)
+    def build(removed: tuple, variant: str) -> tuple[Network, list, list[np.ndarray], float]:
+        kept = kept_after(h, list(removed), len(removed))
         if variant == "const":
-            kept = kept_after(h, const_order, min(r, len(const_order)))
             g, dropped = fold_constants(h, kept, consts), None
         else:
-            kept = kept_after(h, order, r)
             g, dropped = refit_pruned(h, acts, kept)
+        attained = 0.0
         if variant == "fit":
             g = finetune(g, h, acts, kept, yf, check, fit)
             dropped = tracking_rows(h, g, acts, kept)
-        return g, dropped, kept, float(np.max(difference_rows(check[1], g.forward(held), norm)))
+        elif variant == "minimax":
+            ex = exchange_refit(h, pts, kept, input_set.regions[0], exchange)
+            g, attained = ex.network, ex.attained  # attained against h: within on.discrepancy of f's
+            dropped = tracking_rows(h, g, preprocessed_acts(h, ex.fit_x), kept)
+        return g, dropped, kept, max(attained, float(np.max(difference_rows(check[1], g.forward(held), norm))))
 
-    def attempt(r: int, variant: str) -> Optional[ApproxResult]:
-        g, dropped, kept, seen = sampled(r, variant)
+    def attempt(r: int, variant: str, removed: Optional[tuple] = None) -> Optional[ApproxResult]:
+        g, dropped, kept, seen = sampled(r, variant) if removed is None else build(removed, variant)
         trial: dict[str, Any] = {"removed": r, "hidden": g.n_hidden, "candidate": variant, "sampled": seen,
                                  "certified": None}
         trials.append(trial)
         if seen > epsilon:
             return None
         chains = [Chain(on.steps, kept, dropped_rows=dropped)]
-        if not smooth:
+        if not smooth and variant != "minimax":  # refitted rows are not near-proportional merges: one twin
             chains.append(Chain(on.steps, None, partner_classes(h, acts, kept)))
         res, chain = _certify_first(f, g, input_set, norm, chains, h, on.discrepancy, deadline, max_boxes, epsilon)
         trial["certified"] = res.epsilon if res.finite else None
         progress.say(f"{g.n_hidden} hidden neurons ({variant}): sampled {seen:.3g}, certified {res.epsilon:.3g}")
         if res.epsilon > epsilon:
             return None
-        method = {"ls": "prune-refit", "fit": "prune-refit+lbfgs", "const": "smooth-constant-fold"}[variant]
+        method = {"ls": "prune-refit", "fit": "prune-refit+lbfgs", "const": "smooth-constant-fold",
+                  "minimax": "prune-refit+exchange"}[variant]
         return ApproxResult(f, h, g, res, chain, on.discrepancy, r, trials, method=method)
 
-    # the second candidate only where least squares fails: constant folding (smooth) or the L-BFGS-B fit
-    variants = (("ls", "const") if ls else ("const",)) if smooth else ("ls", "fit") if fit is not None else ("ls",)
-    limit = _sampled_limit(lambda r: sampled(r, variants[0])[3], len(order), epsilon)
+    variants = _variants(h, input_set, smooth, ls, fit is not None, exchange is not None and norm == "linf")
+    limit = _sampled_limit(lambda r: sampled(r, "ls" if ls else variants[0])[3], len(order),
+                           epsilon * (LS_SLACK if "minimax" in variants else 1.0))
     if len(variants) > 1 and variants[1] == "const":
         limit = max(limit, _sampled_limit(lambda r: sampled(r, "const")[3], len(const_order), epsilon))
     elif "fit" in variants:  # the fit's own limit would cost a fit per probe: allow 20 % more
@@ -390,8 +394,25 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
             lo, best = mid, found
         else:
             hi = mid
+    if variants == ("minimax",):  # past the boundary: skip the removals that break certification (RESULTS.md)
+        removed, fails = list(order[:best.removed]), 0
+        for cand in order[best.removed + (1 if hi <= limit else 0):]:  # order[lo] failed when hi was tried
+            if time.perf_counter() > deadline or fails >= GREEDY_FAILS:
+                break
+            found = attempt(len(removed) + 1, "minimax", tuple(removed + [cand]))
+            removed, best, fails = (removed + [cand], found, 0) if found is not None else (removed, best, fails + 1)
     best.seconds = time.perf_counter() - t0
     return best
+
+
+def _variants(h: Network, input_set: InputSet, smooth: bool, ls: bool, fit: bool, exchange: bool) -> tuple[str, ...]:
+    """Candidates tried per size, in order (see :func:`reduce_approx`): the second only where the first fails."""
+    if smooth:  # constant folding beside least squares
+        return ("ls", "const") if ls else ("const",)
+    if exchange and len(input_set.regions) == 1 and isinstance(input_set.regions[0], Box) \
+            and input_set.dim <= MAX_VERTEX_DIMS:  # wider inputs (MNIST): 9 neurons kept where least squares kept 2
+        return ("minimax",)
+    return ("ls", "fit") if fit else ("ls",)
 
 
 def _certify_first(f, g, input_set, norm, chains, h, onset_bound, deadline, max_boxes, epsilon):

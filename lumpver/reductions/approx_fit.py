@@ -26,6 +26,7 @@ from scipy.optimize import minimize
 
 from lumpver.ir.activations import ACTIVATIONS
 from lumpver.ir.network import Layer, Network
+from lumpver.reductions.approx_minimax import f32, logits
 
 
 @dataclass
@@ -104,22 +105,10 @@ def finetune(g: Network, h: Network, acts_h: list[np.ndarray], kept: list[np.nda
                        jac=True, method="L-BFGS-B",
                        options={"maxiter": options.max_iter, "ftol": 1e-15, "gtol": 1e-12})
         theta = res.x
-    layers = [Layer(_f32(w * (s if k == last else 1.0)), _f32(b * (s if k == last else 1.0)),
+    layers = [Layer(f32(w * (s if k == last else 1.0)), f32(b * (s if k == last else 1.0)),
                     old.activation, old.alpha, old.source_op)
               for k, ((w, b), old) in enumerate(zip(_unpack(theta, shapes), g.layers))]
     fitted = g.with_layers(layers)
-    before = np.max(np.abs(_logits(g, check[0]) - check[1]))
-    after = np.max(np.abs(_logits(fitted, check[0]) - check[1]))
+    before = np.max(np.abs(logits(g, check[0]) - check[1]))
+    after = np.max(np.abs(logits(fitted, check[0]) - check[1]))
     return fitted if after < before else g
-
-
-def _f32(a: np.ndarray) -> np.ndarray:
-    """Round to float32 (the stored precision), kept as float64."""
-    return np.asarray(a, dtype=np.float32).astype(np.float64)
-
-
-def _logits(net: Network, x: np.ndarray) -> np.ndarray:
-    """Outputs of ``net`` from already preprocessed inputs (no softmax)."""
-    for layer in net.layers:
-        x = layer.activate(x @ layer.weight.T + layer.bias)
-    return x
