@@ -434,7 +434,6 @@ class _Search:
             return None
         t = time.monotonic()
         outs = self._map(lp_close, ctx, todo, self.opt.lp_budget, chunks_per_worker=4)  # uneven work per box
-        n_lp = sum(o.lps for o in outs)
         self._lp_box_seconds = 0.5 * self._lp_box_seconds + 0.5 * (time.monotonic() - t) * max(1, self.opt.workers) / len(todo)
         for d, o in zip(todo, outs):
             self.stats.lps += o.lps

@@ -129,9 +129,6 @@ def _write_output(w: OnnxWriter, net: Network, x: str) -> None:
 
 def network_to_onnx(net: Network, producer: str = "lumpver"):
     """Build an ``onnx.ModelProto`` for ``net`` (checked with ``onnx.checker``)."""
-    import onnx
-    from onnx import helper
-
     w = OnnxWriter()
     first = in_shape(net.layers[0].op)
     x = w.node("Reshape", [net.input_name, w.const([-1, *first], "in_shape", np.int64)])

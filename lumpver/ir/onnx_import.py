@@ -20,7 +20,6 @@ import gzip
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
