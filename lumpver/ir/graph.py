@@ -209,7 +209,7 @@ class GraphNetwork:
         if bad is not None:
             kind = _DAG_WORDS.get(bad.kind, "an element-wise step inside the graph")
             raise InputError(f"{kind} makes the network a graph, not a chain; {what} supports chains only "
-                             f"(graphs: reduce exact/on-set, verify, compare, bound, magnitude/coreset prune, quantize, run)", path,
+                             f"(graphs: reduce exact/on-set, verify, compare, bound, magnitude/coreset/confident prune, quantize, run)", path,
                              bad.source or None)
         layers: list[Layer] = []
         input_ops: list[InputOp] = []

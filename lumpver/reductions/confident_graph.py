@@ -1,11 +1,11 @@
 """Confident pruning of graph networks (residual Add, Concat, MaxPool; DESIGN.md §7, §10): the
 candidate family and how each candidate is described to the checker.
 
-The family at ``level`` is :func:`~lumpver.reductions.pruning.prune_graph_channels` keeping
-``1 - level`` of each hidden node's channels (the channel family, for CNNs) or
-:func:`~lumpver.reductions.pruning.prune_graph_weights` zeroing ``level`` of the hidden weights (the
-weight family); both are functions of the network and the level only, never of the calibration data.
-Their results are taken as they come (opaque graphs): a pruned channel may be zeroed or removed. For
+The family at ``level`` zeroes all but ``1 - level`` of each hidden node's channels, ranked per node
+(the channel family, for CNNs; the stated rule is :data:`GRAPH_CHANNEL_RULE`), then removes the zeroed
+channels whose whole linked group goes (:func:`~lumpver.reductions.pruning_graph.remove_zeroed`), or
+:func:`~lumpver.reductions.pruning_graph.prune_graph_weights` zeroes ``level`` of the hidden weights (the
+weight family); both are functions of the network and the level only, never of the calibration data. For
 the checker (:mod:`lumpver.certificates.statistical_graph`) each channel candidate is described as
 the rule's zeroed graph ``z`` without some dead channels: the drops per node and whether the readers'
 weights on zero channels were zeroed; the description is confirmed here by rebuilding the candidate
@@ -22,7 +22,8 @@ from lumpver.certificates.graph_channels import channels, removal_problem, same_
 from lumpver.certificates.statistical_graph import channel_zeroed, hidden_nodes, structural_zeros, zero_reads
 from lumpver.ir.graph import GraphNetwork
 from lumpver.reductions.exact_graph import choose_removals
-from lumpver.reductions.pruning import prune_graph_channels, prune_graph_weights, sparsity
+from lumpver.reductions.pruning import sparsity
+from lumpver.reductions.pruning_graph import prune_graph_weights, remove_zeroed
 
 GRAPH_WEIGHT_RULE = {
     "method": "global magnitude pruning of a graph network",
@@ -86,6 +87,7 @@ def graph_candidate(net: GraphNetwork, level: float, family: str) -> GraphCandid
     if family == "weight":
         g = prune_graph_weights(net, level)
         return GraphCandidate(g, None, sparsity(g))
-    got = prune_graph_channels(net, round(1.0 - level, 12), "layer")
-    g = got[0] if isinstance(got, tuple) else got  # (graph, kept sets) or the graph alone: only the graph is used
+    # the stated per-node rule (GRAPH_CHANNEL_RULE), not magnitude pruning's joint ranking of channels
+    # linked by residual Adds, then every zeroed channel whose whole linked group goes is removed
+    g = remove_zeroed(channel_zeroed(net, level)).reduced
     return GraphCandidate(g, _described(net, level, g), _channel_fraction(net, g))
