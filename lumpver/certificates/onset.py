@@ -99,7 +99,8 @@ def _claims_problem(net: Network, claims: list[Claim], nb: NetworkBounds) -> Opt
                 or not np.all(np.isfinite(c.coeffs)):
             return f"layer {k}: neuron indices repeat or leave the layer, or coefficients are not finite"
         s = _slopes(layer, nb.pre_lower[k], nb.pre_upper[k])
-        bad = [j for j in c.removed if s[j] != 0] + [j for j in np.concatenate([c.basis, c.folded]) if not s[j] != 0]
+        bad = [j for j in c.removed if s[j] != 0] + [j for j in np.concatenate([c.basis, c.folded])
+               if not (np.isfinite(s[j]) and s[j] != 0)]  # NaN slope: unstable, never linear
         if bad:
             j = bad[0]
             return (f"layer {k} neuron {j}: claimed {'stably inactive' if j in c.removed else 'linear'}, "
