@@ -209,7 +209,7 @@ def test_cli_bound_interval_certificate_rechecks(rng, tmp_path):
     save_onnx(f, a)
     save_onnx(g, b)
     _spec(spec, 2, 2, -1, 1)
-    r = _cli("bound", a, b, "--input-set", spec, "--backend", "interval", "--certificate", cert, "--timeout", 10, "-q")
+    r = _cli("bound", a, b, "--input-set", spec, "--backend", "interval", "--certificate", cert, "--timeout", 3, "-q")
     assert r.returncode == 0, r.stderr
     assert _cli("check", cert).returncode == 0
     c = json.loads(cert.read_text())

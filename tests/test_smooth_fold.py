@@ -62,7 +62,7 @@ def test_cli_reduce_smooth_then_check(tmp_path, activation):
     save_onnx(net, orig)
     spec.write_text("".join(f"(declare-const X_{i} Real)\n" for i in range(4)) + "".join(
         f"(assert (>= X_{i} {float(lo)!r}))\n(assert (<= X_{i} {float(hi)!r}))\n" for i, (lo, hi) in enumerate(zip(box.lower, box.upper))))
-    r = _cli("reduce", orig, "-o", out, "--mode", "approx", "--input-set", spec, "--epsilon", 0.01, "--timeout", 20,
+    r = _cli("reduce", orig, "-o", out, "--mode", "approx", "--input-set", spec, "--epsilon", 0.01, "--timeout", 8,
              "-q")
     assert r.returncode == 0, r.stderr
     cert = json.loads(cert_path.read_text())
