@@ -141,7 +141,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--limit", type=int, default=0)
-    ap.add_argument("--filter", default="")
+    ap.add_argument("--filter", default="", help="substrings of onnx+vnnlib paths, comma-separated (any)")
     ap.add_argument("--lp-depth", type=int, default=None, help="BabOptions.lp_depth (0: LP finisher off)")
     ap.add_argument("--lp-budget", type=int, default=None, help="BabOptions.lp_budget (LPs per box)")
     ap.add_argument("--lp-after", type=float, default=None, help="BabOptions.lp_after (share of the timeout first)")
@@ -163,7 +163,7 @@ def main() -> None:
     suite = {"mnist": "mnist_fc"}.get(args.suite, args.suite)
     pub = published(suite)
     rows = list(csv.reader(open(DATA / suite / "instances.csv")))
-    rows = [r for r in rows if args.filter in r[0] + r[1]][: args.limit or None]
+    rows = [r for r in rows if any(f in r[0] + r[1] for f in args.filter.split(","))][: args.limit or None]
     decided, wrong, t0 = 0, [], time.monotonic()
     peers_decided: dict[str, int] = defaultdict(int)
     for onnx, vnnlib, *_ in rows:
