@@ -245,3 +245,35 @@ def test_lbfgs_fit_lowers_error_and_its_certificate_covers_the_milp_maximum(rng)
     exact = max(max_difference(net, g, lo, hi, s * np.eye(2)[j])[0] for j in range(2) for s in (1.0, -1.0))
     xs = sample_points(InputSet([Box(lo, hi)]), 4000, seed=9)
     assert float(np.max(np.abs(g.forward(xs) - net.forward(xs)))) <= exact + 1e-9 and exact <= res.epsilon
+
+
+def test_phase_lps_in_certify_recheck_and_cover_the_milp_maximum(rng, tmp_path, monkeypatch):
+    """With a phase LP budget (certify.BAB_PHASE_LPS) the deterministic search records phase trees on the
+    pruned (aligned) twin; the written certificate re-checks and its bound covers the MILP maximum |f - g|,
+    and a claim below that maximum does not re-check."""
+    from lumpver.reductions import certify as C
+    from tests.milp_reference import max_difference
+
+    net = _planted(rng)
+    lo, hi = -0.3 * np.ones(3), 0.3 * np.ones(3)
+    X = InputSet([Box(lo, hi)])
+    pts = sample_points(X, 1000, seed=1)
+    acts = net.activations(pts)
+    kept = kept_after(net, removal_order(net, acts), 12)
+    g, dropped = refit_pruned(net, acts, kept)
+    monkeypatch.setattr(C, "BAB_PHASE_LPS", 200)
+    monkeypatch.setattr(C, "BAB_BOXES", 20)  # leaves stay open, so the phase stage runs
+    res = C.certify(net, g, X, "linf", Chain(None, kept, dropped_rows=dropped), timeout=20.0, max_boxes=20)
+    assert res.backend == "bab_diff" and any("phase" in r for r in res.evidence["regions"])
+    orig, out, cert_path = (tmp_path / n for n in ("f.onnx", "g.onnx", "g.cert.json"))
+    save_onnx(net, orig)
+    save_onnx(g, out)
+    cert = C.write_bounded(orig, out, cert_path, net, g, X, res, {"method": "test"}, 0.0)
+    ctx = CheckContext(cert_path, orig, out)
+    ev = next(e for e in cert["evidence"] if e["backend"] in DIFFERENTIAL_BACKENDS)
+    assert check_evidence_entry(cert, ctx, ev).holds
+    exact = max(max_difference(net, g, lo, hi, s * np.eye(2)[j])[0] for j in range(2) for s in (1.0, -1.0))
+    assert exact <= res.epsilon
+    bad = json.loads(json.dumps(cert))
+    bad["guarantee"]["epsilon"] = exact * 0.99
+    assert not check_evidence_entry(bad, ctx, ev).holds

@@ -87,6 +87,9 @@ BAB_BOXES = 1500
 BAB_SECONDS = 120.0
 #: inputs of at most this many dimensions are certified by the branch and bound first (see _difference_term)
 BAB_FIRST_DIMS = 8
+#: ReLU-phase LPs per region in the deterministic search (DiffOptions.phase_lps) on inputs of at most
+#: BAB_FIRST_DIMS dimensions: splits f/g neuron pairs of the aligned twin on the leaves left open
+BAB_PHASE_LPS = 0
 #: boxes per region the graph back-end bounds at most when certifying (inputs small enough to split)
 GRAPH_BOXES = 100
 
@@ -180,7 +183,8 @@ def interval_term(h: Network, twin: Network, input_set: InputSet, norm: str, thr
 def bab_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshold: float,
              timeout: float) -> tuple[float, dict[str, Any]]:
     """The differential branch and bound's bound of ``h - twin`` on X (refined down to ``threshold``)."""
-    opt = DiffOptions(max_boxes=BAB_BOXES, deterministic=True)
+    phase = BAB_PHASE_LPS if input_set.dim <= BAB_FIRST_DIMS else 0
+    opt = DiffOptions(max_boxes=BAB_BOXES, deterministic=True, phase_lps=phase)
     results, ev = difference_search(h, twin, input_set, norm, timeout, close_at=threshold, options=opt)
     ev["threshold"] = threshold
     ev["attained"] = max(r.lower for r in results)  # a float64 value of |h - twin| reached (not a bound)
