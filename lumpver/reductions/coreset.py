@@ -124,6 +124,21 @@ def coreset_prune(net: Network, keep: float, beta: float | list[float] = 1.0, se
     return CoresetResult(net.with_layers(layers), info)
 
 
+def sample_filters(s: np.ndarray, keep: float, rng: np.random.Generator, delta: float) -> tuple[LayerCoreset, np.ndarray]:
+    """Filters sampled by sensitivity ``s`` (``keep`` of them, at least one; DESIGN.md §6) as a record, and
+    the factor each kept filter's readers are scaled by (count / (draws x probability)); one silent filter
+    (factor 0) when nothing feeds forward."""
+    n_keep = max(1, math.ceil(round(keep * s.size, 9)))
+    kept, counts, m = sample_layer(s, n_keep, rng, max_draws=1000 * s.size)
+    if kept.size == 0:  # nothing feeds forward: keep one silent filter
+        kept, counts, m, q, scale = np.array([0]), np.array([1]), 1, np.array([1.0]), np.zeros(1)
+    else:
+        q = s[kept] / s.sum()
+        scale = counts / (m * q)
+    total = float(s.sum())
+    return LayerCoreset(kept, counts, q, m, total, coreset_epsilon(total, m, delta) * total), scale
+
+
 def coreset_prune_filters(net: Network, keep: float, betas: list[float], seed: int = 0,
                           delta: float = 0.1) -> CoresetResult:
     """Keep ``ceil(keep * channels)`` filters per hidden layer of a CNN by sensitivity sampling and
@@ -139,17 +154,10 @@ def coreset_prune_filters(net: Network, keep: float, betas: list[float], seed: i
                          + np.mean(channel_biases(layer, views[k]) ** 2, axis=1))
         act = np.abs(apply_activation(layer.activation, betas[k] * p_norm, layer.alpha))
         s = np.max(np.abs(views[k + 1].w3), axis=(0, 2)) * act
-        n_keep = max(1, math.ceil(round(keep * s.size, 9)))
-        kept, counts, m = sample_layer(s, n_keep, rng, max_draws=1000 * s.size)
-        if kept.size == 0:  # nothing feeds forward: keep one silent filter
-            kept, counts, m, q, scale = np.array([0]), np.array([1]), 1, np.array([1.0]), np.zeros(1)
-        else:
-            q = s[kept] / s.sum()
-            scale = counts / (m * q)
-        kept_all.append(kept)
+        lc, scale = sample_filters(s, keep, rng, delta)
+        kept_all.append(lc.kept)
         scales.append(scale)
-        total = float(s.sum())
-        info.append(LayerCoreset(kept, counts, q, m, total, coreset_epsilon(total, m, delta) * total))
+        info.append(lc)
     return CoresetResult(keep_channels(net, views, kept_all, scales), info)
 
 

@@ -20,7 +20,6 @@ in float32. The error is certified on X by the graph back-end, not by the sampli
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -33,7 +32,7 @@ from lumpver.certificates.graph_channels import channel_views, channels, lumped_
 from lumpver.ir.activations import get_activation
 from lumpver.ir.graph import GraphNetwork
 from lumpver.progress import SILENT, Progress
-from lumpver.reductions.coreset import LayerCoreset, coreset_epsilon, sample_layer
+from lumpver.reductions.coreset import LayerCoreset, sample_filters
 from lumpver.reductions.pruning_graph import graph_hidden_nodes, remove_zeroed
 
 
@@ -103,13 +102,8 @@ def _sample_node(net: GraphNetwork, nid: str, acts: list[str], readers: list[str
     for a in acts:
         act = get_activation(net.node(a).activation)(act, net.node(a).alpha)
     s = np.max([np.max(np.abs(views[r]), axis=(0, 2)) for r in readers], axis=0) * np.abs(act)
-    n_keep = max(1, math.ceil(round(keep * s.size, 9)))
-    kept, counts, m = sample_layer(s, n_keep, rng, max_draws=1000 * s.size)
-    if kept.size == 0:  # nothing feeds forward: keep one silent filter
-        kept, counts, m, q, scale = np.array([0]), np.array([1]), 1, np.array([1.0]), np.zeros(1)
-    else:
-        q = s[kept] / s.sum()
-        scale = counts / (m * q)
+    lc, scale = sample_filters(s, keep, rng, delta)
+    kept = lc.kept
     full = np.zeros(s.size)
     full[kept] = scale
     drop = np.setdiff1d(np.arange(s.size), kept)
@@ -118,8 +112,7 @@ def _sample_node(net: GraphNetwork, nid: str, acts: list[str], readers: list[str
     _replaced(net, nid, w_new, b_new.reshape(-1))
     for r in dict.fromkeys(readers):
         _replaced(net, r, views[r] * full[None, :, None])
-    total = float(s.sum())
-    return LayerCoreset(kept, counts, q, m, total, coreset_epsilon(total, m, delta) * total)
+    return lc
 
 
 def coreset_prune_graph(net: GraphNetwork, keep: float, norms: Optional[dict[str, float]] = None, seed: int = 0,
