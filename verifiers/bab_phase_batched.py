@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from lumpver.bounds.diff_batched import ITERS, LR, REFINE, DiffModel, Refine
-from lumpver.bounds.diff_phase import PhaseBounds, expand, root_bounds, row
+from lumpver.bounds.blas import blas_single_thread
+from lumpver.bounds.diff_batched import ITERS, LR, REFINE, DiffModel, Refine, prepare_diff
+from lumpver.bounds.diff_phase import PhaseBounds, expand, root_bounds, row, supported
+from lumpver.bounds.region import region_box
+from lumpver.bounds.rounding import rounding_policy
+from lumpver.ir.network import Network
 from lumpver.progress import SILENT, Progress
+from lumpver.specs.inputset import InputSet
+from lumpver.verifiers.interval import point_distance
 
 
 @dataclass
@@ -55,13 +61,15 @@ class PhaseTreeResult:
 class _Nodes:
     def __init__(self) -> None:
         self.ph: list = []  # layer bounds (PairLayers, batch of one) per node
+        self.rows: list[np.ndarray] = []  # upper bounds of +-(f - g) per node
         self.value: list[float] = []
         self.split: list[int] = []  # chosen pair (flat), -1 none
         self.kids: dict[int, list[int]] = {}
         self.done: dict[int, int] = {}  # node -> pair it was split on
 
-    def add(self, ph, value: float, split: int) -> int:
+    def add(self, ph, rows: np.ndarray, value: float, split: int) -> int:
         self.ph.append(ph)
+        self.rows.append(rows)
         self.value.append(value)
         self.split.append(split)
         return len(self.ph) - 1
@@ -97,7 +105,7 @@ def phase_search(model: DiffModel, lo: np.ndarray, hi: np.ndarray, norm: str, th
     def keep(pb: PhaseBounds) -> list[int]:
         if witness is not None:
             witness(np.where(pb.A_x[~pb.empty] > 0, hi, lo))
-        return [nodes.add(row(pb.trace, b), float(pb.value[b]), int(pb.split[b])) for b in range(pb.value.size)]
+        return [nodes.add(row(pb.trace, b), pb.rows[b], float(pb.value[b]), int(pb.split[b])) for b in range(pb.value.size)]
 
     root = keep(root_bounds(model, lo, hi, norm, opt.iters, opt.lr, opt.refine))[0]
     heap = [(-nodes.value[root], root)]
@@ -117,8 +125,8 @@ def phase_search(model: DiffModel, lo: np.ndarray, hi: np.ndarray, norm: str, th
             heap.extend((-nodes.value[i], i) for i in stuck)
             stopped = "an open sub-problem has every pair fixed or stable"
             break
-        ids = keep(expand(model, lo, hi, [nodes.ph[p] for p in parents], [nodes.split[p] for p in parents], norm,
-                          opt.iters, opt.lr, opt.child_refine))
+        ids = keep(expand(model, lo, hi, [nodes.ph[p] for p in parents], [nodes.split[p] for p in parents],
+                          np.array([nodes.rows[p] for p in parents]), norm, opt.iters, opt.lr, opt.child_refine))
         for n, p in enumerate(parents):
             nodes.done[p], nodes.kids[p] = nodes.split[p], ids[4 * n:4 * n + 4]
         for i in ids + stuck:
@@ -131,3 +139,34 @@ def phase_search(model: DiffModel, lo: np.ndarray, hi: np.ndarray, norm: str, th
     upper = max(nodes.value[i] for i in leaves)
     n_open = sum(nodes.value[i] > threshold() for i in leaves)
     return PhaseTreeResult(upper, nodes.preorder(), len(nodes.ph), n_open, "" if n_open == 0 else stopped)
+
+
+def phase_difference(f: Network, g: Network, input_set: InputSet, norm: str, threshold: float, timeout: float,
+                     opt: PhaseOptions = PhaseOptions(), progress: Progress = SILENT) -> tuple[float, dict[str, Any]]:
+    """The search on every region's box (time shared evenly), as ``bab_diff`` evidence whose regions are
+    unsplit boxes carrying a ``phase_batched`` tree (:mod:`lumpver.certificates.bounded_bab` replays it);
+    ``evidence["attained"]``: the largest float64 value of the norm of ``f - g`` reached at a candidate
+    point (a lower bound of the true maximum, not a bound). ValueError for pairs it cannot take."""
+    model = prepare_diff(f, g, "delta")
+    if not supported(model):
+        raise ValueError("the batched phase search needs an aligned pair of ReLU networks")
+    best = [0.0]
+    t_end = time.monotonic() + timeout
+    regions = []
+    with blas_single_thread():
+        for i, region in enumerate(input_set.regions):
+            box = region_box(region)
+
+            def witness(pts: np.ndarray, region=region) -> None:
+                pts = pts[[region.contains(p) for p in pts]]
+                if len(pts):
+                    best[0] = max(best[0], float(np.max(point_distance(f.forward(pts), g.forward(pts), norm))))
+
+            deadline = time.monotonic() + (t_end - time.monotonic()) / (len(input_set.regions) - i)
+            res = phase_search(model, box.lower, box.upper, norm, lambda: threshold, deadline, opt, witness, progress)
+            regions.append({"tree": [-1], "bound": res.upper, "boxes": res.nodes, "open_boxes": res.open_leaves,
+                            "phase_batched": res.tree, **({"stopped": res.stopped} if res.stopped else {})})
+    upper = max(r["bound"] for r in regions)
+    return upper, {"pairing": "delta", "iters": opt.iters, "lr": opt.lr, "refine": asdict(opt.refine),
+                   "child_refine": asdict(opt.child_refine), "rounding": rounding_policy(), "upper_bound": upper,
+                   "regions": regions, "attained": best[0]}

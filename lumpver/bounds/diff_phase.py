@@ -164,9 +164,10 @@ def clamp(t: PairLayers, widths: list[int], flat: int, pf: int, pg: int) -> Pair
 
 
 def expand(model: DiffModel, lo: np.ndarray, hi: np.ndarray, parents: list[PairLayers], flats: list[int],
-           norm: str, iters: int, lr: float, refine: Refine) -> PhaseBounds:
+           parent_rows: np.ndarray, norm: str, iters: int, lr: float, refine: Refine) -> PhaseBounds:
     """The four children (:data:`COMBOS` order) of each parent split on its pair, bounded
-    :data:`CHUNK` per numpy pass and concatenated."""
+    :data:`CHUNK` per numpy pass and concatenated; each child's rows intersected with its parent's
+    (``parent_rows``, (P, 2m): they hold on the parent, so on the child)."""
     widths = hidden_widths(model)
     inits = [clamp(t, widths, p, a, c) for t, p in zip(parents, flats) for a, c in COMBOS]
     parts = []
@@ -175,9 +176,13 @@ def expand(model: DiffModel, lo: np.ndarray, hi: np.ndarray, parents: list[PairL
         B = len(part)
         parts.append(phase_bounds(model, np.repeat(lo[None], B, 0), np.repeat(hi[None], B, 0), stack(part), norm,
                                   iters, lr, refine))
-    return PhaseBounds(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("rows", "value", "empty", "A_x",
-                                                                                   "split")),
-                       stack([row(p.trace, b) for p in parts for b in range(p.rows.shape[0])]))
+    out = PhaseBounds(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("rows", "value", "empty", "A_x",
+                                                                                  "split")),
+                      stack([row(p.trace, b) for p in parts for b in range(p.rows.shape[0])]))
+    out.rows = np.minimum(out.rows, np.repeat(np.asarray(parent_rows, np.float64), 4, axis=0))
+    m = model.n_outputs
+    out.value = np.where(out.empty, 0.0, _norms(np.where(out.empty[:, None], 0.0, out.rows), m, norm))
+    return out
 
 
 def root_bounds(model: DiffModel, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, lr: float,
@@ -225,15 +230,16 @@ def replay(model: DiffModel, lo: np.ndarray, hi: np.ndarray, tree: list[int], no
     root = root_bounds(model, lo, hi, norm, iters, lr, refine)
     if code[0] < 0:
         return float(root.value[0])
-    level, worst = [(0, row(root.trace, 0))], 0.0
+    level, worst = [(0, row(root.trace, 0), root.rows[0])], 0.0
     while level:
-        pb = expand(model, lo, hi, [t for _, t in level], [code[i] for i, _ in level], norm, iters, lr, child_refine)
+        pb = expand(model, lo, hi, [t for _, t, _ in level], [code[i] for i, _, _ in level],
+                    np.array([r for _, _, r in level]), norm, iters, lr, child_refine)
         nxt = []
-        for n, (i, _) in enumerate(level):
+        for n, (i, _, _) in enumerate(level):
             for c, ci in enumerate(kids[i]):
                 if code[ci] < 0:
                     worst = max(worst, float(pb.value[4 * n + c]))
                 else:
-                    nxt.append((ci, row(pb.trace, 4 * n + c)))
+                    nxt.append((ci, row(pb.trace, 4 * n + c), pb.rows[4 * n + c]))
         level = nxt
     return worst
