@@ -160,6 +160,11 @@ def clamp(t: PairLayers, widths: list[int], flat: int, pf: int, pg: int) -> Pair
             lo[k][0, j] = max(lo[k][0, j], 0.0)
         else:
             hi[k][0, j] = min(hi[k][0, j], 0.0)
+    if pf != pg:  # z^f >= 0 >= z^g: delta z >= 0 (and the reverse)
+        if pf > 0:
+            out.dl[k][0, j] = max(out.dl[k][0, j], 0.0)
+        else:
+            out.du[k][0, j] = min(out.du[k][0, j], 0.0)
     return out
 
 
@@ -170,17 +175,20 @@ def expand(model: DiffModel, lo: np.ndarray, hi: np.ndarray, parents: list[PairL
     (``parent_rows``, (P, 2m): they hold on the parent, so on the child)."""
     widths = hidden_widths(model)
     inits = [clamp(t, widths, p, a, c) for t, p in zip(parents, flats) for a, c in COMBOS]
-    parts = []
-    for s in range(0, len(inits), CHUNK):
-        part = inits[s:s + CHUNK]
-        B = len(part)
-        parts.append(phase_bounds(model, np.repeat(lo[None], B, 0), np.repeat(hi[None], B, 0), stack(part), norm,
-                                  iters, lr, refine))
-    out = PhaseBounds(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("rows", "value", "empty", "A_x",
-                                                                                  "split")),
-                      stack([row(p.trace, b) for p in parts for b in range(p.rows.shape[0])]))
+    m, B = model.n_outputs, len(inits)
+    out = PhaseBounds(np.full((B, 2 * m), -np.inf), np.zeros(B), np.ones(B, dtype=bool), np.zeros((B, lo.size)),
+                      np.full(B, -1), stack(inits))
+    todo = np.flatnonzero(~_crossing(out.trace))  # the others are empty by the clamped bounds alone
+    for s in range(0, todo.size, CHUNK):
+        idx = todo[s:s + CHUNK]
+        pb = phase_bounds(model, np.repeat(lo[None], idx.size, 0), np.repeat(hi[None], idx.size, 0),
+                          stack([inits[i] for i in idx]), norm, iters, lr, refine)
+        for name in ("rows", "empty", "A_x", "split"):
+            getattr(out, name)[idx] = getattr(pb, name)
+        for name in FIELDS:
+            for k, a in enumerate(getattr(pb.trace, name)):
+                getattr(out.trace, name)[k][idx] = a
     out.rows = np.minimum(out.rows, np.repeat(np.asarray(parent_rows, np.float64), 4, axis=0))
-    m = model.n_outputs
     out.value = np.where(out.empty, 0.0, _norms(np.where(out.empty[:, None], 0.0, out.rows), m, norm))
     return out
 

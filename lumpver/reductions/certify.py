@@ -93,7 +93,7 @@ BAB_FIRST_DIMS = 8
 #: ReLU-phase LPs per region in the deterministic search (DiffOptions.phase_lps) on inputs of at most
 #: BAB_FIRST_DIMS dimensions: splits f/g neuron pairs of the aligned twin on the leaves left open
 BAB_PHASE_LPS = 0
-#: sub-problems per region of the batched phase search on wider inputs (bench/RESULTS.md, MNIST 256x2)
+#: sub-problems per region of the batched phase search on wider inputs (bench/RESULTS.md, MNIST 256x2; 0: off)
 PHASE_NODES = 250
 #: boxes per region the graph back-end bounds at most when certifying (inputs small enough to split)
 GRAPH_BOXES = 100
@@ -201,6 +201,8 @@ def phase_term(h: Network, twin: Network, input_set: InputSet, norm: str, thresh
     """Wide inputs (MNIST's 784: bisection does not pay): the batched ReLU-phase branch and bound on the
     aligned pair (:func:`lumpver.verifiers.bab_phase_batched.phase_difference`, PHASE_NODES sub-problems
     per region, so the same pair certifies the same bound twice); ``(inf, {})`` for a pair it cannot take."""
+    if PHASE_NODES <= 0:
+        return math.inf, {}
     try:
         u, ev = phase_difference(h, twin, input_set, norm, threshold, timeout, PhaseOptions(max_nodes=PHASE_NODES))
     except ValueError:
