@@ -51,7 +51,8 @@ def test_checker_replays_phase_trees_and_refuses_tampered_ones():
     a truncated tree, a split of a pair beyond the hidden layers, and a claim below the replay fail."""
     f, g, _ = _pair(3)
     X = InputSet([Box(-np.full(8, 0.3), np.full(8, 0.3))])
-    upper, ev = phase_difference(f, g, X, "linf", 0.0, 60.0, OPT)
+    run = phase_difference(f, g, X, "linf", 0.0, 60.0, OPT)
+    upper, ev = run.upper, run.evidence
     exact, _ = max_linf_difference(f, g, X.regions[0].lower, X.regions[0].upper)
     assert upper >= exact - 1e-7 and ev["attained"] <= exact + 1e-7
     tree = ev["regions"][0]["phase_batched"]

@@ -33,6 +33,9 @@ from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import InputSet
 from lumpver.verifiers.interval import point_distance
 
+#: without a threshold the search stops once the bound is within this relative gap of the attained value
+GAP_REL = 1e-3
+
 
 @dataclass
 class PhaseOptions:
@@ -141,18 +144,36 @@ def phase_search(model: DiffModel, lo: np.ndarray, hi: np.ndarray, norm: str, th
     return PhaseTreeResult(upper, nodes.preorder(), len(nodes.ph), n_open, "" if n_open == 0 else stopped)
 
 
-def phase_difference(f: Network, g: Network, input_set: InputSet, norm: str, threshold: float, timeout: float,
-                     opt: PhaseOptions = PhaseOptions(), progress: Progress = SILENT) -> tuple[float, dict[str, Any]]:
+@dataclass
+class PhaseRun:
+    """The search on every region of an input set: the certified bound, ``bab_diff`` evidence, the
+    largest float64 value of the norm of ``f - g`` reached at a candidate point (a lower bound of the
+    true maximum, not a bound) and that point."""
+
+    upper: float
+    evidence: dict[str, Any]
+    attained: float
+    x_best: Optional[np.ndarray]
+
+
+def phase_difference(f: Network, g: Network, input_set: InputSet, norm: str, threshold: Optional[float],
+                     timeout: float, opt: PhaseOptions = PhaseOptions(), progress: Progress = SILENT,
+                     model: Optional[DiffModel] = None, known_lower: float = 0.0) -> PhaseRun:
     """The search on every region's box (time shared evenly), as ``bab_diff`` evidence whose regions are
-    unsplit boxes carrying a ``phase_batched`` tree (:mod:`lumpver.certificates.bounded_bab` replays it);
-    ``evidence["attained"]``: the largest float64 value of the norm of ``f - g`` reached at a candidate
-    point (a lower bound of the true maximum, not a bound). ValueError for pairs it cannot take."""
-    model = prepare_diff(f, g, "delta")
+    unsplit boxes carrying a ``phase_batched`` tree (:mod:`lumpver.certificates.bounded_bab` replays it).
+    ``threshold`` None: close leaves within :data:`GAP_REL` of the attained value or ``known_lower``
+    (``bound``: the falsifier's).
+    ValueError for pairs it cannot take."""
+    model = model if model is not None else prepare_diff(f, g, "delta")
     if not supported(model):
         raise ValueError("the batched phase search needs an aligned pair of ReLU networks")
-    best = [0.0]
+    best: list = [0.0, None]
     t_end = time.monotonic() + timeout
     regions = []
+
+    def close() -> float:
+        return threshold if threshold is not None else max(best[0], known_lower) * (1 + GAP_REL)
+
     with blas_single_thread():
         for i, region in enumerate(input_set.regions):
             box = region_box(region)
@@ -160,13 +181,17 @@ def phase_difference(f: Network, g: Network, input_set: InputSet, norm: str, thr
             def witness(pts: np.ndarray, region=region) -> None:
                 pts = pts[[region.contains(p) for p in pts]]
                 if len(pts):
-                    best[0] = max(best[0], float(np.max(point_distance(f.forward(pts), g.forward(pts), norm))))
+                    d = point_distance(f.forward(pts), g.forward(pts), norm)
+                    j = int(np.argmax(d))
+                    if d[j] > best[0]:
+                        best[:] = [float(d[j]), pts[j].copy()]
 
             deadline = time.monotonic() + (t_end - time.monotonic()) / (len(input_set.regions) - i)
-            res = phase_search(model, box.lower, box.upper, norm, lambda: threshold, deadline, opt, witness, progress)
+            res = phase_search(model, box.lower, box.upper, norm, close, deadline, opt, witness, progress)
             regions.append({"tree": [-1], "bound": res.upper, "boxes": res.nodes, "open_boxes": res.open_leaves,
                             "phase_batched": res.tree, **({"stopped": res.stopped} if res.stopped else {})})
     upper = max(r["bound"] for r in regions)
-    return upper, {"pairing": "delta", "iters": opt.iters, "lr": opt.lr, "refine": asdict(opt.refine),
-                   "child_refine": asdict(opt.child_refine), "rounding": rounding_policy(), "upper_bound": upper,
-                   "regions": regions, "attained": best[0]}
+    ev = {"pairing": "delta", "iters": opt.iters, "lr": opt.lr, "refine": asdict(opt.refine),
+          "child_refine": asdict(opt.child_refine), "rounding": rounding_policy(), "upper_bound": upper,
+          "regions": regions, "attained": best[0]}
+    return PhaseRun(upper, ev, best[0], best[1])

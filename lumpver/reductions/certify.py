@@ -204,9 +204,10 @@ def phase_term(h: Network, twin: Network, input_set: InputSet, norm: str, thresh
     if PHASE_NODES <= 0:
         return math.inf, {}
     try:
-        u, ev = phase_difference(h, twin, input_set, norm, threshold, timeout, PhaseOptions(max_nodes=PHASE_NODES))
+        run = phase_difference(h, twin, input_set, norm, threshold, timeout, PhaseOptions(max_nodes=PHASE_NODES))
     except ValueError:
         return math.inf, {}
+    u, ev = run.upper, run.evidence
     ev["threshold"] = threshold
     return u, ev
 
