@@ -70,3 +70,33 @@ def test_checker_replays_phase_trees_and_refuses_tampered_ones():
         report = CheckReport(True)
         assert recheck_bab(f, g, X, "linf", {**ev, "regions": [{**ev["regions"][0], "phase_batched": bad}]},
                            report) is None and not report.holds
+
+
+def test_certify_on_wide_inputs_writes_phase_trees_that_recheck(tmp_path, monkeypatch):
+    """certify() of a quantised copy on 10 inputs (> BAB_FIRST_DIMS): the phase search's evidence
+    (bab_diff with a phase_batched tree) re-checks from the files, covers the MILP maximum, and a
+    claim below the checker's replay fails."""
+    import json
+
+    import lumpver.reductions.certify as C
+    from lumpver.certificates.format import check_certificate
+    from tests.test_bab_diff import _files
+
+    monkeypatch.setattr(C, "PHASE_NODES", 21)
+    rng = np.random.default_rng(11)
+    f = _f32(random_net(rng, [10, 5, 5, 1]))
+    g = _f32(REDUCTIONS["quantised"](f, rng))
+    box = Box(-np.full(10, 0.3), np.full(10, 0.3))
+    a, b, _ = _files(tmp_path, f, g, box)
+    X = InputSet([box])
+    res = C.certify(f, g, X, "linf", timeout=20, max_boxes=1)
+    exact, _ = max_linf_difference(f, g, box.lower, box.upper)
+    assert res.backend == "bab_diff" and "phase_batched" in res.evidence["regions"][0]
+    assert res.epsilon >= exact - 1e-7
+    cert = tmp_path / "c.json"
+    C.write_bounded(a, b, cert, f, g, X, res, {"method": "test"}, 1.0)
+    assert check_certificate(cert).holds
+    c = json.loads(cert.read_text())
+    c["guarantee"]["epsilon"] = 0.5 * (res.epsilon + exact) if res.epsilon > exact * 1.01 else 0.9 * exact
+    cert.write_text(json.dumps(c))
+    assert not check_certificate(cert).holds
