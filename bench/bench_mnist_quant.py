@@ -10,7 +10,12 @@ the neurons (DESIGN.md §6) and, for comparison, activation-based pruning to 50 
 (:mod:`lumpver.reductions.approx`). Times (build + write + certify) are ratios to one onnxruntime pass of
 the original over 1000 points, measured in the same run.
 
-Usage: python bench/bench_mnist_quant.py [--props 0,1,...] [--radius 0.03] [--max-boxes N]
+With ``--before``, each case is also certified without the batched ReLU-phase search (``PHASE_NODES = 0``:
+the bisection search of ``bab_diff`` as before issue 14's phase search), in the same run. The search's own
+attained value (float64 forward passes at its candidate points; a lower bound of the true maximum in real
+arithmetic) is printed beside the onnxruntime ones.
+
+Usage: python bench/bench_mnist_quant.py [--props 0,1,...] [--radius 0.03] [--max-boxes N] [--before]
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lumpver.api.bound import falsified_lower_bound  # noqa: E402
+import lumpver.reductions.certify as certify_mod  # noqa: E402
 from lumpver.reductions.certify import Chain, certify, sample_points, sampled_error  # noqa: E402
 from lumpver.specs.load import load_input_set  # noqa: E402
 from lumpver.ir.onnx_export import save_onnx  # noqa: E402
@@ -70,6 +76,7 @@ def main() -> None:
     ap.add_argument("--max-boxes", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--attack", type=float, default=5.0, help="seconds of the falsifier (PGD) per case")
+    ap.add_argument("--before", action="store_true", help="also certify without the phase search (same run)")
     args = ap.parse_args()
     f = load_onnx(MODEL)
     x0 = np.random.default_rng(0).uniform(0, 1, (1000, f.n_inputs)).astype(np.float32)
@@ -88,6 +95,13 @@ def main() -> None:
                 g, chain = build(method, f, X, path)
                 res = certify(f, g, X, "linf", chain, timeout=args.timeout, max_boxes=args.max_boxes)
                 dt = time.perf_counter() - t0
+                if args.before:
+                    nodes, certify_mod.PHASE_NODES = certify_mod.PHASE_NODES, 0
+                    old = certify(f, g, X, "linf", chain, timeout=args.timeout, max_boxes=args.max_boxes).epsilon
+                    certify_mod.PHASE_NODES = nodes
+                    print(f"prop_{prop} {method}: before (no phase search) certified {old:.4g}, now {res.epsilon:.4g} "
+                          f"({res.backend}, {res.evidence.get('regions', [{}])[0].get('boxes', '-')} sub-problems); "
+                          f"search attained (float64) {res.evidence.get('attained', float('nan')):.4g}", flush=True)
                 seen = sampled_error(MODEL, path, X, "linf", n=2000, seed=3)
                 att = max(seen, falsified_lower_bound(MODEL, path, f, g, X, "linf", args.attack, 0)[0] or 0.0)
                 rows.append((method, prop, res.epsilon, seen, dt / base, g.n_hidden, att))

@@ -41,7 +41,9 @@ from lumpver.bounds.rounding import rounding_policy
 from lumpver.ir.network import Network
 from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import Box, InputSet
+from lumpver.bounds.diff_phase import supported
 from lumpver.verifiers.bab_phase import PairNet, finish_leaf
+from lumpver.verifiers.bab_phase_batched import phase_difference
 from lumpver.verifiers.base import Query, Verdict
 from lumpver.verifiers.falsify import to_float32_inside
 from lumpver.verifiers.interval import norm_of_bounds, point_distance
@@ -49,6 +51,8 @@ from lumpver.verifiers.interval import norm_of_bounds, point_distance
 NORMS = ("linf", "l1", "l2")
 #: without epsilon the search stops once the bound is within this relative gap of the attained value
 GAP_REL = 1e-3
+#: inputs wider than this (MNIST) are searched by ReLU-phase splits of aligned ReLU pairs (_phase_regions)
+PHASE_DIMS = 64
 
 
 @dataclass
@@ -333,6 +337,9 @@ def difference_search(f: Network, g: Network, input_set: InputSet, norm: str = "
     model = model or prepare_diff(f, g)
     if sum(layer.width for layer in f.layers[:-1]) < opt.small_pair:
         opt = replace(opt, refine=Refine(), try_all_every=2)
+    if not opt.deterministic and norm == "linf" and input_set.dim > PHASE_DIMS and supported(model):
+        return _phase_regions(f, g, input_set, epsilon if epsilon is not None else (close_at or None), timeout, opt,
+                              model, known_lower)
     t_end = time.monotonic() + timeout
     results: list[DiffResult] = []
     with blas_single_thread():
@@ -343,6 +350,18 @@ def difference_search(f: Network, g: Network, input_set: InputSet, norm: str = "
             if results[-1].counterexample is not None:
                 break
     return results, evidence(model, results, opt.refine)
+
+
+def _phase_regions(f: Network, g: Network, input_set: InputSet, threshold: Optional[float], timeout: float,
+                   opt: DiffOptions, model: DiffModel, known_lower: float) -> tuple[list[DiffResult], dict[str, Any]]:
+    """Wide inputs of an aligned ReLU pair: the batched ReLU-phase search on each region's box
+    (:mod:`lumpver.verifiers.bab_phase_batched`; bisecting 784 inputs does not pay), as results of this
+    search (no counterexample search: the falsifier of ``compare`` runs first)."""
+    run = phase_difference(f, g, input_set, "linf", threshold, timeout, progress=opt.progress, model=model,
+                           known_lower=known_lower)
+    res = [DiffResult(r["bound"], run.attained, run.x_best, threshold is not None and r["bound"] <= threshold, [-1],
+                      r["boxes"], r["open_boxes"], r.get("stopped", "")) for r in run.evidence["regions"]]
+    return res, run.evidence
 
 
 def evidence(model: DiffModel, results: list[DiffResult], refine: Refine = Refine()) -> dict[str, Any]:

@@ -154,10 +154,14 @@ def _exact(shape: tuple[int, int]) -> LinearRelaxation:
 
 
 # ----- the two layer passes ----------------------------------------------------------------
-def _own_bounds(ch: Chain, lo: np.ndarray, hi: np.ndarray, refine: Refine):
+def _own_bounds(ch: Chain, lo: np.ndarray, hi: np.ndarray, refine: Refine, init: Optional[tuple[list, list]] = None):
     """Pre-activation bounds of one chain: CROWN, then optimised where ``refine`` says; and the
-    number of unstable neurons of CROWN's."""
-    zl, zu = layer_bounds(ch, lo, hi, *_open(ch, lo.shape[0]))
+    number of unstable neurons of CROWN's. ``init``: valid bounds of the hidden layers to intersect
+    with (a ReLU-phase sub-problem's, :mod:`lumpver.bounds.diff_phase`)."""
+    zl, zu = _open(ch, lo.shape[0])
+    if init is not None:
+        zl[:len(init[0])], zu[:len(init[1])] = init
+    zl, zu = layer_bounds(ch, lo, hi, zl, zu)
     return (*refine_layers(ch, lo, hi, zl, zu, refine.iters, refine.lr, refine.max_unstable),
             unstable_count(ch, zl, zu))
 
@@ -196,14 +200,14 @@ def pair_layer_bounds(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: 
 
 
 def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine,
-                  trace: Optional[PairLayers] = None):
+                  trace: Optional[PairLayers] = None, init: Optional[PairLayers] = None):
     """Relaxations, free-slope masks and the output interval of ``f - g`` for the delta chain
-    (``trace``: filled with the layer bounds)."""
+    (``trace``: filled with the layer bounds; ``init``: valid layer bounds to intersect with)."""
     f, g, ch = model.f, model.g, model.joint
     assert f is not None and g is not None
     B, n = lo.shape
-    gzl, gzu, g_unstable = _own_bounds(g, lo, hi, refine)
-    fzl, fzu, f_unstable = _own_bounds(f, lo, hi, refine)
+    gzl, gzu, g_unstable = _own_bounds(g, lo, hi, refine, None if init is None else (init.gl, init.gu))
+    fzl, fzu, f_unstable = _own_bounds(f, lo, hi, refine, None if init is None else (init.fl, init.fu))
     s0_lo, s0_hi = interval_step(ch.steps[0], *interval_step(ch.input, lo, hi))
     d_lo, d_hi, hg_lo, hg_hi = s0_lo[:, :n], s0_hi[:, :n], s0_lo[:, n:], s0_hi[:, n:]
     rel, free = [_exact((B, 2 * n))], [np.zeros((B, 2 * n), dtype=bool)]
@@ -212,6 +216,8 @@ def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refi
         il, iu = interval_step(ch.steps[k + 1], np.hstack([d_lo, hg_lo]), np.hstack([d_hi, hg_hi]))
         il, iu = il[:, :w], iu[:, :w]
         il, iu = np.maximum(il, add_lo(fzl[k], -gzu[k])), np.minimum(iu, add_hi(fzu[k], -gzl[k]))
+        if init is not None:
+            il, iu = np.maximum(il, init.dl[k]), np.minimum(iu, init.du[k])
         act = get_relaxation(g.acts[k])
         _, (s_lo, s_hi) = _slopes(act, g.alphas[k], (gzl[k], gzu[k]), (fzl, fzu), k, il, iu)
         need = (s_lo != s_hi) & (il < 0) & (iu > 0)

@@ -17,6 +17,9 @@ region of the input set, the bisection tree of the region's box in preorder, plu
   recomputed layer bounds and checked to cover it, and every node's rows above the claim are
   re-bounded by LP through HiGHS's dual (outward rounded); the leaf's bound is the smaller of its
   batched bound and the replayed one;
+* an unsplit region with a ``phase_batched`` tree (:mod:`lumpver.verifiers.bab_phase_batched`) is
+  bounded by :func:`lumpver.bounds.diff_phase.replay`: every node rebuilt from the box and the tree
+  (the four phase children of each split, from the node's recomputed layer bounds) and re-bounded;
 * the recorded chain (on-set steps, the twin of a pruned or lumped network) is replayed by
   :func:`lumpver.certificates.bounded_interval.recheck_chain`, which adds its terms.
 
@@ -30,6 +33,7 @@ import numpy as np
 
 from lumpver.bounds.blas import blas_single_thread
 from lumpver.bounds.diff_batched import Refine, bound_boxes, leaves_of, prepare_diff
+from lumpver.bounds.diff_phase import replay as replay_phases
 from lumpver.bounds.region import region_box
 from lumpver.certificates.bounded_interval import check_interval_evidence, norm_of, recheck_chain, recheck_interval
 from lumpver.certificates.format import CheckContext, CheckReport
@@ -98,6 +102,12 @@ def recheck_bab(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict
             if len(tree) > 2 * MAX_LEAVES:
                 raise ValueError(f"bisection tree of {len(tree)} nodes exceeds the checker's cap")
             lo, hi = leaves_of(region_box(region), tree)
+            if "phase_batched" in rec:  # an unsplit box with a batched phase tree (verifiers/bab_phase_batched.py)
+                if lo.shape[0] != 1:
+                    raise ValueError("a batched phase tree is recorded on an unsplit region only")
+                worst = max(worst, replay_phases(model, lo[0], hi[0], [int(t) for t in rec["phase_batched"]], norm,
+                                                 iters, lr, refine, _refine(ev.get("child_refine"))))
+                continue
             worst = max(worst, _leaf_bounds(model, lo, hi, norm, iters, lr, refine, float(ev.get("upper_bound", np.inf)),
                                             rec.get("phase")))
             report.ok(f"bab_diff: {lo.shape[0]} leaf box(es) rebuilt from the tree and re-bounded: {worst:.6g}")

@@ -32,7 +32,9 @@ It is a sum of sound terms, each re-checkable from the files, X and the recorded
   when it certifies less (evidence ``bab_diff``: the bisection trees, whose leaves the checker
   :mod:`lumpver.certificates.bounded_bab` re-bounds). On inputs of at most ``BAB_FIRST_DIMS``
   dimensions (ACAS Xu) the search runs first and the interval term only when it is not within the
-  threshold (bench/RESULTS.md, issue 14).
+  threshold (bench/RESULTS.md, issue 14). On wider inputs (MNIST) an aligned ReLU pair is searched by
+  ReLU-phase splits instead (:mod:`lumpver.verifiers.bab_phase_batched`, evidence ``bab_diff`` with a
+  ``phase_batched`` tree per region), other pairs by the bisection search.
 * ``float32`` — a sound bound of the float32 evaluation error of f and of g
   (:func:`lumpver.bounds.float_error.float32_error`). It is worst-case (|W| amplification per layer)
   and can exceed the real error by orders of magnitude on deep nets, so it is *stated beside*
@@ -63,6 +65,7 @@ from lumpver.bounds.region import region_box
 from lumpver.certificates.format import make_certificate, model_stats
 from lumpver.fileio import write_json_atomic
 from lumpver.verifiers.bab_diff import DiffOptions, difference_search
+from lumpver.verifiers.bab_phase_batched import PhaseOptions, phase_difference
 from lumpver.verifiers.graph_diff import graph_difference_search
 from lumpver.verifiers.interval import certified_difference_bound
 from lumpver.ir.graph import GraphNetwork
@@ -90,6 +93,8 @@ BAB_FIRST_DIMS = 8
 #: ReLU-phase LPs per region in the deterministic search (DiffOptions.phase_lps) on inputs of at most
 #: BAB_FIRST_DIMS dimensions: splits f/g neuron pairs of the aligned twin on the leaves left open
 BAB_PHASE_LPS = 0
+#: sub-problems per region of the batched phase search on wider inputs (bench/RESULTS.md, MNIST 256x2; 0: off)
+PHASE_NODES = 250
 #: boxes per region the graph back-end bounds at most when certifying (inputs small enough to split)
 GRAPH_BOXES = 100
 
@@ -191,6 +196,22 @@ def bab_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshol
     return max(r.upper for r in results), ev
 
 
+def phase_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshold: float,
+               timeout: float) -> tuple[float, dict[str, Any]]:
+    """Wide inputs (MNIST's 784: bisection does not pay): the batched ReLU-phase branch and bound on the
+    aligned pair (:func:`lumpver.verifiers.bab_phase_batched.phase_difference`, PHASE_NODES sub-problems
+    per region, so the same pair certifies the same bound twice); ``(inf, {})`` for a pair it cannot take."""
+    if PHASE_NODES <= 0:
+        return math.inf, {}
+    try:
+        run = phase_difference(h, twin, input_set, norm, threshold, timeout, PhaseOptions(max_nodes=PHASE_NODES))
+    except ValueError:
+        return math.inf, {}
+    u, ev = run.upper, run.evidence
+    ev["threshold"] = threshold
+    return u, ev
+
+
 def _difference_term(h: Network, twin: Network, input_set: InputSet, norm: str, t_int: float,
                      max_boxes: int, timeout: float, t0: float) -> tuple[float, dict[str, Any], str]:
     """``(bound of h - twin, evidence, back-end)``. Inputs of at most BAB_FIRST_DIMS dimensions (ACAS Xu):
@@ -213,7 +234,9 @@ def _difference_term(h: Network, twin: Network, input_set: InputSet, norm: str, 
     u, ev = interval_term(h, twin, input_set, norm, t_int, max_boxes, timeout / 2)
     left = min(BAB_SECONDS, timeout - (time.perf_counter() - t0))
     if u > t_int and left > 0.5:
-        u2, ev2 = bab(left)
+        u2, ev2 = phase_term(h, twin, input_set, norm, t_int, left)
+        if u2 == math.inf:
+            u2, ev2 = bab(left)
         if u2 < u:
             return u2, ev2, "bab_diff"
     return u, ev, "interval"
