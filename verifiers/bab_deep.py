@@ -1,0 +1,60 @@
+"""ReLU-splitting policy of branch and bound on deep fully connected ReLU chains (DESIGN.md §11; issue 13).
+
+Deep MNIST-like networks (784 inputs, 4-9 hidden layers of 200-256 ReLUs) are decided, by the peers, with
+ReLU splitting on *fixed* intermediate bounds: the root's pre-activation bounds are tightened once by
+alpha-CROWN (every unstable neuron re-bounded with its own optimised slopes,
+:func:`lumpver.bounds.intermediate.refine_layers`), and a child keeps its parent's bounds, the split entering
+its bound through the clamp of the split neuron and a beta multiplier (beta-CROWN), so a numpy pass bounds
+many more sub-problems than when every child re-bounds every layer after its split. :class:`ReluSearch` holds
+the knobs; :func:`root_layer_bounds` and :func:`recompute_children` are what ``verifiers/bab.py`` asks.
+
+Soundness: both only change which sound bounds are used: optimised intermediate bounds are intersected with
+CROWN's (any slope in ``[0, 1]`` is sound, outward rounding of :mod:`lumpver.bounds.rounding`), and a child's
+parent bounds stay valid on the child (a subset of the parent).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lumpver.bounds.batched import ALPHA_ACTS, layer_bounds, recompute_pays
+from lumpver.bounds.diff_batched import Refine
+from lumpver.bounds.engine import Chain
+from lumpver.bounds.intermediate import refine_layers
+
+
+@dataclass
+class ReluSearch:
+    """Knobs of the ReLU-splitting search on ReLU chains (measured on the deep MNIST-like proxies,
+    bench/RESULTS.md, "Deep MNIST-like ReLU networks")."""
+
+    #: optimised intermediate bounds at the root (alpha-CROWN per unstable neuron); ``Refine()``: off
+    root_refine: Refine = field(default_factory=lambda: Refine(20, 0.25, 10**6))
+    #: children of a ReLU chain keep their parent's intermediate bounds when it has at least this many hidden
+    #: layers (beta-CROWN); shallower chains re-bound the layers after the split (0: never keep)
+    fixed_from_depth: int = 3
+
+
+def is_relu_chain(chain: Chain) -> bool:
+    """Every hidden activation ReLU-like (what the alpha/beta machinery splits exactly)."""
+    return all(a in ALPHA_ACTS for a in chain.acts[:-1])
+
+
+def recompute_children(chain: Chain, relu: ReluSearch) -> bool:
+    """Whether a ReLU-split child re-bounds the layers after its split (see :func:`recompute_pays`), or keeps its
+    parent's bounds: kept on deep dense ReLU chains (``relu.fixed_from_depth`` hidden layers or more)."""
+    if not recompute_pays(chain):
+        return False
+    deep = relu.fixed_from_depth > 0 and chain.depth - 1 >= relu.fixed_from_depth and is_relu_chain(chain)
+    return not deep
+
+
+def root_layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, refine: Refine) -> tuple[list, list]:
+    """Pre-activation bounds of the root boxes ``(B, n_in)``: CROWN (:func:`layer_bounds`), then, when
+    ``refine.iters > 0`` and the chain is a ReLU chain, alpha-CROWN on every unstable neuron (intersected)."""
+    inf = [np.full((lo.shape[0], step.op.out_features), np.inf) for step in chain.steps]
+    zl, zu = layer_bounds(chain, lo, hi, [-a for a in inf], inf)
+    if refine.iters > 0 and is_relu_chain(chain):
+        zl, zu = refine_layers(chain, lo, hi, zl, zu, refine.iters, refine.lr, refine.max_unstable)
+    return zl, zu
