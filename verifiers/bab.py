@@ -52,7 +52,7 @@ from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Domain, input_split, relu_split, stack
-from lumpver.verifiers.bab_deep import ReluSearch, recompute_children, root_layer_bounds
+from lumpver.verifiers.bab_deep import ReluSearch, fsb_split_and_bound, recompute_children, root_layer_bounds
 from lumpver.verifiers.lp_finish import LpNet, finish
 from lumpver.verifiers.base import Query, Verdict
 
@@ -397,6 +397,8 @@ class _Search:
             todo = [d for d in todo if d.depth % 2 == 0]
             return (self._split_and_bound(ctx, smear, True, False) if smear else []) + \
                 (self._try_all(ctx, todo) if todo else [])
+        if not input_mode and not ctx.recompute and self.opt.relu.fsb_top > 1:
+            return fsb_split_and_bound(todo, self.chain, self.opt.relu.fsb_top, lambda ds, it: self._bound_all(ctx, ds, it))
         children = []
         for d in todo:
             kids = None if input_mode else relu_split(d, self.chain)

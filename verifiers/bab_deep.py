@@ -15,6 +15,7 @@ parent bounds stay valid on the child (a subset of the parent).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from lumpver.bounds.batched import ALPHA_ACTS, layer_bounds, recompute_pays
 from lumpver.bounds.diff_batched import Refine
 from lumpver.bounds.engine import Chain
 from lumpver.bounds.intermediate import refine_layers
+from lumpver.verifiers.bab_branch import Domain, babsr_candidates, input_split, split_neuron
 
 
 @dataclass
@@ -34,6 +36,9 @@ class ReluSearch:
     #: children of a ReLU chain keep their parent's intermediate bounds when it has at least this many hidden
     #: layers (beta-CROWN); shallower chains re-bound the layers after the split (0: never keep)
     fixed_from_depth: int = 3
+    #: filtered smart branching (:func:`fsb_split_and_bound`) among this many BaBSR candidates where children keep
+    #: their parent's bounds (1: plain BaBSR)
+    fsb_top: int = 1
 
 
 def is_relu_chain(chain: Chain) -> bool:
@@ -58,3 +63,31 @@ def root_layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, refine: Refi
     if refine.iters > 0 and is_relu_chain(chain):
         zl, zu = refine_layers(chain, lo, hi, zl, zu, refine.iters, refine.lr, refine.max_unstable)
     return zl, zu
+
+
+BoundFn = Callable[[list[Domain], Optional[int]], list[Domain]]
+
+
+def fsb_split_and_bound(todo: list[Domain], chain: Chain, top: int, bound: BoundFn) -> list[Domain]:
+    """Filtered smart branching: per domain the ``top`` BaBSR candidates are split, all trial children bounded
+    in one pass without slope steps (``bound(doms, 0)``: the parent's slopes and multipliers, so the trial costs
+    one back-substitution), the candidate whose worse child has the lowest bound is kept, and its open children
+    are bounded again with the search's steps (``bound(doms, None)``). A domain without an unstable neuron
+    is bisected on its input box. Every bound kept is one of ``bound``'s sound bounds."""
+    trials, spans, plain = [], [], []
+    for d in todo:
+        cands = babsr_candidates(d, chain, top)
+        if not cands:
+            plain.extend(input_split(d))
+            continue
+        spans.append((len(trials), len(cands)))
+        for k, i in cands:
+            trials.extend(split_neuron(d, k, i))
+    tried = bound(trials, 0) if trials else []
+    kept = []
+    for at, n in spans:
+        pairs = [tried[at + 2 * c: at + 2 * c + 2] for c in range(n)]
+        kept.extend(min(pairs, key=lambda p: max(c.score for c in p)))
+    closed = [d for d in kept if d.score < 0]
+    redo = [d for d in kept if d.score >= 0] + plain
+    return closed + (bound(redo, None) if redo else [])
