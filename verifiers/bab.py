@@ -12,7 +12,9 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    into its convex and concave part; its bound clamped to the split for later layers); children are
    bounded ``batch`` at a time (fewer when a round would exceed ~5 % of the timeout: :class:`_Pace`)
    in one numpy pass, warm-started with their parent's slopes, optionally in ``workers`` processes,
-   with one OpenBLAS thread each;
+   with one OpenBLAS thread each; on deep ReLU chains the children keep their parent's intermediate bounds,
+   which start from alpha-CROWN root bounds, optionally branching by filtered smart branching
+   (:mod:`lumpver.verifiers.bab_deep`);
 4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
    and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds;
 5. input splitting on ReLU chains: once ``lp_after`` of the timeout has passed, open boxes from depth
