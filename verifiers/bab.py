@@ -54,7 +54,7 @@ from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Domain, input_split, relu_split, stack
-from lumpver.verifiers.bab_deep import ReluSearch, fsb_split_and_bound, recompute_children, root_layer_bounds
+from lumpver.verifiers.bab_deep import ReluSearch, fsb_split_and_bound, recompute_children, root_layer_bounds, tighten_root
 from lumpver.verifiers.lp_finish import LpNet, finish
 from lumpver.verifiers.base import Query, Verdict
 
@@ -330,13 +330,13 @@ class _Search:
         lo, hi = box.lower.astype(np.float64), box.upper.astype(np.float64)
         key = (lo.tobytes(), hi.tobytes())
         if key not in self._roots:  # the root's layer bounds do not depend on the disjunct: once per region
-            refine = Refine() if self._input_mode else self.opt.relu.root_refine
-            self._roots = {key: root_layer_bounds(self.chain, lo[None], hi[None], refine)}
-        zl, zu = self._roots[key]
-        root = Domain(lo, hi, [a[0] for a in zl], [a[0] for a in zu], [None] * self.chain.depth,
-                      np.zeros(ctx.lam.shape[0]), start=self.chain.depth)
+            self._roots = {key: (root_layer_bounds(self.chain, lo[None], hi[None]), False)}
         t_root = time.monotonic()
-        frontier = bound(ctx, [root], self.opt.root_iters)
+        frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
+        if frontier[0].score >= 0 and not self._input_mode and not self._roots[key][1]:  # open: alpha-CROWN layers
+            tight = tighten_root(self.chain, lo[None], hi[None], *self._roots[key][0], self.opt.relu.root_refine)
+            self._roots[key] = (tight, True)
+            frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
         self.stats.bounded += 1
         input_mode = self._input_mode
         self.stats.splits = "input" if input_mode else "relu"
@@ -377,6 +377,11 @@ class _Search:
             self.stats.closed += sum(d.score < 0 for d in bounded)
             frontier.extend(bounded)
             fresh = bounded
+
+    def _root(self, key, lo: np.ndarray, hi: np.ndarray, ctx: Context) -> Domain:
+        zl, zu = self._roots[key][0]
+        return Domain(lo, hi, [a[0] for a in zl], [a[0] for a in zu], [None] * self.chain.depth,
+                      np.zeros(ctx.lam.shape[0]), start=self.chain.depth)
 
     def _round_target(self) -> float:
         """Seconds one round of splitting and bounding may take (the deadline is checked between rounds)."""

@@ -6,7 +6,7 @@ alpha-CROWN (every unstable neuron re-bounded with its own optimised slopes,
 :func:`lumpver.bounds.intermediate.refine_layers`), and a child keeps its parent's bounds, the split entering
 its bound through the clamp of the split neuron and a beta multiplier (beta-CROWN), so a numpy pass bounds
 many more sub-problems than when every child re-bounds every layer after its split. :class:`ReluSearch` holds
-the knobs; :func:`root_layer_bounds` and :func:`recompute_children` are what ``verifiers/bab.py`` asks.
+the knobs; :func:`root_layer_bounds`, :func:`tighten_root` and :func:`recompute_children` are what ``verifiers/bab.py`` asks.
 
 Soundness: both only change which sound bounds are used: optimised intermediate bounds are intersected with
 CROWN's (any slope in ``[0, 1]`` is sound, outward rounding of :mod:`lumpver.bounds.rounding`), and a child's
@@ -31,8 +31,10 @@ class ReluSearch:
     """Knobs of the ReLU-splitting search on ReLU chains (measured on the deep MNIST-like proxies,
     bench/RESULTS.md, "Deep MNIST-like ReLU networks")."""
 
-    #: optimised intermediate bounds at the root (alpha-CROWN per unstable neuron); ``Refine()``: off
-    root_refine: Refine = field(default_factory=lambda: Refine(20, 0.25, 10**6))
+    #: optimised intermediate bounds at a root that CROWN leaves open (alpha-CROWN per unstable neuron; ``Refine()``:
+    #: off). 5 Adam steps: on the 256x4 proxy prop_2 root the output bound went 32.4 (CROWN) -> 30.4 (5 steps,
+    #: 1.2 s) -> 30.3 (20 steps, 4.4 s)
+    root_refine: Refine = field(default_factory=lambda: Refine(5, 0.25, 10**6))
     #: children of a ReLU chain keep their parent's intermediate bounds when it has at least this many hidden
     #: layers (beta-CROWN); shallower chains re-bound the layers after the split (0: never keep)
     fixed_from_depth: int = 3
@@ -55,13 +57,17 @@ def recompute_children(chain: Chain, relu: ReluSearch) -> bool:
     return not deep
 
 
-def root_layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, refine: Refine) -> tuple[list, list]:
-    """Pre-activation bounds of the root boxes ``(B, n_in)``: CROWN (:func:`layer_bounds`), then, when
-    ``refine.iters > 0`` and the chain is a ReLU chain, alpha-CROWN on every unstable neuron (intersected)."""
+def root_layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray) -> tuple[list, list]:
+    """CROWN pre-activation bounds of the root boxes ``(B, n_in)`` (:func:`layer_bounds`)."""
     inf = [np.full((lo.shape[0], step.op.out_features), np.inf) for step in chain.steps]
-    zl, zu = layer_bounds(chain, lo, hi, [-a for a in inf], inf)
+    return layer_bounds(chain, lo, hi, [-a for a in inf], inf)
+
+
+def tighten_root(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list, zu: list, refine: Refine) -> tuple[list, list]:
+    """The root bounds ``zl, zu`` tightened by alpha-CROWN on every unstable neuron (intersected) when
+    ``refine.iters > 0`` and the chain is a ReLU chain; the search asks only when its root stays open."""
     if refine.iters > 0 and is_relu_chain(chain):
-        zl, zu = refine_layers(chain, lo, hi, zl, zu, refine.iters, refine.lr, refine.max_unstable)
+        return refine_layers(chain, lo, hi, zl, zu, refine.iters, refine.lr, refine.max_unstable)
     return zl, zu
 
 
