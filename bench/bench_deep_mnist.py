@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="only print the table of an existing --out CSV")
     args = ap.parse_args()
     data, out = Path(args.data), Path(args.out)
-    if not (data / "instances.csv").exists():
+    if not args.table and not (data / "instances.csv").exists():
         raise SystemExit(f"no {data / 'instances.csv'}: run bench/gen_deep_mnist.py --out {data} first")
     fields = ["net", "onnx", "vnnlib", "timeout"] + [f"{t}_{k}" for t in ("lumpver", "neuralsat")
                                                      for k in ("answer", "own", "wall")]
