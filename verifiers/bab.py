@@ -335,8 +335,9 @@ class _Search:
         frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
         if frontier[0].score >= 0 and not self._input_mode and not self._roots[key][1]:  # open: alpha-CROWN layers
             tight = tighten_root(self.chain, lo[None], hi[None], *self._roots[key][0], self.opt.relu.root_refine)
-            self._roots[key] = (tight, True)
-            frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
+            self._roots[key] = (tight or self._roots[key][0], True)
+            if tight is not None:
+                frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
         self.stats.bounded += 1
         input_mode = self._input_mode
         self.stats.splits = "input" if input_mode else "relu"

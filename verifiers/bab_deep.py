@@ -63,12 +63,13 @@ def root_layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray) -> tuple[lis
     return layer_bounds(chain, lo, hi, [-a for a in inf], inf)
 
 
-def tighten_root(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list, zu: list, refine: Refine) -> tuple[list, list]:
+def tighten_root(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list, zu: list,
+                 refine: Refine) -> Optional[tuple[list, list]]:
     """The root bounds ``zl, zu`` tightened by alpha-CROWN on every unstable neuron (intersected) when
-    ``refine.iters > 0`` and the chain is a ReLU chain; the search asks only when its root stays open."""
+    ``refine.iters > 0`` and the chain is a ReLU chain, else None; the search asks only when its root stays open."""
     if refine.iters > 0 and is_relu_chain(chain):
         return refine_layers(chain, lo, hi, zl, zu, refine.iters, refine.lr, refine.max_unstable)
-    return zl, zu
+    return None
 
 
 BoundFn = Callable[[list[Domain], Optional[int]], list[Domain]]
