@@ -12,7 +12,9 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    into its convex and concave part; its bound clamped to the split for later layers); children are
    bounded ``batch`` at a time (fewer when a round would exceed ~5 % of the timeout: :class:`_Pace`)
    in one numpy pass, warm-started with their parent's slopes, optionally in ``workers`` processes,
-   with one OpenBLAS thread each;
+   with one OpenBLAS thread each; on deep ReLU chains the children keep their parent's intermediate bounds,
+   which start from alpha-CROWN root bounds, optionally branching by filtered smart branching
+   (:mod:`lumpver.verifiers.bab_deep`);
 4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
    and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds;
 5. input splitting on ReLU chains: once ``lp_after`` of the timeout has passed, open boxes from depth
@@ -39,7 +41,7 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.batched import infeasible, layer_bounds, optimise_alpha, recompute_pays
+from lumpver.bounds.batched import infeasible, layer_bounds, optimise_alpha
 from lumpver.bounds.blas import blas_single_thread as _blas_single_thread
 from lumpver.bounds.blas import one_blas_thread as _one_blas_thread
 from lumpver.bounds.diff_batched import Refine
@@ -52,6 +54,7 @@ from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Domain, input_split, relu_split, stack
+from lumpver.verifiers.bab_deep import ReluSearch, fsb_split_and_bound, recompute_children, root_layer_bounds, tighten_root
 from lumpver.verifiers.lp_finish import LpNet, finish
 from lumpver.verifiers.base import Query, Verdict
 
@@ -105,6 +108,9 @@ class BabOptions:
     #: 1.4-2x slower (bench/RESULTS.md, "Optimised intermediate bounds in the input-splitting search")
     refine: Refine = field(default_factory=Refine)
     refine_depth: int = 0
+    #: ReLU splitting on ReLU chains: root alpha-CROWN intermediate bounds, fixed child bounds on deep chains
+    #: (verifiers/bab_deep.py)
+    relu: ReluSearch = field(default_factory=ReluSearch)
     workers: int = 1
     progress: Progress = field(default=SILENT, repr=False)
 
@@ -120,6 +126,7 @@ class Context:
     lr: float
     refine: Refine = field(default_factory=Refine)
     refine_depth: int = 0
+    recompute: bool = True  # ReLU-split children re-bound the layers after their split (bab_deep.recompute_children)
 
 
 def bound(ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list[Domain]:
@@ -146,7 +153,7 @@ def _unstable(chain: Chain, d: Domain) -> int:
 
 def _bound(ctx: Context, doms: list[Domain], iters: Optional[int], refine: bool) -> list[Domain]:
     b = stack(doms)
-    start = b.start if b.start == 0 or recompute_pays(ctx.chain) else ctx.chain.depth
+    start = b.start if b.start == 0 or ctx.recompute else ctx.chain.depth
     zl, zu = layer_bounds(ctx.chain, b.lo, b.hi, b.zl, b.zu, start)
     if refine:
         zl, zu = refine_layers(ctx.chain, b.lo, b.hi, zl, zu, ctx.refine.iters, ctx.refine.lr, ctx.refine.max_unstable)
@@ -297,7 +304,7 @@ class _Search:
             box = region_box(region)
             for d, (A, b) in enumerate(self.q.prop.disjuncts):
                 ctx = Context(self.chain, -np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64),
-                              *self._steps(), *self._refine())
+                              *self._steps(), *self._refine(), self._recompute())
                 out = self._disjunct(region, box, ctx, f"disjunct {d + 1}/{len(self.q.prop.disjuncts)}")
                 if out is not None:
                     return out
@@ -309,7 +316,10 @@ class _Search:
         """Adam steps and step size per bounding of children."""
         if self._input_mode:
             return self.opt.input_iters, self.opt.lr
-        return (self.opt.iters, self.opt.lr) if recompute_pays(self.chain) else (self.opt.fixed_iters, self.opt.fixed_lr)
+        return (self.opt.iters, self.opt.lr) if self._recompute() else (self.opt.fixed_iters, self.opt.fixed_lr)
+
+    def _recompute(self) -> bool:
+        return self._input_mode or recompute_children(self.chain, self.opt.relu)
 
     def _refine(self) -> tuple[Refine, int]:
         """Intermediate-bound refinement of the search (input splitting of ReLU chains only)."""
@@ -320,13 +330,14 @@ class _Search:
         lo, hi = box.lower.astype(np.float64), box.upper.astype(np.float64)
         key = (lo.tobytes(), hi.tobytes())
         if key not in self._roots:  # the root's layer bounds do not depend on the disjunct: once per region
-            inf = [np.full((1, layer.width), np.inf) for layer in self.q.network.layers]
-            self._roots = {key: layer_bounds(self.chain, lo[None], hi[None], [-a for a in inf], inf)}
-        zl, zu = self._roots[key]
-        root = Domain(lo, hi, [a[0] for a in zl], [a[0] for a in zu], [None] * self.chain.depth,
-                      np.zeros(ctx.lam.shape[0]), start=self.chain.depth)
+            self._roots = {key: (root_layer_bounds(self.chain, lo[None], hi[None]), False)}
         t_root = time.monotonic()
-        frontier = bound(ctx, [root], self.opt.root_iters)
+        frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
+        if frontier[0].score >= 0 and not self._input_mode and not self._roots[key][1]:  # open: alpha-CROWN layers
+            tight = tighten_root(self.chain, lo[None], hi[None], *self._roots[key][0], self.opt.relu.root_refine)
+            self._roots[key] = (tight or self._roots[key][0], True)
+            if tight is not None:
+                frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
         self.stats.bounded += 1
         input_mode = self._input_mode
         self.stats.splits = "input" if input_mode else "relu"
@@ -368,6 +379,11 @@ class _Search:
             frontier.extend(bounded)
             fresh = bounded
 
+    def _root(self, key, lo: np.ndarray, hi: np.ndarray, ctx: Context) -> Domain:
+        zl, zu = self._roots[key][0]
+        return Domain(lo, hi, [a[0] for a in zl], [a[0] for a in zu], [None] * self.chain.depth,
+                      np.zeros(ctx.lam.shape[0]), start=self.chain.depth)
+
     def _round_target(self) -> float:
         """Seconds one round of splitting and bounding may take (the deadline is checked between rounds)."""
         return min(3.0, max(0.3, 0.05 * self.q.timeout))
@@ -389,6 +405,8 @@ class _Search:
             todo = [d for d in todo if d.depth % 2 == 0]
             return (self._split_and_bound(ctx, smear, True, False) if smear else []) + \
                 (self._try_all(ctx, todo) if todo else [])
+        if not input_mode and not ctx.recompute and self.opt.relu.fsb_top > 1:
+            return fsb_split_and_bound(todo, self.chain, self.opt.relu.fsb_top, lambda ds, it: self._bound_all(ctx, ds, it))
         children = []
         for d in todo:
             kids = None if input_mode else relu_split(d, self.chain)
