@@ -330,7 +330,7 @@ def difference_search(f: Network, g: Network, input_set: InputSet, norm: str = "
     if norm not in NORMS:
         raise ValueError(f"bab_diff bounds the norms {NORMS}, not {norm!r}")
     opt = options or DiffOptions()
-    model = model or prepare_diff(f, g)
+    model = model or choose_pairing(f, g, input_set, norm)
     if sum(layer.width for layer in f.layers[:-1]) < opt.small_pair:
         opt = replace(opt, refine=Refine(), try_all_every=2)
     t_end = time.monotonic() + timeout
@@ -343,6 +343,22 @@ def difference_search(f: Network, g: Network, input_set: InputSet, norm: str = "
             if results[-1].counterexample is not None:
                 break
     return results, evidence(model, results, opt.refine)
+
+
+def choose_pairing(f: Network, g: Network, input_set: InputSet, norm: str = "linf") -> DiffModel:
+    """The joint chain whose bound on the input set's boxes is smaller: NeuroDiff's delta chain when
+    the pair aligns, else (or when the product network ``[f; g]`` bounds the regions' boxes tighter:
+    retrained or distilled copies of f's shape, whose neurons do not correspond) the product chain
+    (DESIGN.md §11; the certificate records the choice, ``pairing``). Deterministic: the same pair and
+    input set give the same choice (certification, then the written file)."""
+    model = prepare_diff(f, g)
+    if model.kind != "delta":
+        return model
+    product = prepare_diff(f, g, "product")
+    boxes = [region_box(r) for r in input_set.regions]
+    lo, hi = np.stack([b.lower for b in boxes]), np.stack([b.upper for b in boxes])
+    worst = [float(np.max(norm_bounds(b.lower, b.upper, norm))) for b in (bound_boxes(m, lo, hi) for m in (model, product))]
+    return product if worst[1] < worst[0] else model
 
 
 def evidence(model: DiffModel, results: list[DiffResult], refine: Refine = Refine()) -> dict[str, Any]:
