@@ -16,6 +16,7 @@ boxes (``--cap``).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -34,8 +35,11 @@ def net_path(name: str) -> Path:
     return ACAS / "onnx" / f"ACASXU_run2a_{name}_batch_2000.onnx"
 
 
-def lumpver(*args) -> str:
-    r = subprocess.run([sys.executable, "-m", "lumpver", *map(str, args)], capture_output=True, text=True)
+def lumpver(*args, before: str = "") -> str:
+    """``lumpver ARGS``'s stdout; ``before``: a checkout of an earlier commit to run instead (its folder on
+    PYTHONPATH, with ``lumpver/verifiers`` linked to its ``verifiers/``; run from outside the worktree)."""
+    env = {**os.environ, "PYTHONPATH": before} if before else None
+    r = subprocess.run([sys.executable, "-m", "lumpver", *map(str, args)], capture_output=True, text=True, env=env)
     if r.returncode not in (0, 1):
         raise RuntimeError(r.stderr)
     return r.stdout
@@ -169,14 +173,15 @@ def make_unaligned(d: Path) -> dict[str, tuple[Path, Path]]:
 
 
 def sampled_max(pairs, n: int = 100_000) -> dict[str, float]:
-    """Per pair the largest ``||f - g||_inf`` onnxruntime shows on ``n`` uniform points of prop_1's box."""
+    """Per pair the largest ``||f - g||_inf`` the float64 forward passes of the files show on ``n`` uniform
+    points of prop_1's box."""
     from lumpver.bounds.region import region_box
-    from lumpver.ir.runtime import run_onnx
+    from lumpver.ir.onnx_import import load_onnx
     from lumpver.specs.vnnlib import read_vnnlib
 
     box = region_box(read_vnnlib(PROP1).cases[0].region)
-    x = np.random.default_rng(7).uniform(box.lower, box.upper, (n, 5)).astype(np.float32)
-    return {name: float(np.max(np.abs(run_onnx(a, x)[0] - run_onnx(b, x)[0]))) for name, (a, b) in pairs.items()}
+    x = np.random.default_rng(7).uniform(box.lower, box.upper, (n, 5))
+    return {name: float(np.max(np.abs(load_onnx(a).forward(x) - load_onnx(b).forward(x)))) for name, (a, b) in pairs.items()}
 
 
 def parse(out: str) -> dict[str, str]:
@@ -233,21 +238,22 @@ def run_paired(pairs, cap: int) -> None:
                   f"{r.boxes} | {r.proved} | {time.process_time() - t0:.1f} |", flush=True)
 
 
-def run_unaligned(pairs, timeout: float) -> None:
+def run_unaligned(pairs, timeout: float, before: str = "") -> None:
     """``compare --epsilon 0.005`` and ``bound`` on the retrained and distilled copies (``UNALIGNED``), with the
-    largest difference onnxruntime shows on 100,000 uniform points of prop_1's box."""
-    import os
-
+    largest difference onnxruntime shows on 100,000 uniform points of prop_1's box; with ``before`` each
+    command runs first on that checkout, then on this one (same load)."""
     seen = sampled_max(pairs)
-    print(f"load average {os.getloadavg()[0]:.1f}\n\n| pair | sampled max | verdict (0.005) | upper | attained | seconds |"
-          f" bound upper | bound attained | ratio | seconds |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f}\n\n| pair | sampled max | code | verdict (0.005) | upper | attained | "
+          f"seconds | bound upper | bound attained | ratio | seconds |\n|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for name, (a, b) in pairs.items():
-        c = parse(lumpver("compare", a, b, "--input-set", PROP1, "--epsilon", 0.005, "--timeout", timeout, "-q"))
-        r = parse(lumpver("bound", a, b, "--input-set", PROP1, "--timeout", timeout, "-q"))
-        up, lo = float(r.get("upper", "nan")), float(r.get("lower", "nan"))
-        print(f"| {name} | {seen[name]:.3g} | {c['verdict']} | {c.get('upper', '-')} | {c.get('lower', '-')} | "
-              f"{c.get('time')} | {up:.4g} | {lo:.4g} | {up / lo if lo > 0 else float('inf'):.3g} | {r.get('time')} |",
-              flush=True)
+        for label, code in ([("before", before)] if before else []) + [("after", "")]:
+            c = parse(lumpver("compare", a, b, "--input-set", PROP1, "--epsilon", 0.005, "--timeout", timeout, "-q",
+                              before=code))
+            r = parse(lumpver("bound", a, b, "--input-set", PROP1, "--timeout", timeout, "-q", before=code))
+            up, lo = float(r.get("upper", "nan")), float(r.get("lower", "nan"))
+            print(f"| {name} | {seen[name]:.3g} | {label} | {c['verdict']} | {c.get('upper', '-')} | {c.get('lower', '-')} |"
+                  f" {c.get('time')} | {up:.4g} | {lo:.4g} | {up / lo if lo > 0 else float('inf'):.3g} | {r.get('time')} |"
+                  f" load {os.getloadavg()[0]:.1f}", flush=True)
 
 
 def random_suite(n: int) -> None:
@@ -280,6 +286,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--only", choices=["bound", "compare", "unlike", "paired", "unaligned"])
+    ap.add_argument("--before", default="", help="--only unaligned: a checkout of the earlier code to run too")
     ap.add_argument("--pairs", default="/tmp/lumpver_bench_diff_pairs", help="folder of the fitted copies (kept)")
     ap.add_argument("--random", type=int, default=0, help="run the MILP soundness suite on this many pairs")
     ap.add_argument("--cap", type=int, default=3000, help="boxes per search of the paired runs")
@@ -288,7 +295,7 @@ def main() -> None:
         random_suite(args.random)
         return
     if args.only == "unaligned":
-        run_unaligned(make_unaligned(Path(args.pairs)), args.timeout)
+        run_unaligned(make_unaligned(Path(args.pairs)), args.timeout, args.before)
         return
     with tempfile.TemporaryDirectory() as tmp:
         pairs = make_pairs(Path(tmp))

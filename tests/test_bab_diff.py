@@ -125,6 +125,38 @@ def test_leaf_bounds_contain_sampled_differences():
             assert np.all(d <= bb.upper[b]) and np.all(d >= bb.lower[b]), kind
 
 
+def test_unaligned_pairs_choose_a_pairing_and_stay_above_the_milp_maximum():
+    """Independently drawn networks (retrained copies of f's shape: no neuron corresponds; students of another
+    depth, so the product pads one network): the pairing chosen bounds the box no worse than the other one,
+    the search's bound is never below the exact MILP maximum, its attained value never above it, and the
+    verdicts at 0.9 x / 1.1 x the maximum are never wrong."""
+    from lumpver.verifiers.bab_diff import choose_pairing, norm_bounds
+
+    lo, hi = -np.ones(3), np.ones(3)
+    X = InputSet([Box(lo, hi)])
+    opt = DiffOptions(batch=8, max_boxes=150, small_pair=0)  # with refinement: the product's own-chain path
+    kinds = set()
+    for seed in range(6):
+        rng = np.random.default_rng(77 + seed)
+        f = _f32(random_net(rng, [3, 6, 5, 2]))
+        g = _f32(random_net(rng, [3, 6, 5, 2] if seed % 2 == 0 else [3, 4, 4, 4, 2]))
+        model = choose_pairing(f, g, X)
+        kinds.add(model.kind)
+        if seed % 2 == 0:  # both pairings apply: the chosen one is the tighter at the root
+            other = prepare_diff(f, g, "product" if model.kind == "delta" else "delta")
+            root = [float(norm_bounds(b.lower, b.upper, "linf")[0]) for b in
+                    (bound_boxes(m, lo[None], hi[None]) for m in (model, other))]
+            assert root[0] <= root[1], (seed, model.kind, root)
+        exact, attained = _exact(f, g, lo, hi)
+        r = difference_search(f, g, X, "linf", 0.3, options=opt)[0][0]
+        assert r.upper >= attained and r.upper >= exact - 1e-7 * (1 + exact), (seed, r.upper, exact)
+        assert r.lower <= exact + 1e-7 * (1 + exact), seed
+        below = BabDiff(opt).check(Query(f, X, other=g, epsilon=0.9 * exact, timeout=0.1))
+        above = BabDiff(opt).check(Query(f, X, other=g, epsilon=1.1 * exact + 1e-9, timeout=0.1))
+        assert below.verdict != "proved" and above.verdict != "violated", seed
+    assert "product" in kinds
+
+
 def test_tree_leaves_cover_the_box():
     box = Box(np.zeros(2), np.ones(2))
     lo, hi = leaves_of(box, [0, -1, 1, -1, -1])
