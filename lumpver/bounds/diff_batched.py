@@ -169,27 +169,33 @@ def _product_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Re
     no work on the identity ReLU layers that pad the shallower network: their bounds are the ReLU of
     the last hidden layer's, exact) and placed side by side."""
     ch, m = model.joint, model.n_outputs
-    assert model.f is not None and model.g is not None
-    fzl, fzu, f_unstable = _own_bounds(model.f, lo, hi, Refine())
-    gzl, gzu, g_unstable = _own_bounds(model.g, lo, hi, Refine())
-    small = f_unstable + g_unstable <= refine.max_unstable  # as on the joint chain: the pair's count
-    if refine.iters > 0 and np.any(small):
-        for own, (zl_, zu_) in ((model.f, (fzl, fzu)), (model.g, (gzl, gzu))):
-            rl, ru = refine_layers(own, lo[small], hi[small], [a[small] for a in zl_], [a[small] for a in zu_],
-                                   refine.iters, refine.lr, refine.max_unstable)
-            for k in range(own.depth):
-                zl_[k][small], zu_[k][small] = rl[k], ru[k]
+    fzl, fzu, gzl, gzu, unstable = _product_own(model, lo, hi, refine)
     first = interval_step(ch.steps[0], *interval_step(ch.input, lo, hi))
     zl, zu = [first[0]], [first[1]]
     for k in range(ch.depth - 1):
         (fl, fu), (gl, gu) = _padded(fzl, fzu, k, ch.depth - 1), _padded(gzl, gzu, k, ch.depth - 1)
         zl.append(np.hstack([fl, gl]))
         zu.append(np.hstack([fu, gu]))
-    unstable = f_unstable + g_unstable
     rel = [relax_batch(ch, k, zl[k], zu[k]) for k in range(ch.depth)]
     free = [alpha_free(ch, k, zl[k], zu[k]) for k in range(ch.depth)]
     yl, yu = zl[-1], zu[-1]
     return rel, free, (add_lo(yl[:, :m], -yu[:, m:]), add_hi(yu[:, :m], -yl[:, m:])), unstable
+
+
+def _product_own(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine):
+    """f's and g's own pre-activation bounds (CROWN; optimised per ``refine`` on the boxes whose pair
+    count of unstable neurons is at most ``refine.max_unstable``, as on the joint chain) and that count."""
+    assert model.f is not None and model.g is not None
+    fzl, fzu, f_unstable = _own_bounds(model.f, lo, hi, Refine())
+    gzl, gzu, g_unstable = _own_bounds(model.g, lo, hi, Refine())
+    small = f_unstable + g_unstable <= refine.max_unstable
+    if refine.iters > 0 and np.any(small):
+        for own, (zl_, zu_) in ((model.f, (fzl, fzu)), (model.g, (gzl, gzu))):
+            rl, ru = refine_layers(own, lo[small], hi[small], [a[small] for a in zl_], [a[small] for a in zu_],
+                                   refine.iters, refine.lr, refine.max_unstable)
+            for k in range(own.depth):
+                zl_[k][small], zu_[k][small] = rl[k], ru[k]
+    return fzl, fzu, gzl, gzu, f_unstable + g_unstable
 
 
 def _padded(zl: list[np.ndarray], zu: list[np.ndarray], k: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
@@ -218,13 +224,29 @@ class PairLayers:
 
 
 def pair_layer_bounds(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine = Refine()) -> PairLayers:
-    """The layer bounds the ``delta`` pass computes on the boxes (for LP relaxations of the pair,
-    :mod:`lumpver.verifiers.bab_phase`)."""
-    if model.kind != "delta":
-        raise ValueError("pair layer bounds need an aligned (delta) pair")
+    """The layer bounds the pass computes on the boxes (for LP relaxations of the pair,
+    :mod:`lumpver.verifiers.bab_phase`): ``delta``: f's, g's and the delta's; ``product`` (networks of one
+    shape, no padding): each network's own bounds, ``delta z`` unbounded (the LP uses ``z^f - z^g``'s)."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
     out = PairLayers([], [], [], [], [], [])
-    _delta_layers(model, np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64), refine, out)
+    if model.kind == "product" and same_shape(model):
+        fzl, fzu, gzl, gzu, _ = _product_own(model, lo, hi, refine)
+        for k in range(model.f.depth - 1):
+            for name, v in zip(("fl", "fu", "gl", "gu", "dl", "du"), (fzl[k], fzu[k], gzl[k], gzu[k],
+                                                                       np.full_like(fzl[k], -np.inf), np.full_like(fzl[k], np.inf))):
+                getattr(out, name).append(v)
+        return out
+    if model.kind != "delta":
+        raise ValueError("pair layer bounds need an aligned (delta) pair or a product of one shape")
+    _delta_layers(model, lo, hi, refine, out)
     return out
+
+
+def same_shape(model: DiffModel) -> bool:
+    """Whether f's and g's own chains have the same depth and widths (no padding, neurons side by side)."""
+    f, g = model.f, model.g
+    return f is not None and g is not None and f.depth == g.depth and all(
+        a.op.out_features == b.op.out_features for a, b in zip(f.steps, g.steps))
 
 
 def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine,
