@@ -43,6 +43,7 @@ from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.verifiers.bab_phase import PairNet, finish_leaf
 from lumpver.verifiers.base import Query, Verdict
+from lumpver.verifiers.falsify import search as falsify_search
 from lumpver.verifiers.falsify import to_float32_inside
 from lumpver.verifiers.interval import norm_of_bounds, point_distance
 
@@ -74,6 +75,11 @@ class DiffOptions:
     phase_share: float = 0.3
     phase_lps: int = 0
     phase_leaf_lps: int = 300
+    #: share of each region's time (clock runs only) for a falsifier on ``||f - g||`` first: sampling,
+    #: then rounds of momentum PGD from fresh starts (:func:`lumpver.verifiers.falsify.search` with
+    #: restarts), until a confirmed counterexample or the share is spent (refutations early; the
+    #: attained value it reaches closes boxes of ``bound`` sooner)
+    falsify_share: float = 0.1
     heartbeat: float = 3.0
     progress: Progress = field(default=SILENT, repr=False)
 
@@ -236,6 +242,8 @@ class _Search:
     # ----- the loop ---------------------------------------------------------------------------
     def run(self) -> DiffResult:
         t = self.tree
+        if self.opt.falsify_share > 0 and not self.opt.deterministic:
+            self._falsify()
         self._bound([0], ITERS)  # the checker re-bounds every leaf, the root included, with ITERS
         heap = [(-t.bound[0], 0)]
         stopped = ""
@@ -269,6 +277,18 @@ class _Search:
         if self.phase_net is not None and self.cex is None and (not heap or -heap[0][0] > self.threshold):
             self._phase_stage()
         return self._result(heap, stopped)
+
+    def _falsify(self) -> None:
+        """The falsifier on the region for ``falsify_share`` of its time (``falsify_share``)."""
+        start = time.monotonic()
+        eps = self.eps if self.eps is not None else np.inf
+        q = Query(self.f, InputSet([self.region]), other=self.g, epsilon=eps, norm=self.norm)
+        res = falsify_search(q, deadline=start + self.opt.falsify_share * (self.deadline - start), restarts=1 << 20)
+        if res.best_x is not None and res.best_value > self.lower:
+            self.lower, self.x_best = float(res.best_value), np.asarray(res.best_x, dtype=np.float64).copy()
+        if res.counterexample is not None and self.eps is not None:
+            self.cex = np.asarray(res.counterexample, dtype=np.float64)
+        self.opt.progress.say(f"bab_diff: falsifier {time.monotonic() - start:.1f} s, attained {self.lower:.4g}")
 
     def _phase_stage(self) -> None:
         """Phase branch and bound (:mod:`lumpver.verifiers.bab_phase`) on the open leaves, worst first,
