@@ -3,6 +3,7 @@ DESIGN.md §5, §11).
 
     python bench/bench_diff.py [--timeout 60] [--only bound|compare|unlike|paired]
     python bench/bench_diff.py --random 500        # soundness: random pairs vs an exact MILP
+    python bench/bench_diff.py --only unaligned [--before CHECKOUT]   # retrained and distilled copies
 
 Pairs on ACAS Xu prop_1 (made in a temporary folder with the commands a user runs): network 1_1 vs
 its float16 copy and vs its 5 % magnitude-pruned copy (``lumpver prune --method magnitude --keep
@@ -11,7 +12,10 @@ a retrained-like copy (weights perturbed by 1 %) and a 5-100-100-5 student fitte
 samples of the box (unlike depth: product pairing). Prints ``lumpver bound`` (certified upper,
 attained lower replayed with onnxruntime, ratio, seconds) and ``lumpver compare`` verdicts; ``paired``:
 the search with and without optimised intermediate bounds, alternating, in the same run, on a budget of
-boxes (``--cap``).
+boxes (``--cap``). ``unaligned``: copies of 1_1 trained from a fresh initialisation (``distil``, ``UNALIGNED``:
+the same 6x50 shape, a 5-100-100-5 and a 3x64 student), ``compare --epsilon 0.005`` and ``bound`` on each; with
+``--before`` an earlier checkout (``git archive COMMIT | tar -x -C DIR``, ``DIR/lumpver/verifiers`` linked to
+``DIR/verifiers``; run from outside the worktree) runs each command first, at the same load.
 """
 from __future__ import annotations
 
