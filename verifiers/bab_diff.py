@@ -3,7 +3,8 @@
 
 Per region, the region's box is bisected along input dimensions; every box gets sound per-output
 bounds of ``f - g`` from :func:`lumpver.bounds.diff_batched.bound_boxes` (NeuroDiff's delta chain
-of the aligned pair, or the product network ``[f; g]`` for unlike pairs; alpha-optimised slopes,
+of the aligned pair, or the product network ``[f; g]`` for unlike pairs and where it bounds small boxes
+tighter, :func:`choose_pairing`: retrained or distilled copies; alpha-optimised slopes,
 on boxes with few unstable ReLUs alpha-optimised intermediate bounds too; outward rounding), many
 boxes per numpy pass, with one OpenBLAS thread (:mod:`lumpver.bounds.blas`). The worst open boxes
 (largest norm bound) are split first: with a low-dimensional input (``<= try_all_dims``), at depths
@@ -15,7 +16,8 @@ A box is closed when its bound is ``<= threshold`` (``compare``: epsilon; ``boun
 attained value, which rises during the search, so ``bound`` never stops while time is left and
 the gap is open).
 
-Lower bound: each bounded box's candidate points (per row whose bound exceeds the best attained
+Lower bound: on clock runs a falsifier on ``||f - g||`` (sampling and PGD restarts) once the search is
+still open after a few per cent of its time; and each bounded box's candidate points (per row whose bound exceeds the best attained
 value, the vertex maximising its linear bound; and the centre) are evaluated in float64 and the best is kept; a counterexample for
 ``epsilon`` needs a float32 point inside the region whose violation the float64 and float32
 forward passes both show (the command layer replays it on the ONNX files).

@@ -14,8 +14,9 @@ joint chain of the pair (:mod:`lumpver.bounds.diff_align`):
   bounds and, for every neuron whose secant-slope range is not a single value, by
   back-substitution through the stacked chain; ``delta h_k = s delta z_k`` is relaxed by the
   chords of :func:`lumpver.bounds.diff.delta_relax` and ``h^g_k`` by g's registry relaxation;
-* ``product`` (any other pair of dense networks whose activations pair up): the chain of
-  ``x -> [f(x); g(x)]`` with its own batched CROWN layer bounds (refined the same way).
+* ``product`` (any other pair of dense networks whose activations pair up, or by choice:
+  :func:`lumpver.verifiers.bab_diff.choose_pairing`): the chain of ``x -> [f(x); g(x)]``; its layers are
+  block-diagonal, so its neurons' CROWN bounds (refined the same way) are computed on f's and g's own chains.
 
 The final bound of ``+-(f_i - g_i)`` back-substitutes through the joint chain
 (:func:`lumpver.bounds.batched.backsub`) with the lower slopes of g's unstable ReLUs (``delta``) or
