@@ -125,6 +125,34 @@ def test_leaf_bounds_contain_sampled_differences():
             assert np.all(d <= bb.upper[b]) and np.all(d >= bb.lower[b]), kind
 
 
+def test_unaligned_pairs_choose_a_pairing_and_stay_above_the_milp_maximum():
+    """Independently drawn networks (retrained copies of f's shape: no neuron corresponds; students of another
+    depth, so the product pads one network; a perturbed copy keeps the delta chain): the search's bound is never below the exact MILP maximum, its attained value never above it, and the
+    verdicts at 0.9 x / 1.1 x the maximum are never wrong."""
+    from lumpver.verifiers.bab_diff import choose_pairing
+
+    lo, hi = -np.ones(3), np.ones(3)
+    X = InputSet([Box(lo, hi)])
+    opt = DiffOptions(batch=8, max_boxes=150, small_pair=0)  # with refinement: the product's own-chain path
+    kinds = set()
+    for seed in range(3):
+        rng = np.random.default_rng(77 + seed)
+        f = _f32(random_net(rng, [3, 6, 5, 2]))
+        g = _f32(random_net(rng, [3, 6, 5, 2] if seed % 2 == 0 else [3, 4, 4, 4, 2]))
+        model = choose_pairing(f, g, X)
+        kinds.add(model.kind)
+        exact, attained = _exact(f, g, lo, hi)
+        r = difference_search(f, g, X, "linf", 0.2, options=opt)[0][0]
+        assert r.upper >= attained and r.upper >= exact - 1e-7 * (1 + exact), (seed, r.upper, exact)
+        assert r.lower <= exact + 1e-7 * (1 + exact), seed
+        below = BabDiff(opt).check(Query(f, X, other=g, epsilon=0.9 * exact, timeout=0.1))
+        above = BabDiff(opt).check(Query(f, X, other=g, epsilon=1.1 * exact + 1e-9, timeout=0.1))
+        assert below.verdict != "proved" and above.verdict != "violated", seed
+    assert "product" in kinds
+    f = _f32(random_net(np.random.default_rng(5), [3, 6, 5, 2]))
+    assert choose_pairing(f, _f32(REDUCTIONS["perturbed"](f, np.random.default_rng(6))), X).kind == "delta"
+
+
 def test_tree_leaves_cover_the_box():
     box = Box(np.zeros(2), np.ones(2))
     lo, hi = leaves_of(box, [0, -1, 1, -1, -1])
@@ -319,6 +347,35 @@ def test_phase_search_matches_the_milp_maximum():
         assert np.max(np.abs(f.forward(pts) - g.forward(pts))) <= exact + 1e-7 * (1 + exact), (seed, kind)
         complete += res.upper <= 1.001 * exact
     assert complete >= 2  # deterministic: an LP budget, not the clock
+
+
+def test_phase_search_on_product_pairs_stays_above_the_milp_maximum():
+    """The phase search on the product of two independently drawn networks of one shape (no neuron
+    corresponds: f's and g's own bounds, chords on ``z^f - z^g``'s interval): never below the exact MILP
+    maximum, its LP points never above it; a search with the phase stage writes trees the checker
+    replays to a bound >= the maximum."""
+    from lumpver.certificates.bounded_bab import _leaf_bounds
+    from lumpver.verifiers.bab_phase import PairNet, leaf_root, phase_search
+
+    lo, hi = -np.ones(3), np.ones(3)
+    for seed in range(2):
+        rng = np.random.default_rng(900 + seed)
+        f, g = (_f32(random_net(rng, [3, 5, 4, 2])) for _ in range(2))
+        exact, _ = _exact(f, g, lo, hi)
+        model = prepare_diff(f, g, "product")
+        net = PairNet.of(model)
+        assert net is not None
+        res = phase_search(net, leaf_root(net, model, lo, hi, DiffOptions().refine), lo, hi, lambda: 1.001 * exact, 1e18, 40)
+        assert res.upper >= exact - 1e-7 * (1 + exact), (seed, res.upper, exact)
+        pts = np.clip(np.array(res.points), lo, hi)
+        assert np.max(np.abs(f.forward(pts) - g.forward(pts))) <= exact + 1e-7 * (1 + exact), seed
+    opt = DiffOptions(batch=1, max_boxes=1, deterministic=True, phase_lps=20, refine=DiffOptions().refine)
+    res, ev = difference_search(f, g, InputSet([Box(lo, hi)]), "linf", 60.0, options=opt, model=model)
+    rec = ev["regions"][0]
+    assert ev["pairing"] == "product" and "phase" in rec
+    llo, lhi = leaves_of(Box(lo, hi), rec["tree"])
+    got = _leaf_bounds(model, llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, float(ev["upper_bound"]), rec["phase"])
+    assert exact - 1e-7 * (1 + exact) <= got <= float(ev["upper_bound"])
 
 
 def test_phase_trees_in_evidence_recheck_and_tampered_trees_fail():

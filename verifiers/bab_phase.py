@@ -36,7 +36,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from lumpver.bounds.diff_batched import DiffModel, PairLayers, Refine, pair_layer_bounds
+from lumpver.bounds.diff_batched import DiffModel, PairLayers, Refine, pair_layer_bounds, same_shape
 from lumpver.bounds.region import lp_solve_sound
 from lumpver.bounds.rounding import add_hi
 
@@ -59,9 +59,10 @@ class PairNet:
 
     @classmethod
     def of(cls, model: DiffModel) -> Optional["PairNet"]:
-        """None unless the pair is aligned, ReLU then identity, with the identity input map."""
+        """None unless the pair is aligned (or a product of two networks of one shape: retrained copies),
+        ReLU then identity, with the identity input map."""
         f, g = model.f, model.g
-        if model.kind != "delta" or f is None or g is None:
+        if f is None or g is None or not (model.kind == "delta" or (model.kind == "product" and same_shape(model))):
             return None
         if any(a != "relu" for a in f.acts[:-1] + g.acts[:-1]) or f.acts[-1] != "identity" or g.acts[-1] != "identity":
             return None

@@ -43,6 +43,15 @@ AUTO_FALSIFY_SHARE = 0.1
 #: share of the remaining budget of a middle stage of ``auto`` (bab_diff before smt): smt decides only
 #: small pairs, and bab_diff's search is what decides real-size ones
 AUTO_MIDDLE_SHARE = 0.8
+#: pairs with more hidden neurons (both networks together) give the middle stage all the time left (smt
+#: still runs if it stops early): z3 decides none of the ACAS Xu-size pairs (600+ neurons) within a minute
+SMT_MAX_NEURONS = 128
+
+
+def middle_share(a, b) -> float:
+    """The share of the time left that ``auto``'s middle stage gets (:data:`AUTO_MIDDLE_SHARE`)."""
+    hidden = sum(layer.width for net in (a, b) for layer in getattr(net, "layers", [])[:-1])
+    return AUTO_MIDDLE_SHARE if hidden <= SMT_MAX_NEURONS else 1.0
 
 
 def auto_stages(norm: str, graph: bool = False) -> list[str]:
@@ -134,7 +143,7 @@ def compare_models(
         if backend == "auto" and name == "falsify":
             budget = min(left, AUTO_FALSIFY_SHARE * timeout)
         elif backend == "auto" and i < len(stages) - 1:
-            budget = AUTO_MIDDLE_SHARE * left  # leave time for the exact back-end
+            budget = middle_share(a, b) * left  # leave time for the exact back-end on small pairs
         v = on_probabilities(get_backend(name)).check(Query(a, xs, other=b, epsilon=float(epsilon), norm=norm,
                                                             timeout=budget, seed=seed, quiet=quiet))
         ran.append(v)

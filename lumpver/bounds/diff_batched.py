@@ -14,8 +14,9 @@ joint chain of the pair (:mod:`lumpver.bounds.diff_align`):
   bounds and, for every neuron whose secant-slope range is not a single value, by
   back-substitution through the stacked chain; ``delta h_k = s delta z_k`` is relaxed by the
   chords of :func:`lumpver.bounds.diff.delta_relax` and ``h^g_k`` by g's registry relaxation;
-* ``product`` (any other pair of dense networks whose activations pair up): the chain of
-  ``x -> [f(x); g(x)]`` with its own batched CROWN layer bounds (refined the same way).
+* ``product`` (any other pair of dense networks whose activations pair up, or by choice:
+  :func:`lumpver.verifiers.bab_diff.choose_pairing`): the chain of ``x -> [f(x); g(x)]``; its layers are
+  block-diagonal, so its neurons' CROWN bounds (refined the same way) are computed on f's and g's own chains.
 
 The final bound of ``+-(f_i - g_i)`` back-substitutes through the joint chain
 (:func:`lumpver.bounds.batched.backsub`) with the lower slopes of g's unstable ReLUs (``delta``) or
@@ -97,7 +98,7 @@ def prepare_diff(f: Network, g: Network, kind: Optional[str] = None) -> DiffMode
     if kind in (None, "product"):
         chain = product_chain(f, g)
         if chain is not None:
-            return DiffModel("product", chain, None, None, f.n_outputs)
+            return DiffModel("product", chain, prepare(f), prepare(g), f.n_outputs)
     raise ValueError("the two networks cannot be paired layer by layer (dense layers with matching activations; "
                      "a shallower network must end in ReLU layers)")
 
@@ -167,13 +168,51 @@ def _own_bounds(ch: Chain, lo: np.ndarray, hi: np.ndarray, refine: Refine, init:
 
 
 def _product_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine):
-    """Relaxations, free-slope masks and the output interval of ``f - g`` for the product chain."""
+    """Relaxations, free-slope masks and the output interval of ``f - g`` for the product chain. The
+    product's layers are block-diagonal, so its neurons' CROWN bounds are each network's own: they are
+    computed on f's and g's own chains (``(w_f^3 + w_g^3)`` per layer instead of ``(w_f + w_g)^3``, and
+    no work on the identity ReLU layers that pad the shallower network: their bounds are the ReLU of
+    the last hidden layer's, exact) and placed side by side."""
     ch, m = model.joint, model.n_outputs
-    zl, zu, unstable = _own_bounds(ch, lo, hi, refine)
+    fzl, fzu, gzl, gzu, unstable = _product_own(model, lo, hi, refine)
+    first = interval_step(ch.steps[0], *interval_step(ch.input, lo, hi))
+    zl, zu = [first[0]], [first[1]]
+    for k in range(ch.depth - 1):
+        (fl, fu), (gl, gu) = _padded(fzl, fzu, k, ch.depth - 1), _padded(gzl, gzu, k, ch.depth - 1)
+        zl.append(np.hstack([fl, gl]))
+        zu.append(np.hstack([fu, gu]))
     rel = [relax_batch(ch, k, zl[k], zu[k]) for k in range(ch.depth)]
     free = [alpha_free(ch, k, zl[k], zu[k]) for k in range(ch.depth)]
     yl, yu = zl[-1], zu[-1]
     return rel, free, (add_lo(yl[:, :m], -yu[:, m:]), add_hi(yu[:, :m], -yl[:, m:])), unstable
+
+
+def _product_own(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine):
+    """f's and g's own pre-activation bounds (CROWN; optimised per ``refine`` on the boxes whose pair
+    count of unstable neurons is at most ``refine.max_unstable``, as on the joint chain) and that count."""
+    assert model.f is not None and model.g is not None
+    fzl, fzu, f_unstable = _own_bounds(model.f, lo, hi, Refine())
+    gzl, gzu, g_unstable = _own_bounds(model.g, lo, hi, Refine())
+    small = f_unstable + g_unstable <= refine.max_unstable
+    if refine.iters > 0 and np.any(small):
+        for own, (zl_, zu_) in ((model.f, (fzl, fzu)), (model.g, (gzl, gzu))):
+            rl, ru = refine_layers(own, lo[small], hi[small], [a[small] for a in zl_], [a[small] for a in zu_],
+                                   refine.iters, refine.lr, refine.max_unstable)
+            for k in range(own.depth):
+                zl_[k][small], zu_[k][small] = rl[k], ru[k]
+    return fzl, fzu, gzl, gzu, f_unstable + g_unstable
+
+
+def _padded(zl: list[np.ndarray], zu: list[np.ndarray], k: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of layer ``k`` of a network of ``len(zl)`` layers padded to ``depth`` by identity ReLU layers
+    before its output layer (:func:`lumpver.bounds.diff_align.product_chain`): a padding layer's input
+    is the last hidden layer's ReLU output, computed exactly."""
+    own = len(zl)
+    if k < own - 1:
+        return zl[k], zu[k]
+    if k == depth - 1:
+        return zl[own - 1], zu[own - 1]
+    return np.maximum(zl[own - 2], 0.0), np.maximum(zu[own - 2], 0.0)
 
 
 @dataclass
@@ -190,13 +229,29 @@ class PairLayers:
 
 
 def pair_layer_bounds(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine = Refine()) -> PairLayers:
-    """The layer bounds the ``delta`` pass computes on the boxes (for LP relaxations of the pair,
-    :mod:`lumpver.verifiers.bab_phase`)."""
-    if model.kind != "delta":
-        raise ValueError("pair layer bounds need an aligned (delta) pair")
+    """The layer bounds the pass computes on the boxes (for LP relaxations of the pair,
+    :mod:`lumpver.verifiers.bab_phase`): ``delta``: f's, g's and the delta's; ``product`` (networks of one
+    shape, no padding): each network's own bounds, ``delta z`` unbounded (the LP uses ``z^f - z^g``'s)."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
     out = PairLayers([], [], [], [], [], [])
-    _delta_layers(model, np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64), refine, out)
+    if model.kind == "product" and same_shape(model):
+        fzl, fzu, gzl, gzu, _ = _product_own(model, lo, hi, refine)
+        for k in range(model.f.depth - 1):
+            for name, v in zip(("fl", "fu", "gl", "gu", "dl", "du"), (fzl[k], fzu[k], gzl[k], gzu[k],
+                                                                       np.full_like(fzl[k], -np.inf), np.full_like(fzl[k], np.inf))):
+                getattr(out, name).append(v)
+        return out
+    if model.kind != "delta":
+        raise ValueError("pair layer bounds need an aligned (delta) pair or a product of one shape")
+    _delta_layers(model, lo, hi, refine, out)
     return out
+
+
+def same_shape(model: DiffModel) -> bool:
+    """Whether f's and g's own chains have the same depth and widths (no padding, neurons side by side)."""
+    f, g = model.f, model.g
+    return f is not None and g is not None and f.depth == g.depth and all(
+        a.op.out_features == b.op.out_features for a, b in zip(f.steps, g.steps))
 
 
 def _delta_layers(model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine,
