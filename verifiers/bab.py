@@ -44,6 +44,7 @@ from lumpver.bounds.blas import blas_single_thread as _blas_single_thread
 from lumpver.bounds.blas import one_blas_thread as _one_blas_thread
 from lumpver.bounds.diff_batched import Refine
 from lumpver.bounds.intermediate import refine_layers, unstable_count
+from lumpver.bounds.smooth_intermediate import root_layer_bounds
 from lumpver.bounds.engine import Chain, prepare
 from lumpver.bounds.region import region_box
 from lumpver.progress import SILENT, Progress
@@ -321,7 +322,7 @@ class _Search:
         key = (lo.tobytes(), hi.tobytes())
         if key not in self._roots:  # the root's layer bounds do not depend on the disjunct: once per region
             inf = [np.full((1, layer.width), np.inf) for layer in self.q.network.layers]
-            self._roots = {key: layer_bounds(self.chain, lo[None], hi[None], [-a for a in inf], inf)}
+            self._roots = {key: root_layer_bounds(self.chain, lo[None], hi[None], [-a for a in inf], inf)}
         zl, zu = self._roots[key]
         root = Domain(lo, hi, [a[0] for a in zl], [a[0] for a in zu], [None] * self.chain.depth,
                       np.zeros(ctx.lam.shape[0]), start=self.chain.depth)

@@ -218,6 +218,20 @@ def first_layer(chain: Chain, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarra
     return interval_step(chain.steps[0], *interval_step(chain.input, lo, hi))
 
 
+def neuron_rows(want: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Objectives ``+z_j`` and ``-z_j`` of the neurons ``want`` ``(B, n)`` of each sub-problem, padded to
+    the largest count ``R``: ``order`` ``(B, R)`` neuron indices, ``ok`` where valid, ``lam`` ``(B, 2R, n)``."""
+    R = int(np.max(np.sum(want, axis=1), initial=0))
+    order = np.argsort(~want, axis=1, kind="stable")[:, :R]
+    ok = np.take_along_axis(want, order, axis=1)
+    B, n = want.shape
+    lam = np.zeros((B, 2 * R, n))
+    b_idx, r_idx = np.arange(B)[:, None], np.arange(R)[None, :]
+    lam[b_idx, r_idx, order] = 1.0
+    lam[b_idx, R + r_idx, order] = -1.0
+    return order, ok, lam
+
+
 def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
                  start: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Pre-activation bounds of every layer over the batch, recomputed from layer ``start`` on and
@@ -235,14 +249,7 @@ def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarr
         R = int(np.max(np.sum(want, axis=1)))
         if R == 0:
             continue
-        # per sub-problem its own rows, padded to R: (B, R) neuron indices, valid where ``ok``
-        order = np.argsort(~want, axis=1, kind="stable")[:, :R]
-        ok = np.take_along_axis(want, order, axis=1)
-        B, n = zl[k].shape
-        lam = np.zeros((B, 2 * R, n))
-        b_idx, r_idx = np.arange(B)[:, None], np.arange(R)[None, :]
-        lam[b_idx, r_idx, order] = 1.0
-        lam[b_idx, R + r_idx, order] = -1.0
+        order, ok, lam = neuron_rows(want)  # per sub-problem its own rows, padded to R
         rel = [relax_batch(chain, j, zl[j], zu[j]) for j in range(k)]
         up = backsub(chain, rel, lam, k, False, lo, hi).upper
         new_u = np.where(ok, up[:, :R], np.inf)
