@@ -13,7 +13,7 @@ from lumpver.bounds.batched import backsub, layer_bounds, optimise_alpha, relax_
 from lumpver.bounds.engine import prepare
 from lumpver.bounds.relaxations import get_relaxation
 from lumpver.bounds.smooth_alpha import SmoothLayer
-from lumpver.bounds.smooth_intermediate import root_layer_bounds
+from lumpver.bounds.smooth_intermediate import refine_root
 from lumpver.ir.network import Layer, Network
 from lumpver.ir.planted import random_mlp
 from tests.test_bab import SMOOTH
@@ -57,7 +57,7 @@ def test_optimised_bounds_contain_samples_and_beat_the_registry_lines(act):
     lo, hi = -0.4 * np.ones((1, 6)), 0.4 * np.ones((1, 6))
     inf = [np.full((1, layer.width), np.inf) for layer in net.layers]
     zl, zu = layer_bounds(ch, lo, hi, [-a for a in inf], inf)
-    ol, ou = root_layer_bounds(ch, lo, hi, [-a for a in inf], inf, iters=10)
+    ol, ou = refine_root(ch, lo, hi, zl, zu, iters=10)
     xs = rng.uniform(lo[0], hi[0], (20000, 6))
     h, tighter = xs, 0
     for k, layer in enumerate(net.layers):

@@ -44,7 +44,7 @@ from lumpver.bounds.blas import blas_single_thread as _blas_single_thread
 from lumpver.bounds.blas import one_blas_thread as _one_blas_thread
 from lumpver.bounds.diff_batched import Refine
 from lumpver.bounds.intermediate import refine_layers, unstable_count
-from lumpver.bounds.smooth_intermediate import root_layer_bounds
+from lumpver.bounds.smooth_intermediate import refine_root
 from lumpver.bounds.engine import Chain, prepare
 from lumpver.bounds.region import region_box
 from lumpver.progress import SILENT, Progress
@@ -316,18 +316,26 @@ class _Search:
         """Intermediate-bound refinement of the search (input splitting of ReLU chains only)."""
         return (self.opt.refine, self.opt.refine_depth) if self._input_mode else (Refine(), 0)
 
+    def _root(self, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray], ctx: Context) -> Domain:
+        return Domain(lo, hi, [a[0] for a in zl], [a[0] for a in zu], [None] * self.chain.depth,
+                      np.zeros(ctx.lam.shape[0]), start=self.chain.depth)
+
     def _disjunct(self, region, box, ctx: Context, what: str) -> Optional[Verdict]:
         """None when the disjunct is excluded on the region, else a verdict (violated/unknown)."""
         lo, hi = box.lower.astype(np.float64), box.upper.astype(np.float64)
         key = (lo.tobytes(), hi.tobytes())
         if key not in self._roots:  # the root's layer bounds do not depend on the disjunct: once per region
             inf = [np.full((1, layer.width), np.inf) for layer in self.q.network.layers]
-            self._roots = {key: root_layer_bounds(self.chain, lo[None], hi[None], [-a for a in inf], inf)}
-        zl, zu = self._roots[key]
-        root = Domain(lo, hi, [a[0] for a in zl], [a[0] for a in zu], [None] * self.chain.depth,
-                      np.zeros(ctx.lam.shape[0]), start=self.chain.depth)
+            self._roots = {key: layer_bounds(self.chain, lo[None], hi[None], [-a for a in inf], inf)}
+        zl, zu = self._roots[key][:2]
         t_root = time.monotonic()
-        frontier = bound(ctx, [root], self.opt.root_iters)
+        frontier = bound(ctx, [self._root(lo, hi, zl, zu, ctx)], self.opt.root_iters)
+        if frontier[0].score >= 0 and len(self._roots[key]) == 2:  # open: sigmoid/tanh layers re-bounded, once per region
+            better = refine_root(self.chain, lo[None], hi[None], zl, zu)  # None: no sigmoid/tanh layer
+            self._roots[key] = (zl, zu, True) if better is None else (*better, True)
+            if better is not None:
+                t_root = time.monotonic()
+                frontier = bound(ctx, [self._root(lo, hi, *better, ctx)], self.opt.root_iters)
         self.stats.bounded += 1
         input_mode = self._input_mode
         self.stats.splits = "input" if input_mode else "relu"

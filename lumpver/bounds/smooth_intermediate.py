@@ -2,21 +2,24 @@
 
 :func:`lumpver.bounds.batched.layer_bounds` bounds each hidden neuron by CROWN with the registry's lines.
 On sigmoid/tanh chains the search then stalls at the root (bench/RESULTS.md, "Sigmoid and tanh
-networks"): the loose intermediate bounds widen every later relaxation. :func:`root_layer_bounds`
-re-bounds, layer by layer from the second hidden one on, every sigmoid/tanh neuron wider than
-``SMOOTH_NARROW``, each row (its upper and its lower bound) with its own tangent points and ReLU slopes
+networks"): the loose intermediate bounds widen every later relaxation. When the root stays open,
+branch and bound calls :func:`refine_root` once per region: it re-bounds, layer by layer from the
+second hidden one on, the sigmoid/tanh neurons wider than ``SMOOTH_NARROW`` (the ``ROOT_ROWS`` widest
+per layer), each row (its upper and its lower bound) with its own tangent points and ReLU slopes
 of every earlier layer optimised by projected Adam (:func:`lumpver.bounds.batched.optimise_alpha` on the
 chain cut after the layer, alpha-CROWN's intermediate-layer optimisation). The first iterate uses the
 registry's lines and every iterate is sound (:mod:`lumpver.bounds.smooth_alpha`), the best is kept and
 intersected with CROWN's, so the bounds are never looser; the result is deterministic.
 
-Chains without sigmoid/tanh layers get :func:`layer_bounds` unchanged.
+Chains without sigmoid/tanh layers are left alone (ReLU chains: :mod:`lumpver.bounds.intermediate`).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
-from lumpver.bounds.batched import SMOOTH_NARROW, layer_bounds, neuron_rows, optimise_alpha
+from lumpver.bounds.batched import SMOOTH_NARROW, neuron_rows, optimise_alpha
 from lumpver.bounds.engine import Chain
 from lumpver.bounds.intermediate import _upto
 from lumpver.bounds.smooth_alpha import SMOOTH_ACTS
@@ -29,17 +32,18 @@ ROOT_LR = 1.0
 ROOT_ROWS = 256
 
 
-def root_layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
-                      iters: int = ROOT_ITERS, lr: float = ROOT_LR, rows: int = ROOT_ROWS) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """:func:`layer_bounds` of the boxes ``(B, n_in)``, then (sigmoid/tanh chains) the optimised
-    re-bounding of the module docstring. Sound for the boxes whatever the optimiser does."""
-    zl, zu = layer_bounds(chain, lo, hi, zl, zu)
+def refine_root(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
+                iters: int = ROOT_ITERS, lr: float = ROOT_LR,
+                rows: int = ROOT_ROWS) -> Optional[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """Bounds ``zl, zu`` of the boxes ``(B, n_in)`` (:func:`layer_bounds`') with the sigmoid/tanh layers
+    re-bounded as the module docstring says; None for a chain without such layers. Sound for the boxes
+    whatever the optimiser does."""
     if iters <= 0 or not any(a in SMOOTH_ACTS for a in chain.acts):
-        return zl, zu
+        return None
+    zl, zu = list(zl), list(zu)
     for k in range(1, chain.depth):
-        if chain.acts[k] not in SMOOTH_ACTS:
-            continue
-        zl[k], zu[k] = _rebound(chain, k, lo, hi, zl, zu, iters, lr, rows)
+        if chain.acts[k] in SMOOTH_ACTS:
+            zl[k], zu[k] = _rebound(chain, k, lo, hi, zl, zu, iters, lr, rows)
     return zl, zu
 
 
