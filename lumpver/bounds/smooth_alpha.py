@@ -6,11 +6,12 @@ general activations (the tangent point of auto_LiRPA's sigmoid/tanh bounds):
 
 * concave interval (``lo >= 0``): the upper line is the tangent at any ``t`` in ``[lo, hi]`` (the lower
   one stays the chord); convex (``hi <= 0``): the lower line is the tangent at any ``t`` in ``[lo, hi]``;
-* crossing (``lo < 0 < hi``): the upper line is the tangent at ``t`` in ``[t*, hi]``, ``t*`` the
-  point whose tangent passes through ``(lo, act(lo))`` (:func:`lumpver.bounds.relaxations.tangent_point`:
-  the tangent's value at ``lo`` grows with ``t``); the lower line mirrors it (``t`` in ``[lo, t*]``).
-  Where no tangent qualifies (the registry takes the chord) and on narrow intervals the registry's line
-  stays.
+* crossing (``lo < 0 < hi``): the upper line is the tangent at ``t`` in ``[0, hi]``; it is valid from
+  ``t*`` on, the point whose tangent passes through ``(lo, act(lo))`` (the tangent's value at ``lo`` grows
+  with ``t``; the start, :func:`lumpver.bounds.relaxations.tangent_point`), and below ``t*`` it is moved
+  up to pass through ``(lo, act(lo))``. The lower line mirrors it (``t`` in ``[lo, 0]``). Where even the
+  tangent at ``hi`` fails at ``lo`` (the registry takes the chord) and on narrow intervals the
+  registry's line stays.
 
 A parameter ``p`` in ``[0, 1]`` maps to ``t = a + p (b - a)`` on the neuron's range ``[a, b]``, so the
 same projected Adam as the ReLU slopes (:func:`lumpver.bounds.batched.optimise_alpha`) clips it and a
@@ -18,9 +19,9 @@ child of a split re-reads its parent's ``p`` on its own range. Layer ``k``'s par
 ``(B, m, 2 n)``: upper points first, then lower points.
 
 Soundness for every ``p`` (the projection): the tangent at a point of the concave (convex) part lies
-above (below) the activation on that part; on a crossing interval the line is also checked at the far
-end point and, where it is on the wrong side there (``t`` below ``t*`` by rounding), its intercept is
-moved by the gap, which makes it valid on the convex (concave) part too (a line above a convex function
+above (below) the activation on that part; every line is also checked at the far end point and, where
+it is on the wrong side there (``t`` below ``t*``, or by rounding), it is moved to pass through that end
+point, which makes it valid on the convex (concave) part too (a line above a convex function
 at both ends of an interval is above it in between). Intercepts are then widened outward
 (:func:`lumpver.bounds.relaxations.widen_lines`), as every smooth line of the registry is.
 """
@@ -76,6 +77,8 @@ class SmoothLayer:
     lo: np.ndarray
     hi: np.ndarray
     rel: LinearRelaxation
+    f_lo: np.ndarray
+    f_hi: np.ndarray
     free_u: np.ndarray
     free_l: np.ndarray
     a_u: np.ndarray
@@ -85,33 +88,36 @@ class SmoothLayer:
 
     @staticmethod
     def of(name: str, lo: np.ndarray, hi: np.ndarray, rel: LinearRelaxation) -> "SmoothLayer":
+        """Ranges: crossing intervals ``[0, hi]`` (upper) and ``[lo, 0]`` (lower), the points short of ``t*``
+        giving lines moved by their gap at the far end; the line stays the registry's where even the
+        tangent at the end point fails there (the chord is better)."""
         hi = np.maximum(hi, lo)
         wide = hi - lo >= NARROW
         cross = wide & (lo < 0) & (hi > 0)
-        a_u, b_u, a_l, b_l = lo.copy(), hi.copy(), lo.copy(), hi.copy()
-        chord_u = chord_l = np.zeros(lo.shape, dtype=bool)
-        if np.any(cross):
-            l, u = np.where(cross, lo, -1.0), np.where(cross, hi, 1.0)
-            t_u, chord_u = tangent_point(name, l, u, True)
-            t_l, chord_l = tangent_point(name, l, u, False)
-            a_u, b_l = np.where(cross, t_u, a_u), np.where(cross, t_l, b_l)
-        free_u = (wide & (lo >= 0)) | (cross & ~chord_u)
-        free_l = (wide & (hi <= 0)) | (cross & ~chord_l)
-        return SmoothLayer(name, lo, hi, rel, free_u, free_l, a_u, b_u, a_l, b_l)
+        (f_lo, d_lo, _), (f_hi, d_hi, _) = smooth_derivs(name, lo), smooth_derivs(name, hi)
+        free_u = (wide & (lo >= 0)) | (cross & (f_hi + d_hi * (lo - hi) >= f_lo))
+        free_l = (wide & (hi <= 0)) | (cross & (f_lo + d_lo * (hi - lo) <= f_hi))
+        return SmoothLayer(name, lo, hi, rel, f_lo, f_hi, free_u, free_l, np.where(cross, 0.0, lo), hi, lo,
+                           np.where(cross, 0.0, hi))
 
     def init(self, m: int) -> np.ndarray:
-        """Start: the midpoint tangent on convex/concave intervals (the registry's), ``t*`` on crossing ones."""
+        """Start: the midpoint tangent on convex/concave intervals (the registry's), ``t*`` on crossing ones
+        (:func:`lumpver.bounds.relaxations.tangent_point`)."""
         cross = (self.lo < 0) & (self.hi > 0)
-        pu, pl = np.where(cross, 0.0, 0.5), np.where(cross, 1.0, 0.5)
+        pu, pl = np.full(self.lo.shape, 0.5), np.full(self.lo.shape, 0.5)
+        if np.any(cross):
+            l, u = np.where(cross, self.lo, -1.0), np.where(cross, self.hi, 1.0)
+            pu = np.where(cross, tangent_point(self.name, l, u, True)[0] / u, pu)
+            pl = np.where(cross, 1.0 - tangent_point(self.name, l, u, False)[0] / l, pl)
         return np.repeat(np.concatenate([pu, pl], axis=1)[:, None, :], m, axis=1)
 
     def lines(self, p: np.ndarray) -> RowLines:
         """The per-row lines for parameters ``p`` ``(B, m, 2 n)`` (module docstring: sound for every ``p``)."""
         n = self.lo.shape[1]
-        lo, hi = self.lo[:, None, :], self.hi[:, None, :]
-        su, tu, d_su, d_tu = self._tangent(np.clip(p[:, :, :n], 0.0, 1.0), self.a_u, self.b_u, self.free_u, True)
-        sl, tl, d_sl, d_tl = self._tangent(np.clip(p[:, :, n:], 0.0, 1.0), self.a_l, self.b_l, self.free_l, False)
-        tl, tu = widen_lines(sl, tl, su, tu, lo, hi)
+        p = np.minimum(np.maximum(p, 0.0), 1.0)
+        su, tu, d_su, d_tu = self._tangent(p[:, :, :n], self.a_u, self.b_u, self.free_u, True)
+        sl, tl, d_sl, d_tl = self._tangent(p[:, :, n:], self.a_l, self.b_l, self.free_l, False)
+        tl, tu = widen_lines(sl, tl, su, tu, self.lo[:, None, :], self.hi[:, None, :])
         r = self.rel
         keep_u, keep_l = ~self.free_u[:, None, :], ~self.free_l[:, None, :]
         su, tu = np.where(keep_u, r.su[:, None, :], su), np.where(keep_u, r.tu[:, None, :], tu)
@@ -120,17 +126,19 @@ class SmoothLayer:
 
     def _tangent(self, p: np.ndarray, a: np.ndarray, b: np.ndarray, free: np.ndarray,
                  upper: bool) -> tuple[np.ndarray, ...]:
-        """Slope, intercept (moved onto the right side at the far end point) and their derivatives in ``p``."""
+        """Slope, intercept (moved onto the right side at the far end point: then the line through it)
+        and their derivatives in ``p``."""
         width = (b - a)[:, None, :]
         t = a[:, None, :] + p * width
         f, d, d2 = smooth_derivs(self.name, t)
         icpt = f - d * t
-        far = (self.lo if upper else self.hi)[:, None, :]
-        f_far = smooth_derivs(self.name, far)[0]
+        far, f_far = (self.lo, self.f_lo) if upper else (self.hi, self.f_hi)
+        far, f_far = far[:, None, :], f_far[:, None, :]
         gap = f_far - (icpt + d * far)  # > 0: below the curve at ``far`` (upper line); < 0: above (lower line)
-        icpt = icpt + (np.maximum(gap, 0.0) if upper else np.minimum(gap, 0.0))
+        moved = gap > 0 if upper else gap < 0
+        icpt = np.where(moved, f_far - d * far, icpt)
         on = free[:, None, :]
-        return d, icpt, np.where(on, d2 * width, 0.0), np.where(on, -t * d2 * width, 0.0)
+        return d, icpt, np.where(on, d2 * width, 0.0), np.where(on, -np.where(moved, far, t) * d2 * width, 0.0)
 
     def envelope(self) -> LinearRelaxation:
         """Magnitude bounds of every line :meth:`lines` can give (slopes: ``act'`` at the point of
