@@ -44,7 +44,7 @@ from lumpver.bounds.blas import blas_single_thread as _blas_single_thread
 from lumpver.bounds.blas import one_blas_thread as _one_blas_thread
 from lumpver.bounds.diff_batched import Refine
 from lumpver.bounds.intermediate import refine_layers, unstable_count
-from lumpver.bounds.smooth_intermediate import refine_root
+from lumpver.bounds.smooth_intermediate import ROOT_SHARE, refine_root
 from lumpver.bounds.engine import Chain, prepare
 from lumpver.bounds.region import region_box
 from lumpver.progress import SILENT, Progress
@@ -331,7 +331,8 @@ class _Search:
         t_root = time.monotonic()
         frontier = bound(ctx, [self._root(lo, hi, zl, zu, ctx)], self.opt.root_iters)
         if frontier[0].score >= 0 and len(self._roots[key]) == 2:  # open: sigmoid/tanh layers re-bounded, once per region
-            better = refine_root(self.chain, lo[None], hi[None], zl, zu)  # None: no sigmoid/tanh layer
+            better = refine_root(self.chain, lo[None], hi[None], zl, zu,  # None: no sigmoid/tanh layer
+                                 deadline=time.monotonic() + ROOT_SHARE * self.q.timeout)
             self._roots[key] = (zl, zu, True) if better is None else (*better, True)
             if better is not None:
                 t_root = time.monotonic()

@@ -9,12 +9,14 @@ per layer), each row (its upper and its lower bound) with its own tangent points
 of every earlier layer optimised by projected Adam (:func:`lumpver.bounds.batched.optimise_alpha` on the
 chain cut after the layer, alpha-CROWN's intermediate-layer optimisation). The first iterate uses the
 registry's lines and every iterate is sound (:mod:`lumpver.bounds.smooth_alpha`), the best is kept and
-intersected with CROWN's, so the bounds are never looser; the result is deterministic.
+intersected with CROWN's, so the bounds are never looser; the result is deterministic up to the
+deadline, which ends the re-bounding early (the search gives it ``ROOT_SHARE`` of its timeout).
 
 Chains without sigmoid/tanh layers are left alone (ReLU chains: :mod:`lumpver.bounds.intermediate`).
 """
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import numpy as np
@@ -30,20 +32,28 @@ ROOT_ITERS = 10
 ROOT_LR = 1.0
 #: rows re-bounded per layer: the widest neurons (all 200 of that net: 0.2 tighter; its widest 48: 0.03)
 ROOT_ROWS = 256
+#: share of the search's timeout the re-bounding may take (the 784-6x200 tanh net: 6-11 s under load)
+ROOT_SHARE = 0.25
 
 
 def refine_root(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
                 iters: int = ROOT_ITERS, lr: float = ROOT_LR,
-                rows: int = ROOT_ROWS) -> Optional[tuple[list[np.ndarray], list[np.ndarray]]]:
+                rows: int = ROOT_ROWS, deadline: float = np.inf) -> Optional[tuple[list[np.ndarray], list[np.ndarray]]]:
     """Bounds ``zl, zu`` of the boxes ``(B, n_in)`` (:func:`layer_bounds`') with the sigmoid/tanh layers
-    re-bounded as the module docstring says; None for a chain without such layers. Sound for the boxes
-    whatever the optimiser does."""
+    re-bounded as the module docstring says; None for a chain without such layers. Stops before a layer
+    that would end after ``deadline`` (``time.monotonic``; estimated from the previous layer: the later
+    layers keep their bounds). Sound for the boxes whatever the optimiser does."""
     if iters <= 0 or not any(a in SMOOTH_ACTS for a in chain.acts):
         return None
     zl, zu = list(zl), list(zu)
+    last = 0.0
     for k in range(1, chain.depth):
+        t0 = time.monotonic()
+        if t0 + 1.3 * last > deadline:
+            break
         if chain.acts[k] in SMOOTH_ACTS:
             zl[k], zu[k] = _rebound(chain, k, lo, hi, zl, zu, iters, lr, rows)
+            last = time.monotonic() - t0
     return zl, zu
 
 
