@@ -5,7 +5,9 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
 1. a short falsifier run (random + PGD, :mod:`lumpver.verifiers.falsify`);
 2. per region and unsafe disjunct, the root sub-problem is bounded by batched CROWN with
    alpha-optimised lower slopes (:mod:`lumpver.bounds.batched`): a sound upper bound ``U_i`` of
-   ``b_i - A_i y`` for every row; the disjunct is excluded on a sub-problem once some ``U_i < 0``;
+   ``b_i - A_i y`` for every row; the disjunct is excluded on a sub-problem once some ``U_i < 0``
+   (sigmoid/tanh chains: tangent points optimised too; a root left open gets its intermediate bounds
+   re-bounded once per region, :mod:`lumpver.bounds.smooth_intermediate`);
 3. open sub-problems are split (:mod:`lumpver.verifiers.bab_branch`): the input box when the
    input is low-dimensional (``<= input_split_dims``, e.g. ACAS Xu), else the unstable neuron with the
    best BaBSR-like score (a ReLU fixed to its phase: identity / zero; a sigmoid/tanh neuron cut at 0
