@@ -109,7 +109,8 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
     function, which is ``>= 0`` on the sub-problem, so the result still bounds ``lam . y`` there.
     ``mag``: :func:`magnitudes` of the same call (it depends on neither ``alpha`` nor ``beta``: reused
     across the steps of :func:`optimise_alpha`), computed here when None.
-    ``rows[j]``: per-row lines of a sigmoid/tanh layer (:mod:`lumpver.bounds.smooth_alpha`) replacing ``rel[j]``.
+    ``rows[j]``: per-row lines of a sigmoid/tanh layer (:mod:`lumpver.bounds.smooth_alpha`) replacing ``rel[j]``;
+    then ``mag`` must come from ``SmoothParams.envelope(rel)`` (it bounds every such line's magnitudes).
     """
     B, m, _ = lam.shape
     A = np.array(lam, dtype=np.float64)
