@@ -5,7 +5,9 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
 1. a short falsifier run (random + PGD, :mod:`lumpver.verifiers.falsify`);
 2. per region and unsafe disjunct, the root sub-problem is bounded by batched CROWN with
    alpha-optimised lower slopes (:mod:`lumpver.bounds.batched`): a sound upper bound ``U_i`` of
-   ``b_i - A_i y`` for every row; the disjunct is excluded on a sub-problem once some ``U_i < 0``;
+   ``b_i - A_i y`` for every row; the disjunct is excluded on a sub-problem once some ``U_i < 0``
+   (sigmoid/tanh chains: tangent points optimised too; a root left open gets its intermediate bounds
+   re-bounded once per region, :mod:`lumpver.bounds.smooth_intermediate`);
 3. open sub-problems are split (:mod:`lumpver.verifiers.bab_branch`): the input box when the
    input is low-dimensional (``<= input_split_dims``, e.g. ACAS Xu), else the unstable neuron with the
    best BaBSR-like score (a ReLU fixed to its phase: identity / zero; a sigmoid/tanh neuron cut at 0
@@ -46,6 +48,7 @@ from lumpver.bounds.blas import blas_single_thread as _blas_single_thread
 from lumpver.bounds.blas import one_blas_thread as _one_blas_thread
 from lumpver.bounds.diff_batched import Refine
 from lumpver.bounds.intermediate import refine_layers, unstable_count
+from lumpver.bounds.smooth_intermediate import ROOT_SHARE, refine_root
 from lumpver.bounds.engine import Chain, prepare
 from lumpver.bounds.region import region_box
 from lumpver.progress import SILENT, Progress
@@ -333,10 +336,16 @@ class _Search:
             self._roots = {key: (root_layer_bounds(self.chain, lo[None], hi[None]), False)}
         t_root = time.monotonic()
         frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
-        if frontier[0].score >= 0 and not self._input_mode and not self._roots[key][1]:  # open: alpha-CROWN layers
-            tight = tighten_root(self.chain, lo[None], hi[None], *self._roots[key][0], self.opt.relu.root_refine)
-            self._roots[key] = (tight or self._roots[key][0], True)
+        if frontier[0].score >= 0 and not self._roots[key][1]:  # open: root layers tightened once per region
+            zl, zu = self._roots[key][0]
+            tight = None if self._input_mode else tighten_root(self.chain, lo[None], hi[None], zl, zu,
+                                                               self.opt.relu.root_refine)  # ReLU chains: alpha-CROWN
+            if tight is None:  # sigmoid/tanh chains (None: no such layer)
+                tight = refine_root(self.chain, lo[None], hi[None], zl, zu,
+                                    deadline=time.monotonic() + ROOT_SHARE * self.q.timeout)
+            self._roots[key] = (tight or (zl, zu), True)
             if tight is not None:
+                t_root = time.monotonic()
                 frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
         self.stats.bounded += 1
         input_mode = self._input_mode

@@ -32,6 +32,7 @@ import numpy as np
 from lumpver.bounds.engine import Chain
 from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
 from lumpver.bounds.rounding import POLICY
+from lumpver.bounds.smooth_alpha import SMOOTH_LR, RowLines, SmoothParams
 from lumpver.ir.conv import AvgPoolOperator, ConvOperator
 
 #: activations whose lower slope on an unstable neuron is a free parameter (value: its negative slope)
@@ -98,7 +99,8 @@ def _rows(a: np.ndarray, fn) -> np.ndarray:
 def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int, post: bool, lo: np.ndarray,
             hi: np.ndarray, alpha: Optional[list[Optional[np.ndarray]]] = None, free: Optional[list[np.ndarray]] = None,
             record: bool = False, grad: bool = False, phase: Optional[list[np.ndarray]] = None,
-            beta: Optional[list[np.ndarray]] = None, mag: Optional[tuple] = None) -> BatchBound:
+            beta: Optional[list[np.ndarray]] = None, mag: Optional[tuple] = None,
+            rows: Optional[list[Optional[RowLines]]] = None) -> BatchBound:
     """Sound upper bound of ``lam[b] . h_top`` (``post``) or ``lam[b] . z_top`` over box ``b``.
 
     ``lam``: (B, m, n_top). ``alpha[j]`` (B, m, n_j) replaces the lower slope where ``free[j]``.
@@ -107,6 +109,8 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
     function, which is ``>= 0`` on the sub-problem, so the result still bounds ``lam . y`` there.
     ``mag``: :func:`magnitudes` of the same call (it depends on neither ``alpha`` nor ``beta``: reused
     across the steps of :func:`optimise_alpha`), computed here when None.
+    ``rows[j]``: per-row lines of a sigmoid/tanh layer (:mod:`lumpver.bounds.smooth_alpha`) replacing ``rel[j]``;
+    then ``mag`` must come from ``SmoothParams.envelope(rel)`` (it bounds every such line's magnitudes).
     """
     B, m, _ = lam.shape
     A = np.array(lam, dtype=np.float64)
@@ -114,14 +118,19 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
     saved: list = [None] * (top + 1)  # (a before relaxation j, slopes and intercepts used)
     for j in range(top, -1, -1):
         if post or j < top:
-            r = rel[j]
+            r, row = rel[j], None if rows is None else rows[j]
             sl = r.sl[:, None, :]
-            if alpha is not None and alpha[j] is not None:
+            if row is not None:
+                sl = row.sl
+            elif alpha is not None and alpha[j] is not None:
                 sl = np.where(free[j][:, None, :], alpha[j], sl)
-            su, tu, tl = r.su[:, None, :], r.tu[:, None, :], r.tl[:, None, :]
+            su, tu, tl = (r.su[:, None, :], r.tu[:, None, :], r.tl[:, None, :]) if row is None else (row.su, row.tu, row.tl)
             saved[j] = (A, sl, su, tu, tl)
             pos, neg = np.maximum(A, 0.0), np.minimum(A, 0.0)
-            c = c + np.einsum("bmn,bn->bm", pos, r.tu) + np.einsum("bmn,bn->bm", neg, r.tl)
+            if row is None:
+                c = c + np.einsum("bmn,bn->bm", pos, r.tu) + np.einsum("bmn,bn->bm", neg, r.tl)
+            else:
+                c = c + row.intercepts(pos, neg)
             A = pos * su + neg * sl
             if beta is not None:
                 A = A + beta[j] * phase[j][:, None, :]
@@ -139,7 +148,7 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
         mag = mag + sum(np.einsum("bmn,bn->bm", beta[j] * np.abs(phase[j])[:, None, :], Vz[j]) for j in range(top + 1))
     upper = val + POLICY.margin(mag, chain.chain_length(top) + 2 * (top + 1) + lo.shape[1] + 4)  # + alpha/beta steps
     coeffs = [s[0] if s is not None else None for s in saved] if record else []
-    grads = _alpha_grads(chain, saved, A_x, centre, radius, top, free, phase) if grad else []
+    grads = _alpha_grads(chain, saved, A_x, centre, radius, top, free, phase, rows) if grad else []
     return BatchBound(upper, A_x, coeffs, grads)
 
 
@@ -166,7 +175,8 @@ def magnitudes(chain: Chain, rel: list[LinearRelaxation], top: int, post: bool, 
 
 
 def _alpha_grads(chain: Chain, saved: list, A_x: np.ndarray, centre: np.ndarray, radius: np.ndarray, top: int,
-                 free: Optional[list[np.ndarray]], phase: Optional[list[np.ndarray]]) -> list:
+                 free: Optional[list[np.ndarray]], phase: Optional[list[np.ndarray]],
+                 rows: Optional[list[Optional[RowLines]]] = None) -> list:
     """``d upper / d alpha_j`` by reverse mode through :func:`backsub` (margins ignored: any alpha is
     sound), followed (when ``phase`` is given) by ``d upper / d beta_j`` for every layer."""
     G = centre[:, None, :] + np.sign(A_x) * radius[:, None, :]  # d upper / d A_x
@@ -183,6 +193,8 @@ def _alpha_grads(chain: Chain, saved: list, A_x: np.ndarray, centre: np.ndarray,
         a, sl, su, tu, tl = saved[j]
         if free is not None and free[j] is not None and chain.acts[j] in ALPHA_ACTS:
             grads[j] = np.where(free[j][:, None, :], Gz * np.minimum(a, 0.0), 0.0)
+        elif rows is not None and rows[j] is not None:
+            grads[j] = rows[j].grad(Gz, a)
         if j == top:
             break
         G = np.where(a > 0, Gz * su + tu, Gz * sl + tl)  # d upper / d (coefficient on h_j)
@@ -207,6 +219,20 @@ def first_layer(chain: Chain, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarra
     return interval_step(chain.steps[0], *interval_step(chain.input, lo, hi))
 
 
+def neuron_rows(want: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Objectives ``+z_j`` and ``-z_j`` of the neurons ``want`` ``(B, n)`` of each sub-problem, padded to
+    the largest count ``R``: ``order`` ``(B, R)`` neuron indices, ``ok`` where valid, ``lam`` ``(B, 2R, n)``."""
+    R = int(np.max(np.sum(want, axis=1), initial=0))
+    order = np.argsort(~want, axis=1, kind="stable")[:, :R]
+    ok = np.take_along_axis(want, order, axis=1)
+    B, n = want.shape
+    lam = np.zeros((B, 2 * R, n))
+    b_idx, r_idx = np.arange(B)[:, None], np.arange(R)[None, :]
+    lam[b_idx, r_idx, order] = 1.0
+    lam[b_idx, R + r_idx, order] = -1.0
+    return order, ok, lam
+
+
 def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
                  start: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Pre-activation bounds of every layer over the batch, recomputed from layer ``start`` on and
@@ -224,14 +250,7 @@ def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarr
         R = int(np.max(np.sum(want, axis=1)))
         if R == 0:
             continue
-        # per sub-problem its own rows, padded to R: (B, R) neuron indices, valid where ``ok``
-        order = np.argsort(~want, axis=1, kind="stable")[:, :R]
-        ok = np.take_along_axis(want, order, axis=1)
-        B, n = zl[k].shape
-        lam = np.zeros((B, 2 * R, n))
-        b_idx, r_idx = np.arange(B)[:, None], np.arange(R)[None, :]
-        lam[b_idx, r_idx, order] = 1.0
-        lam[b_idx, R + r_idx, order] = -1.0
+        order, ok, lam = neuron_rows(want)  # per sub-problem its own rows, padded to R
         rel = [relax_batch(chain, j, zl[j], zu[j]) for j in range(k)]
         up = backsub(chain, rel, lam, k, False, lo, hi).upper
         new_u = np.where(ok, up[:, :R], np.inf)
@@ -269,10 +288,12 @@ def init_alpha(chain: Chain, zl: list[np.ndarray], zu: list[np.ndarray], m: int)
 
 
 class Adam:
-    """Projected Adam on a list of parameter arrays (None entries skipped), box ``[low_j, high]``."""
+    """Projected Adam on a list of parameter arrays (None entries skipped), box ``[low_j, high]``; ``lr``
+    one step size or one per entry."""
 
-    def __init__(self, params: list, lows: list[float], high: float, lr: float) -> None:
-        self.params, self.lows, self.high, self.lr, self.t = params, lows, high, lr, 0
+    def __init__(self, params: list, lows: list[float], high: float, lr: float | list[float]) -> None:
+        self.params, self.lows, self.high, self.t = params, lows, high, 0
+        self.lr = lr if isinstance(lr, list) else [lr] * len(params)
         self.m = [None if p is None else np.zeros_like(p) for p in params]
         self.v = [None if p is None else np.zeros_like(p) for p in params]
 
@@ -284,7 +305,7 @@ class Adam:
             self.m[j] = 0.9 * self.m[j] + 0.1 * g
             self.v[j] = 0.999 * self.v[j] + 0.001 * g * g
             mh, vh = self.m[j] / (1 - 0.9 ** self.t), self.v[j] / (1 - 0.999 ** self.t)
-            self.params[j] = np.clip(self.params[j] - self.lr * mh / (np.sqrt(vh) + 1e-8), self.lows[j], self.high)
+            self.params[j] = np.clip(self.params[j] - self.lr[j] * mh / (np.sqrt(vh) + 1e-8), self.lows[j], self.high)
 
 
 def _keep(best: list, new: list, better: np.ndarray) -> list:
@@ -294,26 +315,36 @@ def _keep(best: list, new: list, better: np.ndarray) -> list:
 def optimise_alpha(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
                    lam: np.ndarray, offset: np.ndarray, alpha: Optional[list[Optional[np.ndarray]]] = None,
                    iters: int = 10, lr: float = 0.2, phase: Optional[list[np.ndarray]] = None,
-                   beta: Optional[list[np.ndarray]] = None) -> Objective:
+                   beta: Optional[list[np.ndarray]] = None, stop_closed: bool = True) -> Objective:
     """Minimise the sound upper bound of ``lam[b] . y + offset`` over the lower slopes (and, with
     ``phase``, the split multipliers ``beta >= 0``, beta-CROWN) by projected Adam; every iterate is
     sound, the best per (sub-problem, row) is kept; the steps stop early once every sub-problem has a
-    row bounded below 0 (closed). ``offset`` (m,) is added with its own margin."""
+    row bounded below 0 (closed; not with ``stop_closed=False``). ``offset`` (m,) is added with its own margin.
+    Sigmoid/tanh layers: their tangent points are optimised too (:mod:`lumpver.bounds.smooth_alpha`, step
+    size ``SMOOTH_LR * lr``); a cold start first bounds with the registry's lines, so the result is never
+    looser than those."""
     top = chain.depth - 1
     rel = [relax_batch(chain, k, zl[k], zu[k]) for k in range(chain.depth)]
     free = [alpha_free(chain, k, zl[k], zu[k]) for k in range(chain.depth)]
     m = lam.shape[1]
+    smooth = SmoothParams(chain.acts, zl, zu, rel)  # sigmoid/tanh tangent points (lumpver.bounds.smooth_alpha)
+    cold = alpha is None and smooth.any()  # first iterate: the registry's lines (never looser than them)
     alpha = init_alpha(chain, zl, zu, m) if alpha is None else [None if a is None else a.copy() for a in alpha]
-    opt_a = Adam(alpha, [neg_slope(chain, k) for k in range(chain.depth)], 1.0, lr)
+    alpha = smooth.fill(alpha, m)
+    opt_a = Adam(alpha, [0.0 if s is not None else neg_slope(chain, k) for k, s in enumerate(smooth.layers)], 1.0,
+                 [lr if s is None else SMOOTH_LR * lr for s in smooth.layers])
     opt_b = None
     if phase is not None:
         beta = [np.zeros((lo.shape[0], m, p.shape[1])) for p in phase] if beta is None else [b.copy() for b in beta]
         opt_b = Adam(beta, [0.0] * chain.depth, np.inf, 0.5 * lr)
     best: Optional[Objective] = None
-    mag = magnitudes(chain, rel, top, True, lo, hi, free)
-    for it in range(iters + 1):
-        bb = backsub(chain, rel, lam, top, True, lo, hi, opt_a.params, free, record=True, grad=it < iters,
-                     phase=phase, beta=None if opt_b is None else opt_b.params, mag=mag)
+    mag = magnitudes(chain, smooth.envelope(rel), top, True, lo, hi, free)
+    for it in range(iters + 1 + cold):
+        base, step = cold and it == 0, it - cold  # ``base``: the registry's lines, no step after it
+        params = smooth.strip(opt_a.params) if base else opt_a.params
+        bb = backsub(chain, rel, lam, top, True, lo, hi, params, free, record=True, grad=0 <= step < iters,
+                     phase=phase, beta=None if opt_b is None else opt_b.params, mag=mag,
+                     rows=None if base else smooth.rows(opt_a.params))
         up = bb.upper + offset + POLICY.margin(np.abs(bb.upper) + np.abs(offset), 2)
         if best is None:
             best = Objective(up, bb.A_x, list(bb.coeffs), list(opt_a.params), None if opt_b is None else list(opt_b.params))
@@ -325,8 +356,10 @@ def optimise_alpha(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.nda
             best.alpha = _keep(best.alpha, opt_a.params, better)
             if opt_b is not None:
                 best.beta = _keep(best.beta, opt_b.params, better)
-        if it == iters or np.all(np.min(best.upper, axis=1) < 0):  # every sub-problem closed: done
+        if it == iters + cold or (stop_closed and np.all(np.min(best.upper, axis=1) < 0)):  # every sub-problem closed: done
             break
+        if base:
+            continue
         opt_a.step(bb.grads[: chain.depth])
         if opt_b is not None:
             opt_b.step(bb.grads[chain.depth:])

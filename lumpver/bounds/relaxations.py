@@ -208,24 +208,22 @@ def _smooth_linear(name: str, tight: bool = False) -> Callable:
             a, b = _through_end(name, l, u, chord[cross], upper=False)
             better = a * m + b > al[cross] * m + bl[cross]
             al[cross], bl[cross] = np.where(better, a, al[cross]), np.where(better, b, bl[cross])
-        span = np.maximum(np.abs(lo), np.abs(hi))
-        bl = bl - (POLICY.relax_rel * (np.abs(bl) + np.abs(al) * span) + POLICY.tiny)
-        bu = bu + (POLICY.relax_rel * (np.abs(bu) + np.abs(au) * span) + POLICY.tiny)
+        bl, bu = widen_lines(al, bl, au, bu, lo, hi)
         return LinearRelaxation(al, bl, au, bu, np.zeros(lo.size))
 
     return linear
 
 
-def _through_end(name: str, lo: np.ndarray, hi: np.ndarray, chord: np.ndarray, upper: bool,
-                 steps: int = 24) -> tuple[np.ndarray, np.ndarray]:
-    """Tightest-ish sound line on a crossing interval ``lo < 0 < hi`` (CROWN's sigmoid/tanh rule).
+def tangent_point(name: str, lo: np.ndarray, hi: np.ndarray, upper: bool,
+                  steps: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """On a crossing interval ``lo < 0 < hi``: the tangent point ``t`` whose tangent is (in float64)
+    a valid upper (lower) line over ``[lo, hi]``, nearest the end point found by bisection, and the mask
+    where no tangent point qualifies (the chord is valid there).
 
     Upper line: the tangent at ``t`` in ``[0, hi]`` lies above the activation on ``[0, hi]`` (concave
     there) and, on ``[lo, 0]`` (convex there), as soon as it is above it at ``lo``; its value at ``lo``
-    grows with ``t``, so bisection keeps a ``t`` that passes that check (checked in float64; the
-    caller's intercept widening covers the evaluation error). If even ``t = hi`` fails, the chord is
-    above the activation on ``[lo, hi]``. The lower line is the mirror image (tangent at ``t`` in
-    ``[lo, 0]``, checked at ``hi``). Returns ``(slope, intercept)``."""
+    grows with ``t``, so every ``t`` in ``[t*, hi]`` passes that check and bisection keeps a ``t`` that
+    passes. The lower line is the mirror image (tangent at ``t`` in ``[lo, 0]``, checked at ``hi``)."""
     end, far = (lo, hi) if upper else (hi, lo)
     f_end = _smooth(name, end)[0]
 
@@ -240,10 +238,35 @@ def _through_end(name: str, lo: np.ndarray, hi: np.ndarray, chord: np.ndarray, u
         mid = 0.5 * (good + bad)
         passed = ok(mid)
         good, bad = np.where(passed, mid, good), np.where(passed, bad, mid)
+    return good, use_chord
+
+
+def _through_end(name: str, lo: np.ndarray, hi: np.ndarray, chord: np.ndarray, upper: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Tightest-ish sound line on a crossing interval ``lo < 0 < hi`` (CROWN's sigmoid/tanh rule): the
+    tangent at :func:`tangent_point`, or the chord where no tangent qualifies (then the chord is on the
+    right side of the activation over ``[lo, hi]``); checked in float64, the caller's intercept widening
+    covers the evaluation error. Returns ``(slope, intercept)``."""
+    good, use_chord = tangent_point(name, lo, hi, upper)
     ft, dt = _smooth(name, good)
     slope = np.where(use_chord, chord, dt)
     icpt = np.where(use_chord, _smooth(name, lo)[0] - chord * lo, ft - dt * good)
     return slope, icpt
+
+
+def smooth_derivs(name: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Value, first and second derivative of sigmoid / tanh (float64)."""
+    f, d = _smooth(name, z)
+    return f, d, d * (1.0 - 2.0 * f) if name == "sigmoid" else -2.0 * f * d
+
+
+def widen_lines(sl: np.ndarray, tl: np.ndarray, su: np.ndarray, tu: np.ndarray, lo: np.ndarray,
+                hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The smooth lines' intercepts widened outward by ``relax_rel (|t| + |s| max(|lo|, |hi|)) + tiny``
+    (:mod:`lumpver.bounds.rounding`): covers the float64 evaluation of ``act``, ``act'`` and the
+    intercept. Returns ``(tl, tu)``."""
+    span = np.maximum(np.abs(lo), np.abs(hi))
+    return (tl - (POLICY.relax_rel * (np.abs(tl) + np.abs(sl) * span) + POLICY.tiny),
+            tu + (POLICY.relax_rel * (np.abs(tu) + np.abs(su) * span) + POLICY.tiny))
 
 
 def _entry(name: str) -> ActivationRelaxation:
