@@ -109,7 +109,7 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
     across the steps of :func:`optimise_alpha`), computed here when None.
     """
     B, m, _ = lam.shape
-    A = np.array(lam, dtype=np.float64)
+    A = np.asarray(lam, dtype=np.float64)  # never written in place
     c = np.zeros((B, m))
     saved: list = [None] * (top + 1)  # (a before relaxation j, slopes and intercepts used)
     for j in range(top, -1, -1):
@@ -120,9 +120,7 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
                 sl = np.where(free[j][:, None, :], alpha[j], sl)
             su, tu, tl = r.su[:, None, :], r.tu[:, None, :], r.tl[:, None, :]
             saved[j] = (A, sl, su, tu, tl)
-            pos, neg = np.maximum(A, 0.0), np.minimum(A, 0.0)
-            c = c + np.einsum("bmn,bn->bm", pos, r.tu) + np.einsum("bmn,bn->bm", neg, r.tl)
-            A = pos * su + neg * sl
+            c, A = _relax_step(A, c, r, sl)
             if beta is not None:
                 A = A + beta[j] * phase[j][:, None, :]
         step = chain.steps[j]
@@ -141,6 +139,18 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
     coeffs = [s[0] if s is not None else None for s in saved] if record else []
     grads = _alpha_grads(chain, saved, A_x, centre, radius, top, free, phase) if grad else []
     return BatchBound(upper, A_x, coeffs, grads)
+
+
+def _relax_step(A: np.ndarray, c: np.ndarray, r: LinearRelaxation, sl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``c + pos . tu + neg . tl`` and ``pos * su + neg * sl`` (``pos``, ``neg`` the parts of ``A`` of each
+    sign), bit-identical to that formula with fewer passes over ``A``: ``A * where(A > 0, su, sl)`` (one of
+    the two products is an exact zero), and the ``neg . tl`` sum skipped when ``tl`` is zero (ReLU-like)."""
+    pos = np.maximum(A, 0.0)
+    c = c + np.einsum("bmn,bn->bm", pos, r.tu)
+    if np.any(r.tl):
+        c = c + np.einsum("bmn,bn->bm", np.minimum(A, 0.0), r.tl)
+    S = np.where(A > 0, r.su[:, None, :], sl)
+    return c, np.multiply(A, S, out=S)
 
 
 def magnitudes(chain: Chain, rel: list[LinearRelaxation], top: int, post: bool, lo: np.ndarray, hi: np.ndarray,
@@ -212,6 +222,7 @@ def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarr
     """Pre-activation bounds of every layer over the batch, recomputed from layer ``start`` on and
     intersected with ``zl, zu`` (valid bounds of the same sub-problems: parents', split clamps)."""
     zl, zu = [a.copy() for a in zl], [a.copy() for a in zu]
+    rel: list[LinearRelaxation] = []  # layer j's relaxation, once its bounds are final
     for k in range(start, chain.depth):
         if k == 0:
             nl, nu = first_layer(chain, lo, hi)
@@ -221,25 +232,40 @@ def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarr
             zl[k - 1], np.maximum(zu[k - 1], zl[k - 1]), chain.alphas[k - 1]))
         zl[k], zu[k] = np.maximum(zl[k], il), np.minimum(zu[k], iu)  # CROWN rows only where interval leaves doubt
         want = (zl[k] < 0) & (zu[k] > 0) if chain.acts[k] in ALPHA_ACTS else ~(zu[k] - zl[k] <= SMOOTH_NARROW)
-        R = int(np.max(np.sum(want, axis=1)))
-        if R == 0:
+        if not np.any(want):
             continue
-        # per sub-problem its own rows, padded to R: (B, R) neuron indices, valid where ``ok``
-        order = np.argsort(~want, axis=1, kind="stable")[:, :R]
-        ok = np.take_along_axis(want, order, axis=1)
-        B, n = zl[k].shape
-        lam = np.zeros((B, 2 * R, n))
-        b_idx, r_idx = np.arange(B)[:, None], np.arange(R)[None, :]
-        lam[b_idx, r_idx, order] = 1.0
-        lam[b_idx, R + r_idx, order] = -1.0
-        rel = [relax_batch(chain, j, zl[j], zu[j]) for j in range(k)]
-        up = backsub(chain, rel, lam, k, False, lo, hi).upper
-        new_u = np.where(ok, up[:, :R], np.inf)
-        new_l = np.where(ok, -up[:, R:], -np.inf)
-        cur_u, cur_l = np.take_along_axis(zu[k], order, axis=1), np.take_along_axis(zl[k], order, axis=1)
-        np.put_along_axis(zu[k], order, np.minimum(cur_u, new_u), axis=1)
-        np.put_along_axis(zl[k], order, np.maximum(cur_l, new_l), axis=1)
+        rel += [relax_batch(chain, j, zl[j], zu[j]) for j in range(len(rel), k)]
+        for sub in _groups(np.sum(want, axis=1)):
+            _crown_rows(chain, k, [LinearRelaxation(*(f[sub] for f in r.fields())) for r in rel],
+                        lo[sub], hi[sub], want[sub], zl[k], zu[k], sub)
     return zl, zu
+
+
+def _groups(counts: np.ndarray, size: int = 48) -> list[np.ndarray]:
+    """Sub-problems with rows to bound, sorted by their row count and cut into groups of about ``size``:
+    each group is padded to its own largest count, not the batch's (ACAS Xu: 2-3x fewer padded rows)."""
+    idx = np.flatnonzero(counts)
+    idx = idx[np.argsort(counts[idx], kind="stable")]
+    n = max(1, round(len(idx) / size))
+    return [g for g in np.array_split(idx, n) if len(g)]
+
+
+def _crown_rows(chain: Chain, k: int, rel: list[LinearRelaxation], lo: np.ndarray, hi: np.ndarray,
+                want: np.ndarray, zl_k: np.ndarray, zu_k: np.ndarray, sub: np.ndarray) -> None:
+    """CROWN bounds of the neurons ``want`` (G, n) of layer ``k`` of the sub-problems ``sub``, intersected
+    into ``zl_k[sub], zu_k[sub]`` in place (each sub-problem's rows, padded to the group's largest count)."""
+    R = int(np.max(np.sum(want, axis=1)))
+    order = np.argsort(~want, axis=1, kind="stable")[:, :R]  # (G, R) neuron indices, valid where ``ok``
+    ok = np.take_along_axis(want, order, axis=1)
+    G, n = want.shape
+    lam = np.zeros((G, 2 * R, n))
+    b_idx, r_idx = np.arange(G)[:, None], np.arange(R)[None, :]
+    lam[b_idx, r_idx, order] = 1.0
+    lam[b_idx, R + r_idx, order] = -1.0
+    up = backsub(chain, rel, lam, k, False, lo, hi).upper
+    rows = sub[:, None]
+    zu_k[rows, order] = np.minimum(zu_k[rows, order], np.where(ok, up[:, :R], np.inf))
+    zl_k[rows, order] = np.maximum(zl_k[rows, order], np.where(ok, -up[:, R:], -np.inf))
 
 
 # ----------------------------------------------------------------------------------------
