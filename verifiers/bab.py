@@ -15,7 +15,8 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    with one OpenBLAS thread each;
 4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
    and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds;
-5. input splitting on ReLU chains: once ``lp_after`` of the timeout has passed, open boxes from depth
+5. input splitting on ReLU chains: once the search has used ``lp_after`` of the timeout in CPU seconds (per
+   worker; load-independent), open boxes from depth
    ``lp_depth`` on go to the LP finisher (:mod:`lumpver.verifiers.lp_finish`: an elastic triangle LP and
    a small ReLU-phase branch and bound, each LP bound made sound through the dual), at most ``lp_budget``
    LPs per box, retried ``lp_retry`` splits deeper when left open;
@@ -93,7 +94,8 @@ class BabOptions:
     #: per box; a box left open is tried again ``lp_retry`` splits deeper. Measured with CPU budgets
     #: (bench/RESULTS.md, "A persistent, warm-started LP per box"): 14/8 decides 4_2 prop_2 (51 s CPU; open at 60 s
     #: without), halves 1_1 prop_5 (6.0 vs 12.3 s CPU), leaves 3_3 prop_9 level; the gate keeps it off 1_1 prop_3
-    #: (3.4 vs 2.5 s CPU when forced from the start)
+    #: (3.4 vs 2.5 s CPU when forced from the start). ``lp_after`` counts search seconds (CPU seconds, the
+    #: workers' per worker: :meth:`_Search._search_seconds`), not wall seconds, so load does not move the gate
     lp_depth: int = 14
     lp_after: float = 0.15
     lp_budget: int = 8
@@ -183,17 +185,11 @@ def lp_close(ctx: Context, doms: list[Domain], budget: int) -> list[LpOutcome]:
     return out
 
 
-_CTX: Optional[Context] = None
-
-
-def _init_worker(ctx: Context) -> None:
-    global _CTX
-    _CTX = ctx
-
-
-def _bound_chunk(doms: list[Domain]) -> list[Domain]:
-    assert _CTX is not None
-    return bound(_CTX, doms)
+def _timed(fn, ctx: Context, doms: list[Domain], arg) -> tuple[list, float]:
+    """``fn(ctx, doms, arg)`` in a worker, with the CPU seconds it took there."""
+    c0 = time.process_time()
+    out = fn(ctx, doms, arg)
+    return out, time.process_time() - c0
 
 
 @dataclass
@@ -272,6 +268,7 @@ class _Search:
         self._roots: dict = {}
         self._lp_net = LpNet.of(self.chain)
         self._lp_box_seconds = 0.05  # seconds of LP finisher per box (estimate, updated as they run)
+        self._cpu0, self._worker_cpu = time.process_time(), 0.0  # for the LP finisher's gate (_search_seconds)
 
     # ----- verdicts ---------------------------------------------------------------------------
     def _details(self) -> dict:
@@ -332,10 +329,9 @@ class _Search:
         self.stats.splits = "input" if input_mode else "relu"
         base = (self.opt.input_batch if input_mode else self.opt.batch) * max(1, self.opt.workers)
         pace = _Pace(base, self._round_target(), time.monotonic() - t_root)
-        fresh = frontier
+        fresh = frontier = [d for d in frontier if d.score >= 0]
         while True:
-            frontier = [d for d in frontier if d.score >= 0]
-            out = self._check_candidates(region, [d for d in fresh if d.score >= 0])
+            out = self._check_candidates(region, fresh)
             if out is not None:
                 return out
             if not frontier:
@@ -365,8 +361,8 @@ class _Search:
             self.stats.rounds += 1
             self.stats.bounded += len(bounded)
             self.stats.closed += sum(d.score < 0 for d in bounded)
-            frontier.extend(bounded)
-            fresh = bounded
+            fresh = [d for d in bounded if d.score >= 0]
+            frontier.extend(fresh)
 
     def _round_target(self) -> float:
         """Seconds one round of splitting and bounding may take (the deadline is checked between rounds)."""
@@ -416,16 +412,22 @@ class _Search:
             return fn(ctx, doms, arg)
         size = -(-len(doms) // (self.opt.workers * chunks_per_worker))
         chunks = [doms[i:i + size] for i in range(0, len(doms), size)]
-        parts = self.pool.starmap(fn, [(ctx, c, arg) for c in chunks])
-        return [d for p in parts for d in p]
+        parts = self.pool.starmap(_timed, [(fn, ctx, c, arg) for c in chunks])
+        self._worker_cpu += sum(cpu for _, cpu in parts)
+        return [d for p, _ in parts for d in p]
+
+    def _search_seconds(self) -> float:
+        """Seconds of search work, load-independent: this process's CPU seconds plus the workers' CPU
+        seconds per worker (on an idle machine about the wall seconds since the start)."""
+        return time.process_time() - self._cpu0 + self._worker_cpu / max(1, self.opt.workers)
 
     def _lp_finish(self, ctx: Context, region, doms: list[Domain]) -> Optional[Verdict]:
         """The LP finisher on the open input boxes deep enough (sets their ``lp_bound`` when it closes them);
         a violated verdict when an exact LP leaf gives a replayed counterexample."""
         if not self._input_mode or self.opt.lp_depth <= 0 or self._lp_net is None:
             return None
-        if time.monotonic() < self.deadline - (1.0 - self.opt.lp_after) * self.q.timeout:
-            return None
+        if self._search_seconds() < self.opt.lp_after * self.q.timeout:  # CPU, not wall: under load the
+            return None  # wall gate let the finisher start early on easy instances (1_1 prop_3: 7.2 vs 3.8 s)
         todo = [d for d in doms if d.score >= 0 and d.depth >= max(self.opt.lp_depth, d.lp_next)]
         # the round's LP work fits the round target: the boxes nearest to closing first
         room = self._round_target() * max(1, self.opt.workers) / self._lp_box_seconds
@@ -463,7 +465,12 @@ class _Search:
         if not pts:
             return None
         ys = self.q.network.forward(np.array(pts))
-        for x, y in zip(pts, ys):
+        near = np.zeros(len(pts), dtype=bool)  # a superset of the unsafe ones, tested exactly below
+        for A, b in self.q.prop.disjuncts:
+            A, b = np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64)
+            near |= np.all(ys @ A.T <= b + 1e-9 * (1.0 + np.abs(b) + np.abs(ys) @ np.abs(A).T), axis=1)
+        for i in np.flatnonzero(near):
+            x, y = pts[i], ys[i]
             if self.q.prop.is_unsafe(y):
                 xf = falsify.to_float32_inside(x, region)
                 if xf is not None and falsify.confirms(self.q, xf):

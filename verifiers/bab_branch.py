@@ -18,7 +18,7 @@ the parent.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -50,12 +50,18 @@ class Domain:
     #: sound lower bound of ``max_i (A_i y - b_i)`` over the box from the LP finisher (None: not run or open)
     lp_bound: Optional[float] = None
     lp_next: int = 0  # depth from which the LP finisher may (again) be tried on this box's descendants
+    _cache: tuple = field(default=(None, None, 0.0), init=False, repr=False, compare=False)
 
     @property
     def score(self) -> float:
-        """How far from closed (the best row's bound; < 0 means closed; the LP finisher's bound counts)."""
-        best = float(np.min(self.upper))
-        return best if self.lp_bound is None else min(best, -self.lp_bound)
+        """How far from closed (the best row's bound; < 0 means closed; the LP finisher's bound counts).
+        Cached until ``upper`` or ``lp_bound`` is reassigned (the search sorts its frontier by it every round)."""
+        up, lp, val = self._cache
+        if up is not self.upper or lp != self.lp_bound:
+            best = float(np.min(self.upper))
+            val = best if self.lp_bound is None else min(best, -self.lp_bound)
+            self._cache = (self.upper, self.lp_bound, val)
+        return val
 
 
 @dataclass

@@ -29,10 +29,11 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.engine import Chain
+from lumpver.bounds.engine import AffineStep, Chain
 from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
 from lumpver.bounds.rounding import POLICY
 from lumpver.ir.conv import AvgPoolOperator, ConvOperator
+from lumpver.ir.operators import DenseOperator
 
 #: activations whose lower slope on an unstable neuron is a free parameter (value: its negative slope)
 ALPHA_ACTS = ("relu", "leaky_relu")
@@ -250,19 +251,61 @@ def _groups(counts: np.ndarray, size: int = 48) -> list[np.ndarray]:
     return [g for g in np.array_split(idx, n) if len(g)]
 
 
+@dataclass
+class _Pruned(Chain):
+    """A dense chain with some neurons removed; margins are those of the full chain (``full``)."""
+
+    full: Optional[Chain] = None
+
+    def chain_length(self, top: int) -> int:
+        assert self.full is not None
+        return self.full.chain_length(top)
+
+
+def _drop_dead(chain: Chain, rel: list[LinearRelaxation], k: int) -> tuple[Chain, list[LinearRelaxation]]:
+    """The dense chain up to layer ``k`` without the neurons of layers ``< k`` that are dead (zero lines) on
+    every sub-problem of the batch, and their relaxations: a back-substitution multiplies their columns by
+    exact zeros, so dropping them leaves the same sums with fewer terms (same margins; ACAS Xu groups: 40-50 %
+    of the columns)."""
+    if not all(isinstance(chain.steps[j].op, DenseOperator) for j in range(k + 1)):
+        return chain, rel
+    # a ReLU with both slopes 0 is inactive: its intercepts are 0 too (relaxations.py); other activations kept
+    live = [np.flatnonzero(np.any(r.su != 0, axis=0) | np.any(r.sl != 0, axis=0)) if chain.acts[j] == "relu"
+            else np.arange(r.su.shape[1]) for j, r in enumerate(rel)]
+    if sum(len(a) for a in live) > 0.9 * sum(r.su.shape[1] for r in rel):
+        return chain, rel
+    steps = []
+    for j in range(k + 1):
+        rows = live[j] if j < k else slice(None)
+        cols = live[j - 1] if j > 0 else slice(None)
+        st = chain.steps[j]
+        w, aw = st.op.weight[rows][:, cols], st.abs_op.weight[rows][:, cols]  # type: ignore[attr-defined]
+        steps.append(AffineStep(DenseOperator(w), DenseOperator(aw), st.bias[rows]))
+    sub = _Pruned(chain.input, steps, chain.acts[:k + 1], chain.alphas[:k + 1], chain)
+    return sub, [LinearRelaxation(*(f[:, a] for f in r.fields())) for r, a in zip(rel, live)]
+
+
+def unit_rows(want: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Objective rows ``+e_i`` then ``-e_i`` for the neurons ``want`` (B, n) of each sub-problem, padded to the
+    largest count ``R``: neuron indices ``order`` (B, R), valid where ``ok``, and ``lam`` (B, 2R, n)."""
+    R = int(np.max(np.sum(want, axis=1)))
+    order = np.argsort(~want, axis=1, kind="stable")[:, :R]
+    ok = np.take_along_axis(want, order, axis=1)
+    B, n = want.shape
+    lam = np.zeros((B, 2 * R, n))
+    b_idx, r_idx = np.arange(B)[:, None], np.arange(R)[None, :]
+    lam[b_idx, r_idx, order] = 1.0
+    lam[b_idx, R + r_idx, order] = -1.0
+    return order, ok, lam
+
+
 def _crown_rows(chain: Chain, k: int, rel: list[LinearRelaxation], lo: np.ndarray, hi: np.ndarray,
                 want: np.ndarray, zl_k: np.ndarray, zu_k: np.ndarray, sub: np.ndarray) -> None:
     """CROWN bounds of the neurons ``want`` (G, n) of layer ``k`` of the sub-problems ``sub``, intersected
     into ``zl_k[sub], zu_k[sub]`` in place (each sub-problem's rows, padded to the group's largest count)."""
-    R = int(np.max(np.sum(want, axis=1)))
-    order = np.argsort(~want, axis=1, kind="stable")[:, :R]  # (G, R) neuron indices, valid where ``ok``
-    ok = np.take_along_axis(want, order, axis=1)
-    G, n = want.shape
-    lam = np.zeros((G, 2 * R, n))
-    b_idx, r_idx = np.arange(G)[:, None], np.arange(R)[None, :]
-    lam[b_idx, r_idx, order] = 1.0
-    lam[b_idx, R + r_idx, order] = -1.0
-    up = backsub(chain, rel, lam, k, False, lo, hi).upper
+    order, ok, lam = unit_rows(want)
+    R = order.shape[1]
+    up = backsub(*_drop_dead(chain, rel, k), lam, k, False, lo, hi).upper
     rows = sub[:, None]
     zu_k[rows, order] = np.minimum(zu_k[rows, order], np.where(ok, up[:, :R], np.inf))
     zl_k[rows, order] = np.maximum(zl_k[rows, order], np.where(ok, -up[:, R:], -np.inf))

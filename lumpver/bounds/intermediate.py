@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lumpver.bounds.batched import ALPHA_ACTS, Adam, alpha_free, backsub, neg_slope, relax_batch
+from lumpver.bounds.batched import ALPHA_ACTS, Adam, alpha_free, backsub, neg_slope, relax_batch, unit_rows
 from lumpver.bounds.engine import Chain
 from lumpver.bounds.relaxations import LinearRelaxation
 
@@ -74,13 +74,7 @@ def refine_layers(ch: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray
             continue
         boxes = np.flatnonzero(np.any(want, axis=1))
         want = want[boxes]
-        order = np.argsort(~want, axis=1, kind="stable")[:, :R]
-        ok = np.take_along_axis(want, order, axis=1)
-        B, n = want.shape
-        lam = np.zeros((B, 2 * R, n))
-        b_idx, r_idx = np.arange(B)[:, None], np.arange(R)[None, :]
-        lam[b_idx, r_idx, order] = 1.0
-        lam[b_idx, R + r_idx, order] = -1.0
+        order, ok, lam = unit_rows(want)
         sub = _upto(ch, k)
         rel = [relax_batch(sub, j, zl[j][boxes], zu[j][boxes]) for j in range(k + 1)]
         free = [alpha_free(sub, j, zl[j][boxes], zu[j][boxes]) for j in range(k + 1)]
