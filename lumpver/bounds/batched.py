@@ -223,7 +223,7 @@ def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarr
     """Pre-activation bounds of every layer over the batch, recomputed from layer ``start`` on and
     intersected with ``zl, zu`` (valid bounds of the same sub-problems: parents', split clamps)."""
     zl, zu = [a.copy() for a in zl], [a.copy() for a in zu]
-    rel: list[LinearRelaxation] = []  # layer j's relaxation, once its bounds are final
+    fields: list[np.ndarray] = []  # layer j's relaxation as one array (5, B, n_j): sliced once per group
     nz: list[Optional[np.ndarray]] = []  # layer j's neurons with a nonzero line (ReLU layers)
     for k in range(start, chain.depth):
         if k == 0:
@@ -236,12 +236,13 @@ def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarr
         want = (zl[k] < 0) & (zu[k] > 0) if chain.acts[k] in ALPHA_ACTS else ~(zu[k] - zl[k] <= SMOOTH_NARROW)
         if not np.any(want):
             continue
-        for j in range(len(rel), k):
-            rel.append(relax_batch(chain, j, zl[j], zu[j]))
+        for j in range(len(fields), k):  # layer j's bounds are final from here on
+            r = relax_batch(chain, j, zl[j], zu[j])
             # a ReLU with both slopes 0 is inactive: its intercepts are 0 too (relaxations.py)
-            nz.append((rel[j].su != 0) | (rel[j].sl != 0) if chain.acts[j] == "relu" else None)
+            nz.append((r.su != 0) | (r.sl != 0) if chain.acts[j] == "relu" else None)
+            fields.append(np.stack(r.fields()))
         for sub in _groups(np.sum(want, axis=1)):
-            _crown_rows(*_drop_dead(chain, rel, nz, k, sub), k, lo[sub], hi[sub], want[sub], zl[k], zu[k], sub)
+            _crown_rows(*_drop_dead(chain, fields, nz, k, sub), k, lo[sub], hi[sub], want[sub], zl[k], zu[k], sub)
     return zl, zu
 
 
@@ -265,16 +266,19 @@ class _Pruned(Chain):
         return self.full.chain_length(top)
 
 
-def _drop_dead(chain: Chain, rel: list[LinearRelaxation], nz: list[Optional[np.ndarray]], k: int,
+def _drop_dead(chain: Chain, fields: list[np.ndarray], nz: list[Optional[np.ndarray]], k: int,
                sub: np.ndarray) -> tuple[Chain, list[LinearRelaxation]]:
     """The dense chain up to layer ``k`` without the ReLU neurons of layers ``< k`` that are inactive (both
-    lines zero: ``nz`` false) on every sub-problem ``sub``, and the relaxations of ``sub``: a back-substitution
-    multiplies their columns by exact zeros, so dropping them leaves the same sums with fewer terms (same
-    margins; ACAS Xu groups: 40-50 % of the columns)."""
-    live = [np.arange(r.su.shape[1]) if m is None else np.flatnonzero(np.any(m[sub], axis=0)) for r, m in zip(rel, nz)]
-    if sum(len(a) for a in live) > 0.9 * sum(r.su.shape[1] for r in rel) or \
-            not all(isinstance(chain.steps[j].op, DenseOperator) for j in range(k + 1)):
-        return chain, [LinearRelaxation(*(f[sub] for f in r.fields())) for r in rel]
+    lines zero: ``nz`` false) on every sub-problem ``sub``, and the relaxations (``fields``: the stacked
+    :class:`LinearRelaxation` fields of each layer) of ``sub``: a back-substitution multiplies the dropped
+    columns by exact zeros, so dropping them leaves the same sums with fewer terms (same margins; ACAS Xu
+    groups: 40-50 % of the columns)."""
+    live = [None if m is None or len(sub) < 16 else np.flatnonzero(np.any(m[sub], axis=0)) for m in nz]
+    # small groups (the LP finisher's pairs) and groups with few dead neurons: the bookkeeping would cost more
+    if sum(f.shape[2] if a is None else len(a) for f, a in zip(fields, live)) > 0.9 * sum(f.shape[2] for f in fields) \
+            or not all(isinstance(chain.steps[j].op, DenseOperator) for j in range(k + 1)):
+        return chain, [LinearRelaxation(*f[:, sub]) for f in fields]
+    live = [np.arange(f.shape[2]) if a is None else a for f, a in zip(fields, live)]
     steps = []
     for j in range(k + 1):
         ix = np.ix_(live[j] if j < k else np.arange(chain.steps[j].bias.size),
@@ -283,7 +287,7 @@ def _drop_dead(chain: Chain, rel: list[LinearRelaxation], nz: list[Optional[np.n
         steps.append(AffineStep(DenseOperator(st.op.weight[ix]), DenseOperator(st.abs_op.weight[ix]),  # type: ignore
                                 st.bias[ix[0][:, 0]]))
     sub_chain = _Pruned(chain.input, steps, chain.acts[:k + 1], chain.alphas[:k + 1], chain)
-    return sub_chain, [LinearRelaxation(*(f[np.ix_(sub, a)] for f in r.fields())) for r, a in zip(rel, live)]
+    return sub_chain, [LinearRelaxation(*f[:, sub[:, None], a]) for f, a in zip(fields, live)]
 
 
 def unit_rows(want: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
