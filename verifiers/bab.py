@@ -395,10 +395,10 @@ class _Search:
         n = self.q.network.n_inputs
         cands = [k for d in todo for i in range(n) for k in input_split(d, i)]
         cands = self._bound_all(ctx, cands, iters=0)
+        worse = np.array([c.score for c in cands]).reshape(len(todo), n, 2).max(axis=2)
         kept = []
-        for j in range(len(todo)):
-            pairs = [cands[2 * (j * n + i): 2 * (j * n + i) + 2] for i in range(n)]
-            kept.extend(min(pairs, key=lambda p: max(c.score for c in p)))
+        for j, i in enumerate(np.argmin(worse, axis=1)):  # the first dimension whose worse half is best
+            kept.extend(cands[2 * (j * n + i): 2 * (j * n + i) + 2])
         closed = [d for d in kept if d.score < 0]
         open_ = [d for d in kept if d.score >= 0]
         return closed + (self._bound_all(ctx, open_) if open_ else [])

