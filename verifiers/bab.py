@@ -149,7 +149,8 @@ def _unstable(chain: Chain, d: Domain) -> int:
 def _bound(ctx: Context, doms: list[Domain], iters: Optional[int], refine: bool) -> list[Domain]:
     b = stack(doms)
     start = b.start if b.start == 0 or recompute_pays(ctx.chain) else ctx.chain.depth
-    zl, zu = layer_bounds(ctx.chain, b.lo, b.hi, b.zl, b.zu, start)
+    # the output layer's CROWN bounds serve only to find empty sub-problems, and a box without splits is not empty
+    zl, zu = layer_bounds(ctx.chain, b.lo, b.hi, b.zl, b.zu, start, output=b.phase is not None)
     if refine:
         zl, zu = refine_layers(ctx.chain, b.lo, b.hi, zl, zu, ctx.refine.iters, ctx.refine.lr, ctx.refine.max_unstable)
     empty = infeasible(zl, zu)

@@ -219,9 +219,11 @@ def first_layer(chain: Chain, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarra
 
 
 def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
-                 start: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                 start: int = 0, output: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Pre-activation bounds of every layer over the batch, recomputed from layer ``start`` on and
-    intersected with ``zl, zu`` (valid bounds of the same sub-problems: parents', split clamps)."""
+    intersected with ``zl, zu`` (valid bounds of the same sub-problems: parents', split clamps).
+    ``output=False``: an affine (identity) last layer gets interval bounds only, for callers that use its
+    bounds for nothing else than emptiness (its relaxation does not depend on them)."""
     zl, zu = [a.copy() for a in zl], [a.copy() for a in zu]
     fields: list[np.ndarray] = []  # layer j's relaxation as one array (5, B, n_j): sliced once per group
     nz: list[Optional[np.ndarray]] = []  # layer j's neurons with a nonzero line (ReLU layers)
@@ -234,7 +236,7 @@ def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarr
             zl[k - 1], np.maximum(zu[k - 1], zl[k - 1]), chain.alphas[k - 1]))
         zl[k], zu[k] = np.maximum(zl[k], il), np.minimum(zu[k], iu)  # CROWN rows only where interval leaves doubt
         want = (zl[k] < 0) & (zu[k] > 0) if chain.acts[k] in ALPHA_ACTS else ~(zu[k] - zl[k] <= SMOOTH_NARROW)
-        if not np.any(want):
+        if not np.any(want) or (not output and k == chain.depth - 1 and chain.acts[k] == "identity"):
             continue
         for j in range(len(fields), k):  # layer j's bounds are final from here on
             r = relax_batch(chain, j, zl[j], zu[j])
