@@ -40,7 +40,7 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.batched import infeasible, layer_bounds, optimise_alpha, recompute_pays
+from lumpver.bounds.batched import Objective, infeasible, layer_bounds, optimise_alpha, recompute_pays
 from lumpver.bounds.blas import blas_single_thread as _blas_single_thread
 from lumpver.bounds.blas import one_blas_thread as _one_blas_thread
 from lumpver.bounds.diff_batched import Refine
@@ -52,7 +52,7 @@ from lumpver.specs.inputset import InputSet
 from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
-from lumpver.verifiers.bab_branch import Domain, input_split, relu_split, stack
+from lumpver.verifiers.bab_branch import Batch, Domain, input_split, relu_split, stack
 from lumpver.verifiers.lp_finish import LpNet, finish
 from lumpver.verifiers.base import Query, Verdict
 
@@ -147,20 +147,39 @@ def _unstable(chain: Chain, d: Domain) -> int:
 
 
 def _bound(ctx: Context, doms: list[Domain], iters: Optional[int], refine: bool) -> list[Domain]:
-    b = stack(doms)
+    return unstack(ctx, doms, bound_batch(ctx, stack(doms), iters, refine))
+
+
+@dataclass
+class Bounded:
+    """Bounds of a batch of domains, stacked on the batch axis (what a worker sends back: a few arrays, not
+    an object per domain, whose pickling cost more than the bounding once that got fast)."""
+
+    zl: list[np.ndarray]
+    zu: list[np.ndarray]
+    obj: Objective
+    empty: np.ndarray
+
+
+def bound_batch(ctx: Context, b: Batch, iters: Optional[int], refine: bool = False) -> Bounded:
+    """The batched bounding of :func:`bound` (without the second, refined pass) on stacked domains."""
     start = b.start if b.start == 0 or recompute_pays(ctx.chain) else ctx.chain.depth
     # the output layer's CROWN bounds serve only to find empty sub-problems, and a box without splits is not empty
     zl, zu = layer_bounds(ctx.chain, b.lo, b.hi, b.zl, b.zu, start, output=b.phase is not None)
     if refine:
         zl, zu = refine_layers(ctx.chain, b.lo, b.hi, zl, zu, ctx.refine.iters, ctx.refine.lr, ctx.refine.max_unstable)
-    empty = infeasible(zl, zu)
-    lam = np.broadcast_to(ctx.lam, (len(doms),) + ctx.lam.shape)
+    lam = np.broadcast_to(ctx.lam, (b.lo.shape[0],) + ctx.lam.shape)
     obj = optimise_alpha(ctx.chain, b.lo, b.hi, zl, zu, lam, ctx.offset, b.alpha,
                          ctx.iters if iters is None else iters, ctx.lr, b.phase, b.beta)
-    out = []
+    return Bounded(zl, zu, obj, infeasible(zl, zu))
+
+
+def unstack(ctx: Context, doms: list[Domain], r: Bounded) -> list[Domain]:
+    """The bounded domains (their arrays: views into ``r``'s)."""
+    out, obj = [], r.obj
     for i, d in enumerate(doms):
-        upper = np.full_like(obj.upper[i], -np.inf) if empty[i] else obj.upper[i]
-        out.append(Domain(d.lo, d.hi, [a[i] for a in zl], [a[i] for a in zu],
+        upper = np.full_like(obj.upper[i], -np.inf) if r.empty[i] else obj.upper[i]
+        out.append(Domain(d.lo, d.hi, [a[i] for a in r.zl], [a[i] for a in r.zu],
                           [None if a is None else a[i] for a in obj.alpha], upper, obj.A_x[i],
                           [None if a is None else a[i] for a in obj.coeffs], d.depth, ctx.chain.depth,
                           d.phase, None if obj.beta is None else [a[i] for a in obj.beta], lp_next=d.lp_next))
@@ -405,17 +424,27 @@ class _Search:
         return closed + (self._bound_all(ctx, open_) if open_ else [])
 
     def _bound_all(self, ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list[Domain]:
-        return self._map(bound, ctx, doms, iters)
+        if self.pool is None or len(doms) < 2 or (ctx.refine.iters > 0 and iters != 0):
+            return self._map(bound, ctx, doms, iters)
+        chunks = self._chunks(doms, 1)  # workers get and return stacked arrays (cheap to pickle)
+        parts = self._starmap(bound_batch, ctx, [stack(c) for c in chunks], iters)
+        return [d for c, r in zip(chunks, parts) for d in unstack(ctx, c, r)]
 
     def _map(self, fn, ctx: Context, doms: list[Domain], arg, chunks_per_worker: int = 1) -> list:
         """``fn(ctx, doms, arg)`` (a list per domain), in the worker pool when there is one."""
         if self.pool is None or len(doms) < 2:
             return fn(ctx, doms, arg)
-        size = -(-len(doms) // (self.opt.workers * chunks_per_worker))
-        chunks = [doms[i:i + size] for i in range(0, len(doms), size)]
+        return [d for p in self._starmap(fn, ctx, self._chunks(doms, chunks_per_worker), arg) for d in p]
+
+    def _chunks(self, doms: list, per_worker: int) -> list[list]:
+        size = -(-len(doms) // (self.opt.workers * per_worker))
+        return [doms[i:i + size] for i in range(0, len(doms), size)]
+
+    def _starmap(self, fn, ctx: Context, chunks: list, arg) -> list:
+        """``fn(ctx, chunk, arg)`` per chunk in the pool; the workers' CPU seconds are counted."""
         parts = self.pool.starmap(_timed, [(fn, ctx, c, arg) for c in chunks])
         self._worker_cpu += sum(cpu for _, cpu in parts)
-        return [d for p, _ in parts for d in p]
+        return [p for p, _ in parts]
 
     def _search_seconds(self) -> float:
         """Seconds of search work, load-independent: this process's CPU seconds plus the workers' CPU
