@@ -95,8 +95,10 @@ class BabOptions:
     #: (bench/RESULTS.md, "A persistent, warm-started LP per box"): 14/8 decides 4_2 prop_2 (51 s CPU; open at 60 s
     #: without), halves 1_1 prop_5 (6.0 vs 12.3 s CPU), leaves 3_3 prop_9 level; the gate keeps it off 1_1 prop_3
     #: (3.4 vs 2.5 s CPU when forced from the start). ``lp_after`` counts search seconds (CPU seconds, the
-    #: workers' per worker: :meth:`_Search._search_seconds`), not wall seconds, so load does not move the gate
-    lp_depth: int = 14
+    #: workers' per worker: :meth:`_Search._search_seconds`), not wall seconds, so load does not move the gate.
+    #: Depth 20 since the CROWN core got 2.5x faster (CPU to decide, one process, 14 vs 20: 1_1 prop_6 20.1 vs
+    #: 15.7 s, 4_2 prop_2 59.9 vs 58.1, 1_1 prop_5 9.0 vs 9.0, 3_3 prop_9 6.7 vs 6.7; bench/RESULTS.md)
+    lp_depth: int = 20
     lp_after: float = 0.15
     lp_budget: int = 8
     lp_retry: int = 2
