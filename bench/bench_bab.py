@@ -3,6 +3,7 @@
     python bench/bench_bab.py [--suite acasxu|mnist] [--timeout 30] [--workers 2] [--limit N] [--filter S]
                               [--lp-depth D] [--lp-budget N] [--lp-after F]  # LP finisher, A/B runs
                               [--refine ITERS,MAX_UNSTABLE,DEPTH]  # optimised intermediate bounds, A/B runs
+                              [--cpu SECONDS]  # one process, stop at a CPU budget: load-independent A/B runs
     python bench/bench_bab.py --suite random --limit 600     # soundness: random nets vs an exact MILP
     python bench/bench_bab.py --suite sigmoid|tanh --limit 5 # planted 6x200 sigmoid/tanh net, 4 eps per image
 
@@ -133,6 +134,60 @@ def _set_options(**changes) -> None:
                                                                **changes))
 
 
+def cpu_suite(suite: str, rows: list, budget: float, timeout: float, changes: dict) -> None:
+    """Each instance in this process, one worker, until decided or ``budget`` CPU seconds (load-independent,
+    unlike wall seconds; the knobs that scale with the timeout see ``timeout``, its wall deadline is lifted):
+    CPU seconds to decide (and without the falsifier, whose budget is wall time), sub-problems bounded per
+    CPU second, and where stopped the open volume (sum of 2^-depth over the open boxes of the current
+    disjunct) and the disjunct reached."""
+    import lumpver.verifiers.bab as bab
+    from lumpver.api.verify import load_model, read_vnnlib
+    from lumpver.specs.inputset import InputSet
+    from lumpver.verifiers.base import Query
+
+    class Stop(Exception):
+        pass
+
+    where: dict = {}
+
+    def beat(search, frontier, what):  # replaces the heartbeat: called once per round
+        search.deadline = time.monotonic() + 1e6
+        where.update(stats=search.stats, what=what, n=len(frontier))
+        if time.process_time() - c0 > budget:
+            where["vol"] = sum(2.0 ** -d.depth for d in frontier)
+            raise Stop
+
+    falsify_cpu = [0.0]
+
+    def timed_search(*a, **k):
+        t = time.process_time()
+        try:
+            return search(*a, **k)
+        finally:
+            falsify_cpu[0] += time.process_time() - t
+
+    search, bab.falsify.search, bab._Search._heartbeat = bab.falsify.search, timed_search, beat
+    for onnx, vnnlib, *_ in rows:
+        net = load_model(DATA / suite / onnx)
+        spec = read_vnnlib(DATA / suite / vnnlib, n_inputs=net.n_inputs, n_outputs=net.n_outputs)
+        c0, falsify_cpu[0], bounded, verdicts = time.process_time(), 0.0, 0, []
+        try:
+            for case in spec.cases:
+                v = bab.BabBackend(bab.BabOptions(**changes)).check(
+                    Query(net, InputSet([case.region]), prop=case.unsafe, timeout=timeout))
+                verdicts.append(v.verdict)
+                bounded += (v.details or {}).get("stats", {}).get("bounded", 0)
+                if v.verdict != "proved":
+                    break
+            how = ",".join(verdicts)
+        except Stop:
+            bounded += where["stats"].bounded
+            how = f"stopped in {where['what']}: {where['n']} open, volume {where['vol']:.4g}"
+        cpu = time.process_time() - c0
+        print(f"{Path(onnx).name} {Path(vnnlib).name}: {how}; CPU {cpu:.2f} s ({cpu - falsify_cpu[0]:.2f} s without "
+              f"the falsifier), {bounded} bounded, {bounded / max(cpu, 1e-9):.0f} per CPU s", flush=True)
+
+
 def main() -> None:
     from lumpver.api.verify import verify_property
 
@@ -146,6 +201,7 @@ def main() -> None:
     ap.add_argument("--lp-budget", type=int, default=None, help="BabOptions.lp_budget (LPs per box)")
     ap.add_argument("--lp-after", type=float, default=None, help="BabOptions.lp_after (share of the timeout first)")
     ap.add_argument("--refine", default="", help="ITERS,MAX_UNSTABLE,DEPTH: BabOptions.refine/refine_depth")
+    ap.add_argument("--cpu", type=float, default=0.0, help="CPU-second budget per instance, one process (A/B runs)")
     args = ap.parse_args()
     changes: dict = {k: v for k, v in (("lp_depth", args.lp_depth), ("lp_budget", args.lp_budget),
                                          ("lp_after", args.lp_after)) if v is not None}
@@ -164,6 +220,8 @@ def main() -> None:
     pub = published(suite)
     rows = list(csv.reader(open(DATA / suite / "instances.csv")))
     rows = [r for r in rows if any(f in r[0] + r[1] for f in args.filter.split(","))][: args.limit or None]
+    if args.cpu > 0:
+        return cpu_suite(suite, rows, args.cpu, args.timeout, changes)
     decided, wrong, t0 = 0, [], time.monotonic()
     peers_decided: dict[str, int] = defaultdict(int)
     for onnx, vnnlib, *_ in rows:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lumpver.api.verify import verify_property
+from lumpver.bounds import batched
 from lumpver.bounds.diff_batched import Refine
 from lumpver.bounds.engine import prepare
 from lumpver.ir.network import Layer, Network
@@ -158,6 +159,42 @@ def test_refined_intermediate_bounds_contain_sampled_pre_activations():
             assert np.all(refined.zl[k] >= plain.zl[k]) and np.all(refined.zu[k] <= plain.zu[k])
             tighter += int(np.sum(refined.zu[k] - refined.zl[k] < plain.zu[k] - plain.zl[k] - 1e-9))
     assert tighter > 0
+
+
+def _exact_range(net: Network, k: int, i: int, lo: np.ndarray, hi: np.ndarray) -> tuple[float, float]:
+    """Exact min and max of neuron ``i``'s pre-activation in layer ``k`` over the box (big-M MILP)."""
+    layer = net.layers[k]
+    top = Layer(layer.op.dense()[i:i + 1], layer.bias[i:i + 1], "identity")
+    f = Network(list(net.layers[:k]) + [top])
+    hi_v, _ = max_difference(f, _zero(net.n_inputs, 1), lo, hi, np.ones(1))
+    neg, _ = max_difference(f, _zero(net.n_inputs, 1), lo, hi, -np.ones(1))
+    return -neg, hi_v
+
+
+def test_grouped_intermediate_bounds_contain_exact_ranges(monkeypatch):
+    """``layer_bounds`` on 160 small boxes at once (rows bounded per group of similar row counts, neurons dead on
+    a whole group dropped from the back-substitution: lumpver/bounds/batched.py) contains the exact MILP range
+    of every neuron of the last two layers on 2 boxes and the pre-activations of 100 sampled points per box."""
+    rng = np.random.default_rng(41)
+    net = random_mlp(rng, [3, 16, 16, 16, 2], "relu", fan_in_scaled=True)
+    chain = prepare(net)
+    centre, radius = rng.uniform(-1, 1, (160, 3)), rng.uniform(0.02, 0.4, (160, 1))
+    lo, hi = centre - radius, centre + radius
+    pruned = []
+    drop = batched._drop_dead
+    monkeypatch.setattr(batched, "_drop_dead", lambda *a: pruned.append(drop(*a)) or pruned[-1])
+    inf = [np.full((160, layer.width), np.inf) for layer in net.layers]
+    zl, zu = batched.layer_bounds(chain, lo, hi, [-a for a in inf], inf)
+    assert any(sub is not chain for sub, _ in pruned)  # the dropping path ran
+    pts = lo[:, None, :] + rng.uniform(size=(160, 100, 3)) * (hi - lo)[:, None, :]
+    for k, z in enumerate(_pre_activations(net, pts.reshape(-1, 3))):
+        z = z.reshape(160, 100, -1)
+        assert np.all(z >= zl[k][:, None, :]) and np.all(z <= zu[k][:, None, :]), k
+    for b in np.argsort(radius[:, 0])[:2]:  # small boxes: dead neurons, fast MILPs
+        for k in (2, 3):
+            for i in range(net.layers[k].width):
+                low, high = _exact_range(net, k, i, lo[b], hi[b])
+                assert zl[k][b, i] <= low + 1e-9 and zu[k][b, i] >= high - 1e-9, (b, k, i)
 
 
 @pytest.mark.parametrize("model,prop,expected", [

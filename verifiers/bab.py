@@ -19,7 +19,8 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    (:mod:`lumpver.verifiers.bab_deep`);
 4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
    and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds;
-5. input splitting on ReLU chains: once ``lp_after`` of the timeout has passed, open boxes from depth
+5. input splitting on ReLU chains: once the search has used ``lp_after`` of the timeout in CPU seconds (per
+   worker; load-independent), open boxes from depth
    ``lp_depth`` on go to the LP finisher (:mod:`lumpver.verifiers.lp_finish`: an elastic triangle LP and
    a small ReLU-phase branch and bound, each LP bound made sound through the dual), at most ``lp_budget``
    LPs per box, retried ``lp_retry`` splits deeper when left open;
@@ -43,7 +44,7 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.batched import infeasible, layer_bounds, optimise_alpha
+from lumpver.bounds.batched import Objective, infeasible, layer_bounds, optimise_alpha
 from lumpver.bounds.blas import blas_single_thread as _blas_single_thread
 from lumpver.bounds.blas import one_blas_thread as _one_blas_thread
 from lumpver.bounds.diff_batched import Refine
@@ -56,7 +57,7 @@ from lumpver.specs.inputset import InputSet
 from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
-from lumpver.verifiers.bab_branch import Domain, input_split, relu_split, stack
+from lumpver.verifiers.bab_branch import Batch, Domain, input_split, relu_split, stack
 from lumpver.verifiers.bab_deep import ReluSearch, fsb_split_and_bound, recompute_children, root_layer_bounds, tighten_root
 from lumpver.verifiers.lp_finish import LpNet, finish
 from lumpver.verifiers.base import Query, Verdict
@@ -99,8 +100,11 @@ class BabOptions:
     #: per box; a box left open is tried again ``lp_retry`` splits deeper. Measured with CPU budgets
     #: (bench/RESULTS.md, "A persistent, warm-started LP per box"): 14/8 decides 4_2 prop_2 (51 s CPU; open at 60 s
     #: without), halves 1_1 prop_5 (6.0 vs 12.3 s CPU), leaves 3_3 prop_9 level; the gate keeps it off 1_1 prop_3
-    #: (3.4 vs 2.5 s CPU when forced from the start)
-    lp_depth: int = 14
+    #: (3.4 vs 2.5 s CPU when forced from the start). ``lp_after`` counts search seconds (CPU seconds, the
+    #: workers' per worker: :meth:`_Search._search_seconds`), not wall seconds, so load does not move the gate.
+    #: Depth 20 since the CROWN core got 2.5x faster (CPU to decide, one process, 14 vs 20: 1_1 prop_6 20.1 vs
+    #: 15.7 s, 4_2 prop_2 59.9 vs 58.1, 1_1 prop_5 9.0 vs 9.0, 3_3 prop_9 6.7 vs 6.7; bench/RESULTS.md)
+    lp_depth: int = 20
     lp_after: float = 0.15
     lp_budget: int = 8
     lp_retry: int = 2
@@ -155,19 +159,39 @@ def _unstable(chain: Chain, d: Domain) -> int:
 
 
 def _bound(ctx: Context, doms: list[Domain], iters: Optional[int], refine: bool) -> list[Domain]:
-    b = stack(doms)
+    return unstack(ctx, doms, bound_batch(ctx, stack(doms), iters, refine))
+
+
+@dataclass
+class Bounded:
+    """Bounds of a batch of domains, stacked on the batch axis (what a worker sends back: a few arrays, not
+    an object per domain, whose pickling cost more than the bounding once that got fast)."""
+
+    zl: list[np.ndarray]
+    zu: list[np.ndarray]
+    obj: Objective
+    empty: np.ndarray
+
+
+def bound_batch(ctx: Context, b: Batch, iters: Optional[int], refine: bool = False) -> Bounded:
+    """The batched bounding of :func:`bound` (without the second, refined pass) on stacked domains."""
     start = b.start if b.start == 0 or ctx.recompute else ctx.chain.depth
-    zl, zu = layer_bounds(ctx.chain, b.lo, b.hi, b.zl, b.zu, start)
+    # the output layer's CROWN bounds serve only to find empty sub-problems, and a box without splits is not empty
+    zl, zu = layer_bounds(ctx.chain, b.lo, b.hi, b.zl, b.zu, start, output=b.phase is not None)
     if refine:
         zl, zu = refine_layers(ctx.chain, b.lo, b.hi, zl, zu, ctx.refine.iters, ctx.refine.lr, ctx.refine.max_unstable)
-    empty = infeasible(zl, zu)
-    lam = np.broadcast_to(ctx.lam, (len(doms),) + ctx.lam.shape)
+    lam = np.broadcast_to(ctx.lam, (b.lo.shape[0],) + ctx.lam.shape)
     obj = optimise_alpha(ctx.chain, b.lo, b.hi, zl, zu, lam, ctx.offset, b.alpha,
                          ctx.iters if iters is None else iters, ctx.lr, b.phase, b.beta)
-    out = []
+    return Bounded(zl, zu, obj, infeasible(zl, zu))
+
+
+def unstack(ctx: Context, doms: list[Domain], r: Bounded) -> list[Domain]:
+    """The bounded domains (their arrays: views into ``r``'s)."""
+    out, obj = [], r.obj
     for i, d in enumerate(doms):
-        upper = np.full_like(obj.upper[i], -np.inf) if empty[i] else obj.upper[i]
-        out.append(Domain(d.lo, d.hi, [a[i] for a in zl], [a[i] for a in zu],
+        upper = np.full_like(obj.upper[i], -np.inf) if r.empty[i] else obj.upper[i]
+        out.append(Domain(d.lo, d.hi, [a[i] for a in r.zl], [a[i] for a in r.zu],
                           [None if a is None else a[i] for a in obj.alpha], upper, obj.A_x[i],
                           [None if a is None else a[i] for a in obj.coeffs], d.depth, ctx.chain.depth,
                           d.phase, None if obj.beta is None else [a[i] for a in obj.beta], lp_next=d.lp_next))
@@ -193,17 +217,11 @@ def lp_close(ctx: Context, doms: list[Domain], budget: int) -> list[LpOutcome]:
     return out
 
 
-_CTX: Optional[Context] = None
-
-
-def _init_worker(ctx: Context) -> None:
-    global _CTX
-    _CTX = ctx
-
-
-def _bound_chunk(doms: list[Domain]) -> list[Domain]:
-    assert _CTX is not None
-    return bound(_CTX, doms)
+def _timed(fn, ctx: Context, doms: list[Domain], arg) -> tuple[list, float]:
+    """``fn(ctx, doms, arg)`` in a worker, with the CPU seconds it took there."""
+    c0 = time.process_time()
+    out = fn(ctx, doms, arg)
+    return out, time.process_time() - c0
 
 
 @dataclass
@@ -282,6 +300,7 @@ class _Search:
         self._roots: dict = {}
         self._lp_net = LpNet.of(self.chain)
         self._lp_box_seconds = 0.05  # seconds of LP finisher per box (estimate, updated as they run)
+        self._cpu0, self._worker_cpu = time.process_time(), 0.0  # for the LP finisher's gate (_search_seconds)
 
     # ----- verdicts ---------------------------------------------------------------------------
     def _details(self) -> dict:
@@ -352,10 +371,9 @@ class _Search:
         self.stats.splits = "input" if input_mode else "relu"
         base = (self.opt.input_batch if input_mode else self.opt.batch) * max(1, self.opt.workers)
         pace = _Pace(base, self._round_target(), time.monotonic() - t_root)
-        fresh = frontier
+        fresh = frontier = [d for d in frontier if d.score >= 0]
         while True:
-            frontier = [d for d in frontier if d.score >= 0]
-            out = self._check_candidates(region, [d for d in fresh if d.score >= 0])
+            out = self._check_candidates(region, fresh)
             if out is not None:
                 return out
             if not frontier:
@@ -385,8 +403,8 @@ class _Search:
             self.stats.rounds += 1
             self.stats.bounded += len(bounded)
             self.stats.closed += sum(d.score < 0 for d in bounded)
-            frontier.extend(bounded)
-            fresh = bounded
+            fresh = [d for d in bounded if d.score >= 0]
+            frontier.extend(fresh)
 
     def _root(self, key, lo: np.ndarray, hi: np.ndarray, ctx: Context) -> Domain:
         zl, zu = self._roots[key][0]
@@ -426,33 +444,49 @@ class _Search:
         n = self.q.network.n_inputs
         cands = [k for d in todo for i in range(n) for k in input_split(d, i)]
         cands = self._bound_all(ctx, cands, iters=0)
+        worse = np.array([c.score for c in cands]).reshape(len(todo), n, 2).max(axis=2)
         kept = []
-        for j in range(len(todo)):
-            pairs = [cands[2 * (j * n + i): 2 * (j * n + i) + 2] for i in range(n)]
-            kept.extend(min(pairs, key=lambda p: max(c.score for c in p)))
+        for j, i in enumerate(np.argmin(worse, axis=1)):  # the first dimension whose worse half is best
+            kept.extend(cands[2 * (j * n + i): 2 * (j * n + i) + 2])
         closed = [d for d in kept if d.score < 0]
         open_ = [d for d in kept if d.score >= 0]
         return closed + (self._bound_all(ctx, open_) if open_ else [])
 
     def _bound_all(self, ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list[Domain]:
-        return self._map(bound, ctx, doms, iters)
+        if self.pool is None or len(doms) < 2 or (ctx.refine.iters > 0 and iters != 0):
+            return self._map(bound, ctx, doms, iters)
+        chunks = self._chunks(doms, 1)  # workers get and return stacked arrays (cheap to pickle)
+        parts = self._starmap(bound_batch, ctx, [stack(c) for c in chunks], iters)
+        return [d for c, r in zip(chunks, parts) for d in unstack(ctx, c, r)]
 
     def _map(self, fn, ctx: Context, doms: list[Domain], arg, chunks_per_worker: int = 1) -> list:
         """``fn(ctx, doms, arg)`` (a list per domain), in the worker pool when there is one."""
         if self.pool is None or len(doms) < 2:
             return fn(ctx, doms, arg)
-        size = -(-len(doms) // (self.opt.workers * chunks_per_worker))
-        chunks = [doms[i:i + size] for i in range(0, len(doms), size)]
-        parts = self.pool.starmap(fn, [(ctx, c, arg) for c in chunks])
-        return [d for p in parts for d in p]
+        return [d for p in self._starmap(fn, ctx, self._chunks(doms, chunks_per_worker), arg) for d in p]
+
+    def _chunks(self, doms: list, per_worker: int) -> list[list]:
+        size = -(-len(doms) // (self.opt.workers * per_worker))
+        return [doms[i:i + size] for i in range(0, len(doms), size)]
+
+    def _starmap(self, fn, ctx: Context, chunks: list, arg) -> list:
+        """``fn(ctx, chunk, arg)`` per chunk in the pool; the workers' CPU seconds are counted."""
+        parts = self.pool.starmap(_timed, [(fn, ctx, c, arg) for c in chunks])
+        self._worker_cpu += sum(cpu for _, cpu in parts)
+        return [p for p, _ in parts]
+
+    def _search_seconds(self) -> float:
+        """Seconds of search work, load-independent: this process's CPU seconds plus the workers' CPU
+        seconds per worker (on an idle machine about the wall seconds since the start)."""
+        return time.process_time() - self._cpu0 + self._worker_cpu / max(1, self.opt.workers)
 
     def _lp_finish(self, ctx: Context, region, doms: list[Domain]) -> Optional[Verdict]:
         """The LP finisher on the open input boxes deep enough (sets their ``lp_bound`` when it closes them);
         a violated verdict when an exact LP leaf gives a replayed counterexample."""
         if not self._input_mode or self.opt.lp_depth <= 0 or self._lp_net is None:
             return None
-        if time.monotonic() < self.deadline - (1.0 - self.opt.lp_after) * self.q.timeout:
-            return None
+        if self._search_seconds() < self.opt.lp_after * self.q.timeout:  # CPU, not wall: under load the
+            return None  # wall gate let the finisher start early on easy instances (1_1 prop_3: 7.2 vs 3.8 s)
         todo = [d for d in doms if d.score >= 0 and d.depth >= max(self.opt.lp_depth, d.lp_next)]
         # the round's LP work fits the round target: the boxes nearest to closing first
         room = self._round_target() * max(1, self.opt.workers) / self._lp_box_seconds
@@ -490,7 +524,12 @@ class _Search:
         if not pts:
             return None
         ys = self.q.network.forward(np.array(pts))
-        for x, y in zip(pts, ys):
+        near = np.zeros(len(pts), dtype=bool)  # a superset of the unsafe ones, tested exactly below
+        for A, b in self.q.prop.disjuncts:
+            A, b = np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64)
+            near |= np.all(ys @ A.T <= b + 1e-9 * (1.0 + np.abs(b) + np.abs(ys) @ np.abs(A).T), axis=1)
+        for i in np.flatnonzero(near):
+            x, y = pts[i], ys[i]
             if self.q.prop.is_unsafe(y):
                 xf = falsify.to_float32_inside(x, region)
                 if xf is not None and falsify.confirms(self.q, xf):

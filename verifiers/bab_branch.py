@@ -18,7 +18,7 @@ the parent.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -50,14 +50,19 @@ class Domain:
     #: sound lower bound of ``max_i (A_i y - b_i)`` over the box from the LP finisher (None: not run or open)
     lp_bound: Optional[float] = None
     lp_next: int = 0  # depth from which the LP finisher may (again) be tried on this box's descendants
+    _cache: tuple = field(default=(None, None, 0.0), init=False, repr=False, compare=False)
 
     @property
     def score(self) -> float:
-        """How far from closed (the best row's bound; < 0 means closed; the LP finisher's bound counts)."""
-        # a plain min over the rows: the search re-sorts its whole frontier by this every round (np.min was 26 % of
-        # the search's time on a 784-input 256x4 net); a NaN row never closes the domain
-        best = min((v for v in self.upper.tolist() if v == v), default=np.inf)
-        return best if self.lp_bound is None else min(best, -self.lp_bound)
+        """How far from closed (the best row's bound; < 0 means closed; the LP finisher's bound counts).
+        Cached until ``upper`` or ``lp_bound`` is reassigned (the search sorts its frontier by it every round);
+        a NaN row never closes the domain."""
+        up, lp, val = self._cache
+        if up is not self.upper or lp != self.lp_bound:
+            best = min((v for v in self.upper.tolist() if v == v), default=np.inf)
+            val = best if self.lp_bound is None else min(best, -self.lp_bound)
+            self._cache = (self.upper, self.lp_bound, val)
+        return val
 
 
 @dataclass
@@ -74,18 +79,23 @@ class Batch:
     beta: Optional[list[np.ndarray]]
 
 
+def _stack(arrs: list[np.ndarray]) -> np.ndarray:
+    """``np.stack`` of equal-shaped arrays (one domain's field each), 3-4x faster on thousands of small ones."""
+    return np.concatenate(arrs).reshape((len(arrs),) + arrs[0].shape)
+
+
 def stack(doms: list[Domain]) -> Batch:
     depth = len(doms[0].zl)
-    alpha = [None if doms[0].alpha[k] is None else np.stack([d.alpha[k] for d in doms]) for k in range(depth)]
+    alpha = [None if doms[0].alpha[k] is None else _stack([d.alpha[k] for d in doms]) for k in range(depth)]
     phase = beta = None
     if any(d.phase is not None for d in doms):
-        phase = [np.stack([np.zeros(d.zl[k].shape) if d.phase is None else d.phase[k] for d in doms])
+        phase = [_stack([np.zeros(d.zl[k].shape) if d.phase is None else d.phase[k] for d in doms])
                  for k in range(depth)]
         if all(d.beta is not None for d in doms):
-            beta = [np.stack([d.beta[k] for d in doms]) for k in range(depth)]
-    return Batch(np.stack([d.lo for d in doms]), np.stack([d.hi for d in doms]),
-                 [np.stack([d.zl[k] for d in doms]) for k in range(depth)],
-                 [np.stack([d.zu[k] for d in doms]) for k in range(depth)], alpha, min(d.start for d in doms),
+            beta = [_stack([d.beta[k] for d in doms]) for k in range(depth)]
+    return Batch(_stack([d.lo for d in doms]), _stack([d.hi for d in doms]),
+                 [_stack([d.zl[k] for d in doms]) for k in range(depth)],
+                 [_stack([d.zu[k] for d in doms]) for k in range(depth)], alpha, min(d.start for d in doms),
                  phase, beta)
 
 

@@ -389,7 +389,8 @@ def _children(chain: Chain, lo: np.ndarray, hi: np.ndarray, node: Node, k: int, 
     zu[k][0, i], zl[k][1, i] = 0.0, 0.0  # z <= 0, z >= 0
     n_out = chain.steps[-1].op.out_features
     nl, nu = layer_bounds(chain, np.repeat(lo[None], 2, axis=0), np.repeat(hi[None], 2, axis=0),
-                          zl + [np.full((2, n_out), -np.inf)], zu + [np.full((2, n_out), np.inf)], k + 1)
+                          zl + [np.full((2, n_out), -np.inf)], zu + [np.full((2, n_out), np.inf)], k + 1,
+                          output=False)  # the output layer's bounds are not kept
     empty = infeasible(nl, nu)
     kids = []
     for c, sign in enumerate((-1.0, 1.0)):

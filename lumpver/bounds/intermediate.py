@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lumpver.bounds.batched import ALPHA_ACTS, Adam, alpha_free, backsub, neg_slope, neuron_rows, relax_batch
+from lumpver.bounds.batched import ALPHA_ACTS, Adam, alpha_free, backsub, neg_slope, relax_batch, unit_rows
 from lumpver.bounds.engine import Chain
 from lumpver.bounds.relaxations import LinearRelaxation
 
@@ -74,7 +74,7 @@ def refine_layers(ch: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray
             continue
         boxes = np.flatnonzero(np.any(want, axis=1))
         want = want[boxes]
-        order, ok, lam = neuron_rows(want)
+        order, ok, lam = unit_rows(want)
         sub = _upto(ch, k)
         rel = [relax_batch(sub, j, zl[j][boxes], zu[j][boxes]) for j in range(k + 1)]
         free = [alpha_free(sub, j, zl[j][boxes], zu[j][boxes]) for j in range(k + 1)]

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.batched import SMOOTH_NARROW, neuron_rows, optimise_alpha
+from lumpver.bounds.batched import SMOOTH_NARROW, unit_rows, optimise_alpha
 from lumpver.bounds.engine import Chain
 from lumpver.bounds.intermediate import _upto
 from lumpver.bounds.smooth_alpha import SMOOTH_ACTS
@@ -66,7 +66,7 @@ def _rebound(chain: Chain, k: int, lo: np.ndarray, hi: np.ndarray, zl: list[np.n
     want = (width > 0) & (width >= kth)
     if not np.any(want):
         return zl[k], zu[k]
-    order, ok, lam = neuron_rows(want)
+    order, ok, lam = unit_rows(want)
     R = order.shape[1]
     obj = optimise_alpha(_upto(chain, k), lo, hi, zl[: k + 1], zu[: k + 1], lam, np.zeros(2 * R), iters=iters, lr=lr,
                          stop_closed=False)
