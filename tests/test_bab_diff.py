@@ -405,3 +405,23 @@ def test_phase_trees_in_evidence_recheck_and_tampered_trees_fail():
     for broken in (bad, tree[:-1]):
         with pytest.raises(ValueError):
             _leaf_bounds(model, llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, claim, [[leaf, broken]])
+
+
+def test_wide_inputs_choose_the_pairing_tighter_on_the_regions_box():
+    """On inputs wider than PHASE_DIMS the search never reaches small sub-boxes, so the pairing is the one
+    whose bound on the region's box is smaller (both computed here independently). On this quantised pair
+    the sub-boxes of the low-dimensional rule favour the product while the box favours the delta chain."""
+    from lumpver.verifiers.bab_diff import PHASE_DIMS, choose_pairing, norm_bounds
+
+    rng = np.random.default_rng(1)
+    n = PHASE_DIMS + 6
+    f = _f32(random_net(rng, [n, 30, 30, 3]))
+    g = _f32(REDUCTIONS["quantised"](f, rng))
+    c = rng.uniform(0, 1, n)
+    lo, hi = c - 0.05, c + 0.05
+    chosen = choose_pairing(f, g, InputSet([Box(lo, hi)]))
+    root = {}
+    for k in ("delta", "product"):
+        b = bound_boxes(prepare_diff(f, g, k), lo[None], hi[None])
+        root[k] = float(norm_bounds(b.lower, b.upper, "linf")[0])
+    assert root[chosen.kind] == min(root.values())
