@@ -203,3 +203,21 @@ def test_margin_is_stated_and_nonzero():
     # the stated margin is nonzero: 2 gamma_K M with gamma_K = K u / (1 - K u)
     k, u = 100, 2.0**-53
     assert POLICY.margin(1.0, k) >= 2 * k * u / (1 - k * u) > 0
+
+
+def test_norm_hi_bounds_exact_rational_norms():
+    """norm_hi is at least the exact norm (rational arithmetic) of every row, and within 1e-12 of it."""
+    from fractions import Fraction
+    from lumpver.bounds.rounding import norm_hi
+    rng = np.random.default_rng(3)
+    rows = np.abs(rng.standard_normal((40, 2000))) * 10.0 ** rng.integers(-8, 8, size=(40, 1))
+    for norm in ("linf", "l1", "l2"):
+        for r, got in zip(rows, norm_hi(rows, norm)):
+            values = [Fraction(float(v)) for v in r]
+            if norm == "l2":  # compare squares: the exact norm is irrational
+                exact, bound = sum(v * v for v in values), Fraction(float(got)) ** 2
+            else:
+                exact, bound = (max(values) if norm == "linf" else sum(values)), Fraction(float(got))
+            assert exact <= bound <= exact * Fraction(1 + 1e-12)
+    with pytest.raises(ValueError):
+        norm_hi(rows, "top1")

@@ -39,7 +39,7 @@ import numpy as np
 from lumpver.bounds.blas import blas_single_thread
 from lumpver.bounds.diff_batched import ITERS, LR, REFINE, DiffModel, Refine, bound_boxes, halves, prepare_diff
 from lumpver.bounds.region import region_box
-from lumpver.bounds.rounding import rounding_policy
+from lumpver.bounds.rounding import norm_hi, rounding_policy
 from lumpver.ir.network import Network
 from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import Box, InputSet
@@ -49,7 +49,7 @@ from lumpver.verifiers.bab_phase_batched import phase_difference
 from lumpver.verifiers.base import Query, Verdict
 from lumpver.verifiers.falsify import search as falsify_search
 from lumpver.verifiers.falsify import to_float32_inside
-from lumpver.verifiers.interval import norm_of_bounds, point_distance
+from lumpver.verifiers.interval import REPORT_MARGIN, point_distance
 
 NORMS = ("linf", "l1", "l2")
 #: without epsilon the search stops once the bound is within this relative gap of the attained value
@@ -153,7 +153,7 @@ class _Tree:
 
 def norm_bounds(lower: np.ndarray, upper: np.ndarray, norm: str) -> np.ndarray:
     """Per box, the rounded-up norm bound of ``f - g`` from per-output bounds (rows of ``lower``/``upper``)."""
-    return np.array([norm_of_bounds(lo, up, norm) for lo, up in zip(lower, upper)])
+    return norm_hi(np.maximum(np.abs(lower), np.abs(upper)), norm) * (1.0 + REPORT_MARGIN)
 
 
 class _Search:

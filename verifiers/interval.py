@@ -28,7 +28,7 @@ from lumpver.verifiers import falsify
 from lumpver.bounds.diff import NetworkPair, difference_bounds, prepare_pair
 from lumpver.bounds.engine import Chain, objective_bounds, prepare, propagate
 from lumpver.bounds.region import region_box
-from lumpver.bounds.rounding import rounding_policy
+from lumpver.bounds.rounding import norm_hi, rounding_policy
 
 MAX_EVIDENCE_BOXES = 2000
 DEFAULT_MAX_SPLITS = 5000
@@ -76,14 +76,7 @@ def norm_of_bounds(lower: np.ndarray, upper: np.ndarray, norm: str) -> float:
 
 
 def _norm_of_bounds(lower: np.ndarray, upper: np.ndarray, norm: str) -> float:
-    a = np.maximum(np.abs(lower), np.abs(upper))
-    if norm == "linf":
-        return float(np.max(a))
-    if norm == "l1":
-        return float(np.sum(a) * (1.0 + 4 * a.size * 2.0**-53))
-    if norm == "l2":
-        return float(np.sqrt(np.sum(a * a) * (1.0 + 4 * a.size * 2.0**-53)) * (1.0 + 2.0**-50))
-    raise ValueError(f"norm {norm!r} has no bound from per-output intervals")
+    return float(norm_hi(np.maximum(np.abs(lower), np.abs(upper)), norm))
 
 
 def point_distance(yf: np.ndarray, yg: np.ndarray, norm: str) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 from lumpver.bounds.batched import backsub
 from lumpver.bounds.diff_batched import (ITERS, LR, DiffModel, PairLayers, Refine, _delta_layers, _objective)
 from lumpver.bounds.intermediate import optimise_rows
-from lumpver.bounds.rounding import add_hi
+from lumpver.bounds.rounding import add_hi, norm_hi
 
 #: the children of a split pair, in tree order: (p^f, p^g)
 COMBOS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
@@ -84,14 +84,7 @@ def supported(model: DiffModel) -> bool:
 
 def _norms(rows: np.ndarray, m: int, norm: str) -> np.ndarray:
     """Rounded-up norm of per-output bounds ``max(f_r - g_r, g_r - f_r)``."""
-    v = np.maximum(np.maximum(rows[:, :m], rows[:, m:]), 0.0)
-    if norm == "l1":
-        out = v.sum(axis=1)
-    elif norm == "l2":
-        out = np.sqrt((v * v).sum(axis=1))
-    else:
-        out = v.max(axis=1, initial=0.0)
-    return out * (1 + 1e-12)
+    return norm_hi(np.maximum(np.maximum(rows[:, :m], rows[:, m:]), 0.0), norm) * (1 + 1e-12)
 
 
 def _crossing(t: PairLayers) -> np.ndarray:

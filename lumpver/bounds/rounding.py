@@ -83,3 +83,21 @@ def add_lo(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Sound lower bound of ``a + b`` (one float64 addition)."""
     s = a + b
     return s - POLICY.margin(np.abs(a) + np.abs(b), 2)
+
+
+def norm_hi(magnitudes: np.ndarray, norm: str) -> np.ndarray:
+    """Sound upper bound of ``||v||`` (linf, l1, l2) for every ``v`` with ``|v_i| <= magnitudes[..., i]``,
+    one value per row of the last axis (DESIGN.md §5): sums widened by :data:`POLICY`'s accumulation
+    margin, ``sqrt`` by one rounding."""
+    a = np.asarray(magnitudes, dtype=np.float64)
+    if norm == "linf":
+        return a.max(axis=-1, initial=0.0)
+    k = a.shape[-1] + 1
+    if norm == "l1":
+        s = a.sum(axis=-1)
+        return s + POLICY.margin(s, k)
+    if norm == "l2":
+        q = (a * a).sum(axis=-1)
+        r = np.sqrt(q + POLICY.margin(q, k + 1))
+        return r + POLICY.margin(r, 2)
+    raise ValueError(f"norm {norm!r} has no bound from per-output magnitudes")

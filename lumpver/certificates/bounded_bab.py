@@ -11,7 +11,7 @@ region of the input set, the bisection tree of the region's box in preorder, plu
   outward rounding, the recorded Adam settings), and where that bound exceeds the claimed
   ``upper_bound`` once more with the recorded optimisation of intermediate bounds
   (:mod:`lumpver.bounds.intermediate`, every iterate sound), as the search did; the norm of its
-  per-output bounds is taken here (:func:`norm_of`);
+  per-output bounds is taken here (:func:`lumpver.bounds.rounding.norm_hi`, rounded up);
 * leaves with a recorded ReLU-phase tree (:mod:`lumpver.verifiers.bab_phase`; aligned ReLU pairs in
   linf) are bounded by replaying it: the children of every split are re-derived from the leaf's own
   recomputed layer bounds and checked to cover it, and every node's rows above the claim are
@@ -35,7 +35,8 @@ from lumpver.bounds.blas import blas_single_thread
 from lumpver.bounds.diff_batched import Refine, bound_boxes, leaves_of, prepare_diff
 from lumpver.bounds.diff_phase import replay as replay_phases
 from lumpver.bounds.region import region_box
-from lumpver.certificates.bounded_interval import check_interval_evidence, norm_of, recheck_chain, recheck_interval
+from lumpver.bounds.rounding import norm_hi
+from lumpver.certificates.bounded_interval import check_interval_evidence, recheck_chain, recheck_interval
 from lumpver.certificates.format import CheckContext, CheckReport
 from lumpver.ir.network import Network
 from lumpver.specs.inputset import InputSet
@@ -48,7 +49,7 @@ MAX_LEAVES = 2_000_000
 
 
 def _norms(bb, norm: str) -> np.ndarray:
-    return np.array([norm_of(v, norm) for v in np.maximum(np.abs(bb.lower), np.abs(bb.upper))])
+    return norm_hi(np.maximum(np.abs(bb.lower), np.abs(bb.upper)), norm) * (1 + 1e-12)
 
 
 def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, lr: float, refine: Refine,

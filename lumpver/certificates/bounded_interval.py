@@ -20,13 +20,13 @@ both models (:func:`lumpver.bounds.float_error.float32_error`) is recomputed for
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from lumpver.bounds.engine import region_box
 from lumpver.bounds.float_error import float32_errors
+from lumpver.bounds.rounding import norm_hi
 from lumpver.certificates.exact import classes_fit, discrepancy_bound, read_classes, same_activation, same_interface
 from lumpver.certificates.format import CheckContext, CheckReport
 from lumpver.certificates.onset import replay_steps
@@ -43,9 +43,7 @@ _MALFORMED = (KeyError, ValueError, TypeError, IndexError, AttributeError)
 
 def norm_of(per_output: np.ndarray, norm: str) -> float:
     """Upper bound of ``||v||`` for ``|v_i| <= per_output_i`` (rounded up)."""
-    v = np.abs(np.asarray(per_output, dtype=np.float64))
-    value = {"l1": v.sum(), "l2": math.sqrt(float((v * v).sum()))}.get(norm, v.max(initial=0.0))
-    return float(value) * (1 + 1e-12)
+    return float(norm_hi(np.abs(np.asarray(per_output, dtype=np.float64)), norm)) * (1 + 1e-12)
 
 
 def float32_term(f: Network | GraphNetwork, g: Network | GraphNetwork, input_set: InputSet, norm: str) -> float:
