@@ -59,7 +59,7 @@ from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Batch, Domain, input_split, relu_split, stack
 from lumpver.verifiers.bab_deep import ReluSearch, fsb_split_and_bound, recompute_children, root_layer_bounds, tighten_root
-from lumpver.verifiers.lp_finish import LpNet, finish
+from lumpver.verifiers.lp_finish import LpNet, finish_many
 from lumpver.verifiers.base import Query, Verdict
 
 
@@ -209,12 +209,9 @@ class LpOutcome:
 
 def lp_close(ctx: Context, doms: list[Domain], budget: int) -> list[LpOutcome]:
     """Run the LP finisher on each domain's box with its CROWN intermediate bounds (``budget`` LPs each)."""
-    net = LpNet.of(ctx.chain)
-    out = []
-    for d in doms:
-        r = finish(ctx.chain, net, d.lo, d.hi, d.zl, d.zu, -ctx.lam, ctx.offset, budget)
-        out.append(LpOutcome(r.bound if r.closed else None, r.lps, r.candidates))
-    return out
+    rs = finish_many(ctx.chain, LpNet.of(ctx.chain), [(d.lo, d.hi, d.zl, d.zu) for d in doms], -ctx.lam, ctx.offset,
+                     budget)  # the boxes step together: their phase children's CROWN in shared batches
+    return [LpOutcome(r.bound if r.closed else None, r.lps, r.candidates) for r in rs]
 
 
 def _timed(fn, ctx: Context, doms: list[Domain], arg) -> tuple[list, float]:
