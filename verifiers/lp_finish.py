@@ -286,21 +286,22 @@ class BoxLp:
         A_ub = np.vstack([A[:n_eq], -A[:n_eq], A[n_eq:]])
         b_ub = np.concatenate([b_eq, -b_eq, np.zeros(2 * nu), b_prop - A_prop @ net.b[-1]])
         lb, ub = np.concatenate([lo, np.zeros(cs - n_in), [-1.0]]), np.concatenate([hi, np.zeros(cs - n_in), [S_MAX]])
-        box = cls(_pass(A, b_eq, b_ub[2 * n_eq:], lb, ub, cs), A_ub, b_ub, lb, ub, n_eq, live, unst, p_col, z_col,
-                  np.full(H, np.nan), np.full(H, np.nan))
-        box.load(root)
+        box = cls(None, A_ub, b_ub, lb, ub, n_eq, live, unst, p_col, z_col, np.full(H, np.nan), np.full(H, np.nan))
+        box._mirror(root)  # the root's bounds and chords go into the model as it is built
+        rows = np.r_[0:n_eq, 2 * n_eq:A_ub.shape[0]]
+        box.model = _pass(A_ub[rows], b_ub[:n_eq], b_ub[2 * n_eq:], box.lb, box.ub, cs)
         return box
 
-    def load(self, node: Node) -> None:
-        """Set the model's bounds (and chord rows) to the node's, only where they changed."""
-        import highspy  # solver: imported where used
-
+    def _mirror(self, node: Node) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Set the numpy copy of the LP (``A_ub, b_ub, lb, ub``) to the node's bounds, only where they changed:
+        the changed columns, the changed chord rows (indices into ``unst``), their slopes and right-hand
+        sides; None when nothing changed."""
         l, u = np.concatenate(node.zl), np.concatenate(node.zu)
         changed = ~((l == self.l) & (u == self.u))
         self.l[changed], self.u[changed] = l[changed], u[changed]
         g = self.live[changed[self.live]]
         if g.size == 0:
-            return
+            return None
         c = self.p_col[g]
         self.lb[c], self.ub[c] = np.maximum(l[g], 0.0), np.maximum(u[g], 0.0)
         t = np.flatnonzero(changed[self.unst])
@@ -313,11 +314,20 @@ class BoxLp:
         nu = self.unst.size
         self.A_ub[2 * self.n_eq + nu + t, zc] = -a
         self.b_ub[2 * self.n_eq + nu + t] = r
-        h, cols = self.model, np.concatenate([c, zc])
+        return np.concatenate([c, zc]), t, a, r
+
+    def load(self, node: Node) -> None:
+        """Set the model's bounds (and chord rows) to the node's, only where they changed."""
+        import highspy  # solver: imported where used
+
+        change = self._mirror(node)
+        if change is None:
+            return
+        cols, t, a, r = change
+        h, rows = self.model, self.n_eq + self.unst.size + t
         h.changeColsBounds(cols.size, cols, self.lb[cols], self.ub[cols])
-        rows = self.n_eq + nu + t
         h.changeRowsBounds(t.size, rows, np.full(t.size, -highspy.kHighsInf), r)
-        for row, col, aj in zip(rows.tolist(), zc.tolist(), (-a).tolist()):
+        for row, col, aj in zip(rows.tolist(), self.z_col[t].tolist(), (-a).tolist()):
             h.changeCoeff(row, col, aj)
 
     def _bound(self, c: np.ndarray, y: np.ndarray) -> Optional[float]:
@@ -356,16 +366,17 @@ def _pass(A, b_eq: np.ndarray, b_le: np.ndarray, lb: np.ndarray, ub: np.ndarray,
     ``<= b_le``) and the column bounds."""
     import highspy  # solver: imported where used
 
-    from scipy import sparse  # solver: imported where used
-
-    h, lp, A = _highs(), highspy.HighsLp(), sparse.csc_matrix(A)
+    h, lp = _highs(), highspy.HighsLp()
+    AT = A.T
+    nz = AT != 0  # column-wise nonzeros of the dense matrix
+    start, index, value = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]), np.nonzero(nz)[1], AT[nz]
     lp.num_col_, lp.num_row_ = A.shape[1], A.shape[0]
     lp.col_cost_ = np.eye(1, A.shape[1], cs).ravel()
     lp.col_lower_, lp.col_upper_ = lb, ub
     lp.row_lower_ = np.concatenate([b_eq, np.full(b_le.size, -highspy.kHighsInf)])
     lp.row_upper_ = np.concatenate([b_eq, b_le])
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
+    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = start, index, value
     lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = A.shape[1], A.shape[0]
     h.passModel(lp)
     return h
@@ -459,10 +470,8 @@ class _Run:
             if self.out.lps >= budget:
                 self.end(False)
                 return None
-            node, basis = self.stack.pop()
-            self.out.nodes += 1
-            if any(np.any(l > u) for l, u in zip(node.zl, node.zu)):
-                continue  # crossing sound bounds: no input of the box has these phases
+            node, basis = self.stack.pop()  # not empty by bounds: the root checked in start, children by
+            self.out.nodes += 1  # _children_batch
             self.box.load(node)
             val, v, basis = self.box.solve(basis)
             self.out.lps += 1
