@@ -40,6 +40,8 @@ from lumpver.bounds.region import dual_bound, lp_solve_sound
 #: upper bound of the elastic variable ``s`` (any finite value: the LP is a relaxation for every s range
 #: containing 0; too small only makes an LP infeasible, which leaves the node open)
 S_MAX = 1e4
+_KEY = 1 << 20  # column and row ids: input i, post-activation KEY + g, pre-activation 2 KEY + g, s / property 3 KEY
+_STATUS: list = []  # highspy.HighsBasisStatus by value (filled on first use)
 
 
 @dataclass
@@ -247,6 +249,8 @@ class BoxLp:
     z_col: np.ndarray  # per root-unstable neuron (in ``unst`` order) its z column
     l: np.ndarray  # bounds loaded in the model, flat over the hidden neurons
     u: np.ndarray
+    col_key: np.ndarray = None  # sorted ids of the columns and rows across boxes (:meth:`basis_from`)
+    row_key: np.ndarray = None
 
     @classmethod
     def of(cls, net: LpNet, lo: np.ndarray, hi: np.ndarray, root: Node, A_prop: np.ndarray,
@@ -288,6 +292,8 @@ class BoxLp:
         lb, ub = np.concatenate([lo, np.zeros(cs - n_in), [-1.0]]), np.concatenate([hi, np.zeros(cs - n_in), [S_MAX]])
         box = cls(None, A_ub, b_ub, lb, ub, n_eq, live, unst, p_col, z_col, np.full(H, np.nan), np.full(H, np.nan))
         box._mirror(root)  # the root's bounds and chords go into the model as it is built
+        box.col_key = np.concatenate([np.arange(n_in), _KEY + live, 2 * _KEY + unst, [3 * _KEY]])
+        box.row_key = np.concatenate([live, _KEY + unst, 2 * _KEY + unst, 3 * _KEY + np.arange(m)])
         rows = np.r_[0:n_eq, 2 * n_eq:A_ub.shape[0]]
         box.model = _pass(A_ub[rows], b_ub[:n_eq], b_ub[2 * n_eq:], box.lb, box.ub, cs)
         return box
@@ -335,6 +341,29 @@ class BoxLp:
         e = self.n_eq
         marg = np.concatenate([np.minimum(y[:e], 0.0), np.minimum(-y[:e], 0.0), y[e:]])
         return dual_bound(c, self.A_ub, self.b_ub, self.lb, self.ub, marg)
+
+    def basis_from(self, donor: "BoxLp", basis) -> object:
+        """A starting basis for this box's first LP from another box's (an *alien* basis, which HiGHS repairs
+        to a valid one): statuses copied for the columns and rows both models have (same input, neuron or
+        property row), new columns at their lower bound, new rows basic. Only the simplex's start: the
+        bound is the dual check's, whatever the basis."""
+        import highspy  # solver: imported where used
+
+        if not _STATUS:
+            _STATUS.extend(sorted(highspy.HighsBasisStatus.__members__.values(), key=int))
+
+        def mapped(mine, theirs, status, default):
+            out = np.full(mine.size, default)
+            pos = np.minimum(np.searchsorted(theirs, mine), theirs.size - 1)
+            hit = theirs[pos] == mine
+            out[hit] = np.asarray([int(v) for v in status])[pos[hit]]
+            return [_STATUS[v] for v in out.tolist()]
+
+        b = highspy.HighsBasis()
+        b.col_status = mapped(self.col_key, donor.col_key, basis.col_status, 0)
+        b.row_status = mapped(self.row_key, donor.row_key, basis.row_status, 1)
+        b.valid, b.alien = True, True
+        return b
 
     def solve(self, basis=None):
         """Sound lower bound of the loaded node's elastic LP (``inf`` for a Farkas-certified empty node), its
@@ -432,6 +461,23 @@ def _branch_point(box: BoxLp, node: Node, v: np.ndarray) -> Optional[tuple[int, 
 
 
 @dataclass
+class _Donors:
+    """Boxes whose root LP was solved, with their optimal bases: a box's root LP starts from the basis of the
+    nearest one (centres, in units of the new box's widths): 1.4 -> 1.0 ms per LP on ACAS Xu's deep boxes."""
+
+    centres: list = field(default_factory=list)
+    boxes: list = field(default_factory=list)
+
+    def add(self, lo: np.ndarray, hi: np.ndarray, box: BoxLp, basis) -> None:
+        self.centres.append(0.5 * (lo + hi))
+        self.boxes.append((box, basis))
+
+    def nearest(self, lo: np.ndarray, hi: np.ndarray) -> tuple:
+        d = np.abs(np.array(self.centres) - 0.5 * (lo + hi)) / np.maximum(hi - lo, 1e-12)
+        return self.boxes[int(np.argmin(d.sum(axis=1)))]
+
+
+@dataclass
 class _Run:
     """One box's LP branch and bound in progress (:func:`finish_many`): its model, its depth-first stack of
     ``(node, parent basis)`` and its result so far (``done``: decided or given up)."""
@@ -463,9 +509,10 @@ class _Run:
             self.out.bound = -np.inf
         return self
 
-    def step(self, budget: int) -> Optional[tuple[Node, int, int, object]]:
+    def step(self, budget: int, donors: "_Donors") -> Optional[tuple[Node, int, int, object]]:
         """Solve nodes depth first until one needs children: ``(node, k, i, basis)`` to split neuron (k, i);
-        None once the run is done (closed: the stack ran empty; open: budget, solver failure, exact leaf)."""
+        None once the run is done (closed: the stack ran empty; open: budget, solver failure, exact leaf).
+        ``donors``: the boxes whose root LP was solved, the nearest one's basis starts this box's root LP."""
         while self.stack:
             if self.out.lps >= budget:
                 self.end(False)
@@ -473,7 +520,12 @@ class _Run:
             node, basis = self.stack.pop()  # not empty by bounds: the root checked in start, children by
             self.out.nodes += 1  # _children_batch
             self.box.load(node)
+            root = basis is None
+            if root and donors.boxes:
+                basis = self.box.basis_from(*donors.nearest(self.lo, self.hi))
             val, v, basis = self.box.solve(basis)
+            if root and basis is not None:
+                donors.add(self.lo, self.hi, self.box, basis)
             self.out.lps += 1
             if val is not None and val > 0:
                 self.out.bound = min(self.out.bound, val)
@@ -498,9 +550,9 @@ def finish_many(chain: Chain, net: LpNet, boxes: list[tuple[np.ndarray, np.ndarr
     layer (each box's nodes, LPs and result are those of :func:`finish` alone)."""
     runs = [_Run.start(net, np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64), zl, zu,
                        A_prop, b_prop, tighten_first) for lo, hi, zl, zu in boxes]
-    active = [r for r in runs if not r.done]
+    active, donors = [r for r in runs if not r.done], _Donors()
     while active:
-        want = [(r, r.step(budget)) for r in active]
+        want = [(r, r.step(budget, donors)) for r in active]
         want = [(r, w) for r, w in want if w is not None]
         kids = _children_batch(chain, [(r.lo, r.hi, node, k, i) for r, (node, k, i, _) in want])
         for (r, w), ks in zip(want, kids):
