@@ -490,8 +490,9 @@ class _Search:
         todo = sorted(todo, key=lambda d: d.score)[:max(1, int(room))]
         if not todo:
             return None
+        todo.sort(key=lambda d: tuple(d.lo))  # neighbours in one chunk: their LPs start from each other's bases
         t = time.monotonic()
-        outs = self._map(lp_close, ctx, todo, self.opt.lp_budget, chunks_per_worker=4)  # uneven work per box
+        outs = self._map(lp_close, ctx, todo, self.opt.lp_budget, chunks_per_worker=2)  # uneven work per box
         self._lp_box_seconds = 0.5 * self._lp_box_seconds + 0.5 * (time.monotonic() - t) * max(1, self.opt.workers) / len(todo)
         for d, o in zip(todo, outs):
             self.stats.lps += o.lps

@@ -11,7 +11,9 @@ disjunct ``A y <= b`` of a ReLU chain, :func:`finish`
    (the rows of the relaxation, the ReLU phase fixes and the property rows ``A y - b``, each relaxed
    by ``s``) from below through its dual (:func:`lumpver.bounds.region.dual_bound`), all nodes of a box in one
    persistent, warm-started HiGHS model (:class:`BoxLp`, ``highspy``: 12 -> 2.4 ms per LP on ACAS Xu's deep
-   boxes, bench/RESULTS.md). A sound value ``> 0`` proves that no ``x`` of the box reaches the disjunct
+   boxes, bench/RESULTS.md); :func:`finish_many` steps the boxes of a round together (their phase
+   children's CROWN in one batch per layer) and starts each box's first LP from the optimal basis of the
+   nearest box already solved (:class:`_Donors`). A sound value ``> 0`` proves that no ``x`` of the box reaches the disjunct
    under the node's phase fixes: a point reaching it satisfies every row with ``s = 0``. An infeasible LP
    closes only through the solver's dual ray re-checked by the same function (a Farkas certificate in
    outward-rounded arithmetic), never on the solver's word;
