@@ -200,7 +200,7 @@ def unstack(ctx: Context, doms: list[Domain], r: Bounded) -> list[Domain]:
 
 @dataclass
 class LpOutcome:
-    """What the LP finisher returns for one domain (:func:`lumpver.verifiers.lp_finish.finish`)."""
+    """What the LP finisher returns for one domain (:func:`lumpver.verifiers.lp_finish.finish_many`)."""
 
     bound: Optional[float]  # sound, > 0: the disjunct is excluded on the box; None: left open
     lps: int

@@ -393,23 +393,19 @@ class BoxLp:
 
 
 def _pass(A, b_eq: np.ndarray, b_le: np.ndarray, lb: np.ndarray, ub: np.ndarray, cs: int):
-    """A silent HiGHS model of ``min v_cs`` over the rows ``A`` (the first ``b_eq.size`` equalities, the rest
-    ``<= b_le``) and the column bounds."""
+    """A silent HiGHS model of ``min v_cs`` over the rows ``A`` (dense; the first ``b_eq.size`` equalities, the
+    rest ``<= b_le``) and the column bounds, passed as arrays (a ``HighsLp`` filled field by field cost 0.4 ms
+    more per box)."""
     import highspy  # solver: imported where used
 
-    h, lp = _highs(), highspy.HighsLp()
+    h, (m, n) = _highs(), A.shape
     AT = A.T
     nz = AT != 0  # column-wise nonzeros of the dense matrix
-    start, index, value = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]), np.nonzero(nz)[1], AT[nz]
-    lp.num_col_, lp.num_row_ = A.shape[1], A.shape[0]
-    lp.col_cost_ = np.eye(1, A.shape[1], cs).ravel()
-    lp.col_lower_, lp.col_upper_ = lb, ub
-    lp.row_lower_ = np.concatenate([b_eq, np.full(b_le.size, -highspy.kHighsInf)])
-    lp.row_upper_ = np.concatenate([b_eq, b_le])
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = start, index, value
-    lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = A.shape[1], A.shape[0]
-    h.passModel(lp)
+    start = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int32)
+    index, value = np.nonzero(nz)[1].astype(np.int32), AT[nz]
+    h.passModel(n, m, value.size, int(highspy.MatrixFormat.kColwise), int(highspy.ObjSense.kMinimize), 0.0,
+                np.eye(1, n, cs).ravel(), lb, ub, np.concatenate([b_eq, np.full(b_le.size, -highspy.kHighsInf)]),
+                np.concatenate([b_eq, b_le]), start, index, value, np.zeros(n, dtype=np.int32))  # all continuous
     return h
 
 
