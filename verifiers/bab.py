@@ -207,9 +207,10 @@ class LpOutcome:
     candidates: list[np.ndarray]
 
 
-def lp_close(ctx: Context, doms: list[Domain], budget: int) -> list[LpOutcome]:
-    """Run the LP finisher on each domain's box with its CROWN intermediate bounds (``budget`` LPs each)."""
-    rs = finish_many(ctx.chain, LpNet.of(ctx.chain), [(d.lo, d.hi, d.zl, d.zu) for d in doms], -ctx.lam, ctx.offset,
+def lp_close(ctx: Context, boxes: list[tuple], budget: int) -> list[LpOutcome]:
+    """Run the LP finisher on each box ``(lo, hi, zl, zu)`` with its CROWN intermediate bounds (``budget`` LPs
+    each). Boxes, not domains, go to the workers: a domain's slopes and coefficients (~75 kB) are not needed."""
+    rs = finish_many(ctx.chain, LpNet.of(ctx.chain), boxes, -ctx.lam, ctx.offset,
                      budget)  # the boxes step together: their phase children's CROWN in shared batches
     return [LpOutcome(r.bound if r.closed else None, r.lps, r.candidates) for r in rs]
 
@@ -492,7 +493,8 @@ class _Search:
             return None
         todo.sort(key=lambda d: tuple(d.lo))  # neighbours in one chunk: their LPs start from each other's bases
         t = time.monotonic()
-        outs = self._map(lp_close, ctx, todo, self.opt.lp_budget, chunks_per_worker=2)  # uneven work per box
+        outs = self._map(lp_close, ctx, [(d.lo, d.hi, d.zl, d.zu) for d in todo], self.opt.lp_budget,
+                         chunks_per_worker=2)  # uneven work per box
         self._lp_box_seconds = 0.5 * self._lp_box_seconds + 0.5 * (time.monotonic() - t) * max(1, self.opt.workers) / len(todo)
         for d, o in zip(todo, outs):
             self.stats.lps += o.lps
