@@ -1,7 +1,7 @@
 """Benchmark of the branch-and-bound back-end (issue 13, DESIGN.md §11) against published peers.
 
     python bench/bench_bab.py [--suite acasxu|mnist] [--timeout 30] [--workers 2] [--limit N] [--filter S]
-                              [--lp-depth D] [--lp-budget N] [--lp-after F]  # LP finisher, A/B runs
+                              [--lp-depth D] [--lp-budget N] [--lp-after F] [--lp-retry R]  # LP finisher, A/B runs
                               [--refine ITERS,MAX_UNSTABLE,DEPTH]  # optimised intermediate bounds, A/B runs
                               [--cpu SECONDS]  # one process, stop at a CPU budget: load-independent A/B runs
     python bench/bench_bab.py --suite random --limit 600     # soundness: random nets vs an exact MILP
@@ -200,11 +200,12 @@ def main() -> None:
     ap.add_argument("--lp-depth", type=int, default=None, help="BabOptions.lp_depth (0: LP finisher off)")
     ap.add_argument("--lp-budget", type=int, default=None, help="BabOptions.lp_budget (LPs per box)")
     ap.add_argument("--lp-after", type=float, default=None, help="BabOptions.lp_after (share of the timeout first)")
+    ap.add_argument("--lp-retry", type=int, default=None, help="BabOptions.lp_retry (splits before a box is retried)")
     ap.add_argument("--refine", default="", help="ITERS,MAX_UNSTABLE,DEPTH: BabOptions.refine/refine_depth")
     ap.add_argument("--cpu", type=float, default=0.0, help="CPU-second budget per instance, one process (A/B runs)")
     args = ap.parse_args()
     changes: dict = {k: v for k, v in (("lp_depth", args.lp_depth), ("lp_budget", args.lp_budget),
-                                         ("lp_after", args.lp_after)) if v is not None}
+                                         ("lp_after", args.lp_after), ("lp_retry", args.lp_retry)) if v is not None}
     if args.refine:
         from lumpver.bounds.diff_batched import Refine
 

@@ -16,7 +16,8 @@ from lumpver.ir.planted import random_mlp
 from lumpver.specs.inputset import Box, InputSet, OutputProperty
 from lumpver.verifiers.bab import BabBackend, BabOptions
 from lumpver.verifiers.base import Query
-from lumpver.verifiers.lp_finish import BoxLp, LpNet, Node, _branch_point, _children, elastic, finish, system, tighten
+from lumpver.verifiers.lp_finish import (BoxLp, LpNet, Node, _branch_point, _children, elastic, finish, finish_many,
+                                         system, tighten)
 from tests.milp_reference import max_difference
 
 
@@ -59,6 +60,29 @@ def test_closes_exactly_when_the_milp_misses_the_threshold(seed):
                 assert np.all((lo <= x) & (x <= hi)) and float(c @ net.forward(x)[0]) >= t - 1e-6
         else:
             assert r.closed and r.bound > 0, (opt, t, r)
+
+
+def test_boxes_stepping_together_agree_with_the_milp():
+    """:func:`finish_many` on 12 sub-boxes of one net at once (their phase children bounded in shared CROWN
+    batches, root LPs started from each other's bases), a near-tie threshold per sub-box (0.1-3 % from its
+    MILP optimum, both sides): each box closes exactly when its MILP optimum misses the threshold, as with
+    :func:`finish` alone."""
+    rng, net, lo, hi = _problem(300, 3, (10, 10, 8))
+    c = rng.normal(size=3)
+    chain, boxes, opts, ts = prepare(net), [], [], []
+    lp = LpNet.of(chain)
+    for j in range(12):
+        a = lo + rng.uniform(0, 0.5, 3) * (hi - lo)
+        b = a + rng.uniform(0.2, 0.5, 3) * (hi - lo)
+        _, zl, zu = _crown(net, a, b)
+        opt, _ = max_difference(net, _zero(3, 3), a, b, c)
+        boxes.append((a, b, zl, zu))
+        opts.append(opt)
+        ts.append(opt + (1 if j % 2 else -1) * rng.uniform(1e-3, 0.03) * (1 + abs(opt)))
+    for j, (a, b, zl, zu) in enumerate(boxes):  # the batch shares one property: box j's near-tie threshold
+        many = finish_many(chain, lp, boxes, -c[None, :], np.array([-ts[j]]), budget=5000)
+        assert [r.closed for r in many] == [o < ts[j] for o in opts], (j, ts[j], opts)
+        assert finish(chain, lp, a, b, zl, zu, -c[None, :], np.array([-ts[j]]), budget=5000).closed == many[j].closed
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -59,7 +59,7 @@ from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Batch, Domain, input_split, relu_split, stack
 from lumpver.verifiers.bab_deep import ReluSearch, fsb_split_and_bound, recompute_children, root_layer_bounds, tighten_root
-from lumpver.verifiers.lp_finish import LpNet, finish
+from lumpver.verifiers.lp_finish import LpNet, finish_many
 from lumpver.verifiers.base import Query, Verdict
 
 
@@ -200,21 +200,19 @@ def unstack(ctx: Context, doms: list[Domain], r: Bounded) -> list[Domain]:
 
 @dataclass
 class LpOutcome:
-    """What the LP finisher returns for one domain (:func:`lumpver.verifiers.lp_finish.finish`)."""
+    """What the LP finisher returns for one domain (:func:`lumpver.verifiers.lp_finish.finish_many`)."""
 
     bound: Optional[float]  # sound, > 0: the disjunct is excluded on the box; None: left open
     lps: int
     candidates: list[np.ndarray]
 
 
-def lp_close(ctx: Context, doms: list[Domain], budget: int) -> list[LpOutcome]:
-    """Run the LP finisher on each domain's box with its CROWN intermediate bounds (``budget`` LPs each)."""
-    net = LpNet.of(ctx.chain)
-    out = []
-    for d in doms:
-        r = finish(ctx.chain, net, d.lo, d.hi, d.zl, d.zu, -ctx.lam, ctx.offset, budget)
-        out.append(LpOutcome(r.bound if r.closed else None, r.lps, r.candidates))
-    return out
+def lp_close(ctx: Context, boxes: list[tuple], budget: int) -> list[LpOutcome]:
+    """Run the LP finisher on each box ``(lo, hi, zl, zu)`` with its CROWN intermediate bounds (``budget`` LPs
+    each). Boxes, not domains, go to the workers: a domain's slopes and coefficients (~75 kB) are not needed."""
+    rs = finish_many(ctx.chain, LpNet.of(ctx.chain), boxes, -ctx.lam, ctx.offset,
+                     budget)  # the boxes step together: their phase children's CROWN in shared batches
+    return [LpOutcome(r.bound if r.closed else None, r.lps, r.candidates) for r in rs]
 
 
 def _timed(fn, ctx: Context, doms: list[Domain], arg) -> tuple[list, float]:
@@ -493,8 +491,10 @@ class _Search:
         todo = sorted(todo, key=lambda d: d.score)[:max(1, int(room))]
         if not todo:
             return None
+        todo.sort(key=lambda d: tuple(d.lo))  # neighbours in one chunk: their LPs start from each other's bases
         t = time.monotonic()
-        outs = self._map(lp_close, ctx, todo, self.opt.lp_budget, chunks_per_worker=4)  # uneven work per box
+        outs = self._map(lp_close, ctx, [(d.lo, d.hi, d.zl, d.zu) for d in todo], self.opt.lp_budget,
+                         chunks_per_worker=2)  # uneven work per box
         self._lp_box_seconds = 0.5 * self._lp_box_seconds + 0.5 * (time.monotonic() - t) * max(1, self.opt.workers) / len(todo)
         for d, o in zip(todo, outs):
             self.stats.lps += o.lps

@@ -11,7 +11,9 @@ disjunct ``A y <= b`` of a ReLU chain, :func:`finish`
    (the rows of the relaxation, the ReLU phase fixes and the property rows ``A y - b``, each relaxed
    by ``s``) from below through its dual (:func:`lumpver.bounds.region.dual_bound`), all nodes of a box in one
    persistent, warm-started HiGHS model (:class:`BoxLp`, ``highspy``: 12 -> 2.4 ms per LP on ACAS Xu's deep
-   boxes, bench/RESULTS.md). A sound value ``> 0`` proves that no ``x`` of the box reaches the disjunct
+   boxes, bench/RESULTS.md); :func:`finish_many` steps the boxes of a round together (their phase
+   children's CROWN in one batch per layer) and starts each box's first LP from the optimal basis of the
+   nearest box already solved (:class:`_Donors`). A sound value ``> 0`` proves that no ``x`` of the box reaches the disjunct
    under the node's phase fixes: a point reaching it satisfies every row with ``s = 0``. An infeasible LP
    closes only through the solver's dual ray re-checked by the same function (a Farkas certificate in
    outward-rounded arithmetic), never on the solver's word;
@@ -40,6 +42,8 @@ from lumpver.bounds.region import dual_bound, lp_solve_sound
 #: upper bound of the elastic variable ``s`` (any finite value: the LP is a relaxation for every s range
 #: containing 0; too small only makes an LP infeasible, which leaves the node open)
 S_MAX = 1e4
+_KEY = 1 << 20  # column and row ids: input i, post-activation KEY + g, pre-activation 2 KEY + g, s / property 3 KEY
+_STATUS: list = []  # highspy.HighsBasisStatus by value (filled on first use)
 
 
 @dataclass
@@ -236,7 +240,7 @@ class BoxLp:
     (Farkas)."""
 
     model: object
-    A_ub: object  # scipy CSR of [EQ; -EQ; R1; R2; P]
+    A_ub: np.ndarray  # dense [EQ; -EQ; R1; R2; P] (small: dense products beat scipy's sparse overhead here)
     b_ub: np.ndarray
     lb: np.ndarray
     ub: np.ndarray
@@ -245,16 +249,15 @@ class BoxLp:
     unst: np.ndarray  # flat indices of the root-unstable neurons
     p_col: np.ndarray  # per flat neuron its post-activation column (-1: dead)
     z_col: np.ndarray  # per root-unstable neuron (in ``unst`` order) its z column
-    r2_data: np.ndarray  # positions in A_ub.data of R2's z coefficients
     l: np.ndarray  # bounds loaded in the model, flat over the hidden neurons
     u: np.ndarray
+    col_key: np.ndarray = None  # sorted ids of the columns and rows across boxes (:meth:`basis_from`)
+    row_key: np.ndarray = None
 
     @classmethod
     def of(cls, net: LpNet, lo: np.ndarray, hi: np.ndarray, root: Node, A_prop: np.ndarray,
            b_prop: np.ndarray) -> Optional["BoxLp"]:
         """The model for the box, None when a live neuron's root bound is not finite."""
-        from scipy import sparse  # solver: imported where used
-
         l0, u0 = np.concatenate(root.zl), np.concatenate(root.zu)
         live, unst = np.flatnonzero(u0 > 0), np.flatnonzero((u0 > 0) & (l0 < 0))
         if not (np.all(np.isfinite(l0[live])) and np.all(np.isfinite(u0[live]))):
@@ -266,8 +269,10 @@ class BoxLp:
         pre = p_col.copy()
         pre[unst] = z_col
         cs, ends = n_in + live.size + nu, np.cumsum([0] + [w.shape[0] for w in net.W[:-1]])
-        rows, cols, vals, row_of = [], [], [], np.full(H, -1)
-        row_of[live] = np.arange(live.size)
+        n_eq, t = live.size, np.arange(nu)
+        A = np.zeros((n_eq + 2 * nu + m, cs + 1))
+        row_of = np.full(H, -1)
+        row_of[live] = np.arange(n_eq)
         for k in range(net.hidden):  # EQ rows: pre - W p_prev = b
             g = live[(live >= ends[k]) & (live < ends[k + 1])]
             W = net.W[k][g - ends[k]]
@@ -276,43 +281,35 @@ class BoxLp:
             else:
                 prev = live[(live >= ends[k - 1]) & (live < ends[k])]
                 W, pc = W[:, prev - ends[k - 1]], p_col[prev]
-            _coo(rows, cols, vals, row_of[g], pre[g], 1.0)
-            _coo(rows, cols, vals, np.repeat(row_of[g], pc.size), np.tile(pc, g.size), -W)
-        n_eq, t = live.size, np.arange(nu)
-        _coo(rows, cols, vals, n_eq + t, z_col, 1.0)  # R1: z - h - s <= 0
-        _coo(rows, cols, vals, n_eq + t, p_col[unst], -1.0)
-        _coo(rows, cols, vals, n_eq + nu + t, p_col[unst], 1.0)  # R2: h - a z - s <= r
-        _coo(rows, cols, vals, n_eq + nu + t, z_col, -1.0)
+            A[row_of[g], pre[g]] = 1.0
+            A[np.ix_(row_of[g], pc)] = -W
+        A[n_eq + t, z_col], A[n_eq + t, p_col[unst]] = 1.0, -1.0  # R1: z - h - s <= 0
+        A[n_eq + nu + t, p_col[unst]], A[n_eq + nu + t, z_col] = 1.0, -1.0  # R2: h - a z - s <= r
         last = live[live >= ends[-2]]
-        out_w = (A_prop @ net.W[-1])[:, last - ends[-2]]  # P: (A W_L) h_{L-1} - s <= b - A b_L
-        _coo(rows, cols, vals, np.repeat(n_eq + 2 * nu + np.arange(m), last.size), np.tile(p_col[last], m), out_w)
-        _coo(rows, cols, vals, np.arange(n_eq, n_eq + 2 * nu + m), np.full(2 * nu + m, cs), -1.0)
-        A = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                              shape=(n_eq + 2 * nu + m, cs + 1))
-        A.sum_duplicates()
+        A[np.ix_(n_eq + 2 * nu + np.arange(m), p_col[last])] = (A_prop @ net.W[-1])[:, last - ends[-2]]  # P
+        A[n_eq:, cs] = -1.0  # P: (A W_L) h_{L-1} - s <= b - A b_L
         b_eq = np.concatenate(net.b[:-1])[live]
-        A_ub = sparse.vstack([A[:n_eq], -A[:n_eq], A[n_eq:]]).tocsr()
-        A_ub.sort_indices()
-        r2 = 2 * n_eq + nu + t  # R2's rows in A_ub
-        r2_data = A_ub.indptr[r2] + np.array([int(np.searchsorted(A_ub.indices[A_ub.indptr[r]:A_ub.indptr[r + 1]], c))
-                                              for r, c in zip(r2, z_col)], dtype=int)
+        A_ub = np.vstack([A[:n_eq], -A[:n_eq], A[n_eq:]])
         b_ub = np.concatenate([b_eq, -b_eq, np.zeros(2 * nu), b_prop - A_prop @ net.b[-1]])
         lb, ub = np.concatenate([lo, np.zeros(cs - n_in), [-1.0]]), np.concatenate([hi, np.zeros(cs - n_in), [S_MAX]])
-        box = cls(_pass(A, b_eq, b_ub[2 * n_eq:], lb, ub, cs), A_ub, b_ub, lb, ub, n_eq, live, unst, p_col, z_col,
-                  r2_data, np.full(H, np.nan), np.full(H, np.nan))
-        box.load(root)
+        box = cls(None, A_ub, b_ub, lb, ub, n_eq, live, unst, p_col, z_col, np.full(H, np.nan), np.full(H, np.nan))
+        box._mirror(root)  # the root's bounds and chords go into the model as it is built
+        box.col_key = np.concatenate([np.arange(n_in), _KEY + live, 2 * _KEY + unst, [3 * _KEY]])
+        box.row_key = np.concatenate([live, _KEY + unst, 2 * _KEY + unst, 3 * _KEY + np.arange(m)])
+        rows = np.r_[0:n_eq, 2 * n_eq:A_ub.shape[0]]
+        box.model = _pass(A_ub[rows], b_ub[:n_eq], b_ub[2 * n_eq:], box.lb, box.ub, cs)
         return box
 
-    def load(self, node: Node) -> None:
-        """Set the model's bounds (and chord rows) to the node's, only where they changed."""
-        import highspy  # solver: imported where used
-
+    def _mirror(self, node: Node) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Set the numpy copy of the LP (``A_ub, b_ub, lb, ub``) to the node's bounds, only where they changed:
+        the changed columns, the changed chord rows (indices into ``unst``), their slopes and right-hand
+        sides; None when nothing changed."""
         l, u = np.concatenate(node.zl), np.concatenate(node.zu)
         changed = ~((l == self.l) & (u == self.u))
         self.l[changed], self.u[changed] = l[changed], u[changed]
         g = self.live[changed[self.live]]
         if g.size == 0:
-            return
+            return None
         c = self.p_col[g]
         self.lb[c], self.ub[c] = np.maximum(l[g], 0.0), np.maximum(u[g], 0.0)
         t = np.flatnonzero(changed[self.unst])
@@ -322,14 +319,23 @@ class BoxLp:
         a = np.where(tri, uj / np.where(tri, uj - lj, 1.0), np.where(lj >= 0, 1.0, 0.0))
         a = np.where(tri, np.nextafter(a * (1.0 + 1e-15), np.inf), a)  # above the real slope: the chord stays valid
         r = np.where(tri, np.nextafter(-a * lj, np.inf), 0.0)
-        self.A_ub.data[self.r2_data[t]] = -a
         nu = self.unst.size
+        self.A_ub[2 * self.n_eq + nu + t, zc] = -a
         self.b_ub[2 * self.n_eq + nu + t] = r
-        h, cols = self.model, np.concatenate([c, zc])
+        return np.concatenate([c, zc]), t, a, r
+
+    def load(self, node: Node) -> None:
+        """Set the model's bounds (and chord rows) to the node's, only where they changed."""
+        import highspy  # solver: imported where used
+
+        change = self._mirror(node)
+        if change is None:
+            return
+        cols, t, a, r = change
+        h, rows = self.model, self.n_eq + self.unst.size + t
         h.changeColsBounds(cols.size, cols, self.lb[cols], self.ub[cols])
-        rows = self.n_eq + nu + t
         h.changeRowsBounds(t.size, rows, np.full(t.size, -highspy.kHighsInf), r)
-        for row, col, aj in zip(rows.tolist(), zc.tolist(), (-a).tolist()):
+        for row, col, aj in zip(rows.tolist(), self.z_col[t].tolist(), (-a).tolist()):
             h.changeCoeff(row, col, aj)
 
     def _bound(self, c: np.ndarray, y: np.ndarray) -> Optional[float]:
@@ -337,6 +343,29 @@ class BoxLp:
         e = self.n_eq
         marg = np.concatenate([np.minimum(y[:e], 0.0), np.minimum(-y[:e], 0.0), y[e:]])
         return dual_bound(c, self.A_ub, self.b_ub, self.lb, self.ub, marg)
+
+    def basis_from(self, donor: "BoxLp", basis) -> object:
+        """A starting basis for this box's first LP from another box's (an *alien* basis, which HiGHS repairs
+        to a valid one): statuses copied for the columns and rows both models have (same input, neuron or
+        property row), new columns at their lower bound, new rows basic. Only the simplex's start: the
+        bound is the dual check's, whatever the basis."""
+        import highspy  # solver: imported where used
+
+        if not _STATUS:
+            _STATUS.extend(sorted(highspy.HighsBasisStatus.__members__.values(), key=int))
+
+        def mapped(mine, theirs, status, default):
+            out = np.full(mine.size, default)
+            pos = np.minimum(np.searchsorted(theirs, mine), theirs.size - 1)
+            hit = theirs[pos] == mine
+            out[hit] = np.asarray([int(v) for v in status])[pos[hit]]
+            return [_STATUS[v] for v in out.tolist()]
+
+        b = highspy.HighsBasis()
+        b.col_status = mapped(self.col_key, donor.col_key, basis.col_status, 0)
+        b.row_status = mapped(self.row_key, donor.row_key, basis.row_status, 1)
+        b.valid, b.alien = True, True
+        return b
 
     def solve(self, basis=None):
         """Sound lower bound of the loaded node's elastic LP (``inf`` for a Farkas-certified empty node), its
@@ -364,42 +393,55 @@ class BoxLp:
 
 
 def _pass(A, b_eq: np.ndarray, b_le: np.ndarray, lb: np.ndarray, ub: np.ndarray, cs: int):
-    """A silent HiGHS model of ``min v_cs`` over the rows ``A`` (the first ``b_eq.size`` equalities, the rest
-    ``<= b_le``) and the column bounds."""
+    """A silent HiGHS model of ``min v_cs`` over the rows ``A`` (dense; the first ``b_eq.size`` equalities, the
+    rest ``<= b_le``) and the column bounds, passed as arrays (a ``HighsLp`` filled field by field cost 0.4 ms
+    more per box)."""
     import highspy  # solver: imported where used
 
-    h, lp, A = _highs(), highspy.HighsLp(), A.tocsc()
-    lp.num_col_, lp.num_row_ = A.shape[1], A.shape[0]
-    lp.col_cost_ = np.eye(1, A.shape[1], cs).ravel()
-    lp.col_lower_, lp.col_upper_ = lb, ub
-    lp.row_lower_ = np.concatenate([b_eq, np.full(b_le.size, -highspy.kHighsInf)])
-    lp.row_upper_ = np.concatenate([b_eq, b_le])
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
-    lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = A.shape[1], A.shape[0]
-    h.passModel(lp)
+    h, (m, n) = _highs(), A.shape
+    AT = A.T
+    nz = AT != 0  # column-wise nonzeros of the dense matrix
+    start = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int32)
+    index, value = np.nonzero(nz)[1].astype(np.int32), AT[nz]
+    h.passModel(n, m, value.size, int(highspy.MatrixFormat.kColwise), int(highspy.ObjSense.kMinimize), 0.0,
+                np.eye(1, n, cs).ravel(), lb, ub, np.concatenate([b_eq, np.full(b_le.size, -highspy.kHighsInf)]),
+                np.concatenate([b_eq, b_le]), start, index, value, np.zeros(n, dtype=np.int32))  # all continuous
     return h
 
 
 def _children(chain: Chain, lo: np.ndarray, hi: np.ndarray, node: Node, k: int, i: int) -> list[Node]:
-    """The two phases of neuron (k, i), later layers re-bounded by CROWN in one batch of two; empty children
-    (crossing sound bounds) dropped."""
-    zl = [np.repeat(a[None], 2, axis=0) for a in node.zl]
-    zu = [np.repeat(a[None], 2, axis=0) for a in node.zu]
-    zu[k][0, i], zl[k][1, i] = 0.0, 0.0  # z <= 0, z >= 0
+    """The two phases of neuron (k, i) (:func:`_children_batch` of one request)."""
+    return _children_batch(chain, [(lo, hi, node, k, i)])[0]
+
+
+def _children_batch(chain: Chain, reqs: list[tuple[np.ndarray, np.ndarray, Node, int, int]]) -> list[list[Node]]:
+    """Per request ``(lo, hi, node, k, i)`` the two phases of neuron (k, i) of the node, later layers re-bounded
+    by CROWN, all requests splitting in layer ``k`` in one batch (the boxes of :func:`finish_many` step
+    together: one ``layer_bounds`` call per layer instead of one per pair); empty children (crossing sound
+    bounds) dropped."""
+    out: list[list[Node]] = [[] for _ in reqs]
     n_out = chain.steps[-1].op.out_features
-    nl, nu = layer_bounds(chain, np.repeat(lo[None], 2, axis=0), np.repeat(hi[None], 2, axis=0),
-                          zl + [np.full((2, n_out), -np.inf)], zu + [np.full((2, n_out), np.inf)], k + 1,
-                          output=False)  # the output layer's bounds are not kept
-    empty = infeasible(nl, nu)
-    kids = []
-    for c, sign in enumerate((-1.0, 1.0)):
-        if empty[c]:
-            continue
-        ph = [a.copy() for a in node.phase]
-        ph[k][i] = sign
-        kids.append(Node([a[c] for a in nl[:-1]], [a[c] for a in nu[:-1]], ph))
-    return kids
+    for k in sorted({r[3] for r in reqs}):
+        idx = [j for j, r in enumerate(reqs) if r[3] == k]
+        zl = [np.repeat(np.stack([reqs[j][2].zl[q] for j in idx]), 2, axis=0) for q in range(len(reqs[idx[0]][2].zl))]
+        zu = [np.repeat(np.stack([reqs[j][2].zu[q] for j in idx]), 2, axis=0) for q in range(len(zl))]
+        rows, cols = np.arange(2 * len(idx)), np.repeat([reqs[j][4] for j in idx], 2)
+        zu[k][rows[0::2], cols[0::2]], zl[k][rows[1::2], cols[1::2]] = 0.0, 0.0  # z <= 0, z >= 0
+        lo = np.repeat(np.stack([reqs[j][0] for j in idx]), 2, axis=0)
+        hi = np.repeat(np.stack([reqs[j][1] for j in idx]), 2, axis=0)
+        B = lo.shape[0]
+        nl, nu = layer_bounds(chain, lo, hi, zl + [np.full((B, n_out), -np.inf)], zu + [np.full((B, n_out), np.inf)],
+                              k + 1, output=False)  # the output layer's bounds are not kept
+        empty = infeasible(nl, nu)
+        for n, j in enumerate(idx):
+            node, i = reqs[j][2], reqs[j][4]
+            for c, sign in ((2 * n, -1.0), (2 * n + 1, 1.0)):
+                if empty[c]:
+                    continue
+                ph = [a.copy() for a in node.phase]
+                ph[k][i] = sign
+                out[j].append(Node([a[c] for a in nl[:-1]], [a[c] for a in nu[:-1]], ph))
+    return out
 
 
 def _branch_point(box: BoxLp, node: Node, v: np.ndarray) -> Optional[tuple[int, int]]:
@@ -416,46 +458,110 @@ def _branch_point(box: BoxLp, node: Node, v: np.ndarray) -> Optional[tuple[int, 
     return k, g - (int(ends[k - 1]) if k else 0)
 
 
+@dataclass
+class _Donors:
+    """Boxes whose root LP was solved, with their optimal bases: a box's root LP starts from the basis of the
+    nearest one (centres, in units of the new box's widths): 1.4 -> 1.0 ms per LP on ACAS Xu's deep boxes."""
+
+    centres: list = field(default_factory=list)
+    boxes: list = field(default_factory=list)
+
+    def add(self, lo: np.ndarray, hi: np.ndarray, box: BoxLp, basis) -> None:
+        self.centres.append(0.5 * (lo + hi))
+        self.boxes.append((box, basis))
+
+    def nearest(self, lo: np.ndarray, hi: np.ndarray) -> tuple:
+        d = np.abs(np.array(self.centres) - 0.5 * (lo + hi)) / np.maximum(hi - lo, 1e-12)
+        return self.boxes[int(np.argmin(d.sum(axis=1)))]
+
+
+@dataclass
+class _Run:
+    """One box's LP branch and bound in progress (:func:`finish_many`): its model, its depth-first stack of
+    ``(node, parent basis)`` and its result so far (``done``: decided or given up)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    box: Optional[BoxLp]
+    stack: list
+    out: FinishResult
+    done: bool = False
+
+    @classmethod
+    def start(cls, net: LpNet, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
+              A_prop: np.ndarray, b_prop: np.ndarray, tighten_first: bool) -> "_Run":
+        root = Node([np.array(a, dtype=np.float64) for a in zl[:-1]],
+                    [np.array(a, dtype=np.float64) for a in zu[:-1]], [np.zeros(a.shape) for a in zl[:-1]])
+        run = cls(lo, hi, None, [(root, None)], FinishResult(closed=False, bound=np.inf))
+        if tighten_first:
+            run.out.lps += tighten(net, lo, hi, root)
+        if any(np.any(l > u) for l, u in zip(root.zl, root.zu)):
+            run.stack = []  # crossing sound bounds: the box holds no input
+            return run.end(True)
+        run.box = BoxLp.of(net, lo, hi, root, A_prop, b_prop)
+        return run if run.box is not None else run.end(False)
+
+    def end(self, closed: bool) -> "_Run":
+        self.done, self.out.closed = True, closed
+        if not closed:
+            self.out.bound = -np.inf
+        return self
+
+    def step(self, budget: int, donors: "_Donors") -> Optional[tuple[Node, int, int, object]]:
+        """Solve nodes depth first until one needs children: ``(node, k, i, basis)`` to split neuron (k, i);
+        None once the run is done (closed: the stack ran empty; open: budget, solver failure, exact leaf).
+        ``donors``: the boxes whose root LP was solved, the nearest one's basis starts this box's root LP."""
+        while self.stack:
+            if self.out.lps >= budget:
+                self.end(False)
+                return None
+            node, basis = self.stack.pop()  # not empty by bounds: the root checked in start, children by
+            self.out.nodes += 1  # _children_batch
+            self.box.load(node)
+            root = basis is None
+            if root and donors.boxes:
+                basis = self.box.basis_from(*donors.nearest(self.lo, self.hi))
+            val, v, basis = self.box.solve(basis)
+            if root and basis is not None:
+                donors.add(self.lo, self.hi, self.box, basis)
+            self.out.lps += 1
+            if val is not None and val > 0:
+                self.out.bound = min(self.out.bound, val)
+                continue
+            if v is None or basis is None:
+                self.end(False)  # the solver failed: leave the box to the input splitting
+                return None
+            arg = _branch_point(self.box, node, v)
+            if arg is None:  # exact: the LP point is an input reaching the disjunct (up to rounding)
+                self.out.candidates.append(np.clip(v[:self.lo.size], self.lo, self.hi))
+                self.end(False)
+                return None
+            return node, arg[0], arg[1], basis
+        self.end(True)
+        return None
+
+
+def finish_many(chain: Chain, net: LpNet, boxes: list[tuple[np.ndarray, np.ndarray, list, list]],
+                A_prop: np.ndarray, b_prop: np.ndarray, budget: int, tighten_first: bool = False) -> list[FinishResult]:
+    """:func:`finish` on each box ``(lo, hi, zl, zu)``, the boxes stepping together: each round every open box
+    solves nodes until one needs children, and the children of all boxes are bounded in one CROWN batch per
+    layer (each box's nodes, LPs and result are those of :func:`finish` alone)."""
+    runs = [_Run.start(net, np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64), zl, zu,
+                       A_prop, b_prop, tighten_first) for lo, hi, zl, zu in boxes]
+    active, donors = [r for r in runs if not r.done], _Donors()
+    while active:
+        want = [(r, r.step(budget, donors)) for r in active]
+        want = [(r, w) for r, w in want if w is not None]
+        kids = _children_batch(chain, [(r.lo, r.hi, node, k, i) for r, (node, k, i, _) in want])
+        for (r, w), ks in zip(want, kids):
+            r.stack.extend((kid, w[3]) for kid in ks)
+        active = [r for r, _ in want]
+    return [r.out for r in runs]
+
+
 def finish(chain: Chain, net: LpNet, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
            A_prop: np.ndarray, b_prop: np.ndarray, budget: int, tighten_first: bool = False) -> FinishResult:
     """Decide the disjunct ``A_prop y <= b_prop`` on the box by LP branch and bound (module docstring), every
     node's LP solved in one persistent, warm-started model (:class:`BoxLp`). ``zl, zu``: sound pre-activation
     bounds of every layer (the output layer's are ignored)."""
-    root = Node([np.array(a, dtype=np.float64) for a in zl[:-1]], [np.array(a, dtype=np.float64) for a in zu[:-1]],
-                [np.zeros(a.shape) for a in zl[:-1]])
-    out = FinishResult(closed=False, bound=np.inf)
-    if tighten_first:
-        out.lps += tighten(net, lo, hi, root)
-    if any(np.any(l > u) for l, u in zip(root.zl, root.zu)):
-        out.closed = True
-        return out  # crossing sound bounds: the box holds no input
-    box = BoxLp.of(net, lo, hi, root, A_prop, b_prop)
-    if box is None:
-        out.bound = -np.inf
-        return out
-    stack: list[tuple[Node, object]] = [(root, None)]
-    while stack:
-        if out.lps >= budget:
-            out.bound = -np.inf
-            return out
-        node, basis = stack.pop()
-        out.nodes += 1
-        if any(np.any(l > u) for l, u in zip(node.zl, node.zu)):
-            continue  # crossing sound bounds: no input of the box has these phases
-        box.load(node)
-        val, v, basis = box.solve(basis)
-        out.lps += 1
-        if val is not None and val > 0:
-            out.bound = min(out.bound, val)
-            continue
-        if v is None or basis is None:
-            out.bound = -np.inf
-            return out  # the solver failed: leave the box to the input splitting
-        arg = _branch_point(box, node, v)
-        if arg is None:  # exact: the LP point is an input reaching the disjunct (up to rounding)
-            out.candidates.append(np.clip(v[:lo.size], lo, hi))
-            out.bound = -np.inf
-            return out
-        stack.extend((kid, basis) for kid in _children(chain, lo, hi, node, *arg))
-    out.closed = True
-    return out
+    return finish_many(chain, net, [(lo, hi, zl, zu)], A_prop, b_prop, budget, tighten_first)[0]
