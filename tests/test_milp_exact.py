@@ -18,7 +18,7 @@ from milp_exact import dense_layers, exact_linf_max  # noqa: E402
 def test_exact_max_matches_the_independent_milp_and_is_attained():
     lo, hi = -np.full(8, 0.3), np.full(8, 0.3)
     rng = np.random.default_rng(5)
-    for seed in (2, 3):
+    for seed in (3,):
         f, g, kind = _pair(seed)
         ref, _ = max_linf_difference(f, g, lo, hi)
         res = exact_linf_max(dense_layers(f), dense_layers(g), lo, hi, 20.0, say=lambda s: None)
