@@ -11,6 +11,9 @@ stops when every leaf is closed, at ``max_nodes`` sub-problems (deterministic: c
 the deadline. Candidate points (the vertex maximising each bounded sub-problem's worst linear row)
 go to ``witness``.
 
+:func:`lp_refine` runs the LP phase search (:mod:`lumpver.verifiers.bab_phase`) on each region afterwards
+and keeps, per region, the tighter of the two trees (bench/RESULTS.md, issue 14: neither wins on every box).
+
 Evidence: the split tree in preorder (:func:`lumpver.bounds.diff_phase.tree_leaves`), replayed by
 :func:`lumpver.bounds.diff_phase.replay` in :mod:`lumpver.certificates.bounded_bab`.
 """

@@ -34,7 +34,9 @@ It is a sum of sound terms, each re-checkable from the files, X and the recorded
   dimensions (ACAS Xu) the search runs first and the interval term only when it is not within the
   threshold (bench/RESULTS.md, issue 14). On wider inputs (MNIST) an aligned ReLU pair is searched by
   ReLU-phase splits instead (:mod:`lumpver.verifiers.bab_phase_batched`, evidence ``bab_diff`` with a
-  ``phase_batched`` tree per region), other pairs by the bisection search.
+  ``phase_batched`` tree per region), then in linf by the LP phase search with the time left
+  (:mod:`lumpver.verifiers.bab_phase`, a ``phase`` tree on the unsplit region where it is tighter),
+  other pairs by the bisection search.
 * ``float32`` — a sound bound of the float32 evaluation error of f and of g
   (:func:`lumpver.bounds.float_error.float32_error`). It is worst-case (|W| amplification per layer)
   and can exceed the real error by orders of magnitude on deep nets, so it is *stated beside*
