@@ -224,8 +224,8 @@ def lp_refine(run: PhaseRun, model: DiffModel, input_set: InputSet, threshold: f
             res = finish_leaf(net, model, lo, hi, refine, lambda: threshold, time.monotonic() + left, max_lps)
             progress.say(f"LP phase search: region {i}: {res.upper:.4g} ({res.nodes} nodes, {res.lps} LPs) vs "
                          f"batched {regions[i]['bound']:.4g}")
-            if res.upper < regions[i]["bound"]:
-                regions[i] = {"tree": [-1], "bound": res.upper, "boxes": res.nodes,
+            if res.upper < regions[i]["bound"]:  # a norm: at least 0 (every node empty gives -inf)
+                regions[i] = {"tree": [-1], "bound": max(0.0, res.upper), "boxes": res.nodes,
                               "open_boxes": int(res.upper > threshold), "phase": [[0, res.tree]]}
     upper = max(r["bound"] for r in regions)
     return PhaseRun(upper, {**run.evidence, "regions": regions, "upper_bound": upper}, run.attained, run.x_best)
