@@ -83,6 +83,7 @@ def test_certify_on_wide_inputs_writes_phase_trees_that_recheck(tmp_path, monkey
     from tests.test_bab_diff import _files
 
     monkeypatch.setattr(C, "PHASE_NODES", 21)
+    monkeypatch.setattr(C, "PHASE_LPS", 0)  # the batched tree alone (the LP search: tests/test_certify_lp_phase.py)
     rng = np.random.default_rng(11)
     f = _f32(random_net(rng, [10, 5, 5, 1]))
     g = _f32(REDUCTIONS["quantised"](f, rng))

@@ -11,6 +11,9 @@ stops when every leaf is closed, at ``max_nodes`` sub-problems (deterministic: c
 the deadline. Candidate points (the vertex maximising each bounded sub-problem's worst linear row)
 go to ``witness``.
 
+:func:`lp_refine` runs the LP phase search (:mod:`lumpver.verifiers.bab_phase`) on each region afterwards
+and keeps, per region, the tighter of the two trees (bench/RESULTS.md, issue 14: neither wins on every box).
+
 Evidence: the split tree in preorder (:func:`lumpver.bounds.diff_phase.tree_leaves`), replayed by
 :func:`lumpver.bounds.diff_phase.replay` in :mod:`lumpver.certificates.bounded_bab`.
 """
@@ -31,6 +34,7 @@ from lumpver.bounds.rounding import rounding_policy
 from lumpver.ir.network import Network
 from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import InputSet
+from lumpver.verifiers.bab_phase import PairNet, finish_leaf
 from lumpver.verifiers.interval import point_distance
 
 #: without a threshold the search stops once the bound is within this relative gap of the attained value
@@ -195,3 +199,33 @@ def phase_difference(f: Network, g: Network, input_set: InputSet, norm: str, thr
           "child_refine": asdict(opt.child_refine), "rounding": rounding_policy(), "upper_bound": upper,
           "regions": regions, "attained": best[0]}
     return PhaseRun(upper, ev, best[0], best[1])
+
+
+def lp_refine(run: PhaseRun, model: DiffModel, input_set: InputSet, threshold: float, deadline: float,
+              max_lps: int, progress: Progress = SILENT) -> PhaseRun:
+    """The LP phase search (:func:`lumpver.verifiers.bab_phase.finish_leaf`: every node an LP over both
+    networks, which sees that mixed-phase children are slivers) on each region's box with the time left;
+    where it bounds the region lower than the batched tree, the region's evidence becomes an unsplit box
+    with that LP tree (``phase``: replayed by :mod:`lumpver.certificates.bounded_bab`) and the bound the
+    smaller. Aligned ReLU pairs in linf only (others: ``run`` unchanged). bench/RESULTS.md, issue 14:
+    neither search wins on every MNIST box, so both run."""
+    net = PairNet.of(model)
+    if net is None or run.evidence.get("pairing") != "delta":
+        return run
+    refine = Refine(**run.evidence["refine"])
+    regions = list(run.evidence["regions"])
+    with blas_single_thread():
+        for i, region in enumerate(input_set.regions):
+            left = (deadline - time.monotonic()) / (len(regions) - i)
+            if left <= 0.5 or regions[i]["bound"] <= threshold:
+                continue
+            box = region_box(region)
+            lo, hi = np.asarray(box.lower, np.float64), np.asarray(box.upper, np.float64)
+            res = finish_leaf(net, model, lo, hi, refine, lambda: threshold, time.monotonic() + left, max_lps)
+            progress.say(f"LP phase search: region {i}: {res.upper:.4g} ({res.nodes} nodes, {res.lps} LPs) vs "
+                         f"batched {regions[i]['bound']:.4g}")
+            if res.upper < regions[i]["bound"]:  # a norm: at least 0 (every node empty gives -inf)
+                regions[i] = {"tree": [-1], "bound": max(0.0, res.upper), "boxes": res.nodes,
+                              "open_boxes": int(res.upper > threshold), "phase": [[0, res.tree]]}
+    upper = max(r["bound"] for r in regions)
+    return PhaseRun(upper, {**run.evidence, "regions": regions, "upper_bound": upper}, run.attained, run.x_best)

@@ -34,7 +34,9 @@ It is a sum of sound terms, each re-checkable from the files, X and the recorded
   dimensions (ACAS Xu) the search runs first and the interval term only when it is not within the
   threshold (bench/RESULTS.md, issue 14). On wider inputs (MNIST) an aligned ReLU pair is searched by
   ReLU-phase splits instead (:mod:`lumpver.verifiers.bab_phase_batched`, evidence ``bab_diff`` with a
-  ``phase_batched`` tree per region), other pairs by the bisection search.
+  ``phase_batched`` tree per region), then in linf by the LP phase search with the time left
+  (:mod:`lumpver.verifiers.bab_phase`, a ``phase`` tree on the unsplit region where it is tighter),
+  other pairs by the bisection search.
 * ``float32`` — a sound bound of the float32 evaluation error of f and of g
   (:func:`lumpver.bounds.float_error.float32_error`). It is worst-case (|W| amplification per layer)
   and can exceed the real error by orders of magnitude on deep nets, so it is *stated beside*
@@ -60,12 +62,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lumpver.bounds.diff_batched import prepare_diff
 from lumpver.bounds.float_error import float32_errors
 from lumpver.bounds.region import region_box
 from lumpver.certificates.format import make_certificate, model_stats
 from lumpver.fileio import write_json_atomic
 from lumpver.verifiers.bab_diff import DiffOptions, difference_search
-from lumpver.verifiers.bab_phase_batched import PhaseOptions, phase_difference
+from lumpver.verifiers.bab_phase_batched import PhaseOptions, lp_refine, phase_difference
 from lumpver.verifiers.graph_diff import graph_difference_search
 from lumpver.verifiers.interval import certified_difference_bound
 from lumpver.ir.graph import GraphNetwork
@@ -95,6 +98,8 @@ BAB_FIRST_DIMS = 8
 BAB_PHASE_LPS = 0
 #: sub-problems per region of the batched phase search on wider inputs (bench/RESULTS.md, MNIST 256x2; 0: off)
 PHASE_NODES = 250
+#: LPs per region of the LP phase search that follows it in linf with the time left (0: off)
+PHASE_LPS = 600
 #: boxes per region the graph back-end bounds at most when certifying (inputs small enough to split)
 GRAPH_BOXES = 100
 
@@ -200,13 +205,20 @@ def phase_term(h: Network, twin: Network, input_set: InputSet, norm: str, thresh
                timeout: float) -> tuple[float, dict[str, Any]]:
     """Wide inputs (MNIST's 784: bisection does not pay): the batched ReLU-phase branch and bound on the
     aligned pair (:func:`lumpver.verifiers.bab_phase_batched.phase_difference`, PHASE_NODES sub-problems
-    per region, so the same pair certifies the same bound twice); ``(inf, {})`` for a pair it cannot take."""
+    per region), then, in linf with the time left, the LP phase search on each region
+    (:func:`lumpver.verifiers.bab_phase_batched.lp_refine`, at most PHASE_LPS LPs), the tighter per region
+    (bench/RESULTS.md: each wins on some MNIST boxes); ``(inf, {})`` for a pair it cannot take."""
     if PHASE_NODES <= 0:
         return math.inf, {}
+    t_end = time.monotonic() + timeout
     try:
-        run = phase_difference(h, twin, input_set, norm, threshold, timeout, PhaseOptions(max_nodes=PHASE_NODES))
+        model = prepare_diff(h, twin, "delta")
+        run = phase_difference(h, twin, input_set, norm, threshold, timeout, PhaseOptions(max_nodes=PHASE_NODES),
+                               model=model)
     except ValueError:
         return math.inf, {}
+    if norm == "linf" and PHASE_LPS > 0 and run.upper > threshold:
+        run = lp_refine(run, model, input_set, threshold, t_end, PHASE_LPS)
     u, ev = run.upper, run.evidence
     ev["threshold"] = threshold
     return u, ev
