@@ -301,12 +301,15 @@ class _Search:
         self.opt.progress.say(f"bab_diff: falsifier {time.monotonic() - start:.1f} s, attained {self.lower:.4g}")
 
     def _phase_stage(self) -> None:
-        """Phase branch and bound (:mod:`lumpver.verifiers.bab_phase`) on the open leaves, worst first,
-        until the deadline or the LP budget; each leaf's bound becomes the smaller of the two."""
+        """Phase branch and bound (:mod:`lumpver.verifiers.bab_phase`) on the open leaves, worst first (the
+        least closeable: the bound is the max over leaves, so a target that cannot be met fails at the
+        first leaf), until the deadline or the LP budget; each leaf's bound becomes the smaller of the two.
+        With a target (``epsilon`` or ``close_at``) the stage stops at the first leaf it leaves above it."""
         t, opt = self.tree, self.opt
         order = t.leaf_ids()
         pos = {leaf: n for n, leaf in enumerate(order)}
         budget = opt.phase_lps if opt.deterministic else 1 << 40
+        target = self.eps is not None or self.close_at >= self.threshold
         for leaf in sorted(order, key=lambda i: -t.bound[i]):
             if t.bound[leaf] <= self.threshold or budget <= 0 or time.monotonic() > self.deadline:
                 break
@@ -318,6 +321,8 @@ class _Search:
             t.bound[leaf] = min(t.bound[leaf], res.upper)
             self.phase.append([pos[leaf], res.tree])
             self._heartbeat_phase(res)
+            if target and (t.bound[leaf] > self.threshold or self.cex is not None or self.lower > self.threshold):
+                break
 
     def _affordable(self) -> int:
         """Parents one round can split before the deadline (at most ``batch``)."""
