@@ -41,10 +41,18 @@ def _has_phases(z: np.ndarray, p: list[np.ndarray]) -> np.ndarray:
     return np.all((ph == 0) | ((ph > 0) & (z >= 0)) | ((ph < 0) & (z <= 0)), axis=1)
 
 
+def _assert_contains(net: PairNet, node, zf: np.ndarray, zg: np.ndarray) -> None:
+    d = len(net.widths)
+    b = node.b
+    for lo_, hi_, z in ((b.fl, b.fu, zf), (b.gl, b.gu, zg), (b.dl, b.du, zf - zg)):
+        lo_, hi_ = np.concatenate(lo_[:d]), np.concatenate(hi_[:d])
+        assert np.all(z >= lo_ - 1e-9) and np.all(z <= hi_ + 1e-9)
+
+
 def test_model_rows_hold_at_real_points_of_every_node():
     """Down random paths of phase splits (the model reused across nodes, as the search does), the stored
-    rows ``A_ub v <= b_ub`` and the column bounds hold at every sampled point with the node's phases, and a
-    node certified empty has no such point."""
+    rows ``A_ub v <= b_ub`` and the column bounds hold at every sampled point with the node's phases, a
+    node certified empty has no such point, and the LP-tightened root bounds contain every point."""
     lo, hi = -np.ones(3), np.ones(3)
     rng = np.random.default_rng(5)
     x = rng.uniform(lo, hi, (4000, 3))
@@ -54,9 +62,12 @@ def test_model_rows_hold_at_real_points_of_every_node():
         model = prepare_diff(f, g)
         net = PairNet.of(model)
         zf, zg = _states(net, x)
-        for refine in (Refine(), Refine(iters=10, lr=0.25, max_unstable=64)):
+        for refine, tight in ((Refine(), True), (Refine(iters=10, lr=0.25, max_unstable=64), False)):
             root = leaf_root(net, model, lo, hi, refine)
             lp = PairLp(net, lo, hi, root)
+            if tight:  # LP-tightened layer bounds still contain every real point of the box
+                lp.tighten(root)
+                _assert_contains(net, root, zf, zg)
             v_all = _vectors(lp, x, zf, zg)
             node, v = root, bound_rows(lp, root, np.arange(root.rows.size))[0]
             for _ in range(5):

@@ -81,6 +81,8 @@ class DiffOptions:
     phase_share: float = 0.3
     phase_lps: int = 0
     phase_leaf_lps: int = 300
+    #: LP-tightened root bounds per phase-split leaf (recorded in the evidence: the checker repeats it)
+    phase_tighten: bool = True
     #: share of each region's time (clock runs only) for a falsifier on ``||f - g||``: sampling, then
     #: rounds of momentum PGD from fresh starts (:func:`lumpver.verifiers.falsify.search` with restarts),
     #: until a confirmed counterexample or the share is spent; it runs once the search is still open after
@@ -314,7 +316,7 @@ class _Search:
             if t.bound[leaf] <= self.threshold or budget <= 0 or time.monotonic() > self.deadline:
                 break
             res = finish_leaf(self.phase_net, self.model, t.lo[leaf], t.hi[leaf], opt.refine, lambda: self.threshold,
-                              self.deadline, min(budget, opt.phase_leaf_lps))
+                              self.deadline, min(budget, opt.phase_leaf_lps), opt.phase_tighten)
             budget -= res.lps
             if res.points:
                 self._witness(np.clip(np.array(res.points), t.lo[leaf], t.hi[leaf]))
@@ -380,7 +382,7 @@ def difference_search(f: Network, g: Network, input_set: InputSet, norm: str = "
             results.append(_Search(f, g, model, region, norm, epsilon, deadline, opt, lower, close_at).run())
             if results[-1].counterexample is not None:
                 break
-    return results, evidence(model, results, opt.refine)
+    return results, evidence(model, results, opt.refine, opt.phase_tighten)
 
 
 def _phase_regions(f: Network, g: Network, input_set: InputSet, threshold: Optional[float], timeout: float,
@@ -428,9 +430,11 @@ def choose_pairing(f: Network, g: Network, input_set: InputSet, norm: str = "lin
     return product if med[1] < med[0] else model
 
 
-def evidence(model: DiffModel, results: list[DiffResult], refine: Refine = Refine()) -> dict[str, Any]:
+def evidence(model: DiffModel, results: list[DiffResult], refine: Refine = Refine(),
+             phase_tighten: bool = False) -> dict[str, Any]:
     """What :mod:`lumpver.certificates.bounded_bab` needs to re-bound every leaf."""
-    return {"pairing": model.kind, "iters": ITERS, "lr": LR, "refine": asdict(refine), "rounding": rounding_policy(),
+    tight = {"phase_tighten": True} if phase_tighten and any(r.phase for r in results) else {}
+    return {"pairing": model.kind, "iters": ITERS, "lr": LR, "refine": asdict(refine), "rounding": rounding_policy(), **tight,
             "upper_bound": max(r.upper for r in results),
             "regions": [{"tree": r.tree, "bound": r.upper, "boxes": r.boxes, "open_boxes": r.open_boxes,
                          **({"stopped": r.stopped} if r.stopped else {}), **({"phase": r.phase} if r.phase else {})}

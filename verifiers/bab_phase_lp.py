@@ -155,6 +155,48 @@ class PairLp:
         lp.set_coeffs(self.coef_rows, self.coef_cols, self.coef_pos, np.concatenate(coefs))
         lp.set_rhs(np.arange(self.n_le), rhs)
 
+    def tighten(self, node) -> int:
+        """LP-tightened bounds of the node's later layers (in place, intersected), layer after layer, each
+        layer's new bounds loaded before the next: per neuron unstable at the root ``min``/``max`` of ``z``
+        in f and g and of ``z^f - z^g`` of the pair (sound: the dual of the model, which every real point of
+        the node satisfies). Returns the number of LPs; a node whose bounds cross is left with every row
+        at ``-inf`` (empty)."""
+        lps, at = 0, 0
+        f, g = self.sides
+        names = (("fl", "fu", f, None), ("gl", "gu", g, None), ("dl", "du", f, g))
+        for k, w in enumerate(self.net.widths):
+            if k == 0:
+                at += w
+                continue
+            for lo_name, hi_name, s1, s2 in names:
+                cand = self.pairs if s2 is not None else s1["unst"]
+                cand = cand[(cand >= at) & (cand < at + w)]
+                lo_k, hi_k = getattr(node.b, lo_name)[k], getattr(node.b, hi_name)[k]
+                for t in cand:
+                    c = np.zeros(self.lp.lb.size)
+                    c[s1["pre"][t]] = 1.0
+                    if s2 is not None:
+                        c[s2["pre"][t]] = -1.0
+                    for sign in (1.0, -1.0):
+                        self.lp.set_cost(sign * c)
+                        val = self.lp.solve().value
+                        lps += 1
+                        if val is None:
+                            continue
+                        if val == np.inf:
+                            node.rows[:] = -np.inf
+                            return lps
+                        if sign > 0:
+                            lo_k[t - at] = max(lo_k[t - at], val)
+                        else:
+                            hi_k[t - at] = min(hi_k[t - at], -val)
+            if any(np.any(getattr(node.b, a)[k] > getattr(node.b, b)[k]) for a, b in (("fl", "fu"), ("gl", "gu"), ("dl", "du"))):
+                node.rows[:] = -np.inf
+                return lps
+            self.load(node)
+            at += w
+        return lps
+
     def bound_row(self, r: int, basis=None) -> tuple[Solved, Optional[float]]:
         """Sound upper bound of row ``r`` (``r < m``: ``f_r - g_r``; ``m + r``: ``g_r - f_r``) on the loaded
         node (``inf``-valued ``Solved`` when certified empty) and the row's value bound (None: no bound)."""
