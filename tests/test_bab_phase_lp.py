@@ -89,3 +89,32 @@ def test_model_rows_hold_at_real_points_of_every_node():
                 v = bound_rows(lp, node, np.arange(node.rows.size))[0]
     assert checked > 10_000
 
+
+
+def test_phase_stage_bisects_open_leaves_and_the_checker_rechecks_them():
+    """With a small LP budget per leaf the phase stage bisects the leaves it leaves open; the evidence (box
+    tree grown by those bisections, phase trees of the final leaves, the recorded tightening) re-checks to
+    a bound between the exact MILP maximum and the claim; with a target the stage stops at the first leaf
+    it cannot close (a claim above the target)."""
+    from lumpver.bounds.diff_batched import leaves_of
+    from lumpver.certificates.bounded_bab import _leaf_bounds
+    from lumpver.specs.inputset import Box, InputSet
+    from lumpver.verifiers.bab_diff import DiffOptions, difference_search
+    from tests.milp_reference import max_linf_difference
+
+    lo, hi = -np.ones(3), np.ones(3)
+    f, g, _ = _aligned_pair(3)
+    exact, _ = max_linf_difference(f, g, lo, hi)
+    opt = DiffOptions(batch=1, max_boxes=1, deterministic=True, phase_lps=400, phase_leaf_lps=12,
+                      refine=DiffOptions().refine)
+    res, ev = difference_search(f, g, InputSet([Box(lo, hi)]), "linf", 60.0, options=opt)
+    rec = ev["regions"][0]
+    llo, lhi = leaves_of(Box(lo, hi), rec["tree"])
+    assert llo.shape[0] > 2 and rec.get("phase") and ev["phase_tighten"]  # bisected beyond the box cap
+    claim = float(ev["upper_bound"])
+    got = _leaf_bounds(prepare_diff(f, g), llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, claim, rec["phase"],
+                       True)
+    assert exact - 1e-7 * (1 + exact) <= got <= claim * (1 + 1e-6)  # the LPs' last bits: certify pads by 1e-6
+    target = 0.5 * exact  # unreachable: one failed leaf (after its bisections) ends the stage
+    res2, _ = difference_search(f, g, InputSet([Box(lo, hi)]), "linf", 60.0, options=opt, close_at=target)
+    assert not res2[0].proved and res2[0].upper > target and len(res2[0].phase) <= 8

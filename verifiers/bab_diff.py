@@ -341,7 +341,7 @@ class _Search:
                 continue
             if target and self.lower > self.threshold:
                 break
-            if extra[leaf] < opt.phase_bisect and np.any(t.hi[leaf] > t.lo[leaf]) and \
+            if budget > 0 and extra[leaf] < opt.phase_bisect and np.any(t.hi[leaf] > t.lo[leaf]) and \
                     len(t.lo) < opt.max_boxes + opt.phase_boxes:
                 trees.pop(leaf, None)
                 for kid in self._split([leaf]):
