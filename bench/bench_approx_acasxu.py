@@ -98,7 +98,8 @@ def main() -> None:
     ap.add_argument("--json", default="")
     ap.add_argument("--no-fit", action="store_true", help="least-squares refits only (no L-BFGS-B fit)")
     ap.add_argument("--exchange", action="store_true", help="exchange (minimax) refits of the candidates")
-    ap.add_argument("--phase-lps", type=int, default=None, help="ReLU-phase LPs per certification (certify.BAB_PHASE_LPS)")
+    ap.add_argument("--phase-lps", type=int, default=None,
+                    help="ReLU-phase LPs per certification (certify.BAB_PHASE_LPS)")
     args = ap.parse_args()
     if args.phase_lps is not None:
         certify.BAB_PHASE_LPS = args.phase_lps

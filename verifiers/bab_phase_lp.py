@@ -177,25 +177,31 @@ class PairLp:
                     c[s1["pre"][t]] = 1.0
                     if s2 is not None:
                         c[s2["pre"][t]] = -1.0
-                    for sign in (1.0, -1.0):
-                        self.lp.set_cost(sign * c)
-                        val = self.lp.solve().value
-                        lps += 1
-                        if val is None:
-                            continue
-                        if val == np.inf:
-                            node.rows[:] = -np.inf
-                            return lps
-                        if sign > 0:
-                            lo_k[t - at] = max(lo_k[t - at], val)
-                        else:
-                            hi_k[t - at] = min(hi_k[t - at], -val)
-            if any(np.any(getattr(node.b, a)[k] > getattr(node.b, b)[k]) for a, b in (("fl", "fu"), ("gl", "gu"), ("dl", "du"))):
+                    low, high = self._range(c)
+                    lps += 2
+                    if low == np.inf or high == -np.inf:
+                        node.rows[:] = -np.inf
+                        return lps
+                    lo_k[t - at], hi_k[t - at] = max(lo_k[t - at], low), min(hi_k[t - at], high)
+            pairs = (("fl", "fu"), ("gl", "gu"), ("dl", "du"))
+            if any(np.any(getattr(node.b, a)[k] > getattr(node.b, b)[k]) for a, b in pairs):
                 node.rows[:] = -np.inf
                 return lps
             self.load(node)
             at += w
         return lps
+
+    def _range(self, c: np.ndarray) -> tuple[float, float]:
+        """Sound ``(min, max)`` of ``c . v`` on the loaded node (``-inf``/``inf`` where unbounded; ``(inf,
+        -inf)`` when certified empty)."""
+        out = []
+        for sign in (1.0, -1.0):
+            self.lp.set_cost(sign * c)
+            val = self.lp.solve().value
+            if val == np.inf:
+                return np.inf, -np.inf
+            out.append(-sign * np.inf if val is None else sign * val)
+        return out[0], out[1]
 
     def bound_row(self, r: int, basis=None) -> tuple[Solved, Optional[float]]:
         """Sound upper bound of row ``r`` (``r < m``: ``f_r - g_r``; ``m + r``: ``g_r - f_r``) on the loaded
@@ -213,7 +219,8 @@ class PairLp:
         s = self.lp.solve(basis)
         if s.value is None or not np.isfinite(s.value):
             return s, None
-        up = float(add_hi(add_hi(np.float64(-s.value), np.float64(sign * net.bf[-1][i])), np.float64(-sign * net.bg[-1][i])))
+        up = float(add_hi(add_hi(np.float64(-s.value), np.float64(sign * net.bf[-1][i])),
+                          np.float64(-sign * net.bg[-1][i])))
         return s, up
 
     def point(self, v: np.ndarray) -> np.ndarray:
