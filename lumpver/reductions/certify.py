@@ -92,8 +92,10 @@ BAB_SECONDS = 120.0
 BAB_FIRST_DIMS = 8
 #: ReLU-phase LPs per region in the deterministic search (DiffOptions.phase_lps) on inputs of at most
 #: BAB_FIRST_DIMS dimensions: splits f/g neuron pairs of the twin on the leaves left open (2-3 ms per LP on
-#: ACAS Xu leaves; skipped when the budget cannot close every open leaf), and per leaf before it is bisected
-BAB_PHASE_LPS = 20_000
+#: ACAS Xu leaves; skipped when the budget cannot close every open leaf), and per leaf before it is bisected.
+#: 0 (off): at 20,000 the ACAS Xu reductions kept the same size at 600 s (2_3 89, 1_1 113) and the suite's
+#: reduction tests took 357 s instead of 154 s (bench/RESULTS.md, 2026-12-01); bench --phase-lps turns it on
+BAB_PHASE_LPS = 0
 BAB_PHASE_LEAF_LPS = 400
 #: sub-problems per region of the batched phase search on wider inputs (bench/RESULTS.md, MNIST 256x2; 0: off)
 PHASE_NODES = 250
