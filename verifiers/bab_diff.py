@@ -86,8 +86,9 @@ class DiffOptions:
     phase_leaf_lps: int = 300
     #: LP-tightened root bounds per phase-split leaf (recorded in the evidence: the checker repeats it)
     phase_tighten: bool = True
-    #: bisections of a leaf the phase search leaves open, before the stage gives up on it
-    phase_bisect: int = 3
+    #: bisections of a leaf the phase search leaves open, before the stage gives up on it (3 left one leaf of
+    #: the 2_3 candidate at 62 neurons open, 6 certified it: bench/RESULTS.md 2026-12-01)
+    phase_bisect: int = 6
     #: boxes the phase stage may add by those bisections beyond ``max_boxes``
     phase_boxes: int = 4000
     #: share of each region's time (clock runs only) for a falsifier on ``||f - g||``: sampling, then
