@@ -7,8 +7,9 @@ and the time as a ratio to the exact on-set reduction of the same network measur
 run (epsilon 0 = the on-set point). Saves the curve to bench/approx_acasxu.png.
 
 Usage: python bench/bench_approx_acasxu.py [--nets 1_1,2_3,...] [--eps 0.001,...] [--timeout S] [--no-fit]
-       [--exchange] [--json PATH]  (--exchange: candidates by the exchange (minimax) refit of
-       lumpver.reductions.approx_minimax, opt-in; --json also records every trial)
+       [--exchange] [--phase-lps N] [--json PATH]  (--exchange: candidates by the exchange (minimax) refit of
+       lumpver.reductions.approx_minimax, opt-in; --phase-lps: ReLU-phase LPs per certification,
+       lumpver.reductions.certify.BAB_PHASE_LPS, default as configured; --json also records every trial)
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from lumpver.reductions.approx import reduce_approx  # noqa: E402
 from lumpver.reductions.approx_fit import FitOptions  # noqa: E402
 from lumpver.reductions.approx_minimax import ExchangeOptions  # noqa: E402
+from lumpver.reductions import certify  # noqa: E402
 from lumpver.reductions.certify import sample_points  # noqa: E402
 from lumpver.specs.load import load_input_set  # noqa: E402
 from lumpver.ir.onnx_import import load_onnx  # noqa: E402
@@ -96,7 +98,11 @@ def main() -> None:
     ap.add_argument("--json", default="")
     ap.add_argument("--no-fit", action="store_true", help="least-squares refits only (no L-BFGS-B fit)")
     ap.add_argument("--exchange", action="store_true", help="exchange (minimax) refits of the candidates")
+    ap.add_argument("--phase-lps", type=int, default=None,
+                    help="ReLU-phase LPs per certification (certify.BAB_PHASE_LPS)")
     args = ap.parse_args()
+    if args.phase_lps is not None:
+        certify.BAB_PHASE_LPS = args.phase_lps
     eps = [float(e) for e in args.eps.split(",")]
     rows = []
     for name in args.nets.split(","):

@@ -374,7 +374,8 @@ def test_phase_search_on_product_pairs_stays_above_the_milp_maximum():
     rec = ev["regions"][0]
     assert ev["pairing"] == "product" and "phase" in rec
     llo, lhi = leaves_of(Box(lo, hi), rec["tree"])
-    got = _leaf_bounds(model, llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, float(ev["upper_bound"]), rec["phase"])
+    got = _leaf_bounds(model, llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, float(ev["upper_bound"]), rec["phase"],
+                       ev.get("phase_tighten", False))
     assert exact - 1e-7 * (1 + exact) <= got <= float(ev["upper_bound"])
 
 
@@ -394,7 +395,8 @@ def test_phase_trees_in_evidence_recheck_and_tampered_trees_fail():
     model = prepare_diff(f, g)
     llo, lhi = leaves_of(Box(lo, hi), rec["tree"])
     claim = float(ev["upper_bound"])
-    got = _leaf_bounds(model, llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, claim, rec["phase"])
+    tight = ev.get("phase_tighten", False)
+    got = _leaf_bounds(model, llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, claim, rec["phase"], tight)
     assert exact - 1e-7 * (1 + exact) <= got <= claim
     plain = _leaf_bounds(model, llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, claim, None)
     assert plain > claim  # the phase trees carry the claim
@@ -404,7 +406,7 @@ def test_phase_trees_in_evidence_recheck_and_tampered_trees_fail():
     bad[first] = (tree[first] // 16) * 16 + ((tree[first] % 16) & ~(tree[first] % 16 & -(tree[first] % 16)))
     for broken in (bad, tree[:-1]):
         with pytest.raises(ValueError):
-            _leaf_bounds(model, llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, claim, [[leaf, broken]])
+            _leaf_bounds(model, llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, claim, [[leaf, broken]], tight)
 
 
 def test_wide_inputs_choose_the_pairing_tighter_on_the_regions_box():

@@ -56,6 +56,9 @@ NORMS = ("linf", "l1", "l2")
 GAP_REL = 1e-3
 #: inputs wider than this (MNIST) are searched by ReLU-phase splits of aligned ReLU pairs (_phase_regions)
 PHASE_DIMS = 64
+#: LPs a phase-split leaf costs at least (its tightening and root LPs on ACAS Xu: 60-110): with a target, the
+#: phase stage is skipped when its budget cannot pay this for every open leaf
+PHASE_LEAF_MIN_LPS = 60
 
 
 @dataclass
@@ -81,6 +84,13 @@ class DiffOptions:
     phase_share: float = 0.3
     phase_lps: int = 0
     phase_leaf_lps: int = 300
+    #: LP-tightened root bounds per phase-split leaf (recorded in the evidence: the checker repeats it)
+    phase_tighten: bool = True
+    #: bisections of a leaf the phase search leaves open, before the stage gives up on it (3 left one leaf of
+    #: the 2_3 candidate at 62 neurons open, 6 certified it: bench/RESULTS.md 2026-12-01)
+    phase_bisect: int = 6
+    #: boxes the phase stage may add by those bisections beyond ``max_boxes``
+    phase_boxes: int = 4000
     #: share of each region's time (clock runs only) for a falsifier on ``||f - g||``: sampling, then
     #: rounds of momentum PGD from fresh starts (:func:`lumpver.verifiers.falsify.search` with restarts),
     #: until a confirmed counterexample or the share is spent; it runs once the search is still open after
@@ -301,23 +311,48 @@ class _Search:
         self.opt.progress.say(f"bab_diff: falsifier {time.monotonic() - start:.1f} s, attained {self.lower:.4g}")
 
     def _phase_stage(self) -> None:
-        """Phase branch and bound (:mod:`lumpver.verifiers.bab_phase`) on the open leaves, worst first,
-        until the deadline or the LP budget; each leaf's bound becomes the smaller of the two."""
+        """Phase branch and bound (:mod:`lumpver.verifiers.bab_phase`) on the open leaves, worst first (the
+        least closeable: the bound is the max over leaves, so a target that cannot be met fails early),
+        until the deadline or the LP budget; each leaf's bound becomes the smaller of the two. A leaf the
+        phase search leaves open is bisected (up to ``phase_bisect`` times, the halves bounded as in the
+        box search) and its halves phase-searched in turn: halving a hard ACAS Xu leaf cut its LPs 2-4x.
+        With a target (``epsilon`` or ``close_at``) the stage stops at the first leaf it cannot close."""
         t, opt = self.tree, self.opt
-        order = t.leaf_ids()
-        pos = {leaf: n for n, leaf in enumerate(order)}
         budget = opt.phase_lps if opt.deterministic else 1 << 40
-        for leaf in sorted(order, key=lambda i: -t.bound[i]):
-            if t.bound[leaf] <= self.threshold or budget <= 0 or time.monotonic() > self.deadline:
-                break
+        target = self.eps is not None or self.close_at >= self.threshold
+        extra = {i: 0 for i in t.leaf_ids()}
+        heap = [(-t.bound[i], i) for i in extra if t.bound[i] > self.threshold]
+        if target and len(heap) * PHASE_LEAF_MIN_LPS > budget:
+            return  # the budget cannot close every open leaf: the target fails anyway
+        heapq.heapify(heap)
+        trees: dict[int, list[int]] = {}
+        while heap and budget > 0 and time.monotonic() < self.deadline and self.cex is None:
+            leaf = heapq.heappop(heap)[1]
+            if t.bound[leaf] <= self.threshold:
+                continue
             res = finish_leaf(self.phase_net, self.model, t.lo[leaf], t.hi[leaf], opt.refine, lambda: self.threshold,
-                              self.deadline, min(budget, opt.phase_leaf_lps))
+                              self.deadline, min(budget, opt.phase_leaf_lps), opt.phase_tighten)
             budget -= res.lps
             if res.points:
                 self._witness(np.clip(np.array(res.points), t.lo[leaf], t.hi[leaf]))
-            t.bound[leaf] = min(t.bound[leaf], res.upper)
-            self.phase.append([pos[leaf], res.tree])
             self._heartbeat_phase(res)
+            if res.upper < t.bound[leaf]:
+                t.bound[leaf], trees[leaf] = res.upper, res.tree
+            if t.bound[leaf] <= self.threshold:
+                continue
+            if target and self.lower > self.threshold:
+                break
+            if budget > 0 and extra[leaf] < opt.phase_bisect and np.any(t.hi[leaf] > t.lo[leaf]) and \
+                    len(t.lo) < opt.max_boxes + opt.phase_boxes:
+                trees.pop(leaf, None)
+                for kid in self._split([leaf]):
+                    extra[kid] = extra[leaf] + 1
+                    if t.bound[kid] > self.threshold:
+                        heapq.heappush(heap, (-t.bound[kid], kid))
+            elif target:
+                break
+        pos = {leaf: n for n, leaf in enumerate(t.leaf_ids())}
+        self.phase = [[pos[leaf], tree] for leaf, tree in sorted(trees.items(), key=lambda it: pos[it[0]])]
 
     def _affordable(self) -> int:
         """Parents one round can split before the deadline (at most ``batch``)."""
@@ -331,7 +366,7 @@ class _Search:
         t = self.tree
         upper = max(t.bound[i] for i in t.leaf_ids())
         proved = self.cex is None and upper <= self.threshold
-        n_open = sum(t.bound[i] > self.threshold for i in t.leaf_ids()) if self.phase else len(heap)
+        n_open = sum(t.bound[i] > self.threshold for i in t.leaf_ids())
         return DiffResult(upper, self.lower, self.x_best, proved, t.preorder(), len(t.lo), n_open,
                           "" if proved else stopped, self.cex, self.phase)
 
@@ -375,7 +410,7 @@ def difference_search(f: Network, g: Network, input_set: InputSet, norm: str = "
             results.append(_Search(f, g, model, region, norm, epsilon, deadline, opt, lower, close_at).run())
             if results[-1].counterexample is not None:
                 break
-    return results, evidence(model, results, opt.refine)
+    return results, evidence(model, results, opt.refine, opt.phase_tighten)
 
 
 def _phase_regions(f: Network, g: Network, input_set: InputSet, threshold: Optional[float], timeout: float,
@@ -423,9 +458,11 @@ def choose_pairing(f: Network, g: Network, input_set: InputSet, norm: str = "lin
     return product if med[1] < med[0] else model
 
 
-def evidence(model: DiffModel, results: list[DiffResult], refine: Refine = Refine()) -> dict[str, Any]:
+def evidence(model: DiffModel, results: list[DiffResult], refine: Refine = Refine(),
+             phase_tighten: bool = False) -> dict[str, Any]:
     """What :mod:`lumpver.certificates.bounded_bab` needs to re-bound every leaf."""
-    return {"pairing": model.kind, "iters": ITERS, "lr": LR, "refine": asdict(refine), "rounding": rounding_policy(),
+    tight = {"phase_tighten": True} if phase_tighten and any(r.phase for r in results) else {}
+    return {"pairing": model.kind, "iters": ITERS, "lr": LR, "refine": asdict(refine), "rounding": rounding_policy(), **tight,
             "upper_bound": max(r.upper for r in results),
             "regions": [{"tree": r.tree, "bound": r.upper, "boxes": r.boxes, "open_boxes": r.open_boxes,
                          **({"stopped": r.stopped} if r.stopped else {}), **({"phase": r.phase} if r.phase else {})}

@@ -10,9 +10,10 @@ over ``v = [x, h^f_0, h^g_0, h^f_1, h^g_1, ..]`` holds per neuron of each networ
 neuron pair ``j`` whose phases are not both fixed the chords of ``delta h = relu(z^g + dz) -
 relu(z^g)`` in ``dz`` (:func:`lumpver.bounds.diff.delta_relax`'s hull: ``delta h`` between
 ``min(0, dz)`` and ``max(0, dz)``). Each row ``+-(f_r - g_r)`` is bounded from above through HiGHS's
-dual (:func:`lumpver.bounds.region.lp_solve_sound`, outward rounded); rows computed in floating point
-(triangle and chord slopes, their offsets) are loosened by :data:`SLACK` relative to their magnitude,
-so the LP is a relaxation of the pair on the box.
+dual (outward rounded), all nodes of a box in one persistent, warm-started HiGHS model
+(:class:`lumpver.verifiers.bab_phase_lp.PairLp`: a node changes bounds, slopes and offsets; the dual
+simplex restarts from the parent's basis); slopes and offsets computed in floating point are rounded
+so that every row holds at every real point, so the LP is a relaxation of the pair on the box.
 
 A split fixes the phases of the pair ``(f_j, g_j)`` of one layer jointly: the children are the
 combinations ``(p^f, p^g)`` in ``{-, +}^2`` (a neuron already fixed keeps its phase) that are not
@@ -37,13 +38,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from lumpver.bounds.diff_batched import DiffModel, PairLayers, Refine, pair_layer_bounds, same_shape
-from lumpver.bounds.region import lp_solve_sound
-from lumpver.bounds.rounding import add_hi
+from lumpver.verifiers.bab_phase_lp import PairLp
 
-#: relative loosening of the rows computed in floating point (their float64 error is ~1e-15 relative)
+#: relative loosening of the delta bounds derived from f's and g's bounds (root_node)
 SLACK = 1e-9
-#: upper bound of the elastic variable of the emptiness test (any finite value is sound)
-S_MAX = 1e4
 COMBOS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 
 
@@ -144,24 +142,8 @@ def children(node: Node, k: int, j: int, mask: Optional[int] = None) -> tuple[in
 
 
 # ----- the LP ----------------------------------------------------------------------------------
-class _Rows:
-    """Triplets of the sparse constraint matrix."""
-
-    def __init__(self) -> None:
-        self.r: list[np.ndarray] = []
-        self.c: list[np.ndarray] = []
-        self.v: list[np.ndarray] = []
-        self.rhs: list[float] = []
-
-    def add(self, cols: np.ndarray, vals: np.ndarray, rhs: float) -> None:
-        self.r.append(np.full(cols.size, len(self.rhs)))
-        self.c.append(cols)
-        self.v.append(vals)
-        self.rhs.append(rhs)
-
-
 def _layout(net: PairNet) -> tuple[list[int], list[int]]:
-    """Start of h^f_k and h^g_k in ``v``."""
+    """Start of h^f_k and h^g_k in the point layout ``[x, h^f_0, h^g_0, h^f_1, ..]`` of :func:`branch`."""
     n = net.Wf[0].shape[1]
     of, og, at = [], [], n
     for w in net.widths:
@@ -171,130 +153,29 @@ def _layout(net: PairNet) -> tuple[list[int], list[int]]:
     return of, og
 
 
-def build_lp(net: PairNet, node: Node, lo: np.ndarray, hi: np.ndarray):
-    """``A v <= b``, variable bounds and the offsets of the LP of ``node`` (module docstring)."""
-    from scipy import sparse  # solver: imported where used
-
-    of, og = _layout(net)
-    n = lo.size
-    rows = _Rows()
-    lbs, ubs = [np.asarray(lo, np.float64)], [np.asarray(hi, np.float64)]
-    prev_f = prev_g = np.arange(n)
-    mag = float(np.max(np.abs(np.concatenate([lo, hi]))))  # largest |value| of the previous layer's variables
-    for k, _w in enumerate(net.widths):
-        b = node.b
-        hf, hg = of[k] + np.arange(_w), og[k] + np.arange(_w)
-        for W, bias, l, u, p, prev, hv in ((net.Wf[k], net.bf[k], b.fl[k], b.fu[k], node.pf[k], prev_f, hf),
-                                           (net.Wg[k], net.bg[k], b.gl[k], b.gu[k], node.pg[k], prev_g, hg)):
-            _neurons(rows, W, bias, l, u, p, prev, hv, mag)
-            lbs.append(np.maximum(l, 0.0))
-            ubs.append(np.where((u <= 0) | (p < 0), 0.0, np.maximum(u, 0.0)))
-        _chords(rows, net, node, k, prev_f, prev_g, hf, hg, mag)
-        prev_f, prev_g = hf, hg
-        mag = float(max(np.max(np.maximum(b.fu[k], 0.0), initial=0.0), np.max(np.maximum(b.gu[k], 0.0), initial=0.0)))
-    size = og[-1] + net.widths[-1] if net.widths else n
-    if rows.rhs:
-        A = sparse.csr_matrix((np.concatenate(rows.v), (np.concatenate(rows.r), np.concatenate(rows.c))),
-                              shape=(len(rows.rhs), size))
-    else:
-        A = sparse.csr_matrix((0, size))
-    return A, np.array(rows.rhs, dtype=np.float64), np.concatenate(lbs), np.concatenate(ubs), (prev_f, prev_g)
-
-
-def _neurons(rows: _Rows, W, bias, l, u, p, prev, hv, mag: float) -> None:
-    """Per neuron: identity rows, triangle rows, or the split row ``z <= 0`` (h fixed to 0 by its bounds)."""
-    zero = (u <= 0) | (p < 0)
-    ident = ~zero & ((l >= 0) | (p > 0))
-    for j in np.flatnonzero(~zero | (p < 0)):
-        nz = np.flatnonzero(W[j])
-        cols, w = prev[nz], W[j, nz]
-        if zero[j]:  # split inactive, u > 0: z <= 0
-            rows.add(cols, w, -bias[j])
-        elif ident[j]:  # h = z
-            rows.add(np.append(cols, hv[j]), np.append(w, -1.0), -bias[j])
-            rows.add(np.append(cols, hv[j]), np.append(-w, 1.0), bias[j])
-        else:  # triangle: h >= z, h <= s (z - l)
-            s = u[j] / (u[j] - l[j])
-            rows.add(np.append(cols, hv[j]), np.append(w, -1.0), -bias[j])
-            rhs = s * (bias[j] - l[j])
-            slack = SLACK * (abs(rhs) + s * float(np.sum(np.abs(w))) * mag + abs(u[j]) + 1e-300)
-            rows.add(np.append(cols, hv[j]), np.append(-s * w, 1.0), rhs + slack)
-
-
-def _chords(rows: _Rows, net: PairNet, node: Node, k: int, prev_f, prev_g, hf, hg, mag: float) -> None:
-    """``delta h`` between ``min(0, dz)`` and ``max(0, dz)`` (chords over ``[dl, du]``) for the pairs whose
-    phases are not both fixed or stable."""
-    b = node.b
-    fixed_f = (node.pf[k] != 0) | (b.fl[k] >= 0) | (b.fu[k] <= 0)
-    fixed_g = (node.pg[k] != 0) | (b.gl[k] >= 0) | (b.gu[k] <= 0)
-    zero_f, zero_g = (b.fu[k] <= 0) | (node.pf[k] < 0), (b.gu[k] <= 0) | (node.pg[k] < 0)
-    Wf, Wg = net.Wf[k], net.Wg[k]
-    for j in np.flatnonzero(~(fixed_f & fixed_g)):
-        dl, du = float(b.dl[k][j]), float(b.du[k][j])
-        if not (np.isfinite(dl) and np.isfinite(du)):
-            continue
-        nf, ng = np.flatnonzero(Wf[j]), np.flatnonzero(Wg[j])
-        zc = np.concatenate([prev_f[nf], prev_g[ng]])  # dz = zw . v + db
-        zw = np.concatenate([Wf[j, nf], -Wg[j, ng]])
-        hc = np.array([c for c, z in ((hf[j], zero_f[j]), (hg[j], zero_g[j])) if not z], dtype=np.int64)
-        hw = np.array([s for s, z in ((1.0, zero_f[j]), (-1.0, zero_g[j])) if not z])
-        db = net.bf[k][j] - net.bg[k][j]
-        scale = float(np.sum(np.abs(zw))) * mag + abs(net.bf[k][j]) + abs(net.bg[k][j]) + abs(dl) + abs(du)
-        if dl >= 0:  # 0 <= dh <= dz
-            rows.add(hc, -hw, 0.0)
-            rows.add(np.concatenate([hc, zc]), np.concatenate([hw, -zw]), db + SLACK * scale)
-        elif du <= 0:  # dz <= dh <= 0
-            rows.add(hc, hw, 0.0)
-            rows.add(np.concatenate([hc, zc]), np.concatenate([-hw, zw]), -db + SLACK * scale)
-        else:  # dh <= a (dz - dl), dh >= c (du - dz) with a = du / (du - dl), c = dl / (du - dl)
-            a, c = du / (du - dl), dl / (du - dl)
-            rows.add(np.concatenate([hc, zc]), np.concatenate([hw, -a * zw]), a * db - a * dl + SLACK * scale)
-            rows.add(np.concatenate([hc, zc]), np.concatenate([-hw, -c * zw]), c * db - c * du + SLACK * scale)
-
-
-def bound_rows(net: PairNet, node: Node, lo: np.ndarray, hi: np.ndarray, open_rows: np.ndarray,
-               deadline: float = np.inf):
+def bound_rows(lp: PairLp, node: Node, open_rows: np.ndarray, deadline: float = np.inf, basis=None):
     """Sound upper bounds of the rows ``open_rows`` (``r < m``: ``f_r - g_r``; ``m + r``: ``g_r - f_r``)
-    on the node, intersected with ``node.rows`` in place (rows left at the deadline keep their bound),
-    and the LP point of the worst (a hint) and the number of LPs solved."""
-    from scipy.optimize import linprog  # solver: imported where used
-
-    A, b, lb, ub, (last_f, last_g) = build_lp(net, node, lo, hi)
-    m = net.Wf[-1].shape[0]
+    on the node by the box's persistent LP (:class:`lumpver.verifiers.bab_phase_lp.PairLp`, the first
+    solve warm-started from ``basis``, a parent's), intersected with ``node.rows`` in place (rows left
+    at the deadline keep their bound; every row ``-inf`` when the node is certified empty). Returns the
+    LP point of the worst row (a hint, :func:`branch`'s layout), the number of LPs and the last basis."""
+    lp.load(node)
     best, point, lps = -np.inf, None, 0
     for r in open_rows:
         if time.monotonic() > deadline:
             break
-        i, sign = int(r) % m, (1.0 if r < m else -1.0)
-        c = np.zeros(A.shape[1])
-        c[last_f] = -sign * net.Wf[-1][i]
-        c[last_g] = sign * net.Wg[-1][i]
-        val, v = lp_solve_sound(linprog, c, A, b, lb, ub)
+        s, up = lp.bound_row(int(r), basis)
         lps += 1
-        if val is None:
-            if _empty(A, b, lb, ub):  # no point of the box has the node's phases
-                node.rows[:] = -np.inf
-                return None, lps + 1
-            lps += 1
+        if s.value == np.inf:  # a Farkas certificate: no point of the box has the node's phases
+            node.rows[:] = -np.inf
+            return None, lps, None
+        basis = s.basis if s.basis is not None else basis
+        if up is None:
             continue
-        up = float(add_hi(add_hi(np.float64(-val), np.float64(sign * net.bf[-1][i])), np.float64(-sign * net.bg[-1][i])))
         node.rows[r] = min(node.rows[r], up)
-        if v is not None and up > best:
-            best, point = up, v
-    return point, lps
-
-
-def _empty(A, b: np.ndarray, lb: np.ndarray, ub: np.ndarray) -> bool:
-    """True when the elastic LP ``min s, A v - s <= b, s in [0, S_MAX]`` has a sound bound > 0: the
-    multipliers are a Farkas certificate that ``A v <= b`` has no point within the variable bounds."""
-    from scipy import sparse  # solver: imported where used
-    from scipy.optimize import linprog
-
-    Ae = sparse.hstack([A, sparse.csr_matrix(-np.ones((A.shape[0], 1)))]).tocsr()
-    c = np.zeros(Ae.shape[1])
-    c[-1] = 1.0
-    val = lp_solve_sound(linprog, c, Ae, b, np.append(lb, 0.0), np.append(ub, S_MAX))[0]
-    return val is not None and val > 0
+        if s.x is not None and up > best:
+            best, point = up, lp.point(s.x)
+    return point, lps, basis
 
 
 def branch(net: PairNet, node: Node, v: np.ndarray, lo: np.ndarray) -> Optional[tuple[int, int]]:
@@ -334,27 +215,30 @@ class PhaseResult:
 
 
 def phase_search(net: PairNet, root: Node, lo: np.ndarray, hi: np.ndarray, threshold: Callable[[], float],
-                 deadline: float, max_lps: int, say: Optional[Callable[[str], None]] = None) -> PhaseResult:
+                 deadline: float, max_lps: int, say: Optional[Callable[[str], None]] = None,
+                 tighten: bool = False) -> PhaseResult:
     """Best-first phase branch and bound on the box until every leaf is within ``threshold()`` (read
-    again each step: ``bound`` raises it as witnesses come in), the deadline, or ``max_lps`` LPs."""
+    again each step: ``bound`` raises it as witnesses come in), the deadline, or ``max_lps`` LPs; with
+    ``tighten`` the root's later-layer bounds LP-tightened first (:meth:`PairLp.tighten`, as the checker
+    does: 2x fewer LPs per ACAS Xu leaf, bench/RESULTS.md)."""
     nodes: list[Node] = [root]
     split: dict[int, int] = {}
     kids: dict[int, list[int]] = {}
     points: list[np.ndarray] = []
-    lps = 0
-    opened = np.flatnonzero(root.rows > threshold())
-    v, n = bound_rows(net, root, lo, hi, opened, deadline)
-    lps += n
+    lp = PairLp(net, lo, hi, root)
+    lps0 = lp.tighten(root) if tighten else 0
+    v, lps, basis = bound_rows(lp, root, np.flatnonzero(root.rows > threshold()), deadline)
+    lps += lps0
     if v is not None:
         points.append(v[:lo.size])
-    heap = [(-float(np.max(root.rows)), 0, v)]
+    heap = [(-float(np.max(root.rows)), 0, v, basis)]
     while heap and lps < max_lps and time.monotonic() < deadline:
-        neg, i, v = heapq.heappop(heap)
+        neg, i, v, basis = heapq.heappop(heap)
         node = nodes[i]
         if say is not None:
             say(f"phase split: worst open node {-neg:.4g}, {len(nodes)} nodes, {lps} LPs")
         if -neg <= threshold():
-            heapq.heappush(heap, (neg, i, v))
+            heapq.heappush(heap, (neg, i, v, basis))
             break
         arg = branch(net, node, v, lo) if v is not None else None
         if arg is None:  # exact or the LP failed: nothing to split
@@ -366,11 +250,11 @@ def phase_search(net: PairNet, root: Node, lo: np.ndarray, hi: np.ndarray, thres
             c.id = len(nodes)
             nodes.append(c)
             kids[i].append(c.id)
-            cv, n = bound_rows(net, c, lo, hi, np.flatnonzero(c.rows > threshold()), deadline)
+            cv, n, cb = bound_rows(lp, c, np.flatnonzero(c.rows > threshold()), deadline, basis)
             lps += n
             if cv is not None:
                 points.append(cv[:lo.size])
-            heapq.heappush(heap, (-float(np.max(c.rows)), c.id, cv))
+            heapq.heappush(heap, (-float(np.max(c.rows)), c.id, cv, cb))
     leaves = _leaves(split, kids)
     upper = max((float(np.max(nodes[i].rows)) for i in leaves), default=-np.inf)
     return PhaseResult(upper, _preorder(split, kids), lps, len(nodes), points)
@@ -397,24 +281,28 @@ def _preorder(split: dict[int, int], kids: dict[int, list[int]]) -> list[int]:
     return out
 
 
-def replay(net: PairNet, root: Node, lo: np.ndarray, hi: np.ndarray, tree: list[int], claim: float) -> float:
-    """The checker's bound of a recorded phase tree on the box: the children re-derived and checked to
-    cover each node, every node's rows above ``claim`` re-bounded by LP; the largest leaf bound.
-    ValueError when the tree is malformed."""
-    stack, pos, worst = [root], 0, -np.inf
+def replay(net: PairNet, root: Node, lo: np.ndarray, hi: np.ndarray, tree: list[int], claim: float,
+           tighten: bool = False) -> float:
+    """The checker's bound of a recorded phase tree on the box: the root tightened as recorded, the children
+    re-derived and checked to cover each node, every node's rows above ``claim`` re-bounded by LP; the
+    largest leaf bound. ValueError when the tree is malformed."""
+    lp = PairLp(net, lo, hi, root)
+    if tighten:
+        lp.tighten(root)
+    stack, pos, worst = [(root, None)], 0, -np.inf
     while stack:
         if pos >= len(tree):
             raise ValueError("phase tree ends early")
-        node, code = stack.pop(), int(tree[pos])
+        (node, basis), code = stack.pop(), int(tree[pos])
         pos += 1
-        bound_rows(net, node, lo, hi, np.flatnonzero(node.rows > claim))
+        _, _, basis = bound_rows(lp, node, np.flatnonzero(node.rows > claim), basis=basis)
         if code < 0 or float(np.max(node.rows)) <= claim:
             worst = max(worst, float(np.max(node.rows)))
             if code >= 0:  # closed early: skip its recorded subtree
                 pos = _skip(net, node, tree, pos, code)
             continue
         _, ch = children(node, *net.unflat(code // 16), mask=code % 16)
-        stack.extend(reversed(ch))
+        stack.extend((c, basis) for c in reversed(ch))
     if pos != len(tree):
         raise ValueError("phase tree has trailing entries")
     return worst
@@ -441,6 +329,7 @@ def leaf_root(net: PairNet, model: DiffModel, lo: np.ndarray, hi: np.ndarray, re
 
 
 def finish_leaf(net: PairNet, model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine,
-                threshold: Callable[[], float], deadline: float, max_lps: int) -> PhaseResult:
+                threshold: Callable[[], float], deadline: float, max_lps: int, tighten: bool = False) -> PhaseResult:
     """:func:`phase_search` on one box of the differential search (:mod:`lumpver.verifiers.bab_diff`)."""
-    return phase_search(net, leaf_root(net, model, lo, hi, refine), lo, hi, threshold, deadline, max_lps)
+    return phase_search(net, leaf_root(net, model, lo, hi, refine), lo, hi, threshold, deadline, max_lps,
+                        tighten=tighten)

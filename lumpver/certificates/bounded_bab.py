@@ -13,8 +13,9 @@ region of the input set, the bisection tree of the region's box in preorder, plu
   (:mod:`lumpver.bounds.intermediate`, every iterate sound), as the search did; the norm of its
   per-output bounds is taken here (:func:`lumpver.bounds.rounding.norm_hi`, rounded up);
 * leaves with a recorded ReLU-phase tree (:mod:`lumpver.verifiers.bab_phase`; aligned ReLU pairs in
-  linf) are bounded by replaying it: the children of every split are re-derived from the leaf's own
-  recomputed layer bounds and checked to cover it, and every node's rows above the claim are
+  linf) are bounded by replaying it: the leaf's own recomputed layer bounds (LP-tightened first when
+  the evidence says ``phase_tighten``), the children of every split re-derived from them and checked to
+  cover it, and every node's rows above the claim are
   re-bounded by LP through HiGHS's dual (outward rounded); the leaf's bound is the smaller of its
   batched bound and the replayed one;
 * an unsplit region with a ``phase_batched`` tree (:mod:`lumpver.verifiers.bab_phase_batched`) is
@@ -53,7 +54,7 @@ def _norms(bb, norm: str) -> np.ndarray:
 
 
 def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, lr: float, refine: Refine,
-                 claim: float, phase: Optional[list] = None) -> float:
+                 claim: float, phase: Optional[list] = None, tighten: bool = False) -> float:
     """The largest leaf bound: plain, refined where the plain bound exceeds the claim, phase-replayed
     (``phase``: [leaf index, tree] pairs) where recorded."""
     vals = np.zeros(lo.shape[0])
@@ -69,7 +70,8 @@ def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, l
         if not 0 <= i < lo.shape[0]:
             raise ValueError(f"phase tree of leaf {i} of {lo.shape[0]}")
         if vals[i] > claim:
-            vals[i] = min(vals[i], replay(net, leaf_root(net, model, lo[i], hi[i], refine), lo[i], hi[i], tree, claim))
+            vals[i] = min(vals[i], replay(net, leaf_root(net, model, lo[i], hi[i], refine), lo[i], hi[i], tree, claim,
+                                          tighten))
     return float(np.max(vals, initial=0.0))
 
 
@@ -110,7 +112,7 @@ def recheck_bab(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict
                                                  iters, lr, refine, _refine(ev.get("child_refine"))))
                 continue
             worst = max(worst, _leaf_bounds(model, lo, hi, norm, iters, lr, refine, float(ev.get("upper_bound", np.inf)),
-                                            rec.get("phase")))
+                                            rec.get("phase"), bool(ev.get("phase_tighten", False))))
             report.ok(f"bab_diff: {lo.shape[0]} leaf box(es) rebuilt from the tree and re-bounded: {worst:.6g}")
         return worst
 

@@ -94,8 +94,12 @@ BAB_SECONDS = 120.0
 #: inputs of at most this many dimensions are certified by the branch and bound first (see _difference_term)
 BAB_FIRST_DIMS = 8
 #: ReLU-phase LPs per region in the deterministic search (DiffOptions.phase_lps) on inputs of at most
-#: BAB_FIRST_DIMS dimensions: splits f/g neuron pairs of the aligned twin on the leaves left open
+#: BAB_FIRST_DIMS dimensions: splits f/g neuron pairs of the twin on the leaves left open (2-3 ms per LP on
+#: ACAS Xu leaves; skipped when the budget cannot close every open leaf), and per leaf before it is bisected.
+#: 0 (off): at 20,000 the ACAS Xu reductions kept the same size at 600 s (2_3 89, 1_1 113) and the suite's
+#: reduction tests took 357 s instead of 154 s (bench/RESULTS.md, 2026-12-01); bench --phase-lps turns it on
 BAB_PHASE_LPS = 0
+BAB_PHASE_LEAF_LPS = 400
 #: sub-problems per region of the batched phase search on wider inputs (bench/RESULTS.md, MNIST 256x2; 0: off)
 PHASE_NODES = 250
 #: LPs per region of the LP phase search that follows it in linf with the time left (0: off)
@@ -194,7 +198,7 @@ def bab_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshol
              timeout: float) -> tuple[float, dict[str, Any]]:
     """The differential branch and bound's bound of ``h - twin`` on X (refined down to ``threshold``)."""
     phase = BAB_PHASE_LPS if input_set.dim <= BAB_FIRST_DIMS else 0
-    opt = DiffOptions(max_boxes=BAB_BOXES, deterministic=True, phase_lps=phase)
+    opt = DiffOptions(max_boxes=BAB_BOXES, deterministic=True, phase_lps=phase, phase_leaf_lps=BAB_PHASE_LEAF_LPS)
     results, ev = difference_search(h, twin, input_set, norm, timeout, close_at=threshold, options=opt)
     ev["threshold"] = threshold
     ev["attained"] = max(r.lower for r in results)  # a float64 value of |h - twin| reached (not a bound)
