@@ -106,7 +106,7 @@ def run_verify(timeout: float, backend: str, only: str = "") -> None:
         peers = pub[(folder, prop.name)]
         print(f"{folder:10s} {prop.name:55s} {r.result:8s} {dt:6.1f}s{_clash(r.result, peers)}", flush=True)
         ours[folder].append((r.result, dt))
-    print(f"\n| class | tool | decided | sat | unsat | total s (decided) |\n|---|---|---|---|---|---|")
+    print("\n| class | tool | decided | sat | unsat | total s (decided) |\n|---|---|---|---|---|---|")
     for folder in CLASSES:
         if folder not in ours:
             continue

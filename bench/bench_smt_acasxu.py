@@ -68,7 +68,7 @@ def bench_properties(args) -> list[str]:
         print(model.name, prop.name, {k: (v[0], round(v[1], 2)) for k, v in res.items()},
               NOTES.get((model.name, prop.name), ""), flush=True)
     names = [c[0] for c in configs]
-    lines.append(f"| instance | " + " | ".join(f"{n} result | {n} s" for n in names) + " |")
+    lines.append("| instance | " + " | ".join(f"{n} result | {n} s" for n in names) + " |")
     lines.append("|---|" + "---|---|" * len(names))
     for m, p, res in rows:
         lines.append(f"| {m.replace('ACASXU_run2a_', '').replace('_batch_2000.onnx', '')} {p.replace('.vnnlib', '')} | "

@@ -5,7 +5,6 @@ Chromium is required (CI installs `chromium chromium-driver`); without it these 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
 import shutil

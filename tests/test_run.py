@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from lumpver.certificates.format import check_certificate
-from lumpver.errors import InputError
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.ir.runtime import run_onnx
 from lumpver.specs.runspec import load_spec

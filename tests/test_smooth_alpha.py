@@ -11,7 +11,6 @@ import pytest
 
 from lumpver.bounds.batched import backsub, layer_bounds, optimise_alpha, relax_batch
 from lumpver.bounds.engine import prepare
-from lumpver.bounds.relaxations import get_relaxation
 from lumpver.bounds.smooth_alpha import SmoothLayer
 from lumpver.bounds.smooth_intermediate import refine_root
 from lumpver.ir.network import Layer, Network

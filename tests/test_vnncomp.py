@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from lumpver.ir.onnx_import import load_onnx
 from lumpver.ir.runtime import run_onnx
