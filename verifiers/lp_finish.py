@@ -27,8 +27,6 @@ Only ReLU hidden layers and an identity output layer are handled (:meth:`LpNet.o
 """
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -36,6 +34,7 @@ import numpy as np
 
 from lumpver.bounds.batched import infeasible, layer_bounds
 from lumpver.bounds.engine import Chain
+from lumpver.bounds.highs_model import silent_highs
 from lumpver.bounds.lp import sum_pad
 from lumpver.bounds.region import dual_bound, lp_solve_sound
 
@@ -192,25 +191,6 @@ def elastic(net: LpNet, lo: np.ndarray, hi: np.ndarray, node: Node, A_prop: np.n
     c[-1] = 1.0
     val, v = lp_solve_sound(linprog, c, A, b, np.append(lb, -1.0), np.append(ub, S_MAX))
     return val, lay, v
-
-
-def _highs():
-    """A silent ``highspy.Highs`` (its banner goes to the C stdout of the process once: kept off the CLI's
-    JSON by pointing file descriptor 1 at /dev/null while it is built)."""
-    import highspy  # solver: imported where used
-
-    sys.stdout.flush()
-    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        h = highspy.Highs()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(null)
-    for name, val in (("output_flag", False), ("presolve", "off"), ("threads", 1)):
-        h.setOptionValue(name, val)
-    return h
 
 
 def _coo(rows: list, cols: list, vals: list, r: np.ndarray, c: np.ndarray, v) -> None:
@@ -398,7 +378,7 @@ def _pass(A, b_eq: np.ndarray, b_le: np.ndarray, lb: np.ndarray, ub: np.ndarray,
     more per box)."""
     import highspy  # solver: imported where used
 
-    h, (m, n) = _highs(), A.shape
+    h, (m, n) = silent_highs(), A.shape
     AT = A.T
     nz = AT != 0  # column-wise nonzeros of the dense matrix
     start = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int32)
