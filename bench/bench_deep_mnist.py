@@ -1,10 +1,11 @@
 """lumpver against NeuralSAT on the deep MNIST-like proxies of bench/gen_deep_mnist.py (issue 13).
 
     python bench/gen_deep_mnist.py --out /tmp/deep_mnist          # once (needs scikit-learn, bench only)
-    python bench/bench_deep_mnist.py [--data /tmp/deep_mnist] [--nets 256x4,256x6,200x9] [--limit N]
+    python bench/bench_deep_mnist.py [--data /tmp/deep_mnist] [--nets 256x4,256x6,200x9,sigmoid_200x6,tanh_200x6]
+                                     [--limit N]
                                      [--no-neuralsat] [--out bench_deep_mnist.csv] [--workers 1]
 
-Each instance runs with the timeout of its ``instances.csv`` row (30 s for 256x4/256x6, 60 s for 200x9, as the
+Each instance runs with the timeout of its ``instances.csv`` row (30 s for 256x4/256x6, 60 s for the others, as the
 peers' figures the team compares with), lumpver (``lumpver verify -q``) and NeuralSAT alternating per instance,
 each in a fresh process (:mod:`bench.bench_neuralsat`: how each runs and what counts as decided). Prints a
 Markdown table per network: decided counts, summed own seconds over the instances both decided.
@@ -21,14 +22,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_neuralsat import Run, decided, run_lumpver, run_neuralsat  # noqa: E402
 
-NETS = ("256x4", "256x6", "200x9")
+NETS = ("256x4", "256x6", "200x9", "sigmoid_200x6", "tanh_200x6")
+
+
+def net_key(onnx: str) -> str:
+    """``onnx/mnist-proxy_256x4.onnx`` -> ``256x4``, ``onnx/mnist-proxy-tanh_200x6.onnx`` -> ``tanh_200x6``."""
+    return Path(onnx).stem.removeprefix("mnist-proxy").lstrip("-_")
 
 
 def instances(data: Path, nets: list[str]) -> list[tuple[str, Path, Path, float]]:
     """(net, onnx, vnnlib, timeout) rows of the generated ``instances.csv`` for the chosen nets."""
     out = []
     for onnx, prop, timeout in csv.reader(open(data / "instances.csv")):
-        net = onnx.split("_")[-1].removesuffix(".onnx")
+        net = net_key(onnx)
         if net in nets:
             out.append((net, data / onnx, data / prop, float(timeout)))
     return out
