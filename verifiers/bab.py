@@ -14,7 +14,8 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    into its convex and concave part; its bound clamped to the split for later layers); children are
    bounded ``batch`` at a time (fewer when a round would exceed ~5 % of the timeout: :class:`_Pace`)
    in one numpy pass, warm-started with their parent's slopes, optionally in ``workers`` processes,
-   with one OpenBLAS thread each; on deep ReLU chains the children keep their parent's intermediate bounds,
+   with one OpenBLAS thread each (input splitting: each worker expands whole chunks of parents, split, bound,
+   LP finisher and candidates, two chunks per worker in flight, :mod:`lumpver.verifiers.bab_input`); on deep ReLU chains the children keep their parent's intermediate bounds,
    which start from alpha-CROWN root bounds, optionally branching by filtered smart branching
    (:mod:`lumpver.verifiers.bab_deep`);
 4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
@@ -80,7 +81,12 @@ class BabOptions:
     fixed_lr: float = 0.05
     #: the same for input splitting: on ACAS Xu 1_1 prop_3 the closed count did not depend on the Adam
     #: steps (5447 sub-problems for 0-6 steps) and larger batches halved the CPU time
-    input_batch: int = 256
+    input_batch: int = 256  # per round in one process
+    #: parents per chunk a worker expands (input splitting with ``workers > 1``; two chunks per worker in flight):
+    #: total CPU to decide 3_3 prop_2 with 2 workers 72-73 s with chunks of 256, 63 s with 96, 66 s with 64 (the
+    #: larger chunks gave the LP finisher more, harder boxes: 2.5 vs 2.3 LPs per box); 4_2 prop_2 35.0 vs 35.4 s
+    #: (bench/RESULTS.md, "The parallel search's serial share")
+    worker_batch: int = 96
     input_iters: int = 1
     lr: float = 0.25
     input_split_dims: int = 10  # split the input box when the network has at most this many inputs
@@ -139,6 +145,8 @@ class _Stats:
     splits: str = ""
     lp_closed: int = 0
     lps: int = 0
+    lp_boxes: int = 0
+    lp_from: int = -1  # sub-problems bounded when the LP finisher first ran
 
 
 @dataclass
@@ -289,9 +297,11 @@ class _Search:
         """Expand the worst open domains until none is left (None), a counterexample (violated) or the deadline
         or the domain cap (unknown)."""
         runner = self._runner(ctx)
-        per_task = self.opt.input_batch if self._input_mode else self.opt.batch
-        pace = _Pace(per_task * (max(1, self.opt.workers) if runner.capacity == 1 else 1), self._round_target(),
-                     root_seconds)
+        if runner.capacity > 1:  # chunks of a worker pipeline
+            base = self.opt.worker_batch
+        else:
+            base = (self.opt.input_batch if self._input_mode else self.opt.batch) * max(1, self.opt.workers)
+        pace = _Pace(base, self._round_target(), root_seconds)
         frontier, got = Frontier([]), Expanded(roots, 0, 0, 0, vertices(roots))
         while True:
             out = self._merge(region, got, frontier)
@@ -326,6 +336,8 @@ class _Search:
         s.bounded, s.closed, s.lps, s.lp_closed = (s.bounded + got.bounded, s.closed + got.closed,
                                                    s.lps + got.lps, s.lp_closed + got.lp_closed)
         if got.lp_boxes:
+            s.lp_boxes += got.lp_boxes
+            s.lp_from = s.bounded if s.lp_from < 0 else s.lp_from
             self._lp_box_seconds = 0.5 * self._lp_box_seconds + 0.5 * got.lp_seconds / got.lp_boxes
         self._worker_cpu += got.seconds if self.pool is not None and self._input_mode else 0.0
         out = self._replay(region, list(got.vertices), "vertex of a sub-problem's linear bound")
