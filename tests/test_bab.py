@@ -219,6 +219,31 @@ def test_two_workers_agree(shared_data):
     assert r.result == "unsat", r.reason
 
 
+TWO = BabBackend(BabOptions(falsify_seconds=0.02, workers=2))
+
+
+@pytest.mark.parametrize("n_in,widths,seed", [(3, (16, 16, 16), 7), (12, (10, 8), 107)])
+def test_two_workers_agree_with_one_process_and_the_milp(n_in, widths, seed):
+    """Two workers (input splitting: whole expansions pipelined in the workers, verifiers/bab_input.py; ReLU
+    splitting: pooled batches) give the verdicts of one process and of the exact MILP, on 4 properties each with
+    thresholds 0.05-0.5 % from the optimum, both sides (so the search, not the root, decides most of them)."""
+    rng = np.random.default_rng(seed)
+    net = random_mlp(rng, [n_in, *widths, 3], "relu", fan_in_scaled=True)
+    lo = rng.uniform(-1, 0, n_in)
+    box, bounded = Box(lo, lo + rng.uniform(0.5, 1.0, n_in)), 0
+    for sign in (-1.0, 1.0, -1.0, 1.0):
+        c = rng.normal(size=3)
+        opt, _ = max_difference(net, _zero(n_in, 3), box.lower, box.upper, c)
+        t = opt + sign * rng.uniform(0.0005, 0.005) * (1.0 + abs(opt))
+        q = Query(net, InputSet([box]), prop=OutputProperty([(-c[None, :], np.array([-t]))]), timeout=30.0)
+        one, two = BAB.check(q), TWO.check(q)
+        assert one.verdict == two.verdict == ("violated" if sign < 0 else "proved"), (one.reason, two.reason, t)
+        if two.verdict == "violated":
+            assert box.contains(two.counterexample) and float(c @ net.forward(two.counterexample)[0]) >= t
+        bounded += two.details["stats"]["bounded"]
+    assert bounded > 50, bounded  # the workers had sub-problems to bound
+
+
 def test_tiny_timeout_is_unknown(shared_data):
     r = verify_property(shared_data / "acasxu/onnx/ACASXU_run2a_1_1_batch_2000.onnx",
                         shared_data / "acasxu/vnnlib/prop_3.vnnlib", backend="bab", timeout=0.3)

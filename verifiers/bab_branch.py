@@ -14,7 +14,8 @@ clamps of those bounds, see :mod:`lumpver.bounds.batched`), the lower slopes tha
   sensitivity times the box width).
 
 Both children cover the parent exactly (the split point belongs to both), so closing both closes
-the parent.
+the parent. :func:`bound` bounds a list of domains in one batched pass (:class:`Context`: what it needs,
+shared with worker processes).
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.batched import ALPHA_ACTS
+from lumpver.bounds.batched import ALPHA_ACTS, Objective, infeasible, layer_bounds, optimise_alpha
+from lumpver.bounds.diff_batched import Refine
 from lumpver.bounds.engine import Chain
+from lumpver.bounds.intermediate import refine_layers, unstable_count
 
 #: activations split at ``z = 0``: ReLU-like (each side linear) and sigmoid/tanh (each side convex or
 #: concave, so the relaxation of the neuron tightens: chord and tangent, relaxations.py)
@@ -173,3 +176,79 @@ def input_split(dom: Domain, dim: Optional[int] = None) -> list[Domain]:
     left_hi, right_lo = dom.hi.copy(), dom.lo.copy()
     left_hi[dim] = right_lo[dim] = at
     return [_child(dom, hi=left_hi, start=0), _child(dom, lo=right_lo, start=0)]
+
+
+@dataclass
+class Context:
+    """What bounding a batch needs (shared with worker processes once)."""
+
+    chain: Chain
+    lam: np.ndarray  # (m, n_out): rows of -A
+    offset: np.ndarray  # (m,): b
+    iters: int
+    lr: float
+    refine: Refine = field(default_factory=Refine)
+    refine_depth: int = 0
+    recompute: bool = True  # ReLU-split children re-bound the layers after their split (bab_deep.recompute_children)
+
+
+def bound(ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list[Domain]:
+    """Bound the domains in one batched pass; ``upper`` is ``-inf`` for an empty domain. Those left open
+    from ``ctx.refine_depth`` on with at most ``ctx.refine.max_unstable`` unstable ReLUs are bounded again
+    on optimised intermediate bounds (:func:`refine_layers`, intersected with CROWN's: only tighter;
+    DESIGN.md §3, §11), except the trial halves of try-all splitting (``iters == 0``)."""
+    out = _bound(ctx, doms, iters, False)
+    r = ctx.refine
+    if iters == 0 or r.iters <= 0:
+        return out
+    redo = [i for i, d in enumerate(out) if d.score >= 0 and d.depth >= ctx.refine_depth
+            and _unstable(ctx.chain, d) <= r.max_unstable]
+    if redo:
+        for i, d in zip(redo, _bound(ctx, [out[i] for i in redo], iters, True)):
+            d.upper = np.minimum(d.upper, out[i].upper)  # both sound: the better of the two
+            out[i] = d
+    return out
+
+
+def _unstable(chain: Chain, d: Domain) -> int:
+    return int(unstable_count(chain, [a[None] for a in d.zl], [a[None] for a in d.zu])[0])
+
+
+def _bound(ctx: Context, doms: list[Domain], iters: Optional[int], refine: bool) -> list[Domain]:
+    return unstack(ctx, doms, bound_batch(ctx, stack(doms), iters, refine))
+
+
+@dataclass
+class Bounded:
+    """Bounds of a batch of domains, stacked on the batch axis (what a worker sends back: a few arrays, not
+    an object per domain, whose pickling cost more than the bounding once that got fast)."""
+
+    zl: list[np.ndarray]
+    zu: list[np.ndarray]
+    obj: Objective
+    empty: np.ndarray
+
+
+def bound_batch(ctx: Context, b: Batch, iters: Optional[int], refine: bool = False) -> Bounded:
+    """The batched bounding of :func:`bound` (without the second, refined pass) on stacked domains."""
+    start = b.start if b.start == 0 or ctx.recompute else ctx.chain.depth
+    # the output layer's CROWN bounds serve only to find empty sub-problems, and a box without splits is not empty
+    zl, zu = layer_bounds(ctx.chain, b.lo, b.hi, b.zl, b.zu, start, output=b.phase is not None)
+    if refine:
+        zl, zu = refine_layers(ctx.chain, b.lo, b.hi, zl, zu, ctx.refine.iters, ctx.refine.lr, ctx.refine.max_unstable)
+    lam = np.broadcast_to(ctx.lam, (b.lo.shape[0],) + ctx.lam.shape)
+    obj = optimise_alpha(ctx.chain, b.lo, b.hi, zl, zu, lam, ctx.offset, b.alpha,
+                         ctx.iters if iters is None else iters, ctx.lr, b.phase, b.beta)
+    return Bounded(zl, zu, obj, infeasible(zl, zu))
+
+
+def unstack(ctx: Context, doms: list[Domain], r: Bounded) -> list[Domain]:
+    """The bounded domains (their arrays: views into ``r``'s)."""
+    out, obj = [], r.obj
+    for i, d in enumerate(doms):
+        upper = np.full_like(obj.upper[i], -np.inf) if r.empty[i] else obj.upper[i]
+        out.append(Domain(d.lo, d.hi, [a[i] for a in r.zl], [a[i] for a in r.zu],
+                          [None if a is None else a[i] for a in obj.alpha], upper, obj.A_x[i],
+                          [None if a is None else a[i] for a in obj.coeffs], d.depth, ctx.chain.depth,
+                          d.phase, None if obj.beta is None else [a[i] for a in obj.beta], lp_next=d.lp_next))
+    return out

@@ -34,7 +34,7 @@ import numpy as np
 
 from lumpver.bounds.batched import infeasible, layer_bounds
 from lumpver.bounds.engine import Chain
-from lumpver.bounds.highs_model import silent_highs
+from lumpver.bounds.highs_model import silent_highs, solve_sound
 from lumpver.bounds.lp import sum_pad
 from lumpver.bounds.region import dual_bound, lp_solve_sound
 
@@ -233,6 +233,7 @@ class BoxLp:
     u: np.ndarray
     col_key: np.ndarray = None  # sorted ids of the columns and rows across boxes (:meth:`basis_from`)
     row_key: np.ndarray = None
+    cost: np.ndarray = None  # min s (:meth:`solve`)
 
     @classmethod
     def of(cls, net: LpNet, lo: np.ndarray, hi: np.ndarray, root: Node, A_prop: np.ndarray,
@@ -349,27 +350,12 @@ class BoxLp:
 
     def solve(self, basis=None):
         """Sound lower bound of the loaded node's elastic LP (``inf`` for a Farkas-certified empty node), its
-        primal point (a hint) and basis; None for the bound and point when the solver gives neither."""
-        import highspy  # solver: imported where used
-
-        h = self.model
-        if basis is not None:
-            h.setBasis(basis)
-        h.run()
-        status = h.getModelStatus()
-        if status == highspy.HighsModelStatus.kInfeasible:
-            ok, has, ray = h.getDualRay()
-            zero = np.zeros(self.lb.size)
-            for sign in (1.0, -1.0):
-                val = self._bound(zero, sign * np.asarray(ray, dtype=np.float64)) if has else None
-                if val is not None and val > 0:
-                    return np.inf, None, None
-            return None, None, None
-        if status != highspy.HighsModelStatus.kOptimal:
-            return None, None, None
-        sol = h.getSolution()
-        cost = np.eye(1, self.lb.size, self.lb.size - 1).ravel()
-        return self._bound(cost, np.asarray(sol.row_dual, dtype=np.float64)), np.asarray(sol.col_value), h.getBasis()
+        primal point (a hint) and basis; None for the bound and point when the solver gives neither
+        (:func:`lumpver.bounds.highs_model.solve_sound`)."""
+        if self.cost is None:
+            self.cost = np.eye(1, self.lb.size, self.lb.size - 1).ravel()  # min s (the last column)
+        r = solve_sound(self.model, self.cost, self._bound, basis)
+        return r.value, r.x, r.basis
 
 
 def _pass(A, b_eq: np.ndarray, b_le: np.ndarray, lb: np.ndarray, ub: np.ndarray, cs: int):

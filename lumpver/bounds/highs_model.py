@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -50,6 +50,33 @@ class Solved:
     value: Optional[float]
     x: Optional[np.ndarray] = None
     basis: object = None
+
+
+def solve_sound(h, cost: np.ndarray, bound: Callable[[np.ndarray, np.ndarray], Optional[float]],
+                basis=None) -> Solved:
+    """Run the HiGHS model ``h`` from ``basis`` (if given) and bound its minimum soundly: ``bound(c, y)`` is the
+    caller's :func:`dual_bound` of the objective ``c`` for the solver's row multipliers ``y``. Optimal: the bound
+    of the row duals; infeasible: ``inf`` only when the dual ray (either sign) bounds the zero objective above 0
+    (a Farkas certificate), else None; any other status: None. Shared by :class:`SoundLp` and the LP finisher's
+    per-box model (verifiers/lp_finish.py)."""
+    import highspy  # solver: imported where used
+
+    if basis is not None:
+        h.setBasis(basis)
+    h.run()
+    status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        _, has, ray = h.getDualRay()
+        zero = np.zeros(cost.size)
+        for sign in (1.0, -1.0):
+            val = bound(zero, sign * np.asarray(ray, np.float64)) if has else None
+            if val is not None and val > 0:
+                return Solved(np.inf)
+        return Solved(None)
+    if status != highspy.HighsModelStatus.kOptimal:
+        return Solved(None)
+    sol = h.getSolution()
+    return Solved(bound(cost, np.asarray(sol.row_dual, np.float64)), np.asarray(sol.col_value), h.getBasis())
 
 
 class SoundLp:
@@ -147,24 +174,5 @@ class SoundLp:
         return dual_bound(c, self.A_ub[keep], self.b_ub[keep], self.lb, self.ub, marg[keep])
 
     def solve(self, basis=None) -> Solved:
-        """Minimise the current cost from ``basis`` (if given) and bound the value soundly."""
-        import highspy  # solver: imported where used
-
-        h = self.model
-        if basis is not None:
-            h.setBasis(basis)
-        h.run()
-        status = h.getModelStatus()
-        if status == highspy.HighsModelStatus.kInfeasible:
-            _, has, ray = h.getDualRay()
-            zero = np.zeros(self.lb.size)
-            for sign in (1.0, -1.0):
-                val = self._bound(zero, sign * np.asarray(ray, np.float64)) if has else None
-                if val is not None and val > 0:
-                    return Solved(np.inf)
-            return Solved(None)
-        if status != highspy.HighsModelStatus.kOptimal:
-            return Solved(None)
-        sol = h.getSolution()
-        return Solved(self._bound(self.cost, np.asarray(sol.row_dual, np.float64)), np.asarray(sol.col_value),
-                      h.getBasis())
+        """Minimise the current cost from ``basis`` (if given) and bound the value soundly (:func:`solve_sound`)."""
+        return solve_sound(self.model, self.cost, self._bound, basis)
