@@ -43,6 +43,8 @@ from lumpver.verifiers.bab_phase_lp import PairLp
 #: relative loosening of the delta bounds derived from f's and g's bounds (root_node)
 SLACK = 1e-9
 COMBOS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+#: split choice of the phase search: "dual" (:meth:`PairLp.pair_scores`) or "gap" (the LP point's gap)
+BRANCH = "dual"
 
 
 @dataclass
@@ -97,6 +99,7 @@ class Node:
     rows: np.ndarray  # per row (2m) a sound upper bound of +-(f - g) on the node
     depth: int = 0
     id: int = 0
+    duals: Optional[np.ndarray] = field(default=None, repr=False)  # LP multipliers at the worst row (branching)
 
 
 def root_node(lb: PairLayers, rows: np.ndarray) -> Node:
@@ -175,12 +178,23 @@ def bound_rows(lp: PairLp, node: Node, open_rows: np.ndarray, deadline: float = 
         node.rows[r] = min(node.rows[r], up)
         if s.x is not None and up > best:
             best, point = up, lp.point(s.x)
+            if BRANCH == "dual":
+                node.duals = lp.row_duals()
     return point, lps, basis
 
 
-def branch(net: PairNet, node: Node, v: np.ndarray, lo: np.ndarray) -> Optional[tuple[int, int]]:
-    """The pair with the largest relaxation gap ``h - relu(z)`` of f's and g's neuron at ``v`` (earliest
+def branch(net: PairNet, node: Node, v: np.ndarray, lo: np.ndarray,
+           scores: Optional[np.ndarray] = None) -> Optional[tuple[int, int]]:
+    """The free pair with the largest ``scores`` (:meth:`PairLp.pair_scores`) when given and positive
+    somewhere, else the largest relaxation gap ``h - relu(z)`` of f's and g's neuron at ``v`` (earliest
     layer on ties); None when every pair is fixed or stable."""
+    if scores is not None:
+        free = np.concatenate([((node.pf[k] == 0) & (node.b.fl[k] < 0) & (node.b.fu[k] > 0))
+                               | ((node.pg[k] == 0) & (node.b.gl[k] < 0) & (node.b.gu[k] > 0))
+                               for k in range(len(net.widths))])
+        s = np.where(free, scores, -1.0)
+        if s.size and float(np.max(s)) > 0:
+            return net.unflat(int(np.argmax(s)))
     of, og = _layout(net)
     n = lo.size
     prev_f = prev_g = v[:n]
@@ -240,7 +254,8 @@ def phase_search(net: PairNet, root: Node, lo: np.ndarray, hi: np.ndarray, thres
         if -neg <= threshold():
             heapq.heappush(heap, (neg, i, v, basis))
             break
-        arg = branch(net, node, v, lo) if v is not None else None
+        scores = lp.pair_scores(node.duals) if node.duals is not None else None
+        arg = branch(net, node, v, lo, scores) if v is not None else None
         if arg is None:  # exact or the LP failed: nothing to split
             continue
         mask, ch = children(node, *arg)
