@@ -21,8 +21,12 @@ strictly empty by the node's bounds (``+`` with ``u < 0``, ``-`` with ``l > 0``,
 ``dl > 0``, ``(+, -)`` with ``du < 0``), so the children cover the node. With both phases fixed the
 pair's ``delta h`` is linear; with every unstable pair fixed the LP is exact (the maximum of
 ``f - g`` on the node up to the rounding margin). Rows whose bound is at most the threshold stay
-closed in the children (their sets are subsets). The split pair is the one with the largest
-relaxation gap at the worst row's LP optimum (earliest layer on ties).
+closed in the children (their sets are subsets). The split pair (``BRANCH = "dual"``) is the free pair
+whose relaxation offsets carry most of the worst row's LP bound, ``|multiplier| x right-hand side`` over
+its triangle and chord rows (BaBSR's score with the LP's own multipliers: 30 % fewer LPs than the gap rule
+on the ACAS Xu 2_3 goal candidate's leaves, bench/RESULTS.md 2026-12-01); ``"gap"``: the largest
+relaxation gap at the worst row's LP optimum (earliest layer on ties). The choice is a heuristic only:
+the checker replays whatever tree it is given.
 
 Evidence: the tree in preorder, ``-1`` a leaf, else ``16 * flat + mask`` (``flat`` the pair's index
 over the hidden layers, ``mask`` the children kept, bit ``2 a + b`` for ``p^f = (-1, +1)[a]``,
