@@ -7,9 +7,10 @@ and the time as a ratio to the exact on-set reduction of the same network measur
 run (epsilon 0 = the on-set point). Saves the curve to bench/approx_acasxu.png.
 
 Usage: python bench/bench_approx_acasxu.py [--nets 1_1,2_3,...] [--eps 0.001,...] [--timeout S] [--no-fit]
-       [--exchange] [--phase-lps N] [--json PATH]  (--exchange: candidates by the exchange (minimax) refit of
+       [--exchange] [--phase-lps N] [--json PATH] [--certificates DIR]  (--exchange: candidates by the exchange (minimax) refit of
        lumpver.reductions.approx_minimax, opt-in; --phase-lps: ReLU-phase LPs per certification,
-       lumpver.reductions.certify.BAB_PHASE_LPS, default as configured; --json also records every trial)
+       lumpver.reductions.certify.BAB_PHASE_LPS, default: certify.phase_budget(timeout); --json also records every
+       trial; --certificates: write each reduced model and its bounded certificate there, for `lumpver check`)
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from lumpver.reductions.approx import reduce_approx  # noqa: E402
 from lumpver.reductions.approx_fit import FitOptions  # noqa: E402
 from lumpver.reductions.approx_minimax import ExchangeOptions  # noqa: E402
 from lumpver.reductions import certify  # noqa: E402
-from lumpver.reductions.certify import sample_points  # noqa: E402
+from lumpver.reductions.certify import sample_points, write_bounded  # noqa: E402
+from lumpver.ir.onnx_export import save_onnx  # noqa: E402
 from lumpver.specs.load import load_input_set  # noqa: E402
 from lumpver.ir.onnx_import import load_onnx  # noqa: E402
 from lumpver.reductions.onset import reduce_on_set  # noqa: E402
@@ -38,8 +40,9 @@ GOAL_EPS = 0.01
 
 
 def run_net(name: str, eps_list: list[float], timeout: float, max_boxes: int, fit: bool = True,
-            exchange: bool = False) -> list[dict]:
-    f = load_onnx(ACAS / "onnx" / f"ACASXU_run2a_{name}_batch_2000.onnx")
+            exchange: bool = False, cert_dir: str = "") -> list[dict]:
+    model = ACAS / "onnx" / f"ACASXU_run2a_{name}_batch_2000.onnx"
+    f = load_onnx(model)
     X = load_input_set(str(ACAS / "vnnlib" / "prop_3.vnnlib"), f.n_inputs)
     t0 = time.perf_counter()
     on = reduce_on_set(f, X)
@@ -49,20 +52,25 @@ def run_net(name: str, eps_list: list[float], timeout: float, max_boxes: int, fi
     pts = sample_points(X, 20000, seed=7)
     yf = f.forward(pts)
     for eps in eps_list:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             res = reduce_approx(f, X, eps, timeout=timeout, max_boxes=max_boxes, fit=FitOptions() if fit else None,
                                 exchange=ExchangeOptions() if exchange else None)
         except ValueError as e:
             print(f"{name} eps {eps}: {e}", flush=True)
             continue
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if cert_dir:
+            out = Path(cert_dir) / f"{name}_eps{eps:g}.onnx"
+            save_onnx(res.reduced, out)
+            write_bounded(model, out, out.with_suffix(".cert.json"), f, load_onnx(out), X, res.certified,
+                          {"method": "approximate-lumping", "search": res.method, "trials": res.trials}, dt)
         seen = float(np.max(np.abs(yf - res.reduced.forward(pts))))
         rows.append({"net": name, "epsilon": eps, "hidden": res.reduced.n_hidden, "certified": res.certified.epsilon,
-                     "sampled": seen, "seconds": dt, "ratio": dt / t_on, "widths": res.reduced.hidden_widths,
+                     "sampled": seen, "seconds": dt, "cpu_seconds": cpu, "ratio": dt / t_on, "widths": res.reduced.hidden_widths,
                      "method": res.method, "trials": res.trials})
         print(f"{name} eps {eps:g}: {f.n_hidden} -> on-set {on.reduced.n_hidden} -> {res.reduced.n_hidden} "
-              f"certified {res.certified.epsilon:.3g} sampled {seen:.3g} {dt:.1f}s = {dt / t_on:.0f}x on-set",
+              f"certified {res.certified.epsilon:.3g} sampled {seen:.3g} {dt:.1f}s ({cpu:.0f} CPU s) = {dt / t_on:.0f}x on-set",
               flush=True)
     return rows
 
@@ -96,6 +104,7 @@ def main() -> None:
     ap.add_argument("--max-boxes", type=int, default=600)
     ap.add_argument("--plot", default=str(ROOT / "bench" / "approx_acasxu.png"))
     ap.add_argument("--json", default="")
+    ap.add_argument("--certificates", default="", help="directory for the reduced models and their certificates")
     ap.add_argument("--no-fit", action="store_true", help="least-squares refits only (no L-BFGS-B fit)")
     ap.add_argument("--exchange", action="store_true", help="exchange (minimax) refits of the candidates")
     ap.add_argument("--phase-lps", type=int, default=None,
@@ -106,7 +115,7 @@ def main() -> None:
     eps = [float(e) for e in args.eps.split(",")]
     rows = []
     for name in args.nets.split(","):
-        rows += run_net(name, eps, args.timeout, args.max_boxes, not args.no_fit, args.exchange)
+        rows += run_net(name, eps, args.timeout, args.max_boxes, not args.no_fit, args.exchange, args.certificates)
     print("\n| net | on-set kept | " + " | ".join(f"eps {e:g}" for e in eps) + " |")
     print("|---|---|" + "---|" * len(eps))
     for name in args.nets.split(","):

@@ -277,3 +277,31 @@ def test_phase_lps_in_certify_recheck_and_cover_the_milp_maximum(rng, tmp_path, 
     bad = json.loads(json.dumps(cert))
     bad["guarantee"]["epsilon"] = exact * 0.99
     assert not check_evidence_entry(bad, ctx, ev).holds
+
+
+def test_long_budget_tries_the_goal_size_first_and_its_certificate_rechecks(rng, tmp_path, monkeypatch):
+    """With the phase stage on (a budget from certify.PHASE_TIMEOUT on) the size search tries half the on-set
+    size first; the written reduction's certificate (the search's own when the file is bit-identical)
+    re-checks, covers the error onnxruntime shows on samples (plus the float32 term), and half its claim is
+    refused."""
+    from lumpver.reductions import certify as C
+
+    net = _planted(rng)
+    X = InputSet([Box(-0.3 * np.ones(3), 0.3 * np.ones(3))])
+    monkeypatch.setattr(C, "PHASE_TIMEOUT", 3.0)
+    monkeypatch.setattr(C, "LONG_PHASE_LPS", 300)
+    orig, out, cert_path = (tmp_path / n for n in ("f.onnx", "g.onnx", "g.cert.json"))
+    save_onnx(net, orig)
+    cert = reduce_approx_to_files(orig, out, cert_path, X, 0.05, "linf", "auto", 4.0)
+    trials = cert["evidence"][1]["trials"]
+    assert trials[0]["hidden"] == reduce_on_set(net, X).reduced.n_hidden // 2, trials
+    ctx = CheckContext(cert_path, orig, out)
+    ev = next(e for e in cert["evidence"] if e["backend"] in DIFFERENTIAL_BACKENDS)
+    assert check_evidence_entry(cert, ctx, ev).holds
+    x = sample_points(X, 5000, seed=3)
+    seen = float(np.max(np.abs(run_onnx(orig, x) - run_onnx(out, x))))
+    claim = cert["guarantee"]["epsilon"]
+    assert seen <= claim + cert["guarantee"]["float_tolerance"]["float32_rounding_bound"] and claim <= 0.05
+    bad = json.loads(json.dumps(cert))
+    bad["guarantee"]["epsilon"] = 0.5 * claim  # below the checker's recomputation
+    assert not check_evidence_entry(bad, ctx, ev).holds

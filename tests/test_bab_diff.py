@@ -327,26 +327,31 @@ def _aligned_pair(seed: int) -> tuple[Network, Network, str]:
     return _f32(f), _f32(REDUCTIONS[kind](f, rng)), kind
 
 
-def test_phase_search_matches_the_milp_maximum():
-    """The ReLU-phase branch and bound (LP nodes, joint pair splits) on 10 random aligned pairs: never
-    below the exact MILP maximum; when it closes the gap to 0.1 % above the maximum within its LP
-    budget, that is; its LP points never above it. Covers the splits, chords and emptiness tests."""
+def test_phase_search_matches_the_milp_maximum(monkeypatch):
+    """The ReLU-phase branch and bound (LP nodes, joint pair splits chosen by the LP point's gap or by the LP
+    multipliers) on 10 random aligned pairs: never below the exact MILP maximum; when it closes the gap to
+    0.1 % above the maximum within its LP budget, that is; its LP points never above it. Covers the splits,
+    chords and emptiness tests."""
+    from lumpver.verifiers import bab_phase
     from lumpver.verifiers.bab_phase import PairNet, leaf_root, phase_search
 
     lo, hi = -np.ones(3), np.ones(3)
-    complete = 0
+    complete = {"gap": 0, "dual": 0}
     for seed in range(10):
         f, g, kind = _aligned_pair(seed)
         exact, _ = _exact(f, g, lo, hi)
         model = prepare_diff(f, g)
         net = PairNet.of(model)
         assert net is not None, kind
-        res = phase_search(net, leaf_root(net, model, lo, hi, DiffOptions().refine), lo, hi, lambda: 1.001 * exact, 1e18, 150)
-        assert res.upper >= exact - 1e-7 * (1 + exact), (seed, kind, res.upper, exact)
-        pts = np.clip(np.array(res.points), lo, hi)
-        assert np.max(np.abs(f.forward(pts) - g.forward(pts))) <= exact + 1e-7 * (1 + exact), (seed, kind)
-        complete += res.upper <= 1.001 * exact
-    assert complete >= 2  # deterministic: an LP budget, not the clock
+        for rule in ("gap", "dual"):  # both split choices (bab_phase.BRANCH)
+            monkeypatch.setattr(bab_phase, "BRANCH", rule)
+            res = phase_search(net, leaf_root(net, model, lo, hi, DiffOptions().refine), lo, hi, lambda: 1.001 * exact,
+                               1e18, 150)
+            assert res.upper >= exact - 1e-7 * (1 + exact), (seed, kind, rule, res.upper, exact)
+            pts = np.clip(np.array(res.points), lo, hi)
+            assert np.max(np.abs(f.forward(pts) - g.forward(pts))) <= exact + 1e-7 * (1 + exact), (seed, kind, rule)
+            complete[rule] += res.upper <= 1.001 * exact
+    assert min(complete.values()) >= 2, complete  # deterministic: an LP budget, not the clock
 
 
 def test_phase_search_on_product_pairs_stays_above_the_milp_maximum():

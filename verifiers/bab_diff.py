@@ -59,6 +59,8 @@ PHASE_DIMS = 64
 #: LPs a phase-split leaf costs at least (its tightening and root LPs on ACAS Xu: 60-110): with a target, the
 #: phase stage is skipped when its budget cannot pay this for every open leaf
 PHASE_LEAF_MIN_LPS = 60
+#: a leaf bisected ``phase_bisect`` times gets this many times ``phase_leaf_lps`` before the stage gives up on it
+PHASE_LAST_BOOST = 4
 
 
 @dataclass
@@ -330,8 +332,10 @@ class _Search:
             leaf = heapq.heappop(heap)[1]
             if t.bound[leaf] <= self.threshold:
                 continue
+            last = extra[leaf] >= opt.phase_bisect  # no bisection left: the leaf's last chance
             res = finish_leaf(self.phase_net, self.model, t.lo[leaf], t.hi[leaf], opt.refine, lambda: self.threshold,
-                              self.deadline, min(budget, opt.phase_leaf_lps), opt.phase_tighten)
+                              self.deadline, min(budget, opt.phase_leaf_lps * (PHASE_LAST_BOOST if last else 1)),
+                              opt.phase_tighten)
             budget -= res.lps
             if res.points:
                 self._witness(np.clip(np.array(res.points), t.lo[leaf], t.hi[leaf]))

@@ -21,8 +21,12 @@ strictly empty by the node's bounds (``+`` with ``u < 0``, ``-`` with ``l > 0``,
 ``dl > 0``, ``(+, -)`` with ``du < 0``), so the children cover the node. With both phases fixed the
 pair's ``delta h`` is linear; with every unstable pair fixed the LP is exact (the maximum of
 ``f - g`` on the node up to the rounding margin). Rows whose bound is at most the threshold stay
-closed in the children (their sets are subsets). The split pair is the one with the largest
-relaxation gap at the worst row's LP optimum (earliest layer on ties).
+closed in the children (their sets are subsets). The split pair (``BRANCH = "dual"``) is the free pair
+whose relaxation offsets carry most of the worst row's LP bound, ``|multiplier| x right-hand side`` over
+its triangle and chord rows (BaBSR's score with the LP's own multipliers: 30 % fewer LPs than the gap rule
+on the ACAS Xu 2_3 goal candidate's leaves, bench/RESULTS.md 2026-12-01); ``"gap"``: the largest
+relaxation gap at the worst row's LP optimum (earliest layer on ties). The choice is a heuristic only:
+the checker replays whatever tree it is given.
 
 Evidence: the tree in preorder, ``-1`` a leaf, else ``16 * flat + mask`` (``flat`` the pair's index
 over the hidden layers, ``mask`` the children kept, bit ``2 a + b`` for ``p^f = (-1, +1)[a]``,
@@ -43,6 +47,8 @@ from lumpver.verifiers.bab_phase_lp import PairLp
 #: relative loosening of the delta bounds derived from f's and g's bounds (root_node)
 SLACK = 1e-9
 COMBOS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+#: split choice of the phase search: "dual" (:meth:`PairLp.pair_scores`) or "gap" (the LP point's gap)
+BRANCH = "dual"
 
 
 @dataclass
@@ -97,6 +103,7 @@ class Node:
     rows: np.ndarray  # per row (2m) a sound upper bound of +-(f - g) on the node
     depth: int = 0
     id: int = 0
+    duals: Optional[np.ndarray] = field(default=None, repr=False)  # LP multipliers at the worst row (branching)
 
 
 def root_node(lb: PairLayers, rows: np.ndarray) -> Node:
@@ -175,12 +182,23 @@ def bound_rows(lp: PairLp, node: Node, open_rows: np.ndarray, deadline: float = 
         node.rows[r] = min(node.rows[r], up)
         if s.x is not None and up > best:
             best, point = up, lp.point(s.x)
+            if BRANCH == "dual":
+                node.duals = lp.row_duals()
     return point, lps, basis
 
 
-def branch(net: PairNet, node: Node, v: np.ndarray, lo: np.ndarray) -> Optional[tuple[int, int]]:
-    """The pair with the largest relaxation gap ``h - relu(z)`` of f's and g's neuron at ``v`` (earliest
+def branch(net: PairNet, node: Node, v: np.ndarray, lo: np.ndarray,
+           scores: Optional[np.ndarray] = None) -> Optional[tuple[int, int]]:
+    """The free pair with the largest ``scores`` (:meth:`PairLp.pair_scores`) when given and positive
+    somewhere, else the largest relaxation gap ``h - relu(z)`` of f's and g's neuron at ``v`` (earliest
     layer on ties); None when every pair is fixed or stable."""
+    if scores is not None:
+        free = np.concatenate([((node.pf[k] == 0) & (node.b.fl[k] < 0) & (node.b.fu[k] > 0))
+                               | ((node.pg[k] == 0) & (node.b.gl[k] < 0) & (node.b.gu[k] > 0))
+                               for k in range(len(net.widths))])
+        s = np.where(free, scores, -1.0)
+        if s.size and float(np.max(s)) > 0:
+            return net.unflat(int(np.argmax(s)))
     of, og = _layout(net)
     n = lo.size
     prev_f = prev_g = v[:n]
@@ -240,7 +258,8 @@ def phase_search(net: PairNet, root: Node, lo: np.ndarray, hi: np.ndarray, thres
         if -neg <= threshold():
             heapq.heappush(heap, (neg, i, v, basis))
             break
-        arg = branch(net, node, v, lo) if v is not None else None
+        scores = lp.pair_scores(node.duals) if node.duals is not None else None
+        arg = branch(net, node, v, lo, scores) if v is not None else None
         if arg is None:  # exact or the LP failed: nothing to split
             continue
         mask, ch = children(node, *arg)

@@ -223,6 +223,22 @@ class PairLp:
                           np.float64(-sign * net.bg[-1][i])))
         return s, up
 
+    def row_duals(self) -> np.ndarray:
+        """HiGHS's row multipliers of the last solve (a branching hint, never evidence)."""
+        return np.asarray(self.lp.model.getSolution().row_dual, np.float64)
+
+    def pair_scores(self, y: np.ndarray) -> np.ndarray:
+        """Per hidden neuron pair (flat index) the share of the last bound owed to its relaxation offsets:
+        ``|y_row| * rhs_row`` summed over its triangle rows (f's, g's) and its two chord rows (BaBSR's idea
+        with the LP's own multipliers). Split pairs have offset 0 and score 0."""
+        rhs, e = self.lp.b_ub[2 * self.lp.n_eq:], self.lp.n_eq
+        out = np.zeros(self.H)
+        for side in self.sides:
+            np.add.at(out, side["unst"], np.abs(y[e + side["r2"]]) * rhs[side["r2"]])
+        for r in (self.c1, self.c2):
+            np.add.at(out, self.pairs, np.abs(y[e + r]) * rhs[r])
+        return out
+
     def point(self, v: np.ndarray) -> np.ndarray:
         """The LP point in :func:`lumpver.verifiers.bab_phase.branch`'s layout ``[x, h^f_0, h^g_0, ..]``."""
         vals = [np.where(s["post"] >= 0, v[np.maximum(s["post"], 0)], 0.0) for s in self.sides]

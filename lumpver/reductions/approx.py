@@ -37,7 +37,7 @@ from lumpver.reductions.approx_fit import FitOptions, finetune
 from lumpver.reductions.approx_minimax import MAX_VERTEX_DIMS, ExchangeOptions, exchange_refit, f32, fit_rows, \
     preprocessed_acts, refit_layers
 from lumpver.reductions.base import default_certificate_path, remove_on_failure
-from lumpver.reductions.certify import Certified, Chain, certify
+from lumpver.reductions.certify import Certified, Chain, certify, phase_budget
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.specs.norms import difference_rows
 from lumpver.reductions.exact import LayerClasses
@@ -306,7 +306,10 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     the least-squares candidates drop neurons that are nearly affine in the kept ones on X
     (nearly constant or nearly linear), and the second candidate is
     :mod:`lumpver.reductions.smooth_fold`'s (nearly constant neurons, from sound bounds, folded
-    into the next bias). Raises ValueError when not even h is certified within epsilon."""
+    into the next bias). With a long ``timeout`` (:func:`lumpver.reductions.certify.phase_budget`: the
+    ReLU-phase stage certifies) the goal size, half h's hidden neurons, is tried first and the bisection
+    continues below it when it certifies, above it otherwise (issue 14). Raises ValueError when not even h
+    is certified within epsilon."""
     require_dense(f, "reduce --mode approx")
 
     t0 = time.perf_counter()
@@ -321,8 +324,10 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     acts, yf = h.activations(pts), f.forward(pts)
     check = (h.preprocess(held), f.forward(held))
     kept0 = [np.arange(w) for w in h.hidden_widths]
+    phase = phase_budget(timeout)
     base = certify(f, h, input_set, norm, Chain(on.steps, kept0), h, on.discrepancy,
-                   timeout=max(1.0, deadline - time.perf_counter()), max_boxes=max_boxes, threshold=epsilon)
+                   timeout=max(1.0, deadline - time.perf_counter()), max_boxes=max_boxes, threshold=epsilon,
+                   phase_lps=phase)
     if not base.epsilon <= epsilon:
         raise ValueError(f"even the exact on-set reduction is certified only within {base.epsilon:.3g} > epsilon "
                          f"{epsilon:g}; use --mode on-set or a larger --epsilon")
@@ -364,7 +369,8 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
         chains = [Chain(on.steps, kept, dropped_rows=dropped)]
         if not smooth and variant != "minimax":  # refitted rows are not near-proportional merges: one twin
             chains.append(Chain(on.steps, None, partner_classes(h, acts, kept)))
-        res, chain = _certify_first(f, g, input_set, norm, chains, h, on.discrepancy, deadline, max_boxes, epsilon)
+        res, chain = _certify_first(f, g, input_set, norm, chains, h, on.discrepancy, deadline, max_boxes, epsilon,
+                                    phase)
         trial["certified"] = res.epsilon if res.finite else None
         progress.say(f"{g.n_hidden} hidden neurons ({variant}): sampled {seen:.3g}, certified {res.epsilon:.3g}")
         if res.epsilon > epsilon:
@@ -380,9 +386,7 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
         limit = max(limit, _sampled_limit(lambda r: sampled(r, "const")[3], len(const_order), epsilon))
     elif "fit" in variants:  # the fit's own limit would cost a fit per probe: allow 20 % more
         limit = min(len(order), limit + max(2, limit // 5))
-    lo, hi = 0, limit + 1
-    while hi - lo > 1 and time.perf_counter() < deadline:
-        mid = (lo + hi) // 2
+    def at_size(mid: int) -> Optional[ApproxResult]:
         found = None
         ranked = sorted(variants, key=lambda v: sampled(mid, v)[3]) if smooth else variants  # smaller error first
         for variant in ranked:
@@ -390,6 +394,16 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
                 break  # least squares failed certification, not sampling: the fit does not tighten (RESULTS.md)
             if found is None and time.perf_counter() < deadline:
                 found = attempt(mid, variant)
+        return found
+
+    lo, hi = 0, limit + 1
+    if phase and len(order) > 1:  # a strong certifier: the goal size (half h's neurons) first, then bisect
+        goal = min(len(order), h.n_hidden - h.n_hidden // 2)
+        found = at_size(goal)
+        lo, best, hi = (goal, found, max(hi, goal + 1)) if found is not None else (lo, best, min(hi, goal))
+    while hi - lo > 1 and time.perf_counter() < deadline:
+        mid = (lo + hi) // 2
+        found = at_size(mid)
         if found is not None:
             lo, best = mid, found
         else:
@@ -415,14 +429,16 @@ def _variants(h: Network, input_set: InputSet, smooth: bool, ls: bool, fit: bool
     return ("ls", "fit") if fit else ("ls",)
 
 
-def _certify_first(f, g, input_set, norm, chains, h, onset_bound, deadline, max_boxes, epsilon):
+def _certify_first(f, g, input_set, norm, chains, h, onset_bound, deadline, max_boxes, epsilon, phase_lps=0):
     """Certify g with each twin in turn (pruned twin, then quotient twin as a quick probe with a
-    quarter of the box budget); the first within epsilon wins, else the tightest."""
+    quarter of the box budget); the first within epsilon wins, else the tightest. With phase LPs
+    (long budgets, :func:`lumpver.reductions.certify.phase_budget`) a candidate may take the time left."""
     best = None
     for i, chain in enumerate(chains):
         left = max(1.0, deadline - time.perf_counter())
-        res = certify(f, g, input_set, norm, chain, h, onset_bound, timeout=min(left, 120.0),
-                      max_boxes=max_boxes if i == 0 else max(1, max_boxes // 4), threshold=epsilon)
+        res = certify(f, g, input_set, norm, chain, h, onset_bound, timeout=left if phase_lps else min(left, 120.0),
+                      max_boxes=max_boxes if i == 0 else max(1, max_boxes // 4), threshold=epsilon,
+                      phase_lps=phase_lps)
         if best is None or res.epsilon < best[0].epsilon:
             best = (res, chain)
         if res.epsilon <= epsilon or time.perf_counter() > deadline:
@@ -439,6 +455,16 @@ def _sampled_limit(err, n: int, epsilon: float) -> int:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if err(mid) <= epsilon else (lo, mid)
     return lo
+
+
+def _same_weights(a: Network, b: Network) -> bool:
+    """Bit-identical dense layers, activations and input steps (then a certificate of one is one of the other)."""
+    if len(a.layers) != len(b.layers) or len(a.input_ops) != len(b.input_ops) or not (a.is_dense and b.is_dense):
+        return False
+    same_in = all(p.op == q.op and np.array_equal(p.constant, q.constant) for p, q in zip(a.input_ops, b.input_ops))
+    return same_in and all(
+        p.activation == q.activation and p.alpha == q.alpha and np.array_equal(p.weight, q.weight)
+        and np.array_equal(p.bias, q.bias) for p, q in zip(a.layers, b.layers))
 
 
 def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.PathLike,
@@ -462,9 +488,10 @@ def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.Pat
     cert_path = Path(cert_path) if cert_path else default_certificate_path(out_path)
     save_onnx(res.reduced, out_path)
     with remove_on_failure(out_path):
-        g = load_onnx(out_path)  # certify what was written
-        final = certify_pair(f, g, input_set, norm, res.chain, res.onset, res.onset_bound,
-                             timeout=max(60.0, timeout), threshold=epsilon)
+        g = load_onnx(out_path)  # certify what was written (the search's result when bit-identical)
+        final = res.certified if _same_weights(g, res.reduced) else certify_pair(
+            f, g, input_set, norm, res.chain, res.onset, res.onset_bound, timeout=max(60.0, timeout), threshold=epsilon,
+            phase_lps=phase_budget(timeout))
         if not final.epsilon <= epsilon:
             raise CheckFailed(f"the written model certifies only within {final.epsilon:.3g} > {epsilon:g}")
         sampled = sampled_error(model_path, out_path, input_set, norm)

@@ -99,13 +99,26 @@ BAB_FIRST_DIMS = 8
 #: 0 (off): at 20,000 the ACAS Xu reductions kept the same size at 600 s (2_3 89, 1_1 113) and the suite's
 #: reduction tests took 357 s instead of 154 s (bench/RESULTS.md, 2026-12-01); bench --phase-lps turns it on
 BAB_PHASE_LPS = 0
-BAB_PHASE_LEAF_LPS = 400
+BAB_PHASE_LEAF_LPS = 300
+#: reductions given at least this many seconds (``reduce --timeout``) certify with LONG_PHASE_LPS phase LPs per
+#: region when BAB_PHASE_LPS is 0: the ACAS Xu 2_3 candidate at the goal size (62 neurons) needs ~200,000 LPs
+#: (bench/RESULTS.md, 2026-12-01), far beyond what the short budgets of the suite's reductions can pay
+PHASE_TIMEOUT = 900.0
+LONG_PHASE_LPS = 400_000
 #: sub-problems per region of the batched phase search on wider inputs (bench/RESULTS.md, MNIST 256x2; 0: off)
 PHASE_NODES = 250
 #: LPs per region of the LP phase search that follows it in linf with the time left (0: off)
 PHASE_LPS = 600
 #: boxes per region the graph back-end bounds at most when certifying (inputs small enough to split)
 GRAPH_BOXES = 100
+
+
+def phase_budget(timeout: float) -> int:
+    """Phase LPs per region for a reduction given ``timeout`` seconds: BAB_PHASE_LPS when set, else
+    LONG_PHASE_LPS from PHASE_TIMEOUT on, else 0 (off)."""
+    if BAB_PHASE_LPS > 0:
+        return BAB_PHASE_LPS
+    return LONG_PHASE_LPS if timeout >= PHASE_TIMEOUT else 0
 
 
 # ----- twins -----------------------------------------------------------------------------------
@@ -195,9 +208,10 @@ def interval_term(h: Network, twin: Network, input_set: InputSet, norm: str, thr
 
 
 def bab_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshold: float,
-             timeout: float) -> tuple[float, dict[str, Any]]:
-    """The differential branch and bound's bound of ``h - twin`` on X (refined down to ``threshold``)."""
-    phase = BAB_PHASE_LPS if input_set.dim <= BAB_FIRST_DIMS else 0
+             timeout: float, phase_lps: Optional[int] = None) -> tuple[float, dict[str, Any]]:
+    """The differential branch and bound's bound of ``h - twin`` on X (refined down to ``threshold``), with
+    ``phase_lps`` (default BAB_PHASE_LPS) ReLU-phase LPs per region on inputs of <= BAB_FIRST_DIMS."""
+    phase = (BAB_PHASE_LPS if phase_lps is None else phase_lps) if input_set.dim <= BAB_FIRST_DIMS else 0
     opt = DiffOptions(max_boxes=BAB_BOXES, deterministic=True, phase_lps=phase, phase_leaf_lps=BAB_PHASE_LEAF_LPS)
     results, ev = difference_search(h, twin, input_set, norm, timeout, close_at=threshold, options=opt)
     ev["threshold"] = threshold
@@ -229,19 +243,21 @@ def phase_term(h: Network, twin: Network, input_set: InputSet, norm: str, thresh
 
 
 def _difference_term(h: Network, twin: Network, input_set: InputSet, norm: str, t_int: float,
-                     max_boxes: int, timeout: float, t0: float) -> tuple[float, dict[str, Any], str]:
+                     max_boxes: int, timeout: float, t0: float,
+                     phase_lps: Optional[int] = None) -> tuple[float, dict[str, Any], str]:
     """``(bound of h - twin, evidence, back-end)``. Inputs of at most BAB_FIRST_DIMS dimensions (ACAS Xu):
     the differential branch and bound first (bisection pays there; it also stops at once when its attained
     value exceeds ``t_int``, i.e. the candidate is not within it), the interval term only if it fails; wider
-    inputs: the interval term first and the search with the time left when that is not within ``t_int``."""
+    inputs: the interval term first and the search with the time left when that is not within ``t_int``.
+    With phase LPs the search may use the whole ``timeout`` (else at most BAB_SECONDS)."""
     def bab(left: float) -> tuple[float, dict[str, Any]]:
         try:
-            return bab_term(h, twin, input_set, norm, t_int, left)
+            return bab_term(h, twin, input_set, norm, t_int, left, phase_lps)
         except ValueError:  # a pair the search cannot take
             return math.inf, {}
 
     if input_set.dim <= BAB_FIRST_DIMS and norm in ("linf", "l1", "l2"):
-        u, ev = bab(min(BAB_SECONDS, timeout))
+        u, ev = bab(timeout if (BAB_PHASE_LPS if phase_lps is None else phase_lps) > 0 else min(BAB_SECONDS, timeout))
         if u <= t_int or ev.get("attained", 0.0) > t_int:
             return u, ev, "bab_diff"
         left = max(0.5, timeout - (time.perf_counter() - t0))
@@ -325,11 +341,12 @@ class Certified:
 
 def certify(f: Network, g: Network, input_set: InputSet, norm: str = "linf", chain: Optional[Chain] = None,
             h: Optional[Network] = None, onset_bound: float = 0.0, timeout: float = 60.0,
-            max_boxes: int = DEFAULT_MAX_BOXES, threshold: float = 0.0) -> Certified:
+            max_boxes: int = DEFAULT_MAX_BOXES, threshold: float = 0.0, phase_lps: Optional[int] = None) -> Certified:
     """Certified ``sup_X ||f(x) - g(x)||`` for the float32 models (interval back-end).
 
     ``h`` is the network after ``chain.onset_steps`` (with ``onset_bound`` its discrepancy);
-    ``threshold``: boxes whose bound is already below it are not split further.
+    ``threshold``: boxes whose bound is already below it are not split further; ``phase_lps``: ReLU-phase
+    LPs per region of the differential search (default BAB_PHASE_LPS; :func:`phase_budget`).
     """
     t0 = time.perf_counter()
     chain = chain or Chain()
@@ -341,7 +358,7 @@ def certify(f: Network, g: Network, input_set: InputSet, norm: str = "linf", cha
     twin, twin_gap = twin_of(h, g, chain, input_set)
     t_int = max(0.0, threshold - from_max_abs(onset_bound + twin_gap, f.n_outputs, norm))
     try:
-        u, ev, backend = _difference_term(h, twin, input_set, norm, t_int, max_boxes, timeout, t0)
+        u, ev, backend = _difference_term(h, twin, input_set, norm, t_int, max_boxes, timeout, t0, phase_lps)
     except ValueError as e:  # unsupported activation, polytope without a box
         return Certified(math.inf, norm, {}, {}, time.perf_counter() - t0, str(e))
     ferr = float32_errors(f, input_set) + float32_errors(g, input_set)
