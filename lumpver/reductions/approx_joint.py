@@ -28,7 +28,7 @@ from scipy.optimize import minimize
 from lumpver.ir.network import Layer, Network
 from lumpver.reductions.approx_fit import OutputLoss, loss_grad, pack, unpack
 from lumpver.reductions.approx_minimax import ExchangeOptions, ExchangeResult, exchange_refit, f32, logits, \
-    max_abs_difference, worst_points
+    max_abs_difference, minimax_output, worst_points
 from lumpver.specs.inputset import Box
 
 
@@ -45,6 +45,7 @@ class JointOptions:
     neighbours: int = 4  # jittered copies around each new worst point
     jitter: float = 0.01  # their spread, as a fraction of the box width
     freeze_first: bool = False  # keep layer 0's rows (h's own) fixed
+    output_lp: bool = False  # after each fit, the output layer by the minimax LP on the exchange set
     seed: int = 0
 
 
@@ -112,6 +113,8 @@ def joint_refit(h: Network, start: ExchangeResult, box: Box, options: JointOptio
     for r in range(options.rounds + 1):
         if r > 0:
             g = fit_lp(g, fit_x, logits(h, fit_x), options.powers if r == 1 else options.powers[-1:], options)
+            if options.output_lp:
+                g = minimax_output(g, logits(h, fit_x), fit_x)
         add, attained = exchange_step(h, g, fit_x, lo, hi, rng, options)
         history.append(attained)
         if best is None or attained < best.attained:
@@ -123,7 +126,8 @@ def joint_refit(h: Network, start: ExchangeResult, box: Box, options: JointOptio
 
 
 def joint_candidate(h: Network, pts: np.ndarray, kept: list[np.ndarray], box: Box,
-                    options: JointOptions = JointOptions(), start: Optional[ExchangeResult] = None) -> ExchangeResult:
-    """h pruned to ``kept``: the exchange refit (or ``start``) followed by :func:`joint_refit`."""
-    start = start if start is not None else exchange_refit(h, pts, kept, box, ExchangeOptions(seed=options.seed))
+                    options: JointOptions = JointOptions(), exchange: ExchangeOptions = ExchangeOptions()) -> ExchangeResult:
+    """h pruned to ``kept``: the exchange refit (:func:`exchange_refit` with ``exchange``) followed by
+    :func:`joint_refit`."""
+    start = exchange_refit(h, pts, kept, box, exchange)
     return joint_refit(h, start, box, options)

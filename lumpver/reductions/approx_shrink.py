@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from lumpver.ir.network import Layer, Network
-from lumpver.reductions.approx_joint import JointOptions, box_bounds, exchange_step, fit_lp, joint_refit
+from lumpver.reductions.approx_joint import JointOptions, box_bounds, exchange_step, fit_lp, joint_refit, lp_mean_loss
 from lumpver.reductions.approx_minimax import ExchangeResult, box_vertices, fit_rows, logits, preprocessed_acts
 from lumpver.specs.inputset import Box
 
@@ -40,6 +40,7 @@ class ShrinkOptions:
     steps: int = 16  # removal steps from h to the goal size (chunk = removals / steps)
     power: int = 16  # L^p exponent of the fits between removals
     max_iter: int = 40  # L-BFGS-B iterations per removal step
+    candidates: int = 1  # cheapest removals (by the order) each tried with its compensation; the least L^p error wins
     final: JointOptions = field(default_factory=JointOptions)  # the closing joint refit
     seed: int = 0
 
@@ -72,9 +73,11 @@ def shrink(h: Network, pts: np.ndarray, box: Box, size: int, order_fn: OrderFn,
     worst = np.zeros((0, lo.size))
     step_opts = JointOptions(max_iter=options.max_iter, starts=48, steps=20, keep_worst=16, seed=options.seed)
     while g.n_hidden > size:
-        order = [kj for kj in order_fn(g, preprocessed_acts(g, fit_x)) if g.layers[kj[0]].width > 1]
-        for k, j in sorted(order[:min(chunk, g.n_hidden - size)], key=lambda kj: -kj[1]):
-            g = _drop(g, k, j, fit_x)  # highest index first: the lower ones keep their place
+        y = logits(h, fit_x)
+        for _ in range(min(chunk, g.n_hidden - size)):
+            order = [kj for kj in order_fn(g, preprocessed_acts(g, fit_x)) if g.layers[kj[0]].width > 1]
+            tries = [(_drop(g, k, j, fit_x), k, j) for k, j in order[:options.candidates]]
+            g, k, j = min(tries, key=lambda t: lp_mean_loss(options.power)(logits(t[0], fit_x) - y)[0])
             ids[k] = np.delete(ids[k], j)
         g = fit_lp(g, fit_x, logits(h, fit_x), (options.power,), step_opts)
         new, attained = exchange_step(h, g, fit_x, lo, hi, rng, step_opts)
