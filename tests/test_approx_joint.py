@@ -75,3 +75,18 @@ def test_joint_and_shrink_candidates_run_as_written_and_beat_least_squares(tmp_p
         assert np.max(np.abs(ours - ort)) <= 1e-5 * (1.0 + np.max(np.abs(ort)))  # float32 replay of the same net
         errors[name] = _grid_max(net, path)
     assert errors["joint"] < errors["ls"] and errors["shrink"] < errors["ls"], errors
+
+
+def test_reduce_approx_with_gradual_candidates_is_certified_above_the_grid_maximum():
+    """The opt-in gradual search (candidates by approx_shrink.shrink) keeps only certified reductions:
+    the certified bound (real arithmetic of the stored weights) covers the grid maximum of |f - g| (float64
+    forward passes of both)."""
+    from lumpver.reductions.approx import reduce_approx
+
+    net = _random_net(2)
+    X = InputSet([Box(-np.ones(3), np.ones(3))])
+    quick = JointOptions(rounds=1, max_iter=20, starts=16, steps=10)
+    res = reduce_approx(net, X, 0.2, timeout=6.0, gradual=ShrinkOptions(steps=3, max_iter=10, final=quick))
+    assert res.certified.epsilon <= 0.2 and res.reduced.n_hidden < net.n_hidden
+    assert res.certified.epsilon >= float(np.max(np.abs(net.forward(GRID) - res.reduced.forward(GRID))))
+    assert res.method == "gradual-prune+joint-minimax"

@@ -27,8 +27,8 @@ from scipy.optimize import minimize
 
 from lumpver.ir.network import Layer, Network
 from lumpver.reductions.approx_fit import OutputLoss, loss_grad, pack, unpack
-from lumpver.reductions.approx_minimax import ExchangeOptions, ExchangeResult, exchange_refit, f32, logits, \
-    max_abs_difference, minimax_output, worst_points
+from lumpver.reductions.approx_minimax import ExchangeOptions, ExchangeResult, box_vertices, exchange_refit, f32, \
+    logits, max_abs_difference, minimax_output, worst_points
 from lumpver.specs.inputset import Box
 
 
@@ -131,3 +131,17 @@ def joint_candidate(h: Network, pts: np.ndarray, kept: list[np.ndarray], box: Bo
     :func:`joint_refit`."""
     start = exchange_refit(h, pts, kept, box, exchange)
     return joint_refit(h, start, box, options)
+
+
+def attained_error(h: Network, g: Network, box: Box, starts: int = 400, steps: int = 60, samples: int = 50_000,
+                   seed: int = 11) -> float:
+    """The largest ``max_o |h_o(x) - g_o(x)|`` found on the box (a lower bound of the true error, float64):
+    ``samples`` uniform points and every vertex (:func:`box_vertices`), then projected sign-gradient ascent
+    from the ``starts // 2`` worst of them and as many random points (RESULTS.md's "attained")."""
+    rng = np.random.default_rng(seed)
+    lo, hi = box_bounds(h, box)
+    pts = np.vstack([lo + rng.random((samples, lo.size)) * (hi - lo), box_vertices(lo, hi, rng)])
+    vals = max_abs_difference(h, g, pts)
+    cand = np.vstack([pts[np.argsort(-vals)[:starts // 2]], lo + rng.random((starts - starts // 2, lo.size)) * (hi - lo)])
+    _, found = worst_points(h, g, lo, hi, cand, steps)
+    return max(float(np.max(vals)), float(np.max(found)))

@@ -29,6 +29,9 @@ from lumpver.reductions.approx_joint import JointOptions, box_bounds, exchange_s
 from lumpver.reductions.approx_minimax import ExchangeResult, box_vertices, fit_rows, logits, preprocessed_acts
 from lumpver.specs.inputset import Box
 
+#: the reducer's bisection range for these candidates: sizes whose least-squares candidate errs up to this
+#: many times epsilon on samples (ACAS Xu 1_1: least squares errs 0.022 at the goal size 67, 2.2 epsilon)
+SEARCH_SLACK = 3.0
 #: removal order of a network from its activations: [(layer, neuron), ...] cheapest first
 OrderFn = Callable[[Network, list[np.ndarray]], list[tuple[int, int]]]
 
