@@ -36,11 +36,11 @@ from lumpver.specs.inputset import Box
 class JointOptions:
     """Knobs of :func:`joint_refit` (measured on ACAS Xu prop_3, bench/bench_approx_candidates.py)."""
 
-    rounds: int = 6  # exchange rounds (fit, search, add)
-    powers: tuple[int, ...] = (16, 64, 256)  # L^p exponents of the first round (annealed); later rounds: the last
-    max_iter: int = 150  # L-BFGS-B iterations per exponent
-    starts: int = 96  # ascent starts per round (worst points of S and random points)
-    steps: int = 40  # sign-gradient steps per start
+    rounds: int = 12  # exchange rounds (fit, search, add)
+    powers: tuple[int, ...] = (64, 256)  # L^p exponents of the first round (annealed); later rounds: the last
+    max_iter: int = 200  # L-BFGS-B iterations per exponent
+    starts: int = 192  # ascent starts per round (worst points of S and random points)
+    steps: int = 50  # sign-gradient steps per start
     keep_worst: int = 32  # new worst points added to S per round
     neighbours: int = 4  # jittered copies around each new worst point
     jitter: float = 0.01  # their spread, as a fraction of the box width

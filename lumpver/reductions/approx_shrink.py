@@ -43,7 +43,7 @@ class ShrinkOptions:
     steps: int = 16  # removal steps from h to the goal size (chunk = removals / steps)
     power: int = 16  # L^p exponent of the fits between removals
     max_iter: int = 40  # L-BFGS-B iterations per removal step
-    candidates: int = 1  # cheapest removals (by the order) each tried with its compensation; the least L^p error wins
+    candidates: int = 8  # cheapest removals (by the order) each tried with its compensation; the least L^p error wins
     final: JointOptions = field(default_factory=JointOptions)  # the closing joint refit
     seed: int = 0
 
