@@ -25,8 +25,8 @@ def _random_net(seed: int, widths=(3, 12, 12, 2)) -> Network:
     return Network(layers)
 
 
-_T = np.linspace(-1.0, 1.0, 41)
-GRID = np.stack(np.meshgrid(_T, _T, _T, indexing="ij"), axis=-1).reshape(-1, 3)  # 41^3 points of [-1, 1]^3
+_T = np.linspace(-1.0, 1.0, 21)
+GRID = np.stack(np.meshgrid(_T, _T, _T, indexing="ij"), axis=-1).reshape(-1, 3)  # 21^3 points of [-1, 1]^3
 
 
 def _grid_max(f: Network, g_path) -> float:
@@ -62,9 +62,9 @@ def test_joint_and_shrink_candidates_run_as_written_and_beat_least_squares(tmp_p
     acts = net.activations(pts)
     kept = kept_after(net, removal_order(net, acts), 20)
     g_ls, _ = refit_pruned(net, acts, kept)
-    opts = JointOptions(rounds=2, max_iter=40, starts=24, steps=15)
+    opts = JointOptions(rounds=1, max_iter=40, starts=24, steps=15)
     joint = joint_candidate(net, pts, kept, box, opts, ExchangeOptions(rounds=2, starts=24, steps=15))
-    ids, shrunk = shrink(net, pts, box, 12, removal_order, ShrinkOptions(steps=4, max_iter=20, final=opts))
+    ids, shrunk = shrink(net, pts, box, 12, removal_order, ShrinkOptions(steps=3, max_iter=20, final=opts))
     assert [len(k) for k in ids] == shrunk.network.hidden_widths and shrunk.network.n_hidden == 12
     errors = {}
     for name, g in (("ls", g_ls), ("joint", joint.network), ("shrink", shrunk.network)):
