@@ -343,7 +343,8 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     @functools.lru_cache(maxsize=None)
     def build(removed: tuple, variant: str) -> tuple[Network, list, list[np.ndarray], float]:
         if variant == "shrink":  # the gradual pruning chooses its own kept neurons (approx_shrink)
-            kept, ex = shrink(h, pts, input_set.regions[0], h.n_hidden - len(removed), removal_order, gradual)
+            kept, ex = shrink(h, pts, input_set.regions[0], h.n_hidden - len(removed), removal_order, gradual,
+                               progress)
             return _from_exchange(h, ex, kept, held, check[1], norm)
         kept = kept_after(h, list(removed), len(removed))
         if variant == "const":
@@ -367,7 +368,7 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
         if seen > epsilon:
             return None
         chains = [Chain(on.steps, kept, dropped_rows=dropped)]
-        if not smooth and variant not in ("minimax", "shrink"):  # refitted rows are not near-proportional merges: one twin
+        if not smooth and variant not in ("minimax", "shrink"):  # refitted rows, not near-proportional merges
             chains.append(Chain(on.steps, None, partner_classes(h, acts, kept)))
         res, chain = _certify_first(f, g, input_set, norm, chains, h, on.discrepancy, deadline, max_boxes, epsilon)
         trial["certified"] = res.epsilon if res.finite else None

@@ -90,7 +90,8 @@ def exchange_step(h: Network, g: Network, fit_x: np.ndarray, lo: np.ndarray, hi:
     found, vals = worst_points(h, g, lo, hi, cand, options.steps)
     new = found[np.argsort(-vals)[:options.keep_worst]]
     jitter = new[:, None, :] + options.jitter * (hi - lo) * rng.standard_normal((len(new), options.neighbours, lo.size))
-    return np.vstack([new, np.clip(jitter.reshape(-1, lo.size), lo, hi)]), max(float(np.max(vals)), float(np.max(on_set)))
+    attained = max(float(np.max(vals)), float(np.max(on_set)))
+    return np.vstack([new, np.clip(jitter.reshape(-1, lo.size), lo, hi)]), attained
 
 
 def box_bounds(h: Network, box: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +127,8 @@ def joint_refit(h: Network, start: ExchangeResult, box: Box, options: JointOptio
 
 
 def joint_candidate(h: Network, pts: np.ndarray, kept: list[np.ndarray], box: Box,
-                    options: JointOptions = JointOptions(), exchange: ExchangeOptions = ExchangeOptions()) -> ExchangeResult:
+                    options: JointOptions = JointOptions(),
+                    exchange: ExchangeOptions = ExchangeOptions()) -> ExchangeResult:
     """h pruned to ``kept``: the exchange refit (:func:`exchange_refit` with ``exchange``) followed by
     :func:`joint_refit`."""
     start = exchange_refit(h, pts, kept, box, exchange)
@@ -142,6 +144,7 @@ def attained_error(h: Network, g: Network, box: Box, starts: int = 400, steps: i
     lo, hi = box_bounds(h, box)
     pts = np.vstack([lo + rng.random((samples, lo.size)) * (hi - lo), box_vertices(lo, hi, rng)])
     vals = max_abs_difference(h, g, pts)
-    cand = np.vstack([pts[np.argsort(-vals)[:starts // 2]], lo + rng.random((starts - starts // 2, lo.size)) * (hi - lo)])
+    cand = np.vstack([pts[np.argsort(-vals)[:starts // 2]],
+                      lo + rng.random((starts - starts // 2, lo.size)) * (hi - lo)])
     _, found = worst_points(h, g, lo, hi, cand, steps)
     return max(float(np.max(vals)), float(np.max(found)))

@@ -4,11 +4,12 @@ One-shot pruning (drop the first r neurons of :func:`lumpver.reductions.approx.r
 computed on h, then refit) decides every removal on h's activations, although after the first
 removals the kept neurons have moved to replace the dropped ones. :func:`shrink` instead repeats:
 
-1. order g's own neurons by the removal cost on the exchange set (the reducer's order function,
-   applied to g and g's activations), drop the ``chunk`` cheapest;
-2. compensate: the next layer's rows refitted by least squares over the remaining neurons to its
-   pre-activations before the removal (Optimal Brain Surgeon's update);
-3. a short joint L-BFGS-B fit of every weight on the L^p mean of ``|g - h|`` over the exchange
+1. ``chunk`` times: order g's own neurons by the removal cost on the exchange set (the reducer's
+   order function, applied to g and g's activations); for each of the ``candidates`` cheapest,
+   drop it and compensate (the next layer's rows refitted by least squares over the remaining
+   neurons to its pre-activations before the removal: Optimal Brain Surgeon's update); keep the
+   one whose compensated network has the least L^p error on the exchange set;
+2. a short joint L-BFGS-B fit of every weight on the L^p mean of ``|g - h|`` over the exchange
    set (:func:`lumpver.reductions.approx_joint.fit_lp`), and an ascent for the worst points of
    the box, which join the set (:func:`lumpver.reductions.approx_joint.exchange_step`);
 
@@ -25,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from lumpver.ir.network import Layer, Network
+from lumpver.progress import SILENT, Progress
 from lumpver.reductions.approx_joint import JointOptions, box_bounds, exchange_step, fit_lp, joint_refit, lp_mean_loss
 from lumpver.reductions.approx_minimax import ExchangeResult, box_vertices, fit_rows, logits, preprocessed_acts
 from lumpver.specs.inputset import Box
@@ -63,7 +65,8 @@ def _drop(g: Network, k: int, j: int, x: np.ndarray) -> Network:
 
 
 def shrink(h: Network, pts: np.ndarray, box: Box, size: int, order_fn: OrderFn,
-           options: ShrinkOptions = ShrinkOptions()) -> tuple[list[np.ndarray], ExchangeResult]:
+           options: ShrinkOptions = ShrinkOptions(),
+           progress: Progress = SILENT) -> tuple[list[np.ndarray], ExchangeResult]:
     """(kept indices of h per hidden layer, the candidate) with ``size`` hidden neurons (module docstring);
     ``pts``: raw samples of X."""
     rng = np.random.default_rng(options.seed)
@@ -86,5 +89,7 @@ def shrink(h: Network, pts: np.ndarray, box: Box, size: int, order_fn: OrderFn,
         new, attained = exchange_step(h, g, fit_x, lo, hi, rng, step_opts)
         worst = np.vstack([worst, new[:step_opts.keep_worst]])
         fit_x = np.vstack([fit_x, new])
+        progress.tick(f"gradual pruning to {size} hidden neurons (attained {attained:.3g}), removed",
+                      h.n_hidden - g.n_hidden, total)
     start = ExchangeResult(g, attained, [attained], worst, fit_x)
     return ids, joint_refit(h, start, box, options.final)
