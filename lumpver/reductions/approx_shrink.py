@@ -77,7 +77,8 @@ def shrink(h: Network, pts: np.ndarray, box: Box, size: int, order_fn: OrderFn,
     total = max(0, h.n_hidden - size)
     chunk = max(1, -(-total // max(1, options.steps)))
     worst = np.zeros((0, lo.size))
-    step_opts = JointOptions(max_iter=options.max_iter, starts=48, steps=20, keep_worst=16, seed=options.seed)
+    step_opts = JointOptions(max_iter=options.max_iter, starts=48, steps=20, keep_worst=16,
+                             freeze_first=options.final.freeze_first, seed=options.seed)
     while g.n_hidden > size:
         y = logits(h, fit_x)
         for _ in range(min(chunk, g.n_hidden - size)):
