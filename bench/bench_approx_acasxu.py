@@ -7,10 +7,12 @@ and the time as a ratio to the exact on-set reduction of the same network measur
 run (epsilon 0 = the on-set point). Saves the curve to bench/approx_acasxu.png.
 
 Usage: python bench/bench_approx_acasxu.py [--nets 1_1,2_3,...] [--eps 0.001,...] [--timeout S] [--no-fit]
-       [--exchange] [--phase-lps N] [--json PATH] [--certificates DIR]  (--exchange: candidates by the exchange (minimax) refit of
-       lumpver.reductions.approx_minimax, opt-in; --phase-lps: ReLU-phase LPs per certification,
-       lumpver.reductions.certify.BAB_PHASE_LPS, default: certify.phase_budget(timeout); --json also records every
-       trial; --certificates: write each reduced model and its bounded certificate there, for `lumpver check`)
+       [--exchange] [--gradual] [--phase-lps N] [--json PATH] [--certificates DIR]  (--exchange: candidates by the
+       exchange (minimax) refit of lumpver.reductions.approx_minimax, opt-in; --gradual: by the gradual pruning with
+       joint minimax refits of lumpver.reductions.approx_shrink, opt-in; --phase-lps: ReLU-phase LPs per
+       certification, lumpver.reductions.certify.BAB_PHASE_LPS, default: certify.phase_budget(timeout); --json also
+       records every trial; --certificates: write each reduced model and its bounded certificate there, for
+       `lumpver check`)
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from lumpver.reductions.approx import reduce_approx  # noqa: E402
 from lumpver.reductions.approx_fit import FitOptions  # noqa: E402
 from lumpver.reductions.approx_minimax import ExchangeOptions  # noqa: E402
+from lumpver.reductions.approx_shrink import ShrinkOptions  # noqa: E402
 from lumpver.reductions import certify  # noqa: E402
 from lumpver.reductions.certify import sample_points, write_bounded  # noqa: E402
 from lumpver.ir.onnx_export import save_onnx  # noqa: E402
@@ -40,7 +43,7 @@ GOAL_EPS = 0.01
 
 
 def run_net(name: str, eps_list: list[float], timeout: float, max_boxes: int, fit: bool = True,
-            exchange: bool = False, cert_dir: str = "") -> list[dict]:
+            exchange: bool = False, cert_dir: str = "", gradual: bool = False) -> list[dict]:
     model = ACAS / "onnx" / f"ACASXU_run2a_{name}_batch_2000.onnx"
     f = load_onnx(model)
     X = load_input_set(str(ACAS / "vnnlib" / "prop_3.vnnlib"), f.n_inputs)
@@ -55,7 +58,8 @@ def run_net(name: str, eps_list: list[float], timeout: float, max_boxes: int, fi
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             res = reduce_approx(f, X, eps, timeout=timeout, max_boxes=max_boxes, fit=FitOptions() if fit else None,
-                                exchange=ExchangeOptions() if exchange else None)
+                                exchange=ExchangeOptions() if exchange else None,
+                                gradual=ShrinkOptions() if gradual else None)
         except ValueError as e:
             print(f"{name} eps {eps}: {e}", flush=True)
             continue
@@ -107,6 +111,7 @@ def main() -> None:
     ap.add_argument("--certificates", default="", help="directory for the reduced models and their certificates")
     ap.add_argument("--no-fit", action="store_true", help="least-squares refits only (no L-BFGS-B fit)")
     ap.add_argument("--exchange", action="store_true", help="exchange (minimax) refits of the candidates")
+    ap.add_argument("--gradual", action="store_true", help="gradual pruning with joint minimax refits")
     ap.add_argument("--phase-lps", type=int, default=None,
                     help="ReLU-phase LPs per certification (certify.BAB_PHASE_LPS)")
     args = ap.parse_args()
@@ -115,7 +120,8 @@ def main() -> None:
     eps = [float(e) for e in args.eps.split(",")]
     rows = []
     for name in args.nets.split(","):
-        rows += run_net(name, eps, args.timeout, args.max_boxes, not args.no_fit, args.exchange, args.certificates)
+        rows += run_net(name, eps, args.timeout, args.max_boxes, not args.no_fit, args.exchange, args.certificates,
+                        args.gradual)
     print("\n| net | on-set kept | " + " | ".join(f"eps {e:g}" for e in eps) + " |")
     print("|---|---|" + "---|" * len(eps))
     for name in args.nets.split(","):

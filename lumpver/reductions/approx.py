@@ -34,8 +34,9 @@ from typing import Any, Optional
 import numpy as np
 
 from lumpver.reductions.approx_fit import FitOptions, finetune
-from lumpver.reductions.approx_minimax import MAX_VERTEX_DIMS, ExchangeOptions, exchange_refit, f32, fit_rows, \
-    preprocessed_acts, refit_layers
+from lumpver.reductions.approx_minimax import MAX_VERTEX_DIMS, ExchangeOptions, ExchangeResult, exchange_refit, f32, \
+    fit_rows, preprocessed_acts, refit_layers
+from lumpver.reductions.approx_shrink import SEARCH_SLACK, ShrinkOptions, shrink
 from lumpver.reductions.base import default_certificate_path, remove_on_failure
 from lumpver.reductions.certify import Certified, Chain, certify, phase_budget
 from lumpver.specs.inputset import Box, InputSet
@@ -289,7 +290,7 @@ class ApproxResult:
 def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "linf", timeout: float = 300.0,
                   progress: Progress = SILENT, samples: int = DEFAULT_SAMPLES, max_boxes: int = DEFAULT_BOXES,
                   seed: int = 0, fit: Optional[FitOptions] = FitOptions(),
-                  exchange: Optional[ExchangeOptions] = None) -> ApproxResult:
+                  exchange: Optional[ExchangeOptions] = None, gradual: Optional[ShrinkOptions] = None) -> ApproxResult:
     """The smallest approximate reduction found whose certified error on X is ``<= epsilon``.
 
     Exact on-set reduction h, greedy removal order (:func:`removal_order`), then bisection on the
@@ -299,7 +300,9 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     :func:`lumpver.reductions.approx_minimax.exchange_refit` when ``exchange`` is given (opt-in: it
     halves the candidates' attained error at a fixed size, but the certified size did not move on ACAS
     Xu and fell on a planted net, 25 -> 29 neurons: RESULTS.md), followed past the bisection's boundary by
-    a greedy extension; otherwise
+    a greedy extension; or, when ``gradual`` is given (opt-in, same inputs), the gradual pruning with joint
+    minimax refits of :func:`lumpver.reductions.approx_shrink.shrink` (it chooses the kept neurons itself;
+    ~1-2 min CPU per candidate on ACAS Xu); otherwise
     least squares (:func:`refit_pruned`), and where its sampled error
     fails the same removal refitted end to end (:func:`lumpver.reductions.approx_fit.finetune`,
     unless ``fit`` is None). The largest certified removal wins. On networks with sigmoid/tanh layers
@@ -344,6 +347,10 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
 
     @functools.lru_cache(maxsize=None)
     def build(removed: tuple, variant: str) -> tuple[Network, list, list[np.ndarray], float]:
+        if variant == "shrink":  # the gradual pruning chooses its own kept neurons (approx_shrink)
+            kept, ex = shrink(h, pts, input_set.regions[0], h.n_hidden - len(removed), removal_order, gradual,
+                               progress)
+            return _from_exchange(h, ex, kept, held, check[1], norm)
         kept = kept_after(h, list(removed), len(removed))
         if variant == "const":
             g, dropped = fold_constants(h, kept, consts), None
@@ -354,9 +361,8 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
             g = finetune(g, h, acts, kept, yf, check, fit)
             dropped = tracking_rows(h, g, acts, kept)
         elif variant == "minimax":
-            ex = exchange_refit(h, pts, kept, input_set.regions[0], exchange)
-            g, attained = ex.network, ex.attained  # attained against h: within on.discrepancy of f's
-            dropped = tracking_rows(h, g, preprocessed_acts(h, ex.fit_x), kept)
+            return _from_exchange(h, exchange_refit(h, pts, kept, input_set.regions[0], exchange), kept, held,
+                                  check[1], norm)
         return g, dropped, kept, max(attained, float(np.max(difference_rows(check[1], g.forward(held), norm))))
 
     def attempt(r: int, variant: str, removed: Optional[tuple] = None) -> Optional[ApproxResult]:
@@ -367,7 +373,7 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
         if seen > epsilon:
             return None
         chains = [Chain(on.steps, kept, dropped_rows=dropped)]
-        if not smooth and variant != "minimax":  # refitted rows are not near-proportional merges: one twin
+        if not smooth and variant not in ("minimax", "shrink"):  # refitted rows, not near-proportional merges
             chains.append(Chain(on.steps, None, partner_classes(h, acts, kept)))
         res, chain = _certify_first(f, g, input_set, norm, chains, h, on.discrepancy, deadline, max_boxes, epsilon,
                                     phase)
@@ -376,12 +382,13 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
         if res.epsilon > epsilon:
             return None
         method = {"ls": "prune-refit", "fit": "prune-refit+lbfgs", "const": "smooth-constant-fold",
-                  "minimax": "prune-refit+exchange"}[variant]
+                  "minimax": "prune-refit+exchange", "shrink": "gradual-prune+joint-minimax"}[variant]
         return ApproxResult(f, h, g, res, chain, on.discrepancy, r, trials, method=method)
 
-    variants = _variants(h, input_set, smooth, ls, fit is not None, exchange is not None and norm == "linf")
-    limit = _sampled_limit(lambda r: sampled(r, "ls" if ls else variants[0])[3], len(order),
-                           epsilon * (LS_SLACK if "minimax" in variants else 1.0))
+    variants = _variants(h, input_set, smooth, ls, fit is not None, exchange is not None and norm == "linf",
+                         gradual is not None and norm == "linf")
+    slack = LS_SLACK if "minimax" in variants else SEARCH_SLACK if "shrink" in variants else 1.0
+    limit = _sampled_limit(lambda r: sampled(r, "ls" if ls else variants[0])[3], len(order), epsilon * slack)
     if len(variants) > 1 and variants[1] == "const":
         limit = max(limit, _sampled_limit(lambda r: sampled(r, "const")[3], len(const_order), epsilon))
     elif "fit" in variants:  # the fit's own limit would cost a fit per probe: allow 20 % more
@@ -419,14 +426,24 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     return best
 
 
-def _variants(h: Network, input_set: InputSet, smooth: bool, ls: bool, fit: bool, exchange: bool) -> tuple[str, ...]:
+def _variants(h: Network, input_set: InputSet, smooth: bool, ls: bool, fit: bool, exchange: bool,
+              gradual: bool = False) -> tuple[str, ...]:
     """Candidates tried per size, in order (see :func:`reduce_approx`): the second only where the first fails."""
     if smooth:  # constant folding beside least squares
         return ("ls", "const") if ls else ("const",)
-    if exchange and len(input_set.regions) == 1 and isinstance(input_set.regions[0], Box) \
+    if (exchange or gradual) and len(input_set.regions) == 1 and isinstance(input_set.regions[0], Box) \
             and input_set.dim <= MAX_VERTEX_DIMS:  # wider inputs (MNIST): 9 neurons kept where least squares kept 2
-        return ("minimax",)
+        return ("shrink",) if gradual else ("minimax",)
     return ("ls", "fit") if fit else ("ls",)
+
+
+def _from_exchange(h: Network, ex: ExchangeResult, kept: list[np.ndarray], held: np.ndarray, y_held: np.ndarray,
+                   norm: str) -> tuple[Network, list, list[np.ndarray], float]:
+    """(g, twin rows of the dropped neurons, kept, the larger of the attained and the held-out sampled error)
+    of an exchange-style candidate (attained against h: within the on-set discrepancy of f's)."""
+    g = ex.network
+    dropped = tracking_rows(h, g, preprocessed_acts(h, ex.fit_x), kept)
+    return g, dropped, kept, max(ex.attained, float(np.max(difference_rows(y_held, g.forward(held), norm))))
 
 
 def _certify_first(f, g, input_set, norm, chains, h, onset_bound, deadline, max_boxes, epsilon, phase_lps=0):

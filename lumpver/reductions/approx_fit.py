@@ -20,6 +20,7 @@ keeps it only if it certifies.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.optimize import minimize
@@ -38,7 +39,8 @@ class FitOptions:
     powers: tuple[int, ...] = (2, 4)  # output-error exponents, one stage each
 
 
-def _unpack(theta: np.ndarray, shapes: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+def unpack(theta: np.ndarray, shapes: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Layer parameters ``[(W, b), ...]`` of shapes ``[(rows, cols), ...]`` from the flat vector ``theta``."""
     out, i = [], 0
     for r, c in shapes:
         w = theta[i:i + r * c].reshape(r, c)
@@ -48,33 +50,47 @@ def _unpack(theta: np.ndarray, shapes: list[tuple[int, int]]) -> list[tuple[np.n
     return out
 
 
-def _pack(params: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def pack(params: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The flat vector of :func:`unpack`."""
     return np.concatenate([np.concatenate([w.ravel(), b]) for w, b in params])
 
 
-def _loss_grad(theta, shapes, acts_fn, x, y_target, z_targets, scales, lam, p):
-    """(loss, gradient) of the module docstring's objective at ``theta``."""
-    params = _unpack(theta, shapes)
+#: an output loss: the error matrix ``g(x) - target`` -> (loss, d loss / d error)
+OutputLoss = Callable[[np.ndarray], tuple[float, np.ndarray]]
+
+
+def power_loss(p: int) -> OutputLoss:
+    """``mean_x sum_o |err|^p / p`` (the module docstring's first term)."""
+    def loss(err: np.ndarray) -> tuple[float, np.ndarray]:
+        n = err.shape[0]
+        return float(np.sum(np.abs(err) ** p)) / (p * n), np.sign(err) * np.abs(err) ** (p - 1) / n
+    return loss
+
+
+def loss_grad(theta: np.ndarray, shapes: list[tuple[int, int]], acts_fn: list[tuple[str, float]], x: np.ndarray,
+              y_target: np.ndarray, out_loss: OutputLoss, z_targets: Sequence[np.ndarray] = (),
+              scales: Sequence[float] = (), lam: float = 0.0) -> tuple[float, np.ndarray]:
+    """(loss, gradient) at ``theta``: ``out_loss(g(x) - y_target)`` plus the neuron-wise delta
+    penalty of the module docstring (layers with a ``z_targets`` entry); hand-written backprop."""
+    params = unpack(theta, shapes)
     n = x.shape[0]
     pre, post = [], [x]
     for (w, b), (act, alpha) in zip(params, acts_fn):
         z = np.einsum("ij,kj->ik", post[-1], w) + b
         pre.append(z)
         post.append(ACTIVATIONS[act](z, alpha))
-    err = post[-1] - y_target
-    loss = float(np.sum(np.abs(err) ** p)) / (p * n)
-    d_post = np.sign(err) * np.abs(err) ** (p - 1) / n
+    loss, d_post = out_loss(post[-1] - y_target)
     grads: list[tuple[np.ndarray, np.ndarray]] = []
     for k in range(len(params) - 1, -1, -1):
         act, alpha = acts_fn[k]
         d_pre = d_post * ACTIVATIONS[act].derivative(pre[k], post[k + 1], alpha)
-        if k < len(z_targets):
+        if k < len(z_targets) and lam > 0:
             delta = pre[k] - z_targets[k]
             loss += lam * float(np.sum(delta ** 2)) / (n * scales[k])
             d_pre = d_pre + 2.0 * lam * delta / (n * scales[k])
         grads.append((np.einsum("ni,nj->ij", d_pre, post[k]), d_pre.sum(axis=0)))
         d_post = np.einsum("ni,ij->nj", d_pre, params[k][0])
-    return loss, _pack(grads[::-1])
+    return loss, pack(grads[::-1])
 
 
 def finetune(g: Network, h: Network, acts_h: list[np.ndarray], kept: list[np.ndarray], y_target: np.ndarray,
@@ -98,16 +114,17 @@ def finetune(g: Network, h: Network, acts_h: list[np.ndarray], kept: list[np.nda
     acts_fn = [(layer.activation, layer.alpha) for layer in g.layers]
     s = max(float(np.sqrt(np.mean(y_target ** 2))), 1e-12)
     last = len(g.layers) - 1
-    theta = _pack([(layer.weight / (s if k == last else 1.0), layer.bias / (s if k == last else 1.0))
+    theta = pack([(layer.weight / (s if k == last else 1.0), layer.bias / (s if k == last else 1.0))
                    for k, layer in enumerate(g.layers)])
     for p in options.powers:
-        res = minimize(_loss_grad, theta, args=(shapes, acts_fn, x, y_target / s, z_targets, scales, options.lam, p),
+        res = minimize(loss_grad, theta, args=(shapes, acts_fn, x, y_target / s, power_loss(p), z_targets, scales,
+                                               options.lam),
                        jac=True, method="L-BFGS-B",
                        options={"maxiter": options.max_iter, "ftol": 1e-15, "gtol": 1e-12})
         theta = res.x
     layers = [Layer(f32(w * (s if k == last else 1.0)), f32(b * (s if k == last else 1.0)),
                     old.activation, old.alpha, old.source_op)
-              for k, ((w, b), old) in enumerate(zip(_unpack(theta, shapes), g.layers))]
+              for k, ((w, b), old) in enumerate(zip(unpack(theta, shapes), g.layers))]
     fitted = g.with_layers(layers)
     before = np.max(np.abs(logits(g, check[0]) - check[1]))
     after = np.max(np.abs(logits(fitted, check[0]) - check[1]))

@@ -194,7 +194,7 @@ def exchange_refit(h: Network, pts: np.ndarray, kept: list[np.ndarray], box: Box
         acts = preprocessed_acts(h, fit_x)
         g = refit_layers(h, acts, kept, weights if r > 0 else None)
         if r > 0:
-            g = _minimax_output(g, acts[-1], fit_x)
+            g = minimax_output(g, acts[-1], fit_x)
         cand = np.vstack([fit_x[np.argsort(-max_abs_difference(h, g, fit_x))[:options.starts // 2]],
                           lo + rng.random((options.starts - options.starts // 2, lo.size)) * (hi - lo)])
         found, vals = worst_points(h, g, lo, hi, cand, options.steps)
@@ -228,7 +228,7 @@ def preprocessed_acts(h: Network, x: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _minimax_output(g: Network, y_h: np.ndarray, fit_x: np.ndarray) -> Network:
+def minimax_output(g: Network, y_h: np.ndarray, fit_x: np.ndarray) -> Network:
     """g with its output layer refitted by :func:`minimax_rows` to h's outputs ``y_h`` on ``fit_x``."""
     feats = preprocessed_acts(g, fit_x)[-2]
     rows = minimax_rows(feats, y_h)
