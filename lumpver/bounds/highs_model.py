@@ -63,7 +63,11 @@ def solve_sound(h, cost: np.ndarray, bound: Callable[[np.ndarray, np.ndarray], O
 
     if basis is not None:
         h.setBasis(basis)
-    h.run()
+    if h.run() == highspy.HighsStatus.kError and h.getModelStatus() == highspy.HighsModelStatus.kNotset:
+        # another HiGHS in this process (a user's, a test's MILP) started the shared thread scheduler with more
+        # threads than our one: HiGHS then refuses to run (every LP would give no bound); restart it once
+        highspy.Highs.resetThreadScheduler(True)
+        h.run()
     status = h.getModelStatus()
     if status == highspy.HighsModelStatus.kInfeasible:
         _, has, ray = h.getDualRay()
