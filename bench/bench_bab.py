@@ -201,11 +201,13 @@ def main() -> None:
     ap.add_argument("--lp-budget", type=int, default=None, help="BabOptions.lp_budget (LPs per box)")
     ap.add_argument("--lp-after", type=float, default=None, help="BabOptions.lp_after (share of the timeout first)")
     ap.add_argument("--lp-retry", type=int, default=None, help="BabOptions.lp_retry (splits before a box is retried)")
+    ap.add_argument("--worker-batch", type=int, default=None, help="BabOptions.worker_batch (parents per chunk)")
     ap.add_argument("--refine", default="", help="ITERS,MAX_UNSTABLE,DEPTH: BabOptions.refine/refine_depth")
     ap.add_argument("--cpu", type=float, default=0.0, help="CPU-second budget per instance, one process (A/B runs)")
     args = ap.parse_args()
     changes: dict = {k: v for k, v in (("lp_depth", args.lp_depth), ("lp_budget", args.lp_budget),
-                                         ("lp_after", args.lp_after), ("lp_retry", args.lp_retry)) if v is not None}
+                                         ("lp_after", args.lp_after), ("lp_retry", args.lp_retry),
+                                         ("worker_batch", args.worker_batch)) if v is not None}
     if args.refine:
         from lumpver.bounds.diff_batched import Refine
 
