@@ -200,6 +200,7 @@ def main() -> None:
     ap.add_argument("--lp-depth", type=int, default=None, help="BabOptions.lp_depth (0: LP finisher off)")
     ap.add_argument("--lp-budget", type=int, default=None, help="BabOptions.lp_budget (LPs per box)")
     ap.add_argument("--lp-after", type=float, default=None, help="BabOptions.lp_after (share of the timeout first)")
+    ap.add_argument("--lp-after-max", type=float, default=None, help="BabOptions.lp_after_max (CPU s cap of the gate)")
     ap.add_argument("--lp-retry", type=int, default=None, help="BabOptions.lp_retry (splits before a box is retried)")
     ap.add_argument("--worker-batch", type=int, default=None, help="BabOptions.worker_batch (parents per chunk)")
     ap.add_argument("--refine", default="", help="ITERS,MAX_UNSTABLE,DEPTH: BabOptions.refine/refine_depth")
@@ -207,6 +208,7 @@ def main() -> None:
     args = ap.parse_args()
     changes: dict = {k: v for k, v in (("lp_depth", args.lp_depth), ("lp_budget", args.lp_budget),
                                          ("lp_after", args.lp_after), ("lp_retry", args.lp_retry),
+                                         ("lp_after_max", args.lp_after_max),
                                          ("worker_batch", args.worker_batch)) if v is not None}
     if args.refine:
         from lumpver.bounds.diff_batched import Refine

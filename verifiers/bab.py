@@ -20,11 +20,11 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    (:mod:`lumpver.verifiers.bab_deep`);
 4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
    and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds;
-5. input splitting on ReLU chains: once the search has used ``lp_after`` of the timeout in CPU seconds (all
-   processes': independent of the load and the workers), open boxes from depth
-   ``lp_depth`` on go to the LP finisher (:mod:`lumpver.verifiers.lp_finish`: an elastic triangle LP and
-   a small ReLU-phase branch and bound, each LP bound made sound through the dual), at most ``lp_budget``
-   LPs per box, retried ``lp_retry`` splits deeper when left open;
+5. input splitting on ReLU chains: once the search has used ``lp_after`` of the timeout (at most ``lp_after_max``)
+   in CPU seconds (all processes': independent of the load and the workers), open boxes from depth ``lp_depth``
+   on go to the LP finisher (:mod:`lumpver.verifiers.lp_finish`: an elastic triangle LP and a small ReLU-phase
+   branch and bound, each LP bound made sound through the dual), at most ``lp_budget`` LPs per box,
+   retried ``lp_retry`` splits deeper when left open;
 6. input splitting, optional (``refine``, off by default: measured mixed on the last three ACAS Xu
    instances, bench/RESULTS.md): boxes left open from depth ``refine_depth`` on with few unstable ReLUs are
    bounded again on alpha-optimised intermediate bounds (:func:`lumpver.bounds.intermediate.refine_layers`,
@@ -111,6 +111,11 @@ class BabOptions:
     #: 15.7 s, 4_2 prop_2 59.9 vs 58.1, 1_1 prop_5 9.0 vs 9.0, 3_3 prop_9 6.7 vs 6.7; bench/RESULTS.md)
     lp_depth: int = 20
     lp_after: float = 0.15
+    #: ... but never later than this many search seconds: the gate scaled with the timeout, so a longer timeout made
+    #: the same instance slower (one process, CPU s to decide at VNN-COMP's ACAS Xu timeout of 116 s, gate 17.4 s
+    #: -> 4.5 s: 3_3 prop_2 99.0 -> 49.8, 4_2 prop_2 75.5 -> 34.7; gates 3 / 4.5 / 9 s at a 30 s timeout: 3_3 prop_2
+    #: 60.5 / 49.7-57.0 / 61.2, 4_2 prop_2 30.2 / 34.8 / 52.8; bench/RESULTS.md)
+    lp_after_max: float = 4.5
     lp_budget: int = 8
     lp_retry: int = 2
     #: input splitting: optimised intermediate bounds (:func:`lumpver.bounds.intermediate.refine_layers`) on the
@@ -348,11 +353,12 @@ class _Search:
 
     def _plan(self, ctx: Context) -> Plan:
         """How the next chunk is expanded: try-all splitting on one-row disjuncts with few inputs; the LP finisher
-        once the search has used ``lp_after`` of the timeout in CPU seconds (under load the wall gate let it start
-        early on easy instances: 1_1 prop_3 7.2 vs 3.8 s), as many boxes as fit the round target."""
+        once the search has used ``lp_after`` of the timeout, at most ``lp_after_max``, in CPU seconds (under load
+        the wall gate let it start early on easy instances: 1_1 prop_3 7.2 vs 3.8 s), as many boxes as fit the
+        round target."""
         try_all = self.q.network.n_inputs <= self.opt.try_all_dims and ctx.lam.shape[0] == 1
         lp_on = (self._input_mode and self.opt.lp_depth > 0 and self._lp_net is not None
-                 and self._search_seconds() >= self.opt.lp_after * self.q.timeout)
+                 and self._search_seconds() >= min(self.opt.lp_after * self.q.timeout, self.opt.lp_after_max))
         return Plan(try_all, self.opt.lp_depth if lp_on else 0, self.opt.lp_budget, self.opt.lp_retry,
                     int(self._round_target() / self._lp_box_seconds))
 
