@@ -48,7 +48,7 @@ import numpy as np
 from lumpver.bounds.blas import blas_single_thread as _blas_single_thread
 from lumpver.bounds.blas import one_blas_thread as _one_blas_thread
 from lumpver.bounds.diff_batched import Refine
-from lumpver.bounds.smooth_intermediate import ROOT_SHARE, refine_root
+from lumpver.bounds.smooth_intermediate import DEEP_SHARE, ROOT_CHUNKS, ROOT_SHARE, refine_root
 from lumpver.bounds.engine import prepare
 from lumpver.bounds.region import region_box
 from lumpver.progress import SILENT, Progress
@@ -274,8 +274,9 @@ class _Search:
             tight = None if self._input_mode else tighten_root(self.chain, lo[None], hi[None], zl, zu,
                                                                self.opt.relu.root_refine)  # ReLU chains: alpha-CROWN
             if tight is None:  # sigmoid/tanh chains (None: no such layer)
-                tight = refine_root(self.chain, lo[None], hi[None], zl, zu,
-                                    deadline=time.monotonic() + ROOT_SHARE * self.q.timeout)
+                share, chunks = (ROOT_SHARE, 1) if self._input_mode else (DEEP_SHARE, ROOT_CHUNKS)
+                tight = refine_root(self.chain, lo[None], hi[None], zl, zu, chunks=chunks,
+                                    deadline=time.monotonic() + share * self.q.timeout)
             self._roots[key] = (tight or (zl, zu), True)
             if tight is not None:
                 t_root = time.monotonic()
