@@ -49,13 +49,7 @@ def test_optimised_bounds_contain_samples_and_beat_the_registry_lines(act):
     ``lam . y`` is above every sample and at most the plain back-substitution's with the registry's
     lines on CROWN's intermediate bounds (strictly below it somewhere)."""
     rng = np.random.default_rng(7)
-    base = random_mlp(rng, [6, 12, 12, 12, 4], act, fan_in_scaled=True)
-    net = Network([Layer((2.5 * layer.op.dense()).astype(np.float32), layer.bias, layer.activation)
-                   for layer in base.layers])
-    ch = prepare(net)
-    lo, hi = -0.4 * np.ones((1, 6)), 0.4 * np.ones((1, 6))
-    inf = [np.full((1, layer.width), np.inf) for layer in net.layers]
-    zl, zu = layer_bounds(ch, lo, hi, [-a for a in inf], inf)
+    net, ch, lo, hi, zl, zu = _steep_net(rng, act, 2.5, 0.4)
     ol, ou = refine_root(ch, lo, hi, zl, zu, iters=10)
     xs = rng.uniform(lo[0], hi[0], (20000, 6))
     h, tighter = xs, 0
@@ -74,3 +68,33 @@ def test_optimised_bounds_contain_samples_and_beat_the_registry_lines(act):
     assert np.all((h @ lam[0].T).max(0) <= opt[0])
     both = optimise_alpha(ch, lo, hi, ol, ou, lam, np.zeros(3), iters=15, lr=0.25, stop_closed=False).upper
     assert np.all(both <= opt + 1e-9) and np.all((h @ lam[0].T).max(0) <= both[0])
+
+
+def test_chunked_root_rebounding_contains_samples_and_is_never_looser():
+    """``refine_root`` with warm-started chunks (the search's mode on wide inputs): every sampled
+    pre-activation of a 6-12-12-12-4 sigmoid net stays inside, each layer inside CROWN's, and the
+    layers are narrower in sum than with one chunk."""
+    rng = np.random.default_rng(11)
+    net, ch, lo, hi, zl, zu = _steep_net(rng, "sigmoid", 3.0, 0.5)
+    one_l, one_u = refine_root(ch, lo, hi, zl, zu, iters=5)
+    many_l, many_u = refine_root(ch, lo, hi, zl, zu, iters=5, chunks=4, deadline=np.inf)
+    h = rng.uniform(lo[0], hi[0], (20000, 6))
+    for k, layer in enumerate(net.layers):
+        z = h @ layer.op.dense().astype(np.float64).T + layer.bias
+        h = SMOOTH["sigmoid"](z).astype(np.float64) if k < len(net.layers) - 1 else z
+        assert np.all(many_l[k][0] <= z.min(0)) and np.all(z.max(0) <= many_u[k][0])
+        assert np.all(many_l[k] >= zl[k]) and np.all(many_u[k] <= zu[k])
+    assert sum(float(np.sum((one_u[k] - one_l[k]) - (many_u[k] - many_l[k]))) for k in range(ch.depth)) > 1e-6
+
+
+def _steep_net(rng: np.random.Generator, act: str, gain: float, radius: float):
+    """A 6-12-12-12-4 net with weights scaled by ``gain``, the box ``[-radius, radius]^6`` and CROWN's
+    pre-activation bounds on it."""
+    base = random_mlp(rng, [6, 12, 12, 12, 4], act, fan_in_scaled=True)
+    net = Network([Layer((gain * layer.op.dense()).astype(np.float32), layer.bias, layer.activation)
+                   for layer in base.layers])
+    ch = prepare(net)
+    lo, hi = -radius * np.ones((1, 6)), radius * np.ones((1, 6))
+    inf = [np.full((1, layer.width), np.inf) for layer in net.layers]
+    zl, zu = layer_bounds(ch, lo, hi, [-a for a in inf], inf)
+    return net, ch, lo, hi, zl, zu
