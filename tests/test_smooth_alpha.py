@@ -98,3 +98,36 @@ def _steep_net(rng: np.random.Generator, act: str, gain: float, radius: float):
     inf = [np.full((1, layer.width), np.inf) for layer in net.layers]
     zl, zu = layer_bounds(ch, lo, hi, [-a for a in inf], inf)
     return net, ch, lo, hi, zl, zu
+
+
+def test_smooth_branching_picks_the_split_that_tightens_most():
+    """``smooth_candidates`` ranks crossing sigmoid neurons by ``|a|`` times the loss of the line the coefficient
+    uses minus the worse half's; the ranking agrees with the same losses measured on a 2001-point long-double
+    grid (independent of its 9-point estimate), skips a zero coefficient and stable neurons, and the split
+    children cover the parent (``z <= 0`` / ``z >= 0``)."""
+    from lumpver.bounds.relaxations import get_relaxation
+    from lumpver.verifiers.bab_branch import Domain
+    from lumpver.verifiers.bab_deep import neuron_split, smooth_candidates
+
+    net = Network([Layer(np.eye(5, dtype=np.float32), np.zeros(5), "sigmoid"),
+                   Layer(np.ones((1, 5), dtype=np.float32), np.zeros(1), "identity")])
+    ch = prepare(net)
+    lo, hi = np.array([-6.0, -1.0, -3.0, 0.5, -2.0]), np.array([5.0, 0.5, 4.0, 3.0, 2.0])
+    a = np.array([0.6, 2.0, -1.0, 5.0, 0.0])
+
+    def loss(l, u, upper):  # mean |line - curve| on a dense grid, long double
+        r = get_relaxation("sigmoid").tight_linear(np.array([l]), np.array([u]), 0.0)
+        z = np.linspace(l, u, 2001).astype(np.longdouble)
+        line = (r.su[0] * z + r.tu[0]) if upper else (r.sl[0] * z + r.tl[0])
+        return float(np.mean(np.abs(line - SMOOTH["sigmoid"](z))))
+
+    ref = {i: abs(a[i]) * (loss(lo[i], hi[i], a[i] > 0) - max(loss(lo[i], 0.0, a[i] > 0), loss(0.0, hi[i], a[i] > 0)))
+           for i in (0, 1, 2)}
+    dom = Domain(np.zeros(5), np.ones(5), [lo, np.array([-1.0])], [hi, np.array([1.0])], [None, None],
+                 np.array([1.0]), coeffs=[a[None], np.ones((1, 1))])
+    ranked = smooth_candidates(dom, ch, 5)
+    assert [i for _, i in ranked[:3]] == sorted(ref, key=lambda i: -ref[i])
+    assert {i for _, i in ranked} == {0, 1, 2, 4} and ranked[-1] == (0, 4)  # neuron 3 is stable, 4 gains nothing
+    kids = neuron_split(dom, ch)
+    k, i = ranked[0]
+    assert kids[0].zu[k][i] == 0.0 and kids[1].zl[k][i] == 0.0 and kids[0].zl[k][i] == lo[i] and kids[1].zu[k][i] == hi[i]
