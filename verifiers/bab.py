@@ -268,7 +268,7 @@ class _Search:
         lo, hi = box.lower.astype(np.float64), box.upper.astype(np.float64)
         key = (lo.tobytes(), hi.tobytes())
         if key not in self._roots:  # the root's layer bounds do not depend on the disjunct: once per region
-            self._roots = {key: (root_layer_bounds(self.chain, lo[None], hi[None]), 0)}
+            self._roots = {key: (root_layer_bounds(self.chain, lo[None], hi[None]), 0, {})}
         t_root = time.monotonic()
         frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
         while frontier[0].score >= 0 and self._tighten(key, lo, hi):  # open: root layers tightened, once per pass
@@ -281,14 +281,14 @@ class _Search:
     def _tighten(self, key, lo: np.ndarray, hi: np.ndarray) -> bool:
         """The region's root layer bounds tightened by the next pass (ReLU chains: alpha-CROWN, one pass;
         sigmoid/tanh layers: :func:`refine_smooth`); False when no pass is left."""
-        (zl, zu), done = self._roots[key]
+        (zl, zu), done, warm = self._roots[key]
         tight = None
         if done == 0 and not self._input_mode:
             tight = tighten_root(self.chain, lo[None], hi[None], zl, zu, self.opt.relu.root_refine)
         if tight is None:
             tight = refine_smooth(self.chain, lo[None], hi[None], zl, zu, done, not self._input_mode,
-                                  self.deadline - time.monotonic(), self.q.timeout)
-        self._roots[key] = (tight or (zl, zu), done + 1 if tight is not None else -1)
+                                  self.deadline - time.monotonic(), self.q.timeout, warm)
+        self._roots[key] = (tight or (zl, zu), done + 1 if tight is not None else -1, warm)
         return tight is not None
 
     def _runner(self, ctx: Context):

@@ -82,16 +82,18 @@ def tighten_root(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list, zu: lis
 
 
 def refine_smooth(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list, zu: list, done: int, wide: bool,
-                  left: float, timeout: float) -> Optional[tuple[list, list]]:
+                  left: float, timeout: float, warm: dict) -> Optional[tuple[list, list]]:
     """Pass ``done`` (0, 1) of the sigmoid/tanh root re-bounding (:func:`refine_root`), None when there is none:
     first ``ROOT_ITERS`` Adam steps per layer within ``ROOT_SHARE`` of the ``timeout``; then, where the search
     splits neurons (``wide`` inputs), warm-started chunks of steps per layer within ``DEEP_SHARE`` of the
     ``left`` seconds (an open root of a 784-6x200 sigmoid net gains more there than from splitting; proofs the
-    first pass gives are not delayed)."""
+    first pass gives are not delayed). ``warm``: the region's parameters, kept between the passes (the second
+    continues the first's Adam runs, :func:`refine_root`)."""
     if done == 0:
-        return refine_root(chain, lo, hi, zl, zu, deadline=time.monotonic() + ROOT_SHARE * timeout)
+        return refine_root(chain, lo, hi, zl, zu, deadline=time.monotonic() + ROOT_SHARE * timeout, warm=warm)
     if done == 1 and wide:
-        return refine_root(chain, lo, hi, zl, zu, chunks=ROOT_CHUNKS, deadline=time.monotonic() + DEEP_SHARE * left)
+        return refine_root(chain, lo, hi, zl, zu, chunks=ROOT_CHUNKS, deadline=time.monotonic() + DEEP_SHARE * left,
+                           warm=warm)
     return None
 
 
