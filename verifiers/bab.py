@@ -7,11 +7,13 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    alpha-optimised lower slopes (:mod:`lumpver.bounds.batched`): a sound upper bound ``U_i`` of
    ``b_i - A_i y`` for every row; the disjunct is excluded on a sub-problem once some ``U_i < 0``
    (sigmoid/tanh chains: tangent points optimised too; a root left open gets its intermediate bounds
-   re-bounded once per region, :mod:`lumpver.bounds.smooth_intermediate`);
+   re-bounded per region, :mod:`lumpver.bounds.smooth_intermediate`, in a second, longer pass where neurons
+   are split: :func:`lumpver.verifiers.bab_deep.refine_smooth`);
 3. open sub-problems are split (:mod:`lumpver.verifiers.bab_branch`): the input box when the
    input is low-dimensional (``<= input_split_dims``, e.g. ACAS Xu), else the unstable neuron with the
    best BaBSR-like score (a ReLU fixed to its phase: identity / zero; a sigmoid/tanh neuron cut at 0
-   into its convex and concave part; its bound clamped to the split for later layers); children are
+   into its convex and concave part, chosen on sigmoid/tanh chains by the relaxation loss the cut removes,
+   :func:`lumpver.verifiers.bab_deep.smooth_candidates`; its bound clamped to the split for later layers); children are
    bounded ``batch`` at a time (fewer when a round would exceed ~5 % of the timeout: :class:`_Pace`)
    in one numpy pass, warm-started with their parent's slopes, optionally in ``workers`` processes,
    with one OpenBLAS thread each (input splitting: each worker expands whole chunks of parents, split, bound,
@@ -48,7 +50,6 @@ import numpy as np
 from lumpver.bounds.blas import blas_single_thread as _blas_single_thread
 from lumpver.bounds.blas import one_blas_thread as _one_blas_thread
 from lumpver.bounds.diff_batched import Refine
-from lumpver.bounds.smooth_intermediate import ROOT_SHARE, refine_root
 from lumpver.bounds.engine import prepare
 from lumpver.bounds.region import region_box
 from lumpver.progress import SILENT, Progress
@@ -56,9 +57,10 @@ from lumpver.specs.inputset import InputSet
 from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
-from lumpver.verifiers.bab_branch import Context, Domain, bound, bound_batch, input_split, relu_split, stack, unstack
+from lumpver.verifiers.bab_branch import Context, Domain, bound, bound_batch, input_split, stack, unstack
 from lumpver.verifiers.bab_input import Expanded, Frontier, Local, Pipeline, Plan, expand, vertices
-from lumpver.verifiers.bab_deep import ReluSearch, fsb_split_and_bound, recompute_children, root_layer_bounds, tighten_root
+from lumpver.verifiers.bab_deep import (ReluSearch, fsb_split_and_bound, neuron_split, recompute_children, refine_smooth,
+                                       root_layer_bounds, tighten_root)
 from lumpver.verifiers.lp_finish import LpNet
 from lumpver.verifiers.base import Query, Verdict
 
@@ -271,23 +273,28 @@ class _Search:
         lo, hi = box.lower.astype(np.float64), box.upper.astype(np.float64)
         key = (lo.tobytes(), hi.tobytes())
         if key not in self._roots:  # the root's layer bounds do not depend on the disjunct: once per region
-            self._roots = {key: (root_layer_bounds(self.chain, lo[None], hi[None]), False)}
+            self._roots = {key: (root_layer_bounds(self.chain, lo[None], hi[None]), 0, {})}
         t_root = time.monotonic()
         frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
-        if frontier[0].score >= 0 and not self._roots[key][1]:  # open: root layers tightened once per region
-            zl, zu = self._roots[key][0]
-            tight = None if self._input_mode else tighten_root(self.chain, lo[None], hi[None], zl, zu,
-                                                               self.opt.relu.root_refine)  # ReLU chains: alpha-CROWN
-            if tight is None:  # sigmoid/tanh chains (None: no such layer)
-                tight = refine_root(self.chain, lo[None], hi[None], zl, zu,
-                                    deadline=time.monotonic() + ROOT_SHARE * self.q.timeout)
-            self._roots[key] = (tight or (zl, zu), True)
-            if tight is not None:
-                t_root = time.monotonic()
-                frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
+        while frontier[0].score >= 0 and self._tighten(key, lo, hi):  # open: root layers tightened, once per pass
+            t_root = time.monotonic()
+            frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
         self.stats.bounded += 1
         self.stats.splits = "input" if self._input_mode else "relu"
         return self._search(region, ctx, [d for d in frontier if d.score >= 0], time.monotonic() - t_root, what)
+
+    def _tighten(self, key, lo: np.ndarray, hi: np.ndarray) -> bool:
+        """The region's root layer bounds tightened by the next pass (ReLU chains: alpha-CROWN, one pass;
+        sigmoid/tanh layers: :func:`refine_smooth`); False when no pass is left."""
+        (zl, zu), done, warm = self._roots[key]
+        tight = None
+        if done == 0 and not self._input_mode:
+            tight = tighten_root(self.chain, lo[None], hi[None], zl, zu, self.opt.relu.root_refine)
+        if tight is None:
+            tight = refine_smooth(self.chain, lo[None], hi[None], zl, zu, done, not self._input_mode,
+                                  self.deadline - time.monotonic(), self.q.timeout, warm)
+        self._roots[key] = (tight or (zl, zu), done + 1 if tight is not None else -1, warm)
+        return tight is not None
 
     def _runner(self, ctx: Context):
         """Where expansions run: input splitting in the worker pool when there is one (a pipeline of whole
@@ -387,7 +394,7 @@ class _Search:
         else:
             children = []
             for d in todo:
-                split = relu_split(d, self.chain)
+                split = neuron_split(d, self.chain)
                 children.extend(split if split is not None else input_split(d))
             kids = self._bound_all(ctx, children)
         open_ = [d for d in kids if d.score >= 0]

@@ -8,12 +8,18 @@ its bound through the clamp of the split neuron and a beta multiplier (beta-CROW
 many more sub-problems than when every child re-bounds every layer after its split. :class:`ReluSearch` holds
 the knobs; :func:`root_layer_bounds`, :func:`tighten_root` and :func:`recompute_children` are what ``verifiers/bab.py`` asks.
 
+Sigmoid/tanh chains (ERAN ffnnSIGMOID/ffnnTANH style): the root is re-bounded in two passes
+(:func:`refine_smooth`), and the neuron cut at 0 is chosen by :func:`smooth_candidates` (GenBaB's idea of
+scoring a split of a general nonlinearity by the relaxation it tightens; the split point stays 0, where the
+beta multipliers of the split are valid).
+
 Soundness: both only change which sound bounds are used: optimised intermediate bounds are intersected with
 CROWN's (any slope in ``[0, 1]`` is sound, outward rounding of :mod:`lumpver.bounds.rounding`), and a child's
 parent bounds stay valid on the child (a subset of the parent).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -23,7 +29,10 @@ from lumpver.bounds.batched import ALPHA_ACTS, layer_bounds, recompute_pays
 from lumpver.bounds.diff_batched import Refine
 from lumpver.bounds.engine import Chain
 from lumpver.bounds.intermediate import refine_layers
-from lumpver.verifiers.bab_branch import Domain, babsr_candidates, input_split, split_neuron
+from lumpver.bounds.relaxations import get_relaxation, smooth_derivs
+from lumpver.bounds.smooth_alpha import SMOOTH_ACTS
+from lumpver.bounds.smooth_intermediate import DEEP_SHARE, ROOT_CHUNKS, ROOT_SHARE, refine_root
+from lumpver.verifiers.bab_branch import Domain, babsr_candidates, input_split, relu_split, split_neuron
 
 
 @dataclass
@@ -72,6 +81,22 @@ def tighten_root(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list, zu: lis
     return None
 
 
+def refine_smooth(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list, zu: list, done: int, wide: bool,
+                  left: float, timeout: float, warm: dict) -> Optional[tuple[list, list]]:
+    """Pass ``done`` (0, 1) of the sigmoid/tanh root re-bounding (:func:`refine_root`), None when there is none:
+    first ``ROOT_ITERS`` Adam steps per layer within ``ROOT_SHARE`` of the ``timeout``; then, where the search
+    splits neurons (``wide`` inputs), warm-started chunks of steps per layer within ``DEEP_SHARE`` of the
+    ``left`` seconds (an open root of a 784-6x200 sigmoid net gains more there than from splitting; proofs the
+    first pass gives are not delayed). ``warm``: the region's parameters, kept between the passes (the second
+    continues the first's Adam runs, :func:`refine_root`)."""
+    if done == 0:
+        return refine_root(chain, lo, hi, zl, zu, deadline=time.monotonic() + ROOT_SHARE * timeout, warm=warm)
+    if done == 1 and wide:
+        return refine_root(chain, lo, hi, zl, zu, chunks=ROOT_CHUNKS, deadline=time.monotonic() + DEEP_SHARE * left,
+                           warm=warm)
+    return None
+
+
 BoundFn = Callable[[list[Domain], Optional[int]], list[Domain]]
 
 
@@ -98,3 +123,55 @@ def fsb_split_and_bound(todo: list[Domain], chain: Chain, top: int, bound: Bound
     closed = [d for d in kept if d.score < 0]
     redo = [d for d in kept if d.score >= 0] + plain
     return closed + (bound(redo, None) if redo else [])
+
+
+#: points per interval on which :func:`smooth_gap` measures a relaxation's looseness
+GAP_POINTS = 9
+
+
+def is_smooth_chain(chain: Chain) -> bool:
+    """Every hidden activation sigmoid/tanh."""
+    return all(a in SMOOTH_ACTS for a in chain.acts[:-1])
+
+
+def smooth_gap(name: str, lo: np.ndarray, hi: np.ndarray, upper: bool) -> np.ndarray:
+    """Mean vertical distance between the registry's (tight) upper (lower) line and the curve on ``GAP_POINTS``
+    points of ``[lo, hi]``: how much the neuron's relaxation loses (a branching heuristic, not a bound)."""
+    r = get_relaxation(name).tight_linear(lo, hi, 0.0)
+    z = lo[:, None] + (hi - lo)[:, None] * np.linspace(0.0, 1.0, GAP_POINTS)
+    f = smooth_derivs(name, z)[0]
+    line = r.su[:, None] * z + r.tu[:, None] if upper else r.sl[:, None] * z + r.tl[:, None]
+    return np.mean(np.abs(line - f), axis=1)
+
+
+def smooth_candidates(dom: Domain, chain: Chain, top: int) -> list[tuple[int, int]]:
+    """The ``top`` crossing sigmoid/tanh neurons ``(layer, index)`` whose split at 0 tightens the bound most by
+    a GenBaB-like estimate: ``|a|`` (the neuron's coefficient in the bound of the row closest to closing) times
+    the loss of the line that coefficient uses (upper for ``a > 0``) minus the worse child's (convex / concave
+    half), best first."""
+    row = int(np.argmin(dom.upper))
+    cands: list[tuple[float, int, int]] = []
+    for k in range(chain.depth - 1):
+        l, u = dom.zl[k], dom.zu[k]
+        idx = np.flatnonzero((l < 0) & (u > 0))
+        if idx.size == 0 or dom.coeffs is None or dom.coeffs[k] is None:
+            continue
+        a = dom.coeffs[k][row][idx]
+        li, ui, zero, name = l[idx], u[idx], np.zeros(idx.size), chain.acts[k]
+        gain = np.zeros(idx.size)
+        for upper, sel in ((True, a > 0), (False, a < 0)):
+            parent = smooth_gap(name, li, ui, upper)
+            kids = np.maximum(smooth_gap(name, li, zero, upper), smooth_gap(name, zero, ui, upper))
+            gain = np.where(sel, np.abs(a) * (parent - kids), gain)
+        cands.extend((float(g), k, int(i)) for g, i in zip(gain, idx))
+    cands.sort(key=lambda c: -c[0])  # stable: ties keep the lower layer, then the lower index
+    return [(k, i) for _, k, i in cands[:top]]
+
+
+def neuron_split(dom: Domain, chain: Chain) -> Optional[list[Domain]]:
+    """The two children of the best neuron split of ``dom`` (sigmoid/tanh chains: :func:`smooth_candidates`,
+    else BaBSR, :func:`relu_split`); None when no neuron is unstable."""
+    if not is_smooth_chain(chain) or dom.coeffs is None:
+        return relu_split(dom, chain)
+    best = smooth_candidates(dom, chain, 1)
+    return split_neuron(dom, *best[0]) if best else None
