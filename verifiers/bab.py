@@ -147,6 +147,7 @@ class _Stats:
     lps: int = 0
     lp_boxes: int = 0
     lp_from: int = -1  # sub-problems bounded when the LP finisher first ran
+    joint_closed: int = 0  # closed by a combination of a conjunction's rows (bab_input.joint_close)
 
 
 @dataclass
@@ -335,6 +336,7 @@ class _Search:
         s = self.stats
         s.bounded, s.closed, s.lps, s.lp_closed = (s.bounded + got.bounded, s.closed + got.closed,
                                                    s.lps + got.lps, s.lp_closed + got.lp_closed)
+        s.joint_closed += got.joint_closed
         if got.lp_boxes:
             s.lp_boxes += got.lp_boxes
             s.lp_from = s.bounded if s.lp_from < 0 else s.lp_from

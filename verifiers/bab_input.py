@@ -24,6 +24,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from lumpver.bounds.combine import best_weights, joint_upper
 from lumpver.verifiers.bab_branch import Batch, Context, Domain, bound, input_split, stack
 from lumpver.verifiers.lp_finish import LpNet, finish_many
 
@@ -89,6 +90,7 @@ class Expanded:
     lp_closed: int = 0
     lp_boxes: int = 0
     lp_seconds: float = 0.0  # CPU seconds in the LP finisher
+    joint_closed: int = 0  # closed by a combination of the rows (:func:`joint_close`)
     seconds: float = 0.0  # CPU seconds of the whole expansion
     packed: Optional[Packed] = None
 
@@ -128,6 +130,36 @@ def _try_all(ctx: Context, todo: list[Domain]) -> list[Domain]:
     return closed + (bound(ctx, open_) if open_ else [])
 
 
+#: :func:`joint_close` bounds a box's row combination when the rows' linear bounds predict ``phi`` below this
+#: share of the box's best single-row bound (``phi < 0``: the combination of the linear bounds closes it)
+JOINT_SHARE = 1.0
+#: Adam steps on the combined row's slopes (from the registry's slopes)
+JOINT_ITERS = 0
+
+
+def joint_close(ctx: Context, kids: list[Domain]) -> int:
+    """Close open boxes of a multi-row disjunct by a non-negative combination of the rows
+    (:mod:`lumpver.bounds.combine`): weights from the rows' linear bounds, then the combined row bounded by the
+    engine; where its sound upper bound ``U`` is below 0, ``lp_bound`` becomes ``-U / sum(weights)`` (a lower
+    bound of ``max_i (A_i y - b_i)``: the box is closed). Returns how many closed."""
+    todo = [d for d in kids if d.score >= 0 and d.A_x is not None] if ctx.lam.shape[0] > 1 else []
+    if not todo:
+        return 0
+    lo, hi = np.stack([d.lo for d in todo]), np.stack([d.hi for d in todo])
+    w, phi = best_weights(np.stack([d.A_x for d in todo]), np.stack([d.upper for d in todo]), lo, hi)
+    pick = np.flatnonzero(phi < JOINT_SHARE * np.array([d.score for d in todo]))
+    if len(pick) == 0:
+        return 0
+    b = stack([todo[i] for i in pick])
+    up = joint_upper(ctx.chain, b.lo, b.hi, b.zl, b.zu, ctx.lam, ctx.offset, w[pick], JOINT_ITERS, ctx.lr)
+    closed = 0
+    for i, u, s in zip(pick, up, w[pick].sum(axis=1)):
+        if u < 0:
+            todo[i].lp_bound = max(todo[i].lp_bound or 0.0, -u / (s * (1.0 + 1e-9)))
+            closed += 1
+    return closed
+
+
 def _lp_finish(ctx: Context, kids: list[Domain], plan: Plan, out: Expanded) -> None:
     """The LP finisher on the open children deep enough (sets ``lp_bound`` where it closes them), the boxes
     nearest to closing first; counts and exact LP leaves into ``out``."""
@@ -156,6 +188,7 @@ def expand(ctx: Context, parents: list[Domain], plan: Plan) -> Expanded:
     c0 = time.process_time()
     kids = split_and_bound(ctx, parents, plan.try_all)
     out = Expanded([], len(parents), len(kids), 0, np.zeros((0, 0)))
+    out.joint_closed = joint_close(ctx, kids)
     _lp_finish(ctx, kids, plan, out)
     out.kids = [d for d in kids if d.score >= 0]
     out.closed = len(kids) - len(out.kids)
