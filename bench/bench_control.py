@@ -2,6 +2,7 @@
 
     python bench/bench_control.py --data /tmp/control [--timeout 10] [--neuralsat] [--limit N] [--only vdp]
                                   [--out bench_control.csv]
+    python bench/bench_control.py --soundness 240   # conjunctive 5-row specs on random nets vs an exact MILP
 
 Instances: ``instances.csv`` of a folder written by ``bench/gen_control_nets.py`` (proxies of VNN-COMP 2022's
 reach_prob_density vdp/robot; data never in the repository). Each instance runs ``lumpver verify -q --timeout T``
@@ -56,6 +57,32 @@ def run_checked(onnx: Path, prop: Path, timeout: float, tmp: Path) -> Run:
     return r
 
 
+def soundness(n_props: int) -> None:
+    """tests/test_bab_conjunction.py's cases at scale: random ReLU nets with 2-5 inputs, reach_prob_density-like
+    5-row conjunctions shifted to an exact MILP slack of +-0.005..0.1; every answer must match (sat replayed with
+    onnxruntime), and the row combination's closures are counted."""
+    import time
+
+    from lumpver.specs.inputset import InputSet, OutputProperty
+    from lumpver.verifiers.base import Query
+    from tests.test_bab_conjunction import BAB, cases, ort_forward
+
+    t0, done, joint, verdicts, seed = time.monotonic(), 0, 0, {"violated": 0, "proved": 0}, 2000
+    while done < n_props:
+        for net, box, A, b, reachable in cases(seed, 2 + seed % 4, 4):
+            prop = OutputProperty([(A, b)])
+            v = BAB.check(Query(net, InputSet([box]), prop=prop, timeout=30.0))
+            assert v.verdict == ("violated" if reachable else "proved"), (seed, v.verdict, v.reason)
+            if v.verdict == "violated":
+                assert box.contains(v.counterexample) and prop.is_unsafe(ort_forward(net, v.counterexample))
+            joint += v.details["stats"].get("joint_closed", 0) if v.details else 0
+            verdicts[v.verdict] += 1
+            done += 1
+        seed += 1
+    print(f"{done} conjunctive properties vs the exact MILP, all agree: {verdicts}, {joint} boxes closed by the "
+          f"row combination ({time.monotonic() - t0:.0f} s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/tmp/control")
@@ -64,7 +91,10 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--only", default="", help="substring of the instances' ONNX names")
     ap.add_argument("--out", default="bench_control.csv")
+    ap.add_argument("--soundness", type=int, default=0, help="only the MILP soundness suite, this many properties")
     args = ap.parse_args()
+    if args.soundness:
+        return soundness(args.soundness)
     data = Path(args.data)
     rows = [r for r in csv.reader(open(data / "instances.csv")) if r and args.only in r[0]][: args.limit or None]
     fields = ["class", "onnx", "vnnlib"] + [f"{t}_{k}" for t in ("lumpver", "neuralsat") for k in ("answer", "own", "wall")]

@@ -2,7 +2,7 @@
 ``(x0, t) -> (log density, x_t)`` with the benchmark's conjunctive output properties, written to a folder outside
 the repository (never committed).
 
-    python bench/gen_control_nets.py --out /tmp/control [--seeds 0,1,2] [--props 12]
+    python bench/gen_control_nets.py --out /tmp/control [--seeds 0,1,2] [--props 12] [--only vdp]
 
 Run it with a Python that has scikit-learn and scipy (bench only, never lumpver dependencies; e.g.
 /work/venv-H). The public networks come from Meng et al., "Learning Density Distribution of Reachable States
@@ -16,12 +16,13 @@ by central differences), from ``log rho_0 = 0`` (the density relative to the uni
 * vdp: Van der Pol, ``mu = 1``, ``x0`` in [-2.5, 2.5]^2, ``t`` in [0, 5];
 * robot: a unicycle ``(p_x, p_y, theta, v)`` steered to the origin (heading gain 2 on the bearing error, speed
   tracking ``v -> 0.8 |p| (1 + 0.3 |p|^2)``), ``x0`` in the benchmark's box, ``t`` in [0, 2.5]; outputs
-  ``(log rho, p_x, p_y, theta, v)`` (the benchmark declares 5 outputs).
+  ``(log rho, p_x, p_y, theta, v)`` (the benchmark declares 5 outputs); robotslow: the same with speed gain
+  0.45 (an attempt at harder instances: still all sat within a second, bench/RESULTS.md).
 
 Networks: scikit-learn's ``MLPRegressor`` on standardised inputs and outputs, the standardisation folded into the
 first and last Gemm. Properties exactly as the benchmark's ``generate_properties.py`` (rows ``|x_1| <= rad``,
 ``|x_2| <= rad``, ``log rho >= p``; vdp rad 0.2-0.8, p 0.15-0.3; robot rad 0-0.3, p 0.05-0.3; Python's ``random``
-seeded per seed), 12 per network and seed by default; ``instances.csv`` lists ``onnx,vnnlib,timeout`` rows.
+seeded per seed), 12 per network and seed by default; ``instances.csv`` lists ``onnx,vnnlib,timeout`` rows (appended to).
 """
 from __future__ import annotations
 
@@ -43,12 +44,21 @@ def vdp(_t: float, s: np.ndarray) -> np.ndarray:
     return np.array([x2, (1.0 - x1 * x1) * x2 - x1])
 
 
-def robot(_t: float, s: np.ndarray) -> np.ndarray:
+def robot(_t: float, s: np.ndarray, speed: float = 0.8) -> np.ndarray:
     px, py, th, v = s
     r = np.hypot(px, py)
     bearing = np.arctan2(-py, -px)
     err = np.arctan2(np.sin(bearing - th), np.cos(bearing - th))
-    return np.array([v * np.cos(th), v * np.sin(th), 2.0 * err, 0.8 * r * (1.0 + 0.3 * r * r) - v])
+    return np.array([v * np.cos(th), v * np.sin(th), 2.0 * err, speed * r * (1.0 + 0.3 * r * r) - v])
+
+
+def robot_slow(t: float, s: np.ndarray) -> np.ndarray:
+    """The robot with speed gain 0.45: most trajectories end outside the specs' radius at t = 2.5, so the
+    unsafe inputs (if any) form a small region (harder instances than ``robot``'s, all sat within 1 s)."""
+    return robot(t, s, 0.45)
+
+
+FAMILIES = [("vdp", vdp, VDP_BOX), ("robot", robot, ROBOT_BOX), ("robotslow", robot_slow, ROBOT_BOX)]
 
 
 def divergence(f: Callable, s: np.ndarray, h: float = 1e-5) -> float:
@@ -142,7 +152,7 @@ def write_spec(path: Path, note: str, box: np.ndarray, n_out: int, rad: float, l
 def specs(name: str, seed: int, count: int) -> list[tuple[float, float]]:
     """(rad, log_prob) pairs drawn as generate_properties.py draws them."""
     rnd = random.Random(seed)
-    if name == "vdp":
+    if name == "vdp":  # robot and robotslow: the robot's
         return [(0.2 + 0.6 * rnd.random(), 0.15 + 0.15 * rnd.random()) for _ in range(count)]
     return [(0.3 * rnd.random(), 0.05 + 0.25 * rnd.random()) for _ in range(count)]
 
@@ -154,12 +164,15 @@ def main() -> None:
     ap.add_argument("--props", type=int, default=12)
     ap.add_argument("--trajectories", type=int, default=300)
     ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument("--only", default="", help="one family (vdp, robot, robotslow)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        for name, f, box in (("vdp", vdp, VDP_BOX), ("robot", robot, ROBOT_BOX)):
+        for name, f, box in FAMILIES:
+            if args.only and name != args.only:
+                continue
             rng = np.random.default_rng(seed)
             x, y = trajectories(f, box, args.trajectories, 40, rng)
             layers = train(x, y, seed)
@@ -171,7 +184,8 @@ def main() -> None:
                 spec = f"{name}_s{seed}_{i}.vnnlib"
                 write_spec(out / spec, f"{name} spec with rad {rad} and log_prob {lp}", box, len(y[0]), rad, lp)
                 rows.append(f"{net},{spec},{args.timeout:g}")
-    (out / "instances.csv").write_text("\n".join(rows) + "\n")
+    with open(out / "instances.csv", "a") as f:  # appended: families and seeds generated in several runs
+        f.write("\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":
