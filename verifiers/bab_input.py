@@ -2,7 +2,8 @@
 
 :func:`expand` takes open input boxes (parents) and returns their open children, everything a round
 does to them in one place: the split (every dimension's two halves tried on one-row disjuncts at even
-depths, else :func:`lumpver.verifiers.bab_branch.smear_dim`), the batched bounding of the children, the
+depths, else :func:`lumpver.verifiers.bab_branch.smear_dim`), the batched bounding of the children, on
+multi-row (conjunctive) disjuncts the row combination (:func:`joint_close`, :mod:`lumpver.bounds.combine`), the
 LP finisher on the deep ones (:func:`lumpver.verifiers.lp_finish.finish_many`) and each open child's
 counterexample candidate (the box vertex maximising its hardest row's linear bound). The search keeps
 only the frontier, the falsifier and the replay of candidates (:mod:`lumpver.verifiers.bab`).
