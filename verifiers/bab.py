@@ -57,7 +57,7 @@ from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Context, Domain, bound, bound_batch, input_split, relu_split, stack, unstack
-from lumpver.verifiers.bab_input import Expanded, Frontier, Local, Pipeline, Plan, expand, vertices
+from lumpver.verifiers.bab_input import Expanded, Frontier, Local, Pipeline, Plan, expand, joint_pays, vertices
 from lumpver.verifiers.bab_deep import ReluSearch, fsb_split_and_bound, recompute_children, root_layer_bounds, tighten_root
 from lumpver.verifiers.lp_finish import LpNet
 from lumpver.verifiers.base import Query, Verdict
@@ -148,6 +148,7 @@ class _Stats:
     lp_boxes: int = 0
     lp_from: int = -1  # sub-problems bounded when the LP finisher first ran
     joint_closed: int = 0  # closed by a combination of a conjunction's rows (bab_input.joint_close)
+    joint_tries: int = 0
 
 
 @dataclass
@@ -336,7 +337,7 @@ class _Search:
         s = self.stats
         s.bounded, s.closed, s.lps, s.lp_closed = (s.bounded + got.bounded, s.closed + got.closed,
                                                    s.lps + got.lps, s.lp_closed + got.lp_closed)
-        s.joint_closed += got.joint_closed
+        s.joint_closed, s.joint_tries = s.joint_closed + got.joint_closed, s.joint_tries + got.joint_tries
         if got.lp_boxes:
             s.lp_boxes += got.lp_boxes
             s.lp_from = s.bounded if s.lp_from < 0 else s.lp_from
@@ -355,8 +356,9 @@ class _Search:
         try_all = self.q.network.n_inputs <= self.opt.try_all_dims and ctx.lam.shape[0] == 1
         lp_on = (self._input_mode and self.opt.lp_depth > 0 and self._lp_net is not None
                  and self._search_seconds() >= self.opt.lp_after * self.q.timeout)
+        s = self.stats
         return Plan(try_all, self.opt.lp_depth if lp_on else 0, self.opt.lp_budget, self.opt.lp_retry,
-                    int(self._round_target() / self._lp_box_seconds))
+                    int(self._round_target() / self._lp_box_seconds), joint_pays(s.joint_tries, s.joint_closed))
 
     def _root(self, key, lo: np.ndarray, hi: np.ndarray, ctx: Context) -> Domain:
         zl, zu = self._roots[key][0]

@@ -41,6 +41,7 @@ class Plan:
     lp_budget: int = 8
     lp_retry: int = 2
     lp_room: int = 1
+    joint: bool = True  # the row combination on multi-row disjuncts (:func:`joint_close`)
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Expanded:
     lp_boxes: int = 0
     lp_seconds: float = 0.0  # CPU seconds in the LP finisher
     joint_closed: int = 0  # closed by a combination of the rows (:func:`joint_close`)
+    joint_tries: int = 0  # boxes whose row combination was bounded
     seconds: float = 0.0  # CPU seconds of the whole expansion
     packed: Optional[Packed] = None
 
@@ -138,19 +140,31 @@ JOINT_SHARE = 1.0
 JOINT_ITERS = 0
 
 
-def joint_close(ctx: Context, kids: list[Domain]) -> int:
+#: the search keeps bounding row combinations while at least ``JOINT_RATE`` of the tries closed a box, judged
+#: after ``JOINT_PROBE`` tries (ACAS Xu 3_3 prop_2, 4 rows: 1 box closed in 125k, 8 % more CPU per box; vdp
+#: proxies: 20-25 % of the tries close, bench/RESULTS.md)
+JOINT_PROBE = 2000
+JOINT_RATE = 0.02
+
+
+def joint_pays(tries: int, closed: int) -> bool:
+    """Whether the search keeps bounding row combinations (:data:`JOINT_PROBE`, :data:`JOINT_RATE`)."""
+    return tries < JOINT_PROBE or closed >= JOINT_RATE * tries
+
+
+def joint_close(ctx: Context, kids: list[Domain]) -> tuple[int, int]:
     """Close open boxes of a multi-row disjunct by a non-negative combination of the rows
     (:mod:`lumpver.bounds.combine`): weights from the rows' linear bounds, then the combined row bounded by the
     engine; where its sound upper bound ``U`` is below 0, ``lp_bound`` becomes ``-U / sum(weights)`` (a lower
-    bound of ``max_i (A_i y - b_i)``: the box is closed). Returns how many closed."""
+    bound of ``max_i (A_i y - b_i)``: the box is closed). Returns (boxes tried, boxes closed)."""
     todo = [d for d in kids if d.score >= 0 and d.A_x is not None] if ctx.lam.shape[0] > 1 else []
     if not todo:
-        return 0
+        return 0, 0
     lo, hi = np.stack([d.lo for d in todo]), np.stack([d.hi for d in todo])
     w, phi = best_weights(np.stack([d.A_x for d in todo]), np.stack([d.upper for d in todo]), lo, hi)
     pick = np.flatnonzero(phi < JOINT_SHARE * np.array([d.score for d in todo]))
     if len(pick) == 0:
-        return 0
+        return 0, 0
     b = stack([todo[i] for i in pick])
     up = joint_upper(ctx.chain, b.lo, b.hi, b.zl, b.zu, ctx.lam, ctx.offset, w[pick], JOINT_ITERS, ctx.lr)
     closed = 0
@@ -158,7 +172,7 @@ def joint_close(ctx: Context, kids: list[Domain]) -> int:
         if u < 0:
             todo[i].lp_bound = max(todo[i].lp_bound or 0.0, -u / (s * (1.0 + 1e-9)))
             closed += 1
-    return closed
+    return len(pick), closed
 
 
 def _lp_finish(ctx: Context, kids: list[Domain], plan: Plan, out: Expanded) -> None:
@@ -189,7 +203,8 @@ def expand(ctx: Context, parents: list[Domain], plan: Plan) -> Expanded:
     c0 = time.process_time()
     kids = split_and_bound(ctx, parents, plan.try_all)
     out = Expanded([], len(parents), len(kids), 0, np.zeros((0, 0)))
-    out.joint_closed = joint_close(ctx, kids)
+    if plan.joint:
+        out.joint_tries, out.joint_closed = joint_close(ctx, kids)
     _lp_finish(ctx, kids, plan, out)
     out.kids = [d for d in kids if d.score >= 0]
     out.closed = len(kids) - len(out.kids)
