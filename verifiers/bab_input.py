@@ -93,7 +93,7 @@ class Expanded:
     lp_boxes: int = 0
     lp_seconds: float = 0.0  # CPU seconds in the LP finisher
     joint_closed: int = 0  # closed by a combination of the rows (:func:`joint_close`)
-    joint_tries: int = 0  # boxes whose row combination was bounded
+    joint_tries: int = 0  # open boxes of multi-row disjuncts :func:`joint_close` looked at
     seconds: float = 0.0  # CPU seconds of the whole expansion
     packed: Optional[Packed] = None
 
@@ -157,7 +157,7 @@ def joint_close(ctx: Context, kids: list[Domain]) -> tuple[int, int]:
     """Close open boxes of a multi-row disjunct by a non-negative combination of the rows
     (:mod:`lumpver.bounds.combine`): weights from the rows' linear bounds, then the combined row bounded by the
     engine; where its sound upper bound ``U`` is below 0, ``lp_bound`` becomes ``-U / sum(weights)`` (a lower
-    bound of ``max_i (A_i y - b_i)``: the box is closed). Returns (boxes tried, boxes closed)."""
+    bound of ``max_i (A_i y - b_i)``: the box is closed). Returns (open boxes looked at, boxes closed)."""
     todo = [d for d in kids if d.score >= 0 and d.A_x is not None] if ctx.lam.shape[0] > 1 else []
     if not todo:
         return 0, 0
@@ -165,7 +165,7 @@ def joint_close(ctx: Context, kids: list[Domain]) -> tuple[int, int]:
     w, phi = best_weights(np.stack([d.A_x for d in todo]), np.stack([d.upper for d in todo]), lo, hi)
     pick = np.flatnonzero(phi < JOINT_SHARE * np.array([d.score for d in todo]))
     if len(pick) == 0:
-        return 0, 0
+        return len(todo), 0
     b = stack([todo[i] for i in pick])
     up = joint_upper(ctx.chain, b.lo, b.hi, b.zl, b.zu, ctx.lam, ctx.offset, w[pick], JOINT_ITERS, ctx.lr)
     closed = 0
@@ -173,7 +173,7 @@ def joint_close(ctx: Context, kids: list[Domain]) -> tuple[int, int]:
         if u < 0:
             todo[i].lp_bound = max(todo[i].lp_bound or 0.0, -u / (s * (1.0 + 1e-9)))
             closed += 1
-    return len(pick), closed
+    return len(todo), closed
 
 
 def _lp_finish(ctx: Context, kids: list[Domain], plan: Plan, out: Expanded) -> None:
