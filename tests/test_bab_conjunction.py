@@ -121,6 +121,21 @@ def test_conjunctions_agree_with_exact_milp():
     assert joint > 0
 
 
+def test_conjunctions_on_twelve_inputs_agree_with_exact_milp():
+    """The same with 12 inputs (the ReLU-phase search, where the combination runs on split sub-problems)."""
+    verdicts, joint = [], 0
+    for seed in range(2):
+        for net, box, A, b, reachable in cases(600 + seed, 12, 4):
+            v = BAB.check(Query(net, InputSet([box]), prop=OutputProperty([(A, b)]), timeout=60.0))
+            assert v.verdict == ("violated" if reachable else "proved"), (v.verdict, v.reason, seed)
+            if v.verdict == "violated":
+                assert box.contains(v.counterexample) and np.all(A @ ort_forward(net, v.counterexample) <= b)
+            joint += v.details["stats"]["joint_closed"]
+            verdicts.append(v.verdict)
+    assert {"violated", "proved"} <= set(verdicts)
+    assert joint > 0
+
+
 def test_row_combination_closes_what_no_row_closes():
     """y = x on [0, 1]^2 (through stable ReLUs): ``y_0 >= 0.6, y_1 >= 0.6, y_0 + y_1 <= 1`` holds nowhere,
     yet each row alone holds somewhere; the combination closes the box, and never one the MILP finds

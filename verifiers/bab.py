@@ -57,7 +57,7 @@ from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Context, Domain, bound, bound_batch, input_split, relu_split, stack, unstack
-from lumpver.verifiers.bab_input import Expanded, Frontier, Local, Pipeline, Plan, expand, joint_pays, vertices
+from lumpver.verifiers.bab_input import Expanded, Frontier, Local, Pipeline, Plan, expand, joint_close, joint_pays, vertices
 from lumpver.verifiers.bab_deep import ReluSearch, fsb_split_and_bound, recompute_children, root_layer_bounds, tighten_root
 from lumpver.verifiers.lp_finish import LpNet
 from lumpver.verifiers.base import Query, Verdict
@@ -388,9 +388,11 @@ class _Search:
                 split = relu_split(d, self.chain)
                 children.extend(split if split is not None else input_split(d))
             kids = self._bound_all(ctx, children)
+        s = self.stats  # multi-row disjuncts: the rows' combination (sound on the sub-problem's clamped bounds too)
+        tries, joint = joint_close(ctx, kids) if joint_pays(s.joint_tries, s.joint_closed) else (0, 0)
         open_ = [d for d in kids if d.score >= 0]
         return Expanded(open_, len(todo), len(kids), len(kids) - len(open_),
-                        vertices(open_))
+                        vertices(open_), joint_closed=joint, joint_tries=tries)
 
     def _bound_all(self, ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list[Domain]:
         if self.pool is None or len(doms) < 2 or (ctx.refine.iters > 0 and iters != 0):
