@@ -59,27 +59,27 @@ def run_checked(onnx: Path, prop: Path, timeout: float, tmp: Path) -> Run:
 
 def soundness(n_props: int) -> None:
     """tests/test_bab_conjunction.py's cases at scale: random ReLU nets with 2-5 and 12 inputs, reach_prob_density-like
-    5-row conjunctions shifted to an exact MILP slack of +-0.005..0.1; every answer must match (sat replayed with
-    onnxruntime), and the row combination's closures are counted."""
+    5-row conjunctions shifted to an exact MILP slack of +-0.005..0.1; every sat/unsat answer must match (sat
+    replayed with onnxruntime; unknown, a timeout, is counted), and the row combination's closures are counted."""
     import time
 
     from lumpver.specs.inputset import InputSet, OutputProperty
     from lumpver.verifiers.base import Query
     from tests.test_bab_conjunction import BAB, cases, ort_forward
 
-    t0, done, joint, verdicts, seed = time.monotonic(), 0, 0, {"violated": 0, "proved": 0}, 2000
+    t0, done, joint, verdicts, seed = time.monotonic(), 0, 0, {"violated": 0, "proved": 0, "unknown": 0}, 2000
     while done < n_props:
         for net, box, A, b, reachable in cases(seed, (2, 3, 4, 5, 12)[seed % 5], 4):  # 12: the ReLU-phase search
             prop = OutputProperty([(A, b)])
             v = BAB.check(Query(net, InputSet([box]), prop=prop, timeout=30.0))
-            assert v.verdict == ("violated" if reachable else "proved"), (seed, v.verdict, v.reason)
+            assert v.verdict in ("unknown", "violated" if reachable else "proved"), (seed, v.verdict, v.reason)
             if v.verdict == "violated":
                 assert box.contains(v.counterexample) and prop.is_unsafe(ort_forward(net, v.counterexample))
             joint += v.details["stats"].get("joint_closed", 0) if v.details else 0
             verdicts[v.verdict] += 1
             done += 1
         seed += 1
-    print(f"{done} conjunctive properties vs the exact MILP, all agree: {verdicts}, {joint} boxes closed by the "
+    print(f"{done} conjunctive properties vs the exact MILP, no wrong answer: {verdicts}, {joint} boxes closed by the "
           f"row combination ({time.monotonic() - t0:.0f} s)")
 
 
