@@ -58,7 +58,7 @@ from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Context, Domain, bound, bound_batch, input_split, stack, unstack
-from lumpver.verifiers.bab_input import Expanded, Frontier, Local, Pipeline, Plan, expand, vertices
+from lumpver.verifiers.bab_input import Expanded, Frontier, Local, Pipeline, Plan, expand, joint_close, joint_pays, vertices
 from lumpver.verifiers.bab_deep import (ReluSearch, fsb_split_and_bound, neuron_split, recompute_children, refine_smooth,
                                        root_layer_bounds, tighten_root)
 from lumpver.verifiers.lp_finish import LpNet
@@ -154,6 +154,8 @@ class _Stats:
     lps: int = 0
     lp_boxes: int = 0
     lp_from: int = -1  # sub-problems bounded when the LP finisher first ran
+    joint_closed: int = 0  # closed by a combination of a conjunction's rows (bab_input.joint_close)
+    joint_tries: int = 0
 
 
 @dataclass
@@ -347,6 +349,7 @@ class _Search:
         s = self.stats
         s.bounded, s.closed, s.lps, s.lp_closed = (s.bounded + got.bounded, s.closed + got.closed,
                                                    s.lps + got.lps, s.lp_closed + got.lp_closed)
+        s.joint_closed, s.joint_tries = s.joint_closed + got.joint_closed, s.joint_tries + got.joint_tries
         if got.lp_boxes:
             s.lp_boxes += got.lp_boxes
             s.lp_from = s.bounded if s.lp_from < 0 else s.lp_from
@@ -366,8 +369,9 @@ class _Search:
         try_all = self.q.network.n_inputs <= self.opt.try_all_dims and ctx.lam.shape[0] == 1
         lp_on = (self._input_mode and self.opt.lp_depth > 0 and self._lp_net is not None
                  and self._search_seconds() >= min(self.opt.lp_after * self.q.timeout, self.opt.lp_after_max))
+        s = self.stats
         return Plan(try_all, self.opt.lp_depth if lp_on else 0, self.opt.lp_budget, self.opt.lp_retry,
-                    int(self._round_target() / self._lp_box_seconds))
+                    int(self._round_target() / self._lp_box_seconds), joint_pays(s.joint_tries, s.joint_closed))
 
     def _root(self, key, lo: np.ndarray, hi: np.ndarray, ctx: Context) -> Domain:
         zl, zu = self._roots[key][0]
@@ -397,9 +401,11 @@ class _Search:
                 split = neuron_split(d, self.chain)
                 children.extend(split if split is not None else input_split(d))
             kids = self._bound_all(ctx, children)
+        s = self.stats  # multi-row disjuncts: the rows' combination (sound on the sub-problem's clamped bounds too)
+        tries, joint = joint_close(ctx, kids) if joint_pays(s.joint_tries, s.joint_closed) else (0, 0)
         open_ = [d for d in kids if d.score >= 0]
         return Expanded(open_, len(todo), len(kids), len(kids) - len(open_),
-                        vertices(open_))
+                        vertices(open_), joint_closed=joint, joint_tries=tries)
 
     def _bound_all(self, ctx: Context, doms: list[Domain], iters: Optional[int] = None) -> list[Domain]:
         if self.pool is None or len(doms) < 2 or (ctx.refine.iters > 0 and iters != 0):

@@ -50,7 +50,8 @@ class Domain:
     start: int = 0  # first layer whose bounds must be recomputed
     phase: Optional[list[np.ndarray]] = None  # per layer (n_k,): +1 split active, -1 inactive, 0 free
     beta: Optional[list[np.ndarray]] = None  # per layer (m, n_k): split multipliers of the bound
-    #: sound lower bound of ``max_i (A_i y - b_i)`` over the box from the LP finisher (None: not run or open)
+    #: sound lower bound of ``max_i (A_i y - b_i)`` over the box from the LP finisher or the rows' combination
+    #: (bab_input.joint_close; None: neither ran or closed)
     lp_bound: Optional[float] = None
     lp_next: int = 0  # depth from which the LP finisher may (again) be tried on this box's descendants
     _cache: tuple = field(default=(None, None, 0.0), init=False, repr=False, compare=False)

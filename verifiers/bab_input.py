@@ -2,7 +2,8 @@
 
 :func:`expand` takes open input boxes (parents) and returns their open children, everything a round
 does to them in one place: the split (every dimension's two halves tried on one-row disjuncts at even
-depths, else :func:`lumpver.verifiers.bab_branch.smear_dim`), the batched bounding of the children, the
+depths, else :func:`lumpver.verifiers.bab_branch.smear_dim`), the batched bounding of the children, on
+multi-row (conjunctive) disjuncts the row combination (:func:`joint_close`, :mod:`lumpver.bounds.combine`), the
 LP finisher on the deep ones (:func:`lumpver.verifiers.lp_finish.finish_many`) and each open child's
 counterexample candidate (the box vertex maximising its hardest row's linear bound). The search keeps
 only the frontier, the falsifier and the replay of candidates (:mod:`lumpver.verifiers.bab`).
@@ -24,6 +25,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from lumpver.bounds.combine import best_weights, joint_upper
 from lumpver.verifiers.bab_branch import Batch, Context, Domain, bound, input_split, stack
 from lumpver.verifiers.lp_finish import LpNet, finish_many
 
@@ -39,6 +41,7 @@ class Plan:
     lp_budget: int = 8
     lp_retry: int = 2
     lp_room: int = 1
+    joint: bool = True  # the row combination on multi-row disjuncts (:func:`joint_close`)
 
 
 @dataclass
@@ -89,6 +92,8 @@ class Expanded:
     lp_closed: int = 0
     lp_boxes: int = 0
     lp_seconds: float = 0.0  # CPU seconds in the LP finisher
+    joint_closed: int = 0  # closed by a combination of the rows (:func:`joint_close`)
+    joint_tries: int = 0  # open boxes of multi-row disjuncts :func:`joint_close` looked at
     seconds: float = 0.0  # CPU seconds of the whole expansion
     packed: Optional[Packed] = None
 
@@ -128,6 +133,49 @@ def _try_all(ctx: Context, todo: list[Domain]) -> list[Domain]:
     return closed + (bound(ctx, open_) if open_ else [])
 
 
+#: :func:`joint_close` bounds a box's row combination when the rows' linear bounds predict ``phi`` below this
+#: share of the box's best single-row bound (``phi < 0``: the combination of the linear bounds closes it); vdp
+#: proxy s0_5, sub-problems bounded to decide: share 0: 5,233, 0.3: 4,365, 0.6: 4,025, 1.0: 3,921 (bench/RESULTS.md)
+JOINT_SHARE = 1.0
+#: Adam steps on the combined row's slopes (from the registry's slopes; 0, 1 and 5 closed the same boxes there)
+JOINT_ITERS = 0
+
+
+#: the search keeps bounding row combinations while at least ``JOINT_RATE`` of the tries closed a box, judged
+#: after ``JOINT_PROBE`` tries (ACAS Xu 3_3 prop_2, 4 rows: 1 box closed in 125k, 8 % more CPU per box; vdp
+#: proxies: 20-25 % of the tries close, bench/RESULTS.md)
+JOINT_PROBE = 2000
+JOINT_RATE = 0.02
+
+
+def joint_pays(tries: int, closed: int) -> bool:
+    """Whether the search keeps bounding row combinations (:data:`JOINT_PROBE`, :data:`JOINT_RATE`)."""
+    return tries < JOINT_PROBE or closed >= JOINT_RATE * tries
+
+
+def joint_close(ctx: Context, kids: list[Domain]) -> tuple[int, int]:
+    """Close open boxes of a multi-row disjunct by a non-negative combination of the rows
+    (:mod:`lumpver.bounds.combine`): weights from the rows' linear bounds, then the combined row bounded by the
+    engine; where its sound upper bound ``U`` is below 0, ``lp_bound`` becomes ``-U / sum(weights)`` (a lower
+    bound of ``max_i (A_i y - b_i)``: the box is closed). Returns (open boxes looked at, boxes closed)."""
+    todo = [d for d in kids if d.score >= 0 and d.A_x is not None] if ctx.lam.shape[0] > 1 else []
+    if not todo:
+        return 0, 0
+    lo, hi = np.stack([d.lo for d in todo]), np.stack([d.hi for d in todo])
+    w, phi = best_weights(np.stack([d.A_x for d in todo]), np.stack([d.upper for d in todo]), lo, hi)
+    pick = np.flatnonzero(phi < JOINT_SHARE * np.array([d.score for d in todo]))
+    if len(pick) == 0:
+        return len(todo), 0
+    b = stack([todo[i] for i in pick])
+    up = joint_upper(ctx.chain, b.lo, b.hi, b.zl, b.zu, ctx.lam, ctx.offset, w[pick], JOINT_ITERS, ctx.lr)
+    closed = 0
+    for i, u, s in zip(pick, up, w[pick].sum(axis=1)):
+        if u < 0:
+            todo[i].lp_bound = max(todo[i].lp_bound or 0.0, -u / (s * (1.0 + 1e-9)))
+            closed += 1
+    return len(todo), closed
+
+
 def _lp_finish(ctx: Context, kids: list[Domain], plan: Plan, out: Expanded) -> None:
     """The LP finisher on the open children deep enough (sets ``lp_bound`` where it closes them), the boxes
     nearest to closing first; counts and exact LP leaves into ``out``."""
@@ -156,6 +204,8 @@ def expand(ctx: Context, parents: list[Domain], plan: Plan) -> Expanded:
     c0 = time.process_time()
     kids = split_and_bound(ctx, parents, plan.try_all)
     out = Expanded([], len(parents), len(kids), 0, np.zeros((0, 0)))
+    if plan.joint:
+        out.joint_tries, out.joint_closed = joint_close(ctx, kids)
     _lp_finish(ctx, kids, plan, out)
     out.kids = [d for d in kids if d.score >= 0]
     out.closed = len(kids) - len(out.kids)

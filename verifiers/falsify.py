@@ -128,6 +128,11 @@ class Objective:
         return value, vjp_f(seed) - vjp_g(seed)
 
     def _property(self, y: np.ndarray, vjp, grad: bool):
+        """Value: ``-max_k r_k`` of the closest (or targeted) disjunct, ``r = A y - b``. Gradient seed: on a
+        conjunction not yet met, ``-sum_k r_k^+ A_k / sum_k r_k^+`` (the penalty ``sum_k (r_k^+)^2``'s direction,
+        normalised), which pursues every unmet row at once; the subgradient of the max (the worst row alone)
+        made the sign steps alternate between rows and miss small regions where all rows hold (the
+        reach_prob_density specs: ``|x_1|, |x_2| <= rad`` and ``log rho >= p``)."""
         prop = self.query.prop
         value = np.empty(len(y))
         seed = np.zeros_like(y)
@@ -138,8 +143,21 @@ class Objective:
                 A, b = prop.disjuncts[self.target]
                 d, k = self.target, int(np.argmax(A @ yi - b))
                 value[i] = -float((A @ yi - b)[k])
-            seed[i] = -prop.disjuncts[d][0][k]
+            A, b = prop.disjuncts[d]
+            seed[i] = -_penalty_weights(A @ yi - b, k) @ A
         return value, (vjp(seed) if grad else None)
+
+
+def _penalty_weights(r: np.ndarray, k: int) -> np.ndarray:
+    """Row weights of the gradient seed of :meth:`Objective._property`: the unmet rows' excesses normalised
+    (row ``k`` alone once every row is met)."""
+    pos = np.maximum(r, 0.0)
+    total = float(np.sum(pos))
+    if total > 0 and np.isfinite(total):
+        return pos / total
+    w = np.zeros_like(r)
+    w[k] = 1.0
+    return w
 
 
 # ----- violation test on concrete outputs ------------------------------------------------
