@@ -17,8 +17,8 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    bounded ``batch`` at a time (fewer when a round would exceed ~5 % of the timeout: :class:`_Pace`)
    in one numpy pass, warm-started with their parent's slopes, optionally in ``workers`` processes,
    with one OpenBLAS thread each (input splitting: each worker expands whole chunks of parents, split, bound,
-   LP finisher and candidates, two chunks per worker in flight, :mod:`lumpver.verifiers.bab_input`); on deep ReLU chains the children keep their parent's intermediate bounds,
-   which start from alpha-CROWN root bounds, optionally branching by filtered smart branching
+   LP finisher and candidates, two chunks per worker in flight, :mod:`lumpver.verifiers.bab_input`); on deep
+   ReLU chains the children keep their parent's intermediate bounds, which start from alpha-CROWN root bounds, optionally branching by filtered smart branching
    (:mod:`lumpver.verifiers.bab_deep`);
 4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
    and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds;
@@ -58,9 +58,10 @@ from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Context, Domain, bound, bound_batch, input_split, stack, unstack
-from lumpver.verifiers.bab_input import Expanded, Frontier, Local, Pipeline, Plan, expand, joint_close, joint_pays, vertices
-from lumpver.verifiers.bab_deep import (ReluSearch, fsb_split_and_bound, neuron_split, recompute_children, refine_smooth,
-                                       root_layer_bounds, tighten_root)
+from lumpver.verifiers.bab_input import (Expanded, Frontier, Local, Pipeline, Plan, expand, joint_close, joint_pays,
+                                        vertices)
+from lumpver.verifiers.bab_deep import (ReluSearch, fsb_split_and_bound, neuron_split, recompute_children,
+                                       refine_smooth, root_layer_bounds, tighten_root)
 from lumpver.verifiers.lp_finish import LpNet
 from lumpver.verifiers.base import Query, Verdict
 
