@@ -46,6 +46,7 @@ class JointOptions:
     jitter: float = 0.01  # their spread, as a fraction of the box width
     freeze_first: bool = False  # keep layer 0's rows (h's own) fixed
     output_lp: bool = False  # after each fit, the output layer by the minimax LP on the exchange set
+    average: int = 0  # from round 2 on, also the weight average of the last this many rounds' fits (0: off)
     seed: int = 0
 
 
@@ -111,12 +112,17 @@ def joint_refit(h: Network, start: ExchangeResult, box: Box, options: JointOptio
     g, worst = start.network, start.points
     best: Optional[ExchangeResult] = None
     history: list[float] = []
+    recent: list[Network] = []
     for r in range(options.rounds + 1):
         if r > 0:
             g = fit_lp(g, fit_x, logits(h, fit_x), options.powers if r == 1 else options.powers[-1:], options)
             if options.output_lp:
                 g = minimax_output(g, logits(h, fit_x), fit_x)
         add, attained = exchange_step(h, g, fit_x, lo, hi, rng, options)
+        if r > 0 and options.average > 1:
+            recent = (recent + [g])[-options.average:]
+            if len(recent) > 1:  # the averaged weights damp the round-to-round fluctuation of the maximum
+                g, add, attained = _averaged(h, g, recent, fit_x, lo, hi, rng, options, add, attained)
         history.append(attained)
         if best is None or attained < best.attained:
             best = ExchangeResult(g, attained, history, worst, fit_x)
@@ -124,6 +130,21 @@ def joint_refit(h: Network, start: ExchangeResult, box: Box, options: JointOptio
         fit_x = np.vstack([fit_x, add])
     best.history, best.points, best.fit_x = history, worst, fit_x
     return best
+
+
+def _averaged(h: Network, g: Network, recent: list[Network], fit_x: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+              rng: np.random.Generator, options: JointOptions, add: np.ndarray,
+              attained: float) -> tuple[Network, np.ndarray, float]:
+    """(network, points to add, attained) of this round: g or the layer-wise weight mean of ``recent``
+    (same shapes: the kept neurons do not change between rounds), whichever attains less; the worst
+    points of both join the exchange set."""
+    layers = [Layer(f32(np.mean([n.layers[k].weight for n in recent], axis=0)),
+                    f32(np.mean([n.layers[k].bias for n in recent], axis=0)), old.activation, old.alpha, old.source_op)
+              for k, old in enumerate(g.layers)]
+    avg = g.with_layers(layers)
+    add_avg, att_avg = exchange_step(h, avg, fit_x, lo, hi, rng, options)
+    both = np.vstack([add_avg, add]) if att_avg < attained else np.vstack([add, add_avg])
+    return (avg, both, att_avg) if att_avg < attained else (g, both, attained)
 
 
 def joint_candidate(h: Network, pts: np.ndarray, kept: list[np.ndarray], box: Box,
