@@ -7,8 +7,9 @@ and the time as a ratio to the exact on-set reduction of the same network measur
 run (epsilon 0 = the on-set point). Saves the curve to bench/approx_acasxu.png.
 
 Usage: python bench/bench_approx_acasxu.py [--nets 1_1,2_3,...] [--eps 0.001,...] [--timeout S] [--no-fit]
-       [--exchange] [--gradual] [--phase-lps N] [--goal-fraction F] [--json PATH] [--certificates DIR]  (--exchange: candidates by the
-       exchange (minimax) refit of lumpver.reductions.approx_minimax, opt-in; --gradual: by the gradual pruning with
+       [--exchange] [--gradual] [--phase-lps N] [--goal-fraction F] [--json PATH] [--certificates DIR]
+       (--goal-fraction: first size tried when the phase stage is on, approx.GOAL_FRACTION; --exchange: candidates
+       by the exchange (minimax) refit of lumpver.reductions.approx_minimax, opt-in; --gradual: by the gradual pruning with
        joint minimax refits of lumpver.reductions.approx_shrink, opt-in; --phase-lps: ReLU-phase LPs per
        certification, lumpver.reductions.certify.BAB_PHASE_LPS, default: certify.phase_budget(timeout); --json also
        records every trial; --certificates: write each reduced model and its bounded certificate there, for
@@ -116,7 +117,7 @@ def main() -> None:
     ap.add_argument("--phase-lps", type=int, default=None,
                     help="ReLU-phase LPs per certification (certify.BAB_PHASE_LPS)")
     ap.add_argument("--goal-fraction", type=float, default=None,
-                    help="size tried first with the phase stage on, a fraction of the on-set size (approx.GOAL_FRACTION)")
+                    help="first size tried with the phase stage on, a fraction of h's size (approx.GOAL_FRACTION)")
     args = ap.parse_args()
     if args.goal_fraction is not None:
         approx.GOAL_FRACTION = args.goal_fraction
