@@ -65,17 +65,66 @@ def test_joint_and_shrink_candidates_run_as_written_and_beat_least_squares(tmp_p
     g_ls, _ = refit_pruned(net, acts, kept)
     opts = JointOptions(rounds=1, max_iter=40, starts=24, steps=15)
     joint = joint_candidate(net, pts, kept, box, opts, ExchangeOptions(rounds=2, starts=24, steps=15))
+    averaged = joint_candidate(net, pts, kept, box, JointOptions(rounds=2, max_iter=40, starts=24, steps=15,
+                                                                   average=2),
+                               ExchangeOptions(rounds=2, starts=24, steps=15))
     ids, shrunk = shrink(net, pts, box, 12, removal_order, ShrinkOptions(steps=3, max_iter=20, final=opts))
     assert [len(k) for k in ids] == shrunk.network.hidden_widths and shrunk.network.n_hidden == 12
     errors = {}
-    for name, g in (("ls", g_ls), ("joint", joint.network), ("shrink", shrunk.network)):
+    for name, g in (("ls", g_ls), ("joint", joint.network), ("shrink", shrunk.network), ("avg", averaged.network)):
         path = tmp_path / f"{name}.onnx"
         save_onnx(g, path)
         ours = g.forward(GRID)
         ort = run_onnx(path, GRID.astype(np.float32))
         assert np.max(np.abs(ours - ort)) <= 1e-5 * (1.0 + np.max(np.abs(ort)))  # float32 replay of the same net
         errors[name] = _grid_max(net, path)
-    assert errors["joint"] < errors["ls"] and errors["shrink"] < errors["ls"], errors
+    assert errors["joint"] < errors["ls"] and errors["shrink"] < errors["ls"] and errors["avg"] < errors["ls"], errors
+    assert averaged.attained <= errors["avg"] + 1e-6  # attained: a point's value (<= the true max ~ grid max)
+
+
+def test_averaged_round_is_the_layerwise_weight_mean_when_it_attains_less():
+    """joint refit's averaging (approx_joint._averaged): the returned network is the float32 mean of the
+    recent fits' weights exactly when its largest |h - g| (independently: a dense grid, float64) is the lower."""
+    from lumpver.reductions.approx_joint import _averaged
+
+    h = _random_net(5)
+    rng = np.random.default_rng(0)
+    fits = [h.with_layers([Layer(np.float32(l.weight + 0.05 * rng.standard_normal(l.weight.shape)),
+                                 np.float32(l.bias + 0.05 * rng.standard_normal(l.bias.shape)), l.activation)
+                           for l in h.layers]) for _ in range(3)]
+    lo, hi = -np.ones(3), np.ones(3)
+    opts = JointOptions(starts=64, steps=30)
+    worst = float(np.max(np.abs(h.forward(GRID) - fits[-1].forward(GRID))))
+    net, add, attained = _averaged(h, fits[-1], fits, GRID[:50], lo, hi, rng, opts, np.zeros((1, 3)), worst)
+    mean_w = [np.float32(np.mean([f.layers[k].weight for f in fits], axis=0)) for k in range(3)]
+    grid_avg = float(np.max(np.abs(h.forward(GRID) - h.with_layers(
+        [Layer(w, np.float32(np.mean([f.layers[k].bias for f in fits], axis=0)), h.layers[k].activation)
+         for k, w in enumerate(mean_w)]).forward(GRID))))
+    assert grid_avg < worst  # independent errors cancel in the mean (the premise of averaging)
+    assert all(np.array_equal(a.weight, w) for a, w in zip(net.layers, mean_w))
+    on_fit = float(np.max(np.abs(h.forward(GRID[:50]) - net.forward(GRID[:50]))))
+    assert on_fit - 1e-6 <= attained < worst and len(add) > 1  # attained: the max over the fit set and the ascent
+
+
+def test_phase_certification_takes_half_the_time_left(monkeypatch):
+    """With the phase stage on, one certification gets half the time left (at least PHASE_CERT_MIN s), so a
+    candidate the stage cannot close leaves time for other sizes; without it, 120 s as before."""
+    import time
+
+    from lumpver.reductions import approx
+
+    seen = []
+
+    def fake_certify(*args, timeout, **kw):
+        seen.append(timeout)
+        return type("R", (), {"epsilon": 1.0})()
+
+    monkeypatch.setattr(approx, "certify", fake_certify)
+    for left, phase in ((4000.0, 400_000), (1200.0, 400_000), (500.0, 400_000), (4000.0, 0)):
+        approx._certify_first(None, None, None, "linf", ["chain"], None, 0.0, time.perf_counter() + left, 600, 0.01,
+                              phase)
+    expected = [2000.0, approx.PHASE_CERT_MIN, 500.0, 120.0]
+    assert all(abs(t - e) < 5.0 for t, e in zip(seen, expected)), seen
 
 
 def test_reduce_approx_with_gradual_candidates_is_certified_above_the_grid_maximum():

@@ -20,7 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="back-end certifying approximate reductions")
     p.add_argument("--tolerance", type=argtypes.positive, default=None,
                    help="relative tolerance of signature equality for float32 weights (default 1e-5)")
-    p.add_argument("--timeout", type=argtypes.seconds, default=300.0, help="seconds for certification (approx mode)")
+    p.add_argument("--timeout", type=argtypes.seconds, default=300.0,
+                   help="seconds for the whole approx-mode search (default 300). From 900 s on "
+                        "(certify.phase_budget) each certification adds a ReLU-phase LP stage (up to 400,000 "
+                        "LPs) and may use half the time left (at least 900 s), and the goal size (half the on-set "
+                        "network) is tried first: smaller certified networks, but one certification of a hard "
+                        "candidate costs minutes (ACAS Xu 2_3 at 62 neurons: ~6-9 CPU min; its whole search "
+                        "~25 CPU min)")
 
 
 def run(args: argparse.Namespace) -> int:

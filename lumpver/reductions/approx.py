@@ -69,6 +69,13 @@ LS_SLACK = 1.0
 #: (ACAS Xu 1_1: removing neuron 3 of layer 2 at 114 neurons lifts the certified bound 0.0099 -> 0.18
 #: while the attained error stays 0.0013; skipping it lets later removals certify)
 GREEDY_FAILS = 6
+#: with the phase stage on, one certification may use at most this share of the time left (at least
+#: PHASE_CERT_MIN s): a candidate the stage cannot close (ACAS Xu 1_1 at 67 neurons, attained 0.0081: still
+#: 0.055 after 1,388 CPU s) then leaves time for larger sizes; 2_3's goal candidate certified in ~900 s wall
+PHASE_CERT_SHARE = 0.5
+#: with the phase stage on, the size tried first, as a fraction of h's hidden neurons (issue 14's goal: half)
+GOAL_FRACTION = 0.5
+PHASE_CERT_MIN = 900.0
 
 
 def _check_supported(h: Network) -> None:
@@ -405,7 +412,7 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
 
     lo, hi = 0, limit + 1
     if phase and len(order) > 1:  # a strong certifier: the goal size (half h's neurons) first, then bisect
-        goal = min(len(order), h.n_hidden - h.n_hidden // 2)
+        goal = min(len(order), h.n_hidden - int(GOAL_FRACTION * h.n_hidden))
         found = at_size(goal)
         lo, best, hi = (goal, found, max(hi, goal + 1)) if found is not None else (lo, best, min(hi, goal))
     while hi - lo > 1 and time.perf_counter() < deadline:
@@ -449,11 +456,13 @@ def _from_exchange(h: Network, ex: ExchangeResult, kept: list[np.ndarray], held:
 def _certify_first(f, g, input_set, norm, chains, h, onset_bound, deadline, max_boxes, epsilon, phase_lps=0):
     """Certify g with each twin in turn (pruned twin, then quotient twin as a quick probe with a
     quarter of the box budget); the first within epsilon wins, else the tightest. With phase LPs
-    (long budgets, :func:`lumpver.reductions.certify.phase_budget`) a candidate may take the time left."""
+    (long budgets, :func:`lumpver.reductions.certify.phase_budget`) a candidate may take PHASE_CERT_SHARE of
+    the time left (at least PHASE_CERT_MIN s), else 120 s."""
     best = None
     for i, chain in enumerate(chains):
         left = max(1.0, deadline - time.perf_counter())
-        res = certify(f, g, input_set, norm, chain, h, onset_bound, timeout=left if phase_lps else min(left, 120.0),
+        budget = min(left, max(PHASE_CERT_MIN, PHASE_CERT_SHARE * left)) if phase_lps else min(left, 120.0)
+        res = certify(f, g, input_set, norm, chain, h, onset_bound, timeout=budget,
                       max_boxes=max_boxes if i == 0 else max(1, max_boxes // 4), threshold=epsilon,
                       phase_lps=phase_lps)
         if best is None or res.epsilon < best[0].epsilon:
