@@ -182,8 +182,10 @@ def test_ctrl_c_stops_launching_ends_running_and_summarises(tmp_path):
     assert time.perf_counter() - t0 < 10  # the 60 s instances were not waited for
     time.sleep(0.5)
     after = {p.name: int(p.read_text()) for p in (out / "results").glob("*.pid") if p.read_text()}
-    assert after == pids  # nothing was launched after the interrupt
-    assert len(pids) == 3 or len(pids) == 2  # the two first, maybe the third started as the fast one ended
+    # nothing was launched after the interrupt: the fourth instance needed a slot that only the interrupt freed;
+    # the third may have started as the fast one ended (its pid file can appear just after the snapshot)
+    assert set(pids) <= set(after) and not any(name.startswith("0004") for name in after)
+    assert {k: v for k, v in after.items() if k in pids} == pids and len(after) in (2, 3)
     assert not any(_alive(pid) for pid in after.values())  # every running instance was ended
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -249,6 +249,32 @@ def hidden_sizes(instances: list[Instance]) -> dict[Path, Optional[int]]:
     return sizes
 
 
+class _CtrlC:
+    """Ctrl-C (SIGINT) as a flag while a batch runs, in the main thread; the previous handler is restored after.
+    A KeyboardInterrupt raised at an arbitrary point of the main thread could land inside concurrent.futures'
+    locks, and a SIGINT the kernel delivers to a worker thread only trips Python's flag: a main thread blocked
+    without a timeout (as_completed) handled it when the next instance ended, 60 s later in the CI run of
+    2026-12-01. The handler calls ``on_hit`` (the launcher's stop: its lock is taken by worker threads alone, never
+    held by the main thread) and sets the flag; the loop polls every 0.05 s."""
+
+    def __init__(self, on_hit: Callable[[], None]) -> None:
+        self.hit, self._old, self._on_hit = False, None, on_hit
+
+    def __enter__(self) -> "_CtrlC":
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        self.hit = True
+        self._on_hit()
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
 def run_batch(csv_path: str | os.PathLike, out_dir: str | os.PathLike, jobs: Optional[int] = None,
               timeout_scale: float = 1.0, reduce: bool = False, backend: Optional[str] = None,
               progress: Progress = SILENT,
@@ -264,21 +290,23 @@ def run_batch(csv_path: str | os.PathLike, out_dir: str | os.PathLike, jobs: Opt
     progress.say(f"{len(instances)} instance(s) from {csv_path}, {jobs} at a time"
                  + (", with on-set reduction" if reduce else ""))
     t0, outcomes, launcher = time.perf_counter(), [], Launcher()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_instance, inst, out, reduce, backend, argv_for, launcher) for inst in instances]
-        try:
-            for fut in as_completed(futures):
+    with _CtrlC(launcher.stop) as ctrl_c, ThreadPoolExecutor(max_workers=jobs) as pool:
+        pending = {pool.submit(run_instance, inst, out, reduce, backend, argv_for, launcher) for inst in instances}
+        while pending and not ctrl_c.hit:
+            done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+            for fut in done:
                 o = fut.result()
+                if o is None:  # stopped by Ctrl-C before or while it ran
+                    continue
                 o.neurons_before = sizes.get(instances[o.index - 1].onnx)
                 outcomes.append(o)
                 progress.say(f"[{len(outcomes)}/{len(instances)}] {o.result:7s} {o.seconds:8.2f}s  {o.onnx} {o.vnnlib}")
-        except KeyboardInterrupt:  # stop launching, end what runs, keep what finished (exit 130 in the CLI)
-            launcher.stop()
-            for f in futures:
+        if ctrl_c.hit:  # launching stopped, what ran ended (the handler); keep what finished (exit 130 in the CLI)
+            for f in pending:
                 f.cancel()
             progress.say(f"interrupted: {len(outcomes)} of {len(instances)} instance(s) finished; summary of those in {out}")
             summarize(outcomes, time.perf_counter() - t0, out, csv_path, jobs)
-            raise
+            raise KeyboardInterrupt
     return summarize(outcomes, time.perf_counter() - t0, out, csv_path, jobs)
 
 
