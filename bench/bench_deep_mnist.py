@@ -26,8 +26,9 @@ NETS = ("256x4", "256x6", "200x9", "sigmoid_200x6", "tanh_200x6")
 
 
 def net_key(onnx: str) -> str:
-    """``onnx/mnist-proxy_256x4.onnx`` -> ``256x4``, ``onnx/mnist-proxy-tanh_200x6.onnx`` -> ``tanh_200x6``."""
-    return Path(onnx).stem.removeprefix("mnist-proxy").lstrip("-_")
+    """``onnx/mnist-proxy_256x4.onnx`` -> ``256x4``, ``onnx/mnist-proxy-tanh_200x6.onnx`` -> ``tanh_200x6``
+    (``mnist-real_*``: the nets trained on real MNIST digits, ``gen_deep_mnist.py --source mnist``)."""
+    return Path(onnx).stem.removeprefix("mnist-proxy").removeprefix("mnist-real").lstrip("-_")
 
 
 def instances(data: Path, nets: list[str]) -> list[tuple[str, Path, Path, float]]:

