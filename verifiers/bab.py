@@ -60,8 +60,8 @@ from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Context, Domain, bound, bound_batch, input_split, stack, unstack
 from lumpver.verifiers.bab_input import (Expanded, Frontier, Local, Pipeline, Plan, expand, joint_close, joint_pays,
                                         vertices)
-from lumpver.verifiers.bab_deep import (ReluSearch, fsb_split_and_bound, neuron_split, recompute_children,
-                                       refine_smooth, root_layer_bounds, tighten_root)
+from lumpver.verifiers.bab_deep import (ReluSearch, SmoothSplit, fsb_split_and_bound, neuron_split,
+                                       recompute_children, refine_smooth, root_layer_bounds, tighten_root)
 from lumpver.verifiers.lp_finish import LpNet
 from lumpver.verifiers.base import Query, Verdict
 
@@ -131,6 +131,8 @@ class BabOptions:
     #: ReLU splitting on ReLU chains: root alpha-CROWN intermediate bounds, fixed child bounds on deep chains
     #: (verifiers/bab_deep.py)
     relu: ReluSearch = field(default_factory=ReluSearch)
+    #: sigmoid/tanh chains: where a neuron is split (GenBaB's optimised points, or 0; verifiers/bab_deep.py)
+    smooth: SmoothSplit = field(default_factory=SmoothSplit)
     workers: int = 1
     progress: Progress = field(default=SILENT, repr=False)
 
@@ -399,7 +401,7 @@ class _Search:
         else:
             children = []
             for d in todo:
-                split = neuron_split(d, self.chain)
+                split = neuron_split(d, self.chain, self.opt.smooth)
                 children.extend(split if split is not None else input_split(d))
             kids = self._bound_all(ctx, children)
         s = self.stats  # multi-row disjuncts: the rows' combination (sound on the sub-problem's clamped bounds too)
