@@ -70,7 +70,8 @@ def test_children_at_nonzero_points_contain_sampled_values(act):
         assert np.all(sides[0] | sides[1]) and sides[0].any() and sides[1].any()
         for kid, side in zip(kids, sides):
             for j, z in enumerate(zs):
-                assert np.all(kid.zl[j] - 1e-9 <= z[side].min(axis=0)) and np.all(z[side].max(axis=0) <= kid.zu[j] + 1e-9)
+                assert np.all(kid.zl[j] - 1e-9 <= z[side].min(axis=0))
+                assert np.all(z[side].max(axis=0) <= kid.zu[j] + 1e-9)
             assert kid.upper[0] >= float(np.max(ys[side] @ c)) - 1e-9
 
 

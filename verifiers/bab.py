@@ -11,9 +11,10 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    are split: :func:`lumpver.verifiers.bab_deep.refine_smooth`);
 3. open sub-problems are split (:mod:`lumpver.verifiers.bab_branch`): the input box when the
    input is low-dimensional (``<= input_split_dims``, e.g. ACAS Xu), else the unstable neuron with the
-   best BaBSR-like score (a ReLU fixed to its phase: identity / zero; a sigmoid/tanh neuron cut at 0
-   into its convex and concave part, chosen on sigmoid/tanh chains by the relaxation loss the cut removes,
-   :func:`lumpver.verifiers.bab_deep.smooth_candidates`; its bound clamped to the split for later layers); children are
+   best BaBSR-like score (a ReLU fixed to its phase: identity / zero; on sigmoid/tanh chains a neuron cut at
+   the point that removes the most relaxation loss, chosen with the neuron by the loss the cut removes,
+   :func:`lumpver.verifiers.bab_deep.smooth_candidates`, ``smooth``; its bound clamped to the split for later
+   layers); children are
    bounded ``batch`` at a time (fewer when a round would exceed ~5 % of the timeout: :class:`_Pace`)
    in one numpy pass, warm-started with their parent's slopes, optionally in ``workers`` processes,
    with one OpenBLAS thread each (input splitting: each worker expands whole chunks of parents, split, bound,

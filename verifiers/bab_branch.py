@@ -5,7 +5,8 @@ clamps of those bounds, see :mod:`lumpver.bounds.batched`), the lower slopes tha
 (warm start for its children) and its bound per property row. Two ways to split:
 
 * :func:`relu_split`: the unstable neuron (``l < 0 < u``; ReLU-like, or sigmoid/tanh: split at 0
-  into the convex and the concave part) with the largest BaBSR-like score
+  into the convex and the concave part; sigmoid/tanh chains split at other points too,
+  :func:`split_neuron` with ``at``, chosen in :mod:`lumpver.verifiers.bab_deep`) with the largest BaBSR-like score
   ``max(a, 0) * tu + eps * |a| * (u - l)`` (``a`` the coefficient of the neuron in the back-substituted
   bound of the row closest to closing, ``tu`` the intercept of the upper line) into ``z <= 0`` and
   ``z >= 0``;

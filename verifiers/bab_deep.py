@@ -9,13 +9,16 @@ many more sub-problems than when every child re-bounds every layer after its spl
 the knobs; :func:`root_layer_bounds`, :func:`tighten_root` and :func:`recompute_children` are what ``verifiers/bab.py`` asks.
 
 Sigmoid/tanh chains (ERAN ffnnSIGMOID/ffnnTANH style): the root is re-bounded in two passes
-(:func:`refine_smooth`), and the neuron cut at 0 is chosen by :func:`smooth_candidates` (GenBaB's idea of
-scoring a split of a general nonlinearity by the relaxation it tightens; the split point stays 0, where the
-beta multipliers of the split are valid).
+(:func:`refine_smooth`), and the neuron to split and where are chosen by :func:`smooth_candidates` (GenBaB,
+Shi et al., TACAS 2025: a split of a general nonlinearity scored by the relaxation it tightens, at an optimised
+point, :func:`split_points`, a small grid where GenBaB has a lookup table; the split ``z <= p`` / ``z >= p``
+enters the bound through the children's clamped intervals, their own relaxations, and beta multipliers of
+``phase * (z - p)``, :func:`lumpver.bounds.batched.backsub`).
 
 Soundness: both only change which sound bounds are used: optimised intermediate bounds are intersected with
 CROWN's (any slope in ``[0, 1]`` is sound, outward rounding of :mod:`lumpver.bounds.rounding`), and a child's
-parent bounds stay valid on the child (a subset of the parent).
+parent bounds stay valid on the child (a subset of the parent); the two children of a split at any point cover
+the parent (the point belongs to both), and each relaxes the neuron on its own interval.
 """
 from __future__ import annotations
 
@@ -146,7 +149,7 @@ def smooth_gap(name: str, lo: np.ndarray, hi: np.ndarray, upper: bool, points: i
 
 #: fractions of ``[l, u]`` tried as split points of a sigmoid/tanh neuron (with 0 where it crosses): GenBaB's
 #: optimised branching points, by a grid instead of its lookup table (``split_points``); the grid is evaluated
-#: for the ``GRID_NEURONS`` best neurons by their upper estimate ``|a| * parent gap``
+#: for the ``GRID_NEURONS`` best neurons of all layers by their upper estimate ``|a| * parent gap``
 SPLIT_FRACTIONS = tuple(q / 8 for q in range(1, 8))
 GRID_NEURONS = 24
 #: points per child interval on which ``split_points`` compares the losses (9 picked points up to 10 % worse
@@ -197,23 +200,29 @@ def smooth_candidates(dom: Domain, chain: Chain, top: int,
     """The ``top`` sigmoid/tanh neurons ``(layer, index, split point)`` whose split tightens the bound most by
     a GenBaB-like estimate: ``|a|`` (the neuron's coefficient in the bound of the row closest to closing) times
     the loss of the line that coefficient uses (upper for ``a > 0``) minus the worse child's, best first.
-    ``split.points`` (default): any neuron wider than ``SPLIT_MIN_WIDTH`` at its :func:`split_points` point
-    (evaluated for the ``GRID_NEURONS`` best by ``|a|`` times the parent's loss); else crossing neurons at 0."""
+    ``split.points`` (default): any neuron wider than ``SPLIT_MIN_WIDTH`` at its :func:`split_points` point,
+    evaluated for the ``GRID_NEURONS`` best of all layers by ``|a|`` times the parent's loss (an upper bound of
+    the gain); else crossing neurons at 0."""
     split = SmoothSplit() if split is None else split
+    if dom.coeffs is None:
+        return []
     row = int(np.argmin(dom.upper))
-    cands: list[tuple[float, int, int, float]] = []
+    layers = []  # (k, neuron indices, a, parent loss)
     for k in range(chain.depth - 1):
         l, u = dom.zl[k], dom.zu[k]
-        ok = (u - l > SPLIT_MIN_WIDTH) if split.points else (l < 0) & (u > 0)
-        idx = np.flatnonzero(ok)
-        if idx.size == 0 or dom.coeffs is None or dom.coeffs[k] is None:
-            continue
-        a = dom.coeffs[k][row][idx]
-        li, ui, name = l[idx], u[idx], chain.acts[k]
-        parent = _signed_gap(name, li, ui, a > 0)
+        idx = np.flatnonzero((u - l > SPLIT_MIN_WIDTH) if split.points else (l < 0) & (u > 0))
+        if idx.size and dom.coeffs[k] is not None:
+            a = dom.coeffs[k][row][idx]
+            layers.append((k, idx, a, _signed_gap(chain.acts[k], l[idx], u[idx], a > 0)))
+    if split.points and layers:  # the grid only for the best upper estimates
+        est = np.concatenate([np.abs(a) * g for _, _, a, g in layers])
+        cut = -np.sort(-est)[min(max(GRID_NEURONS, top), est.size) - 1]
+        layers = [(k, idx[sel], a[sel], g[sel]) for k, idx, a, g in layers
+                  for sel in [np.abs(a) * g >= cut] if np.any(sel)]
+    cands: list[tuple[float, int, int, float]] = []
+    for k, idx, a, parent in layers:
+        li, ui, name = dom.zl[k][idx], dom.zu[k][idx], chain.acts[k]
         if split.points:
-            keep = np.argsort(-np.abs(a) * parent, kind="stable")[:GRID_NEURONS]
-            idx, a, li, ui = idx[keep], a[keep], li[keep], ui[keep]
             parent = _signed_gap(name, li, ui, a > 0, POINT_GAP_POINTS)  # as finely as the children's
             at, kids = split_points(name, li, ui, a > 0)
         else:
