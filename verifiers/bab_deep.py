@@ -210,7 +210,7 @@ def smooth_candidates(dom: Domain, chain: Chain, top: int,
     layers = []  # (k, neuron indices, a, parent loss)
     for k in range(chain.depth - 1):
         l, u = dom.zl[k], dom.zu[k]
-        idx = np.flatnonzero((u - l > SPLIT_MIN_WIDTH) if split.points else (l < 0) & (u > 0))
+        idx = np.flatnonzero((u - l > SPLIT_MIN_WIDTH) & np.isfinite(u - l) if split.points else (l < 0) & (u > 0))
         if idx.size and dom.coeffs[k] is not None:
             a = dom.coeffs[k][row][idx]
             layers.append((k, idx, a, _signed_gap(chain.acts[k], l[idx], u[idx], a > 0)))
