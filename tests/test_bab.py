@@ -293,10 +293,12 @@ def _lipschitz(net: Network, act: str) -> float:
     return float(out)
 
 
-def _smooth_cases(seed: int, act: str, n_props: int):
+def _smooth_cases(seed: int, act: str, n_props: int, close: float = 0.0, reach: float = 0.5):
     """2-input nets, thresholds on ``c . y`` whose truth a brute-force grid decides: the grid maximum
     ``g`` is reached (``t <= g``: unsafe) and the true maximum is at most ``g + L |c|_1 h / 2`` (grid step
-    ``h``, Lipschitz bound ``L``): above that the property holds. Thresholds in between are skipped."""
+    ``h``, Lipschitz bound ``L``): above that the property holds. Thresholds in between are skipped.
+    Thresholds are a random share of ``1 + |g|`` away, or ``close`` times it when given (unsafe with
+    probability ``reach``)."""
     rng = np.random.default_rng(seed)
     net = _smooth_net(seed, act, (2, 8, 8, 3))
     lo = rng.uniform(-1, 0, 2)
@@ -308,8 +310,8 @@ def _smooth_cases(seed: int, act: str, n_props: int):
         c = rng.normal(size=3)
         g = float(np.max(ys @ c))
         slack = _lipschitz(net, act) * np.sum(np.abs(c)) * float(np.max(hi - lo)) / (n - 1) / 2 + 1e-9
-        gap = rng.uniform(0.01, 0.3) * (1.0 + abs(g))
-        if rng.random() < 0.5:
+        gap = (close if close > 0 else rng.uniform(0.01, 0.3)) * (1.0 + abs(g))
+        if rng.random() < reach:
             yield net, Box(lo, hi), c, g - gap, True
         else:
             yield net, Box(lo, hi), c, g + slack + gap, False

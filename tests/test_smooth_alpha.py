@@ -108,7 +108,7 @@ def test_smooth_branching_picks_the_split_that_tightens_most():
     children cover the parent (``z <= 0`` / ``z >= 0``)."""
     from lumpver.bounds.relaxations import get_relaxation
     from lumpver.verifiers.bab_branch import Domain
-    from lumpver.verifiers.bab_deep import neuron_split, smooth_candidates
+    from lumpver.verifiers.bab_deep import SmoothSplit, neuron_split, smooth_candidates
 
     net = Network([Layer(np.eye(5, dtype=np.float32), np.zeros(5), "sigmoid"),
                    Layer(np.ones((1, 5), dtype=np.float32), np.zeros(1), "identity")])
@@ -126,9 +126,10 @@ def test_smooth_branching_picks_the_split_that_tightens_most():
            for i in (0, 1, 2)}
     dom = Domain(np.zeros(5), np.ones(5), [lo, np.array([-1.0])], [hi, np.array([1.0])], [None, None],
                  np.array([1.0]), coeffs=[a[None], np.ones((1, 1))])
-    ranked = smooth_candidates(dom, ch, 5)
+    zero = SmoothSplit(points=False)  # the cut at 0 (split points: tests/test_smooth_split.py)
+    ranked = [(k, i) for k, i, _ in smooth_candidates(dom, ch, 5, zero)]
     assert [i for _, i in ranked[:3]] == sorted(ref, key=lambda i: -ref[i])
     assert {i for _, i in ranked} == {0, 1, 2, 4} and ranked[-1] == (0, 4)  # neuron 3 is stable, 4 gains nothing
-    kids = neuron_split(dom, ch)
+    kids = neuron_split(dom, ch, zero)
     k, i = ranked[0]
     assert kids[0].zu[k][i] == 0.0 and kids[1].zl[k][i] == 0.0 and kids[0].zl[k][i] == lo[i] and kids[1].zu[k][i] == hi[i]

@@ -11,9 +11,10 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    are split: :func:`lumpver.verifiers.bab_deep.refine_smooth`);
 3. open sub-problems are split (:mod:`lumpver.verifiers.bab_branch`): the input box when the
    input is low-dimensional (``<= input_split_dims``, e.g. ACAS Xu), else the unstable neuron with the
-   best BaBSR-like score (a ReLU fixed to its phase: identity / zero; a sigmoid/tanh neuron cut at 0
-   into its convex and concave part, chosen on sigmoid/tanh chains by the relaxation loss the cut removes,
-   :func:`lumpver.verifiers.bab_deep.smooth_candidates`; its bound clamped to the split for later layers); children are
+   best BaBSR-like score (a ReLU fixed to its phase: identity / zero; on sigmoid/tanh chains a neuron cut at
+   the point that removes the most relaxation loss, chosen with the neuron by the loss the cut removes,
+   :func:`lumpver.verifiers.bab_deep.smooth_candidates`, ``smooth``; its bound clamped to the split for later
+   layers); children are
    bounded ``batch`` at a time (fewer when a round would exceed ~5 % of the timeout: :class:`_Pace`)
    in one numpy pass, warm-started with their parent's slopes, optionally in ``workers`` processes,
    with one OpenBLAS thread each (input splitting: each worker expands whole chunks of parents, split, bound,
@@ -60,8 +61,8 @@ from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Context, Domain, bound, bound_batch, input_split, stack, unstack
 from lumpver.verifiers.bab_input import (Expanded, Frontier, Local, Pipeline, Plan, expand, joint_close, joint_pays,
                                         vertices)
-from lumpver.verifiers.bab_deep import (ReluSearch, fsb_split_and_bound, neuron_split, recompute_children,
-                                       refine_smooth, root_layer_bounds, tighten_root)
+from lumpver.verifiers.bab_deep import (ReluSearch, SmoothSplit, fsb_split_and_bound, neuron_split,
+                                       recompute_children, refine_smooth, root_layer_bounds, tighten_root)
 from lumpver.verifiers.lp_finish import LpNet
 from lumpver.verifiers.base import Query, Verdict
 
@@ -131,6 +132,8 @@ class BabOptions:
     #: ReLU splitting on ReLU chains: root alpha-CROWN intermediate bounds, fixed child bounds on deep chains
     #: (verifiers/bab_deep.py)
     relu: ReluSearch = field(default_factory=ReluSearch)
+    #: sigmoid/tanh chains: where a neuron is split (GenBaB's optimised points, or 0; verifiers/bab_deep.py)
+    smooth: SmoothSplit = field(default_factory=SmoothSplit)
     workers: int = 1
     progress: Progress = field(default=SILENT, repr=False)
 
@@ -399,7 +402,7 @@ class _Search:
         else:
             children = []
             for d in todo:
-                split = neuron_split(d, self.chain)
+                split = neuron_split(d, self.chain, self.opt.smooth)
                 children.extend(split if split is not None else input_split(d))
             kids = self._bound_all(ctx, children)
         s = self.stats  # multi-row disjuncts: the rows' combination (sound on the sub-problem's clamped bounds too)

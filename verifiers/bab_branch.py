@@ -5,7 +5,8 @@ clamps of those bounds, see :mod:`lumpver.bounds.batched`), the lower slopes tha
 (warm start for its children) and its bound per property row. Two ways to split:
 
 * :func:`relu_split`: the unstable neuron (``l < 0 < u``; ReLU-like, or sigmoid/tanh: split at 0
-  into the convex and the concave part) with the largest BaBSR-like score
+  into the convex and the concave part; sigmoid/tanh chains split at other points too,
+  :func:`split_neuron` with ``at``, chosen in :mod:`lumpver.verifiers.bab_deep`) with the largest BaBSR-like score
   ``max(a, 0) * tu + eps * |a| * (u - l)`` (``a`` the coefficient of the neuron in the back-substituted
   bound of the row closest to closing, ``tu`` the intercept of the upper line) into ``z <= 0`` and
   ``z >= 0``;
@@ -50,6 +51,8 @@ class Domain:
     start: int = 0  # first layer whose bounds must be recomputed
     phase: Optional[list[np.ndarray]] = None  # per layer (n_k,): +1 split active, -1 inactive, 0 free
     beta: Optional[list[np.ndarray]] = None  # per layer (m, n_k): split multipliers of the bound
+    #: per layer (n_k,): the split point of each split neuron (sigmoid/tanh: GenBaB's, not 0); None: all at 0
+    cut: Optional[list[np.ndarray]] = None
     #: sound lower bound of ``max_i (A_i y - b_i)`` over the box from the LP finisher or the rows' combination
     #: (bab_input.joint_close; None: neither ran or closed)
     lp_bound: Optional[float] = None
@@ -81,6 +84,7 @@ class Batch:
     start: int
     phase: Optional[list[np.ndarray]]  # None when no domain of the batch has a split
     beta: Optional[list[np.ndarray]]
+    cut: Optional[list[np.ndarray]] = None  # None when every split of the batch is at 0
 
 
 def _stack(arrs: list[np.ndarray]) -> np.ndarray:
@@ -97,16 +101,19 @@ def stack(doms: list[Domain]) -> Batch:
                  for k in range(depth)]
         if all(d.beta is not None for d in doms):
             beta = [_stack([d.beta[k] for d in doms]) for k in range(depth)]
+    cut = None
+    if any(d.cut is not None for d in doms):
+        cut = [_stack([np.zeros(d.zl[k].shape) if d.cut is None else d.cut[k] for d in doms]) for k in range(depth)]
     return Batch(_stack([d.lo for d in doms]), _stack([d.hi for d in doms]),
                  [_stack([d.zl[k] for d in doms]) for k in range(depth)],
                  [_stack([d.zu[k] for d in doms]) for k in range(depth)], alpha, min(d.start for d in doms),
-                 phase, beta)
+                 phase, beta, cut)
 
 
 def _child(dom: Domain, **changes) -> Domain:
     base = dict(lo=dom.lo, hi=dom.hi, zl=list(dom.zl), zu=list(dom.zu), alpha=dom.alpha, upper=dom.upper,
                 depth=dom.depth + 1, start=dom.start, beta=dom.beta, lp_next=dom.lp_next,
-                phase=None if dom.phase is None else list(dom.phase))
+                phase=None if dom.phase is None else list(dom.phase), cut=None if dom.cut is None else list(dom.cut))
     base.update(changes)
     return Domain(**base)
 
@@ -139,12 +146,13 @@ def babsr_candidates(dom: Domain, chain: Chain, top: int) -> list[tuple[int, int
     return [(k, i) for _, k, i in cands[:top]]
 
 
-def split_neuron(dom: Domain, k: int, i: int) -> list[Domain]:
-    """The two children of ``dom`` with neuron ``i`` of layer ``k`` fixed inactive (``z <= 0``) and active."""
+def split_neuron(dom: Domain, k: int, i: int, at: float = 0.0) -> list[Domain]:
+    """The two children of ``dom`` with neuron ``i`` of layer ``k`` cut at ``at`` (ReLU: 0): ``z <= at``
+    (inactive) and ``z >= at`` (active); a cut other than 0 is recorded in ``cut`` (the beta term's constant)."""
     hi_zu = dom.zu[k].copy()
-    hi_zu[i] = 0.0  # inactive: z <= 0
+    hi_zu[i] = at  # inactive: z <= at
     act_zl = dom.zl[k].copy()
-    act_zl[i] = 0.0  # active: z >= 0
+    act_zl[i] = at  # active: z >= at
     kids = []
     for sign in (-1.0, 1.0):
         kid = _child(dom, start=k + 1)
@@ -157,6 +165,10 @@ def split_neuron(dom: Domain, k: int, i: int) -> list[Domain]:
             kid.beta = None
         kid.phase[k] = kid.phase[k].copy()
         kid.phase[k][i] = sign
+        if at != 0.0 or (kid.cut is not None and kid.cut[k][i] != 0.0):
+            kid.cut = [np.zeros(a.shape) for a in dom.zl] if kid.cut is None else kid.cut
+            kid.cut[k] = kid.cut[k].copy()
+            kid.cut[k][i] = at
         kids.append(kid)
     return kids
 
@@ -239,7 +251,7 @@ def bound_batch(ctx: Context, b: Batch, iters: Optional[int], refine: bool = Fal
         zl, zu = refine_layers(ctx.chain, b.lo, b.hi, zl, zu, ctx.refine.iters, ctx.refine.lr, ctx.refine.max_unstable)
     lam = np.broadcast_to(ctx.lam, (b.lo.shape[0],) + ctx.lam.shape)
     obj = optimise_alpha(ctx.chain, b.lo, b.hi, zl, zu, lam, ctx.offset, b.alpha,
-                         ctx.iters if iters is None else iters, ctx.lr, b.phase, b.beta)
+                         ctx.iters if iters is None else iters, ctx.lr, b.phase, b.beta, cut=b.cut)
     return Bounded(zl, zu, obj, infeasible(zl, zu))
 
 
@@ -251,5 +263,6 @@ def unstack(ctx: Context, doms: list[Domain], r: Bounded) -> list[Domain]:
         out.append(Domain(d.lo, d.hi, [a[i] for a in r.zl], [a[i] for a in r.zu],
                           [None if a is None else a[i] for a in obj.alpha], upper, obj.A_x[i],
                           [None if a is None else a[i] for a in obj.coeffs], d.depth, ctx.chain.depth,
-                          d.phase, None if obj.beta is None else [a[i] for a in obj.beta], lp_next=d.lp_next))
+                          d.phase, None if obj.beta is None else [a[i] for a in obj.beta], lp_next=d.lp_next,
+                          cut=d.cut))
     return out

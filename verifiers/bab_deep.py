@@ -9,13 +9,16 @@ many more sub-problems than when every child re-bounds every layer after its spl
 the knobs; :func:`root_layer_bounds`, :func:`tighten_root` and :func:`recompute_children` are what ``verifiers/bab.py`` asks.
 
 Sigmoid/tanh chains (ERAN ffnnSIGMOID/ffnnTANH style): the root is re-bounded in two passes
-(:func:`refine_smooth`), and the neuron cut at 0 is chosen by :func:`smooth_candidates` (GenBaB's idea of
-scoring a split of a general nonlinearity by the relaxation it tightens; the split point stays 0, where the
-beta multipliers of the split are valid).
+(:func:`refine_smooth`), and the neuron to split and where are chosen by :func:`smooth_candidates` (GenBaB,
+Shi et al., TACAS 2025: a split of a general nonlinearity scored by the relaxation it tightens, at an optimised
+point, :func:`split_points`, a small grid where GenBaB has a lookup table; the split ``z <= p`` / ``z >= p``
+enters the bound through the children's clamped intervals, their own relaxations, and beta multipliers of
+``phase * (z - p)``, :func:`lumpver.bounds.batched.backsub`).
 
 Soundness: both only change which sound bounds are used: optimised intermediate bounds are intersected with
 CROWN's (any slope in ``[0, 1]`` is sound, outward rounding of :mod:`lumpver.bounds.rounding`), and a child's
-parent bounds stay valid on the child (a subset of the parent).
+parent bounds stay valid on the child (a subset of the parent); the two children of a split at any point cover
+the parent (the point belongs to both), and each relaxes the neuron on its own interval.
 """
 from __future__ import annotations
 
@@ -134,44 +137,107 @@ def is_smooth_chain(chain: Chain) -> bool:
     return all(a in SMOOTH_ACTS for a in chain.acts[:-1])
 
 
-def smooth_gap(name: str, lo: np.ndarray, hi: np.ndarray, upper: bool) -> np.ndarray:
-    """Mean vertical distance between the registry's (tight) upper (lower) line and the curve on ``GAP_POINTS``
+def smooth_gap(name: str, lo: np.ndarray, hi: np.ndarray, upper: bool, points: int = GAP_POINTS) -> np.ndarray:
+    """Mean vertical distance between the registry's (tight) upper (lower) line and the curve on ``points``
     points of ``[lo, hi]``: how much the neuron's relaxation loses (a branching heuristic, not a bound)."""
     r = get_relaxation(name).tight_linear(lo, hi, 0.0)
-    z = lo[:, None] + (hi - lo)[:, None] * np.linspace(0.0, 1.0, GAP_POINTS)
+    z = lo[:, None] + (hi - lo)[:, None] * np.linspace(0.0, 1.0, points)
     f = smooth_derivs(name, z)[0]
     line = r.su[:, None] * z + r.tu[:, None] if upper else r.sl[:, None] * z + r.tl[:, None]
     return np.mean(np.abs(line - f), axis=1)
 
 
-def smooth_candidates(dom: Domain, chain: Chain, top: int) -> list[tuple[int, int]]:
-    """The ``top`` crossing sigmoid/tanh neurons ``(layer, index)`` whose split at 0 tightens the bound most by
+#: fractions of ``[l, u]`` tried as split points of a sigmoid/tanh neuron (with 0 where it crosses): GenBaB's
+#: optimised branching points, by a grid instead of its lookup table (``split_points``); the grid is evaluated
+#: for the ``GRID_NEURONS`` best neurons of all layers by their upper estimate ``|a| * parent gap``
+SPLIT_FRACTIONS = tuple(q / 8 for q in range(1, 8))
+GRID_NEURONS = 24
+#: points per child interval on which ``split_points`` compares the losses (9 picked points up to 10 % worse
+#: than 0 by a 2001-point measure on tanh intervals; tests/test_smooth_split.py)
+POINT_GAP_POINTS = 33
+#: narrower neurons are not split at non-zero points (their relaxation is already nearly exact)
+SPLIT_MIN_WIDTH = 0.05
+
+
+@dataclass
+class SmoothSplit:
+    """Where a sigmoid/tanh neuron is split (DESIGN.md §11; GenBaB, Shi et al. TACAS 2025)."""
+
+    #: ``True``: at the point of ``SPLIT_FRACTIONS`` or 0 whose worse child's relaxation loses least, any neuron
+    #: wider than ``SPLIT_MIN_WIDTH``; ``False``: crossing neurons only, at 0 (the convex / concave halves)
+    points: bool = True
+
+
+def split_points(name: str, lo: np.ndarray, hi: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron the split point in ``[lo, hi]`` (among ``SPLIT_FRACTIONS`` of it, and 0 where it crosses)
+    whose worse child loses least with the upper (``upper``) or lower line (:func:`smooth_gap` on each child's
+    own interval), and that loss."""
+    cross = (lo < 0) & (hi > 0)
+    cands = [lo + (hi - lo) * q for q in SPLIT_FRACTIONS] + [np.where(cross, 0.0, 0.5 * (lo + hi))]
+    P = np.stack(cands)  # (C, n)
+    L, U = np.broadcast_to(lo, P.shape).ravel(), np.broadcast_to(hi, P.shape).ravel()
+    up = np.broadcast_to(upper, P.shape).ravel()
+    p = P.ravel()
+    kids = np.maximum(_signed_gap(name, L, p, up, POINT_GAP_POINTS),
+                      _signed_gap(name, p, U, up, POINT_GAP_POINTS)).reshape(P.shape)
+    best = np.argmin(kids, axis=0)
+    cols = np.arange(lo.size)
+    return P[best, cols], kids[best, cols]
+
+
+def _signed_gap(name: str, lo: np.ndarray, hi: np.ndarray, upper: np.ndarray, points: int = GAP_POINTS) -> np.ndarray:
+    """:func:`smooth_gap` of the upper line where ``upper``, else of the lower line."""
+    out = np.zeros(lo.size)
+    for want in (True, False):
+        sel = upper == want
+        if np.any(sel):
+            out[sel] = smooth_gap(name, lo[sel], hi[sel], want, points)
+    return out
+
+
+def smooth_candidates(dom: Domain, chain: Chain, top: int,
+                      split: Optional[SmoothSplit] = None) -> list[tuple[int, int, float]]:
+    """The ``top`` sigmoid/tanh neurons ``(layer, index, split point)`` whose split tightens the bound most by
     a GenBaB-like estimate: ``|a|`` (the neuron's coefficient in the bound of the row closest to closing) times
-    the loss of the line that coefficient uses (upper for ``a > 0``) minus the worse child's (convex / concave
-    half), best first."""
+    the loss of the line that coefficient uses (upper for ``a > 0``) minus the worse child's, best first.
+    ``split.points`` (default): any neuron wider than ``SPLIT_MIN_WIDTH`` at its :func:`split_points` point,
+    evaluated for the ``GRID_NEURONS`` best of all layers by ``|a|`` times the parent's loss (an upper bound of
+    the gain); else crossing neurons at 0."""
+    split = SmoothSplit() if split is None else split
+    if dom.coeffs is None:
+        return []
     row = int(np.argmin(dom.upper))
-    cands: list[tuple[float, int, int]] = []
+    layers = []  # (k, neuron indices, a, parent loss)
     for k in range(chain.depth - 1):
         l, u = dom.zl[k], dom.zu[k]
-        idx = np.flatnonzero((l < 0) & (u > 0))
-        if idx.size == 0 or dom.coeffs is None or dom.coeffs[k] is None:
-            continue
-        a = dom.coeffs[k][row][idx]
-        li, ui, zero, name = l[idx], u[idx], np.zeros(idx.size), chain.acts[k]
-        gain = np.zeros(idx.size)
-        for upper, sel in ((True, a > 0), (False, a < 0)):
-            parent = smooth_gap(name, li, ui, upper)
-            kids = np.maximum(smooth_gap(name, li, zero, upper), smooth_gap(name, zero, ui, upper))
-            gain = np.where(sel, np.abs(a) * (parent - kids), gain)
-        cands.extend((float(g), k, int(i)) for g, i in zip(gain, idx))
+        idx = np.flatnonzero((u - l > SPLIT_MIN_WIDTH) & np.isfinite(u - l) if split.points else (l < 0) & (u > 0))
+        if idx.size and dom.coeffs[k] is not None:
+            a = dom.coeffs[k][row][idx]
+            layers.append((k, idx, a, _signed_gap(chain.acts[k], l[idx], u[idx], a > 0)))
+    if split.points and layers:  # the grid only for the best upper estimates
+        est = np.concatenate([np.abs(a) * g for _, _, a, g in layers])
+        cut = -np.sort(-est)[min(max(GRID_NEURONS, top), est.size) - 1]
+        layers = [(k, idx[sel], a[sel], g[sel]) for k, idx, a, g in layers
+                  for sel in [np.abs(a) * g >= cut] if np.any(sel)]
+    cands: list[tuple[float, int, int, float]] = []
+    for k, idx, a, parent in layers:
+        li, ui, name = dom.zl[k][idx], dom.zu[k][idx], chain.acts[k]
+        if split.points:
+            parent = _signed_gap(name, li, ui, a > 0, POINT_GAP_POINTS)  # as finely as the children's
+            at, kids = split_points(name, li, ui, a > 0)
+        else:
+            at = np.zeros(idx.size)
+            kids = np.maximum(_signed_gap(name, li, at, a > 0), _signed_gap(name, at, ui, a > 0))
+        gain = np.where(a != 0, np.abs(a) * (parent - kids), 0.0)
+        cands.extend((float(g), k, int(i), float(p)) for g, i, p in zip(gain, idx, at))
     cands.sort(key=lambda c: -c[0])  # stable: ties keep the lower layer, then the lower index
-    return [(k, i) for _, k, i in cands[:top]]
+    return [(k, i, p) for _, k, i, p in cands[:top]]
 
 
-def neuron_split(dom: Domain, chain: Chain) -> Optional[list[Domain]]:
+def neuron_split(dom: Domain, chain: Chain, split: Optional[SmoothSplit] = None) -> Optional[list[Domain]]:
     """The two children of the best neuron split of ``dom`` (sigmoid/tanh chains: :func:`smooth_candidates`,
-    else BaBSR, :func:`relu_split`); None when no neuron is unstable."""
+    else BaBSR, :func:`relu_split`); None when no neuron can be split."""
     if not is_smooth_chain(chain) or dom.coeffs is None:
         return relu_split(dom, chain)
-    best = smooth_candidates(dom, chain, 1)
+    best = smooth_candidates(dom, chain, 1, split)
     return split_neuron(dom, *best[0]) if best else None

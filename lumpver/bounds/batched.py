@@ -101,13 +101,16 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
             hi: np.ndarray, alpha: Optional[list[Optional[np.ndarray]]] = None, free: Optional[list[np.ndarray]] = None,
             record: bool = False, grad: bool = False, phase: Optional[list[np.ndarray]] = None,
             beta: Optional[list[np.ndarray]] = None, mag: Optional[tuple] = None,
-            rows: Optional[list[Optional[RowLines]]] = None) -> BatchBound:
+            rows: Optional[list[Optional[RowLines]]] = None, cut: Optional[list[np.ndarray]] = None) -> BatchBound:
     """Sound upper bound of ``lam[b] . h_top`` (``post``) or ``lam[b] . z_top`` over box ``b``.
 
     ``lam``: (B, m, n_top). ``alpha[j]`` (B, m, n_j) replaces the lower slope where ``free[j]``.
     Split constraints (beta-CROWN): ``phase[j]`` (B, n_j) is +1 where ``z_j >= 0`` is imposed, -1 where
     ``z_j <= 0`` is, 0 elsewhere; ``beta[j] >= 0`` (B, m, n_j) adds ``beta * phase * z_j`` to the bounded
     function, which is ``>= 0`` on the sub-problem, so the result still bounds ``lam . y`` there.
+    ``cut[j]`` (B, n_j): split points other than 0 (sigmoid/tanh, GenBaB): the constraint is then
+    ``phase * (z_j - cut_j) >= 0`` and the added term ``beta * phase * (z_j - cut_j)``, its constant summed
+    apart and covered by its own length in the margin (:func:`_cut_shift`).
     ``mag``: :func:`magnitudes` of the same call (it depends on neither ``alpha`` nor ``beta``: reused
     across the steps of :func:`optimise_alpha`), computed here when None.
     ``rows[j]``: per-row lines of a sigmoid/tanh layer (:mod:`lumpver.bounds.smooth_alpha`) replacing ``rel[j]``;
@@ -147,10 +150,28 @@ def backsub(chain: Chain, rel: list[LinearRelaxation], lam: np.ndarray, top: int
     mag = np.einsum("bmn,bn->bm", np.abs(lam), V) + np.abs(val)
     if beta is not None:
         mag = mag + sum(np.einsum("bmn,bn->bm", beta[j] * np.abs(phase[j])[:, None, :], Vz[j]) for j in range(top + 1))
-    upper = val + POLICY.margin(mag, chain.chain_length(top) + 2 * (top + 1) + lo.shape[1] + 4)  # + alpha/beta steps
+    length = chain.chain_length(top) + 2 * (top + 1) + lo.shape[1] + 4  # + alpha/beta steps
+    if beta is not None and cut is not None:
+        shift, smag, slen = _cut_shift(beta, phase, cut, top)
+        val, mag, length = val + shift, mag + smag + np.abs(val + shift), length + slen
+    upper = val + POLICY.margin(mag, length)
     coeffs = [s[0] if s is not None else None for s in saved] if record else []
-    grads = _alpha_grads(chain, saved, A_x, centre, radius, top, free, phase, rows) if grad else []
+    grads = _alpha_grads(chain, saved, A_x, centre, radius, top, free, phase, rows, cut) if grad else []
     return BatchBound(upper, A_x, coeffs, grads)
+
+
+def _cut_shift(beta: list[np.ndarray], phase: list[np.ndarray], cut: list[np.ndarray],
+               top: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The constant ``-sum_j beta_j . (phase_j cut_j)`` of the split terms at non-zero points ``(B, m)``, the
+    magnitude of its terms and the length of its accumulation (one product and one sum per layer; the caller
+    adds it to the back-substitution's, whose margin then covers both)."""
+    shift, smag, length = 0.0, 0.0, 0
+    for j in range(top + 1):
+        pc = phase[j] * cut[j]  # exact: phase is +1, -1 or 0
+        shift = shift - np.einsum("bmn,bn->bm", beta[j], pc)
+        smag = smag + np.einsum("bmn,bn->bm", beta[j], np.abs(pc))
+        length += pc.shape[1] + 3
+    return shift, smag, length
 
 
 def _relax_step(A: np.ndarray, c: np.ndarray, r: LinearRelaxation, sl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,9 +210,10 @@ def magnitudes(chain: Chain, rel: list[LinearRelaxation], top: int, post: bool, 
 
 def _alpha_grads(chain: Chain, saved: list, A_x: np.ndarray, centre: np.ndarray, radius: np.ndarray, top: int,
                  free: Optional[list[np.ndarray]], phase: Optional[list[np.ndarray]],
-                 rows: Optional[list[Optional[RowLines]]] = None) -> list:
+                 rows: Optional[list[Optional[RowLines]]] = None, cut: Optional[list[np.ndarray]] = None) -> list:
     """``d upper / d alpha_j`` by reverse mode through :func:`backsub` (margins ignored: any alpha is
-    sound), followed (when ``phase`` is given) by ``d upper / d beta_j`` for every layer."""
+    sound), followed (when ``phase`` is given) by ``d upper / d beta_j`` for every layer (with ``cut``: of
+    ``beta * phase * (z_j - cut_j)``)."""
     G = centre[:, None, :] + np.sign(A_x) * radius[:, None, :]  # d upper / d A_x
     G = G * chain.input.op.backward(np.ones((1, A_x.shape[2])))[0] + chain.input.bias  # diagonal input step
     grads: list[Optional[np.ndarray]] = [None] * (top + 1)
@@ -202,7 +224,7 @@ def _alpha_grads(chain: Chain, saved: list, A_x: np.ndarray, centre: np.ndarray,
         if saved[j] is None:
             break
         if phase is not None:
-            bgrads[j] = Gz * phase[j][:, None, :]
+            bgrads[j] = (Gz if cut is None else Gz - cut[j][:, None, :]) * phase[j][:, None, :]
         a, sl, su, tu, tl = saved[j]
         if free is not None and free[j] is not None and chain.acts[j] in ALPHA_ACTS:
             grads[j] = np.where(free[j][:, None, :], Gz * np.minimum(a, 0.0), 0.0)
@@ -386,11 +408,13 @@ def _keep(best: list, new: list, better: np.ndarray) -> list:
 def optimise_alpha(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray], zu: list[np.ndarray],
                    lam: np.ndarray, offset: np.ndarray, alpha: Optional[list[Optional[np.ndarray]]] = None,
                    iters: int = 10, lr: float = 0.2, phase: Optional[list[np.ndarray]] = None,
-                   beta: Optional[list[np.ndarray]] = None, stop_closed: bool = True) -> Objective:
+                   beta: Optional[list[np.ndarray]] = None, stop_closed: bool = True,
+                   cut: Optional[list[np.ndarray]] = None) -> Objective:
     """Minimise the sound upper bound of ``lam[b] . y + offset`` over the lower slopes (and, with
     ``phase``, the split multipliers ``beta >= 0``, beta-CROWN) by projected Adam; every iterate is
     sound, the best per (sub-problem, row) is kept; the steps stop early once every sub-problem has a
     row bounded below 0 (closed; not with ``stop_closed=False``). ``offset`` (m,) is added with its own margin.
+    ``cut``: the split points of ``phase`` (None: all at 0; :func:`backsub`).
     Sigmoid/tanh layers: their tangent points are optimised too (:mod:`lumpver.bounds.smooth_alpha`, step
     size ``SMOOTH_LR * lr``); a cold start first bounds with the registry's lines, so the result is never
     looser than those."""
@@ -415,7 +439,7 @@ def optimise_alpha(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.nda
         params = smooth.strip(opt_a.params) if base else opt_a.params
         bb = backsub(chain, rel, lam, top, True, lo, hi, params, free, record=True, grad=0 <= step < iters,
                      phase=phase, beta=None if opt_b is None else opt_b.params, mag=mag,
-                     rows=None if base else smooth.rows(opt_a.params))
+                     rows=None if base else smooth.rows(opt_a.params), cut=cut)
         up = bb.upper + offset + POLICY.margin(np.abs(bb.upper) + np.abs(offset), 2)
         if best is None:
             best = Objective(up, bb.A_x, list(bb.coeffs), list(opt_a.params), None if opt_b is None else list(opt_b.params))
