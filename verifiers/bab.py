@@ -56,6 +56,7 @@ from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import InputSet
 from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
+from lumpver.verifiers.falsify import AttackOptions
 from lumpver.verifiers.bab_graph import check_graph
 from lumpver.verifiers.bab_branch import Context, Domain, bound, bound_batch, input_split, stack, unstack
 from lumpver.verifiers.bab_input import (Expanded, Frontier, Local, Pipeline, Plan, expand, joint_close, joint_pays,
@@ -100,6 +101,9 @@ class BabOptions:
     max_domains: int = 40000  # open sub-problems kept at most (memory); beyond: unknown
     max_depth: int = 400
     falsify_seconds: float = 1.0  # initial falsifier budget (at most 10 % of the timeout)
+    #: the falsifier's batched targeted APGD rounds (:class:`lumpver.verifiers.falsify.AttackOptions`; None: the
+    #: falsifier before them, the baseline of bench/bench_falsify.py)
+    attack: Optional[AttackOptions] = field(default_factory=AttackOptions)
     falsify_every: float = 3.0  # seconds between falsifier rounds during the search
     falsify_share: float = 0.15
     heartbeat: float = 3.0  # seconds between progress lines
@@ -243,7 +247,7 @@ class _Search:
     def run(self) -> Verdict:
         budget = min(self.opt.falsify_seconds, 0.1 * self.q.timeout)
         res = falsify.search(self.q, samples=500, starts=4, steps=30, deadline=time.monotonic() + budget, rng=self.rng,
-                             restarts=10**6)
+                             restarts=10**6, attack=self.opt.attack)
         if res.counterexample is not None:
             return self._violated(res.counterexample, "falsifier counterexample (float32/float64 replay)")
         for region in self.q.input_set.regions:
@@ -461,7 +465,7 @@ class _Search:
         seeds = list(vertices(worst)) + [0.5 * (d.lo + d.hi) for d in worst]
         q = Query(self.q.network, InputSet([region]), prop=self.q.prop, timeout=self.q.timeout, seed=self.q.seed)
         budget = self.opt.falsify_share * self.opt.falsify_every
-        res = falsify.search(q, samples=100, starts=2, steps=20, rng=self.rng, seeds=seeds,
+        res = falsify.search(q, samples=100, starts=2, steps=20, rng=self.rng, seeds=seeds, attack=self.opt.attack,
                              deadline=min(self.deadline, time.monotonic() + budget))
         self._last_fals = time.monotonic()
         if res.counterexample is not None:

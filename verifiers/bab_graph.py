@@ -76,7 +76,7 @@ def check_graph(query: Query, options) -> Verdict:
     rng = np.random.default_rng(query.seed)
     budget = min(options.falsify_seconds, 0.1 * query.timeout)
     res = falsify.search(query, samples=500, starts=4, steps=30, deadline=time.monotonic() + budget, rng=rng,
-                         restarts=10**6)
+                         restarts=10**6, attack=options.attack)
     if res.counterexample is not None:
         return _done(Verdict("violated", "bab", "falsifier counterexample (float32/float64 replay)",
                              counterexample=res.counterexample), t0)
@@ -129,7 +129,8 @@ def _disjunct(query: Query, opt, pg: PreparedGraph, region, A, b, t0: float, sta
             opt.progress.say(f"bab (graph) {what}: {len(open_)} open, {stats['boxes']} bounded, worst bound "
                              f"{-max(d.score for d in open_):.4g}, {deadline - now:.0f} s left")
         if now - last_fals > opt.falsify_every:
-            hit = _falsify(query, region, open_, rng, min(deadline, now + opt.falsify_share * opt.falsify_every))
+            hit = _falsify(query, region, open_, rng, min(deadline, now + opt.falsify_share * opt.falsify_every),
+                           opt.attack)
             last_fals = time.monotonic()
             if hit is not None:
                 return hit
@@ -143,8 +144,9 @@ def _try_vertices(query: Query, region, doms: list[_Box]) -> Optional[Verdict]:
                         "vertex of a sub-box's linear bound")
 
 
-def _falsify(query: Query, region, doms: list[_Box], rng, deadline: float) -> Optional[Verdict]:
+def _falsify(query: Query, region, doms: list[_Box], rng, deadline: float,
+             attack: Optional[falsify.AttackOptions]) -> Optional[Verdict]:
     worst = sorted(doms, key=lambda d: d.score)[-4:]
     seeds = [vertex(d.box.lower, d.box.upper, d.upper, d.A_x) for d in worst] + \
         [0.5 * (d.box.lower + d.box.upper) for d in worst]
-    return seeded_falsify(query, region, seeds, rng, deadline)
+    return seeded_falsify(query, region, seeds, rng, deadline, attack)

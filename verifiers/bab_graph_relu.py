@@ -257,10 +257,11 @@ def check_points(query: Query, region, pts: list[np.ndarray], how: str) -> Optio
     return None
 
 
-def seeded_falsify(query: Query, region, seeds: list[np.ndarray], rng, deadline: float) -> Optional[Verdict]:
-    """A short falsifier run on the region seeded by points of the search."""
+def seeded_falsify(query: Query, region, seeds: list[np.ndarray], rng, deadline: float,
+                   attack: Optional[falsify.AttackOptions]) -> Optional[Verdict]:
+    """A short falsifier run on the region seeded by points of the search (``attack``: its APGD options)."""
     q = Query(query.network, InputSet([region]), prop=query.prop, timeout=query.timeout, seed=query.seed)
-    res = falsify.search(q, samples=100, starts=2, steps=20, rng=rng, seeds=seeds, deadline=deadline)
+    res = falsify.search(q, samples=100, starts=2, steps=20, rng=rng, seeds=seeds, deadline=deadline, attack=attack)
     if res.counterexample is not None:
         return Verdict("violated", "bab", "falsifier seeded by the search (float32/float64 replay)",
                        counterexample=res.counterexample)
@@ -358,7 +359,8 @@ class ReluSearch:
         worst = sorted(frontier, key=lambda d: d.score)[-4:]
         seeds = [vertex(d.lo, d.hi, d.bound, d.A_x) for d in worst] + [0.5 * (d.lo + d.hi) for d in worst]
         budget = self.opt.falsify_share * self.opt.falsify_every
-        hit = seeded_falsify(self.q, region, seeds, self.rng, min(self.deadline, time.monotonic() + budget))
+        hit = seeded_falsify(self.q, region, seeds, self.rng, min(self.deadline, time.monotonic() + budget),
+                             self.opt.attack)
         self._last_fals = time.monotonic()
         return hit
 
