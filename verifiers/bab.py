@@ -295,8 +295,9 @@ class _Search:
             frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
         self.stats.bounded += 1
         self.stats.splits = "input" if self._input_mode else "relu"
-        if frontier[0].score >= 0 and self._fals_left > 0:  # the root bound stays open: the falsifier's rest
-            out, self._fals_left = self._first_falsify(self._fals_left, 10**6), 0.0
+        if frontier[0].score >= 0 and self._fals_left > 0:  # the root bound stays open: the falsifier's rest,
+            seeds = list(vertices([d for d in frontier if d.score >= 0]))  # seeded by the root's linear bound
+            out, self._fals_left = self._first_falsify(self._fals_left, 10**6, seeds), 0.0
             if out is not None:
                 return out
         return self._search(region, ctx, [d for d in frontier if d.score >= 0], time.monotonic() - t_root, what)
@@ -471,10 +472,11 @@ class _Search:
                     return self._violated(xf, f"{how} (float32/float64 replay)")
         return None
 
-    def _first_falsify(self, budget: float, restarts: int) -> Optional[Verdict]:
-        """The falsifier on the whole query for ``budget`` seconds (``restarts``: see :func:`falsify.search`)."""
+    def _first_falsify(self, budget: float, restarts: int, seeds: Optional[list] = None) -> Optional[Verdict]:
+        """The falsifier on the whole query for ``budget`` seconds (``restarts``, ``seeds``: see
+        :func:`falsify.search`)."""
         res = falsify.search(self.q, samples=500, starts=4, steps=30, deadline=time.monotonic() + budget, rng=self.rng,
-                             restarts=restarts, attack=self.opt.attack)
+                             restarts=restarts, attack=self.opt.attack, seeds=seeds)
         if res.counterexample is not None:
             return self._violated(res.counterexample, "falsifier counterexample (float32/float64 replay)")
         return None
