@@ -2,7 +2,7 @@
 
     python bench/bench_falsify.py [--classes acasxu,mnist_fc,oval21,verivital,test] [--falsify-timeout 10]
                                   [--verify-timeout 30] [--limit N] [--filter S] [--no-verify] [--no-falsify]
-                                  [--csv OUT.csv] [--attack RESTARTS,STEPS,EVERY]
+                                  [--csv OUT.csv] [--attack RESTARTS,STEPS,EVERY] [--unsat]
 
 Sat instances: those where more VNN-COMP tools published ``sat`` than ``unsat`` (ties left out; the published CSVs
 in ../shared/data), plus ``test_sat`` (known violated). Per instance, in one process, the two settings alternate
@@ -16,7 +16,8 @@ in ../shared/data), plus ``test_sat`` (known violated). Per instance, in one pro
 samples, 4 starts, 30 steps, restarts until the deadline) on each case of the property, ``--falsify-timeout``
 seconds in all; a counterexample counts only once onnxruntime replays it (:func:`lumpver.api.verify.replay_case`).
 "verify" = :func:`lumpver.api.verify.verify_property` (``auto``, one process, ``--verify-timeout``), which replays its
-``sat`` with onnxruntime. Prints one line per instance and a Markdown table per class: instances found / decided,
+``sat`` with onnxruntime. ``--unsat``: the published unsat instances (``test_unsat``), ``verify`` only ("found" =
+decided unsat): what the falsifier's budget costs where there is nothing to find. Prints one line per instance and a Markdown table per class: instances found / decided,
 seconds summed over the instances both settings found, and the ratio base/new (> 1: new is faster).
 """
 from __future__ import annotations
@@ -50,25 +51,26 @@ class Outcome:
     note: str = ""
 
 
-def published_sat(results: Path) -> set[tuple[str, str]]:
-    """(onnx name, vnnlib name) where more tools published sat than unsat."""
+def published(results: Path, want: str) -> set[tuple[str, str]]:
+    """(onnx name, vnnlib name) where more tools published ``want`` (sat/unsat) than the other answer."""
     votes: dict = defaultdict(Counter)
     with open(results) as f:
         for row in csv.DictReader(f):
             word = {"violated": "sat", "holds": "unsat"}.get(row["result"].strip().lower(), row["result"].strip().lower())
             votes[(Path(row["onnx"]).name, Path(row["vnnlib"]).name)][word] += 1
-    return {k for k, c in votes.items() if c["sat"] > c["unsat"]}
+    other = "unsat" if want == "sat" else "sat"
+    return {k for k, c in votes.items() if c[want] > c[other]}
 
 
-def sat_instances(cls: str) -> list[tuple[str, Path, Path]]:
-    """(name, onnx, vnnlib) of the class's sat instances (module docstring)."""
+def instances(cls: str, want: str = "sat") -> list[tuple[str, Path, Path]]:
+    """(name, onnx, vnnlib) of the class's sat (or unsat) instances (module docstring)."""
     folder, results = CLASSES[cls]
     base = DATA / folder
     rows = [r for r in csv.reader(open(base / "instances.csv")) if r and r[0] != "onnx"]
-    if results is None:
-        sat = {("test_sat.onnx", "test_prop.vnnlib")}  # ../shared/data/README.md: test_sat is violated
+    if results is None:  # ../shared/data/README.md: test_sat is violated, test_unsat holds
+        sat = {(f"test_{want}.onnx", "test_prop.vnnlib")}
     else:
-        sat = published_sat(DATA / results)
+        sat = published(DATA / results, want)
     out = []
     for r in rows:
         onnx, prop = base / r[0], base / r[1]
@@ -125,17 +127,18 @@ def run_falsifier(onnx: Path, prop: Path, attack, timeout: float) -> Outcome:
     return Outcome(False, time.monotonic() - t0, f"{evals} evals")
 
 
-def run_verify(onnx: Path, prop: Path, bab_options, timeout: float) -> Outcome:
+def run_verify(onnx: Path, prop: Path, bab_options, timeout: float, want: str) -> Outcome:
+    """``verify``; found = it answered ``want``."""
     from lumpver.api.verify import verify_property
 
     t0 = time.monotonic()
     r = verify_property(onnx, prop, backend="auto", timeout=timeout, bab_options=bab_options)
-    return Outcome(r.result == "sat", time.monotonic() - t0, r.result)
+    return Outcome(r.result == want, time.monotonic() - t0, r.result)
 
 
 def table(rows: list[dict], kind: str) -> None:
     """Markdown table per class for ``kind`` (falsify / verify)."""
-    print(f"\n{kind}: | class | sat instances | found base | found new | both: base s | new s | ratio base/new |"
+    print(f"\n{kind}: | class | instances | found base | found new | both: base s | new s | ratio base/new |"
           f" misses base | misses new |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     by = defaultdict(list)
@@ -164,29 +167,32 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--no-verify", action="store_true")
     ap.add_argument("--no-falsify", action="store_true")
     ap.add_argument("--csv", default="", help="per-instance rows to this file")
+    ap.add_argument("--unsat", action="store_true", help="the published unsat instances instead (verify only: what "
+                    "the falsifier costs where there is nothing to find)")
     ap.add_argument("--attack", default="", help="RESTARTS,STEPS,EVERY: the new setting's APGD options (A/B runs)")
     args = ap.parse_args(argv)
     rows: list[dict] = []
     t_start = time.monotonic()
     for cls in args.classes.split(","):
-        insts = [i for i in sat_instances(cls) if args.filter in i[0]]
+        want = "unsat" if args.unsat else "sat"
+        insts = [i for i in instances(cls, want) if args.filter in i[0]]
         for k, (name, onnx, prop) in enumerate(insts[: args.limit or None]):
             row: dict = {"cls": cls, "name": name}
             order = SETTINGS if k % 2 == 0 else SETTINGS[::-1]
             for kind in ("falsify", "verify"):
-                if (kind == "falsify" and args.no_falsify) or (kind == "verify" and args.no_verify):
+                if (kind == "falsify" and (args.no_falsify or args.unsat)) or (kind == "verify" and args.no_verify):
                     continue
                 for s in order:
                     attack, bab = options(s, args.attack)
                     row[f"{kind}_{s}"] = run_falsifier(onnx, prop, attack, args.falsify_timeout) \
-                        if kind == "falsify" else run_verify(onnx, prop, bab, args.verify_timeout)
+                        if kind == "falsify" else run_verify(onnx, prop, bab, args.verify_timeout, want)
             rows.append(row)
             print(f"{cls:9s} {name:40s} " + "  ".join(
                 f"{key}: {'found' if o.found else 'MISS '} {o.seconds:6.2f} s ({o.note})"
                 for key, o in row.items() if isinstance(o, Outcome)), flush=True)
     for kind in ("falsify", "verify"):
         table(rows, kind)
-    print(f"\n{len(rows)} sat instances, {time.monotonic() - t_start:.0f} s wall")
+    print(f"\n{len(rows)} {want} instances, {time.monotonic() - t_start:.0f} s wall")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.writer(f)
