@@ -131,6 +131,15 @@ class Objective:
         seed = _norm_seed(d, q.norm)
         return value, vjp_f(seed) - vjp_g(seed)
 
+    def rank(self, x: np.ndarray) -> np.ndarray:
+        """Values that only order candidates (the best go to :func:`_update`, which scores them in float64): on
+        property queries of logit networks from a float32 forward pass without the gradient's cache."""
+        if self._targets is None or getattr(self.query.network, "output_softmax", False):
+            return self.score(x, grad=False)[0]
+        y = self.query.network.forward(x, dtype=np.float32).astype(np.float64)
+        t = self._targets.closest(y) if self.target is None else np.full(len(y), self.target)
+        return self._targets.score(y, t)[0]
+
     def _property(self, y: np.ndarray, vjp, grad: bool):
         """Value: ``-max_k r_k`` of the closest (or targeted) disjunct, ``r = A y - b``. Gradient seed: on a
         conjunction not yet met, ``-sum_k r_k^+ A_k / sum_k r_k^+`` (the penalty ``sum_k (r_k^+)^2``'s direction,
@@ -360,7 +369,7 @@ def _sample_and_pgd(best: SearchResult, query: Query, obj: Objective, region: Re
         pts = pts[np.array([region.contains(p, tol=CONTAINS_TOL) for p in pts])]
         if len(pts) == 0:
             return False
-    vals, _ = obj.score(pts, grad=False)
+    vals = obj.rank(pts)
     best.evaluations += len(pts)
     order = np.argsort(-vals)
     if _update(best, query, pts[order[: 4 * starts]], region):
@@ -430,7 +439,7 @@ def _restart_round(best: SearchResult, query: Query, obj: Objective, region: Reg
     box = region_box(region)
     width = box.upper - box.lower
     pts = _starts(region, rng, best.best_x, batch_cap(query, RESTART_SAMPLES), r)
-    v, _ = obj.score(pts, grad=False)
+    v = obj.rank(pts)
     best.evaluations += len(pts)
     order = np.argsort(-v)
     if _update(best, query, pts[order[:2]], region):
