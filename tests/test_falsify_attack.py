@@ -120,3 +120,16 @@ def test_attack_agrees_with_the_exact_milp(tmp_path):
             assert box.contains(res.counterexample) and float(cs[1] @ y) >= ts[1]
             found += 1
     assert found == 4
+
+
+def test_verivital_avgpool_sat_is_found_and_replayed():
+    """verivital avgpool prop_4_0.02 (sat for all four VNN-COMP 2021 tools that answered): ``verify`` (which once
+    failed building the LP finisher's dense matrices of the conv chain) answers sat with an onnxruntime replay."""
+    from pathlib import Path
+
+    from lumpver.api.verify import verify_property
+
+    d = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cnn" / "verivital"
+    r = verify_property(d / "Convnet_avgpool.onnx", d / "specs_avgpool" / "prop_4_0.02.vnnlib", timeout=30)
+    assert r.result == "sat", r.reason
+    assert "replayed with onnxruntime" in r.reason

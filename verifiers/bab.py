@@ -232,7 +232,7 @@ class _Search:
         self._fals_left = 0.0  # initial falsifier seconds kept for when a root bound stays open
         self._input_mode = query.network.n_inputs <= opt.input_split_dims
         self._roots: dict = {}
-        self._lp_net = LpNet.of(self.chain)
+        self._lp_net = LpNet.of(self.chain) if self._input_mode else None  # dense maps: conv chains would not fit
         self._lp_box_seconds = 0.05  # seconds of LP finisher per box (estimate, updated as they run)
         self._cpu0, self._worker_cpu = time.process_time(), 0.0  # for the LP finisher's gate (_search_seconds)
 
