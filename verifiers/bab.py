@@ -251,12 +251,12 @@ class _Search:
 
     # ----- search -----------------------------------------------------------------------------
     def run(self) -> Verdict:
-        budget = min(self.opt.falsify_seconds, 0.1 * self.q.timeout)
-        if self.opt.attack is not None:  # short before any bound, the rest once a root bound stays open
-            self._fals_left, budget = max(0.0, budget - self.opt.falsify_first), min(budget, self.opt.falsify_first)
-        out = self._first_falsify(budget, 0 if self._fals_left > 0 else 10**6)
+        total, t = min(self.opt.falsify_seconds, 0.1 * self.q.timeout), time.monotonic()
+        split = self.opt.attack is not None and total > self.opt.falsify_first  # short first, the rest when open
+        out = self._first_falsify(min(total, self.opt.falsify_first) if split else total, 0 if split else 10**6)
         if out is not None:
             return out
+        self._fals_left = total - (time.monotonic() - t) if split else 0.0
         for region in self.q.input_set.regions:
             box = region_box(region)
             for d, (A, b) in enumerate(self.q.prop.disjuncts):
