@@ -105,7 +105,8 @@ class Objective:
     target: Optional[int] = None
 
     def __post_init__(self) -> None:
-        self._targets = None if self.query.prop is None else Targets.of(self.query.prop)
+        self._targets = Targets.of(self.query.prop) if self.query.prop is not None and self.query.prop.disjuncts \
+            else None
 
     def score(self, x: np.ndarray, grad: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
         q = self.query
@@ -148,6 +149,8 @@ class Objective:
         reach_prob_density specs: ``|x_1|, |x_2| <= rad`` and ``log rho >= p``). Vectorised over the batch and
         the disjuncts (:class:`Targets`)."""
         tg = self._targets
+        if tg is None:  # no unsafe disjunct: nothing to reach
+            return np.full(len(y), -np.inf), (np.zeros((len(y), self.query.network.n_inputs)) if grad else None)
         t = tg.closest(y) if self.target is None else np.full(len(y), self.target)
         value, seed = tg.score(y, t)
         return value, (vjp(seed) if grad else None)
@@ -336,7 +339,7 @@ def _search(query: Query, samples: int, starts: int, steps: int, deadline: float
             seeds: Optional[list[np.ndarray]], restarts: int, attack: Optional[AttackOptions]) -> SearchResult:
     """The body of :func:`search`."""
     best = SearchResult(-np.inf, None, None, 0)
-    attack = attack if query.prop is not None else None
+    attack = attack if query.prop is not None and query.prop.disjuncts else None
     for region in query.input_set.regions:
         if time.monotonic() > deadline:
             break
