@@ -102,9 +102,11 @@ class BabOptions:
     max_domains: int = 40000  # open sub-problems kept at most (memory); beyond: unknown
     max_depth: int = 400
     falsify_seconds: float = 1.0  # initial falsifier budget (at most 10 % of the timeout)
-    #: with ``attack``: the first ``falsify_first`` seconds of that budget go to a short run before any bound (one
-    #: APGD round, sampling and PGD: no restart rounds), the rest to restart rounds once a root bound stays open, so
-    #: an instance whose root bound decides it does not pay the whole budget (bench/bench_falsify.py)
+    #: with ``attack`` and ReLU splitting: the first ``falsify_first`` seconds of that budget go to a short run before
+    #: any bound (one APGD round, sampling and PGD: no restart rounds), the rest to restart rounds once a root bound
+    #: stays open, so an instance whose root bound decides it does not pay the whole budget (bench/bench_falsify.py:
+    #: unsat verivital/mnist 2.5-3x faster). Not with input splitting: there the root bound (0.3-0.4 s on ACAS Xu)
+    #: rarely decides, and it delayed the counterexamples the restart rounds find (3_2 prop_2 0.17 -> 0.61 s)
     falsify_first: float = 0.3
     #: the falsifier's batched targeted APGD rounds (:class:`lumpver.verifiers.falsify.AttackOptions`; None: the
     #: falsifier before them, the baseline of bench/bench_falsify.py)
@@ -252,7 +254,7 @@ class _Search:
     # ----- search -----------------------------------------------------------------------------
     def run(self) -> Verdict:
         total, t = min(self.opt.falsify_seconds, 0.1 * self.q.timeout), time.monotonic()
-        split = self.opt.attack is not None and total > self.opt.falsify_first  # short first, the rest when open
+        split = self.opt.attack is not None and total > self.opt.falsify_first and not self._input_mode
         out = self._first_falsify(min(total, self.opt.falsify_first) if split else total, 0 if split else 10**6)
         if out is not None:
             return out
