@@ -111,7 +111,7 @@ def test_attack_agrees_with_the_exact_milp(tmp_path):
         save_onnx(net, tmp_path / f"n{seed}.onnx")
         for ts, reachable in (([above[0], below], True), (above, False)):
             prop = OutputProperty([(-c[None, :], np.array([-t])) for c, t in zip(cs, ts)])
-            res = search(Query(net, InputSet([box]), prop=prop, timeout=1.0), restarts=2)
+            res = search(Query(net, InputSet([box]), prop=prop, timeout=5.0), restarts=2)
             if not reachable:
                 assert res.counterexample is None
                 continue

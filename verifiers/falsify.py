@@ -1,10 +1,12 @@
-"""Falsifier: random sampling, then gradient-guided search (PGD) over the input set (DESIGN.md §5).
+"""Falsifier: batched targeted APGD, random sampling and gradient-guided search (PGD) over the input set
+(DESIGN.md §5).
 
 The core works on :class:`~lumpver.ir.network.Network` objects (and graph networks). For an equivalence query it
 maximises ``||f(x) - g(x)||`` (norms linf, l1, l2, and top1 = top-1 disagreement); for a
 property query it maximises the violation margin of the unsafe output set. Gradients are
 exact local gradients (vector-Jacobian products through the activation pattern for
-piecewise-linear nets, analytic derivatives for sigmoid/tanh).
+piecewise-linear nets, analytic derivatives for sigmoid/tanh). A property query is attacked first by
+:func:`attack_round`: every unsafe disjunct a target, all targets and starts rows of one batch, APGD step sizes.
 
 Soundness: the falsifier can only *refute*. It answers ``violated`` only for a float32
 input that lies in X and shows the violation in both a float64 and a float32 forward pass;
@@ -531,7 +533,8 @@ def _targeted(query: Query, tg: Targets, x: np.ndarray, t: np.ndarray) -> tuple[
 def _apgd(best: SearchResult, query: Query, tg: Targets, region: Region, x: np.ndarray, t: np.ndarray,
           opt: AttackOptions, deadline: float) -> bool:
     """APGD on every row at once (:class:`AttackOptions`); candidates go through :func:`_confirm_rows`."""
-    width = region_box(region).upper - region_box(region).lower
+    box = region_box(region)
+    width = box.upper - box.lower
     v, g = _targeted(query, tg, x, t)
     best.evaluations += len(x)
     if _confirm_rows(best, query, region, x, v):
