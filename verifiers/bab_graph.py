@@ -6,7 +6,8 @@ searched by branch and bound over ReLU phases with alpha/beta-optimised batched 
 (:mod:`lumpver.verifiers.bab_graph_relu`); a low-dimensional one by input splitting, per region and
 unsafe disjunct ``A y <= b``:
 
-1. a short falsifier run (random + PGD through :meth:`GraphNetwork.forward_vjp`);
+1. a short falsifier run (batched APGD, random + PGD through :meth:`GraphNetwork.forward_vjp`); in the ReLU-phase
+   search the rest of its budget runs, seeded by the root's linear-bound vertex, once a root bound stays open;
 2. CROWN bounds of the graph over the region's box (:mod:`lumpver.bounds.graph_engine`: MaxPool
    relaxation, coefficients summed at branch points): the disjunct is excluded on a box once the
    sound upper bound of some row of ``b - A y`` is negative;
@@ -74,18 +75,21 @@ def check_graph(query: Query, options) -> Verdict:
     if query.other is not None or query.prop is None:
         return Verdict("unknown", "bab", "bab decides VNN-LIB properties only (no equivalence queries)")
     rng = np.random.default_rng(query.seed)
-    budget = min(options.falsify_seconds, 0.1 * query.timeout)
-    res = falsify.search(query, samples=500, starts=4, steps=30, deadline=time.monotonic() + budget, rng=rng,
-                         restarts=10**6)
+    relu = query.network.n_inputs > options.input_split_dims
+    total, t = min(options.falsify_seconds, 0.1 * query.timeout), time.monotonic()
+    split = relu and options.attack is not None and total > options.falsify_first  # as bab.py: the rest when open
+    res = falsify.search(query, samples=500, starts=4, steps=30, rng=rng, attack=options.attack,
+                         deadline=t + (options.falsify_first if split else total), restarts=0 if split else 10**6)
     if res.counterexample is not None:
         return _done(Verdict("violated", "bab", "falsifier counterexample (float32/float64 replay)",
                              counterexample=res.counterexample), t0)
     pg = prepare_graph(query.network)
-    relu = query.network.n_inputs > options.input_split_dims
     stats: dict = {"splits": "relu" if relu else "input", "boxes": 0, "closed": 0}
     how = ("alpha/beta-CROWN on the graph (batched, MaxPool relaxation)" if relu else "graph CROWN (MaxPool "
            "relaxation)") + ", outward rounding"
     search = ReluSearch(query, options, pg, t0, stats, rng) if relu else None
+    if split:
+        search.fals_left = total - (time.monotonic() - t)
     for region in query.input_set.regions:
         for d, (A, b) in enumerate(query.prop.disjuncts):
             A, b, what = np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64), \
@@ -129,7 +133,8 @@ def _disjunct(query: Query, opt, pg: PreparedGraph, region, A, b, t0: float, sta
             opt.progress.say(f"bab (graph) {what}: {len(open_)} open, {stats['boxes']} bounded, worst bound "
                              f"{-max(d.score for d in open_):.4g}, {deadline - now:.0f} s left")
         if now - last_fals > opt.falsify_every:
-            hit = _falsify(query, region, open_, rng, min(deadline, now + opt.falsify_share * opt.falsify_every))
+            hit = _falsify(query, region, open_, rng, min(deadline, now + opt.falsify_share * opt.falsify_every),
+                           opt.attack)
             last_fals = time.monotonic()
             if hit is not None:
                 return hit
@@ -143,8 +148,9 @@ def _try_vertices(query: Query, region, doms: list[_Box]) -> Optional[Verdict]:
                         "vertex of a sub-box's linear bound")
 
 
-def _falsify(query: Query, region, doms: list[_Box], rng, deadline: float) -> Optional[Verdict]:
+def _falsify(query: Query, region, doms: list[_Box], rng, deadline: float,
+             attack: Optional[falsify.AttackOptions]) -> Optional[Verdict]:
     worst = sorted(doms, key=lambda d: d.score)[-4:]
     seeds = [vertex(d.box.lower, d.box.upper, d.upper, d.A_x) for d in worst] + \
         [0.5 * (d.box.lower + d.box.upper) for d in worst]
-    return seeded_falsify(query, region, seeds, rng, deadline)
+    return seeded_falsify(query, region, seeds, rng, deadline, attack)

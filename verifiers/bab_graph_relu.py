@@ -257,10 +257,13 @@ def check_points(query: Query, region, pts: list[np.ndarray], how: str) -> Optio
     return None
 
 
-def seeded_falsify(query: Query, region, seeds: list[np.ndarray], rng, deadline: float) -> Optional[Verdict]:
-    """A short falsifier run on the region seeded by points of the search."""
+def seeded_falsify(query: Query, region, seeds: list[np.ndarray], rng, deadline: float,
+                   attack: Optional[falsify.AttackOptions], restarts: int = 0) -> Optional[Verdict]:
+    """A falsifier run on the region seeded by points of the search (``attack``: its APGD options; ``restarts``:
+    restart rounds until the deadline, see :func:`falsify.search`)."""
     q = Query(query.network, InputSet([region]), prop=query.prop, timeout=query.timeout, seed=query.seed)
-    res = falsify.search(q, samples=100, starts=2, steps=20, rng=rng, seeds=seeds, deadline=deadline)
+    res = falsify.search(q, samples=100, starts=2, steps=20, rng=rng, seeds=seeds, deadline=deadline, attack=attack,
+                         restarts=restarts)
     if res.counterexample is not None:
         return Verdict("violated", "bab", "falsifier seeded by the search (float32/float64 replay)",
                        counterexample=res.counterexample)
@@ -278,6 +281,7 @@ class ReluSearch:
         self.deadline = t0 + query.timeout
         self._last_fals = self._last_beat = time.monotonic()
         self._roots: dict[int, tuple[GraphBounds, float]] = {}  # per region: node bounds, seconds
+        self.fals_left = 0.0  # initial falsifier seconds kept for when a root bound stays open (bab_graph.py)
 
     def _root_bounds(self, region, box: Box) -> tuple[GraphBounds, float]:
         """Graph CROWN bounds of every node on the region's box, computed once for all disjuncts."""
@@ -307,6 +311,13 @@ class ReluSearch:
         recompute, ctx.recompute = ctx.recompute, False  # the root's bounds are fresh
         (root,) = bound_domains(ctx, [root], self.opt.root_iters)
         ctx.recompute = recompute
+        if root.score >= 0 and self.fals_left > 0:  # the root stays open: the initial falsifier's rest
+            seed = [vertex(root.lo, root.hi, root.bound, root.A_x)]
+            hit = seeded_falsify(self.q, region, seed, self.rng, time.monotonic() + self.fals_left, self.opt.attack,
+                                 10**6)
+            self.fals_left = 0.0
+            if hit is not None:
+                return hit
         ctx.root_alpha = {a: v[None] for a, v in root.alpha.items()}
         if not ctx.keep_alpha:
             root.alpha = None
@@ -358,7 +369,8 @@ class ReluSearch:
         worst = sorted(frontier, key=lambda d: d.score)[-4:]
         seeds = [vertex(d.lo, d.hi, d.bound, d.A_x) for d in worst] + [0.5 * (d.lo + d.hi) for d in worst]
         budget = self.opt.falsify_share * self.opt.falsify_every
-        hit = seeded_falsify(self.q, region, seeds, self.rng, min(self.deadline, time.monotonic() + budget))
+        hit = seeded_falsify(self.q, region, seeds, self.rng, min(self.deadline, time.monotonic() + budget),
+                             self.opt.attack)
         self._last_fals = time.monotonic()
         return hit
 

@@ -1,10 +1,12 @@
-"""Falsifier: random sampling, then gradient-guided search (PGD) over the input set (DESIGN.md §5).
+"""Falsifier: batched targeted APGD, random sampling and gradient-guided search (PGD) over the input set
+(DESIGN.md §5).
 
 The core works on :class:`~lumpver.ir.network.Network` objects (and graph networks). For an equivalence query it
 maximises ``||f(x) - g(x)||`` (norms linf, l1, l2, and top1 = top-1 disagreement); for a
 property query it maximises the violation margin of the unsafe output set. Gradients are
 exact local gradients (vector-Jacobian products through the activation pattern for
-piecewise-linear nets, analytic derivatives for sigmoid/tanh).
+piecewise-linear nets, analytic derivatives for sigmoid/tanh). A property query is attacked first by
+:func:`attack_round`: every unsafe disjunct a target, all targets and starts rows of one batch, APGD step sizes.
 
 Soundness: the falsifier can only *refute*. It answers ``violated`` only for a float32
 input that lies in X and shows the violation in both a float64 and a float32 forward pass;
@@ -20,6 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from lumpver.bounds.blas import blas_single_thread
 from lumpver.bounds.region import region_box
 from lumpver.ir.activations import get_activation
 from lumpver.specs.inputset import OutputProperty, Polytope, Region
@@ -103,6 +106,10 @@ class Objective:
     query: Query
     target: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        self._targets = Targets.of(self.query.prop) if self.query.prop is not None and self.query.prop.disjuncts \
+            else None
+
     def score(self, x: np.ndarray, grad: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
         q = self.query
         yf, vjp_f = forward_vjp(q.network, x)
@@ -127,37 +134,76 @@ class Objective:
         seed = _norm_seed(d, q.norm)
         return value, vjp_f(seed) - vjp_g(seed)
 
+    def rank(self, x: np.ndarray) -> np.ndarray:
+        """Values that only order candidates (the best go to :func:`_update`, which scores them in float64): on
+        property queries of logit networks from a float32 forward pass without the gradient's cache."""
+        if self._targets is None or getattr(self.query.network, "output_softmax", False):
+            return self.score(x, grad=False)[0]
+        y = self.query.network.forward(x, dtype=np.float32).astype(np.float64)
+        t = self._targets.closest(y) if self.target is None else np.full(len(y), self.target)
+        return self._targets.score(y, t)[0]
+
     def _property(self, y: np.ndarray, vjp, grad: bool):
         """Value: ``-max_k r_k`` of the closest (or targeted) disjunct, ``r = A y - b``. Gradient seed: on a
         conjunction not yet met, ``-sum_k r_k^+ A_k / sum_k r_k^+`` (the penalty ``sum_k (r_k^+)^2``'s direction,
         normalised), which pursues every unmet row at once; the subgradient of the max (the worst row alone)
         made the sign steps alternate between rows and miss small regions where all rows hold (the
-        reach_prob_density specs: ``|x_1|, |x_2| <= rad`` and ``log rho >= p``)."""
-        prop = self.query.prop
-        value = np.empty(len(y))
-        seed = np.zeros_like(y)
-        for i, yi in enumerate(y):
-            if self.target is None:
-                value[i], d, k = property_margin(yi, prop)
-            else:
-                A, b = prop.disjuncts[self.target]
-                d, k = self.target, int(np.argmax(A @ yi - b))
-                value[i] = -float((A @ yi - b)[k])
-            A, b = prop.disjuncts[d]
-            seed[i] = -_penalty_weights(A @ yi - b, k) @ A
+        reach_prob_density specs: ``|x_1|, |x_2| <= rad`` and ``log rho >= p``). Vectorised over the batch and
+        the disjuncts (:class:`Targets`)."""
+        tg = self._targets
+        if tg is None:  # no unsafe disjunct: nothing to reach
+            return np.full(len(y), -np.inf), (np.zeros((len(y), self.query.network.n_inputs)) if grad else None)
+        t = tg.closest(y) if self.target is None else np.full(len(y), self.target)
+        value, seed = tg.score(y, t)
         return value, (vjp(seed) if grad else None)
 
 
-def _penalty_weights(r: np.ndarray, k: int) -> np.ndarray:
-    """Row weights of the gradient seed of :meth:`Objective._property`: the unmet rows' excesses normalised
-    (row ``k`` alone once every row is met)."""
-    pos = np.maximum(r, 0.0)
-    total = float(np.sum(pos))
-    if total > 0 and np.isfinite(total):
-        return pos / total
-    w = np.zeros_like(r)
-    w[k] = 1.0
-    return w
+@dataclass
+class Targets:
+    """The unsafe disjuncts stacked: ``A (D, K, m)``, ``b (D, K)``, shorter conjunctions padded with rows
+    ``0 y <= +inf`` (residual ``-inf``: never the worst row, never unmet), so a batch whose rows each
+    pursue their own disjunct (a targeted attack per row) is scored in one pass."""
+
+    A: np.ndarray
+    b: np.ndarray
+
+    @classmethod
+    def of(cls, prop: OutputProperty) -> "Targets":
+        k = max(np.atleast_2d(A).shape[0] for A, _ in prop.disjuncts)
+        m = np.atleast_2d(prop.disjuncts[0][0]).shape[1]
+        A = np.zeros((len(prop.disjuncts), k, m))
+        b = np.full((len(prop.disjuncts), k), np.inf)
+        for d, (Ad, bd) in enumerate(prop.disjuncts):
+            Ad = np.atleast_2d(np.asarray(Ad, dtype=np.float64))
+            A[d, : len(Ad)], b[d, : len(Ad)] = Ad, np.asarray(bd, dtype=np.float64).reshape(-1)
+        return cls(A, b)
+
+    @property
+    def count(self) -> int:
+        return len(self.A)
+
+    def residuals(self, y: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """``A_t y - b_t`` per row ``(n, K)`` for the rows' targets ``t (n,)``."""
+        return np.einsum("nm,nkm->nk", y, self.A[t]) - self.b[t]
+
+    def closest(self, y: np.ndarray) -> np.ndarray:
+        """Per row the disjunct whose worst row is least violated (the first on ties, as
+        :func:`property_margin` picks it)."""
+        r = np.einsum("nm,dkm->ndk", y, self.A) - self.b[None]
+        return np.argmin(np.max(r, axis=2), axis=1)
+
+    def score(self, y: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Value ``-max_k r_k`` (>= 0: inside the unsafe disjunct ``t``) and the output seed per row (the
+        normalised penalty direction of the unmet rows; the worst row alone once all are met)."""
+        r = self.residuals(y, t)
+        rows = np.arange(len(y))
+        k = np.argmax(r, axis=1)
+        pos = np.maximum(r, 0.0)
+        total = np.sum(pos, axis=1, keepdims=True)
+        unmet = (total[:, 0] > 0) & np.isfinite(total[:, 0])
+        w = np.where(unmet[:, None], pos / np.where(unmet[:, None], total, 1.0), 0.0)
+        w[rows[~unmet], k[~unmet]] = 1.0
+        return -r[rows, k], -np.einsum("nk,nkm->nm", w, self.A[t])
 
 
 # ----- violation test on concrete outputs ------------------------------------------------
@@ -235,6 +281,38 @@ class SearchResult:
     evaluations: int
 
 
+# ----- batched targeted attack (APGD-style) ---------------------------------------------------
+@dataclass
+class AttackOptions:
+    """One round of :func:`attack_round` (DESIGN.md §5): ``restarts`` starting points per unsafe disjunct, every
+    disjunct and start a row of one batch (one forward and one backward pass per step), ``steps`` APGD steps
+    (Croce & Hein 2020: sign steps from a full box width, momentum ``momentum``, a row's step halved at the
+    checkpoints where it improved on fewer than ``rho`` of its steps or stalled, the row then restarting from its
+    best point)."""
+
+    restarts: int = 2
+    steps: int = 30
+    momentum: float = 0.75
+    rho: float = 0.75
+    #: an APGD round from fresh starts before every ``every``-th restart round of :func:`search`, on networks with
+    #: more than ``low_dims`` inputs only: in a few dimensions the sampled restart rounds find the narrow
+    #: counterexamples (ACAS Xu 1_5 prop_2: no APGD round after the first found one, and they took 25 % of the time)
+    every: int = 1
+    low_dims: int = 10
+
+
+#: the attack :func:`search` runs by default (None: the search without APGD rounds)
+DEFAULT_ATTACK = AttackOptions()
+
+
+def checkpoints(steps: int) -> set[int]:
+    """APGD's checkpoint steps: fractions 0.22, then gaps shrinking by 0.03 down to 0.06, of ``steps``."""
+    p = [0.0, 0.22]
+    while p[-1] < 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return {int(np.ceil(q * steps - 1e-9)) for q in p[1:] if q < 1.0}
+
+
 def search(
     query: Query,
     samples: int = 2000,
@@ -244,45 +322,72 @@ def search(
     rng: Optional[np.random.Generator] = None,
     seeds: Optional[list[np.ndarray]] = None,
     restarts: int = 0,
+    attack: Optional[AttackOptions] = DEFAULT_ATTACK,
 ) -> SearchResult:
-    """Sample each region (uniform + corners), then run PGD from the best points (and from
-    ``seeds``, e.g. a solver's near-miss). Then up to ``restarts`` rounds of momentum PGD from
-    fresh starts (:func:`_restart_round`) while the deadline allows. Stops at the first
-    confirmed violation."""
+    """Property queries with ``attack``: first a batched targeted APGD round per region (:func:`attack_round`).
+    Then sample each region (uniform + corners) and run PGD from the best points (and from ``seeds``, e.g. a
+    solver's near-miss). Then up to ``restarts`` rounds of momentum PGD from fresh starts (:func:`_restart_round`),
+    each after an APGD round from fresh starts (with ``attack``), while the deadline allows. Stops at the first
+    confirmed violation. ``attack=None``: the search before the APGD rounds (the benchmarks' baseline). Runs with
+    one OpenBLAS thread (small batches; mnist-net_256x2 prop_4_0.05 on the loaded machine: 0.10 s vs 1.27 s with
+    two, bench/RESULTS.md)."""
     rng = rng or np.random.default_rng(query.seed)
     deadline = deadline if deadline is not None else time.monotonic() + query.timeout
-    obj = Objective(query)
+    with blas_single_thread():
+        return _search(query, samples, starts, steps, deadline, rng, seeds, restarts, attack)
+
+
+def _search(query: Query, samples: int, starts: int, steps: int, deadline: float, rng: np.random.Generator,
+            seeds: Optional[list[np.ndarray]], restarts: int, attack: Optional[AttackOptions]) -> SearchResult:
+    """The body of :func:`search`."""
     best = SearchResult(-np.inf, None, None, 0)
+    attack = attack if query.prop is not None and query.prop.disjuncts else None
     for region in query.input_set.regions:
         if time.monotonic() > deadline:
             break
-        box = region_box(region)
-        pts = box.sample(batch_cap(query, samples), rng, corners=True)
-        if seeds:
-            pts = np.vstack([np.asarray(s, dtype=np.float64).reshape(1, -1) for s in seeds] + [pts])
-        pts = project(pts, region)
-        inside = np.array([region.contains(p, tol=CONTAINS_TOL) for p in pts]) if isinstance(region, Polytope) else None
-        if inside is not None:
-            pts = pts[inside]
-            if len(pts) == 0:
-                continue
-        vals, _ = obj.score(pts, grad=False)
-        best.evaluations += len(pts)
-        order = np.argsort(-vals)
-        if _update(best, query, pts[order[: 4 * starts]], region):
+        if attack is not None and attack_round(best, query, region, rng, 0, deadline, attack, seeds):
             return best
-        x = pts[order[:starts]].copy()
-        if seeds:
-            x = np.vstack([project(np.asarray(seeds, dtype=np.float64).reshape(len(seeds), -1), region), x])
-        if _pgd(best, query, obj, x, region, steps, deadline):
+    obj = Objective(query)
+    for region in query.input_set.regions:
+        if time.monotonic() > deadline:
+            break
+        if _sample_and_pgd(best, query, obj, region, rng, samples, starts, steps, seeds, deadline):
             return best
+    if attack is not None and query.network.n_inputs <= attack.low_dims:
+        attack = None
     for r in range(restarts):
         for region in query.input_set.regions:
             if time.monotonic() > deadline:
                 return best
+            if attack is not None and r % attack.every == 0 and attack_round(best, query, region, rng, r + 1, deadline,
+                                                                             attack):
+                return best
             if _restart_round(best, query, _round_objective(query, r, best.best_x), region, rng, r, deadline):
                 return best
     return best
+
+
+def _sample_and_pgd(best: SearchResult, query: Query, obj: Objective, region: Region, rng: np.random.Generator,
+                    samples: int, starts: int, steps: int, seeds: Optional[list[np.ndarray]], deadline: float) -> bool:
+    """Score uniform samples and corners of the region (and ``seeds``), then sign-gradient PGD from the best."""
+    box = region_box(region)
+    pts = box.sample(batch_cap(query, samples), rng, corners=True)
+    if seeds:
+        pts = np.vstack([np.asarray(s, dtype=np.float64).reshape(1, -1) for s in seeds] + [pts])
+    pts = project(pts, region)
+    if isinstance(region, Polytope):
+        pts = pts[np.array([region.contains(p, tol=CONTAINS_TOL) for p in pts])]
+        if len(pts) == 0:
+            return False
+    vals = obj.rank(pts)
+    best.evaluations += len(pts)
+    order = np.argsort(-vals)
+    if _update(best, query, pts[order[: 4 * starts]], region):
+        return True
+    x = pts[order[:starts]].copy()
+    if seeds:
+        x = np.vstack([project(np.asarray(seeds, dtype=np.float64).reshape(len(seeds), -1), region), x])
+    return _pgd(best, query, obj, x, region, steps, deadline)
 
 
 #: points sampled per restart round, and PGD starts taken from the best of them
@@ -344,7 +449,7 @@ def _restart_round(best: SearchResult, query: Query, obj: Objective, region: Reg
     box = region_box(region)
     width = box.upper - box.lower
     pts = _starts(region, rng, best.best_x, batch_cap(query, RESTART_SAMPLES), r)
-    v, _ = obj.score(pts, grad=False)
+    v = obj.rank(pts)
     best.evaluations += len(pts)
     order = np.argsort(-v)
     if _update(best, query, pts[order[:2]], region):
@@ -396,6 +501,78 @@ def _update(best: SearchResult, query: Query, pts: np.ndarray, region: Region) -
             best.best_value, best.best_x, best.counterexample = v, xf, xf
             return True
     return False
+
+
+def attack_round(best: SearchResult, query: Query, region: Region, rng: np.random.Generator, r: int,
+                 deadline: float, opt: AttackOptions, seeds: Optional[list[np.ndarray]] = None) -> bool:
+    """One batched targeted APGD round on a property query: round 0 starts every disjunct's attack at the box
+    centre and at random points (and each seed at its closest disjunct); later rounds at vertices, points of faces,
+    uniform points and points near the best input so far (:func:`_starts`). True once a violation is confirmed."""
+    tg = Targets.of(query.prop)
+    n = max(1, min(tg.count * opt.restarts, batch_cap(query, tg.count * opt.restarts)))
+    t = np.arange(n) % tg.count
+    box = region_box(region)
+    if r == 0:
+        x = np.vstack([np.tile(0.5 * (box.lower + box.upper), (min(n, tg.count), 1)),
+                       rng.uniform(box.lower, box.upper, (n - min(n, tg.count), box.dim))])
+    else:
+        x = _starts(region, rng, best.best_x, n, r)
+    if seeds:
+        s = project(np.asarray(seeds, dtype=np.float64).reshape(len(seeds), -1), region)
+        x, t = np.vstack([s, x]), np.concatenate([tg.closest(query.network.forward(s)), t])
+    return _apgd(best, query, tg, region, project(x, region), t, opt, deadline)
+
+
+def _targeted(query: Query, tg: Targets, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's value for its own disjunct ``t`` and the input gradient of it."""
+    y, vjp = forward_vjp(query.network, x)
+    v, seed = tg.score(y, t)
+    return v, vjp(seed)
+
+
+def _apgd(best: SearchResult, query: Query, tg: Targets, region: Region, x: np.ndarray, t: np.ndarray,
+          opt: AttackOptions, deadline: float) -> bool:
+    """APGD on every row at once (:class:`AttackOptions`); candidates go through :func:`_confirm_rows`."""
+    box = region_box(region)
+    width = box.upper - box.lower
+    v, g = _targeted(query, tg, x, t)
+    best.evaluations += len(x)
+    if _confirm_rows(best, query, region, x, v):
+        return True
+    xb, vb, gb = x.copy(), v.copy(), g.copy()
+    eta, prev = np.ones(len(x)), x.copy()
+    incr, last, halved, vb_ck = np.zeros(len(x)), 0, np.zeros(len(x), dtype=bool), vb.copy()
+    ck = checkpoints(opt.steps)
+    for i in range(opt.steps):
+        if time.monotonic() > deadline:
+            return False
+        a = 1.0 if i == 0 else opt.momentum
+        z = project(x + eta[:, None] * width * np.sign(g), region)
+        x, prev = project(x + a * (z - x) + (1.0 - a) * (x - prev), region), x
+        vn, g = _targeted(query, tg, x, t)
+        best.evaluations += len(x)
+        incr += vn > v
+        v = vn
+        up = v > vb
+        xb[up], vb[up], gb[up] = x[up], v[up], g[up]
+        if _confirm_rows(best, query, region, x, v):
+            return True
+        if i + 1 in ck:
+            cut = (incr < opt.rho * (i + 1 - last)) | (~halved & (vb <= vb_ck))
+            eta[cut] *= 0.5
+            x[cut], prev[cut], g[cut], v[cut] = xb[cut], xb[cut], gb[cut], vb[cut]
+            incr[:], last, halved, vb_ck = 0, i + 1, cut, vb.copy()
+    return False
+
+
+def _confirm_rows(best: SearchResult, query: Query, region: Region, x: np.ndarray, v: np.ndarray) -> bool:
+    """:func:`_update` on the rows that reach the unsafe set (value >= 0, best first, at most 4) and on the best
+    row when it beats the best value so far (it seeds later rounds' starts near it)."""
+    order = np.argsort(-v)
+    rows = [i for i in order[:4] if v[i] >= 0.0]
+    if not rows and v[order[0]] > best.best_value:
+        rows = [order[0]]
+    return bool(rows) and _update(best, query, x[rows], region)
 
 
 class Falsifier:

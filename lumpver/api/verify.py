@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -73,15 +73,15 @@ def replay_case(model_path, case, x: np.ndarray) -> tuple[bool, np.ndarray]:
     return ok, y
 
 
-def _backend_for(name: str, workers: int, progress: Progress):
+def _backend_for(name: str, workers: int, progress: Progress, options: Optional[BabOptions] = None):
     """The back-end object for ``name``; ``auto`` is :class:`_Auto` (bab, then smt on what is left)."""
     if name == "auto":
-        return _Auto(_bab(workers, progress))
-    return _bab(workers, progress) if name == "bab" else get_backend(name)
+        return _Auto(_bab(workers, progress, options))
+    return _bab(workers, progress, options) if name == "bab" else get_backend(name)
 
 
-def _bab(workers: int, progress: Progress) -> BabBackend:
-    return BabBackend(BabOptions(workers=max(1, int(workers)), progress=progress))
+def _bab(workers: int, progress: Progress, options: Optional[BabOptions] = None) -> BabBackend:
+    return BabBackend(replace(options or BabOptions(), workers=max(1, int(workers)), progress=progress))
 
 
 class _Auto:
@@ -113,8 +113,10 @@ def verify_property(
     timeout: float = 60.0,
     progress: Progress = SILENT,
     workers: int = 1,
+    bab_options: Optional[BabOptions] = None,
 ) -> VerifyResult:
-    """Check a VNN-LIB property (module docstring). InputError on bad files or sizes."""
+    """Check a VNN-LIB property (module docstring). InputError on bad files or sizes. ``bab_options``: the
+    search knobs of ``bab``/``auto`` (defaults: :class:`BabOptions`; ``workers`` and ``progress`` override)."""
     if backend not in BACKENDS:
         raise InputError(f"unknown back-end {backend!r}; expected one of {', '.join(BACKENDS)}")
     t0 = time.monotonic()
@@ -123,7 +125,7 @@ def verify_property(
     if isinstance(net, GraphNetwork) and (reduce or backend not in GRAPH_BACKENDS):
         net.require_chain("verify --reduce" if reduce else f"verify --backend {backend}", str(model_path))
     spec = read_vnnlib(prop_path, n_inputs=net.n_inputs, n_outputs=net.n_outputs)
-    be = _backend_for(backend, workers, progress)
+    be = _backend_for(backend, workers, progress, bab_options)
     verdicts: list[Verdict] = []
     cases: list[dict[str, Any]] = []
     for i, case in enumerate(spec.cases):
