@@ -101,13 +101,12 @@ BAB_FIRST_DIMS = 8
 #: reduction tests took 357 s instead of 154 s (bench/RESULTS.md, 2026-12-01); bench --phase-lps turns it on
 BAB_PHASE_LPS = 0
 BAB_PHASE_LEAF_LPS = 300
-#: box cap per region when the phase stage is on (BAB_BOXES otherwise) and its root tightening
-#: (:data:`lumpver.verifiers.bab_phase.TIGHTEN_MODES`). ACAS Xu 1_1 at 67 neurons (bench/RESULTS.md 2026-12-01,
-#: helper B): every sampled open leaf closes; the phase stage costs ~7,100 CPU s after 1,500 boxes (320 open
-#: leaves, ~4,000 LPs each with bisections), ~4,600 after 24,000 (5,112 open, ~140-190 LPs each, most closed by
-#: the tightened root LP) plus 122 s of boxes; "live" saved 11 % of the CPU there. Both unchanged by default
-#: (2_3's certified goal candidates were measured at 1,500 and True)
-PHASE_BAB_BOXES = BAB_BOXES
+#: box cap per region when the phase stage is on (0: BAB_BOXES) and its root tightening
+#: (:data:`lumpver.verifiers.bab_phase.TIGHTEN_MODES`). Goal-size shrink candidates (bench/RESULTS.md 2026-12-01
+#: afternoon, bench/bench_phase_leaves.py): every sampled open leaf closes; the phase stage costs on 1_1 at 67
+#: ~7,100 CPU s after 1,500 boxes and ~4,700 after 24,000 (most deep leaves close at the tightened root LP), on
+#: 2_3 at 62 ~650 and ~1,130; "live" saved ~12 % on 1_1's deep leaves. Both unchanged by default
+PHASE_BAB_BOXES = 0
 PHASE_TIGHTEN: Tighten = True
 #: reductions given at least this many seconds (``reduce --timeout``) certify with LONG_PHASE_LPS phase LPs per
 #: region when BAB_PHASE_LPS is 0: the ACAS Xu 2_3 candidate at the goal size (62 neurons) needs ~200,000 LPs
@@ -222,7 +221,8 @@ def bab_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshol
     ``phase_lps`` (default BAB_PHASE_LPS) ReLU-phase LPs per region on inputs of <= BAB_FIRST_DIMS (then up to
     PHASE_BAB_BOXES boxes first, PHASE_TIGHTEN)."""
     phase = (BAB_PHASE_LPS if phase_lps is None else phase_lps) if input_set.dim <= BAB_FIRST_DIMS else 0
-    opt = DiffOptions(max_boxes=PHASE_BAB_BOXES if phase > 0 else BAB_BOXES, deterministic=True, phase_lps=phase,
+    opt = DiffOptions(max_boxes=PHASE_BAB_BOXES if phase > 0 and PHASE_BAB_BOXES > 0 else BAB_BOXES,
+                      deterministic=True, phase_lps=phase,
                       phase_leaf_lps=BAB_PHASE_LEAF_LPS, phase_tighten=PHASE_TIGHTEN)
     results, ev = difference_search(h, twin, input_set, norm, timeout, close_at=threshold, options=opt)
     ev["threshold"] = threshold
