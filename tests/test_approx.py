@@ -247,10 +247,11 @@ def test_lbfgs_fit_lowers_error_and_its_certificate_covers_the_milp_maximum(rng)
     assert float(np.max(np.abs(g.forward(xs) - net.forward(xs)))) <= exact + 1e-9 and exact <= res.epsilon
 
 
-def test_phase_lps_in_certify_recheck_and_cover_the_milp_maximum(rng, tmp_path, monkeypatch):
+@pytest.mark.parametrize("tighten", [True, "live"])
+def test_phase_lps_in_certify_recheck_and_cover_the_milp_maximum(rng, tmp_path, monkeypatch, tighten):
     """With a phase LP budget (certify.BAB_PHASE_LPS) the deterministic search records phase trees on the
-    pruned (aligned) twin; the written certificate re-checks and its bound covers the MILP maximum |f - g|,
-    and a claim below that maximum does not re-check."""
+    pruned (aligned) twin, with the root tightening of certify.PHASE_TIGHTEN (recorded); the written certificate
+    re-checks and its bound covers the MILP maximum |f - g|, and a claim below that maximum does not re-check."""
     from lumpver.reductions import certify as C
     from tests.milp_reference import max_difference
 
@@ -263,8 +264,10 @@ def test_phase_lps_in_certify_recheck_and_cover_the_milp_maximum(rng, tmp_path, 
     g, dropped = refit_pruned(net, acts, kept)
     monkeypatch.setattr(C, "BAB_PHASE_LPS", 200)
     monkeypatch.setattr(C, "BAB_BOXES", 20)  # leaves stay open, so the phase stage runs
+    monkeypatch.setattr(C, "PHASE_TIGHTEN", tighten)
     res = C.certify(net, g, X, "linf", Chain(None, kept, dropped_rows=dropped), timeout=20.0, max_boxes=20)
     assert res.backend == "bab_diff" and any("phase" in r for r in res.evidence["regions"])
+    assert res.evidence["phase_tighten"] == tighten
     orig, out, cert_path = (tmp_path / n for n in ("f.onnx", "g.onnx", "g.cert.json"))
     save_onnx(net, orig)
     save_onnx(g, out)

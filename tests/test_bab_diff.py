@@ -432,3 +432,68 @@ def test_wide_inputs_choose_the_pairing_tighter_on_the_regions_box():
         b = bound_boxes(prepare_diff(f, g, k), lo[None], hi[None])
         root[k] = float(norm_bounds(b.lower, b.upper, "linf")[0])
     assert root[chosen.kind] == min(root.values())
+
+
+def _dead_end_twin(f: Network, rng) -> tuple[Network, list[np.ndarray]]:
+    """A perturbed copy of f whose hidden neurons ``dead[k]`` feed nothing (zero outgoing weights, rows kept),
+    as :func:`lumpver.reductions.certify.expand_pruned` builds a pruned twin."""
+    layers, dead = [], []
+    for k, layer in enumerate(f.layers):
+        w = layer.weight + 0.05 * rng.normal(size=layer.weight.shape)
+        if k > 0:
+            w[:, dead[-1]] = 0.0
+        if k < len(f.layers) - 1:
+            dead.append(rng.choice(layer.width, 2, replace=False))
+        layers.append(Layer(w, layer.bias + 0.05 * rng.normal(size=layer.width), layer.activation))
+    return _f32(f.with_layers(layers)), dead
+
+
+def test_live_tightening_skips_dead_ends_and_rechecks_above_the_milp_maximum():
+    """Root tightening without the neurons that feed nothing (``phase_tighten="live"``) on pairs with a pruned
+    twin's dead-end neurons, both pairings: the dead ends are the zero columns; the phase search's bound is never
+    below the exact MILP maximum and spends fewer tightening LPs than tightening everything; the mode is recorded
+    and the checker replays the trees to a bound between the MILP maximum and the claim; other modes are refused."""
+    from lumpver.certificates.bounded_bab import _leaf_bounds, _tighten
+    from lumpver.verifiers.bab_phase import PairNet, leaf_root, phase_search
+    from lumpver.verifiers.bab_phase_lp import PairLp
+
+    lo, hi = -np.ones(3), np.ones(3)
+    checked = 0
+    for seed in range(2):
+        rng = np.random.default_rng(700 + seed)
+        f = _f32(random_net(rng, [3, 5, 5, 2]))
+        g, dead = _dead_end_twin(f, rng)
+        exact, _ = _exact(f, g, lo, hi)
+        for kind in ("delta", "product"):
+            model = prepare_diff(f, g, kind)
+            net = PairNet.of(model)
+            root = leaf_root(net, model, lo, hi, DiffOptions().refine)
+            lp = PairLp(net, lo, hi, root)
+            want = np.zeros(sum(net.widths), bool)
+            for k, d in enumerate(dead):
+                want[sum(net.widths[:k]) + d] = True
+            assert np.array_equal(lp.dead_end[1], want) and not lp.dead_end[0].any(), (seed, kind)
+            spent = {}
+            for mode in (True, "live"):
+                spent[mode] = PairLp(net, lo, hi, root).tighten(leaf_root(net, model, lo, hi, DiffOptions().refine),
+                                                                mode == "live")
+                res = phase_search(net, leaf_root(net, model, lo, hi, DiffOptions().refine), lo, hi,
+                                   lambda: 1.001 * exact, 1e18, 80, tighten=mode)
+                assert res.upper >= exact - 1e-7 * (1 + exact), (seed, kind, mode, res.upper, exact)
+            assert spent["live"] <= spent[True], (seed, kind, spent)
+        opt = DiffOptions(batch=1, max_boxes=1, deterministic=True, phase_lps=60, refine=DiffOptions().refine,
+                          phase_tighten="live")
+        res, ev = difference_search(f, g, InputSet([Box(lo, hi)]), "linf", 60.0, options=opt, model=model)
+        rec = ev["regions"][0]
+        if "phase" not in rec:
+            continue
+        assert json.loads(json.dumps(ev))["phase_tighten"] == "live"
+        llo, lhi = leaves_of(Box(lo, hi), rec["tree"])
+        got = _leaf_bounds(model, llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, float(ev["upper_bound"]),
+                           rec["phase"], _tighten(ev["phase_tighten"]))
+        assert exact - 1e-7 * (1 + exact) <= got <= float(ev["upper_bound"]), (seed, got, exact)
+        checked += 1
+    assert checked >= 1  # at least one search left a leaf to the phase stage
+    for bad in ("all", 1, 0.0, None):
+        with pytest.raises(ValueError):
+            _tighten(bad)

@@ -44,7 +44,7 @@ from lumpver.ir.network import Network
 from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.bounds.diff_phase import supported
-from lumpver.verifiers.bab_phase import PairNet, finish_leaf
+from lumpver.verifiers.bab_phase import PairNet, Tighten, finish_leaf
 from lumpver.verifiers.bab_phase_batched import phase_difference
 from lumpver.verifiers.base import Query, Verdict
 from lumpver.verifiers.falsify import search as falsify_search
@@ -86,8 +86,9 @@ class DiffOptions:
     phase_share: float = 0.3
     phase_lps: int = 0
     phase_leaf_lps: int = 300
-    #: LP-tightened root bounds per phase-split leaf (recorded in the evidence: the checker repeats it)
-    phase_tighten: bool = True
+    #: LP-tightened root bounds per phase-split leaf (recorded in the evidence: the checker repeats it); "live":
+    #: not the neurons that feed nothing (a pruned twin's dropped ones) nor their pairs (bab_phase.TIGHTEN_MODES)
+    phase_tighten: Tighten = True
     #: bisections of a leaf the phase search leaves open, before the stage gives up on it (3 left one leaf of
     #: the 2_3 candidate at 62 neurons open, 6 certified it: bench/RESULTS.md 2026-12-01)
     phase_bisect: int = 6
@@ -463,9 +464,9 @@ def choose_pairing(f: Network, g: Network, input_set: InputSet, norm: str = "lin
 
 
 def evidence(model: DiffModel, results: list[DiffResult], refine: Refine = Refine(),
-             phase_tighten: bool = False) -> dict[str, Any]:
+             phase_tighten: Tighten = False) -> dict[str, Any]:
     """What :mod:`lumpver.certificates.bounded_bab` needs to re-bound every leaf."""
-    tight = {"phase_tighten": True} if phase_tighten and any(r.phase for r in results) else {}
+    tight = {"phase_tighten": phase_tighten} if phase_tighten and any(r.phase for r in results) else {}
     return {"pairing": model.kind, "iters": ITERS, "lr": LR, "refine": asdict(refine), "rounding": rounding_policy(), **tight,
             "upper_bound": max(r.upper for r in results),
             "regions": [{"tree": r.tree, "bound": r.upper, "boxes": r.boxes, "open_boxes": r.open_boxes,

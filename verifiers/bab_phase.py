@@ -37,7 +37,7 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -49,6 +49,10 @@ SLACK = 1e-9
 COMBOS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 #: split choice of the phase search: "dual" (:meth:`PairLp.pair_scores`) or "gap" (the LP point's gap)
 BRANCH = "dual"
+#: root tightening of a phase search (:meth:`PairLp.tighten`): False (none), True (every unstable neuron and
+#: pair of layers 1..), "live" (not the neurons that feed nothing, nor their pairs); recorded in evidence
+Tighten = Union[bool, str]
+TIGHTEN_MODES = (False, True, "live")
 
 
 @dataclass
@@ -234,17 +238,17 @@ class PhaseResult:
 
 def phase_search(net: PairNet, root: Node, lo: np.ndarray, hi: np.ndarray, threshold: Callable[[], float],
                  deadline: float, max_lps: int, say: Optional[Callable[[str], None]] = None,
-                 tighten: bool = False) -> PhaseResult:
+                 tighten: Tighten = False) -> PhaseResult:
     """Best-first phase branch and bound on the box until every leaf is within ``threshold()`` (read
     again each step: ``bound`` raises it as witnesses come in), the deadline, or ``max_lps`` LPs; with
     ``tighten`` the root's later-layer bounds LP-tightened first (:meth:`PairLp.tighten`, as the checker
-    does: 2x fewer LPs per ACAS Xu leaf, bench/RESULTS.md)."""
+    does: 2x fewer LPs per ACAS Xu leaf, bench/RESULTS.md; ``"live"``: only neurons that feed on)."""
     nodes: list[Node] = [root]
     split: dict[int, int] = {}
     kids: dict[int, list[int]] = {}
     points: list[np.ndarray] = []
     lp = PairLp(net, lo, hi, root)
-    lps0 = lp.tighten(root) if tighten else 0
+    lps0 = lp.tighten(root, tighten == "live") if tighten else 0
     v, lps, basis = bound_rows(lp, root, np.flatnonzero(root.rows > threshold()), deadline)
     lps += lps0
     if v is not None:
@@ -301,13 +305,13 @@ def _preorder(split: dict[int, int], kids: dict[int, list[int]]) -> list[int]:
 
 
 def replay(net: PairNet, root: Node, lo: np.ndarray, hi: np.ndarray, tree: list[int], claim: float,
-           tighten: bool = False) -> float:
+           tighten: Tighten = False) -> float:
     """The checker's bound of a recorded phase tree on the box: the root tightened as recorded, the children
     re-derived and checked to cover each node, every node's rows above ``claim`` re-bounded by LP; the
     largest leaf bound. ValueError when the tree is malformed."""
     lp = PairLp(net, lo, hi, root)
     if tighten:
-        lp.tighten(root)
+        lp.tighten(root, tighten == "live")
     stack, pos, worst = [(root, None)], 0, -np.inf
     while stack:
         if pos >= len(tree):
@@ -348,7 +352,7 @@ def leaf_root(net: PairNet, model: DiffModel, lo: np.ndarray, hi: np.ndarray, re
 
 
 def finish_leaf(net: PairNet, model: DiffModel, lo: np.ndarray, hi: np.ndarray, refine: Refine,
-                threshold: Callable[[], float], deadline: float, max_lps: int, tighten: bool = False) -> PhaseResult:
+                threshold: Callable[[], float], deadline: float, max_lps: int, tighten: Tighten = False) -> PhaseResult:
     """:func:`phase_search` on one box of the differential search (:mod:`lumpver.verifiers.bab_diff`)."""
     return phase_search(net, leaf_root(net, model, lo, hi, refine), lo, hi, threshold, deadline, max_lps,
                         tighten=tighten)

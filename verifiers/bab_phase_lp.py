@@ -95,6 +95,7 @@ class PairLp:
         self.coef_cols = np.concatenate([f["pre"][f["unst"]], g["pre"][g["unst"]], f["pre"][P], g["pre"][P],
                                          f["pre"][P], g["pre"][P]])
         self.coef_pos = self.lp.le_positions(self.coef_rows, self.coef_cols)
+        self.dead_end = [_dead_ends(Ws, net.widths) for Ws in (net.Wf, net.Wg)]
         self.load(root)
 
     def _flat(self, node):
@@ -155,15 +156,18 @@ class PairLp:
         lp.set_coeffs(self.coef_rows, self.coef_cols, self.coef_pos, np.concatenate(coefs))
         lp.set_rhs(np.arange(self.n_le), rhs)
 
-    def tighten(self, node) -> int:
+    def tighten(self, node, live_only: bool = False) -> int:
         """LP-tightened bounds of the node's later layers (in place, intersected), layer after layer, each
         layer's new bounds loaded before the next: per neuron unstable at the root ``min``/``max`` of ``z``
         in f and g and of ``z^f - z^g`` of the pair (sound: the dual of the model, which every real point of
-        the node satisfies). Returns the number of LPs; a node whose bounds cross is left with every row
-        at ``-inf`` (empty)."""
+        the node satisfies). ``live_only``: not the neurons that feed nothing (a pruned twin's dropped
+        neurons: zero outgoing weights) nor the pairs with such a neuron: their bounds reach the output only
+        through the pair's chords (bench/RESULTS.md 2026-12-01, 1_1 at 67 neurons). Returns the number of
+        LPs; a node whose bounds cross is left with every row at ``-inf`` (empty)."""
         lps, at = 0, 0
         f, g = self.sides
         names = (("fl", "fu", f, None), ("gl", "gu", g, None), ("dl", "du", f, g))
+        skip = [d if live_only else np.zeros_like(d) for d in self.dead_end]
         for k, w in enumerate(self.net.widths):
             if k == 0:
                 at += w
@@ -171,6 +175,8 @@ class PairLp:
             for lo_name, hi_name, s1, s2 in names:
                 cand = self.pairs if s2 is not None else s1["unst"]
                 cand = cand[(cand >= at) & (cand < at + w)]
+                drop = skip[0][cand] | skip[1][cand] if s2 is not None else skip[0 if s1 is f else 1][cand]
+                cand = cand[~drop]
                 lo_k, hi_k = getattr(node.b, lo_name)[k], getattr(node.b, hi_name)[k]
                 for t in cand:
                     c = np.zeros(self.lp.lb.size)
@@ -247,6 +253,12 @@ class PairLp:
             parts += [vals[0][at:at + w], vals[1][at:at + w]]
             at += w
         return np.concatenate(parts)
+
+
+def _dead_ends(Ws: list[np.ndarray], widths: list[int]) -> np.ndarray:
+    """Per hidden neuron (flat index) whether it feeds nothing: its column of the next layer's weights is zero."""
+    return np.concatenate([~np.any(Ws[k + 1] != 0, axis=0) for k in range(len(widths))]) if widths \
+        else np.zeros(0, bool)
 
 
 def _neuron(l: np.ndarray, u: np.ndarray, p: np.ndarray):

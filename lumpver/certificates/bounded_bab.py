@@ -14,9 +14,9 @@ region of the input set, the bisection tree of the region's box in preorder, plu
   per-output bounds is taken here (:func:`lumpver.bounds.rounding.norm_hi`, rounded up);
 * leaves with a recorded ReLU-phase tree (:mod:`lumpver.verifiers.bab_phase`; aligned ReLU pairs in
   linf) are bounded by replaying it: the leaf's own recomputed layer bounds (LP-tightened first when
-  the evidence says ``phase_tighten``), the children of every split re-derived from them and checked to
-  cover it, and every node's rows above the claim are
-  re-bounded by LP through HiGHS's dual (outward rounded); the leaf's bound is the smaller of its
+  the evidence says ``phase_tighten``: ``true``, or ``"live"`` for the neurons that feed on), the
+  children of every split re-derived from them and checked to cover it, and every node's rows above the
+  claim are re-bounded by LP through HiGHS's dual (outward rounded); the leaf's bound is the smaller of its
   batched bound and the replayed one;
 * an unsplit region with a ``phase_batched`` tree (:mod:`lumpver.verifiers.bab_phase_batched`) is
   bounded by :func:`lumpver.bounds.diff_phase.replay`: every node rebuilt from the box and the tree
@@ -41,7 +41,7 @@ from lumpver.certificates.bounded_interval import check_interval_evidence, reche
 from lumpver.certificates.format import CheckContext, CheckReport
 from lumpver.ir.network import Network
 from lumpver.specs.inputset import InputSet
-from lumpver.verifiers.bab_phase import PairNet, leaf_root, replay
+from lumpver.verifiers.bab_phase import TIGHTEN_MODES, PairNet, Tighten, leaf_root, replay
 
 #: leaves re-bounded per batched pass
 CHUNK = 256
@@ -54,7 +54,7 @@ def _norms(bb, norm: str) -> np.ndarray:
 
 
 def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, lr: float, refine: Refine,
-                 claim: float, phase: Optional[list] = None, tighten: bool = False) -> float:
+                 claim: float, phase: Optional[list] = None, tighten: Tighten = False) -> float:
     """The largest leaf bound: plain, refined where the plain bound exceeds the claim, phase-replayed
     (``phase``: [leaf index, tree] pairs) where recorded."""
     vals = np.zeros(lo.shape[0])
@@ -73,6 +73,13 @@ def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, l
             vals[i] = min(vals[i], replay(net, leaf_root(net, model, lo[i], hi[i], refine), lo[i], hi[i], tree, claim,
                                           tighten))
     return float(np.max(vals, initial=0.0))
+
+
+def _tighten(rec) -> Tighten:
+    """The recorded root tightening of the phase trees (:data:`lumpver.verifiers.bab_phase.TIGHTEN_MODES`)."""
+    if rec not in TIGHTEN_MODES or not isinstance(rec, (bool, str)):
+        raise ValueError(f"phase_tighten {rec!r} is not one of {TIGHTEN_MODES}")
+    return rec
 
 
 def _refine(rec: Optional[dict]) -> Refine:
@@ -111,8 +118,9 @@ def recheck_bab(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict
                 worst = max(worst, replay_phases(model, lo[0], hi[0], [int(t) for t in rec["phase_batched"]], norm,
                                                  iters, lr, refine, _refine(ev.get("child_refine"))))
                 continue
-            worst = max(worst, _leaf_bounds(model, lo, hi, norm, iters, lr, refine, float(ev.get("upper_bound", np.inf)),
-                                            rec.get("phase"), bool(ev.get("phase_tighten", False))))
+            claim = float(ev.get("upper_bound", np.inf))
+            worst = max(worst, _leaf_bounds(model, lo, hi, norm, iters, lr, refine, claim, rec.get("phase"),
+                                            _tighten(ev.get("phase_tighten", False))))
             report.ok(f"bab_diff: {lo.shape[0]} leaf box(es) rebuilt from the tree and re-bounded: {worst:.6g}")
         return worst
 

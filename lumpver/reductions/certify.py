@@ -68,6 +68,7 @@ from lumpver.bounds.region import region_box
 from lumpver.certificates.format import make_certificate, model_stats
 from lumpver.fileio import write_json_atomic
 from lumpver.verifiers.bab_diff import DiffOptions, difference_search
+from lumpver.verifiers.bab_phase import Tighten
 from lumpver.verifiers.bab_phase_batched import PhaseOptions, lp_refine, phase_difference
 from lumpver.verifiers.graph_diff import graph_difference_search
 from lumpver.verifiers.interval import certified_difference_bound
@@ -100,6 +101,13 @@ BAB_FIRST_DIMS = 8
 #: reduction tests took 357 s instead of 154 s (bench/RESULTS.md, 2026-12-01); bench --phase-lps turns it on
 BAB_PHASE_LPS = 0
 BAB_PHASE_LEAF_LPS = 300
+#: box cap per region when the phase stage is on (0: BAB_BOXES) and its root tightening
+#: (:data:`lumpver.verifiers.bab_phase.TIGHTEN_MODES`). Goal-size shrink candidates (bench/RESULTS.md 2026-12-01
+#: afternoon, bench/bench_phase_leaves.py): every sampled open leaf closes; the phase stage costs on 1_1 at 67
+#: ~7,100 CPU s after 1,500 boxes and ~4,700 after 24,000 (most deep leaves close at the tightened root LP), on
+#: 2_3 at 62 ~650 and ~1,130; "live" saved ~12 % on 1_1's deep leaves. Both unchanged by default
+PHASE_BAB_BOXES = 0
+PHASE_TIGHTEN: Tighten = True
 #: reductions given at least this many seconds (``reduce --timeout``) certify with LONG_PHASE_LPS phase LPs per
 #: region when BAB_PHASE_LPS is 0: the ACAS Xu 2_3 candidate at the goal size (62 neurons) needs ~200,000 LPs
 #: (bench/RESULTS.md, 2026-12-01), far beyond what the short budgets of the suite's reductions can pay
@@ -210,9 +218,12 @@ def interval_term(h: Network, twin: Network, input_set: InputSet, norm: str, thr
 def bab_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshold: float,
              timeout: float, phase_lps: Optional[int] = None) -> tuple[float, dict[str, Any]]:
     """The differential branch and bound's bound of ``h - twin`` on X (refined down to ``threshold``), with
-    ``phase_lps`` (default BAB_PHASE_LPS) ReLU-phase LPs per region on inputs of <= BAB_FIRST_DIMS."""
+    ``phase_lps`` (default BAB_PHASE_LPS) ReLU-phase LPs per region on inputs of <= BAB_FIRST_DIMS (then up to
+    PHASE_BAB_BOXES boxes first, PHASE_TIGHTEN)."""
     phase = (BAB_PHASE_LPS if phase_lps is None else phase_lps) if input_set.dim <= BAB_FIRST_DIMS else 0
-    opt = DiffOptions(max_boxes=BAB_BOXES, deterministic=True, phase_lps=phase, phase_leaf_lps=BAB_PHASE_LEAF_LPS)
+    opt = DiffOptions(max_boxes=PHASE_BAB_BOXES if phase > 0 and PHASE_BAB_BOXES > 0 else BAB_BOXES,
+                      deterministic=True, phase_lps=phase,
+                      phase_leaf_lps=BAB_PHASE_LEAF_LPS, phase_tighten=PHASE_TIGHTEN)
     results, ev = difference_search(h, twin, input_set, norm, timeout, close_at=threshold, options=opt)
     ev["threshold"] = threshold
     ev["attained"] = max(r.lower for r in results)  # a float64 value of |h - twin| reached (not a bound)
