@@ -61,7 +61,8 @@ from lumpver.verifiers.bab_branch import Context, Domain, bound, bound_batch, in
 from lumpver.verifiers.bab_input import (Expanded, Frontier, Local, Pipeline, Plan, expand, joint_close, joint_pays,
                                         vertices)
 from lumpver.verifiers.bab_deep import (ReluSearch, fsb_split_and_bound, neuron_split, recompute_children,
-                                       refine_smooth, root_layer_bounds, tighten_root)
+                                       refine_smooth, root_layer_bounds, split_refine_root, tighten_root)
+from lumpver.verifiers.bab_refine import root_alpha
 from lumpver.verifiers.lp_finish import LpNet
 from lumpver.verifiers.base import Query, Verdict
 
@@ -293,6 +294,8 @@ class _Search:
         tight = None
         if done == 0 and not self._input_mode:
             tight = tighten_root(self.chain, lo[None], hi[None], zl, zu, self.opt.relu.root_refine)
+        elif done == 1 and not self._input_mode:
+            tight = split_refine_root(self.chain, lo[None], hi[None], zl, zu, self.opt.relu, self.q.timeout)
         if tight is None:
             tight = refine_smooth(self.chain, lo[None], hi[None], zl, zu, done, not self._input_mode,
                                   self.deadline - time.monotonic(), self.q.timeout, warm)
@@ -376,8 +379,10 @@ class _Search:
 
     def _root(self, key, lo: np.ndarray, hi: np.ndarray, ctx: Context) -> Domain:
         zl, zu = self._roots[key][0]
-        return Domain(lo, hi, [a[0] for a in zl], [a[0] for a in zu], [None] * self.chain.depth,
-                      np.zeros(ctx.lam.shape[0]), start=self.chain.depth)
+        zl, zu, m = [a[0] for a in zl], [a[0] for a in zu], ctx.lam.shape[0]
+        slopes = not self._input_mode and self.opt.relu.root_slopes
+        return Domain(lo, hi, zl, zu, root_alpha(self.chain, zl, zu, m) if slopes else [None] * self.chain.depth,
+                      np.zeros(m), start=self.chain.depth)
 
     def _round_target(self) -> float:
         """Seconds one round of splitting and bounding may take (the deadline is checked between rounds)."""
