@@ -1,12 +1,18 @@
 """Root diagnosis of deep ReLU instances and split-refined intermediate bounds (issue 13; verifiers/bab_refine.py).
 
-    python bench/bench_deep_refine.py --data /tmp/deep_real --props 256x4_prop_2,256x6_prop_1 [--layers 2]
-                                      [--per-layer 64] [--rounds 8]
+    python bench/bench_deep_refine.py --data /tmp/deep_real --props 256x4_prop_2,256x6_prop_1 [--layers 3]
+                                      [--per-layer 256] [--rounds 8] [--share 0.5]
+                                      [--ab base,slopes,split]  # the search per config, alternating per instance
 
 Per instance (one process, one BLAS thread): unstable neurons per hidden layer after CROWN, after alpha-CROWN
 (the search's root, ``tighten_root``) and after the split refinement; the root bound of every open disjunct row
 (the search's ``bound`` at the root, 30 steps) on each set of layer bounds; the CPU seconds of each pass. A row
 closes when its bound is < 0.
+
+``--ab``: instead, the ``bab`` search (in this process, one BLAS thread, each instance's ``instances.csv`` timeout
+in wall seconds) per configuration, alternating per instance: ``base`` (the root domain without slopes, no split
+refinement: the search before this change), ``slopes`` (root slopes), ``split`` (root slopes and split refinement
+with the given knobs). Prints verdict, seconds and sub-problems bounded per run.
 """
 from __future__ import annotations
 
@@ -42,14 +48,45 @@ def unstable(zl, zu) -> str:
     return "/".join(str(int(np.sum((a < 0) & (b > 0)))) for a, b in zip(zl[:-1], zu[:-1]))
 
 
+def ab_configs(names: list[str], split):
+    """Named ``BabOptions`` of ``--ab``."""
+    from lumpver.verifiers.bab import BabOptions
+    from lumpver.verifiers.bab_deep import ReluSearch
+    from lumpver.verifiers.bab_refine import SplitRefine
+
+    table = {"base": ReluSearch(root_slopes=False), "slopes": ReluSearch(),
+             "split": ReluSearch(split_refine=split), "split_noslopes": ReluSearch(split_refine=split, root_slopes=False)}
+    return [(n, BabOptions(relu=table[n])) for n in names]
+
+
+def run_ab(data: Path, rows: list, configs: list) -> None:
+    """The search per configuration and instance (module docstring)."""
+    from lumpver.api.verify import load_model, read_vnnlib
+    from lumpver.specs.inputset import InputSet
+    from lumpver.verifiers.bab import BabBackend
+    from lumpver.verifiers.base import Query
+
+    for onnx, vnnlib, timeout in rows:
+        net = load_model(data / onnx)
+        case = read_vnnlib(data / vnnlib, n_inputs=net.n_inputs, n_outputs=net.n_outputs).cases[0]
+        for name, opt in configs:
+            t0 = time.monotonic()
+            v = BabBackend(opt).check(Query(net, InputSet([case.region]), prop=case.unsafe, timeout=float(timeout)))
+            st = (v.details or {}).get("stats", {})
+            print(f"{Path(vnnlib).stem} {name}: {v.verdict} {time.monotonic() - t0:.1f} s, {st.get('bounded', 0)} "
+                  f"bounded, {st.get('closed', 0)} closed; {v.reason[:80]}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/tmp/deep_real")
     ap.add_argument("--props", required=True, help="comma-separated substrings of instances.csv vnnlib names")
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--per-layer", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--per-layer", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--iters", type=int, default=8)
+    ap.add_argument("--iters", type=int, default=4)
+    ap.add_argument("--share", type=float, default=0.5)
+    ap.add_argument("--ab", default="", help="comma-separated configurations: base, slopes, split, split_noslopes")
     args = ap.parse_args()
     import numpy as np
 
@@ -61,7 +98,10 @@ def main() -> None:
 
     data = Path(args.data)
     rows = [r for r in csv.reader(open(data / "instances.csv")) if any(p in r[1] for p in args.props.split(","))]
-    opt = SplitRefine(args.layers, args.per_layer, args.rounds, args.iters)
+    opt = SplitRefine(args.layers, args.per_layer, args.rounds, args.iters, share=args.share)
+    if args.ab:
+        with blas_single_thread():
+            return run_ab(data, rows, ab_configs(args.ab.split(","), opt))
     with blas_single_thread():
         for onnx, vnnlib, _ in rows:
             net = load_model(data / onnx)

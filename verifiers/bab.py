@@ -18,8 +18,11 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    in one numpy pass, warm-started with their parent's slopes, optionally in ``workers`` processes,
    with one OpenBLAS thread each (input splitting: each worker expands whole chunks of parents, split, bound,
    LP finisher and candidates, two chunks per worker in flight, :mod:`lumpver.verifiers.bab_input`); on deep
-   ReLU chains the children keep their parent's intermediate bounds, which start from alpha-CROWN root bounds,
-   optionally branching by filtered smart branching (:mod:`lumpver.verifiers.bab_deep`);
+   ReLU chains the children keep their parent's intermediate bounds, which start from alpha-CROWN root bounds
+   (optionally, when the root stays open, from split-refined bounds of the first hidden layers:
+   :mod:`lumpver.verifiers.bab_refine`), optionally branching by filtered smart branching
+   (:mod:`lumpver.verifiers.bab_deep`); a ReLU-split root starts from the registry's lower slopes, which the
+   Adam steps of the root and the children then optimise;
 4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
    and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds;
 5. input splitting on ReLU chains: once the search has used ``lp_after`` of the timeout (at most ``lp_after_max``)
