@@ -2,7 +2,7 @@
 
     python bench/bench_deep_refine.py --data /tmp/deep_real --props 256x4_prop_2,256x6_prop_1 [--layers 3]
                                       [--per-layer 256] [--rounds 8] [--share 0.5]
-                                      [--ab base,slopes,split]  # the search per config, alternating per instance
+                                      [--ab base,slopes,split] [--timeout T]  # the search per config, alternating
 
 Per instance (one process, one BLAS thread): unstable neurons per hidden layer after CROWN, after alpha-CROWN
 (the search's root, ``tighten_root``) and after the split refinement; the root bound of every open disjunct row
@@ -52,15 +52,15 @@ def ab_configs(names: list[str], split):
     """Named ``BabOptions`` of ``--ab``."""
     from lumpver.verifiers.bab import BabOptions
     from lumpver.verifiers.bab_deep import ReluSearch
-    from lumpver.verifiers.bab_refine import SplitRefine
 
     table = {"base": ReluSearch(root_slopes=False), "slopes": ReluSearch(),
-             "split": ReluSearch(split_refine=split), "split_noslopes": ReluSearch(split_refine=split, root_slopes=False)}
+             "split": ReluSearch(split_refine=split),
+             "split_noslopes": ReluSearch(split_refine=split, root_slopes=False)}
     return [(n, BabOptions(relu=table[n])) for n in names]
 
 
-def run_ab(data: Path, rows: list, configs: list) -> None:
-    """The search per configuration and instance (module docstring)."""
+def run_ab(data: Path, rows: list, configs: list, timeout_s: float = 0.0) -> None:
+    """The search per configuration and instance (module docstring); ``timeout_s`` > 0 replaces the csv's."""
     from lumpver.api.verify import load_model, read_vnnlib
     from lumpver.specs.inputset import InputSet
     from lumpver.verifiers.bab import BabBackend
@@ -71,7 +71,8 @@ def run_ab(data: Path, rows: list, configs: list) -> None:
         case = read_vnnlib(data / vnnlib, n_inputs=net.n_inputs, n_outputs=net.n_outputs).cases[0]
         for name, opt in configs:
             t0 = time.monotonic()
-            v = BabBackend(opt).check(Query(net, InputSet([case.region]), prop=case.unsafe, timeout=float(timeout)))
+            q = Query(net, InputSet([case.region]), prop=case.unsafe, timeout=float(timeout_s or timeout))
+            v = BabBackend(opt).check(q)
             st = (v.details or {}).get("stats", {})
             print(f"{Path(vnnlib).stem} {name}: {v.verdict} {time.monotonic() - t0:.1f} s, {st.get('bounded', 0)} "
                   f"bounded, {st.get('closed', 0)} closed; {v.reason[:80]}", flush=True)
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--iters", type=int, default=4)
     ap.add_argument("--share", type=float, default=0.5)
+    ap.add_argument("--timeout", type=float, default=0.0, help="--ab: seconds per run instead of the csv's")
     ap.add_argument("--ab", default="", help="comma-separated configurations: base, slopes, split, split_noslopes")
     args = ap.parse_args()
     import numpy as np
@@ -101,7 +103,7 @@ def main() -> None:
     opt = SplitRefine(args.layers, args.per_layer, args.rounds, args.iters, share=args.share)
     if args.ab:
         with blas_single_thread():
-            return run_ab(data, rows, ab_configs(args.ab.split(","), opt))
+            return run_ab(data, rows, ab_configs(args.ab.split(","), opt), args.timeout)
     with blas_single_thread():
         for onnx, vnnlib, _ in rows:
             net = load_model(data / onnx)
