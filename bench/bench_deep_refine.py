@@ -29,9 +29,8 @@ def root_rows(chain, prop, lo, hi, zl, zu):
     """Per disjunct, the best (smallest) root bound over its rows (< 0: excluded)."""
     import numpy as np
 
-    from lumpver.verifiers.bab_branch import Context, Domain, bound
-    from lumpver.verifiers.bab_refine import root_alpha
-
+    from lumpver.verifiers.bab_branch import Context, Domain, bound, root_alpha
+    
     out = []
     for A, b in prop.disjuncts:
         ctx = Context(chain, -np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64), 6, 0.25)

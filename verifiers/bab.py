@@ -60,12 +60,12 @@ from lumpver.specs.inputset import InputSet
 from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
 from lumpver.verifiers.bab_graph import check_graph
-from lumpver.verifiers.bab_branch import Context, Domain, bound, bound_batch, input_split, stack, unstack
+from lumpver.verifiers.bab_branch import (Context, Domain, bound, bound_batch, input_split, root_alpha, stack,
+                                         unstack)
 from lumpver.verifiers.bab_input import (Expanded, Frontier, Local, Pipeline, Plan, expand, joint_close, joint_pays,
                                         vertices)
 from lumpver.verifiers.bab_deep import (ReluSearch, fsb_split_and_bound, neuron_split, recompute_children,
                                        refine_smooth, root_layer_bounds, split_refine_root, tighten_root)
-from lumpver.verifiers.bab_refine import root_alpha
 from lumpver.verifiers.lp_finish import LpNet
 from lumpver.verifiers.base import Query, Verdict
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lumpver.bounds.batched import init_alpha, layer_bounds, optimise_alpha
+from lumpver.bounds.batched import infeasible, layer_bounds, optimise_alpha
 from lumpver.bounds.engine import Chain
 from lumpver.bounds.intermediate import upto
-from lumpver.verifiers.bab_branch import Domain, babsr_candidates, split_neuron, stack
+from lumpver.verifiers.bab_branch import Domain, babsr_candidates, root_alpha, split_neuron, stack
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _bound_leaves(sub: Chain, doms: list[Domain], lams: np.ndarray, iters: int, 
     b = stack(doms)
     obj = optimise_alpha(sub, b.lo, b.hi, b.zl, b.zu, lams, np.zeros(1), b.alpha, iters, lr, b.phase, b.beta,
                          stop_closed=False)
-    empty = np.any(np.stack([np.any(l > u, axis=1) for l, u in zip(b.zl, b.zu)]), axis=0)
+    empty = infeasible(b.zl, b.zu)
     out = []
     for i, d in enumerate(doms):
         up = np.full(1, -np.inf) if empty[i] else obj.upper[i]
@@ -67,12 +67,6 @@ def _bound_leaves(sub: Chain, doms: list[Domain], lams: np.ndarray, iters: int, 
                           coeffs=[None if a is None else a[i] for a in obj.coeffs], depth=d.depth,
                           start=sub.depth, phase=d.phase, beta=None if obj.beta is None else [a[i] for a in obj.beta]))
     return out
-
-
-def root_alpha(ch: Chain, zl: list[np.ndarray], zu: list[np.ndarray], m: int) -> list:
-    """A root domain's starting lower slopes, ``(m, n_k)`` per layer (the registry's adaptive ones): with None
-    everywhere the batched engine has nothing to optimise and the root keeps its CROWN slopes."""
-    return [None if a is None else a[0] for a in init_alpha(ch, [z[None] for z in zl], [z[None] for z in zu], m)]
 
 
 def _lam(n: int, trees: list[_Tree], per_tree: int) -> np.ndarray:
