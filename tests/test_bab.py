@@ -241,7 +241,7 @@ def test_two_workers_agree_with_one_process_and_the_milp(n_in, widths, seed):
         if two.verdict == "violated":
             assert box.contains(two.counterexample) and float(c @ net.forward(two.counterexample)[0]) >= t
         bounded += two.details["stats"]["bounded"]
-    assert bounded > 50, bounded  # the workers had sub-problems to bound
+    assert bounded > 20, bounded  # the workers had sub-problems to bound (40 since ReLU-split roots optimise slopes)
 
 
 def test_tiny_timeout_is_unknown(shared_data):

@@ -20,8 +20,11 @@ Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y 
    in one numpy pass, warm-started with their parent's slopes, optionally in ``workers`` processes,
    with one OpenBLAS thread each (input splitting: each worker expands whole chunks of parents, split, bound,
    LP finisher and candidates, two chunks per worker in flight, :mod:`lumpver.verifiers.bab_input`); on deep
-   ReLU chains the children keep their parent's intermediate bounds, which start from alpha-CROWN root bounds,
-   optionally branching by filtered smart branching (:mod:`lumpver.verifiers.bab_deep`);
+   ReLU chains the children keep their parent's intermediate bounds, which start from alpha-CROWN root bounds
+   (optionally, when the root stays open, from split-refined bounds of the first hidden layers:
+   :mod:`lumpver.verifiers.bab_refine`), optionally branching by filtered smart branching
+   (:mod:`lumpver.verifiers.bab_deep`); a ReLU-split root starts from the registry's lower slopes, which the
+   Adam steps of the root and the children then optimise;
 4. each open child's candidate point (the box vertex maximising its linear bound) is evaluated,
    and a falsifier round seeded by the worst sub-problems runs every ``falsify_every`` seconds;
 5. input splitting on ReLU chains: once the search has used ``lp_after`` of the timeout (at most ``lp_after_max``)
@@ -60,11 +63,13 @@ from lumpver.ir.graph import GraphNetwork
 from lumpver.verifiers import falsify
 from lumpver.verifiers.falsify import AttackOptions
 from lumpver.verifiers.bab_graph import check_graph
-from lumpver.verifiers.bab_branch import Context, Domain, bound, bound_batch, input_split, stack, unstack
+from lumpver.verifiers.bab_branch import (Context, Domain, bound, bound_batch, input_split, root_alpha, stack,
+                                         unstack)
 from lumpver.verifiers.bab_input import (Expanded, Frontier, Local, Pipeline, Plan, expand, joint_close, joint_pays,
                                         vertices)
 from lumpver.verifiers.bab_deep import (ReluSearch, SmoothSplit, fsb_split_and_bound, neuron_split,
-                                       recompute_children, refine_smooth, root_layer_bounds, tighten_root)
+                                       recompute_children, refine_smooth, root_layer_bounds, split_refine_root,
+                                       tighten_root)
 from lumpver.verifiers.lp_finish import LpNet
 from lumpver.verifiers.base import Query, Verdict
 
@@ -314,6 +319,8 @@ class _Search:
         tight = None
         if done == 0 and not self._input_mode:
             tight = tighten_root(self.chain, lo[None], hi[None], zl, zu, self.opt.relu.root_refine)
+        elif done == 1 and not self._input_mode:
+            tight = split_refine_root(self.chain, lo[None], hi[None], zl, zu, self.opt.relu, self.q.timeout)
         if tight is None:
             tight = refine_smooth(self.chain, lo[None], hi[None], zl, zu, done, not self._input_mode,
                                   self.deadline - time.monotonic(), self.q.timeout, warm)
@@ -397,8 +404,10 @@ class _Search:
 
     def _root(self, key, lo: np.ndarray, hi: np.ndarray, ctx: Context) -> Domain:
         zl, zu = self._roots[key][0]
-        return Domain(lo, hi, [a[0] for a in zl], [a[0] for a in zu], [None] * self.chain.depth,
-                      np.zeros(ctx.lam.shape[0]), start=self.chain.depth)
+        zl, zu, m = [a[0] for a in zl], [a[0] for a in zu], ctx.lam.shape[0]
+        slopes = not self._input_mode and self.opt.relu.root_slopes
+        return Domain(lo, hi, zl, zu, root_alpha(self.chain, zl, zu, m) if slopes else [None] * self.chain.depth,
+                      np.zeros(m), start=self.chain.depth)
 
     def _round_target(self) -> float:
         """Seconds one round of splitting and bounding may take (the deadline is checked between rounds)."""

@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.batched import ALPHA_ACTS, Objective, infeasible, layer_bounds, optimise_alpha
+from lumpver.bounds.batched import ALPHA_ACTS, Objective, infeasible, init_alpha, layer_bounds, optimise_alpha
 from lumpver.bounds.diff_batched import Refine
 from lumpver.bounds.engine import Chain
 from lumpver.bounds.intermediate import refine_layers, unstable_count
@@ -108,6 +108,12 @@ def stack(doms: list[Domain]) -> Batch:
                  [_stack([d.zl[k] for d in doms]) for k in range(depth)],
                  [_stack([d.zu[k] for d in doms]) for k in range(depth)], alpha, min(d.start for d in doms),
                  phase, beta, cut)
+
+
+def root_alpha(ch: Chain, zl: list[np.ndarray], zu: list[np.ndarray], m: int) -> list:
+    """A root domain's starting lower slopes, ``(m, n_k)`` per layer (the registry's adaptive ones): with None
+    everywhere the batched engine has nothing to optimise and the root keeps its CROWN slopes."""
+    return [None if a is None else a[0] for a in init_alpha(ch, [z[None] for z in zl], [z[None] for z in zu], m)]
 
 
 def _child(dom: Domain, **changes) -> Domain:

@@ -36,6 +36,7 @@ from lumpver.bounds.relaxations import get_relaxation, smooth_derivs
 from lumpver.bounds.smooth_alpha import SMOOTH_ACTS
 from lumpver.bounds.smooth_intermediate import DEEP_SHARE, ROOT_CHUNKS, ROOT_SHARE, refine_root
 from lumpver.verifiers.bab_branch import Domain, babsr_candidates, input_split, relu_split, split_neuron
+from lumpver.verifiers.bab_refine import SplitRefine, refine_split_layers
 
 
 @dataclass
@@ -53,6 +54,13 @@ class ReluSearch:
     #: filtered smart branching (:func:`fsb_split_and_bound`) among this many BaBSR candidates where children keep
     #: their parent's bounds (1: plain BaBSR)
     fsb_top: int = 1
+    #: split-refined bounds of the first hidden layers at a root alpha-CROWN leaves open, on chains with at least
+    #: ``fixed_from_depth`` hidden layers (:mod:`lumpver.verifiers.bab_refine`; ``SplitRefine()``: off)
+    split_refine: SplitRefine = field(default_factory=SplitRefine)
+    #: ReLU-split roots start from the registry's lower slopes, so the root's and the children's Adam steps move
+    #: them (False: the root domain has no slopes and the batched engine optimises only the split multipliers;
+    #: what every ReLU-split search did before 2026-12-01)
+    root_slopes: bool = True
 
 
 def is_relu_chain(chain: Chain) -> bool:
@@ -82,6 +90,18 @@ def tighten_root(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list, zu: lis
     if refine.iters > 0 and is_relu_chain(chain):
         return refine_layers(chain, lo, hi, zl, zu, refine.iters, refine.lr, refine.max_unstable)
     return None
+
+
+def split_refine_root(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list, zu: list, relu: ReluSearch,
+                      timeout: float) -> Optional[tuple[list, list]]:
+    """The root bounds with the first hidden layers split-refined (:func:`refine_split_layers`, within
+    ``relu.split_refine.share`` of the ``timeout``) and every unstable neuron re-bounded by alpha-CROWN on them
+    (intersected), or None when off or not a deep ReLU chain."""
+    opt = relu.split_refine
+    if opt.layers <= 0 or not is_relu_chain(chain) or chain.depth - 1 < max(relu.fixed_from_depth, 2):
+        return None
+    zl, zu = refine_split_layers(chain, lo, hi, zl, zu, opt, time.monotonic() + opt.share * timeout)
+    return tighten_root(chain, lo, hi, zl, zu, relu.root_refine) or (zl, zu)
 
 
 def refine_smooth(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list, zu: list, done: int, wide: bool,

@@ -46,7 +46,7 @@ def optimise_rows(ch: Chain, rel: list[LinearRelaxation], free: list[np.ndarray]
     return best, best_A
 
 
-def _upto(ch: Chain, k: int) -> Chain:
+def upto(ch: Chain, k: int) -> Chain:
     """Steps ``0..k`` of ``ch`` with layer ``k``'s activation replaced by the identity (its pre-activation)."""
     return Chain(ch.input, ch.steps[: k + 1], list(ch.acts[:k]) + ["identity"], list(ch.alphas[: k + 1]))
 
@@ -75,7 +75,7 @@ def refine_layers(ch: Chain, lo: np.ndarray, hi: np.ndarray, zl: list[np.ndarray
         boxes = np.flatnonzero(np.any(want, axis=1))
         want = want[boxes]
         order, ok, lam = unit_rows(want)
-        sub = _upto(ch, k)
+        sub = upto(ch, k)
         rel = [relax_batch(sub, j, zl[j][boxes], zu[j][boxes]) for j in range(k + 1)]
         free = [alpha_free(sub, j, zl[j][boxes], zu[j][boxes]) for j in range(k + 1)]
         up, _ = optimise_rows(sub, rel, free, lam, lo[boxes], hi[boxes], iters, lr)

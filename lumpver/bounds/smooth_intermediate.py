@@ -23,7 +23,7 @@ import numpy as np
 
 from lumpver.bounds.batched import SMOOTH_NARROW, unit_rows, optimise_alpha
 from lumpver.bounds.engine import Chain
-from lumpver.bounds.intermediate import _upto
+from lumpver.bounds.intermediate import upto
 from lumpver.bounds.smooth_alpha import SMOOTH_ACTS
 
 #: Adam steps and step size per layer at the root (sigmoid 784-6x200 net, eps 0.006, all rows: 10 steps at
@@ -91,7 +91,7 @@ def _rebound(chain: Chain, k: int, lo: np.ndarray, hi: np.ndarray, zl: list[np.n
     new_l, new_u = zl[k].copy(), zu[k].copy()
     for c in range(chunks):
         t0, before = time.monotonic(), _mean_width(new_l, new_u, order, ok)
-        obj = optimise_alpha(_upto(chain, k), lo, hi, zl[:k] + [new_l], zu[:k] + [new_u], lam, np.zeros(2 * R), alpha,
+        obj = optimise_alpha(upto(chain, k), lo, hi, zl[:k] + [new_l], zu[:k] + [new_u], lam, np.zeros(2 * R), alpha,
                              iters=iters, lr=lr, stop_closed=False)
         alpha = obj.alpha
         up, low = np.where(ok, obj.upper[:, :R], np.inf), np.where(ok, -obj.upper[:, R:], -np.inf)
