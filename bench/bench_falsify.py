@@ -17,7 +17,8 @@ samples, 4 starts, 30 steps, restarts until the deadline) on each case of the pr
 seconds in all; a counterexample counts only once onnxruntime replays it (:func:`lumpver.api.verify.replay_case`).
 "verify" = :func:`lumpver.api.verify.verify_property` (``auto``, one process, ``--verify-timeout``), which replays its
 ``sat`` with onnxruntime. ``--unsat``: the published unsat instances (``test_unsat``), ``verify`` only ("found" =
-decided unsat): what the falsifier's budget costs where there is nothing to find. Prints one line per instance and a Markdown table per class: instances found / decided,
+decided unsat): what the falsifier's budget costs where there is nothing to find. Prints one line per instance and a
+Markdown table per class: instances found / decided,
 seconds summed over the instances both settings found, and the ratio base/new (> 1: new is faster).
 """
 from __future__ import annotations
@@ -56,7 +57,8 @@ def published(results: Path, want: str) -> set[tuple[str, str]]:
     votes: dict = defaultdict(Counter)
     with open(results) as f:
         for row in csv.DictReader(f):
-            word = {"violated": "sat", "holds": "unsat"}.get(row["result"].strip().lower(), row["result"].strip().lower())
+            res = row["result"].strip().lower()
+            word = {"violated": "sat", "holds": "unsat"}.get(res, res)
             votes[(Path(row["onnx"]).name, Path(row["vnnlib"]).name)][word] += 1
     other = "unsat" if want == "sat" else "sat"
     return {k for k, c in votes.items() if c[want] > c[other]}

