@@ -1,6 +1,7 @@
 """Shared test helpers: paths to ../shared/data and small ONNX builders."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -20,3 +21,10 @@ def shared_data() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: the default disposition, as from a terminal.
+    A shell that starts a job in the background without job control (``cmd &``) sets SIGINT to ignored, and
+    the child (and pytest's other children) would inherit it: Ctrl-C would then do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

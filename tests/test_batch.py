@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import interruptible
 from lumpver.api.batch import GRACE, read_instances, run_batch
 from lumpver.errors import InputError
 
@@ -168,7 +169,7 @@ def test_ctrl_c_stops_launching_ends_running_and_summarises(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(tests=str(ROOT / "tests"), suite=str(suite),
                                                                  out=str(out))],
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=interruptible)
     lines = []
     for line in proc.stderr:
         lines.append(line)

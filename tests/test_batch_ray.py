@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.conftest import interruptible
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -197,7 +198,7 @@ def test_ctrl_c_keeps_what_finished(ray_head, tmp_path):
     suite = _write_suite(tmp_path / "instances.csv", [SLOW_A, FAST], 120)
     proc = subprocess.Popen([sys.executable, "-m", "lumpver", "batch", str(suite), "--out", str(tmp_path / "o"),
                              "--engine", "ray", "--address", ray_head.address], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ray_head.env)
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ray_head.env, preexec_fn=interruptible)
     lines, deadline = _watch(proc), time.monotonic() + 300
     while True:
         assert proc.poll() is None and time.monotonic() < deadline, "the fast instance did not finish first"
