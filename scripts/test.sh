@@ -22,4 +22,9 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
 fi
 
 python3 -m pip install -e ".[test]"
-python3 -m pytest -q "$@"
+# Two pytest workers (pytest-xdist), tests handed out one at a time (worksteal): the suite is ~1,000 mostly
+# single-threaded tests, so this halves its wall time on a 2-core machine (bench/RESULTS.md, "test suite").
+# One BLAS thread per worker: two workers with two BLAS threads each would oversubscribe the cores.
+export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" \
+       MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+python3 -m pytest -q -n 2 --dist worksteal "$@"
