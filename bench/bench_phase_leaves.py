@@ -37,6 +37,7 @@ from lumpver.reductions.certify import twin_of  # noqa: E402
 from lumpver.specs.inputset import Box  # noqa: E402
 from lumpver.verifiers import bab_diff  # noqa: E402
 from lumpver.verifiers.bab_diff import DiffOptions, _Search, choose_pairing  # noqa: E402
+from lumpver.verifiers.bab_phase import PairNet  # noqa: E402
 
 
 def candidate(net: str, size: int) -> dict:
@@ -93,11 +94,11 @@ def workers_ab(s: _Search, target: float, n_leaves: int, workers: int, opt: Diff
     picks = {ranked[j] for j in np.linspace(0, len(ranked) - 1, n_leaves).astype(int)}
     base = None
     for w in (workers, 1):
-        c = copy.deepcopy(s)
+        c = copy.deepcopy(s, {id(s.opt.progress): s.opt.progress})  # the progress stream is shared
         for i in ranked:
             if i not in picks:
                 c.tree.bound[i] = 0.0
-        c.opt, c.deadline = replace(opt, workers=w), time.monotonic() + 1e7
+        c.opt, c.deadline, c.phase_net = replace(opt, workers=w), time.monotonic() + 1e7, PairNet.of(c.model)
         tally = np.zeros(2)
         c._heartbeat_phase = lambda res: tally.__iadd__((res.lps, 1))
         w0, c0 = time.monotonic(), cpu()
