@@ -7,13 +7,13 @@ and the time as a ratio to the exact on-set reduction of the same network measur
 run (epsilon 0 = the on-set point). Saves the curve to bench/approx_acasxu.png.
 
 Usage: python bench/bench_approx_acasxu.py [--nets 1_1,2_3,...] [--eps 0.001,...] [--timeout S] [--no-fit]
-       [--exchange] [--gradual] [--phase-lps N] [--goal-fraction F] [--json PATH] [--certificates DIR]
+       [--exchange] [--gradual] [--phase-lps N] [--goal-fraction F] [--json PATH] [--certificates DIR] [--workers N]
        (--goal-fraction: first size tried when the phase stage is on, approx.GOAL_FRACTION; --exchange: candidates
        by the exchange (minimax) refit of lumpver.reductions.approx_minimax, opt-in; --gradual: by the gradual pruning with
        joint minimax refits of lumpver.reductions.approx_shrink, opt-in; --phase-lps: ReLU-phase LPs per
        certification, lumpver.reductions.certify.BAB_PHASE_LPS, default: certify.phase_budget(timeout); --json also
        records every trial; --certificates: write each reduced model and its bounded certificate there, for
-       `lumpver check`)
+       `lumpver check`; --workers: processes of each certification's phase stage, certify.PHASE_WORKERS)
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lumpver.commands.argtypes import positive_int  # noqa: E402
 from lumpver.reductions import approx  # noqa: E402
 from lumpver.reductions.approx import reduce_approx  # noqa: E402
 from lumpver.reductions.approx_fit import FitOptions  # noqa: E402
@@ -118,7 +119,10 @@ def main() -> None:
                     help="ReLU-phase LPs per certification (certify.BAB_PHASE_LPS)")
     ap.add_argument("--goal-fraction", type=float, default=None,
                     help="first size tried with the phase stage on, a fraction of h's size (approx.GOAL_FRACTION)")
+    ap.add_argument("--workers", type=positive_int, default=1,
+                    help="processes of each certification's phase stage (certify.PHASE_WORKERS)")
     args = ap.parse_args()
+    certify.PHASE_WORKERS = args.workers
     if args.goal_fraction is not None:
         approx.GOAL_FRACTION = args.goal_fraction
     if args.phase_lps is not None:

@@ -8,15 +8,20 @@ box count of ``--caps`` (count, bound percentiles, unstable ReLUs of h), then th
 once per root-tightening mode of ``--tighten``, alternating per leaf (same run: compare the ratios). CPU seconds
 of this process; extrapolated = mean per leaf x open leaves.
 
+With ``--workers N`` (> 1) instead: the phase stage of ``bab_diff`` itself on ``--leaves`` open leaves of the
+last cap, in N processes and in one, on copies of the same search (wall/CPU ratio, LPs; the first --tighten mode).
+
 Usage: python bench/bench_phase_leaves.py [--net 1_1] [--size 67] [--caps 1500,24000] [--leaves 16]
-       [--tighten 1,live] [--leaf-lps 300]
+       [--tighten 1,live] [--leaf-lps 300] [--workers N]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import pickle
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,41 +29,33 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cert_acasxu_candidate import build, cpu  # noqa: E402
 from lumpver.bounds.blas import blas_single_thread  # noqa: E402
+from lumpver.commands.argtypes import positive_int  # noqa: E402
 from lumpver.bounds.diff_batched import REFINE, pair_layer_bounds  # noqa: E402
-from lumpver.ir.onnx_import import load_onnx  # noqa: E402
-from lumpver.reductions.approx import _from_exchange, removal_order  # noqa: E402
-from lumpver.reductions.approx_shrink import ShrinkOptions, shrink  # noqa: E402
-from lumpver.reductions.certify import Chain, sample_points, twin_of  # noqa: E402
-from lumpver.reductions.onset import reduce_on_set  # noqa: E402
+from lumpver.reductions.certify import twin_of  # noqa: E402
 from lumpver.specs.inputset import Box  # noqa: E402
-from lumpver.specs.load import load_input_set  # noqa: E402
 from lumpver.verifiers import bab_diff  # noqa: E402
 from lumpver.verifiers.bab_diff import DiffOptions, _Search, choose_pairing  # noqa: E402
-
-ACAS = ROOT / ".." / "shared" / "data" / "acasxu"
+from lumpver.verifiers.bab_phase import PairNet  # noqa: E402
 
 
 def candidate(net: str, size: int) -> dict:
-    """h, the twin of the shrink candidate and the on-set term (cached in /tmp)."""
+    """h, the twin of the shrink candidate and the on-set term (cached in /tmp; the candidate itself is
+    bench/cert_acasxu_candidate.py's)."""
     cache = Path(f"/tmp/bench_phase_leaves_{net}_{size}.pkl")
     if cache.exists():
         return pickle.loads(cache.read_bytes())
-    f = load_onnx(ACAS / "onnx" / f"ACASXU_run2a_{net}_batch_2000.onnx")
-    X = load_input_set(str(ACAS / "vnnlib" / "prop_3.vnnlib"), f.n_inputs)
-    on = reduce_on_set(f, X)
-    h = on.reduced
-    pts, held = sample_points(X, 3000, 0), sample_points(X, 3000, 1)
-    kept, ex = shrink(h, pts, X.regions[0], size, removal_order, ShrinkOptions())
-    g, dropped, kept, _ = _from_exchange(h, ex, kept, h.preprocess(held), f.forward(held), "linf")
-    twin, _ = twin_of(h, g, Chain(on.steps, kept, dropped_rows=dropped), X)
-    out = {"h": h, "twin": twin, "onset": on.discrepancy, "X": X, "widths": g.hidden_widths}
+    c = build(net, size)
+    twin, _ = twin_of(c.h, c.g, c.chain, c.X)
+    out = {"h": c.h, "twin": twin, "onset": c.onset_bound, "X": c.X, "widths": c.g.hidden_widths}
     cache.write_bytes(pickle.dumps(out))
     return out
 
 
-def box_stage(d: dict, model, target: float, caps: list[int]) -> dict[int, list]:
-    """Open leaves [(lo, hi, bound)] at each cap of one deterministic box search (printed summary per cap)."""
+def box_stage(d: dict, model, target: float, caps: list[int]) -> tuple[dict[int, list], _Search]:
+    """Open leaves [(lo, hi, bound)] at each cap of one deterministic box search (printed summary per cap), and
+    the search (at the largest cap)."""
     snaps: dict[int, tuple] = {}
     t0 = time.process_time()
 
@@ -84,7 +81,34 @@ def box_stage(d: dict, model, target: float, caps: list[int]) -> dict[int, list]
         print(f"{boxes} boxes ({cpu:.0f} CPU s): {len(ids)} open leaves, bounds {pct(b)}, unstable in h {pct(unst)}",
               flush=True)
         out[cap] = [(lo[j], hi[j], b[j]) for j in range(len(ids))]
-    return out
+    return out, s
+
+
+def workers_ab(s: _Search, target: float, n_leaves: int, workers: int, opt: DiffOptions) -> None:
+    """The phase stage of ``bab_diff`` itself (:meth:`_Search._phase_stage`: pool, bisections, budget) on
+    ``n_leaves`` open leaves of the search ``s`` (picked evenly over the bound ranking; the others closed), once
+    in ``workers`` processes and once in one, on copies of the same search: wall and CPU seconds (this process
+    and its reaped workers), LPs and leaves phase-searched, the stage's bound."""
+    t = s.tree
+    ranked = sorted((i for i in t.leaf_ids() if t.bound[i] > target), key=lambda i: -t.bound[i])
+    picks = {ranked[j] for j in np.linspace(0, len(ranked) - 1, n_leaves).astype(int)}
+    base = None
+    for w in (workers, 1):
+        c = copy.deepcopy(s, {id(s.opt.progress): s.opt.progress})  # the progress stream is shared
+        for i in ranked:
+            if i not in picks:
+                c.tree.bound[i] = 0.0
+        c.opt, c.deadline, c.phase_net = replace(opt, workers=w), time.monotonic() + 1e7, PairNet.of(c.model)
+        tally = np.zeros(2)
+        c._heartbeat_phase = lambda res: tally.__iadd__((res.lps, 1))
+        w0, c0 = time.monotonic(), cpu()
+        c._phase_stage()
+        wall, used = time.monotonic() - w0, cpu() - c0
+        base = base or wall
+        up = max(c.tree.bound[i] for i in c.tree.leaf_ids())
+        print(f"  phase stage on {len(picks)} open leaves, workers={w}: {wall:.1f} s wall (x{wall / base:.2f}), "
+              f"{used:.1f} CPU s, {int(tally[0])} LPs over {int(tally[1])} leaf searches, bound {up:.6g} "
+              f"(target {target:.6g})", flush=True)
 
 
 def phase_stage(d: dict, model, target: float, leaf, opt: DiffOptions) -> tuple[float, int, float]:
@@ -115,6 +139,9 @@ def main() -> None:
     ap.add_argument("--leaves", type=int, default=16)
     ap.add_argument("--tighten", default="1,live", help="root tightening modes: 1 (all), 0 (none), live")
     ap.add_argument("--leaf-lps", type=int, default=300)
+    ap.add_argument("--workers", type=positive_int, default=1,
+                    help="> 1: instead of the per-leaf probe, the phase stage on --leaves open leaves of the last cap "
+                         "in this many processes and in one (same run)")
     args = ap.parse_args()
     modes = [{"1": True, "0": False}.get(m, m) for m in args.tighten.split(",")]
     d = candidate(args.net, args.size)
@@ -122,7 +149,13 @@ def main() -> None:
     with blas_single_thread():
         model = choose_pairing(d["h"], d["twin"], d["X"])
         print(f"{args.net} at {args.size} ({d['widths']}), pairing {model.kind}, target {target:.6g}", flush=True)
-        for cap, leaves in box_stage(d, model, target, [int(c) for c in args.caps.split(",")]).items():
+        snaps, search = box_stage(d, model, target, [int(c) for c in args.caps.split(",")])
+        if args.workers > 1:
+            workers_ab(search, target, args.leaves, args.workers,
+                       DiffOptions(deterministic=True, phase_lps=10**7, phase_leaf_lps=args.leaf_lps,
+                                   phase_tighten=modes[0]))
+            return
+        for cap, leaves in snaps.items():
             order = sorted(range(len(leaves)), key=lambda j: -leaves[j][2])
             picks = [order[j] for j in np.linspace(0, len(order) - 1, args.leaves).astype(int)]
             tot = {m: np.zeros(3) for m in modes}

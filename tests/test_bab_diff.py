@@ -497,3 +497,38 @@ def test_live_tightening_skips_dead_ends_and_rechecks_above_the_milp_maximum():
     for bad in ("all", 1, 0.0, None):
         with pytest.raises(ValueError):
             _tighten(bad)
+
+
+def test_phase_stage_in_two_workers_is_sound_repeatable_and_replays_alike_in_two_processes():
+    """The phase stage with ``workers=2`` (a fork pool): its bound is >= the MILP maximum, two runs write the
+    same evidence (results are taken in submission order), and the checker's replay of its phase trees in one
+    and in two processes recomputes the identical value, within the claim."""
+    from lumpver.certificates.bounded_bab import _leaf_bounds
+    from lumpver.certificates.format import BOUND_REL
+
+    lo, hi = -np.ones(3), np.ones(3)
+    f, g, _ = _aligned_pair(6)
+    exact, _ = _exact(f, g, lo, hi)
+    opt = DiffOptions(batch=1, max_boxes=1, deterministic=True, phase_lps=400, refine=DiffOptions().refine, workers=2)
+    runs = [difference_search(f, g, InputSet([Box(lo, hi)]), "linf", 60.0, options=opt) for _ in range(2)]
+    (res, ev), (_, ev2) = runs
+    assert json.dumps(ev) == json.dumps(ev2)
+    rec = ev["regions"][0]
+    assert len(rec.get("phase", [])) >= 2  # two leaves phase-searched: both workers had one
+    claim = float(ev["upper_bound"])
+    assert claim >= exact - 1e-7 * (1 + exact) and res[0].upper == claim
+    model = prepare_diff(f, g)
+    llo, lhi = leaves_of(Box(lo, hi), rec["tree"])
+    got = [_leaf_bounds(model, llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, claim, rec["phase"],
+                        ev.get("phase_tighten", False), workers) for workers in (1, 2)]
+    assert got[0] == got[1]
+    assert exact - 1e-7 * (1 + exact) <= got[0] <= claim * (1 + BOUND_REL)
+
+
+@pytest.mark.parametrize("command", [["check", "c.json"], ["reduce", "a.onnx", "-o", "b.onnx"]])
+def test_workers_below_one_exit_2(command, capsys):
+    """``check --workers 0`` and ``reduce --workers 0`` are refused by the argument parser (exit 2)."""
+    from lumpver.cli import main
+
+    assert main(command + ["--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err

@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import deque
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any, Optional
 
 import numpy as np
 
-from lumpver.bounds.blas import blas_single_thread
+from lumpver.bounds.blas import blas_single_thread, fork_pool
 from lumpver.bounds.diff_batched import ITERS, LR, REFINE, DiffModel, Refine, bound_boxes, halves, prepare_diff
 from lumpver.bounds.region import region_box
 from lumpver.bounds.rounding import norm_hi, rounding_policy
@@ -44,7 +47,7 @@ from lumpver.ir.network import Network
 from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.bounds.diff_phase import supported
-from lumpver.verifiers.bab_phase import PairNet, Tighten, finish_leaf
+from lumpver.verifiers.bab_phase import PairNet, PhaseResult, Tighten, finish_leaf
 from lumpver.verifiers.bab_phase_batched import phase_difference
 from lumpver.verifiers.base import Query, Verdict
 from lumpver.verifiers.falsify import search as falsify_search
@@ -61,6 +64,9 @@ PHASE_DIMS = 64
 PHASE_LEAF_MIN_LPS = 60
 #: a leaf bisected ``phase_bisect`` times gets this many times ``phase_leaf_lps`` before the stage gives up on it
 PHASE_LAST_BOOST = 4
+#: leaves in flight per phase-stage worker (DiffOptions.workers > 1): a worker that finishes takes a queued leaf
+#: while the main process waits for the oldest; and seconds past the deadline the main process waits for one
+PHASE_IN_FLIGHT, PHASE_GRACE = 2, 5.0
 
 
 @dataclass
@@ -94,6 +100,10 @@ class DiffOptions:
     phase_bisect: int = 6
     #: boxes the phase stage may add by those bisections beyond ``max_boxes``
     phase_boxes: int = 4000
+    #: processes of the phase stage (> 1: a fork pool, one BLAS thread each; the leaves are independent). The
+    #: trees then differ from one process's (leaves start before earlier ones' witnesses and bisections are in)
+    #: but not from run to run; the evidence is what the checker replays either way
+    workers: int = 1
     #: share of each region's time (clock runs only) for a falsifier on ``||f - g||``: sampling, then
     #: rounds of momentum PGD from fresh starts (:func:`lumpver.verifiers.falsify.search` with restarts),
     #: until a confirmed counterexample or the share is spent; it runs once the search is still open after
@@ -167,6 +177,32 @@ class _Tree:
 def norm_bounds(lower: np.ndarray, upper: np.ndarray, norm: str) -> np.ndarray:
     """Per box, the rounded-up norm bound of ``f - g`` from per-output bounds (rows of ``lower``/``upper``)."""
     return norm_hi(np.maximum(np.abs(lower), np.abs(upper)), norm) * (1.0 + REPORT_MARGIN)
+
+
+@dataclass
+class _PhaseState:
+    """The phase stage's LP budget left, bisections per leaf, open leaves (heap), whether it has a target, and
+    the phase trees per leaf."""
+
+    budget: int
+    extra: dict[int, int]
+    heap: list[tuple[float, int]]
+    target: bool  # a fixed threshold to meet (epsilon or close_at): stop at the first leaf that cannot
+    trees: dict[int, list[int]] = field(default_factory=dict)
+
+
+#: what a phase-stage worker process holds (set by :func:`_phase_worker_init` in each forked worker)
+_WORKER: dict[str, Any] = {}
+
+
+def _phase_worker_init(net: PairNet, model: DiffModel, refine: Refine, tighten: Tighten) -> None:
+    _WORKER.update(net=net, model=model, refine=refine, tighten=tighten)
+
+
+def _phase_worker_leaf(lo: np.ndarray, hi: np.ndarray, threshold: float, deadline: float, lps: int) -> PhaseResult:
+    """:func:`finish_leaf` on one leaf in a worker process (the threshold as a value)."""
+    w = _WORKER
+    return finish_leaf(w["net"], w["model"], lo, hi, w["refine"], lambda: threshold, deadline, lps, w["tighten"])
 
 
 class _Search:
@@ -319,45 +355,89 @@ class _Search:
         until the deadline or the LP budget; each leaf's bound becomes the smaller of the two. A leaf the
         phase search leaves open is bisected (up to ``phase_bisect`` times, the halves bounded as in the
         box search) and its halves phase-searched in turn: halving a hard ACAS Xu leaf cut its LPs 2-4x.
-        With a target (``epsilon`` or ``close_at``) the stage stops at the first leaf it cannot close."""
+        With a target (``epsilon`` or ``close_at``) the stage stops at the first leaf it cannot close.
+        With ``workers`` > 1 up to ``PHASE_IN_FLIGHT x workers`` leaves run in a fork pool (:func:`_submit`)."""
         t, opt = self.tree, self.opt
-        budget = opt.phase_lps if opt.deterministic else 1 << 40
-        target = self.eps is not None or self.close_at >= self.threshold
         extra = {i: 0 for i in t.leaf_ids()}
-        heap = [(-t.bound[i], i) for i in extra if t.bound[i] > self.threshold]
-        if target and len(heap) * PHASE_LEAF_MIN_LPS > budget:
+        st = _PhaseState(opt.phase_lps if opt.deterministic else 1 << 40, extra,
+                         [(-t.bound[i], i) for i in extra if t.bound[i] > self.threshold],
+                         self.eps is not None or self.close_at >= self.threshold)
+        if st.target and len(st.heap) * PHASE_LEAF_MIN_LPS > st.budget:
             return  # the budget cannot close every open leaf: the target fails anyway
-        heapq.heapify(heap)
-        trees: dict[int, list[int]] = {}
-        while heap and budget > 0 and time.monotonic() < self.deadline and self.cex is None:
-            leaf = heapq.heappop(heap)[1]
-            if t.bound[leaf] <= self.threshold:
-                continue
-            last = extra[leaf] >= opt.phase_bisect  # no bisection left: the leaf's last chance
-            res = finish_leaf(self.phase_net, self.model, t.lo[leaf], t.hi[leaf], opt.refine, lambda: self.threshold,
-                              self.deadline, min(budget, opt.phase_leaf_lps * (PHASE_LAST_BOOST if last else 1)),
-                              opt.phase_tighten)
-            budget -= res.lps
-            if res.points:
-                self._witness(np.clip(np.array(res.points), t.lo[leaf], t.hi[leaf]))
-            self._heartbeat_phase(res)
-            if res.upper < t.bound[leaf]:
-                t.bound[leaf], trees[leaf] = res.upper, res.tree
-            if t.bound[leaf] <= self.threshold:
-                continue
-            if target and self.lower > self.threshold:
-                break
-            if budget > 0 and extra[leaf] < opt.phase_bisect and np.any(t.hi[leaf] > t.lo[leaf]) and \
-                    len(t.lo) < opt.max_boxes + opt.phase_boxes:
-                trees.pop(leaf, None)
-                for kid in self._split([leaf]):
-                    extra[kid] = extra[leaf] + 1
-                    if t.bound[kid] > self.threshold:
-                        heapq.heappush(heap, (-t.bound[kid], kid))
-            elif target:
-                break
+        heapq.heapify(st.heap)
+        with ExitStack() as stack:
+            pool = None if opt.workers <= 1 else stack.enter_context(
+                fork_pool(opt.workers, _phase_worker_init, (self.phase_net, self.model, opt.refine, opt.phase_tighten)))
+            flight: deque = deque()
+            while True:
+                self._submit(pool, flight, st)
+                if not flight:
+                    break
+                leaf, allotted, job = flight.popleft()
+                res = self._wait(job) if pool is not None else job()
+                if res is None:  # a worker past the deadline
+                    break
+                st.budget += allotted - res.lps
+                if not self._phase_result(leaf, res, st):
+                    break
         pos = {leaf: n for n, leaf in enumerate(t.leaf_ids())}
-        self.phase = [[pos[leaf], tree] for leaf, tree in sorted(trees.items(), key=lambda it: pos[it[0]])]
+        self.phase = [[pos[leaf], tree] for leaf, tree in sorted(st.trees.items(), key=lambda it: pos[it[0]])]
+
+    def _submit(self, pool, flight: deque, st: "_PhaseState") -> None:
+        """Pop open leaves, worst first, into ``flight`` while it has room (1 leaf without a pool, else
+        PHASE_IN_FLIGHT per worker), each with the current threshold (a value: it only rises, and a tree that
+        closes at a lower one closes at a higher one) and its LPs debited from the budget up front (the unused
+        ones are given back with its result). Results are taken in submission order and leaves are submitted
+        only then, so the trees do not depend on which worker finishes first (``deterministic`` runs repeat)."""
+        t, opt = self.tree, self.opt
+        room = 1 if pool is None else PHASE_IN_FLIGHT * opt.workers
+        while len(flight) < room and st.heap and st.budget > 0 and time.monotonic() < self.deadline and \
+                self.cex is None:
+            leaf = heapq.heappop(st.heap)[1]
+            if t.bound[leaf] <= self.threshold:
+                continue
+            last = st.extra[leaf] >= opt.phase_bisect  # no bisection left: the leaf's last chance
+            lps = min(st.budget, opt.phase_leaf_lps * (PHASE_LAST_BOOST if last else 1))
+            st.budget -= lps
+            args = (t.lo[leaf], t.hi[leaf], self.threshold, self.deadline, lps)
+            job = pool.apply_async(_phase_worker_leaf, args) if pool is not None else partial(self._finish, *args)
+            flight.append((leaf, lps, job))
+
+    def _finish(self, lo: np.ndarray, hi: np.ndarray, threshold: float, deadline: float, lps: int) -> PhaseResult:
+        return finish_leaf(self.phase_net, self.model, lo, hi, self.opt.refine, lambda: threshold, deadline, lps,
+                           self.opt.phase_tighten)
+
+    def _wait(self, job) -> Optional[PhaseResult]:
+        """A worker's result (its exception re-raised here), None once PHASE_GRACE s past the deadline."""
+        import multiprocessing
+
+        try:
+            return job.get(max(0.0, self.deadline + PHASE_GRACE - time.monotonic()))
+        except multiprocessing.TimeoutError:
+            return None
+
+    def _phase_result(self, leaf: int, res: PhaseResult, st: "_PhaseState") -> bool:
+        """Take one leaf's phase search: witnesses, its bound and tree, bisection of a leaf left open. False:
+        the stage stops (a target it cannot meet)."""
+        t, opt = self.tree, self.opt
+        if res.points:
+            self._witness(np.clip(np.array(res.points), t.lo[leaf], t.hi[leaf]))
+        self._heartbeat_phase(res)
+        if res.upper < t.bound[leaf]:
+            t.bound[leaf], st.trees[leaf] = res.upper, res.tree
+        if t.bound[leaf] <= self.threshold:
+            return True
+        if st.target and self.lower > self.threshold:
+            return False
+        if st.budget > 0 and st.extra[leaf] < opt.phase_bisect and np.any(t.hi[leaf] > t.lo[leaf]) and \
+                len(t.lo) < opt.max_boxes + opt.phase_boxes:
+            st.trees.pop(leaf, None)
+            for kid in self._split([leaf]):
+                st.extra[kid] = st.extra[leaf] + 1
+                if t.bound[kid] > self.threshold:
+                    heapq.heappush(st.heap, (-t.bound[kid], kid))
+            return True
+        return not st.target
 
     def _affordable(self) -> int:
         """Parents one round can split before the deadline (at most ``batch``)."""

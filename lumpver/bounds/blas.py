@@ -10,6 +10,7 @@ one thread per core, so N workers would oversubscribe the cores.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Callable, Optional
 
 
 def _openblas() -> list:
@@ -48,3 +49,28 @@ def blas_single_thread():
     finally:
         for (set_fn, _), n in zip(fns, before):
             set_fn(n)
+
+
+@contextmanager
+def fork_pool(workers: int, initializer: Optional[Callable[..., None]] = None, initargs: tuple = ()):
+    """A pool of ``workers`` forked processes with one OpenBLAS thread each and SIGINT ignored (the parent
+    handles Ctrl-C), ``initializer(*initargs)`` run in each (fork: the arguments are inherited, not pickled);
+    terminated when the block ends, by an exception or Ctrl-C too (no orphan workers). DESIGN.md §11."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init,
+                                                    initargs=(initializer, initargs))
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _worker_init(initializer: Optional[Callable[..., None]], initargs: tuple) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    one_blas_thread()
+    if initializer is not None:
+        initializer(*initargs)

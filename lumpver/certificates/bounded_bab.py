@@ -17,7 +17,7 @@ region of the input set, the bisection tree of the region's box in preorder, plu
   the evidence says ``phase_tighten``: ``true``, or ``"live"`` for the neurons that feed on), the
   children of every split re-derived from them and checked to cover it, and every node's rows above the
   claim are re-bounded by LP through HiGHS's dual (outward rounded); the leaf's bound is the smaller of its
-  batched bound and the replayed one;
+  batched bound and the replayed one (the trees replayed in ``lumpver check --workers N`` processes);
 * an unsplit region with a ``phase_batched`` tree (:mod:`lumpver.verifiers.bab_phase_batched`) is
   bounded by :func:`lumpver.bounds.diff_phase.replay`: every node rebuilt from the box and the tree
   (the four phase children of each split, from the node's recomputed layer bounds) and re-bounded;
@@ -32,13 +32,13 @@ from typing import Optional
 
 import numpy as np
 
-from lumpver.bounds.blas import blas_single_thread
+from lumpver.bounds.blas import blas_single_thread, fork_pool
 from lumpver.bounds.diff_batched import Refine, bound_boxes, leaves_of, prepare_diff
 from lumpver.bounds.diff_phase import replay as replay_phases
 from lumpver.bounds.region import region_box
 from lumpver.bounds.rounding import norm_hi
 from lumpver.certificates.bounded_interval import check_interval_evidence, recheck_chain, recheck_interval
-from lumpver.certificates.format import CheckContext, CheckReport
+from lumpver.certificates.format import REPLAY_WORKERS, CheckContext, CheckReport
 from lumpver.ir.network import Network
 from lumpver.specs.inputset import InputSet
 from lumpver.verifiers.bab_phase import TIGHTEN_MODES, PairNet, Tighten, leaf_root, replay
@@ -54,9 +54,10 @@ def _norms(bb, norm: str) -> np.ndarray:
 
 
 def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, lr: float, refine: Refine,
-                 claim: float, phase: Optional[list] = None, tighten: Tighten = False) -> float:
+                 claim: float, phase: Optional[list] = None, tighten: Tighten = False, workers: int = 1) -> float:
     """The largest leaf bound: plain, refined where the plain bound exceeds the claim, phase-replayed
-    (``phase``: [leaf index, tree] pairs) where recorded."""
+    (``phase``: [leaf index, tree] pairs) where recorded, in ``workers`` processes (each replay is
+    deterministic: the same values whatever the count)."""
     vals = np.zeros(lo.shape[0])
     for s in range(0, lo.shape[0], CHUNK):
         bb = bound_boxes(model, lo[s:s + CHUNK], hi[s:s + CHUNK], iters, lr, refine=refine,
@@ -65,14 +66,41 @@ def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, l
     net = PairNet.of(model) if phase else None
     if phase and (net is None or norm != "linf"):
         raise ValueError("phase trees are recorded for aligned ReLU pairs in linf only")
+    jobs = []
     for rec in phase or []:
         i, tree = int(rec[0]), [int(t) for t in rec[1]]
         if not 0 <= i < lo.shape[0]:
             raise ValueError(f"phase tree of leaf {i} of {lo.shape[0]}")
         if vals[i] > claim:
-            vals[i] = min(vals[i], replay(net, leaf_root(net, model, lo[i], hi[i], refine), lo[i], hi[i], tree, claim,
-                                          tighten))
+            jobs.append((i, lo[i], hi[i], tree))
+    setup = (net, model, refine, claim, tighten)
+    if workers > 1 and len(jobs) > 1:
+        with fork_pool(workers, _replay_init, setup) as pool:
+            got = pool.map(_replay_job, jobs, chunksize=1)
+    else:
+        got = [_replay(setup, job) for job in jobs]
+    for (i, *_), v in zip(jobs, got):
+        vals[i] = min(vals[i], v)
     return float(np.max(vals, initial=0.0))
+
+
+#: what a forked replay worker needs besides the leaf (``(net, model, refine, claim, tighten)``, :func:`_replay_init`)
+_REPLAY: dict = {}
+
+
+def _replay_init(*setup) -> None:
+    _REPLAY["setup"] = setup
+
+
+def _replay_job(job: tuple) -> float:
+    return _replay(_REPLAY["setup"], job)
+
+
+def _replay(setup: tuple, job: tuple) -> float:
+    """The replayed bound of one leaf's phase tree (:func:`lumpver.verifiers.bab_phase.replay`)."""
+    net, model, refine, claim, tighten = setup
+    _, lo, hi, tree = job
+    return replay(net, leaf_root(net, model, lo, hi, refine), lo, hi, tree, claim, tighten)
 
 
 def _tighten(rec) -> Tighten:
@@ -120,7 +148,7 @@ def recheck_bab(f: Network, g: Network, input_set: InputSet, norm: str, ev: dict
                 continue
             claim = float(ev.get("upper_bound", np.inf))
             worst = max(worst, _leaf_bounds(model, lo, hi, norm, iters, lr, refine, claim, rec.get("phase"),
-                                            _tighten(ev.get("phase_tighten", False))))
+                                            _tighten(ev.get("phase_tighten", False)), REPLAY_WORKERS.get()))
             report.ok(f"bab_diff: {lo.shape[0]} leaf box(es) rebuilt from the tree and re-bounded: {worst:.6g}")
         return worst
 

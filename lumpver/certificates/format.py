@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -145,11 +146,25 @@ def load_certificate(path: str | os.PathLike) -> dict[str, Any]:
     return cert
 
 
-def check_certificate(path: str | os.PathLike) -> CheckReport:
-    """Re-check a certificate from scratch against the model files it names (``lumpver check``).
+#: processes a checker may use for independent re-computations (``lumpver check --workers``: the phase trees
+#: of ``bab_diff`` evidence, :mod:`lumpver.certificates.bounded_bab`); set by :func:`check_certificate`
+REPLAY_WORKERS: ContextVar[int] = ContextVar("replay_workers", default=1)
+
+
+def check_certificate(path: str | os.PathLike, workers: int = 1) -> CheckReport:
+    """Re-check a certificate from scratch against the model files it names (``lumpver check``), with
+    ``workers`` processes where a checker can use them (:data:`REPLAY_WORKERS`).
 
     The SHA-256 of every named file must match; then the kind's checker re-verifies the claim.
     """
+    token = REPLAY_WORKERS.set(max(1, int(workers)))
+    try:
+        return _check_certificate(path)
+    finally:
+        REPLAY_WORKERS.reset(token)
+
+
+def _check_certificate(path: str | os.PathLike) -> CheckReport:
     cert = load_certificate(path)
     cert_path = Path(path).resolve()
     ctx = CheckContext(cert_path, Path(), None)

@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "network) is tried first: smaller certified networks, but one certification of a hard "
                         "candidate costs minutes (ACAS Xu 2_3 at 62 neurons: ~6-9 CPU min; its whole search "
                         "~25 CPU min)")
+    p.add_argument("--workers", type=argtypes.positive_int, default=1,
+                   help="processes of that ReLU-phase stage (approx mode; default 1): its open leaves are "
+                        "independent")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,4 +72,7 @@ def _pass(args: argparse.Namespace):
         return OnSetPass()
     if args.epsilon is None or args.epsilon < 0:
         raise InputError("--mode approx needs --epsilon E >= 0")
+    from lumpver.reductions import certify
+
+    certify.PHASE_WORKERS = args.workers  # the phase stage of every certification of this process
     return ApproxPass(args.epsilon, args.norm, args.backend, args.timeout)

@@ -108,6 +108,8 @@ BAB_PHASE_LEAF_LPS = 300
 #: 2_3 at 62 ~650 and ~1,130; "live" saved ~12 % on 1_1's deep leaves. Both unchanged by default
 PHASE_BAB_BOXES = 0
 PHASE_TIGHTEN: Tighten = True
+#: processes of the phase stage (DiffOptions.workers; ``reduce --workers``, bench/cert_acasxu_candidate.py)
+PHASE_WORKERS = 1
 #: reductions given at least this many seconds (``reduce --timeout``) certify with LONG_PHASE_LPS phase LPs per
 #: region when BAB_PHASE_LPS is 0: the ACAS Xu 2_3 candidate at the goal size (62 neurons) needs ~200,000 LPs
 #: (bench/RESULTS.md, 2026-12-01), far beyond what the short budgets of the suite's reductions can pay
@@ -216,14 +218,16 @@ def interval_term(h: Network, twin: Network, input_set: InputSet, norm: str, thr
 
 
 def bab_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshold: float,
-             timeout: float, phase_lps: Optional[int] = None) -> tuple[float, dict[str, Any]]:
+             timeout: float, phase_lps: Optional[int] = None, workers: Optional[int] = None
+             ) -> tuple[float, dict[str, Any]]:
     """The differential branch and bound's bound of ``h - twin`` on X (refined down to ``threshold``), with
     ``phase_lps`` (default BAB_PHASE_LPS) ReLU-phase LPs per region on inputs of <= BAB_FIRST_DIMS (then up to
-    PHASE_BAB_BOXES boxes first, PHASE_TIGHTEN)."""
+    PHASE_BAB_BOXES boxes first, PHASE_TIGHTEN) in ``workers`` processes (default PHASE_WORKERS)."""
     phase = (BAB_PHASE_LPS if phase_lps is None else phase_lps) if input_set.dim <= BAB_FIRST_DIMS else 0
     opt = DiffOptions(max_boxes=PHASE_BAB_BOXES if phase > 0 and PHASE_BAB_BOXES > 0 else BAB_BOXES,
                       deterministic=True, phase_lps=phase,
-                      phase_leaf_lps=BAB_PHASE_LEAF_LPS, phase_tighten=PHASE_TIGHTEN)
+                      phase_leaf_lps=BAB_PHASE_LEAF_LPS, phase_tighten=PHASE_TIGHTEN,
+                      workers=PHASE_WORKERS if workers is None else workers)
     results, ev = difference_search(h, twin, input_set, norm, timeout, close_at=threshold, options=opt)
     ev["threshold"] = threshold
     ev["attained"] = max(r.lower for r in results)  # a float64 value of |h - twin| reached (not a bound)
