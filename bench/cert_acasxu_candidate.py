@@ -10,7 +10,7 @@ certificate is written beside it and ``lumpver check --workers N`` re-checks it 
 and CPU seconds (this process plus its reaped workers) of each step and the bound.
 
 Usage: python bench/cert_acasxu_candidate.py [--net 1_1] [--size 67] [--epsilon 0.01] [--workers 2]
-       [--check-workers 2] [--boxes 24000] [--tighten live] [--phase-lps 1500000] [--timeout 3600] [--out DIR]
+       [--check-workers 2] [--boxes 24000] [--extra-boxes N] [--tighten live] [--phase-lps 1500000] [--timeout 3600] [--out DIR]
 Quick case: --net 2_3 --size 90 (minutes).
 """
 from __future__ import annotations
@@ -90,12 +90,14 @@ def main() -> None:
     ap.add_argument("--workers", type=positive_int, default=2, help="processes of the phase stage")
     ap.add_argument("--check-workers", type=positive_int, default=2, help="lumpver check --workers")
     ap.add_argument("--boxes", type=int, default=24_000, help="certify.PHASE_BAB_BOXES")
+    ap.add_argument("--extra-boxes", type=int, default=None, help="certify.PHASE_EXTRA_BOXES (bisections' boxes)")
     ap.add_argument("--tighten", default="live", help="certify.PHASE_TIGHTEN: 1, 0 or live")
     ap.add_argument("--phase-lps", type=int, default=1_500_000, help="phase LPs per region")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds for the certification")
     ap.add_argument("--out", default="/tmp/cert_acasxu", help="directory of the reduced model and certificate")
     args = ap.parse_args()
     certify.PHASE_BAB_BOXES, certify.PHASE_WORKERS = args.boxes, args.workers
+    certify.PHASE_EXTRA_BOXES = args.extra_boxes
     certify.PHASE_TIGHTEN = {"1": True, "0": False}.get(args.tighten, args.tighten)
     w0, c0 = time.monotonic(), cpu()
     c = build(args.net, args.size)

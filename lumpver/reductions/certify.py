@@ -107,6 +107,9 @@ BAB_PHASE_LEAF_LPS = 300
 #: ~7,100 CPU s after 1,500 boxes and ~4,700 after 24,000 (most deep leaves close at the tightened root LP), on
 #: 2_3 at 62 ~650 and ~1,130; "live" saved ~12 % on 1_1's deep leaves. Both unchanged by default
 PHASE_BAB_BOXES = 0
+#: boxes the phase stage may add by bisecting leaves it leaves open (DiffOptions.phase_boxes); None: its default
+#: (4,000). The ACAS Xu 1_1 goal-size candidate at 24,000 boxes first hit that cap after 4,616 of ~5,100 leaves
+PHASE_EXTRA_BOXES: Optional[int] = None
 PHASE_TIGHTEN: Tighten = True
 #: processes of the phase stage (DiffOptions.workers; ``reduce --workers``, bench/cert_acasxu_candidate.py)
 PHASE_WORKERS = 1
@@ -227,7 +230,8 @@ def bab_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshol
     opt = DiffOptions(max_boxes=PHASE_BAB_BOXES if phase > 0 and PHASE_BAB_BOXES > 0 else BAB_BOXES,
                       deterministic=True, phase_lps=phase,
                       phase_leaf_lps=BAB_PHASE_LEAF_LPS, phase_tighten=PHASE_TIGHTEN,
-                      workers=PHASE_WORKERS if workers is None else workers)
+                      workers=PHASE_WORKERS if workers is None else workers,
+                      **({} if PHASE_EXTRA_BOXES is None else {"phase_boxes": PHASE_EXTRA_BOXES}))
     results, ev = difference_search(h, twin, input_set, norm, timeout, close_at=threshold, options=opt)
     ev["threshold"] = threshold
     ev["attained"] = max(r.lower for r in results)  # a float64 value of |h - twin| reached (not a bound)
