@@ -10,7 +10,8 @@ certificate is written beside it and ``lumpver check --workers N`` re-checks it 
 and CPU seconds (this process plus its reaped workers) of each step and the bound.
 
 Usage: python bench/cert_acasxu_candidate.py [--net 1_1] [--size 67] [--epsilon 0.01] [--workers 2]
-       [--check-workers 2] [--boxes 24000] [--extra-boxes N] [--tighten live] [--phase-lps 1500000] [--timeout 3600] [--out DIR]
+       [--check-workers 2] [--boxes 24000] [--extra-boxes N] [--tighten live] [--phase-lps 1500000]
+       [--timeout 3600] [--out DIR]
 Quick case: --net 2_3 --size 90 (minutes).
 """
 from __future__ import annotations
