@@ -11,17 +11,21 @@ Usage: python bench/bench_approx_acasxu.py [--nets 1_1,2_3,...] [--eps 0.001,...
        (--goal-fraction: first size tried when the phase stage is on, approx.GOAL_FRACTION; --exchange: candidates
        by the exchange (minimax) refit of lumpver.reductions.approx_minimax, opt-in; --gradual: by the gradual pruning with
        joint minimax refits of lumpver.reductions.approx_shrink, opt-in; --phase-lps: ReLU-phase LPs per
-       certification, lumpver.reductions.certify.BAB_PHASE_LPS, default: certify.phase_budget(timeout); --json also
+       certification, default: certify.phase_budget(timeout)'s (PhaseBudget.lps); --json also
        records every trial; --certificates: write each reduced model and its bounded certificate there, for
-       `lumpver check`; --workers: processes of each certification's phase stage, certify.PHASE_WORKERS)
+       `lumpver check`; --workers: processes of each certification's phase stage, PhaseBudget.workers; the CPU
+       seconds printed include the reaped worker processes)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -38,6 +42,7 @@ from lumpver.reductions import certify  # noqa: E402
 from lumpver.reductions.certify import sample_points, write_bounded  # noqa: E402
 from lumpver.ir.onnx_export import save_onnx  # noqa: E402
 from lumpver.specs.load import load_input_set  # noqa: E402
+from lumpver.progress import Progress  # noqa: E402
 from lumpver.ir.onnx_import import load_onnx  # noqa: E402
 from lumpver.reductions.onset import reduce_on_set  # noqa: E402
 
@@ -45,8 +50,15 @@ ACAS = ROOT / ".." / "shared" / "data" / "acasxu"
 GOAL_EPS = 0.01
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its reaped children (the phase stage's workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_net(name: str, eps_list: list[float], timeout: float, max_boxes: int, fit: bool = True,
-            exchange: bool = False, cert_dir: str = "", gradual: bool = False) -> list[dict]:
+            exchange: bool = False, cert_dir: str = "", gradual: bool = False,
+            phase: Optional[certify.PhaseBudget] = None) -> list[dict]:
     model = ACAS / "onnx" / f"ACASXU_run2a_{name}_batch_2000.onnx"
     f = load_onnx(model)
     X = load_input_set(str(ACAS / "vnnlib" / "prop_3.vnnlib"), f.n_inputs)
@@ -58,15 +70,16 @@ def run_net(name: str, eps_list: list[float], timeout: float, max_boxes: int, fi
     pts = sample_points(X, 20000, seed=7)
     yf = f.forward(pts)
     for eps in eps_list:
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         try:
             res = reduce_approx(f, X, eps, timeout=timeout, max_boxes=max_boxes, fit=FitOptions() if fit else None,
                                 exchange=ExchangeOptions() if exchange else None,
-                                gradual=ShrinkOptions() if gradual else None)
+                                gradual=ShrinkOptions() if gradual else None, phase=phase,
+                                progress=Progress())
         except ValueError as e:
             print(f"{name} eps {eps}: {e}", flush=True)
             continue
-        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        dt, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         if cert_dir:
             out = Path(cert_dir) / f"{name}_eps{eps:g}.onnx"
             save_onnx(res.reduced, out)
@@ -116,22 +129,22 @@ def main() -> None:
     ap.add_argument("--exchange", action="store_true", help="exchange (minimax) refits of the candidates")
     ap.add_argument("--gradual", action="store_true", help="gradual pruning with joint minimax refits")
     ap.add_argument("--phase-lps", type=int, default=None,
-                    help="ReLU-phase LPs per certification (certify.BAB_PHASE_LPS)")
+                    help="ReLU-phase LPs per certification (PhaseBudget.lps; default: certify.phase_budget)")
     ap.add_argument("--goal-fraction", type=float, default=None,
                     help="first size tried with the phase stage on, a fraction of h's size (approx.GOAL_FRACTION)")
     ap.add_argument("--workers", type=positive_int, default=1,
-                    help="processes of each certification's phase stage (certify.PHASE_WORKERS)")
+                    help="processes of each certification's phase stage (PhaseBudget.workers)")
     args = ap.parse_args()
-    certify.PHASE_WORKERS = args.workers
+    phase = certify.phase_budget(args.timeout, args.workers)
     if args.goal_fraction is not None:
         approx.GOAL_FRACTION = args.goal_fraction
     if args.phase_lps is not None:
-        certify.BAB_PHASE_LPS = args.phase_lps
+        phase = replace(phase, lps=args.phase_lps)
     eps = [float(e) for e in args.eps.split(",")]
     rows = []
     for name in args.nets.split(","):
         rows += run_net(name, eps, args.timeout, args.max_boxes, not args.no_fit, args.exchange, args.certificates,
-                        args.gradual)
+                        args.gradual, phase)
     print("\n| net | on-set kept | " + " | ".join(f"eps {e:g}" for e in eps) + " |")
     print("|---|---|" + "---|" * len(eps))
     for name in args.nets.split(","):

@@ -4,14 +4,15 @@ DESIGN.md §11; bench/RESULTS.md).
 The candidate is the gradual pruning's (``approx_shrink.shrink`` against h, the exact on-set reduction, on the
 prop_3 box; as ``reduce --gradual`` and bench/bench_phase_leaves.py build it; cached as a pickle in /tmp). It is
 written as ONNX, loaded back (what is certified is the file) and certified through its pruned twin by
-:func:`lumpver.reductions.certify.certify` at ``--epsilon`` with the long phase budget (PHASE_BAB_BOXES boxes
-first, PHASE_TIGHTEN, ``--phase-lps`` LPs, ``--workers`` processes: certify.PHASE_WORKERS); the ``bounded``
+:func:`lumpver.reductions.certify.certify` at ``--epsilon`` with the long phase budget (a
+:class:`certify.PhaseBudget`: ``--boxes`` boxes first, ``--tighten``, ``--phase-lps`` LPs, ``--workers`` processes;
+defaults certify.GOAL_PHASE); the ``bounded``
 certificate is written beside it and ``lumpver check --workers N`` re-checks it in a child process. Prints wall
 and CPU seconds (this process plus its reaped workers) of each step and the bound.
 
 Usage: python bench/cert_acasxu_candidate.py [--net 1_1] [--size 67] [--epsilon 0.01] [--workers 2]
-       [--check-workers 2] [--boxes 24000] [--extra-boxes N] [--tighten live] [--phase-lps 1500000]
-       [--timeout 3600] [--out DIR]
+       [--check-workers 2] [--boxes 24000] [--extra-boxes 40000] [--tighten live] [--phase-lps 2000000]
+       [--timeout 3600] [--out DIR]   (a heartbeat of the search on stderr)
 Quick case: --net 2_3 --size 90 (minutes).
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from lumpver.commands.argtypes import positive_int  # noqa: E402
 from lumpver.ir.network import Network  # noqa: E402
 from lumpver.ir.onnx_export import save_onnx  # noqa: E402
 from lumpver.ir.onnx_import import load_onnx  # noqa: E402
+from lumpver.progress import Progress  # noqa: E402
 from lumpver.reductions import certify  # noqa: E402
 from lumpver.reductions.approx import _from_exchange, removal_order  # noqa: E402
 from lumpver.reductions.approx_shrink import ShrinkOptions, shrink  # noqa: E402
@@ -90,16 +92,16 @@ def main() -> None:
     ap.add_argument("--epsilon", type=float, default=0.01)
     ap.add_argument("--workers", type=positive_int, default=2, help="processes of the phase stage")
     ap.add_argument("--check-workers", type=positive_int, default=2, help="lumpver check --workers")
-    ap.add_argument("--boxes", type=int, default=24_000, help="certify.PHASE_BAB_BOXES")
-    ap.add_argument("--extra-boxes", type=int, default=None, help="certify.PHASE_EXTRA_BOXES (bisections' boxes)")
-    ap.add_argument("--tighten", default="live", help="certify.PHASE_TIGHTEN: 1, 0 or live")
-    ap.add_argument("--phase-lps", type=int, default=1_500_000, help="phase LPs per region")
+    goal = certify.GOAL_PHASE
+    ap.add_argument("--boxes", type=int, default=goal.boxes, help="PhaseBudget.boxes: bisection boxes first")
+    ap.add_argument("--extra-boxes", type=int, default=goal.extra_boxes, help="PhaseBudget.extra_boxes")
+    ap.add_argument("--tighten", default=str(goal.tighten), help="PhaseBudget.tighten: 1, 0 or live")
+    ap.add_argument("--phase-lps", type=int, default=goal.lps, help="phase LPs per region")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds for the certification")
     ap.add_argument("--out", default="/tmp/cert_acasxu", help="directory of the reduced model and certificate")
     args = ap.parse_args()
-    certify.PHASE_BAB_BOXES, certify.PHASE_WORKERS = args.boxes, args.workers
-    certify.PHASE_EXTRA_BOXES = args.extra_boxes
-    certify.PHASE_TIGHTEN = {"1": True, "0": False}.get(args.tighten, args.tighten)
+    phase = certify.PhaseBudget(args.phase_lps, args.boxes, args.extra_boxes,
+                                {"1": True, "0": False}.get(args.tighten, args.tighten), args.workers)
     w0, c0 = time.monotonic(), cpu()
     c = build(args.net, args.size)
     print(f"{args.net} at {args.size} ({c.g.hidden_widths}): candidate in {time.monotonic() - w0:.0f} s wall, "
@@ -111,7 +113,7 @@ def main() -> None:
     f, g = load_onnx(c.model), load_onnx(reduced)  # certify what was written
     w0, c0 = time.monotonic(), cpu()
     res = certify.certify(f, g, c.X, "linf", c.chain, c.h, c.onset_bound, timeout=args.timeout,
-                          threshold=args.epsilon, phase_lps=args.phase_lps)
+                          threshold=args.epsilon, phase=phase, progress=Progress())
     wall, used = time.monotonic() - w0, cpu() - c0
     ev = res.evidence
     print(f"certified {res.epsilon:.6g} (target {args.epsilon:g}; {res.backend}, terms "

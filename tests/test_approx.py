@@ -134,6 +134,38 @@ def test_cli_reduce_approx_then_check(rng, tmp_path):
             assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
 
 
+def test_cli_reduce_gradual_search_certifies_and_rechecks(rng, tmp_path):
+    """``reduce --search gradual`` builds candidates by the gradual pruning (recorded as its method): the
+    written model is smaller than the on-set reduction, its certificate re-checks and covers the error
+    onnxruntime shows; an unknown --search exits 2 naming the option before anything is written, and the
+    command's choices are the library's."""
+    from lumpver.commands import reduce as reduce_cmd
+    from lumpver.reductions.approx import SEARCHES
+
+    net = _planted(rng)
+    orig, out, cert_path, spec = (tmp_path / n for n in ("f.onnx", "g.onnx", "g.cert.json", "x.vnnlib"))
+    save_onnx(net, orig)
+    _spec(spec, 3, 2, -0.3, 0.3)
+    X = InputSet([Box(-0.3 * np.ones(3), 0.3 * np.ones(3))])
+    bad = _cli("reduce", orig, "-o", out, "--mode", "approx", "--input-set", spec, "--epsilon", 0.2, "--search", "x")
+    assert bad.returncode == 2 and "--search" in bad.stderr and not out.exists()
+    import argparse
+    parser = argparse.ArgumentParser()
+    reduce_cmd.add_arguments(parser)
+    assert tuple(next(a for a in parser._actions if a.dest == "search").choices) == SEARCHES
+    r = _cli("reduce", orig, "-o", out, "--mode", "approx", "--input-set", spec, "--epsilon", 0.2, "--search",
+             "gradual", "--timeout", 60, "-q")
+    assert r.returncode == 0, r.stderr
+    cert = json.loads(cert_path.read_text())
+    info = next(e for e in cert["evidence"] if e["backend"] == "reduction")
+    assert info["search"] == "gradual-prune+joint-minimax", info
+    assert cert["stats"]["neurons_after"] < reduce_on_set(net, X).reduced.n_hidden
+    assert _cli("check", cert_path).returncode == 0
+    x = sample_points(X, 5000, seed=4)
+    seen = float(np.max(np.abs(run_onnx(orig, x) - run_onnx(out, x))))
+    assert seen <= cert["guarantee"]["epsilon"] + cert["guarantee"]["float_tolerance"]["float32_rounding_bound"]
+
+
 def test_removal_costs_match_brute_force_refits(rng):
     feats = rng.standard_normal((200, 6))
     feats[:, 5] = 0.7 * feats[:, 1] - 0.2 * feats[:, 3] + 1e-3 * rng.standard_normal(200)  # nearly redundant
@@ -249,8 +281,8 @@ def test_lbfgs_fit_lowers_error_and_its_certificate_covers_the_milp_maximum(rng)
 
 @pytest.mark.parametrize("tighten", [True, "live"])
 def test_phase_lps_in_certify_recheck_and_cover_the_milp_maximum(rng, tmp_path, monkeypatch, tighten):
-    """With a phase LP budget (certify.BAB_PHASE_LPS) the deterministic search records phase trees on the
-    pruned (aligned) twin, with the root tightening of certify.PHASE_TIGHTEN (recorded); the written certificate
+    """With a phase stage (certify.PhaseBudget) the deterministic search records phase trees on the
+    pruned (aligned) twin, with the budget's root tightening (recorded); the written certificate
     re-checks and its bound covers the MILP maximum |f - g|, and a claim below that maximum does not re-check."""
     from lumpver.reductions import certify as C
     from tests.milp_reference import max_difference
@@ -262,10 +294,9 @@ def test_phase_lps_in_certify_recheck_and_cover_the_milp_maximum(rng, tmp_path, 
     acts = net.activations(pts)
     kept = kept_after(net, removal_order(net, acts), 12)
     g, dropped = refit_pruned(net, acts, kept)
-    monkeypatch.setattr(C, "BAB_PHASE_LPS", 200)
     monkeypatch.setattr(C, "BAB_BOXES", 20)  # leaves stay open, so the phase stage runs
-    monkeypatch.setattr(C, "PHASE_TIGHTEN", tighten)
-    res = C.certify(net, g, X, "linf", Chain(None, kept, dropped_rows=dropped), timeout=20.0, max_boxes=20)
+    res = C.certify(net, g, X, "linf", Chain(None, kept, dropped_rows=dropped), timeout=20.0, max_boxes=20,
+                    phase=C.PhaseBudget(lps=200, tighten=tighten))
     assert res.backend == "bab_diff" and any("phase" in r for r in res.evidence["regions"])
     assert res.evidence["phase_tighten"] == tighten
     orig, out, cert_path = (tmp_path / n for n in ("f.onnx", "g.onnx", "g.cert.json"))
@@ -292,7 +323,7 @@ def test_long_budget_tries_the_goal_size_first_and_its_certificate_rechecks(rng,
     net = _planted(rng)
     X = InputSet([Box(-0.3 * np.ones(3), 0.3 * np.ones(3))])
     monkeypatch.setattr(C, "PHASE_TIMEOUT", 3.0)
-    monkeypatch.setattr(C, "LONG_PHASE_LPS", 300)
+    monkeypatch.setattr(C, "LONG_PHASE", C.PhaseBudget(lps=300))
     orig, out, cert_path = (tmp_path / n for n in ("f.onnx", "g.onnx", "g.cert.json"))
     save_onnx(net, orig)
     cert = reduce_approx_to_files(orig, out, cert_path, X, 0.05, "linf", "auto", 4.0)

@@ -108,10 +108,12 @@ def test_averaged_round_is_the_layerwise_weight_mean_when_it_attains_less():
 
 def test_phase_certification_takes_half_the_time_left(monkeypatch):
     """With the phase stage on, one certification gets half the time left (at least PHASE_CERT_MIN s), so a
-    candidate the stage cannot close leaves time for other sizes; without it, 120 s as before."""
+    candidate the stage cannot close leaves time for other sizes, and the goal size GOAL_CERT_SHARE of it;
+    without it, 120 s as before."""
     import time
 
     from lumpver.reductions import approx
+    from lumpver.reductions.certify import NO_PHASE, PhaseBudget
 
     seen = []
 
@@ -120,10 +122,12 @@ def test_phase_certification_takes_half_the_time_left(monkeypatch):
         return type("R", (), {"epsilon": 1.0})()
 
     monkeypatch.setattr(approx, "certify", fake_certify)
-    for left, phase in ((4000.0, 400_000), (1200.0, 400_000), (500.0, 400_000), (4000.0, 0)):
+    on = PhaseBudget(lps=400_000)
+    for left, phase, share in ((4000.0, on, 0.5), (1200.0, on, 0.5), (500.0, on, 0.5), (4000.0, NO_PHASE, 0.5),
+                               (4000.0, on, approx.GOAL_CERT_SHARE)):
         approx._certify_first(None, None, None, "linf", ["chain"], None, 0.0, time.perf_counter() + left, 600, 0.01,
-                              phase)
-    expected = [2000.0, approx.PHASE_CERT_MIN, 500.0, 120.0]
+                              phase, share)
+    expected = [2000.0, approx.PHASE_CERT_MIN, 500.0, 120.0, 4000.0 * approx.GOAL_CERT_SHARE]
     assert all(abs(t - e) < 5.0 for t, e in zip(seen, expected)), seen
 
 

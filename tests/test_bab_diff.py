@@ -532,3 +532,25 @@ def test_workers_below_one_exit_2(command, capsys):
 
     assert main(command + ["--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_phase_stage_heartbeat_reports_its_leaves_and_lps():
+    """The phase stage's heartbeat (every ``heartbeat`` seconds, here every leaf) counts the leaves searched
+    and their LPs; on the last line the LPs used and left add up to the stage's budget, and the leaves
+    searched are at least the phase trees the evidence records."""
+    import io
+    import re
+
+    from lumpver.progress import Progress
+
+    lo, hi = -np.ones(3), np.ones(3)
+    f, g, _ = _aligned_pair(3)
+    buf = io.StringIO()
+    opt = DiffOptions(batch=1, max_boxes=1, deterministic=True, phase_lps=60, refine=DiffOptions().refine,
+                      heartbeat=0.0, progress=Progress(stream=buf))
+    _, ev = difference_search(f, g, InputSet([Box(lo, hi)]), "linf", 60.0, options=opt)
+    lines = [ln for ln in buf.getvalue().splitlines() if "phase stage" in ln]
+    assert lines, buf.getvalue()
+    searched, lps, left = map(int, re.search(r"(\d+) leaves searched \((\d+) LPs, (-?\d+) left", lines[-1]).groups())
+    assert len(lines) == searched and lps > 0 and lps + left == 60  # the LPs used and left add up to the budget
+    assert searched >= len(ev["regions"][0]["phase"])

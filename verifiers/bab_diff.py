@@ -189,6 +189,8 @@ class _PhaseState:
     heap: list[tuple[float, int]]
     target: bool  # a fixed threshold to meet (epsilon or close_at): stop at the first leaf that cannot
     trees: dict[int, list[int]] = field(default_factory=dict)
+    searched: int = 0  # leaves whose phase search returned (for the heartbeat)
+    lps: int = 0  # LPs those searches used
 
 
 #: what a phase-stage worker process holds (set by :func:`_phase_worker_init` in each forked worker)
@@ -422,7 +424,8 @@ class _Search:
         t, opt = self.tree, self.opt
         if res.points:
             self._witness(np.clip(np.array(res.points), t.lo[leaf], t.hi[leaf]))
-        self._heartbeat_phase(res)
+        st.searched, st.lps = st.searched + 1, st.lps + res.lps
+        self._heartbeat_phase(res, st)
         if res.upper < t.bound[leaf]:
             t.bound[leaf], st.trees[leaf] = res.upper, res.tree
         if t.bound[leaf] <= self.threshold:
@@ -455,9 +458,16 @@ class _Search:
         return DiffResult(upper, self.lower, self.x_best, proved, t.preorder(), len(t.lo), n_open,
                           "" if proved else stopped, self.cex, self.phase)
 
-    def _heartbeat_phase(self, res) -> None:
-        self.opt.progress.say(f"bab_diff: phase split of a leaf: {res.nodes} nodes, {res.lps} LPs, its bound "
-                              f"{res.upper:.4g}, attained {self.lower:.4g}, {self.deadline - time.monotonic():.0f} s left")
+    def _heartbeat_phase(self, res: PhaseResult, st: "_PhaseState") -> None:
+        """At most one line per ``heartbeat`` seconds: leaves searched and still open, LPs, worst open bound."""
+        now = time.monotonic()
+        if now - self._beat < self.opt.heartbeat:
+            return
+        self._beat = now
+        worst = max(-st.heap[0][0] if st.heap else -np.inf, res.upper)
+        self.opt.progress.say(f"bab_diff phase stage: {st.searched} leaves searched ({st.lps} LPs, {st.budget} left), "
+                              f"{len(st.heap)} queued, worst open bound {worst:.4g} (target {self.threshold:.4g}), "
+                              f"attained {self.lower:.4g}, {self.deadline - now:.0f} s left")
 
     def _heartbeat(self, heap) -> None:
         now = time.monotonic()

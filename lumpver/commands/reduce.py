@@ -24,12 +24,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds for the whole approx-mode search (default 300). From 900 s on "
                         "(certify.phase_budget) each certification adds a ReLU-phase LP stage (up to 400,000 "
                         "LPs) and may use half the time left (at least 900 s), and the goal size (half the on-set "
-                        "network) is tried first: smaller certified networks, but one certification of a hard "
-                        "candidate costs minutes (ACAS Xu 2_3 at 62 neurons: ~6-9 CPU min; its whole search "
-                        "~25 CPU min)")
+                        "network) is tried first with 85 %% of it: smaller certified networks, but one "
+                        "certification of a hard candidate costs minutes (ACAS Xu 2_3 at 62 neurons: ~6-9 CPU "
+                        "min). From 3600 s on the stage gets up to 2,000,000 LPs and 24,000 boxes (ACAS Xu 1_1 at "
+                        "67 neurons: ~72 CPU min, 39 min with --workers 2)")
     p.add_argument("--workers", type=argtypes.positive_int, default=1,
                    help="processes of that ReLU-phase stage (approx mode; default 1): its open leaves are "
                         "independent")
+    p.add_argument("--search", choices=["auto", "least-squares", "exchange", "gradual"], default="auto",
+                   help="how approx-mode candidates are built (default auto): least-squares refits of the kept "
+                        "weights (with an L-BFGS fit where they miss), the exchange (minimax) refit, or the gradual "
+                        "pruning with joint minimax refits (boxes of <= 8 inputs; ~2-4 CPU min per candidate on "
+                        "ACAS Xu; the only one that reached half the on-set size there); auto: gradual from "
+                        "--timeout 900 on where it applies, else least-squares")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +79,4 @@ def _pass(args: argparse.Namespace):
         return OnSetPass()
     if args.epsilon is None or args.epsilon < 0:
         raise InputError("--mode approx needs --epsilon E >= 0")
-    from lumpver.reductions import certify
-
-    certify.PHASE_WORKERS = args.workers  # the phase stage of every certification of this process
-    return ApproxPass(args.epsilon, args.norm, args.backend, args.timeout)
+    return ApproxPass(args.epsilon, args.norm, args.backend, args.timeout, args.workers, args.search)

@@ -38,7 +38,7 @@ from lumpver.reductions.approx_minimax import MAX_VERTEX_DIMS, ExchangeOptions, 
     fit_rows, preprocessed_acts, refit_layers
 from lumpver.reductions.approx_shrink import SEARCH_SLACK, ShrinkOptions, shrink
 from lumpver.reductions.base import default_certificate_path, remove_on_failure
-from lumpver.reductions.certify import Certified, Chain, certify, phase_budget
+from lumpver.reductions.certify import NO_PHASE, Certified, Chain, PhaseBudget, certify, phase_budget
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.specs.norms import difference_rows
 from lumpver.reductions.exact import LayerClasses
@@ -73,6 +73,12 @@ GREEDY_FAILS = 6
 #: PHASE_CERT_MIN s): a candidate the stage cannot close (ACAS Xu 1_1 at 67 neurons, attained 0.0081: still
 #: 0.055 after 1,388 CPU s) then leaves time for larger sizes; 2_3's goal candidate certified in ~900 s wall
 PHASE_CERT_SHARE = 0.5
+#: the goal-size candidate, tried first, may use this share of the time left: with GOAL_PHASE the ACAS Xu 1_1
+#: goal candidate needed 2,323 s wall with 2 workers (bench/RESULTS.md, 2026-12-01)
+GOAL_CERT_SHARE = 0.85
+#: a gradual-pruning candidate's closing joint refit starts no round after this share of the time left (a 3-input
+#: planted net's refit took 73 s of a 30 s budget without it; ACAS Xu candidates take ~250 s of thousands)
+BUILD_SHARE = 0.5
 #: with the phase stage on, the size tried first, as a fraction of h's hidden neurons (issue 14's goal: half)
 GOAL_FRACTION = 0.5
 PHASE_CERT_MIN = 900.0
@@ -297,7 +303,8 @@ class ApproxResult:
 def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "linf", timeout: float = 300.0,
                   progress: Progress = SILENT, samples: int = DEFAULT_SAMPLES, max_boxes: int = DEFAULT_BOXES,
                   seed: int = 0, fit: Optional[FitOptions] = FitOptions(),
-                  exchange: Optional[ExchangeOptions] = None, gradual: Optional[ShrinkOptions] = None) -> ApproxResult:
+                  exchange: Optional[ExchangeOptions] = None, gradual: Optional[ShrinkOptions] = None,
+                  phase: Optional[PhaseBudget] = None) -> ApproxResult:
     """The smallest approximate reduction found whose certified error on X is ``<= epsilon``.
 
     Exact on-set reduction h, greedy removal order (:func:`removal_order`), then bisection on the
@@ -317,8 +324,9 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     (nearly constant or nearly linear), and the second candidate is
     :mod:`lumpver.reductions.smooth_fold`'s (nearly constant neurons, from sound bounds, folded
     into the next bias). With a long ``timeout`` (:func:`lumpver.reductions.certify.phase_budget`: the
-    ReLU-phase stage certifies) the goal size, half h's hidden neurons, is tried first and the bisection
-    continues below it when it certifies, above it otherwise (issue 14). Raises ValueError when not even h
+    ReLU-phase stage certifies; ``phase`` overrides that choice) the goal size, half h's hidden neurons, is tried
+    first, with GOAL_CERT_SHARE of the time left, and the bisection continues below it when it certifies, above it
+    otherwise (issue 14). Raises ValueError when not even h
     is certified within epsilon."""
     require_dense(f, "reduce --mode approx")
 
@@ -334,10 +342,10 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     acts, yf = h.activations(pts), f.forward(pts)
     check = (h.preprocess(held), f.forward(held))
     kept0 = [np.arange(w) for w in h.hidden_widths]
-    phase = phase_budget(timeout)
+    phase = phase_budget(timeout) if phase is None else phase
     base = certify(f, h, input_set, norm, Chain(on.steps, kept0), h, on.discrepancy,
                    timeout=max(1.0, deadline - time.perf_counter()), max_boxes=max_boxes, threshold=epsilon,
-                   phase_lps=phase)
+                   phase=phase, progress=progress)
     if not base.epsilon <= epsilon:
         raise ValueError(f"even the exact on-set reduction is certified only within {base.epsilon:.3g} > epsilon "
                          f"{epsilon:g}; use --mode on-set or a larger --epsilon")
@@ -355,8 +363,9 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
     @functools.lru_cache(maxsize=None)
     def build(removed: tuple, variant: str) -> tuple[Network, list, list[np.ndarray], float]:
         if variant == "shrink":  # the gradual pruning chooses its own kept neurons (approx_shrink)
+            now = time.perf_counter()  # the closing refit leaves time to certify: BUILD_SHARE of what is left
             kept, ex = shrink(h, pts, input_set.regions[0], h.n_hidden - len(removed), removal_order, gradual,
-                               progress)
+                              progress, now + BUILD_SHARE * max(0.0, deadline - now))
             return _from_exchange(h, ex, kept, held, check[1], norm)
         kept = kept_after(h, list(removed), len(removed))
         if variant == "const":
@@ -372,7 +381,8 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
                                   check[1], norm)
         return g, dropped, kept, max(attained, float(np.max(difference_rows(check[1], g.forward(held), norm))))
 
-    def attempt(r: int, variant: str, removed: Optional[tuple] = None) -> Optional[ApproxResult]:
+    def attempt(r: int, variant: str, removed: Optional[tuple] = None,
+                share: float = PHASE_CERT_SHARE) -> Optional[ApproxResult]:
         g, dropped, kept, seen = sampled(r, variant) if removed is None else build(removed, variant)
         trial: dict[str, Any] = {"removed": r, "hidden": g.n_hidden, "candidate": variant, "sampled": seen,
                                  "certified": None}
@@ -383,7 +393,7 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
         if not smooth and variant not in ("minimax", "shrink"):  # refitted rows, not near-proportional merges
             chains.append(Chain(on.steps, None, partner_classes(h, acts, kept)))
         res, chain = _certify_first(f, g, input_set, norm, chains, h, on.discrepancy, deadline, max_boxes, epsilon,
-                                    phase)
+                                    phase, share, progress)
         trial["certified"] = res.epsilon if res.finite else None
         progress.say(f"{g.n_hidden} hidden neurons ({variant}): sampled {seen:.3g}, certified {res.epsilon:.3g}")
         if res.epsilon > epsilon:
@@ -400,20 +410,20 @@ def reduce_approx(f: Network, input_set: InputSet, epsilon: float, norm: str = "
         limit = max(limit, _sampled_limit(lambda r: sampled(r, "const")[3], len(const_order), epsilon))
     elif "fit" in variants:  # the fit's own limit would cost a fit per probe: allow 20 % more
         limit = min(len(order), limit + max(2, limit // 5))
-    def at_size(mid: int) -> Optional[ApproxResult]:
+    def at_size(mid: int, share: float = PHASE_CERT_SHARE) -> Optional[ApproxResult]:
         found = None
         ranked = sorted(variants, key=lambda v: sampled(mid, v)[3]) if smooth else variants  # smaller error first
         for variant in ranked:
             if variant == "fit" and sampled(mid)[3] <= epsilon:
                 break  # least squares failed certification, not sampling: the fit does not tighten (RESULTS.md)
             if found is None and time.perf_counter() < deadline:
-                found = attempt(mid, variant)
+                found = attempt(mid, variant, share=share)
         return found
 
     lo, hi = 0, limit + 1
-    if phase and len(order) > 1:  # a strong certifier: the goal size (half h's neurons) first, then bisect
+    if phase.active and len(order) > 1:  # a strong certifier: the goal size (half h's neurons) first, then bisect
         goal = min(len(order), h.n_hidden - int(GOAL_FRACTION * h.n_hidden))
-        found = at_size(goal)
+        found = at_size(goal, GOAL_CERT_SHARE)
         lo, best, hi = (goal, found, max(hi, goal + 1)) if found is not None else (lo, best, min(hi, goal))
     while hi - lo > 1 and time.perf_counter() < deadline:
         mid = (lo + hi) // 2
@@ -453,18 +463,19 @@ def _from_exchange(h: Network, ex: ExchangeResult, kept: list[np.ndarray], held:
     return g, dropped, kept, max(ex.attained, float(np.max(difference_rows(y_held, g.forward(held), norm))))
 
 
-def _certify_first(f, g, input_set, norm, chains, h, onset_bound, deadline, max_boxes, epsilon, phase_lps=0):
+def _certify_first(f, g, input_set, norm, chains, h, onset_bound, deadline, max_boxes, epsilon,
+                   phase: PhaseBudget = NO_PHASE, share: float = PHASE_CERT_SHARE, progress: Progress = SILENT):
     """Certify g with each twin in turn (pruned twin, then quotient twin as a quick probe with a
-    quarter of the box budget); the first within epsilon wins, else the tightest. With phase LPs
-    (long budgets, :func:`lumpver.reductions.certify.phase_budget`) a candidate may take PHASE_CERT_SHARE of
+    quarter of the box budget); the first within epsilon wins, else the tightest. With a phase stage
+    (long budgets, :func:`lumpver.reductions.certify.phase_budget`) a candidate may take ``share`` of
     the time left (at least PHASE_CERT_MIN s), else 120 s."""
     best = None
     for i, chain in enumerate(chains):
         left = max(1.0, deadline - time.perf_counter())
-        budget = min(left, max(PHASE_CERT_MIN, PHASE_CERT_SHARE * left)) if phase_lps else min(left, 120.0)
+        budget = min(left, max(PHASE_CERT_MIN, share * left)) if phase.active else min(left, 120.0)
         res = certify(f, g, input_set, norm, chain, h, onset_bound, timeout=budget,
                       max_boxes=max_boxes if i == 0 else max(1, max_boxes // 4), threshold=epsilon,
-                      phase_lps=phase_lps)
+                      phase=phase, progress=progress)
         if best is None or res.epsilon < best[0].epsilon:
             best = (res, chain)
         if res.epsilon <= epsilon or time.perf_counter() > deadline:
@@ -493,22 +504,42 @@ def _same_weights(a: Network, b: Network) -> bool:
         and np.array_equal(p.bias, q.bias) for p, q in zip(a.layers, b.layers))
 
 
+#: ``reduce --search``: how the candidates of :func:`reduce_approx` are built ("auto": :func:`candidate_options`)
+SEARCHES = ("auto", "least-squares", "exchange", "gradual")
+
+
+def candidate_options(search: str, input_set: InputSet, phase: PhaseBudget) -> dict[str, Any]:
+    """The candidate keyword of :func:`reduce_approx` for ``search``: least squares (``{}``), the exchange
+    refit or the gradual pruning; "auto" is the gradual pruning when the phase stage certifies (long budgets)
+    and X is one box of at most MAX_VERTEX_DIMS inputs (where it applies: only it reached the ACAS Xu goal
+    size, bench/RESULTS.md 2026-12-01), least squares otherwise."""
+    if search not in SEARCHES:
+        raise InputError(f"--search must be one of {', '.join(SEARCHES)}, not {search!r}")
+    one_box = len(input_set.regions) == 1 and isinstance(input_set.regions[0], Box) and input_set.dim <= MAX_VERTEX_DIMS
+    if search == "auto":
+        search = "gradual" if phase.active and one_box else "least-squares"
+    return {"exchange": {"exchange": ExchangeOptions()}, "gradual": {"gradual": ShrinkOptions()}}.get(search, {})
+
+
 def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.PathLike,
                            cert_path: Optional[str | os.PathLike], input_set: InputSet, epsilon: float,
                            norm: str = "linf", backend: str = "auto", timeout: float = 300.0,
-                           progress: Progress = SILENT) -> dict[str, Any]:
+                           progress: Progress = SILENT, workers: int = 1, search: str = "auto") -> dict[str, Any]:
     """``lumpver reduce --mode approx``: write g and its ``bounded`` certificate; returns the certificate.
 
-    ``backend``: ``interval`` or ``auto`` (the differential back-end; others -> InputError)."""
+    ``backend``: ``interval`` or ``auto`` (the differential back-end; others -> InputError); ``workers``:
+    processes of the certifications' ReLU-phase stage; ``search``: how candidates are built (SEARCHES)."""
     if backend not in ("auto", "interval"):
         raise InputError(f"--mode approx certifies with the interval back-end (auto|interval), not {backend!r}")
+    phase = phase_budget(timeout, workers)
+    candidates = candidate_options(search, input_set, phase)
     t0 = time.perf_counter()
     f = load_onnx(model_path)
     if input_set.dim != f.n_inputs:
         raise InputError(f"input set has {input_set.dim} dimensions, the model {f.n_inputs} inputs",
                          str(input_set.source or model_path))
     try:
-        res = reduce_approx(f, input_set, epsilon, norm, timeout, progress)
+        res = reduce_approx(f, input_set, epsilon, norm, timeout, progress, phase=phase, **candidates)
     except ValueError as e:
         raise CheckFailed(str(e)) from None
     cert_path = Path(cert_path) if cert_path else default_certificate_path(out_path)
@@ -517,7 +548,7 @@ def reduce_approx_to_files(model_path: str | os.PathLike, out_path: str | os.Pat
         g = load_onnx(out_path)  # certify what was written (the search's result when bit-identical)
         final = res.certified if _same_weights(g, res.reduced) else certify_pair(
             f, g, input_set, norm, res.chain, res.onset, res.onset_bound, timeout=max(60.0, timeout), threshold=epsilon,
-            phase_lps=phase_budget(timeout))
+            phase=phase, progress=progress)
         if not final.epsilon <= epsilon:
             raise CheckFailed(f"the written model certifies only within {final.epsilon:.3g} > {epsilon:g}")
         sampled = sampled_error(model_path, out_path, input_set, norm)

@@ -21,6 +21,7 @@ Weights are rounded to float32 (the stored precision).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -107,10 +108,11 @@ def box_bounds(h: Network, box: Box) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(lo, hi), np.maximum(lo, hi)
 
 
-def joint_refit(h: Network, start: ExchangeResult, box: Box, options: JointOptions = JointOptions()) -> ExchangeResult:
+def joint_refit(h: Network, start: ExchangeResult, box: Box, options: JointOptions = JointOptions(),
+                deadline: Optional[float] = None) -> ExchangeResult:
     """The module docstring's loop from ``start`` (h pruned, with its exchange set ``fit_x`` and worst
     ``points``); round 0 re-measures the start, so the result never attains more than the start did
-    by the same search."""
+    by the same search. No round starts after ``deadline`` (``time.perf_counter()``), if given."""
     rng = np.random.default_rng(options.seed)
     lo, hi = box_bounds(h, box)
     fit_x = np.vstack([start.fit_x, start.points]) if len(start.points) else start.fit_x
@@ -119,6 +121,8 @@ def joint_refit(h: Network, start: ExchangeResult, box: Box, options: JointOptio
     history: list[float] = []
     recent: list[Network] = []
     for r in range(options.rounds + 1):
+        if r > 0 and deadline is not None and time.perf_counter() > deadline:
+            break
         if r > 0:
             g = fit_lp(g, fit_x, logits(h, fit_x), options.powers if r == 1 else options.powers[-1:], options)
             if options.output_lp:

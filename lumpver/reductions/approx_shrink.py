@@ -21,7 +21,7 @@ Nothing here is trusted: the caller certifies the result.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -66,9 +66,9 @@ def _drop(g: Network, k: int, j: int, x: np.ndarray) -> Network:
 
 def shrink(h: Network, pts: np.ndarray, box: Box, size: int, order_fn: OrderFn,
            options: ShrinkOptions = ShrinkOptions(),
-           progress: Progress = SILENT) -> tuple[list[np.ndarray], ExchangeResult]:
+           progress: Progress = SILENT, deadline: Optional[float] = None) -> tuple[list[np.ndarray], ExchangeResult]:
     """(kept indices of h per hidden layer, the candidate) with ``size`` hidden neurons (module docstring);
-    ``pts``: raw samples of X."""
+    ``pts``: raw samples of X. The closing joint refit starts no round after ``deadline`` (perf_counter)."""
     rng = np.random.default_rng(options.seed)
     lo, hi = box_bounds(h, box)
     fit_x = np.vstack([h.preprocess(pts), box_vertices(lo, hi, rng)])
@@ -93,4 +93,4 @@ def shrink(h: Network, pts: np.ndarray, box: Box, size: int, order_fn: OrderFn,
         progress.tick(f"gradual pruning to {size} hidden neurons (attained {attained:.3g}), removed",
                       h.n_hidden - g.n_hidden, total)
     start = ExchangeResult(g, attained, [attained], worst, fit_x)
-    return ids, joint_refit(h, start, box, options.final)
+    return ids, joint_refit(h, start, box, options.final, deadline)

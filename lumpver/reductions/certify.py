@@ -57,7 +57,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -67,6 +67,7 @@ from lumpver.bounds.float_error import float32_errors
 from lumpver.bounds.region import region_box
 from lumpver.certificates.format import make_certificate, model_stats
 from lumpver.fileio import write_json_atomic
+from lumpver.progress import SILENT, Progress
 from lumpver.verifiers.bab_diff import DiffOptions, difference_search
 from lumpver.verifiers.bab_phase import Tighten
 from lumpver.verifiers.bab_phase_batched import PhaseOptions, lp_refine, phase_difference
@@ -94,30 +95,56 @@ BAB_BOXES = 1500
 BAB_SECONDS = 120.0
 #: inputs of at most this many dimensions are certified by the branch and bound first (see _difference_term)
 BAB_FIRST_DIMS = 8
-#: ReLU-phase LPs per region in the deterministic search (DiffOptions.phase_lps) on inputs of at most
-#: BAB_FIRST_DIMS dimensions: splits f/g neuron pairs of the twin on the leaves left open (2-3 ms per LP on
-#: ACAS Xu leaves; skipped when the budget cannot close every open leaf), and per leaf before it is bisected.
-#: 0 (off): at 20,000 the ACAS Xu reductions kept the same size at 600 s (2_3 89, 1_1 113) and the suite's
-#: reduction tests took 357 s instead of 154 s (bench/RESULTS.md, 2026-12-01); bench --phase-lps turns it on
-BAB_PHASE_LPS = 0
+#: ReLU-phase LPs per leaf of the phase stage before the leaf is bisected (DiffOptions.phase_leaf_lps)
 BAB_PHASE_LEAF_LPS = 300
-#: box cap per region when the phase stage is on (0: BAB_BOXES) and its root tightening
-#: (:data:`lumpver.verifiers.bab_phase.TIGHTEN_MODES`). Goal-size shrink candidates (bench/RESULTS.md 2026-12-01
-#: afternoon, bench/bench_phase_leaves.py): every sampled open leaf closes; the phase stage costs on 1_1 at 67
-#: ~7,100 CPU s after 1,500 boxes and ~4,700 after 24,000 (most deep leaves close at the tightened root LP), on
-#: 2_3 at 62 ~650 and ~1,130; "live" saved ~12 % on 1_1's deep leaves. Both unchanged by default
-PHASE_BAB_BOXES = 0
-#: boxes the phase stage may add by bisecting leaves it leaves open (DiffOptions.phase_boxes); None: its default
-#: (4,000). The ACAS Xu 1_1 goal-size candidate at 24,000 boxes first hit that cap after 4,616 of ~5,100 leaves
-PHASE_EXTRA_BOXES: Optional[int] = None
-PHASE_TIGHTEN: Tighten = True
-#: processes of the phase stage (DiffOptions.workers; ``reduce --workers``, bench/cert_acasxu_candidate.py)
-PHASE_WORKERS = 1
-#: reductions given at least this many seconds (``reduce --timeout``) certify with LONG_PHASE_LPS phase LPs per
-#: region when BAB_PHASE_LPS is 0: the ACAS Xu 2_3 candidate at the goal size (62 neurons) needs ~200,000 LPs
-#: (bench/RESULTS.md, 2026-12-01), far beyond what the short budgets of the suite's reductions can pay
+
+
+@dataclass(frozen=True)
+class PhaseBudget:
+    """The ReLU-phase stage of a certification's differential search on inputs of at most BAB_FIRST_DIMS
+    dimensions (:class:`lumpver.verifiers.bab_diff.DiffOptions`; DESIGN.md §11): ``lps`` phase LPs per region
+    (0: no stage; it splits f/g neuron pairs of the twin on the leaves the bisection leaves open, 2-3 ms per
+    LP on ACAS Xu), ``boxes`` bisection boxes first (0: BAB_BOXES), ``extra_boxes`` boxes the stage may add by
+    bisecting leaves it leaves open (None: DiffOptions' default, 4,000), ``tighten`` its root tightening
+    (:data:`lumpver.verifiers.bab_phase.TIGHTEN_MODES`), ``workers`` processes (open leaves are independent)."""
+
+    lps: int = 0
+    boxes: int = 0
+    extra_boxes: Optional[int] = None
+    tighten: Tighten = True
+    workers: int = 1
+
+    @property
+    def active(self) -> bool:
+        """Whether the stage runs at all."""
+        return self.lps > 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lps": self.lps, "boxes": self.boxes, "extra_boxes": self.extra_boxes, "tighten": self.tighten,
+                "workers": self.workers}
+
+
+#: no phase stage: at 20,000 LPs the ACAS Xu reductions kept the same size at 600 s (2_3 89, 1_1 113) and the
+#: suite's reduction tests took 357 s instead of 154 s (bench/RESULTS.md, 2026-12-01)
+NO_PHASE = PhaseBudget()
+#: reductions given at least PHASE_TIMEOUT seconds (``reduce --timeout``): the ACAS Xu 2_3 candidate at the goal
+#: size (62 neurons) needs ~200,000 LPs (bench/RESULTS.md, 2026-12-01), far beyond the suite's short budgets
 PHASE_TIMEOUT = 900.0
-LONG_PHASE_LPS = 400_000
+LONG_PHASE = PhaseBudget(lps=400_000)
+#: from GOAL_PHASE_TIMEOUT seconds on: the budget that certified the ACAS Xu 1_1 goal-size candidate (67 of 135
+#: neurons) in 2,323 s wall / 4,333 CPU s with 2 workers (bench/RESULTS.md, 2026-12-01; 1,500 boxes first cost
+#: ~7,100 CPU s, 24,000 ~4,700; "live" tightening saved ~12 %; 4,000 extra boxes stopped at the cap, 0.0179)
+GOAL_PHASE_TIMEOUT = 3600.0
+GOAL_PHASE = PhaseBudget(lps=2_000_000, boxes=24_000, extra_boxes=40_000, tighten="live")
+
+
+def phase_budget(timeout: float, workers: int = 1) -> PhaseBudget:
+    """The phase stage of a reduction given ``timeout`` seconds, in ``workers`` processes: GOAL_PHASE from
+    GOAL_PHASE_TIMEOUT on, LONG_PHASE from PHASE_TIMEOUT on, else none."""
+    tier = GOAL_PHASE if timeout >= GOAL_PHASE_TIMEOUT else LONG_PHASE if timeout >= PHASE_TIMEOUT else NO_PHASE
+    return replace(tier, workers=workers)
+
+
 #: sub-problems per region of the batched phase search on wider inputs (bench/RESULTS.md, MNIST 256x2; 0: off)
 PHASE_NODES = 250
 #: LPs per region of the LP phase search that follows it in linf with the time left (0: off)
@@ -126,15 +153,6 @@ PHASE_LPS = 600
 GRAPH_BOXES = 100
 
 
-def phase_budget(timeout: float) -> int:
-    """Phase LPs per region for a reduction given ``timeout`` seconds: BAB_PHASE_LPS when set, else
-    LONG_PHASE_LPS from PHASE_TIMEOUT on, else 0 (off)."""
-    if BAB_PHASE_LPS > 0:
-        return BAB_PHASE_LPS
-    return LONG_PHASE_LPS if timeout >= PHASE_TIMEOUT else 0
-
-
-# ----- twins -----------------------------------------------------------------------------------
 def expand_pruned(h: Network, g: Network, kept: list[np.ndarray],
                   dropped_rows: Optional[list[Optional["DroppedRows"]]] = None) -> Network:
     """``g^``: h's widths, g's weights at the kept neurons; equal to g in real arithmetic.
@@ -221,17 +239,17 @@ def interval_term(h: Network, twin: Network, input_set: InputSet, norm: str, thr
 
 
 def bab_term(h: Network, twin: Network, input_set: InputSet, norm: str, threshold: float,
-             timeout: float, phase_lps: Optional[int] = None, workers: Optional[int] = None
+             timeout: float, phase: PhaseBudget = NO_PHASE, progress: Progress = SILENT
              ) -> tuple[float, dict[str, Any]]:
     """The differential branch and bound's bound of ``h - twin`` on X (refined down to ``threshold``), with
-    ``phase_lps`` (default BAB_PHASE_LPS) ReLU-phase LPs per region on inputs of <= BAB_FIRST_DIMS (then up to
-    PHASE_BAB_BOXES boxes first, PHASE_TIGHTEN) in ``workers`` processes (default PHASE_WORKERS)."""
-    phase = (BAB_PHASE_LPS if phase_lps is None else phase_lps) if input_set.dim <= BAB_FIRST_DIMS else 0
-    opt = DiffOptions(max_boxes=PHASE_BAB_BOXES if phase > 0 and PHASE_BAB_BOXES > 0 else BAB_BOXES,
-                      deterministic=True, phase_lps=phase,
-                      phase_leaf_lps=BAB_PHASE_LEAF_LPS, phase_tighten=PHASE_TIGHTEN,
-                      workers=PHASE_WORKERS if workers is None else workers,
-                      **({} if PHASE_EXTRA_BOXES is None else {"phase_boxes": PHASE_EXTRA_BOXES}))
+    the ReLU-phase stage of ``phase`` on inputs of at most BAB_FIRST_DIMS dimensions; ``progress`` gets the
+    search's heartbeat."""
+    if input_set.dim > BAB_FIRST_DIMS:
+        phase = NO_PHASE
+    opt = DiffOptions(max_boxes=phase.boxes if phase.active and phase.boxes > 0 else BAB_BOXES,
+                      deterministic=True, phase_lps=phase.lps, phase_leaf_lps=BAB_PHASE_LEAF_LPS,
+                      phase_tighten=phase.tighten, workers=phase.workers, progress=progress,
+                      **({} if phase.extra_boxes is None else {"phase_boxes": phase.extra_boxes}))
     results, ev = difference_search(h, twin, input_set, norm, timeout, close_at=threshold, options=opt)
     ev["threshold"] = threshold
     ev["attained"] = max(r.lower for r in results)  # a float64 value of |h - twin| reached (not a bound)
@@ -262,21 +280,21 @@ def phase_term(h: Network, twin: Network, input_set: InputSet, norm: str, thresh
 
 
 def _difference_term(h: Network, twin: Network, input_set: InputSet, norm: str, t_int: float,
-                     max_boxes: int, timeout: float, t0: float,
-                     phase_lps: Optional[int] = None) -> tuple[float, dict[str, Any], str]:
+                     max_boxes: int, timeout: float, t0: float, phase: PhaseBudget = NO_PHASE,
+                     progress: Progress = SILENT) -> tuple[float, dict[str, Any], str]:
     """``(bound of h - twin, evidence, back-end)``. Inputs of at most BAB_FIRST_DIMS dimensions (ACAS Xu):
     the differential branch and bound first (bisection pays there; it also stops at once when its attained
     value exceeds ``t_int``, i.e. the candidate is not within it), the interval term only if it fails; wider
     inputs: the interval term first and the search with the time left when that is not within ``t_int``.
-    With phase LPs the search may use the whole ``timeout`` (else at most BAB_SECONDS)."""
+    With a phase stage the search may use the whole ``timeout`` (else at most BAB_SECONDS)."""
     def bab(left: float) -> tuple[float, dict[str, Any]]:
         try:
-            return bab_term(h, twin, input_set, norm, t_int, left, phase_lps)
+            return bab_term(h, twin, input_set, norm, t_int, left, phase, progress)
         except ValueError:  # a pair the search cannot take
             return math.inf, {}
 
     if input_set.dim <= BAB_FIRST_DIMS and norm in ("linf", "l1", "l2"):
-        u, ev = bab(timeout if (BAB_PHASE_LPS if phase_lps is None else phase_lps) > 0 else min(BAB_SECONDS, timeout))
+        u, ev = bab(timeout if phase.active else min(BAB_SECONDS, timeout))
         if u <= t_int or ev.get("attained", 0.0) > t_int:
             return u, ev, "bab_diff"
         left = max(0.5, timeout - (time.perf_counter() - t0))
@@ -360,12 +378,13 @@ class Certified:
 
 def certify(f: Network, g: Network, input_set: InputSet, norm: str = "linf", chain: Optional[Chain] = None,
             h: Optional[Network] = None, onset_bound: float = 0.0, timeout: float = 60.0,
-            max_boxes: int = DEFAULT_MAX_BOXES, threshold: float = 0.0, phase_lps: Optional[int] = None) -> Certified:
+            max_boxes: int = DEFAULT_MAX_BOXES, threshold: float = 0.0, phase: PhaseBudget = NO_PHASE,
+            progress: Progress = SILENT) -> Certified:
     """Certified ``sup_X ||f(x) - g(x)||`` for the float32 models (interval back-end).
 
     ``h`` is the network after ``chain.onset_steps`` (with ``onset_bound`` its discrepancy);
-    ``threshold``: boxes whose bound is already below it are not split further; ``phase_lps``: ReLU-phase
-    LPs per region of the differential search (default BAB_PHASE_LPS; :func:`phase_budget`).
+    ``threshold``: boxes whose bound is already below it are not split further; ``phase``: the ReLU-phase
+    stage of the differential search (:func:`phase_budget`); ``progress``: its heartbeat.
     """
     t0 = time.perf_counter()
     chain = chain or Chain()
@@ -379,7 +398,8 @@ def certify(f: Network, g: Network, input_set: InputSet, norm: str = "linf", cha
     # just closes at it gives a total <= threshold (without it 1_1 at 67 certified 0.0100000013 for 0.01)
     t_int = max(0.0, threshold / (1 + PAD) - from_max_abs(onset_bound + twin_gap, f.n_outputs, norm))
     try:
-        u, ev, backend = _difference_term(h, twin, input_set, norm, t_int, max_boxes, timeout, t0, phase_lps)
+        u, ev, backend = _difference_term(h, twin, input_set, norm, t_int, max_boxes, timeout, t0, phase,
+                                          progress)
     except ValueError as e:  # unsupported activation, polytope without a box
         return Certified(math.inf, norm, {}, {}, time.perf_counter() - t0, str(e))
     ferr = float32_errors(f, input_set) + float32_errors(g, input_set)

@@ -95,6 +95,8 @@ class ApproxPass:
     norm: str = "linf"
     backend: str = "auto"
     timeout: float = 300.0
+    workers: int = 1  # processes of the certifications' ReLU-phase stage
+    search: str = "auto"  # how candidates are built (approx.SEARCHES)
     name: str = "approx"
 
     def apply(self, model_path: Path, out_path: Path, cert_path: Path, ctx: PassContext) -> ReductionResult:
@@ -102,7 +104,7 @@ class ApproxPass:
             raise InputError(f"approximate lumping needs epsilon >= 0, got {self.epsilon}")
         input_set = ctx.need_input_set("approximate lumping")
         cert = reduce_approx_to_files(model_path, out_path, cert_path, input_set, self.epsilon, self.norm,
-                                      self.backend, self.timeout, ctx.progress)
+                                      self.backend, self.timeout, ctx.progress, self.workers, self.search)
         return ReductionResult(Path(out_path), Path(cert_path), cert)
 
 
