@@ -154,7 +154,7 @@ def test_cli_reduce_gradual_search_certifies_and_rechecks(rng, tmp_path):
     reduce_cmd.add_arguments(parser)
     assert tuple(next(a for a in parser._actions if a.dest == "search").choices) == SEARCHES
     r = _cli("reduce", orig, "-o", out, "--mode", "approx", "--input-set", spec, "--epsilon", 0.2, "--search",
-             "gradual", "--timeout", 60, "-q")
+             "gradual", "--timeout", 25, "-q")
     assert r.returncode == 0, r.stderr
     cert = json.loads(cert_path.read_text())
     info = next(e for e in cert["evidence"] if e["backend"] == "reduction")
