@@ -168,8 +168,8 @@ def _input_op_error(steps, lo: np.ndarray, hi: np.ndarray, err: np.ndarray) -> t
 
 def float32_error_graph(net: GraphNetwork, box: Box) -> np.ndarray:
     """Per-output bound on ``|f_float32(x) - f_real(x)|`` for a graph network over ``box`` (DESIGN.md §5,
-    §10), node by node in topological order with the magnitudes of graph CROWN bounds: affine nodes and
-    activations as :func:`float32_error`; ``Add``: ``e_a + e_b + u (|a| + |b| + e_a + e_b)``; ``Concat``
+    §10), node by node in topological order with the magnitudes of graph CROWN bounds: affine nodes as
+    :func:`float32_error_forward`, activations by their largest secant slope (0 where surely inactive); ``Add``: ``e_a + e_b + u (|a| + |b| + e_a + e_b)``; ``Concat``
     joins the errors; ``MaxPool`` is exact and 1-Lipschitz in each window, so its error is the largest
     error in the window."""
     gb = propagate_graph(prepare_graph(net), box)
@@ -184,7 +184,10 @@ def float32_error_graph(net: GraphNetwork, box: Box) -> np.ndarray:
         elif node.kind == "affine":
             err[nid] = _linear_error(node.op, node.bias, e[0], mag[node.inputs[0]])
         elif node.kind == "act":
-            err[nid] = _activation_error(node.activation, node.alpha, e[0], mag[nid])
+            src = node.inputs[0]
+            centre, radius, local = _secant_slopes(node.activation, node.alpha, gb.lower[src], gb.upper[src], e[0],
+                                                   mag[nid])
+            err[nid] = (np.abs(centre) + radius) * e[0] + local
         elif node.kind == "add":
             a, b = node.inputs
             err[nid] = e[0] + e[1] + U32 * (mag[a] + mag[b] + e[0] + e[1])
@@ -193,17 +196,6 @@ def float32_error_graph(net: GraphNetwork, box: Box) -> np.ndarray:
         else:  # maxpool
             err[nid] = node.pool.forward(e[0][None, :])[0]
     return err[net.output]
-
-
-def _activation_error(act: str, alpha: float, ez: np.ndarray, post_mag: np.ndarray) -> np.ndarray:
-    """Error after an activation whose input carries error ``ez`` (``post_mag`` bounds its output)."""
-    if act in ("identity", "relu"):
-        return ez
-    if act == "leaky_relu":
-        return max(1.0, abs(alpha)) * ez + U32 * (post_mag + ez)
-    if act == "sigmoid":
-        return 0.25 * ez + ACT_ERR
-    return ez + ACT_ERR  # tanh
 
 
 def _secant_slopes(act: str, alpha: float, lo: np.ndarray, hi: np.ndarray, ez: np.ndarray,
