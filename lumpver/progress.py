@@ -38,6 +38,12 @@ class Progress:
 SILENT = Progress(quiet=True)
 
 
+def note_step(msg: str) -> None:
+    """Record the step reached without printing: a running :class:`Heartbeat` names it in its next line
+    (for long loops with no Progress of their own, e.g. the checker's replays)."""
+    _LAST["msg"] = msg
+
+
 class Heartbeat:
     """Fills silence on stderr: while the body runs, a line every ``every`` seconds in which no other
     progress line was printed, saying what runs, the last step reached and the time left of

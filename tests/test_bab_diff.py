@@ -502,9 +502,13 @@ def test_live_tightening_skips_dead_ends_and_rechecks_above_the_milp_maximum():
 def test_phase_stage_in_two_workers_is_sound_repeatable_and_replays_alike_in_two_processes():
     """The phase stage with ``workers=2`` (a fork pool): its bound is >= the MILP maximum, two runs write the
     same evidence (results are taken in submission order), and the checker's replay of its phase trees in one
-    and in two processes recomputes the identical value, within the claim."""
+    and in two processes recomputes the identical value, within the claim, counting its replays for the
+    heartbeat."""
+    import re
+
     from lumpver.certificates.bounded_bab import _leaf_bounds
     from lumpver.certificates.format import BOUND_REL
+    from lumpver.progress import _LAST
 
     lo, hi = -np.ones(3), np.ones(3)
     f, g, _ = _aligned_pair(6)
@@ -519,10 +523,15 @@ def test_phase_stage_in_two_workers_is_sound_repeatable_and_replays_alike_in_two
     assert claim >= exact - 1e-7 * (1 + exact) and res[0].upper == claim
     model = prepare_diff(f, g)
     llo, lhi = leaves_of(Box(lo, hi), rec["tree"])
-    got = [_leaf_bounds(model, llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, claim, rec["phase"],
-                        ev.get("phase_tighten", False), workers) for workers in (1, 2)]
+    got, steps = [], []
+    for workers in (1, 2):
+        got.append(_leaf_bounds(model, llo, lhi, "linf", ev["iters"], ev["lr"], opt.refine, claim, rec["phase"],
+                                ev.get("phase_tighten", False), workers))
+        steps.append(_LAST["msg"])  # the step a running heartbeat names: every replay counted
     assert got[0] == got[1]
     assert exact - 1e-7 * (1 + exact) <= got[0] <= claim * (1 + BOUND_REL)
+    replayed = [re.search(r"replayed (\d+) of (\d+) phase trees", m) for m in steps]
+    assert all(m is not None and m.group(1) == m.group(2) for m in replayed), steps
 
 
 @pytest.mark.parametrize("command", [["check", "c.json"], ["reduce", "a.onnx", "-o", "b.onnx"]])

@@ -28,6 +28,7 @@ The recomputed bound is the largest leaf bound; a claimed epsilon below it fails
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Optional
 
 import numpy as np
@@ -40,6 +41,7 @@ from lumpver.bounds.rounding import norm_hi
 from lumpver.certificates.bounded_interval import check_interval_evidence, recheck_chain, recheck_interval
 from lumpver.certificates.format import REPLAY_WORKERS, CheckContext, CheckReport
 from lumpver.ir.network import Network
+from lumpver.progress import note_step
 from lumpver.specs.inputset import InputSet
 from lumpver.verifiers.bab_phase import TIGHTEN_MODES, PairNet, Tighten, leaf_root, replay
 
@@ -74,13 +76,18 @@ def _leaf_bounds(model, lo: np.ndarray, hi: np.ndarray, norm: str, iters: int, l
         if vals[i] > claim:
             jobs.append((i, lo[i], hi[i], tree))
     setup = (net, model, refine, claim, tighten)
-    if workers > 1 and len(jobs) > 1:
-        with fork_pool(workers, _replay_init, setup) as pool:
-            got = pool.map(_replay_job, jobs, chunksize=1)
-    else:
-        got = [_replay(setup, job) for job in jobs]
-    for (i, *_), v in zip(jobs, got):
-        vals[i] = min(vals[i], v)
+    with ExitStack() as stack:
+        if workers > 1 and len(jobs) > 1:
+            pool = stack.enter_context(fork_pool(workers, _replay_init, setup))
+            got = pool.imap(_replay_job, jobs, chunksize=1)  # in order, as they finish
+        else:
+            got = (_replay(setup, job) for job in jobs)
+        worst = -np.inf
+        for n, ((i, *_), v) in enumerate(zip(jobs, got)):
+            vals[i] = min(vals[i], v)
+            worst = max(worst, vals[i])
+            note_step(f"replayed {n + 1} of {len(jobs)} phase trees, the largest of their bounds {worst:.6g} "
+                      f"(claim {claim:.6g})")
     return float(np.max(vals, initial=0.0))
 
 
