@@ -563,3 +563,41 @@ def test_phase_stage_heartbeat_reports_its_leaves_and_lps():
     searched, lps, left = map(int, re.search(r"(\d+) leaves searched \((\d+) LPs, (-?\d+) left", lines[-1]).groups())
     assert len(lines) == searched and lps > 0 and lps + left == 60  # the LPs used and left add up to the budget
     assert searched >= len(ev["regions"][0]["phase"])
+
+
+def test_phase_stage_stops_once_a_witness_exceeds_the_target():
+    """With a target (``close_at``) between what the box stage attains and the exact MILP maximum, the phase
+    stage's LP points reveal a value above the target: the search stops there (reason "attained ... above the
+    target", no proof, a sound bound) with open leaves still queued, where before it raised its threshold to
+    the value attained and went on with every leaf."""
+    import io
+    import re
+
+    from lumpver.progress import Progress
+
+    lo, hi = -np.ones(3), np.ones(3)
+    X = InputSet([Box(lo, hi)])
+
+    def run(f, g, close_at, phase_lps):
+        buf = io.StringIO()
+        opt = DiffOptions(batch=1, max_boxes=12, deterministic=True, phase_lps=phase_lps, refine=DiffOptions().refine,
+                          heartbeat=0.0, progress=Progress(stream=buf))
+        res = difference_search(f, g, X, "linf", 60.0, close_at=close_at, options=opt)[0][0]
+        return res, [int(q) for q in re.findall(r"LPs, -?\d+ left\), (\d+) queued", buf.getvalue())]
+
+    checked = 0
+    for seed in range(12):
+        f, g, _ = _aligned_pair(seed)
+        exact, _ = _exact(f, g, lo, hi)
+        boxes_only = run(f, g, 0.0, 0)[0]
+        target = (boxes_only.lower + exact) / 2
+        if not boxes_only.lower < 0.95 * exact:
+            continue  # the box stage alone finds (nearly) the maximum
+        res, queued = run(f, g, target, 4000)
+        if res.lower <= target:
+            continue  # its LP points did not pass the target
+        checked += 1
+        assert not res.proved and res.stopped.startswith("attained"), res.stopped
+        assert res.upper >= exact - 1e-7 * (1 + exact)
+        assert queued and queued[-1] > 0, (seed, queued)  # leaves left unsearched
+    assert checked >= 2

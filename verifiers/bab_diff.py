@@ -312,8 +312,8 @@ class _Search:
             if time.monotonic() > self.box_deadline:
                 stopped = "timeout"
                 break
-            if self.eps is None and 0 < self.close_at < self.lower:
-                stopped = f"attained {self.lower:.6g} above the target {self.close_at:.6g}"
+            if self._target_missed():
+                stopped = self._missed_reason()
                 break
             if len(t.lo) > self.opt.max_boxes:
                 stopped = f"box cap {self.opt.max_boxes} reached"
@@ -335,9 +335,18 @@ class _Search:
             self._heartbeat(heap)
             if self._falsify_at is not None and time.monotonic() > self._falsify_at:
                 self._falsify()
-        if self.phase_net is not None and self.cex is None and (not heap or -heap[0][0] > self.threshold):
+        if self.phase_net is not None and self.cex is None and not self._target_missed() and \
+                (not heap or -heap[0][0] > self.threshold):
             self._phase_stage()
+            stopped = self._missed_reason() if self._target_missed() else stopped
         return self._result(heap, stopped)
+
+    def _target_missed(self) -> bool:
+        """A value above the target ``close_at`` was attained (no epsilon): no bound can meet it."""
+        return self.eps is None and 0 < self.close_at < self.lower
+
+    def _missed_reason(self) -> str:
+        return f"attained {self.lower:.6g} above the target {self.close_at:.6g}"
 
     def _falsify(self) -> None:
         """The falsifier on the region for ``falsify_share`` of its time (once)."""
@@ -428,10 +437,10 @@ class _Search:
         self._heartbeat_phase(res, st)
         if res.upper < t.bound[leaf]:
             t.bound[leaf], st.trees[leaf] = res.upper, res.tree
+        if st.target and (self._target_missed() or (self.eps is not None and self.lower > self.eps)):
+            return False  # a witness above the target: the leaves left cannot change that
         if t.bound[leaf] <= self.threshold:
             return True
-        if st.target and self.lower > self.threshold:
-            return False
         if st.budget > 0 and st.extra[leaf] < opt.phase_bisect and np.any(t.hi[leaf] > t.lo[leaf]) and \
                 len(t.lo) < opt.max_boxes + opt.phase_boxes:
             st.trees.pop(leaf, None)
