@@ -169,7 +169,8 @@ def _input_op_error(steps, lo: np.ndarray, hi: np.ndarray, err: np.ndarray) -> t
 def float32_error_graph(net: GraphNetwork, box: Box) -> np.ndarray:
     """Per-output bound on ``|f_float32(x) - f_real(x)|`` for a graph network over ``box`` (DESIGN.md §5,
     §10), node by node in topological order with the magnitudes of graph CROWN bounds: affine nodes as
-    :func:`float32_error_forward`, activations by their largest secant slope (0 where surely inactive); ``Add``: ``e_a + e_b + u (|a| + |b| + e_a + e_b)``; ``Concat``
+    :func:`float32_error_forward`, activations by their largest secant slope (0 where surely inactive);
+    ``Add``: ``e_a + e_b + u (|a| + |b| + e_a + e_b)``; ``Concat``
     joins the errors; ``MaxPool`` is exact and 1-Lipschitz in each window, so its error is the largest
     error in the window."""
     gb = propagate_graph(prepare_graph(net), box)
