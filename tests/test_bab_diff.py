@@ -600,4 +600,6 @@ def test_phase_stage_stops_once_a_witness_exceeds_the_target():
         assert not res.proved and res.stopped.startswith("attained"), res.stopped
         assert res.upper >= exact - 1e-7 * (1 + exact)
         assert queued and queued[-1] > 0, (seed, queued)  # leaves left unsearched
-    assert checked >= 2
+        if checked == 2:
+            break
+    assert checked == 2

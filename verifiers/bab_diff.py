@@ -47,7 +47,7 @@ from lumpver.ir.network import Network
 from lumpver.progress import SILENT, Progress
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.bounds.diff_phase import supported
-from lumpver.verifiers.bab_phase import PairNet, PhaseResult, Tighten, finish_leaf
+from lumpver.verifiers.bab_phase import PairNet, PhaseResult, Tighten, finish_leaf, worker_init, worker_leaf
 from lumpver.verifiers.bab_phase_batched import phase_difference
 from lumpver.verifiers.base import Query, Verdict
 from lumpver.verifiers.falsify import search as falsify_search
@@ -191,20 +191,6 @@ class _PhaseState:
     trees: dict[int, list[int]] = field(default_factory=dict)
     searched: int = 0  # leaves whose phase search returned (for the heartbeat)
     lps: int = 0  # LPs those searches used
-
-
-#: what a phase-stage worker process holds (set by :func:`_phase_worker_init` in each forked worker)
-_WORKER: dict[str, Any] = {}
-
-
-def _phase_worker_init(net: PairNet, model: DiffModel, refine: Refine, tighten: Tighten) -> None:
-    _WORKER.update(net=net, model=model, refine=refine, tighten=tighten)
-
-
-def _phase_worker_leaf(lo: np.ndarray, hi: np.ndarray, threshold: float, deadline: float, lps: int) -> PhaseResult:
-    """:func:`finish_leaf` on one leaf in a worker process (the threshold as a value)."""
-    w = _WORKER
-    return finish_leaf(w["net"], w["model"], lo, hi, w["refine"], lambda: threshold, deadline, lps, w["tighten"])
 
 
 class _Search:
@@ -378,7 +364,7 @@ class _Search:
         heapq.heapify(st.heap)
         with ExitStack() as stack:
             pool = None if opt.workers <= 1 else stack.enter_context(
-                fork_pool(opt.workers, _phase_worker_init, (self.phase_net, self.model, opt.refine, opt.phase_tighten)))
+                fork_pool(opt.workers, worker_init, (self.phase_net, self.model, opt.refine, opt.phase_tighten)))
             flight: deque = deque()
             while True:
                 self._submit(pool, flight, st)
@@ -411,7 +397,7 @@ class _Search:
             lps = min(st.budget, opt.phase_leaf_lps * (PHASE_LAST_BOOST if last else 1))
             st.budget -= lps
             args = (t.lo[leaf], t.hi[leaf], self.threshold, self.deadline, lps)
-            job = pool.apply_async(_phase_worker_leaf, args) if pool is not None else partial(self._finish, *args)
+            job = pool.apply_async(worker_leaf, args) if pool is not None else partial(self._finish, *args)
             flight.append((leaf, lps, job))
 
     def _finish(self, lo: np.ndarray, hi: np.ndarray, threshold: float, deadline: float, lps: int) -> PhaseResult:

@@ -356,3 +356,19 @@ def finish_leaf(net: PairNet, model: DiffModel, lo: np.ndarray, hi: np.ndarray, 
     """:func:`phase_search` on one box of the differential search (:mod:`lumpver.verifiers.bab_diff`)."""
     return phase_search(net, leaf_root(net, model, lo, hi, refine), lo, hi, threshold, deadline, max_lps,
                         tighten=tighten)
+
+
+#: what a phase-stage worker process holds (set by :func:`worker_init` in each forked worker of
+#: :mod:`lumpver.verifiers.bab_diff`'s phase stage)
+_WORKER: dict = {}
+
+
+def worker_init(net: PairNet, model: DiffModel, refine: Refine, tighten: Tighten) -> None:
+    """Pool initialiser: the pair, its model and the search settings every leaf of the worker uses."""
+    _WORKER.update(net=net, model=model, refine=refine, tighten=tighten)
+
+
+def worker_leaf(lo: np.ndarray, hi: np.ndarray, threshold: float, deadline: float, lps: int) -> PhaseResult:
+    """:func:`finish_leaf` on one leaf in a worker process (the threshold as a value)."""
+    w = _WORKER
+    return finish_leaf(w["net"], w["model"], lo, hi, w["refine"], lambda: threshold, deadline, lps, w["tighten"])
