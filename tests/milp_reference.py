@@ -23,6 +23,14 @@ class _Program:
     def row(self, coeffs: dict[int, float], lo: float, hi: float) -> None:
         self.rows.append((coeffs, lo, hi))
 
+    def matrix(self) -> np.ndarray:
+        """The rows' coefficients as a dense matrix over all variables."""
+        A = np.zeros((len(self.rows), len(self.lo)))
+        for r, (coeffs, _, _) in enumerate(self.rows):
+            for v, a in coeffs.items():
+                A[r, v] += a
+        return A
+
 
 def _encode(p: _Program, net: Network, x_vars: list[int], lo: np.ndarray, hi: np.ndarray):
     """Add ``net``; returns the output as (coefficients over variables, constant) per output."""
@@ -64,45 +72,60 @@ def _encode(p: _Program, net: Network, x_vars: list[int], lo: np.ndarray, hi: np
     return h
 
 
+def _program(f: Network, g: Network, lo: np.ndarray, hi: np.ndarray):
+    """The program of ``f`` and ``g`` on one shared input and their outputs' affine expressions."""
+    p = _Program(f.n_inputs, lo, hi)
+    x = list(range(f.n_inputs))
+    return p, _encode(p, f, x, lo, hi), _encode(p, g, x, lo, hi)
+
+
+def _objective(p: _Program, yf, yg, c: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(a, k)`` with ``c . (f - g) = a . v + k`` over the program's variables ``v``."""
+    a, const = np.zeros(len(p.lo)), 0.0
+    for cj, (fc, fk), (gc, gk) in zip(c, yf, yg):
+        for v, w in fc.items():
+            a[v] += cj * w
+        for v, w in gc.items():
+            a[v] -= cj * w
+        const += cj * (fk - gk)
+    return a, const
+
+
+def _solve(p: _Program, a: np.ndarray, const: float, at_least: float = -np.inf, relax: bool = False):
+    """``(max of a . v + const, maximiser's x)`` over the program (its LP relaxation with ``relax``), with
+    the extra row ``a . v + const >= at_least``; ``(None, None)`` when that makes it infeasible."""
+    rows = [LinearConstraint(p.matrix(), [r[1] for r in p.rows], [r[2] for r in p.rows])] if p.rows else []
+    if np.isfinite(at_least):
+        rows.append(LinearConstraint(a[None], at_least - const, np.inf))
+    integrality = np.zeros(len(p.lo)) if relax else np.array(p.integer)
+    res = milp(-a, constraints=rows, integrality=integrality, bounds=Bounds(p.lo, p.hi),
+               options={"mip_rel_gap": 1e-9})
+    if res.status == 2:  # infeasible
+        return None, None
+    assert res.success, res.message
+    return -res.fun + const, np.asarray(res.x)
+
+
 def max_difference(f: Network, g: Network, lo: np.ndarray, hi: np.ndarray, c: np.ndarray):
     """``(optimal value, maximiser x)`` of ``c . (f(x) - g(x))`` over ``[lo, hi]``."""
-    n = f.n_inputs
-    p = _Program(n, lo, hi)
-    x = list(range(n))
-    yf, yg = _encode(p, f, x, lo, hi), _encode(p, g, x, lo, hi)
-    obj: dict[int, float] = {}
-    const = 0.0
-    for cj, (fc, fk), (gc, gk) in zip(c, yf, yg):
-        for v, a in fc.items():
-            obj[v] = obj.get(v, 0.0) + cj * a
-        for v, a in gc.items():
-            obj[v] = obj.get(v, 0.0) - cj * a
-        const += cj * (fk - gk)
-    nv = len(p.lo)
-    cost = np.zeros(nv)
-    for v, a in obj.items():
-        cost[v] = -a
-    cons = []
-    if p.rows:
-        A = np.zeros((len(p.rows), nv))
-        for r, (coeffs, _, _) in enumerate(p.rows):
-            for v, a in coeffs.items():
-                A[r, v] += a
-        cons = [LinearConstraint(A, [r[1] for r in p.rows], [r[2] for r in p.rows])]
-    res = milp(cost, constraints=cons, integrality=np.array(p.integer), bounds=Bounds(p.lo, p.hi),
-               options={"mip_rel_gap": 1e-9})
-    assert res.success, res.message
-    return -res.fun + const, np.asarray(res.x[:n])
+    p, yf, yg = _program(f, g, lo, hi)
+    value, x = _solve(p, *_objective(p, yf, yg, c))
+    return value, x[:f.n_inputs]
 
 
 def max_linf_difference(f: Network, g: Network, lo: np.ndarray, hi: np.ndarray):
-    """Exact ``max_x ||f(x) - g(x)||_inf`` over the box and a maximiser."""
+    """Exact ``max_x ||f(x) - g(x)||_inf`` over the box and a maximiser: the rows ``+-(f_j - g_j)`` in
+    decreasing order of their LP relaxation's bound; a row is skipped when that bound is not above the
+    best so far, and solved with the extra row ``objective >= best so far`` otherwise (an infeasible
+    program then says it cannot beat it, at little cost)."""
+    p, yf, yg = _program(f, g, lo, hi)
+    rows = [_objective(p, yf, yg, s * np.eye(f.n_outputs)[j]) for j in range(f.n_outputs) for s in (1.0, -1.0)]
+    relaxed = [_solve(p, a, k, relax=True)[0] for a, k in rows]
     best, arg = -np.inf, None
-    for j in range(f.n_outputs):
-        for s in (1.0, -1.0):
-            c = np.zeros(f.n_outputs)
-            c[j] = s
-            val, x = max_difference(f, g, lo, hi, c)
-            if val > best:
-                best, arg = val, x
+    for r in np.argsort(relaxed)[::-1]:
+        if relaxed[r] + 1e-7 * (1 + abs(relaxed[r])) <= best:
+            break
+        value, x = _solve(p, *rows[r], at_least=best)
+        if value is not None and value > best:
+            best, arg = value, x[:f.n_inputs]
     return best, arg
