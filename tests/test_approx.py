@@ -22,16 +22,16 @@ from lumpver.reductions.onset import reduce_on_set
 from lumpver.ir.runtime import run_onnx
 
 
-def _planted(rng) -> Network:
-    """3 -> 16 -> 16 -> 2 ReLU net; half of each hidden layer are noisy positive multiples of the other half."""
+def _planted(rng, width: int = 16) -> Network:
+    """3 -> width -> width -> 2 ReLU net; half of each hidden layer are noisy positive multiples of the other half."""
     def layer(n_in, n_out):
         base = rng.standard_normal((n_out // 2, n_in + 1))
         scale = rng.uniform(0.5, 2.0, n_out // 2)[:, None]
         rows = np.vstack([base, scale * base * (1 + 1e-3 * rng.standard_normal(base.shape))])
         return Layer(np.float32(rows[:, :-1]), np.float32(rows[:, -1]), "relu")
 
-    out = Layer(np.float32(rng.standard_normal((2, 16)) / 4), np.float32(rng.standard_normal(2)), "identity")
-    return Network([layer(3, 16), layer(16, 16), out])
+    out = Layer(np.float32(rng.standard_normal((2, width)) / 4), np.float32(rng.standard_normal(2)), "identity")
+    return Network([layer(3, width), layer(width, width), out])
 
 
 def _spec(path, n_in, n_out, lo, hi):
@@ -339,3 +339,46 @@ def test_long_budget_tries_the_goal_size_first_and_its_certificate_rechecks(rng,
     bad = json.loads(json.dumps(cert))
     bad["guarantee"]["epsilon"] = 0.5 * claim  # below the checker's recomputation
     assert not check_evidence_entry(bad, ctx, ev).holds
+
+
+def test_snapped_twin_differences_are_exact_and_within_ulps():
+    """snap_for_exact_difference: every snapped weight differs from the original network's by a float64
+    exactly (checked with rational arithmetic), and moves by at most two ulps of the larger of the two."""
+    from fractions import Fraction
+
+    from lumpver.bounds.diff_align import snap_for_exact_difference
+
+    rng = np.random.default_rng(3)
+    f = Network([Layer(np.float32(rng.standard_normal((6, 3))), np.float32(rng.standard_normal(6)), "relu"),
+                 Layer(np.float32(rng.standard_normal((2, 6))), np.float32(rng.standard_normal(2)), "identity")])
+    g = f.with_layers([Layer(l.weight * rng.uniform(0.3, 3.0, l.weight.shape) / 7.0, l.bias / 3.0, l.activation)
+                       for l in f.layers])
+    snapped = snap_for_exact_difference(f, g)
+    inexact = 0
+    for lf, lg, ls in zip(f.layers, g.layers, snapped.layers):
+        for a, b, s in zip(*(np.concatenate([x.weight.ravel(), x.bias]) for x in (lf, lg, ls))):
+            inexact += Fraction(float(a)) - Fraction(float(b)) != Fraction(float(a - b))
+            assert Fraction(float(a)) - Fraction(float(s)) == Fraction(float(a - s))
+            assert abs(s - b) <= 2 * np.spacing(max(abs(a), abs(b)))
+    assert inexact > 0  # the case the snapping is for
+
+
+def test_quotient_twin_pairs_neuron_by_neuron_within_its_bound(rng):
+    """A quotient's twin is bounded on the delta chain (before: refused as inexact, or matched across a
+    class's scaled copies, so bab_diff fell back to the far looser product chain), and its float
+    discrepancy to g still holds on samples; the differential bound covers the exact MILP maximum."""
+    from lumpver.bounds.diff_batched import prepare_diff
+    from lumpver.reductions.certify import bab_term
+    from tests.milp_reference import max_linf_difference
+
+    net = _planted(rng, 10)
+    X = InputSet([Box(-np.ones(3), np.ones(3))])
+    pts = sample_points(X, 500)
+    g, classes = approximate_quotient(net, pts, 0.05)
+    assert g.n_hidden < net.n_hidden
+    twin, gap = twin_of(net, g, Chain(classes=classes), X)
+    assert prepare_diff(net, twin).kind == "delta"
+    assert np.max(np.abs(twin.forward(pts) - g.forward(pts))) <= gap
+    u, ev = bab_term(net, twin, X, "linf", 0.0, 20.0)
+    exact, _ = max_linf_difference(net, g, -np.ones(3), np.ones(3))
+    assert exact <= u + gap

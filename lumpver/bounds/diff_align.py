@@ -46,6 +46,30 @@ def exact_difference(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
     return s if np.all(err == 0.0) and np.all(np.isfinite(s)) else None
 
 
+def snap_for_exact_difference(f: Network, g: Network) -> Network:
+    """``g`` with every weight and bias ``t`` that differs inexactly from f's ``h`` at the same place
+    replaced by ``t' = fl(h - fl(h - t))`` where that makes ``h - t'`` exact (TwoSum): ``t'`` is within two
+    units in the last place of the larger of ``h`` and ``t``. For twins built in float64 (quotient twins:
+    their weights are divided by class scales), so the delta chain applies; the caller bounds ``g' - g``
+    itself (the twin's discrepancy bound is computed on the snapped twin). Same shapes required, else ``g``
+    is returned unchanged."""
+    if [l.weight.shape for l in f.layers] != [l.weight.shape for l in g.layers] or not (_dense(f) and _dense(g)):
+        return g
+    return g.with_layers([Layer(_snap(lf.weight, lg.weight), _snap(lf.bias, lg.bias), lg.activation, lg.alpha,
+                                lg.source_op) for lf, lg in zip(f.layers, g.layers)])
+
+
+def _snap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    snapped = a - (a - b)
+    return np.where(_exact_where(a, b) | ~_exact_where(a, snapped), b, snapped)
+
+
+def _exact_where(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    s = a - b
+    bb = s - a
+    return ((a - (s - bb)) + (-b - bb) == 0.0) & np.isfinite(s)
+
+
 # ----- alignment ---------------------------------------------------------------------------
 def _unit_rows(w: np.ndarray, b: np.ndarray) -> np.ndarray:
     m = np.hstack([w, b[:, None]])

@@ -91,16 +91,29 @@ def prepare_diff(f: Network, g: Network, kind: Optional[str] = None) -> DiffMode
     if f.n_inputs != g.n_inputs or f.n_outputs != g.n_outputs:
         raise ValueError(f"networks differ in interface: {f.n_inputs}->{f.n_outputs} vs {g.n_inputs}->{g.n_outputs}")
     if kind in (None, "delta"):
-        aligned = align_pair(f, g)
-        chain = delta_chain(*aligned) if aligned is not None else None
-        if chain is not None:
-            return DiffModel("delta", chain, prepare(aligned[0]), prepare(aligned[1]), f.n_outputs)
+        for aligned in _alignments(f, g):
+            chain = delta_chain(*aligned)
+            if chain is not None:
+                return DiffModel("delta", chain, prepare(aligned[0]), prepare(aligned[1]), f.n_outputs)
     if kind in (None, "product"):
         chain = product_chain(f, g)
         if chain is not None:
             return DiffModel("product", chain, prepare(f), prepare(g), f.n_outputs)
     raise ValueError("the two networks cannot be paired layer by layer (dense layers with matching activations; "
                      "a shallower network must end in ReLU layers)")
+
+
+def _alignments(f: Network, g: Network) -> list[tuple[Network, Network]]:
+    """The pairings the delta chain may use, in order: :func:`align_pair`'s matching, then, for equal widths,
+    neuron i with neuron i (a twin built neuron by neuron: the matching can tie a class's members, whose rows
+    are scaled copies, and pair them so that a weight difference is no longer exact in float64)."""
+    out = []
+    aligned = align_pair(f, g)
+    if aligned is not None:
+        out.append(aligned)
+    if [l.weight.shape for l in f.layers] == [l.weight.shape for l in g.layers]:
+        out.append((f, g))
+    return out
 
 
 def bound_boxes(model: DiffModel, lo: np.ndarray, hi: np.ndarray, iters: int = ITERS, lr: float = LR,

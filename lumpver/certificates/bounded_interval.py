@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from lumpver.bounds.engine import region_box
+from lumpver.bounds.diff_align import snap_for_exact_difference
 from lumpver.bounds.float_error import float32_errors
 from lumpver.bounds.rounding import norm_hi
 from lumpver.certificates.exact import classes_fit, discrepancy_bound, read_classes, same_activation, same_interface
@@ -118,7 +119,7 @@ def _twin(h: Network, g: Network, chain: dict[str, Any], input_set: InputSet, re
                 not c.kept.all() or np.any(c.cls < 0) or np.any(c.scale <= 0) for c in classes):
             report.fail("interval evidence: the partition does not fit (every class kept, positive scales)")
             return None
-        twin = lumped_twin(h, g, classes)
+        twin = snap_for_exact_difference(h, lumped_twin(h, g, classes))
         a, b = discrepancy_bound(twin, g, classes)
         xmax = max(float(np.max(np.abs(np.concatenate([bx.lower, bx.upper])))) for bx in map(region_box, input_set.regions))
         return twin, float(a + b * xmax) * (1 + 1e-12)

@@ -83,6 +83,7 @@ from lumpver.reductions.exact import LayerClasses
 from lumpver.specs.inputset import Box, InputSet
 from lumpver.specs.norms import NORMS, difference_rows, from_max_abs, upper_norm
 from lumpver.ir.network import Layer, Network
+from lumpver.bounds.diff_align import snap_for_exact_difference
 from lumpver.certificates.exact import discrepancy_bound
 from lumpver.certificates.pruned_conv import channel_twin
 
@@ -357,7 +358,7 @@ def twin_of(h: Network, g: Network, chain: Chain, input_set: InputSet) -> tuple[
         return expand_pruned(h, g, chain.kept, chain.dropped_rows), 0.0
     if chain.classes is not None:
 
-        twin = expand_quotient(h, g, chain.classes)
+        twin = snap_for_exact_difference(h, expand_quotient(h, g, chain.classes))
         a, b = discrepancy_bound(twin, g, chain.classes, 0.0)
         xmax = max(float(np.max(np.abs(np.concatenate([bx.lower, bx.upper]))))
                    for bx in map(region_box, input_set.regions))
