@@ -51,8 +51,10 @@ def ab_configs(names: list[str], split):
     """Named ``BabOptions`` of ``--ab``."""
     from lumpver.verifiers.bab import BabOptions
     from lumpver.verifiers.bab_deep import ReluSearch
+    from lumpver.verifiers.bab_refine import SplitRefine
 
-    table = {"base": ReluSearch(root_slopes=False), "slopes": ReluSearch(),
+    off = SplitRefine()  # the refinement is on by default since 2026-12-01: "base"/"slopes" turn it off
+    table = {"base": ReluSearch(root_slopes=False, split_refine=off), "slopes": ReluSearch(split_refine=off),
              "split": ReluSearch(split_refine=split),
              "split_noslopes": ReluSearch(split_refine=split, root_slopes=False)}
     return [(n, BabOptions(relu=table[n])) for n in names]

@@ -35,6 +35,7 @@ from lumpver.bounds.intermediate import refine_layers
 from lumpver.bounds.relaxations import get_relaxation, smooth_derivs
 from lumpver.bounds.smooth_alpha import SMOOTH_ACTS
 from lumpver.bounds.smooth_intermediate import DEEP_SHARE, ROOT_CHUNKS, ROOT_SHARE, refine_root
+from lumpver.ir.operators import DenseOperator
 from lumpver.verifiers.bab_branch import Domain, babsr_candidates, input_split, relu_split, split_neuron
 from lumpver.verifiers.bab_refine import SplitRefine, refine_split_layers
 
@@ -55,8 +56,11 @@ class ReluSearch:
     #: their parent's bounds (1: plain BaBSR)
     fsb_top: int = 1
     #: split-refined bounds of the first hidden layers at a root alpha-CROWN leaves open, on chains with at least
-    #: ``fixed_from_depth`` hidden layers (:mod:`lumpver.verifiers.bab_refine`; ``SplitRefine()``: off)
-    split_refine: SplitRefine = field(default_factory=SplitRefine)
+    #: ``fixed_from_depth`` hidden layers (:mod:`lumpver.verifiers.bab_refine`; ``SplitRefine()``: off; dense
+    #: chains only unless ``conv``). Layers 1-3:
+    #: on the 20 digits-proxy instances of 784-256x4/256x6 at 30 s, 14 decided against 11 without (it costs up to
+    #: half the timeout at an open root: 19.6 -> 29.0 s summed on the 11 both decide; bench/RESULTS.md, 2026-12-01)
+    split_refine: SplitRefine = field(default_factory=lambda: SplitRefine(3))
     #: ReLU-split roots start from the registry's lower slopes, so the root's and the children's Adam steps move
     #: them (False: the root domain has no slopes and the batched engine optimises only the split multipliers;
     #: what every ReLU-split search did before 2026-12-01)
@@ -99,6 +103,8 @@ def split_refine_root(chain: Chain, lo: np.ndarray, hi: np.ndarray, zl: list, zu
     (intersected), or None when off or not a deep ReLU chain."""
     opt = relu.split_refine
     if opt.layers <= 0 or not is_relu_chain(chain) or chain.depth - 1 < max(relu.fixed_from_depth, 2):
+        return None
+    if not opt.conv and not all(isinstance(step.op, DenseOperator) for step in chain.steps):
         return None
     zl, zu = refine_split_layers(chain, lo, hi, zl, zu, opt, time.monotonic() + opt.share * timeout)
     return tighten_root(chain, lo, hi, zl, zu, relu.root_refine) or (zl, zu)
