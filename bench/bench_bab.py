@@ -39,19 +39,22 @@ def published(suite: str) -> dict[tuple[str, str], dict[str, tuple[str, float]]]
 def random_suite(n_props: int) -> None:
     """Random nets, thresholds on ``c . y`` whose truth an independent computation decides
     (tests/test_bab.py's cases): ReLU nets against the exact MILP (both splitting modes: 3 and 12
-    inputs, and 2 inputs with 3 layers), sigmoid/tanh nets with 2 inputs against a brute-force grid
-    with a Lipschitz margin. Every answer must match (``_check`` asserts)."""
+    inputs, 2 inputs with 3 layers, and 20 inputs with 4 layers, where the ReLU search split-refines the
+    root), sigmoid/tanh nets with 2 inputs against a brute-force grid with a Lipschitz margin. Every
+    answer must match (``_check`` asserts)."""
     from tests.test_bab import _cases, _check, _smooth_cases
 
     t0, done, verdicts = time.monotonic(), 0, defaultdict(int)
     seed = 1000
     while done < n_props:
-        kind = seed % 5
+        kind = seed % 6
         if kind < 3:
             n_in = (3, 12, 2)[kind]
             cases = _cases(seed, n_in, (6, 6, 6) if n_in == 2 else (10, 8), 5)
-        else:
+        elif kind < 5:
             cases = _smooth_cases(seed, ("sigmoid", "tanh")[kind - 3], 5)
+        else:
+            cases = _cases(seed, 20, (12, 12, 12, 12), 5)
         for case in cases:
             verdicts[_check(*case)] += 1
             done += 1
