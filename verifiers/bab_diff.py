@@ -423,8 +423,9 @@ class _Search:
         self._heartbeat_phase(res, st)
         if res.upper < t.bound[leaf]:
             t.bound[leaf], st.trees[leaf] = res.upper, res.tree
-        if st.target and (self._target_missed() or (self.eps is not None and self.lower > self.eps)):
-            return False  # a witness above the target: the leaves left cannot change that
+        if self._target_missed() or (self.eps is not None and self.lower > self.eps):
+            return False  # a witness above the target (also one found after the stage started without a fixed
+            # target, the attained value then being within GAP_REL below close_at): no leaf left can change that
         if t.bound[leaf] <= self.threshold:
             return True
         if st.budget > 0 and st.extra[leaf] < opt.phase_bisect and np.any(t.hi[leaf] > t.lo[leaf]) and \
