@@ -382,3 +382,16 @@ def test_quotient_twin_pairs_neuron_by_neuron_within_its_bound(rng):
     u, ev = bab_term(net, twin, X, "linf", 0.0, 20.0)
     exact, _ = max_linf_difference(net, g, -np.ones(3), np.ones(3))
     assert exact <= u + gap
+
+
+def test_identity_pairing_needs_the_same_activations():
+    """Equal shapes but another activation in one layer: no joint chain pairs them (a delta chain would bound
+    g with f's activations), so the batched difference bounds refuse the pair instead of bounding it wrongly."""
+    from lumpver.bounds.diff_batched import prepare_diff
+
+    f = _planted(np.random.default_rng(8), 6)
+    g = f.with_layers([Layer(l.weight * 1.01, l.bias, "sigmoid" if k == 1 else l.activation)
+                       for k, l in enumerate(f.layers)])
+    for kind in (None, "delta"):
+        with pytest.raises(ValueError):
+            prepare_diff(f, g, kind)

@@ -40,7 +40,7 @@ class SplitRefine:
     lr: float = 0.1
     share: float = 0.5  # of the timeout, at most (wall seconds)
     #: also on chains with convolutions: off, since on the oval21 CNNs (3 hidden layers) it decided nothing more
-    #: and made proofs 4-5x slower (img2908 3.6 -> 20.9 s, img6638 5.0 -> 22.9 s; bench/RESULTS.md, 2026-12-01)
+    #: and made proofs 4-6x slower (img2908 3.6 -> 20.9 s, img5303 3.5 -> 20.7 s; bench/RESULTS.md, 2026-12-01)
     conv: bool = False
 
 

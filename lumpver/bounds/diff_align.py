@@ -87,6 +87,16 @@ def _pad_layer(layer: Layer, rows: np.ndarray, cols: Optional[np.ndarray], width
     return Layer(w, b, layer.activation, layer.alpha, layer.source_op)
 
 
+def identity_pair(f: Network, g: Network) -> Optional[tuple[Network, Network]]:
+    """``(f, g)`` paired neuron i with neuron i when their dense layers have the same shapes and activations
+    (what :func:`delta_chain` needs), else None."""
+    if len(f.layers) != len(g.layers) or not (_dense(f) and _dense(g)) or not _same_acts(f.layers, g.layers):
+        return None
+    if [l.weight.shape for l in f.layers] != [l.weight.shape for l in g.layers]:
+        return None
+    return f, g
+
+
 def align_pair(f: Network, g: Network) -> Optional[tuple[Network, Network]]:
     """``(f', g')`` with equal widths, computing the same functions as ``f`` and ``g``, g's neurons
     facing their best match of f; None when depths, activations or layer kinds differ."""

@@ -36,7 +36,7 @@ import numpy as np
 
 from lumpver.bounds.batched import alpha_free, backsub, interval_step, layer_bounds, relax_batch
 from lumpver.bounds.diff import delta_interval, delta_relax
-from lumpver.bounds.diff_align import align_pair, delta_chain, product_chain
+from lumpver.bounds.diff_align import align_pair, delta_chain, identity_pair, product_chain
 from lumpver.bounds.engine import Chain, prepare
 from lumpver.bounds.intermediate import optimise_rows, refine_layers, unstable_count
 from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
@@ -107,13 +107,7 @@ def _alignments(f: Network, g: Network) -> list[tuple[Network, Network]]:
     """The pairings the delta chain may use, in order: :func:`align_pair`'s matching, then, for equal widths,
     neuron i with neuron i (a twin built neuron by neuron: the matching can tie a class's members, whose rows
     are scaled copies, and pair them so that a weight difference is no longer exact in float64)."""
-    out = []
-    aligned = align_pair(f, g)
-    if aligned is not None:
-        out.append(aligned)
-    if [l.weight.shape for l in f.layers] == [l.weight.shape for l in g.layers]:
-        out.append((f, g))
-    return out
+    return [pair for pair in (align_pair(f, g), identity_pair(f, g)) if pair is not None]
 
 
 def bound_boxes(model: DiffModel, lo: np.ndarray, hi: np.ndarray, iters: int = ITERS, lr: float = LR,
