@@ -40,10 +40,7 @@ def _same_acts(a: list[Layer], b: list[Layer]) -> bool:
 
 def exact_difference(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
     """``a - b`` when float64 computes it exactly (TwoSum error zero everywhere), else None."""
-    s = a - b
-    bb = s - a
-    err = (a - (s - bb)) + (-b - bb)
-    return s if np.all(err == 0.0) and np.all(np.isfinite(s)) else None
+    return a - b if np.all(_exact_where(a, b)) else None
 
 
 def snap_for_exact_difference(f: Network, g: Network) -> Network:
@@ -65,6 +62,7 @@ def _snap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _exact_where(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise: ``a - b`` is finite and exact in float64 (its TwoSum error is zero)."""
     s = a - b
     bb = s - a
     return ((a - (s - bb)) + (-b - bb) == 0.0) & np.isfinite(s)
