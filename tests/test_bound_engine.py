@@ -200,6 +200,33 @@ def test_difference_bounds_never_looser_and_bracket_samples(name, f, g, box):
         no_looser(d.lower, d.upper, old.lower, old.upper, f"{name}: old diff")
 
 
+def test_delta_chain_only_on_exact_differences():
+    """The stacked delta chain uses ``W^f - W^g`` as exact coefficients: float32 pairs (exact in float64)
+    get it, with every coefficient equal to the rational difference; a pair whose float64 difference
+    rounds does not (the bound falls back to the two networks' own chains)."""
+    from fractions import Fraction
+    f = random_case(31, "relu")
+    as32 = lambda a: a.astype(np.float32).astype(np.float64)  # noqa: E731
+    f = f.with_layers([Layer(as32(l.weight), as32(l.bias), l.activation, l.alpha) for l in f.layers])
+    g32 = f.copy()
+    g32.layers[1].weight = (g32.layers[1].weight * 1.01).astype(np.float32).astype(np.float64)
+    pair = prepare_pair(f, g32)
+    assert pair.delta is not None
+    got, wf, wg = pair.delta_w[1].op.dense().ravel(), f.layers[1].weight.ravel(), g32.layers[1].weight.ravel()
+    assert all(Fraction(d) == Fraction(a) - Fraction(b) for d, a, b in zip(got, wf, wg))
+    g64 = f.copy()
+    g64.layers[1].weight = g64.layers[1].weight.copy()
+    g64.layers[1].weight[0, 0] = 1e-30 if f.layers[1].weight[0, 0] != 0 else 1.0
+    assert Fraction(f.layers[1].weight[0, 0] - g64.layers[1].weight[0, 0]) != \
+        Fraction(f.layers[1].weight[0, 0]) - Fraction(g64.layers[1].weight[0, 0])
+    assert prepare_pair(f, g64).delta is None
+    box = Box(-np.ones(4), np.ones(4))
+    d = difference_bounds(prepare_pair(f, g64), box)
+    x = samples(box, 2000, 5)
+    delta = forward_layers(f, x)[-1][1] - forward_layers(g64, x)[-1][1]
+    assert np.all(delta >= d.lower) and np.all(delta <= d.upper)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_difference_bounds_bracket_the_milp_maximum(seed):
     f = random_case(20 + seed, "relu", (3, 8, 6, 2))

@@ -6,7 +6,8 @@ Sound bounds, intersected:
 * symbolic: the *difference network*: back-substitute ``lam`` through f and ``-lam`` through g
   (:func:`lumpver.bounds.engine.back_substitute`), add the two linear bounds on the shared input
   (input terms cancel), take the maximum over the box. Any widths, any activation;
-* neuron-wise, when f and g have the same layer widths and activations (dense layers): NeuroDiff's
+* neuron-wise, when f and g have the same layer widths and activations (dense layers) and every
+  weight, bias and input-affine difference is exact in float64 (TwoSum check): NeuroDiff's
   symbolic delta. The pair is one chain over the stacked variables ``(delta h_k, h^g_k)`` with
   block layers ``[[W^f, W^f - W^g], [0, W^g]]``. By the mean value theorem
   ``delta h_k = s * delta z_k`` with ``s`` in the secant-slope range ``[s_lo, s_hi]`` of the
@@ -28,7 +29,7 @@ import numpy as np
 from lumpver.bounds.engine import (AffineStep, Chain, NetworkBounds, back_substitute, interval_affine,
                                    prepare, propagate)
 from lumpver.bounds.relaxations import LinearRelaxation, get_relaxation
-from lumpver.bounds.rounding import POLICY, add_hi, add_lo
+from lumpver.bounds.rounding import POLICY, add_hi, add_lo, exact_difference
 from lumpver.ir.network import Network
 from lumpver.ir.operators import DenseOperator, LinearOperator
 from lumpver.specs.inputset import Box
@@ -84,19 +85,25 @@ class NetworkPair:
 
 
 def prepare_pair(fnet: Network, gnet: Network) -> NetworkPair:
-    """Chains of both networks and, when the structures match, the stacked delta chain."""
+    """Chains of both networks and, when the structures match and every ``W^f - W^g``, ``b^f - b^g``
+    (and input affine difference) is exact in float64, the stacked delta chain."""
     f, g = prepare(fnet), prepare(gnet)
     if not _same_structure(fnet, gnet):
         return NetworkPair(f, g)
     steps, delta_w = [], []
     for lf, lg in zip(fnet.layers, gnet.layers):
         wf, wg = lf.op.dense(), lg.op.dense()
-        dw = AffineStep.of(DenseOperator(wf - wg), lf.bias - lg.bias)
-        block = np.block([[wf, dw.op.dense()], [np.zeros_like(wg), wg]])
-        steps.append(AffineStep.of(DenseOperator(block), np.concatenate([dw.bias, lg.bias])))
-        delta_w.append(dw)
+        dw, db = exact_difference(wf, wg), exact_difference(lf.bias, lg.bias)
+        if dw is None or db is None:
+            return NetworkPair(f, g)
+        block = np.block([[wf, dw], [np.zeros_like(wg), wg]])
+        steps.append(AffineStep.of(DenseOperator(block), np.concatenate([db, lg.bias])))
+        delta_w.append(AffineStep.of(DenseOperator(dw), db))
     df, dg = f.input, g.input
-    d_in = AffineStep.of(StackedDiagonal(df.op.scale - dg.op.scale, dg.op.scale), np.concatenate([df.bias - dg.bias, dg.bias]))
+    ds, dt = exact_difference(df.op.scale, dg.op.scale), exact_difference(df.bias, dg.bias)
+    if ds is None or dt is None:
+        return NetworkPair(f, g)
+    d_in = AffineStep.of(StackedDiagonal(ds, dg.op.scale), np.concatenate([dt, dg.bias]))
     return NetworkPair(f, g, Chain(d_in, steps, list(f.acts), list(f.alphas)), delta_w)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from lumpver.bounds.engine import AffineStep, Chain
 from lumpver.bounds.diff import StackedDiagonal
+from lumpver.bounds.rounding import exact_difference, exact_where
 from lumpver.ir.conv import DiagonalOperator
 from lumpver.ir.network import Layer, Network
 from lumpver.ir.operators import DenseOperator
@@ -36,11 +37,6 @@ def _dense(net: Network) -> bool:
 def _same_acts(a: list[Layer], b: list[Layer]) -> bool:
     return all(x.activation == y.activation and (x.activation != "leaky_relu" or x.alpha == y.alpha)
                for x, y in zip(a, b))
-
-
-def exact_difference(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
-    """``a - b`` when float64 computes it exactly (TwoSum error zero everywhere), else None."""
-    return a - b if np.all(_exact_where(a, b)) else None
 
 
 def snap_for_exact_difference(f: Network, g: Network) -> Network:
@@ -58,14 +54,7 @@ def snap_for_exact_difference(f: Network, g: Network) -> Network:
 
 def _snap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     snapped = a - (a - b)
-    return np.where(_exact_where(a, b) | ~_exact_where(a, snapped), b, snapped)
-
-
-def _exact_where(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Element-wise: ``a - b`` is finite and exact in float64 (its TwoSum error is zero)."""
-    s = a - b
-    bb = s - a
-    return ((a - (s - bb)) + (-b - bb) == 0.0) & np.isfinite(s)
+    return np.where(exact_where(a, b) | ~exact_where(a, snapped), b, snapped)
 
 
 # ----- alignment ---------------------------------------------------------------------------

@@ -6,9 +6,10 @@ weight-pruned copy), every node's ``delta = v^f - v^g`` is bounded in topologica
 node bounds of both networks (the product graph's :class:`~lumpver.bounds.graph_engine.GraphBounds`):
 
 * ``scale``/``affine``: ``delta z = W^f delta h + (W^f - W^g) h^g + (b^f - b^g)`` by interval
-  arithmetic (:func:`lumpver.bounds.engine.interval_affine`, outward rounding). ``W^f - W^g`` is
-  formed only for operators of the same kind and geometry (dense, diagonal, convolution) whose
-  float64 difference is exact (checked); otherwise the node falls back to ``[l^f - u^g, u^f - l^g]``;
+  arithmetic (:func:`lumpver.bounds.engine.interval_affine`, outward rounding). ``W^f - W^g`` and
+  ``b^f - b^g`` are formed only for operators of the same kind and geometry (dense, diagonal,
+  convolution) whose float64 differences are exact (checked); otherwise the node falls back to
+  ``[l^f - u^g, u^f - l^g]``;
 * ``act``: ``delta h = s delta z`` with the secant slope ``s`` in the activation's slope range on the
   hull of both pre-activation bounds (:func:`lumpver.bounds.diff.delta_interval`);
 * ``add``: the sum (rounded outward); ``concat``: the parts;
@@ -29,7 +30,7 @@ from lumpver.bounds.diff import delta_interval
 from lumpver.bounds.engine import AffineStep, interval_affine
 from lumpver.bounds.graph_engine import GraphBounds, PreparedGraph
 from lumpver.bounds.relaxations import get_relaxation
-from lumpver.bounds.rounding import add_hi, add_lo
+from lumpver.bounds.rounding import add_hi, add_lo, exact_difference
 from lumpver.ir.conv import ConvOperator, DiagonalOperator
 from lumpver.ir.graph import GraphNetwork
 from lumpver.ir.operators import DenseOperator, LinearOperator
@@ -58,24 +59,16 @@ def delta_op(a: LinearOperator, b: LinearOperator) -> Optional[LinearOperator]:
     """The operator ``a - b`` for two operators of the same kind and geometry whose float64
     difference is exact; None otherwise."""
     if isinstance(a, DenseOperator) and isinstance(b, DenseOperator) and a.weight.shape == b.weight.shape:
-        d = _exact_diff(a.weight, b.weight)
+        d = exact_difference(a.weight, b.weight)
         return None if d is None else DenseOperator(d)
     if isinstance(a, DiagonalOperator) and isinstance(b, DiagonalOperator) and a.scale.shape == b.scale.shape:
-        d = _exact_diff(a.scale, b.scale)
+        d = exact_difference(a.scale, b.scale)
         return None if d is None else DiagonalOperator(a.in_shape, d)
     if isinstance(a, ConvOperator) and isinstance(b, ConvOperator) and a.weight.shape == b.weight.shape and \
             (a.in_shape, a.strides, a.pads, a.dilations, a.groups) == (b.in_shape, b.strides, b.pads, b.dilations, b.groups):
-        d = _exact_diff(a.weight, b.weight)
+        d = exact_difference(a.weight, b.weight)
         return None if d is None else a.with_weight(d)
     return None
-
-
-def _exact_diff(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
-    """``a - b`` when float64 computes it exactly (Knuth's TwoSum error term is zero), else None."""
-    d = a - b
-    bv = d - a
-    err = (a - (d - bv)) + (-b - bv)  # TwoSum of a and -b: the rounding error of d
-    return d if np.all(err == 0) and np.all(np.isfinite(d)) else None
 
 
 TAGS = ("f/", "g/")
@@ -89,7 +82,8 @@ def delta_steps(pg: PreparedGraph, match: dict[str, str]) -> dict[str, Optional[
         pf, pq = TAGS[0] + fid, TAGS[1] + gid
         if pf in pg.steps:
             dop = delta_op(pg.steps[pf].op, pg.steps[pq].op)
-            out[pf] = None if dop is None else AffineStep.of(dop, pg.steps[pf].bias - pg.steps[pq].bias)
+            dbias = exact_difference(pg.steps[pf].bias, pg.steps[pq].bias)
+            out[pf] = None if dop is None or dbias is None else AffineStep.of(dop, dbias)
     return out
 
 

@@ -19,6 +19,7 @@ exactly in float64). Every float64 computation is widened outward:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -83,6 +84,19 @@ def add_lo(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Sound lower bound of ``a + b`` (one float64 addition)."""
     s = a + b
     return s - POLICY.margin(np.abs(a) + np.abs(b), 2)
+
+
+def exact_where(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise: ``a - b`` is finite and exact in float64 (Knuth's TwoSum error term is zero)."""
+    s = a - b
+    bb = s - a
+    return ((a - (s - bb)) + (-b - bb) == 0.0) & np.isfinite(s)
+
+
+def exact_difference(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
+    """``a - b`` when float64 computes it exactly everywhere, else None: the delta chains of two
+    networks (``W^f - W^g``, ``b^f - b^g``) use differences as exact coefficients."""
+    return a - b if np.all(exact_where(a, b)) else None
 
 
 def norm_hi(magnitudes: np.ndarray, norm: str) -> np.ndarray:
