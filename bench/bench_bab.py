@@ -206,13 +206,16 @@ def main() -> None:
     ap.add_argument("--lp-after-max", type=float, default=None, help="BabOptions.lp_after_max (CPU s cap of the gate)")
     ap.add_argument("--lp-retry", type=int, default=None, help="BabOptions.lp_retry (splits before a box is retried)")
     ap.add_argument("--worker-batch", type=int, default=None, help="BabOptions.worker_batch (parents per chunk)")
+    ap.add_argument("--falsify-defer", type=float, default=None,
+                    help="BabOptions.falsify_defer (search seconds before the falsifier's rest, input splitting)")
     ap.add_argument("--refine", default="", help="ITERS,MAX_UNSTABLE,DEPTH: BabOptions.refine/refine_depth")
     ap.add_argument("--cpu", type=float, default=0.0, help="CPU-second budget per instance, one process (A/B runs)")
     args = ap.parse_args()
     changes: dict = {k: v for k, v in (("lp_depth", args.lp_depth), ("lp_budget", args.lp_budget),
                                          ("lp_after", args.lp_after), ("lp_retry", args.lp_retry),
                                          ("lp_after_max", args.lp_after_max),
-                                         ("worker_batch", args.worker_batch)) if v is not None}
+                                         ("worker_batch", args.worker_batch),
+                                         ("falsify_defer", args.falsify_defer)) if v is not None}
     if args.refine:
         from lumpver.bounds.diff_batched import Refine
 

@@ -3,7 +3,8 @@
 Decides VNN-LIB properties (no x of a region maps into an unsafe polytope ``A y <= b``):
 
 1. a short falsifier run (batched targeted APGD, random + PGD, :mod:`lumpver.verifiers.falsify`), continued with
-   restart rounds for the rest of its budget once a root bound (step 2) stays open;
+   restart rounds for the rest of its budget once a root bound (step 2) stays open (input splitting: once the
+   search has run ``falsify_defer`` seconds without deciding);
 2. per region and unsafe disjunct, the root sub-problem is bounded by batched CROWN with
    alpha-optimised lower slopes (:mod:`lumpver.bounds.batched`): a sound upper bound ``U_i`` of
    ``b_i - A_i y`` for every row; the disjunct is excluded on a sub-problem once some ``U_i < 0``
@@ -111,9 +112,13 @@ class BabOptions:
     #: with ``attack`` and ReLU splitting: the first ``falsify_first`` seconds of that budget go to a short run before
     #: any bound (one APGD round, sampling and PGD: no restart rounds), the rest to restart rounds once a root bound
     #: stays open, so an instance whose root bound decides it does not pay the whole budget (bench/bench_falsify.py:
-    #: unsat verivital/mnist 2.5-3x faster). Not with input splitting: there the root bound (0.3-0.4 s on ACAS Xu)
-    #: rarely decides, and it delayed the counterexamples the restart rounds find (3_2 prop_2 0.17 -> 0.61 s)
+    #: unsat verivital/mnist 2.5-3x faster). With input splitting the root bound rarely decides but a short search
+    #: often does: the first ``falsify_first`` seconds run with restart rounds (they find the narrow counterexamples
+    #: in few dimensions: ACAS Xu 3_2 prop_2 in 0.17 s), the rest once the search has run ``falsify_defer`` seconds
+    #: without deciding (with worker processes they keep bounding meanwhile): most unsat ACAS Xu instances are
+    #: decided by the search within that second and no longer wait for the whole budget (bench/RESULTS.md)
     falsify_first: float = 0.3
+    falsify_defer: float = 1.0
     #: the falsifier's batched targeted APGD rounds (:class:`lumpver.verifiers.falsify.AttackOptions`; None: the
     #: falsifier before them, the baseline of bench/bench_falsify.py)
     attack: Optional[AttackOptions] = field(default_factory=AttackOptions)
@@ -262,8 +267,9 @@ class _Search:
     # ----- search -----------------------------------------------------------------------------
     def run(self) -> Verdict:
         total, t = min(self.opt.falsify_seconds, 0.1 * self.q.timeout), time.monotonic()
-        split = self.opt.attack is not None and total > self.opt.falsify_first and not self._input_mode
-        out = self._first_falsify(min(total, self.opt.falsify_first) if split else total, 0 if split else 10**6)
+        split = self.opt.attack is not None and total > self.opt.falsify_first
+        restarts = 10**6 if self._input_mode or not split else 0
+        out = self._first_falsify(min(total, self.opt.falsify_first) if split else total, restarts)
         if out is not None:
             return out
         self._fals_left = total - (time.monotonic() - t) if split else 0.0
@@ -305,9 +311,8 @@ class _Search:
             frontier = bound(ctx, [self._root(key, lo, hi, ctx)], self.opt.root_iters)
         self.stats.bounded += 1
         self.stats.splits = "input" if self._input_mode else "relu"
-        if frontier[0].score >= 0 and self._fals_left > 0:  # the root bound stays open: the falsifier's rest,
-            seeds = list(vertices([d for d in frontier if d.score >= 0]))  # seeded by the root's linear bound
-            out, self._fals_left = self._first_falsify(self._fals_left, 10**6, seeds), 0.0
+        if frontier[0].score >= 0 and not self._input_mode:  # the root bound stays open: the falsifier's rest
+            out = self._falsify_rest([d for d in frontier if d.score >= 0])
             if out is not None:
                 return out
         return self._search(region, ctx, [d for d in frontier if d.score >= 0], time.monotonic() - t_root, what)
@@ -346,6 +351,7 @@ class _Search:
             base = (self.opt.input_batch if self._input_mode else self.opt.batch) * max(1, self.opt.workers)
         pace = _Pace(base, self._round_target(), root_seconds)
         frontier, got = Frontier([]), Expanded(roots, 0, 0, 0, vertices(roots))
+        t_search = time.monotonic()
         while True:
             out = self._merge(region, got, frontier)
             if out is not None:
@@ -362,6 +368,10 @@ class _Search:
                 todo = [d for d in frontier.pop_worst(pace.batch) if self._below_cap(d, what)]
                 if todo:
                     runner.submit(todo, self._plan(ctx))
+            if self._fals_left > 0 and now - t_search > self.opt.falsify_defer:  # input splitting (falsify_first)
+                out = self._falsify_rest([])
+                if out is not None:
+                    return out
             if now - self._last_fals > self.opt.falsify_every:  # while the workers bound
                 out = self._falsify(region, frontier)
                 if out is not None:
@@ -494,6 +504,15 @@ class _Search:
         if res.counterexample is not None:
             return self._violated(res.counterexample, "falsifier counterexample (float32/float64 replay)")
         return None
+
+    def _falsify_rest(self, open_doms: list[Domain]) -> Optional[Verdict]:
+        """The rest of the initial falsifier budget (``falsify_first``), seeded by the vertices of the open
+        domains' linear bounds; afterwards none is left."""
+        if self._fals_left <= 0:
+            return None
+        seeds = list(vertices(open_doms)) if open_doms else None
+        out, self._fals_left = self._first_falsify(self._fals_left, 10**6, seeds), 0.0
+        return out
 
     def _falsify(self, region, frontier: Frontier) -> Optional[Verdict]:
         worst = frontier.worst(4)
