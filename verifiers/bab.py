@@ -141,7 +141,10 @@ class BabOptions:
     #: -> 4.5 s: 3_3 prop_2 99.0 -> 49.8, 4_2 prop_2 75.5 -> 34.7; gates 3 / 4.5 / 9 s at a 30 s timeout: 3_3 prop_2
     #: 60.5 / 49.7-57.0 / 61.2, 4_2 prop_2 30.2 / 34.8 / 52.8; bench/RESULTS.md)
     lp_after_max: float = 4.5
-    lp_budget: int = 8
+    #: 3 LPs per box (was 8): a box the first LPs leave open rarely closes within the next five, and splitting it
+    #: is cheaper (one process, CPU s to decide, budgets 2/3/4/5/8: 3_3 prop_2 110/98/106/115/125-129, 4_2 prop_2
+    #: -/59/56/54/55, 1_1 prop_5, 1_1 prop_6, 3_3 prop_9 the same at 3 and 8; bench/RESULTS.md)
+    lp_budget: int = 3
     lp_retry: int = 2
     #: input splitting: optimised intermediate bounds (:func:`lumpver.bounds.intermediate.refine_layers`) on the
     #: boxes from depth ``refine_depth`` on with at most ``refine.max_unstable`` unstable ReLUs, inherited by
