@@ -325,28 +325,31 @@ class BoxLp:
         marg = np.concatenate([np.minimum(y[:e], 0.0), np.minimum(-y[:e], 0.0), y[e:]])
         return dual_bound(c, self.A_ub, self.b_ub, self.lb, self.ub, marg)
 
-    def basis_from(self, donor: "BoxLp", basis) -> object:
+    def basis_from(self, donor: "BoxLp", status: tuple[np.ndarray, np.ndarray]) -> object:
         """A starting basis for this box's first LP from another box's (an *alien* basis, which HiGHS repairs
         to a valid one): statuses copied for the columns and rows both models have (same input, neuron or
-        property row), new columns at their lower bound, new rows basic. Only the simplex's start: the
-        bound is the dual check's, whatever the basis."""
+        property row), new columns at their lower bound, new rows basic. ``status``: the donor basis's column
+        and row statuses as integers (:func:`basis_codes`). Only the simplex's start: the bound is the dual
+        check's, whatever the basis."""
         import highspy  # solver: imported where used
 
         if not _STATUS:
             _STATUS.extend(sorted(highspy.HighsBasisStatus.__members__.values(), key=int))
+        enums = np.array(_STATUS, dtype=object)
 
-        def mapped(mine, theirs, status, default):
+        def mapped(mine, theirs, codes, default):
             out = np.full(mine.size, default)
             pos = np.minimum(np.searchsorted(theirs, mine), theirs.size - 1)
             hit = theirs[pos] == mine
-            out[hit] = np.asarray([int(v) for v in status])[pos[hit]]
-            return [_STATUS[v] for v in out.tolist()]
+            out[hit] = codes[pos[hit]]
+            return enums[out].tolist()
 
         b = highspy.HighsBasis()
-        b.col_status = mapped(self.col_key, donor.col_key, basis.col_status, 0)
-        b.row_status = mapped(self.row_key, donor.row_key, basis.row_status, 1)
+        b.col_status = mapped(self.col_key, donor.col_key, status[0], 0)
+        b.row_status = mapped(self.row_key, donor.row_key, status[1], 1)
         b.valid, b.alien = True, True
         return b
+
 
     def solve(self, basis=None):
         """Sound lower bound of the loaded node's elastic LP (``inf`` for a Farkas-certified empty node), its
@@ -356,6 +359,12 @@ class BoxLp:
             self.cost = np.eye(1, self.lb.size, self.lb.size - 1).ravel()  # min s (the last column)
         r = solve_sound(self.model, self.cost, self._bound, basis)
         return r.value, r.x, r.basis
+
+
+def basis_codes(basis) -> tuple[np.ndarray, np.ndarray]:
+    """A HiGHS basis's column and row statuses as integer arrays (for :meth:`BoxLp.basis_from`)."""
+    return (np.fromiter(map(int, basis.col_status), dtype=np.int64),
+            np.fromiter(map(int, basis.row_status), dtype=np.int64))
 
 
 def _pass(A, b_eq: np.ndarray, b_le: np.ndarray, lb: np.ndarray, ub: np.ndarray, cs: int):
@@ -434,11 +443,15 @@ class _Donors:
 
     def add(self, lo: np.ndarray, hi: np.ndarray, box: BoxLp, basis) -> None:
         self.centres.append(0.5 * (lo + hi))
-        self.boxes.append((box, basis))
+        self.boxes.append([box, basis])
 
     def nearest(self, lo: np.ndarray, hi: np.ndarray) -> tuple:
+        """The nearest donor and its basis as :func:`basis_codes` (converted once, on first use)."""
         d = np.abs(np.array(self.centres) - 0.5 * (lo + hi)) / np.maximum(hi - lo, 1e-12)
-        return self.boxes[int(np.argmin(d.sum(axis=1)))]
+        entry = self.boxes[int(np.argmin(d.sum(axis=1)))]
+        if not isinstance(entry[1], tuple):
+            entry[1] = basis_codes(entry[1])
+        return entry[0], entry[1]
 
 
 @dataclass
