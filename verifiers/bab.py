@@ -510,7 +510,7 @@ class _Search:
 
     def _falsify_rest(self, open_doms: list[Domain]) -> Optional[Verdict]:
         """The rest of the initial falsifier budget (``falsify_first``), seeded by the vertices of the open
-        domains' linear bounds; afterwards none is left."""
+        domains' linear bounds (none given: unseeded, as its first part); afterwards none is left."""
         if self._fals_left <= 0:
             return None
         seeds = list(vertices(open_doms)) if open_doms else None

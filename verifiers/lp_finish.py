@@ -350,7 +350,6 @@ class BoxLp:
         b.valid, b.alien = True, True
         return b
 
-
     def solve(self, basis=None):
         """Sound lower bound of the loaded node's elastic LP (``inf`` for a Farkas-certified empty node), its
         primal point (a hint) and basis; None for the bound and point when the solver gives neither
