@@ -77,6 +77,35 @@ def test_conjunction_of_rows_and_several_disjuncts():
             assert v.verdict == "violated" and prop.is_unsafe(net.forward(v.counterexample)[0])
 
 
+def test_input_splitting_search_starts_before_the_falsifier_budget_is_spent(monkeypatch):
+    """With input splitting, only ``falsify_first`` of the falsifier budget runs before the search; the rest waits
+    for ``falsify_defer`` seconds of search, so a property the search proves at once (threshold 0.5 above the MILP
+    maximum) asks the falsifier for 0.3 of its 2 s; with no wait it gets the rest too."""
+    import time
+
+    import lumpver.verifiers.falsify as falsify
+
+    budgets = []
+    real = falsify.search
+
+    def spy(*a, **k):
+        budgets.append(k["deadline"] - time.monotonic())
+        return real(*a, **k)
+
+    monkeypatch.setattr(falsify, "search", spy)
+    net = random_mlp(np.random.default_rng(11), [3, 10, 8, 2], "relu", fan_in_scaled=True)
+    box, c = Box(-np.ones(3), np.ones(3)), np.array([1.0, 0.0])
+    opt, _ = max_difference(net, _zero(3, 2), box.lower, box.upper, c)
+    prop = OutputProperty([(-c[None, :], np.array([-(opt + 0.5)]))])
+    for defer in (1000.0, 0.0):
+        budgets.clear()
+        opt_ = BabOptions(falsify_seconds=2.0, falsify_first=0.3, falsify_defer=defer)
+        v = BabBackend(opt_).check(Query(net, InputSet([box]), prop=prop, timeout=100.0))
+        assert v.verdict == "proved", v.reason
+        assert budgets[0] <= 0.3 + 1e-6, budgets
+        assert (sum(budgets) <= 0.3 + 1e-6) if defer > 0 else (sum(budgets) > 1.0), budgets
+
+
 # ----- optimised intermediate bounds in the input-splitting search (Refine, refine_depth) ----------------
 REFINED = BabBackend(BabOptions(falsify_seconds=0.02, refine=Refine(5, 0.25, 60), refine_depth=0))
 
