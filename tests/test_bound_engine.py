@@ -200,14 +200,17 @@ def test_difference_bounds_never_looser_and_bracket_samples(name, f, g, box):
         no_looser(d.lower, d.upper, old.lower, old.upper, f"{name}: old diff")
 
 
+def _as_float32(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float32).astype(np.float64)
+
+
 def test_delta_chain_only_on_exact_differences():
     """The stacked delta chain uses ``W^f - W^g`` as exact coefficients: float32 pairs (exact in float64)
     get it, with every coefficient equal to the rational difference; a pair whose float64 difference
     rounds does not (the bound falls back to the two networks' own chains)."""
     from fractions import Fraction
     f = random_case(31, "relu")
-    as32 = lambda a: a.astype(np.float32).astype(np.float64)  # noqa: E731
-    f = f.with_layers([Layer(as32(l.weight), as32(l.bias), l.activation, l.alpha) for l in f.layers])
+    f = f.with_layers([Layer(_as_float32(l.weight), _as_float32(l.bias), l.activation, l.alpha) for l in f.layers])
     g32 = f.copy()
     g32.layers[1].weight = (g32.layers[1].weight * 1.01).astype(np.float32).astype(np.float64)
     pair = prepare_pair(f, g32)

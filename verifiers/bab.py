@@ -514,7 +514,8 @@ class _Search:
         if self._fals_left <= 0:
             return None
         seeds = list(vertices(open_doms)) if open_doms else None
-        out, self._fals_left = self._first_falsify(self._fals_left, 10**6, seeds), 0.0
+        budget = min(self._fals_left, max(0.0, self.deadline - time.monotonic()))  # never past the timeout
+        out, self._fals_left = self._first_falsify(budget, 10**6, seeds), 0.0
         return out
 
     def _falsify(self, region, frontier: Frontier) -> Optional[Verdict]:
